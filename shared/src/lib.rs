@@ -1,0 +1,40 @@
+//! Everything the fanout producer, consumer and operator CLI agree on.
+//!
+//! # Layout
+//! - [`config`]: the pipeline config file (targets, rate budgets, allowed hosts) and its validation.
+//! - [`job`]: the versioned job message, its deterministic ID, and decoding of SQS bodies
+//!   (raw or SNS envelope).
+//! - [`netguard`]: the SSRF guard: which IP addresses a job may never call.
+//! - [`publish`], [`queue`], [`idempotency`]: the small traits the handlers use for SNS, SQS and
+//!   DynamoDB, with the idempotency record's state machine.
+//! - [`metrics`]: CloudWatch Embedded Metric Format lines.
+//! - [`logging`]: JSON logs through `tracing`.
+//! - `embedded` (feature `embedded`): one SQLite file standing in for SNS, SQS and DynamoDB.
+//! - `aws` (feature `aws`): the same traits over the AWS SDK.
+
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod job;
+pub mod logging;
+pub mod metrics;
+pub mod netguard;
+pub mod publish;
+pub mod queue;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+
+pub use config::{ConfigError, ConfigErrors, PipelineConfig};
+pub use error::BackendError;
+pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};
+pub use job::{JobMessage, JobTarget, OutboundMessage};
+pub use publish::{EntryFailure, Publisher};
+pub use queue::{Queue, QueueDepth, QueueMessage};
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,120 @@
+//! The SSRF guard: addresses a job may never call unless `allow_private_networks` is set.
+//!
+//! Jobs come from a queue, so their URLs are untrusted input. A URL that names (or resolves to) the
+//! instance metadata endpoint, loopback or a private network could read credentials or reach
+//! internal services. The producer checks literal addresses at validation; the consumer checks every
+//! address DNS returns, right before it connects, and every redirect.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Why an address is refused, or `None` if it is a public unicast address.
+pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_reason(v4),
+        IpAddr::V6(v6) => {
+            // An IPv4-mapped or -compatible IPv6 address reaches the IPv4 host: judge that one.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4_reason(v4);
+            }
+            v6_reason(v6)
+        }
+    }
+}
+
+fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_unspecified() {
+        Some("unspecified address")
+    } else if ip.is_loopback() {
+        Some("loopback address")
+    } else if ip.is_link_local() {
+        // 169.254.0.0/16 holds the EC2/ECS/Lambda metadata endpoints.
+        Some("link-local address (metadata endpoint range)")
+    } else if ip.is_private() {
+        Some("private address")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared address space (100.64.0.0/10)")
+    } else if a == 0 {
+        Some("this-network address (0.0.0.0/8)")
+    } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
+        Some("broadcast, multicast or reserved address")
+    } else {
+        None
+    }
+}
+
+fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    if ip.is_unspecified() {
+        Some("unspecified address")
+    } else if ip.is_loopback() {
+        Some("loopback address")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("link-local address")
+    } else if first & 0xfe00 == 0xfc00 {
+        // fd00:ec2::254 is the IPv6 metadata endpoint; all of fc00::/7 is private.
+        Some("unique local (private) address")
+    } else if ip.is_multicast() {
+        Some("multicast address")
+    } else {
+        None
+    }
+}
+
+/// Checks a URL host that is an IP literal (`http://10.0.0.1/`, `http://[::1]/`); names are
+/// checked after DNS resolution by the consumer. `localhost` is refused here too, since it
+/// always resolves to loopback.
+pub fn check_literal_host(host: &url::Host<&str>) -> Result<(), String> {
+    let ip = match host {
+        url::Host::Ipv4(v4) => IpAddr::V4(*v4),
+        url::Host::Ipv6(v6) => IpAddr::V6(*v6),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                return Err(format!("host {name} is loopback"));
+            }
+            return Ok(());
+        }
+    };
+    match forbidden_reason(ip) {
+        Some(reason) => Err(format!("{ip} is a {reason}")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(s: &str) -> Option<&'static str> {
+        forbidden_reason(s.parse().unwrap())
+    }
+
+    #[test]
+    fn refuses_metadata_loopback_private_and_unspecified() {
+        for bad in [
+            "169.254.169.254", "127.0.0.1", "127.8.9.1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
+            "0.0.0.0", "100.64.0.1", "::1", "::", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254", "224.0.0.1",
+        ] {
+            assert!(reason(bad).is_some(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn allows_public_addresses() {
+        for good in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
+            assert_eq!(reason(good), None, "{good} should be allowed");
+        }
+    }
+
+    #[test]
+    fn literal_hosts_and_localhost_names() {
+        let url = url::Url::parse("http://169.254.169.254/latest/meta-data").unwrap();
+        assert!(check_literal_host(&url.host().unwrap()).unwrap_err().contains("link-local"));
+        let url = url::Url::parse("http://api.localhost:8080/").unwrap();
+        assert!(check_literal_host(&url.host().unwrap()).is_err());
+        let url = url::Url::parse("https://api.example.com/").unwrap();
+        assert!(check_literal_host(&url.host().unwrap()).is_ok());
+    }
+}

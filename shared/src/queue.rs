@@ -1,0 +1,67 @@
+//! Queues: the job queue the consumer drains and the dead-letter queue it writes to.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BackendError;
+
+/// A message as received from a queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueMessage {
+    /// The queue's own message ID (not the job's message ID).
+    pub message_id: String,
+    /// Handle for delete and change-visibility; new on every receive.
+    pub receipt_handle: String,
+    /// The body as sent.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+    /// When the message was first sent to this queue, in ms since the epoch.
+    pub sent_at_ms: i64,
+}
+
+/// Approximate message counts, as SQS reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages a receive could return now.
+    pub visible: u64,
+    /// Messages received and not yet deleted or visible again.
+    pub in_flight: u64,
+    /// Messages not yet visible for the first time.
+    pub delayed: u64,
+}
+
+impl QueueDepth {
+    /// True when nothing is left to receive, now or later.
+    pub fn is_drained(&self) -> bool {
+        self.visible == 0 && self.in_flight == 0 && self.delayed == 0
+    }
+}
+
+/// An SQS-like queue with visibility timeouts and at-least-once delivery.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// A name for logs and errors (the queue URL on AWS).
+    fn name(&self) -> &str;
+
+    /// Sends one message; returns the queue's message ID.
+    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError>;
+
+    /// Receives up to `max` (≤ 10) messages, hiding them for `visibility`. Waits up to `wait`
+    /// for at least one (long polling); returns an empty list if none came.
+    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<QueueMessage>, BackendError>;
+
+    /// Deletes received messages by receipt handle. A stale handle (the message was received
+    /// again since) deletes nothing, as on SQS.
+    async fn delete(&self, receipt_handles: &[String]) -> Result<(), BackendError>;
+
+    /// Makes a received message visible again after `timeout` from now.
+    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), BackendError>;
+
+    /// Approximate counts of visible, in-flight and delayed messages.
+    async fn depth(&self) -> Result<QueueDepth, BackendError>;
+}
