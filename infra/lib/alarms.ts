@@ -1,0 +1,90 @@
+import { Duration } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+
+/** What the alarms watch and where their descriptions point. */
+export interface PipelineAlarmsProps {
+  readonly queue: sqs.IQueue;
+  readonly dlq: sqs.IQueue;
+  readonly producer: lambda.IFunction;
+  readonly consumer: lambda.IFunction;
+  readonly oldestMessageAgeAlarmSeconds: number;
+  /** docs/runbook.md (a URL or repo path); each alarm links its own section. */
+  readonly runbookUrl: string;
+  /** Receives alarm and OK notifications when set. */
+  readonly alarmTopicArn?: string;
+}
+
+/**
+ * The pipeline's alarms. Each description says what fired and links the runbook section with
+ * the steps, so whoever is paged lands on the instructions. Missing data is "not breaching": the
+ * queues and functions are idle most of the time and an idle pipeline is not an incident.
+ */
+export class PipelineAlarms extends Construct {
+  /** The alarms, keyed by their runbook anchor. */
+  readonly alarms: Record<string, cloudwatch.Alarm> = {};
+
+  constructor(scope: Construct, id: string, props: PipelineAlarmsProps) {
+    super(scope, id);
+    const period = Duration.minutes(5);
+    const notify = props.alarmTopicArn
+      ? new actions.SnsAction(sns.Topic.fromTopicArn(this, 'AlarmTopic', props.alarmTopicArn))
+      : undefined;
+
+    const add = (id: string, anchor: string, summary: string, metric: cloudwatch.Metric, threshold: number) => {
+      const alarm = new cloudwatch.Alarm(this, id, {
+        metric,
+        threshold,
+        evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        alarmDescription: `${summary} Runbook: ${props.runbookUrl}#${anchor}`,
+      });
+      if (notify) {
+        alarm.addAlarmAction(notify);
+        alarm.addOkAction(notify);
+      }
+      this.alarms[anchor] = alarm;
+    };
+
+    add(
+      'DlqNotEmpty',
+      'dlq-has-messages',
+      'fanout: messages are waiting in the dead-letter queue (permanent failures or retries exhausted).',
+      props.dlq.metricApproximateNumberOfMessagesVisible({ period, statistic: 'Maximum' }),
+      1,
+    );
+    add(
+      'QueueBacklogOld',
+      'oldest-message-too-old',
+      `fanout: the oldest job in the queue is ${props.oldestMessageAgeAlarmSeconds}s old or more (consumer behind or stuck).`,
+      props.queue.metricApproximateAgeOfOldestMessage({ period, statistic: 'Maximum' }),
+      props.oldestMessageAgeAlarmSeconds,
+    );
+    add(
+      'ConsumerErrors',
+      'consumer-errors',
+      'fanout: consumer invocations failed (crash, timeout or whole-batch error).',
+      props.consumer.metricErrors({ period, statistic: 'Sum' }),
+      1,
+    );
+    add(
+      'ConsumerThrottles',
+      'consumer-throttles',
+      'fanout: consumer invocations were throttled (account or reserved concurrency exhausted).',
+      props.consumer.metricThrottles({ period, statistic: 'Sum' }),
+      1,
+    );
+    add(
+      'ProducerErrors',
+      'producer-errors',
+      'fanout: the scheduled producer run failed; jobs of that tick may not have been published.',
+      props.producer.metricErrors({ period, statistic: 'Sum' }),
+      1,
+    );
+  }
+}

@@ -1,0 +1,78 @@
+import * as path from 'node:path';
+import type { FanoutSettings } from './settings';
+
+/** Reads one context value; `cdk -c key=value` gives strings, cdk.json may give any JSON. */
+export type ContextReader = (key: string) => unknown;
+
+type Kind = 'string' | 'number' | 'boolean' | 'json' | 'path';
+
+/** How each setting is spelled on the command line: `-c <setting name>=<value>`. */
+const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
+  producerAssetDir: 'path',
+  consumerAssetDir: 'path',
+  architecture: 'string',
+  configFile: 'string',
+  scheduleExpression: 'string',
+  producerTimeoutSeconds: 'number',
+  producerMemoryMb: 'number',
+  publishConcurrency: 'number',
+  consumerTimeoutSeconds: 'number',
+  consumerMemoryMb: 'number',
+  maxConcurrency: 'number',
+  ratePerSecond: 'number',
+  recordTtlSeconds: 'number',
+  batchSize: 'number',
+  maxBatchingWindowSeconds: 'number',
+  visibilityTimeoutSeconds: 'number',
+  maxReceiveCount: 'number',
+  filterPolicy: 'json',
+  consumerEnvironment: 'json',
+  oldestMessageAgeAlarmSeconds: 'number',
+  runbookUrl: 'string',
+  alarmTopicArn: 'string',
+  retainData: 'boolean',
+  logRetentionDays: 'number',
+};
+
+/** Every setting name accepted as a context key. */
+export const SETTING_KEYS = Object.keys(KINDS) as (keyof FanoutSettings)[];
+
+/**
+ * Turns CDK context values into settings. Only keys that are present are returned, so
+ * the defaults stay in charge of the rest; range checks happen in `resolveSettings`.
+ * Relative asset paths are resolved against `cwd` (infra/ when run through npm or cdk).
+ */
+export function settingsFromContext(read: ContextReader, cwd = process.cwd()): Partial<FanoutSettings> {
+  const out: Record<string, unknown> = {};
+  for (const key of SETTING_KEYS) {
+    const raw = read(key);
+    if (raw === undefined || raw === '') continue;
+    out[key] = convert(key, KINDS[key], raw, cwd);
+  }
+  return out as Partial<FanoutSettings>;
+}
+
+function convert(key: string, kind: Kind, raw: unknown, cwd: string): unknown {
+  switch (kind) {
+    case 'string':
+      return String(raw);
+    case 'path':
+      return path.resolve(cwd, String(raw));
+    case 'number': {
+      const n = typeof raw === 'number' ? raw : Number(String(raw).trim());
+      if (!Number.isFinite(n)) throw new Error(`context ${key}: ${JSON.stringify(raw)} is not a number`);
+      return n;
+    }
+    case 'boolean':
+      if (raw === true || raw === 'true') return true;
+      if (raw === false || raw === 'false') return false;
+      throw new Error(`context ${key}: ${JSON.stringify(raw)} is not true or false`);
+    case 'json':
+      if (typeof raw !== 'string') return raw;
+      try {
+        return JSON.parse(raw);
+      } catch (e) {
+        throw new Error(`context ${key}: not valid JSON (${(e as Error).message})`);
+      }
+  }
+}

@@ -1,0 +1,215 @@
+import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import { PipelineAlarms } from './alarms';
+import { lambdaAsset } from './lambda-asset';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings } from './settings';
+
+/** Stack props: the usual CDK ones plus any subset of {@link FanoutSettings}. */
+export interface FanoutStackProps extends StackProps, Partial<FanoutSettings> {}
+
+/**
+ * The fanout pipeline: schedule → producer → SNS topic → SQS queue (+ DLQ) → consumer, with the
+ * idempotency table, least-privilege roles, alarms and the outputs `fanout dlq …` needs.
+ *
+ * Encryption at rest uses AWS-managed keys (SNS `alias/aws/sns`, SSE-SQS, DynamoDB `aws/dynamodb`):
+ * their key policies already let principals of the account use them through the service, so no
+ * KMS statement is needed in the roles, and SNS can deliver to an SSE-SQS queue without a key
+ * policy of ours.
+ */
+export class FanoutStack extends Stack {
+  /** The settings after defaults and validation. */
+  readonly settings: FanoutSettings;
+  readonly topic: sns.Topic;
+  readonly queue: sqs.Queue;
+  readonly dlq: sqs.Queue;
+  readonly table: dynamodb.Table;
+  readonly producer: lambda.Function;
+  readonly consumer: lambda.Function;
+  readonly alarms: PipelineAlarms;
+
+  constructor(scope: Construct, id: string, props: FanoutStackProps = {}) {
+    super(scope, id, props);
+    const s = (this.settings = resolveSettings(props));
+    const dataRemoval = s.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
+    const architecture = s.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64;
+
+    this.topic = new sns.Topic(this, 'Topic', {
+      masterKey: kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
+      enforceSSL: true,
+    });
+
+    this.dlq = new sqs.Queue(this, 'Dlq', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      // A standard queue keeps the original enqueue time when it dead-letters a message, so the
+      // DLQ must retain longer than the source queue (4 days) or messages expire on arrival.
+      retentionPeriod: Duration.days(14),
+      removalPolicy: dataRemoval,
+    });
+
+    this.queue = new sqs.Queue(this, 'Queue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(4),
+      visibilityTimeout: Duration.seconds(s.visibilityTimeoutSeconds ?? minVisibilityTimeout(s)),
+      deadLetterQueue: { queue: this.dlq, maxReceiveCount: s.maxReceiveCount },
+    });
+
+    // Adds the queue policy statement: sqs:SendMessage for sns.amazonaws.com only when
+    // aws:SourceArn is this topic.
+    this.topic.addSubscription(
+      new subscriptions.SqsSubscription(this.queue, {
+        rawMessageDelivery: true,
+        filterPolicy: s.filterPolicy
+          ? Object.fromEntries(
+              Object.entries(s.filterPolicy).map(([attr, conditions]) => [attr, new sns.SubscriptionFilter(conditions)]),
+            )
+          : undefined,
+      }),
+    );
+
+    this.table = new dynamodb.Table(this, 'IdempotencyTable', {
+      partitionKey: { name: 'message_id', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      timeToLiveAttribute: 'expiration',
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      removalPolicy: dataRemoval,
+    });
+
+    this.producer = this.rustFunction('Producer', s, s.producerAssetDir, architecture, {
+      timeout: s.producerTimeoutSeconds,
+      memoryMb: s.producerMemoryMb,
+      environment: {
+        FANOUT_CONFIG: s.configFile,
+        FANOUT_TOPIC_ARN: this.topic.topicArn,
+        ...optional('FANOUT_PUBLISH_CONCURRENCY', s.publishConcurrency),
+      },
+    });
+    // PublishBatch is authorised by sns:Publish.
+    this.producer.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['sns:Publish'], resources: [this.topic.topicArn] }),
+    );
+
+    this.consumer = this.rustFunction('Consumer', s, s.consumerAssetDir, architecture, {
+      timeout: s.consumerTimeoutSeconds,
+      memoryMb: s.consumerMemoryMb,
+      environment: {
+        ...s.consumerEnvironment,
+        FANOUT_CONFIG: s.configFile,
+        FANOUT_TABLE_NAME: this.table.tableName,
+        FANOUT_QUEUE_URL: this.queue.queueUrl,
+        FANOUT_DLQ_URL: this.dlq.queueUrl,
+        FANOUT_MAX_CONCURRENCY: String(s.maxConcurrency),
+        FANOUT_RATE_PER_SECOND: String(s.ratePerSecond),
+        ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
+      },
+    });
+    this.consumer.addToRolePolicy(
+      new iam.PolicyStatement({
+        // Receive/Delete/GetQueueAttributes: the event source mapping polls with the function's
+        // role; ChangeMessageVisibility: the consumer defers messages on Retry-After.
+        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'],
+        resources: [this.queue.queueArn],
+      }),
+    );
+    this.consumer.addToRolePolicy(
+      // Permanent failures go straight to the DLQ instead of burning maxReceiveCount retries.
+      new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn] }),
+    );
+    this.consumer.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
+        resources: [this.table.tableArn],
+      }),
+    );
+
+    // A plain EventSourceMapping rather than SqsEventSource: the latter grants its own
+    // (broader) queue permissions, the statement above is the exact set.
+    this.consumer.addEventSourceMapping('QueueSource', {
+      eventSourceArn: this.queue.queueArn,
+      batchSize: s.batchSize,
+      maxBatchingWindow: Duration.seconds(s.maxBatchingWindowSeconds),
+      maxConcurrency: s.maxConcurrency,
+      reportBatchItemFailures: true,
+    });
+
+    new events.Rule(this, 'Schedule', {
+      description: 'Starts a fanout producer run',
+      schedule: events.Schedule.expression(s.scheduleExpression),
+      targets: [new targets.LambdaFunction(this.producer)],
+    });
+
+    this.alarms = new PipelineAlarms(this, 'Alarms', {
+      queue: this.queue,
+      dlq: this.dlq,
+      producer: this.producer,
+      consumer: this.consumer,
+      oldestMessageAgeAlarmSeconds: s.oldestMessageAgeAlarmSeconds,
+      runbookUrl: s.runbookUrl,
+      alarmTopicArn: s.alarmTopicArn,
+    });
+
+    // Top-level ids become the output names verbatim; the operator exports them as FANOUT_*.
+    new CfnOutput(this, 'TopicArn', { value: this.topic.topicArn, description: 'FANOUT_TOPIC_ARN' });
+    new CfnOutput(this, 'QueueUrl', { value: this.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
+    new CfnOutput(this, 'DlqUrl', { value: this.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
+    new CfnOutput(this, 'TableName', { value: this.table.tableName, description: 'FANOUT_TABLE_NAME' });
+  }
+
+  /**
+   * A `provided.al2023` function with its own role and log group. The role gets no managed
+   * policy (AWSLambdaBasicExecutionRole allows logs on every resource); it may write to its
+   * own log group only.
+   */
+  private rustFunction(
+    id: string,
+    s: FanoutSettings,
+    assetDir: string,
+    architecture: lambda.Architecture,
+    opts: { timeout: number; memoryMb: number; environment: Record<string, string> },
+  ): lambda.Function {
+    const logGroup = new logs.LogGroup(this, `${id}Logs`, {
+      retention: s.logRetentionDays as logs.RetentionDays,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const role = new iam.Role(this, `${id}Role`, {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+    });
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [logGroup.logGroupArn],
+      }),
+    );
+    return new lambda.Function(this, id, {
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      handler: 'bootstrap',
+      architecture,
+      code: lambdaAsset(assetDir, s.configFile, s.architecture),
+      timeout: Duration.seconds(opts.timeout),
+      memorySize: opts.memoryMb,
+      role,
+      logGroup,
+      // The functions log JSON lines; this makes Lambda's own START/REPORT lines JSON as well,
+      // so one Logs Insights query reads both.
+      loggingFormat: lambda.LoggingFormat.JSON,
+      environment: opts.environment,
+    });
+  }
+}
+
+/** `{ name: "value" }` when the value is set, `{}` otherwise (leaves the Rust default in charge). */
+function optional(name: string, value: number | undefined): Record<string, string> {
+  return value === undefined ? {} : { [name]: String(value) };
+}

@@ -1,0 +1,210 @@
+import * as path from 'node:path';
+import { RetentionDays } from 'aws-cdk-lib/aws-logs';
+
+/** Lambda instruction set; the binaries in the asset directories must match it. */
+export type Architecture = 'arm64' | 'x86_64';
+
+/**
+ * Everything an operator can tune. Every field has a default (see {@link DEFAULTS}) except the
+ * optional ones, whose absence means "leave it to the Rust code's own default".
+ * Durations are plain seconds so that `-c name=value` context values map onto them directly.
+ */
+export interface FanoutSettings {
+  /** Directory holding the producer's `bootstrap` and config file (cargo-lambda output). */
+  readonly producerAssetDir: string;
+  /** Directory holding the consumer's `bootstrap` and config file (cargo-lambda output). */
+  readonly consumerAssetDir: string;
+  /** Architecture of both functions. */
+  readonly architecture: Architecture;
+  /** Name of the pipeline config file inside each package, passed as `FANOUT_CONFIG`. */
+  readonly configFile: string;
+
+  /** EventBridge schedule of the producer, `rate(...)` or `cron(...)`. */
+  readonly scheduleExpression: string;
+  readonly producerTimeoutSeconds: number;
+  readonly producerMemoryMb: number;
+  /** `FANOUT_PUBLISH_CONCURRENCY`: concurrent PublishBatch calls; unset = Rust default. */
+  readonly publishConcurrency?: number;
+
+  readonly consumerTimeoutSeconds: number;
+  readonly consumerMemoryMb: number;
+  /**
+   * Event source mapping `ScalingConfig.MaximumConcurrency` AND the consumer's
+   * `FANOUT_MAX_CONCURRENCY`: each instance takes `ratePerSecond / maxConcurrency` of the global
+   * budget, which is only right if both read the same number.
+   */
+  readonly maxConcurrency: number;
+  /** `FANOUT_RATE_PER_SECOND`: outbound requests per second for all consumer instances together. */
+  readonly ratePerSecond: number;
+  /** `FANOUT_RECORD_TTL_SECS`: lifetime of idempotency records; unset = Rust default (86400). */
+  readonly recordTtlSeconds?: number;
+  /** Records per consumer invocation (1–10, up to 10000 with a batching window). */
+  readonly batchSize: number;
+  readonly maxBatchingWindowSeconds: number;
+  /** Queue visibility timeout; defaults to, and may not be below, 6 × consumer timeout + window. */
+  readonly visibilityTimeoutSeconds?: number;
+  /** Receives before SQS moves a message to the DLQ. */
+  readonly maxReceiveCount: number;
+  /** SNS subscription filter policy (attribute → allowed values); unset = every message. */
+  readonly filterPolicy?: Record<string, unknown[]>;
+  /**
+   * Extra consumer environment, e.g. values for `${env:NAME}` header placeholders. These land in
+   * the template and the Lambda configuration in plain text: see docs/deploy.md for secrets.
+   */
+  readonly consumerEnvironment?: Record<string, string>;
+
+  /** Age of the oldest queued message that raises an alarm. */
+  readonly oldestMessageAgeAlarmSeconds: number;
+  /** Base link to docs/runbook.md put in every alarm description (anchors are appended). */
+  readonly runbookUrl: string;
+  /** Optional SNS topic ARN that receives alarm and OK notifications. */
+  readonly alarmTopicArn?: string;
+  /** Keep the idempotency table and the DLQ when the stack is deleted. */
+  readonly retainData: boolean;
+  readonly logRetentionDays: number;
+}
+
+/** Names of the outputs `fanout dlq …` reads (exported by the operator as FANOUT_*). */
+export const OUTPUT_NAMES = ['TopicArn', 'QueueUrl', 'DlqUrl', 'TableName'] as const;
+
+/** Environment variables the stack sets itself; extra consumer variables may not override them. */
+export const RESERVED_ENV = [
+  'FANOUT_CONFIG',
+  'FANOUT_TOPIC_ARN',
+  'FANOUT_PUBLISH_CONCURRENCY',
+  'FANOUT_TABLE_NAME',
+  'FANOUT_QUEUE_URL',
+  'FANOUT_DLQ_URL',
+  'FANOUT_MAX_CONCURRENCY',
+  'FANOUT_RATE_PER_SECOND',
+  'FANOUT_RECORD_TTL_SECS',
+] as const;
+
+const repoRoot = path.resolve(__dirname, '..', '..');
+
+/** Defaults for every non-optional setting. */
+export const DEFAULTS: Omit<FanoutSettings, OptionalKeys> = {
+  producerAssetDir: path.join(repoRoot, 'target', 'lambda', 'fanout-producer'),
+  consumerAssetDir: path.join(repoRoot, 'target', 'lambda', 'fanout-consumer'),
+  architecture: 'arm64',
+  configFile: 'fanout.json',
+  scheduleExpression: 'rate(15 minutes)',
+  producerTimeoutSeconds: 120,
+  producerMemoryMb: 256,
+  consumerTimeoutSeconds: 30,
+  consumerMemoryMb: 256,
+  maxConcurrency: 5,
+  ratePerSecond: 10,
+  batchSize: 10,
+  maxBatchingWindowSeconds: 0,
+  maxReceiveCount: 5,
+  oldestMessageAgeAlarmSeconds: 1800,
+  runbookUrl: 'docs/runbook.md',
+  retainData: true,
+  logRetentionDays: 30,
+};
+
+type OptionalKeys = {
+  [K in keyof FanoutSettings]-?: undefined extends FanoutSettings[K] ? K : never;
+}[keyof FanoutSettings];
+
+/** Retention periods CloudWatch Logs accepts (the numeric members of the enum, minus INFINITE). */
+const LOG_RETENTION_DAYS = Object.values(RetentionDays).filter(
+  (d): d is number => typeof d === 'number' && d !== RetentionDays.INFINITE,
+);
+
+/** Longest visibility timeout SQS accepts (12 hours). */
+const MAX_VISIBILITY_SECONDS = 43_200;
+
+/**
+ * The smallest queue visibility timeout that keeps a message invisible while a consumer may still
+ * work on it: AWS's guidance of six function timeouts (retries on throttling), plus the time the
+ * event source spends gathering the batch, during which the messages are already in flight.
+ */
+export function minVisibilityTimeout(s: Pick<FanoutSettings, 'consumerTimeoutSeconds' | 'maxBatchingWindowSeconds'>): number {
+  return 6 * s.consumerTimeoutSeconds + s.maxBatchingWindowSeconds;
+}
+
+/**
+ * Fills defaults and checks every setting; throws one Error listing all problems, so a bad
+ * parameter stops `cdk synth` instead of failing half-way through a deployment.
+ */
+export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSettings {
+  const defined = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
+  const s: FanoutSettings = { ...DEFAULTS, ...defined };
+  const problems: string[] = [];
+  const int = (name: keyof FanoutSettings, min: number, max: number) => {
+    const v = s[name];
+    if (v === undefined) return;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+    }
+  };
+
+  if (s.architecture !== 'arm64' && s.architecture !== 'x86_64') {
+    problems.push(`architecture must be arm64 or x86_64, got ${JSON.stringify(s.architecture)}`);
+  }
+  if (!/^[\w.-]+$/.test(s.configFile)) {
+    problems.push(`configFile must be a plain file name inside the package, got ${JSON.stringify(s.configFile)}`);
+  }
+  if (!/^(rate|cron)\(.+\)$/.test(s.scheduleExpression)) {
+    problems.push(`scheduleExpression must be rate(...) or cron(...), got ${JSON.stringify(s.scheduleExpression)}`);
+  }
+  int('producerTimeoutSeconds', 1, 900);
+  int('consumerTimeoutSeconds', 1, 900);
+  int('producerMemoryMb', 128, 10_240);
+  int('consumerMemoryMb', 128, 10_240);
+  int('publishConcurrency', 1, 1000);
+  // Lambda's own bounds for ScalingConfig.MaximumConcurrency; below 2 it rejects the mapping.
+  int('maxConcurrency', 2, 1000);
+  if (typeof s.ratePerSecond !== 'number' || !Number.isFinite(s.ratePerSecond) || s.ratePerSecond <= 0) {
+    problems.push(`ratePerSecond must be a number above 0, got ${JSON.stringify(s.ratePerSecond)}`);
+  }
+  int('recordTtlSeconds', 60, 366 * 86_400);
+  int('maxBatchingWindowSeconds', 0, 300);
+  // SQS allows more than 10 records per batch only when a batching window is set.
+  int('batchSize', 1, s.maxBatchingWindowSeconds > 0 ? 10_000 : 10);
+  int('maxReceiveCount', 1, 1000);
+  int('oldestMessageAgeAlarmSeconds', 60, 14 * 86_400);
+  if (!LOG_RETENTION_DAYS.includes(s.logRetentionDays)) {
+    problems.push(`logRetentionDays must be one of ${LOG_RETENTION_DAYS.join(', ')}, got ${JSON.stringify(s.logRetentionDays)}`);
+  }
+
+  const minVisibility = minVisibilityTimeout(s);
+  if (minVisibility > MAX_VISIBILITY_SECONDS) {
+    problems.push(
+      `6 × consumerTimeoutSeconds + maxBatchingWindowSeconds = ${minVisibility}s exceeds SQS's ` +
+        `${MAX_VISIBILITY_SECONDS}s visibility limit`,
+    );
+  }
+  if (s.visibilityTimeoutSeconds !== undefined) {
+    int('visibilityTimeoutSeconds', 0, MAX_VISIBILITY_SECONDS);
+    if (s.visibilityTimeoutSeconds < minVisibility) {
+      problems.push(
+        `visibilityTimeoutSeconds (${s.visibilityTimeoutSeconds}) must be at least 6 × ` +
+          `consumerTimeoutSeconds + maxBatchingWindowSeconds = ${minVisibility}`,
+      );
+    }
+  }
+
+  for (const [name, value] of Object.entries(s.consumerEnvironment ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      problems.push(`consumerEnvironment: ${JSON.stringify(name)} is not a valid variable name`);
+    } else if ((RESERVED_ENV as readonly string[]).includes(name)) {
+      problems.push(`consumerEnvironment may not set ${name}: the stack sets it`);
+    }
+    if (typeof value !== 'string') {
+      problems.push(`consumerEnvironment.${name} must be a string`);
+    }
+  }
+  for (const [attr, values] of Object.entries(s.filterPolicy ?? {})) {
+    if (!Array.isArray(values) || values.length === 0) {
+      problems.push(`filterPolicy.${attr} must be a non-empty array of conditions`);
+    }
+  }
+
+  if (problems.length > 0) {
+    throw new Error(`Invalid fanout stack settings:\n  - ${problems.join('\n  - ')}`);
+  }
+  return s;
+}
