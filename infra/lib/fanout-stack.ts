@@ -165,6 +165,9 @@ export class FanoutStack extends Stack {
     new CfnOutput(this, 'QueueUrl', { value: this.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
     new CfnOutput(this, 'DlqUrl', { value: this.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
     new CfnOutput(this, 'TableName', { value: this.table.tableName, description: 'FANOUT_TABLE_NAME' });
+    // For `aws logs tail` in the runbook; the function names are generated.
+    new CfnOutput(this, 'ProducerLogGroup', { value: this.producer.logGroup.logGroupName });
+    new CfnOutput(this, 'ConsumerLogGroup', { value: this.consumer.logGroup.logGroupName });
   }
 
   /**
