@@ -170,13 +170,8 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
     problems.push(`logRetentionDays must be one of ${LOG_RETENTION_DAYS.join(', ')}, got ${JSON.stringify(s.logRetentionDays)}`);
   }
 
+  // With Lambda's 900 s and the 300 s window caps, the minimum (5700 s) always fits SQS's limit.
   const minVisibility = minVisibilityTimeout(s);
-  if (minVisibility > MAX_VISIBILITY_SECONDS) {
-    problems.push(
-      `6 × consumerTimeoutSeconds + maxBatchingWindowSeconds = ${minVisibility}s exceeds SQS's ` +
-        `${MAX_VISIBILITY_SECONDS}s visibility limit`,
-    );
-  }
   if (s.visibilityTimeoutSeconds !== undefined) {
     int('visibilityTimeoutSeconds', 0, MAX_VISIBILITY_SECONDS);
     if (s.visibilityTimeoutSeconds < minVisibility) {

@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, test } from 'node:test';
+import { elfArchitecture } from '../lib/lambda-asset';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings } from '../lib/settings';
+import { FIXTURES, buildStack } from './helpers';
+
+/** Asserts that synthesizing with these settings throws a message matching `pattern`. */
+function rejects(props: Partial<FanoutSettings>, pattern: RegExp) {
+  assert.throws(() => buildStack(props), pattern);
+}
+
+describe('parameter validation at synth', () => {
+  test('maxConcurrency must be 2..1000 (Lambda rejects a mapping below 2)', () => {
+    rejects({ maxConcurrency: 1 }, /maxConcurrency must be an integer from 2 to 1000, got 1/);
+    rejects({ maxConcurrency: 1001 }, /maxConcurrency/);
+    rejects({ maxConcurrency: 2.5 }, /maxConcurrency/);
+    assert.doesNotThrow(() => resolveSettings({ maxConcurrency: 2 }));
+  });
+
+  test('visibility timeout below 6 × consumer timeout + batching window is refused', () => {
+    const s = { consumerTimeoutSeconds: 60, maxBatchingWindowSeconds: 10, batchSize: 20 };
+    assert.equal(minVisibilityTimeout(s), 370);
+    rejects({ ...s, visibilityTimeoutSeconds: 369 }, /visibilityTimeoutSeconds \(369\) must be at least .* = 370/);
+    assert.doesNotThrow(() => resolveSettings({ ...s, visibilityTimeoutSeconds: 370 }));
+    rejects({ visibilityTimeoutSeconds: 43_201 }, /visibilityTimeoutSeconds must be an integer from 0 to 43200/);
+  });
+
+  test('function timeouts stay within Lambda limits', () => {
+    rejects({ consumerTimeoutSeconds: 901 }, /consumerTimeoutSeconds/);
+    rejects({ producerTimeoutSeconds: 0 }, /producerTimeoutSeconds/);
+  });
+
+  test('batch size above 10 needs a batching window', () => {
+    rejects({ batchSize: 11 }, /batchSize must be an integer from 1 to 10, got 11/);
+    assert.doesNotThrow(() => resolveSettings({ batchSize: 11, maxBatchingWindowSeconds: 1 }));
+    rejects({ maxBatchingWindowSeconds: 301 }, /maxBatchingWindowSeconds/);
+  });
+
+  test('rate, receive count, schedule, architecture, retention', () => {
+    rejects({ ratePerSecond: 0 }, /ratePerSecond must be a number above 0/);
+    rejects({ ratePerSecond: Number.NaN }, /ratePerSecond/);
+    rejects({ maxReceiveCount: 0 }, /maxReceiveCount/);
+    rejects({ scheduleExpression: 'every 15 minutes' }, /scheduleExpression must be rate\(\.\.\.\) or cron\(\.\.\.\)/);
+    rejects({ architecture: 'x86' as never }, /architecture must be arm64 or x86_64/);
+    rejects({ logRetentionDays: 31 }, /logRetentionDays must be one of .*30, 60/);
+    rejects({ configFile: '../fanout.json' }, /configFile must be a plain file name/);
+  });
+
+  test('extra consumer variables may not override what the stack sets', () => {
+    rejects({ consumerEnvironment: { FANOUT_MAX_CONCURRENCY: '50' } }, /may not set FANOUT_MAX_CONCURRENCY/);
+    rejects({ consumerEnvironment: { 'BAD-NAME': 'x' } }, /not a valid variable name/);
+    assert.doesNotThrow(() => resolveSettings({ consumerEnvironment: { API_TOKEN: 'x' } }));
+  });
+
+  test('a filter policy needs non-empty condition lists', () => {
+    rejects({ filterPolicy: { target_host: [] } }, /filterPolicy.target_host must be a non-empty array/);
+  });
+
+  test('every problem is reported at once', () => {
+    assert.throws(
+      () => resolveSettings({ maxConcurrency: 1, ratePerSecond: -1, batchSize: 0 }),
+      (e: Error) => ['maxConcurrency', 'ratePerSecond', 'batchSize'].every((name) => e.message.includes(name)),
+    );
+  });
+});
+
+describe('deployment packages', () => {
+  const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-asset-'));
+  /** A package directory whose bootstrap starts like an ELF executable for `machine`. */
+  const elfPackage = (machine: number) => {
+    const dir = tmp();
+    const header = Buffer.alloc(64);
+    header.writeUInt32BE(0x7f454c46, 0); // \x7fELF
+    header[4] = 2; // 64-bit
+    header[5] = 1; // little endian
+    header.writeUInt16LE(machine, 18);
+    fs.writeFileSync(path.join(dir, 'bootstrap'), header, { mode: 0o755 });
+    fs.writeFileSync(path.join(dir, 'fanout.json'), '{"targets":[]}');
+    return dir;
+  };
+  const producerAssetDir = path.join(FIXTURES, 'fanout-producer');
+
+  test('a missing bootstrap points at scripts/package', () => {
+    rejects({ consumerAssetDir: tmp() }, /bootstrap does not exist: build it with scripts\/package/);
+  });
+
+  test('a missing config file is refused', () => {
+    const dir = tmp();
+    fs.copyFileSync(path.join(producerAssetDir, 'bootstrap'), path.join(dir, 'bootstrap'));
+    rejects({ consumerAssetDir: dir }, /fanout\.json does not exist/);
+    rejects({ configFile: 'pipeline.yaml' }, /pipeline\.yaml does not exist/);
+  });
+
+  test('the bootstrap architecture must match the stack architecture', () => {
+    const x86 = elfPackage(0x3e);
+    const arm = elfPackage(0xb7);
+    assert.equal(elfArchitecture(path.join(x86, 'bootstrap')), 'x86_64');
+    assert.equal(elfArchitecture(path.join(arm, 'bootstrap')), 'arm64');
+    assert.equal(elfArchitecture(path.join(producerAssetDir, 'bootstrap')), undefined);
+    rejects({ consumerAssetDir: x86 }, /is an x86_64 binary but the stack deploys arm64/);
+    assert.doesNotThrow(() => buildStack({ consumerAssetDir: arm }));
+    assert.doesNotThrow(() => buildStack({ consumerAssetDir: x86, architecture: 'x86_64' }));
+  });
+});
