@@ -2,18 +2,27 @@
 //!
 //! # The state machine
 //! ```text
-//!   (none) ──acquire──▶ IN_PROGRESS ──complete──▶ COMPLETED     later copies: skip and ack
-//!                         │    ▲
-//!                    fail │    │ acquire (the record FAILED, or its lock expired
-//!                         ▼    │          because the holder crashed or timed out)
-//!                        FAILED
+//!   (none) ──acquire──▶ IN_PROGRESS ──complete──▶ COMPLETED        later copies: skip, ack
+//!                       │  ▲  │  ▲
+//!    fail (transient)   │  │  │  │ acquire (lock expired: the holder crashed or timed out)
+//!                       ▼  │  │  └──────────┐
+//!                     FAILED │  └─reject──▶ REJECTED ──dead_lettered──▶ DEAD_LETTERED
+//!                            │   (permanent)  (DLQ copy pending)          (DLQ copy sent)
+//!                            └──────── acquire by a replay of that dead-lettering ───┘
 //! ```
 //! - [`IdempotencyStore::acquire`] takes the lock: a conditional write that succeeds when there
 //!   is no record, when it is FAILED, or when it is IN_PROGRESS with an expired lock. The lock
 //!   expires at the invocation's deadline (Powertools semantics): a crashed consumer never holds
 //!   a job for longer than one function timeout. Each acquire bumps `attempts`, which is the
 //!   fencing token of the holder.
-//! - [`IdempotencyStore::complete`] and [`IdempotencyStore::fail`] are conditional on
+//! - A permanent failure is recorded *before* the DLQ send (REJECTED) and confirmed after it
+//!   (DEAD_LETTERED). A copy that arrives in between (the holder crashed) resumes the DLQ send
+//!   without calling the target again; a copy that arrives after is acked. So a permanent
+//!   failure calls the target once and is never lost; the only duplicate left is a second DLQ
+//!   copy when a crash falls between the send and the confirmation.
+//! - A DLQ replay carries the attempt number it replays ([`Claim::replay_of`]): it may take a
+//!   DEAD_LETTERED record of that attempt, and a second copy of the same replay may not.
+//! - [`IdempotencyStore::complete`], [`IdempotencyStore::fail`] and the others are conditional on
 //!   IN_PROGRESS *and* the holder's `attempts`, so a holder whose lock expired and was taken over
 //!   cannot overwrite the new holder's outcome ([`Transition::Superseded`]).
 //! - A COMPLETED record lives until `expiration` (the table's TTL), default 24 h: within that
@@ -35,8 +44,12 @@ pub enum Status {
     InProgress,
     /// The call succeeded; later copies are skipped.
     Completed,
-    /// The last attempt failed; the next copy (retry or replay) may acquire.
+    /// The last attempt failed transiently; the next copy (retry or replay) may acquire.
     Failed,
+    /// The last attempt failed permanently; its DLQ copy may not exist yet.
+    Rejected,
+    /// The last attempt failed permanently and its DLQ copy was sent.
+    DeadLettered,
 }
 
 impl Status {
@@ -46,6 +59,8 @@ impl Status {
             Status::InProgress => "IN_PROGRESS",
             Status::Completed => "COMPLETED",
             Status::Failed => "FAILED",
+            Status::Rejected => "REJECTED",
+            Status::DeadLettered => "DEAD_LETTERED",
         }
     }
 
@@ -55,6 +70,8 @@ impl Status {
             "IN_PROGRESS" => Some(Status::InProgress),
             "COMPLETED" => Some(Status::Completed),
             "FAILED" => Some(Status::Failed),
+            "REJECTED" => Some(Status::Rejected),
+            "DEAD_LETTERED" => Some(Status::DeadLettered),
             _ => None,
         }
     }
@@ -98,6 +115,8 @@ pub struct Claim<'a> {
     pub lock_until_ms: i64,
     /// The record's TTL, s since the epoch.
     pub expiration_s: i64,
+    /// For a DLQ replay: the `attempts` of the dead-lettering it replays.
+    pub replay_of: Option<u32>,
 }
 
 /// The answer to [`IdempotencyStore::acquire`].
@@ -115,6 +134,18 @@ pub enum Acquire {
         /// When that lock expires, ms since the epoch.
         until_ms: i64,
     },
+    /// A permanent failure whose DLQ copy may be missing: send it (without calling), then
+    /// confirm with [`IdempotencyStore::dead_lettered`].
+    Rejected {
+        /// The attempt that failed (the fencing token for the confirmation).
+        attempt: u32,
+        /// Its reason.
+        reason: String,
+        /// Its status code.
+        status_code: Option<u16>,
+    },
+    /// Already in the DLQ: ack.
+    AlreadyDeadLettered,
 }
 
 /// The answer to [`IdempotencyStore::complete`] and [`IdempotencyStore::fail`].
@@ -127,14 +158,21 @@ pub enum Transition {
 }
 
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
-pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64) -> Acquire {
-    match existing {
-        None => Acquire::Acquired { attempt: 1 },
-        Some(r) => match r.status {
-            Status::Completed => Acquire::AlreadyCompleted,
-            Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
-            Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1 },
+pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
+    let Some(r) = existing else {
+        return Acquire::Acquired { attempt: 1 };
+    };
+    match r.status {
+        Status::Completed => Acquire::AlreadyCompleted,
+        Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
+        Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1 },
+        Status::Rejected => Acquire::Rejected {
+            attempt: r.attempts,
+            reason: r.last_error.clone().unwrap_or_default(),
+            status_code: r.status_code,
         },
+        Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1 },
+        Status::DeadLettered => Acquire::AlreadyDeadLettered,
     }
 }
 
@@ -147,8 +185,14 @@ pub trait IdempotencyStore: Send + Sync {
     /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code.
     async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError>;
 
-    /// IN_PROGRESS (held by `attempt`) → FAILED, with the reason and status code if any.
+    /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code.
     async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
+
+    /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send.
+    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
+
+    /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send.
+    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError>;
 
     /// Reads records by message ID (missing ones are left out).
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError>;
@@ -174,10 +218,16 @@ mod tests {
 
     #[test]
     fn acquire_rule() {
-        assert_eq!(decide_acquire(None, 100), Acquire::Acquired { attempt: 1 });
-        assert_eq!(decide_acquire(Some(&record(Status::Completed, 0)), 100), Acquire::AlreadyCompleted);
-        assert_eq!(decide_acquire(Some(&record(Status::InProgress, 200)), 100), Acquire::Locked { until_ms: 200 });
-        assert_eq!(decide_acquire(Some(&record(Status::InProgress, 50)), 100), Acquire::Acquired { attempt: 3 });
-        assert_eq!(decide_acquire(Some(&record(Status::Failed, 500)), 100), Acquire::Acquired { attempt: 3 });
+        use Status::*;
+        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1 });
+        assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, None), Acquire::AlreadyCompleted);
+        assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, Some(2)), Acquire::AlreadyCompleted);
+        assert_eq!(decide_acquire(Some(&record(InProgress, 200)), 100, None), Acquire::Locked { until_ms: 200 });
+        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3 });
+        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3 });
+        assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, None), Acquire::Rejected { attempt: 2, .. }));
+        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, None), Acquire::AlreadyDeadLettered);
+        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)), Acquire::AlreadyDeadLettered);
+        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3 });
     }
 }

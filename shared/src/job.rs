@@ -26,6 +26,9 @@ pub const ATTR_TARGET_HOST: &str = "target_host";
 pub const ATTR_FAILURE_REASON: &str = "failure_reason";
 /// Attribute the consumer sets on a dead-lettered message: the target's HTTP status, if any.
 pub const ATTR_STATUS_CODE: &str = "status_code";
+/// Attribute the consumer sets on a dead-lettered message: the idempotency attempt that failed.
+/// A replay carries it back, which lets the replayed copy (and only it) run again.
+pub const ATTR_DEAD_LETTER_ATTEMPT: &str = "dead_letter_attempt";
 
 /// One versioned job, as JSON in the SNS/SQS message body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

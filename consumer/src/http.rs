@@ -1,0 +1,278 @@
+//! The outbound call: a guarded HTTP client and the classification of what came back.
+//!
+//! Classification: 2xx succeeded; 408, 429, 5xx, timeouts and connection errors are transient
+//! (SQS retries them); other 4xx, redirects we do not follow, refused addresses and bad input
+//! are permanent (DLQ). The SSRF guard sits in the client's DNS resolver, so it judges the
+//! addresses actually connected to, for the first request and for every redirect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+
+use fanout_shared::config::{env_placeholders, HeaderPart};
+use fanout_shared::netguard;
+use fanout_shared::JobTarget;
+
+/// Header carrying the job's message ID, so targets that support it dedupe on their side too.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
+/// Bytes of a response body read (and discarded) so the connection can be reused.
+const MAX_BODY_DRAIN: usize = 1 << 20;
+/// Longest `Retry-After` honoured: SQS's visibility timeout ceiling.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    /// 2xx.
+    Succeeded {
+        /// The status code.
+        status: u16,
+    },
+    /// Worth retrying later.
+    Transient {
+        /// Why, for logs and the idempotency record.
+        reason: String,
+        /// The status code, if a response came.
+        status: Option<u16>,
+        /// The target's `Retry-After`, on 429 and 503.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help: dead-letter it.
+    Permanent {
+        /// Why, the DLQ message's `failure_reason`.
+        reason: String,
+        /// The status code, if a response came.
+        status: Option<u16>,
+    },
+}
+
+/// An address the SSRF guard refused, carried through reqwest's error chain.
+#[derive(Debug)]
+struct ForbiddenAddress(String);
+
+impl std::fmt::Display for ForbiddenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ForbiddenAddress {}
+
+/// Resolves with the system resolver, then refuses the name if any address is forbidden.
+/// Refusing when *any* address is bad (not just filtering) stops DNS-rebinding tricks that mix a
+/// public and a private address.
+struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(reason) = addrs.iter().find_map(|a| netguard::forbidden_reason(a.ip())) {
+                return Err(Box::new(ForbiddenAddress(format!("{host} resolves to a {reason}"))) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP client every record of an instance shares (connection pool, TLS sessions).
+#[derive(Clone)]
+pub struct Caller {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl Caller {
+    /// Builds the client. With `allow_private_networks` the guard is off (tests, private APIs).
+    pub fn new(allow_private_networks: bool) -> Result<Self, reqwest::Error> {
+        let allow = allow_private_networks;
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            let scheme = attempt.url().scheme().to_owned();
+            if !matches!(scheme.as_str(), "http" | "https") {
+                return attempt.error(format!("redirect to scheme {scheme:?}"));
+            }
+            // Names are judged by the resolver; literal addresses never reach it.
+            if let (false, Some(host)) = (allow, attempt.url().host()) {
+                if let Err(e) = netguard::check_literal_host(&host) {
+                    return attempt.error(ForbiddenAddress(format!("redirect refused: {e}")));
+                }
+            }
+            attempt.follow()
+        });
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect)
+            // A proxy would resolve names itself, past the guard.
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if !allow {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        }
+        Ok(Self { client: builder.build()?, allow_private: allow })
+    }
+
+    /// Calls `target` once with `Idempotency-Key: message_id`, within `timeout`, and classifies
+    /// the result. Header placeholders are resolved from this process's environment here, so
+    /// secrets exist only in the request.
+    pub async fn call(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> CallOutcome {
+        let request = match self.build(target, message_id, timeout) {
+            Ok(request) => request,
+            Err(reason) => return CallOutcome::Permanent { reason, status: None },
+        };
+        match request.send().await {
+            Ok(response) => classify_response(response).await,
+            Err(err) => classify_error(&err, timeout),
+        }
+    }
+
+    fn build(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> Result<reqwest::RequestBuilder, String> {
+        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
+        if !self.allow_private {
+            if let Some(host) = url.host() {
+                netguard::check_literal_host(&host).map_err(|e| format!("refused: {e}"))?;
+            }
+        }
+        let method = Method::from_bytes(target.method.as_bytes()).map_err(|_| format!("bad method {:?}", target.method))?;
+        let mut headers = HeaderMap::with_capacity(target.headers.len() + 2);
+        for (name, template) in &target.headers {
+            let value = resolve_env(template).map_err(|e| format!("header {name}: {e}"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name {name:?}"))?;
+            // The error names the header, never the value: it may hold a secret.
+            let value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: value is not valid"))?;
+            headers.insert(name, value);
+        }
+        let key = HeaderValue::from_str(message_id).map_err(|_| "bad message id".to_owned())?;
+        headers.insert(IDEMPOTENCY_KEY, key);
+        let mut request = self.client.request(method, url).headers(headers).timeout(timeout);
+        if let Some(body) = &target.body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(body).map_err(|e| format!("body: {e}"))?);
+        }
+        Ok(request)
+    }
+}
+
+/// Replaces `${env:NAME}` with the environment variable; an unset one is an error naming it.
+pub fn resolve_env(template: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    for part in env_placeholders(template)? {
+        match part {
+            HeaderPart::Literal(text) => out.push_str(text),
+            HeaderPart::Env(name) => {
+                out.push_str(&std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?)
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers());
+    // Drain (a bounded part of) the body so the keep-alive connection goes back to the pool.
+    let mut drained = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        drained += chunk.len();
+        if drained > MAX_BODY_DRAIN {
+            break;
+        }
+    }
+    let code = status.as_u16();
+    if status.is_success() {
+        CallOutcome::Succeeded { status: code }
+    } else if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let honours = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+        CallOutcome::Transient {
+            reason: format!("HTTP {status}"),
+            status: Some(code),
+            retry_after: retry_after.filter(|_| honours),
+        }
+    } else if status.is_redirection() {
+        CallOutcome::Permanent { reason: format!("HTTP {status}: redirect not followed"), status: Some(code) }
+    } else {
+        CallOutcome::Permanent { reason: format!("HTTP {status}"), status: Some(code) }
+    }
+}
+
+fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(forbidden) = e.downcast_ref::<ForbiddenAddress>() {
+            return CallOutcome::Permanent { reason: format!("refused: {forbidden}"), status: None };
+        }
+        source = e.source();
+    }
+    let reason = if err.is_timeout() {
+        format!("timeout after {} ms", timeout.as_millis())
+    } else if err.is_connect() {
+        format!("connection failed: {}", root_cause(err))
+    } else if err.is_redirect() {
+        return CallOutcome::Permanent { reason: format!("redirect: {}", root_cause(err)), status: None };
+    } else if err.is_builder() {
+        return CallOutcome::Permanent { reason: format!("bad request: {}", root_cause(err)), status: None };
+    } else {
+        format!("request failed: {}", root_cause(err))
+    };
+    CallOutcome::Transient { reason, status: None, retry_after: None }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    e.to_string()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, capped at SQS's 12 h visibility ceiling.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("999999999"));
+        assert_eq!(parse_retry_after(&h), Some(MAX_RETRY_AFTER));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
+        let d = parse_retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn env_placeholders_resolve_or_name_the_missing_variable() {
+        std::env::set_var("FANOUT_TEST_HTTP_TOKEN", "s3cret");
+        assert_eq!(resolve_env("Bearer ${env:FANOUT_TEST_HTTP_TOKEN}").unwrap(), "Bearer s3cret");
+        let err = resolve_env("${env:FANOUT_TEST_UNSET_VARIABLE}").unwrap_err();
+        assert!(err.contains("FANOUT_TEST_UNSET_VARIABLE is not set"), "{err}");
+    }
+}

@@ -1,0 +1,40 @@
+//! Consumer Lambda: wires the environment and the SQS/DynamoDB clients, then calls
+//! [`Consumer::handle_batch`]. Environment: `FANOUT_CONFIG`, `FANOUT_TABLE_NAME`,
+//! `FANOUT_QUEUE_URL`, `FANOUT_DLQ_URL` and the tunables of [`Settings::from_env`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_shared::aws::{load_sdk_config, DynamoDbStore, SqsQueue};
+use fanout_shared::{logging, PipelineConfig};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+
+fn required(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} is required"))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    logging::init_json();
+    let path = PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
+    let config = PipelineConfig::load(&path)?;
+    let settings = Settings::from_env(|k| std::env::var(k).ok())?;
+    let sdk = load_sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let backends = Backends {
+        store: Arc::new(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&sdk), required("FANOUT_TABLE_NAME")?)),
+        source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),
+        dlq: Arc::new(SqsQueue::new(sqs, required("FANOUT_DLQ_URL")?)),
+    };
+    let consumer = Consumer::new(&config, backends, settings)?;
+    let consumer = &consumer;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        let report = consumer.handle_batch(event.payload, deadline_ms).await;
+        report.metrics.flush_stdout();
+        Ok::<SqsBatchResponse, Error>(report.response)
+    }))
+    .await
+}

@@ -1,0 +1,227 @@
+//! [`IdempotencyStore`] over a DynamoDB table keyed by `message_id`.
+//!
+//! Every transition of the state machine (see [`crate::idempotency`]) is one conditional
+//! `UpdateItem`. Item attributes: `message_id`, `status`, `in_progress_expiry` (ms),
+//! `expiration` (s, the table's TTL attribute), `attempts`, `last_error`, `status_code`,
+//! `run_id`, `target_id`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+
+use super::{sdk_error, service_code};
+use crate::error::BackendError;
+use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+
+const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
+
+/// The idempotency table.
+#[derive(Debug, Clone)]
+pub struct DynamoDbStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoDbStore {
+    /// The store in `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    async fn get(&self, message_id: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("message_id", s(message_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("dynamodb:GetItem", e))?;
+        Ok(output.item().and_then(parse_record))
+    }
+
+    /// One conditional transition out of IN_PROGRESS (or REJECTED) held by `attempt`.
+    async fn transition(
+        &self,
+        message_id: &str,
+        from: Status,
+        attempt: u32,
+        set: &str,
+        mut values: HashMap<String, AttributeValue>,
+    ) -> Result<Transition, BackendError> {
+        values.insert(":from".into(), s(from.as_str()));
+        values.insert(":attempt".into(), n(attempt));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("message_id", s(message_id))
+            .update_expression(set)
+            .condition_expression("#status = :from AND #attempts = :attempt")
+            .set_expression_attribute_names(Some(names()))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transition::Done),
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(Transition::Superseded),
+            Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
+        }
+    }
+
+    async fn fail_as(&self, to: Status, message_id: &str, attempt: u32, error: &str, code: Option<u16>) -> Result<Transition, BackendError> {
+        let mut values = HashMap::from([(":to".to_owned(), s(to.as_str())), (":err".to_owned(), s(error))]);
+        let set = match code {
+            Some(code) => {
+                values.insert(":code".into(), n(code));
+                "SET #status = :to, #last_error = :err, #status_code = :code"
+            }
+            None => "SET #status = :to, #last_error = :err REMOVE #status_code",
+        };
+        self.transition(message_id, Status::InProgress, attempt, set, values).await
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Every attribute goes through a name placeholder: `status` is a DynamoDB reserved word.
+fn names() -> HashMap<String, String> {
+    ["status", "attempts", "in_progress_expiry", "expiration", "last_error", "status_code", "run_id", "target_id", "message_id"]
+        .iter()
+        .map(|a| (format!("#{a}"), (*a).to_owned()))
+        .collect()
+}
+
+fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRecord> {
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let number = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    Some(IdempotencyRecord {
+        message_id: text("message_id")?,
+        status: Status::parse(&text("status")?)?,
+        in_progress_expiry_ms: number("in_progress_expiry").unwrap_or(0),
+        expiration_s: number("expiration").unwrap_or(0),
+        attempts: number("attempts").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+        last_error: text("last_error"),
+        status_code: number("status_code").and_then(|c| u16::try_from(c).ok()),
+        run_id: text("run_id").unwrap_or_default(),
+        target_id: text("target_id").unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoDbStore {
+    async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
+        // The condition is `decide_acquire` written for DynamoDB; a failed condition is read
+        // back and judged by `decide_acquire` itself. A record that changed in between (so the
+        // read says "acquire") is retried a few times before it is reported as locked.
+        let mut condition = "attribute_not_exists(#message_id) OR #status = :failed \
+                             OR (#status = :in_progress AND #in_progress_expiry < :now)"
+            .to_owned();
+        let mut values = HashMap::from([
+            (":failed".to_owned(), s(Status::Failed.as_str())),
+            (":in_progress".to_owned(), s(Status::InProgress.as_str())),
+            (":now".to_owned(), n(claim.now_ms)),
+            (":lock".to_owned(), n(claim.lock_until_ms)),
+            (":exp".to_owned(), n(claim.expiration_s)),
+            (":run".to_owned(), s(claim.run_id)),
+            (":target".to_owned(), s(claim.target_id)),
+            (":one".to_owned(), n(1)),
+        ]);
+        if let Some(replayed) = claim.replay_of {
+            condition.push_str(" OR (#status = :dead_lettered AND #attempts = :replayed)");
+            values.insert(":dead_lettered".into(), s(Status::DeadLettered.as_str()));
+            values.insert(":replayed".into(), n(replayed));
+        }
+        for _ in 0..3 {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("message_id", s(claim.message_id))
+                .update_expression(
+                    "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
+                     #run_id = :run, #target_id = :target ADD #attempts :one",
+                )
+                .condition_expression(&condition)
+                .set_expression_attribute_names(Some(names()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            match result {
+                Ok(output) => {
+                    let attempt = output.attributes().and_then(parse_record).map_or(1, |r| r.attempts);
+                    return Ok(Acquire::Acquired { attempt });
+                }
+                Err(e) if service_code(&e) == Some(CONDITION_FAILED) => {
+                    match decide_acquire(self.get(claim.message_id).await?.as_ref(), claim.now_ms, claim.replay_of) {
+                        Acquire::Acquired { .. } => continue,
+                        decided => return Ok(decided),
+                    }
+                }
+                Err(e) => return Err(sdk_error("dynamodb:UpdateItem", e)),
+            }
+        }
+        Ok(Acquire::Locked { until_ms: claim.now_ms })
+    }
+
+    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
+        let values = HashMap::from([
+            (":to".to_owned(), s(Status::Completed.as_str())),
+            (":code".to_owned(), n(status_code)),
+            (":exp".to_owned(), n(expiration_s)),
+        ]);
+        let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error";
+        self.transition(message_id, Status::InProgress, attempt, set, values).await
+    }
+
+    async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+        self.fail_as(Status::Failed, message_id, attempt, error, status_code).await
+    }
+
+    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+        self.fail_as(Status::Rejected, message_id, attempt, error, status_code).await
+    }
+
+    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError> {
+        let values = HashMap::from([(":to".to_owned(), s(Status::DeadLettered.as_str()))]);
+        self.transition(message_id, Status::Rejected, attempt, "SET #status = :to", values).await
+    }
+
+    async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
+        let mut records = Vec::with_capacity(message_ids.len());
+        for chunk in message_ids.chunks(100) {
+            let keys = chunk.iter().map(|id| HashMap::from([("message_id".to_owned(), s(id))])).collect();
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
+            loop {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
+                if let Some(items) = output.responses().and_then(|r| r.get(&self.table)) {
+                    records.extend(items.iter().filter_map(parse_record));
+                }
+                match output.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                    Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
+                    _ => break,
+                }
+            }
+        }
+        Ok(records)
+    }
+}

@@ -1,0 +1,53 @@
+//! The backend traits over the AWS SDK: SNS, SQS and DynamoDB.
+//!
+//! Clients come from the standard SDK configuration only ([`load_sdk_config`]): region,
+//! credential chain and profiles, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for
+//! emulators such as moto. Nothing here knows about endpoints.
+
+mod dynamodb;
+mod sns;
+mod sqs;
+
+pub use dynamodb::DynamoDbStore;
+pub use sns::SnsPublisher;
+pub use sqs::SqsQueue;
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::error::BackendError;
+
+/// Loads the standard SDK configuration (environment, profiles, container/instance roles).
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Maps an SDK error to a [`BackendError`]: transport failures and throttling are retryable,
+/// everything else (validation, missing resources, access denied) is not.
+fn sdk_error<E, R>(service: &'static str, err: SdkError<E, R>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or_default();
+            code.contains("Throttl")
+                || code.contains("ProvisionedThroughputExceeded")
+                || code.contains("RequestLimitExceeded")
+                || code.contains("InternalError")
+                || code.contains("ServiceUnavailable")
+                || code.contains("TransactionConflict")
+        }
+        SdkError::ConstructionFailure(_) => false,
+        _ => true,
+    };
+    BackendError { service, message: DisplayErrorContext(&err).to_string(), retryable }
+}
+
+/// The error code of an SDK service error, if the error is one.
+fn service_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(e) => e.err().code(),
+        _ => None,
+    }
+}
