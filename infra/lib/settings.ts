@@ -64,9 +64,6 @@ export interface FanoutSettings {
   readonly logRetentionDays: number;
 }
 
-/** Names of the outputs `fanout dlq …` reads (exported by the operator as FANOUT_*). */
-export const OUTPUT_NAMES = ['TopicArn', 'QueueUrl', 'DlqUrl', 'TableName'] as const;
-
 /** Environment variables the stack sets itself; extra consumer variables may not override them. */
 export const RESERVED_ENV = [
   'FANOUT_CONFIG',
