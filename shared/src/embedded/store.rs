@@ -1,0 +1,200 @@
+//! The embedded idempotency table: the same conditional transitions as the DynamoDB store,
+//! each one SQLite transaction.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row};
+
+use super::{sql_error, EmbeddedBackend};
+use crate::error::BackendError;
+use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id";
+
+/// The idempotency table in the state file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    backend: EmbeddedBackend,
+}
+
+fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
+    let status: String = row.get(1)?;
+    Ok(IdempotencyRecord {
+        message_id: row.get(0)?,
+        // An unknown status can only come from hand-editing; treat it as a failed attempt.
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        in_progress_expiry_ms: row.get(2)?,
+        expiration_s: row.get(3)?,
+        attempts: row.get(4)?,
+        last_error: row.get(5)?,
+        status_code: row.get(6)?,
+        run_id: row.get(7)?,
+        target_id: row.get(8)?,
+    })
+}
+
+impl EmbeddedStore {
+    pub(super) fn new(backend: EmbeddedBackend) -> Self {
+        Self { backend }
+    }
+
+    /// Every record of a run (for summaries and the DLQ listing).
+    pub fn records_of_run(&self, run_id: &str) -> Result<Vec<IdempotencyRecord>, BackendError> {
+        let inner = self.backend.lock()?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE run_id = ?1"))
+            .map_err(sql_error)?;
+        let rows = stmt.query_map([run_id], record).map_err(sql_error)?;
+        rows.collect::<Result<_, _>>().map_err(sql_error)
+    }
+
+    /// One conditional transition: `from` held by `attempt` → `to`.
+    fn transition(&self, message_id: &str, from: Status, attempt: u32, to: Status, error: Option<&str>, code: Option<u16>, expiration: Option<i64>) -> Result<Transition, BackendError> {
+        let inner = self.backend.lock()?;
+        let changed = inner
+            .conn
+            .prepare_cached(
+                "UPDATE idempotency SET status = ?4,
+                     last_error = CASE WHEN ?4 = 'COMPLETED' THEN NULL WHEN ?5 IS NULL THEN last_error ELSE ?5 END,
+                     status_code = COALESCE(?6, CASE WHEN ?4 = 'DEAD_LETTERED' THEN status_code END),
+                     expiration = COALESCE(?7, expiration)
+                 WHERE message_id = ?1 AND status = ?2 AND attempts = ?3",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration]))
+            .map_err(sql_error)?;
+        Ok(if changed == 1 { Transition::Done } else { Transition::Superseded })
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for EmbeddedStore {
+    async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
+        let mut inner = self.backend.lock()?;
+        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let existing = tx
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"))
+            .and_then(|mut s| s.query_row([claim.message_id], record).optional())
+            .map_err(sql_error)?;
+        let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
+        if let Acquire::Acquired { attempt } = decision {
+            tx.prepare_cached(
+                "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id)
+                 VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6)
+                 ON CONFLICT (message_id) DO UPDATE SET status = 'IN_PROGRESS', in_progress_expiry = ?2,
+                     expiration = ?3, attempts = ?4, run_id = ?5, target_id = ?6",
+            )
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![claim.message_id, claim.lock_until_ms, claim.expiration_s, attempt, claim.run_id, claim.target_id])
+            })
+            .map_err(sql_error)?;
+        }
+        tx.commit().map_err(sql_error)?;
+        Ok(decision)
+    }
+
+    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
+        self.transition(message_id, Status::InProgress, attempt, Status::Completed, None, Some(status_code), Some(expiration_s))
+    }
+
+    async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+        self.transition(message_id, Status::InProgress, attempt, Status::Failed, Some(error), status_code, None)
+    }
+
+    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+        self.transition(message_id, Status::InProgress, attempt, Status::Rejected, Some(error), status_code, None)
+    }
+
+    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError> {
+        self.transition(message_id, Status::Rejected, attempt, Status::DeadLettered, None, None, None)
+    }
+
+    async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
+        let inner = self.backend.lock()?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"))
+            .map_err(sql_error)?;
+        let mut records = Vec::with_capacity(message_ids.len());
+        for id in message_ids {
+            if let Some(r) = stmt.query_row([id], record).optional().map_err(sql_error)? {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::publish::Publisher;
+    use crate::queue::Queue;
+    use crate::OutboundMessage;
+
+    fn claim(now_ms: i64, lock_until_ms: i64) -> Claim<'static> {
+        Claim { message_id: "m1", run_id: "r", target_id: "t", now_ms, lock_until_ms, expiration_s: 0, replay_of: None }
+    }
+
+    #[tokio::test]
+    async fn conditional_transitions_follow_the_state_machine() {
+        let store = EmbeddedBackend::open(":memory:".as_ref()).unwrap().store();
+        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1 });
+        assert_eq!(store.acquire(&claim(200, 1000)).await.unwrap(), Acquire::Locked { until_ms: 1000 });
+        // The lock expired: a second consumer takes over, and the first one's outcome is refused.
+        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2 });
+        assert_eq!(store.complete("m1", 1, 200, 9).await.unwrap(), Transition::Superseded);
+        assert_eq!(store.fail("m1", 2, "HTTP 503", Some(503)).await.unwrap(), Transition::Done);
+        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3 });
+        assert_eq!(store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(), Transition::Done);
+        assert!(matches!(store.acquire(&claim(1003, 5000)).await.unwrap(), Acquire::Rejected { attempt: 3, status_code: Some(400), .. }));
+        assert_eq!(store.dead_lettered("m1", 3).await.unwrap(), Transition::Done);
+        assert_eq!(store.acquire(&claim(1004, 5000)).await.unwrap(), Acquire::AlreadyDeadLettered);
+        let replay = Claim { replay_of: Some(3), ..claim(1005, 5000) };
+        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4 });
+        assert_eq!(store.complete("m1", 4, 200, 9).await.unwrap(), Transition::Done);
+        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::AlreadyCompleted);
+        let record = &store.get_many(&["m1".into(), "none".into()]).await.unwrap()[0];
+        assert_eq!((record.status, record.attempts, record.status_code, record.last_error.as_deref()), (Status::Completed, 4, Some(200), None));
+    }
+
+    #[tokio::test]
+    async fn queue_visibility_receive_count_and_redrive() {
+        let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+        backend.ensure_pipeline("jobs", "q", "dlq", 2).unwrap();
+        let message = OutboundMessage { id: "a".into(), body: "{}".into(), attributes: BTreeMap::from([("k".into(), "v".into())]) };
+        backend.topic("jobs").publish_batch(&[message]).await.unwrap();
+        let (queue, dlq) = (backend.queue("q"), backend.queue("dlq"));
+        let vis = Duration::from_millis(50);
+        let first = queue.receive(10, vis, Duration::ZERO).await.unwrap();
+        assert_eq!((first.len(), first[0].receive_count, first[0].attributes["k"].as_str()), (1, 1, "v"));
+        assert!(queue.receive(10, vis, Duration::ZERO).await.unwrap().is_empty(), "hidden while in flight");
+        assert_eq!(queue.depth().await.unwrap().in_flight, 1);
+        let second = queue.receive(10, vis, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(second[0].receive_count, 2, "visible again after the timeout");
+        queue.delete(&[first[0].receipt_handle.clone()]).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap().in_flight, 1, "a stale receipt deletes nothing");
+        tokio::time::sleep(vis * 2).await;
+        assert!(queue.receive(10, vis, Duration::ZERO).await.unwrap().is_empty(), "third receive exceeds 2: redriven");
+        assert_eq!(dlq.receive(10, vis, Duration::ZERO).await.unwrap()[0].body, "{}");
+        assert!(queue.depth().await.unwrap().is_drained());
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_injected_at_the_configured_rate() {
+        let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+        backend.ensure_pipeline("jobs", "q", "dlq", 5).unwrap();
+        backend.set_duplicates(super::super::Duplicates { twice: 0.3, thrice: 0.0, seed: 7 }).unwrap();
+        let topic = backend.topic("jobs");
+        for chunk in 0..100 {
+            let batch: Vec<_> = (0..10)
+                .map(|i| OutboundMessage { id: format!("{chunk}-{i}"), body: "{}".into(), attributes: BTreeMap::new() })
+                .collect();
+            topic.publish_batch(&batch).await.unwrap();
+        }
+        let visible = backend.queue("q").depth().await.unwrap().visible;
+        assert!((1250..=1350).contains(&visible), "{visible} copies of 1000 messages at 30% duplicates");
+    }
+}
