@@ -11,6 +11,8 @@
 //! - [`logging`]: JSON logs through `tracing`.
 //! - `embedded` (feature `embedded`): one SQLite file standing in for SNS, SQS and DynamoDB.
 //! - `aws` (feature `aws`): the same traits over the AWS SDK.
+//! - `target_server` (feature `target-server`): a scriptable HTTP target on 127.0.0.1 for demos,
+//!   tests and benchmarks.
 
 pub mod config;
 pub mod error;
@@ -26,6 +28,8 @@ pub mod queue;
 pub mod aws;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "target-server")]
+pub mod target_server;
 
 pub use config::{ConfigError, ConfigErrors, PipelineConfig};
 pub use error::BackendError;

@@ -1,0 +1,254 @@
+//! The consumer's batch handler against the embedded backend and a local target server:
+//! every behaviour issue #2 names, with events built from JSON as Lambda sends them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_shared::embedded::EmbeddedBackend;
+use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore, Status};
+use fanout_shared::job::{ATTR_FAILURE_REASON, ATTR_STATUS_CODE};
+use fanout_shared::target_server::TargetServer;
+use fanout_shared::{JobMessage, PipelineConfig, Queue};
+use serde_json::json;
+
+struct Harness {
+    backend: EmbeddedBackend,
+    consumer: Consumer,
+    server: TargetServer,
+}
+
+async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
+    let server = TargetServer::start().await.unwrap();
+    let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+    backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", 5).unwrap();
+    let config = config.to_string().replace("BASE", &server.base_url());
+    let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
+    let backends = Backends {
+        store: Arc::new(backend.store()),
+        source: Arc::new(backend.queue("jobs")),
+        dlq: Arc::new(backend.queue("jobs-dlq")),
+    };
+    let consumer = Consumer::new(&config, backends, settings).unwrap();
+    Harness { backend, consumer, server }
+}
+
+fn config(targets: serde_json::Value) -> serde_json::Value {
+    json!({ "allow_private_networks": true, "targets": targets })
+}
+
+fn job(run: &str, id: &str, url: &str) -> JobMessage {
+    let target = fanout_shared::JobTarget {
+        id: id.into(),
+        url: url.into(),
+        method: "GET".into(),
+        headers: Default::default(),
+        body: None,
+        timeout_ms: 2000,
+    };
+    JobMessage::new(run, target, chrono::Utc::now())
+}
+
+/// An SQS event as Lambda delivers it, one record per body.
+fn event(bodies: &[String]) -> SqsEvent {
+    let records: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            json!({
+                "messageId": format!("sqs-{i}"), "receiptHandle": format!("rh-{i}"), "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs", "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+fn in_seconds(s: i64) -> i64 {
+    fanout_shared::now_ms() + s * 1000
+}
+
+fn failures(report: &fanout_consumer::BatchReport) -> Vec<String> {
+    report.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+}
+
+async fn dlq_messages(h: &Harness) -> Vec<fanout_shared::QueueMessage> {
+    h.backend.queue("jobs-dlq").receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap()
+}
+
+#[tokio::test]
+async fn success_sends_idempotency_key_and_duplicate_is_skipped() {
+    let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
+    let job = job("run-1", "a", &format!("{}/ok/a", h.server.base_url()));
+    let body = job.encode().body;
+    // Two copies in one batch: one calls; the other finds it settled, or still locked and comes back.
+    let report = h.consumer.handle_batch(event(&[body.clone(), body.clone()]), in_seconds(10)).await;
+    assert_eq!(report.metrics.total("Succeeded"), 1.0);
+    assert_eq!(report.metrics.total("DuplicatesSkipped") + report.metrics.total("LockedElsewhere"), 1.0);
+    assert_eq!(failures(&report).len() as f64, report.metrics.total("LockedElsewhere"));
+    // A copy delivered later is skipped outright.
+    let again = h.consumer.handle_batch(event(&[body]), in_seconds(10)).await;
+    assert_eq!(again.metrics.total("DuplicatesSkipped"), 1.0);
+    let records = h.server.records();
+    assert_eq!(records.len(), 1, "one outbound call for three copies");
+    assert_eq!(records[0].idempotency_key.as_deref(), Some(job.message_id.as_str()));
+}
+
+#[tokio::test]
+async fn live_lock_is_a_batch_item_failure_and_expired_lock_is_reacquired() {
+    let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
+    let job = job("run-1", "a", &format!("{}/ok/a", h.server.base_url()));
+    let store = h.backend.store();
+    let claim = |now_ms, lock_until_ms| Claim {
+        message_id: &job.message_id, run_id: "run-1", target_id: "a", now_ms, lock_until_ms, expiration_s: 0, replay_of: None,
+    };
+    // Another consumer holds a live lock.
+    assert!(matches!(store.acquire(&claim(fanout_shared::now_ms(), in_seconds(60))).await.unwrap(), Acquire::Acquired { .. }));
+    let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;
+    assert_eq!(failures(&report), vec!["sqs-0"]);
+    assert_eq!(h.server.stats().calls, 0);
+    // Its lock expires (it crashed): the next delivery takes over and calls.
+    let other = Claim { message_id: "other", ..claim(0, 0) };
+    store.acquire(&other).await.unwrap();
+    let expired_store = h.backend.store();
+    let record = &expired_store.get_many(&[job.message_id.clone()]).await.unwrap()[0];
+    assert_eq!(record.status, Status::InProgress);
+    // Re-take it with a lock that is already over, as a crashed holder leaves it.
+    assert!(matches!(store.acquire(&claim(in_seconds(120), in_seconds(-1))).await.unwrap(), Acquire::Acquired { .. }));
+    let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(h.server.stats().effects, 1);
+    let record = &store.get_many(&[job.message_id.clone()]).await.unwrap()[0];
+    assert_eq!((record.status, record.attempts), (Status::Completed, 3));
+}
+
+#[tokio::test]
+async fn poison_message_goes_to_the_dlq_with_its_reason() {
+    let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
+    let report = h.consumer.handle_batch(event(&["{not json".into(), r#"{"v":9}"#.into()]), in_seconds(10)).await;
+    assert!(failures(&report).is_empty(), "poison is acked, not retried");
+    let mut reasons: Vec<String> = dlq_messages(&h).await.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].clone()).collect();
+    reasons.sort();
+    assert!(reasons[0].starts_with("poison message: body is not JSON"), "{reasons:?}");
+    assert!(reasons[1].starts_with("poison message: unsupported message version 9"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn client_error_is_dead_lettered_once_and_server_error_is_retried() {
+    let h = harness(config(json!([{"id": "bad", "url": "BASE/bad/x"}, {"id": "flaky", "url": "BASE/flaky/x?fail=9"}])), Settings::default()).await;
+    let base = h.server.base_url();
+    let bad = job("run-1", "bad", &format!("{base}/bad/x"));
+    let flaky = job("run-1", "flaky", &format!("{base}/flaky/x?fail=9"));
+    let report = h.consumer.handle_batch(event(&[bad.encode().body, flaky.encode().body]), in_seconds(10)).await;
+    assert_eq!(failures(&report), vec!["sqs-1"], "only the 500 is retried");
+    let dlq = dlq_messages(&h).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "HTTP 400 Bad Request");
+    assert_eq!(dlq[0].attributes[ATTR_STATUS_CODE], "400");
+    let records = h.backend.store().get_many(&[bad.message_id.clone(), flaky.message_id.clone()]).await.unwrap();
+    let status = |id: &str| records.iter().find(|r| r.message_id == id).map(|r| r.status);
+    assert_eq!(status(&bad.message_id), Some(Status::DeadLettered));
+    assert_eq!(status(&flaky.message_id), Some(Status::Failed));
+    // A redelivered copy of the 400 is acked without a second call.
+    let again = h.consumer.handle_batch(event(&[bad.encode().body]), in_seconds(10)).await;
+    assert!(failures(&again).is_empty());
+    assert_eq!(h.server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1);
+}
+
+#[tokio::test]
+async fn timeout_is_transient() {
+    let h = harness(config(json!([{"id": "slow", "url": "BASE/slow/x?ms=3000", "timeout_ms": 100}])), Settings::default()).await;
+    let mut slow = job("run-1", "slow", &format!("{}/slow/x?ms=3000", h.server.base_url()));
+    slow.target.timeout_ms = 100;
+    let report = h.consumer.handle_batch(event(&[slow.encode().body]), in_seconds(10)).await;
+    assert_eq!(failures(&report), vec!["sqs-0"]);
+    let record = &h.backend.store().get_many(&[slow.message_id]).await.unwrap()[0];
+    assert_eq!(record.last_error.as_deref(), Some("timeout after 100 ms"));
+}
+
+#[tokio::test]
+async fn rate_wait_past_the_deadline_defers_instead_of_waiting() {
+    let mut targets = vec![];
+    for i in 0..3 {
+        targets.push(json!({"id": format!("t{i}"), "url": format!("BASE/ok/{i}")}));
+    }
+    let mut cfg = config(json!(targets));
+    cfg["rate_limit"] = json!({"per_second": 0.5});
+    let settings = Settings { max_concurrency: 1, deadline_margin: Duration::from_millis(100), ..Settings::default() };
+    let h = harness(cfg, settings).await;
+    let bodies: Vec<String> = (0..3).map(|i| job("run-1", &format!("t{i}"), &format!("{}/ok/{i}", h.server.base_url())).encode().body).collect();
+    let started = std::time::Instant::now();
+    let report = h.consumer.handle_batch(event(&bodies), in_seconds(1)).await;
+    assert!(started.elapsed() < Duration::from_millis(900), "returned before the deadline: {:?}", started.elapsed());
+    assert_eq!(failures(&report).len(), 2, "one permit per 2 s: two records deferred");
+    assert_eq!(h.server.stats().calls, 1);
+}
+
+/// This machine's host name; on Linux it resolves to loopback through /etc/hosts.
+async fn loopback_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
+    let addrs: Vec<_> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
+    addrs.iter().all(|a| a.ip().is_loopback()).then_some(name)
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
+    let server = TargetServer::start().await.unwrap();
+    let port = server.base_url().rsplit(':').next().unwrap().to_owned();
+    // Private networks not allowed: the config may not even name 127.0.0.1 ...
+    let bad_config = json!({"targets": [{"id": "a", "url": format!("http://127.0.0.1:{port}/ok")}]});
+    let err = PipelineConfig::parse(&bad_config.to_string(), false, "f.json").unwrap_err().to_string();
+    assert!(err.contains("loopback"), "{err}");
+    // ... and queued jobs naming such hosts are refused by the consumer, after DNS for names.
+    let Some(hostname) = loopback_hostname().await else {
+        panic!("this test needs the machine's host name to resolve to loopback (/etc/hosts)");
+    };
+    let hosts = json!({ hostname.clone(): {"per_second": 100}, "127.0.0.1": {"per_second": 100} });
+    let cfg = json!({"hosts": hosts, "targets": [{"id": "x", "url": "https://api.example.com/"}]});
+    let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+    let backends = Backends { store: Arc::new(backend.store()), source: Arc::new(backend.queue("q")), dlq: Arc::new(backend.queue("dlq")) };
+    let config = PipelineConfig::parse(&cfg.to_string(), false, "f.json").unwrap();
+    let consumer = Consumer::new(&config, backends, Settings::default()).unwrap();
+    let by_name = job("r", "x", &format!("http://{hostname}:{port}/ok"));
+    let literal = job("r", "y", &format!("http://127.0.0.1:{port}/ok"));
+    let metadata = job("r", "z", "http://169.254.169.254/latest/meta-data/");
+    let report = consumer.handle_batch(event(&[literal.encode().body, metadata.encode().body, by_name.encode().body]), in_seconds(10)).await;
+    assert!(failures(&report).is_empty(), "refusals are permanent: acked, not retried");
+    let dlq = backend.queue("dlq").receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+    let mut reasons: Vec<&str> = dlq.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].as_str()).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("host \"169.254.169.254\" is not in the consumer's allowed hosts")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| *r == "refused: 127.0.0.1 is a loopback address"), "{reasons:?}");
+    let dns = format!("refused: {hostname} resolves to a loopback address");
+    assert!(reasons.iter().any(|r| *r == dns), "{reasons:?}");
+    assert_eq!(server.stats().calls, 0, "nothing reached the target");
+}
+
+#[tokio::test]
+async fn env_header_is_resolved_at_call_time_and_absent_from_the_message() {
+    std::env::set_var("FANOUT_TEST_API_TOKEN", "tok-42-secret");
+    let targets = json!([{"id": "a", "url": "BASE/ok/a", "headers": {"Authorization": "Bearer ${env:FANOUT_TEST_API_TOKEN}"}}]);
+    let h = harness(config(targets.clone()), Settings::default()).await;
+    let cfg = PipelineConfig::parse(&config(targets).to_string().replace("BASE", &h.server.base_url()), false, "t.json").unwrap();
+    let message = JobMessage::new("run-1", cfg.job_target(&cfg.targets[0]), chrono::Utc::now()).encode();
+    assert!(!message.body.contains("tok-42-secret"));
+    assert!(message.body.contains("${env:FANOUT_TEST_API_TOKEN}"));
+    let report = h.consumer.handle_batch(event(&[message.body]), in_seconds(10)).await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(h.server.records()[0].authorization.as_deref(), Some("Bearer tok-42-secret"));
+}
+
+#[tokio::test]
+async fn missing_env_var_is_a_permanent_failure_naming_it() {
+    let targets = json!([{"id": "a", "url": "BASE/ok/a", "headers": {"X-Key": "${env:FANOUT_TEST_NEVER_SET}"}}]);
+    let h = harness(config(targets.clone()), Settings::default()).await;
+    let cfg = PipelineConfig::parse(&config(targets).to_string().replace("BASE", &h.server.base_url()), false, "t.json").unwrap();
+    let message = JobMessage::new("run-1", cfg.job_target(&cfg.targets[0]), chrono::Utc::now()).encode();
+    h.consumer.handle_batch(event(&[message.body]), in_seconds(10)).await;
+    let dlq = dlq_messages(&h).await;
+    assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "header X-Key: environment variable FANOUT_TEST_NEVER_SET is not set");
+}

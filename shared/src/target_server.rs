@@ -1,0 +1,186 @@
+//! A target HTTP server on 127.0.0.1 for demos, tests and benchmarks.
+//!
+//! Behaviour is chosen by the path, so a config file alone describes a workload:
+//! `/{kind}/{anything}?{params}`, where the key for per-target state is the whole path.
+//! - `ok`: 200.
+//! - `slow?ms=N`: waits N ms, then 200.
+//! - `flaky?fail=N`: 500 for the first N calls, then 200.
+//! - `limited?fail=N&retry_after=S`: 429 with `Retry-After: S` for the first N calls, then 200.
+//! - `bad`: 400, always.
+//! - `reset?fail=N`: drops the connection without answering for the first N calls, then 200.
+//! - `redirect?to=URL`: 302 to URL.
+//!
+//! Like a real API that supports `Idempotency-Key`, it applies each key's effect once: a 2xx
+//! for a key that already succeeded is counted as a repeat, not a second effect.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// One request the server saw.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// When it arrived.
+    pub at: Instant,
+    /// Its path (with query).
+    pub path: String,
+    /// Its `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// Its `Authorization` header (tests check secrets arrive here and nowhere else).
+    pub authorization: Option<String>,
+    /// The status answered (0 for a dropped connection).
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    calls_by_path: HashMap<String, u32>,
+    records: Vec<CallRecord>,
+    succeeded_keys: HashMap<String, u32>,
+}
+
+/// A running target server; stops when dropped.
+pub struct TargetServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the server saw, summed up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetStats {
+    /// Requests received.
+    pub calls: usize,
+    /// Distinct idempotency keys that got a 2xx: the effects applied.
+    pub effects: usize,
+    /// 2xx calls for a key that had already succeeded.
+    pub repeat_successes: usize,
+}
+
+fn query(path: &str, name: &str) -> Option<u64> {
+    let query = path.split_once('?')?.1;
+    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+impl TargetServer {
+    /// Starts on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request seen so far.
+    pub fn records(&self) -> Vec<CallRecord> {
+        self.state.lock().map(|s| s.records.clone()).unwrap_or_default()
+    }
+
+    /// Calls, effects and repeats so far.
+    pub fn stats(&self) -> TargetStats {
+        let Ok(state) = self.state.lock() else { return TargetStats::default() };
+        TargetStats {
+            calls: state.records.len(),
+            effects: state.succeeded_keys.len(),
+            repeat_successes: state.succeeded_keys.values().map(|n| (*n as usize).saturating_sub(1)).sum(),
+        }
+    }
+
+    /// The most requests that arrived within any window of `window`.
+    pub fn max_calls_in_window(&self, window: Duration) -> usize {
+        let mut times: Vec<Instant> = self.records().iter().map(|r| r.at).collect();
+        times.sort();
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= window {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+}
+
+impl Drop for TargetServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
+
+async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (key, authorization) = (header("idempotency-key"), header("authorization"));
+    let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
+    let call_number = {
+        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = s.calls_by_path.entry(path.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let failing = u64::from(call_number) <= query(&path, "fail").unwrap_or(0);
+    let dropped = kind == "reset" && failing;
+    let mut response = Response::builder();
+    let status = match kind.as_str() {
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(query(&path, "ms").unwrap_or(100))).await;
+            StatusCode::OK
+        }
+        "flaky" if failing => StatusCode::INTERNAL_SERVER_ERROR,
+        "limited" if failing => {
+            response = response.header("retry-after", query(&path, "retry_after").unwrap_or(1).to_string());
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        "bad" => StatusCode::BAD_REQUEST,
+        "redirect" => {
+            let to = path.split_once("to=").map(|(_, to)| to.to_owned()).unwrap_or_default();
+            response = response.header("location", to);
+            StatusCode::FOUND
+        }
+        _ => StatusCode::OK,
+    };
+    {
+        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if status.is_success() && !dropped {
+            if let Some(k) = &key {
+                *s.succeeded_keys.entry(k.clone()).or_insert(0) += 1;
+            }
+        }
+        let code = if dropped { 0 } else { status.as_u16() };
+        s.records.push(CallRecord { at: Instant::now(), path, idempotency_key: key, authorization, status: code });
+    }
+    if dropped {
+        // An error from the service makes hyper close the connection without a response.
+        return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+    }
+    response
+        .status(status)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
