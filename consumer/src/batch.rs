@@ -29,8 +29,13 @@ impl Consumer {
     /// batch item failure.
     pub async fn handle_batch(&self, event: SqsEvent, deadline_ms: i64) -> BatchReport {
         let deadline = Deadline::new(deadline_ms, self.settings.deadline_margin);
-        let reports: Vec<_> = stream::iter(event.records.iter())
-            .map(|record| async move { (record.message_id.clone(), self.process_record(record, deadline).await) })
+        // Records are moved into their futures: borrowed ones trip the compiler's higher-ranked
+        // lifetime check when this future is spawned.
+        let reports: Vec<_> = stream::iter(event.records)
+            .map(|record| async move {
+                let report = self.process_record(&record, deadline).await;
+                (record.message_id, report)
+            })
             .buffer_unordered(self.settings.batch_concurrency.max(1))
             .collect()
             .await;

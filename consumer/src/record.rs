@@ -223,7 +223,7 @@ impl Consumer {
         let body = record.body.as_deref().unwrap_or_default();
         match self.dlq.send(body, &attributes).await {
             Ok(_) => {
-                warn!(%reason, "dead-lettered");
+                info!(%reason, "dead-lettered");
                 RecordReport::new(Verdict::DeadLettered(reason))
             }
             Err(e) => retry_on_backend("send to DLQ", &e),

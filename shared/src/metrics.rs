@@ -59,6 +59,11 @@ impl MetricSet {
         self.values.get(name).map(|(_, v)| v.iter().sum()).unwrap_or(0.0)
     }
 
+    /// Every sample of a sampled metric (empty for unknown names).
+    pub fn samples(&self, name: &str) -> &[f64] {
+        self.values.get(name).map_or(&[], |(_, v)| v.as_slice())
+    }
+
     /// Folds another set's values into this one.
     pub fn merge(&mut self, other: MetricSet) {
         for (name, (unit, values)) in other.values {

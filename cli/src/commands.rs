@@ -1,0 +1,334 @@
+//! The `fanout` command line: argument definitions and what each command does.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use fanout_shared::embedded::Duplicates;
+use fanout_shared::target_server::TargetServer;
+use fanout_shared::PipelineConfig;
+
+use crate::backend::{self, AwsNames, EmbeddedSettings, Pipeline};
+use crate::event_source::EventSourceOptions;
+use crate::run::{self, RunOptions};
+
+/// The fanout operator command.
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about = "Run, inspect and operate the fanout pipeline")]
+pub struct Cli {
+    /// Where the pipeline lives: the embedded state file, or SNS/SQS/DynamoDB.
+    #[arg(long, global = true, value_enum, default_value = "embedded", env = "FANOUT_BACKEND")]
+    pub backend: BackendKind,
+    /// Embedded state file (`:memory:` for a throwaway run).
+    #[arg(long, global = true, default_value = ".fanout/local.db", env = "FANOUT_STATE")]
+    pub state: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// One SQLite file on this machine.
+    Embedded,
+    /// SNS, SQS and DynamoDB through the standard AWS SDK configuration.
+    Aws,
+}
+
+/// Names of the AWS resources (`--backend aws`).
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// SNS topic ARN.
+    #[arg(long, global = true, env = "FANOUT_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+    /// SQS job queue URL.
+    #[arg(long, global = true, env = "FANOUT_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// SQS dead-letter queue URL.
+    #[arg(long, global = true, env = "FANOUT_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// DynamoDB idempotency table.
+    #[arg(long, global = true, env = "FANOUT_TABLE_NAME")]
+    pub table_name: Option<String>,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Produce one tick, then consume until every job is settled.
+    Run(RunArgs),
+    /// Publish one tick (producer only).
+    Produce(ProduceArgs),
+    /// Drain the job queue through local consumer invocations.
+    Consume(ConsumeArgs),
+    /// Config file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `fanout config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config and show what it would do.
+    Check {
+        /// The config file.
+        file: PathBuf,
+        /// The consumer's maximum concurrency, for the per-instance budget.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+    },
+}
+
+/// Settings of the local event source and the embedded queue.
+#[derive(Debug, Args, Clone)]
+pub struct LocalArgs {
+    /// Global outbound budget, requests/s (overrides the config).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Concurrent invocations (the event source's MaximumConcurrency).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Records per invocation (1..=10).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub batch_size: u32,
+    /// Receives before the embedded queue redrives a message to the DLQ.
+    #[arg(long, default_value_t = 5)]
+    pub max_receive_count: u32,
+    /// Fraction of messages the embedded topic delivers twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Seconds a received message stays hidden.
+    #[arg(long, default_value_t = 3.0)]
+    pub visibility_timeout: f64,
+    /// Seconds each invocation may run.
+    #[arg(long, default_value_t = 3.0)]
+    pub function_timeout: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline config file (JSON or YAML).
+    #[arg(long, required_unless_present = "demo")]
+    pub config: Option<PathBuf>,
+    /// Start a demo target server and run 500 generated targets against it.
+    #[arg(long, conflicts_with = "config")]
+    pub demo: bool,
+    /// The run ID (default: derived from the config name and the current hour).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+/// `fanout produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// The pipeline config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run ID (default: derived from the config name and the current hour).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Receives before the embedded queue redrives a message to the DLQ.
+    #[arg(long, default_value_t = 5)]
+    pub max_receive_count: u32,
+    /// Fraction of messages the embedded topic delivers twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The pipeline config file (the consumer's budgets and allowed hosts).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+/// Exit code for bad input.
+const BAD_INPUT: u8 = 2;
+
+/// Runs the parsed command line.
+pub async fn main(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(Failure::BadInput(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(BAD_INPUT)
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    BadInput(String),
+    Other(String),
+}
+
+impl From<run::RunError> for Failure {
+    fn from(e: run::RunError) -> Self {
+        Failure::Other(e.to_string())
+    }
+}
+
+impl From<fanout_shared::BackendError> for Failure {
+    fn from(e: fanout_shared::BackendError) -> Self {
+        if e.service == "config" { Failure::BadInput(e.to_string()) } else { Failure::Other(e.to_string()) }
+    }
+}
+
+fn load_config(path: &Path) -> Result<PipelineConfig, Failure> {
+    PipelineConfig::load(path).map_err(|e| Failure::BadInput(e.to_string()))
+}
+
+fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(Failure::BadInput(format!("--duplicate-rate must be between 0 and 1, got {rate}")));
+    }
+    Ok(Duplicates { twice: rate, ..Duplicates::default() })
+}
+
+async fn pipeline(cli: &Cli, max_receive_count: u32, duplicate_rate: f64) -> Result<Pipeline, Failure> {
+    match cli.backend {
+        BackendKind::Embedded => Ok(backend::embedded(&EmbeddedSettings {
+            state: cli.state.clone(),
+            max_receive_count,
+            duplicates: duplicates(duplicate_rate)?,
+        })?),
+        BackendKind::Aws => {
+            if duplicate_rate > 0.0 {
+                return Err(Failure::BadInput("--duplicate-rate only applies to the embedded backend".into()));
+            }
+            let names = AwsNames {
+                topic_arn: cli.aws.topic_arn.clone(),
+                queue_url: cli.aws.queue_url.clone(),
+                dlq_url: cli.aws.dlq_url.clone(),
+                table_name: cli.aws.table_name.clone(),
+            };
+            Ok(backend::aws(&names).await?)
+        }
+    }
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Failure::BadInput(format!("--{name} must be a positive number of seconds, got {value}")))
+}
+
+fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Failure> {
+    if local.concurrency == 0 {
+        return Err(Failure::BadInput("--concurrency must be at least 1".into()));
+    }
+    if let Some(rate) = local.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(Failure::BadInput(format!("--rate must be a positive number, got {rate}")));
+    }
+    Ok(RunOptions {
+        event_source: EventSourceOptions {
+            concurrency: local.concurrency,
+            batch_size: local.batch_size,
+            visibility_timeout: seconds("visibility-timeout", local.visibility_timeout)?,
+            function_timeout: seconds("function-timeout", local.function_timeout)?,
+            // SQS long polls in whole seconds; the embedded queue polls locally.
+            poll_wait: if backend == BackendKind::Aws { Duration::from_secs(1) } else { Duration::from_millis(100) },
+            timeout: seconds("timeout", local.timeout)?,
+        },
+        rate_override: local.rate,
+        quiet: local.json,
+    })
+}
+
+/// `local/<config name>@<current hour>`: re-running within the hour resumes the same tick.
+fn default_run_id(config: &Path) -> String {
+    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("config");
+    format!("local/{stem}@{}", chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z"))
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Run(args) => run_command(&cli, args).await,
+        Command::Produce(args) => {
+            let config = load_config(&args.config)?;
+            let pipeline = pipeline(&cli, args.max_receive_count, args.duplicate_rate).await?;
+            let run_id = args.run_id.clone().unwrap_or_else(|| default_run_id(&args.config));
+            let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            } else {
+                println!("run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)", summary.run_id, summary.published, summary.jobs, summary.publish_calls, summary.elapsed.as_millis());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consume(args) => {
+            let config = load_config(&args.config)?;
+            let pipeline = pipeline(&cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
+            let options = run_options(&args.local, cli.backend)?;
+            let outcome = run::consume(&config, &pipeline, &options, pipeline.queue.depth().await?.visible).await?;
+            let m = &outcome.metrics;
+            let summary = serde_json::json!({
+                "invocations": outcome.invocations, "timed_out": outcome.timed_out, "drained": outcome.drained,
+                "succeeded": m.total("Succeeded"), "dead_lettered": m.total("DeadLettered"),
+                "duplicates_skipped": m.total("DuplicatesSkipped"), "retries": m.total("Retried") + m.total("LockedElsewhere"),
+                "outbound_calls": m.total("OutboundCalls"), "elapsed_s": outcome.elapsed.as_secs_f64(),
+            });
+            if args.local.json {
+                println!("{summary}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            }
+            Ok(if outcome.drained { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Config(ConfigCommand::Check { file, concurrency }) => {
+            let config = load_config(file)?;
+            print!("{}", crate::check::describe(&config, file, *concurrency));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
+    let options = run_options(&args.local, cli.backend)?;
+    // The demo server lives as long as this function.
+    let (config, default_run_id, _server) = match &args.config {
+        Some(path) => (load_config(path)?, default_run_id(path), None),
+        None => {
+            let server = TargetServer::start().await.map_err(|e| Failure::Other(format!("demo server: {e}")))?;
+            let config = crate::demo::demo_config(&server.base_url());
+            let run_id = format!("demo@{}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            (config, run_id, Some(server))
+        }
+    };
+    let pipeline = pipeline(cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
+    let run_id = args.run_id.clone().unwrap_or(default_run_id);
+    let (summary, outcome) = run::run(&config, &pipeline, &run_id, &options).await?;
+    if args.local.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        print!("{}", summary.table());
+    }
+    if !outcome.drained {
+        eprintln!("timed out after {:.0} s with jobs still queued", options.event_source.timeout.as_secs_f64());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if summary.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,31 @@
+//! The `--demo` workload: a config of targets on the local target server with a realistic mix.
+
+use fanout_shared::config::{PipelineConfig, RateLimit, Target};
+
+/// Targets in the demo.
+pub const DEMO_TARGETS: usize = 500;
+/// The demo's global budget, requests per second.
+pub const DEMO_RATE: f64 = 250.0;
+
+/// 500 targets on `base_url`: mostly fast 200s, some slow responses, a few 500s that succeed on
+/// retry, a few 429s with `Retry-After`, a few permanent 400s. Deterministic by index.
+pub fn demo_config(base_url: &str) -> PipelineConfig {
+    let targets = (0..DEMO_TARGETS)
+        .map(|i| {
+            let path = match i % 100 {
+                0..=79 => format!("ok/{i}"),
+                80..=89 => format!("slow/{i}?ms=300"),
+                90..=93 => format!("flaky/{i}?fail=1"),
+                94..=96 => format!("limited/{i}?fail=1&retry_after=1"),
+                _ => format!("bad/{i}"),
+            };
+            Target { id: format!("demo-{i}"), url: format!("{base_url}/{path}"), method: None, headers: Default::default(), body: None, timeout_ms: None }
+        })
+        .collect();
+    PipelineConfig {
+        rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }),
+        allow_private_networks: true,
+        targets,
+        ..PipelineConfig::default()
+    }
+}

@@ -1,0 +1,20 @@
+//! The `fanout` operator command, as a library so tests and benchmarks drive the same code.
+//!
+//! # Layout
+//! - [`commands`]: argument definitions and what each command does.
+//! - [`run`]: produce a tick, drain the queue, settle every job.
+//! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
+//! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
+//! - [`settle`]: where each job of a run ended up.
+//! - [`report`]: the summary table/JSON and the progress display.
+//! - [`demo`]: the `--demo` workload.
+//! - [`check`]: `fanout config check`.
+
+pub mod backend;
+pub mod check;
+pub mod commands;
+pub mod demo;
+pub mod event_source;
+pub mod report;
+pub mod run;
+pub mod settle;

@@ -1,0 +1,168 @@
+//! The end-of-run summary (table or JSON) and the progress display.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use fanout_shared::metrics::MetricSet;
+
+use crate::settle::Settlement;
+
+/// Call latency percentiles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median, ms.
+    pub p50: f64,
+    /// 95th percentile, ms.
+    pub p95: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
+}
+
+/// What `fanout run` prints at the end; `--json` prints exactly these keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The run's ID.
+    pub run_id: String,
+    /// Jobs in the run.
+    pub jobs: usize,
+    /// Jobs whose call succeeded.
+    pub succeeded: usize,
+    /// Jobs in the DLQ.
+    pub dead_lettered: usize,
+    /// Jobs in the DLQ by reason.
+    pub dead_lettered_by_reason: BTreeMap<String, usize>,
+    /// Deliveries skipped because the job had already settled.
+    pub duplicates_skipped: u64,
+    /// Records handed back to the queue (batch item failures).
+    pub retries: u64,
+    /// HTTP calls made.
+    pub outbound_calls: u64,
+    /// Wall time, seconds.
+    pub elapsed_s: f64,
+    /// The global budget, requests per second (absent: unlimited).
+    pub rate_budget: Option<f64>,
+    /// Outbound calls per second over the consume phase.
+    pub achieved_rate: f64,
+    /// Call latency percentiles.
+    pub latency_ms: Latency,
+    /// Jobs neither succeeded nor in the DLQ.
+    pub lost: usize,
+}
+
+impl RunSummary {
+    /// Builds the summary from the settlement and the merged consumer metrics.
+    pub fn new(run_id: &str, settlement: &Settlement, metrics: &MetricSet, rate_budget: Option<f64>, elapsed: Duration, consume_time: Duration) -> Self {
+        let calls = metrics.total("OutboundCalls") as u64;
+        Self {
+            run_id: run_id.to_owned(),
+            jobs: settlement.jobs,
+            succeeded: settlement.succeeded,
+            dead_lettered: settlement.dead_lettered_total(),
+            dead_lettered_by_reason: settlement.dead_lettered.clone(),
+            duplicates_skipped: metrics.total("DuplicatesSkipped") as u64,
+            retries: (metrics.total("Retried") + metrics.total("LockedElsewhere")) as u64,
+            outbound_calls: calls,
+            elapsed_s: round(elapsed.as_secs_f64(), 3),
+            rate_budget,
+            achieved_rate: round(calls as f64 / consume_time.as_secs_f64().max(1e-9), 1),
+            latency_ms: latency(metrics.samples("CallLatency")),
+            lost: settlement.lost.len(),
+        }
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            ("run".into(), self.run_id.clone()),
+            ("jobs".into(), self.jobs.to_string()),
+            ("succeeded".into(), self.succeeded.to_string()),
+            ("dead-lettered".into(), self.dead_lettered.to_string()),
+        ];
+        for (reason, n) in &self.dead_lettered_by_reason {
+            rows.push((format!("  {reason}"), n.to_string()));
+        }
+        rows.extend([
+            ("duplicates skipped".into(), self.duplicates_skipped.to_string()),
+            ("retries".into(), self.retries.to_string()),
+            ("outbound calls".into(), self.outbound_calls.to_string()),
+            ("elapsed".into(), format!("{:.2} s", self.elapsed_s)),
+            (
+                "outbound rate".into(),
+                match self.rate_budget {
+                    Some(budget) => format!("{:.1}/s (budget {budget}/s)", self.achieved_rate),
+                    None => format!("{:.1}/s (no budget)", self.achieved_rate),
+                },
+            ),
+            ("latency p50/p95/p99".into(), format!("{:.1} / {:.1} / {:.1} ms", self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99)),
+            ("lost".into(), self.lost.to_string()),
+        ]);
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn latency(samples: &[f64]) -> Latency {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+        round(sorted[index], 1)
+    };
+    Latency { p50: pick(0.50), p95: pick(0.95), p99: pick(0.99) }
+}
+
+/// Progress: a bar on a terminal, a plain line every few seconds otherwise, nothing if quiet.
+pub struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    started: Instant,
+    last_line: std::sync::Mutex<Instant>,
+    quiet: bool,
+}
+
+impl ProgressView {
+    /// A view for `total` jobs on stderr.
+    pub fn new(total: u64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} settled  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Self { bar, total, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), quiet }
+    }
+
+    /// Updates from the merged metrics so far.
+    pub fn update(&self, metrics: &MetricSet) {
+        let settled = ((metrics.total("Succeeded") + metrics.total("DeadLettered")) as u64).min(self.total);
+        if let Some(bar) = &self.bar {
+            bar.set_position(settled);
+            return;
+        }
+        let Ok(mut last) = self.last_line.lock() else { return };
+        if !self.quiet && last.elapsed() >= Duration::from_secs(2) {
+            *last = Instant::now();
+            let rate = metrics.total("OutboundCalls") / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("settled {settled}/{} ({rate:.0} calls/s)", self.total);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

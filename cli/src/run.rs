@@ -1,0 +1,77 @@
+//! The pipeline on one machine: produce a tick, drain the queue through local invocations of
+//! the consumer, settle every job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_producer::{produce, PublishOptions, Summary};
+use fanout_shared::job::message_id;
+use fanout_shared::PipelineConfig;
+
+use crate::backend::Pipeline;
+use crate::event_source::{drain, DrainOutcome, EventSourceOptions};
+use crate::report::{ProgressView, RunSummary};
+use crate::settle::settle;
+
+/// Everything `fanout run` and `fanout consume` need besides the config and the backend.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The event source's behaviour (concurrency, batch size, timeouts).
+    pub event_source: EventSourceOptions,
+    /// Overrides the config's global budget.
+    pub rate_override: Option<f64>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// A failure that is not a job's: bad backend, bad consumer setup.
+pub type RunError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One consumer per concurrent invocation slot, as Lambda would run them.
+pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
+    let function_timeout = options.event_source.function_timeout;
+    let settings = Settings {
+        max_concurrency: u32::try_from(options.event_source.concurrency).unwrap_or(u32::MAX),
+        rate_per_second: options.rate_override,
+        // Locally functions run for seconds, not minutes: keep the margin in proportion.
+        deadline_margin: (function_timeout / 10).min(Duration::from_secs(1)),
+        batch_concurrency: options.event_source.batch_size as usize,
+        function_name: "fanout-consumer-local".into(),
+        ..Settings::default()
+    };
+    (0..options.event_source.concurrency.max(1))
+        .map(|_| {
+            let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone() };
+            Ok(Arc::new(Consumer::new(config, backends, settings.clone())?))
+        })
+        .collect()
+}
+
+/// Publishes one tick of `config` as `run_id`.
+pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str) -> Result<Summary, RunError> {
+    Ok(produce(config, run_id, pipeline.publisher.as_ref(), &PublishOptions::default()).await?)
+}
+
+/// Drains the job queue through local consumer invocations.
+pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions, expected_jobs: u64) -> Result<DrainOutcome, RunError> {
+    let consumers = consumers(config, pipeline, options)?;
+    let view = ProgressView::new(expected_jobs, options.quiet);
+    let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
+    view.finish();
+    Ok(outcome)
+}
+
+/// Produce, consume until every job is settled (or the timeout), and summarise.
+pub async fn run(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str, options: &RunOptions) -> Result<(RunSummary, DrainOutcome), RunError> {
+    let started = Instant::now();
+    let produced = produce_tick(config, pipeline, run_id).await?;
+    let consume_started = Instant::now();
+    let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
+    let consume_time = consume_started.elapsed();
+    let job_ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
+    let settlement = settle(&job_ids, pipeline.store.as_ref(), pipeline.dlq.as_ref()).await?;
+    let budget = options.rate_override.or(config.rate_limit.map(|l| l.per_second));
+    let summary = RunSummary::new(run_id, &settlement, &outcome.metrics, budget, started.elapsed(), consume_time);
+    Ok((summary, outcome))
+}
