@@ -80,7 +80,11 @@ impl Default for Duplicates {
 
 struct Inner {
     conn: Connection,
-    rng: fastrand::Rng,
+    /// Message IDs and receipt handles: seeded from entropy, since every process sharing the
+    /// state file must mint distinct ones.
+    ids: fastrand::Rng,
+    /// Duplicate draws: seeded from [`Duplicates::seed`], so a run reproduces.
+    draws: fastrand::Rng,
     duplicates: Duplicates,
 }
 
@@ -109,13 +113,14 @@ impl EmbeddedBackend {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_error)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql_error)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
-        Ok(Self { inner: Arc::new(Mutex::new(Inner { conn, rng: fastrand::Rng::with_seed(1), duplicates: Duplicates::default() })) })
+        let inner = Inner { conn, ids: fastrand::Rng::new(), draws: fastrand::Rng::with_seed(1), duplicates: Duplicates::default() };
+        Ok(Self { inner: Arc::new(Mutex::new(inner)) })
     }
 
     /// Sets duplicate injection for later publishes.
     pub fn set_duplicates(&self, duplicates: Duplicates) -> Result<(), BackendError> {
         let mut inner = self.lock()?;
-        inner.rng = fastrand::Rng::with_seed(duplicates.seed);
+        inner.draws = fastrand::Rng::with_seed(duplicates.seed);
         inner.duplicates = duplicates;
         Ok(())
     }
@@ -165,6 +170,6 @@ impl EmbeddedBackend {
     }
 
     fn new_id(inner: &mut Inner) -> String {
-        format!("{:016x}{:016x}", inner.rng.u64(..), inner.rng.u64(..))
+        format!("{:016x}{:016x}", inner.ids.u64(..), inner.ids.u64(..))
     }
 }

@@ -39,7 +39,7 @@ impl Publisher for EmbeddedTopic {
         for message in batch {
             let attributes = serde_json::to_string(&message.attributes).unwrap_or_default();
             for queue in &queues {
-                let draw = inner.rng.f64();
+                let draw = inner.draws.f64();
                 let n = if draw < duplicates.thrice {
                     3
                 } else if draw < duplicates.thrice + duplicates.twice {

@@ -1,0 +1,85 @@
+//! The `fanout` binary as a user runs it: JSON output, exit codes, and a run killed half way
+//! then resumed.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fanout_shared::target_server::TargetServer;
+
+const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
+
+fn write_config(dir: &std::path::Path, base_url: &str, n: usize, rate: f64) -> std::path::PathBuf {
+    let targets: Vec<serde_json::Value> =
+        (0..n).map(|i| serde_json::json!({"id": format!("t{i}"), "url": format!("{base_url}/ok/{i}")})).collect();
+    let config = serde_json::json!({"allow_private_networks": true, "rate_limit": {"per_second": rate}, "targets": targets});
+    let path = dir.join("fanout.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fanout-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn demo_json_parses_and_loses_nothing() {
+    let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--demo", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["jobs", "succeeded", "dead_lettered", "duplicates_skipped", "retries", "outbound_calls", "elapsed_s", "rate_budget", "achieved_rate", "latency_ms", "lost"] {
+        assert!(summary.get(key).is_some(), "missing {key} in {summary}");
+    }
+    assert_eq!(summary["jobs"], 500);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["succeeded"].as_u64().unwrap() + summary["dead_lettered"].as_u64().unwrap(), 500);
+    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() >= summary["latency_ms"]["p50"].as_f64().unwrap());
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_target_and_field() {
+    let dir = temp_dir("bad");
+    let path = dir.join("broken.json");
+    std::fs::write(&path, r#"{"targets":[{"id":"a","url":"ftp://x.example.com/"}]}"#).unwrap();
+    let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.json: targets[0] (id \"a\"): field `url`: scheme \"ftp\""), "{stderr}");
+}
+
+#[test]
+fn run_killed_half_way_resumes_with_nothing_lost_and_no_double_effects() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TargetServer::start()).unwrap();
+    let dir = temp_dir("kill");
+    // 300 jobs at 100/s: about 3 s of work; the first run is killed after 1.2 s.
+    let config = write_config(&dir, &server.base_url(), 300, 100.0);
+    let state = dir.join("state.db");
+    let args = |json: bool| {
+        let mut cmd = Command::new(FANOUT);
+        cmd.arg("--state").arg(&state).args(["run", "--run-id", "resume-test", "--visibility-timeout", "1", "--function-timeout", "1"]);
+        cmd.arg("--config").arg(&config);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd
+    };
+    let mut first = args(false).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let calls_before = server.stats().calls;
+    assert!(calls_before > 0 && calls_before < 300, "killed half way: {calls_before} calls");
+
+    let output = args(true).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["succeeded"], 300);
+    let stats = server.stats();
+    assert_eq!(stats.effects, 300, "each job took effect once");
+    // Only a job killed between its call and its recorded completion can be called again.
+    assert!(stats.repeat_successes <= 4 * 10, "at most one batch per killed invocation: {stats:?}");
+}
