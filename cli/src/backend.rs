@@ -66,10 +66,15 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
 
 /// The AWS pipeline named by `names`, through the standard SDK configuration.
 pub async fn aws(names: &AwsNames) -> Result<Pipeline, BackendError> {
+    aws_with(&load_sdk_config().await, names)
+}
+
+/// The AWS pipeline named by `names`, with an SDK configuration already loaded.
+pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipeline, BackendError> {
     let need = |value: &Option<String>, var: &str| {
         value.clone().ok_or_else(|| BackendError::permanent("config", format!("{var} is not set (flag or environment; `fanout provision` prints it)")))
     };
-    let sdk = load_sdk_config().await;
+    let sdk = sdk.clone();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     Ok(Pipeline {
         publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), need(&names.topic_arn, "FANOUT_TOPIC_ARN")?)),

@@ -68,6 +68,19 @@ pub enum Command {
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create topic, queue, DLQ, subscription and table where the SDK config points (emulators,
+    /// trials); prints `export FANOUT_…=` lines.
+    Provision {
+        /// Prefix of every resource name.
+        #[arg(long, default_value = "fanout")]
+        prefix: String,
+        /// Receives before SQS redrives a message to the DLQ.
+        #[arg(long, default_value_t = 5)]
+        max_receive_count: u32,
+        /// The job queue's visibility timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        visibility_timeout: u32,
+    },
 }
 
 /// `fanout config …`.
@@ -297,6 +310,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
             }
             Ok(if outcome.drained { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Provision { prefix, max_receive_count, visibility_timeout } => {
+            let sdk = fanout_shared::aws::load_sdk_config().await;
+            let provisioned = crate::provision::provision(&sdk, prefix, *max_receive_count, *visibility_timeout).await?;
+            print!("{provisioned}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { file, concurrency }) => {
             let config = load_config(file)?;

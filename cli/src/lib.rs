@@ -5,6 +5,7 @@
 //! - [`run`]: produce a tick, drain the queue, settle every job.
 //! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
 //! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
+//! - [`provision`]: `fanout provision`, the resources in an emulator or a trial account.
 //! - [`settle`]: where each job of a run ended up.
 //! - [`report`]: the summary table/JSON and the progress display.
 //! - [`demo`]: the `--demo` workload.
@@ -16,5 +17,6 @@ pub mod commands;
 pub mod demo;
 pub mod event_source;
 pub mod report;
+pub mod provision;
 pub mod run;
 pub mod settle;

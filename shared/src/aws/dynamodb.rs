@@ -53,14 +53,15 @@ impl DynamoDbStore {
     ) -> Result<Transition, BackendError> {
         values.insert(":from".into(), s(from.as_str()));
         values.insert(":attempt".into(), n(attempt));
+        let condition = "#status = :from AND #attempts = :attempt";
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("message_id", s(message_id))
             .update_expression(set)
-            .condition_expression("#status = :from AND #attempts = :attempt")
-            .set_expression_attribute_names(Some(names()))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&[set, condition])))
             .set_expression_attribute_values(Some(values))
             .send()
             .await;
@@ -92,10 +93,20 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// Every attribute goes through a name placeholder: `status` is a DynamoDB reserved word.
-fn names() -> HashMap<String, String> {
+/// The name placeholders `expressions` use. Every attribute goes through one (`status` is a
+/// DynamoDB reserved word), and DynamoDB refuses placeholders an expression does not use.
+fn names(expressions: &[&str]) -> HashMap<String, String> {
     ["status", "attempts", "in_progress_expiry", "expiration", "last_error", "status_code", "run_id", "target_id", "message_id"]
         .iter()
+        .filter(|a| {
+            let placeholder = format!("#{a}");
+            // `#status` must not count as a use of `#status_code`, and vice versa.
+            expressions.iter().any(|e| {
+                e.match_indices(&placeholder).any(|(i, _)| {
+                    !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                })
+            })
+        })
         .map(|a| (format!("#{a}"), (*a).to_owned()))
         .collect()
 }
@@ -114,6 +125,18 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         run_id: text("run_id").unwrap_or_default(),
         target_id: text("target_id").unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_used_placeholders_are_sent() {
+        let mut used: Vec<String> = super::names(&["SET #status = :to REMOVE #status_code"]).into_keys().collect();
+        used.sort();
+        assert_eq!(used, vec!["#status", "#status_code"]);
+        let used: Vec<String> = super::names(&["#status_code = :c"]).into_keys().collect();
+        assert_eq!(used, vec!["#status_code"]);
+    }
 }
 
 #[async_trait]
@@ -140,18 +163,17 @@ impl IdempotencyStore for DynamoDbStore {
             values.insert(":dead_lettered".into(), s(Status::DeadLettered.as_str()));
             values.insert(":replayed".into(), n(replayed));
         }
+        let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
+                      #run_id = :run, #target_id = :target ADD #attempts :one";
         for _ in 0..3 {
             let result = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .key("message_id", s(claim.message_id))
-                .update_expression(
-                    "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
-                     #run_id = :run, #target_id = :target ADD #attempts :one",
-                )
+                .update_expression(update)
                 .condition_expression(&condition)
-                .set_expression_attribute_names(Some(names()))
+                .set_expression_attribute_names(Some(names(&[update, &condition])))
                 .set_expression_attribute_values(Some(values.clone()))
                 .return_values(ReturnValue::AllNew)
                 .send()

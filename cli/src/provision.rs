@@ -1,0 +1,169 @@
+//! `fanout provision`: the pipeline's resources in whatever endpoint the SDK config points at.
+//!
+//! Meant for emulators (moto) and quick trials; production uses the CDK stack in `infra/`.
+//! Every step is idempotent, so running it twice is harmless.
+
+use std::fmt;
+
+use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+use aws_sdk_sqs::types::QueueAttributeName;
+use fanout_shared::BackendError;
+
+use crate::backend::AwsNames;
+
+/// What was created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provisioned {
+    /// SNS topic ARN.
+    pub topic_arn: String,
+    /// Job queue URL.
+    pub queue_url: String,
+    /// Dead-letter queue URL.
+    pub dlq_url: String,
+    /// Idempotency table name.
+    pub table_name: String,
+}
+
+impl fmt::Display for Provisioned {
+    /// The `export FANOUT_…=` lines a shell can `eval`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "export FANOUT_TOPIC_ARN={}", self.topic_arn)?;
+        writeln!(f, "export FANOUT_QUEUE_URL={}", self.queue_url)?;
+        writeln!(f, "export FANOUT_DLQ_URL={}", self.dlq_url)?;
+        writeln!(f, "export FANOUT_TABLE_NAME={}", self.table_name)
+    }
+}
+
+impl Provisioned {
+    /// As names for [`crate::backend::aws`].
+    pub fn names(&self) -> AwsNames {
+        AwsNames {
+            topic_arn: Some(self.topic_arn.clone()),
+            queue_url: Some(self.queue_url.clone()),
+            dlq_url: Some(self.dlq_url.clone()),
+            table_name: Some(self.table_name.clone()),
+        }
+    }
+}
+
+fn failed(service: &'static str, e: impl std::error::Error) -> BackendError {
+    BackendError::permanent(service, aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+}
+
+/// Creates topic `PREFIX-jobs`, queue `PREFIX-jobs` with DLQ `PREFIX-jobs-dlq` (redrive after
+/// `max_receive_count` receives), the raw-delivery subscription, a queue policy that lets only
+/// the topic send, and table `PREFIX-idempotency` (on-demand, TTL on `expiration`).
+pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_count: u32, visibility_timeout_s: u32) -> Result<Provisioned, BackendError> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sns = aws_sdk_sns::Client::new(sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-jobs-dlq"))
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| failed("sqs:CreateQueue", e))?
+        .queue_url
+        .unwrap_or_default();
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
+    let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count.to_string() });
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-jobs"))
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string())
+        .send()
+        .await
+        .map_err(|e| failed("sqs:CreateQueue", e))?
+        .queue_url
+        .unwrap_or_default();
+    let queue_arn = queue_arn(&sqs, &queue_url).await?;
+
+    let topic_arn = sns
+        .create_topic()
+        .name(format!("{prefix}-jobs"))
+        .send()
+        .await
+        .map_err(|e| failed("sns:CreateTopic", e))?
+        .topic_arn
+        .unwrap_or_default();
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+            "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}}
+        }]
+    });
+    sqs.set_queue_attributes()
+        .queue_url(&queue_url)
+        .attributes(QueueAttributeName::Policy, policy.to_string())
+        .send()
+        .await
+        .map_err(|e| failed("sqs:SetQueueAttributes", e))?;
+    sns.subscribe()
+        .topic_arn(&topic_arn)
+        .protocol("sqs")
+        .endpoint(&queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .map_err(|e| failed("sns:Subscribe", e))?;
+
+    let table_name = format!("{prefix}-idempotency");
+    let created = dynamodb
+        .create_table()
+        .table_name(&table_name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("message_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| failed("dynamodb:CreateTable", e))?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("message_id")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| failed("dynamodb:CreateTable", e))?,
+        )
+        .send()
+        .await;
+    match created {
+        Ok(_) => {
+            let ttl = TimeToLiveSpecification::builder()
+                .attribute_name("expiration")
+                .enabled(true)
+                .build()
+                .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
+            dynamodb
+                .update_time_to_live()
+                .table_name(&table_name)
+                .time_to_live_specification(ttl)
+                .send()
+                .await
+                .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e) => return Err(failed("dynamodb:CreateTable", e)),
+    }
+    Ok(Provisioned { topic_arn, queue_url, dlq_url, table_name })
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, BackendError> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| failed("sqs:GetQueueAttributes", e))?;
+    attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| BackendError::permanent("sqs:GetQueueAttributes", format!("no QueueArn for {url}")))
+}
