@@ -53,3 +53,76 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
         quiet: true,
     }
 }
+
+/// A moto server on a free port of 127.0.0.1, killed when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto from the project venv (`scripts/setup-emulator`), serving one request at a
+    /// time (`tests/emulator/moto_serial.py` says why). `None`, with a loud message, if the venv
+    /// is absent: `.ci/run` always installs it.
+    pub fn start() -> Option<Self> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("../.venv/bin/python");
+        if !root.join("../.venv/bin/moto_server").exists() {
+            eprintln!("SKIPPED: moto is not installed in {}; run scripts/setup-emulator", root.join("../.venv").display());
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new(python)
+            .arg(root.join("emulator/moto_serial.py"))
+            .args(["127.0.0.1", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let ready = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < ready, "moto did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// SDK configuration for this server: the same settings `AWS_ENDPOINT_URL`, `AWS_REGION` and
+    /// static credentials give through the environment.
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static"))
+            .load()
+            .await
+    }
+
+    /// Environment for a child process (the `fanout` binary) to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `fanout` binary next to this test binary (`cargo test --workspace` builds it for the
+/// CLI's own integration tests).
+pub fn fanout_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("fanout");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build --bins`", bin.display());
+    bin
+}

@@ -1,0 +1,145 @@
+//! The AWS backend against a real emulator (moto server): SNS → SQS → consumer → DynamoDB.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout::backend::aws_with;
+use fanout::event_source::to_event;
+use fanout::provision::provision;
+use fanout::run;
+use fanout::settle::peek_all;
+use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
+use fanout_shared::target_server::TargetServer;
+use fanout_shared::{JobMessage, Queue};
+use fanout_tests::{config_for, fanout_bin, fast_options, Moto};
+
+fn in_seconds(s: i64) -> i64 {
+    fanout_shared::now_ms() + s * 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_batch_arrives_raw_and_enveloped_with_attributes() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "pub", 5, 30).await.unwrap();
+    // A second queue subscribed without raw delivery receives SNS envelopes.
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let envelope_url = sqs.create_queue().queue_name("pub-envelope").send().await.unwrap().queue_url.unwrap();
+    let envelope_arn = "arn:aws:sqs:us-east-1:123456789012:pub-envelope";
+    aws_sdk_sns::Client::new(&sdk).subscribe().topic_arn(&resources.topic_arn).protocol("sqs").endpoint(envelope_arn).send().await.unwrap();
+
+    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let config = config_for("https://api.example.com", &["ok/1".to_owned()], None);
+    let job = JobMessage::new("run-1", config.job_target(&config.targets[0]), chrono::Utc::now());
+    assert!(pipeline.publisher.publish_batch(&[job.encode()]).await.unwrap().is_empty());
+
+    let raw = pipeline.queue.receive(10, Duration::from_secs(30), Duration::from_secs(2)).await.unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(decode_body(&raw[0].body).unwrap(), job);
+    assert_eq!(raw[0].attributes[ATTR_MESSAGE_ID], job.message_id);
+    assert_eq!(raw[0].attributes[ATTR_TARGET_HOST], "api.example.com");
+
+    let enveloped = fanout_shared::aws::SqsQueue::new(sqs, envelope_url);
+    let wrapped = enveloped.receive(10, Duration::from_secs(30), Duration::from_secs(2)).await.unwrap();
+    assert_eq!(wrapped.len(), 1);
+    assert_eq!(decode_body(&wrapped[0].body).unwrap(), job, "the consumer reads envelopes too");
+    let envelope: serde_json::Value = serde_json::from_str(&wrapped[0].body).unwrap();
+    assert_eq!(envelope["MessageAttributes"][ATTR_MESSAGE_ID]["Value"], job.message_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "dup", 5, 30).await.unwrap();
+    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let server = TargetServer::start().await.unwrap();
+    let config = config_for(&server.base_url(), &["slow/a?ms=200".to_owned(), "ok/b".to_owned()], None);
+    let job_a = JobMessage::new("run-1", config.job_target(&config.targets[0]), chrono::Utc::now());
+    let job_b = JobMessage::new("run-1", config.job_target(&config.targets[1]), chrono::Utc::now());
+    // Job a published twice (a re-run producer), job b once.
+    for job in [&job_a, &job_a, &job_b] {
+        pipeline.publisher.publish_batch(&[job.encode()]).await.unwrap();
+    }
+    let consumer = |_: usize| {
+        let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone() };
+        Arc::new(Consumer::new(&config, backends, Settings::default()).unwrap())
+    };
+    // Two consumers race on the two copies of a, one message each.
+    let mut copies = Vec::new();
+    while copies.len() < 3 {
+        copies.extend(pipeline.queue.receive(1, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap());
+    }
+    let a_copies: Vec<_> = copies.iter().filter(|m| decode_body(&m.body).unwrap().message_id == job_a.message_id).cloned().collect();
+    assert_eq!(a_copies.len(), 2);
+    let (c1, c2) = (consumer(1), consumer(2));
+    let (e1, e2) = (to_event("q", vec![a_copies[0].clone()]), to_event("q", vec![a_copies[1].clone()]));
+    let (r1, r2) = tokio::join!(c1.handle_batch(e1, in_seconds(10)), c2.handle_batch(e2, in_seconds(10)));
+    let returned = r1.response.batch_item_failures.len() + r2.response.batch_item_failures.len();
+    assert!(returned <= 1, "the loser is either skipped or sent back while the winner holds the lock");
+    // The same SQS message received twice (its visibility ran out): one call.
+    let b = copies.iter().find(|m| decode_body(&m.body).unwrap().message_id == job_b.message_id).unwrap().clone();
+    c1.handle_batch(to_event("q", vec![b.clone()]), in_seconds(10)).await;
+    let again = c2.handle_batch(to_event("q", vec![b]), in_seconds(10)).await;
+    assert_eq!(again.metrics.total("DuplicatesSkipped"), 1.0);
+    let calls = server.records();
+    assert_eq!(calls.iter().filter(|r| r.path.starts_with("/slow/a")).count(), 1, "one call for job a");
+    assert_eq!(calls.iter().filter(|r| r.path.starts_with("/ok/b")).count(), 1, "one call for job b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_is_retried_repeated_is_redriven_and_permanent_is_dead_lettered() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "retry", 2, 1).await.unwrap();
+    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let server = TargetServer::start().await.unwrap();
+    let paths = ["flaky/once?fail=1", "flaky/always?fail=1000", "bad/x", "ok/y"].map(String::from);
+    let config = config_for(&server.base_url(), &paths, None);
+    let mut options = fast_options(2);
+    options.event_source.visibility_timeout = Duration::from_secs(1);
+    options.event_source.poll_wait = Duration::from_secs(1);
+    let (summary, _) = run::run(&config, &pipeline, "retry-run", &options).await.unwrap();
+    assert_eq!(summary.lost, 0, "{summary:?}");
+    assert_eq!(summary.succeeded, 2, "the ok job and the one that failed once");
+    assert_eq!(summary.dead_lettered_by_reason.get("max receives exceeded"), Some(&1), "{summary:?}");
+    assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400 Bad Request"), Some(&1), "{summary:?}");
+    let dlq = peek_all(pipeline.dlq.as_ref(), 100).await.unwrap();
+    let bad = dlq.iter().find(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some()).unwrap();
+    assert_eq!(bad.attributes[ATTR_STATUS_CODE], "400");
+    assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1, "a permanent failure is called once");
+    assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/flaky/always")).count(), 2, "once per receive up to maxReceiveCount");
+}
+
+#[test]
+fn fanout_run_backend_aws_settles_200_jobs() {
+    let Some(moto) = Moto::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TargetServer::start()).unwrap();
+    let dir = std::env::temp_dir().join(format!("fanout-moto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<String> = (0..200).map(|i| format!("ok/{i}")).collect();
+    let config = config_for(&server.base_url(), &paths, None);
+    let config_path = dir.join("fanout.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+
+    let provisioned = std::process::Command::new(fanout_bin()).envs(moto.env()).args(["provision", "--prefix", "cli"]).output().unwrap();
+    assert!(provisioned.status.success(), "{}", String::from_utf8_lossy(&provisioned.stderr));
+    let exports: Vec<(String, String)> = String::from_utf8_lossy(&provisioned.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    assert_eq!(exports.len(), 4);
+    let output = std::process::Command::new(fanout_bin())
+        .envs(moto.env())
+        .envs(exports)
+        .args(["--backend", "aws", "run", "--run-id", "cli-run", "--json", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((summary["succeeded"].as_u64(), summary["lost"].as_u64()), (Some(200), Some(0)), "{summary}");
+    assert_eq!(server.stats().effects, 200);
+}
