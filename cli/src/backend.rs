@@ -51,6 +51,22 @@ pub struct AwsNames {
     pub table_name: Option<String>,
 }
 
+impl AwsNames {
+    /// The variables (or flags) still missing, so the caller can say all of them at once.
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            (&self.topic_arn, "FANOUT_TOPIC_ARN"),
+            (&self.queue_url, "FANOUT_QUEUE_URL"),
+            (&self.dlq_url, "FANOUT_DLQ_URL"),
+            (&self.table_name, "FANOUT_TABLE_NAME"),
+        ]
+        .into_iter()
+        .filter(|(value, _)| value.is_none())
+        .map(|(_, var)| var)
+        .collect()
+    }
+}
+
 /// Opens the embedded pipeline (creating its queues and subscription if needed).
 pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
     let backend = EmbeddedBackend::open(&settings.state)?;
@@ -72,7 +88,7 @@ pub async fn aws(names: &AwsNames) -> Result<Pipeline, BackendError> {
 /// The AWS pipeline named by `names`, with an SDK configuration already loaded.
 pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipeline, BackendError> {
     let need = |value: &Option<String>, var: &str| {
-        value.clone().ok_or_else(|| BackendError::permanent("config", format!("{var} is not set (flag or environment; `fanout provision` prints it)")))
+        value.clone().ok_or_else(|| BackendError::permanent("fanout", format!("{var} is not set")))
     };
     let sdk = sdk.clone();
     let sqs = aws_sdk_sqs::Client::new(&sdk);

@@ -205,7 +205,7 @@ impl From<run::RunError> for Failure {
 
 impl From<fanout_shared::BackendError> for Failure {
     fn from(e: fanout_shared::BackendError) -> Self {
-        if e.service == "config" { Failure::BadInput(e.to_string()) } else { Failure::Other(e.to_string()) }
+        Failure::Other(e.to_string())
     }
 }
 
@@ -237,6 +237,11 @@ async fn pipeline(cli: &Cli, max_receive_count: u32, duplicate_rate: f64) -> Res
                 dlq_url: cli.aws.dlq_url.clone(),
                 table_name: cli.aws.table_name.clone(),
             };
+            let missing = names.missing();
+            if !missing.is_empty() {
+                let list = missing.join(", ");
+                return Err(Failure::BadInput(format!("{list} not set (flags or environment; `fanout provision` or the stack outputs give them)")));
+            }
             Ok(backend::aws(&names).await?)
         }
     }

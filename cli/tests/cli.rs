@@ -50,6 +50,24 @@ fn bad_config_exits_2_naming_file_target_and_field() {
 }
 
 #[test]
+fn aws_backend_without_resource_names_exits_2_naming_them() {
+    let dir = temp_dir("names");
+    let config = write_config(&dir, "http://127.0.0.1:1", 1, 10.0);
+    let output = Command::new(FANOUT)
+        .args(["--backend", "aws", "consume", "--config"])
+        .arg(&config)
+        .env_remove("FANOUT_TOPIC_ARN")
+        .env("FANOUT_QUEUE_URL", "http://127.0.0.1:1/q")
+        .env_remove("FANOUT_DLQ_URL")
+        .env_remove("FANOUT_TABLE_NAME")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FANOUT_TOPIC_ARN, FANOUT_DLQ_URL, FANOUT_TABLE_NAME not set"), "{stderr}");
+}
+
+#[test]
 fn run_killed_half_way_resumes_with_nothing_lost_and_no_double_effects() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
