@@ -7,6 +7,8 @@
 //! - `flaky?fail=N`: 500 for the first N calls, then 200.
 //! - `limited?fail=N&retry_after=S`: 429 with `Retry-After: S` for the first N calls, then 200.
 //! - `bad`: 400, always.
+//! - `broken`: 400 until [`TargetServer::fix`] is called, then 200 (a target an operator fixes
+//!   before replaying the DLQ).
 //! - `reset?fail=N`: drops the connection without answering for the first N calls, then 200.
 //! - `redirect?to=URL`: 302 to URL.
 //!
@@ -45,6 +47,7 @@ struct State {
     calls_by_path: HashMap<String, u32>,
     records: Vec<CallRecord>,
     succeeded_keys: HashMap<String, u32>,
+    fixed: bool,
 }
 
 /// A running target server; stops when dropped.
@@ -109,6 +112,11 @@ impl TargetServer {
         }
     }
 
+    /// Makes `broken` targets answer 200 from now on.
+    pub fn fix(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fixed = true;
+    }
+
     /// The most requests that arrived within any window of `window`.
     pub fn max_calls_in_window(&self, window: Duration) -> usize {
         let mut times: Vec<Instant> = self.records().iter().map(|r| r.at).collect();
@@ -138,11 +146,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (key, authorization) = (header("idempotency-key"), header("authorization"));
     let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
-    let call_number = {
+    let (call_number, fixed) = {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
-        *n
+        (*n, s.fixed)
     };
     let failing = u64::from(call_number) <= query(&path, "fail").unwrap_or(0);
     let dropped = kind == "reset" && failing;
@@ -158,6 +166,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
             StatusCode::TOO_MANY_REQUESTS
         }
         "bad" => StatusCode::BAD_REQUEST,
+        "broken" if !fixed => StatusCode::BAD_REQUEST,
         "redirect" => {
             let to = path.split_once("to=").map(|(_, to)| to.to_owned()).unwrap_or_default();
             response = response.header("location", to);
