@@ -128,8 +128,10 @@ export class FanoutStack extends Stack {
       new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn] }),
     );
     this.consumer.addToRolePolicy(
+      // Every state transition of the idempotency record is a conditional UpdateItem; GetItem
+      // reads a record back when a condition fails. Nothing puts or deletes (TTL does).
       new iam.PolicyStatement({
-        actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
+        actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
         resources: [this.table.tableArn],
       }),
     );

@@ -242,7 +242,7 @@ describe('IAM', () => {
       { Effect: 'Allow', Action: 'sqs:SendMessage', Resource: arn(DLQ) },
       {
         Effect: 'Allow',
-        Action: ['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+        Action: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
         Resource: arn(TABLE),
       },
     ]);
