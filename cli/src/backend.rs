@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fanout_shared::aws::{load_sdk_config, DynamoDbStore, SnsPublisher, SqsQueue};
+use fanout_shared::aws::{load_sdk_config, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
-use fanout_shared::{BackendError, IdempotencyStore, Publisher, Queue};
+use fanout_shared::{BackendError, IdempotencyStore, MessageMover, Publisher, Queue};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
 pub const EMBEDDED_TOPIC: &str = "fanout-jobs";
@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub dlq: Arc<dyn Queue>,
     /// The idempotency table.
     pub store: Arc<dyn IdempotencyStore>,
+    /// Server-side DLQ → queue moves, where the backend has them (SQS).
+    pub mover: Option<Arc<dyn MessageMover>>,
 }
 
 /// Settings of the embedded backend.
@@ -32,8 +34,8 @@ pub struct Pipeline {
 pub struct EmbeddedSettings {
     /// State file, or `:memory:`.
     pub state: PathBuf,
-    /// Receives before a message is redriven to the DLQ.
-    pub max_receive_count: u32,
+    /// Receives before a message is redriven to the DLQ (`None`: keep the state file's).
+    pub max_receive_count: Option<u32>,
     /// Duplicate injection.
     pub duplicates: Duplicates,
 }
@@ -77,6 +79,7 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
         queue: Arc::new(backend.queue(EMBEDDED_QUEUE)),
         dlq: Arc::new(backend.queue(EMBEDDED_DLQ)),
         store: Arc::new(backend.store()),
+        mover: None,
     })
 }
 
@@ -90,12 +93,13 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipelin
     let need = |value: &Option<String>, var: &str| {
         value.clone().ok_or_else(|| BackendError::permanent("fanout", format!("{var} is not set")))
     };
-    let sdk = sdk.clone();
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let (queue_url, dlq_url) = (need(&names.queue_url, "FANOUT_QUEUE_URL")?, need(&names.dlq_url, "FANOUT_DLQ_URL")?);
     Ok(Pipeline {
-        publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), need(&names.topic_arn, "FANOUT_TOPIC_ARN")?)),
-        queue: Arc::new(SqsQueue::new(sqs.clone(), need(&names.queue_url, "FANOUT_QUEUE_URL")?)),
-        dlq: Arc::new(SqsQueue::new(sqs, need(&names.dlq_url, "FANOUT_DLQ_URL")?)),
-        store: Arc::new(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&sdk), need(&names.table_name, "FANOUT_TABLE_NAME")?)),
+        publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), need(&names.topic_arn, "FANOUT_TOPIC_ARN")?)),
+        queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
+        dlq: Arc::new(SqsQueue::new(sqs.clone(), &dlq_url)),
+        store: Arc::new(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(sdk), need(&names.table_name, "FANOUT_TABLE_NAME")?)),
+        mover: Some(Arc::new(SqsMessageMover::new(sqs, dlq_url, queue_url))),
     })
 }

@@ -11,6 +11,7 @@ use fanout_shared::target_server::TargetServer;
 use fanout_shared::PipelineConfig;
 
 use crate::backend::{self, AwsNames, EmbeddedSettings, Pipeline};
+use crate::dlq::DlqFilter;
 use crate::event_source::EventSourceOptions;
 use crate::run::{self, RunOptions};
 
@@ -65,6 +66,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Drain the job queue through local consumer invocations.
     Consume(ConsumeArgs),
+    /// Inspect and replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -96,6 +100,70 @@ pub enum ConfigCommand {
     },
 }
 
+/// `fanout dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// What is in the DLQ, with each job's last error (reading does not consume anything).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print a JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move DLQ messages back to the job queue, so the consumer runs them again.
+    Replay(ReplayArgs),
+}
+
+/// Which DLQ messages a `dlq` command acts on (all given conditions hold).
+#[derive(Debug, Args, Clone)]
+pub struct FilterArgs {
+    /// Only this target ID.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only messages whose reason or last error contains this text (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this target host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this run ID.
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+/// `fanout dlq replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show what would move; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Move at most this many messages.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
+    /// Move at most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// With an SQS move task (unfiltered replay on AWS): wait until it has finished.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds a message being moved stays hidden in the DLQ (a replay killed half way leaves
+    /// its unmoved messages hidden this long).
+    #[arg(long, default_value_t = 60.0)]
+    pub hold: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> DlqFilter {
+        DlqFilter { target: self.target.clone(), reason: self.reason.clone(), host: self.host.clone(), run: self.run.clone() }
+    }
+}
+
 /// Settings of the local event source and the embedded queue.
 #[derive(Debug, Args, Clone)]
 pub struct LocalArgs {
@@ -108,9 +176,10 @@ pub struct LocalArgs {
     /// Records per invocation (1..=10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub batch_size: u32,
-    /// Receives before the embedded queue redrives a message to the DLQ.
-    #[arg(long, default_value_t = 5)]
-    pub max_receive_count: u32,
+    /// Receives before the embedded queue redrives a message to the DLQ (default: the state
+    /// file's setting, 5 for a new one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_receive_count: Option<u32>,
     /// Fraction of messages the embedded topic delivers twice.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_rate: f64,
@@ -153,9 +222,10 @@ pub struct ProduceArgs {
     /// The run ID (default: derived from the config name and the current hour).
     #[arg(long)]
     pub run_id: Option<String>,
-    /// Receives before the embedded queue redrives a message to the DLQ.
-    #[arg(long, default_value_t = 5)]
-    pub max_receive_count: u32,
+    /// Receives before the embedded queue redrives a message to the DLQ (default: the state
+    /// file's setting, 5 for a new one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_receive_count: Option<u32>,
     /// Fraction of messages the embedded topic delivers twice.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_rate: f64,
@@ -220,7 +290,7 @@ fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
     Ok(Duplicates { twice: rate, ..Duplicates::default() })
 }
 
-async fn pipeline(cli: &Cli, max_receive_count: u32, duplicate_rate: f64) -> Result<Pipeline, Failure> {
+async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64) -> Result<Pipeline, Failure> {
     match cli.backend {
         BackendKind::Embedded => Ok(backend::embedded(&EmbeddedSettings {
             state: cli.state.clone(),
@@ -254,6 +324,15 @@ fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
         .ok_or_else(|| Failure::BadInput(format!("--{name} must be a positive number of seconds, got {value}")))
 }
 
+/// SQS long polls in whole seconds (a short poll may miss messages); the embedded queue polls
+/// locally.
+fn poll_wait(backend: BackendKind) -> Duration {
+    match backend {
+        BackendKind::Aws => Duration::from_secs(1),
+        BackendKind::Embedded => Duration::from_millis(100),
+    }
+}
+
 fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Failure> {
     if local.concurrency == 0 {
         return Err(Failure::BadInput("--concurrency must be at least 1".into()));
@@ -267,8 +346,7 @@ fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Fa
             batch_size: local.batch_size,
             visibility_timeout: seconds("visibility-timeout", local.visibility_timeout)?,
             function_timeout: seconds("function-timeout", local.function_timeout)?,
-            // SQS long polls in whole seconds; the embedded queue polls locally.
-            poll_wait: if backend == BackendKind::Aws { Duration::from_secs(1) } else { Duration::from_millis(100) },
+            poll_wait: poll_wait(backend),
             timeout: seconds("timeout", local.timeout)?,
         },
         rate_override: local.rate,
@@ -303,11 +381,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let options = run_options(&args.local, cli.backend)?;
             let outcome = run::consume(&config, &pipeline, &options, pipeline.queue.depth().await?.visible).await?;
             let m = &outcome.metrics;
+            // Metric totals are f64 (EMF values); these are counts.
+            let count = |name: &str| m.total(name) as u64;
             let summary = serde_json::json!({
                 "invocations": outcome.invocations, "timed_out": outcome.timed_out, "drained": outcome.drained,
-                "succeeded": m.total("Succeeded"), "dead_lettered": m.total("DeadLettered"),
-                "duplicates_skipped": m.total("DuplicatesSkipped"), "retries": m.total("Retried") + m.total("LockedElsewhere"),
-                "outbound_calls": m.total("OutboundCalls"), "elapsed_s": outcome.elapsed.as_secs_f64(),
+                "succeeded": count("Succeeded"), "dead_lettered": count("DeadLettered"),
+                "duplicates_skipped": count("DuplicatesSkipped"), "retries": count("Retried") + count("LockedElsewhere"),
+                "outbound_calls": count("OutboundCalls"), "elapsed_s": outcome.elapsed.as_secs_f64(),
             });
             if args.local.json {
                 println!("{summary}");
@@ -322,6 +402,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             print!("{provisioned}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq(DlqCommand::List { filter, json }) => {
+            let pipeline = pipeline(&cli, None, 0.0).await?;
+            let mut entries = crate::dlq::list(pipeline.dlq.as_ref(), pipeline.store.as_ref(), &filter.filter(), poll_wait(cli.backend)).await?;
+            entries.sort_by(|a, b| (&a.run_id, &a.target_id).cmp(&(&b.run_id, &b.target_id)));
+            if *json {
+                println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+            } else if entries.is_empty() {
+                println!("the DLQ has no messages{}", if filter.filter().is_empty() { "" } else { " matching the filter" });
+            } else {
+                print!("{}", crate::dlq::table(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(DlqCommand::Replay(args)) => replay_command(&cli, args).await,
         Command::Config(ConfigCommand::Check { file, concurrency }) => {
             let config = load_config(file)?;
             print!("{}", crate::check::describe(&config, file, *concurrency));
@@ -355,4 +449,42 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(if summary.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn replay_command(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode, Failure> {
+    if let Some(rate) = args.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(Failure::BadInput(format!("--rate must be a positive number of messages per second, got {rate}")));
+    }
+    let options = crate::dlq::ReplayOptions {
+        filter: args.filter.filter(),
+        max: args.max.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        rate: args.rate,
+        dry_run: args.dry_run,
+        wait: args.wait,
+        hold: seconds("hold", args.hold)?,
+        poll_wait: poll_wait(cli.backend),
+    };
+    let pipeline = pipeline(cli, None, 0.0).await?;
+    let total = match options.max {
+        Some(max) => max as u64,
+        None => pipeline.dlq.depth().await?.visible,
+    };
+    let view = crate::report::ProgressView::counting(total, "moved", args.json);
+    let targets = crate::dlq::ReplayTargets {
+        queue: pipeline.queue.as_ref(),
+        dlq: pipeline.dlq.as_ref(),
+        store: pipeline.store.as_ref(),
+        mover: pipeline.mover.as_deref(),
+    };
+    let summary = crate::dlq::replay(&targets, &options, &|s| view.update_replay(s)).await?;
+    view.finish();
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        if summary.dry_run && !summary.would_move.is_empty() {
+            print!("{}", crate::dlq::table(&summary.would_move));
+        }
+        print!("{}", crate::report::replay_table(&summary));
+    }
+    Ok(if summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -5,6 +5,8 @@
 //! - [`run`]: produce a tick, drain the queue, settle every job.
 //! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
 //! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
+//! - [`dlq`]: `fanout dlq list|replay`, the dead-letter queue for operators.
+//! - [`scan`]: reading a queue without consuming it.
 //! - [`provision`]: `fanout provision`, the resources in an emulator or a trial account.
 //! - [`settle`]: where each job of a run ended up.
 //! - [`report`]: the summary table/JSON and the progress display.
@@ -15,8 +17,10 @@ pub mod backend;
 pub mod check;
 pub mod commands;
 pub mod demo;
+pub mod dlq;
 pub mod event_source;
 pub mod report;
 pub mod provision;
 pub mod run;
+pub mod scan;
 pub mod settle;

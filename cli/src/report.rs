@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use fanout_shared::metrics::MetricSet;
 
+use crate::dlq::ReplaySummary;
 use crate::settle::Settlement;
 
 /// Call latency percentiles.
@@ -126,6 +127,7 @@ fn latency(samples: &[f64]) -> Latency {
 pub struct ProgressView {
     bar: Option<indicatif::ProgressBar>,
     total: u64,
+    noun: &'static str,
     started: Instant,
     last_line: std::sync::Mutex<Instant>,
     quiet: bool,
@@ -134,28 +136,46 @@ pub struct ProgressView {
 impl ProgressView {
     /// A view for `total` jobs on stderr.
     pub fn new(total: u64, quiet: bool) -> Self {
+        Self::counting(total, "settled", quiet)
+    }
+
+    /// A view of `total` things, each counted as `noun` ("settled", "moved").
+    pub fn counting(total: u64, noun: &'static str, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} settled  {per_sec}  eta {eta}")
+            let style = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {noun}  {{per_sec}}  eta {{eta}}"))
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
             bar
         });
-        Self { bar, total, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), quiet }
+        Self { bar, total, noun, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), quiet }
     }
 
     /// Updates from the merged metrics so far.
     pub fn update(&self, metrics: &MetricSet) {
-        let settled = ((metrics.total("Succeeded") + metrics.total("DeadLettered")) as u64).min(self.total);
+        let settled = (metrics.total("Succeeded") + metrics.total("DeadLettered")) as u64;
+        self.set(settled, metrics.total("OutboundCalls"), "calls");
+    }
+
+    /// Updates from a replay's summary so far.
+    pub fn update_replay(&self, summary: &ReplaySummary) {
+        self.set(summary.moved + summary.failed, summary.moved as f64, "messages");
+    }
+
+    /// Shows `done` of the total; a plain line also gives the rate of `work` (`unit` per second).
+    fn set(&self, done: u64, work: f64, unit: &str) {
+        // Totals are approximate (SQS depth, duplicate deliveries): grow rather than overflow.
+        let total = self.total.max(done);
         if let Some(bar) = &self.bar {
-            bar.set_position(settled);
+            bar.set_length(total);
+            bar.set_position(done);
             return;
         }
         let Ok(mut last) = self.last_line.lock() else { return };
         if !self.quiet && last.elapsed() >= Duration::from_secs(2) {
             *last = Instant::now();
-            let rate = metrics.total("OutboundCalls") / self.started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("settled {settled}/{} ({rate:.0} calls/s)", self.total);
+            let rate = work / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("{} {done}/{total} ({rate:.0} {unit}/s)", self.noun);
         }
     }
 
@@ -165,4 +185,30 @@ impl ProgressView {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The human-readable summary of a replay.
+pub fn replay_table(summary: &ReplaySummary) -> String {
+    let mut lines = Vec::new();
+    if let Some(why) = &summary.move_task_unavailable {
+        lines.push(format!("move task unavailable ({why}); moved one by one"));
+    }
+    match (&summary.move_task, summary.dry_run) {
+        (Some(task), _) => {
+            lines.push(format!("started SQS move task {}", task.handle));
+            match &task.status {
+                Some(status) => lines.push(format!("move task {}: {} moved", status.state, status.moved)),
+                None => lines.push("not waiting for it: pass --wait, or watch `aws sqs list-message-move-tasks`".into()),
+            }
+        }
+        (None, true) => lines.push(format!("dry run: {} would move, {} skipped (not matching), nothing moved", summary.moved, summary.skipped)),
+        (None, false) => {
+            lines.push(format!("moved {}, skipped {} (not matching), failed {} in {:.1} s", summary.moved, summary.skipped, summary.failed, summary.elapsed_s));
+            if summary.not_deleted > 0 {
+                lines.push(format!("{} moved messages are still in the DLQ too (delete failed); replaying them again is harmless", summary.not_deleted));
+            }
+        }
+    }
+    lines.extend(summary.failures.iter().map(|f| format!("  failed: {f}")));
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }

@@ -70,7 +70,7 @@ pub async fn run(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str, opt
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
     let job_ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
-    let settlement = settle(&job_ids, pipeline.store.as_ref(), pipeline.dlq.as_ref()).await?;
+    let settlement = settle(&job_ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await?;
     let budget = options.rate_override.or(config.rate_limit.map(|l| l.per_second));
     let summary = RunSummary::new(run_id, &settlement, &outcome.metrics, budget, started.elapsed(), consume_time);
     Ok((summary, outcome))

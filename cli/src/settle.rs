@@ -7,6 +7,8 @@ use fanout_shared::idempotency::Status;
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON};
 use fanout_shared::{BackendError, IdempotencyStore, Queue, QueueMessage};
 
+use crate::scan::peek_all;
+
 /// The DLQ reason of a message SQS redrove (it has no `failure_reason` of ours).
 pub const MAX_RECEIVES_EXCEEDED: &str = "max receives exceeded";
 
@@ -30,39 +32,18 @@ impl Settlement {
     }
 }
 
-/// Reads every message of `queue` without consuming it: each is received (hidden) once, then
-/// made visible again. Stops after `max` messages.
-pub async fn peek_all(queue: &dyn Queue, max: usize) -> Result<Vec<QueueMessage>, BackendError> {
-    let mut seen = Vec::new();
-    let result = async {
-        while seen.len() < max {
-            let batch = queue.receive(10, Duration::from_secs(60), Duration::ZERO).await?;
-            if batch.is_empty() {
-                break;
-            }
-            seen.extend(batch);
-        }
-        Ok::<(), BackendError>(())
-    }
-    .await;
-    // Restore visibility even if a receive failed half way.
-    for message in &seen {
-        queue.change_visibility(&message.receipt_handle, Duration::ZERO).await?;
-    }
-    result.map(|()| seen)
-}
-
 /// The DLQ reason of a message: our `failure_reason`, or SQS's redrive.
 pub fn dlq_reason(message: &QueueMessage) -> String {
     message.attributes.get(ATTR_FAILURE_REASON).cloned().unwrap_or_else(|| MAX_RECEIVES_EXCEEDED.to_owned())
 }
 
-/// Settles the jobs `job_ids` from the idempotency records and the DLQ contents.
-pub async fn settle(job_ids: &[String], store: &dyn IdempotencyStore, dlq: &dyn Queue) -> Result<Settlement, BackendError> {
+/// Settles the jobs `job_ids` from the idempotency records and the DLQ contents (read with
+/// long polls of `wait`).
+pub async fn settle(job_ids: &[String], store: &dyn IdempotencyStore, dlq: &dyn Queue, wait: Duration) -> Result<Settlement, BackendError> {
     let records = store.get_many(job_ids).await?;
     let status: HashMap<&str, Status> = records.iter().map(|r| (r.message_id.as_str(), r.status)).collect();
     let mut in_dlq: HashMap<String, String> = HashMap::new();
-    for message in peek_all(dlq, usize::MAX).await? {
+    for message in peek_all(dlq, usize::MAX, wait).await? {
         if let Ok(job) = decode_body(&message.body) {
             in_dlq.entry(job.message_id).or_insert_with(|| dlq_reason(&message));
         }

@@ -22,7 +22,7 @@ struct Harness {
 async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
     let server = TargetServer::start().await.unwrap();
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-    backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", 5).unwrap();
+    backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5)).unwrap();
     let config = config.to_string().replace("BASE", &server.base_url());
     let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
     let backends = Backends {

@@ -21,7 +21,8 @@
 //!   failure calls the target once and is never lost; the only duplicate left is a second DLQ
 //!   copy when a crash falls between the send and the confirmation.
 //! - A DLQ replay carries the attempt number it replays ([`Claim::replay_of`]): it may take a
-//!   DEAD_LETTERED record of that attempt, and a second copy of the same replay may not.
+//!   DEAD_LETTERED (or still REJECTED: the holder crashed before confirming) record of that
+//!   attempt, and a second copy of the same replay may not.
 //! - [`IdempotencyStore::complete`], [`IdempotencyStore::fail`] and the others are conditional on
 //!   IN_PROGRESS *and* the holder's `attempts`, so a holder whose lock expired and was taken over
 //!   cannot overwrite the new holder's outcome ([`Transition::Superseded`]).
@@ -166,12 +167,13 @@ pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_
         Status::Completed => Acquire::AlreadyCompleted,
         Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
         Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1 },
+        // The replay holds the DLQ copy, so the rejection was delivered: run the job again.
+        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1 },
         Status::Rejected => Acquire::Rejected {
             attempt: r.attempts,
             reason: r.last_error.clone().unwrap_or_default(),
             status_code: r.status_code,
         },
-        Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1 },
         Status::DeadLettered => Acquire::AlreadyDeadLettered,
     }
 }
@@ -226,6 +228,8 @@ mod tests {
         assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3 });
         assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3 });
         assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, None), Acquire::Rejected { attempt: 2, .. }));
+        assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)), Acquire::Rejected { attempt: 2, .. }));
+        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3 });
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, None), Acquire::AlreadyDeadLettered);
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)), Acquire::AlreadyDeadLettered);
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3 });

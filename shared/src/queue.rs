@@ -65,3 +65,35 @@ pub trait Queue: Send + Sync {
     /// Approximate counts of visible, in-flight and delayed messages.
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
 }
+
+/// A server-side move of every message in a dead-letter queue back to its source queue (SQS
+/// `StartMessageMoveTask`): one call instead of a receive/send/delete per message.
+#[async_trait]
+pub trait MessageMover: Send + Sync {
+    /// Starts moving everything, at most `max_per_second` messages a second (`None`: as fast as
+    /// the service goes). Returns the task's handle.
+    async fn start(&self, max_per_second: Option<u32>) -> Result<String, BackendError>;
+
+    /// The latest state of the task started as `handle`.
+    async fn status(&self, handle: &str) -> Result<MoveTaskStatus, BackendError>;
+}
+
+/// A move task's progress, as `ListMessageMoveTasks` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MoveTaskStatus {
+    /// `RUNNING`, `COMPLETED`, `CANCELLING`, `CANCELLED` or `FAILED`.
+    pub state: String,
+    /// Messages moved so far.
+    pub moved: u64,
+    /// Messages the task set out to move, when known.
+    pub to_move: Option<u64>,
+    /// Why a `FAILED` task failed.
+    pub failure_reason: Option<String>,
+}
+
+impl MoveTaskStatus {
+    /// Whether the task has stopped (completed, cancelled or failed).
+    pub fn is_finished(&self) -> bool {
+        self.state != "RUNNING" && self.state != "CANCELLING"
+    }
+}

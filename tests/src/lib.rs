@@ -34,7 +34,7 @@ pub fn config_for(base_url: &str, paths: &[String], rate: Option<f64>) -> Pipeli
 
 /// An in-memory embedded pipeline.
 pub fn embedded_pipeline(max_receive_count: u32, duplicates: Duplicates) -> Pipeline {
-    let settings = EmbeddedSettings { state: ":memory:".into(), max_receive_count, duplicates };
+    let settings = EmbeddedSettings { state: ":memory:".into(), max_receive_count: Some(max_receive_count), duplicates };
     backend::embedded(&settings).expect("in-memory backend opens")
 }
 

@@ -7,7 +7,7 @@ use fanout::backend::aws_with;
 use fanout::event_source::to_event;
 use fanout::provision::provision;
 use fanout::run;
-use fanout::settle::peek_all;
+use fanout::scan::peek_all;
 use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
 use fanout_shared::target_server::TargetServer;
@@ -105,7 +105,7 @@ async fn transient_is_retried_repeated_is_redriven_and_permanent_is_dead_lettere
     assert_eq!(summary.succeeded, 2, "the ok job and the one that failed once");
     assert_eq!(summary.dead_lettered_by_reason.get("max receives exceeded"), Some(&1), "{summary:?}");
     assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400 Bad Request"), Some(&1), "{summary:?}");
-    let dlq = peek_all(pipeline.dlq.as_ref(), 100).await.unwrap();
+    let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::from_secs(1)).await.unwrap();
     let bad = dlq.iter().find(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some()).unwrap();
     assert_eq!(bad.attributes[ATTR_STATUS_CODE], "400");
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1, "a permanent failure is called once");
@@ -124,13 +124,7 @@ fn fanout_run_backend_aws_settles_200_jobs() {
     let config_path = dir.join("fanout.json");
     std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
 
-    let provisioned = std::process::Command::new(fanout_bin()).envs(moto.env()).args(["provision", "--prefix", "cli"]).output().unwrap();
-    assert!(provisioned.status.success(), "{}", String::from_utf8_lossy(&provisioned.stderr));
-    let exports: Vec<(String, String)> = String::from_utf8_lossy(&provisioned.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
-    assert_eq!(exports.len(), 4);
+    let exports = provision_with_cli(&moto, "cli");
     let output = std::process::Command::new(fanout_bin())
         .envs(moto.env())
         .envs(exports)
@@ -142,4 +136,66 @@ fn fanout_run_backend_aws_settles_200_jobs() {
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((summary["succeeded"].as_u64(), summary["lost"].as_u64()), (Some(200), Some(0)), "{summary}");
     assert_eq!(server.stats().effects, 200);
+}
+
+/// `fanout provision` in moto: the `FANOUT_*` variables it prints.
+fn provision_with_cli(moto: &Moto, prefix: &str) -> Vec<(String, String)> {
+    let provisioned = std::process::Command::new(fanout_bin()).envs(moto.env()).args(["provision", "--prefix", prefix]).output().unwrap();
+    assert!(provisioned.status.success(), "{}", String::from_utf8_lossy(&provisioned.stderr));
+    let exports: Vec<(String, String)> = String::from_utf8_lossy(&provisioned.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    assert_eq!(exports.len(), 4);
+    exports
+}
+
+#[test]
+fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
+    let Some(moto) = Moto::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TargetServer::start()).unwrap();
+    let dir = std::env::temp_dir().join(format!("fanout-moto-dlq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<String> = (0..50).map(|i| format!("broken/{i}")).collect();
+    let config_path = dir.join("fanout.json");
+    std::fs::write(&config_path, serde_json::to_string(&config_for(&server.base_url(), &paths, None)).unwrap()).unwrap();
+    let exports = provision_with_cli(&moto, "dlq");
+    let fanout = |args: &[&str]| {
+        let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
+        assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let config = config_path.to_str().unwrap();
+
+    // moto serves one request at a time: give invocations time, so none is cut off mid-batch.
+    let run = fanout(&["run", "--run-id", "dlq-run", "--json", "--function-timeout", "20", "--visibility-timeout", "25", "--config", config]);
+    assert_eq!((run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(50), Some(0)), "{run}");
+    let listed = fanout(&["dlq", "list", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 50);
+    assert!(listed.iter().all(|e| e["reason"] == "HTTP 400 Bad Request" && e["record_status"] == "DEAD_LETTERED"), "{listed:?}");
+
+    // Replaying one job before the fix: it fails again and is back in the DLQ.
+    let one = fanout(&["dlq", "replay", "--target", "t7", "--json"]);
+    assert_eq!((one["method"].as_str(), one["moved"].as_u64(), one["skipped"].as_u64()), (Some("one-by-one"), Some(1), Some(49)), "{one}");
+    let again = fanout(&["consume", "--json", "--function-timeout", "20", "--visibility-timeout", "25", "--config", config]);
+    assert_eq!(again["dead_lettered"], 1, "{again}");
+
+    let dry = fanout(&["dlq", "replay", "--dry-run", "--json"]);
+    assert_eq!(dry["moved"], 50);
+    assert_eq!(fanout(&["dlq", "list", "--json"]).as_array().unwrap().len(), 50, "a dry run moves nothing");
+
+    server.fix();
+    let all = fanout(&["dlq", "replay", "--json"]);
+    assert_eq!((all["method"].as_str(), all["moved"].as_u64(), all["failed"].as_u64()), (Some("one-by-one"), Some(50), Some(0)), "{all}");
+    assert!(all["move_task_unavailable"].is_string(), "moto has no StartMessageMoveTask: {all}");
+    let consumed = fanout(&["consume", "--json", "--function-timeout", "20", "--visibility-timeout", "25", "--config", config]);
+    assert_eq!(consumed["succeeded"], 50, "{consumed}");
+    assert_eq!(fanout(&["dlq", "list", "--json"]).as_array().unwrap().len(), 0);
+    let stats = server.stats();
+    assert_eq!((stats.effects, stats.repeat_successes), (50, 0));
+    let calls = |path: &str| server.records().iter().filter(|r| r.path == path).count();
+    assert_eq!(calls("/broken/7"), 3, "400, 400 on the early replay, then 200");
+    assert_eq!(calls("/broken/8"), 2, "400, then 200");
 }

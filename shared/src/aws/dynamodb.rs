@@ -159,8 +159,9 @@ impl IdempotencyStore for DynamoDbStore {
             (":one".to_owned(), n(1)),
         ]);
         if let Some(replayed) = claim.replay_of {
-            condition.push_str(" OR (#status = :dead_lettered AND #attempts = :replayed)");
+            condition.push_str(" OR ((#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed)");
             values.insert(":dead_lettered".into(), s(Status::DeadLettered.as_str()));
+            values.insert(":rejected".into(), s(Status::Rejected.as_str()));
             values.insert(":replayed".into(), n(replayed));
         }
         let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \

@@ -5,10 +5,12 @@
 //! emulators such as moto. Nothing here knows about endpoints.
 
 mod dynamodb;
+mod move_task;
 mod sns;
 mod sqs;
 
 pub use dynamodb::DynamoDbStore;
+pub use move_task::SqsMessageMover;
 pub use sns::SnsPublisher;
 pub use sqs::SqsQueue;
 

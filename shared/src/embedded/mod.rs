@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 ";
 
+/// Receives before a new queue redrives a message to its DLQ (the CDK stack's default too).
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+
 /// How often the embedded topic delivers a message more than once, like SNS's at-least-once
 /// delivery. Draws come from a seeded generator, so a run reproduces.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,8 +129,9 @@ impl EmbeddedBackend {
     }
 
     /// Creates (or updates) a queue, its DLQ and the redrive policy between them, and
-    /// subscribes the queue to `topic`. Idempotent.
-    pub fn ensure_pipeline(&self, topic: &str, queue: &str, dlq: &str, max_receive_count: u32) -> Result<(), BackendError> {
+    /// subscribes the queue to `topic`. Idempotent. `max_receive_count: None` keeps an existing
+    /// queue's setting (a new queue gets [`DEFAULT_MAX_RECEIVE_COUNT`]).
+    pub fn ensure_pipeline(&self, topic: &str, queue: &str, dlq: &str, max_receive_count: Option<u32>) -> Result<(), BackendError> {
         let inner = self.lock()?;
         inner
             .conn
@@ -136,9 +140,9 @@ impl EmbeddedBackend {
         inner
             .conn
             .execute(
-                "INSERT INTO queues (name, dlq, max_receive_count) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET dlq = excluded.dlq, max_receive_count = excluded.max_receive_count",
-                rusqlite::params![queue, dlq, max_receive_count],
+                "INSERT INTO queues (name, dlq, max_receive_count) VALUES (?1, ?2, COALESCE(?3, ?4))
+                 ON CONFLICT (name) DO UPDATE SET dlq = excluded.dlq, max_receive_count = COALESCE(?3, max_receive_count)",
+                rusqlite::params![queue, dlq, max_receive_count, DEFAULT_MAX_RECEIVE_COUNT],
             )
             .map_err(sql_error)?;
         inner

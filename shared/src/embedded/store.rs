@@ -163,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn queue_visibility_receive_count_and_redrive() {
         let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-        backend.ensure_pipeline("jobs", "q", "dlq", 2).unwrap();
+        backend.ensure_pipeline("jobs", "q", "dlq", Some(2)).unwrap();
         let message = OutboundMessage { id: "a".into(), body: "{}".into(), attributes: BTreeMap::from([("k".into(), "v".into())]) };
         backend.topic("jobs").publish_batch(&[message]).await.unwrap();
         let (queue, dlq) = (backend.queue("q"), backend.queue("dlq"));
@@ -185,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_injected_at_the_configured_rate() {
         let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-        backend.ensure_pipeline("jobs", "q", "dlq", 5).unwrap();
+        backend.ensure_pipeline("jobs", "q", "dlq", Some(5)).unwrap();
         backend.set_duplicates(super::super::Duplicates { twice: 0.3, thrice: 0.0, seed: 7 }).unwrap();
         let topic = backend.topic("jobs");
         for chunk in 0..100 {

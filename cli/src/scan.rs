@@ -1,0 +1,84 @@
+//! Non-consuming passes over a queue: every message received once and kept hidden until the
+//! pass ends, then made visible again.
+//!
+//! SQS has no "peek": the only way to read a message is to receive it, which hides it for the
+//! visibility timeout. A pass therefore holds what it has read (so the next receive returns new
+//! messages) and gives it back at the end. What the caller deletes during the pass (a replay's
+//! moved messages) is not given back.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fanout_shared::{BackendError, Queue, QueueMessage};
+
+/// One pass over `queue`.
+pub struct Pass<'a> {
+    queue: &'a dyn Queue,
+    hold: Duration,
+    wait: Duration,
+    seen: HashSet<String>,
+    held: Vec<String>,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass that hides what it reads for `hold` (long enough for the whole pass: a message
+    /// that reappears mid-pass is recognised and not returned twice) and long-polls `wait`.
+    pub fn new(queue: &'a dyn Queue, hold: Duration, wait: Duration) -> Self {
+        Self { queue, hold, wait, seen: HashSet::new(), held: Vec::new() }
+    }
+
+    /// The next messages this pass has not returned yet; empty once the queue has nothing new.
+    pub async fn next_batch(&mut self) -> Result<Vec<QueueMessage>, BackendError> {
+        let batch = self.queue.receive(10, self.hold, self.wait).await?;
+        let mut fresh = Vec::with_capacity(batch.len());
+        for message in batch {
+            self.held.push(message.receipt_handle.clone());
+            if self.seen.insert(message.message_id.clone()) {
+                fresh.push(message);
+            }
+        }
+        // A batch of only already-seen messages means the pass has come round: it is over.
+        Ok(fresh)
+    }
+
+    /// Deletes a message this pass received (it is not given back at the end).
+    pub async fn delete(&mut self, receipt_handle: &str) -> Result<(), BackendError> {
+        self.queue.delete(&[receipt_handle.to_owned()]).await?;
+        self.held.retain(|h| h != receipt_handle);
+        Ok(())
+    }
+
+    /// Makes every held message visible again. Best effort: a message that cannot be given back
+    /// reappears by itself when `hold` ends. Returns how many could not be given back.
+    pub async fn restore(self) -> usize {
+        let mut failed = 0;
+        for handle in &self.held {
+            if let Err(e) = self.queue.change_visibility(handle, Duration::ZERO).await {
+                tracing::debug!(error = %e, "message stays hidden until its visibility timeout");
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+/// Reads up to `max` messages of `queue` without consuming them.
+pub async fn peek_all(queue: &dyn Queue, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+    let mut pass = Pass::new(queue, Duration::from_secs(120), wait);
+    let mut seen = Vec::new();
+    let result = async {
+        while seen.len() < max {
+            let batch = pass.next_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch);
+        }
+        Ok::<(), BackendError>(())
+    }
+    .await;
+    // Give everything back even if a receive failed half way.
+    pass.restore().await;
+    seen.truncate(max);
+    result.map(|()| seen)
+}
