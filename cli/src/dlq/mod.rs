@@ -137,12 +137,13 @@ pub async fn list(dlq: &dyn Queue, store: &dyn IdempotencyStore, filter: &DlqFil
 
 /// The entries as an aligned table, one row each.
 pub fn table(entries: &[DlqEntry]) -> String {
-    let header = ["MESSAGE ID", "TARGET", "HOST", "REASON", "LAST ERROR", "ATTEMPTS", "RECEIVES", "AGE"].map(str::to_owned);
+    let header = ["MESSAGE ID", "TARGET", "HOST", "REASON", "RECORD", "LAST ERROR", "ATTEMPTS", "RECEIVES", "AGE"].map(str::to_owned);
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 8]> = entries
+    let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
             let last_error = match (&e.last_error, e.status_code) {
+                (Some(error), _) if *error == e.reason => "(as reason)".to_owned(),
                 (Some(error), _) => error.clone(),
                 (None, Some(code)) => format!("HTTP {code}"),
                 (None, None) => dash(),
@@ -152,6 +153,7 @@ pub fn table(entries: &[DlqEntry]) -> String {
                 e.target_id.clone().unwrap_or_else(dash),
                 e.host.clone().unwrap_or_else(dash),
                 clip(&e.reason, 48),
+                e.record_status.map_or_else(dash, |s| s.as_str().to_owned()),
                 clip(&last_error, 40),
                 e.attempts.map_or_else(dash, |a| a.to_string()),
                 e.receive_count.to_string(),
