@@ -270,6 +270,7 @@ fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Fa
             // SQS long polls in whole seconds; the embedded queue polls locally.
             poll_wait: if backend == BackendKind::Aws { Duration::from_secs(1) } else { Duration::from_millis(100) },
             timeout: seconds("timeout", local.timeout)?,
+            crash: None,
         },
         rate_override: local.rate,
         quiet: local.json,

@@ -3,7 +3,7 @@
 //! Behaviour is chosen by the path, so a config file alone describes a workload:
 //! `/{kind}/{anything}?{params}`, where the key for per-target state is the whole path.
 //! - `ok`: 200.
-//! - `slow?ms=N`: waits N ms, then 200.
+//! - `slow?ms=N`: waits N ms, then 200; with `&fail=K`, only the first K calls wait.
 //! - `flaky?fail=N`: 500 for the first N calls, then 200.
 //! - `limited?fail=N&retry_after=S`: 429 with `Retry-After: S` for the first N calls, then 200.
 //! - `bad`: 400, always.
@@ -156,7 +156,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let dropped = kind == "reset" && failing;
     let mut response = Response::builder();
     let status = match kind.as_str() {
-        "slow" => {
+        "slow" if failing || query(&path, "fail").is_none() => {
             tokio::time::sleep(Duration::from_millis(query(&path, "ms").unwrap_or(100))).await;
             StatusCode::OK
         }
