@@ -298,18 +298,11 @@ mod tests {
         assert!(!printed.contains("s3cret-x") && printed.contains("visible"), "{printed}");
     }
 
-    /// This machine's host name, if it resolves to loopback only (Linux: /etc/hosts).
-    async fn loopback_hostname() -> Option<String> {
-        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
-        addrs.iter().all(|a| a.ip().is_loopback()).then_some(name)
-    }
-
     #[tokio::test]
     async fn every_redirect_hop_is_guarded_by_literal_and_after_dns() {
         let server = fanout_shared::target_server::TargetServer::start().await.unwrap();
         let addr: SocketAddr = server.base_url().trim_start_matches("http://").parse().unwrap();
-        let hostname = loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
+        let hostname = fanout_shared::target_server::loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
         // The guarded client, but `origin.test` stands for a public origin: a pinned address
         // skips the resolver, so only the redirect's own hop meets the guard.
         let client = Caller::client_builder(false).resolve("origin.test", addr).build().unwrap();

@@ -187,13 +187,6 @@ async fn rate_wait_past_the_deadline_defers_instead_of_waiting() {
     assert_eq!(h.server.stats().calls, 1);
 }
 
-/// This machine's host name; on Linux it resolves to loopback through /etc/hosts.
-async fn loopback_hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
-    let addrs: Vec<_> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
-    addrs.iter().all(|a| a.ip().is_loopback()).then_some(name)
-}
-
 #[tokio::test]
 async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let server = TargetServer::start().await.unwrap();
@@ -203,7 +196,7 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let err = PipelineConfig::parse(&bad_config.to_string(), false, "f.json").unwrap_err().to_string();
     assert!(err.contains("loopback"), "{err}");
     // ... and queued jobs naming such hosts are refused by the consumer, after DNS for names.
-    let Some(hostname) = loopback_hostname().await else {
+    let Some(hostname) = fanout_shared::target_server::loopback_hostname().await else {
         panic!("this test needs the machine's host name to resolve to loopback (/etc/hosts)");
     };
     let hosts = json!({ hostname.clone(): {"per_second": 100}, "127.0.0.1": {"per_second": 100} });

@@ -133,6 +133,14 @@ impl TargetServer {
     }
 }
 
+/// This machine's host name, if it resolves to loopback addresses only (on Linux, through
+/// /etc/hosts): a name, not a literal, for tests of the SSRF guard's check after DNS.
+pub async fn loopback_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
+    (!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())).then_some(name)
+}
+
 impl Drop for TargetServer {
     fn drop(&mut self) {
         self.task.abort();
