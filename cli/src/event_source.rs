@@ -31,7 +31,7 @@ pub struct EventSourceOptions {
     pub poll_wait: Duration,
     /// Give up after this long, drained or not.
     pub timeout: Duration,
-    /// Chaos knob for fault-injection tests and demos: some invocations die before answering.
+    /// Chaos knob for fault-injection tests: some invocations die before answering.
     /// `None` in normal use.
     pub crash: Option<CrashInjection>,
 }

@@ -38,7 +38,8 @@ pub struct CallRecord {
     pub idempotency_key: Option<String>,
     /// Its `Authorization` header (tests check secrets arrive here and nowhere else).
     pub authorization: Option<String>,
-    /// The status answered (0 for a dropped connection).
+    /// The status answered: 0 for a dropped connection, or while unanswered (a slow call whose
+    /// client gave up is never answered).
     pub status: u16,
 }
 
@@ -154,11 +155,15 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (key, authorization) = (header("idempotency-key"), header("authorization"));
     let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
-    let (call_number, fixed) = {
+    // Recorded on arrival, so a call counts (and its time is right for rate checks) even when
+    // the client gives up before the answer and hyper drops this handler.
+    let (call_number, fixed, index) = {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
-        (*n, s.fixed)
+        let n = *n;
+        s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, status: 0 });
+        (n, s.fixed, s.records.len() - 1)
     };
     let failing = u64::from(call_number) <= query(&path, "fail").unwrap_or(0);
     let dropped = kind == "reset" && failing;
@@ -184,13 +189,12 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     };
     {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if status.is_success() && !dropped {
-            if let Some(k) = &key {
+        if !dropped {
+            s.records[index].status = status.as_u16();
+            if let (true, Some(k)) = (status.is_success(), &key) {
                 *s.succeeded_keys.entry(k.clone()).or_insert(0) += 1;
             }
         }
-        let code = if dropped { 0 } else { status.as_u16() };
-        s.records.push(CallRecord { at: Instant::now(), path, idempotency_key: key, authorization, status: code });
     }
     if dropped {
         // An error from the service makes hyper close the connection without a response.

@@ -12,7 +12,8 @@ use fanout_tests::fault::{run_faults, FaultPlan};
 use fanout_tests::{embedded_pipeline, fast_options};
 
 /// The seed of every draw, unless `FANOUT_FAULT_SEED` sets another (to explore; a failure
-/// prints its seed, and the same seed replays the same workload, duplicates and crashes).
+/// prints its seed). A seed fixes the workload and the sequence of duplicate and crash draws;
+/// which message or batch a draw lands on still varies with timing, as in production.
 fn seed() -> u64 {
     std::env::var("FANOUT_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(8)
 }
