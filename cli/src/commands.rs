@@ -348,6 +348,7 @@ fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Fa
             function_timeout: seconds("function-timeout", local.function_timeout)?,
             poll_wait: poll_wait(backend),
             timeout: seconds("timeout", local.timeout)?,
+            crash: None,
         },
         rate_override: local.rate,
         quiet: local.json,

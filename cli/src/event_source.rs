@@ -31,6 +31,34 @@ pub struct EventSourceOptions {
     pub poll_wait: Duration,
     /// Give up after this long, drained or not.
     pub timeout: Duration,
+    /// Chaos knob for fault-injection tests: some invocations die before answering.
+    /// `None` in normal use.
+    pub crash: Option<CrashInjection>,
+}
+
+/// Makes a seeded fraction of invocations crash: the handler's future is dropped at an instant
+/// drawn uniformly in `[0, within)` after the invocation starts (mid-batch: some records called,
+/// maybe one between its call and its recorded outcome), and the event source deletes nothing,
+/// as when a Lambda instance dies before returning its response. A handler that finishes before
+/// that instant has its response dropped all the same. The instance (its rate limiter) lives
+/// on; the dead invocation's idempotency locks lapse at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CrashInjection {
+    /// Fraction of invocations that crash, 0..=1.
+    pub rate: f64,
+    /// Crashes hit within this long of the invocation's start.
+    pub within: Duration,
+    /// Seed of the draws: invocation number N crashes (or not) at the same instant in every run.
+    pub seed: u64,
+}
+
+impl CrashInjection {
+    /// When invocation number `n` crashes, if it does.
+    fn crash_at(&self, n: u64) -> Option<Duration> {
+        // One generator per invocation number, so concurrent workers do not reorder the draws.
+        let mut rng = fastrand::Rng::with_seed(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        (rng.f64() < self.rate).then(|| self.within.mul_f64(rng.f64()))
+    }
 }
 
 /// What a drain did.
@@ -42,6 +70,8 @@ pub struct DrainOutcome {
     pub invocations: u64,
     /// Invocations cut off at the function timeout.
     pub timed_out: u64,
+    /// Invocations killed by [`CrashInjection`].
+    pub crashed: u64,
     /// Whether the queue was drained (false: the timeout came first).
     pub drained: bool,
     /// Wall time.
@@ -117,7 +147,8 @@ async fn worker(
 }
 
 /// One invocation: build the event, call the handler within the function timeout, delete what
-/// succeeded. A timed-out invocation deletes nothing: every record comes back, as on Lambda.
+/// succeeded. A timed-out or crashed invocation deletes nothing: every record comes back, as on
+/// Lambda.
 async fn invoke(
     queue: &Arc<dyn Queue>,
     consumer: &Consumer,
@@ -128,10 +159,20 @@ async fn invoke(
     let receipts: HashMap<String, String> = messages.iter().map(|m| (m.message_id.clone(), m.receipt_handle.clone())).collect();
     let event = to_event(queue.name(), messages);
     let deadline_ms = fanout_shared::now_ms() + i64::try_from(options.function_timeout.as_millis()).unwrap_or(i64::MAX);
-    let result = tokio::time::timeout(options.function_timeout, consumer.handle_batch(event, deadline_ms)).await;
-    let to_delete: Vec<String> = {
+    let number = {
         let mut o = outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         o.invocations += 1;
+        o.invocations
+    };
+    let crash_at = options.crash.and_then(|c| c.crash_at(number));
+    let handler = consumer.handle_batch(event, deadline_ms);
+    let result = tokio::time::timeout(crash_at.unwrap_or(options.function_timeout).min(options.function_timeout), handler).await;
+    let to_delete: Vec<String> = {
+        let mut o = outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if crash_at.is_some() {
+            o.crashed += 1;
+            return Ok(());
+        }
         let Ok(report) = result else {
             o.timed_out += 1;
             return Ok(());

@@ -50,6 +50,35 @@ fn bad_config_exits_2_naming_file_target_and_field() {
 }
 
 #[test]
+fn every_config_rule_exits_2_naming_file_target_and_field() {
+    let dir = temp_dir("rules");
+    let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
+    let cases = [
+        ("dup.json", r#"{"targets":[{"id":"t1","url":"https://x.io/"},{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+         r#"dup.json: targets[1] (id "t1"): field `id`: duplicate id"#),
+        ("scheme.json", r#"{"targets":[{"id":"t1","url":"file:///etc/passwd"}]}"#.to_owned(), r#"scheme.json: targets[0] (id "t1"): field `url`: scheme "file""#),
+        ("method.json", target(r#","method":"FETCH""#), r#"method.json: targets[0] (id "t1"): field `method`"#),
+        ("timeout.json", target(r#","timeout_ms":0"#), r#"timeout.json: targets[0] (id "t1"): field `timeout_ms`"#),
+        ("header.json", target(r#","headers":{"X-Key":"${API_KEY}"}"#), r#"header.json: targets[0] (id "t1"): field `headers`: header X-Key"#),
+        ("metadata.json", r#"{"targets":[{"id":"t1","url":"http://169.254.169.254/latest/meta-data/"}]}"#.to_owned(),
+         r#"metadata.json: targets[0] (id "t1"): field `url`: 169.254.169.254 is a link-local"#),
+        ("body.json", target(&format!(r#","body":"{}""#, "x".repeat(300 * 1024))), r#"body.json: targets[0] (id "t1"): field `body`"#),
+        ("rate.json", r#"{"rate_limit":{"per_second":0},"targets":[{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+         "rate.json: rate_limit: field `per_second`"),
+        ("empty.json", r#"{"targets":[]}"#.to_owned(), "empty.json: field `targets`: no targets"),
+        ("syntax.yaml", "targets: [".to_owned(), "syntax.yaml: cannot parse"),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--config"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr:?} should contain {expected:?}");
+    }
+}
+
+#[test]
 fn aws_backend_without_resource_names_exits_2_naming_them() {
     let dir = temp_dir("names");
     let config = write_config(&dir, "http://127.0.0.1:1", 1, 10.0);

@@ -92,7 +92,13 @@ pub struct Caller {
 impl Caller {
     /// Builds the client. With `allow_private_networks` the guard is off (tests, private APIs).
     pub fn new(allow_private_networks: bool) -> Result<Self, reqwest::Error> {
-        let allow = allow_private_networks;
+        let client = Self::client_builder(allow_private_networks).build()?;
+        Ok(Self { client, allow_private: allow_private_networks })
+    }
+
+    /// The client's settings: redirect policy, no proxy, and the guarded resolver unless
+    /// private networks are allowed.
+    fn client_builder(allow: bool) -> reqwest::ClientBuilder {
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
@@ -119,7 +125,7 @@ impl Caller {
         if !allow {
             builder = builder.dns_resolver(Arc::new(GuardedResolver));
         }
-        Ok(Self { client: builder.build()?, allow_private: allow })
+        builder
     }
 
     /// Calls `target` once with `Idempotency-Key: message_id`, within `timeout`, and classifies
@@ -149,7 +155,9 @@ impl Caller {
             let value = resolve_env(template).map_err(|e| format!("header {name}: {e}"))?;
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name {name:?}"))?;
             // The error names the header, never the value: it may hold a secret.
-            let value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: value is not valid"))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: value is not valid"))?;
+            // A value built from the environment is a secret: `Debug` then prints `Sensitive`.
+            value.set_sensitive(template.contains("${"));
             headers.insert(name, value);
         }
         let key = HeaderValue::from_str(message_id).map_err(|_| "bad message id".to_owned())?;
@@ -266,6 +274,59 @@ mod tests {
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
+    }
+
+    fn target(url: &str, headers: &[(&str, &str)]) -> JobTarget {
+        JobTarget {
+            id: "a".into(),
+            url: url.into(),
+            method: "GET".into(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            body: None,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn env_header_values_are_sent_but_never_printed() {
+        std::env::set_var("FANOUT_TEST_HTTP_SECRET", "s3cret-x");
+        let headers = [("Authorization", "Bearer ${env:FANOUT_TEST_HTTP_SECRET}"), ("X-Plain", "visible")];
+        let caller = Caller::new(true).unwrap();
+        let request = caller.build(&target("http://127.0.0.1:1/", &headers), "m-1", Duration::from_secs(1)).unwrap().build().unwrap();
+        assert_eq!(request.headers()["authorization"], "Bearer s3cret-x");
+        let printed = format!("{request:?} {:?}", request.headers());
+        assert!(!printed.contains("s3cret-x") && printed.contains("visible"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn every_redirect_hop_is_guarded_by_literal_and_after_dns() {
+        let server = fanout_shared::target_server::TargetServer::start().await.unwrap();
+        let addr: SocketAddr = server.base_url().trim_start_matches("http://").parse().unwrap();
+        let hostname = fanout_shared::target_server::loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
+        // The guarded client, but `origin.test` stands for a public origin: a pinned address
+        // skips the resolver, so only the redirect's own hop meets the guard.
+        let client = Caller::client_builder(false).resolve("origin.test", addr).build().unwrap();
+        let caller = Caller { client, allow_private: false };
+        let port = addr.port();
+        let cases = [
+            (format!("http://origin.test:{port}/ok/followed"), "succeeded".to_owned()),
+            ("http://169.254.169.254/latest/meta-data/".to_owned(), "refused: redirect refused: 169.254.169.254 is a link-local address (metadata endpoint range)".to_owned()),
+            (format!("http://127.0.0.1:{port}/ok"), "refused: redirect refused: 127.0.0.1 is a loopback address".to_owned()),
+            (format!("http://[::ffff:10.0.0.1]:{port}/ok"), "refused: redirect refused: ::ffff:10.0.0.1 is a private address".to_owned()),
+            (format!("http://localhost:{port}/ok"), "refused: redirect refused: host localhost is loopback".to_owned()),
+            (format!("http://{hostname}:{port}/ok"), format!("refused: {hostname} resolves to a loopback address")),
+        ];
+        for (to, expected) in cases {
+            let url = format!("http://origin.test:{port}/redirect/x?to={to}");
+            let outcome = caller.call(&target(&url, &[]), "m-1", Duration::from_secs(2)).await;
+            let got = match outcome {
+                CallOutcome::Succeeded { .. } => "succeeded".to_owned(),
+                CallOutcome::Permanent { reason, .. } | CallOutcome::Transient { reason, .. } => reason,
+            };
+            assert_eq!(got, expected, "redirect to {to}");
+        }
+        let reached: Vec<String> = server.records().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(reached.iter().filter(|p| !p.starts_with("/redirect")).collect::<Vec<_>>(), ["/ok/followed"], "no refused hop was connected to");
     }
 
     #[test]

@@ -109,6 +109,11 @@ impl Consumer {
             }
             Ok(Acquire::Locked { until_ms }) => {
                 debug!(until_ms, "locked by another consumer");
+                // Hide this copy until the lock lapses: sooner it would only meet the lock again,
+                // and every receive counts towards maxReceiveCount, so a few early returns would
+                // dead-letter a job whose holder is still running it.
+                let remaining = u64::try_from(until_ms - fanout_shared::now_ms()).unwrap_or(0);
+                self.delay_redelivery(record, Duration::from_millis(remaining)).await;
                 let mut report = RecordReport::new(Verdict::Retry("in progress elsewhere".into()));
                 report.locked = true;
                 return report;

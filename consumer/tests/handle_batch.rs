@@ -187,13 +187,6 @@ async fn rate_wait_past_the_deadline_defers_instead_of_waiting() {
     assert_eq!(h.server.stats().calls, 1);
 }
 
-/// This machine's host name; on Linux it resolves to loopback through /etc/hosts.
-async fn loopback_hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
-    let addrs: Vec<_> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
-    addrs.iter().all(|a| a.ip().is_loopback()).then_some(name)
-}
-
 #[tokio::test]
 async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let server = TargetServer::start().await.unwrap();
@@ -203,7 +196,7 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let err = PipelineConfig::parse(&bad_config.to_string(), false, "f.json").unwrap_err().to_string();
     assert!(err.contains("loopback"), "{err}");
     // ... and queued jobs naming such hosts are refused by the consumer, after DNS for names.
-    let Some(hostname) = loopback_hostname().await else {
+    let Some(hostname) = fanout_shared::target_server::loopback_hostname().await else {
         panic!("this test needs the machine's host name to resolve to loopback (/etc/hosts)");
     };
     let hosts = json!({ hostname.clone(): {"per_second": 100}, "127.0.0.1": {"per_second": 100} });
@@ -251,4 +244,59 @@ async fn missing_env_var_is_a_permanent_failure_naming_it() {
     h.consumer.handle_batch(event(&[message.body]), in_seconds(10)).await;
     let dlq = dlq_messages(&h).await;
     assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "header X-Key: environment variable FANOUT_TEST_NEVER_SET is not set");
+}
+
+#[tokio::test]
+async fn every_kind_of_poison_is_dead_lettered_with_a_precise_reason_and_acked() {
+    let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
+    let valid = serde_json::to_value(job("run-1", "a", &format!("{}/ok/a", h.server.base_url()))).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = valid.clone();
+        edit(&mut v);
+        v.to_string()
+    };
+    let envelope = |message: serde_json::Value| json!({"Type": "Notification", "MessageId": "m", "Message": message}).to_string();
+    let huge = format!(r#"{{"v":1,"pad":"{}"}}"#, "x".repeat(256 * 1024));
+    let cases: Vec<(String, String)> = vec![
+        ("{not json".into(), "poison message: body is not JSON: key must be a string at line 1 column 2".into()),
+        (String::new(), "poison message: body is not JSON: EOF while parsing a value".into()),
+        ("42".into(), "poison message: invalid job: missing field `v`".into()),
+        (with(&|v| v["v"] = json!(2)), "poison message: unsupported message version 2 (this consumer reads v1)".into()),
+        (with(&|v| v["v"] = json!("1")), "poison message: unsupported message version \"1\"".into()),
+        (with(&|v| drop(v.as_object_mut().unwrap().remove("run_id"))), "poison message: invalid job: missing field `run_id`".into()),
+        (with(&|v| drop(v["target"].as_object_mut().unwrap().remove("url"))), "poison message: invalid job: missing field `url`".into()),
+        (with(&|v| v["target"]["timeout_ms"] = json!("soon")), "poison message: invalid job: invalid type: string \"soon\", expected u64".into()),
+        (with(&|v| v["target"]["headers"] = json!(["Authorization"])), "poison message: invalid job: invalid type: sequence, expected a map".into()),
+        (with(&|v| v["extra"] = json!(true)), "poison message: invalid job: unknown field `extra`".into()),
+        (with(&|v| v["target"]["url"] = json!("ftp://x.example.com/")), "poison message: invalid job: target.url: scheme \"ftp\" is not allowed".into()),
+        (with(&|v| v["message_id"] = json!("0".repeat(32))), "poison message: invalid job: message_id does not match run_id and target.id".into()),
+        (huge.clone(), format!("poison message: body is {} bytes, over the 256 KiB message limit", huge.len())),
+        (envelope(json!("{broken")), "poison message: SNS envelope: body is not JSON: key must be a string".into()),
+        (envelope(json!(with(&|v| v["v"] = json!(7)))), "poison message: SNS envelope: unsupported message version 7".into()),
+        (envelope(json!({"v": 1})), "poison message: SNS envelope: invalid job: no string field `Message`".into()),
+    ];
+    let bodies: Vec<String> = cases.iter().map(|(body, _)| body.clone()).collect();
+    for round in 0..2 {
+        // A redelivered poison message is dead-lettered again, never retried: no loop.
+        let report = h.consumer.handle_batch(event(&bodies), in_seconds(10)).await;
+        assert!(failures(&report).is_empty(), "round {round}: poison is acked, not retried");
+        assert_eq!(report.metrics.total("DeadLettered"), cases.len() as f64);
+    }
+    let dlq = h.backend.queue("jobs-dlq");
+    let mut seen = Vec::new();
+    loop {
+        let batch = dlq.receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch);
+    }
+    assert_eq!(seen.len(), 2 * cases.len());
+    for (body, expected) in &cases {
+        let copies: Vec<_> = seen.iter().filter(|m| &m.body == body).collect();
+        assert_eq!(copies.len(), 2, "the body is kept as sent, for inspection: {expected}");
+        let reason = &copies[0].attributes[ATTR_FAILURE_REASON];
+        assert!(reason.starts_with(expected.as_str()), "{reason:?} should start with {expected:?}");
+    }
+    assert_eq!(h.server.stats().calls, 0, "no poison message reaches a target");
 }

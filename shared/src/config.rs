@@ -287,7 +287,9 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(token) {
         return Err(format!("invalid header name {name:?}"));
     }
-    if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+    // What an HTTP header value may not hold (tab is allowed): the consumer's client would
+    // refuse such a value on every call.
+    if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
         return Err(format!("header {name}: value has a control character"));
     }
     env_placeholders(value).map_err(|e| format!("header {name}: {e}"))?;
@@ -385,11 +387,48 @@ mod tests {
             (r#"{"targets":[{"id":"a","url":"https://x.io/","timeout_ms":0}]}"#, "field `timeout_ms`"),
             (r#"{"targets":[]}"#, "field `targets`: no targets"),
             (r#"{"targets":[{"id":"a","uri":"https://x.io/"}]}"#, "fanout.json: cannot parse: unknown field `uri`"),
+            (r#"{"rate_limit":{"per_second":5,"burst":0},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+             "fanout.json: rate_limit: field `burst`: must be at least 1"),
+            (r#"{"rate_limit":{"per_second":-1},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+             "rate_limit: field `per_second`: must be a positive number, got -1"),
+            (r#"{"defaults":{"method":"FETCH"},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+             r#"fanout.json: defaults: field `method`: unknown method "FETCH""#),
+            (r#"{"targets":[{"id":"","url":"https://x.io/"}]}"#, r#"targets[0] (id ""): field `id`: is empty"#),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","timeout_ms":900001}]}"#,
+             "field `timeout_ms`: must be 1..=900000, got 900001"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Bad Name":"v"}}]}"#,
+             r#"targets[0] (id "a"): field `headers`: invalid header name "Bad Name""#),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u0001b"}}]}"#,
+             "field `headers`: header X: value has a control character"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u007fb"}}]}"#,
+             "field `headers`: header X: value has a control character"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:TOKEN"}}]}"#,
+             "field `headers`: header X: unterminated placeholder"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:1X}"}}]}"#,
+             r#"field `headers`: header X: invalid environment variable name "1X""#),
+            (r#"{"defaults":{"headers":{"X":"${API}"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+             r#"targets[0] (id "a"): field `headers`: header X: placeholder ${API}"#),
+            (r#"{"targets":[{"id":"a","url":"http://127.0.0.1:8080/"}]}"#,
+             "field `url`: 127.0.0.1 is a loopback address; set allow_private_networks to call it"),
+            (r#"{"targets":[{"id":"a","url":"http://localhost:8080/"}]}"#, "field `url`: host localhost is loopback"),
+            (r#"{"targets":[{"id":"a","url":"http://10.1.2.3/"}]}"#, "field `url`: 10.1.2.3 is a private address"),
+            (r#"{"targets":[{"id":"a","url":"http://[::1]/"}]}"#, "field `url`: ::1 is a loopback address"),
+            (r#"{"targets":[{"id":"a","url":"http://0.0.0.0/"}]}"#, "field `url`: 0.0.0.0 is a unspecified address; set allow_private_networks"),
+            (r#"{"targets":[{"id":"a","url":"http://[fd00:ec2::254]/"}]}"#, "field `url`: fd00:ec2::254 is a unique local"),
+            ("not json", "fanout.json: cannot parse: expected ident"),
         ];
         for (json, expected) in cases {
             let errors = errors(json);
             assert!(errors.iter().any(|e| e.contains(expected)), "{errors:?} should contain {expected:?}");
         }
+    }
+
+    #[test]
+    fn yaml_errors_and_unreadable_files_name_the_file() {
+        let err = PipelineConfig::parse("targets: [", true, "fanout.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("fanout.yaml: cannot parse:"), "{err}");
+        let err = PipelineConfig::load(Path::new("/nonexistent/fanout.json")).unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/fanout.json: cannot read:"), "{err}");
     }
 
     #[test]

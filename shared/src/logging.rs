@@ -5,6 +5,14 @@ use tracing_subscriber::EnvFilter;
 /// Installs a JSON subscriber on stdout. The level comes from `RUST_LOG`, else Lambda's
 /// `AWS_LAMBDA_LOG_LEVEL`, else `info`. Safe to call twice (the second call does nothing).
 pub fn init_json() {
+    init_json_to(std::io::stdout);
+}
+
+/// [`init_json`], writing to `writer` instead of stdout (tests read the logs back this way).
+pub fn init_json_to<W>(writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(std::env::var("AWS_LAMBDA_LOG_LEVEL").unwrap_or_default().to_lowercase()))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -15,6 +23,7 @@ pub fn init_json() {
         .with_span_list(false)
         .with_target(false)
         .without_time()
+        .with_writer(writer)
         .try_init();
 }
 

@@ -11,18 +11,29 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => v4_reason(v4),
-        IpAddr::V6(v6) => {
-            // An IPv4-mapped or -compatible IPv6 address reaches the IPv4 host: judge that one.
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return v4_reason(v4);
-            }
-            v6_reason(v6)
-        }
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => v4_reason(v4),
+            None => v6_reason(v6),
+        },
     }
 }
 
+/// The IPv4 host an IPv6 address reaches: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`, which a VPC's DNS64 hands out).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = ip.segments();
+    let [a, b, c, d] = [s[6] >> 8, s[6] & 0xff, s[7] >> 8, s[7] & 0xff].map(|x| x as u8);
+    // `::` and `::1` are IPv6's own unspecified and loopback addresses, judged as such.
+    let compatible = s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified();
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    (compatible || nat64).then_some(Ipv4Addr::new(a, b, c, d))
+}
+
 fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_unspecified() {
         Some("unspecified address")
     } else if ip.is_loopback() {
@@ -36,6 +47,9 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         Some("shared address space (100.64.0.0/10)")
     } else if a == 0 {
         Some("this-network address (0.0.0.0/8)")
+    } else if matches!((a, b, c), (192, 0, 0 | 2) | (198, 51, 100) | (203, 0, 113)) || (a == 198 && b & 0xfe == 18) {
+        // Never a public service; a host may still number its own interfaces from them.
+        Some("reserved address (IETF, documentation or benchmarking range)")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
         Some("broadcast, multicast or reserved address")
     } else {
@@ -95,7 +109,8 @@ mod tests {
         for bad in [
             "169.254.169.254", "127.0.0.1", "127.8.9.1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
             "0.0.0.0", "100.64.0.1", "::1", "::", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254", "224.0.0.1",
+            "::ffff:169.254.169.254", "224.0.0.1", "::127.0.0.1", "::a9fe:a9fe", "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1", "192.0.2.2", "198.18.0.1", "203.0.113.9",
         ] {
             assert!(reason(bad).is_some(), "{bad} should be refused");
         }
@@ -103,7 +118,7 @@ mod tests {
 
     #[test]
     fn allows_public_addresses() {
-        for good in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
+        for good in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1", "64:ff9b::808:808", "198.20.0.1"] {
             assert_eq!(reason(good), None, "{good} should be allowed");
         }
     }

@@ -3,7 +3,7 @@
 //! Behaviour is chosen by the path, so a config file alone describes a workload:
 //! `/{kind}/{anything}?{params}`, where the key for per-target state is the whole path.
 //! - `ok`: 200.
-//! - `slow?ms=N`: waits N ms, then 200.
+//! - `slow?ms=N`: waits N ms, then 200; with `&fail=K`, only the first K calls wait.
 //! - `flaky?fail=N`: 500 for the first N calls, then 200.
 //! - `limited?fail=N&retry_after=S`: 429 with `Retry-After: S` for the first N calls, then 200.
 //! - `bad`: 400, always.
@@ -38,7 +38,8 @@ pub struct CallRecord {
     pub idempotency_key: Option<String>,
     /// Its `Authorization` header (tests check secrets arrive here and nowhere else).
     pub authorization: Option<String>,
-    /// The status answered (0 for a dropped connection).
+    /// The status answered: 0 for a dropped connection, or while unanswered (a slow call whose
+    /// client gave up is never answered).
     pub status: u16,
 }
 
@@ -133,6 +134,14 @@ impl TargetServer {
     }
 }
 
+/// This machine's host name, if it resolves to loopback addresses only (on Linux, through
+/// /etc/hosts): a name, not a literal, for tests of the SSRF guard's check after DNS.
+pub async fn loopback_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
+    (!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())).then_some(name)
+}
+
 impl Drop for TargetServer {
     fn drop(&mut self) {
         self.task.abort();
@@ -146,17 +155,21 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (key, authorization) = (header("idempotency-key"), header("authorization"));
     let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
-    let (call_number, fixed) = {
+    // Recorded on arrival, so a call counts (and its time is right for rate checks) even when
+    // the client gives up before the answer and hyper drops this handler.
+    let (call_number, fixed, index) = {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
-        (*n, s.fixed)
+        let n = *n;
+        s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, status: 0 });
+        (n, s.fixed, s.records.len() - 1)
     };
     let failing = u64::from(call_number) <= query(&path, "fail").unwrap_or(0);
     let dropped = kind == "reset" && failing;
     let mut response = Response::builder();
     let status = match kind.as_str() {
-        "slow" => {
+        "slow" if failing || query(&path, "fail").is_none() => {
             tokio::time::sleep(Duration::from_millis(query(&path, "ms").unwrap_or(100))).await;
             StatusCode::OK
         }
@@ -176,13 +189,12 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     };
     {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if status.is_success() && !dropped {
-            if let Some(k) = &key {
+        if !dropped {
+            s.records[index].status = status.as_u16();
+            if let (true, Some(k)) = (status.is_success(), &key) {
                 *s.succeeded_keys.entry(k.clone()).or_insert(0) += 1;
             }
         }
-        let code = if dropped { 0 } else { status.as_u16() };
-        s.records.push(CallRecord { at: Instant::now(), path, idempotency_key: key, authorization, status: code });
     }
     if dropped {
         // An error from the service makes hyper close the connection without a response.

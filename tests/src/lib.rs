@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: workload configs on the local target server and
 //! the pipeline on a fresh embedded backend.
 
+pub mod fault;
+
 use std::time::Duration;
 
 use fanout::backend::{self, EmbeddedSettings, Pipeline};
@@ -48,6 +50,7 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
             function_timeout: Duration::from_millis(2500),
             poll_wait: Duration::from_millis(50),
             timeout: Duration::from_secs(60),
+            crash: None,
         },
         rate_override: None,
         quiet: true,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::backend::aws_with;
-use fanout::event_source::to_event;
+use fanout::event_source::{to_event, CrashInjection};
 use fanout::provision::provision;
 use fanout::run;
 use fanout::scan::peek_all;
@@ -12,6 +12,7 @@ use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
 use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, Queue};
+use fanout_tests::fault::{run_faults, FaultPlan};
 use fanout_tests::{config_for, fanout_bin, fast_options, Moto};
 
 fn in_seconds(s: i64) -> i64 {
@@ -198,4 +199,26 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     let calls = |path: &str| server.records().iter().filter(|r| r.path == path).count();
     assert_eq!(calls("/broken/7"), 3, "400, 400 on the early replay, then 200");
     assert_eq!(calls("/broken/8"), 2, "400, then 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_run_of_100_jobs_settles_every_job_once() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "faults", 5, 1).await.unwrap();
+    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let server = TargetServer::start().await.unwrap();
+    let mut options = fast_options(2);
+    // SQS counts visibility in whole seconds: 1 s, shorter than a slow call (1.2 s timeout).
+    options.event_source.visibility_timeout = Duration::from_secs(1);
+    options.event_source.poll_wait = Duration::from_secs(1);
+    options.event_source.function_timeout = Duration::from_secs(3);
+    options.event_source.timeout = Duration::from_secs(120);
+    options.event_source.crash = Some(CrashInjection { rate: 0.05, within: Duration::from_millis(500), seed: 8 });
+    let plan = FaultPlan { jobs: 100, seed: 8, rate: 50.0, call_timeout: Duration::from_millis(1200), options };
+    // No transport duplicates on moto: the double producer makes every job arrive twice.
+    let figures = run_faults(&pipeline, &server, &plan).await;
+    eprintln!("^ fault run against moto");
+    assert_eq!(figures.duplicates_delivered, 100, "{figures}");
+    assert_eq!(figures.dead_lettered.get("HTTP 400 Bad Request"), Some(&5), "{figures}");
 }
