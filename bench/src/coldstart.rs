@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use fanout_shared::target_server::TargetServer;
 
-use crate::measure::peak_rss_of;
+use crate::measure::{file_rss_of, peak_rss_of};
 use crate::report::{list, median, Figure, Section};
 use crate::workload::{ok_targets, write_events, Scratch};
 
@@ -101,8 +101,8 @@ async fn mock_server(event: Bytes) -> Result<MockServer, String> {
     Ok(MockServer { port, answers, task })
 }
 
-/// One cold start: (ms from spawn to the response, peak RSS in KiB).
-async fn cold_start(program: &Path, args: &[String], env: &[(String, String)], event: &Bytes) -> Result<(f64, u64), String> {
+/// One cold start: (ms from spawn to the response, peak RSS, file-backed RSS then; KiB).
+async fn cold_start(program: &Path, args: &[String], env: &[(String, String)], event: &Bytes) -> Result<(f64, u64, u64), String> {
     let mut mock = mock_server(event.clone()).await?;
     let endpoint = format!("127.0.0.1:{}", mock.port);
     let mut command = Command::new(program);
@@ -119,17 +119,18 @@ async fn cold_start(program: &Path, args: &[String], env: &[(String, String)], e
     let started = Instant::now();
     let mut child = command.spawn().map_err(|e| format!("{}: {e}", program.display()))?;
     let answer = tokio::time::timeout(Duration::from_secs(20), mock.answers.recv()).await;
-    let rss = peak_rss_of(child.id());
+    let (rss, file_rss) = (peak_rss_of(child.id()), file_rss_of(child.id()));
     let _ = child.kill();
     let output = child.wait_with_output().map_err(|e| e.to_string())?;
     let answer = match answer {
         Ok(Some(answer)) => answer,
         _ => return Err(format!("{} never answered: {}", program.display(), String::from_utf8_lossy(&output.stderr))),
     };
-    if !answer.path.ends_with("/response") || !answer.body.contains("\"batchItemFailures\":[]") {
+    let failures = serde_json::from_str::<serde_json::Value>(&answer.body).ok().and_then(|v| v["batchItemFailures"].as_array().map(Vec::len));
+    if !answer.path.ends_with("/response") || failures != Some(0) {
         return Err(format!("{} answered {} with {}", program.display(), answer.path, answer.body));
     }
-    Ok((answer.at.duration_since(started).as_secs_f64() * 1000.0, rss.unwrap_or(0)))
+    Ok((answer.at.duration_since(started).as_secs_f64() * 1000.0, rss.unwrap_or(0), file_rss.unwrap_or(0)))
 }
 
 fn lambda_env(config: &Path) -> Vec<(String, String)> {
@@ -176,14 +177,16 @@ pub async fn section(runs: usize, consumer: &Path, python: &Path, peer_dir: &Pat
     let event = Bytes::from(line.trim().to_owned());
     let env = lambda_env(&config_path);
     let peer_args = vec![peer_dir.join("bootstrap.py").display().to_string()];
-    let (mut rust_ms, mut rust_rss, mut py_ms, mut py_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rust_ms, mut rust_rss, mut rust_file, mut py_ms, mut py_rss, mut py_file) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (ms, rss) = cold_start(consumer, &[], &env, &event).await?;
+        let (ms, rss, file) = cold_start(consumer, &[], &env, &event).await?;
         rust_ms.push(ms);
         rust_rss.push(rss as f64 / 1024.0);
-        let (ms, rss) = cold_start(python, &peer_args, &env, &event).await?;
+        rust_file.push(file as f64 / 1024.0);
+        let (ms, rss, file) = cold_start(python, &peer_args, &env, &event).await?;
         py_ms.push(ms);
         py_rss.push(rss as f64 / 1024.0);
+        py_file.push(file as f64 / 1024.0);
     }
     let (binary, zip) = sizes(consumer, &scratch)?;
     let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
@@ -200,8 +203,11 @@ pub async fn section(runs: usize, consumer: &Path, python: &Path, peer_dir: &Pat
         figures: vec![
             Figure::goal("Rust: spawn → first response", format!("{:.1} ms", median(&rust_ms)), "≤ 15 ms", median(&rust_ms) <= 15.0),
             Figure::goal("Rust: peak RSS", format!("{:.1} MiB", median(&rust_rss)), "≤ 20 MB", median(&rust_rss) * 1.048_576 <= 20.0),
+            Figure::info("Rust: of the RSS, file-backed (executable and libc pages)", format!("{:.1} MiB", median(&rust_file))),
             Figure::info("Python peer: spawn → first response", format!("{:.1} ms", median(&py_ms))),
             Figure::info("Python peer: peak RSS", format!("{:.1} MiB", median(&py_rss))),
+            Figure::info("Python peer: of the RSS, file-backed", format!("{:.1} MiB", median(&py_file))),
+            Figure::info("peak RSS, Rust ÷ Python", format!("{:.2}", median(&rust_rss) / median(&py_rss))),
             Figure::info("release binary (stripped)", format!("{:.2} MiB", mib(binary))),
             Figure::info("zip of it as `bootstrap`", zip.map_or_else(|| "zip not installed".into(), |z| format!("{:.2} MiB", mib(z)))),
         ],

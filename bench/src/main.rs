@@ -94,6 +94,16 @@ enum Command {
     /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
     /// `replay` by hand, e.g. under `perf record`.
     Target,
+    /// Writes the SQS events (10 records each) of `jobs` targets on `target`, one per line: the
+    /// input of `replay` and of `bench/peer/drive.py`.
+    Events {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// (child process of figures 2 and 6) one measured drain; prints JSON stats.
     Drain {
         #[arg(long)]
@@ -162,6 +172,11 @@ async fn dispatch(command: Command) -> Result<(), String> {
             tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
             let stats = server.stats();
             eprintln!("fanout-bench target: {} calls", stats.calls);
+            Ok(())
+        }
+        Command::Events { target, jobs, out } => {
+            let events = workload::write_events(&workload::ok_targets(&target, jobs, None), 10, &out).await?;
+            eprintln!("fanout-bench: {events} events in {}", out.display());
             Ok(())
         }
         Command::Drain { target, jobs, concurrency, duplicate_rate, state } => {

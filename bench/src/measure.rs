@@ -70,6 +70,13 @@ pub fn peak_rss_of(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resident memory of a running process that is file-backed (`RssFile`: its executable's and
+/// libraries' pages), KiB.
+pub fn file_rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("RssFile:")?.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Runs `program args` to completion and parses its last stdout line as [`ProcessStats`].
 pub fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
     let output = Command::new(program)

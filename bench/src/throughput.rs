@@ -76,18 +76,18 @@ impl Drain {
     }
 }
 
-/// Runs `runs` drains without and with 30% duplicates, interleaved, each on a fresh state file
-/// against a fresh target server.
-async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>), String> {
+/// Runs `runs` drains of each kind, interleaved, each against a fresh target server: on a fresh
+/// state file without and with 30% duplicates, and in memory (`--state :memory:`) without.
+async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>, Vec<Drain>), String> {
     let exe = this_exe()?;
     let scratch = Scratch::new("drain")?;
-    let (mut plain, mut duplicated) = (Vec::new(), Vec::new());
+    let (mut plain, mut duplicated, mut in_memory) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        for (rate, into) in [(0.0, &mut plain), (0.3, &mut duplicated)] {
+        for (rate, on_file, into) in [(0.0, true, &mut plain), (0.3, true, &mut duplicated), (0.0, false, &mut in_memory)] {
             let server = TargetServer::start().await.map_err(|e| e.to_string())?;
             // Maps the child's epoch timestamps onto this process's `Instant`s.
             let anchor = (Instant::now(), fanout_shared::now_ms());
-            let state: PathBuf = scratch.join(&format!("state-{run}-{rate}.db"));
+            let state: PathBuf = if on_file { scratch.join(&format!("state-{run}-{rate}.db")) } else { ":memory:".into() };
             let args = drain_args(&server.base_url(), rate, &state);
             let stats = tokio::task::spawn_blocking({
                 let exe = exe.clone();
@@ -104,12 +104,14 @@ async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>), String> {
             into.push(Drain { settled_s: last.saturating_duration_since(started).as_secs_f64(), stats });
         }
     }
-    Ok((plain, duplicated))
+    Ok((plain, duplicated, in_memory))
 }
 
 /// Figures 2 and 6 from the same interleaved runs.
 pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
-    let (plain, duplicated) = measure(runs).await?;
+    let (plain, duplicated, in_memory) = measure(runs).await?;
+    let mem_jps: Vec<f64> = in_memory.iter().map(|d| d.stats.jobs_per_s()).collect();
+    let mem_cpu: Vec<f64> = in_memory.iter().map(|d| d.stats.cpu_us_per_job()).collect();
     let jps: Vec<f64> = plain.iter().map(|d| d.stats.jobs_per_s()).collect();
     let cpu: Vec<f64> = plain.iter().map(|d| d.stats.cpu_us_per_job()).collect();
     let rss: Vec<f64> = plain.iter().map(|d| d.stats.max_rss_kb as f64 / 1024.0).collect();
@@ -124,16 +126,23 @@ pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
         title: "2. Consumer throughput".into(),
         command: command.into(),
         workload: format!(
-            "{JOBS} jobs, embedded backend on a state file (as `fanout run` uses it), no rate limit, {CONCURRENCY} concurrent \
+            "{JOBS} jobs, embedded backend on a state file (as `fanout run` uses it by default) and in memory, no rate limit, {CONCURRENCY} concurrent \
              invocations of 10-record batches, target server (keep-alive, HTTP/1.1) in the parent process. Only the drain \
              is timed; CPU is the consumer process's own (user + system)."
         ),
         figures: vec![
-            Figure::goal("jobs/s", format!("{:.0}", median(&jps)), "≥ 10,000", median(&jps) >= 10_000.0),
-            Figure::info("CPU µs per job", format!("{:.1}", median(&cpu))),
-            Figure::info("peak RSS of the consumer process", format!("{:.1} MiB", median(&rss))),
+            Figure::goal("jobs/s, state file", format!("{:.0}", median(&jps)), "≥ 10,000", median(&jps) >= 10_000.0),
+            Figure::info("CPU µs per job, state file", format!("{:.1}", median(&cpu))),
+            Figure::goal("jobs/s, `--state :memory:`", format!("{:.0}", median(&mem_jps)), "≥ 10,000", median(&mem_jps) >= 10_000.0),
+            Figure::info("CPU µs per job, `--state :memory:`", format!("{:.1}", median(&mem_cpu))),
+            Figure::info("peak RSS of the consumer process, state file", format!("{:.1} MiB", median(&rss))),
         ],
-        runs: vec![format!("jobs/s: {}", list(&jps, 0)), format!("CPU µs/job: {}", list(&cpu, 1))],
+        runs: vec![
+            format!("jobs/s, state file: {}", list(&jps, 0)),
+            format!("CPU µs/job, state file: {}", list(&cpu, 1)),
+            format!("jobs/s, in memory: {}", list(&mem_jps, 0)),
+            format!("CPU µs/job, in memory: {}", list(&mem_cpu, 1)),
+        ],
         notes: Vec::new(),
     };
     let dedupe = Section {
