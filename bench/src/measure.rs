@@ -59,9 +59,11 @@ pub fn cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
-/// Peak resident set size of this process, KiB.
+/// Peak resident set size of this process, KiB: `VmHWM`, not `getrusage`'s `ru_maxrss`, which
+/// Linux carries over from the parent across fork and exec (a child of a 30 MiB orchestrator
+/// would report at least 30 MiB).
 pub fn max_rss_kb() -> u64 {
-    u64::try_from(rusage().ru_maxrss).unwrap_or(0)
+    peak_rss_of(std::process::id()).unwrap_or(0)
 }
 
 /// Peak resident set size of a running process, KiB (`VmHWM` in `/proc/PID/status`).
