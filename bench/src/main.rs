@@ -126,10 +126,11 @@ enum Command {
     },
 }
 
-fn print_sections(sections: &[Section]) {
+fn print_sections(sections: &[Section]) -> Result<(), String> {
     for section in sections {
         println!("{}", section.markdown());
     }
+    Ok(())
 }
 
 async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
@@ -156,15 +157,15 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
 async fn dispatch(command: Command) -> Result<(), String> {
     match command {
         Command::All { out, runs, paths } => all(&out, runs, &paths).await,
-        Command::Rate { runs } => Ok(print_sections(&[rate::section(runs).await?])),
+        Command::Rate { runs } => print_sections(&[rate::section(runs).await?]),
         Command::Throughput { runs } => {
             let (throughput, dedupe) = throughput::sections(runs).await?;
-            Ok(print_sections(&[throughput, dedupe]))
+            print_sections(&[throughput, dedupe])
         }
-        Command::Peer { runs, paths } => Ok(print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?])),
-        Command::Produce { runs } => Ok(print_sections(&[produce::section(runs).await?])),
+        Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?]),
+        Command::Produce { runs } => print_sections(&[produce::section(runs).await?]),
         Command::ColdStart { runs, paths } => {
-            Ok(print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?]))
+            print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?])
         }
         Command::Target => {
             let server = fanout_shared::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;

@@ -162,10 +162,9 @@ pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
     let dedupe = Section {
         title: "6. Dedupe cost".into(),
         command: command.into(),
-        workload: format!(
-            "As figure 2, with the embedded topic delivering 30% of the messages twice (`--duplicate-rate 0.3`), \
-             interleaved with the runs of figure 2. jobs/s counts distinct jobs; every job must succeed exactly once."
-        ),
+        workload: "As figure 2, with the embedded topic delivering 30% of the messages twice (`--duplicate-rate 0.3`), \
+                   interleaved with the runs of figure 2. jobs/s counts distinct jobs; every job must succeed exactly once."
+            .into(),
         figures: vec![
             Figure::goal("jobs/s with 30% duplicates ÷ without", format!("{:.3}", median(&ratios)), "≥ 0.9", median(&ratios) >= 0.9),
             Figure::info("jobs/s with 30% duplicates (to the last job's success)", format!("{:.0}", median(&dup_settled))),
