@@ -98,6 +98,18 @@ async fn success_sends_idempotency_key_and_duplicate_is_skipped() {
 }
 
 #[tokio::test]
+async fn copies_in_one_batch_run_in_turn_so_the_later_one_is_acked_not_bounced() {
+    let h = harness(config(json!([{"id": "a", "url": "BASE/slow/a?ms=50"}, {"id": "b", "url": "BASE/ok/b"}])), Settings::default()).await;
+    let a = job("run-1", "a", &format!("{}/slow/a?ms=50", h.server.base_url())).encode().body;
+    let b = job("run-1", "b", &format!("{}/ok/b", h.server.base_url())).encode().body;
+    // A slow call keeps the first copy's lock live while the batch's other records run.
+    let report = h.consumer.handle_batch(event(&[a.clone(), b, a]), in_seconds(10)).await;
+    assert!(failures(&report).is_empty(), "no copy goes back to the queue: {:?}", failures(&report));
+    assert_eq!((report.metrics.total("Succeeded"), report.metrics.total("DuplicatesSkipped")), (2.0, 1.0));
+    assert_eq!(h.server.stats().calls, 2, "one call per job");
+}
+
+#[tokio::test]
 async fn live_lock_is_a_batch_item_failure_and_expired_lock_is_reacquired() {
     let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
     let job = job("run-1", "a", &format!("{}/ok/a", h.server.base_url()));

@@ -77,7 +77,13 @@ fn query(path: &str, name: &str) -> Option<u64> {
 impl TargetServer {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts on a free port of `ip`. Any 127.x.y.z is loopback on Linux, so servers on
+    /// 127.0.0.2, 127.0.0.3, … are distinct hosts to the consumer's per-host budgets.
+    pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();

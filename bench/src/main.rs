@@ -1,0 +1,205 @@
+//! `fanout-bench`: the benchmarks behind `BENCHMARKS.md` (issue 7). `bench/run` builds it,
+//! installs the Python peer, and runs `fanout-bench all`; each figure's subcommand reproduces
+//! that figure alone (run from the repository root). Timing goals live here, never in tests.
+//!
+//! # Layout
+//! - [`rate`]: 1, rate accuracy (global and per-host budgets).
+//! - [`throughput`]: 2 and 6, consumer throughput and dedupe cost (child `drain` processes).
+//! - [`peer`]: 3, the Python peer on the same event batches (child `replay` processes).
+//! - [`produce`]: 4, producer fan-out (embedded and moto).
+//! - [`coldstart`]: 5, the Lambda binary's cold start against a mock Runtime API.
+//! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
+
+mod coldstart;
+mod measure;
+mod peer;
+mod produce;
+mod rate;
+mod report;
+mod throughput;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use report::Section;
+
+/// Benchmarks of the fanout pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "fanout-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Paths the peer and cold-start figures need, relative to the repository root.
+#[derive(Debug, Args, Clone)]
+struct Paths {
+    /// The bench venv's Python, with `bench/peer/requirements.txt` installed.
+    #[arg(long, default_value = "bench/.venv/bin/python")]
+    python: PathBuf,
+    /// The Python peer's directory.
+    #[arg(long, default_value = "bench/peer")]
+    peer_dir: PathBuf,
+    /// The release Lambda binary of the consumer.
+    #[arg(long, default_value = "target/release/fanout-consumer")]
+    consumer: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every figure; writes the markdown document.
+    All {
+        /// Where to write it.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        /// Runs per figure (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Figure 1: rate accuracy.
+    Rate {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Figures 2 and 6: consumer throughput and dedupe cost.
+    Throughput {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Figure 3: the Python peer.
+    Peer {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Figure 4: producer fan-out.
+    Produce {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Figure 5: cold-start proxy.
+    ColdStart {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
+    /// `replay` by hand, e.g. under `perf record`.
+    Target,
+    /// Writes the SQS events (10 records each) of `jobs` targets on `target`, one per line: the
+    /// input of `replay` and of `bench/peer/drive.py`.
+    Events {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// (child process of figures 2 and 6) one measured drain; prints JSON stats.
+    Drain {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long, default_value_t = throughput::CONCURRENCY)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_rate: f64,
+        #[arg(long, default_value = ":memory:")]
+        state: PathBuf,
+    },
+    /// (child process of figure 3) replays an events file through one consumer; prints JSON stats.
+    Replay {
+        #[arg(long)]
+        events: PathBuf,
+        #[arg(long)]
+        target: String,
+    },
+}
+
+fn print_sections(sections: &[Section]) -> Result<(), String> {
+    for section in sections {
+        println!("{}", section.markdown());
+    }
+    Ok(())
+}
+
+async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
+    let started = Instant::now();
+    let mut sections = Vec::new();
+    eprintln!("fanout-bench: 1. rate accuracy");
+    sections.push(rate::section(runs).await?);
+    eprintln!("fanout-bench: 2 and 6. throughput and dedupe");
+    let (throughput, dedupe) = throughput::sections(runs).await?;
+    sections.push(throughput);
+    eprintln!("fanout-bench: 3. Python peer");
+    sections.push(peer::section(runs, &paths.python, &paths.peer_dir).await?);
+    eprintln!("fanout-bench: 4. producer fan-out");
+    sections.push(produce::section(runs).await?);
+    eprintln!("fanout-bench: 5. cold start");
+    sections.push(coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?);
+    sections.push(dedupe);
+    let document = report::document(&sections, &report::machine(&paths.python), started.elapsed().as_secs_f64());
+    std::fs::write(out, document).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!("fanout-bench: wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn dispatch(command: Command) -> Result<(), String> {
+    match command {
+        Command::All { out, runs, paths } => all(&out, runs, &paths).await,
+        Command::Rate { runs } => print_sections(&[rate::section(runs).await?]),
+        Command::Throughput { runs } => {
+            let (throughput, dedupe) = throughput::sections(runs).await?;
+            print_sections(&[throughput, dedupe])
+        }
+        Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?]),
+        Command::Produce { runs } => print_sections(&[produce::section(runs).await?]),
+        Command::ColdStart { runs, paths } => {
+            print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?])
+        }
+        Command::Target => {
+            let server = fanout_shared::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
+            println!("{}", server.base_url());
+            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            let stats = server.stats();
+            eprintln!("fanout-bench target: {} calls", stats.calls);
+            Ok(())
+        }
+        Command::Events { target, jobs, out } => {
+            let events = workload::write_events(&workload::ok_targets(&target, jobs, None), 10, &out).await?;
+            eprintln!("fanout-bench: {events} events in {}", out.display());
+            Ok(())
+        }
+        Command::Drain { target, jobs, concurrency, duplicate_rate, state } => {
+            let stats = throughput::drain_child(&target, jobs, duplicate_rate, concurrency, &state).await?;
+            println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Replay { events, target } => {
+            let stats = peer::replay_child(&events, &target).await?;
+            println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match dispatch(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fanout-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
