@@ -7,6 +7,7 @@ use std::fmt;
 
 use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
 use aws_sdk_sqs::types::QueueAttributeName;
+use fanout_shared::aws::queue_arn;
 use fanout_shared::BackendError;
 
 use crate::backend::AwsNames;
@@ -151,19 +152,4 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         Err(e) => return Err(failed("dynamodb:CreateTable", e)),
     }
     Ok(Provisioned { topic_arn, queue_url, dlq_url, table_name })
-}
-
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, BackendError> {
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| failed("sqs:GetQueueAttributes", e))?;
-    attributes
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .ok_or_else(|| BackendError::permanent("sqs:GetQueueAttributes", format!("no QueueArn for {url}")))
 }

@@ -12,7 +12,7 @@ mod sqs;
 pub use dynamodb::DynamoDbStore;
 pub use move_task::SqsMessageMover;
 pub use sns::SnsPublisher;
-pub use sqs::SqsQueue;
+pub use sqs::{queue_arn, SqsQueue};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 

@@ -1,9 +1,8 @@
 //! [`MessageMover`] over SQS `StartMessageMoveTask` / `ListMessageMoveTasks`.
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::QueueAttributeName;
 
-use super::sdk_error;
+use super::{queue_arn, sdk_error};
 use crate::error::BackendError;
 use crate::queue::{MessageMover, MoveTaskStatus};
 
@@ -20,30 +19,13 @@ impl SqsMessageMover {
     pub fn new(client: aws_sdk_sqs::Client, dlq_url: impl Into<String>, queue_url: impl Into<String>) -> Self {
         Self { client, dlq_url: dlq_url.into(), queue_url: queue_url.into() }
     }
-
-    /// Move tasks name queues by ARN, the rest of the pipeline by URL.
-    async fn arn(&self, url: &str) -> Result<String, BackendError> {
-        let output = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| sdk_error("sqs:GetQueueAttributes", e))?;
-        output
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .ok_or_else(|| BackendError::permanent("sqs:GetQueueAttributes", format!("{url} has no QueueArn")))
-    }
 }
 
 #[async_trait]
 impl MessageMover for SqsMessageMover {
     async fn start(&self, max_per_second: Option<u32>) -> Result<String, BackendError> {
-        let source = self.arn(&self.dlq_url).await?;
-        let destination = self.arn(&self.queue_url).await?;
+        let source = queue_arn(&self.client, &self.dlq_url).await?;
+        let destination = queue_arn(&self.client, &self.queue_url).await?;
         let output = self
             .client
             .start_message_move_task()
@@ -57,7 +39,7 @@ impl MessageMover for SqsMessageMover {
     }
 
     async fn status(&self, handle: &str) -> Result<MoveTaskStatus, BackendError> {
-        let source = self.arn(&self.dlq_url).await?;
+        let source = queue_arn(&self.client, &self.dlq_url).await?;
         let output = self
             .client
             .list_message_move_tasks()

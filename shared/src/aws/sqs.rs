@@ -29,6 +29,22 @@ impl SqsQueue {
     }
 }
 
+/// The ARN of the queue at `url` (policies, redrive and move tasks name queues by ARN).
+pub async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, BackendError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| sdk_error("sqs:GetQueueAttributes", e))?;
+    output
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| BackendError::permanent("sqs:GetQueueAttributes", format!("no QueueArn for {url}")))
+}
+
 /// SQS takes whole seconds; round up so a timeout is never shorter than asked.
 fn whole_seconds(d: Duration) -> i32 {
     i32::try_from(d.as_millis().div_ceil(1000)).unwrap_or(i32::MAX)
