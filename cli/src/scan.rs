@@ -17,14 +17,14 @@ pub struct Pass<'a> {
     hold: Duration,
     wait: Duration,
     seen: HashSet<String>,
-    held: Vec<String>,
+    held: HashSet<String>,
 }
 
 impl<'a> Pass<'a> {
     /// A pass that hides what it reads for `hold` (long enough for the whole pass: a message
     /// that reappears mid-pass is recognised and not returned twice) and long-polls `wait`.
     pub fn new(queue: &'a dyn Queue, hold: Duration, wait: Duration) -> Self {
-        Self { queue, hold, wait, seen: HashSet::new(), held: Vec::new() }
+        Self { queue, hold, wait, seen: HashSet::new(), held: HashSet::new() }
     }
 
     /// The next messages this pass has not returned yet; empty once the queue has nothing new.
@@ -32,7 +32,7 @@ impl<'a> Pass<'a> {
         let batch = self.queue.receive(10, self.hold, self.wait).await?;
         let mut fresh = Vec::with_capacity(batch.len());
         for message in batch {
-            self.held.push(message.receipt_handle.clone());
+            self.held.insert(message.receipt_handle.clone());
             if self.seen.insert(message.message_id.clone()) {
                 fresh.push(message);
             }
@@ -44,7 +44,7 @@ impl<'a> Pass<'a> {
     /// Deletes a message this pass received (it is not given back at the end).
     pub async fn delete(&mut self, receipt_handle: &str) -> Result<(), BackendError> {
         self.queue.delete(&[receipt_handle.to_owned()]).await?;
-        self.held.retain(|h| h != receipt_handle);
+        self.held.remove(receipt_handle);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
 use fanout_shared::JobMessage;
 use fanout_shared::target_server::TargetServer;
-use fanout_tests::{config_for, embedded_pipeline, fanout_bin, fast_options};
+use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options};
 
 fn replay_options(filter: DlqFilter, max: Option<usize>, dry_run: bool) -> ReplayOptions {
     ReplayOptions { filter, max, rate: None, dry_run, wait: false, hold: Duration::from_secs(30), poll_wait: Duration::ZERO }
@@ -120,12 +120,8 @@ async fn filters_select_exactly_the_matching_messages() {
 fn replay_killed_half_way_loses_nothing_and_calls_nothing_twice() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
-    let dir = std::env::temp_dir().join(format!("fanout-dlq-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let paths: Vec<String> = (0..50).map(|i| format!("broken/{i}")).collect();
-    let config = dir.join("fanout.json");
-    std::fs::write(&config, serde_json::to_string(&config_for(&server.base_url(), &paths, None)).unwrap()).unwrap();
+    let (dir, config) = config_file("dlq-kill", &server.base_url(), &paths);
     let state = dir.join("state.db");
     let fanout = |args: &[&str]| {
         let mut cmd = Command::new(fanout_bin());

@@ -13,7 +13,7 @@ use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR
 use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, Queue};
 use fanout_tests::fault::{run_faults, FaultPlan};
-use fanout_tests::{config_for, fanout_bin, fast_options, Moto};
+use fanout_tests::{config_file, config_for, fanout_bin, fast_options, Moto};
 
 fn in_seconds(s: i64) -> i64 {
     fanout_shared::now_ms() + s * 1000
@@ -118,12 +118,8 @@ fn fanout_run_backend_aws_settles_200_jobs() {
     let Some(moto) = Moto::start() else { return };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
-    let dir = std::env::temp_dir().join(format!("fanout-moto-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let paths: Vec<String> = (0..200).map(|i| format!("ok/{i}")).collect();
-    let config = config_for(&server.base_url(), &paths, None);
-    let config_path = dir.join("fanout.json");
-    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let (_dir, config_path) = config_file("moto-run", &server.base_url(), &paths);
 
     let exports = provision_with_cli(&moto, "cli");
     let output = std::process::Command::new(fanout_bin())
@@ -156,11 +152,8 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     let Some(moto) = Moto::start() else { return };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
-    let dir = std::env::temp_dir().join(format!("fanout-moto-dlq-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let paths: Vec<String> = (0..50).map(|i| format!("broken/{i}")).collect();
-    let config_path = dir.join("fanout.json");
-    std::fs::write(&config_path, serde_json::to_string(&config_for(&server.base_url(), &paths, None)).unwrap()).unwrap();
+    let (_dir, config_path) = config_file("moto-dlq", &server.base_url(), &paths);
     let exports = provision_with_cli(&moto, "dlq");
     let fanout = |args: &[&str]| {
         let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
