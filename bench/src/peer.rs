@@ -26,8 +26,8 @@ const JOBS: usize = 5_000;
 pub fn lambda_consumer(target: &str) -> Result<Consumer, String> {
     let config = ok_targets(target, 1, None);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    let backends = Backends { store: pipeline.store, source: pipeline.queue, dlq: pipeline.dlq };
-    let settings = Settings { max_concurrency: 1, function_name: "fanout-consumer-bench".into(), ..Settings::default() };
+    let backends = Backends { store: pipeline.store, source: pipeline.queue, dlq: pipeline.dlq, fleet: pipeline.fleet };
+    let settings = Settings { function_name: "fanout-consumer-bench".into(), ..Settings::default() };
     Consumer::new(&config, backends, settings).map_err(|e| e.to_string())
 }
 

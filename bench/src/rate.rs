@@ -76,7 +76,7 @@ async fn hosts_run() -> Result<(Vec<(f64, f64)>, f64), String> {
     config.hosts = servers
         .iter()
         .zip(HOSTS)
-        .map(|(s, (per_second, _))| (host_of(&s.base_url()), HostLimit { per_second }))
+        .map(|(s, (per_second, _))| (host_of(&s.base_url()), HostLimit { per_second, max_per_second: None }))
         .collect::<BTreeMap<_, _>>();
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let options = cli_options(CONCURRENCY);

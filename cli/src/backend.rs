@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fanout_shared::aws::{load_sdk_config, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
+use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
-use fanout_shared::{BackendError, IdempotencyStore, MessageMover, Publisher, Queue};
+use fanout_shared::{BackendError, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
 pub const EMBEDDED_TOPIC: &str = "fanout-jobs";
@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub dlq: Arc<dyn Queue>,
     /// The idempotency table.
     pub store: Arc<dyn IdempotencyStore>,
+    /// Host states and consumer leases (in the idempotency table on AWS).
+    pub fleet: Arc<dyn FleetStore>,
     /// Server-side DLQ → queue moves, where the backend has them (SQS).
     pub mover: Option<Arc<dyn MessageMover>>,
 }
@@ -79,6 +81,7 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
         queue: Arc::new(backend.queue(EMBEDDED_QUEUE)),
         dlq: Arc::new(backend.queue(EMBEDDED_DLQ)),
         store: Arc::new(backend.store()),
+        fleet: Arc::new(backend.fleet()),
         mover: None,
     })
 }
@@ -95,11 +98,14 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipelin
     };
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let (queue_url, dlq_url) = (need(&names.queue_url, "FANOUT_QUEUE_URL")?, need(&names.dlq_url, "FANOUT_DLQ_URL")?);
+    let table = need(&names.table_name, "FANOUT_TABLE_NAME")?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     Ok(Pipeline {
         publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), need(&names.topic_arn, "FANOUT_TOPIC_ARN")?)),
         queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
         dlq: Arc::new(SqsQueue::new(sqs.clone(), &dlq_url)),
-        store: Arc::new(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(sdk), need(&names.table_name, "FANOUT_TABLE_NAME")?)),
+        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
+        fleet: Arc::new(DynamoDbFleet::new(dynamodb, table)),
         mover: Some(Arc::new(SqsMessageMover::new(sqs, dlq_url, queue_url))),
     })
 }

@@ -72,6 +72,9 @@ pub enum Command {
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The fleet's shared host states: budgets, current rates, circuits, pauses; pause, resume
+    /// or re-budget a host at runtime.
+    Hosts(crate::hosts::HostsArgs),
     /// Create topic, queue, DLQ, subscription and table where the SDK config points (emulators,
     /// trials); prints `export FANOUT_…=` lines.
     Provision {
@@ -94,9 +97,18 @@ pub enum ConfigCommand {
     Check {
         /// The config file.
         file: PathBuf,
-        /// The consumer's maximum concurrency, for the per-instance budget.
-        #[arg(long, default_value_t = 4)]
+        /// The stack's `maxConcurrency` (consumer instances at most).
+        #[arg(long, default_value_t = 5)]
         concurrency: u32,
+        /// The stack's consumer timeout, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        function_timeout: f64,
+        /// The schedule's period, seconds (the stack's default is rate(15 minutes)).
+        #[arg(long, default_value_t = 900.0)]
+        schedule_period: f64,
+        /// The stack's batch size.
+        #[arg(long, default_value_t = 10)]
+        batch_size: u32,
     },
 }
 
@@ -387,7 +399,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let summary = serde_json::json!({
                 "invocations": outcome.invocations, "timed_out": outcome.timed_out, "drained": outcome.drained,
                 "succeeded": count("Succeeded"), "dead_lettered": count("DeadLettered"),
-                "duplicates_skipped": count("DuplicatesSkipped"), "retries": count("Retried") + count("LockedElsewhere"),
+                "duplicates_skipped": count("DuplicatesSkipped"), "retries": count("Retried"),
+                "deferred": count("Deferred"), "held": count("Held"),
                 "outbound_calls": count("OutboundCalls"), "elapsed_s": outcome.elapsed.as_secs_f64(),
             });
             if args.local.json {
@@ -417,9 +430,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(DlqCommand::Replay(args)) => replay_command(&cli, args).await,
-        Command::Config(ConfigCommand::Check { file, concurrency }) => {
+        Command::Hosts(args) => hosts_command(&cli, args).await,
+        Command::Config(ConfigCommand::Check { file, concurrency, function_timeout, schedule_period, batch_size }) => {
             let config = load_config(file)?;
-            print!("{}", crate::check::describe(&config, file, *concurrency));
+            let fit = crate::check::StackFit {
+                concurrency: *concurrency,
+                function_timeout_s: seconds("function-timeout", *function_timeout)?.as_secs_f64(),
+                schedule_period_s: seconds("schedule-period", *schedule_period)?.as_secs_f64(),
+                batch_size: *batch_size,
+            };
+            print!("{}", crate::check::describe(&config, file, &fit));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -450,6 +470,24 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(if summary.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<ExitCode, Failure> {
+    let config = load_config(&args.config)?;
+    let pipeline = pipeline(cli, None, 0.0).await?;
+    let rows = match &args.action {
+        None => crate::hosts::list(&config, pipeline.fleet.as_ref()).await?,
+        Some(action) => vec![crate::hosts::act(&config, pipeline.fleet.as_ref(), action).await.map_err(|e| match e {
+            crate::hosts::HostsError::BadInput(m) => Failure::BadInput(m),
+            crate::hosts::HostsError::Backend(e) => Failure::from(e),
+        })?],
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+    } else {
+        print!("{}", crate::hosts::table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn replay_command(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode, Failure> {

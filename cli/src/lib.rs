@@ -12,6 +12,8 @@
 //! - [`report`]: the summary table/JSON and the progress display.
 //! - [`demo`]: the `--demo` workload.
 //! - [`check`]: `fanout config check`.
+//! - [`hosts`]: `fanout hosts`, the fleet's shared host states and the operator's pause, resume
+//!   and runtime budget.
 
 pub mod backend;
 pub mod check;
@@ -19,6 +21,7 @@ pub mod commands;
 pub mod demo;
 pub mod dlq;
 pub mod event_source;
+pub mod hosts;
 pub mod report;
 pub mod provision;
 pub mod run;

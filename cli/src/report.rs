@@ -37,8 +37,14 @@ pub struct RunSummary {
     pub dead_lettered_by_reason: BTreeMap<String, usize>,
     /// Deliveries skipped because the job had already settled.
     pub duplicates_skipped: u64,
-    /// Records handed back to the queue (batch item failures).
+    /// Transient failures retried after their backoff.
     pub retries: u64,
+    /// Jobs rescheduled to wait for their permit (the budget decides when, never whether).
+    pub deferred: u64,
+    /// Jobs held because their host was paused or its circuit open.
+    pub held: u64,
+    /// Invocations that only put work back (no call made): the cost of waiting.
+    pub defer_only_invocations: u64,
     /// HTTP calls made.
     pub outbound_calls: u64,
     /// Wall time, seconds.
@@ -64,7 +70,10 @@ impl RunSummary {
             dead_lettered: settlement.dead_lettered_total(),
             dead_lettered_by_reason: settlement.dead_lettered.clone(),
             duplicates_skipped: metrics.total("DuplicatesSkipped") as u64,
-            retries: (metrics.total("Retried") + metrics.total("LockedElsewhere")) as u64,
+            retries: metrics.total("Retried") as u64,
+            deferred: metrics.total("Deferred") as u64,
+            held: metrics.total("Held") as u64,
+            defer_only_invocations: metrics.total("DeferOnlyInvocations") as u64,
             outbound_calls: calls,
             elapsed_s: round(elapsed.as_secs_f64(), 3),
             rate_budget,
@@ -88,6 +97,8 @@ impl RunSummary {
         rows.extend([
             ("duplicates skipped".into(), self.duplicates_skipped.to_string()),
             ("retries".into(), self.retries.to_string()),
+            ("deferred (waiting for budget)".into(), self.deferred.to_string()),
+            ("held (host paused or down)".into(), self.held.to_string()),
             ("outbound calls".into(), self.outbound_calls.to_string()),
             ("elapsed".into(), format!("{:.2} s", self.elapsed_s)),
             (

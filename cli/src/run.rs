@@ -32,7 +32,6 @@ pub type RunError = Box<dyn std::error::Error + Send + Sync>;
 pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
     let function_timeout = options.event_source.function_timeout;
     let settings = Settings {
-        max_concurrency: u32::try_from(options.event_source.concurrency).unwrap_or(u32::MAX),
         rate_per_second: options.rate_override,
         // Locally functions run for seconds, not minutes: keep the margin in proportion.
         deadline_margin: (function_timeout / 10).min(Duration::from_secs(1)),
@@ -42,7 +41,12 @@ pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOpti
     };
     (0..options.event_source.concurrency.max(1))
         .map(|_| {
-            let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone() };
+            let backends = Backends {
+                store: pipeline.store.clone(),
+                source: pipeline.queue.clone(),
+                dlq: pipeline.dlq.clone(),
+                fleet: pipeline.fleet.clone(),
+            };
             Ok(Arc::new(Consumer::new(config, backends, settings.clone())?))
         })
         .collect()

@@ -3,16 +3,17 @@
 //! Relies on the event source mapping's `FunctionResponseTypes: ["ReportBatchItemFailures"]`:
 //! without it, Lambda ignores the response and one failed record retries the whole batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::stream::{self, StreamExt};
 
-use fanout_shared::job::ATTR_MESSAGE_ID;
+use fanout_shared::fleet::LEASE_RENEW;
+use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
 use fanout_shared::metrics::{MetricSet, Unit};
 
-use crate::record::{Deadline, Verdict};
+use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
 use crate::Consumer;
 
 /// The answer to one invocation, and what it measured.
@@ -22,19 +23,34 @@ pub struct BatchReport {
     pub response: SqsBatchResponse,
     /// The invocation's metrics (flush them as EMF, or aggregate them).
     pub metrics: MetricSet,
+    /// Per-host metrics (dimensions `Function` and `Host`), for hosts that were called or held.
+    pub host_metrics: BTreeMap<String, MetricSet>,
+}
+
+impl BatchReport {
+    /// Prints every EMF line (the function's, then each host's) to stdout.
+    pub fn flush_stdout(&self) {
+        self.metrics.flush_stdout();
+        for metrics in self.host_metrics.values() {
+            metrics.flush_stdout();
+        }
+    }
 }
 
 impl Consumer {
     /// Processes one SQS event whose invocation must end by `deadline_ms` (ms since the epoch,
     /// Lambda's `context.deadline`). Records run concurrently, at most
     /// `settings.batch_concurrency` at once, except copies of one job, which run one after
-    /// another (`copies_together` says why); every record that is not settled is listed as a batch
-    /// item failure.
+    /// another (`copies_together` says why); every record that is not settled or rescheduled is
+    /// listed as a batch item failure. While the batch runs, the instance's lease is renewed,
+    /// so the fleet keeps counting it in the budget split.
     pub async fn handle_batch(&self, event: SqsEvent, deadline_ms: i64) -> BatchReport {
         let deadline = Deadline::new(deadline_ms, self.settings.deadline_margin);
+        self.flow.renew_lease().await;
+        self.flow.refresh(&hosts_of(&event.records)).await;
         // Records are moved into their futures: borrowed ones trip the compiler's higher-ranked
         // lifetime check when this future is spawned.
-        let reports: Vec<_> = stream::iter(copies_together(event.records))
+        let work = stream::iter(copies_together(event.records))
             .map(|copies| async move {
                 let mut reports = Vec::with_capacity(copies.len());
                 for record in copies {
@@ -45,19 +61,35 @@ impl Consumer {
             })
             .buffer_unordered(self.settings.batch_concurrency.max(1))
             .flat_map(stream::iter)
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        tokio::pin!(work);
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
+        let reports = loop {
+            tokio::select! {
+                reports = &mut work => break reports,
+                _ = renewals.tick() => self.flow.renew_lease().await,
+            }
+        };
+        self.report(reports)
+    }
 
+    fn report(&self, reports: Vec<(Option<String>, RecordReport)>) -> BatchReport {
+        let function = &self.settings.function_name;
         let mut response = SqsBatchResponse::default();
-        let mut metrics = MetricSet::new([("Function".to_owned(), self.settings.function_name.clone())]);
+        let mut metrics = MetricSet::new([("Function".to_owned(), function.clone())]);
+        let mut host_metrics: BTreeMap<String, MetricSet> = BTreeMap::new();
         metrics.count("Records", reports.len() as u64);
+        let (mut called, mut waited) = (false, false);
         for (message_id, report) in reports {
             let name = match &report.verdict {
                 Verdict::Succeeded => "Succeeded",
                 Verdict::Duplicate => "DuplicatesSkipped",
                 Verdict::DeadLettered(_) => "DeadLettered",
-                Verdict::Retry(_) if report.locked => "LockedElsewhere",
-                Verdict::Retry(_) => "Retried",
+                Verdict::Rescheduled { why: Reschedule::Retry(_), .. } => "Retried",
+                Verdict::Rescheduled { why: Reschedule::Waiting, .. } => "Deferred",
+                Verdict::Rescheduled { why: Reschedule::Held(_), .. } => "Held",
+                Verdict::Rescheduled { why: Reschedule::Locked, .. } => "LockedElsewhere",
+                Verdict::Retry(_) => "Requeued",
             };
             metrics.count(name, 1);
             if report.verdict.is_retry() {
@@ -65,16 +97,42 @@ impl Consumer {
                 // which the idempotency store absorbs.
                 response.add_failure(message_id.unwrap_or_default());
             }
+            waited |= matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Waiting | Reschedule::Held(_), .. });
             if let Some(latency) = report.call_latency {
+                called = true;
                 metrics.count("OutboundCalls", 1);
                 metrics.sample("CallLatency", Unit::Milliseconds, ms(latency));
             }
             if report.rate_wait > Duration::ZERO {
                 metrics.sample("RateLimitWait", Unit::Milliseconds, ms(report.rate_wait));
             }
+            let held = matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Held(_), .. });
+            if let (Some(host), true) = (&report.host, report.call_latency.is_some() || held) {
+                let m = host_metrics.entry(host.clone()).or_insert_with(|| {
+                    MetricSet::new([("Function".to_owned(), function.clone()), ("Host".to_owned(), host.clone())])
+                });
+                let change = report.host_change;
+                for (metric, happened) in [
+                    ("HostCalls", report.call_latency.is_some()),
+                    ("HostThrottled", report.status == Some(429)),
+                    ("HostRateDecreased", change.slowed),
+                    ("CircuitOpened", change.opened),
+                    ("CircuitClosed", change.closed),
+                    ("JobsHeld", held),
+                ] {
+                    m.count(metric, u64::from(happened));
+                }
+            }
         }
-        BatchReport { response, metrics }
+        // An invocation that only put work back: the budget or a hold gave it nothing to do.
+        metrics.count("DeferOnlyInvocations", u64::from(waited && !called));
+        BatchReport { response, metrics, host_metrics }
     }
+}
+
+/// The hosts of a batch's jobs (undecodable bodies have none), to read their states at once.
+fn hosts_of(records: &[SqsMessage]) -> BTreeSet<String> {
+    records.iter().filter_map(|r| decode_body(r.body.as_deref()?).ok()?.target.host()).collect()
 }
 
 /// Groups the records of a batch by job, in order of first appearance. Copies of one job (SNS

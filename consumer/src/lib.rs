@@ -1,9 +1,13 @@
 //! The fanout consumer: executes job messages from SQS, safely.
 //!
 //! # Layout
-//! - [`batch`]: one invocation: records concurrently, partial batch response, EMF metrics.
-//! - [`record`]: one record: parse → dedupe → rate-limit → call → record the outcome.
-//! - [`limiter`]: this instance's share of the global and per-host rate budgets.
+//! - [`batch`]: one invocation: records concurrently, the lease ticker, partial batch response,
+//!   EMF metrics (per function and per host).
+//! - [`record`]: one record: parse → admit → permit → dedupe → call → record the outcome, and
+//!   rescheduling (a delayed copy) for every job that waits or retries.
+//! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
+//!   instance's lease and its share of the budgets.
+//! - [`limiter`]: the `governor` limiters that pace this instance at its share.
 //! - [`http`]: the SSRF-guarded HTTP client and the transient/permanent classification.
 //! - [`settings`]: the Lambda's environment variables.
 //!
@@ -11,6 +15,7 @@
 //! [`Consumer::handle_batch`]; the `fanout` CLI's local event source calls the same function.
 
 pub mod batch;
+pub mod flow;
 pub mod http;
 pub mod limiter;
 pub mod record;
@@ -19,43 +24,63 @@ pub mod settings;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fanout_shared::{IdempotencyStore, PipelineConfig, Queue};
+use fanout_shared::retry::RetryPolicy;
+use fanout_shared::{FleetStore, IdempotencyStore, PipelineConfig, Queue};
 
 pub use batch::BatchReport;
-pub use record::{RecordReport, Verdict};
+pub use record::{RecordReport, Reschedule, Verdict};
 pub use settings::Settings;
 
-/// One consumer instance: its clients, its rate budget and its settings. Build it once per
+/// One consumer instance: its clients, its flow control and its settings. Build it once per
 /// process (Lambda reuses it across invocations) and share it.
 pub struct Consumer {
     store: Arc<dyn IdempotencyStore>,
     source: Arc<dyn Queue>,
     dlq: Arc<dyn Queue>,
     caller: http::Caller,
-    budget: limiter::RateBudget,
+    flow: flow::Flow,
+    retry: RetryPolicy,
     allowed_hosts: BTreeSet<String>,
     settings: Settings,
 }
 
-/// The consumer's backends: idempotency table, source queue (for `Retry-After`) and DLQ.
+/// The consumer's backends.
 pub struct Backends {
     /// Idempotency records.
     pub store: Arc<dyn IdempotencyStore>,
-    /// The queue the records come from.
+    /// The queue the records come from; rescheduled copies go back to it.
     pub source: Arc<dyn Queue>,
     /// Where permanent failures go.
     pub dlq: Arc<dyn Queue>,
+    /// Host states and instance leases, shared by the fleet.
+    pub fleet: Arc<dyn FleetStore>,
+}
+
+/// Why a consumer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A setting from the environment breaks a rule.
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl Consumer {
-    /// A consumer for `config`'s hosts and budgets.
-    pub fn new(config: &PipelineConfig, backends: Backends, settings: Settings) -> Result<Self, reqwest::Error> {
+    /// A consumer for `config`'s hosts and budgets, with the stack's `settings`.
+    pub fn new(config: &PipelineConfig, backends: Backends, settings: Settings) -> Result<Self, SetupError> {
+        let retry = settings.retry.apply(config.retry);
+        if let Some((field, problem)) = retry.problems().into_iter().next() {
+            return Err(SetupError::Settings(format!("retry {field} (config `retry` or FANOUT_* override): {problem}")));
+        }
         Ok(Self {
             store: backends.store,
             source: backends.source,
             dlq: backends.dlq,
             caller: http::Caller::new(config.allow_private_networks)?,
-            budget: limiter::RateBudget::new(config, settings.rate_per_second, settings.max_concurrency),
+            flow: flow::Flow::new(config, backends.fleet, settings.rate_per_second, settings.host_state_ttl),
+            retry,
             allowed_hosts: config.allowed_hosts(),
             settings,
         })

@@ -1,90 +1,132 @@
-//! The outbound rate budget, split evenly across consumer instances.
+//! This instance's pacing: `governor` limiters whose rates follow the fleet.
 //!
-//! The config's budgets are global: all instances together may send `R` requests per second.
-//! Lambda runs at most `MaximumConcurrency` instances of the consumer (the event source
-//! mapping's cap), and each instance serves one invocation at a time, so each instance gets
-//! `R / MaximumConcurrency` with a burst of `max(1, burst / MaximumConcurrency)`. The limiters
-//! live as long as the instance, across invocations. The same split applies per host.
+//! A budget in the config is the whole fleet's. An instance's share is that budget (times the
+//! host's current rate factor) divided by the instances at work ([`fanout_shared::fleet`]), so
+//! it changes at runtime: a limiter is replaced when its share moves by more than 1%. A
+//! replacement starts without the new limiter's burst when the old one had no permit to give,
+//! so a rate change never lets an extra call through.
 //!
-//! Waiting is deadline-aware: a record whose permit would arrive after the invocation's
-//! deadline (minus a safety margin) is not waited for; it goes back to the queue instead of
-//! timing out the whole batch.
+//! Waiting is deadline-aware: a permit due after the invocation can use it is not waited for;
+//! the caller reschedules the job for when the permit is due ([`Deferred`]), and a horizon per
+//! key spaces such jobs out one share-period apart, so they come back when they can be spent.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use fanout_shared::config::{PipelineConfig, RateLimit};
+/// Longest single sleep while waiting for a permit: the share is looked at again after it, since
+/// rates change while a job waits.
+const RECHECK: Duration = Duration::from_millis(250);
 
-/// Global and per-host limiters of one consumer instance.
-pub struct RateBudget {
-    global: Option<DefaultDirectRateLimiter>,
-    hosts: HashMap<String, DefaultDirectRateLimiter>,
+/// A permit could not be had in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferred {
+    /// How long from now the job should come back.
+    pub delay: Duration,
+}
+
+/// What a limiter paces: the global budget or one host's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    Global,
+    Host(String),
+}
+
+/// A rate share: requests per second and burst, for this instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Share {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+struct Slot {
+    share: Share,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    /// When the next rescheduled job for this key should come back.
+    horizon: Instant,
+}
+
+/// This instance's limiters, by key.
+pub(crate) struct Limiters {
+    slots: Mutex<HashMap<Key, Slot>>,
     clock: DefaultClock,
 }
 
-/// A permit could not be had before the deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deferred {
-    /// How long the permit was still away.
-    pub wait: Duration,
+fn limiter(share: Share) -> DefaultDirectRateLimiter {
+    // Validation refuses zero or absurd rates; the clamp keeps governor's quota non-zero anyway.
+    let period = Duration::from_secs_f64((1.0 / share.per_second).clamp(1e-9, 86_400.0));
+    let burst = NonZeroU32::new(share.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+    RateLimiter::direct(quota.allow_burst(burst))
 }
 
-impl RateBudget {
-    /// This instance's share of the config's budgets. `global_override` replaces the config's
-    /// global rate (the deployed stack sets it from one parameter); `max_concurrency` is the event
-    /// source mapping's `MaximumConcurrency`.
-    pub fn new(config: &PipelineConfig, global_override: Option<f64>, max_concurrency: u32) -> Self {
-        let instances = f64::from(max_concurrency.max(1));
-        let global = match (global_override, config.rate_limit) {
-            (Some(per_second), limit) => Some(RateLimit { per_second, burst: limit.map_or(1, |l| l.burst) }),
-            (None, limit) => limit,
-        };
-        let share = |per_second: f64, burst: u32| {
-            // Period between permits for this instance; a zero or absurd rate was refused by
-            // validation, and the floor keeps governor's quota non-zero in any case.
-            let period = Duration::from_secs_f64((instances / per_second).clamp(1e-9, 86_400.0));
-            let burst = NonZeroU32::new((burst / max_concurrency.max(1)).max(1)).unwrap_or(NonZeroU32::MIN);
-            let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-            RateLimiter::direct(quota.allow_burst(burst))
-        };
-        Self {
-            global: global.map(|l| share(l.per_second, l.burst)),
-            hosts: config.hosts.iter().map(|(h, l)| (h.to_ascii_lowercase(), share(l.per_second, 1))).collect(),
-            clock: DefaultClock::default(),
-        }
+fn period(share: Share) -> Duration {
+    Duration::from_secs_f64((1.0 / share.per_second).clamp(1e-9, 86_400.0))
+}
+
+impl Limiters {
+    pub(crate) fn new() -> Self {
+        Self { slots: Mutex::new(HashMap::new()), clock: DefaultClock::default() }
     }
 
-    /// Waits for a permit for `host` (its own budget, then the global one), unless it would
-    /// arrive after `deadline`. Returns how long it waited.
-    pub async fn acquire(&self, host: &str, deadline: Instant) -> Result<Duration, Deferred> {
+    /// The limiter for `key` at `share`, replaced if the share moved by more than 1%.
+    fn current(&self, key: &Key, share: Share) -> Arc<DefaultDirectRateLimiter> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get(key) {
+            let moved = (slot.share.per_second - share.per_second).abs() > slot.share.per_second * 0.01;
+            if !moved && slot.share.burst == share.burst {
+                return slot.limiter.clone();
+            }
+        }
+        let fresh = Arc::new(limiter(share));
+        let horizon = match slots.get(key) {
+            Some(old) => {
+                if old.limiter.check().is_err() {
+                    // The old limiter was spent: so is the new one's burst.
+                    while fresh.check().is_ok() {}
+                }
+                old.horizon
+            }
+            None => Instant::now(),
+        };
+        slots.insert(key.clone(), Slot { share, limiter: fresh.clone(), horizon });
+        fresh
+    }
+
+    /// Waits for a permit of `key`, whose share `share()` may change while waiting, unless it is
+    /// due after `until`. Returns how long it waited.
+    pub(crate) async fn acquire(&self, key: &Key, share: impl Fn() -> Share, until: Instant) -> Result<Duration, Deferred> {
         let started = Instant::now();
-        if let Some(limiter) = self.hosts.get(host) {
-            self.wait_for(limiter, deadline).await?;
-        }
-        if let Some(limiter) = &self.global {
-            self.wait_for(limiter, deadline).await?;
-        }
-        Ok(started.elapsed())
-    }
-
-    async fn wait_for(&self, limiter: &DefaultDirectRateLimiter, deadline: Instant) -> Result<(), Deferred> {
         loop {
+            let current = share();
+            let limiter = self.current(key, current);
             match limiter.check() {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(started.elapsed()),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
-                    if Instant::now() + wait > deadline {
-                        return Err(Deferred { wait });
+                    if Instant::now() + wait > until {
+                        return Err(self.defer(key, current, wait));
                     }
                     // Another task may take the permit first; then we go round again.
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(wait.min(RECHECK)).await;
                 }
             }
         }
+    }
+
+    /// Books a comeback slot for a job that cannot be called in time: `wait` from now at the
+    /// earliest, and one share-period after the previous job rescheduled for this key.
+    fn defer(&self, key: &Key, share: Share, wait: Duration) -> Deferred {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = slots.get_mut(key) else { return Deferred { delay: wait } };
+        let at = slot.horizon.max(now + wait);
+        slot.horizon = at + period(share);
+        Deferred { delay: at - now }
     }
 }
 
@@ -92,50 +134,44 @@ impl RateBudget {
 mod tests {
     use super::*;
 
-    fn config(json: &str) -> PipelineConfig {
-        serde_json::from_str(json).unwrap()
+    fn share(per_second: f64) -> impl Fn() -> Share {
+        move || Share { per_second, burst: 1 }
     }
 
     #[tokio::test]
-    async fn instance_share_paces_requests() {
-        // 40/s over 4 instances = 10/s here: 6 permits take about 0.5 s (the first is free).
-        let budget = RateBudget::new(&config(r#"{"rate_limit":{"per_second":40},"targets":[]}"#), None, 4);
-        let deadline = Instant::now() + Duration::from_secs(10);
+    async fn paces_at_the_share() {
+        // 10/s: 6 permits take about 0.5 s (the first is free).
+        let limiters = Limiters::new();
+        let until = Instant::now() + Duration::from_secs(10);
         let started = Instant::now();
         for _ in 0..6 {
-            budget.acquire("a.example.com", deadline).await.unwrap();
+            limiters.acquire(&Key::Global, share(10.0), until).await.unwrap();
         }
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+        assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
     }
 
     #[tokio::test]
-    async fn permit_past_deadline_is_deferred_without_waiting() {
-        let budget = RateBudget::new(&config(r#"{"rate_limit":{"per_second":1},"targets":[]}"#), None, 1);
-        let deadline = Instant::now() + Duration::from_millis(200);
-        budget.acquire("a", deadline).await.unwrap();
+    async fn a_permit_past_the_deadline_is_deferred_and_deferrals_are_spaced() {
+        let limiters = Limiters::new();
+        let until = Instant::now() + Duration::from_millis(200);
+        let key = Key::Host("a".into());
+        limiters.acquire(&key, share(1.0), until).await.unwrap();
         let started = Instant::now();
-        let deferred = budget.acquire("a", deadline).await.unwrap_err();
-        assert!(deferred.wait > Duration::from_millis(500));
-        assert!(started.elapsed() < Duration::from_millis(100));
+        let first = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
+        let second = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100), "no waiting for a permit that comes too late");
+        assert!(first.delay > Duration::from_millis(800) && first.delay <= Duration::from_secs(1), "{first:?}");
+        assert!(second.delay >= first.delay + Duration::from_millis(990), "one period apart: {first:?} {second:?}");
     }
 
     #[tokio::test]
-    async fn host_budget_applies_only_to_its_host() {
-        let budget = RateBudget::new(&config(r#"{"hosts":{"slow.example.com":{"per_second":1}},"targets":[]}"#), None, 1);
-        let deadline = Instant::now() + Duration::from_millis(200);
-        budget.acquire("slow.example.com", deadline).await.unwrap();
-        assert!(budget.acquire("slow.example.com", deadline).await.is_err());
-        for _ in 0..100 {
-            budget.acquire("fast.example.com", deadline).await.unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn override_replaces_config_rate() {
-        let budget = RateBudget::new(&config(r#"{"rate_limit":{"per_second":1000},"targets":[]}"#), Some(1.0), 1);
-        let deadline = Instant::now() + Duration::from_millis(200);
-        budget.acquire("a", deadline).await.unwrap();
-        assert!(budget.acquire("a", deadline).await.is_err());
+    async fn a_rate_change_does_not_hand_out_a_second_burst() {
+        let limiters = Limiters::new();
+        let until = Instant::now() + Duration::from_millis(50);
+        limiters.acquire(&Key::Global, share(1.0), until).await.unwrap();
+        // The share doubles: still no permit for about half a second.
+        assert!(limiters.acquire(&Key::Global, share(2.0), until).await.is_err());
+        // Keys are independent.
+        limiters.acquire(&Key::Host("b".into()), share(1.0), until).await.unwrap();
     }
 }

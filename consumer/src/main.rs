@@ -1,13 +1,13 @@
 //! Consumer Lambda: wires the environment and the SQS/DynamoDB clients, then calls
 //! [`Consumer::handle_batch`]. Environment: `FANOUT_CONFIG`, `FANOUT_TABLE_NAME`,
-//! `FANOUT_QUEUE_URL`, `FANOUT_DLQ_URL` and the tunables of [`Settings::from_env`].
+//! `FANOUT_QUEUE_URL` (rescheduled copies go back to it), `FANOUT_DLQ_URL` and the tunables of [`Settings::from_env`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
-use fanout_shared::aws::{load_sdk_config, DynamoDbStore, SqsQueue};
+use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbStore, SqsQueue};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
@@ -23,8 +23,10 @@ async fn main() -> Result<(), Error> {
     let settings = Settings::from_env(|k| std::env::var(k).ok())?;
     let sdk = load_sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (dynamodb, table) = (aws_sdk_dynamodb::Client::new(&sdk), required("FANOUT_TABLE_NAME")?);
     let backends = Backends {
-        store: Arc::new(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&sdk), required("FANOUT_TABLE_NAME")?)),
+        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
+        fleet: Arc::new(DynamoDbFleet::new(dynamodb, table)),
         source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),
         dlq: Arc::new(SqsQueue::new(sqs, required("FANOUT_DLQ_URL")?)),
     };
@@ -33,7 +35,7 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
         let report = consumer.handle_batch(event.payload, deadline_ms).await;
-        report.metrics.flush_stdout();
+        report.flush_stdout();
         Ok::<SqsBatchResponse, Error>(report.response)
     }))
     .await

@@ -1,20 +1,32 @@
-//! One record's life: parse → dedupe → rate-limit → call → record the outcome.
+//! One record's life: parse → admit → permit → dedupe → call → record the outcome.
 //!
-//! Every path ends in one of two answers to SQS: *ack* (the message is done: succeeded,
-//! duplicate, or safely in the DLQ) or *retry* (report a batch item failure; SQS redelivers it
-//! after the visibility timeout, and redrives it to the DLQ after `maxReceiveCount`). When in
-//! doubt, retry: a redelivery costs one idempotency lookup, a wrong ack loses a job.
+//! Every path ends in one of three answers to SQS:
+//! - *ack*: the message is done (succeeded, duplicate, or safely in the DLQ);
+//! - *reschedule*: a copy of the message was sent back to the queue with a delay, and this one
+//!   is acked. Jobs that wait (for a permit, a paused host, an open circuit, another instance's
+//!   lock) and transient failures (after their backoff) come back this way, so waiting and
+//!   retrying never use up the message's receives: `maxReceiveCount` counts only deliveries that
+//!   crashed or timed out. Waiting never touches the idempotency record; a retry's attempt is
+//!   counted there, so copies of a job share one retry budget;
+//! - *retry*: a batch item failure (SQS redelivers after the visibility timeout), only when a
+//!   backend failed. When in doubt, retry: a redelivery costs one idempotency lookup, a wrong
+//!   ack loses a job.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsMessage;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+use fanout_shared::hosts::{HoldReason, HostEvent};
 use fanout_shared::idempotency::{Acquire, Claim, Transition};
-use fanout_shared::job::{decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_STATUS_CODE};
-use fanout_shared::BackendError;
+use fanout_shared::job::{
+    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE, ATTR_STATUS_CODE,
+};
+use fanout_shared::queue::MAX_DELAY;
+use fanout_shared::{now_ms, BackendError};
 
+use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
 use crate::Consumer;
 
@@ -30,7 +42,28 @@ pub enum Verdict {
     Duplicate,
     /// Sent to the DLQ with this reason, then acked.
     DeadLettered(String),
-    /// Reported as a batch item failure, for this reason.
+    /// A copy was sent back to the queue to come back after `delay`; this one was acked.
+    Rescheduled {
+        /// Why it comes back later.
+        why: Reschedule,
+        /// When, from now.
+        delay: Duration,
+    },
+    /// Reported as a batch item failure (a backend failed), for this reason.
+    Retry(String),
+}
+
+/// Why a job was rescheduled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reschedule {
+    /// Its permit (this instance's share of the budgets) is due after the invocation's deadline,
+    /// or the message asked to wait (a delay longer than one SQS message can carry).
+    Waiting,
+    /// Its host (or the whole pipeline) is held.
+    Held(HoldReason),
+    /// Another consumer holds its idempotency lock.
+    Locked,
+    /// Its call failed transiently; the retry comes after the backoff.
     Retry(String),
 }
 
@@ -46,17 +79,21 @@ impl Verdict {
 pub struct RecordReport {
     /// The verdict.
     pub verdict: Verdict,
+    /// The job's host, once known.
+    pub host: Option<String>,
     /// The call's latency, if a call was made.
     pub call_latency: Option<Duration>,
+    /// The HTTP status of the call, if one came back.
+    pub status: Option<u16>,
     /// Time spent waiting for a rate-limit permit.
     pub rate_wait: Duration,
-    /// A live lock held elsewhere sent it back.
-    pub locked: bool,
+    /// What the call changed about its host.
+    pub host_change: HostChange,
 }
 
 impl RecordReport {
     fn new(verdict: Verdict) -> Self {
-        Self { verdict, call_latency: None, rate_wait: Duration::ZERO, locked: false }
+        Self { verdict, host: None, call_latency: None, status: None, rate_wait: Duration::ZERO, host_change: HostChange::default() }
     }
 }
 
@@ -67,98 +104,137 @@ pub struct Deadline {
     pub epoch_ms: i64,
     /// The latest instant work may still start (the deadline minus the safety margin).
     pub work_until: Instant,
+    /// The whole working time of the invocation (start to `work_until`).
+    pub budget: Duration,
 }
 
 impl Deadline {
     /// From Lambda's deadline in ms since the epoch and a safety margin.
     pub fn new(epoch_ms: i64, margin: Duration) -> Self {
-        let remaining = Duration::from_millis(u64::try_from(epoch_ms - fanout_shared::now_ms()).unwrap_or(0));
+        let remaining = Duration::from_millis(u64::try_from(epoch_ms - now_ms()).unwrap_or(0));
         let now = Instant::now();
-        Self { epoch_ms, work_until: (now + remaining).checked_sub(margin).unwrap_or(now) }
+        let work_until = (now + remaining).checked_sub(margin).unwrap_or(now);
+        Self { epoch_ms, work_until, budget: work_until - now }
+    }
+
+    /// The latest instant a call of `timeout` may start so it ends before `work_until`. A call
+    /// longer than the whole invocation may start at once (it runs cut short: config check warns).
+    fn call_by(&self, timeout: Duration) -> Instant {
+        self.work_until.checked_sub(timeout.min(self.budget)).unwrap_or(self.work_until)
     }
 }
 
+fn ms_until(at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms - now_ms()).unwrap_or(0))
+}
+
 impl Consumer {
-    /// Processes one SQS record to a verdict. Never panics on input.
+    /// Processes one SQS record to a verdict. Never panics on input. The record's log lines
+    /// carry its run and message IDs and attempt (through its own span, attached with
+    /// `Instrument`, so concurrent records never borrow each other's).
     pub async fn process_record(&self, record: &SqsMessage, deadline: Deadline) -> RecordReport {
         let body = record.body.as_deref().unwrap_or_default();
         let job = match decode_body(body) {
             Ok(job) => job,
             Err(e) => return self.dead_letter_unparsed(record, &format!("poison message: {e}")).await,
         };
-        let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id);
-        let _entered = span.enter();
+        let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id, attempt = tracing::field::Empty);
+        let mut report = self.process_job(record, &job, deadline).instrument(span).await;
+        report.host = job.target.host();
+        report
+    }
+
+    async fn process_job(&self, record: &SqsMessage, job: &JobMessage, deadline: Deadline) -> RecordReport {
         let host = job.target.host().unwrap_or_default();
         if !self.allowed_hosts.contains(&host) {
             return self.dead_letter_unparsed(record, &format!("host {host:?} is not in the consumer's allowed hosts")).await;
         }
+        if let Some(at_ms) = string_attribute(record, ATTR_NOT_BEFORE).and_then(|a| a.parse::<i64>().ok()) {
+            if at_ms > now_ms() {
+                return self.reschedule(record, ms_until(at_ms), Reschedule::Waiting).await;
+            }
+        }
+        if let Admission::Hold { until_ms, reason } = self.flow.admit(&host).await {
+            debug!(host, reason = reason.as_str(), "held");
+            return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
+        }
+        let timeout = Duration::from_millis(job.target.timeout_ms);
+        let rate_wait = match self.flow.permit(&host, deadline.call_by(timeout)).await {
+            Ok(waited) => waited,
+            Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
+        };
         let claim = Claim {
             message_id: &job.message_id,
             run_id: &job.run_id,
             target_id: &job.target.id,
-            now_ms: fanout_shared::now_ms(),
+            now_ms: now_ms(),
             lock_until_ms: deadline.epoch_ms,
             expiration_s: self.expiration_s(),
             replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT).and_then(|a| a.parse().ok()),
         };
-        let attempt = match self.store.acquire(&claim).await {
-            Ok(Acquire::Acquired { attempt }) => attempt,
+        let (attempt, failures) = match self.store.acquire(&claim).await {
+            Ok(Acquire::Acquired { attempt, failures }) => (attempt, failures),
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
                 debug!("duplicate: already settled");
                 return RecordReport::new(Verdict::Duplicate);
             }
             Ok(Acquire::Locked { until_ms }) => {
+                // Come back when the lock lapses: sooner would only meet it again.
                 debug!(until_ms, "locked by another consumer");
-                // Hide this copy until the lock lapses: sooner it would only meet the lock again,
-                // and every receive counts towards maxReceiveCount, so a few early returns would
-                // dead-letter a job whose holder is still running it.
-                let remaining = u64::try_from(until_ms - fanout_shared::now_ms()).unwrap_or(0);
-                self.delay_redelivery(record, Duration::from_millis(remaining)).await;
-                let mut report = RecordReport::new(Verdict::Retry("in progress elsewhere".into()));
-                report.locked = true;
-                return report;
+                return self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await;
             }
             Ok(Acquire::Rejected { attempt, reason, status_code }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
-                return self.dead_letter_job(record, &job, attempt, &reason, status_code).await;
+                return self.dead_letter_job(record, job, attempt, &reason, status_code).await;
             }
             Err(e) => return retry_on_backend("acquire", &e),
         };
-        self.run_acquired(record, &job, &host, attempt, deadline).await
-    }
-
-    async fn run_acquired(&self, record: &SqsMessage, job: &JobMessage, host: &str, attempt: u32, deadline: Deadline) -> RecordReport {
-        let rate_wait = match self.budget.acquire(host, deadline.work_until).await {
-            Ok(waited) => waited,
-            Err(deferred) => {
-                let reason = format!("rate limit: next permit in {} ms is past the deadline", deferred.wait.as_millis());
-                return self.release(job, attempt, reason, None).await;
-            }
-        };
-        let remaining = deadline.work_until.saturating_duration_since(Instant::now());
-        let timeout = Duration::from_millis(job.target.timeout_ms).min(remaining);
-        if timeout < Duration::from_millis(10) {
-            return self.release(job, attempt, "no time left before the deadline".into(), None).await;
-        }
+        tracing::Span::current().record("attempt", failures + 1);
+        let timeout = timeout.min(deadline.work_until.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
         let started = Instant::now();
         let outcome = self.caller.call(&job.target, &job.message_id, timeout).await;
         let latency = started.elapsed();
-        let mut report = match outcome {
-            CallOutcome::Succeeded { status } => self.complete(job, attempt, status).await,
-            CallOutcome::Transient { reason, status, retry_after } => {
-                if let Some(delay) = retry_after {
-                    self.delay_redelivery(record, delay).await;
-                }
-                self.release(job, attempt, reason, status).await
-            }
-            CallOutcome::Permanent { reason, status } => match self.store.reject(&job.message_id, attempt, &reason, status).await {
-                Ok(_) => self.dead_letter_job(record, job, attempt, &reason, status).await,
-                Err(e) => retry_on_backend("reject", &e),
-            },
-        };
+        let (mut report, host_change) = self.settle(record, job, &host, attempt, failures, outcome).await;
         report.call_latency = Some(latency);
         report.rate_wait = rate_wait;
+        report.host_change = host_change;
         report
+    }
+
+    /// Records the call's outcome: in the host's shared state, then in the job's record.
+    async fn settle(&self, record: &SqsMessage, job: &JobMessage, host: &str, attempt: u32, failures: u32, outcome: CallOutcome) -> (RecordReport, HostChange) {
+        match outcome {
+            CallOutcome::Succeeded { status } => {
+                let change = self.flow.report(host, HostEvent::Succeeded).await;
+                let mut report = self.complete(job, attempt, status).await;
+                report.status = Some(status);
+                (report, change)
+            }
+            CallOutcome::Transient { reason, status, retry_after } => {
+                let event = match status {
+                    Some(429) => HostEvent::Throttled { retry_after_ms: retry_after.map(ms_i64), failure: false },
+                    Some(503) => HostEvent::Throttled { retry_after_ms: retry_after.map(ms_i64), failure: true },
+                    _ => HostEvent::Failed,
+                };
+                let change = self.flow.report(host, event).await;
+                let failures = failures + 1;
+                let mut report = if self.retry.gives_up(failures) {
+                    let reason = format!("transient failure on all {failures} attempts, the last: {reason}");
+                    self.reject(record, job, attempt, &reason, status).await
+                } else {
+                    self.retry_later(record, job, attempt, failures, reason, status, retry_after).await
+                };
+                report.status = status;
+                (report, change)
+            }
+            CallOutcome::Permanent { reason, status } => {
+                // An answer, even a 4xx, means the host is up.
+                let change = if status.is_some() { self.flow.report(host, HostEvent::Succeeded).await } else { HostChange::default() };
+                let mut report = self.reject(record, job, attempt, &reason, status).await;
+                report.status = status;
+                (report, change)
+            }
+        }
     }
 
     async fn complete(&self, job: &JobMessage, attempt: u32, status: u16) -> RecordReport {
@@ -175,20 +251,60 @@ impl Consumer {
         }
     }
 
-    /// Transient failure: FAILED, so the next delivery may acquire at once; keep the message.
-    async fn release(&self, job: &JobMessage, attempt: u32, reason: String, status: Option<u16>) -> RecordReport {
+    /// Transient failure with attempts left: FAILED (one more failure counted), then a copy
+    /// comes back after the backoff.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_later(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        attempt: u32,
+        failures: u32,
+        reason: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    ) -> RecordReport {
         if let Err(e) = self.store.fail(&job.message_id, attempt, &reason, status).await {
             // The lock then lapses at the deadline instead; the message is kept either way.
             warn!(error = %e, "could not record a transient failure");
+            return retry_on_backend("fail", &e);
         }
-        info!(%reason, "transient failure, left for retry");
-        RecordReport::new(Verdict::Retry(reason))
+        let delay = self.retry.delay(failures, fastrand::f64(), retry_after);
+        info!(%reason, failures, max_attempts = self.retry.max_attempts, delay_ms = delay.as_millis() as u64, "transient failure, retry scheduled");
+        self.reschedule(record, delay, Reschedule::Retry(reason)).await
     }
 
-    async fn delay_redelivery(&self, record: &SqsMessage, delay: Duration) {
-        let Some(receipt) = record.receipt_handle.as_deref() else { return };
-        if let Err(e) = self.source.change_visibility(receipt, delay).await {
-            warn!(error = %e, "could not honour Retry-After");
+    /// Permanent failure: REJECTED before the DLQ copy, so a crash in between neither calls the
+    /// target twice nor loses the job.
+    async fn reject(&self, record: &SqsMessage, job: &JobMessage, attempt: u32, reason: &str, status: Option<u16>) -> RecordReport {
+        match self.store.reject(&job.message_id, attempt, reason, status).await {
+            Ok(_) => self.dead_letter_job(record, job, attempt, reason, status).await,
+            Err(e) => retry_on_backend("reject", &e),
+        }
+    }
+
+    /// Sends a copy of `record` back to the job queue, to become visible after `delay`, and acks
+    /// this one. A delay longer than one SQS message can carry travels as the `not_before`
+    /// attribute and the copy is rescheduled again when it comes back early. If the send fails,
+    /// the message itself is kept and hidden for the delay instead (a batch item failure).
+    async fn reschedule(&self, record: &SqsMessage, delay: Duration, why: Reschedule) -> RecordReport {
+        let mut attributes = string_attributes(record);
+        attributes.remove(ATTR_NOT_BEFORE);
+        if delay > MAX_DELAY {
+            attributes.insert(ATTR_NOT_BEFORE.to_owned(), (now_ms() + ms_i64(delay)).to_string());
+        }
+        let body = record.body.as_deref().unwrap_or_default();
+        match self.source.send_delayed(body, &attributes, delay.min(MAX_DELAY)).await {
+            Ok(_) => RecordReport::new(Verdict::Rescheduled { why, delay }),
+            Err(e) => {
+                warn!(error = %e, "could not send the rescheduled copy; keeping the message instead");
+                if let Some(receipt) = record.receipt_handle.as_deref() {
+                    if let Err(e) = self.source.change_visibility(receipt, delay.min(Duration::from_secs(12 * 60 * 60))).await {
+                        warn!(error = %e, "could not hide the message either");
+                    }
+                }
+                RecordReport::new(Verdict::Retry(format!("reschedule: {e}")))
+            }
         }
     }
 
@@ -214,14 +330,11 @@ impl Consumer {
     }
 
     async fn send_to_dlq(&self, record: &SqsMessage, reason: &str, extra: &[(&str, String)]) -> RecordReport {
-        let mut attributes: BTreeMap<String, String> = record
-            .message_attributes
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
-            .collect();
+        let mut attributes = string_attributes(record);
         let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
         attributes.insert(ATTR_FAILURE_REASON.to_owned(), reason.clone());
         attributes.remove(ATTR_STATUS_CODE);
+        attributes.remove(ATTR_NOT_BEFORE);
         for (k, v) in extra {
             attributes.insert((*k).to_owned(), v.clone());
         }
@@ -236,12 +349,20 @@ impl Consumer {
     }
 
     fn expiration_s(&self) -> i64 {
-        fanout_shared::now_ms() / 1000 + self.settings.record_ttl.as_secs() as i64
+        now_ms() / 1000 + self.settings.record_ttl.as_secs() as i64
     }
+}
+
+fn ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn string_attribute<'a>(record: &'a SqsMessage, name: &str) -> Option<&'a str> {
     record.message_attributes.get(name)?.string_value.as_deref()
+}
+
+fn string_attributes(record: &SqsMessage) -> BTreeMap<String, String> {
+    record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?))).collect()
 }
 
 fn retry_on_backend(step: &str, e: &BackendError) -> RecordReport {

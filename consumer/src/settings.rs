@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use fanout_shared::retry::RetryPolicy;
+
 /// Tunables of one consumer instance. [`Settings::from_env`] documents each variable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The event source mapping's `MaximumConcurrency`: the rate budget is split by it.
-    pub max_concurrency: u32,
-    /// Global outbound budget (requests/s); overrides the config file's `rate_limit.per_second`.
+    /// Global outbound budget of the fleet (requests/s); overrides the config file's
+    /// `rate_limit.per_second`.
     pub rate_per_second: Option<f64>,
     /// How long idempotency records live (the table's TTL).
     pub record_ttl: Duration,
@@ -17,52 +18,75 @@ pub struct Settings {
     pub batch_concurrency: usize,
     /// The `Function` metric dimension.
     pub function_name: String,
+    /// Overrides of the config's `retry` section (the stack's settings), field by field.
+    pub retry: RetryOverrides,
+    /// How long a host's shared state is trusted without reading it again.
+    pub host_state_ttl: Duration,
+}
+
+/// The stack's retry settings; each one present replaces the config file's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOverrides {
+    /// `FANOUT_RETRY_BASE_MS`.
+    pub base_ms: Option<u64>,
+    /// `FANOUT_RETRY_CAP_MS`.
+    pub cap_ms: Option<u64>,
+    /// `FANOUT_MAX_ATTEMPTS`.
+    pub max_attempts: Option<u32>,
+}
+
+impl RetryOverrides {
+    /// `config` with these overrides applied.
+    pub fn apply(&self, config: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            base_ms: self.base_ms.unwrap_or(config.base_ms),
+            cap_ms: self.cap_ms.unwrap_or(config.cap_ms),
+            max_attempts: self.max_attempts.unwrap_or(config.max_attempts),
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            max_concurrency: 2,
             rate_per_second: None,
             record_ttl: Duration::from_secs(24 * 60 * 60),
             deadline_margin: Duration::from_millis(1000),
             batch_concurrency: 10,
             function_name: "fanout-consumer".into(),
+            retry: RetryOverrides::default(),
+            host_state_ttl: Duration::from_millis(1000),
         }
     }
 }
 
 impl Settings {
-    /// Reads `FANOUT_MAX_CONCURRENCY` (required: must equal the event source mapping's
-    /// `MaximumConcurrency`), `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
-    /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_BATCH_CONCURRENCY` (10) and
-    /// `AWS_LAMBDA_FUNCTION_NAME`.
+    /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
+    /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_BATCH_CONCURRENCY` (10),
+    /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
+    /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000) and `AWS_LAMBDA_FUNCTION_NAME`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        fn parse<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<Option<T>, String> {
-            value
-                .map(|v| v.trim().parse().map_err(|_| format!("{name}: cannot parse {v:?}")))
-                .transpose()
-        }
+        let parse = |name: &str| -> Result<Option<u64>, String> {
+            var(name).map(|v| v.trim().parse().map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))).transpose()
+        };
         let defaults = Self::default();
-        let max_concurrency: u32 = parse("FANOUT_MAX_CONCURRENCY", var("FANOUT_MAX_CONCURRENCY"))?
-            .ok_or("FANOUT_MAX_CONCURRENCY is required (the event source mapping's MaximumConcurrency)")?;
-        if max_concurrency == 0 {
-            return Err("FANOUT_MAX_CONCURRENCY must be at least 1".into());
-        }
-        let rate_per_second: Option<f64> = parse("FANOUT_RATE_PER_SECOND", var("FANOUT_RATE_PER_SECOND"))?;
+        let rate_per_second: Option<f64> = var("FANOUT_RATE_PER_SECOND")
+            .map(|v| v.trim().parse().map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}")))
+            .transpose()?;
         if rate_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err("FANOUT_RATE_PER_SECOND must be a positive number".into());
         }
+        let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?
+            .map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large")))
+            .transpose()?;
         Ok(Self {
-            max_concurrency,
             rate_per_second,
-            record_ttl: parse("FANOUT_RECORD_TTL_SECS", var("FANOUT_RECORD_TTL_SECS"))?
-                .map_or(defaults.record_ttl, Duration::from_secs),
-            deadline_margin: parse("FANOUT_DEADLINE_MARGIN_MS", var("FANOUT_DEADLINE_MARGIN_MS"))?
-                .map_or(defaults.deadline_margin, Duration::from_millis),
-            batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY", var("FANOUT_BATCH_CONCURRENCY"))?
-                .unwrap_or(defaults.batch_concurrency),
+            record_ttl: parse("FANOUT_RECORD_TTL_SECS")?.map_or(defaults.record_ttl, Duration::from_secs),
+            deadline_margin: parse("FANOUT_DEADLINE_MARGIN_MS")?.map_or(defaults.deadline_margin, Duration::from_millis),
+            batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY")?.map_or(defaults.batch_concurrency, |n| n as usize),
             function_name: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
+            retry: RetryOverrides { base_ms: parse("FANOUT_RETRY_BASE_MS")?, cap_ms: parse("FANOUT_RETRY_CAP_MS")?, max_attempts },
+            host_state_ttl: parse("FANOUT_HOST_STATE_TTL_MS")?.map_or(defaults.host_state_ttl, Duration::from_millis),
         })
     }
 }
@@ -76,12 +100,15 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
         };
-        let s = Settings::from_env(env(&[("FANOUT_MAX_CONCURRENCY", "8"), ("FANOUT_RATE_PER_SECOND", "50")])).unwrap();
-        assert_eq!((s.max_concurrency, s.rate_per_second), (8, Some(50.0)));
+        let s = Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "50"), ("FANOUT_MAX_ATTEMPTS", "3"), ("FANOUT_RETRY_BASE_MS", "50")]))
+            .unwrap();
+        assert_eq!(s.rate_per_second, Some(50.0));
         assert_eq!(s.record_ttl, Duration::from_secs(86400));
-        assert!(Settings::from_env(env(&[])).unwrap_err().contains("FANOUT_MAX_CONCURRENCY is required"));
-        let err = Settings::from_env(env(&[("FANOUT_MAX_CONCURRENCY", "x")])).unwrap_err();
-        assert!(err.contains("FANOUT_MAX_CONCURRENCY: cannot parse"), "{err}");
-        assert!(Settings::from_env(env(&[("FANOUT_MAX_CONCURRENCY", "2"), ("FANOUT_RATE_PER_SECOND", "0")])).is_err());
+        let retry = s.retry.apply(RetryPolicy::default());
+        assert_eq!((retry.base_ms, retry.cap_ms, retry.max_attempts), (50, RetryPolicy::default().cap_ms, 3));
+        assert_eq!(Settings::from_env(env(&[])).unwrap(), Settings::default());
+        let err = Settings::from_env(env(&[("FANOUT_MAX_ATTEMPTS", "x")])).unwrap_err();
+        assert!(err.contains("FANOUT_MAX_ATTEMPTS: cannot parse"), "{err}");
+        assert!(Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "0")])).is_err());
     }
 }

@@ -29,6 +29,7 @@ async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
         store: Arc::new(backend.store()),
         source: Arc::new(backend.queue("jobs")),
         dlq: Arc::new(backend.queue("jobs-dlq")),
+        fleet: Arc::new(backend.fleet()),
     };
     let consumer = Consumer::new(&config, backends, settings).unwrap();
     Harness { backend, consumer, server }
@@ -75,6 +76,11 @@ fn failures(report: &fanout_consumer::BatchReport) -> Vec<String> {
     report.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
 }
 
+/// Copies rescheduled into the job queue (not yet visible).
+async fn delayed(h: &Harness) -> u64 {
+    h.backend.queue("jobs").depth().await.unwrap().delayed
+}
+
 async fn dlq_messages(h: &Harness) -> Vec<fanout_shared::QueueMessage> {
     h.backend.queue("jobs-dlq").receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap()
 }
@@ -88,7 +94,8 @@ async fn success_sends_idempotency_key_and_duplicate_is_skipped() {
     let report = h.consumer.handle_batch(event(&[body.clone(), body.clone()]), in_seconds(10)).await;
     assert_eq!(report.metrics.total("Succeeded"), 1.0);
     assert_eq!(report.metrics.total("DuplicatesSkipped") + report.metrics.total("LockedElsewhere"), 1.0);
-    assert_eq!(failures(&report).len() as f64, report.metrics.total("LockedElsewhere"));
+    assert!(failures(&report).is_empty(), "a locked copy is rescheduled, not handed back");
+    assert_eq!(delayed(&h).await as f64, report.metrics.total("LockedElsewhere"));
     // A copy delivered later is skipped outright.
     let again = h.consumer.handle_batch(event(&[body]), in_seconds(10)).await;
     assert_eq!(again.metrics.total("DuplicatesSkipped"), 1.0);
@@ -110,7 +117,7 @@ async fn copies_in_one_batch_run_in_turn_so_the_later_one_is_acked_not_bounced()
 }
 
 #[tokio::test]
-async fn live_lock_is_a_batch_item_failure_and_expired_lock_is_reacquired() {
+async fn live_lock_reschedules_the_copy_and_expired_lock_is_reacquired() {
     let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
     let job = job("run-1", "a", &format!("{}/ok/a", h.server.base_url()));
     let store = h.backend.store();
@@ -120,7 +127,8 @@ async fn live_lock_is_a_batch_item_failure_and_expired_lock_is_reacquired() {
     // Another consumer holds a live lock.
     assert!(matches!(store.acquire(&claim(fanout_shared::now_ms(), in_seconds(60))).await.unwrap(), Acquire::Acquired { .. }));
     let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;
-    assert_eq!(failures(&report), vec!["sqs-0"]);
+    assert!(failures(&report).is_empty(), "acked: a copy comes back when the lock lapses, and no receive is used up");
+    assert_eq!((report.metrics.total("LockedElsewhere"), delayed(&h).await), (1.0, 1));
     assert_eq!(h.server.stats().calls, 0);
     // Its lock expires (it crashed): the next delivery takes over and calls.
     let other = Claim { message_id: "other", ..claim(0, 0) };
@@ -149,13 +157,14 @@ async fn poison_message_goes_to_the_dlq_with_its_reason() {
 }
 
 #[tokio::test]
-async fn client_error_is_dead_lettered_once_and_server_error_is_retried() {
+async fn client_error_is_dead_lettered_once_and_server_error_is_retried_after_a_backoff() {
     let h = harness(config(json!([{"id": "bad", "url": "BASE/bad/x"}, {"id": "flaky", "url": "BASE/flaky/x?fail=9"}])), Settings::default()).await;
     let base = h.server.base_url();
     let bad = job("run-1", "bad", &format!("{base}/bad/x"));
     let flaky = job("run-1", "flaky", &format!("{base}/flaky/x?fail=9"));
     let report = h.consumer.handle_batch(event(&[bad.encode().body, flaky.encode().body]), in_seconds(10)).await;
-    assert_eq!(failures(&report), vec!["sqs-1"], "only the 500 is retried");
+    assert!(failures(&report).is_empty(), "the 500's retry is a delayed copy, not a redelivery");
+    assert_eq!((report.metrics.total("Retried"), delayed(&h).await), (1.0, 1), "only the 500 is retried");
     let dlq = dlq_messages(&h).await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "HTTP 400 Bad Request");
@@ -164,6 +173,7 @@ async fn client_error_is_dead_lettered_once_and_server_error_is_retried() {
     let status = |id: &str| records.iter().find(|r| r.message_id == id).map(|r| r.status);
     assert_eq!(status(&bad.message_id), Some(Status::DeadLettered));
     assert_eq!(status(&flaky.message_id), Some(Status::Failed));
+    assert_eq!(records.iter().find(|r| r.message_id == flaky.message_id).map(|r| r.failures), Some(1));
     // A redelivered copy of the 400 is acked without a second call.
     let again = h.consumer.handle_batch(event(&[bad.encode().body]), in_seconds(10)).await;
     assert!(failures(&again).is_empty());
@@ -176,9 +186,9 @@ async fn timeout_is_transient() {
     let mut slow = job("run-1", "slow", &format!("{}/slow/x?ms=3000", h.server.base_url()));
     slow.target.timeout_ms = 100;
     let report = h.consumer.handle_batch(event(&[slow.encode().body]), in_seconds(10)).await;
-    assert_eq!(failures(&report), vec!["sqs-0"]);
+    assert_eq!((report.metrics.total("Retried"), delayed(&h).await), (1.0, 1));
     let record = &h.backend.store().get_many(&[slow.message_id]).await.unwrap()[0];
-    assert_eq!(record.last_error.as_deref(), Some("timeout after 100 ms"));
+    assert_eq!((record.last_error.as_deref(), record.failures), (Some("timeout after 100 ms"), 1));
 }
 
 #[tokio::test]
@@ -189,14 +199,17 @@ async fn rate_wait_past_the_deadline_defers_instead_of_waiting() {
     }
     let mut cfg = config(json!(targets));
     cfg["rate_limit"] = json!({"per_second": 0.5});
-    let settings = Settings { max_concurrency: 1, deadline_margin: Duration::from_millis(100), ..Settings::default() };
+    let settings = Settings { deadline_margin: Duration::from_millis(100), ..Settings::default() };
     let h = harness(cfg, settings).await;
     let bodies: Vec<String> = (0..3).map(|i| job("run-1", &format!("t{i}"), &format!("{}/ok/{i}", h.server.base_url())).encode().body).collect();
     let started = std::time::Instant::now();
     let report = h.consumer.handle_batch(event(&bodies), in_seconds(1)).await;
     assert!(started.elapsed() < Duration::from_millis(900), "returned before the deadline: {:?}", started.elapsed());
-    assert_eq!(failures(&report).len(), 2, "one permit per 2 s: two records deferred");
+    assert!(failures(&report).is_empty(), "waiting never uses up a receive");
+    assert_eq!((report.metrics.total("Deferred"), delayed(&h).await), (2.0, 2), "one permit per 2 s: two records rescheduled");
     assert_eq!(h.server.stats().calls, 1);
+    let records = h.backend.store().get_many(&[job("run-1", "t1", "").message_id, job("run-1", "t2", "").message_id]).await.unwrap();
+    assert!(records.is_empty(), "a job waiting for its permit never touches its idempotency record");
 }
 
 #[tokio::test]
@@ -214,7 +227,12 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let hosts = json!({ hostname.clone(): {"per_second": 100}, "127.0.0.1": {"per_second": 100} });
     let cfg = json!({"hosts": hosts, "targets": [{"id": "x", "url": "https://api.example.com/"}]});
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-    let backends = Backends { store: Arc::new(backend.store()), source: Arc::new(backend.queue("q")), dlq: Arc::new(backend.queue("dlq")) };
+    let backends = Backends {
+        store: Arc::new(backend.store()),
+        source: Arc::new(backend.queue("q")),
+        dlq: Arc::new(backend.queue("dlq")),
+        fleet: Arc::new(backend.fleet()),
+    };
     let config = PipelineConfig::parse(&cfg.to_string(), false, "f.json").unwrap();
     let consumer = Consumer::new(&config, backends, Settings::default()).unwrap();
     let by_name = job("r", "x", &format!("http://{hostname}:{port}/ok"));
@@ -311,4 +329,26 @@ async fn every_kind_of_poison_is_dead_lettered_with_a_precise_reason_and_acked()
         assert!(reason.starts_with(expected.as_str()), "{reason:?} should start with {expected:?}");
     }
     assert_eq!(h.server.stats().calls, 0, "no poison message reaches a target");
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_and_give_up_after_max_attempts() {
+    let mut cfg = config(json!([{"id": "flaky", "url": "BASE/flaky/x?fail=9"}]));
+    cfg["retry"] = json!({"base_ms": 20, "cap_ms": 50, "max_attempts": 3});
+    let h = harness(cfg, Settings::default()).await;
+    let flaky = job("run-1", "flaky", &format!("{}/flaky/x?fail=9", h.server.base_url()));
+    let mut report = h.consumer.handle_batch(event(&[flaky.encode().body]), in_seconds(10)).await;
+    let queue = h.backend.queue("jobs");
+    for _ in 0..2 {
+        // The rescheduled copy comes back after its backoff (at most 50 ms here).
+        let copies = queue.receive(10, Duration::from_secs(30), Duration::from_secs(2)).await.unwrap();
+        assert_eq!(copies.len(), 1, "one copy per retry");
+        assert_eq!(copies[0].receive_count, 1, "a fresh copy: retries use up no receives");
+        report = h.consumer.handle_batch(event(&[copies[0].body.clone()]), in_seconds(10)).await;
+    }
+    assert_eq!(report.metrics.total("DeadLettered"), 1.0);
+    assert_eq!(h.server.stats().calls, 3, "max_attempts calls, then the DLQ");
+    let dlq = dlq_messages(&h).await;
+    assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error");
+    assert_eq!(delayed(&h).await, 0, "no further copy scheduled");
 }

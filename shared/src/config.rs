@@ -10,8 +10,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hosts::HostPolicy;
 use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
+use crate::retry::RetryPolicy;
 
 /// Methods a target may use.
 pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -36,6 +38,12 @@ pub struct PipelineConfig {
     /// Values a target inherits unless it sets its own.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Retry schedule of transient failures (backoff, jitter, attempts).
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// How hosts are protected: slow-down on 429/503, circuit breaker, operator holds.
+    #[serde(default)]
+    pub host_protection: HostPolicy,
     /// The calls to make on every tick.
     pub targets: Vec<Target>,
 }
@@ -61,6 +69,10 @@ fn one() -> u32 {
 pub struct HostLimit {
     /// Sustained requests per second to this host.
     pub per_second: f64,
+    /// The highest budget `fanout hosts set` may give this host at runtime (default:
+    /// `per_second`, so an operator can only lower it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_second: Option<f64>,
 }
 
 /// Defaults for every target.
@@ -191,6 +203,19 @@ impl PipelineConfig {
             if let Err(e) = check_rate(limit.per_second) {
                 push(format!("hosts.{host}"), "per_second", e);
             }
+            match limit.max_per_second.map(check_rate) {
+                Some(Err(e)) => push(format!("hosts.{host}"), "max_per_second", e),
+                Some(Ok(())) if limit.max_per_second < Some(limit.per_second) => {
+                    push(format!("hosts.{host}"), "max_per_second", format!("must be at least per_second ({})", limit.per_second));
+                }
+                _ => {}
+            }
+        }
+        for (field, message) in self.retry.problems() {
+            push("retry".into(), field, message);
+        }
+        for (field, message) in self.host_protection.problems() {
+            push("host_protection".into(), field, message);
         }
         if !HTTP_METHODS.contains(&self.defaults.method.to_ascii_uppercase().as_str()) {
             push("defaults".into(), "method", format!("unknown method {:?}", self.defaults.method));
@@ -241,6 +266,20 @@ impl PipelineConfig {
             headers,
             body: target.body.clone(),
             timeout_ms: target.timeout_ms.unwrap_or(self.defaults.timeout_ms),
+        }
+    }
+
+    /// The fleet's budget for `host` (requests/s): its own, else the global one, else `None`
+    /// (unlimited).
+    pub fn host_budget(&self, host: &str) -> Option<f64> {
+        self.hosts.get(host).map(|l| l.per_second).or(self.rate_limit.map(|l| l.per_second))
+    }
+
+    /// The highest budget an operator may set for `host` at runtime.
+    pub fn host_operator_max(&self, host: &str) -> Option<f64> {
+        match self.hosts.get(host) {
+            Some(limit) => Some(limit.max_per_second.unwrap_or(limit.per_second)),
+            None => self.rate_limit.map(|l| l.per_second),
         }
     }
 

@@ -26,6 +26,11 @@
 //! - [`IdempotencyStore::complete`], [`IdempotencyStore::fail`] and the others are conditional on
 //!   IN_PROGRESS *and* the holder's `attempts`, so a holder whose lock expired and was taken over
 //!   cannot overwrite the new holder's outcome ([`Transition::Superseded`]).
+//! - `failures` counts the transient failures of the job since it was first taken (or last
+//!   replayed): [`IdempotencyStore::fail`] adds one, an acquire by a DLQ replay resets it. The
+//!   consumer gives up (dead-letters the job) when it reaches the config's `retry.max_attempts`,
+//!   however many copies of the job SQS and SNS delivered, so a target sees at most that many
+//!   failed calls per job.
 //! - A COMPLETED record lives until `expiration` (the table's TTL), default 24 h: within that
 //!   window a duplicate message or a DLQ replay never calls the target twice.
 //!
@@ -91,6 +96,8 @@ pub struct IdempotencyRecord {
     pub expiration_s: i64,
     /// How many times the lock was taken; the holder's fencing token.
     pub attempts: u32,
+    /// Transient failures since the job was first taken or last replayed.
+    pub failures: u32,
     /// The last failure's reason.
     pub last_error: Option<String>,
     /// The target's last HTTP status.
@@ -127,6 +134,8 @@ pub enum Acquire {
     Acquired {
         /// The record's `attempts` after this acquire.
         attempt: u32,
+        /// Transient failures of the job so far (0 for a new job or a replay).
+        failures: u32,
     },
     /// The job already succeeded: skip it and ack the message.
     AlreadyCompleted,
@@ -161,14 +170,17 @@ pub enum Transition {
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
 pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
     let Some(r) = existing else {
-        return Acquire::Acquired { attempt: 1 };
+        return Acquire::Acquired { attempt: 1, failures: 0 };
     };
     match r.status {
         Status::Completed => Acquire::AlreadyCompleted,
         Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
-        Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1 },
-        // The replay holds the DLQ copy, so the rejection was delivered: run the job again.
-        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1 },
+        Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1, failures: r.failures },
+        // The replay holds the DLQ copy, so the rejection was delivered: run the job again, with
+        // a fresh retry budget (the operator fixed what made it fail).
+        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => {
+            Acquire::Acquired { attempt: r.attempts + 1, failures: 0 }
+        }
         Status::Rejected => Acquire::Rejected {
             attempt: r.attempts,
             reason: r.last_error.clone().unwrap_or_default(),
@@ -187,7 +199,8 @@ pub trait IdempotencyStore: Send + Sync {
     /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code.
     async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError>;
 
-    /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code.
+    /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code;
+    /// adds one to `failures`.
     async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
 
     /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send.
@@ -211,6 +224,7 @@ mod tests {
             in_progress_expiry_ms: expiry,
             expiration_s: 0,
             attempts: 2,
+            failures: 1,
             last_error: None,
             status_code: None,
             run_id: "r".into(),
@@ -221,17 +235,17 @@ mod tests {
     #[test]
     fn acquire_rule() {
         use Status::*;
-        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1 });
+        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1, failures: 0 });
         assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, None), Acquire::AlreadyCompleted);
         assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, Some(2)), Acquire::AlreadyCompleted);
         assert_eq!(decide_acquire(Some(&record(InProgress, 200)), 100, None), Acquire::Locked { until_ms: 200 });
-        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3 });
-        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3 });
+        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3, failures: 1 });
+        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3, failures: 1 });
         assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, None), Acquire::Rejected { attempt: 2, .. }));
         assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)), Acquire::Rejected { attempt: 2, .. }));
-        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3 });
+        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0 });
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, None), Acquire::AlreadyDeadLettered);
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)), Acquire::AlreadyDeadLettered);
-        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3 });
+        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0 });
     }
 }

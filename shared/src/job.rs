@@ -30,6 +30,11 @@ pub const ATTR_STATUS_CODE: &str = "status_code";
 /// A replay carries it back, which lets the replayed copy (and only it) run again.
 pub const ATTR_DEAD_LETTER_ATTEMPT: &str = "dead_letter_attempt";
 
+/// Attribute of a rescheduled copy whose wait is longer than one SQS message can be delayed
+/// (15 minutes): ms since the epoch before which the consumer reschedules it again instead of
+/// calling. It can only delay a job, never make it do more.
+pub const ATTR_NOT_BEFORE: &str = "not_before";
+
 /// One versioned job, as JSON in the SNS/SQS message body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,6 +7,10 @@
 //! - [`netguard`]: the SSRF guard: which IP addresses a job may never call.
 //! - [`publish`], [`queue`], [`idempotency`]: the small traits the handlers use for SNS, SQS and
 //!   DynamoDB, with the idempotency record's state machine.
+//! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
+//!   state machine; [`fleet`]: the store the consumer instances share it in, and the leases that
+//!   split the rate budgets among the instances at work.
+//! - [`retry`]: the retry schedule of transient failures (backoff with full jitter).
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
 //! - [`logging`]: JSON logs through `tracing`.
 //! - `embedded` (feature `embedded`): one SQLite file standing in for SNS, SQS and DynamoDB.
@@ -16,6 +20,8 @@
 
 pub mod config;
 pub mod error;
+pub mod fleet;
+pub mod hosts;
 pub mod idempotency;
 pub mod job;
 pub mod logging;
@@ -23,6 +29,7 @@ pub mod metrics;
 pub mod netguard;
 pub mod publish;
 pub mod queue;
+pub mod retry;
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -33,6 +40,8 @@ pub mod target_server;
 
 pub use config::{ConfigError, ConfigErrors, PipelineConfig};
 pub use error::BackendError;
+pub use fleet::{FleetStore, Lease};
+pub use hosts::{HostEvent, HostPolicy, HostState};
 pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};
 pub use job::{JobMessage, JobTarget, OutboundMessage};
 pub use publish::{EntryFailure, Publisher};

@@ -7,6 +7,9 @@ use async_trait::async_trait;
 
 use crate::error::BackendError;
 
+/// The longest delay one SQS message can carry (`DelaySeconds` ≤ 900).
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
 /// A message as received from a queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueMessage {
@@ -49,7 +52,13 @@ pub trait Queue: Send + Sync {
     fn name(&self) -> &str;
 
     /// Sends one message; returns the queue's message ID.
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError>;
+    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError> {
+        self.send_delayed(body, attributes, Duration::ZERO).await
+    }
+
+    /// Sends one message that becomes visible only after `delay` (SQS `DelaySeconds`, at most
+    /// [`MAX_DELAY`]; SQS rounds up to whole seconds); returns the queue's message ID.
+    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError>;
 
     /// Receives up to `max` (≤ 10) messages, hiding them for `visibility`. Waits up to `wait`
     /// for at least one (long polling); returns an empty list if none came.

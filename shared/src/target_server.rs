@@ -11,6 +11,11 @@
 //!   before replaying the DLQ).
 //! - `reset?fail=N`: drops the connection without answering for the first N calls, then 200.
 //! - `redirect?to=URL`: 302 to URL.
+//! - `capped?rps=R`: the server enforces its own limit, as many APIs do: a token bucket of R
+//!   calls per second (burst R) shared by every `capped` path; above it, 429 with
+//!   `Retry-After: 1`.
+//! - `outage?secs=S`: the whole host is down for S seconds from the first `outage` call: 503
+//!   without `Retry-After`, then 200.
 //!
 //! Like a real API that supports `Idempotency-Key`, it applies each key's effect once: a 2xx
 //! for a key that already succeeded is counted as a repeat, not a second effect.
@@ -49,6 +54,28 @@ struct State {
     records: Vec<CallRecord>,
     succeeded_keys: HashMap<String, u32>,
     fixed: bool,
+    /// `capped`: tokens left and when they were last topped up.
+    bucket: Option<(f64, Instant)>,
+    /// `outage`: when the first call arrived.
+    outage_started: Option<Instant>,
+}
+
+impl State {
+    /// Takes a token of the `capped` bucket (R per second, burst R), if one is left.
+    fn take_token(&mut self, rps: f64) -> bool {
+        let now = Instant::now();
+        let (tokens, last) = self.bucket.unwrap_or((rps, now));
+        let tokens = (tokens + rps * now.duration_since(last).as_secs_f64()).min(rps);
+        let (left, taken) = if tokens >= 1.0 { (tokens - 1.0, true) } else { (tokens, false) };
+        self.bucket = Some((left, now));
+        taken
+    }
+
+    /// Whether the `outage` host is still down `secs` after its first call.
+    fn down(&mut self, secs: u64) -> bool {
+        let started = *self.outage_started.get_or_insert_with(Instant::now);
+        started.elapsed() < Duration::from_secs(secs)
+    }
 }
 
 /// A running target server; stops when dropped.
@@ -163,13 +190,15 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
     // Recorded on arrival, so a call counts (and its time is right for rate checks) even when
     // the client gives up before the answer and hyper drops this handler.
-    let (call_number, fixed, index) = {
+    let (call_number, fixed, index, over_cap, down) = {
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
         let n = *n;
         s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, status: 0 });
-        (n, s.fixed, s.records.len() - 1)
+        let over_cap = kind == "capped" && !s.take_token(query(&path, "rps").unwrap_or(10) as f64);
+        let down = kind == "outage" && s.down(query(&path, "secs").unwrap_or(5));
+        (n, s.fixed, s.records.len() - 1, over_cap, down)
     };
     let failing = u64::from(call_number) <= query(&path, "fail").unwrap_or(0);
     let dropped = kind == "reset" && failing;
@@ -184,6 +213,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
             response = response.header("retry-after", query(&path, "retry_after").unwrap_or(1).to_string());
             StatusCode::TOO_MANY_REQUESTS
         }
+        "capped" if over_cap => {
+            response = response.header("retry-after", "1");
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        "outage" if down => StatusCode::SERVICE_UNAVAILABLE,
         "bad" => StatusCode::BAD_REQUEST,
         "broken" if !fixed => StatusCode::BAD_REQUEST,
         "redirect" => {

@@ -175,7 +175,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
     // DLQ copy; every redelivery was cut off too, and SQS redrove the message as it was.
     let now = fanout_shared::now_ms();
     let claim = Claim { message_id: &job.message_id, run_id: &job.run_id, target_id: "t0", now_ms: now, lock_until_ms: now + 1000, expiration_s: now / 1000 + 3600, replay_of: None };
-    assert_eq!(pipeline.store.acquire(&claim).await.unwrap(), Acquire::Acquired { attempt: 1 });
+    assert_eq!(pipeline.store.acquire(&claim).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0 });
     pipeline.store.reject(&job.message_id, 1, "HTTP 400 Bad Request", Some(400)).await.unwrap();
     let message = job.encode();
     pipeline.dlq.send(&message.body, &message.attributes).await.unwrap();

@@ -64,7 +64,7 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
         pipeline.publisher.publish_batch(&[job.encode()]).await.unwrap();
     }
     let consumer = |_: usize| {
-        let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone() };
+        let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone(), fleet: pipeline.fleet.clone() };
         Arc::new(Consumer::new(&config, backends, Settings::default()).unwrap())
     };
     // Two consumers race on the two copies of a, one message each.

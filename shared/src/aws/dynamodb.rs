@@ -2,8 +2,8 @@
 //!
 //! Every transition of the state machine (see [`crate::idempotency`]) is one conditional
 //! `UpdateItem`. Item attributes: `message_id`, `status`, `in_progress_expiry` (ms),
-//! `expiration` (s, the table's TTL attribute), `attempts`, `last_error`, `status_code`,
-//! `run_id`, `target_id`.
+//! `expiration` (s, the table's TTL attribute), `attempts`, `failures`, `last_error`,
+//! `status_code`, `run_id`, `target_id`.
 
 use std::collections::HashMap;
 
@@ -42,6 +42,37 @@ impl DynamoDbStore {
         Ok(output.item().and_then(parse_record))
     }
 
+    /// One conditional acquire; `None` when the condition failed.
+    async fn try_acquire(
+        &self,
+        message_id: &str,
+        update: &str,
+        condition: &str,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<Option<Acquire>, BackendError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("message_id", s(message_id))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&[update, condition])))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let record = output.attributes().and_then(parse_record);
+                let (attempt, failures) = record.map_or((1, 0), |r| (r.attempts, r.failures));
+                Ok(Some(Acquire::Acquired { attempt, failures }))
+            }
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(None),
+            Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
+        }
+    }
+
     /// One conditional transition out of IN_PROGRESS (or REJECTED) held by `attempt`.
     async fn transition(
         &self,
@@ -74,14 +105,21 @@ impl DynamoDbStore {
 
     async fn fail_as(&self, to: Status, message_id: &str, attempt: u32, error: &str, code: Option<u16>) -> Result<Transition, BackendError> {
         let mut values = HashMap::from([(":to".to_owned(), s(to.as_str())), (":err".to_owned(), s(error))]);
-        let set = match code {
+        let mut set = match code {
             Some(code) => {
                 values.insert(":code".into(), n(code));
-                "SET #status = :to, #last_error = :err, #status_code = :code"
+                "SET #status = :to, #last_error = :err, #status_code = :code".to_owned()
             }
-            None => "SET #status = :to, #last_error = :err REMOVE #status_code",
+            None => "SET #status = :to, #last_error = :err".to_owned(),
         };
-        self.transition(message_id, Status::InProgress, attempt, set, values).await
+        if to == Status::Failed {
+            values.insert(":one".into(), n(1));
+            set.push_str(" ADD #failures :one");
+        }
+        if code.is_none() {
+            set.push_str(" REMOVE #status_code");
+        }
+        self.transition(message_id, Status::InProgress, attempt, &set, values).await
     }
 }
 
@@ -96,7 +134,7 @@ fn n(v: impl ToString) -> AttributeValue {
 /// The name placeholders `expressions` use. Every attribute goes through one (`status` is a
 /// DynamoDB reserved word), and DynamoDB refuses placeholders an expression does not use.
 fn names(expressions: &[&str]) -> HashMap<String, String> {
-    ["status", "attempts", "in_progress_expiry", "expiration", "last_error", "status_code", "run_id", "target_id", "message_id"]
+    ["status", "attempts", "failures", "in_progress_expiry", "expiration", "last_error", "status_code", "run_id", "target_id", "message_id"]
         .iter()
         .filter(|a| {
             let placeholder = format!("#{a}");
@@ -120,6 +158,7 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         in_progress_expiry_ms: number("in_progress_expiry").unwrap_or(0),
         expiration_s: number("expiration").unwrap_or(0),
         attempts: number("attempts").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+        failures: number("failures").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
         last_error: text("last_error"),
         status_code: number("status_code").and_then(|c| u16::try_from(c).ok()),
         run_id: text("run_id").unwrap_or_default(),
@@ -142,55 +181,46 @@ mod tests {
 #[async_trait]
 impl IdempotencyStore for DynamoDbStore {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
-        // The condition is `decide_acquire` written for DynamoDB; a failed condition is read
+        // The conditions are `decide_acquire` written for DynamoDB; a failed condition is read
         // back and judged by `decide_acquire` itself. A record that changed in between (so the
-        // read says "acquire") is retried a few times before it is reported as locked.
-        let mut condition = "attribute_not_exists(#message_id) OR #status = :failed \
-                             OR (#status = :in_progress AND #in_progress_expiry < :now)"
-            .to_owned();
-        let mut values = HashMap::from([
-            (":failed".to_owned(), s(Status::Failed.as_str())),
-            (":in_progress".to_owned(), s(Status::InProgress.as_str())),
+        // read says "acquire") is retried a few times before it is reported as locked. A replay
+        // first tries its own branch, which also resets `failures` (a fresh retry budget).
+        let values = HashMap::from([
             (":now".to_owned(), n(claim.now_ms)),
             (":lock".to_owned(), n(claim.lock_until_ms)),
             (":exp".to_owned(), n(claim.expiration_s)),
             (":run".to_owned(), s(claim.run_id)),
             (":target".to_owned(), s(claim.target_id)),
             (":one".to_owned(), n(1)),
+            (":in_progress".to_owned(), s(Status::InProgress.as_str())),
         ]);
+        let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
+                      #run_id = :run, #target_id = :target ADD #attempts :one";
         if let Some(replayed) = claim.replay_of {
-            condition.push_str(" OR ((#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed)");
+            let mut values = values.clone();
             values.insert(":dead_lettered".into(), s(Status::DeadLettered.as_str()));
             values.insert(":rejected".into(), s(Status::Rejected.as_str()));
             values.insert(":replayed".into(), n(replayed));
+            values.insert(":zero".into(), n(0));
+            values.remove(":now");
+            let condition = "(#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed";
+            let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
+                          #run_id = :run, #target_id = :target, #failures = :zero ADD #attempts :one";
+            if let Some(acquired) = self.try_acquire(claim.message_id, update, condition, values).await? {
+                return Ok(acquired);
+            }
         }
-        let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
-                      #run_id = :run, #target_id = :target ADD #attempts :one";
+        let mut values = values;
+        values.insert(":failed".into(), s(Status::Failed.as_str()));
+        let condition = "attribute_not_exists(#message_id) OR #status = :failed \
+                         OR (#status = :in_progress AND #in_progress_expiry < :now)";
         for _ in 0..3 {
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("message_id", s(claim.message_id))
-                .update_expression(update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(Some(names(&[update, &condition])))
-                .set_expression_attribute_values(Some(values.clone()))
-                .return_values(ReturnValue::AllNew)
-                .send()
-                .await;
-            match result {
-                Ok(output) => {
-                    let attempt = output.attributes().and_then(parse_record).map_or(1, |r| r.attempts);
-                    return Ok(Acquire::Acquired { attempt });
-                }
-                Err(e) if service_code(&e) == Some(CONDITION_FAILED) => {
-                    match decide_acquire(self.get(claim.message_id).await?.as_ref(), claim.now_ms, claim.replay_of) {
-                        Acquire::Acquired { .. } => continue,
-                        decided => return Ok(decided),
-                    }
-                }
-                Err(e) => return Err(sdk_error("dynamodb:UpdateItem", e)),
+            if let Some(acquired) = self.try_acquire(claim.message_id, update, condition, values.clone()).await? {
+                return Ok(acquired);
+            }
+            match decide_acquire(self.get(claim.message_id).await?.as_ref(), claim.now_ms, claim.replay_of) {
+                Acquire::Acquired { .. } => continue,
+                decided => return Ok(decided),
             }
         }
         Ok(Acquire::Locked { until_ms: claim.now_ms })

@@ -5,11 +5,13 @@
 //! emulators such as moto. Nothing here knows about endpoints.
 
 mod dynamodb;
+mod fleet;
 mod move_task;
 mod sns;
 mod sqs;
 
 pub use dynamodb::DynamoDbStore;
+pub use fleet::DynamoDbFleet;
 pub use move_task::SqsMessageMover;
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};

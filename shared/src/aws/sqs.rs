@@ -56,8 +56,11 @@ impl Queue for SqsQueue {
         &self.url
     }
 
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError> {
+    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError> {
         let mut request = self.client.send_message().queue_url(&self.url).message_body(body);
+        if !delay.is_zero() {
+            request = request.delay_seconds(whole_seconds(delay.min(crate::queue::MAX_DELAY)));
+        }
         for (name, value) in attributes {
             let value = MessageAttributeValue::builder()
                 .data_type("String")

@@ -3,15 +3,18 @@
 //! State survives between commands and a killed process loses nothing: every operation is one
 //! SQLite transaction (WAL journal). Receive, delete and visibility changes are transactional,
 //! so two pollers never hold the same visible message at once. Anyone can look inside with the
-//! `sqlite3` tool: tables `queues`, `subscriptions`, `messages`, `idempotency`.
+//! `sqlite3` tool: tables `queues`, `subscriptions`, `messages`, `idempotency`, `hosts`
+//! (shared host states) and `leases` (consumer instances at work).
 //!
 //! Calls run SQLite synchronously under a mutex: each is a few microseconds against a local
 //! file, far below the cost of handing it to a blocking thread.
 
+mod fleet;
 mod queue;
 mod store;
 mod topic;
 
+pub use fleet::EmbeddedFleet;
 pub use queue::EmbeddedQueue;
 pub use store::EmbeddedStore;
 pub use topic::EmbeddedTopic;
@@ -55,9 +58,19 @@ CREATE TABLE IF NOT EXISTS idempotency (
     last_error TEXT,
     status_code INTEGER,
     run_id TEXT NOT NULL,
-    target_id TEXT NOT NULL
+    target_id TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    instance TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
 ";
 
 /// Receives before a new queue redrives a message to its DLQ (the CDK stack's default too).
@@ -97,6 +110,17 @@ pub struct EmbeddedBackend {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Brings a state file written by an older build up to [`SCHEMA`]: columns added since.
+fn migrate(conn: &Connection) -> Result<(), BackendError> {
+    let has_failures: bool = conn
+        .query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'", [], |r| r.get(0))
+        .map_err(sql_error)?;
+    if !has_failures {
+        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN failures INTEGER NOT NULL DEFAULT 0").map_err(sql_error)?;
+    }
+    Ok(())
+}
+
 fn sql_error(e: rusqlite::Error) -> BackendError {
     let busy = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
     BackendError { service: "sqlite", message: e.to_string(), retryable: busy }
@@ -123,6 +147,7 @@ impl EmbeddedBackend {
         conn.pragma_update(None, "cache_size", -65536).map_err(sql_error)?;
         conn.pragma_update(None, "wal_autocheckpoint", 10000).map_err(sql_error)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
+        migrate(&conn)?;
         let inner = Inner { conn, ids: fastrand::Rng::new(), draws: fastrand::Rng::with_seed(1), duplicates: Duplicates::default() };
         Ok(Self { inner: Arc::new(Mutex::new(inner)) })
     }
@@ -172,6 +197,11 @@ impl EmbeddedBackend {
     /// The idempotency table.
     pub fn store(&self) -> EmbeddedStore {
         EmbeddedStore::new(self.clone())
+    }
+
+    /// Host states and instance leases.
+    pub fn fleet(&self) -> EmbeddedFleet {
+        EmbeddedFleet::new(self.clone())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, BackendError> {

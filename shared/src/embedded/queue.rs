@@ -96,14 +96,15 @@ impl Queue for EmbeddedQueue {
         &self.name
     }
 
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError> {
+    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError> {
         let mut inner = self.backend.lock()?;
         let id = EmbeddedBackend::new_id(&mut inner);
         let attributes = serde_json::to_string(attributes).unwrap_or_default();
+        let now = crate::now_ms();
         inner
             .conn
-            .prepare_cached("INSERT INTO messages (id, queue, body, attributes, sent_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)")
-            .and_then(|mut s| s.execute(rusqlite::params![id, self.name, body, attributes, crate::now_ms()]))
+            .prepare_cached("INSERT INTO messages (id, queue, body, attributes, sent_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .and_then(|mut s| s.execute(rusqlite::params![id, self.name, body, attributes, now, now + ms(delay.min(crate::queue::MAX_DELAY))]))
             .map_err(sql_error)?;
         Ok(id)
     }

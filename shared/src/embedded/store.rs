@@ -8,7 +8,7 @@ use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
 use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
 
-const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id";
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures";
 
 /// The idempotency table in the state file.
 #[derive(Clone)]
@@ -29,6 +29,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
         status_code: row.get(6)?,
         run_id: row.get(7)?,
         target_id: row.get(8)?,
+        failures: row.get(9)?,
     })
 }
 
@@ -57,7 +58,8 @@ impl EmbeddedStore {
                 "UPDATE idempotency SET status = ?4,
                      last_error = CASE WHEN ?4 = 'COMPLETED' THEN NULL WHEN ?5 IS NULL THEN last_error ELSE ?5 END,
                      status_code = COALESCE(?6, CASE WHEN ?4 = 'DEAD_LETTERED' THEN status_code END),
-                     expiration = COALESCE(?7, expiration)
+                     expiration = COALESCE(?7, expiration),
+                     failures = failures + (?4 = 'FAILED')
                  WHERE message_id = ?1 AND status = ?2 AND attempts = ?3",
             )
             .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration]))
@@ -76,15 +78,15 @@ impl IdempotencyStore for EmbeddedStore {
             .and_then(|mut s| s.query_row([claim.message_id], record).optional())
             .map_err(sql_error)?;
         let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
-        if let Acquire::Acquired { attempt } = decision {
+        if let Acquire::Acquired { attempt, failures } = decision {
             tx.prepare_cached(
-                "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id)
-                 VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6)
+                "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures)
+                 VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?7)
                  ON CONFLICT (message_id) DO UPDATE SET status = 'IN_PROGRESS', in_progress_expiry = ?2,
-                     expiration = ?3, attempts = ?4, run_id = ?5, target_id = ?6",
+                     expiration = ?3, attempts = ?4, run_id = ?5, target_id = ?6, failures = ?7",
             )
             .and_then(|mut s| {
-                s.execute(rusqlite::params![claim.message_id, claim.lock_until_ms, claim.expiration_s, attempt, claim.run_id, claim.target_id])
+                s.execute(rusqlite::params![claim.message_id, claim.lock_until_ms, claim.expiration_s, attempt, claim.run_id, claim.target_id, failures])
             })
             .map_err(sql_error)?;
         }
@@ -141,19 +143,19 @@ mod tests {
     #[tokio::test]
     async fn conditional_transitions_follow_the_state_machine() {
         let store = EmbeddedBackend::open(":memory:".as_ref()).unwrap().store();
-        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1 });
+        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0 });
         assert_eq!(store.acquire(&claim(200, 1000)).await.unwrap(), Acquire::Locked { until_ms: 1000 });
         // The lock expired: a second consumer takes over, and the first one's outcome is refused.
-        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2 });
+        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2, failures: 0 });
         assert_eq!(store.complete("m1", 1, 200, 9).await.unwrap(), Transition::Superseded);
         assert_eq!(store.fail("m1", 2, "HTTP 503", Some(503)).await.unwrap(), Transition::Done);
-        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3 });
+        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3, failures: 1 });
         assert_eq!(store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(), Transition::Done);
         assert!(matches!(store.acquire(&claim(1003, 5000)).await.unwrap(), Acquire::Rejected { attempt: 3, status_code: Some(400), .. }));
         assert_eq!(store.dead_lettered("m1", 3).await.unwrap(), Transition::Done);
         assert_eq!(store.acquire(&claim(1004, 5000)).await.unwrap(), Acquire::AlreadyDeadLettered);
         let replay = Claim { replay_of: Some(3), ..claim(1005, 5000) };
-        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4 });
+        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4, failures: 0 });
         assert_eq!(store.complete("m1", 4, 200, 9).await.unwrap(), Transition::Done);
         assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::AlreadyCompleted);
         let record = &store.get_many(&["m1".into(), "none".into()]).await.unwrap()[0];

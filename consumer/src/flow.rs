@@ -1,0 +1,268 @@
+//! Flow control of one consumer instance: its lease in the fleet, its cached view of the hosts'
+//! shared state, and the pacing that follows both.
+//!
+//! Per job, before any idempotency write: [`Flow::admit`] (is the host paused, is its circuit
+//! open?), then [`Flow::permit`] (this instance's share of the host's and the global budget).
+//! A job that may not be called now is rescheduled by the caller, never failed. After the call,
+//! [`Flow::report`] tells the fleet what the host said; the store's answer updates this
+//! instance's view at once, so the instance that saw a 429 or an outage reacts on its next
+//! call, and every other instance within a cache period.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use fanout_shared::fleet::{self, share_count, FleetStore, Lease, JOIN_DELAY, LEASE_RENEW, LEASE_TTL};
+use fanout_shared::hosts::{Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS};
+use fanout_shared::{now_ms, PipelineConfig};
+
+use crate::limiter::{Deferred, Key, Limiters, Share};
+
+/// Whether a job may be called now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admission {
+    /// Call it.
+    Go,
+    /// Hold it until `until_ms` (ms since the epoch).
+    Hold {
+        /// When to look again.
+        until_ms: i64,
+        /// Why.
+        reason: HoldReason,
+    },
+}
+
+/// What a report changed about a host, for logs and per-host metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostChange {
+    /// The host's rate was lowered.
+    pub slowed: bool,
+    /// Its circuit opened.
+    pub opened: bool,
+    /// Its circuit closed again.
+    pub closed: bool,
+}
+
+struct LeaseView {
+    lease: Lease,
+    /// This instance may call from then on (ms since the epoch).
+    entitled_ms: i64,
+    leases: Vec<Lease>,
+    renewed: Option<Instant>,
+}
+
+/// One instance's flow control.
+pub struct Flow {
+    store: Arc<dyn FleetStore>,
+    policy: HostPolicy,
+    config: PipelineConfig,
+    global_override: Option<f64>,
+    cache_ttl: Duration,
+    cache: Mutex<HashMap<String, (HostState, Instant)>>,
+    lease: Mutex<LeaseView>,
+    limiters: Limiters,
+}
+
+impl Flow {
+    /// The flow control of a new instance for `config`'s budgets; `global_override` replaces the
+    /// global rate, `cache_ttl` is how long a host's state is trusted without a read.
+    pub fn new(config: &PipelineConfig, store: Arc<dyn FleetStore>, global_override: Option<f64>, cache_ttl: Duration) -> Self {
+        let instance = format!("{:016x}", fastrand::u64(..));
+        let lease = Lease { instance, since_ms: 0, expires_ms: 0 };
+        Self {
+            store,
+            policy: config.host_protection,
+            config: config.clone(),
+            global_override,
+            cache_ttl,
+            cache: Mutex::new(HashMap::new()),
+            lease: Mutex::new(LeaseView { lease, entitled_ms: 0, leases: Vec::new(), renewed: None }),
+            limiters: Limiters::new(),
+        }
+    }
+
+    /// Renews this instance's lease when due (a working instance renews every
+    /// [`LEASE_RENEW`]); the batch plumbing calls it at the start and on a ticker.
+    pub async fn renew_lease(&self) {
+        let now = now_ms();
+        let lease = {
+            let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            if view.renewed.is_some_and(|at| at.elapsed() < LEASE_RENEW) {
+                return;
+            }
+            if view.lease.expires_ms <= now {
+                // New, or lapsed while idle: join again.
+                view.lease.since_ms = now;
+            }
+            view.lease.expires_ms = now + fleet::ms(LEASE_TTL);
+            view.renewed = Some(Instant::now());
+            view.lease.clone()
+        };
+        match self.store.renew(&lease, now).await {
+            Ok(leases) => {
+                let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                if lease.since_ms == now {
+                    // Alone, it may start at once; otherwise it waits until every other instance
+                    // has seen it and lowered its share.
+                    let others = leases.iter().any(|l| l.instance != lease.instance && l.expires_ms > now);
+                    view.entitled_ms = if others { now + fleet::ms(JOIN_DELAY) } else { now };
+                    info!(instance = %lease.instance, others, "joined the fleet");
+                }
+                view.leases = leases;
+            }
+            Err(e) => warn!(error = %e, "could not renew the instance lease; keeping the last view"),
+        }
+    }
+
+    /// Reads the states of `hosts` (and of every host, [`ALL_HOSTS`]) not read within the cache
+    /// period, in one store call.
+    pub async fn refresh(&self, hosts: &BTreeSet<String>) {
+        let stale: Vec<String> = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            std::iter::once(ALL_HOSTS)
+                .chain(hosts.iter().map(String::as_str))
+                .filter(|h| cache.get(*h).is_none_or(|(_, at)| at.elapsed() >= self.cache_ttl))
+                .map(str::to_owned)
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        match self.store.host_states(&stale).await {
+            Ok(states) => {
+                let mut found: HashMap<String, HostState> = states.into_iter().collect();
+                let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                for host in stale {
+                    let state = found.remove(&host).unwrap_or_default();
+                    cache.insert(host, (state, Instant::now()));
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read host states; using the cached ones"),
+        }
+    }
+
+    fn cached(&self, host: &str) -> HostState {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(host).map(|(s, _)| s.clone()).unwrap_or_default()
+    }
+
+    fn remember(&self, host: &str, state: HostState) {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), (state, Instant::now()));
+    }
+
+    /// Whether a job for `host` may be called now: the pipeline-wide and the host's pause, and
+    /// the host's circuit. A cool-down that is over makes this instance try to claim the one
+    /// probe; the loser holds.
+    pub async fn admit(&self, host: &str) -> Admission {
+        let now = now_ms();
+        for key in [ALL_HOSTS, host] {
+            match self.cached(key).gate(now, &self.policy) {
+                Gate::Open => {}
+                Gate::Hold { until_ms, reason } => return Admission::Hold { until_ms, reason },
+                Gate::Probe => match self.store.apply(key, &HostEvent::ProbeClaimed, now, &self.policy).await {
+                    Ok((state, true)) => {
+                        info!(host = key, "circuit half-open: this instance probes");
+                        self.remember(key, state);
+                    }
+                    Ok((state, false)) => {
+                        let until_ms = match state.circuit {
+                            Circuit::HalfOpen { probe_until_ms } => probe_until_ms,
+                            _ => now + 100,
+                        };
+                        self.remember(key, state);
+                        return Admission::Hold { until_ms, reason: HoldReason::ProbeInFlight };
+                    }
+                    Err(e) => {
+                        warn!(error = %e, host = key, "could not claim the probe; holding");
+                        return Admission::Hold { until_ms: now + 1000, reason: HoldReason::CircuitOpen };
+                    }
+                },
+            }
+        }
+        Admission::Go
+    }
+
+    fn share_count(&self) -> (u32, i64) {
+        let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        (share_count(&view.lease.instance, &view.leases, now_ms()), view.entitled_ms)
+    }
+
+    fn global_share(&self) -> Option<Share> {
+        let limit = self.config.rate_limit;
+        let per_second = self.global_override.or(limit.map(|l| l.per_second))?;
+        let (count, _) = self.share_count();
+        let burst = limit.map_or(1, |l| l.burst);
+        Some(Share { per_second: per_second / f64::from(count), burst: (burst / count).max(1) })
+    }
+
+    fn host_share(&self, host: &str) -> Option<Share> {
+        let state = self.cached(host);
+        let budget = self.config.host_budget(host).or(self.global_override);
+        let ceiling = budget.or(state.operator_rate)?;
+        let operator_max = self.config.host_operator_max(host).or(self.global_override).unwrap_or(f64::INFINITY);
+        let (count, _) = self.share_count();
+        let per_second = state.rate(ceiling, operator_max, now_ms(), &self.policy);
+        Some(Share { per_second: per_second / f64::from(count), burst: 1 })
+    }
+
+    /// Waits for this instance's permits for `host` (its entitlement in the fleet, the host's
+    /// share, the global share), unless they are due after `call_by`. Returns the time waited.
+    pub async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
+        let started = Instant::now();
+        let (_, entitled_ms) = self.share_count();
+        let until_entitled = Duration::from_millis(u64::try_from(entitled_ms - now_ms()).unwrap_or(0));
+        if !until_entitled.is_zero() {
+            if Instant::now() + until_entitled > call_by {
+                return Err(Deferred { delay: until_entitled });
+            }
+            tokio::time::sleep(until_entitled).await;
+        }
+        if self.host_share(host).is_some() {
+            let key = Key::Host(host.to_owned());
+            let share = || self.host_share(host).unwrap_or(Share { per_second: f64::MAX, burst: 1 });
+            self.limiters.acquire(&key, share, call_by).await?;
+        }
+        if self.global_share().is_some() {
+            let share = || self.global_share().unwrap_or(Share { per_second: f64::MAX, burst: 1 });
+            self.limiters.acquire(&Key::Global, share, call_by).await?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Tells the fleet what a call to `host` taught: the store applies it atomically and this
+    /// instance's view takes the answer at once. Returns what changed.
+    pub async fn report(&self, host: &str, event: HostEvent) -> HostChange {
+        let now = now_ms();
+        let before = self.cached(host);
+        if event == HostEvent::Succeeded && before.apply(&event, now, &self.policy).is_none() {
+            // A healthy host: no write per successful call.
+            return HostChange::default();
+        }
+        let after = match self.store.apply(host, &event, now, &self.policy).await {
+            Ok((state, _)) => state,
+            Err(e) => {
+                warn!(error = %e, host, "could not share the host's state; this instance reacts alone");
+                before.apply(&event, now, &self.policy).unwrap_or_else(|| before.clone())
+            }
+        };
+        let change = HostChange {
+            slowed: after.factor_at_ms == now && before.factor_at_ms != now,
+            opened: matches!(after.circuit, Circuit::Open { .. }) && !matches!(before.circuit, Circuit::Open { .. }),
+            closed: after.circuit == Circuit::Closed && before.circuit != Circuit::Closed,
+        };
+        if change.slowed {
+            let rate = self.config.host_budget(host).map(|b| b * after.factor_at(now, &self.policy));
+            info!(host, factor = after.factor, rate, paused_until_ms = after.paused_until_ms, "host asked us to slow down");
+        }
+        if change.opened {
+            warn!(host, consecutive_failures = after.consecutive_failures, circuit = ?after.circuit, "circuit opened: holding the host's jobs");
+        }
+        if change.closed {
+            info!(host, "circuit closed: the host answers again");
+        }
+        self.remember(host, after);
+        change
+    }
+}

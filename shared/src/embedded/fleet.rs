@@ -1,0 +1,123 @@
+//! The embedded fleet store: host states and instance leases in the state file, each change one
+//! SQLite transaction (so concurrent `fanout` processes on one state file agree, as instances on
+//! one DynamoDB table do).
+
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+
+use super::{sql_error, EmbeddedBackend};
+use crate::error::BackendError;
+use crate::fleet::{FleetStore, Lease};
+use crate::hosts::{HostEvent, HostPolicy, HostState};
+
+/// Host states and leases in the state file.
+#[derive(Clone)]
+pub struct EmbeddedFleet {
+    backend: EmbeddedBackend,
+}
+
+impl EmbeddedFleet {
+    pub(super) fn new(backend: EmbeddedBackend) -> Self {
+        Self { backend }
+    }
+
+    /// Every host with a stored state (for `fanout hosts`).
+    pub fn all_host_states(&self) -> Result<Vec<(String, HostState)>, BackendError> {
+        let inner = self.backend.lock()?;
+        let mut stmt = inner.conn.prepare_cached("SELECT host, state FROM hosts ORDER BY host").map_err(sql_error)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql_error)?;
+        let rows: Vec<(String, String)> = rows.collect::<Result<_, _>>().map_err(sql_error)?;
+        Ok(rows.into_iter().map(|(host, state)| (host, parse(&state))).collect())
+    }
+}
+
+/// A stored state; one that does not parse (hand-edited) counts as the default.
+fn parse(text: &str) -> HostState {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+#[async_trait]
+impl FleetStore for EmbeddedFleet {
+    async fn host_states(&self, hosts: &[String]) -> Result<Vec<(String, HostState)>, BackendError> {
+        let inner = self.backend.lock()?;
+        let mut stmt = inner.conn.prepare_cached("SELECT state FROM hosts WHERE host = ?1").map_err(sql_error)?;
+        let mut states = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            if let Some(text) = stmt.query_row([host], |r| r.get::<_, String>(0)).optional().map_err(sql_error)? {
+                states.push((host.clone(), parse(&text)));
+            }
+        }
+        Ok(states)
+    }
+
+    async fn apply(&self, host: &str, event: &HostEvent, now_ms: i64, policy: &HostPolicy) -> Result<(HostState, bool), BackendError> {
+        let mut inner = self.backend.lock()?;
+        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let current = tx
+            .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
+            .and_then(|mut s| s.query_row([host], |r| r.get::<_, String>(0)).optional())
+            .map_err(sql_error)?
+            .map(|text| parse(&text))
+            .unwrap_or_default();
+        let Some(next) = current.apply(event, now_ms, policy) else {
+            return Ok((current, false));
+        };
+        let text = serde_json::to_string(&next).map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        tx.prepare_cached("INSERT INTO hosts (host, state) VALUES (?1, ?2) ON CONFLICT (host) DO UPDATE SET state = ?2")
+            .and_then(|mut s| s.execute([host, text.as_str()]))
+            .map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        Ok((next, true))
+    }
+
+    async fn renew(&self, lease: &Lease, now_ms: i64) -> Result<Vec<Lease>, BackendError> {
+        let mut inner = self.backend.lock()?;
+        let tx = inner.conn.transaction().map_err(sql_error)?;
+        tx.execute("DELETE FROM leases WHERE expires <= ?1", [now_ms]).map_err(sql_error)?;
+        tx.prepare_cached(
+            "INSERT INTO leases (instance, since, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT (instance) DO UPDATE SET expires = ?3",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![lease.instance, lease.since_ms, lease.expires_ms]))
+        .map_err(sql_error)?;
+        let leases = {
+            let mut stmt = tx.prepare_cached("SELECT instance, since, expires FROM leases").map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |r| Ok(Lease { instance: r.get(0)?, since_ms: r.get(1)?, expires_ms: r.get(2)? }))
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)?
+        };
+        tx.commit().map_err(sql_error)?;
+        Ok(leases)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn host_events_are_applied_atomically_and_probes_are_exclusive() {
+        let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
+        let policy = HostPolicy { failure_threshold: 2, cooldown_ms: 100, ..HostPolicy::default() };
+        assert!(fleet.host_states(&["a".into()]).await.unwrap().is_empty());
+        fleet.apply("a", &HostEvent::Failed, 0, &policy).await.unwrap();
+        let (state, changed) = fleet.apply("a", &HostEvent::Failed, 1, &policy).await.unwrap();
+        assert!(changed && matches!(state.circuit, crate::hosts::Circuit::Open { until_ms: 101 }));
+        assert!(fleet.apply("a", &HostEvent::ProbeClaimed, 101, &policy).await.unwrap().1, "first claim wins");
+        assert!(!fleet.apply("a", &HostEvent::ProbeClaimed, 102, &policy).await.unwrap().1, "second claim loses");
+        assert_eq!(fleet.host_states(&["a".into(), "b".into()]).await.unwrap().len(), 1);
+        assert_eq!(fleet.all_host_states().unwrap()[0].0, "a");
+    }
+
+    #[tokio::test]
+    async fn leases_are_renewed_listed_and_pruned() {
+        let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
+        let a = Lease { instance: "a".into(), since_ms: 0, expires_ms: 1000 };
+        let b = Lease { instance: "b".into(), since_ms: 500, expires_ms: 3000 };
+        assert_eq!(fleet.renew(&a, 0).await.unwrap(), vec![a.clone()]);
+        assert_eq!(fleet.renew(&b, 500).await.unwrap().len(), 2);
+        let renewed = Lease { expires_ms: 4000, ..b.clone() };
+        assert_eq!(fleet.renew(&renewed, 1500).await.unwrap(), vec![renewed], "a lapsed at 1 s and is pruned");
+    }
+}
