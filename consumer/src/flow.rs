@@ -86,6 +86,10 @@ impl Flow {
     /// Renews this instance's lease when due (a working instance renews every
     /// [`LEASE_RENEW`]); the batch plumbing calls it at the start and on a ticker.
     pub async fn renew_lease(&self) {
+        if !self.paced() {
+            // Nothing to split: no lease, no store traffic.
+            return;
+        }
         let now = now_ms();
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
@@ -141,6 +145,13 @@ impl Flow {
             }
             Err(e) => warn!(error = %e, "could not read host states; using the cached ones"),
         }
+    }
+
+    /// Whether any budget applies (the config's, the stack's, or one an operator set), so the
+    /// instance must count itself in the fleet.
+    fn paced(&self) -> bool {
+        let configured = self.global_override.is_some() || self.config.rate_limit.is_some() || !self.config.hosts.is_empty();
+        configured || self.cache.lock().unwrap_or_else(PoisonError::into_inner).values().any(|(s, _)| s.operator_rate.is_some())
     }
 
     fn cached(&self, host: &str) -> HostState {
@@ -211,20 +222,22 @@ impl Flow {
     /// share, the global share), unless they are due after `call_by`. Returns the time waited.
     pub async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
         let started = Instant::now();
+        let (host_paced, globally_paced) = (self.host_share(host).is_some(), self.global_share().is_some());
         let (_, entitled_ms) = self.share_count();
         let until_entitled = Duration::from_millis(u64::try_from(entitled_ms - now_ms()).unwrap_or(0));
-        if !until_entitled.is_zero() {
+        // With no budget there is nothing to split, so nothing to wait for.
+        if (host_paced || globally_paced) && !until_entitled.is_zero() {
             if Instant::now() + until_entitled > call_by {
                 return Err(Deferred { delay: until_entitled });
             }
             tokio::time::sleep(until_entitled).await;
         }
-        if self.host_share(host).is_some() {
+        if host_paced {
             let key = Key::Host(host.to_owned());
             let share = || self.host_share(host).unwrap_or(Share { per_second: f64::MAX, burst: 1 });
             self.limiters.acquire(&key, share, call_by).await?;
         }
-        if self.global_share().is_some() {
+        if globally_paced {
             let share = || self.global_share().unwrap_or(Share { per_second: f64::MAX, burst: 1 });
             self.limiters.acquire(&Key::Global, share, call_by).await?;
         }

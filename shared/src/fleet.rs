@@ -18,12 +18,12 @@ use crate::error::BackendError;
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
 /// How often a working instance renews its lease (and reads everyone else's).
-pub const LEASE_RENEW: Duration = Duration::from_millis(500);
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 /// A lease lapses this long after its last renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(3);
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
 /// A lease counts towards the split this long after it joined: more than [`LEASE_RENEW`] plus a
 /// store round trip, so every other instance has seen it by then.
-pub const JOIN_DELAY: Duration = Duration::from_millis(1200);
+pub const JOIN_DELAY: Duration = Duration::from_millis(2500);
 
 /// One instance's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -401,7 +401,7 @@ mod tests {
     fn a_503_also_counts_for_the_circuit_but_a_429_does_not() {
         let p = policy();
         let mut s = HostState::default();
-        for t in 0..5 {
+        for t in 1..6 {
             s = s.apply(&HostEvent::Throttled { retry_after_ms: None, failure: false }, t * 2000, &p).unwrap();
         }
         assert_eq!(s.circuit, Circuit::Closed);

@@ -52,13 +52,14 @@ pub fn embedded_pipeline(max_receive_count: u32, duplicates: Duplicates) -> Pipe
     backend::embedded(&settings).expect("in-memory backend opens")
 }
 
-/// Fast local options: short visibility so retries come back quickly.
+/// Fast local options: short invocations; the visibility timeout covers one invocation, as the
+/// stack's does (retries and waits come back as delayed copies, not through visibility).
 pub fn fast_options(concurrency: usize) -> RunOptions {
     RunOptions {
         event_source: EventSourceOptions {
             concurrency,
             batch_size: 10,
-            visibility_timeout: Duration::from_millis(500),
+            visibility_timeout: Duration::from_millis(2500),
             function_timeout: Duration::from_millis(2500),
             poll_wait: Duration::from_millis(50),
             timeout: Duration::from_secs(60),

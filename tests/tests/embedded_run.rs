@@ -40,17 +40,20 @@ async fn five_hundred_jobs_with_duplicates_settle_exactly_once_within_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_failing_transiently_max_receive_count_times_lands_in_the_dlq() {
+async fn a_job_failing_transiently_max_attempts_times_lands_in_the_dlq_with_its_last_reason() {
     let server = TargetServer::start().await.unwrap();
     let paths = vec!["flaky/always?fail=1000".to_owned(), "ok/fine".to_owned()];
-    let config = config_for(&server.base_url(), &paths, None);
-    let pipeline = embedded_pipeline(3, Duplicates::default());
+    let mut config = config_for(&server.base_url(), &paths, None);
+    config.retry = fanout_shared::retry::RetryPolicy { base_ms: 10, cap_ms: 100, max_attempts: 3 };
+    // maxReceiveCount (2) is below max_attempts: retries are fresh copies and use up no receives.
+    let pipeline = embedded_pipeline(2, Duplicates::default());
     let (summary, _) = run::run(&config, &pipeline, "redrive-run", &fast_options(2)).await.unwrap();
     assert_eq!(summary.lost, 0);
     assert_eq!(summary.succeeded, 1);
-    assert_eq!(summary.dead_lettered_by_reason.get("max receives exceeded"), Some(&1), "{summary:?}");
+    let reason = "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error";
+    assert_eq!(summary.dead_lettered_by_reason.get(reason), Some(&1), "{summary:?}");
     let calls = server.records().iter().filter(|r| r.path.starts_with("/flaky")).count();
-    assert_eq!(calls, 3, "called once per receive, up to maxReceiveCount");
+    assert_eq!(calls, 3, "called max_attempts times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,27 +90,31 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_is_retried_repeated_is_redriven_and_permanent_is_dead_lettered() {
+async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_dead_lettered() {
     let Some(moto) = Moto::start() else { return };
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "retry", 2, 1).await.unwrap();
     let pipeline = aws_with(&sdk, &resources.names()).unwrap();
     let server = TargetServer::start().await.unwrap();
     let paths = ["flaky/once?fail=1", "flaky/always?fail=1000", "bad/x", "ok/y"].map(String::from);
-    let config = config_for(&server.base_url(), &paths, None);
+    let mut config = config_for(&server.base_url(), &paths, None);
+    // Three attempts, more than maxReceiveCount (2): retries are delayed copies (SQS
+    // DelaySeconds) and use up no receives.
+    config.retry = fanout_shared::retry::RetryPolicy { base_ms: 10, cap_ms: 100, max_attempts: 3 };
     let mut options = fast_options(2);
     options.event_source.visibility_timeout = Duration::from_secs(1);
     options.event_source.poll_wait = Duration::from_secs(1);
     let (summary, _) = run::run(&config, &pipeline, "retry-run", &options).await.unwrap();
     assert_eq!(summary.lost, 0, "{summary:?}");
     assert_eq!(summary.succeeded, 2, "the ok job and the one that failed once");
-    assert_eq!(summary.dead_lettered_by_reason.get("max receives exceeded"), Some(&1), "{summary:?}");
+    let given_up = "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error";
+    assert_eq!(summary.dead_lettered_by_reason.get(given_up), Some(&1), "{summary:?}");
     assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400 Bad Request"), Some(&1), "{summary:?}");
     let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::from_secs(1)).await.unwrap();
     let bad = dlq.iter().find(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some()).unwrap();
     assert_eq!(bad.attributes[ATTR_STATUS_CODE], "400");
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1, "a permanent failure is called once");
-    assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/flaky/always")).count(), 2, "once per receive up to maxReceiveCount");
+    assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/flaky/always")).count(), 3, "max_attempts calls");
 }
 
 #[test]
@@ -167,7 +171,7 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     assert_eq!((run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(50), Some(0)), "{run}");
     let listed = fanout(&["dlq", "list", "--json"]);
     let listed = listed.as_array().unwrap();
-    assert_eq!(listed.len(), 50);
+    assert_eq!(listed.len(), 50, "{run}");
     assert!(listed.iter().all(|e| e["reason"] == "HTTP 400 Bad Request" && e["record_status"] == "DEAD_LETTERED"), "{listed:?}");
 
     // Replaying one job before the fix: it fails again and is back in the DLQ.
