@@ -4,7 +4,10 @@
 //! - [`batch`]: one invocation: records concurrently, partial batch response, EMF metrics.
 //! - [`record`]: one record: parse → dedupe → rate-limit → call → record the outcome.
 //! - [`limiter`]: this instance's share of the global and per-host rate budgets.
+//! - [`policy`]: what a message may make the consumer do: only what its own config says.
 //! - [`http`]: the SSRF-guarded HTTP client and the transient/permanent classification.
+//! - [`redirect`]: redirects followed by hand: allow-list and guard on every hop, no secrets
+//!   to another origin.
 //! - [`settings`]: the Lambda's environment variables.
 //!
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
@@ -13,10 +16,11 @@
 pub mod batch;
 pub mod http;
 pub mod limiter;
+pub mod policy;
 pub mod record;
+pub mod redirect;
 pub mod settings;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fanout_shared::{IdempotencyStore, PipelineConfig, Queue};
@@ -33,7 +37,7 @@ pub struct Consumer {
     dlq: Arc<dyn Queue>,
     caller: http::Caller,
     budget: limiter::RateBudget,
-    allowed_hosts: BTreeSet<String>,
+    policy: policy::Policy,
     settings: Settings,
 }
 
@@ -50,13 +54,14 @@ pub struct Backends {
 impl Consumer {
     /// A consumer for `config`'s hosts and budgets.
     pub fn new(config: &PipelineConfig, backends: Backends, settings: Settings) -> Result<Self, reqwest::Error> {
+        let policy = policy::Policy::new(config);
         Ok(Self {
             store: backends.store,
             source: backends.source,
             dlq: backends.dlq,
-            caller: http::Caller::new(config.allow_private_networks)?,
+            caller: http::Caller::new(config.allow_private_networks, policy.allowed_hosts().clone())?,
             budget: limiter::RateBudget::new(config, settings.rate_per_second, settings.max_concurrency),
-            allowed_hosts: config.allowed_hosts(),
+            policy,
             settings,
         })
     }

@@ -82,16 +82,18 @@ impl Consumer {
     /// Processes one SQS record to a verdict. Never panics on input.
     pub async fn process_record(&self, record: &SqsMessage, deadline: Deadline) -> RecordReport {
         let body = record.body.as_deref().unwrap_or_default();
-        let job = match decode_body(body) {
+        let mut job = match decode_body(body) {
             Ok(job) => job,
             Err(e) => return self.dead_letter_unparsed(record, &format!("poison message: {e}")).await,
         };
         let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id);
         let _entered = span.enter();
-        let host = job.target.host().unwrap_or_default();
-        if !self.allowed_hosts.contains(&host) {
-            return self.dead_letter_unparsed(record, &format!("host {host:?} is not in the consumer's allowed hosts")).await;
+        // From here on the job is the consumer's own target; the message only named it.
+        match self.policy.authorize(&job) {
+            Ok(own) => job.target = own.clone(),
+            Err(reason) => return self.dead_letter_unparsed(record, &reason).await,
         }
+        let host = job.target.host().unwrap_or_default();
         let claim = Claim {
             message_id: &job.message_id,
             run_id: &job.run_id,
@@ -208,7 +210,7 @@ impl Consumer {
         report
     }
 
-    /// Permanent failure of a message that never became a job (poison, refused host).
+    /// Permanent failure of a message that never became a job (poison, refused by the policy).
     async fn dead_letter_unparsed(&self, record: &SqsMessage, reason: &str) -> RecordReport {
         self.send_to_dlq(record, reason, &[]).await
     }
