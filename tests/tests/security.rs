@@ -107,7 +107,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
     let reasons: Vec<&str> = dlq.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].as_str()).collect();
     for expected in [
         "HTTP 400 Bad Request",
-        "redirect: redirect to scheme \"ftp\"",
+        "redirect refused: scheme \"ftp\" is not allowed",
         "header x-api-key: value is not valid",
         "host \"evil.example.net\" is not in the consumer's allowed hosts",
     ] {
