@@ -137,15 +137,16 @@ impl Caller {
             if remaining.is_zero() {
                 return CallOutcome::Transient { reason: format!("timeout after {} ms", timeout.as_millis()), status: None, retry_after: None };
             }
-            let response = match self.send(&hop, remaining).await {
+            let mut response = match self.send(&hop, remaining).await {
                 Ok(response) => response,
                 Err(err) => return classify_error(&err, timeout),
             };
             let status = response.status();
-            let Some(location) = redirect::location(status, response.headers()) else {
+            let Some(location) = redirect::location(status, response.headers()).map(str::to_owned) else {
                 return classify_response(response).await;
             };
-            hop = match self.redirects.next(&hop, status, location, followed) {
+            drain(&mut response).await;
+            hop = match self.redirects.next(&hop, status, &location, followed) {
                 Ok(next) => next,
                 Err(reason) => return CallOutcome::Permanent { reason, status: Some(status.as_u16()) },
             };
@@ -209,10 +210,8 @@ pub fn resolve_env(template: &str) -> Result<String, String> {
     Ok(out)
 }
 
-async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
-    let status = response.status();
-    let retry_after = parse_retry_after(response.headers());
-    // Drain (a bounded part of) the body so the keep-alive connection goes back to the pool.
+/// Reads (a bounded part of) the body so the keep-alive connection goes back to the pool.
+async fn drain(response: &mut reqwest::Response) {
     let mut drained = 0;
     while let Ok(Some(chunk)) = response.chunk().await {
         drained += chunk.len();
@@ -220,6 +219,12 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
             break;
         }
     }
+}
+
+async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers());
+    drain(&mut response).await;
     let code = status.as_u16();
     if status.is_success() {
         CallOutcome::Succeeded { status: code }
