@@ -256,7 +256,7 @@ impl PipelineConfig {
     }
 
     /// Hosts the consumer may call: every target's host plus every `hosts` key. A job from the
-    /// queue whose host is not here is refused.
+    /// queue whose host is not here is refused, and so is a redirect hop to such a host.
     pub fn allowed_hosts(&self) -> BTreeSet<String> {
         let from_targets = self.targets.iter().filter_map(|t| self.job_target(t).host());
         from_targets.chain(self.hosts.keys().map(|h| h.to_ascii_lowercase())).collect()
