@@ -231,7 +231,7 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     reasons.sort();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("host \"169.254.169.254\" is not in the consumer's allowed hosts")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| *r == "target id \"y\" is not in the consumer's config"), "{reasons:?}");
+    assert!(reasons.contains(&"target id \"y\" is not in the consumer's config"), "{reasons:?}");
     let dns = format!("refused: {hostname} resolves to a loopback address");
     assert!(reasons.iter().any(|r| *r == dns), "{reasons:?}");
     assert_eq!(server.stats().calls, 0, "nothing reached the target");
