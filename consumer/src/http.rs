@@ -343,7 +343,7 @@ mod tests {
             (format!("http://[::ffff:10.0.0.1]:{port}/ok"), "redirect refused: ::ffff:10.0.0.1 is a private address".to_owned()),
             (format!("http://localhost:{port}/ok"), "redirect refused: host localhost is loopback".to_owned()),
             (format!("http://{hostname}:{port}/ok"), format!("refused: {hostname} resolves to a loopback address")),
-            (format!("http://other.test:{port}/ok"), r#"redirect refused: host "other.test" is not in the consumer's allowed hosts"#.to_owned()),
+            (format!("http://other.test:{port}/ok"), r#"redirect refused: host "other.test" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#.to_owned()),
         ];
         for (to, expected) in cases {
             let url = format!("http://origin.test:{port}/redirect/x?to={to}");

@@ -84,7 +84,7 @@ impl RedirectRules {
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if !self.allowed_hosts.contains(&host) {
-            return Err(format!("redirect refused: host {host:?} is not in the consumer's allowed hosts"));
+            return Err(format!("redirect refused: host {host:?} is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"));
         }
         if let (false, Some(host)) = (self.allow_private, url.host()) {
             netguard::check_literal_host(&host).map_err(|e| format!("redirect refused: {e}"))?;
@@ -166,7 +166,7 @@ mod tests {
     fn hops_outside_the_allow_list_or_the_guard_are_refused_naming_the_host() {
         let first = hop("https://a.example.com/x", Method::GET);
         let refused = |to: &str, n: usize| rules().next(&first, StatusCode::FOUND, to, n).unwrap_err();
-        assert_eq!(refused("https://evil.example.net/", 0), r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts"#);
+        assert_eq!(refused("https://evil.example.net/", 0), r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#);
         assert_eq!(refused("ftp://a.example.com/", 0), r#"redirect refused: scheme "ftp" is not allowed"#);
         assert_eq!(refused("http://10.0.0.1/", 0), "redirect refused: 10.0.0.1 is a private address");
         assert_eq!(refused("/y", MAX_REDIRECTS), "redirect refused: more than 5 redirects");

@@ -113,7 +113,7 @@ async fn a_redirect_outside_the_allow_list_is_refused_naming_the_host() {
         {"id": "on-list", "url": format!("{a}/redirect/4?to={b}/ok/on-list")},
     ])).await;
     let (_pipeline, reasons) = produce_and_consume(&config, &config, "redirect-run").await;
-    let refused = r#"redirect refused: host "127.0.0.3" is not in the consumer's allowed hosts"#;
+    let refused = r#"redirect refused: host "127.0.0.3" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#;
     assert_eq!(reasons, [refused, refused]);
     assert!(foreign.records().is_empty(), "the host outside the allow-list was never called");
     assert_eq!(paths(&allowed).iter().filter(|p| p.starts_with("/ok")).collect::<Vec<_>>(), ["/ok/on-list"]);
