@@ -123,6 +123,9 @@ enum Command {
         events: PathBuf,
         #[arg(long)]
         target: String,
+        /// The `--jobs` the events were written with: the consumer's config holds those targets.
+        #[arg(long, default_value_t = peer::JOBS)]
+        jobs: usize,
     },
 }
 
@@ -185,8 +188,8 @@ async fn dispatch(command: Command) -> Result<(), String> {
             println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
             Ok(())
         }
-        Command::Replay { events, target } => {
-            let stats = peer::replay_child(&events, &target).await?;
+        Command::Replay { events, target, jobs } => {
+            let stats = peer::replay_child(&events, &target, jobs).await?;
             println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
             Ok(())
         }

@@ -19,12 +19,13 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{embedded, ok_targets, write_events, Scratch};
 
 /// Jobs in the events file.
-const JOBS: usize = 5_000;
+pub const JOBS: usize = 5_000;
 
-/// One consumer instance as the Lambda binary builds it, with embedded backends and the
-/// config's allowed host `target`.
-pub fn lambda_consumer(target: &str) -> Result<Consumer, String> {
-    let config = ok_targets(target, 1, None);
+/// One consumer instance as the Lambda binary builds it, with embedded backends and the config
+/// the events were written from (`jobs` targets on `target`): the consumer only runs jobs its
+/// own config holds.
+pub fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
+    let config = ok_targets(target, jobs, None);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let backends = Backends { store: pipeline.store, source: pipeline.queue, dlq: pipeline.dlq, fleet: pipeline.fleet };
     let settings = Settings { function_name: "fanout-consumer-bench".into(), ..Settings::default() };
@@ -33,8 +34,8 @@ pub fn lambda_consumer(target: &str) -> Result<Consumer, String> {
 
 /// `fanout-bench replay`: handles every event of `events` in order, as one Lambda instance
 /// would. Prints [`ProcessStats`].
-pub async fn replay_child(events: &Path, target: &str) -> Result<ProcessStats, String> {
-    let consumer = Arc::new(lambda_consumer(target)?);
+pub async fn replay_child(events: &Path, target: &str, jobs: usize) -> Result<ProcessStats, String> {
+    let consumer = Arc::new(lambda_consumer(target, jobs)?);
     let file = std::fs::File::open(events).map_err(|e| format!("{}: {e}", events.display()))?;
     let (cpu, started) = (cpu_seconds(), Instant::now());
     let (mut records, mut failures) = (0u64, 0u64);

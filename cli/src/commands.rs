@@ -373,13 +373,19 @@ fn default_run_id(config: &Path) -> String {
     format!("local/{stem}@{}", chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z"))
 }
 
+/// A run ID the producer accepts, or bad input (exit 2) before anything is opened.
+fn checked_run_id(run_id: String) -> Result<String, Failure> {
+    fanout_shared::job::check_run_id(&run_id).map_err(|e| Failure::BadInput(format!("--run-id: {e}")))?;
+    Ok(run_id)
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Run(args) => run_command(&cli, args).await,
         Command::Produce(args) => {
             let config = load_config(&args.config)?;
+            let run_id = checked_run_id(args.run_id.clone().unwrap_or_else(|| default_run_id(&args.config)))?;
             let pipeline = pipeline(&cli, args.max_receive_count, args.duplicate_rate).await?;
-            let run_id = args.run_id.clone().unwrap_or_else(|| default_run_id(&args.config));
             let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -457,8 +463,8 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
             (config, run_id, Some(server))
         }
     };
+    let run_id = checked_run_id(args.run_id.clone().unwrap_or(default_run_id))?;
     let pipeline = pipeline(cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
-    let run_id = args.run_id.clone().unwrap_or(default_run_id);
     let (summary, outcome) = run::run(&config, &pipeline, &run_id, &options).await?;
     if args.local.json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());

@@ -130,3 +130,50 @@ fn run_killed_half_way_resumes_with_nothing_lost_and_no_double_effects() {
     // Only a job killed between its call and its recorded completion can be called again.
     assert!(stats.repeat_successes <= 4 * 10, "at most one batch per killed invocation: {stats:?}");
 }
+
+/// Issue #13: `config check` and `--run-id` refuse what they used to accept, or hang on.
+#[test]
+fn config_holes_and_bad_run_ids_exit_2_with_a_clear_error() {
+    let dir = temp_dir("holes");
+    let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
+    let files = [
+        ("port0.json", r#"{"targets":[{"id":"t1","url":"https://api.example.com:0/a"}]}"#.to_owned(), r#"port0.json: targets[0] (id "t1"): field `url`: port 0"#),
+        ("userinfo.json", r#"{"targets":[{"id":"t1","url":"https://bob:hunter2@api.example.com/a"}]}"#.to_owned(),
+         r#"userinfo.json: targets[0] (id "t1"): field `url`: credentials (user:password@) in "https://***@api.example.com/a""#),
+        ("host.json", target(r#","headers":{"Host":"internal.example.com"}"#), "host.json: targets[0] (id \"t1\"): field `headers`: header Host frames or routes"),
+        ("length.json", target(r#","headers":{"Content-Length":"5"}"#), "header Content-Length frames or routes"),
+        ("te.json", target(r#","headers":{"TE":"trailers"}"#), "header TE frames or routes"),
+        ("doc6.json", r#"{"targets":[{"id":"t1","url":"http://[2001:db8::10]/"}]}"#.to_owned(), "field `url`: 2001:db8::10 is a documentation address"),
+        ("sixtofour.json", r#"{"targets":[{"id":"t1","url":"http://[2002:c0a8:0101::1]/"}]}"#.to_owned(), "2002:c0a8:101::1 is a 6to4 address wrapping a non-public IPv4"),
+        ("sitelocal.json", r#"{"targets":[{"id":"t1","url":"http://[fec0::5]/"}]}"#.to_owned(), "fec0::5 is a site-local address"),
+    ];
+    let check = |path: &std::path::Path| Command::new(FANOUT).args(["config", "check"]).arg(path).output().unwrap();
+    for (name, text, expected) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = check(&path);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr:?} should contain {expected:?}");
+        assert!(!stderr.contains("hunter2"), "{name}: the password is printed: {stderr}");
+    }
+    // Devices are read up to the cap, then refused, naming the file and the cap.
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let output = check(std::path::Path::new(device));
+        assert_eq!(output.status.code(), Some(2));
+        assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), format!("error: {device}: larger than the 32 MiB limit of a config file"));
+    }
+    // A byte order mark is skipped.
+    let bom = dir.join("bom.json");
+    std::fs::write(&bom, format!("\u{feff}{}", target(""))).unwrap();
+    let output = check(&bom);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // A bad run ID is bad input, refused before the pipeline is opened.
+    let good = write_config(&dir, "http://127.0.0.1:1", 1, 10.0);
+    for (command, run_id) in [("produce", ""), ("produce", "a\nb"), ("run", &"r".repeat(129)[..])] {
+        let output = Command::new(FANOUT).args(["--state", ":memory:", command, "--run-id", run_id, "--config"]).arg(&good).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command} --run-id {run_id:?}: {stderr}");
+        assert!(stderr.contains("error: --run-id: run_id") && stderr.contains("must be 1..=128 printable characters"), "{stderr}");
+    }
+}

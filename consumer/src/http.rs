@@ -3,24 +3,27 @@
 //! Classification: 2xx succeeded; 408, 429, 5xx, timeouts and connection errors are transient
 //! (SQS retries them); other 4xx, redirects we do not follow, refused addresses and bad input
 //! are permanent (DLQ). The SSRF guard sits in the client's DNS resolver, so it judges the
-//! addresses actually connected to, for the first request and for every redirect.
+//! addresses actually connected to, for the first request and for every redirect; redirects are
+//! followed by hand ([`crate::redirect`]) so each hop also meets the allow-list and loses its
+//! secrets when it leaves the origin.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
 use fanout_shared::config::{env_placeholders, HeaderPart};
 use fanout_shared::netguard;
 use fanout_shared::JobTarget;
 
+use crate::redirect::{self, Hop, RedirectRules};
+
 /// Header carrying the job's message ID, so targets that support it dedupe on their side too.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
-/// Redirects followed at most.
-const MAX_REDIRECTS: usize = 5;
 /// Bytes of a response body read (and discarded) so the connection can be reused.
 const MAX_BODY_DRAIN: usize = 1 << 20;
 /// Longest `Retry-After` honoured: SQS's visibility timeout ceiling.
@@ -87,37 +90,28 @@ impl Resolve for GuardedResolver {
 pub struct Caller {
     client: reqwest::Client,
     allow_private: bool,
+    redirects: RedirectRules,
 }
 
 impl Caller {
-    /// Builds the client. With `allow_private_networks` the guard is off (tests, private APIs).
-    pub fn new(allow_private_networks: bool) -> Result<Self, reqwest::Error> {
+    /// Builds the client. Redirects may only reach `allowed_hosts` (the config's, see
+    /// `PipelineConfig::allowed_hosts`). With `allow_private_networks` the SSRF guard is off
+    /// (tests, private APIs).
+    pub fn new(allow_private_networks: bool, allowed_hosts: BTreeSet<String>) -> Result<Self, reqwest::Error> {
         let client = Self::client_builder(allow_private_networks).build()?;
-        Ok(Self { client, allow_private: allow_private_networks })
+        Ok(Self::with_client(client, allow_private_networks, allowed_hosts))
     }
 
-    /// The client's settings: redirect policy, no proxy, and the guarded resolver unless
-    /// private networks are allowed.
+    fn with_client(client: reqwest::Client, allow_private: bool, allowed_hosts: BTreeSet<String>) -> Self {
+        Self { client, allow_private, redirects: RedirectRules::new(allowed_hosts, allow_private) }
+    }
+
+    /// The client's settings: no automatic redirects (see [`crate::redirect`]), no proxy, and
+    /// the guarded resolver unless private networks are allowed.
     fn client_builder(allow: bool) -> reqwest::ClientBuilder {
-        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-            }
-            let scheme = attempt.url().scheme().to_owned();
-            if !matches!(scheme.as_str(), "http" | "https") {
-                return attempt.error(format!("redirect to scheme {scheme:?}"));
-            }
-            // Names are judged by the resolver; literal addresses never reach it.
-            if let (false, Some(host)) = (allow, attempt.url().host()) {
-                if let Err(e) = netguard::check_literal_host(&host) {
-                    return attempt.error(ForbiddenAddress(format!("redirect refused: {e}")));
-                }
-            }
-            attempt.follow()
-        });
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect)
+            .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve names itself, past the guard.
             .no_proxy()
             .tcp_nodelay(true)
@@ -128,21 +122,47 @@ impl Caller {
         builder
     }
 
-    /// Calls `target` once with `Idempotency-Key: message_id`, within `timeout`, and classifies
-    /// the result. Header placeholders are resolved from this process's environment here, so
-    /// secrets exist only in the request.
+    /// Calls `target` with `Idempotency-Key: message_id`, following redirects, all within
+    /// `timeout`, and classifies the result. Header placeholders are resolved from this
+    /// process's environment here, so secrets exist only in the request.
     pub async fn call(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> CallOutcome {
-        let request = match self.build(target, message_id, timeout) {
-            Ok(request) => request,
+        let mut hop = match self.first_hop(target, message_id) {
+            Ok(hop) => hop,
             Err(reason) => return CallOutcome::Permanent { reason, status: None },
         };
-        match request.send().await {
-            Ok(response) => classify_response(response).await,
-            Err(err) => classify_error(&err, timeout),
+        let deadline = Instant::now() + timeout;
+        let mut followed = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return CallOutcome::Transient { reason: format!("timeout after {} ms", timeout.as_millis()), status: None, retry_after: None };
+            }
+            let mut response = match self.send(&hop, remaining).await {
+                Ok(response) => response,
+                Err(err) => return classify_error(&err, timeout),
+            };
+            let status = response.status();
+            let Some(location) = redirect::location(status, response.headers()).map(str::to_owned) else {
+                return classify_response(response).await;
+            };
+            drain(&mut response).await;
+            hop = match self.redirects.next(&hop, status, &location, followed) {
+                Ok(next) => next,
+                Err(reason) => return CallOutcome::Permanent { reason, status: Some(status.as_u16()) },
+            };
+            followed += 1;
         }
     }
 
-    fn build(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> Result<reqwest::RequestBuilder, String> {
+    fn send(&self, hop: &Hop, timeout: Duration) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        let mut request = self.client.request(hop.method.clone(), hop.url.clone()).headers(hop.headers.clone()).timeout(timeout);
+        if let Some(body) = &hop.body {
+            request = request.body(body.clone());
+        }
+        request.send()
+    }
+
+    fn first_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, String> {
         let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
         if !self.allow_private {
             if let Some(host) = url.host() {
@@ -156,19 +176,23 @@ impl Caller {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name {name:?}"))?;
             // The error names the header, never the value: it may hold a secret.
             let mut value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: value is not valid"))?;
-            // A value built from the environment is a secret: `Debug` then prints `Sensitive`.
+            // A value built from the environment is a secret: `Debug` then prints `Sensitive`,
+            // and a redirect to another origin drops it.
             value.set_sensitive(template.contains("${"));
             headers.insert(name, value);
         }
         let key = HeaderValue::from_str(message_id).map_err(|_| "bad message id".to_owned())?;
         headers.insert(IDEMPOTENCY_KEY, key);
-        let mut request = self.client.request(method, url).headers(headers).timeout(timeout);
-        if let Some(body) = &target.body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(serde_json::to_vec(body).map_err(|e| format!("body: {e}"))?);
-        }
-        Ok(request)
+        let body = match &target.body {
+            Some(body) => {
+                if !headers.contains_key(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Some(serde_json::to_vec(body).map_err(|e| format!("body: {e}"))?)
+            }
+            None => None,
+        };
+        Ok(Hop { url, method, headers, body })
     }
 }
 
@@ -186,10 +210,8 @@ pub fn resolve_env(template: &str) -> Result<String, String> {
     Ok(out)
 }
 
-async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
-    let status = response.status();
-    let retry_after = parse_retry_after(response.headers());
-    // Drain (a bounded part of) the body so the keep-alive connection goes back to the pool.
+/// Reads (a bounded part of) the body so the keep-alive connection goes back to the pool.
+async fn drain(response: &mut reqwest::Response) {
     let mut drained = 0;
     while let Ok(Some(chunk)) = response.chunk().await {
         drained += chunk.len();
@@ -197,6 +219,12 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
             break;
         }
     }
+}
+
+async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers());
+    drain(&mut response).await;
     let code = status.as_u16();
     if status.is_success() {
         CallOutcome::Succeeded { status: code }
@@ -226,8 +254,6 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
         format!("timeout after {} ms", timeout.as_millis())
     } else if err.is_connect() {
         format!("connection failed: {}", root_cause(err))
-    } else if err.is_redirect() {
-        return CallOutcome::Permanent { reason: format!("redirect: {}", root_cause(err)), status: None };
     } else if err.is_builder() {
         return CallOutcome::Permanent { reason: format!("bad request: {}", root_cause(err)), status: None };
     } else {
@@ -291,10 +317,10 @@ mod tests {
     fn env_header_values_are_sent_but_never_printed() {
         std::env::set_var("FANOUT_TEST_HTTP_SECRET", "s3cret-x");
         let headers = [("Authorization", "Bearer ${env:FANOUT_TEST_HTTP_SECRET}"), ("X-Plain", "visible")];
-        let caller = Caller::new(true).unwrap();
-        let request = caller.build(&target("http://127.0.0.1:1/", &headers), "m-1", Duration::from_secs(1)).unwrap().build().unwrap();
-        assert_eq!(request.headers()["authorization"], "Bearer s3cret-x");
-        let printed = format!("{request:?} {:?}", request.headers());
+        let caller = Caller::new(true, BTreeSet::new()).unwrap();
+        let hop = caller.first_hop(&target("http://127.0.0.1:1/", &headers), "m-1").unwrap();
+        assert_eq!(hop.headers["authorization"], "Bearer s3cret-x");
+        let printed = format!("{hop:?}");
         assert!(!printed.contains("s3cret-x") && printed.contains("visible"), "{printed}");
     }
 
@@ -306,15 +332,18 @@ mod tests {
         // The guarded client, but `origin.test` stands for a public origin: a pinned address
         // skips the resolver, so only the redirect's own hop meets the guard.
         let client = Caller::client_builder(false).resolve("origin.test", addr).build().unwrap();
-        let caller = Caller { client, allow_private: false };
+        // Every hop below is in the allow-list, so the guard is what refuses it.
+        let allowed = ["origin.test", "169.254.169.254", "127.0.0.1", "[::ffff:a00:1]", "localhost", &hostname];
+        let caller = Caller::with_client(client, false, allowed.iter().map(|h| h.to_string()).collect());
         let port = addr.port();
         let cases = [
             (format!("http://origin.test:{port}/ok/followed"), "succeeded".to_owned()),
-            ("http://169.254.169.254/latest/meta-data/".to_owned(), "refused: redirect refused: 169.254.169.254 is a link-local address (metadata endpoint range)".to_owned()),
-            (format!("http://127.0.0.1:{port}/ok"), "refused: redirect refused: 127.0.0.1 is a loopback address".to_owned()),
-            (format!("http://[::ffff:10.0.0.1]:{port}/ok"), "refused: redirect refused: ::ffff:10.0.0.1 is a private address".to_owned()),
-            (format!("http://localhost:{port}/ok"), "refused: redirect refused: host localhost is loopback".to_owned()),
+            ("http://169.254.169.254/latest/meta-data/".to_owned(), "redirect refused: 169.254.169.254 is a link-local address (metadata endpoint range)".to_owned()),
+            (format!("http://127.0.0.1:{port}/ok"), "redirect refused: 127.0.0.1 is a loopback address".to_owned()),
+            (format!("http://[::ffff:10.0.0.1]:{port}/ok"), "redirect refused: ::ffff:10.0.0.1 is a private address".to_owned()),
+            (format!("http://localhost:{port}/ok"), "redirect refused: host localhost is loopback".to_owned()),
             (format!("http://{hostname}:{port}/ok"), format!("refused: {hostname} resolves to a loopback address")),
+            (format!("http://other.test:{port}/ok"), r#"redirect refused: host "other.test" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#.to_owned()),
         ];
         for (to, expected) in cases {
             let url = format!("http://origin.test:{port}/redirect/x?to={to}");

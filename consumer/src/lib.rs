@@ -8,7 +8,10 @@
 //! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
 //!   instance's lease and its share of the budgets.
 //! - [`limiter`]: the `governor` limiters that pace this instance at its share.
+//! - [`policy`]: what a message may make the consumer do: only what its own config says.
 //! - [`http`]: the SSRF-guarded HTTP client and the transient/permanent classification.
+//! - [`redirect`]: redirects followed by hand: allow-list and guard on every hop, no secrets
+//!   to another origin.
 //! - [`settings`]: the Lambda's environment variables.
 //!
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
@@ -18,10 +21,11 @@ pub mod batch;
 pub mod flow;
 pub mod http;
 pub mod limiter;
+pub mod policy;
 pub mod record;
+pub mod redirect;
 pub mod settings;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fanout_shared::retry::RetryPolicy;
@@ -40,7 +44,7 @@ pub struct Consumer {
     caller: http::Caller,
     flow: flow::Flow,
     retry: RetryPolicy,
-    allowed_hosts: BTreeSet<String>,
+    policy: policy::Policy,
     settings: Settings,
 }
 
@@ -74,14 +78,15 @@ impl Consumer {
         if let Some((field, problem)) = retry.problems().into_iter().next() {
             return Err(SetupError::Settings(format!("retry {field} (config `retry` or FANOUT_* override): {problem}")));
         }
+        let policy = policy::Policy::new(config);
         Ok(Self {
             store: backends.store,
             source: backends.source,
             dlq: backends.dlq,
-            caller: http::Caller::new(config.allow_private_networks)?,
+            caller: http::Caller::new(config.allow_private_networks, policy.allowed_hosts().clone())?,
             flow: flow::Flow::new(config, backends.fleet, settings.rate_per_second, settings.host_state_ttl),
             retry,
-            allowed_hosts: config.allowed_hosts(),
+            policy,
             settings,
         })
     }

@@ -134,10 +134,15 @@ impl Consumer {
     /// `Instrument`, so concurrent records never borrow each other's).
     pub async fn process_record(&self, record: &SqsMessage, deadline: Deadline) -> RecordReport {
         let body = record.body.as_deref().unwrap_or_default();
-        let job = match decode_body(body) {
+        let mut job = match decode_body(body) {
             Ok(job) => job,
             Err(e) => return self.dead_letter_unparsed(record, &format!("poison message: {e}")).await,
         };
+        // From here on the job is the consumer's own target; the message only named it.
+        match self.policy.authorize(&job) {
+            Ok(own) => job.target = own.clone(),
+            Err(reason) => return self.dead_letter_unparsed(record, &reason).await,
+        }
         let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id, attempt = tracing::field::Empty);
         let mut report = self.process_job(record, &job, deadline).instrument(span).await;
         report.host = job.target.host();
@@ -146,9 +151,6 @@ impl Consumer {
 
     async fn process_job(&self, record: &SqsMessage, job: &JobMessage, deadline: Deadline) -> RecordReport {
         let host = job.target.host().unwrap_or_default();
-        if !self.allowed_hosts.contains(&host) {
-            return self.dead_letter_unparsed(record, &format!("host {host:?} is not in the consumer's allowed hosts")).await;
-        }
         if let Some(at_ms) = string_attribute(record, ATTR_NOT_BEFORE).and_then(|a| a.parse::<i64>().ok()) {
             if at_ms > now_ms() {
                 return self.reschedule(record, ms_until(at_ms), Reschedule::Waiting).await;
@@ -324,7 +326,7 @@ impl Consumer {
         report
     }
 
-    /// Permanent failure of a message that never became a job (poison, refused host).
+    /// Permanent failure of a message that never became a job (poison, refused by the policy).
     async fn dead_letter_unparsed(&self, record: &SqsMessage, reason: &str) -> RecordReport {
         self.send_to_dlq(record, reason, &[]).await
     }

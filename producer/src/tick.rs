@@ -48,10 +48,7 @@ pub fn run_id_from_event(input: &Value) -> Result<String, TickError> {
 
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
 pub fn check_run_id(run_id: &str) -> Result<(), TickError> {
-    if run_id.is_empty() || run_id.chars().count() > MAX_RUN_ID_LEN || run_id.chars().any(char::is_control) {
-        return Err(TickError::BadRunId(run_id.to_owned()));
-    }
-    Ok(())
+    fanout_shared::job::check_run_id(run_id).map_err(|_| TickError::BadRunId(run_id.to_owned()))
 }
 
 #[cfg(test)]

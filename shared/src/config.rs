@@ -14,6 +14,7 @@ use crate::hosts::HostPolicy;
 use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
 use crate::retry::RetryPolicy;
+pub use crate::target_rules::{check_header, check_url, env_placeholders, HeaderPart};
 
 /// Methods a target may use.
 pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -165,16 +166,18 @@ impl fmt::Display for ConfigErrors {
 
 impl PipelineConfig {
     /// Reads, parses and validates a config file; YAML for `.yaml`/`.yml`, JSON otherwise.
+    /// Reads at most [`MAX_CONFIG_BYTES`], so a device or a runaway file cannot exhaust memory.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![whole_file(&file, format!("cannot read: {e}"))]))?;
+        let text = read_capped(path).map_err(|e| ConfigErrors(vec![whole_file(&file, e)]))?;
         let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
         Self::parse(&text, yaml, &file)
     }
 
-    /// Parses and validates config text; `file` names it in errors.
+    /// Parses and validates config text; `file` names it in errors. A leading byte order mark
+    /// (as some Windows editors write) is skipped.
     pub fn parse(text: &str, yaml: bool, file: &str) -> Result<Self, ConfigErrors> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let parsed: Result<Self, String> = if yaml {
             serde_norway::from_str(text).map_err(|e| e.to_string())
         } else {
@@ -258,6 +261,9 @@ impl PipelineConfig {
     /// The target with defaults applied, as it travels in a job message.
     pub fn job_target(&self, target: &Target) -> JobTarget {
         let mut headers = self.defaults.headers.clone();
+        // Header names are case-insensitive: a target's `authorization` replaces a default
+        // `Authorization` rather than going out beside it.
+        headers.retain(|name, _| !target.headers.keys().any(|own| own.eq_ignore_ascii_case(name)));
         headers.extend(target.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         JobTarget {
             id: target.id.clone(),
@@ -289,11 +295,31 @@ impl PipelineConfig {
     }
 
     /// Hosts the consumer may call: every target's host plus every `hosts` key. A job from the
-    /// queue whose host is not here is refused.
+    /// queue whose host is not here is refused, and so is a redirect hop to such a host.
     pub fn allowed_hosts(&self) -> BTreeSet<String> {
         let from_targets = self.targets.iter().filter_map(|t| self.job_target(t).host());
         from_targets.chain(self.hosts.keys().map(|h| h.to_ascii_lowercase())).collect()
     }
+}
+
+/// The largest config file read: room for 100,000 targets with modest bodies.
+pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The file's text, refusing more than [`MAX_CONFIG_BYTES`] and text that is not UTF-8.
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_big = || format!("larger than the {} MiB limit of a config file", MAX_CONFIG_BYTES >> 20);
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    // A regular file says its size; a device or a pipe is read up to the cap.
+    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_CONFIG_BYTES) {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 fn whole_file(file: &str, message: String) -> ConfigError {
@@ -306,69 +332,6 @@ fn check_rate(per_second: f64) -> Result<(), String> {
     } else {
         Err(format!("must be a positive number, got {per_second}"))
     }
-}
-
-/// Checks a target URL: parses, `http`/`https`, has a host.
-pub fn check_url(raw: &str) -> Result<(), String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {raw:?}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("scheme {:?} is not allowed (use http or https)", url.scheme()));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("no host in {raw:?}"));
-    }
-    Ok(())
-}
-
-/// Checks a header name and the `${env:NAME}` placeholders in its value.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(token) {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    // What an HTTP header value may not hold (tab is allowed): the consumer's client would
-    // refuse such a value on every call.
-    if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
-        return Err(format!("header {name}: value has a control character"));
-    }
-    env_placeholders(value).map_err(|e| format!("header {name}: {e}"))?;
-    Ok(())
-}
-
-/// One piece of a header value: literal text or an environment variable reference.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HeaderPart<'a> {
-    /// Text sent as is.
-    Literal(&'a str),
-    /// `${env:NAME}`, replaced by the consumer's environment variable `NAME` at call time.
-    Env(&'a str),
-}
-
-/// Splits a header value into literal text and `${env:NAME}` references.
-pub fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, String> {
-    let mut parts = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            parts.push(HeaderPart::Literal(&rest[..start]));
-        }
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated placeholder in {value:?}"))?;
-        let name = after[..end]
-            .strip_prefix("env:")
-            .ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!("invalid environment variable name {name:?}"));
-        }
-        parts.push(HeaderPart::Env(name));
-        rest = &after[end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(HeaderPart::Literal(rest));
-    }
-    Ok(parts)
 }
 
 #[cfg(test)]
@@ -478,18 +441,71 @@ mod tests {
     }
 
     #[test]
-    fn private_targets_allowed_when_opted_in() {
-        let json = r#"{"allow_private_networks":true,"targets":[{"id":"a","url":"http://127.0.0.1:8080/"}]}"#;
-        assert!(errors(json).is_empty());
+    fn issue_13_config_holes_are_refused() {
+        let cases = [
+            (r#"{"targets":[{"id":"a","url":"https://x.io:0/"}]}"#, r#"targets[0] (id "a"): field `url`: port 0"#),
+            (r#"{"targets":[{"id":"a","url":"https://u:hunter2@x.io/"}]}"#,
+             r#"targets[0] (id "a"): field `url`: credentials (user:password@) in "https://***@x.io/""#),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Host":"internal.x.io"}}]}"#,
+             "field `headers`: header Host frames or routes the request"),
+            (r#"{"defaults":{"headers":{"transfer-encoding":"chunked"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+             "field `headers`: header transfer-encoding frames or routes"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Proxy-Authorization":"x"}}]}"#, "header Proxy-Authorization frames"),
+            (r#"{"targets":[{"id":"a","url":"http://[2001:db8::1]/"}]}"#, "field `url`: 2001:db8::1 is a documentation"),
+            (r#"{"targets":[{"id":"a","url":"http://[2002:a00:1::1]/"}]}"#, "field `url`: 2002:a00:1::1 is a 6to4 address wrapping a non-public IPv4 address"),
+            (r#"{"targets":[{"id":"a","url":"http://[fec0::1]/"}]}"#, "field `url`: fec0::1 is a site-local"),
+        ];
+        for (json, expected) in cases {
+            let errors = errors(json);
+            assert!(errors.iter().any(|e| e.contains(expected)), "{errors:?} should contain {expected:?}");
+            assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:?} quotes a password");
+        }
     }
 
     #[test]
-    fn placeholders_split_into_parts() {
-        assert_eq!(
-            env_placeholders("Bearer ${env:TOKEN}!").unwrap(),
-            vec![HeaderPart::Literal("Bearer "), HeaderPart::Env("TOKEN"), HeaderPart::Literal("!")]
-        );
-        assert!(env_placeholders("${env:TOKEN").is_err());
-        assert!(env_placeholders("${env:1X}").is_err());
+    fn a_byte_order_mark_is_skipped() {
+        let json = "\u{feff}{\"targets\":[{\"id\":\"a\",\"url\":\"https://x.io/\"}]}";
+        assert_eq!(PipelineConfig::parse(json, false, "bom.json").unwrap().targets.len(), 1);
+        let yaml = "\u{feff}targets:\n  - id: a\n    url: https://x.io/\n";
+        assert_eq!(PipelineConfig::parse(yaml, true, "bom.yaml").unwrap().targets.len(), 1);
+    }
+
+    #[test]
+    fn the_read_is_capped_for_devices_and_large_files() {
+        let err = PipelineConfig::load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(err, "/dev/zero: larger than the 32 MiB limit of a config file");
+        let err = PipelineConfig::load(Path::new("/dev/urandom")).unwrap_err().to_string();
+        assert_eq!(err, "/dev/urandom: larger than the 32 MiB limit of a config file");
+        let path = std::env::temp_dir().join(format!("fanout-config-cap-{}.json", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let err = PipelineConfig::load(&path).unwrap_err().to_string();
+        assert!(err.ends_with(".json: larger than the 32 MiB limit of a config file"), "{err}");
+        std::fs::write(&path, b"{\"targets\": \xff}").unwrap();
+        let err = PipelineConfig::load(&path).unwrap_err().to_string();
+        assert!(err.ends_with(".json: cannot read: not UTF-8 text (invalid byte at offset 12)"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_targets_header_replaces_a_default_of_any_case() {
+        let config = PipelineConfig::parse(
+            r#"{"defaults":{"headers":{"Authorization":"Bearer ${env:A}","X-Keep":"k"}},
+                "targets":[{"id":"a","url":"https://x.io/","headers":{"authorization":"Bearer ${env:B}"}}]}"#,
+            false,
+            "f.json",
+        )
+        .unwrap();
+        let headers = config.job_target(&config.targets[0]).headers;
+        assert_eq!(headers.into_iter().collect::<Vec<_>>(), [
+            ("X-Keep".to_owned(), "k".to_owned()),
+            ("authorization".to_owned(), "Bearer ${env:B}".to_owned())
+        ]);
+    }
+
+    #[test]
+    fn private_targets_allowed_when_opted_in() {
+        let json = r#"{"allow_private_networks":true,"targets":[{"id":"a","url":"http://127.0.0.1:8080/"}]}"#;
+        assert!(errors(json).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, HTTP_METHODS, MAX_TIMEOUT_MS};
+use crate::config::{self, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
 
 /// The message schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -96,6 +96,15 @@ impl JobTarget {
         }
         Ok(())
     }
+}
+
+/// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
+/// The producer checks the IDs it publishes, the consumer those it reads.
+pub fn check_run_id(run_id: &str) -> Result<(), String> {
+    if run_id.is_empty() || run_id.chars().count() > MAX_RUN_ID_LEN || run_id.chars().any(char::is_control) {
+        return Err(format!("run_id {run_id:?} must be 1..={MAX_RUN_ID_LEN} printable characters"));
+    }
+    Ok(())
 }
 
 /// The deterministic message ID of a job: the first 128 bits of SHA-256 over the run and target
@@ -207,6 +216,7 @@ fn decode_job(value: serde_json::Value) -> Result<JobMessage, DecodeError> {
         Some(_) => {}
     }
     let job: JobMessage = serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    check_run_id(&job.run_id).map_err(DecodeError::Invalid)?;
     job.target
         .check()
         .map_err(|(field, why)| DecodeError::Invalid(format!("target.{field}: {why}")))?;
@@ -266,6 +276,11 @@ mod tests {
         missing.as_object_mut().unwrap().remove("run_id");
         let mut forged = serde_json::to_value(&job).unwrap();
         forged["message_id"] = "0".repeat(32).into();
+        let long_run = serde_json::to_value(JobMessage::new(&"r".repeat(MAX_RUN_ID_LEN + 1), target("user-1"), Utc::now())).unwrap();
+        let mut userinfo = serde_json::to_value(&job).unwrap();
+        userinfo["target"]["url"] = "https://u:s3cret@api.example.com/users/1".into();
+        let mut framing = serde_json::to_value(&job).unwrap();
+        framing["target"]["headers"] = serde_json::json!({"Transfer-Encoding": "chunked"});
         let broken_envelope = r#"{"Type":"Notification","Message":"{not json"}"#;
         let cases = [
             ("not json", "body is not JSON".to_owned()),
@@ -274,6 +289,9 @@ mod tests {
             (&wrong_type.to_string(), "invalid job: invalid type".to_owned()),
             (&missing.to_string(), "missing field `run_id`".to_owned()),
             (&forged.to_string(), "message_id does not match".to_owned()),
+            (&long_run.to_string(), "invalid job: run_id \"rrrr".to_owned()),
+            (&userinfo.to_string(), "invalid job: target.url: credentials (user:password@) in \"https://***@api".to_owned()),
+            (&framing.to_string(), "invalid job: target.headers: header Transfer-Encoding frames or routes".to_owned()),
             (broken_envelope, "SNS envelope: body is not JSON".to_owned()),
             (r#"{"v":1}"#, "invalid job".to_owned()),
         ];

@@ -5,6 +5,7 @@
 //! - [`job`]: the versioned job message, its deterministic ID, and decoding of SQS bodies
 //!   (raw or SNS envelope).
 //! - [`netguard`]: the SSRF guard: which IP addresses a job may never call.
+//! - [`target_rules`]: what a target's URL and headers may hold (config and messages alike).
 //! - [`publish`], [`queue`], [`idempotency`]: the small traits the handlers use for SNS, SQS and
 //!   DynamoDB, with the idempotency record's state machine.
 //! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
@@ -30,6 +31,7 @@ pub mod netguard;
 pub mod publish;
 pub mod queue;
 pub mod retry;
+pub mod target_rules;
 
 #[cfg(feature = "aws")]
 pub mod aws;

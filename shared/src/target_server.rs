@@ -43,6 +43,8 @@ pub struct CallRecord {
     pub idempotency_key: Option<String>,
     /// Its `Authorization` header (tests check secrets arrive here and nowhere else).
     pub authorization: Option<String>,
+    /// Every header, lower-case name and value (values that are not text are left out).
+    pub headers: Vec<(String, String)>,
     /// The status answered: 0 for a dropped connection, or while unanswered (a slow call whose
     /// client gave up is never answered).
     pub status: u16,
@@ -187,6 +189,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (key, authorization) = (header("idempotency-key"), header("authorization"));
+    let headers = req.headers().iter().filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
     // Recorded on arrival, so a call counts (and its time is right for rate checks) even when
     // the client gives up before the answer and hyper drops this handler.
@@ -195,7 +198,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
         let n = *n;
-        s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, status: 0 });
+        s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, headers, status: 0 });
         let over_cap = kind == "capped" && !s.take_token(query(&path, "rps").unwrap_or(10) as f64);
         let down = kind == "outage" && s.down(query(&path, "secs").unwrap_or(5));
         (n, s.fixed, s.records.len() - 1, over_cap, down)

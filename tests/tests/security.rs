@@ -107,7 +107,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
     let reasons: Vec<&str> = dlq.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].as_str()).collect();
     for expected in [
         "HTTP 400 Bad Request",
-        "redirect: redirect to scheme \"ftp\"",
+        "redirect refused: scheme \"ftp\" is not allowed",
         "header x-api-key: value is not valid",
         "host \"evil.example.net\" is not in the consumer's allowed hosts",
     ] {
@@ -123,7 +123,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
     assert!(!server.records().iter().any(|r| r.path.contains("collect")), "the foreign host was never called");
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for expected in ["transient failure, left for retry", "dead-lettered", "duplicate: already settled"] {
+    for expected in ["transient failure, retry scheduled", "dead-lettered", "duplicate: already settled"] {
         assert!(logs.contains(expected), "the logs are captured (missing {expected:?}):\n{logs}");
     }
     assert_clean("the logs", &logs);
