@@ -121,6 +121,10 @@ async fn the_real_stack_on_this_machine() {
     assert!(status.contains(&format!("stack {STACK}: CREATE_COMPLETE")) && status.contains(SCHEDULED), "{status}");
     let sdk = cloud.sdk().await;
     let main = pipeline(&sdk, STACK).await;
+    let missing = cloud.fanout(&["--stack", "NoSuchStack", "dlq", "list"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "a missing stack is bad input: {stderr}");
+    assert!(stderr.contains(r#"stack "NoSuchStack" does not exist in us-east-1 at http://127.0.0.1:"#), "{stderr}");
 
     // The emulator ignores the template's TTL; `up` enabled it as the template says.
     let table = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TableName"].clone();
