@@ -55,6 +55,17 @@ pub struct AwsArgs {
     /// DynamoDB idempotency table.
     #[arg(long, global = true, env = "FANOUT_TABLE_NAME")]
     pub table_name: Option<String>,
+    /// CloudFormation stack whose outputs name topic, queue, DLQ and table (instead of the four
+    /// above, which it overrides).
+    #[arg(long, global = true, env = "FANOUT_STACK")]
+    pub stack: Option<String>,
+}
+
+impl AwsArgs {
+    /// `--stack` (or `FANOUT_STACK`), unless empty.
+    pub fn stack_name(&self) -> Option<&str> {
+        self.stack.as_deref().filter(|s| !s.is_empty())
+    }
 }
 
 /// Commands.
@@ -69,6 +80,8 @@ pub enum Command {
     /// Inspect and replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Run the deployed producer now, with the event its schedule sends (needs --stack).
+    Trigger(crate::trigger::TriggerArgs),
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -274,9 +287,20 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-enum Failure {
+/// Why a command failed: bad input (exit 2) or anything else (exit 1).
+pub(crate) enum Failure {
     BadInput(String),
     Other(String),
+}
+
+impl From<crate::stack::StackError> for Failure {
+    fn from(e: crate::stack::StackError) -> Self {
+        if e.is_bad_input() {
+            Failure::BadInput(e.to_string())
+        } else {
+            Failure::Other(e.to_string())
+        }
+    }
 }
 
 impl From<run::RunError> for Failure {
@@ -291,7 +315,7 @@ impl From<fanout_shared::BackendError> for Failure {
     }
 }
 
-fn load_config(path: &Path) -> Result<PipelineConfig, Failure> {
+pub(crate) fn load_config(path: &Path) -> Result<PipelineConfig, Failure> {
     PipelineConfig::load(path).map_err(|e| Failure::BadInput(e.to_string()))
 }
 
@@ -304,6 +328,7 @@ fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
 
 async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64) -> Result<Pipeline, Failure> {
     match cli.backend {
+        BackendKind::Embedded if cli.aws.stack_name().is_some() => Err(Failure::BadInput("--stack (FANOUT_STACK) needs --backend aws".into())),
         BackendKind::Embedded => Ok(backend::embedded(&EmbeddedSettings {
             state: cli.state.clone(),
             max_receive_count,
@@ -313,23 +338,27 @@ async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64
             if duplicate_rate > 0.0 {
                 return Err(Failure::BadInput("--duplicate-rate only applies to the embedded backend".into()));
             }
-            let names = AwsNames {
-                topic_arn: cli.aws.topic_arn.clone(),
-                queue_url: cli.aws.queue_url.clone(),
-                dlq_url: cli.aws.dlq_url.clone(),
-                table_name: cli.aws.table_name.clone(),
+            let sdk = fanout_shared::aws::load_sdk_config().await;
+            let names = match cli.aws.stack_name() {
+                Some(stack) => crate::stack::StackOutputs::describe(&sdk, stack).await?.names()?,
+                None => AwsNames {
+                    topic_arn: cli.aws.topic_arn.clone(),
+                    queue_url: cli.aws.queue_url.clone(),
+                    dlq_url: cli.aws.dlq_url.clone(),
+                    table_name: cli.aws.table_name.clone(),
+                },
             };
             let missing = names.missing();
             if !missing.is_empty() {
                 let list = missing.join(", ");
-                return Err(Failure::BadInput(format!("{list} not set (flags or environment; `fanout provision` or the stack outputs give them)")));
+                return Err(Failure::BadInput(format!("{list} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)")));
             }
-            Ok(backend::aws(&names).await?)
+            Ok(backend::aws_with(&sdk, &names)?)
         }
     }
 }
 
-fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
+pub(crate) fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
@@ -437,6 +466,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Dlq(DlqCommand::Replay(args)) => replay_command(&cli, args).await,
         Command::Hosts(args) => hosts_command(&cli, args).await,
+        Command::Trigger(args) => crate::trigger::command(&cli, args).await,
         Command::Config(ConfigCommand::Check { file, concurrency, function_timeout, schedule_period, batch_size }) => {
             let config = load_config(file)?;
             let fit = crate::check::StackFit {

@@ -8,6 +8,8 @@
 //! - [`dlq`]: `fanout dlq list|replay`, the dead-letter queue for operators.
 //! - [`scan`]: reading a queue without consuming it.
 //! - [`provision`]: `fanout provision`, the resources in an emulator or a trial account.
+//! - [`stack`]: `--stack NAME`, the resources from a deployed stack's outputs.
+//! - [`trigger`]: `fanout trigger`, the deployed producer run now, as its schedule would.
 //! - [`settle`]: where each job of a run ended up.
 //! - [`report`]: the summary table/JSON and the progress display.
 //! - [`demo`]: the `--demo` workload.
@@ -27,3 +29,5 @@ pub mod provision;
 pub mod run;
 pub mod scan;
 pub mod settle;
+pub mod stack;
+pub mod trigger;

@@ -146,7 +146,7 @@ export class FanoutStack extends Stack {
       reportBatchItemFailures: true,
     });
 
-    new events.Rule(this, 'Schedule', {
+    const schedule = new events.Rule(this, 'Schedule', {
       description: 'Starts a fanout producer run',
       schedule: events.Schedule.expression(s.scheduleExpression),
       targets: [new targets.LambdaFunction(this.producer)],
@@ -170,6 +170,9 @@ export class FanoutStack extends Stack {
     // For `aws logs tail` in the runbook; the function names are generated.
     new CfnOutput(this, 'ProducerLogGroup', { value: this.producer.logGroup.logGroupName });
     new CfnOutput(this, 'ConsumerLogGroup', { value: this.consumer.logGroup.logGroupName });
+    // For `fanout trigger`: invokes the producer with the event this rule would send.
+    new CfnOutput(this, 'ProducerFunctionName', { value: this.producer.functionName });
+    new CfnOutput(this, 'ScheduleRuleArn', { value: schedule.ruleArn });
   }
 
   /**

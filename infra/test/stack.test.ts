@@ -306,13 +306,15 @@ describe('alarms', () => {
   });
 });
 
-test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups)', () => {
+test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, producer and rule)', () => {
   const outputs = template.toJSON().Outputs as Record<string, any>;
   assert.deepEqual(Object.keys(outputs).sort(), [
     'ConsumerLogGroup',
     'DlqUrl',
+    'ProducerFunctionName',
     'ProducerLogGroup',
     'QueueUrl',
+    'ScheduleRuleArn',
     'TableName',
     'TopicArn',
   ]);
@@ -321,4 +323,7 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups)', () =
   assert.deepEqual(outputs.DlqUrl.Value, ref(DLQ));
   assert.deepEqual(outputs.TableName.Value, ref(TABLE));
   assert.deepEqual(outputs.ConsumerLogGroup.Value, ref('ConsumerLogs/Resource'));
+  // `fanout trigger` invokes the producer with the event the rule sends.
+  assert.deepEqual(outputs.ProducerFunctionName.Value, ref(PRODUCER));
+  assert.deepEqual(outputs.ScheduleRuleArn.Value, arn('Schedule/Resource'));
 });

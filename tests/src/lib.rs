@@ -2,6 +2,7 @@
 //! the pipeline on a fresh embedded backend.
 
 pub mod fault;
+pub mod local_cloud;
 
 use std::time::Duration;
 

@@ -1,0 +1,155 @@
+//! `--stack NAME`: the pipeline's resources from a deployed CloudFormation stack's outputs
+//! (`DescribeStacks`), so nobody copies four ARNs by hand. Works the same against AWS and the
+//! local cloud (`scripts/local-cloud`).
+
+use std::collections::BTreeMap;
+
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
+
+use crate::backend::AwsNames;
+
+/// Output holding the SNS topic ARN (`FANOUT_TOPIC_ARN`).
+pub const TOPIC_ARN: &str = "TopicArn";
+/// Output holding the job queue URL (`FANOUT_QUEUE_URL`).
+pub const QUEUE_URL: &str = "QueueUrl";
+/// Output holding the dead-letter queue URL (`FANOUT_DLQ_URL`).
+pub const DLQ_URL: &str = "DlqUrl";
+/// Output holding the idempotency table's name (`FANOUT_TABLE_NAME`).
+pub const TABLE_NAME: &str = "TableName";
+/// Output holding the producer function's name (`fanout trigger`).
+pub const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
+/// Output holding the schedule rule's ARN (`fanout trigger`).
+pub const SCHEDULE_RULE_ARN: &str = "ScheduleRuleArn";
+
+/// Why a stack's outputs could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// No stack of that name where the SDK points.
+    #[error("stack {stack:?} does not exist {place}")]
+    NotFound {
+        /// The stack name asked for.
+        stack: String,
+        /// Region and endpoint, as "in REGION" or "in REGION at ENDPOINT".
+        place: String,
+    },
+    /// The stack exists but lacks outputs this command needs.
+    #[error("stack {stack:?} ({status}) has no output {}: deployed from an older infra/, or not finished?", .missing.join(", "))]
+    MissingOutputs {
+        /// The stack.
+        stack: String,
+        /// Its CloudFormation status.
+        status: String,
+        /// The outputs missing.
+        missing: Vec<String>,
+    },
+    /// DescribeStacks itself failed (credentials, network, throttling).
+    #[error("DescribeStacks for stack {stack:?} {place}: {message}")]
+    Describe {
+        /// The stack.
+        stack: String,
+        /// Region and endpoint.
+        place: String,
+        /// The SDK's error, with its code.
+        message: String,
+    },
+}
+
+impl StackError {
+    /// Whether the error is the caller's (a wrong name, an old stack) rather than the service's.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, StackError::Describe { .. })
+    }
+}
+
+/// A deployed stack's outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackOutputs {
+    /// The stack's name.
+    pub stack: String,
+    /// Its CloudFormation status, e.g. `UPDATE_COMPLETE`.
+    pub status: String,
+    /// Output key → value.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// "in REGION" or "in REGION at ENDPOINT", for messages that say where the SDK looked.
+fn place(sdk: &aws_config::SdkConfig) -> String {
+    let region = sdk.region().map_or_else(|| "(no region)".to_owned(), ToString::to_string);
+    match sdk.endpoint_url() {
+        Some(endpoint) => format!("in {region} at {endpoint}"),
+        None => format!("in {region}"),
+    }
+}
+
+impl StackOutputs {
+    /// Reads the outputs of `stack` with `DescribeStacks`.
+    pub async fn describe(sdk: &aws_config::SdkConfig, stack: &str) -> Result<Self, StackError> {
+        let client = aws_sdk_cloudformation::Client::new(sdk);
+        let described = client.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+            let service = e.as_service_error();
+            let message = service.and_then(ProvideErrorMetadata::message).unwrap_or_default().to_owned();
+            // CloudFormation answers a missing stack with ValidationError "Stack with id X does not exist".
+            if service.and_then(ProvideErrorMetadata::code) == Some("ValidationError") && message.contains("does not exist") {
+                StackError::NotFound { stack: stack.to_owned(), place: place(sdk) }
+            } else {
+                let detail = match service.and_then(ProvideErrorMetadata::code) {
+                    Some(code) => format!("{code}: {message}"),
+                    None => DisplayErrorContext(&e).to_string(),
+                };
+                StackError::Describe { stack: stack.to_owned(), place: place(sdk), message: detail }
+            }
+        })?;
+        let found = described.stacks().first().ok_or_else(|| StackError::NotFound { stack: stack.to_owned(), place: place(sdk) })?;
+        let outputs = found
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+            .collect();
+        let status = found.stack_status().map_or_else(|| "status unknown".to_owned(), |s| s.as_str().to_owned());
+        Ok(Self { stack: stack.to_owned(), status, outputs })
+    }
+
+    /// The values of `keys`, in order; one error naming every missing key.
+    pub fn require<const N: usize>(&self, keys: [&str; N]) -> Result<[String; N], StackError> {
+        let missing: Vec<String> = keys.iter().filter(|k| !self.outputs.contains_key(**k)).map(|k| (*k).to_owned()).collect();
+        if !missing.is_empty() {
+            return Err(StackError::MissingOutputs { stack: self.stack.clone(), status: self.status.clone(), missing });
+        }
+        Ok(keys.map(|k| self.outputs.get(k).cloned().unwrap_or_default()))
+    }
+
+    /// The pipeline's four resources.
+    pub fn names(&self) -> Result<AwsNames, StackError> {
+        let [topic_arn, queue_url, dlq_url, table_name] = self.require([TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME])?;
+        Ok(AwsNames { topic_arn: Some(topic_arn), queue_url: Some(queue_url), dlq_url: Some(dlq_url), table_name: Some(table_name) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(keys: &[&str]) -> StackOutputs {
+        StackOutputs {
+            stack: "Fanout".into(),
+            status: "UPDATE_COMPLETE".into(),
+            outputs: keys.iter().map(|k| ((*k).to_owned(), format!("value-of-{k}"))).collect(),
+        }
+    }
+
+    #[test]
+    fn names_come_from_the_four_outputs() {
+        let names = outputs(&[TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME, "ProducerLogGroup"]).names().unwrap();
+        assert_eq!(names.topic_arn.as_deref(), Some("value-of-TopicArn"));
+        assert_eq!(names.queue_url.as_deref(), Some("value-of-QueueUrl"));
+        assert_eq!(names.dlq_url.as_deref(), Some("value-of-DlqUrl"));
+        assert_eq!(names.table_name.as_deref(), Some("value-of-TableName"));
+    }
+
+    #[test]
+    fn missing_outputs_are_named_all_at_once() {
+        let err = outputs(&[TOPIC_ARN, QUEUE_URL]).names().unwrap_err();
+        assert!(err.is_bad_input());
+        assert_eq!(err.to_string(), "stack \"Fanout\" (UPDATE_COMPLETE) has no output DlqUrl, TableName: deployed from an older infra/, or not finished?");
+    }
+}

@@ -1,0 +1,312 @@
+//! `fanout trigger`: runs the deployed producer now, with the event its EventBridge rule sends,
+//! and with `--wait` follows the tick until every job is settled (succeeded or in the DLQ).
+//!
+//! The function and the rule come from the stack's outputs (`ProducerFunctionName`,
+//! `ScheduleRuleArn`), so the same command ticks a stack on AWS and one in the local cloud.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aws_sdk_lambda::error::DisplayErrorContext;
+use aws_sdk_lambda::primitives::Blob;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use fanout_shared::idempotency::Status;
+use fanout_shared::job::message_id;
+use fanout_shared::{BackendError, IdempotencyStore, Queue};
+
+use crate::commands::{load_config, seconds, Cli, Failure};
+use crate::settle::{settle, Settlement};
+use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_RULE_ARN};
+
+/// `fanout trigger`.
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The tick's scheduled time (RFC 3339; default: now, to the second). Giving a past tick's
+    /// time re-runs that tick: same run ID, same message IDs, so settled jobs are skipped.
+    #[arg(long, conflicts_with = "run_id")]
+    pub time: Option<String>,
+    /// Invoke with `{"run_id": ID}` (a manual run) instead of a scheduled event.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Wait until every job of the tick is succeeded or in the DLQ.
+    #[arg(long, requires = "config")]
+    pub wait: bool,
+    /// The config the stack was deployed with: its targets name the tick's jobs (for --wait).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why a trigger failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// The Invoke call failed (no such function, credentials, network).
+    #[error("invoking {function}: {message}")]
+    Invoke {
+        /// The function.
+        function: String,
+        /// The SDK's error.
+        message: String,
+    },
+    /// The producer ran and failed.
+    #[error("the producer {function} failed: {message}")]
+    Function {
+        /// The function.
+        function: String,
+        /// Its error message.
+        message: String,
+    },
+    /// The producer answered something that is not its summary.
+    #[error("the producer {function} answered {answer:?}: not a tick summary ({reason})")]
+    Answer {
+        /// The function.
+        function: String,
+        /// The answer, as text.
+        answer: String,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+/// What the producer answers: its tick summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducerAnswer {
+    /// The run ID the producer derived from the event.
+    pub run_id: String,
+    /// Jobs built (one per target of the deployed config).
+    pub jobs: usize,
+    /// Jobs published.
+    pub published: usize,
+    /// Jobs that could not be published.
+    pub failed: usize,
+    /// `PublishBatch` calls.
+    pub publish_calls: u64,
+    /// The producer's own time for the tick.
+    pub elapsed_ms: u64,
+}
+
+/// The EventBridge "Scheduled Event" that the rule `rule_arn` sends for `time`: the producer
+/// derives the run ID from the rule's name and the time, exactly as for a scheduled tick.
+pub fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
+    // arn:aws:events:REGION:ACCOUNT:rule/NAME
+    let field = |i: usize| rule_arn.split(':').nth(i).unwrap_or_default().to_owned();
+    json!({
+        "version": "0",
+        "id": format!("{:032x}", fastrand::u128(..)),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": field(4),
+        "time": time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "region": field(3),
+        "resources": [rule_arn],
+        "detail": {}
+    })
+}
+
+/// Invokes `function` synchronously with `event` and returns its tick summary.
+pub async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<ProducerAnswer, TriggerError> {
+    let client = aws_sdk_lambda::Client::new(sdk);
+    let payload = Blob::new(event.to_string().into_bytes());
+    let out = client
+        .invoke()
+        .function_name(function)
+        .payload(payload)
+        .send()
+        .await
+        .map_err(|e| TriggerError::Invoke { function: function.to_owned(), message: DisplayErrorContext(e).to_string() })?;
+    let answer = out.payload().map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()).unwrap_or_default();
+    if let Some(kind) = out.function_error() {
+        let message = serde_json::from_str::<Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("errorMessage").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| answer.clone());
+        return Err(TriggerError::Function { function: function.to_owned(), message: format!("{kind}: {message}") });
+    }
+    serde_json::from_str(&answer).map_err(|e| TriggerError::Answer { function: function.to_owned(), answer, reason: e.to_string() })
+}
+
+/// Where a tick's jobs ended up after `--wait`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TickOutcome {
+    /// Every job succeeded or reached the DLQ.
+    pub settled: bool,
+    /// Jobs whose call succeeded.
+    pub succeeded: usize,
+    /// Jobs in the DLQ, by reason.
+    pub dead_lettered: BTreeMap<String, usize>,
+    /// Jobs still neither (only when the wait timed out).
+    pub unsettled: Vec<String>,
+    /// From the invocation to the moment every job was seen settled (or the timeout).
+    pub makespan_s: f64,
+}
+
+/// How often the idempotency records are read while waiting, and how often the DLQ is read for
+/// jobs SQS dead-lettered itself (those keep a non-final record).
+const RECORD_POLL: Duration = Duration::from_millis(250);
+const DLQ_POLL: Duration = Duration::from_secs(5);
+
+/// Waits until every job of `job_ids` is succeeded or in the DLQ, or `timeout` after `started`.
+/// Records are cheap to read, the DLQ is not (every message is received and given back): the
+/// DLQ is read when every record is final, and every few seconds for SQS's own redrives.
+pub async fn wait_settled(
+    job_ids: &[String],
+    store: &dyn IdempotencyStore,
+    dlq: &dyn Queue,
+    poll_wait: Duration,
+    started: Instant,
+    timeout: Duration,
+) -> Result<TickOutcome, BackendError> {
+    let mut last_dlq_read = Instant::now();
+    loop {
+        let records = store.get_many(job_ids).await?;
+        let finished = records.iter().filter(|r| matches!(r.status, Status::Completed | Status::DeadLettered)).count();
+        let timed_out = started.elapsed() >= timeout;
+        if finished == job_ids.len() || last_dlq_read.elapsed() >= DLQ_POLL || timed_out {
+            let seen_at = started.elapsed();
+            let settlement = settle(job_ids, store, dlq, poll_wait).await?;
+            last_dlq_read = Instant::now();
+            if settlement.lost.is_empty() || timed_out {
+                return Ok(outcome(settlement, seen_at));
+            }
+        }
+        tokio::time::sleep(RECORD_POLL).await;
+    }
+}
+
+fn outcome(settlement: Settlement, makespan: Duration) -> TickOutcome {
+    TickOutcome {
+        settled: settlement.lost.is_empty(),
+        succeeded: settlement.succeeded,
+        dead_lettered: settlement.dead_lettered,
+        unsettled: settlement.lost,
+        makespan_s: makespan.as_secs_f64(),
+    }
+}
+
+/// The event to invoke with: `{"run_id": …}`, or the scheduled event for `--time` (or now).
+pub fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, String> {
+    if let Some(run_id) = &args.run_id {
+        return Ok(json!({ "run_id": run_id }));
+    }
+    let time = match &args.time {
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map_err(|e| format!("--time {text:?}: not an RFC 3339 time such as 2026-11-21T10:15:00Z ({e})"))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    Ok(scheduled_event(rule_arn, time))
+}
+
+/// `fanout trigger`: invokes the stack's producer and, with `--wait`, follows the tick.
+pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, Failure> {
+    let stack = cli.aws.stack_name().ok_or_else(|| {
+        Failure::BadInput("fanout trigger needs --stack NAME (or FANOUT_STACK): it invokes that stack's producer".into())
+    })?;
+    let timeout = seconds("timeout", args.timeout)?;
+    let config = args.config.as_deref().map(load_config).transpose()?;
+    let sdk = fanout_shared::aws::load_sdk_config().await;
+    let outputs = StackOutputs::describe(&sdk, stack).await?;
+    let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
+    let event = event_for(args, &rule).map_err(Failure::BadInput)?;
+    let started = Instant::now();
+    let answer = invoke_producer(&sdk, &function, &event).await.map_err(|e| Failure::Other(e.to_string()))?;
+    let outcome = match (args.wait, &config, &args.config) {
+        (true, Some(config), Some(path)) => {
+            if answer.jobs != config.targets.len() {
+                return Err(Failure::BadInput(format!(
+                    "the producer of stack {stack} built {} jobs but {} has {} targets: --config must be the file the stack was deployed with",
+                    answer.jobs,
+                    path.display(),
+                    config.targets.len()
+                )));
+            }
+            let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?)?;
+            let ids: Vec<String> = config.targets.iter().map(|t| message_id(&answer.run_id, &t.id)).collect();
+            Some(wait_settled(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), Duration::from_secs(1), started, timeout).await?)
+        }
+        _ => None,
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&answer).unwrap_or_default();
+        if let (Some(map), Some(o)) = (value.as_object_mut(), &outcome) {
+            map.insert("wait".into(), serde_json::to_value(o).unwrap_or_default());
+        }
+        println!("{value}");
+    } else {
+        print!("{}", describe(&answer, outcome.as_ref()));
+    }
+    let ok = answer.failed == 0 && outcome.as_ref().is_none_or(|o| o.settled);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The human summary of a trigger.
+pub fn describe(answer: &ProducerAnswer, outcome: Option<&TickOutcome>) -> String {
+    let mut text = format!(
+        "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)\n",
+        answer.run_id, answer.published, answer.jobs, answer.publish_calls, answer.elapsed_ms
+    );
+    if let Some(o) = outcome {
+        let dead: usize = o.dead_lettered.values().sum();
+        let verb = if o.settled { "settled in" } else { "NOT settled after" };
+        text.push_str(&format!("{verb} {:.1} s: {} succeeded, {dead} dead-lettered", o.makespan_s, o.succeeded));
+        if !o.unsettled.is_empty() {
+            text.push_str(&format!(", {} unsettled", o.unsettled.len()));
+        }
+        text.push('\n');
+        for (reason, n) in &o.dead_lettered {
+            text.push_str(&format!("  {reason}  {n}\n"));
+        }
+        for id in o.unsettled.iter().take(20) {
+            text.push_str(&format!("  unsettled: {id}\n"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_event_is_the_one_the_rule_sends_and_names_the_same_run() {
+        let rule = "arn:aws:events:eu-west-1:123456789012:rule/Fanout-Schedule83A0C4BA-1XJ";
+        let time = Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 0).single().unwrap();
+        let event = scheduled_event(rule, time);
+        assert_eq!(event["detail-type"], "Scheduled Event");
+        assert_eq!(event["source"], "aws.events");
+        assert_eq!(event["account"], "123456789012");
+        assert_eq!(event["region"], "eu-west-1");
+        assert_eq!(event["time"], "2026-11-21T10:15:00Z");
+        // The producer's own parser gives the run ID a scheduled tick of this rule would get.
+        let run_id = fanout_producer::run_id_from_event(&event).unwrap();
+        assert_eq!(run_id, "rule/Fanout-Schedule83A0C4BA-1XJ@2026-11-21T10:15:00Z");
+    }
+
+    #[test]
+    fn a_run_id_or_a_time_picks_the_event() {
+        let args = |time: Option<&str>, run_id: Option<&str>| TriggerArgs {
+            time: time.map(str::to_owned),
+            run_id: run_id.map(str::to_owned),
+            wait: false,
+            config: None,
+            timeout: 1.0,
+            json: false,
+        };
+        let rule = "arn:aws:events:us-east-1:000000000000:rule/r";
+        assert_eq!(event_for(&args(None, Some("backfill-1")), rule).unwrap(), json!({"run_id": "backfill-1"}));
+        assert_eq!(event_for(&args(Some("2026-11-21T10:15:00+01:00"), None), rule).unwrap()["time"], "2026-11-21T09:15:00Z");
+        assert!(event_for(&args(Some("yesterday"), None), rule).unwrap_err().contains("--time \"yesterday\""));
+    }
+}

@@ -1,0 +1,173 @@
+//! The local cloud for tests: `scripts/local-cloud` (ministack with the real CDK stack) in a
+//! state directory of the test's own, taken down (by the PID the script started) when dropped,
+//! also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// An emulator with the stacks a test deployed into it.
+pub struct LocalCloud {
+    root: PathBuf,
+    state: PathBuf,
+    bin_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// What one `scripts/local-cloud up` did.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// Wall time of the whole command (packages, synth, deploy).
+    pub seconds: f64,
+    /// Its summary line (stderr), e.g. "stack X updated in 4.1 s (packages …, synth …)".
+    pub summary: String,
+}
+
+/// Variables of the caller's shell that would point the `fanout` command elsewhere.
+const FOREIGN_ENV: [&str; 9] = [
+    "FANOUT_TOPIC_ARN",
+    "FANOUT_QUEUE_URL",
+    "FANOUT_DLQ_URL",
+    "FANOUT_TABLE_NAME",
+    "FANOUT_STATE",
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_SNS",
+];
+
+impl LocalCloud {
+    /// A local cloud with its state in a fresh temp directory named after `name`, deploying
+    /// the release binaries next to this test binary. Nothing runs until [`LocalCloud::up`].
+    pub fn new(name: &str) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = root.canonicalize().unwrap_or(root);
+        let state = std::env::temp_dir().join(format!("fanout-local-cloud-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let bin_dir = crate::fanout_bin().parent().map(Path::to_path_buf).unwrap_or_default();
+        for bin in ["fanout-producer", "fanout-consumer"] {
+            assert!(
+                bin_dir.join(bin).exists(),
+                "{} is missing: the local cloud deploys the release binaries (cargo build --workspace --release --bins, as scripts/test does first)",
+                bin_dir.join(bin).display()
+            );
+        }
+        Self { root, state, bin_dir, env: Vec::new() }
+    }
+
+    fn script(&self) -> Command {
+        let mut command = Command::new(self.root.join("scripts/local-cloud"));
+        command.env("FANOUT_LOCAL_CLOUD_DIR", &self.state).env_remove("FANOUT_STACK");
+        command
+    }
+
+    /// `scripts/local-cloud up --config CONFIG --stack STACK -c …` (creates or updates), with
+    /// the test's binaries; keeps the `export` lines it prints for [`LocalCloud::fanout`].
+    pub fn up(&mut self, config: &Path, stack: &str, context: &[&str]) -> Deployed {
+        let mut command = self.script();
+        command.arg("up").arg("--config").arg(config).args(["--stack", stack]).arg("--bin-dir").arg(&self.bin_dir);
+        for kv in context {
+            command.args(["-c", kv]);
+        }
+        let started = Instant::now();
+        let out = command.output().expect("scripts/local-cloud runs");
+        let seconds = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "scripts/local-cloud up --stack {stack} failed:\n{stderr}");
+        self.env = parse_exports(&String::from_utf8_lossy(&out.stdout));
+        assert!(self.env.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"), "up printed no endpoint: {stderr}");
+        let summary = stderr.lines().find(|l| l.contains(&format!("stack {stack} "))).unwrap_or_default().trim().to_owned();
+        Deployed { seconds, summary }
+    }
+
+    /// `scripts/local-cloud status`.
+    pub fn status(&self) -> String {
+        let out = self.script().arg("status").output().expect("scripts/local-cloud runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The environment `up` exported (endpoint, region, credentials, backend, stack).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Runs the `fanout` command against the local cloud, with `args`.
+    pub fn fanout(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(crate::fanout_bin());
+        for name in FOREIGN_ENV {
+            command.env_remove(name);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v))).args(args).output().expect("fanout runs")
+    }
+
+    /// `fanout ARGS --json`, which must succeed, as JSON.
+    pub fn fanout_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.fanout(&[args, &["--json"]].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "fanout {args:?} failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("fanout {args:?}: not JSON ({e}): {stdout}"))
+    }
+
+    /// The emulator's log (function output included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("ministack.log")).unwrap_or_default()
+    }
+
+    /// SDK configuration for the emulator.
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        let endpoint = self.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").map(|(_, v)| v.clone()).unwrap_or_default();
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for LocalCloud {
+    fn drop(&mut self) {
+        // `down` stops the process group of the PID `up` started, and removes the state.
+        match self.script().arg("down").output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("scripts/local-cloud down failed: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(e) => eprintln!("scripts/local-cloud down did not run: {e}"),
+        }
+    }
+}
+
+/// `export A=1 B=2` lines → pairs.
+fn parse_exports(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics after `limit` saying `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {} s waiting for {what}", limit.as_secs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_lines_become_pairs() {
+        let pairs = super::parse_exports("export A=1 B=http://x:1\n# comment\nexport C=3\n");
+        let expected: Vec<(String, String)> =
+            [("A", "1"), ("B", "http://x:1"), ("C", "3")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        assert_eq!(pairs, expected);
+    }
+}

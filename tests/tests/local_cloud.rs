@@ -1,0 +1,264 @@
+//! The real stack on this machine: the CDK stack of infra/ deployed into ministack by
+//! `scripts/local-cloud`, with the release binaries as the Lambda functions, ticked with
+//! `fanout trigger` and operated with `fanout --stack`. Only deployed behaviour is observed:
+//! what the target server saw, the idempotency records, the DLQ, the emulator's log.
+//!
+//! Minutes long, so ignored by a plain `cargo test`; `scripts/test` runs it after building the
+//! binaries (`cargo test --release -p fanout-tests --test local_cloud -- --ignored`). Needs
+//! python3 and npm (the script installs ministack and infra/node_modules); without them it fails,
+//! it never skips.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use fanout::backend::{aws_with, Pipeline};
+use fanout::stack::StackOutputs;
+use fanout_shared::config::Target;
+use fanout_shared::idempotency::Status;
+use fanout_shared::job::message_id;
+use fanout_shared::target_server::{CallRecord, TargetServer};
+use fanout_shared::PipelineConfig;
+use fanout_tests::local_cloud::{eventually, LocalCloud};
+
+const STACK: &str = "FanoutLocal";
+const SCHEDULED: &str = "FanoutLocalSchedule";
+/// The consumer's function timeout: short, so a slow call runs into it and its batch comes back
+/// after the visibility timeout (6 × 2 s) within the test.
+const CONSUMER_TIMEOUT_S: u64 = 2;
+
+/// A config of `paths` on the target server, one target per path, the path as its ID. Calls may
+/// take 10 s, longer than the consumer's function timeout.
+fn write_config(dir: &Path, file: &str, base_url: &str, paths: &[String]) -> PathBuf {
+    let config = PipelineConfig {
+        allow_private_networks: true,
+        targets: paths
+            .iter()
+            .map(|path| Target {
+                id: path.split('?').next().unwrap_or(path).replace('/', "-"),
+                url: format!("{base_url}/{path}"),
+                method: None,
+                headers: BTreeMap::new(),
+                body: None,
+                timeout_ms: Some(10_000),
+            })
+            .collect(),
+        ..PipelineConfig::default()
+    };
+    let file = dir.join(file);
+    std::fs::write(&file, serde_json::to_string_pretty(&config).expect("config serializes")).expect("config written");
+    file
+}
+
+fn paths(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Calls the target server saw, by path (without the query).
+fn calls_by_path(server: &TargetServer) -> BTreeMap<String, Vec<CallRecord>> {
+    let mut by_path: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
+    for record in server.records() {
+        let path = record.path.trim_start_matches('/').split('?').next().unwrap_or_default().to_owned();
+        by_path.entry(path).or_default().push(record);
+    }
+    by_path
+}
+
+/// The stack's pipeline (topic, queues, table), resolved from its outputs like `--stack` does.
+async fn pipeline(sdk: &aws_config::SdkConfig, stack: &str) -> Pipeline {
+    let outputs = StackOutputs::describe(sdk, stack).await.expect("the stack has outputs");
+    aws_with(sdk, &outputs.names().expect("the four outputs")).expect("pipeline")
+}
+
+/// `fanout trigger --wait`: the tick's producer summary and its settlement.
+fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value {
+    let config = config.to_string_lossy();
+    let timeout = timeout_s.to_string();
+    let answer = cloud.fanout_json(&["--stack", stack, "trigger", "--config", &config, "--wait", "--timeout", &timeout]);
+    assert_eq!(answer["wait"]["settled"], true, "every job settled: {answer}");
+    answer
+}
+
+fn dlq_list(cloud: &LocalCloud) -> Vec<Value> {
+    cloud.fanout_json(&["--stack", STACK, "dlq", "list"]).as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "deploys the CDK stack into ministack (a few minutes); scripts/test runs it with --ignored"]
+async fn the_real_stack_on_this_machine() {
+    let suite = Instant::now();
+    let server = TargetServer::start().await.expect("target server starts");
+    let base = server.base_url();
+    let dir = std::env::temp_dir().join(format!("fanout-local-cloud-configs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let mut cloud = LocalCloud::new("suite");
+
+    // A second stack whose rule fires every minute: deployed first, so its countdown runs while
+    // the main stack is exercised; checked at the end.
+    let scheduled_paths = paths("ok/sched-", 0..3);
+    let scheduled_config = write_config(&dir, "scheduled.json", &base, &scheduled_paths);
+    let first = cloud.up(&scheduled_config, SCHEDULED, &["scheduleExpression=rate(1 minute)", "ratePerSecond=100"]);
+    let scheduled_since = Instant::now();
+    println!("deploy (create, cold emulator) {SCHEDULED}: {:.1} s  [{}]", first.seconds, first.summary);
+
+    // The main stack: 40 good targets and 5 that answer 400 until the operator fixes them.
+    let good = paths("ok/a-", 0..40);
+    let broken = paths("broken/a-", 0..5);
+    let config_a = write_config(&dir, "a.json", &base, &[good.clone(), broken.clone()].concat());
+    let timeout_context = format!("consumerTimeoutSeconds={CONSUMER_TIMEOUT_S}");
+    let context = [
+        timeout_context.as_str(),
+        "maxConcurrency=2",
+        "ratePerSecond=500",
+        // Work until the very deadline: a call still running then outlives the function.
+        r#"consumerEnvironment={"FANOUT_DEADLINE_MARGIN_MS":"0"}"#,
+    ];
+    let deployed = cloud.up(&config_a, STACK, &context);
+    println!("deploy (create) {STACK}: {:.1} s  [{}]", deployed.seconds, deployed.summary);
+    let status = cloud.status();
+    assert!(status.contains(&format!("stack {STACK}: CREATE_COMPLETE")) && status.contains(SCHEDULED), "{status}");
+    let sdk = cloud.sdk().await;
+    let main = pipeline(&sdk, STACK).await;
+    let missing = cloud.fanout(&["--stack", "NoSuchStack", "dlq", "list"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "a missing stack is bad input: {stderr}");
+    assert!(stderr.contains(r#"stack "NoSuchStack" does not exist in us-east-1 at http://127.0.0.1:"#), "{stderr}");
+
+    // The emulator ignores the template's TTL; `up` enabled it as the template says.
+    let table = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TableName"].clone();
+    let ttl = aws_sdk_dynamodb::Client::new(&sdk).describe_time_to_live().table_name(&table).send().await.expect("DescribeTimeToLive");
+    let ttl = ttl.time_to_live_description().expect("TTL description");
+    assert_eq!(ttl.attribute_name(), Some("expiration"), "{ttl:?}");
+
+    // Tick 1: every good job called once by the consumer Lambda, every broken one dead-lettered
+    // with its reason after one call.
+    let tick1 = tick(&cloud, STACK, &config_a, 60);
+    let run1 = tick1["run_id"].as_str().expect("run_id").to_owned();
+    println!("tick 1 ({} jobs): makespan {:.2} s", tick1["jobs"], tick1["wait"]["makespan_s"].as_f64().unwrap_or(0.0));
+    assert!(run1.starts_with("rule/") && run1.contains("Schedule"), "trigger sends the rule's scheduled event: {run1}");
+    assert_eq!(tick1["wait"]["succeeded"], 40, "{tick1}");
+    let calls = calls_by_path(&server);
+    for path in &good {
+        assert_eq!(calls.get(path).map(Vec::len), Some(1), "{path} called once");
+    }
+    for path in &broken {
+        assert_eq!(calls.get(path).map(Vec::len), Some(1), "{path} called once, then dead-lettered");
+    }
+    let dlq = dlq_list(&cloud);
+    assert_eq!(dlq.len(), 5, "{dlq:?}");
+    for entry in &dlq {
+        assert_eq!(entry["run_id"], run1.as_str());
+        assert!(entry["reason"].as_str().unwrap_or_default().contains("400"), "the reason names the 400: {entry}");
+    }
+
+    // The operator fixes the target and replays: the consumer Lambda runs each job once more.
+    server.fix();
+    let replay = cloud.fanout_json(&["--stack", STACK, "dlq", "replay"]);
+    assert_eq!((replay["moved"].as_u64(), replay["failed"].as_u64()), (Some(5), Some(0)), "{replay}");
+    let broken_ids: Vec<String> = dlq.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect();
+    let (store, ids) = (&main.store, &broken_ids);
+    eventually(Duration::from_secs(60), "the replayed jobs to complete", || async move {
+        let records = store.get_many(ids).await.ok()?;
+        (records.len() == 5 && records.iter().all(|r| r.status == Status::Completed)).then_some(())
+    })
+    .await;
+    let calls = calls_by_path(&server);
+    for path in &broken {
+        let seen = &calls[path];
+        assert_eq!(seen.iter().map(|c| c.status).collect::<Vec<_>>(), [400, 200], "{path}: the 400, then the replay's one call");
+        assert_eq!(seen[0].idempotency_key, seen[1].idempotency_key, "the replay is the same job");
+    }
+    assert!(dlq_list(&cloud).is_empty(), "the DLQ is empty after the replay");
+
+    // Poison published straight to the topic: dead-lettered with a reason, never called.
+    let topic = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TopicArn"].clone();
+    let forged = serde_json::json!({
+        "v": 1, "message_id": message_id("forged", "evil"), "run_id": "forged", "enqueued_at": "2026-01-01T00:00:00Z",
+        "target": { "id": "evil", "url": format!("http://127.0.0.2:{}/ok/evil", base.rsplit(':').next().unwrap_or("80")), "method": "GET", "timeout_ms": 1000 }
+    });
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    for body in ["this is not a job".to_owned(), forged.to_string()] {
+        sns.publish().topic_arn(&topic).message(body).send().await.expect("Publish");
+    }
+    let cloud_ref = &cloud;
+    let poison = eventually(Duration::from_secs(30), "2 poison messages in the DLQ", || async move {
+        let dlq = dlq_list(cloud_ref);
+        (dlq.len() == 2).then_some(dlq)
+    })
+    .await;
+    let reasons: BTreeSet<String> = poison.iter().map(|e| e["reason"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("poison message")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("127.0.0.2")), "the forged job's reason names its host: {reasons:?}");
+    assert!(!calls_by_path(&server).contains_key("ok/evil"), "the forged job was not called");
+
+    // Redeploy with another target list: half of the good targets go, 20 new ones come, plus
+    // slow ones (a first call outlives the consumer's function timeout) and a flaky one (500
+    // once, retried through the partial batch response).
+    let kept = &good[..20];
+    let added = paths("ok/b-", 0..20);
+    let slow = paths("slow/b-slow-", 0..3).into_iter().map(|p| format!("{p}?ms=8000&fail=1")).collect::<Vec<_>>();
+    let flaky = vec!["flaky/b-flaky-0?fail=1".to_owned()];
+    let config_b = write_config(&dir, "b.json", &base, &[kept.to_vec(), added.clone(), slow.clone(), flaky.clone()].concat());
+    let redeployed = cloud.up(&config_b, STACK, &[]);
+    println!("redeploy (update, new target list) {STACK}: {:.1} s  [{}]", redeployed.seconds, redeployed.summary);
+    assert!(redeployed.summary.contains("updated"), "{}", redeployed.summary);
+
+    let before = calls_by_path(&server);
+    let tick2 = tick(&cloud, STACK, &config_b, 120);
+    println!("tick 2 ({} jobs, incl. a function timeout): makespan {:.2} s", tick2["jobs"], tick2["wait"]["makespan_s"].as_f64().unwrap_or(0.0));
+    assert_eq!(tick2["jobs"], 44, "the producer used the new target list: {tick2}");
+    assert_eq!(tick2["wait"]["succeeded"], 44, "nothing lost, nothing dead-lettered: {tick2}");
+    let after = calls_by_path(&server);
+    let new_calls = |path: &str| after.get(path).map_or(0, Vec::len) - before.get(path).map_or(0, Vec::len);
+    for path in kept.iter().chain(&added) {
+        assert_eq!(new_calls(path), 1, "{path} called once in tick 2");
+    }
+    for path in &good[20..] {
+        assert_eq!(new_calls(path), 0, "{path} left the config and was not called");
+    }
+    for path in slow.iter().chain(&flaky) {
+        let path = path.split('?').next().unwrap_or_default();
+        assert_eq!(new_calls(path), 2, "{path}: the failed first call, then one retry");
+    }
+    let timeouts = cloud.log().matches(&format!("Task timed out after {CONSUMER_TIMEOUT_S}.00 seconds")).count();
+    assert!(timeouts >= 1, "a consumer invocation ran into its function timeout (emulator log)");
+    println!("consumer invocations that hit the function timeout: {timeouts}");
+
+    // The schedule fired the other stack's producer on its own, and its consumer ran the jobs.
+    let sched = pipeline(&sdk, SCHEDULED).await;
+    let limit = Duration::from_secs(150).saturating_sub(scheduled_since.elapsed()).max(Duration::from_secs(10));
+    let (server_ref, sched_paths, sched_store) = (&server, &scheduled_paths, &sched.store);
+    // One snapshot of the calls: every call's job completed, per path the calls and their keys.
+    let (runs, per_path) = eventually(limit, "the one-minute rule to fire and its jobs to complete", || async move {
+        let calls = calls_by_path(server_ref);
+        let per_path: Vec<(usize, usize)> = sched_paths
+            .iter()
+            .map(|p| {
+                let seen = calls.get(p).map(Vec::as_slice).unwrap_or_default();
+                (seen.len(), seen.iter().filter_map(|c| c.idempotency_key.as_ref()).collect::<BTreeSet<_>>().len())
+            })
+            .collect();
+        let keys: Vec<String> =
+            sched_paths.iter().flat_map(|p| calls.get(p).into_iter().flatten()).filter_map(|c| c.idempotency_key.clone()).collect();
+        if per_path.iter().any(|(n, _)| *n == 0) {
+            return None;
+        }
+        let records = sched_store.get_many(&keys).await.ok()?;
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        (records.len() == unique.len() && records.iter().all(|r| r.status == Status::Completed))
+            .then(|| (records.iter().map(|r| r.run_id.clone()).collect::<BTreeSet<String>>(), per_path))
+    })
+    .await;
+    println!("scheduled ticks seen {:.0} s after the deploy: {runs:?}", scheduled_since.elapsed().as_secs_f64());
+    for run in &runs {
+        assert!(run.starts_with("rule/") && run.contains("Schedule"), "run ID of a scheduled event: {run}");
+    }
+    for (path, (calls, keys)) in scheduled_paths.iter().zip(&per_path) {
+        assert_eq!((*calls, *keys), (runs.len(), runs.len()), "{path} called once per scheduled tick");
+    }
+
+    println!("suite: {:.1} s", suite.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}
