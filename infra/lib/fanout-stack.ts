@@ -110,28 +110,36 @@ export class FanoutStack extends Stack {
         FANOUT_TABLE_NAME: this.table.tableName,
         FANOUT_QUEUE_URL: this.queue.queueUrl,
         FANOUT_DLQ_URL: this.dlq.queueUrl,
-        FANOUT_MAX_CONCURRENCY: String(s.maxConcurrency),
         FANOUT_RATE_PER_SECOND: String(s.ratePerSecond),
         ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
+        ...optional('FANOUT_RETRY_BASE_MS', s.retryBaseMs),
+        ...optional('FANOUT_RETRY_CAP_MS', s.retryCapMs),
+        ...optional('FANOUT_MAX_ATTEMPTS', s.maxAttempts),
+        ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
       },
     });
     this.consumer.addToRolePolicy(
       new iam.PolicyStatement({
         // Receive/Delete/GetQueueAttributes: the event source mapping polls with the function's
-        // role; ChangeMessageVisibility: the consumer defers messages on Retry-After.
+        // role; ChangeMessageVisibility: the consumer hides a message for its delay when it
+        // cannot send the delayed copy (below).
         actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'],
         resources: [this.queue.queueArn],
       }),
     );
     this.consumer.addToRolePolicy(
-      // Permanent failures go straight to the DLQ instead of burning maxReceiveCount retries.
-      new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn] }),
+      // DLQ: permanent failures and exhausted retries go straight there. Job queue: a job that
+      // waits (rate permit, paused host or open circuit, another consumer's lock) or retries with
+      // backoff goes back as a delayed copy, then the original is acked.
+      new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn, this.queue.queueArn] }),
     );
     this.consumer.addToRolePolicy(
-      // Every state transition of the idempotency record is a conditional UpdateItem; GetItem
-      // reads a record back when a condition fails. Nothing puts or deletes (TTL does).
+      // Every state transition of the idempotency record, host state (`host#NAME`) and instance
+      // leases (`fleet#leases`) is a conditional UpdateItem; GetItem reads an item back when a
+      // condition fails; BatchGetItem reads host states and leases together. Nothing puts or
+      // deletes (TTL does).
       new iam.PolicyStatement({
-        actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
+        actions: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
         resources: [this.table.tableArn],
       }),
     );

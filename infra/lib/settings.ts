@@ -29,21 +29,36 @@ export interface FanoutSettings {
   readonly consumerTimeoutSeconds: number;
   readonly consumerMemoryMb: number;
   /**
-   * Event source mapping `ScalingConfig.MaximumConcurrency` AND the consumer's
-   * `FANOUT_MAX_CONCURRENCY`: each instance takes `ratePerSecond / maxConcurrency` of the global
-   * budget, which is only right if both read the same number.
+   * Event source mapping `ScalingConfig.MaximumConcurrency`: the most consumer instances at once.
+   * The consumer does not read it: the instances split `ratePerSecond` among those actually
+   * working, through leases in the idempotency table.
    */
   readonly maxConcurrency: number;
   /** `FANOUT_RATE_PER_SECOND`: outbound requests per second for all consumer instances together. */
   readonly ratePerSecond: number;
   /** `FANOUT_RECORD_TTL_SECS`: lifetime of idempotency records; unset = Rust default (86400). */
   readonly recordTtlSeconds?: number;
+  /** `FANOUT_RETRY_BASE_MS`: first backoff of a transient failure; unset = the config's `retry.base_ms`. */
+  readonly retryBaseMs?: number;
+  /** `FANOUT_RETRY_CAP_MS`: longest backoff; unset = the config's `retry.cap_ms`. */
+  readonly retryCapMs?: number;
+  /**
+   * `FANOUT_MAX_ATTEMPTS`: calls that failed transiently before a job is dead-lettered; unset = the
+   * config's `retry.max_attempts`.
+   */
+  readonly maxAttempts?: number;
+  /** `FANOUT_HOST_STATE_TTL_MS`: how long a host's shared state is trusted; unset = Rust default (1000). */
+  readonly hostStateTtlMs?: number;
   /** Records per consumer invocation (1–10, up to 10000 with a batching window). */
   readonly batchSize: number;
   readonly maxBatchingWindowSeconds: number;
   /** Queue visibility timeout; defaults to, and may not be below, 6 × consumer timeout + window. */
   readonly visibilityTimeoutSeconds?: number;
-  /** Receives before SQS moves a message to the DLQ. */
+  /**
+   * Receives before SQS moves a message to the DLQ. Waits and retries travel as delayed copies of
+   * the message (see `maxAttempts`), so this counts only deliveries whose invocation crashed or
+   * timed out.
+   */
   readonly maxReceiveCount: number;
   /** SNS subscription filter policy (attribute → allowed values); unset = every message. */
   readonly filterPolicy?: Record<string, unknown[]>;
@@ -72,9 +87,12 @@ export const RESERVED_ENV = [
   'FANOUT_TABLE_NAME',
   'FANOUT_QUEUE_URL',
   'FANOUT_DLQ_URL',
-  'FANOUT_MAX_CONCURRENCY',
   'FANOUT_RATE_PER_SECOND',
   'FANOUT_RECORD_TTL_SECS',
+  'FANOUT_RETRY_BASE_MS',
+  'FANOUT_RETRY_CAP_MS',
+  'FANOUT_MAX_ATTEMPTS',
+  'FANOUT_HOST_STATE_TTL_MS',
 ] as const;
 
 const repoRoot = path.resolve(__dirname, '..', '..');
@@ -112,6 +130,9 @@ const LOG_RETENTION_DAYS = Object.values(RetentionDays).filter(
 
 /** Longest visibility timeout SQS accepts (12 hours). */
 const MAX_VISIBILITY_SECONDS = 43_200;
+
+/** Longest retry backoff the consumer accepts: SQS's visibility ceiling, 12 hours. */
+const MAX_RETRY_MS = MAX_VISIBILITY_SECONDS * 1000;
 
 /**
  * The smallest queue visibility timeout that keeps a message invisible while a consumer may still
@@ -158,6 +179,14 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
     problems.push(`ratePerSecond must be a number above 0, got ${JSON.stringify(s.ratePerSecond)}`);
   }
   int('recordTtlSeconds', 60, 366 * 86_400);
+  // The consumer's own bounds (RetryPolicy and its settings); it would refuse to start otherwise.
+  int('retryBaseMs', 1, MAX_RETRY_MS);
+  int('retryCapMs', 1, MAX_RETRY_MS);
+  if (typeof s.retryBaseMs === 'number' && typeof s.retryCapMs === 'number' && s.retryCapMs < s.retryBaseMs) {
+    problems.push(`retryCapMs (${s.retryCapMs}) must be at least retryBaseMs (${s.retryBaseMs})`);
+  }
+  int('maxAttempts', 1, 100);
+  int('hostStateTtlMs', 100, 60_000);
   int('maxBatchingWindowSeconds', 0, 300);
   // SQS allows more than 10 records per batch only when a batching window is set.
   int('batchSize', 1, s.maxBatchingWindowSeconds > 0 ? 10_000 : 10);

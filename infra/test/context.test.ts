@@ -44,6 +44,14 @@ test('cdk.json values that are already typed pass through', () => {
   });
 });
 
+test('the retry and host-state settings are numbers', () => {
+  assert.deepEqual(
+    settingsFromContext(ctx({ retryBaseMs: '250', retryCapMs: '30000', maxAttempts: '4', hostStateTtlMs: '500' })),
+    { retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500 },
+  );
+  assert.throws(() => settingsFromContext(ctx({ maxAttempts: 'many' })), /context maxAttempts: "many" is not a number/);
+});
+
 test('malformed values name the key', () => {
   assert.throws(() => settingsFromContext(ctx({ maxConcurrency: 'ten' })), /context maxConcurrency: "ten" is not a number/);
   assert.throws(() => settingsFromContext(ctx({ retainData: 'yes' })), /context retainData: "yes" is not true or false/);
@@ -58,6 +66,10 @@ test('every setting can be given as context', () => {
 const OPTIONAL = {
   publishConcurrency: 0,
   recordTtlSeconds: 0,
+  retryBaseMs: 0,
+  retryCapMs: 0,
+  maxAttempts: 0,
+  hostStateTtlMs: 0,
   visibilityTimeoutSeconds: 0,
   filterPolicy: 0,
   consumerEnvironment: 0,

@@ -146,12 +146,12 @@ describe('consumer', () => {
     });
   });
 
-  test('FANOUT_MAX_CONCURRENCY and the mapping read the same parameter', () => {
+  test('maxConcurrency sets the mapping only: the consumer splits the budget by leases', () => {
     for (const maxConcurrency of [undefined, 2, 17]) {
       const t = synth({ maxConcurrency });
       const esm = only(t, 'AWS::Lambda::EventSourceMapping').resource.Properties;
-      assert.equal(env(CONSUMER, t).FANOUT_MAX_CONCURRENCY, String(esm.ScalingConfig.MaximumConcurrency));
       assert.equal(esm.ScalingConfig.MaximumConcurrency, maxConcurrency ?? 5);
+      assert.equal(env(CONSUMER, t).FANOUT_MAX_CONCURRENCY, undefined);
     }
   });
 
@@ -161,13 +161,24 @@ describe('consumer', () => {
       FANOUT_TABLE_NAME: ref(TABLE),
       FANOUT_QUEUE_URL: ref(QUEUE),
       FANOUT_DLQ_URL: ref(DLQ),
-      FANOUT_MAX_CONCURRENCY: '5',
       FANOUT_RATE_PER_SECOND: '10',
     });
     const t = synth({ ratePerSecond: 2.5, recordTtlSeconds: 3600, consumerEnvironment: { API_TOKEN: 'x' } });
     assert.equal(env(CONSUMER, t).FANOUT_RATE_PER_SECOND, '2.5');
     assert.equal(env(CONSUMER, t).FANOUT_RECORD_TTL_SECS, '3600');
     assert.equal(env(CONSUMER, t).API_TOKEN, 'x');
+  });
+
+  test('retry and host-state settings reach the consumer only when set', () => {
+    const t = synth({ retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500 });
+    assert.deepEqual(env(CONSUMER, t), {
+      ...env(CONSUMER),
+      FANOUT_RETRY_BASE_MS: '250',
+      FANOUT_RETRY_CAP_MS: '30000',
+      FANOUT_MAX_ATTEMPTS: '4',
+      FANOUT_HOST_STATE_TTL_MS: '500',
+    });
+    assert.equal(env(CONSUMER, synth({ maxAttempts: 3 })).FANOUT_RETRY_BASE_MS, undefined);
   });
 });
 
@@ -228,6 +239,8 @@ describe('IAM', () => {
   });
 
   test('the consumer gets exactly its queue, DLQ, table and log permissions', () => {
+    // SendMessage on the job queue: delayed copies of waiting or retried jobs; on the DLQ:
+    // permanent failures. BatchGetItem: host states and leases, read together.
     assert.deepEqual(statements('ConsumerRole/Resource'), [
       {
         Effect: 'Allow',
@@ -239,10 +252,10 @@ describe('IAM', () => {
         Action: ['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage'],
         Resource: arn(QUEUE),
       },
-      { Effect: 'Allow', Action: 'sqs:SendMessage', Resource: arn(DLQ) },
+      { Effect: 'Allow', Action: 'sqs:SendMessage', Resource: [arn(DLQ), arn(QUEUE)] },
       {
         Effect: 'Allow',
-        Action: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
+        Action: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
         Resource: arn(TABLE),
       },
     ]);

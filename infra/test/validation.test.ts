@@ -49,8 +49,28 @@ describe('parameter validation at synth', () => {
     rejects({ configFile: '../fanout.json' }, /configFile must be a plain file name/);
   });
 
+  test('retry and host-state settings stay within the bounds the consumer accepts', () => {
+    rejects({ retryBaseMs: 0 }, /retryBaseMs must be an integer from 1 to 43200000, got 0/);
+    rejects({ retryBaseMs: 43_200_001 }, /retryBaseMs must be an integer from 1 to 43200000/);
+    rejects({ retryCapMs: 43_200_001 }, /retryCapMs must be an integer from 1 to 43200000, got 43200001/);
+    rejects({ retryBaseMs: 500, retryCapMs: 499 }, /retryCapMs \(499\) must be at least retryBaseMs \(500\)/);
+    assert.doesNotThrow(() => resolveSettings({ retryBaseMs: 500, retryCapMs: 500 }));
+    assert.doesNotThrow(() => resolveSettings({ retryBaseMs: 1, retryCapMs: 43_200_000 }));
+    rejects({ maxAttempts: 0 }, /maxAttempts must be an integer from 1 to 100, got 0/);
+    rejects({ maxAttempts: 101 }, /maxAttempts must be an integer from 1 to 100, got 101/);
+    rejects({ maxAttempts: 2.5 }, /maxAttempts/);
+    assert.doesNotThrow(() => resolveSettings({ maxAttempts: 1 }));
+    assert.doesNotThrow(() => resolveSettings({ maxAttempts: 100 }));
+    rejects({ hostStateTtlMs: 99 }, /hostStateTtlMs must be an integer from 100 to 60000, got 99/);
+    rejects({ hostStateTtlMs: 60_001 }, /hostStateTtlMs must be an integer from 100 to 60000, got 60001/);
+    assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 100 }));
+    assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 60_000 }));
+  });
+
   test('extra consumer variables may not override what the stack sets', () => {
-    rejects({ consumerEnvironment: { FANOUT_MAX_CONCURRENCY: '50' } }, /may not set FANOUT_MAX_CONCURRENCY/);
+    for (const name of ['FANOUT_RATE_PER_SECOND', 'FANOUT_RETRY_BASE_MS', 'FANOUT_RETRY_CAP_MS', 'FANOUT_MAX_ATTEMPTS', 'FANOUT_HOST_STATE_TTL_MS']) {
+      rejects({ consumerEnvironment: { [name]: '50' } }, new RegExp(`may not set ${name}: the stack sets it`));
+    }
     rejects({ consumerEnvironment: { 'BAD-NAME': 'x' } }, /not a valid variable name/);
     assert.doesNotThrow(() => resolveSettings({ consumerEnvironment: { API_TOKEN: 'x' } }));
   });
