@@ -70,6 +70,7 @@ impl Consumer {
                 _ = renewals.tick() => self.flow.renew_lease().await,
             }
         };
+        self.flow.release_lease().await;
         self.report(reports)
     }
 

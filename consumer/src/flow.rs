@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use fanout_shared::fleet::{self, share_count, FleetStore, Lease, JOIN_DELAY, LEASE_RENEW, LEASE_TTL};
+use fanout_shared::fleet::{self, entitled_at, share_count, FleetStore, Lease, LEASE_RENEW, LEASE_TTL, RELEASE_GRACE};
 use fanout_shared::hosts::{Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS};
 use fanout_shared::{now_ms, PipelineConfig};
 
@@ -109,14 +109,33 @@ impl Flow {
                 let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
                 if lease.since_ms == now {
                     // Alone, it may start at once; otherwise it waits until every other instance
-                    // has seen it and lowered its share.
-                    let others = leases.iter().any(|l| l.instance != lease.instance && l.expires_ms > now);
-                    view.entitled_ms = if others { now + fleet::ms(JOIN_DELAY) } else { now };
-                    info!(instance = %lease.instance, others, "joined the fleet");
+                    // has renewed, seen it and lowered its share.
+                    view.entitled_ms = entitled_at(&lease.instance, &leases, now);
+                    info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
                 }
                 view.leases = leases;
             }
             Err(e) => warn!(error = %e, "could not renew the instance lease; keeping the last view"),
+        }
+    }
+
+    /// Shortens this instance's lease to [`RELEASE_GRACE`] at the end of a batch: an instance
+    /// between batches is not working, so the others may use its share; one that gets a new
+    /// batch at once keeps its lease.
+    pub async fn release_lease(&self) {
+        let now = now_ms();
+        let lease = {
+            let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            if view.renewed.is_none() || view.lease.expires_ms <= now {
+                return;
+            }
+            view.lease.expires_ms = now + fleet::ms(RELEASE_GRACE);
+            // The next batch renews at once.
+            view.renewed = None;
+            view.lease.clone()
+        };
+        if let Err(e) = self.store.renew(&lease, now).await {
+            warn!(error = %e, "could not release the instance lease; it lapses on its own");
         }
     }
 
@@ -178,12 +197,12 @@ impl Flow {
                         self.remember(key, state);
                     }
                     Ok((state, false)) => {
-                        let until_ms = match state.circuit {
-                            Circuit::HalfOpen { probe_until_ms } => probe_until_ms,
-                            _ => now + 100,
-                        };
+                        let gate = state.gate(now, &self.policy);
                         self.remember(key, state);
-                        return Admission::Hold { until_ms, reason: HoldReason::ProbeInFlight };
+                        if let Gate::Hold { until_ms, reason } = gate {
+                            return Admission::Hold { until_ms, reason };
+                        }
+                        // Another instance probed and closed the circuit meanwhile.
                     }
                     Err(e) => {
                         warn!(error = %e, host = key, "could not claim the probe; holding");

@@ -2,13 +2,13 @@
 //! split the rate budgets among the instances actually working.
 //!
 //! # Leases
-//! Each working instance renews a lease every [`LEASE_RENEW`]; a lease lapses [`LEASE_TTL`]
-//! after its last renewal. An instance's share of a budget is `budget / n`, where `n` counts
-//! itself and every other live lease that is *entitled*: a lease becomes entitled
-//! [`JOIN_DELAY`] after it joined, which is longer than any other instance takes to see it.
-//! A joining instance waits out that delay before its first call (unless it found nobody
-//! else), so the others have lowered their shares before it starts: the fleet never sends
-//! above the budget while it grows, and uses the whole budget when only a few instances work.
+//! Each working instance renews a lease every [`LEASE_RENEW`] (reading everyone else's in the
+//! same call); a lease lapses [`LEASE_TTL`] after its last renewal. An instance's share of a
+//! budget is `budget / n`, where `n` counts itself and every other live lease it has seen.
+//! A joining instance that finds others at work waits until each of them has renewed once
+//! more (their last renewal + [`LEASE_RENEW`] + [`JOIN_SLACK`]): by then they all count it and
+//! have lowered their shares, so the fleet never sends above the budget while it grows. An
+//! instance that finds nobody starts at once.
 
 use std::time::Duration;
 
@@ -20,10 +20,13 @@ use crate::hosts::{HostEvent, HostPolicy, HostState};
 /// How often a working instance renews its lease (and reads everyone else's).
 pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 /// A lease lapses this long after its last renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// A lease counts towards the split this long after it joined: more than [`LEASE_RENEW`] plus a
-/// store round trip, so every other instance has seen it by then.
-pub const JOIN_DELAY: Duration = Duration::from_millis(2500);
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How long an instance that finished a batch stays counted: a new batch within it keeps the
+/// lease; after it, the others take its share.
+pub const RELEASE_GRACE: Duration = Duration::from_millis(300);
+
+/// Margin over [`LEASE_RENEW`] for a store round trip, before a joining instance may start.
+pub const JOIN_SLACK: Duration = Duration::from_millis(300);
 
 /// One instance's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +40,33 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whether the lease counts towards the split at `now_ms`.
-    pub fn entitled(&self, now_ms: i64) -> bool {
-        self.expires_ms > now_ms && self.since_ms + ms(JOIN_DELAY) <= now_ms
+    /// Whether the lease is live at `now_ms`.
+    pub fn live(&self, now_ms: i64) -> bool {
+        self.expires_ms > now_ms
+    }
+
+    /// When the lease was last renewed.
+    pub fn renewed_ms(&self) -> i64 {
+        self.expires_ms - ms(LEASE_TTL)
     }
 }
 
 /// The number of instances a budget is split by, as seen by `me` at `now_ms`: itself plus the
-/// other entitled leases.
+/// other live leases.
 pub fn share_count(me: &str, leases: &[Lease], now_ms: i64) -> u32 {
-    let others = leases.iter().filter(|l| l.instance != me && l.entitled(now_ms)).count();
+    let others = leases.iter().filter(|l| l.instance != me && l.live(now_ms)).count();
     u32::try_from(others + 1).unwrap_or(u32::MAX)
+}
+
+/// When `me`, joining at `now_ms`, may start: at once if no other lease is live, otherwise once
+/// every live one has renewed again and so counts `me`.
+pub fn entitled_at(me: &str, leases: &[Lease], now_ms: i64) -> i64 {
+    leases
+        .iter()
+        .filter(|l| l.instance != me && l.live(now_ms))
+        .map(|l| l.renewed_ms() + ms(LEASE_RENEW) + ms(JOIN_SLACK))
+        .max()
+        .map_or(now_ms, |at| at.max(now_ms))
 }
 
 /// `d` in ms.
@@ -77,12 +96,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joining_leases_count_only_after_the_join_delay() {
-        let lease = |instance: &str, since_ms, expires_ms| Lease { instance: instance.into(), since_ms, expires_ms };
-        let leases = [lease("a", 0, 10_000), lease("b", 5_000, 10_000), lease("c", 0, 4_000)];
-        assert_eq!(share_count("a", &leases, 5_000), 1, "b just joined, c lapsed");
-        assert_eq!(share_count("a", &leases, 5_000 + ms(JOIN_DELAY)), 2);
-        assert_eq!(share_count("b", &leases, 5_001), 2, "b counts itself and a");
-        assert_eq!(share_count("a", &leases, 3_000), 2, "c is live until 4 s");
+    fn a_joiner_counts_at_once_and_starts_when_everyone_has_seen_it() {
+        let lease = |instance: &str, expires_ms| Lease { instance: instance.into(), since_ms: 0, expires_ms };
+        let ttl = ms(LEASE_TTL);
+        let leases = [lease("a", 1_000 + ttl), lease("b", 1_500 + ttl), lease("c", 1_800)];
+        assert_eq!(share_count("a", &leases, 2_000), 2, "a and b; c lapsed");
+        assert_eq!(share_count("z", &leases, 2_000), 3);
+        // b renewed last at 1.5 s: z may start after b's next renewal.
+        assert_eq!(entitled_at("z", &leases, 2_000), 1_500 + ms(LEASE_RENEW) + ms(JOIN_SLACK));
+        assert_eq!(entitled_at("z", &[], 2_000), 2_000, "alone: at once");
     }
 }

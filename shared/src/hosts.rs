@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 /// The host key whose state applies to every host: `fanout hosts pause --all` pauses it.
 pub const ALL_HOSTS: &str = "*";
 
+/// How long a job held behind a half-open probe waits before it looks again.
+const PROBE_RECHECK_MS: i64 = 1000;
+
 /// How hosts are protected. Set in the config file's `host_protection` section.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,7 +253,10 @@ impl HostState {
         match self.circuit {
             Circuit::Closed => Gate::Open,
             Circuit::Open { until_ms } if until_ms > now_ms => hold(until_ms, HoldReason::CircuitOpen),
-            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => hold(probe_until_ms, HoldReason::ProbeInFlight),
+            // A probe usually answers long before its lease ends: look again soon.
+            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => {
+                hold(probe_until_ms.min(now_ms + PROBE_RECHECK_MS), HoldReason::ProbeInFlight)
+            }
             Circuit::Open { .. } | Circuit::HalfOpen { .. } => Gate::Probe,
         }
     }
@@ -356,7 +362,7 @@ mod tests {
         assert!(s.apply(&HostEvent::ProbeClaimed, 500, &p).is_none(), "no probe during the cool-down");
         let probing = s.apply(&HostEvent::ProbeClaimed, 1030, &p).unwrap();
         assert!(probing.apply(&HostEvent::ProbeClaimed, 1031, &p).is_none(), "one probe at a time");
-        assert!(matches!(probing.gate(1031, &p), Gate::Hold { reason: HoldReason::ProbeInFlight, .. }));
+        assert_eq!(probing.gate(1031, &p), Gate::Hold { until_ms: 2031, reason: HoldReason::ProbeInFlight }, "looks again within a second");
         // The probe fails: open again for twice as long.
         let reopened = probing.apply(&HostEvent::Failed, 1100, &p).unwrap();
         assert_eq!(reopened.circuit, Circuit::Open { until_ms: 3100 });
