@@ -8,9 +8,12 @@
 //! - [`peer`]: 3, the Python peer on the same event batches (child `replay` processes).
 //! - [`produce`]: 4, producer fan-out (embedded and moto).
 //! - [`coldstart`]: 5, the Lambda binary's cold start against a mock Runtime API.
+//! - [`flow`]: 7, flow control (issue #12): hidden limit, host down, transient failures, sparse
+//!   fleet, tight budget.
 //! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
 
 mod coldstart;
+mod flow;
 mod measure;
 mod peer;
 mod produce;
@@ -91,6 +94,12 @@ enum Command {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Figure 7: flow control (issue #12).
+    Flow {
+        /// Runs per scenario (medians are reported); `all` runs each once.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
     /// `replay` by hand, e.g. under `perf record`.
     Target,
@@ -151,6 +160,8 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     eprintln!("fanout-bench: 5. cold start");
     sections.push(coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?);
     sections.push(dedupe);
+    eprintln!("fanout-bench: 7. flow control");
+    sections.push(flow::section(flow::RUNS_IN_ALL).await?);
     let document = report::document(&sections, &report::machine(&paths.python), started.elapsed().as_secs_f64());
     std::fs::write(out, document).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!("fanout-bench: wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
@@ -170,6 +181,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::ColdStart { runs, paths } => {
             print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?])
         }
+        Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
         Command::Target => {
             let server = fanout_shared::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
             println!("{}", server.base_url());
