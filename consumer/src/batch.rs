@@ -63,7 +63,8 @@ impl Consumer {
             .flat_map(stream::iter)
             .collect::<Vec<_>>();
         tokio::pin!(work);
-        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
+        let tick = LEASE_RENEW / 2;
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         let reports = loop {
             tokio::select! {
                 reports = &mut work => break reports,

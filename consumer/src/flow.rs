@@ -83,8 +83,8 @@ impl Flow {
         }
     }
 
-    /// Renews this instance's lease when due (a working instance renews every
-    /// [`LEASE_RENEW`]); the batch plumbing calls it at the start and on a ticker.
+    /// Renews this instance's lease when due (a working instance renews at least every
+    /// [`LEASE_RENEW`]); the batch plumbing calls it at the start and on a ticker of half that.
     pub async fn renew_lease(&self) {
         if !self.paced() {
             // Nothing to split: no lease, no store traffic.
@@ -93,7 +93,9 @@ impl Flow {
         let now = now_ms();
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-            if view.renewed.is_some_and(|at| at.elapsed() < LEASE_RENEW) {
+            // Renewing at half the period keeps every gap below LEASE_RENEW, which joiners
+            // count on (`fleet::entitled_at`).
+            if view.renewed.is_some_and(|at| at.elapsed() < LEASE_RENEW / 2) {
                 return;
             }
             if view.lease.expires_ms <= now {

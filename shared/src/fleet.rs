@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use crate::error::BackendError;
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
-/// How often a working instance renews its lease (and reads everyone else's).
+/// The longest gap between two renewals of a working instance's lease (it renews at about half
+/// this, and reads everyone else's in the same call).
 pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 /// A lease lapses this long after its last renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);

