@@ -139,7 +139,6 @@ fn lambda_env(config: &Path) -> Vec<(String, String)> {
         ("FANOUT_TABLE_NAME", "fanout-idempotency".into()),
         ("FANOUT_QUEUE_URL", "http://127.0.0.1/123456789012/fanout-jobs".into()),
         ("FANOUT_DLQ_URL", "http://127.0.0.1/123456789012/fanout-jobs-dlq".into()),
-        ("FANOUT_MAX_CONCURRENCY", "1".into()),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
