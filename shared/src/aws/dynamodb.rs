@@ -250,31 +250,39 @@ impl IdempotencyStore for DynamoDbStore {
     }
 
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
-        let mut records = Vec::with_capacity(message_ids.len());
-        for chunk in message_ids.chunks(100) {
-            let keys = chunk.iter().map(|id| HashMap::from([("message_id".to_owned(), s(id))])).collect();
-            let mut request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
-            loop {
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
-                if let Some(items) = output.responses().and_then(|r| r.get(&self.table)) {
-                    records.extend(items.iter().filter_map(parse_record));
-                }
-                match output.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                    Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
-                    _ => break,
-                }
+        let items = batch_get(&self.client, &self.table, message_ids.iter().map(|id| s(id))).await?;
+        Ok(items.iter().filter_map(parse_record).collect())
+    }
+}
+
+/// Every item of `table` whose `message_id` is one of `keys`, strongly consistent, in
+/// `BatchGetItem` calls of 100 keys (unprocessed keys asked again). Missing items are left out.
+pub(super) async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: impl Iterator<Item = AttributeValue>,
+) -> Result<Vec<HashMap<String, AttributeValue>>, BackendError> {
+    let keys: Vec<HashMap<String, AttributeValue>> = keys.map(|k| HashMap::from([("message_id".to_owned(), k)])).collect();
+    let mut items = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let mut request = KeysAndAttributes::builder()
+            .set_keys(Some(chunk.to_vec()))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
+        loop {
+            let output = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
+            items.extend(output.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
+            match output.unprocessed_keys().and_then(|u| u.get(table)) {
+                Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
+                _ => break,
             }
         }
-        Ok(records)
     }
+    Ok(items)
 }

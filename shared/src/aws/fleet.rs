@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
@@ -107,34 +107,14 @@ impl DynamoDbFleet {
 #[async_trait]
 impl FleetStore for DynamoDbFleet {
     async fn host_states(&self, hosts: &[String]) -> Result<Vec<(String, HostState)>, BackendError> {
-        let mut states = Vec::with_capacity(hosts.len());
-        for chunk in hosts.chunks(100) {
-            let keys = chunk.iter().map(|h| HashMap::from([("message_id".to_owned(), host_key(h))])).collect();
-            let mut request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
-            loop {
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
-                for item in output.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
-                    if let Some(host) = item.get("message_id").and_then(|v| v.as_s().ok()).and_then(|k| k.strip_prefix("host#")) {
-                        states.push((host.to_owned(), parse_state(item).0));
-                    }
-                }
-                match output.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                    Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
-                    _ => break,
-                }
-            }
-        }
-        Ok(states)
+        let items = super::dynamodb::batch_get(&self.client, &self.table, hosts.iter().map(|h| host_key(h))).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let host = item.get("message_id")?.as_s().ok()?.strip_prefix("host#")?;
+                Some((host.to_owned(), parse_state(item).0))
+            })
+            .collect())
     }
 
     async fn apply(&self, host: &str, event: &HostEvent, now_ms: i64, policy: &HostPolicy) -> Result<(HostState, bool), BackendError> {
