@@ -7,6 +7,8 @@
 //!   rescheduling (a delayed copy) for every job that waits or retries.
 //! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
 //!   instance's lease and its share of the budgets.
+//! - `latency`: how long a call to a host is expected to take, so a job waits for its permit
+//!   until just before the invocation's end.
 //! - [`limiter`]: the `governor` limiters that pace this instance at its share.
 //! - [`policy`]: what a message may make the consumer do: only what its own config says.
 //! - [`http`]: the SSRF-guarded HTTP client and the transient/permanent classification.
@@ -20,6 +22,7 @@
 pub mod batch;
 pub mod flow;
 pub mod http;
+mod latency;
 pub mod limiter;
 pub mod policy;
 pub mod record;
@@ -43,6 +46,7 @@ pub struct Consumer {
     dlq: Arc<dyn Queue>,
     caller: http::Caller,
     flow: flow::Flow,
+    latencies: latency::Latencies,
     retry: RetryPolicy,
     policy: policy::Policy,
     settings: Settings,
@@ -85,6 +89,7 @@ impl Consumer {
             dlq: backends.dlq,
             caller: http::Caller::new(config.allow_private_networks, policy.allowed_hosts().clone())?,
             flow: flow::Flow::new(config, backends.fleet, settings.rate_per_second, settings.host_state_ttl),
+            latencies: latency::Latencies::default(),
             retry,
             policy,
             settings,

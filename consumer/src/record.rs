@@ -117,10 +117,11 @@ impl Deadline {
         Self { epoch_ms, work_until, budget: work_until - now }
     }
 
-    /// The latest instant a call of `timeout` may start so it ends before `work_until`. A call
-    /// longer than the whole invocation may start at once (it runs cut short: config check warns).
-    fn call_by(&self, timeout: Duration) -> Instant {
-        self.work_until.checked_sub(timeout.min(self.budget)).unwrap_or(self.work_until)
+    /// The latest instant a call expected to take `reserve` may start so it ends before
+    /// `work_until` ([`crate::latency`] estimates it). A call expected to outlast the whole
+    /// invocation may start at once (it runs cut short: config check warns).
+    fn call_by(&self, reserve: Duration) -> Instant {
+        self.work_until.checked_sub(reserve.min(self.budget)).unwrap_or(self.work_until)
     }
 }
 
@@ -161,7 +162,8 @@ impl Consumer {
             return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
         }
         let timeout = Duration::from_millis(job.target.timeout_ms);
-        let rate_wait = match self.flow.permit(&host, deadline.call_by(timeout)).await {
+        let reserve = self.latencies.reserve(&host, timeout, deadline.budget);
+        let rate_wait = match self.flow.permit(&host, deadline.call_by(reserve)).await {
             Ok(waited) => waited,
             Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
         };
@@ -196,6 +198,7 @@ impl Consumer {
         let started = Instant::now();
         let outcome = self.caller.call(&job.target, &job.message_id, timeout).await;
         let latency = started.elapsed();
+        self.latencies.observe(&host, latency);
         let (mut report, host_change) = self.settle(record, job, &host, attempt, failures, outcome).await;
         report.call_latency = Some(latency);
         report.rate_wait = rate_wait;
