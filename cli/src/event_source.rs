@@ -175,6 +175,7 @@ async fn invoke(
         }
         let Ok(report) = result else {
             o.timed_out += 1;
+            tracing::warn!(invocation = number, records = receipts.len(), "invocation cut off at the function timeout: its records come back after the visibility timeout");
             return Ok(());
         };
         let failed: HashSet<&str> = report.response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();

@@ -219,3 +219,49 @@ async fn fault_run_of_100_jobs_settles_every_job_once() {
     assert_eq!(figures.duplicates_delivered, 100, "{figures}");
     assert_eq!(figures.dead_lettered.get("HTTP 400 Bad Request"), Some(&5), "{figures}");
 }
+
+#[test]
+fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_without_dead_letters() {
+    // The host state and the leases in DynamoDB (moto), through the binary as a user runs it:
+    // a host down for its first 3 s, and a budget of 4/s the jobs have to wait for.
+    let Some(moto) = Moto::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TargetServer::start()).unwrap();
+    let paths: Vec<String> = (0..24).map(|i| format!("outage/{i}?secs=3")).collect();
+    let (dir, file) = config_file("moto-flow", &server.base_url(), &paths);
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    config["rate_limit"] = serde_json::json!({"per_second": 4});
+    std::fs::write(&file, config.to_string()).unwrap();
+    let exports = provision_with_cli(&moto, "flow");
+    let fanout = |args: &[&str]| {
+        let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
+        assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+
+    let config = file.to_str().unwrap();
+    let run = fanout(&["run", "--run-id", "flow-run", "--json", "--function-timeout", "5", "--visibility-timeout", "6", "--config", config]);
+    eprintln!("{run}");
+    assert_eq!((run["succeeded"].as_u64(), run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(24), Some(0), Some(0)), "{run}");
+    let stats = server.stats();
+    assert_eq!((stats.effects, stats.repeat_successes), (24, 0), "each job's effect once");
+    let outage_calls = calls_with_status(&server, 503);
+    assert!(outage_calls <= 12, "{outage_calls} calls while the host was down: the circuit holds its jobs");
+
+    assert!(run["held"].as_u64() > Some(0), "the open circuit held jobs across invocations: {run}");
+
+    // The host's state is in the table, for every instance and for the operator.
+    let hosts = fanout(&["hosts", "--json", "--config", config]);
+    let host = hosts.as_array().unwrap().iter().find(|h| h["host"] != "*").unwrap_or_else(|| panic!("{hosts}"))["host"].as_str().unwrap().to_owned();
+    fanout(&["hosts", "--json", "--config", config, "pause", &host]);
+    let paused = fanout(&["hosts", "--json", "--config", config]);
+    assert!(paused.as_array().unwrap().iter().any(|h| h["host"] == host.as_str() && h["operator_paused"] == true), "{paused}");
+    fanout(&["hosts", "--json", "--config", config, "resume", &host]);
+    let resumed = fanout(&["hosts", "--json", "--config", config]);
+    assert!(resumed.as_array().unwrap().iter().all(|h| h["operator_paused"] == false && h["circuit"] == "closed"), "{resumed}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn calls_with_status(server: &TargetServer, status: u16) -> usize {
+    server.records().iter().filter(|r| r.status == status).count()
+}
