@@ -4,15 +4,16 @@
 //! without it, Lambda ignores the response and one failed record retries the whole batch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::pin;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures_util::future::{self, Either};
 use futures_util::stream::{self, StreamExt};
-
-use fanout_shared::fleet::LEASE_RENEW;
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
 use fanout_shared::metrics::{MetricSet, Unit};
 
+use crate::flow::RENEW_CHECK;
 use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
 use crate::Consumer;
 
@@ -62,14 +63,18 @@ impl Consumer {
             .buffer_unordered(self.settings.batch_concurrency.max(1))
             .flat_map(stream::iter)
             .collect::<Vec<_>>();
-        tokio::pin!(work);
-        let tick = LEASE_RENEW / 2;
-        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let reports = loop {
-            tokio::select! {
-                reports = &mut work => break reports,
-                _ = renewals.tick() => self.flow.renew_lease().await,
+        // The renewals run beside the records (never in their way: a store round trip does not
+        // pause them) and end with them.
+        let renewals = async {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_CHECK, RENEW_CHECK);
+            loop {
+                ticker.tick().await;
+                self.flow.renew_lease().await;
             }
+        };
+        let reports = match future::select(pin!(work), pin!(renewals)).await {
+            Either::Left((reports, _)) => reports,
+            Either::Right(((), work)) => work.await,
         };
         self.flow.release_lease().await;
         self.report(reports)

@@ -14,17 +14,24 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use fanout_shared::fleet::{self, entitled_at, share_count, FleetStore, Lease, LEASE_RENEW, LEASE_TTL, RELEASE_GRACE};
+use fanout_shared::fleet::{self, entitled_at, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW, LEASE_TTL, RELEASE_GRACE};
 use fanout_shared::hosts::{Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS};
 use fanout_shared::{now_ms, PipelineConfig};
 
 use crate::limiter::{Deferred, Key, Limiters, Share};
+
+/// How often a working instance looks whether its lease is due for renewal (a clock read, no
+/// store call unless it is).
+pub const RENEW_CHECK: Duration = Duration::from_millis(100);
 
 /// Whether a job may be called now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Admission {
     /// Call it.
     Go,
+    /// Call it: it is the probe of the host's half-open circuit (no other job is let through
+    /// until its answer, so it must not be held again).
+    Probe,
     /// Hold it until `until_ms` (ms since the epoch).
     Hold {
         /// When to look again.
@@ -84,7 +91,8 @@ impl Flow {
     }
 
     /// Renews this instance's lease when due (a working instance renews at least every
-    /// [`LEASE_RENEW`]); the batch plumbing calls it at the start and on a ticker of half that.
+    /// [`LEASE_RENEW`], and within [`FIRST_RENEW`] of joining); the batch plumbing calls it at
+    /// the start and on a ticker of [`RENEW_CHECK`].
     pub async fn renew_lease(&self) {
         if !self.paced() {
             // Nothing to split: no lease, no store traffic.
@@ -93,9 +101,10 @@ impl Flow {
         let now = now_ms();
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-            // Renewing at half the period keeps every gap below LEASE_RENEW, which joiners
-            // count on (`fleet::entitled_at`).
-            if view.renewed.is_some_and(|at| at.elapsed() < LEASE_RENEW / 2) {
+            // Renewing at half the period keeps every gap below the promised one
+            // (`Lease::next_renewal_ms`), which joiners count on (`fleet::entitled_at`).
+            let period = if view.lease.just_joined() { FIRST_RENEW } else { LEASE_RENEW };
+            if view.renewed.is_some_and(|at| at.elapsed() < period / 2) {
                 return;
             }
             if view.lease.expires_ms <= now {
@@ -189,6 +198,7 @@ impl Flow {
     /// probe; the loser holds.
     pub async fn admit(&self, host: &str) -> Admission {
         let now = now_ms();
+        let mut admission = Admission::Go;
         for key in [ALL_HOSTS, host] {
             match self.cached(key).gate(now, &self.policy) {
                 Gate::Open => {}
@@ -197,6 +207,7 @@ impl Flow {
                     Ok((state, true)) => {
                         info!(host = key, "circuit half-open: this instance probes");
                         self.remember(key, state);
+                        admission = Admission::Probe;
                     }
                     Ok((state, false)) => {
                         let gate = state.gate(now, &self.policy);
@@ -213,7 +224,7 @@ impl Flow {
                 },
             }
         }
-        Admission::Go
+        admission
     }
 
     fn share_count(&self) -> (u32, i64) {

@@ -157,7 +157,8 @@ impl Consumer {
                 return self.reschedule(record, ms_until(at_ms), Reschedule::Waiting).await;
             }
         }
-        if let Admission::Hold { until_ms, reason } = self.flow.admit(&host).await {
+        let admission = self.flow.admit(&host).await;
+        if let Admission::Hold { until_ms, reason } = admission {
             debug!(host, reason = reason.as_str(), "held");
             return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
         }
@@ -167,6 +168,13 @@ impl Consumer {
             Ok(waited) => waited,
             Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
         };
+        if admission == Admission::Go && !rate_wait.is_zero() {
+            // The host may have gone down (or been paused) while this job waited.
+            if let Admission::Hold { until_ms, reason } = self.flow.admit(&host).await {
+                debug!(host, reason = reason.as_str(), "held after its wait");
+                return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
+            }
+        }
         let claim = Claim {
             message_id: &job.message_id,
             run_id: &job.run_id,

@@ -6,9 +6,11 @@
 //! same call); a lease lapses [`LEASE_TTL`] after its last renewal. An instance's share of a
 //! budget is `budget / n`, where `n` counts itself and every other live lease it has seen.
 //! A joining instance that finds others at work waits until each of them has renewed once
-//! more (their last renewal + [`LEASE_RENEW`] + [`JOIN_SLACK`]): by then they all count it and
-//! have lowered their shares, so the fleet never sends above the budget while it grows. An
-//! instance that finds nobody starts at once.
+//! more (their next renewal is due by [`Lease::next_renewal_ms`], plus [`JOIN_SLACK`]): by then
+//! they all count it and have lowered their shares, so the fleet never sends above the budget
+//! while it grows. An instance that finds nobody starts at once, and renews again within
+//! [`FIRST_RENEW`]: instances that start together at a tick see each other within a fraction
+//! of a second, not a whole renewal period.
 
 use std::time::Duration;
 
@@ -26,8 +28,12 @@ pub const LEASE_TTL: Duration = Duration::from_secs(3);
 /// lease; after it, the others take its share.
 pub const RELEASE_GRACE: Duration = Duration::from_millis(300);
 
-/// Margin over [`LEASE_RENEW`] for a store round trip, before a joining instance may start.
-pub const JOIN_SLACK: Duration = Duration::from_millis(300);
+/// The longest gap between an instance's first renewal (when it joins) and its second.
+pub const FIRST_RENEW: Duration = Duration::from_millis(200);
+
+/// Margin over the others' renewals for a store round trip and clock skew, before a joining
+/// instance may start.
+pub const JOIN_SLACK: Duration = Duration::from_millis(200);
 
 /// One instance's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,17 @@ impl Lease {
     pub fn renewed_ms(&self) -> i64 {
         self.expires_ms - ms(LEASE_TTL)
     }
+
+    /// Whether its holder has renewed only once, when it joined.
+    pub fn just_joined(&self) -> bool {
+        self.since_ms == self.renewed_ms()
+    }
+
+    /// The latest its working holder renews it again: [`FIRST_RENEW`] after joining, then
+    /// [`LEASE_RENEW`] after each renewal.
+    pub fn next_renewal_ms(&self) -> i64 {
+        self.renewed_ms() + ms(if self.just_joined() { FIRST_RENEW } else { LEASE_RENEW })
+    }
 }
 
 /// The number of instances a budget is split by, as seen by `me` at `now_ms`: itself plus the
@@ -65,7 +82,7 @@ pub fn entitled_at(me: &str, leases: &[Lease], now_ms: i64) -> i64 {
     leases
         .iter()
         .filter(|l| l.instance != me && l.live(now_ms))
-        .map(|l| l.renewed_ms() + ms(LEASE_RENEW) + ms(JOIN_SLACK))
+        .map(|l| l.next_renewal_ms() + ms(JOIN_SLACK))
         .max()
         .map_or(now_ms, |at| at.max(now_ms))
 }
@@ -106,5 +123,9 @@ mod tests {
         // b renewed last at 1.5 s: z may start after b's next renewal.
         assert_eq!(entitled_at("z", &leases, 2_000), 1_500 + ms(LEASE_RENEW) + ms(JOIN_SLACK));
         assert_eq!(entitled_at("z", &[], 2_000), 2_000, "alone: at once");
+        // An instance that joined at 1.9 s renews again within FIRST_RENEW: z waits only for that.
+        let fresh = Lease { instance: "f".into(), since_ms: 1_900, expires_ms: 1_900 + ttl };
+        assert!(fresh.just_joined() && !leases[0].just_joined());
+        assert_eq!(entitled_at("z", &[fresh], 2_000), 1_900 + ms(FIRST_RENEW) + ms(JOIN_SLACK));
     }
 }

@@ -223,14 +223,15 @@ async fn fault_run_of_100_jobs_settles_every_job_once() {
 #[test]
 fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_without_dead_letters() {
     // The host state and the leases in DynamoDB (moto), through the binary as a user runs it:
-    // a host down for its first 3 s, and a budget of 4/s the jobs have to wait for.
+    // a host down for its first 4 s, and a budget of 8/s the jobs have to wait for. Without the
+    // circuit, about 32 calls would meet the outage.
     let Some(moto) = Moto::start() else { return };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
-    let paths: Vec<String> = (0..24).map(|i| format!("outage/{i}?secs=3")).collect();
+    let paths: Vec<String> = (0..40).map(|i| format!("outage/{i}?secs=4")).collect();
     let (dir, file) = config_file("moto-flow", &server.base_url(), &paths);
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    config["rate_limit"] = serde_json::json!({"per_second": 4});
+    config["rate_limit"] = serde_json::json!({"per_second": 8});
     std::fs::write(&file, config.to_string()).unwrap();
     let exports = provision_with_cli(&moto, "flow");
     let fanout = |args: &[&str]| {
@@ -242,13 +243,11 @@ fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_witho
     let config = file.to_str().unwrap();
     let run = fanout(&["run", "--run-id", "flow-run", "--json", "--function-timeout", "5", "--visibility-timeout", "6", "--config", config]);
     eprintln!("{run}");
-    assert_eq!((run["succeeded"].as_u64(), run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(24), Some(0), Some(0)), "{run}");
+    assert_eq!((run["succeeded"].as_u64(), run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(40), Some(0), Some(0)), "{run}");
     let stats = server.stats();
-    assert_eq!((stats.effects, stats.repeat_successes), (24, 0), "each job's effect once");
+    assert_eq!((stats.effects, stats.repeat_successes), (40, 0), "each job's effect once");
     let outage_calls = calls_with_status(&server, 503);
-    assert!(outage_calls <= 12, "{outage_calls} calls while the host was down: the circuit holds its jobs");
-
-    assert!(run["held"].as_u64() > Some(0), "the open circuit held jobs across invocations: {run}");
+    assert!((5..=12).contains(&outage_calls), "{outage_calls} calls while the host was down: 5 open the circuit, then probes only");
 
     // The host's state is in the table, for every instance and for the operator.
     let hosts = fanout(&["hosts", "--json", "--config", config]);
