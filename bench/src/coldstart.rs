@@ -78,10 +78,7 @@ async fn handle(req: Request<Incoming>, mock: Arc<Mock>) -> Reply {
         return response.status(202).body(Full::new(Bytes::new())).map_err(std::io::Error::other);
     }
     // AWS JSON protocol (DynamoDB UpdateItem, SQS): the conditional write succeeded.
-    response
-        .header("content-type", "application/x-amz-json-1.0")
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .map_err(std::io::Error::other)
+    response.header("content-type", "application/x-amz-json-1.0").body(Full::new(Bytes::from_static(b"{}"))).map_err(std::io::Error::other)
 }
 
 async fn mock_server(event: Bytes) -> Result<MockServer, String> {
@@ -176,7 +173,8 @@ pub async fn section(runs: usize, consumer: &Path, python: &Path, peer_dir: &Pat
     let event = Bytes::from(line.trim().to_owned());
     let env = lambda_env(&config_path);
     let peer_args = vec![peer_dir.join("bootstrap.py").display().to_string()];
-    let (mut rust_ms, mut rust_rss, mut rust_file, mut py_ms, mut py_rss, mut py_file) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rust_ms, mut rust_rss, mut rust_file, mut py_ms, mut py_rss, mut py_file) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (ms, rss, file) = cold_start(consumer, &[], &env, &event).await?;
         rust_ms.push(ms);

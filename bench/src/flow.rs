@@ -33,20 +33,13 @@ struct Run {
     invocations: u64,
 }
 
-async fn scenario(
-    name: &str,
-    paths: Vec<String>,
-    rate: RateLimit,
-    options: RunOptions,
-    status: u16,
-) -> Result<Run, String> {
+async fn scenario(name: &str, paths: Vec<String>, rate: RateLimit, options: RunOptions, status: u16) -> Result<Run, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let mut config = fanout_tests::config_for(&server.base_url(), &paths, None);
     config.rate_limit = Some(rate);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let started = Instant::now();
-    let (summary, outcome) =
-        fanout::run::run(&config, &pipeline, &format!("bench-flow-{name}"), &options).await.map_err(|e| format!("{name}: {e}"))?;
+    let (summary, outcome) = fanout::run::run(&config, &pipeline, &format!("bench-flow-{name}"), &options).await.map_err(|e| format!("{name}: {e}"))?;
     let wall_s = started.elapsed().as_secs_f64();
     let records = server.records();
     Ok(Run {

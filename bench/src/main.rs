@@ -178,9 +178,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         }
         Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?]),
         Command::Produce { runs } => print_sections(&[produce::section(runs).await?]),
-        Command::ColdStart { runs, paths } => {
-            print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?])
-        }
+        Command::ColdStart { runs, paths } => print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?]),
         Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
         Command::Target => {
             let server = fanout_shared::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;

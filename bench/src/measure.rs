@@ -81,12 +81,7 @@ pub fn file_rss_of(pid: u32) -> Option<u64> {
 
 /// Runs `program args` to completion and parses its last stdout line as [`ProcessStats`].
 pub fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let output = Command::new(program).args(args).stdin(Stdio::null()).stderr(Stdio::inherit()).output().map_err(|e| format!("{}: {e}", program.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!("{} {}: {}; stdout: {stdout}", program.display(), args.join(" "), output.status));

@@ -112,13 +112,11 @@ pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<Sect
             format!("speed ratio per pair: {}", list(&speed, 1)),
             format!("RSS ratio per pair: {}", list(&memory, 3)),
         ],
-        notes: vec![
-            "Peak RSS: most of the Rust process's resident memory is file-backed pages of its own executable (figure 5 \
+        notes: vec!["Peak RSS: most of the Rust process's resident memory is file-backed pages of its own executable (figure 5 \
              splits the Lambda binary's RSS the same way), which a 1-record and a 5,000-record run share; \
              its heap stays at a few MiB. The Python peer's extra is heap: the interpreter, Powertools, requests and \
              their imports. A smaller executable (the `scripts/package` build with LTO, or `opt-level = \"s\"`) is \
              the lever left on the Rust side; the bench measures the workspace's release profile."
-                .into(),
-        ],
+            .into()],
     })
 }

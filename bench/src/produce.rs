@@ -66,7 +66,12 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     match moto_ticks(runs).await {
         Ok((rates, moto_calls, cpu_share)) => {
             figures.push(Figure::info(&format!("moto: {MOTO_TARGETS} targets"), format!("{:.0} msgs/s", median(&rates))));
-            figures.push(Figure::goal("moto: PublishBatch calls ÷ (N/10)", format!("{:.3}", median(&moto_calls)), "= 1.0", (median(&moto_calls) - 1.0).abs() < 1e-9));
+            figures.push(Figure::goal(
+                "moto: PublishBatch calls ÷ (N/10)",
+                format!("{:.3}", median(&moto_calls)),
+                "= 1.0",
+                (median(&moto_calls) - 1.0).abs() < 1e-9,
+            ));
             figures.push(Figure::info("moto: producer CPU ÷ wall", format!("{:.0}% of one core", median(&cpu_share) * 100.0)));
             runs_lines.push(format!("moto msgs/s: {}", list(&rates, 0)));
             notes.push(format!(

@@ -36,11 +36,7 @@ async fn global_run() -> Result<(f64, f64, f64), String> {
         return Err(format!("rate run settled {} of {JOBS} jobs", stats.effects));
     }
     let ideal = JOBS as f64 / RATE;
-    Ok((
-        outcome.elapsed.as_secs_f64() / ideal,
-        server.max_calls_in_window(Duration::from_secs(1)) as f64 / RATE,
-        last_call.as_secs_f64() / ideal,
-    ))
+    Ok((outcome.elapsed.as_secs_f64() / ideal, server.max_calls_in_window(Duration::from_secs(1)) as f64 / RATE, last_call.as_secs_f64() / ideal))
 }
 
 /// One run over four hosts (127.0.0.1–4, each its own server) with their own budgets and no
@@ -127,12 +123,7 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let peak_goal = 1.0 + fleet_burst / RATE;
     let mut figures = vec![
         Figure::goal("global: wall ÷ (N/R)", format!("{:.3}", median(&wall)), "≤ 1.05", median(&wall) <= 1.05),
-        Figure::goal(
-            "global: max 1 s rate ÷ R",
-            format!("{:.3}", median(&peak)),
-            &format!("≤ 1 + burst/R = {peak_goal:.3}"),
-            median(&peak) <= peak_goal,
-        ),
+        Figure::goal("global: max 1 s rate ÷ R", format!("{:.3}", median(&peak)), &format!("≤ 1 + burst/R = {peak_goal:.3}"), median(&peak) <= peak_goal),
     ];
     figures.push(Figure::info("global: last call ÷ (N/R)", format!("{:.3}", median(&last))));
     let mut run_lines = vec![

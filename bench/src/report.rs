@@ -175,11 +175,7 @@ pub fn machine(python: &std::path::Path) -> String {
             .map(|o| String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).trim().to_owned())
             .unwrap_or_else(|_| "unavailable".into())
     };
-    format!(
-        "{model}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; {}; {}",
-        version("rustc".as_ref()),
-        version(python)
-    )
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; {}; {}", version("rustc".as_ref()), version(python))
 }
 
 #[cfg(test)]

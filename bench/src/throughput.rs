@@ -32,7 +32,8 @@ pub async fn drain_child(target: &str, jobs: usize, duplicate_rate: f64, concurr
     let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64).await.map_err(|e| e.to_string())?;
     let cpu_s = cpu_seconds() - cpu;
     let ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
-    let settlement = fanout::settle::settle(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await.map_err(|e| e.to_string())?;
+    let settlement =
+        fanout::settle::settle(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await.map_err(|e| e.to_string())?;
     Ok(ProcessStats {
         jobs: jobs as u64,
         wall_s: outcome.elapsed.as_secs_f64(),

@@ -93,9 +93,7 @@ pub async fn aws(names: &AwsNames) -> Result<Pipeline, BackendError> {
 
 /// The AWS pipeline named by `names`, with an SDK configuration already loaded.
 pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipeline, BackendError> {
-    let need = |value: &Option<String>, var: &str| {
-        value.clone().ok_or_else(|| BackendError::permanent("fanout", format!("{var} is not set")))
-    };
+    let need = |value: &Option<String>, var: &str| value.clone().ok_or_else(|| BackendError::permanent("fanout", format!("{var} is not set")));
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let (queue_url, dlq_url) = (need(&names.queue_url, "FANOUT_QUEUE_URL")?, need(&names.dlq_url, "FANOUT_DLQ_URL")?);
     let table = need(&names.table_name, "FANOUT_TABLE_NAME")?;

@@ -329,11 +329,9 @@ fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
 async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64) -> Result<Pipeline, Failure> {
     match cli.backend {
         BackendKind::Embedded if cli.aws.stack_name().is_some() => Err(Failure::BadInput("--stack (FANOUT_STACK) needs --backend aws".into())),
-        BackendKind::Embedded => Ok(backend::embedded(&EmbeddedSettings {
-            state: cli.state.clone(),
-            max_receive_count,
-            duplicates: duplicates(duplicate_rate)?,
-        })?),
+        BackendKind::Embedded => {
+            Ok(backend::embedded(&EmbeddedSettings { state: cli.state.clone(), max_receive_count, duplicates: duplicates(duplicate_rate)? })?)
+        }
         BackendKind::Aws => {
             if duplicate_rate > 0.0 {
                 return Err(Failure::BadInput("--duplicate-rate only applies to the embedded backend".into()));
@@ -351,7 +349,9 @@ async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64
             let missing = names.missing();
             if !missing.is_empty() {
                 let list = missing.join(", ");
-                return Err(Failure::BadInput(format!("{list} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)")));
+                return Err(Failure::BadInput(format!(
+                    "{list} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)"
+                )));
             }
             Ok(backend::aws_with(&sdk, &names)?)
         }
@@ -419,7 +419,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             if args.json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             } else {
-                println!("run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)", summary.run_id, summary.published, summary.jobs, summary.publish_calls, summary.elapsed.as_millis());
+                println!(
+                    "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)",
+                    summary.run_id,
+                    summary.published,
+                    summary.jobs,
+                    summary.publish_calls,
+                    summary.elapsed.as_millis()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

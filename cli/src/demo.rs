@@ -22,10 +22,5 @@ pub fn demo_config(base_url: &str) -> PipelineConfig {
             Target { id: format!("demo-{i}"), url: format!("{base_url}/{path}"), method: None, headers: Default::default(), body: None, timeout_ms: None }
         })
         .collect();
-    PipelineConfig {
-        rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }),
-        allow_private_networks: true,
-        targets,
-        ..PipelineConfig::default()
-    }
+    PipelineConfig { rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }), allow_private_networks: true, targets, ..PipelineConfig::default() }
 }

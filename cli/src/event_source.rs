@@ -78,7 +78,6 @@ pub struct DrainOutcome {
     pub elapsed: Duration,
 }
 
-
 /// Drains `queue` through one consumer per concurrent invocation slot (each Lambda instance has
 /// its own rate-limit share), until the queue is empty or the timeout passes.
 pub async fn drain(
@@ -175,7 +174,11 @@ async fn invoke(
         }
         let Ok(report) = result else {
             o.timed_out += 1;
-            tracing::warn!(invocation = number, records = receipts.len(), "invocation cut off at the function timeout: its records come back after the visibility timeout");
+            tracing::warn!(
+                invocation = number,
+                records = receipts.len(),
+                "invocation cut off at the function timeout: its records come back after the visibility timeout"
+            );
             return Ok(());
         };
         let failed: HashSet<&str> = report.response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();

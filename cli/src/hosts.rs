@@ -128,10 +128,9 @@ pub async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action: &HostA
         match (&which.host, which.all) {
             (_, true) => Ok(ALL_HOSTS.to_owned()),
             (Some(host), false) if known.contains(&host.to_ascii_lowercase()) => Ok(host.to_ascii_lowercase()),
-            (Some(host), false) => Err(HostsError::BadInput(format!(
-                "unknown host {host:?}: the config's hosts are {}",
-                known.iter().cloned().collect::<Vec<_>>().join(", ")
-            ))),
+            (Some(host), false) => {
+                Err(HostsError::BadInput(format!("unknown host {host:?}: the config's hosts are {}", known.iter().cloned().collect::<Vec<_>>().join(", "))))
+            }
             (None, false) => Err(HostsError::BadInput("name a host or give --all".into())),
         }
     };

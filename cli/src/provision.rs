@@ -82,14 +82,7 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         .unwrap_or_default();
     let queue_arn = queue_arn(&sqs, &queue_url).await?;
 
-    let topic_arn = sns
-        .create_topic()
-        .name(format!("{prefix}-jobs"))
-        .send()
-        .await
-        .map_err(|e| failed("sns:CreateTopic", e))?
-        .topic_arn
-        .unwrap_or_default();
+    let topic_arn = sns.create_topic().name(format!("{prefix}-jobs")).send().await.map_err(|e| failed("sns:CreateTopic", e))?.topic_arn.unwrap_or_default();
     let policy = serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{
@@ -124,22 +117,13 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
                 .build()
                 .map_err(|e| failed("dynamodb:CreateTable", e))?,
         )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("message_id")
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(|e| failed("dynamodb:CreateTable", e))?,
-        )
+        .key_schema(KeySchemaElement::builder().attribute_name("message_id").key_type(KeyType::Hash).build().map_err(|e| failed("dynamodb:CreateTable", e))?)
         .send()
         .await;
     match created {
         Ok(_) => {
-            let ttl = TimeToLiveSpecification::builder()
-                .attribute_name("expiration")
-                .enabled(true)
-                .build()
-                .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
+            let ttl =
+                TimeToLiveSpecification::builder().attribute_name("expiration").enabled(true).build().map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
             dynamodb
                 .update_time_to_live()
                 .table_name(&table_name)

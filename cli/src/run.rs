@@ -41,12 +41,7 @@ pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOpti
     };
     (0..options.event_source.concurrency.max(1))
         .map(|_| {
-            let backends = Backends {
-                store: pipeline.store.clone(),
-                source: pipeline.queue.clone(),
-                dlq: pipeline.dlq.clone(),
-                fleet: pipeline.fleet.clone(),
-            };
+            let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone(), fleet: pipeline.fleet.clone() };
             Ok(Arc::new(Consumer::new(config, backends, settings.clone())?))
         })
         .collect()

@@ -100,11 +100,7 @@ impl StackOutputs {
             }
         })?;
         let found = described.stacks().first().ok_or_else(|| StackError::NotFound { stack: stack.to_owned(), place: place(sdk) })?;
-        let outputs = found
-            .outputs()
-            .iter()
-            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
-            .collect();
+        let outputs = found.outputs().iter().filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned()))).collect();
         let status = found.stack_status().map_or_else(|| "status unknown".to_owned(), |s| s.as_str().to_owned());
         Ok(Self { stack: stack.to_owned(), status, outputs })
     }

@@ -210,9 +210,10 @@ pub fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, String> {
 
 /// `fanout trigger`: invokes the stack's producer and, with `--wait`, follows the tick.
 pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, Failure> {
-    let stack = cli.aws.stack_name().ok_or_else(|| {
-        Failure::BadInput("fanout trigger needs --stack NAME (or FANOUT_STACK): it invokes that stack's producer".into())
-    })?;
+    let stack = cli
+        .aws
+        .stack_name()
+        .ok_or_else(|| Failure::BadInput("fanout trigger needs --stack NAME (or FANOUT_STACK): it invokes that stack's producer".into()))?;
     let timeout = seconds("timeout", args.timeout)?;
     let config = args.config.as_deref().map(load_config).transpose()?;
     let sdk = fanout_shared::aws::load_sdk_config().await;

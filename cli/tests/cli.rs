@@ -9,8 +9,7 @@ use fanout_shared::target_server::TargetServer;
 const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
 
 fn write_config(dir: &std::path::Path, base_url: &str, n: usize, rate: f64) -> std::path::PathBuf {
-    let targets: Vec<serde_json::Value> =
-        (0..n).map(|i| serde_json::json!({"id": format!("t{i}"), "url": format!("{base_url}/ok/{i}")})).collect();
+    let targets: Vec<serde_json::Value> = (0..n).map(|i| serde_json::json!({"id": format!("t{i}"), "url": format!("{base_url}/ok/{i}")})).collect();
     let config = serde_json::json!({"allow_private_networks": true, "rate_limit": {"per_second": rate}, "targets": targets});
     let path = dir.join("fanout.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -29,7 +28,19 @@ fn demo_json_parses_and_loses_nothing() {
     let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--demo", "--json"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for key in ["jobs", "succeeded", "dead_lettered", "duplicates_skipped", "retries", "outbound_calls", "elapsed_s", "rate_budget", "achieved_rate", "latency_ms", "lost"] {
+    for key in [
+        "jobs",
+        "succeeded",
+        "dead_lettered",
+        "duplicates_skipped",
+        "retries",
+        "outbound_calls",
+        "elapsed_s",
+        "rate_budget",
+        "achieved_rate",
+        "latency_ms",
+        "lost",
+    ] {
         assert!(summary.get(key).is_some(), "missing {key} in {summary}");
     }
     assert_eq!(summary["jobs"], 500);
@@ -54,17 +65,30 @@ fn every_config_rule_exits_2_naming_file_target_and_field() {
     let dir = temp_dir("rules");
     let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
     let cases = [
-        ("dup.json", r#"{"targets":[{"id":"t1","url":"https://x.io/"},{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
-         r#"dup.json: targets[1] (id "t1"): field `id`: duplicate id"#),
-        ("scheme.json", r#"{"targets":[{"id":"t1","url":"file:///etc/passwd"}]}"#.to_owned(), r#"scheme.json: targets[0] (id "t1"): field `url`: scheme "file""#),
+        (
+            "dup.json",
+            r#"{"targets":[{"id":"t1","url":"https://x.io/"},{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+            r#"dup.json: targets[1] (id "t1"): field `id`: duplicate id"#,
+        ),
+        (
+            "scheme.json",
+            r#"{"targets":[{"id":"t1","url":"file:///etc/passwd"}]}"#.to_owned(),
+            r#"scheme.json: targets[0] (id "t1"): field `url`: scheme "file""#,
+        ),
         ("method.json", target(r#","method":"FETCH""#), r#"method.json: targets[0] (id "t1"): field `method`"#),
         ("timeout.json", target(r#","timeout_ms":0"#), r#"timeout.json: targets[0] (id "t1"): field `timeout_ms`"#),
         ("header.json", target(r#","headers":{"X-Key":"${API_KEY}"}"#), r#"header.json: targets[0] (id "t1"): field `headers`: header X-Key"#),
-        ("metadata.json", r#"{"targets":[{"id":"t1","url":"http://169.254.169.254/latest/meta-data/"}]}"#.to_owned(),
-         r#"metadata.json: targets[0] (id "t1"): field `url`: 169.254.169.254 is a link-local"#),
+        (
+            "metadata.json",
+            r#"{"targets":[{"id":"t1","url":"http://169.254.169.254/latest/meta-data/"}]}"#.to_owned(),
+            r#"metadata.json: targets[0] (id "t1"): field `url`: 169.254.169.254 is a link-local"#,
+        ),
         ("body.json", target(&format!(r#","body":"{}""#, "x".repeat(300 * 1024))), r#"body.json: targets[0] (id "t1"): field `body`"#),
-        ("rate.json", r#"{"rate_limit":{"per_second":0},"targets":[{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
-         "rate.json: rate_limit: field `per_second`"),
+        (
+            "rate.json",
+            r#"{"rate_limit":{"per_second":0},"targets":[{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+            "rate.json: rate_limit: field `per_second`",
+        ),
         ("empty.json", r#"{"targets":[]}"#.to_owned(), "empty.json: field `targets`: no targets"),
         ("syntax.yaml", "targets: [".to_owned(), "syntax.yaml: cannot parse"),
     ];
@@ -137,14 +161,29 @@ fn config_holes_and_bad_run_ids_exit_2_with_a_clear_error() {
     let dir = temp_dir("holes");
     let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
     let files = [
-        ("port0.json", r#"{"targets":[{"id":"t1","url":"https://api.example.com:0/a"}]}"#.to_owned(), r#"port0.json: targets[0] (id "t1"): field `url`: port 0"#),
-        ("userinfo.json", r#"{"targets":[{"id":"t1","url":"https://bob:hunter2@api.example.com/a"}]}"#.to_owned(),
-         r#"userinfo.json: targets[0] (id "t1"): field `url`: credentials (user:password@) in "https://***@api.example.com/a""#),
-        ("host.json", target(r#","headers":{"Host":"internal.example.com"}"#), "host.json: targets[0] (id \"t1\"): field `headers`: header Host frames or routes"),
+        (
+            "port0.json",
+            r#"{"targets":[{"id":"t1","url":"https://api.example.com:0/a"}]}"#.to_owned(),
+            r#"port0.json: targets[0] (id "t1"): field `url`: port 0"#,
+        ),
+        (
+            "userinfo.json",
+            r#"{"targets":[{"id":"t1","url":"https://bob:hunter2@api.example.com/a"}]}"#.to_owned(),
+            r#"userinfo.json: targets[0] (id "t1"): field `url`: credentials (user:password@) in "https://***@api.example.com/a""#,
+        ),
+        (
+            "host.json",
+            target(r#","headers":{"Host":"internal.example.com"}"#),
+            "host.json: targets[0] (id \"t1\"): field `headers`: header Host frames or routes",
+        ),
         ("length.json", target(r#","headers":{"Content-Length":"5"}"#), "header Content-Length frames or routes"),
         ("te.json", target(r#","headers":{"TE":"trailers"}"#), "header TE frames or routes"),
         ("doc6.json", r#"{"targets":[{"id":"t1","url":"http://[2001:db8::10]/"}]}"#.to_owned(), "field `url`: 2001:db8::10 is a documentation address"),
-        ("sixtofour.json", r#"{"targets":[{"id":"t1","url":"http://[2002:c0a8:0101::1]/"}]}"#.to_owned(), "2002:c0a8:101::1 is a 6to4 address wrapping a non-public IPv4"),
+        (
+            "sixtofour.json",
+            r#"{"targets":[{"id":"t1","url":"http://[2002:c0a8:0101::1]/"}]}"#.to_owned(),
+            "2002:c0a8:101::1 is a 6to4 address wrapping a non-public IPv4",
+        ),
         ("sitelocal.json", r#"{"targets":[{"id":"t1","url":"http://[fec0::5]/"}]}"#.to_owned(), "fec0::5 is a site-local address"),
     ];
     let check = |path: &std::path::Path| Command::new(FANOUT).args(["config", "check"]).arg(path).output().unwrap();

@@ -8,10 +8,10 @@ use std::pin::pin;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures_util::future::{self, Either};
-use futures_util::stream::{self, StreamExt};
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
 use fanout_shared::metrics::{MetricSet, Unit};
+use futures_util::future::{self, Either};
+use futures_util::stream::{self, StreamExt};
 
 use crate::flow::RENEW_CHECK;
 use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
@@ -115,9 +115,9 @@ impl Consumer {
             }
             let held = matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Held(_), .. });
             if let (Some(host), true) = (&report.host, report.call_latency.is_some() || held) {
-                let m = host_metrics.entry(host.clone()).or_insert_with(|| {
-                    MetricSet::new([("Function".to_owned(), function.clone()), ("Host".to_owned(), host.clone())])
-                });
+                let m = host_metrics
+                    .entry(host.clone())
+                    .or_insert_with(|| MetricSet::new([("Function".to_owned(), function.clone()), ("Host".to_owned(), host.clone())]));
                 let change = report.host_change;
                 for (metric, happened) in [
                     ("HostCalls", report.call_latency.is_some()),
@@ -151,12 +151,7 @@ fn copies_together(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
     let mut groups: Vec<Vec<SqsMessage>> = Vec::with_capacity(records.len());
     let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
     for record in records {
-        let key = record
-            .message_attributes
-            .get(ATTR_MESSAGE_ID)
-            .and_then(|a| a.string_value.clone())
-            .or_else(|| record.body.clone())
-            .unwrap_or_default();
+        let key = record.message_attributes.get(ATTR_MESSAGE_ID).and_then(|a| a.string_value.clone()).or_else(|| record.body.clone()).unwrap_or_default();
         match index.get(&key) {
             Some(&i) => groups[i].push(record),
             None => {

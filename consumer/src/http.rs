@@ -202,9 +202,7 @@ pub fn resolve_env(template: &str) -> Result<String, String> {
     for part in env_placeholders(template)? {
         match part {
             HeaderPart::Literal(text) => out.push_str(text),
-            HeaderPart::Env(name) => {
-                out.push_str(&std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?)
-            }
+            HeaderPart::Env(name) => out.push_str(&std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?),
         }
     }
     Ok(out)
@@ -230,11 +228,7 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
         CallOutcome::Succeeded { status: code }
     } else if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         let honours = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
-        CallOutcome::Transient {
-            reason: format!("HTTP {status}"),
-            status: Some(code),
-            retry_after: retry_after.filter(|_| honours),
-        }
+        CallOutcome::Transient { reason: format!("HTTP {status}"), status: Some(code), retry_after: retry_after.filter(|_| honours) }
     } else if status.is_redirection() {
         CallOutcome::Permanent { reason: format!("HTTP {status}: redirect not followed"), status: Some(code) }
     } else {
@@ -338,12 +332,18 @@ mod tests {
         let port = addr.port();
         let cases = [
             (format!("http://origin.test:{port}/ok/followed"), "succeeded".to_owned()),
-            ("http://169.254.169.254/latest/meta-data/".to_owned(), "redirect refused: 169.254.169.254 is a link-local address (metadata endpoint range)".to_owned()),
+            (
+                "http://169.254.169.254/latest/meta-data/".to_owned(),
+                "redirect refused: 169.254.169.254 is a link-local address (metadata endpoint range)".to_owned(),
+            ),
             (format!("http://127.0.0.1:{port}/ok"), "redirect refused: 127.0.0.1 is a loopback address".to_owned()),
             (format!("http://[::ffff:10.0.0.1]:{port}/ok"), "redirect refused: ::ffff:10.0.0.1 is a private address".to_owned()),
             (format!("http://localhost:{port}/ok"), "redirect refused: host localhost is loopback".to_owned()),
             (format!("http://{hostname}:{port}/ok"), format!("refused: {hostname} resolves to a loopback address")),
-            (format!("http://other.test:{port}/ok"), r#"redirect refused: host "other.test" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#.to_owned()),
+            (
+                format!("http://other.test:{port}/ok"),
+                r#"redirect refused: host "other.test" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#.to_owned(),
+            ),
         ];
         for (to, expected) in cases {
             let url = format!("http://origin.test:{port}/redirect/x?to={to}");

@@ -39,10 +39,7 @@ impl Policy {
         if !self.allowed_hosts.contains(&host) {
             return Err(format!("host {host:?} is not in the consumer's allowed hosts"));
         }
-        let own = self
-            .targets
-            .get(&sent.id)
-            .ok_or_else(|| format!("target id {:?} is not in the consumer's config", sent.id))?;
+        let own = self.targets.get(&sent.id).ok_or_else(|| format!("target id {:?} is not in the consumer's config", sent.id))?;
         let differences = differences(sent, own);
         if differences.is_empty() {
             Ok(own)
@@ -120,8 +117,13 @@ mod tests {
             (job(|t| t.timeout_ms = 900_000), "field `timeout_ms` differs"),
             (job(|t| t.id = "b".into()), r#"target id "b" is not in the consumer's config"#),
             (job(|t| t.url = "https://evil.example.net/a".into()), r#"host "evil.example.net" is not in the consumer's allowed hosts"#),
-            (job(|t| { t.method = "PUT".into(); t.headers.insert("X-Home".into(), "${env:HOME}".into()); }),
-             r#"target "a" differs from the consumer's config: field `method` differs; header X-Home is not in the config"#),
+            (
+                job(|t| {
+                    t.method = "PUT".into();
+                    t.headers.insert("X-Home".into(), "${env:HOME}".into());
+                }),
+                r#"target "a" differs from the consumer's config: field `method` differs; header X-Home is not in the config"#,
+            ),
         ];
         for (message, expected) in cases {
             let reason = policy.authorize(&message).unwrap_err();

@@ -20,9 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use fanout_shared::hosts::{HoldReason, HostEvent};
 use fanout_shared::idempotency::{Acquire, Claim, Transition};
-use fanout_shared::job::{
-    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE, ATTR_STATUS_CODE,
-};
+use fanout_shared::job::{decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE, ATTR_STATUS_CODE};
 use fanout_shared::queue::MAX_DELAY;
 use fanout_shared::{now_ms, BackendError};
 

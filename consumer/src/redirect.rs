@@ -95,13 +95,7 @@ impl RedirectRules {
 
 /// The redirect statuses followed, with the `Location` to follow.
 pub fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
-    let followed = [
-        StatusCode::MOVED_PERMANENTLY,
-        StatusCode::FOUND,
-        StatusCode::SEE_OTHER,
-        StatusCode::TEMPORARY_REDIRECT,
-        StatusCode::PERMANENT_REDIRECT,
-    ];
+    let followed = [StatusCode::MOVED_PERMANENTLY, StatusCode::FOUND, StatusCode::SEE_OTHER, StatusCode::TEMPORARY_REDIRECT, StatusCode::PERMANENT_REDIRECT];
     if !followed.contains(&status) {
         return None;
     }
@@ -110,11 +104,8 @@ pub fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
 
 /// Drops environment-derived (sensitive) values and credential headers.
 fn strip_credentials(headers: &mut HeaderMap) {
-    let secret: Vec<HeaderName> = headers
-        .iter()
-        .filter(|(name, value)| value.is_sensitive() || CREDENTIAL_HEADERS.contains(name))
-        .map(|(name, _)| name.clone())
-        .collect();
+    let secret: Vec<HeaderName> =
+        headers.iter().filter(|(name, value)| value.is_sensitive() || CREDENTIAL_HEADERS.contains(name)).map(|(name, _)| name.clone()).collect();
     for name in secret {
         headers.remove(name);
     }
@@ -166,7 +157,10 @@ mod tests {
     fn hops_outside_the_allow_list_or_the_guard_are_refused_naming_the_host() {
         let first = hop("https://a.example.com/x", Method::GET);
         let refused = |to: &str, n: usize| rules().next(&first, StatusCode::FOUND, to, n).unwrap_err();
-        assert_eq!(refused("https://evil.example.net/", 0), r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#);
+        assert_eq!(
+            refused("https://evil.example.net/", 0),
+            r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#
+        );
         assert_eq!(refused("ftp://a.example.com/", 0), r#"redirect refused: scheme "ftp" is not allowed"#);
         assert_eq!(refused("http://10.0.0.1/", 0), "redirect refused: 10.0.0.1 is a private address");
         assert_eq!(refused("/y", MAX_REDIRECTS), "redirect refused: more than 5 redirects");

@@ -70,15 +70,12 @@ impl Settings {
             var(name).map(|v| v.trim().parse().map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))).transpose()
         };
         let defaults = Self::default();
-        let rate_per_second: Option<f64> = var("FANOUT_RATE_PER_SECOND")
-            .map(|v| v.trim().parse().map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}")))
-            .transpose()?;
+        let rate_per_second: Option<f64> =
+            var("FANOUT_RATE_PER_SECOND").map(|v| v.trim().parse().map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}"))).transpose()?;
         if rate_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err("FANOUT_RATE_PER_SECOND must be a positive number".into());
         }
-        let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?
-            .map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large")))
-            .transpose()?;
+        let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?.map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large"))).transpose()?;
         Ok(Self {
             rate_per_second,
             record_ttl: parse("FANOUT_RECORD_TTL_SECS")?.map_or(defaults.record_ttl, Duration::from_secs),
@@ -97,11 +94,8 @@ mod tests {
 
     #[test]
     fn reads_env_and_names_bad_values() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
-        };
-        let s = Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "50"), ("FANOUT_MAX_ATTEMPTS", "3"), ("FANOUT_RETRY_BASE_MS", "50")]))
-            .unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        let s = Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "50"), ("FANOUT_MAX_ATTEMPTS", "3"), ("FANOUT_RETRY_BASE_MS", "50")])).unwrap();
         assert_eq!(s.rate_per_second, Some(50.0));
         assert_eq!(s.record_ttl, Duration::from_secs(86400));
         let retry = s.retry.apply(RetryPolicy::default());

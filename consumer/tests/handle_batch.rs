@@ -42,14 +42,7 @@ fn config(targets: serde_json::Value) -> serde_json::Value {
 }
 
 fn job(run: &str, id: &str, url: &str) -> JobMessage {
-    let target = fanout_shared::JobTarget {
-        id: id.into(),
-        url: url.into(),
-        method: "GET".into(),
-        headers: Default::default(),
-        body: None,
-        timeout_ms: 2000,
-    };
+    let target = fanout_shared::JobTarget { id: id.into(), url: url.into(), method: "GET".into(), headers: Default::default(), body: None, timeout_ms: 2000 };
     JobMessage::new(run, target, chrono::Utc::now())
 }
 
@@ -123,9 +116,8 @@ async fn live_lock_reschedules_the_copy_and_expired_lock_is_reacquired() {
     let h = harness(config(json!([{"id": "a", "url": "BASE/ok/a"}])), Settings::default()).await;
     let job = job("run-1", "a", &format!("{}/ok/a", h.server.base_url()));
     let store = h.backend.store();
-    let claim = |now_ms, lock_until_ms| Claim {
-        message_id: &job.message_id, run_id: "run-1", target_id: "a", now_ms, lock_until_ms, expiration_s: 0, replay_of: None,
-    };
+    let claim =
+        |now_ms, lock_until_ms| Claim { message_id: &job.message_id, run_id: "run-1", target_id: "a", now_ms, lock_until_ms, expiration_s: 0, replay_of: None };
     // Another consumer holds a live lock.
     assert!(matches!(store.acquire(&claim(fanout_shared::now_ms(), in_seconds(60))).await.unwrap(), Acquire::Acquired { .. }));
     let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;

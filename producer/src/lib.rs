@@ -42,12 +42,7 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 
 /// Publishes one job per target of `config` for `run_id`. Fails loudly, with the message IDs,
 /// if any job is still unpublished after retries; the summary is then inside the error.
-pub async fn produce(
-    config: &PipelineConfig,
-    run_id: &str,
-    publisher: &dyn Publisher,
-    options: &PublishOptions,
-) -> Result<Summary, PublishError> {
+pub async fn produce(config: &PipelineConfig, run_id: &str, publisher: &dyn Publisher, options: &PublishOptions) -> Result<Summary, PublishError> {
     tick::check_run_id(run_id).map_err(|e| PublishError::BadRunId(e.to_string()))?;
     let started = Instant::now();
     let now = chrono::Utc::now();

@@ -81,11 +81,7 @@ pub fn batches(messages: impl Iterator<Item = OutboundMessage>) -> impl Iterator
 }
 
 /// Publishes every message, `options.concurrency` batches at a time.
-pub async fn publish_all(
-    messages: impl Iterator<Item = OutboundMessage>,
-    publisher: &dyn Publisher,
-    options: &PublishOptions,
-) -> Outcome {
+pub async fn publish_all(messages: impl Iterator<Item = OutboundMessage>, publisher: &dyn Publisher, options: &PublishOptions) -> Outcome {
     let calls = AtomicU64::new(0);
     let results: Vec<(usize, Vec<EntryFailure>)> = stream::iter(batches(messages))
         .map(|batch| publish_batch_with_retry(batch, publisher, options, &calls))
@@ -116,12 +112,8 @@ async fn publish_batch_with_retry(
         let failed = match publisher.publish_batch(&pending).await {
             Ok(failed) => failed,
             Err(e) => {
-                let failure = |m: &OutboundMessage| EntryFailure {
-                    id: m.id.clone(),
-                    code: e.service.to_owned(),
-                    message: e.message.clone(),
-                    sender_fault: !e.retryable,
-                };
+                let failure =
+                    |m: &OutboundMessage| EntryFailure { id: m.id.clone(), code: e.service.to_owned(), message: e.message.clone(), sender_fault: !e.retryable };
                 pending.iter().map(failure).collect()
             }
         };
@@ -235,10 +227,8 @@ mod tests {
 
     #[tokio::test]
     async fn produce_fails_loudly_and_ids_are_deterministic() {
-        let config: fanout_shared::PipelineConfig = serde_json::from_str(
-            r#"{"targets":[{"id":"a","url":"https://x.example.com/a"},{"id":"b","url":"https://x.example.com/b"}]}"#,
-        )
-        .unwrap();
+        let config: fanout_shared::PipelineConfig =
+            serde_json::from_str(r#"{"targets":[{"id":"a","url":"https://x.example.com/a"},{"id":"b","url":"https://x.example.com/b"}]}"#).unwrap();
         let topic = FlakyTopic::default();
         crate::produce(&config, "run-1", &topic, &fast()).await.unwrap();
         crate::produce(&config, "run-1", &topic, &fast()).await.unwrap();

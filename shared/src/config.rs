@@ -178,11 +178,8 @@ impl PipelineConfig {
     /// (as some Windows editors write) is skipped.
     pub fn parse(text: &str, yaml: bool, file: &str) -> Result<Self, ConfigErrors> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let parsed: Result<Self, String> = if yaml {
-            serde_norway::from_str(text).map_err(|e| e.to_string())
-        } else {
-            serde_json::from_str(text).map_err(|e| e.to_string())
-        };
+        let parsed: Result<Self, String> =
+            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
         let config = parsed.map_err(|e| ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))]))?;
         config.validate(file)?;
         Ok(config)
@@ -371,47 +368,56 @@ mod tests {
     #[test]
     fn each_rule_names_file_target_and_field() {
         let cases = [
-            (r#"{"targets":[{"id":"a","url":"https://x.io/"},{"id":"a","url":"https://x.io/"}]}"#,
-             r#"fanout.json: targets[1] (id "a"): field `id`: duplicate id, first used by targets[0]"#),
-            (r#"{"targets":[{"id":"a","url":"ftp://x.io/"}]}"#,
-             r#"targets[0] (id "a"): field `url`: scheme "ftp" is not allowed"#),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io/"},{"id":"a","url":"https://x.io/"}]}"#,
+                r#"fanout.json: targets[1] (id "a"): field `id`: duplicate id, first used by targets[0]"#,
+            ),
+            (r#"{"targets":[{"id":"a","url":"ftp://x.io/"}]}"#, r#"targets[0] (id "a"): field `url`: scheme "ftp" is not allowed"#),
             (r#"{"targets":[{"id":"a","url":"not a url"}]}"#, r#"field `url`: not a URL"#),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","method":"FETCH"}]}"#,
-             r#"field `method`: unknown method "FETCH""#),
-            (r#"{"rate_limit":{"per_second":0},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             "fanout.json: rate_limit: field `per_second`: must be a positive number"),
-            (r#"{"hosts":{"x.io":{"per_second":0}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             "hosts.x.io: field `per_second`"),
-            (r#"{"targets":[{"id":"a","url":"http://169.254.169.254/latest"}]}"#,
-             "field `url`: 169.254.169.254 is a link-local"),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${API}"}}]}"#,
-             "field `headers`: header X: placeholder ${API} must be ${env:NAME}"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","method":"FETCH"}]}"#, r#"field `method`: unknown method "FETCH""#),
+            (
+                r#"{"rate_limit":{"per_second":0},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                "fanout.json: rate_limit: field `per_second`: must be a positive number",
+            ),
+            (r#"{"hosts":{"x.io":{"per_second":0}},"targets":[{"id":"a","url":"https://x.io/"}]}"#, "hosts.x.io: field `per_second`"),
+            (r#"{"targets":[{"id":"a","url":"http://169.254.169.254/latest"}]}"#, "field `url`: 169.254.169.254 is a link-local"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${API}"}}]}"#, "field `headers`: header X: placeholder ${API} must be ${env:NAME}"),
             (r#"{"targets":[{"id":"a","url":"https://x.io/","timeout_ms":0}]}"#, "field `timeout_ms`"),
             (r#"{"targets":[]}"#, "field `targets`: no targets"),
             (r#"{"targets":[{"id":"a","uri":"https://x.io/"}]}"#, "fanout.json: cannot parse: unknown field `uri`"),
-            (r#"{"rate_limit":{"per_second":5,"burst":0},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             "fanout.json: rate_limit: field `burst`: must be at least 1"),
-            (r#"{"rate_limit":{"per_second":-1},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             "rate_limit: field `per_second`: must be a positive number, got -1"),
-            (r#"{"defaults":{"method":"FETCH"},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             r#"fanout.json: defaults: field `method`: unknown method "FETCH""#),
+            (
+                r#"{"rate_limit":{"per_second":5,"burst":0},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                "fanout.json: rate_limit: field `burst`: must be at least 1",
+            ),
+            (
+                r#"{"rate_limit":{"per_second":-1},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                "rate_limit: field `per_second`: must be a positive number, got -1",
+            ),
+            (
+                r#"{"defaults":{"method":"FETCH"},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                r#"fanout.json: defaults: field `method`: unknown method "FETCH""#,
+            ),
             (r#"{"targets":[{"id":"","url":"https://x.io/"}]}"#, r#"targets[0] (id ""): field `id`: is empty"#),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","timeout_ms":900001}]}"#,
-             "field `timeout_ms`: must be 1..=900000, got 900001"),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Bad Name":"v"}}]}"#,
-             r#"targets[0] (id "a"): field `headers`: invalid header name "Bad Name""#),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u0001b"}}]}"#,
-             "field `headers`: header X: value has a control character"),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u007fb"}}]}"#,
-             "field `headers`: header X: value has a control character"),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:TOKEN"}}]}"#,
-             "field `headers`: header X: unterminated placeholder"),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:1X}"}}]}"#,
-             r#"field `headers`: header X: invalid environment variable name "1X""#),
-            (r#"{"defaults":{"headers":{"X":"${API}"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             r#"targets[0] (id "a"): field `headers`: header X: placeholder ${API}"#),
-            (r#"{"targets":[{"id":"a","url":"http://127.0.0.1:8080/"}]}"#,
-             "field `url`: 127.0.0.1 is a loopback address; set allow_private_networks to call it"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","timeout_ms":900001}]}"#, "field `timeout_ms`: must be 1..=900000, got 900001"),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Bad Name":"v"}}]}"#,
+                r#"targets[0] (id "a"): field `headers`: invalid header name "Bad Name""#,
+            ),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u0001b"}}]}"#, "field `headers`: header X: value has a control character"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"a\u007fb"}}]}"#, "field `headers`: header X: value has a control character"),
+            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:TOKEN"}}]}"#, "field `headers`: header X: unterminated placeholder"),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"X":"${env:1X}"}}]}"#,
+                r#"field `headers`: header X: invalid environment variable name "1X""#,
+            ),
+            (
+                r#"{"defaults":{"headers":{"X":"${API}"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                r#"targets[0] (id "a"): field `headers`: header X: placeholder ${API}"#,
+            ),
+            (
+                r#"{"targets":[{"id":"a","url":"http://127.0.0.1:8080/"}]}"#,
+                "field `url`: 127.0.0.1 is a loopback address; set allow_private_networks to call it",
+            ),
             (r#"{"targets":[{"id":"a","url":"http://localhost:8080/"}]}"#, "field `url`: host localhost is loopback"),
             (r#"{"targets":[{"id":"a","url":"http://10.1.2.3/"}]}"#, "field `url`: 10.1.2.3 is a private address"),
             (r#"{"targets":[{"id":"a","url":"http://[::1]/"}]}"#, "field `url`: ::1 is a loopback address"),
@@ -444,12 +450,18 @@ mod tests {
     fn issue_13_config_holes_are_refused() {
         let cases = [
             (r#"{"targets":[{"id":"a","url":"https://x.io:0/"}]}"#, r#"targets[0] (id "a"): field `url`: port 0"#),
-            (r#"{"targets":[{"id":"a","url":"https://u:hunter2@x.io/"}]}"#,
-             r#"targets[0] (id "a"): field `url`: credentials (user:password@) in "https://***@x.io/""#),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Host":"internal.x.io"}}]}"#,
-             "field `headers`: header Host frames or routes the request"),
-            (r#"{"defaults":{"headers":{"transfer-encoding":"chunked"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
-             "field `headers`: header transfer-encoding frames or routes"),
+            (
+                r#"{"targets":[{"id":"a","url":"https://u:hunter2@x.io/"}]}"#,
+                r#"targets[0] (id "a"): field `url`: credentials (user:password@) in "https://***@x.io/""#,
+            ),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Host":"internal.x.io"}}]}"#,
+                "field `headers`: header Host frames or routes the request",
+            ),
+            (
+                r#"{"defaults":{"headers":{"transfer-encoding":"chunked"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
+                "field `headers`: header transfer-encoding frames or routes",
+            ),
             (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Proxy-Authorization":"x"}}]}"#, "header Proxy-Authorization frames"),
             (r#"{"targets":[{"id":"a","url":"http://[2001:db8::1]/"}]}"#, "field `url`: 2001:db8::1 is a documentation"),
             (r#"{"targets":[{"id":"a","url":"http://[2002:a00:1::1]/"}]}"#, "field `url`: 2002:a00:1::1 is a 6to4 address wrapping a non-public IPv4 address"),
@@ -497,10 +509,10 @@ mod tests {
         )
         .unwrap();
         let headers = config.job_target(&config.targets[0]).headers;
-        assert_eq!(headers.into_iter().collect::<Vec<_>>(), [
-            ("X-Keep".to_owned(), "k".to_owned()),
-            ("authorization".to_owned(), "Bearer ${env:B}".to_owned())
-        ]);
+        assert_eq!(
+            headers.into_iter().collect::<Vec<_>>(),
+            [("X-Keep".to_owned(), "k".to_owned()), ("authorization".to_owned(), "Bearer ${env:B}".to_owned())]
+        );
     }
 
     #[test]

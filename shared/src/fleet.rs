@@ -79,12 +79,7 @@ pub fn share_count(me: &str, leases: &[Lease], now_ms: i64) -> u32 {
 /// When `me`, joining at `now_ms`, may start: at once if no other lease is live, otherwise once
 /// every live one has renewed again and so counts `me`.
 pub fn entitled_at(me: &str, leases: &[Lease], now_ms: i64) -> i64 {
-    leases
-        .iter()
-        .filter(|l| l.instance != me && l.live(now_ms))
-        .map(|l| l.next_renewal_ms() + ms(JOIN_SLACK))
-        .max()
-        .map_or(now_ms, |at| at.max(now_ms))
+    leases.iter().filter(|l| l.instance != me && l.live(now_ms)).map(|l| l.next_renewal_ms() + ms(JOIN_SLACK)).max().map_or(now_ms, |at| at.max(now_ms))
 }
 
 /// `d` in ms.

@@ -254,9 +254,7 @@ impl HostState {
             Circuit::Closed => Gate::Open,
             Circuit::Open { until_ms } if until_ms > now_ms => hold(until_ms, HoldReason::CircuitOpen),
             // A probe usually answers long before its lease ends: look again soon.
-            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => {
-                hold(probe_until_ms.min(now_ms + PROBE_RECHECK_MS), HoldReason::ProbeInFlight)
-            }
+            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => hold(probe_until_ms.min(now_ms + PROBE_RECHECK_MS), HoldReason::ProbeInFlight),
             Circuit::Open { .. } | Circuit::HalfOpen { .. } => Gate::Probe,
         }
     }

@@ -178,14 +178,8 @@ pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_
         Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1, failures: r.failures },
         // The replay holds the DLQ copy, so the rejection was delivered: run the job again, with
         // a fresh retry budget (the operator fixed what made it fail).
-        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => {
-            Acquire::Acquired { attempt: r.attempts + 1, failures: 0 }
-        }
-        Status::Rejected => Acquire::Rejected {
-            attempt: r.attempts,
-            reason: r.last_error.clone().unwrap_or_default(),
-            status_code: r.status_code,
-        },
+        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1, failures: 0 },
+        Status::Rejected => Acquire::Rejected { attempt: r.attempts, reason: r.last_error.clone().unwrap_or_default(), status_code: r.status_code },
         Status::DeadLettered => Acquire::AlreadyDeadLettered,
     }
 }

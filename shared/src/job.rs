@@ -132,21 +132,14 @@ pub struct OutboundMessage {
 impl OutboundMessage {
     /// Bytes SNS counts against its 256 KiB limit: body plus attribute names, types and values.
     pub fn size(&self) -> usize {
-        self.body.len()
-            + self.attributes.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+        self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
     }
 }
 
 impl JobMessage {
     /// Builds the job for `target` in run `run_id`.
     pub fn new(run_id: &str, target: JobTarget, enqueued_at: DateTime<Utc>) -> Self {
-        Self {
-            v: MESSAGE_VERSION,
-            message_id: message_id(run_id, &target.id),
-            run_id: run_id.to_owned(),
-            target,
-            enqueued_at,
-        }
+        Self { v: MESSAGE_VERSION, message_id: message_id(run_id, &target.id), run_id: run_id.to_owned(), target, enqueued_at }
     }
 
     /// The message as published: JSON body plus `message_id` and `target_host` attributes.
@@ -192,16 +185,14 @@ pub fn decode_body(body: &str) -> Result<JobMessage, DecodeError> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(body.len()));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let is_envelope = value.get("Type").and_then(|t| t.as_str()) == Some("Notification");
     if is_envelope {
         let inner = value
             .get("Message")
             .and_then(|m| m.as_str())
             .ok_or_else(|| DecodeError::Envelope(Box::new(DecodeError::Invalid("no string field `Message`".into()))))?;
-        let inner: serde_json::Value = serde_json::from_str(inner)
-            .map_err(|e| DecodeError::Envelope(Box::new(DecodeError::NotJson(e.to_string()))))?;
+        let inner: serde_json::Value = serde_json::from_str(inner).map_err(|e| DecodeError::Envelope(Box::new(DecodeError::NotJson(e.to_string()))))?;
         return decode_job(inner).map_err(|e| DecodeError::Envelope(Box::new(e)));
     }
     decode_job(value)
@@ -210,16 +201,12 @@ pub fn decode_body(body: &str) -> Result<JobMessage, DecodeError> {
 fn decode_job(value: serde_json::Value) -> Result<JobMessage, DecodeError> {
     match value.get("v") {
         None => return Err(DecodeError::Invalid("missing field `v`".into())),
-        Some(v) if v.as_u64() != Some(u64::from(MESSAGE_VERSION)) => {
-            return Err(DecodeError::UnsupportedVersion(v.to_string()))
-        }
+        Some(v) if v.as_u64() != Some(u64::from(MESSAGE_VERSION)) => return Err(DecodeError::UnsupportedVersion(v.to_string())),
         Some(_) => {}
     }
     let job: JobMessage = serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     check_run_id(&job.run_id).map_err(DecodeError::Invalid)?;
-    job.target
-        .check()
-        .map_err(|(field, why)| DecodeError::Invalid(format!("target.{field}: {why}")))?;
+    job.target.check().map_err(|(field, why)| DecodeError::Invalid(format!("target.{field}: {why}")))?;
     if job.message_id != message_id(&job.run_id, &job.target.id) {
         return Err(DecodeError::Invalid("message_id does not match run_id and target.id".into()));
     }
@@ -231,14 +218,7 @@ mod tests {
     use super::*;
 
     fn target(id: &str) -> JobTarget {
-        JobTarget {
-            id: id.into(),
-            url: "https://api.example.com/users/1".into(),
-            method: "GET".into(),
-            headers: BTreeMap::new(),
-            body: None,
-            timeout_ms: 1000,
-        }
+        JobTarget { id: id.into(), url: "https://api.example.com/users/1".into(), method: "GET".into(), headers: BTreeMap::new(), body: None, timeout_ms: 1000 }
     }
 
     #[test]

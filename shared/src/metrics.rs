@@ -82,8 +82,7 @@ impl MetricSet {
         if self.values.is_empty() {
             return None;
         }
-        let definitions: Vec<Value> =
-            self.values.iter().map(|(name, (unit, _))| json!({"Name": name, "Unit": unit.as_str()})).collect();
+        let definitions: Vec<Value> = self.values.iter().map(|(name, (unit, _))| json!({"Name": name, "Unit": unit.as_str()})).collect();
         let mut doc = Map::new();
         doc.insert(
             "_aws".into(),

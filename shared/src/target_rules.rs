@@ -11,18 +11,8 @@
 //!   elsewhere, and `Idempotency-Key` is the job's message ID.
 
 /// Headers a config may not set, lower-case; any `proxy-*` header is refused too.
-pub const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "expect",
-    "keep-alive",
-    "trailer",
-    "idempotency-key",
-];
+pub const RESERVED_HEADERS: &[&str] =
+    &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "expect", "keep-alive", "trailer", "idempotency-key"];
 
 /// Checks a target URL: parses, `http`/`https`, has a host, port not 0, no userinfo. Errors
 /// never quote a password.
@@ -100,11 +90,8 @@ pub fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, String> {
         }
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| format!("unterminated placeholder in {value:?}"))?;
-        let name = after[..end]
-            .strip_prefix("env:")
-            .ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let name = after[..end].strip_prefix("env:").ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!("invalid environment variable name {name:?}"));
         }
@@ -123,10 +110,7 @@ mod tests {
 
     #[test]
     fn placeholders_split_into_parts() {
-        assert_eq!(
-            env_placeholders("Bearer ${env:TOKEN}!").unwrap(),
-            vec![HeaderPart::Literal("Bearer "), HeaderPart::Env("TOKEN"), HeaderPart::Literal("!")]
-        );
+        assert_eq!(env_placeholders("Bearer ${env:TOKEN}!").unwrap(), vec![HeaderPart::Literal("Bearer "), HeaderPart::Env("TOKEN"), HeaderPart::Literal("!")]);
         assert!(env_placeholders("${env:TOKEN").is_err());
         assert!(env_placeholders("${env:1X}").is_err());
     }
@@ -134,8 +118,18 @@ mod tests {
     #[test]
     fn framing_routing_and_consumer_headers_are_refused_in_any_case() {
         for name in [
-            "Host", "content-length", "Transfer-Encoding", "CONNECTION", "Upgrade", "TE", "Expect", "Keep-Alive",
-            "Trailer", "Proxy-Authorization", "proxy-connection", "Idempotency-Key",
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "CONNECTION",
+            "Upgrade",
+            "TE",
+            "Expect",
+            "Keep-Alive",
+            "Trailer",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Idempotency-Key",
         ] {
             let err = check_header(name, "x").unwrap_err();
             assert!(err.starts_with(&format!("header {name} ")) && err.contains("remove it"), "{err}");

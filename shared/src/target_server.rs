@@ -243,8 +243,5 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         // An error from the service makes hyper close the connection without a response.
         return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
     }
-    response
-        .status(status)
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .map_err(|e| std::io::Error::other(e.to_string()))
+    response.status(status).body(Full::new(Bytes::from_static(b"{}"))).map_err(|e| std::io::Error::other(e.to_string()))
 }

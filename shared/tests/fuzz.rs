@@ -64,9 +64,18 @@ type TargetParts = (&'static str, &'static str, Option<&'static str>, std::colle
 
 fn target_parts() -> impl Strategy<Value = TargetParts> {
     const URLS: &[&str] = &[
-        "https://api.example.com/x", "http://api.example.com:8080/p?q=1", "https://API.Example.COM/", "ftp://x.example.com/",
-        "not a url", "http://127.0.0.1/", "http://[::1]/", "http://169.254.169.254/", "http://localhost/",
-        "https://xn--bcher-kva.example/", "http://10.0.0.1/", "http://[::ffff:a9fe:a9fe]/",
+        "https://api.example.com/x",
+        "http://api.example.com:8080/p?q=1",
+        "https://API.Example.COM/",
+        "ftp://x.example.com/",
+        "not a url",
+        "http://127.0.0.1/",
+        "http://[::1]/",
+        "http://169.254.169.254/",
+        "http://localhost/",
+        "https://xn--bcher-kva.example/",
+        "http://10.0.0.1/",
+        "http://[::ffff:a9fe:a9fe]/",
     ];
     let header_values = prop_oneof![".{0,10}", Just("${env:TOKEN}".to_owned()), Just("${env:".to_owned()), Just("${x}".to_owned())];
     (

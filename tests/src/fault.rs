@@ -35,8 +35,7 @@ pub enum Fault {
 }
 
 /// Shares of the workload, in percent, as issue #8 sets them; the rest answers 200.
-const FAULT_PERCENT: [(Fault, usize); 5] =
-    [(Fault::ServerError, 10), (Fault::RateLimited, 5), (Fault::Slow, 5), (Fault::BadRequest, 5), (Fault::Reset, 2)];
+const FAULT_PERCENT: [(Fault, usize); 5] = [(Fault::ServerError, 10), (Fault::RateLimited, 5), (Fault::Slow, 5), (Fault::BadRequest, 5), (Fault::Reset, 2)];
 
 /// One fault run's parameters.
 #[derive(Debug, Clone)]

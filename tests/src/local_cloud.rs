@@ -166,8 +166,7 @@ mod tests {
     #[test]
     fn export_lines_become_pairs() {
         let pairs = super::parse_exports("export A=1 B=http://x:1\n# comment\nexport C=3\n");
-        let expected: Vec<(String, String)> =
-            [("A", "1"), ("B", "http://x:1"), ("C", "3")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let expected: Vec<(String, String)> = [("A", "1"), ("B", "http://x:1"), ("C", "3")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         assert_eq!(pairs, expected);
     }
 }

@@ -10,8 +10,8 @@ use fanout::dlq::{self, DlqFilter, ReplayOptions, ReplayTargets};
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
-use fanout_shared::JobMessage;
 use fanout_shared::target_server::TargetServer;
+use fanout_shared::JobMessage;
 use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options};
 
 fn replay_options(filter: DlqFilter, max: Option<usize>, dry_run: bool) -> ReplayOptions {
@@ -151,7 +151,9 @@ fn replay_killed_half_way_loses_nothing_and_calls_nothing_twice() {
     std::thread::sleep(Duration::from_millis(1000));
     first.kill().unwrap();
     first.wait().unwrap();
-    let pipeline = fanout::backend::embedded(&fanout::backend::EmbeddedSettings { state: state.clone(), max_receive_count: None, duplicates: Duplicates::default() }).unwrap();
+    let pipeline =
+        fanout::backend::embedded(&fanout::backend::EmbeddedSettings { state: state.clone(), max_receive_count: None, duplicates: Duplicates::default() })
+            .unwrap();
     let (queue, dlq) = runtime.block_on(async { (pipeline.queue.depth().await.unwrap(), pipeline.dlq.depth().await.unwrap()) });
     assert!(queue.visible > 0 && queue.visible < 50, "killed half way: {queue:?} in the queue");
     assert!(queue.visible + dlq.visible + dlq.in_flight >= 50, "nothing lost: queue {queue:?}, DLQ {dlq:?}");
@@ -177,7 +179,15 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
     // A consumer called the target, got a 400, recorded REJECTED and was cut off before its own
     // DLQ copy; every redelivery was cut off too, and SQS redrove the message as it was.
     let now = fanout_shared::now_ms();
-    let claim = Claim { message_id: &job.message_id, run_id: &job.run_id, target_id: "t0", now_ms: now, lock_until_ms: now + 1000, expiration_s: now / 1000 + 3600, replay_of: None };
+    let claim = Claim {
+        message_id: &job.message_id,
+        run_id: &job.run_id,
+        target_id: "t0",
+        now_ms: now,
+        lock_until_ms: now + 1000,
+        expiration_s: now / 1000 + 3600,
+        replay_of: None,
+    };
     assert_eq!(pipeline.store.acquire(&claim).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0 });
     pipeline.store.reject(&job.message_id, 1, "HTTP 400 Bad Request", Some(400)).await.unwrap();
     let message = job.encode();

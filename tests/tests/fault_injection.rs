@@ -25,8 +25,7 @@ fn plan(jobs: usize, crash_rate: f64) -> FaultPlan {
     options.event_source.visibility_timeout = Duration::from_millis(300);
     options.event_source.function_timeout = Duration::from_millis(2000);
     options.event_source.timeout = Duration::from_secs(100);
-    options.event_source.crash =
-        (crash_rate > 0.0).then_some(CrashInjection { rate: crash_rate, within: Duration::from_millis(200), seed: seed() });
+    options.event_source.crash = (crash_rate > 0.0).then_some(CrashInjection { rate: crash_rate, within: Duration::from_millis(200), seed: seed() });
     FaultPlan { jobs, seed: seed(), rate: 300.0, call_timeout, options }
 }
 

@@ -37,11 +37,7 @@ fn eighty_targets_at_two_per_second_all_succeed_once_none_dead_lettered() {
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     config["rate_limit"] = serde_json::json!({"per_second": 2});
     std::fs::write(&file, config.to_string()).unwrap();
-    let output = std::process::Command::new(fanout_bin())
-        .args(["--state", ":memory:", "run", "--json", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = std::process::Command::new(fanout_bin()).args(["--state", ":memory:", "run", "--json", "--config"]).arg(&file).output().unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     eprintln!("80 targets at 2/s: {summary}");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

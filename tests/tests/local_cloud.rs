@@ -240,8 +240,7 @@ async fn the_real_stack_on_this_machine() {
                 (seen.len(), seen.iter().filter_map(|c| c.idempotency_key.as_ref()).collect::<BTreeSet<_>>().len())
             })
             .collect();
-        let keys: Vec<String> =
-            sched_paths.iter().flat_map(|p| calls.get(p).into_iter().flatten()).filter_map(|c| c.idempotency_key.clone()).collect();
+        let keys: Vec<String> = sched_paths.iter().flat_map(|p| calls.get(p).into_iter().flatten()).filter_map(|c| c.idempotency_key.clone()).collect();
         if per_path.iter().any(|(n, _)| *n == 0) {
             return None;
         }

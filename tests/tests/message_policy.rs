@@ -70,12 +70,15 @@ async fn a_message_cannot_bring_headers_secrets_or_a_body_the_consumer_config_la
         ]
     }));
     let (_pipeline, reasons) = produce_and_consume(&producer, &consumer, "policy-run").await;
-    assert_eq!(reasons, [
-        r#"target "leak" differs from the consumer's config: header X-Home is not in the config; header X-Leak is not in the config"#,
-        r#"target "moved" differs from the consumer's config: field `url` differs"#,
-        r#"target "posted" differs from the consumer's config: field `method` differs; field `body` differs"#,
-        r#"target "slowed" differs from the consumer's config: field `timeout_ms` differs"#,
-    ]);
+    assert_eq!(
+        reasons,
+        [
+            r#"target "leak" differs from the consumer's config: header X-Home is not in the config; header X-Leak is not in the config"#,
+            r#"target "moved" differs from the consumer's config: field `url` differs"#,
+            r#"target "posted" differs from the consumer's config: field `method` differs; field `body` differs"#,
+            r#"target "slowed" differs from the consumer's config: field `timeout_ms` differs"#,
+        ]
+    );
     // Only the message that matches the consumer's config was called; no value left the process.
     assert_eq!(paths(&server), ["/ok/plain"]);
     let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent-home".into());
@@ -107,11 +110,14 @@ async fn three_hosts(targets: impl Fn(&str, &str, &str) -> serde_json::Value) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_outside_the_allow_list_is_refused_naming_the_host() {
-    let ([first, allowed, foreign], config) = three_hosts(|a, b, c| serde_json::json!([
-        {"id": "off-list", "url": format!("{a}/redirect/1?to={c}/ok/off-list")},
-        {"id": "via-allowed", "url": format!("{a}/redirect/2?to={b}/redirect/3?to={c}/ok/off-list")},
-        {"id": "on-list", "url": format!("{a}/redirect/4?to={b}/ok/on-list")},
-    ])).await;
+    let ([first, allowed, foreign], config) = three_hosts(|a, b, c| {
+        serde_json::json!([
+            {"id": "off-list", "url": format!("{a}/redirect/1?to={c}/ok/off-list")},
+            {"id": "via-allowed", "url": format!("{a}/redirect/2?to={b}/redirect/3?to={c}/ok/off-list")},
+            {"id": "on-list", "url": format!("{a}/redirect/4?to={b}/ok/on-list")},
+        ])
+    })
+    .await;
     let (_pipeline, reasons) = produce_and_consume(&config, &config, "redirect-run").await;
     let refused = r#"redirect refused: host "127.0.0.3" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#;
     assert_eq!(reasons, [refused, refused]);
@@ -122,11 +128,14 @@ async fn a_redirect_outside_the_allow_list_is_refused_naming_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_credentials_stay_on_their_origin_across_redirects() {
-    let ([first, allowed, _foreign], config) = three_hosts(|a, b, _| serde_json::json!([
-        {"id": "cross", "url": format!("{a}/redirect/2?to={b}/ok/cross")},
-        {"id": "same", "url": format!("{a}/redirect/3?to={a}/ok/same")},
-        {"id": "chain", "url": format!("{a}/redirect/4?to={b}/redirect/5?to={a}/ok/back")},
-    ])).await;
+    let ([first, allowed, _foreign], config) = three_hosts(|a, b, _| {
+        serde_json::json!([
+            {"id": "cross", "url": format!("{a}/redirect/2?to={b}/ok/cross")},
+            {"id": "same", "url": format!("{a}/redirect/3?to={a}/ok/same")},
+            {"id": "chain", "url": format!("{a}/redirect/4?to={b}/redirect/5?to={a}/ok/back")},
+        ])
+    })
+    .await;
     let (pipeline, reasons) = produce_and_consume(&config, &config, "secrets-run").await;
     assert!(reasons.is_empty(), "{reasons:?}");
     let ids = ["cross", "same", "chain"].map(|t| fanout_shared::job::message_id("secrets-run", t));

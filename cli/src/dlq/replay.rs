@@ -129,7 +129,12 @@ pub async fn replay(targets: &ReplayTargets<'_>, options: &ReplayOptions, progre
     Ok(summary)
 }
 
-async fn wait_for(mover: &dyn MessageMover, handle: &str, summary: &mut ReplaySummary, progress: &(dyn Fn(&ReplaySummary) + Sync)) -> Result<MoveTaskStatus, BackendError> {
+async fn wait_for(
+    mover: &dyn MessageMover,
+    handle: &str,
+    summary: &mut ReplaySummary,
+    progress: &(dyn Fn(&ReplaySummary) + Sync),
+) -> Result<MoveTaskStatus, BackendError> {
     loop {
         tokio::time::sleep(MOVE_TASK_POLL).await;
         let status = mover.status(handle).await?;
@@ -145,7 +150,12 @@ async fn wait_for(mover: &dyn MessageMover, handle: &str, summary: &mut ReplaySu
     }
 }
 
-async fn move_one_by_one(targets: &ReplayTargets<'_>, options: &ReplayOptions, summary: &mut ReplaySummary, progress: &(dyn Fn(&ReplaySummary) + Sync)) -> Result<(), BackendError> {
+async fn move_one_by_one(
+    targets: &ReplayTargets<'_>,
+    options: &ReplayOptions,
+    summary: &mut ReplaySummary,
+    progress: &(dyn Fn(&ReplaySummary) + Sync),
+) -> Result<(), BackendError> {
     let mut pass = Pass::new(targets.dlq, options.hold, options.poll_wait);
     let mut pacer = options.rate.map(|rate| {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));

@@ -139,11 +139,9 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
         .filter(|a| {
             let placeholder = format!("#{a}");
             // `#status` must not count as a use of `#status_code`, and vice versa.
-            expressions.iter().any(|e| {
-                e.match_indices(&placeholder).any(|(i, _)| {
-                    !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                })
-            })
+            expressions
+                .iter()
+                .any(|e| e.match_indices(&placeholder).any(|(i, _)| !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')))
         })
         .map(|a| (format!("#{a}"), (*a).to_owned()))
         .collect()
@@ -227,11 +225,8 @@ impl IdempotencyStore for DynamoDbStore {
     }
 
     async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
-        let values = HashMap::from([
-            (":to".to_owned(), s(Status::Completed.as_str())),
-            (":code".to_owned(), n(status_code)),
-            (":exp".to_owned(), n(expiration_s)),
-        ]);
+        let values =
+            HashMap::from([(":to".to_owned(), s(Status::Completed.as_str())), (":code".to_owned(), n(status_code)), (":exp".to_owned(), n(expiration_s))]);
         let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error";
         self.transition(message_id, Status::InProgress, attempt, set, values).await
     }
@@ -271,12 +266,7 @@ pub(super) async fn batch_get(
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
         loop {
-            let output = client
-                .batch_get_item()
-                .request_items(table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
+            let output = client.batch_get_item().request_items(table, request).send().await.map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
             items.extend(output.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
             match output.unprocessed_keys().and_then(|u| u.get(table)) {
                 Some(rest) if !rest.keys().is_empty() => request = rest.clone(),

@@ -34,11 +34,7 @@ fn host_key(host: &str) -> AttributeValue {
 }
 
 fn parse_state(item: &HashMap<String, AttributeValue>) -> (HostState, i64) {
-    let state = item
-        .get("host_state")
-        .and_then(|v| v.as_s().ok())
-        .and_then(|text| serde_json::from_str(text).ok())
-        .unwrap_or_default();
+    let state = item.get("host_state").and_then(|v| v.as_s().ok()).and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default();
     let version = item.get("version").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     (state, version)
 }
@@ -125,10 +121,8 @@ impl FleetStore for DynamoDbFleet {
             };
             let text = serde_json::to_string(&next).map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
             let condition = if version == 0 { "attribute_not_exists(#version)" } else { "#version = :version" };
-            let mut values = HashMap::from([
-                (":state".to_owned(), AttributeValue::S(text)),
-                (":next".to_owned(), AttributeValue::N((version + 1).to_string())),
-            ]);
+            let mut values =
+                HashMap::from([(":state".to_owned(), AttributeValue::S(text)), (":next".to_owned(), AttributeValue::N((version + 1).to_string()))]);
             if version != 0 {
                 values.insert(":version".into(), AttributeValue::N(version.to_string()));
             }

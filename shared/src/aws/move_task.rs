@@ -40,14 +40,8 @@ impl MessageMover for SqsMessageMover {
 
     async fn status(&self, handle: &str) -> Result<MoveTaskStatus, BackendError> {
         let source = queue_arn(&self.client, &self.dlq_url).await?;
-        let output = self
-            .client
-            .list_message_move_tasks()
-            .source_arn(source)
-            .max_results(10)
-            .send()
-            .await
-            .map_err(|e| sdk_error("sqs:ListMessageMoveTasks", e))?;
+        let output =
+            self.client.list_message_move_tasks().source_arn(source).max_results(10).send().await.map_err(|e| sdk_error("sqs:ListMessageMoveTasks", e))?;
         // Only a running task lists its handle; once finished, ours is the most recent one.
         let results = output.results();
         let entry = results

@@ -92,22 +92,16 @@ impl Queue for SqsQueue {
             .iter()
             .map(|m| {
                 let system = m.attributes();
-                let number = |name: MessageSystemAttributeName| {
-                    system.and_then(|a| a.get(&name)).and_then(|v| v.parse::<i64>().ok())
-                };
+                let number = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name)).and_then(|v| v.parse::<i64>().ok());
                 QueueMessage {
                     message_id: m.message_id().unwrap_or_default().to_owned(),
                     receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
                     body: m.body().unwrap_or_default().to_owned(),
                     attributes: m
                         .message_attributes()
-                        .map(|attrs| {
-                            attrs.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned()))).collect()
-                        })
+                        .map(|attrs| attrs.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned()))).collect())
                         .unwrap_or_default(),
-                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .and_then(|c| u32::try_from(c).ok())
-                        .unwrap_or(1),
+                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
                     sent_at_ms: number(MessageSystemAttributeName::SentTimestamp).unwrap_or(0),
                 }
             })
@@ -168,9 +162,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("sqs:GetQueueAttributes", e))?;
-        let get = |name: QueueAttributeName| {
-            output.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
+        let get = |name: QueueAttributeName| output.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(QueueDepth {
             visible: get(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),

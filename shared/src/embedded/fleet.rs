@@ -82,9 +82,7 @@ impl FleetStore for EmbeddedFleet {
         .map_err(sql_error)?;
         let leases = {
             let mut stmt = tx.prepare_cached("SELECT instance, since, expires FROM leases").map_err(sql_error)?;
-            let rows = stmt
-                .query_map([], |r| Ok(Lease { instance: r.get(0)?, since_ms: r.get(1)?, expires_ms: r.get(2)? }))
-                .map_err(sql_error)?;
+            let rows = stmt.query_map([], |r| Ok(Lease { instance: r.get(0)?, since_ms: r.get(1)?, expires_ms: r.get(2)? })).map_err(sql_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)?
         };
         tx.commit().map_err(sql_error)?;

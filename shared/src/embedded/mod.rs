@@ -112,9 +112,8 @@ pub struct EmbeddedBackend {
 
 /// Brings a state file written by an older build up to [`SCHEMA`]: columns added since.
 fn migrate(conn: &Connection) -> Result<(), BackendError> {
-    let has_failures: bool = conn
-        .query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'", [], |r| r.get(0))
-        .map_err(sql_error)?;
+    let has_failures: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'", [], |r| r.get(0)).map_err(sql_error)?;
     if !has_failures {
         conn.execute_batch("ALTER TABLE idempotency ADD COLUMN failures INTEGER NOT NULL DEFAULT 0").map_err(sql_error)?;
     }
@@ -130,8 +129,7 @@ impl EmbeddedBackend {
     /// Opens (creating if needed) the state file at `path`; `:memory:` gives a throwaway one.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BackendError::permanent("sqlite", format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| BackendError::permanent("sqlite", format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(|e| BackendError::permanent("sqlite", format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql_error)?;
@@ -165,10 +163,7 @@ impl EmbeddedBackend {
     /// queue's setting (a new queue gets [`DEFAULT_MAX_RECEIVE_COUNT`]).
     pub fn ensure_pipeline(&self, topic: &str, queue: &str, dlq: &str, max_receive_count: Option<u32>) -> Result<(), BackendError> {
         let inner = self.lock()?;
-        inner
-            .conn
-            .execute("INSERT OR IGNORE INTO queues (name, dlq, max_receive_count) VALUES (?1, NULL, NULL)", [dlq])
-            .map_err(sql_error)?;
+        inner.conn.execute("INSERT OR IGNORE INTO queues (name, dlq, max_receive_count) VALUES (?1, NULL, NULL)", [dlq]).map_err(sql_error)?;
         inner
             .conn
             .execute(
@@ -177,10 +172,7 @@ impl EmbeddedBackend {
                 rusqlite::params![queue, dlq, max_receive_count, DEFAULT_MAX_RECEIVE_COUNT],
             )
             .map_err(sql_error)?;
-        inner
-            .conn
-            .execute("INSERT OR IGNORE INTO subscriptions (topic, queue) VALUES (?1, ?2)", [topic, queue])
-            .map_err(sql_error)?;
+        inner.conn.execute("INSERT OR IGNORE INTO subscriptions (topic, queue) VALUES (?1, ?2)", [topic, queue]).map_err(sql_error)?;
         Ok(())
     }
 

@@ -52,16 +52,21 @@ impl EmbeddedQueue {
                      WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT 1",
                 )
                 .map_err(sql_error)?;
-            let mut take = tx
-                .prepare_cached("UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1")
-                .map_err(sql_error)?;
-            let mut redrive = tx
-                .prepare_cached("UPDATE messages SET queue = ?2, visible_at = ?3, receive_count = 0, receipt = NULL WHERE seq = ?1")
-                .map_err(sql_error)?;
+            let mut take =
+                tx.prepare_cached("UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1").map_err(sql_error)?;
+            let mut redrive =
+                tx.prepare_cached("UPDATE messages SET queue = ?2, visible_at = ?3, receive_count = 0, receipt = NULL WHERE seq = ?1").map_err(sql_error)?;
             while received.len() < max as usize {
                 let row = next
                     .query_row(rusqlite::params![self.name, now], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, u32>(5)?))
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, u32>(5)?,
+                        ))
                     })
                     .optional()
                     .map_err(sql_error)?;

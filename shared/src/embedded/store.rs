@@ -41,16 +41,22 @@ impl EmbeddedStore {
     /// Every record of a run (for summaries and the DLQ listing).
     pub fn records_of_run(&self, run_id: &str) -> Result<Vec<IdempotencyRecord>, BackendError> {
         let inner = self.backend.lock()?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE run_id = ?1"))
-            .map_err(sql_error)?;
+        let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE run_id = ?1")).map_err(sql_error)?;
         let rows = stmt.query_map([run_id], record).map_err(sql_error)?;
         rows.collect::<Result<_, _>>().map_err(sql_error)
     }
 
     /// One conditional transition: `from` held by `attempt` → `to`.
-    fn transition(&self, message_id: &str, from: Status, attempt: u32, to: Status, error: Option<&str>, code: Option<u16>, expiration: Option<i64>) -> Result<Transition, BackendError> {
+    fn transition(
+        &self,
+        message_id: &str,
+        from: Status,
+        attempt: u32,
+        to: Status,
+        error: Option<&str>,
+        code: Option<u16>,
+        expiration: Option<i64>,
+    ) -> Result<Transition, BackendError> {
         let inner = self.backend.lock()?;
         let changed = inner
             .conn
@@ -112,10 +118,7 @@ impl IdempotencyStore for EmbeddedStore {
 
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
         let inner = self.backend.lock()?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"))
-            .map_err(sql_error)?;
+        let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1")).map_err(sql_error)?;
         let mut records = Vec::with_capacity(message_ids.len());
         for id in message_ids {
             if let Some(r) = stmt.query_row([id], record).optional().map_err(sql_error)? {
@@ -191,9 +194,7 @@ mod tests {
         backend.set_duplicates(super::super::Duplicates { twice: 0.3, thrice: 0.0, seed: 7 }).unwrap();
         let topic = backend.topic("jobs");
         for chunk in 0..100 {
-            let batch: Vec<_> = (0..10)
-                .map(|i| OutboundMessage { id: format!("{chunk}-{i}"), body: "{}".into(), attributes: BTreeMap::new() })
-                .collect();
+            let batch: Vec<_> = (0..10).map(|i| OutboundMessage { id: format!("{chunk}-{i}"), body: "{}".into(), attributes: BTreeMap::new() }).collect();
             topic.publish_batch(&batch).await.unwrap();
         }
         let visible = backend.queue("q").depth().await.unwrap().visible;
