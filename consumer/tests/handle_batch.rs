@@ -128,14 +128,14 @@ async fn live_lock_reschedules_the_copy_and_expired_lock_is_reacquired() {
     let other = Claim { message_id: "other", ..claim(0, 0) };
     store.acquire(&other).await.unwrap();
     let expired_store = h.backend.store();
-    let record = &expired_store.get_many(&[job.message_id.clone()]).await.unwrap()[0];
+    let record = &expired_store.get_many(std::slice::from_ref(&job.message_id)).await.unwrap()[0];
     assert_eq!(record.status, Status::InProgress);
     // Re-take it with a lock that is already over, as a crashed holder leaves it.
     assert!(matches!(store.acquire(&claim(in_seconds(120), in_seconds(-1))).await.unwrap(), Acquire::Acquired { .. }));
     let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;
     assert!(failures(&report).is_empty());
     assert_eq!(h.server.stats().effects, 1);
-    let record = &store.get_many(&[job.message_id.clone()]).await.unwrap()[0];
+    let record = &store.get_many(std::slice::from_ref(&job.message_id)).await.unwrap()[0];
     assert_eq!((record.status, record.attempts), (Status::Completed, 3));
 }
 

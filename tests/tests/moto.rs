@@ -111,7 +111,7 @@ async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_d
     assert_eq!(summary.dead_lettered_by_reason.get(given_up), Some(&1), "{summary:?}");
     assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400 Bad Request"), Some(&1), "{summary:?}");
     let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::from_secs(1)).await.unwrap();
-    let bad = dlq.iter().find(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some()).unwrap();
+    let bad = dlq.iter().find(|m| m.attributes.contains_key(ATTR_FAILURE_REASON)).unwrap();
     assert_eq!(bad.attributes[ATTR_STATUS_CODE], "400");
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1, "a permanent failure is called once");
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/flaky/always")).count(), 3, "max_attempts calls");

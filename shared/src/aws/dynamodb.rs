@@ -164,18 +164,6 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_used_placeholders_are_sent() {
-        let mut used: Vec<String> = super::names(&["SET #status = :to REMOVE #status_code"]).into_keys().collect();
-        used.sort();
-        assert_eq!(used, vec!["#status", "#status_code"]);
-        let used: Vec<String> = super::names(&["#status_code = :c"]).into_keys().collect();
-        assert_eq!(used, vec!["#status_code"]);
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for DynamoDbStore {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
@@ -275,4 +263,16 @@ pub(super) async fn batch_get(
         }
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_used_placeholders_are_sent() {
+        let mut used: Vec<String> = super::names(&["SET #status = :to REMOVE #status_code"]).into_keys().collect();
+        used.sort();
+        assert_eq!(used, vec!["#status", "#status_code"]);
+        let used: Vec<String> = super::names(&["#status_code = :c"]).into_keys().collect();
+        assert_eq!(used, vec!["#status_code"]);
+    }
 }

@@ -46,17 +46,9 @@ impl EmbeddedStore {
         rows.collect::<Result<_, _>>().map_err(sql_error)
     }
 
-    /// One conditional transition: `from` held by `attempt` → `to`.
-    fn transition(
-        &self,
-        message_id: &str,
-        from: Status,
-        attempt: u32,
-        to: Status,
-        error: Option<&str>,
-        code: Option<u16>,
-        expiration: Option<i64>,
-    ) -> Result<Transition, BackendError> {
+    /// One conditional transition: `from` held by `attempt` → `change.to`.
+    fn transition(&self, message_id: &str, from: Status, attempt: u32, change: Change<'_>) -> Result<Transition, BackendError> {
+        let Change { to, error, code, expiration } = change;
         let inner = self.backend.lock()?;
         let changed = inner
             .conn
@@ -72,6 +64,15 @@ impl EmbeddedStore {
             .map_err(sql_error)?;
         Ok(if changed == 1 { Transition::Done } else { Transition::Superseded })
     }
+}
+
+/// What a transition writes: the new status, and the error, status code and expiry it sets
+/// (`None` keeps the stored one).
+struct Change<'a> {
+    to: Status,
+    error: Option<&'a str>,
+    code: Option<u16>,
+    expiration: Option<i64>,
 }
 
 #[async_trait]
@@ -101,19 +102,24 @@ impl IdempotencyStore for EmbeddedStore {
     }
 
     async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::InProgress, attempt, Status::Completed, None, Some(status_code), Some(expiration_s))
+        self.transition(
+            message_id,
+            Status::InProgress,
+            attempt,
+            Change { to: Status::Completed, error: None, code: Some(status_code), expiration: Some(expiration_s) },
+        )
     }
 
     async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::InProgress, attempt, Status::Failed, Some(error), status_code, None)
+        self.transition(message_id, Status::InProgress, attempt, Change { to: Status::Failed, error: Some(error), code: status_code, expiration: None })
     }
 
     async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::InProgress, attempt, Status::Rejected, Some(error), status_code, None)
+        self.transition(message_id, Status::InProgress, attempt, Change { to: Status::Rejected, error: Some(error), code: status_code, expiration: None })
     }
 
     async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::Rejected, attempt, Status::DeadLettered, None, None, None)
+        self.transition(message_id, Status::Rejected, attempt, Change { to: Status::DeadLettered, error: None, code: None, expiration: None })
     }
 
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
