@@ -25,8 +25,10 @@ pub struct Cli {
     /// Embedded state file (`:memory:` for a throwaway run).
     #[arg(long, global = true, default_value = ".fanout/local.db", env = "FANOUT_STATE")]
     pub state: PathBuf,
+    /// AWS resource names (the `--backend aws` commands).
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,6 +132,7 @@ pub enum ConfigCommand {
 pub enum DlqCommand {
     /// What is in the DLQ, with each job's last error (reading does not consume anything).
     List {
+        /// Which DLQ messages.
         #[command(flatten)]
         filter: FilterArgs,
         /// Print a JSON array on stdout.
@@ -160,6 +163,7 @@ pub struct FilterArgs {
 /// `fanout dlq replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
+    /// Which DLQ messages.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Show what would move; move nothing.
@@ -234,6 +238,7 @@ pub struct RunArgs {
     /// The run ID (default: derived from the config name and the current hour).
     #[arg(long)]
     pub run_id: Option<String>,
+    /// The local event source's settings.
     #[command(flatten)]
     pub local: LocalArgs,
 }
@@ -265,6 +270,7 @@ pub struct ConsumeArgs {
     /// The pipeline config file (the consumer's budgets and allowed hosts).
     #[arg(long)]
     pub config: PathBuf,
+    /// The local event source's settings.
     #[command(flatten)]
     pub local: LocalArgs,
 }

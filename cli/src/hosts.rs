@@ -22,6 +22,7 @@ pub struct HostsArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Act on a host; without one, list them all.
     #[command(subcommand)]
     pub action: Option<HostAction>,
 }

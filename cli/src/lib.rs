@@ -17,6 +17,8 @@
 //! - [`hosts`]: `fanout hosts`, the fleet's shared host states and the operator's pause, resume
 //!   and runtime budget.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod check;
 pub mod commands;

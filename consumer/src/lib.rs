@@ -19,6 +19,8 @@
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
 //! [`Consumer::handle_batch`]; the `fanout` CLI's local event source calls the same function.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod flow;
 pub mod http;

@@ -6,6 +6,8 @@
 //!
 //! The Lambda binary (`main.rs`) loads the config, builds the SNS client and calls [`produce`].
 
+#![warn(missing_docs)]
+
 pub mod publish;
 pub mod tick;
 

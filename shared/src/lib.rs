@@ -19,6 +19,8 @@
 //! - `target_server` (feature `target-server`): a scriptable HTTP target on 127.0.0.1 for demos,
 //!   tests and benchmarks.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod fleet;
