@@ -5,6 +5,7 @@
 //! file, then drains it through the local event source; only the drain is timed, and its CPU
 //! time is the child's own. The target server runs in the parent, so its CPU is not counted.
 
+use fanout_shared::metrics::Metric;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ pub async fn drain_child(target: &str, jobs: usize, duplicate_rate: f64, concurr
         cpu_s,
         max_rss_kb: max_rss_kb(),
         not_succeeded: (jobs - settlement.succeeded) as u64,
-        records: outcome.metrics.total("Records") as u64,
+        records: outcome.metrics.total(Metric::Records) as u64,
         started_ms,
     })
 }

@@ -441,21 +441,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let pipeline = pipeline(&cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
             let options = run_options(&args.local, cli.backend)?;
             let outcome = run::consume(&config, &pipeline, &options, pipeline.queue.depth().await?.visible).await?;
-            let m = &outcome.metrics;
-            // Metric totals are f64 (EMF values); these are counts.
-            let count = |name: &str| m.total(name) as u64;
-            let summary = serde_json::json!({
-                "invocations": outcome.invocations, "timed_out": outcome.timed_out, "drained": outcome.drained,
-                "succeeded": count("Succeeded"), "dead_lettered": count("DeadLettered"),
-                "duplicates_skipped": count("DuplicatesSkipped"), "retries": count("Retried"),
-                "deferred": count("Deferred"), "held": count("Held"),
-                "outbound_calls": count("OutboundCalls"), "elapsed_s": outcome.elapsed.as_secs_f64(),
-            });
-            if args.local.json {
-                println!("{summary}");
-            } else {
-                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
-            }
+            let summary = crate::report::ConsumeSummary::new(&outcome);
+            let text = if args.local.json { serde_json::to_string(&summary) } else { serde_json::to_string_pretty(&summary) };
+            println!("{}", text.unwrap_or_default());
             Ok(if outcome.drained { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Provision { prefix, max_receive_count, visibility_timeout } => {

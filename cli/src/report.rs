@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use fanout_shared::metrics::MetricSet;
+use fanout_shared::metrics::{Metric, MetricSet};
 
 use crate::dlq::ReplaySummary;
+use crate::event_source::DrainOutcome;
 use crate::settle::Settlement;
 
 /// Call latency percentiles.
@@ -59,26 +60,74 @@ pub struct RunSummary {
     pub lost: usize,
 }
 
+/// What `fanout consume` prints at the end; `--json` prints exactly these keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsumeSummary {
+    /// Consumer invocations.
+    pub invocations: u64,
+    /// Invocations cut off at the function timeout.
+    pub timed_out: u64,
+    /// Whether the queue was drained (false: the timeout came first).
+    pub drained: bool,
+    /// Jobs whose call succeeded.
+    pub succeeded: u64,
+    /// Jobs sent to the DLQ.
+    pub dead_lettered: u64,
+    /// Deliveries skipped because the job had already settled.
+    pub duplicates_skipped: u64,
+    /// Transient failures retried after their backoff.
+    pub retries: u64,
+    /// Jobs rescheduled to wait for their permit.
+    pub deferred: u64,
+    /// Jobs held because their host was paused or its circuit open.
+    pub held: u64,
+    /// HTTP calls made.
+    pub outbound_calls: u64,
+    /// Wall time, seconds.
+    pub elapsed_s: f64,
+}
+
+impl ConsumeSummary {
+    /// The summary of one drain.
+    pub fn new(outcome: &DrainOutcome) -> Self {
+        // Metric totals are f64 (EMF values); these are counts.
+        let count = |metric: Metric| outcome.metrics.total(metric) as u64;
+        Self {
+            invocations: outcome.invocations,
+            timed_out: outcome.timed_out,
+            drained: outcome.drained,
+            succeeded: count(Metric::Succeeded),
+            dead_lettered: count(Metric::DeadLettered),
+            duplicates_skipped: count(Metric::DuplicatesSkipped),
+            retries: count(Metric::Retried),
+            deferred: count(Metric::Deferred),
+            held: count(Metric::Held),
+            outbound_calls: count(Metric::OutboundCalls),
+            elapsed_s: outcome.elapsed.as_secs_f64(),
+        }
+    }
+}
+
 impl RunSummary {
     /// Builds the summary from the settlement and the merged consumer metrics.
     pub fn new(run_id: &str, settlement: &Settlement, metrics: &MetricSet, rate_budget: Option<f64>, elapsed: Duration, consume_time: Duration) -> Self {
-        let calls = metrics.total("OutboundCalls") as u64;
+        let calls = metrics.total(Metric::OutboundCalls) as u64;
         Self {
             run_id: run_id.to_owned(),
             jobs: settlement.jobs,
             succeeded: settlement.succeeded,
             dead_lettered: settlement.dead_lettered_total(),
             dead_lettered_by_reason: settlement.dead_lettered.clone(),
-            duplicates_skipped: metrics.total("DuplicatesSkipped") as u64,
-            retries: metrics.total("Retried") as u64,
-            deferred: metrics.total("Deferred") as u64,
-            held: metrics.total("Held") as u64,
-            defer_only_invocations: metrics.total("DeferOnlyInvocations") as u64,
+            duplicates_skipped: metrics.total(Metric::DuplicatesSkipped) as u64,
+            retries: metrics.total(Metric::Retried) as u64,
+            deferred: metrics.total(Metric::Deferred) as u64,
+            held: metrics.total(Metric::Held) as u64,
+            defer_only_invocations: metrics.total(Metric::DeferOnlyInvocations) as u64,
             outbound_calls: calls,
             elapsed_s: round(elapsed.as_secs_f64(), 3),
             rate_budget,
             achieved_rate: round(calls as f64 / consume_time.as_secs_f64().max(1e-9), 1),
-            latency_ms: latency(metrics.samples("CallLatency")),
+            latency_ms: latency(metrics.samples(Metric::CallLatency)),
             lost: settlement.lost.len(),
         }
     }
@@ -164,8 +213,8 @@ impl ProgressView {
 
     /// Updates from the merged metrics so far.
     pub fn update(&self, metrics: &MetricSet) {
-        let settled = (metrics.total("Succeeded") + metrics.total("DeadLettered")) as u64;
-        self.set(settled, metrics.total("OutboundCalls"), "calls");
+        let settled = (metrics.total(Metric::Succeeded) + metrics.total(Metric::DeadLettered)) as u64;
+        self.set(settled, metrics.total(Metric::OutboundCalls), "calls");
     }
 
     /// Updates from a replay's summary so far.

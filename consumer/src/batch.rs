@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
-use fanout_shared::metrics::{MetricSet, Unit};
+use fanout_shared::metrics::{Metric, MetricSet};
 use futures_util::future::{self, Either};
 use futures_util::stream::{self, StreamExt};
 
@@ -85,20 +85,20 @@ impl Consumer {
         let mut response = SqsBatchResponse::default();
         let mut metrics = MetricSet::new([("Function".to_owned(), function.clone())]);
         let mut host_metrics: BTreeMap<String, MetricSet> = BTreeMap::new();
-        metrics.count("Records", reports.len() as u64);
+        metrics.count(Metric::Records, reports.len() as u64);
         let (mut called, mut waited) = (false, false);
         for (message_id, report) in reports {
-            let name = match &report.verdict {
-                Verdict::Succeeded => "Succeeded",
-                Verdict::Duplicate => "DuplicatesSkipped",
-                Verdict::DeadLettered(_) => "DeadLettered",
-                Verdict::Rescheduled { why: Reschedule::Retry(_), .. } => "Retried",
-                Verdict::Rescheduled { why: Reschedule::Waiting, .. } => "Deferred",
-                Verdict::Rescheduled { why: Reschedule::Held(_), .. } => "Held",
-                Verdict::Rescheduled { why: Reschedule::Locked, .. } => "LockedElsewhere",
-                Verdict::Retry(_) => "Requeued",
+            let verdict = match &report.verdict {
+                Verdict::Succeeded => Metric::Succeeded,
+                Verdict::Duplicate => Metric::DuplicatesSkipped,
+                Verdict::DeadLettered(_) => Metric::DeadLettered,
+                Verdict::Rescheduled { why: Reschedule::Retry(_), .. } => Metric::Retried,
+                Verdict::Rescheduled { why: Reschedule::Waiting, .. } => Metric::Deferred,
+                Verdict::Rescheduled { why: Reschedule::Held(_), .. } => Metric::Held,
+                Verdict::Rescheduled { why: Reschedule::Locked, .. } => Metric::LockedElsewhere,
+                Verdict::Retry(_) => Metric::Requeued,
             };
-            metrics.count(name, 1);
+            metrics.count(verdict, 1);
             if report.verdict.is_retry() {
                 // A record without an ID cannot be reported; SQS then retries the whole batch,
                 // which the idempotency store absorbs.
@@ -107,11 +107,11 @@ impl Consumer {
             waited |= matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Waiting | Reschedule::Held(_), .. });
             if let Some(latency) = report.call_latency {
                 called = true;
-                metrics.count("OutboundCalls", 1);
-                metrics.sample("CallLatency", Unit::Milliseconds, ms(latency));
+                metrics.count(Metric::OutboundCalls, 1);
+                metrics.sample(Metric::CallLatency, ms(latency));
             }
             if report.rate_wait > Duration::ZERO {
-                metrics.sample("RateLimitWait", Unit::Milliseconds, ms(report.rate_wait));
+                metrics.sample(Metric::RateLimitWait, ms(report.rate_wait));
             }
             let held = matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Held(_), .. });
             if let (Some(host), true) = (&report.host, report.call_latency.is_some() || held) {
@@ -120,19 +120,19 @@ impl Consumer {
                     .or_insert_with(|| MetricSet::new([("Function".to_owned(), function.clone()), ("Host".to_owned(), host.clone())]));
                 let change = report.host_change;
                 for (metric, happened) in [
-                    ("HostCalls", report.call_latency.is_some()),
-                    ("HostThrottled", report.status == Some(429)),
-                    ("HostRateDecreased", change.slowed),
-                    ("CircuitOpened", change.opened),
-                    ("CircuitClosed", change.closed),
-                    ("JobsHeld", held),
+                    (Metric::HostCalls, report.call_latency.is_some()),
+                    (Metric::HostThrottled, report.status == Some(429)),
+                    (Metric::HostRateDecreased, change.slowed),
+                    (Metric::CircuitOpened, change.opened),
+                    (Metric::CircuitClosed, change.closed),
+                    (Metric::JobsHeld, held),
                 ] {
                     m.count(metric, u64::from(happened));
                 }
             }
         }
         // An invocation that only put work back: the budget or a hold gave it nothing to do.
-        metrics.count("DeferOnlyInvocations", u64::from(waited && !called));
+        metrics.count(Metric::DeferOnlyInvocations, u64::from(waited && !called));
         BatchReport { response, metrics, host_metrics }
     }
 }

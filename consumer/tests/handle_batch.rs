@@ -1,6 +1,7 @@
 //! The consumer's batch handler against the embedded backend and a local target server:
 //! every behaviour issue #2 names, with events built from JSON as Lambda sends them.
 
+use fanout_shared::metrics::Metric;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,13 +88,13 @@ async fn success_sends_idempotency_key_and_duplicate_is_skipped() {
     let body = job.encode().body;
     // Two copies in one batch: one calls; the other finds it settled, or still locked and comes back.
     let report = h.consumer.handle_batch(event(&[body.clone(), body.clone()]), in_seconds(10)).await;
-    assert_eq!(report.metrics.total("Succeeded"), 1.0);
-    assert_eq!(report.metrics.total("DuplicatesSkipped") + report.metrics.total("LockedElsewhere"), 1.0);
+    assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(report.metrics.total(Metric::DuplicatesSkipped) + report.metrics.total(Metric::LockedElsewhere), 1.0);
     assert!(failures(&report).is_empty(), "a locked copy is rescheduled, not handed back");
-    assert_eq!(delayed(&h).await as f64, report.metrics.total("LockedElsewhere"));
+    assert_eq!(delayed(&h).await as f64, report.metrics.total(Metric::LockedElsewhere));
     // A copy delivered later is skipped outright.
     let again = h.consumer.handle_batch(event(&[body]), in_seconds(10)).await;
-    assert_eq!(again.metrics.total("DuplicatesSkipped"), 1.0);
+    assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 1.0);
     let records = h.server.records();
     assert_eq!(records.len(), 1, "one outbound call for three copies");
     assert_eq!(records[0].idempotency_key.as_deref(), Some(job.message_id.as_str()));
@@ -107,7 +108,7 @@ async fn copies_in_one_batch_run_in_turn_so_the_later_one_is_acked_not_bounced()
     // A slow call keeps the first copy's lock live while the batch's other records run.
     let report = h.consumer.handle_batch(event(&[a.clone(), b, a]), in_seconds(10)).await;
     assert!(failures(&report).is_empty(), "no copy goes back to the queue: {:?}", failures(&report));
-    assert_eq!((report.metrics.total("Succeeded"), report.metrics.total("DuplicatesSkipped")), (2.0, 1.0));
+    assert_eq!((report.metrics.total(Metric::Succeeded), report.metrics.total(Metric::DuplicatesSkipped)), (2.0, 1.0));
     assert_eq!(h.server.stats().calls, 2, "one call per job");
 }
 
@@ -122,7 +123,7 @@ async fn live_lock_reschedules_the_copy_and_expired_lock_is_reacquired() {
     assert!(matches!(store.acquire(&claim(fanout_shared::now_ms(), in_seconds(60))).await.unwrap(), Acquire::Acquired { .. }));
     let report = h.consumer.handle_batch(event(&[job.encode().body]), in_seconds(10)).await;
     assert!(failures(&report).is_empty(), "acked: a copy comes back when the lock lapses, and no receive is used up");
-    assert_eq!((report.metrics.total("LockedElsewhere"), delayed(&h).await), (1.0, 1));
+    assert_eq!((report.metrics.total(Metric::LockedElsewhere), delayed(&h).await), (1.0, 1));
     assert_eq!(h.server.stats().calls, 0);
     // Its lock expires (it crashed): the next delivery takes over and calls.
     let other = Claim { message_id: "other", ..claim(0, 0) };
@@ -158,7 +159,7 @@ async fn client_error_is_dead_lettered_once_and_server_error_is_retried_after_a_
     let flaky = job("run-1", "flaky", &format!("{base}/flaky/x?fail=9"));
     let report = h.consumer.handle_batch(event(&[bad.encode().body, flaky.encode().body]), in_seconds(10)).await;
     assert!(failures(&report).is_empty(), "the 500's retry is a delayed copy, not a redelivery");
-    assert_eq!((report.metrics.total("Retried"), delayed(&h).await), (1.0, 1), "only the 500 is retried");
+    assert_eq!((report.metrics.total(Metric::Retried), delayed(&h).await), (1.0, 1), "only the 500 is retried");
     let dlq = dlq_messages(&h).await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "HTTP 400 Bad Request");
@@ -180,7 +181,7 @@ async fn timeout_is_transient() {
     let mut slow = job("run-1", "slow", &format!("{}/slow/x?ms=3000", h.server.base_url()));
     slow.target.timeout_ms = 100;
     let report = h.consumer.handle_batch(event(&[slow.encode().body]), in_seconds(10)).await;
-    assert_eq!((report.metrics.total("Retried"), delayed(&h).await), (1.0, 1));
+    assert_eq!((report.metrics.total(Metric::Retried), delayed(&h).await), (1.0, 1));
     let record = &h.backend.store().get_many(&[slow.message_id]).await.unwrap()[0];
     assert_eq!((record.last_error.as_deref(), record.failures), (Some("timeout after 100 ms"), 1));
 }
@@ -200,7 +201,7 @@ async fn rate_wait_past_the_deadline_defers_instead_of_waiting() {
     let report = h.consumer.handle_batch(event(&bodies), in_seconds(1)).await;
     assert!(started.elapsed() < Duration::from_millis(900), "returned before the deadline: {:?}", started.elapsed());
     assert!(failures(&report).is_empty(), "waiting never uses up a receive");
-    assert_eq!((report.metrics.total("Deferred"), delayed(&h).await), (2.0, 2), "one permit per 2 s: two records rescheduled");
+    assert_eq!((report.metrics.total(Metric::Deferred), delayed(&h).await), (2.0, 2), "one permit per 2 s: two records rescheduled");
     assert_eq!(h.server.stats().calls, 1);
     let records = h.backend.store().get_many(&[job("run-1", "t1", "").message_id, job("run-1", "t2", "").message_id]).await.unwrap();
     assert!(records.is_empty(), "a job waiting for its permit never touches its idempotency record");
@@ -306,7 +307,7 @@ async fn every_kind_of_poison_is_dead_lettered_with_a_precise_reason_and_acked()
         // A redelivered poison message is dead-lettered again, never retried: no loop.
         let report = h.consumer.handle_batch(event(&bodies), in_seconds(10)).await;
         assert!(failures(&report).is_empty(), "round {round}: poison is acked, not retried");
-        assert_eq!(report.metrics.total("DeadLettered"), cases.len() as f64);
+        assert_eq!(report.metrics.total(Metric::DeadLettered), cases.len() as f64);
     }
     let dlq = h.backend.queue("jobs-dlq");
     let mut seen = Vec::new();
@@ -342,7 +343,7 @@ async fn transient_failures_back_off_and_give_up_after_max_attempts() {
         assert_eq!(copies[0].receive_count, 1, "a fresh copy: retries use up no receives");
         report = h.consumer.handle_batch(event(&[copies[0].body.clone()]), in_seconds(10)).await;
     }
-    assert_eq!(report.metrics.total("DeadLettered"), 1.0);
+    assert_eq!(report.metrics.total(Metric::DeadLettered), 1.0);
     assert_eq!(h.server.stats().calls, 3, "max_attempts calls, then the DLQ");
     let dlq = dlq_messages(&h).await;
     assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error");
@@ -385,7 +386,7 @@ async fn each_records_log_lines_carry_its_own_ids_when_records_interleave() {
         .collect();
     let bodies: Vec<String> = jobs.iter().map(|j| j.encode().body).collect();
     let report = h.consumer.handle_batch(event(&bodies), in_seconds(10)).await;
-    assert_eq!((report.metrics.total("Succeeded"), report.metrics.total("DeadLettered")), (5.0, 5.0));
+    assert_eq!((report.metrics.total(Metric::Succeeded), report.metrics.total(Metric::DeadLettered)), (5.0, 5.0));
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let bad: std::collections::BTreeSet<&str> = jobs.iter().filter(|j| j.run_id == "run-bad").map(|j| j.message_id.as_str()).collect();

@@ -30,11 +30,90 @@ impl Unit {
     }
 }
 
+/// Every metric fanout emits. A metric is named by a variant, so a misspelt name does not
+/// compile (a string would read as an empty metric and make an assertion on it check nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    /// Records in an invocation's batch.
+    Records,
+    /// Jobs that succeeded.
+    Succeeded,
+    /// Copies of jobs already settled (or settled by another copy), acked without a call.
+    DuplicatesSkipped,
+    /// Jobs sent to the DLQ.
+    DeadLettered,
+    /// Transient failures rescheduled after a backoff.
+    Retried,
+    /// Jobs rescheduled to wait for a permit.
+    Deferred,
+    /// Jobs rescheduled because their host (or the pipeline) is paused or its circuit open.
+    Held,
+    /// Jobs rescheduled because another consumer holds their lock.
+    LockedElsewhere,
+    /// Records handed back to SQS (a backend error).
+    Requeued,
+    /// Invocations that only put work back: no call made, some job waited or held.
+    DeferOnlyInvocations,
+    /// HTTP calls made.
+    OutboundCalls,
+    /// Each call's latency (ms).
+    CallLatency,
+    /// Each call's wait for its permits (ms).
+    RateLimitWait,
+    /// Per host: calls made.
+    HostCalls,
+    /// Per host: calls answered 429.
+    HostThrottled,
+    /// Per host: slow-downs applied.
+    HostRateDecreased,
+    /// Per host: circuits opened.
+    CircuitOpened,
+    /// Per host: circuits closed again.
+    CircuitClosed,
+    /// Per host: jobs held.
+    JobsHeld,
+}
+
+impl Metric {
+    /// The metric's CloudWatch name (the dashboard and alarms in `infra/` use the same).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::Records => "Records",
+            Metric::Succeeded => "Succeeded",
+            Metric::DuplicatesSkipped => "DuplicatesSkipped",
+            Metric::DeadLettered => "DeadLettered",
+            Metric::Retried => "Retried",
+            Metric::Deferred => "Deferred",
+            Metric::Held => "Held",
+            Metric::LockedElsewhere => "LockedElsewhere",
+            Metric::Requeued => "Requeued",
+            Metric::DeferOnlyInvocations => "DeferOnlyInvocations",
+            Metric::OutboundCalls => "OutboundCalls",
+            Metric::CallLatency => "CallLatency",
+            Metric::RateLimitWait => "RateLimitWait",
+            Metric::HostCalls => "HostCalls",
+            Metric::HostThrottled => "HostThrottled",
+            Metric::HostRateDecreased => "HostRateDecreased",
+            Metric::CircuitOpened => "CircuitOpened",
+            Metric::CircuitClosed => "CircuitClosed",
+            Metric::JobsHeld => "JobsHeld",
+        }
+    }
+
+    /// Its unit: the two latencies are in milliseconds, everything else is a count.
+    pub const fn unit(self) -> Unit {
+        match self {
+            Metric::CallLatency | Metric::RateLimitWait => Unit::Milliseconds,
+            _ => Unit::Count,
+        }
+    }
+}
+
 /// Metrics gathered over one invocation, with one dimension set.
 #[derive(Debug, Clone, Default)]
 pub struct MetricSet {
     dimensions: BTreeMap<String, String>,
-    values: BTreeMap<&'static str, (Unit, Vec<f64>)>,
+    values: BTreeMap<Metric, Vec<f64>>,
 }
 
 impl MetricSet {
@@ -44,34 +123,34 @@ impl MetricSet {
     }
 
     /// Adds to a counter.
-    pub fn count(&mut self, name: &'static str, n: u64) {
-        let entry = self.values.entry(name).or_insert((Unit::Count, vec![0.0]));
-        entry.1[0] += n as f64;
+    pub fn count(&mut self, metric: Metric, n: u64) {
+        let entry = self.values.entry(metric).or_insert_with(|| vec![0.0]);
+        entry[0] += n as f64;
     }
 
     /// Records one sample (EMF keeps every value, so CloudWatch can compute percentiles).
-    pub fn sample(&mut self, name: &'static str, unit: Unit, value: f64) {
-        self.values.entry(name).or_insert((unit, Vec::new())).1.push(value);
+    pub fn sample(&mut self, metric: Metric, value: f64) {
+        self.values.entry(metric).or_default().push(value);
     }
 
-    /// The current total of a counter, or the sum of a sampled metric.
-    pub fn total(&self, name: &str) -> f64 {
-        self.values.get(name).map(|(_, v)| v.iter().sum()).unwrap_or(0.0)
+    /// The current total of a counter, or the sum of a sampled metric (0 if none was recorded).
+    pub fn total(&self, metric: Metric) -> f64 {
+        self.values.get(&metric).map(|v| v.iter().sum()).unwrap_or(0.0)
     }
 
-    /// Every sample of a sampled metric (empty for unknown names).
-    pub fn samples(&self, name: &str) -> &[f64] {
-        self.values.get(name).map_or(&[], |(_, v)| v.as_slice())
+    /// Every sample of a sampled metric.
+    pub fn samples(&self, metric: Metric) -> &[f64] {
+        self.values.get(&metric).map_or(&[], Vec::as_slice)
     }
 
     /// Folds another set's values into this one.
     pub fn merge(&mut self, other: MetricSet) {
-        for (name, (unit, values)) in other.values {
-            match (unit, self.values.get_mut(name)) {
-                (Unit::Count, Some((_, mine))) => mine[0] += values.iter().sum::<f64>(),
-                (_, Some((_, mine))) => mine.extend(values),
+        for (metric, values) in other.values {
+            match (metric.unit(), self.values.get_mut(&metric)) {
+                (Unit::Count, Some(mine)) => mine[0] += values.iter().sum::<f64>(),
+                (_, Some(mine)) => mine.extend(values),
                 (_, None) => {
-                    self.values.insert(name, (unit, values));
+                    self.values.insert(metric, values);
                 }
             }
         }
@@ -82,7 +161,7 @@ impl MetricSet {
         if self.values.is_empty() {
             return None;
         }
-        let definitions: Vec<Value> = self.values.iter().map(|(name, (unit, _))| json!({"Name": name, "Unit": unit.as_str()})).collect();
+        let definitions: Vec<Value> = self.values.keys().map(|m| json!({"Name": m.name(), "Unit": m.unit().as_str()})).collect();
         let mut doc = Map::new();
         doc.insert(
             "_aws".into(),
@@ -98,9 +177,9 @@ impl MetricSet {
         for (k, v) in &self.dimensions {
             doc.insert(k.clone(), json!(v));
         }
-        for (name, (_, values)) in &self.values {
+        for (metric, values) in &self.values {
             let value = if values.len() == 1 { json!(values[0]) } else { json!(values) };
-            doc.insert((*name).to_owned(), value);
+            doc.insert(metric.name().to_owned(), value);
         }
         Some(Value::Object(doc))
     }
@@ -120,18 +199,18 @@ mod tests {
     #[test]
     fn emf_document_declares_every_metric() {
         let mut m = MetricSet::new([("Function".to_owned(), "consumer".to_owned())]);
-        m.count("Requests", 2);
-        m.count("Requests", 1);
-        m.sample("CallLatency", Unit::Milliseconds, 12.0);
-        m.sample("CallLatency", Unit::Milliseconds, 30.0);
+        m.count(Metric::Records, 2);
+        m.count(Metric::Records, 1);
+        m.sample(Metric::CallLatency, 12.0);
+        m.sample(Metric::CallLatency, 30.0);
         let doc = m.to_emf(1_700_000_000_000).unwrap();
-        assert_eq!(doc["Requests"], json!(3.0));
+        assert_eq!(doc["Records"], json!(3.0));
         assert_eq!(doc["CallLatency"], json!([12.0, 30.0]));
         assert_eq!(doc["Function"], "consumer");
         let spec = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(spec["Namespace"], "Fanout");
         assert_eq!(spec["Dimensions"], json!([["Function"]]));
-        assert_eq!(spec["Metrics"].as_array().unwrap().len(), 2);
+        assert_eq!(spec["Metrics"], json!([{"Name": "Records", "Unit": "Count"}, {"Name": "CallLatency", "Unit": "Milliseconds"}]));
         assert!(MetricSet::default().to_emf(0).is_none());
     }
 }

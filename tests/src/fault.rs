@@ -2,6 +2,7 @@
 //! through the real producer, the local event source and the consumer, then checked job by job
 //! against the idempotency records, the DLQ and what the target server saw.
 
+use fanout_shared::metrics::Metric;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -179,9 +180,9 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
         jobs: plan.jobs,
         messages_delivered: delivered,
         duplicates_delivered: delivered.saturating_sub(plan.jobs as u64),
-        duplicates_suppressed: m.total("DuplicatesSkipped") as u64,
-        locked_elsewhere: m.total("LockedElsewhere") as u64,
-        retried: m.total("Retried") as u64,
+        duplicates_suppressed: m.total(Metric::DuplicatesSkipped) as u64,
+        locked_elsewhere: m.total(Metric::LockedElsewhere) as u64,
+        retried: m.total(Metric::Retried) as u64,
         invocations: outcome.invocations,
         crashes: outcome.crashed,
         timed_out: outcome.timed_out,

@@ -2,6 +2,7 @@
 //! after the target is fixed run once more and succeed once; dry runs and filters move exactly
 //! what they say; replaying twice, or being killed half way, calls nothing twice.
 
+use fanout_shared::metrics::Metric;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -59,7 +60,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
     assert_eq!(depths(&pipeline).await, (50, 0));
     let outcome = run::consume(&config, &pipeline, &fast_options(4), 50).await.unwrap();
     assert!(outcome.drained);
-    assert_eq!(outcome.metrics.total("Succeeded"), 50.0);
+    assert_eq!(outcome.metrics.total(Metric::Succeeded), 50.0);
     for i in 0..50 {
         assert_eq!(calls_to(&server, &format!("/broken/{i}")), 2, "job {i}: the 400, then one successful replay");
     }
@@ -71,7 +72,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
         pipeline.queue.send(&entry.message.body, &entry.message.attributes).await.unwrap();
     }
     let again = run::consume(&config, &pipeline, &fast_options(4), 50).await.unwrap();
-    assert_eq!(again.metrics.total("DuplicatesSkipped"), 50.0);
+    assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 50.0);
     let stats = server.stats();
     assert_eq!((stats.effects, stats.repeat_successes, stats.calls), (60, 0, 110), "50 × 400, 50 replays, 10 ok");
 }
@@ -198,7 +199,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
     server.fix();
     assert_eq!(replay(&pipeline, &replay_options(DlqFilter::default(), None, false)).await.moved, 1);
     let outcome = run::consume(&config, &pipeline, &fast_options(1), 1).await.unwrap();
-    assert_eq!(outcome.metrics.total("Succeeded"), 1.0, "the replay runs the job instead of dead-lettering it again");
+    assert_eq!(outcome.metrics.total(Metric::Succeeded), 1.0, "the replay runs the job instead of dead-lettering it again");
     assert_eq!(server.stats().effects, 1);
     assert_eq!(depths(&pipeline).await, (0, 0));
 }

@@ -1,5 +1,6 @@
 //! The AWS backend against a real emulator (moto server): SNS → SQS → consumer → DynamoDB.
 
+use fanout_shared::metrics::Metric;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,7 +84,7 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
     let b = copies.iter().find(|m| decode_body(&m.body).unwrap().message_id == job_b.message_id).unwrap().clone();
     c1.handle_batch(to_event("q", vec![b.clone()]), in_seconds(10)).await;
     let again = c2.handle_batch(to_event("q", vec![b]), in_seconds(10)).await;
-    assert_eq!(again.metrics.total("DuplicatesSkipped"), 1.0);
+    assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 1.0);
     let calls = server.records();
     assert_eq!(calls.iter().filter(|r| r.path.starts_with("/slow/a")).count(), 1, "one call for job a");
     assert_eq!(calls.iter().filter(|r| r.path.starts_with("/ok/b")).count(), 1, "one call for job b");

@@ -1,6 +1,7 @@
 //! Poison messages in the job queue, through the local event source: each is received once,
 //! dead-lettered with its reason, and never retried, while a good job next to them succeeds.
 
+use fanout_shared::metrics::Metric;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -33,9 +34,9 @@ async fn poison_is_received_once_and_dead_lettered_without_a_retry_loop() {
     assert!(outcome.drained);
     assert_eq!((summary.succeeded, summary.lost), (1, 0), "{summary:?}");
     let m = &outcome.metrics;
-    assert_eq!(m.total("Records"), (poison.len() + 1) as f64, "every message was received exactly once");
-    assert_eq!(m.total("DeadLettered"), poison.len() as f64);
-    assert_eq!(m.total("Retried") + m.total("LockedElsewhere"), 0.0, "no poison message was retried");
+    assert_eq!(m.total(Metric::Records), (poison.len() + 1) as f64, "every message was received exactly once");
+    assert_eq!(m.total(Metric::DeadLettered), poison.len() as f64);
+    assert_eq!(m.total(Metric::Retried) + m.total(Metric::LockedElsewhere), 0.0, "no poison message was retried");
     let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::ZERO).await.unwrap();
     assert_eq!(dlq.len(), poison.len());
     for body in poison {
