@@ -265,3 +265,61 @@ fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_witho
 fn calls_with_status(server: &TargetServer, status: u16) -> usize {
     server.records().iter().filter(|r| r.status == status).count()
 }
+
+/// The DynamoDB operations a client sent (its `X-Amz-Target`, e.g. `DynamoDB_20120810.UpdateItem`).
+#[derive(Debug, Clone, Default)]
+struct DynamoDbCalls(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl DynamoDbCalls {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for DynamoDbCalls {
+    fn name(&self) -> &'static str {
+        "DynamoDbCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or_default();
+        self.0.lock().unwrap().push(target.rsplit('.').next().unwrap_or_default().to_owned());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
+    use fanout_shared::aws::DynamoDbStore;
+    use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore};
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "calls", 5, 30).await.unwrap();
+    let calls = DynamoDbCalls::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build());
+    let store = DynamoDbStore::new(client, &resources.table_name);
+    let claim = |now_ms| Claim { message_id: "m1", run_id: "r", target_id: "t", now_ms, lock_until_ms: now_ms + 30_000, expiration_s: 0, replay_of: None };
+
+    // A job: acquire, call, complete.
+    let now = fanout_shared::now_ms();
+    assert!(matches!(store.acquire(&claim(now)).await.unwrap(), Acquire::Acquired { attempt: 1, .. }));
+    store.complete("m1", 1, 200, 0).await.unwrap();
+    assert_eq!(calls.take(), ["UpdateItem", "UpdateItem"]);
+
+    // A duplicate delivery: the failed condition brings the item back, no GetItem after it
+    // (two calls before ReturnValuesOnConditionCheckFailure).
+    assert_eq!(store.acquire(&claim(now + 1)).await.unwrap(), Acquire::AlreadyCompleted);
+    assert_eq!(calls.take(), ["UpdateItem"]);
+
+    // A copy while another consumer holds the lock: the same single call.
+    let held = Claim { message_id: "m2", ..claim(now) };
+    store.acquire(&held).await.unwrap();
+    calls.take();
+    assert!(matches!(store.acquire(&Claim { message_id: "m2", ..claim(now + 1) }).await.unwrap(), Acquire::Locked { .. }));
+    assert_eq!(calls.take(), ["UpdateItem"]);
+}

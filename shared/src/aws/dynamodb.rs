@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
@@ -42,14 +44,16 @@ impl DynamoDbStore {
         Ok(output.item().and_then(parse_record))
     }
 
-    /// One conditional acquire; `None` when the condition failed.
+    /// One conditional acquire. When the condition fails, `Err` holds the item as it was, which
+    /// DynamoDB returns with the failure (`ReturnValuesOnConditionCheckFailure`): no read
+    /// after it. `Err(None)`: no item, or an endpoint that does not return it.
     async fn try_acquire(
         &self,
         message_id: &str,
         update: &str,
         condition: &str,
         values: HashMap<String, AttributeValue>,
-    ) -> Result<Option<Acquire>, BackendError> {
+    ) -> Result<Result<Acquire, Option<IdempotencyRecord>>, BackendError> {
         let result = self
             .client
             .update_item()
@@ -60,15 +64,22 @@ impl DynamoDbStore {
             .set_expression_attribute_names(Some(names(&[update, condition])))
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(output) => {
                 let record = output.attributes().and_then(parse_record);
                 let (attempt, failures) = record.map_or((1, 0), |r| (r.attempts, r.failures));
-                Ok(Some(Acquire::Acquired { attempt, failures }))
+                Ok(Ok(Acquire::Acquired { attempt, failures }))
             }
-            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(None),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                let old = match e.err() {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => failed.item().and_then(parse_record),
+                    _ => None,
+                };
+                Ok(Err(old))
+            }
             Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
         }
     }
@@ -167,8 +178,8 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
 #[async_trait]
 impl IdempotencyStore for DynamoDbStore {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
-        // The conditions are `decide_acquire` written for DynamoDB; a failed condition is read
-        // back and judged by `decide_acquire` itself. A record that changed in between (so the
+        // The conditions are `decide_acquire` written for DynamoDB; the item a failed condition
+        // returns is judged by `decide_acquire` itself. A record that changed in between (so the
         // read says "acquire") is retried a few times before it is reported as locked. A replay
         // first tries its own branch, which also resets `failures` (a fresh retry budget).
         let values = HashMap::from([
@@ -192,7 +203,7 @@ impl IdempotencyStore for DynamoDbStore {
             let condition = "(#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed";
             let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
                           #run_id = :run, #target_id = :target, #failures = :zero ADD #attempts :one";
-            if let Some(acquired) = self.try_acquire(claim.message_id, update, condition, values).await? {
+            if let Ok(acquired) = self.try_acquire(claim.message_id, update, condition, values).await? {
                 return Ok(acquired);
             }
         }
@@ -201,10 +212,14 @@ impl IdempotencyStore for DynamoDbStore {
         let condition = "attribute_not_exists(#message_id) OR #status = :failed \
                          OR (#status = :in_progress AND #in_progress_expiry < :now)";
         for _ in 0..3 {
-            if let Some(acquired) = self.try_acquire(claim.message_id, update, condition, values.clone()).await? {
-                return Ok(acquired);
-            }
-            match decide_acquire(self.get(claim.message_id).await?.as_ref(), claim.now_ms, claim.replay_of) {
+            let current = match self.try_acquire(claim.message_id, update, condition, values.clone()).await? {
+                Ok(acquired) => return Ok(acquired),
+                Err(Some(old)) => Some(old),
+                // The condition failed on an item, so one exists: read it where the endpoint
+                // (an emulator) did not return it.
+                Err(None) => self.get(claim.message_id).await?,
+            };
+            match decide_acquire(current.as_ref(), claim.now_ms, claim.replay_of) {
                 Acquire::Acquired { .. } => continue,
                 decided => return Ok(decided),
             }
