@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use fanout_shared::config::check_rate;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::target_server::TargetServer;
 use fanout_shared::PipelineConfig;
@@ -384,8 +385,8 @@ fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Fa
     if local.concurrency == 0 {
         return Err(Failure::BadInput("--concurrency must be at least 1".into()));
     }
-    if let Some(rate) = local.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
-        return Err(Failure::BadInput(format!("--rate must be a positive number, got {rate}")));
+    if let Some(Err(e)) = local.rate.map(check_rate) {
+        return Err(Failure::BadInput(format!("--rate {e}")));
     }
     Ok(RunOptions {
         event_source: EventSourceOptions {
@@ -528,8 +529,8 @@ async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<Exit
 }
 
 async fn replay_command(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode, Failure> {
-    if let Some(rate) = args.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
-        return Err(Failure::BadInput(format!("--rate must be a positive number of messages per second, got {rate}")));
+    if let Some(Err(e)) = args.rate.map(check_rate) {
+        return Err(Failure::BadInput(format!("--rate (messages per second) {e}")));
     }
     let options = crate::dlq::ReplayOptions {
         filter: args.filter.filter(),

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use fanout_shared::config::check_rate;
 use fanout_shared::hosts::{Circuit, HostEvent, HostState, ALL_HOSTS};
 use fanout_shared::{now_ms, BackendError, FleetStore, PipelineConfig};
 
@@ -142,8 +143,8 @@ pub async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action: &HostA
             let host = pick(&Which { host: Some(host.clone()), all: false })?;
             let rate = if *reset { None } else { *rate };
             if let Some(rate) = rate {
-                if !(rate.is_finite() && rate > 0.0) {
-                    return Err(HostsError::BadInput(format!("--rate must be a positive number, got {rate}")));
+                if let Err(e) = check_rate(rate) {
+                    return Err(HostsError::BadInput(format!("--rate {e}")));
                 }
                 if let Some(max) = config.host_operator_max(&host).filter(|max| rate > *max) {
                     return Err(HostsError::BadInput(format!(

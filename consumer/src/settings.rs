@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fanout_shared::config::check_rate;
 use fanout_shared::retry::RetryPolicy;
 
 /// Tunables of one consumer instance. [`Settings::from_env`] documents each variable.
@@ -72,8 +73,8 @@ impl Settings {
         let defaults = Self::default();
         let rate_per_second: Option<f64> =
             var("FANOUT_RATE_PER_SECOND").map(|v| v.trim().parse().map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}"))).transpose()?;
-        if rate_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-            return Err("FANOUT_RATE_PER_SECOND must be a positive number".into());
+        if let Some(Err(e)) = rate_per_second.map(check_rate) {
+            return Err(format!("FANOUT_RATE_PER_SECOND {e}"));
         }
         let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?.map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large"))).transpose()?;
         Ok(Self {

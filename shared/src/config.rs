@@ -323,7 +323,10 @@ fn whole_file(file: &str, message: String) -> ConfigError {
     ConfigError { file: file.to_owned(), location: String::new(), field: String::new(), message }
 }
 
-fn check_rate(per_second: f64) -> Result<(), String> {
+/// The one rule for every rate (config budgets, `--rate` flags, `FANOUT_RATE_PER_SECOND`): a
+/// positive, finite number of requests per second. The error completes a sentence that names
+/// the field or flag.
+pub fn check_rate(per_second: f64) -> Result<(), String> {
     if per_second.is_finite() && per_second > 0.0 {
         Ok(())
     } else {
