@@ -81,8 +81,8 @@ impl Consumer {
     /// A consumer for `config`'s hosts and budgets, with the stack's `settings`.
     pub fn new(config: &PipelineConfig, backends: Backends, settings: Settings) -> Result<Self, SetupError> {
         let retry = settings.retry.apply(config.retry);
-        if let Some((field, problem)) = retry.problems().into_iter().next() {
-            return Err(SetupError::Settings(format!("retry {field} (config `retry` or FANOUT_* override): {problem}")));
+        if let Some(e) = retry.problems().into_iter().next() {
+            return Err(SetupError::Settings(format!("retry {} (config `retry` or FANOUT_* override): {}", e.field, e.problem)));
         }
         let policy = policy::Policy::new(config);
         Ok(Self {

@@ -14,14 +14,7 @@ use crate::hosts::HostPolicy;
 use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
 use crate::retry::RetryPolicy;
-pub use crate::target_rules::{check_header, check_url, env_placeholders, HeaderPart};
-
-/// Methods a target may use.
-pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-/// Longest per-call timeout: Lambda's own 15-minute ceiling.
-pub const MAX_TIMEOUT_MS: u64 = 900_000;
-/// Longest run ID the producer accepts; validation sizes messages against it.
-pub const MAX_RUN_ID_LEN: usize = 128;
+pub use crate::target_rules::{check_header, check_url, env_placeholders, HeaderPart, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -211,11 +204,11 @@ impl PipelineConfig {
                 _ => {}
             }
         }
-        for (field, message) in self.retry.problems() {
-            push("retry".into(), field, message);
+        for e in self.retry.problems() {
+            push("retry".into(), e.field, e.problem);
         }
-        for (field, message) in self.host_protection.problems() {
-            push("host_protection".into(), field, message);
+        for e in self.host_protection.problems() {
+            push("host_protection".into(), e.field, e.problem);
         }
         if !HTTP_METHODS.contains(&self.defaults.method.to_ascii_uppercase().as_str()) {
             push("defaults".into(), "method", format!("unknown method {:?}", self.defaults.method));
@@ -230,8 +223,8 @@ impl PipelineConfig {
                 push(location.clone(), "id", format!("duplicate id, first used by targets[{previous}]"));
             }
             let job = self.job_target(target);
-            if let Err((field, message)) = job.check() {
-                push(location.clone(), field, message);
+            if let Err(e) = job.check() {
+                push(location.clone(), e.field, e.problem);
                 continue;
             }
             if !self.allow_private_networks {

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::target_rules::FieldError;
+
 /// The host key whose state applies to every host: `fanout hosts pause --all` pauses it.
 pub const ALL_HOSTS: &str = "*";
 
@@ -72,29 +74,29 @@ impl Default for HostPolicy {
 }
 
 impl HostPolicy {
-    /// Every rule a policy must follow, as `(field, problem)`.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Every rule the policy breaks.
+    pub fn problems(&self) -> Vec<FieldError> {
         let mut problems = Vec::new();
         if self.failure_threshold == 0 {
-            problems.push(("failure_threshold", "must be at least 1".to_owned()));
+            problems.push(FieldError::new("failure_threshold", "must be at least 1"));
         }
         if self.cooldown_ms == 0 || self.cooldown_ms > self.max_cooldown_ms {
-            problems.push(("cooldown_ms", format!("must be 1..=max_cooldown_ms ({}), got {}", self.max_cooldown_ms, self.cooldown_ms)));
+            problems.push(FieldError::new("cooldown_ms", format!("must be 1..=max_cooldown_ms ({}), got {}", self.max_cooldown_ms, self.cooldown_ms)));
         }
         if !(self.decrease > 0.0 && self.decrease < 1.0) {
-            problems.push(("decrease", format!("must be between 0 and 1 (exclusive), got {}", self.decrease)));
+            problems.push(FieldError::new("decrease", format!("must be between 0 and 1 (exclusive), got {}", self.decrease)));
         }
         if !(self.increase_per_second.is_finite() && self.increase_per_second > 0.0) {
-            problems.push(("increase_per_second", format!("must be a positive number, got {}", self.increase_per_second)));
+            problems.push(FieldError::new("increase_per_second", format!("must be a positive number, got {}", self.increase_per_second)));
         }
         if !(self.min_factor > 0.0 && self.min_factor <= 1.0) {
-            problems.push(("min_factor", format!("must be in (0, 1], got {}", self.min_factor)));
+            problems.push(FieldError::new("min_factor", format!("must be in (0, 1], got {}", self.min_factor)));
         }
         if self.probe_lease_ms == 0 {
-            problems.push(("probe_lease_ms", "must be at least 1".to_owned()));
+            problems.push(FieldError::new("probe_lease_ms", "must be at least 1"));
         }
         if self.hold_recheck_ms == 0 || Duration::from_millis(self.hold_recheck_ms) > crate::queue::MAX_DELAY {
-            problems.push(("hold_recheck_ms", format!("must be 1..=900000 (SQS's longest delay), got {}", self.hold_recheck_ms)));
+            problems.push(FieldError::new("hold_recheck_ms", format!("must be 1..=900000 (SQS's longest delay), got {}", self.hold_recheck_ms)));
         }
         problems
     }
@@ -430,7 +432,7 @@ mod tests {
     #[test]
     fn policy_rules_name_their_field() {
         let bad = HostPolicy { failure_threshold: 0, decrease: 1.0, min_factor: 0.0, hold_recheck_ms: 1_000_000, ..HostPolicy::default() };
-        let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
+        let fields: Vec<&str> = bad.problems().iter().map(|e| e.field).collect();
         assert_eq!(fields, ["failure_threshold", "decrease", "min_factor", "hold_recheck_ms"]);
         assert!(HostPolicy::default().problems().is_empty());
     }

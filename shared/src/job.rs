@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
+use crate::target_rules::{self, FieldError, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
 
 /// The message schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -80,19 +80,19 @@ impl JobTarget {
 
     /// Checks the fields a message carries, as the consumer must for untrusted input.
     /// Returns the offending field and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), FieldError> {
         if self.id.is_empty() {
-            return Err(("id", "is empty".into()));
+            return Err(FieldError::new("id", "is empty"));
         }
-        config::check_url(&self.url).map_err(|e| ("url", e))?;
+        target_rules::check_url(&self.url).map_err(|e| FieldError::new("url", e))?;
         if !HTTP_METHODS.contains(&self.method.as_str()) {
-            return Err(("method", format!("unknown method {:?}", self.method)));
+            return Err(FieldError::new("method", format!("unknown method {:?}", self.method)));
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(("timeout_ms", format!("must be 1..={MAX_TIMEOUT_MS}, got {}", self.timeout_ms)));
+            return Err(FieldError::new("timeout_ms", format!("must be 1..={MAX_TIMEOUT_MS}, got {}", self.timeout_ms)));
         }
         for (name, value) in &self.headers {
-            config::check_header(name, value).map_err(|e| ("headers", e))?;
+            target_rules::check_header(name, value).map_err(|e| FieldError::new("headers", e))?;
         }
         Ok(())
     }
@@ -206,7 +206,7 @@ fn decode_job(value: serde_json::Value) -> Result<JobMessage, DecodeError> {
     }
     let job: JobMessage = serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     check_run_id(&job.run_id).map_err(DecodeError::Invalid)?;
-    job.target.check().map_err(|(field, why)| DecodeError::Invalid(format!("target.{field}: {why}")))?;
+    job.target.check().map_err(|e| DecodeError::Invalid(format!("target.{e}")))?;
     if job.message_id != message_id(&job.run_id, &job.target.id) {
         return Err(DecodeError::Invalid("message_id does not match run_id and target.id".into()));
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::target_rules::FieldError;
+
 /// The config file's `retry` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,17 +34,17 @@ impl Default for RetryPolicy {
 pub const MAX_CAP_MS: u64 = 12 * 60 * 60 * 1000;
 
 impl RetryPolicy {
-    /// Every rule a policy must follow, as `(field, problem)`.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Every rule the policy breaks.
+    pub fn problems(&self) -> Vec<FieldError> {
         let mut problems = Vec::new();
         if self.base_ms == 0 {
-            problems.push(("base_ms", "must be at least 1".to_owned()));
+            problems.push(FieldError::new("base_ms", "must be at least 1"));
         }
         if self.cap_ms < self.base_ms || self.cap_ms > MAX_CAP_MS {
-            problems.push(("cap_ms", format!("must be base_ms ({})..={MAX_CAP_MS}, got {}", self.base_ms, self.cap_ms)));
+            problems.push(FieldError::new("cap_ms", format!("must be base_ms ({})..={MAX_CAP_MS}, got {}", self.base_ms, self.cap_ms)));
         }
         if !(1..=100).contains(&self.max_attempts) {
-            problems.push(("max_attempts", format!("must be 1..=100, got {}", self.max_attempts)));
+            problems.push(FieldError::new("max_attempts", format!("must be 1..=100, got {}", self.max_attempts)));
         }
         problems
     }
@@ -81,7 +83,7 @@ mod tests {
     #[test]
     fn rules_name_their_field() {
         let bad = RetryPolicy { base_ms: 0, cap_ms: MAX_CAP_MS + 1, max_attempts: 0 };
-        let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
+        let fields: Vec<&str> = bad.problems().iter().map(|e| e.field).collect();
         assert_eq!(fields, ["base_ms", "cap_ms", "max_attempts"]);
         assert!(RetryPolicy::default().problems().is_empty());
     }

@@ -1,5 +1,7 @@
-//! What a target's URL and headers may hold. The same rules judge a config file (the producer's
-//! and the consumer's) and every job message the consumer decodes.
+//! What a target may hold: its URL, method, headers, timeout, and a run ID's length. The same
+//! rules judge a config file (the producer's and the consumer's) and every job message the
+//! consumer decodes, so this module is the root both `job` (the wire format) and `config`
+//! depend on, and depends on neither.
 //!
 //! - URL: `http`/`https`, a host, a port other than 0, and no `user:password@` (credentials
 //!   belong in a header template such as `"Authorization": "Basic ${env:NAME}"`, which keeps them
@@ -9,6 +11,36 @@
 //!   that frame or route a request (`Host`, `Content-Length`, `Transfer-Encoding`, `Connection`,
 //!   `Upgrade`, `TE`, `Expect`, `Keep-Alive`, `Trailer`, `Proxy-*`) would make calls hang or go
 //!   elsewhere, and `Idempotency-Key` is the job's message ID.
+
+/// A field that breaks a rule, and why. The caller adds where the field is (file, target,
+/// message), so every error names file, field or message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as the config file or message spells it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl FieldError {
+    /// `field` breaks a rule: `problem`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self { field, problem: problem.into() }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// Methods a target may use.
+pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Longest per-call timeout: Lambda's own 15-minute ceiling.
+pub const MAX_TIMEOUT_MS: u64 = 900_000;
+/// Longest run ID the producer accepts; validation sizes messages against it.
+pub const MAX_RUN_ID_LEN: usize = 128;
 
 /// Headers a config may not set, lower-case; any `proxy-*` header is refused too.
 pub const RESERVED_HEADERS: &[&str] =
