@@ -49,7 +49,7 @@ pub use hosts::{HostEvent, HostPolicy, HostState};
 pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};
 pub use job::{JobMessage, JobTarget, OutboundMessage};
 pub use publish::{EntryFailure, Publisher};
-pub use queue::{MessageMover, MoveTaskStatus, Queue, QueueDepth, QueueMessage};
+pub use queue::{MessageMover, MoveTaskState, MoveTaskStatus, Queue, QueueDepth, QueueMessage};
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {

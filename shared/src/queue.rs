@@ -87,11 +87,61 @@ pub trait MessageMover: Send + Sync {
     async fn status(&self, handle: &str) -> Result<MoveTaskStatus, BackendError>;
 }
 
+/// A move task's state, as `ListMessageMoveTasks` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MoveTaskState {
+    /// Moving.
+    Running,
+    /// Done.
+    Completed,
+    /// Being cancelled.
+    Cancelling,
+    /// Cancelled.
+    Cancelled,
+    /// Failed (`failure_reason` says why).
+    Failed,
+    /// A state this version does not know; treated as finished.
+    Unknown,
+}
+
+impl MoveTaskState {
+    /// From SQS's spelling.
+    pub fn parse(state: &str) -> Self {
+        match state {
+            "RUNNING" => Self::Running,
+            "COMPLETED" => Self::Completed,
+            "CANCELLING" => Self::Cancelling,
+            "CANCELLED" => Self::Cancelled,
+            "FAILED" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// SQS's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Cancelling => "CANCELLING",
+            Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for MoveTaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A move task's progress, as `ListMessageMoveTasks` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MoveTaskStatus {
-    /// `RUNNING`, `COMPLETED`, `CANCELLING`, `CANCELLED` or `FAILED`.
-    pub state: String,
+    /// Where the task is.
+    pub state: MoveTaskState,
     /// Messages moved so far.
     pub moved: u64,
     /// Messages the task set out to move, when known.
@@ -103,6 +153,6 @@ pub struct MoveTaskStatus {
 impl MoveTaskStatus {
     /// Whether the task has stopped (completed, cancelled or failed).
     pub fn is_finished(&self) -> bool {
-        self.state != "RUNNING" && self.state != "CANCELLING"
+        !matches!(self.state, MoveTaskState::Running | MoveTaskState::Cancelling)
     }
 }

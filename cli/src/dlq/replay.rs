@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use fanout_shared::job::ATTR_DEAD_LETTER_ATTEMPT;
-use fanout_shared::{BackendError, IdempotencyStore, MessageMover, MoveTaskStatus, Queue, Status};
+use fanout_shared::{BackendError, IdempotencyStore, MessageMover, MoveTaskState, MoveTaskStatus, Queue, Status};
 
 use super::{describe, DlqEntry, DlqFilter};
 use crate::scan::Pass;
@@ -51,11 +51,22 @@ pub struct ReplayOptions {
     pub poll_wait: Duration,
 }
 
+/// How a replay moved the messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplayMethod {
+    /// SQS's own `StartMessageMoveTask` (the whole DLQ, no filter).
+    MoveTask,
+    /// Each message received, sent to the job queue and deleted from the DLQ.
+    #[default]
+    OneByOne,
+}
+
 /// What a replay did; `--json` prints exactly this.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplaySummary {
     /// `move-task` or `one-by-one`.
-    pub method: &'static str,
+    pub method: ReplayMethod,
     /// Nothing was moved; `moved` counts what would have been.
     pub dry_run: bool,
     /// Messages sent back to the job queue (or that would be, for a dry run).
@@ -110,7 +121,7 @@ pub async fn replay(targets: &ReplayTargets<'_>, options: &ReplayOptions, progre
         let rate = options.rate.map(|r| r.ceil().clamp(1.0, MOVE_TASK_MAX_RATE) as u32);
         match mover.start(rate).await {
             Ok(handle) => {
-                summary.method = "move-task";
+                summary.method = ReplayMethod::MoveTask;
                 let mut task = MoveTask { handle, status: None };
                 if options.wait {
                     task.status = Some(wait_for(mover, &task.handle, &mut summary, progress).await?);
@@ -123,7 +134,7 @@ pub async fn replay(targets: &ReplayTargets<'_>, options: &ReplayOptions, progre
             Err(e) => summary.move_task_unavailable = Some(e.to_string()),
         }
     }
-    summary.method = "one-by-one";
+    summary.method = ReplayMethod::OneByOne;
     move_one_by_one(targets, options, &mut summary, progress).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -141,7 +152,7 @@ async fn wait_for(
         summary.moved = status.moved;
         progress(summary);
         if status.is_finished() {
-            if status.state != "COMPLETED" {
+            if status.state != MoveTaskState::Completed {
                 summary.failed = status.to_move.unwrap_or(0).saturating_sub(status.moved);
                 summary.failures.push(format!("move task {}: {}", status.state, status.failure_reason.clone().unwrap_or_default()));
             }
@@ -252,7 +263,7 @@ mod tests {
         }
 
         async fn status(&self, _handle: &str) -> Result<MoveTaskStatus, BackendError> {
-            Ok(MoveTaskStatus { state: "COMPLETED".into(), moved: 3, to_move: Some(3), failure_reason: None })
+            Ok(MoveTaskStatus { state: MoveTaskState::Completed, moved: 3, to_move: Some(3), failure_reason: None })
         }
     }
 
@@ -280,7 +291,7 @@ mod tests {
         let mover = FakeMover { fail: false, started: Mutex::new(Vec::new()) };
         let targets = ReplayTargets { queue: &queue, dlq: &dlq, store: &store, mover: Some(&mover) };
         let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {}).await.unwrap();
-        assert_eq!(summary.method, "move-task");
+        assert_eq!(summary.method, ReplayMethod::MoveTask);
         assert_eq!(*mover.started.lock().unwrap(), vec![Some(500)], "rate rounded up and capped at SQS's 500/s");
         assert_eq!(summary.moved, 3, "from the task's status");
         assert_eq!(dlq.depth().await.unwrap().visible, 3, "the server moves them, not us");
@@ -293,7 +304,7 @@ mod tests {
         let mover = FakeMover { fail: false, started: Mutex::new(Vec::new()) };
         let targets = ReplayTargets { queue: &queue, dlq: &dlq, store: &store, mover: Some(&mover) };
         let summary = replay(&targets, &options(DlqFilter::default(), Some(2)), &|_| {}).await.unwrap();
-        assert_eq!((summary.method, summary.moved), ("one-by-one", 2));
+        assert_eq!((summary.method, summary.moved), (ReplayMethod::OneByOne, 2));
         let filter = DlqFilter { reason: Some("REASON 4".into()), ..DlqFilter::default() };
         let summary = replay(&targets, &options(filter, None), &|_| {}).await.unwrap();
         assert_eq!((summary.moved, summary.skipped), (1, 2));
@@ -302,7 +313,7 @@ mod tests {
         let broken = FakeMover { fail: true, started: Mutex::new(Vec::new()) };
         let targets = ReplayTargets { mover: Some(&broken), ..targets };
         let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {}).await.unwrap();
-        assert_eq!((summary.method, summary.moved), ("one-by-one", 2));
+        assert_eq!((summary.method, summary.moved), (ReplayMethod::OneByOne, 2));
         assert!(summary.move_task_unavailable.unwrap().contains("500"));
         assert_eq!(dlq.depth().await.unwrap(), Default::default());
         let moved = queue.receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap();

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{queue_arn, sdk_error};
 use crate::error::BackendError;
-use crate::queue::{MessageMover, MoveTaskStatus};
+use crate::queue::{MessageMover, MoveTaskState, MoveTaskStatus};
 
 /// Moves a DLQ's messages back to the job queue, server side.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ impl MessageMover for SqsMessageMover {
             .or_else(|| results.iter().max_by_key(|t| t.started_timestamp()))
             .ok_or_else(|| BackendError::transient("sqs:ListMessageMoveTasks", "no move task listed yet"))?;
         Ok(MoveTaskStatus {
-            state: entry.status().unwrap_or("UNKNOWN").to_owned(),
+            state: MoveTaskState::parse(entry.status().unwrap_or_default()),
             moved: entry.approximate_number_of_messages_moved().unsigned_abs(),
             to_move: entry.approximate_number_of_messages_to_move().map(i64::unsigned_abs),
             failure_reason: entry.failure_reason().map(str::to_owned),
