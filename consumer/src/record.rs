@@ -167,10 +167,15 @@ impl Consumer {
             Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
         };
         if admission == Admission::Go && !rate_wait.is_zero() {
-            // The host may have gone down (or been paused) while this job waited.
+            // The host may have gone down (or an operator paused it) while this job waited. A
+            // Retry-After pause does not hold a job that already has its permit: the pause
+            // holds the jobs still to come and the slow-down lowers the rate, while holding
+            // every waiting job would bring them all back at once when the pause ends.
             if let Admission::Hold { until_ms, reason } = self.flow.admit(&host).await {
-                debug!(host, reason = reason.as_str(), "held after its wait");
-                return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
+                if reason != HoldReason::RetryAfter {
+                    debug!(host, reason = reason.as_str(), "held after its wait");
+                    return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
+                }
             }
         }
         let claim = Claim {

@@ -155,6 +155,15 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
     let consumers = run::consumers(&config, pipeline, &plan.options).expect("consumers");
     let outcome = drain(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}).await.expect("drain");
+    eprintln!(
+        "DEBUG deferred {} held {} retried {} locked {} requeued {} dup {}",
+        outcome.metrics.total(Metric::Deferred),
+        outcome.metrics.total(Metric::Held),
+        outcome.metrics.total(Metric::Retried),
+        outcome.metrics.total(Metric::LockedElsewhere),
+        outcome.metrics.total(Metric::Requeued),
+        outcome.metrics.total(Metric::DuplicatesSkipped)
+    );
     assert!(outcome.drained, "the queue drained within {:?}", plan.options.event_source.timeout);
 
     let ids: Vec<String> = config.targets.iter().map(|t| message_id(&run_id, &t.id)).collect();
