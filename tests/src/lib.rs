@@ -38,11 +38,16 @@ pub fn config_for(base_url: &str, paths: &[String], rate: Option<f64>) -> Pipeli
 /// A fresh directory `fanout-NAME-PID` under the temp dir holding `fanout.json`, the config of
 /// `paths` on `base_url` (for tests that run the `fanout` binary). Returns the dir and the file.
 pub fn config_file(name: &str, base_url: &str, paths: &[String]) -> (std::path::PathBuf, std::path::PathBuf) {
+    config_file_at(name, base_url, paths, None)
+}
+
+/// [`config_file`] with a global budget of `rate` per second (burst 1), when given.
+pub fn config_file_at(name: &str, base_url: &str, paths: &[String], rate: Option<f64>) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("fanout-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("fanout.json");
-    let config = serde_json::to_string(&config_for(base_url, paths, None)).expect("config serializes");
+    let config = serde_json::to_string(&config_for(base_url, paths, rate)).expect("config serializes");
     std::fs::write(&file, config).expect("config written");
     (dir, file)
 }

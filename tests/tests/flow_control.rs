@@ -9,7 +9,7 @@ use fanout::run::{self, RunOptions};
 use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::target_server::TargetServer;
-use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options};
+use fanout_tests::{config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options};
 
 /// The `fanout` CLI's own defaults: concurrency 4, batches of 10, 3 s visibility and function
 /// timeouts, 5 receives.
@@ -33,10 +33,7 @@ fn eighty_targets_at_two_per_second_all_succeed_once_none_dead_lettered() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..80).map(|i| format!("ok/{i}")).collect();
-    let (dir, file) = config_file("flow-tight", &server.base_url(), &paths);
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    config["rate_limit"] = serde_json::json!({"per_second": 2});
-    std::fs::write(&file, config.to_string()).unwrap();
+    let (dir, file) = config_file_at("flow-tight", &server.base_url(), &paths, Some(2.0));
     let output = std::process::Command::new(fanout_bin()).args(["--state", ":memory:", "run", "--json", "--config"]).arg(&file).output().unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     eprintln!("80 targets at 2/s: {summary}");

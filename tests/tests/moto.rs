@@ -14,7 +14,7 @@ use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR
 use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, Queue};
 use fanout_tests::fault::{run_faults, FaultPlan};
-use fanout_tests::{config_file, config_for, fanout_bin, fast_options, Moto};
+use fanout_tests::{config_file, config_file_at, config_for, fanout_bin, fast_options, Moto};
 
 fn in_seconds(s: i64) -> i64 {
     fanout_shared::now_ms() + s * 1000
@@ -230,10 +230,7 @@ fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_witho
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..40).map(|i| format!("outage/{i}?secs=4")).collect();
-    let (dir, file) = config_file("moto-flow", &server.base_url(), &paths);
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    config["rate_limit"] = serde_json::json!({"per_second": 8});
-    std::fs::write(&file, config.to_string()).unwrap();
+    let (dir, file) = config_file_at("moto-flow", &server.base_url(), &paths, Some(8.0));
     let exports = provision_with_cli(&moto, "flow");
     let fanout = |args: &[&str]| {
         let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
