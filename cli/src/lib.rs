@@ -1,7 +1,8 @@
 //! The `fanout` operator command, as a library so tests and benchmarks drive the same code.
 //!
 //! # Layout
-//! - [`commands`]: argument definitions and what each command does.
+//! - [`args`]: the command line's definitions (clap).
+//! - [`commands`]: what each command does: dispatch and exit codes.
 //! - [`run`]: produce a tick, drain the queue, settle every job.
 //! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
 //! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
@@ -19,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod args;
 pub mod backend;
 pub mod check;
 pub mod commands;

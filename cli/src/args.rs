@@ -1,0 +1,269 @@
+//! The `fanout` command line's definitions (clap): every command, flag and environment
+//! variable, with the help text users see. What each command does is in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::dlq::DlqFilter;
+
+/// The fanout operator command.
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about = "Run, inspect and operate the fanout pipeline")]
+pub struct Cli {
+    /// Where the pipeline lives: the embedded state file, or SNS/SQS/DynamoDB.
+    #[arg(long, global = true, value_enum, default_value = "embedded", env = "FANOUT_BACKEND")]
+    pub backend: BackendKind,
+    /// Embedded state file (`:memory:` for a throwaway run).
+    #[arg(long, global = true, default_value = ".fanout/local.db", env = "FANOUT_STATE")]
+    pub state: PathBuf,
+    /// AWS resource names (the `--backend aws` commands).
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// One SQLite file on this machine.
+    Embedded,
+    /// SNS, SQS and DynamoDB through the standard AWS SDK configuration.
+    Aws,
+}
+
+/// Names of the AWS resources (`--backend aws`).
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// SNS topic ARN.
+    #[arg(long, global = true, env = "FANOUT_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+    /// SQS job queue URL.
+    #[arg(long, global = true, env = "FANOUT_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// SQS dead-letter queue URL.
+    #[arg(long, global = true, env = "FANOUT_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// DynamoDB idempotency table.
+    #[arg(long, global = true, env = "FANOUT_TABLE_NAME")]
+    pub table_name: Option<String>,
+    /// CloudFormation stack whose outputs name topic, queue, DLQ and table (instead of the four
+    /// above, which it overrides).
+    #[arg(long, global = true, env = "FANOUT_STACK")]
+    pub stack: Option<String>,
+}
+
+impl AwsArgs {
+    /// `--stack` (or `FANOUT_STACK`), unless empty.
+    pub fn stack_name(&self) -> Option<&str> {
+        self.stack.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Produce one tick, then consume until every job is settled.
+    Run(RunArgs),
+    /// Publish one tick (producer only).
+    Produce(ProduceArgs),
+    /// Drain the job queue through local consumer invocations.
+    Consume(ConsumeArgs),
+    /// Inspect and replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Run the deployed producer now, with the event its schedule sends (needs --stack).
+    Trigger(crate::trigger::TriggerArgs),
+    /// Config file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The fleet's shared host states: budgets, current rates, circuits, pauses; pause, resume
+    /// or re-budget a host at runtime.
+    Hosts(crate::hosts::HostsArgs),
+    /// Create topic, queue, DLQ, subscription and table where the SDK config points (emulators,
+    /// trials); prints `export FANOUT_…=` lines.
+    Provision {
+        /// Prefix of every resource name.
+        #[arg(long, default_value = "fanout")]
+        prefix: String,
+        /// Receives before SQS redrives a message to the DLQ.
+        #[arg(long, default_value_t = 5)]
+        max_receive_count: u32,
+        /// The job queue's visibility timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        visibility_timeout: u32,
+    },
+}
+
+/// `fanout config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config and show what it would do.
+    Check {
+        /// The config file.
+        file: PathBuf,
+        /// The stack's `maxConcurrency` (consumer instances at most).
+        #[arg(long, default_value_t = 5)]
+        concurrency: u32,
+        /// The stack's consumer timeout, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        function_timeout: f64,
+        /// The schedule's period, seconds (the stack's default is rate(15 minutes)).
+        #[arg(long, default_value_t = 900.0)]
+        schedule_period: f64,
+        /// The stack's batch size.
+        #[arg(long, default_value_t = 10)]
+        batch_size: u32,
+    },
+}
+
+/// `fanout dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// What is in the DLQ, with each job's last error (reading does not consume anything).
+    List {
+        /// Which DLQ messages.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print a JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move DLQ messages back to the job queue, so the consumer runs them again.
+    Replay(ReplayArgs),
+}
+
+/// Which DLQ messages a `dlq` command acts on (all given conditions hold).
+#[derive(Debug, Args, Clone)]
+pub struct FilterArgs {
+    /// Only this target ID.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only messages whose reason or last error contains this text (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this target host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this run ID.
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+/// `fanout dlq replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Which DLQ messages.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show what would move; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Move at most this many messages.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
+    /// Move at most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// With an SQS move task (unfiltered replay on AWS): wait until it has finished.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds a message being moved stays hidden in the DLQ (a replay killed half way leaves
+    /// its unmoved messages hidden this long).
+    #[arg(long, default_value_t = 60.0)]
+    pub hold: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FilterArgs {
+    /// The DLQ filter these flags describe.
+    pub(crate) fn filter(&self) -> DlqFilter {
+        DlqFilter { target: self.target.clone(), reason: self.reason.clone(), host: self.host.clone(), run: self.run.clone() }
+    }
+}
+
+/// Settings of the local event source and the embedded queue.
+#[derive(Debug, Args, Clone)]
+pub struct LocalArgs {
+    /// Global outbound budget, requests/s (overrides the config).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Concurrent invocations (the event source's MaximumConcurrency).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Records per invocation (1..=10).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub batch_size: u32,
+    /// Receives before the embedded queue redrives a message to the DLQ (default: the state
+    /// file's setting, 5 for a new one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_receive_count: Option<u32>,
+    /// Fraction of messages the embedded topic delivers twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Seconds a received message stays hidden.
+    #[arg(long, default_value_t = 3.0)]
+    pub visibility_timeout: f64,
+    /// Seconds each invocation may run.
+    #[arg(long, default_value_t = 3.0)]
+    pub function_timeout: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline config file (JSON or YAML).
+    #[arg(long, required_unless_present = "demo")]
+    pub config: Option<PathBuf>,
+    /// Start a demo target server and run 500 generated targets against it.
+    #[arg(long, conflicts_with = "config")]
+    pub demo: bool,
+    /// The run ID (default: derived from the config name and the current hour).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// The local event source's settings.
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+/// `fanout produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// The pipeline config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run ID (default: derived from the config name and the current hour).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Receives before the embedded queue redrives a message to the DLQ (default: the state
+    /// file's setting, 5 for a new one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_receive_count: Option<u32>,
+    /// Fraction of messages the embedded topic delivers twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The pipeline config file (the consumer's budgets and allowed hosts).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The local event source's settings.
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
