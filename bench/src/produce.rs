@@ -33,8 +33,8 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
     let (mut rates, mut calls, mut cpu_share) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // A fresh topic and queue per run, so no run publishes into a deeper queue.
-        let names = provision(&sdk, &format!("bench{run}"), 5, 30).await.map_err(|e| e.to_string())?.names();
-        let pipeline = aws_with(&sdk, &names).map_err(|e| e.to_string())?;
+        let names = provision(&sdk, &format!("bench{run}"), 5, 30).await.map_err(|e| e.to_string())?;
+        let pipeline = aws_with(&sdk, &names);
         let (cpu, started) = (cpu_seconds(), Instant::now());
         let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-moto-{run}")).await.map_err(|e| e.to_string())?;
         let wall = started.elapsed().as_secs_f64();

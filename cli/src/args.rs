@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::backend::ResourceNames;
 use crate::dlq::DlqFilter;
 
 /// The fanout operator command.
@@ -59,6 +60,21 @@ impl AwsArgs {
     /// `--stack` (or `FANOUT_STACK`), unless empty.
     pub fn stack_name(&self) -> Option<&str> {
         self.stack.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// The four resources these flags (or `FANOUT_*` variables) name; `Err` lists every one
+    /// missing, so the caller can say all of them at once.
+    pub fn names(&self) -> Result<ResourceNames, Vec<&'static str>> {
+        let given = [
+            (&self.topic_arn, "FANOUT_TOPIC_ARN"),
+            (&self.queue_url, "FANOUT_QUEUE_URL"),
+            (&self.dlq_url, "FANOUT_DLQ_URL"),
+            (&self.table_name, "FANOUT_TABLE_NAME"),
+        ];
+        match given.map(|(value, _)| value.clone()) {
+            [Some(topic_arn), Some(queue_url), Some(dlq_url), Some(table_name)] => Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name }),
+            _ => Err(given.into_iter().filter(|(value, _)| value.is_none()).map(|(_, var)| var).collect()),
+        }
     }
 }
 

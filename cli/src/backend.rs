@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
+use fanout_shared::aws::{DynamoDbFleet, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
 use fanout_shared::{BackendError, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue};
 
@@ -42,32 +42,28 @@ pub struct EmbeddedSettings {
     pub duplicates: Duplicates,
 }
 
-/// Names of deployed (or provisioned) AWS resources.
-#[derive(Debug, Clone, Default)]
-pub struct AwsNames {
-    /// `FANOUT_TOPIC_ARN`.
-    pub topic_arn: Option<String>,
-    /// `FANOUT_QUEUE_URL`.
-    pub queue_url: Option<String>,
-    /// `FANOUT_DLQ_URL`.
-    pub dlq_url: Option<String>,
-    /// `FANOUT_TABLE_NAME`.
-    pub table_name: Option<String>,
+/// The pipeline's four AWS resources, however they were found: flags or `FANOUT_*` variables
+/// ([`crate::args::AwsArgs::names`]), a stack's outputs ([`crate::stack::StackOutputs::names`])
+/// or `fanout provision` ([`crate::provision::provision`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceNames {
+    /// The SNS topic's ARN (`FANOUT_TOPIC_ARN`).
+    pub topic_arn: String,
+    /// The job queue's URL (`FANOUT_QUEUE_URL`).
+    pub queue_url: String,
+    /// The dead-letter queue's URL (`FANOUT_DLQ_URL`).
+    pub dlq_url: String,
+    /// The DynamoDB table's name (`FANOUT_TABLE_NAME`).
+    pub table_name: String,
 }
 
-impl AwsNames {
-    /// The variables (or flags) still missing, so the caller can say all of them at once.
-    pub fn missing(&self) -> Vec<&'static str> {
-        [
-            (&self.topic_arn, "FANOUT_TOPIC_ARN"),
-            (&self.queue_url, "FANOUT_QUEUE_URL"),
-            (&self.dlq_url, "FANOUT_DLQ_URL"),
-            (&self.table_name, "FANOUT_TABLE_NAME"),
-        ]
-        .into_iter()
-        .filter(|(value, _)| value.is_none())
-        .map(|(_, var)| var)
-        .collect()
+impl std::fmt::Display for ResourceNames {
+    /// The `export FANOUT_…=` lines a shell can `eval`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "export FANOUT_TOPIC_ARN={}", self.topic_arn)?;
+        writeln!(f, "export FANOUT_QUEUE_URL={}", self.queue_url)?;
+        writeln!(f, "export FANOUT_DLQ_URL={}", self.dlq_url)?;
+        writeln!(f, "export FANOUT_TABLE_NAME={}", self.table_name)
     }
 }
 
@@ -86,24 +82,16 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
     })
 }
 
-/// The AWS pipeline named by `names`, through the standard SDK configuration.
-pub async fn aws(names: &AwsNames) -> Result<Pipeline, BackendError> {
-    aws_with(&load_sdk_config().await, names)
-}
-
 /// The AWS pipeline named by `names`, with an SDK configuration already loaded.
-pub fn aws_with(sdk: &aws_config::SdkConfig, names: &AwsNames) -> Result<Pipeline, BackendError> {
-    let need = |value: &Option<String>, var: &str| value.clone().ok_or_else(|| BackendError::permanent("fanout", format!("{var} is not set")));
+pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline {
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let (queue_url, dlq_url) = (need(&names.queue_url, "FANOUT_QUEUE_URL")?, need(&names.dlq_url, "FANOUT_DLQ_URL")?);
-    let table = need(&names.table_name, "FANOUT_TABLE_NAME")?;
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    Ok(Pipeline {
-        publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), need(&names.topic_arn, "FANOUT_TOPIC_ARN")?)),
-        queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
-        dlq: Arc::new(SqsQueue::new(sqs.clone(), &dlq_url)),
-        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
-        fleet: Arc::new(DynamoDbFleet::new(dynamodb, table)),
-        mover: Some(Arc::new(SqsMessageMover::new(sqs, dlq_url, queue_url))),
-    })
+    Pipeline {
+        publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), names.topic_arn.clone())),
+        queue: Arc::new(SqsQueue::new(sqs.clone(), &names.queue_url)),
+        dlq: Arc::new(SqsQueue::new(sqs.clone(), &names.dlq_url)),
+        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), names.table_name.clone())),
+        fleet: Arc::new(DynamoDbFleet::new(dynamodb, names.table_name.clone())),
+        mover: Some(Arc::new(SqsMessageMover::new(sqs, names.dlq_url.clone(), names.queue_url.clone()))),
+    }
 }

@@ -11,7 +11,7 @@ use fanout_shared::target_server::TargetServer;
 use fanout_shared::PipelineConfig;
 
 pub use crate::args::*;
-use crate::backend::{self, AwsNames, EmbeddedSettings, Pipeline};
+use crate::backend::{self, EmbeddedSettings, Pipeline};
 use crate::event_source::EventSourceOptions;
 use crate::run::{self, RunOptions};
 
@@ -85,21 +85,14 @@ async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64
             let sdk = fanout_shared::aws::load_sdk_config().await;
             let names = match cli.aws.stack_name() {
                 Some(stack) => crate::stack::StackOutputs::describe(&sdk, stack).await?.names()?,
-                None => AwsNames {
-                    topic_arn: cli.aws.topic_arn.clone(),
-                    queue_url: cli.aws.queue_url.clone(),
-                    dlq_url: cli.aws.dlq_url.clone(),
-                    table_name: cli.aws.table_name.clone(),
-                },
+                None => cli.aws.names().map_err(|missing| {
+                    Failure::BadInput(format!(
+                        "{} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)",
+                        missing.join(", ")
+                    ))
+                })?,
             };
-            let missing = names.missing();
-            if !missing.is_empty() {
-                let list = missing.join(", ");
-                return Err(Failure::BadInput(format!(
-                    "{list} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)"
-                )));
-            }
-            Ok(backend::aws_with(&sdk, &names)?)
+            Ok(backend::aws_with(&sdk, &names))
         }
     }
 }

@@ -3,49 +3,12 @@
 //! Meant for emulators (moto) and quick trials; production uses the CDK stack in `infra/`.
 //! Every step is idempotent, so running it twice is harmless.
 
-use std::fmt;
-
 use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
 use aws_sdk_sqs::types::QueueAttributeName;
 use fanout_shared::aws::queue_arn;
 use fanout_shared::BackendError;
 
-use crate::backend::AwsNames;
-
-/// What was created.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Provisioned {
-    /// SNS topic ARN.
-    pub topic_arn: String,
-    /// Job queue URL.
-    pub queue_url: String,
-    /// Dead-letter queue URL.
-    pub dlq_url: String,
-    /// Idempotency table name.
-    pub table_name: String,
-}
-
-impl fmt::Display for Provisioned {
-    /// The `export FANOUT_…=` lines a shell can `eval`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "export FANOUT_TOPIC_ARN={}", self.topic_arn)?;
-        writeln!(f, "export FANOUT_QUEUE_URL={}", self.queue_url)?;
-        writeln!(f, "export FANOUT_DLQ_URL={}", self.dlq_url)?;
-        writeln!(f, "export FANOUT_TABLE_NAME={}", self.table_name)
-    }
-}
-
-impl Provisioned {
-    /// As names for [`crate::backend::aws`].
-    pub fn names(&self) -> AwsNames {
-        AwsNames {
-            topic_arn: Some(self.topic_arn.clone()),
-            queue_url: Some(self.queue_url.clone()),
-            dlq_url: Some(self.dlq_url.clone()),
-            table_name: Some(self.table_name.clone()),
-        }
-    }
-}
+use crate::backend::ResourceNames;
 
 fn failed(service: &'static str, e: impl std::error::Error) -> BackendError {
     BackendError::permanent(service, aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
@@ -54,7 +17,7 @@ fn failed(service: &'static str, e: impl std::error::Error) -> BackendError {
 /// Creates topic `PREFIX-jobs`, queue `PREFIX-jobs` with DLQ `PREFIX-jobs-dlq` (redrive after
 /// `max_receive_count` receives), the raw-delivery subscription, a queue policy that lets only
 /// the topic send, and table `PREFIX-idempotency` (on-demand, TTL on `expiration`).
-pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_count: u32, visibility_timeout_s: u32) -> Result<Provisioned, BackendError> {
+pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_count: u32, visibility_timeout_s: u32) -> Result<ResourceNames, BackendError> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let sns = aws_sdk_sns::Client::new(sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
@@ -135,5 +98,5 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => return Err(failed("dynamodb:CreateTable", e)),
     }
-    Ok(Provisioned { topic_arn, queue_url, dlq_url, table_name })
+    Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name })
 }

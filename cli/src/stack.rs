@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 
-use crate::backend::AwsNames;
+use crate::backend::ResourceNames;
 
 /// Output holding the SNS topic ARN (`FANOUT_TOPIC_ARN`).
 pub const TOPIC_ARN: &str = "TopicArn";
@@ -115,9 +115,9 @@ impl StackOutputs {
     }
 
     /// The pipeline's four resources.
-    pub fn names(&self) -> Result<AwsNames, StackError> {
+    pub fn names(&self) -> Result<ResourceNames, StackError> {
         let [topic_arn, queue_url, dlq_url, table_name] = self.require([TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME])?;
-        Ok(AwsNames { topic_arn: Some(topic_arn), queue_url: Some(queue_url), dlq_url: Some(dlq_url), table_name: Some(table_name) })
+        Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name })
     }
 }
 
@@ -136,10 +136,10 @@ mod tests {
     #[test]
     fn names_come_from_the_four_outputs() {
         let names = outputs(&[TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME, "ProducerLogGroup"]).names().unwrap();
-        assert_eq!(names.topic_arn.as_deref(), Some("value-of-TopicArn"));
-        assert_eq!(names.queue_url.as_deref(), Some("value-of-QueueUrl"));
-        assert_eq!(names.dlq_url.as_deref(), Some("value-of-DlqUrl"));
-        assert_eq!(names.table_name.as_deref(), Some("value-of-TableName"));
+        assert_eq!(names.topic_arn, "value-of-TopicArn");
+        assert_eq!(names.queue_url, "value-of-QueueUrl");
+        assert_eq!(names.dlq_url, "value-of-DlqUrl");
+        assert_eq!(names.table_name, "value-of-TableName");
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
                     config.targets.len()
                 )));
             }
-            let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?)?;
+            let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?);
             let ids: Vec<String> = config.targets.iter().map(|t| message_id(&answer.run_id, &t.id)).collect();
             Some(wait_settled(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), Duration::from_secs(1), started, timeout).await?)
         }

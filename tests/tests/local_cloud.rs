@@ -69,7 +69,7 @@ fn calls_by_path(server: &TargetServer) -> BTreeMap<String, Vec<CallRecord>> {
 /// The stack's pipeline (topic, queues, table), resolved from its outputs like `--stack` does.
 async fn pipeline(sdk: &aws_config::SdkConfig, stack: &str) -> Pipeline {
     let outputs = StackOutputs::describe(sdk, stack).await.expect("the stack has outputs");
-    aws_with(sdk, &outputs.names().expect("the four outputs")).expect("pipeline")
+    aws_with(sdk, &outputs.names().expect("the four outputs"))
 }
 
 /// `fanout trigger --wait`: the tick's producer summary and its settlement.

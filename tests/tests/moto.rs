@@ -31,7 +31,7 @@ async fn publish_batch_arrives_raw_and_enveloped_with_attributes() {
     let envelope_arn = "arn:aws:sqs:us-east-1:123456789012:pub-envelope";
     aws_sdk_sns::Client::new(&sdk).subscribe().topic_arn(&resources.topic_arn).protocol("sqs").endpoint(envelope_arn).send().await.unwrap();
 
-    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let pipeline = aws_with(&sdk, &resources);
     let config = config_for("https://api.example.com", &["ok/1".to_owned()], None);
     let job = JobMessage::new("run-1", config.job_target(&config.targets[0]), chrono::Utc::now());
     assert!(pipeline.publisher.publish_batch(&[job.encode()]).await.unwrap().is_empty());
@@ -55,7 +55,7 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
     let Some(moto) = Moto::start() else { return };
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "dup", 5, 30).await.unwrap();
-    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let pipeline = aws_with(&sdk, &resources);
     let server = TargetServer::start().await.unwrap();
     let config = config_for(&server.base_url(), &["slow/a?ms=200".to_owned(), "ok/b".to_owned()], None);
     let job_a = JobMessage::new("run-1", config.job_target(&config.targets[0]), chrono::Utc::now());
@@ -95,7 +95,7 @@ async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_d
     let Some(moto) = Moto::start() else { return };
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "retry", 2, 1).await.unwrap();
-    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let pipeline = aws_with(&sdk, &resources);
     let server = TargetServer::start().await.unwrap();
     let paths = ["flaky/once?fail=1", "flaky/always?fail=1000", "bad/x", "ok/y"].map(String::from);
     let mut config = config_for(&server.base_url(), &paths, None);
@@ -204,7 +204,7 @@ async fn fault_run_of_100_jobs_settles_every_job_once() {
     let Some(moto) = Moto::start() else { return };
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "faults", 5, 1).await.unwrap();
-    let pipeline = aws_with(&sdk, &resources.names()).unwrap();
+    let pipeline = aws_with(&sdk, &resources);
     let server = TargetServer::start().await.unwrap();
     let mut options = fast_options(2);
     // SQS counts visibility in whole seconds: 1 s, shorter than a slow call (1.2 s timeout).
