@@ -227,6 +227,17 @@ impl Flow {
         admission
     }
 
+    /// [`Flow::admit`] again, for a job that waited for its permit: the host may have gone down
+    /// (or an operator paused it) meanwhile. A Retry-After pause does not hold a job that already
+    /// has its permit: the pause holds the jobs still to come and the slow-down lowers the rate,
+    /// while holding every waiting job would bring them all back at once when the pause ends.
+    pub async fn readmit(&self, host: &str) -> Admission {
+        match self.admit(host).await {
+            Admission::Hold { reason: HoldReason::RetryAfter, .. } => Admission::Go,
+            admission => admission,
+        }
+    }
+
     fn share_count(&self) -> (u32, i64) {
         let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
         (share_count(&view.lease.instance, &view.leases, now_ms()), view.entitled_ms)

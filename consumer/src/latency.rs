@@ -32,7 +32,11 @@ impl Latencies {
     pub(crate) fn observe(&self, host: &str, took: Duration) {
         let sample = took.as_secs_f64();
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        let estimate = hosts.entry(host.to_owned()).or_insert(Estimate { smoothed: sample, deviation: sample / 2.0 });
+        let Some(estimate) = hosts.get_mut(host) else {
+            // RFC 6298's first measurement: the mean is the sample, the deviation half of it.
+            hosts.insert(host.to_owned(), Estimate { smoothed: sample, deviation: sample / 2.0 });
+            return;
+        };
         // RFC 6298's gains: 1/4 for the deviation, 1/8 for the mean.
         estimate.deviation = 0.75 * estimate.deviation + 0.25 * (estimate.smoothed - sample).abs();
         estimate.smoothed = 0.875 * estimate.smoothed + 0.125 * sample;

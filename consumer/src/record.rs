@@ -157,8 +157,7 @@ impl Consumer {
         }
         let admission = self.flow.admit(&host).await;
         if let Admission::Hold { until_ms, reason } = admission {
-            debug!(host, reason = reason.as_str(), "held");
-            return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
+            return self.hold(record, &host, until_ms, reason).await;
         }
         let timeout = Duration::from_millis(job.target.timeout_ms);
         let reserve = self.latencies.reserve(&host, timeout, deadline.budget);
@@ -167,15 +166,8 @@ impl Consumer {
             Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
         };
         if admission == Admission::Go && !rate_wait.is_zero() {
-            // The host may have gone down (or an operator paused it) while this job waited. A
-            // Retry-After pause does not hold a job that already has its permit: the pause
-            // holds the jobs still to come and the slow-down lowers the rate, while holding
-            // every waiting job would bring them all back at once when the pause ends.
-            if let Admission::Hold { until_ms, reason } = self.flow.admit(&host).await {
-                if reason != HoldReason::RetryAfter {
-                    debug!(host, reason = reason.as_str(), "held after its wait");
-                    return self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await;
-                }
+            if let Admission::Hold { until_ms, reason } = self.flow.readmit(&host).await {
+                return self.hold(record, &host, until_ms, reason).await;
             }
         }
         let claim = Claim {
@@ -215,6 +207,12 @@ impl Consumer {
         report.rate_wait = rate_wait;
         report.host_change = host_change;
         report
+    }
+
+    /// Holds a job whose host may not be called now: it comes back when the hold ends.
+    async fn hold(&self, record: &SqsMessage, host: &str, until_ms: i64, reason: HoldReason) -> RecordReport {
+        debug!(host, reason = reason.as_str(), "held");
+        self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await
     }
 
     /// Records the call's outcome: in the host's shared state, then in the job's record.

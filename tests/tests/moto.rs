@@ -140,6 +140,14 @@ fn fanout_run_backend_aws_settles_200_jobs() {
     assert_eq!(server.stats().effects, 200);
 }
 
+/// `fanout --backend aws ARGS` against `moto` with the provisioned `exports`: its JSON output.
+fn fanout_aws(moto: &Moto, exports: &[(String, String)], args: &[&str]) -> serde_json::Value {
+    let output =
+        std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.iter().cloned()).arg("--backend").arg("aws").args(args).output().unwrap();
+    assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// `fanout provision` in moto: the `FANOUT_*` variables it prints.
 fn provision_with_cli(moto: &Moto, prefix: &str) -> Vec<(String, String)> {
     let provisioned = std::process::Command::new(fanout_bin()).envs(moto.env()).args(["provision", "--prefix", prefix]).output().unwrap();
@@ -160,11 +168,7 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     let paths: Vec<String> = (0..50).map(|i| format!("broken/{i}")).collect();
     let (_dir, config_path) = config_file("moto-dlq", &server.base_url(), &paths);
     let exports = provision_with_cli(&moto, "dlq");
-    let fanout = |args: &[&str]| {
-        let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
-        assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-    };
+    let fanout = |args: &[&str]| fanout_aws(&moto, &exports, args);
     let config = config_path.to_str().unwrap();
 
     // moto serves one request at a time: give invocations time, so none is cut off mid-batch.
@@ -232,11 +236,7 @@ fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_witho
     let paths: Vec<String> = (0..40).map(|i| format!("outage/{i}?secs=4")).collect();
     let (dir, file) = config_file_at("moto-flow", &server.base_url(), &paths, Some(8.0));
     let exports = provision_with_cli(&moto, "flow");
-    let fanout = |args: &[&str]| {
-        let output = std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.clone()).arg("--backend").arg("aws").args(args).output().unwrap();
-        assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-    };
+    let fanout = |args: &[&str]| fanout_aws(&moto, &exports, args);
 
     let config = file.to_str().unwrap();
     let run = fanout(&["run", "--run-id", "flow-run", "--json", "--function-timeout", "5", "--visibility-timeout", "6", "--config", config]);
