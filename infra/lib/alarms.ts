@@ -5,6 +5,7 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { pipelineMetric } from './metrics';
 
 /** What the alarms watch and where their descriptions point. */
 export interface PipelineAlarmsProps {
@@ -13,16 +14,38 @@ export interface PipelineAlarmsProps {
   readonly producer: lambda.IFunction;
   readonly consumer: lambda.IFunction;
   readonly oldestMessageAgeAlarmSeconds: number;
+  /** The `Pipeline` dimension of the run metrics: the stack name. */
+  readonly pipeline: string;
+  /** Seconds between two scheduled ticks (see `schedulePeriod` in settings.ts). */
+  readonly schedulePeriodSeconds: number;
   /** docs/runbook.md (a URL or repo path); each alarm links its own section. */
   readonly runbookUrl: string;
   /** Receives alarm and OK notifications when set. */
   readonly alarmTopicArn?: string;
 }
 
+/** One day in seconds: the longest evaluation CloudWatch allows for periods under an hour. */
+const DAY = 86_400;
+
+/**
+ * How `ProducerNotRunning` looks at two schedule periods within CloudWatch's limits (the period a
+ * multiple of 60 s; period × evaluation periods at most 1 day for periods under an hour, 7 days
+ * otherwise): one period of twice the schedule while that fits in a day, else whole days, every
+ * one of them without a tick. Either way the alarm needs a gap of at least two schedule periods,
+ * so a tick that comes a few seconds late does not page anyone.
+ */
+export function tickWindow(schedulePeriodSeconds: number): { periodSeconds: number; evaluationPeriods: number } {
+  const window = 2 * schedulePeriodSeconds;
+  return window <= DAY
+    ? { periodSeconds: window, evaluationPeriods: 1 }
+    : { periodSeconds: DAY, evaluationPeriods: Math.ceil(window / DAY) };
+}
+
 /**
  * The pipeline's alarms. Each description says what fired and links the runbook section with
  * the steps, so whoever is paged lands on the instructions. Missing data is "not breaching": the
- * queues and functions are idle most of the time and an idle pipeline is not an incident.
+ * queues and functions are idle most of the time and an idle pipeline is not an incident. The one
+ * exception is the tick count, whose absence is the incident.
  */
 export class PipelineAlarms extends Construct {
   /** The alarms, keyed by their runbook anchor. */
@@ -35,13 +58,21 @@ export class PipelineAlarms extends Construct {
       ? new actions.SnsAction(sns.Topic.fromTopicArn(this, 'AlarmTopic', props.alarmTopicArn))
       : undefined;
 
-    const add = (id: string, anchor: string, summary: string, metric: cloudwatch.Metric, threshold: number) => {
+    const add = (
+      id: string,
+      anchor: string,
+      summary: string,
+      metric: cloudwatch.Metric,
+      threshold: number,
+      opts: Partial<Pick<cloudwatch.AlarmProps, 'comparisonOperator' | 'treatMissingData' | 'evaluationPeriods'>> = {},
+    ) => {
       const alarm = new cloudwatch.Alarm(this, id, {
         metric,
         threshold,
         evaluationPeriods: 1,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        ...opts,
         alarmDescription: `${summary} Runbook: ${props.runbookUrl}#${anchor}`,
       });
       if (notify) {
@@ -84,6 +115,36 @@ export class PipelineAlarms extends Construct {
       'producer-errors',
       'fanout: the scheduled producer run failed; jobs of that tick may not have been published.',
       props.producer.metricErrors({ period, statistic: 'Sum' }),
+      1,
+    );
+
+    const ticks = tickWindow(props.schedulePeriodSeconds);
+    add(
+      'ProducerNotRunning',
+      'producer-not-running',
+      `fanout: the producer counted no scheduled tick in ${ticks.periodSeconds * ticks.evaluationPeriods}s ` +
+        `(at least two schedule periods of ${props.schedulePeriodSeconds}s): ` +
+        'the schedule is disabled, the function cannot start, or its metrics are not arriving.',
+      pipelineMetric(props.pipeline, 'Ticks', { statistic: 'Sum', period: Duration.seconds(ticks.periodSeconds) }),
+      1,
+      {
+        evaluationPeriods: ticks.evaluationPeriods,
+        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+      },
+    );
+    add(
+      'RunOverdue',
+      'run-overdue',
+      'fanout: a run is still RUNNING past its deadline (jobs unsettled; reported by the producer watchdog).',
+      pipelineMetric(props.pipeline, 'RunsOverdue', { statistic: 'Maximum', period }),
+      1,
+    );
+    add(
+      'RunFailed',
+      'run-failed',
+      'fanout: a run finished FAILED: more of its jobs were dead-lettered than its failure budget tolerates.',
+      pipelineMetric(props.pipeline, 'RunsFailed', { statistic: 'Sum', period }),
       1,
     );
   }

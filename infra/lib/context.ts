@@ -4,7 +4,7 @@ import type { FanoutSettings } from './settings';
 /** Reads one context value; `cdk -c key=value` gives strings, cdk.json may give any JSON. */
 export type ContextReader = (key: string) => unknown;
 
-type Kind = 'string' | 'number' | 'boolean' | 'json' | 'path';
+type Kind = 'string' | 'number' | 'boolean' | 'json' | 'list' | 'path';
 
 /** How each setting is spelled on the command line: `-c <setting name>=<value>`. */
 const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
@@ -13,6 +13,7 @@ const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
   architecture: 'string',
   configFile: 'string',
   scheduleExpression: 'string',
+  schedulePeriodSeconds: 'number',
   producerTimeoutSeconds: 'number',
   producerMemoryMb: 'number',
   publishConcurrency: 'number',
@@ -34,6 +35,7 @@ const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
   oldestMessageAgeAlarmSeconds: 'number',
   runbookUrl: 'string',
   alarmTopicArn: 'string',
+  runNotificationEmails: 'list',
   retainData: 'boolean',
   logRetentionDays: 'number',
 };
@@ -71,6 +73,15 @@ function convert(key: string, kind: Kind, raw: unknown, cwd: string): unknown {
       if (raw === true || raw === 'true') return true;
       if (raw === false || raw === 'false') return false;
       throw new Error(`context ${key}: ${JSON.stringify(raw)} is not true or false`);
+    case 'list':
+      // A JSON array (cdk.json, or `-c key='["a","b"]'`) or a comma-separated string (`-c key=a,b`).
+      if (typeof raw === 'string' && !raw.trim().startsWith('[')) {
+        return raw
+          .split(',')
+          .map((item) => item.trim())
+          .filter((item) => item !== '');
+      }
+      return convert(key, 'json', raw, cwd);
     case 'json':
       if (typeof raw !== 'string') return raw;
       try {

@@ -11,20 +11,24 @@ import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { PipelineAlarms } from './alarms';
+import { PipelineDashboard } from './dashboard';
 import { lambdaAsset } from './lambda-asset';
-import { type FanoutSettings, minVisibilityTimeout, resolveSettings } from './settings';
+import { EVENT_SOURCE, RunNotifications } from './run-events';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from './settings';
 
 /** Stack props: the usual CDK ones plus any subset of {@link FanoutSettings}. */
 export interface FanoutStackProps extends StackProps, Partial<FanoutSettings> {}
 
 /**
  * The fanout pipeline: schedule → producer → SNS topic → SQS queue (+ DLQ) → consumer, with the
- * idempotency table, least-privilege roles, alarms and the outputs `fanout dlq …` needs.
+ * idempotency table (which also holds the run ledger), least-privilege roles, alarms, the run
+ * notifications, a dashboard and the outputs `fanout dlq …` and `fanout runs …` need.
  *
  * Encryption at rest uses AWS-managed keys (SNS `alias/aws/sns`, SSE-SQS, DynamoDB `aws/dynamodb`):
  * their key policies already let principals of the account use them through the service, so no
  * KMS statement is needed in the roles, and SNS can deliver to an SSE-SQS queue without a key
- * policy of ours.
+ * policy of ours. The run-notification topic is the exception: EventBridge publishes to it, so it
+ * has a key of its own (see run-events.ts).
  */
 export class FanoutStack extends Stack {
   /** The settings after defaults and validation. */
@@ -36,12 +40,19 @@ export class FanoutStack extends Stack {
   readonly producer: lambda.Function;
   readonly consumer: lambda.Function;
   readonly alarms: PipelineAlarms;
+  readonly runNotifications: RunNotifications;
+  readonly dashboard: PipelineDashboard;
 
   constructor(scope: Construct, id: string, props: FanoutStackProps = {}) {
     super(scope, id, props);
     const s = (this.settings = resolveSettings(props));
     const dataRemoval = s.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
     const architecture = s.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64;
+    // Run events and run metrics carry the stack name, so pipelines side by side in one account
+    // keep their runs apart.
+    const pipeline = Stack.of(this).stackName;
+    const defaultBusArn = Stack.of(this).formatArn({ service: 'events', resource: 'event-bus', resourceName: 'default' });
+    const runEnvironment = { FANOUT_PIPELINE: pipeline, FANOUT_EVENT_BUS: 'default' };
 
     this.topic = new sns.Topic(this, 'Topic', {
       masterKey: kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
@@ -86,6 +97,14 @@ export class FanoutStack extends Stack {
       encryption: dynamodb.TableEncryption.AWS_MANAGED,
       removalPolicy: dataRemoval,
     });
+    // The run ledger: `fanout runs list` and the watchdog find recent runs newest first. Sparse:
+    // only run items carry run_index.
+    this.table.addGlobalSecondaryIndex({
+      indexName: 'runs',
+      partitionKey: { name: 'run_index', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'started_at', type: dynamodb.AttributeType.NUMBER },
+      projectionType: dynamodb.ProjectionType.ALL,
+    });
 
     this.producer = this.rustFunction('Producer', s, s.producerAssetDir, architecture, {
       timeout: s.producerTimeoutSeconds,
@@ -93,12 +112,28 @@ export class FanoutStack extends Stack {
       environment: {
         FANOUT_CONFIG: s.configFile,
         FANOUT_TOPIC_ARN: this.topic.topicArn,
+        FANOUT_TABLE_NAME: this.table.tableName,
+        ...runEnvironment,
         ...optional('FANOUT_PUBLISH_CONCURRENCY', s.publishConcurrency),
       },
     });
     // PublishBatch is authorised by sns:Publish.
     this.producer.addToRolePolicy(
       new iam.PolicyStatement({ actions: ['sns:Publish'], resources: [this.topic.topicArn] }),
+    );
+    this.producer.addToRolePolicy(
+      // The run ledger: PutItem creates a run (conditionally, once per tick) and its counter
+      // shards; UpdateItem finishes it and marks its event sent; GetItem/BatchGetItem read a run
+      // and its shards. TransactWriteItems needs no action of its own (each item's action is
+      // checked). No DeleteItem or Scan: TTL expires old runs.
+      new iam.PolicyStatement({
+        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:UpdateItem', 'dynamodb:PutItem'],
+        resources: [this.table.tableArn],
+      }),
+    );
+    this.producer.addToRolePolicy(
+      // The watchdog and the overlap check list recent runs through the sparse index only.
+      new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [`${this.table.tableArn}/index/runs`] }),
     );
 
     this.consumer = this.rustFunction('Consumer', s, s.consumerAssetDir, architecture, {
@@ -116,6 +151,7 @@ export class FanoutStack extends Stack {
         ...optional('FANOUT_RETRY_CAP_MS', s.retryCapMs),
         ...optional('FANOUT_MAX_ATTEMPTS', s.maxAttempts),
         ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
+        ...runEnvironment,
       },
     });
     this.consumer.addToRolePolicy(
@@ -136,8 +172,10 @@ export class FanoutStack extends Stack {
     this.consumer.addToRolePolicy(
       // Every state transition of the idempotency record, host state (`host#NAME`) and instance
       // leases (`fleet#leases`) is a conditional UpdateItem; GetItem reads an item back when a
-      // condition fails; BatchGetItem reads host states and leases together. Nothing puts or
-      // deletes (TTL does).
+      // condition fails; BatchGetItem reads host states and leases together. A job's terminal
+      // transition and its run's counters are one TransactWriteItems of UpdateItems, and the
+      // consumer that settles a run's last job finishes the run with an UpdateItem. Nothing puts
+      // or deletes (TTL does).
       new iam.PolicyStatement({
         actions: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
         resources: [this.table.tableArn],
@@ -154,10 +192,36 @@ export class FanoutStack extends Stack {
       reportBatchItemFailures: true,
     });
 
+    // Both functions put the completion event of a run (whichever finishes it: the consumer that
+    // settles the last job, or the producer's watchdog), on the default bus and as `fanout` only.
+    for (const fn of [this.producer, this.consumer]) {
+      fn.addToRolePolicy(
+        new iam.PolicyStatement({
+          actions: ['events:PutEvents'],
+          resources: [defaultBusArn],
+          conditions: { StringEquals: { 'events:source': EVENT_SOURCE } },
+        }),
+      );
+    }
+
     const schedule = new events.Rule(this, 'Schedule', {
       description: 'Starts a fanout producer run',
       schedule: events.Schedule.expression(s.scheduleExpression),
       targets: [new targets.LambdaFunction(this.producer)],
+    });
+    new events.Rule(this, 'Watchdog', {
+      description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
+      schedule: events.Schedule.expression('rate(5 minutes)'),
+      targets: [new targets.LambdaFunction(this.producer, { event: events.RuleTargetInput.fromObject({ watchdog: true }) })],
+    });
+
+    this.runNotifications = new RunNotifications(this, 'Runs', { pipeline, emails: s.runNotificationEmails });
+    this.dashboard = new PipelineDashboard(this, 'Dashboard', {
+      queue: this.queue,
+      dlq: this.dlq,
+      consumer: this.consumer,
+      pipeline,
+      ratePerSecond: s.ratePerSecond,
     });
 
     this.alarms = new PipelineAlarms(this, 'Alarms', {
@@ -166,6 +230,8 @@ export class FanoutStack extends Stack {
       producer: this.producer,
       consumer: this.consumer,
       oldestMessageAgeAlarmSeconds: s.oldestMessageAgeAlarmSeconds,
+      pipeline,
+      schedulePeriodSeconds: schedulePeriod(s),
       runbookUrl: s.runbookUrl,
       alarmTopicArn: s.alarmTopicArn,
     });
@@ -181,6 +247,11 @@ export class FanoutStack extends Stack {
     // For `fanout trigger`: invokes the producer with the event this rule would send.
     new CfnOutput(this, 'ProducerFunctionName', { value: this.producer.functionName });
     new CfnOutput(this, 'ScheduleRuleArn', { value: schedule.ruleArn });
+    new CfnOutput(this, 'RunNotificationsTopicArn', {
+      value: this.runNotifications.topic.topicArn,
+      description: 'one message per finished run: subscribe to it',
+    });
+    new CfnOutput(this, 'DashboardName', { value: this.dashboard.dashboard.dashboardName });
   }
 
   /**

@@ -21,6 +21,12 @@ export interface FanoutSettings {
 
   /** EventBridge schedule of the producer, `rate(...)` or `cron(...)`. */
   readonly scheduleExpression: string;
+  /**
+   * Seconds between two scheduled ticks (for an irregular cron, the longest gap). Required with a
+   * `cron(...)` schedule; a `rate(...)` schedule gives it itself. The `ProducerNotRunning` alarm
+   * fires when no tick was counted for two of these periods.
+   */
+  readonly schedulePeriodSeconds?: number;
   readonly producerTimeoutSeconds: number;
   readonly producerMemoryMb: number;
   /** `FANOUT_PUBLISH_CONCURRENCY`: concurrent PublishBatch calls; unset = Rust default. */
@@ -74,6 +80,11 @@ export interface FanoutSettings {
   readonly runbookUrl: string;
   /** Optional SNS topic ARN that receives alarm and OK notifications. */
   readonly alarmTopicArn?: string;
+  /**
+   * Email addresses subscribed to the stack's run-notification topic (one message per finished
+   * run); each address must confirm its subscription.
+   */
+  readonly runNotificationEmails?: string[];
   /** Keep the idempotency table and the DLQ when the stack is deleted. */
   readonly retainData: boolean;
   readonly logRetentionDays: number;
@@ -93,6 +104,8 @@ export const RESERVED_ENV = [
   'FANOUT_RETRY_CAP_MS',
   'FANOUT_MAX_ATTEMPTS',
   'FANOUT_HOST_STATE_TTL_MS',
+  'FANOUT_PIPELINE',
+  'FANOUT_EVENT_BUS',
 ] as const;
 
 const repoRoot = path.resolve(__dirname, '..', '..');
@@ -134,6 +147,38 @@ const MAX_VISIBILITY_SECONDS = 43_200;
 /** Longest retry backoff the consumer accepts: SQS's visibility ceiling, 12 hours. */
 const MAX_RETRY_MS = MAX_VISIBILITY_SECONDS * 1000;
 
+/** Seconds per unit of an EventBridge `rate(...)` expression. */
+const RATE_UNITS: Record<string, number> = { minute: 60, hour: 3600, day: 86_400 };
+
+/**
+ * The longest schedule period the `ProducerNotRunning` alarm can watch: it looks at two periods,
+ * and CloudWatch evaluates an alarm over at most 7 days.
+ */
+export const MAX_SCHEDULE_PERIOD_SECONDS = 302_400;
+
+/**
+ * The period of a `rate(N minute|minutes|hour|hours|day|days)` expression in seconds, `undefined`
+ * for anything else (cron, or a malformed rate). EventBridge wants the singular unit for 1 and the
+ * plural otherwise; so does this.
+ */
+export function ratePeriodSeconds(expression: string): number | undefined {
+  const m = /^rate\((\d+) (minute|hour|day)(s?)\)$/.exec(expression);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  if (n < 1 || (n === 1) !== (m[3] === '')) return undefined;
+  return n * RATE_UNITS[m[2]];
+}
+
+/** Seconds between two scheduled ticks: from the rate expression, or `schedulePeriodSeconds` for cron. */
+export function schedulePeriod(s: Pick<FanoutSettings, 'scheduleExpression' | 'schedulePeriodSeconds'>): number {
+  const period = ratePeriodSeconds(s.scheduleExpression) ?? s.schedulePeriodSeconds;
+  if (period === undefined) throw new Error(`no schedule period for ${s.scheduleExpression}: set schedulePeriodSeconds`);
+  return period;
+}
+
+/** A plausible email address (SNS checks deliverability through the confirmation mail). */
+const EMAIL = /^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$/;
+
 /**
  * The smallest queue visibility timeout that keeps a message invisible while a consumer may still
  * work on it: AWS's guidance of six function timeouts (retries on throttling), plus the time the
@@ -165,9 +210,7 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
   if (!/^[\w.-]+$/.test(s.configFile)) {
     problems.push(`configFile must be a plain file name inside the package, got ${JSON.stringify(s.configFile)}`);
   }
-  if (!/^(rate|cron)\(.+\)$/.test(s.scheduleExpression)) {
-    problems.push(`scheduleExpression must be rate(...) or cron(...), got ${JSON.stringify(s.scheduleExpression)}`);
-  }
+  checkSchedule(s, problems);
   int('producerTimeoutSeconds', 1, 900);
   int('consumerTimeoutSeconds', 1, 900);
   int('producerMemoryMb', 128, 10_240);
@@ -224,8 +267,62 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
     }
   }
 
+  if (s.runNotificationEmails !== undefined) {
+    const emails: unknown = s.runNotificationEmails;
+    if (!Array.isArray(emails)) {
+      problems.push(`runNotificationEmails must be a list of email addresses, got ${JSON.stringify(emails)}`);
+    } else {
+      for (const email of emails) {
+        if (typeof email !== 'string' || !EMAIL.test(email)) {
+          problems.push(`runNotificationEmails: ${JSON.stringify(email)} is not an email address`);
+        }
+      }
+      const duplicates = emails.filter((e, i) => emails.indexOf(e) !== i);
+      if (duplicates.length > 0) problems.push(`runNotificationEmails lists ${JSON.stringify(duplicates[0])} twice`);
+    }
+  }
+
   if (problems.length > 0) {
     throw new Error(`Invalid fanout stack settings:\n  - ${problems.join('\n  - ')}`);
   }
   return s;
+}
+
+/**
+ * The schedule expression and its period. EventBridge's own syntax for rate(...) is checked here
+ * (it would refuse the rule half-way through a deployment); cron(...) fields are left to it, but
+ * a cron schedule must say how far apart its ticks are, since the tick alarm cannot derive it.
+ */
+function checkSchedule(s: FanoutSettings, problems: string[]): void {
+  const expr = s.scheduleExpression;
+  const given = s.schedulePeriodSeconds;
+  const validGiven =
+    typeof given === 'number' && Number.isInteger(given) && given >= 60 && given <= MAX_SCHEDULE_PERIOD_SECONDS && given % 60 === 0;
+  if (given !== undefined && !validGiven) {
+    problems.push(
+      `schedulePeriodSeconds must be a multiple of 60 from 60 to ${MAX_SCHEDULE_PERIOD_SECONDS} (3.5 days), got ${JSON.stringify(given)}`,
+    );
+  }
+  if (typeof expr === 'string' && /^cron\(.+\)$/.test(expr)) {
+    if (given === undefined) {
+      problems.push(`schedulePeriodSeconds is required with a cron(...) schedule: the seconds between two ticks (the longest gap if irregular)`);
+    }
+    return;
+  }
+  if (typeof expr !== 'string' || !expr.startsWith('rate(')) {
+    problems.push(`scheduleExpression must be rate(...) or cron(...), got ${JSON.stringify(expr)}`);
+    return;
+  }
+  const rate = ratePeriodSeconds(expr);
+  if (rate === undefined) {
+    problems.push(
+      `scheduleExpression must be rate(1 minute|hour|day) or rate(N minutes|hours|days) with N above 1, got ${JSON.stringify(expr)}`,
+    );
+  } else if (rate > MAX_SCHEDULE_PERIOD_SECONDS) {
+    problems.push(
+      `scheduleExpression ${expr} is longer than 3.5 days: the ProducerNotRunning alarm watches two periods and CloudWatch evaluates at most 7 days`,
+    );
+  } else if (validGiven && given !== rate) {
+    problems.push(`schedulePeriodSeconds (${given}) contradicts ${expr} (${rate} s): leave it unset with a rate(...) schedule`);
+  }
 }

@@ -52,6 +52,20 @@ test('the retry and host-state settings are numbers', () => {
   assert.throws(() => settingsFromContext(ctx({ maxAttempts: 'many' })), /context maxAttempts: "many" is not a number/);
 });
 
+test('runNotificationEmails: a comma-separated list or a JSON array; schedulePeriodSeconds a number', () => {
+  assert.deepEqual(settingsFromContext(ctx({ runNotificationEmails: 'ops@example.com, dev@example.com' })), {
+    runNotificationEmails: ['ops@example.com', 'dev@example.com'],
+  });
+  assert.deepEqual(settingsFromContext(ctx({ runNotificationEmails: '["ops@example.com"]' })), {
+    runNotificationEmails: ['ops@example.com'],
+  });
+  assert.deepEqual(settingsFromContext(ctx({ runNotificationEmails: ['ops@example.com'] })), {
+    runNotificationEmails: ['ops@example.com'],
+  });
+  assert.deepEqual(settingsFromContext(ctx({ schedulePeriodSeconds: '86400' })), { schedulePeriodSeconds: 86_400 });
+  assert.throws(() => settingsFromContext(ctx({ runNotificationEmails: '[oops' })), /context runNotificationEmails: not valid JSON/);
+});
+
 test('malformed values name the key', () => {
   assert.throws(() => settingsFromContext(ctx({ maxConcurrency: 'ten' })), /context maxConcurrency: "ten" is not a number/);
   assert.throws(() => settingsFromContext(ctx({ retainData: 'yes' })), /context retainData: "yes" is not true or false/);
@@ -74,4 +88,6 @@ const OPTIONAL = {
   filterPolicy: 0,
   consumerEnvironment: 0,
   alarmTopicArn: 0,
+  schedulePeriodSeconds: 0,
+  runNotificationEmails: 0,
 };

@@ -14,12 +14,15 @@ import type { FanoutStackProps } from '../lib/fanout-stack';
  * the test needs no cloud assembly.
  */
 
-/** Settings that add or change resources: alarm actions, a filter policy, x86_64, extra env. */
+/** Settings that add or change resources: alarm actions, a filter policy, x86_64, extra env, a cron schedule, email subscriptions. */
 const VARIANTS: Record<string, FanoutStackProps> = {
   defaults: {},
   'every optional setting': {
     architecture: 'x86_64',
     alarmTopicArn: 'arn:aws:sns:us-east-1:123456789012:alarms',
+    scheduleExpression: 'cron(0 6 * * ? *)',
+    schedulePeriodSeconds: 86_400,
+    runNotificationEmails: ['ops@example.com'],
     filterPolicy: { target_host: ['api.example.com'] },
     consumerEnvironment: { API_TOKEN: 'from-secrets-manager-at-deploy' },
     publishConcurrency: 4,

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
+import { tickWindow } from '../lib/alarms';
 import { idByPath, only, synth } from './helpers';
 
 // One template with every default, shared by the tests that only read it.
@@ -10,12 +11,22 @@ const template = synth();
 const resources = template.toJSON().Resources as Record<string, any>;
 const ref = (suffix: string) => ({ Ref: idByPath(template, suffix) });
 const arn = (suffix: string) => ({ 'Fn::GetAtt': [idByPath(template, suffix), 'Arn'] });
-const TOPIC = 'Topic/Resource';
+const TOPIC = 'Fanout/Topic/Resource';
 const QUEUE = 'Fanout/Queue/Resource';
 const DLQ = 'Fanout/Dlq/Resource';
 const TABLE = 'IdempotencyTable/Resource';
 const PRODUCER = 'Fanout/Producer/Resource';
 const CONSUMER = 'Fanout/Consumer/Resource';
+const RUN_TOPIC = 'Runs/RunNotifications/Resource';
+const RUN_RULE = 'Runs/RunEvents/Resource';
+const RUN_KEY = 'Runs/Key/Resource';
+/** arn:${Partition}:events:${Region}:${Account}:event-bus/default, as CloudFormation renders it. */
+const DEFAULT_BUS = {
+  'Fn::Join': [
+    '',
+    ['arn:', { Ref: 'AWS::Partition' }, ':events:', { Ref: 'AWS::Region' }, ':', { Ref: 'AWS::AccountId' }, ':event-bus/default'],
+  ],
+};
 
 function env(suffix: string, t = template): Record<string, unknown> {
   const all = t.toJSON().Resources as Record<string, any>;
@@ -34,7 +45,7 @@ describe('schedule and producer', () => {
       Principal: 'events.amazonaws.com',
       FunctionName: arn(PRODUCER),
     });
-    synth({ scheduleExpression: 'cron(0 6 * * ? *)' }).hasResourceProperties('AWS::Events::Rule', {
+    synth({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 }).hasResourceProperties('AWS::Events::Rule', {
       ScheduleExpression: 'cron(0 6 * * ? *)',
     });
   });
@@ -53,8 +64,14 @@ describe('schedule and producer', () => {
     }
   });
 
-  test('the producer environment names the topic and the packaged config', () => {
-    assert.deepEqual(env(PRODUCER), { FANOUT_CONFIG: 'fanout.json', FANOUT_TOPIC_ARN: ref(TOPIC) });
+  test('the producer environment names the topic, the table, the pipeline and the packaged config', () => {
+    assert.deepEqual(env(PRODUCER), {
+      FANOUT_CONFIG: 'fanout.json',
+      FANOUT_TOPIC_ARN: ref(TOPIC),
+      FANOUT_TABLE_NAME: ref(TABLE),
+      FANOUT_PIPELINE: 'Fanout',
+      FANOUT_EVENT_BUS: 'default',
+    });
     assert.equal(env(PRODUCER, synth({ publishConcurrency: 8 })).FANOUT_PUBLISH_CONCURRENCY, '8');
   });
 });
@@ -121,7 +138,7 @@ describe('topic, queue and DLQ', () => {
   });
 
   test('topic and queues are encrypted at rest', () => {
-    const topic = only(template, 'AWS::SNS::Topic').resource.Properties;
+    const topic = resources[idByPath(template, TOPIC)].Properties;
     assert.match(JSON.stringify(topic.KmsMasterKeyId), /alias\/aws\/sns/);
     for (const q of [QUEUE, DLQ]) {
       assert.equal(resources[idByPath(template, q)].Properties.SqsManagedSseEnabled, true, q);
@@ -162,6 +179,8 @@ describe('consumer', () => {
       FANOUT_QUEUE_URL: ref(QUEUE),
       FANOUT_DLQ_URL: ref(DLQ),
       FANOUT_RATE_PER_SECOND: '10',
+      FANOUT_PIPELINE: 'Fanout',
+      FANOUT_EVENT_BUS: 'default',
     });
     const t = synth({ ratePerSecond: 2.5, recordTtlSeconds: 3600, consumerEnvironment: { API_TOKEN: 'x' } });
     assert.equal(env(CONSUMER, t).FANOUT_RATE_PER_SECOND, '2.5');
@@ -183,11 +202,26 @@ describe('consumer', () => {
 });
 
 describe('idempotency table', () => {
-  test('on-demand, message_id key, TTL on expiration, PITR, encrypted, retained', () => {
+  test('on-demand, message_id key, runs index, TTL on expiration, PITR, encrypted, retained', () => {
     const { resource } = only(template, 'AWS::DynamoDB::Table');
     assert.deepEqual(resource.Properties, {
       KeySchema: [{ AttributeName: 'message_id', KeyType: 'HASH' }],
-      AttributeDefinitions: [{ AttributeName: 'message_id', AttributeType: 'S' }],
+      AttributeDefinitions: [
+        { AttributeName: 'message_id', AttributeType: 'S' },
+        { AttributeName: 'run_index', AttributeType: 'S' },
+        { AttributeName: 'started_at', AttributeType: 'N' },
+      ],
+      // The run ledger's sparse index: only run items carry run_index.
+      GlobalSecondaryIndexes: [
+        {
+          IndexName: 'runs',
+          KeySchema: [
+            { AttributeName: 'run_index', KeyType: 'HASH' },
+            { AttributeName: 'started_at', KeyType: 'RANGE' },
+          ],
+          Projection: { ProjectionType: 'ALL' },
+        },
+      ],
       BillingMode: 'PAY_PER_REQUEST',
       TimeToLiveSpecification: { AttributeName: 'expiration', Enabled: true },
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
@@ -227,7 +261,15 @@ describe('IAM', () => {
     for (const r of roles) assert.equal(r.Properties.ManagedPolicyArns, undefined, 'no managed policies');
   });
 
-  test('the producer may only publish to its topic and write its logs', () => {
+  /** PutEvents on the default bus, for events whose source is `fanout` only. */
+  const putEvents = {
+    Effect: 'Allow',
+    Action: 'events:PutEvents',
+    Resource: DEFAULT_BUS,
+    Condition: { StringEquals: { 'events:source': 'fanout' } },
+  };
+
+  test('the producer may publish to its topic, keep the run ledger, put run events and write its logs', () => {
     assert.deepEqual(statements('ProducerRole/Resource'), [
       {
         Effect: 'Allow',
@@ -235,7 +277,22 @@ describe('IAM', () => {
         Resource: arn('ProducerLogs/Resource'),
       },
       { Effect: 'Allow', Action: 'sns:Publish', Resource: ref(TOPIC) },
+      {
+        Effect: 'Allow',
+        Action: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+        Resource: arn(TABLE),
+      },
+      // Query on the runs index only, never on the table (no listing of idempotency records).
+      { Effect: 'Allow', Action: 'dynamodb:Query', Resource: { 'Fn::Join': ['', [arn(TABLE), '/index/runs']] } },
+      putEvents,
     ]);
+  });
+
+  test('no role may put events on a bus other than the default one', () => {
+    const all = policies.flatMap((p) => p.Properties.PolicyDocument.Statement);
+    const puts = all.filter((s) => list(s.Action).some((a: string) => a.startsWith('events:')));
+    assert.equal(puts.length, 2, 'producer and consumer');
+    for (const s of puts) assert.deepEqual(s, putEvents);
   });
 
   test('the consumer gets exactly its queue, DLQ, table and log permissions', () => {
@@ -258,6 +315,8 @@ describe('IAM', () => {
         Action: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
         Resource: arn(TABLE),
       },
+      // The consumer that settles a run's last job puts its completion event.
+      putEvents,
     ]);
   });
 
@@ -282,7 +341,7 @@ describe('alarms', () => {
     )?.Properties;
 
   test('DLQ not empty, oldest message age, consumer errors and throttles, producer errors', () => {
-    assert.equal(alarms().length, 5);
+    assert.equal(alarms().length, 8);
     assert.equal(byMetric(template, 'ApproximateNumberOfMessagesVisible', DLQ)?.Threshold, 1);
     assert.equal(byMetric(template, 'ApproximateAgeOfOldestMessage', QUEUE)?.Threshold, 1800);
     assert.equal(byMetric(template, 'Errors', CONSUMER)?.Threshold, 1);
@@ -319,14 +378,218 @@ describe('alarms', () => {
   });
 });
 
-test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, producer and rule)', () => {
+describe('runs', () => {
+  test('a second rule invokes the producer every 5 minutes as the watchdog', () => {
+    const rule = resources[idByPath(template, 'Fanout/Watchdog/Resource')].Properties;
+    assert.deepEqual(rule, {
+      Description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
+      ScheduleExpression: 'rate(5 minutes)',
+      State: 'ENABLED',
+      Targets: [{ Arn: arn(PRODUCER), Id: 'Target0', Input: '{"watchdog":true}' }],
+    });
+    // The scheduled rule sends EventBridge's own event, not the watchdog input.
+    assert.equal(resources[idByPath(template, 'Fanout/Schedule/Resource')].Properties.Targets[0].Input, undefined);
+    const permissions = Object.values(template.findResources('AWS::Lambda::Permission')) as any[];
+    assert.ok(
+      permissions.some(
+        (p) => p.Properties.Principal === 'events.amazonaws.com' && JSON.stringify(p.Properties.SourceArn) === JSON.stringify(arn('Fanout/Watchdog/Resource')),
+      ),
+      'the watchdog rule may invoke the producer',
+    );
+  });
+
+  test('FANOUT_PIPELINE is the stack name, so stacks side by side keep their runs apart', () => {
+    const t = synth({ stackName: 'FanoutBilling' });
+    assert.equal(env(PRODUCER, t).FANOUT_PIPELINE, 'FanoutBilling');
+    assert.equal(env(CONSUMER, t).FANOUT_PIPELINE, 'FanoutBilling');
+    const rule = (Object.values(t.findResources('AWS::Events::Rule')) as any[]).find((r) => r.Properties.EventPattern);
+    assert.deepEqual(rule.Properties.EventPattern.detail, { pipeline: ['FanoutBilling'] });
+  });
+
+  test('consumer variables may not override FANOUT_PIPELINE or FANOUT_EVENT_BUS', () => {
+    assert.throws(() => synth({ consumerEnvironment: { FANOUT_PIPELINE: 'x' } }), /may not set FANOUT_PIPELINE/);
+    assert.throws(() => synth({ consumerEnvironment: { FANOUT_EVENT_BUS: 'x' } }), /may not set FANOUT_EVENT_BUS/);
+  });
+});
+
+describe('run notifications', () => {
+  test('RunEvents matches this pipeline\'s completion events on the default bus and targets the topic', () => {
+    const rule = resources[idByPath(template, RUN_RULE)].Properties;
+    assert.equal(rule.EventBusName, undefined, 'default bus');
+    assert.deepEqual(rule.EventPattern, {
+      source: ['fanout'],
+      'detail-type': ['Run Succeeded', 'Run Failed'],
+      detail: { pipeline: ['Fanout'] },
+    });
+    assert.deepEqual(rule.Targets, [{ Arn: ref(RUN_TOPIC), Id: 'Target0' }]);
+  });
+
+  test('only that rule may publish to the topic (events.amazonaws.com with aws:SourceArn), over TLS only', () => {
+    const policy = (Object.values(template.findResources('AWS::SNS::TopicPolicy')) as any[]).find((p) =>
+      p.Properties.Topics.some((t: any) => t.Ref === idByPath(template, RUN_TOPIC)),
+    );
+    assert.ok(policy, 'topic policy');
+    const statements: any[] = policy.Properties.PolicyDocument.Statement;
+    assert.deepEqual(
+      statements.filter((s) => s.Effect === 'Allow'),
+      [
+        {
+          Sid: 'RunEventsRulePublishes',
+          Effect: 'Allow',
+          Principal: { Service: 'events.amazonaws.com' },
+          Action: 'sns:Publish',
+          Resource: ref(RUN_TOPIC),
+          Condition: { ArnEquals: { 'aws:SourceArn': arn(RUN_RULE) } },
+        },
+      ],
+    );
+    assert.ok(statements.some((s) => s.Effect === 'Deny' && s.Condition?.Bool?.['aws:SecureTransport'] === 'false'));
+  });
+
+  test('the topic is encrypted with a rotated key of its own that EventBridge may use', () => {
+    const topic = resources[idByPath(template, RUN_TOPIC)].Properties;
+    assert.deepEqual(topic.KmsMasterKeyId, arn(RUN_KEY));
+    const key = resources[idByPath(template, RUN_KEY)];
+    assert.equal(key.Properties.EnableKeyRotation, true);
+    assert.equal(key.DeletionPolicy, 'Delete');
+    const forEvents = key.Properties.KeyPolicy.Statement.filter((s: any) => s.Principal?.Service === 'events.amazonaws.com');
+    assert.deepEqual(forEvents, [
+      {
+        Sid: 'EventBridgeEncryptsRunNotifications',
+        Effect: 'Allow',
+        Principal: { Service: 'events.amazonaws.com' },
+        Action: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+        Resource: '*',
+      },
+    ]);
+  });
+
+  test('runNotificationEmails subscribe email addresses; none by default', () => {
+    const emails = (t: typeof template) =>
+      (Object.values(t.findResources('AWS::SNS::Subscription')) as any[])
+        .filter((s) => s.Properties.Protocol === 'email')
+        .map((s) => [s.Properties.Endpoint, s.Properties.TopicArn]);
+    assert.deepEqual(emails(template), []);
+    const t = synth({ runNotificationEmails: ['ops@example.com', 'dev@example.com'] });
+    const topic = { Ref: idByPath(t, RUN_TOPIC) };
+    assert.deepEqual(emails(t), [
+      ['ops@example.com', topic],
+      ['dev@example.com', topic],
+    ]);
+  });
+});
+
+describe('run alarms', () => {
+  const alarm = (t: typeof template, suffix: string) => (t.toJSON().Resources as any)[idByPath(t, `Alarms/${suffix}/Resource`)].Properties;
+
+  test('ProducerNotRunning: no tick for two schedule periods, missing data breaching', () => {
+    const { AlarmDescription, ...props } = alarm(template, 'ProducerNotRunning');
+    assert.deepEqual(props, {
+      Namespace: 'Fanout',
+      MetricName: 'Ticks',
+      Dimensions: [{ Name: 'Pipeline', Value: 'Fanout' }],
+      Statistic: 'Sum',
+      Period: 1800, // 2 × rate(15 minutes)
+      EvaluationPeriods: 1,
+      ComparisonOperator: 'LessThanThreshold',
+      Threshold: 1,
+      TreatMissingData: 'breaching',
+    });
+    assert.match(AlarmDescription, /Runbook: docs\/runbook\.md#producer-not-running$/);
+    const daily = alarm(synth({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 }), 'ProducerNotRunning');
+    assert.equal(daily.Period, 86_400);
+    assert.equal(daily.EvaluationPeriods, 2);
+  });
+
+  test('the tick window stays within CloudWatch\'s evaluation limits', () => {
+    assert.deepEqual(tickWindow(60), { periodSeconds: 120, evaluationPeriods: 1 });
+    assert.deepEqual(tickWindow(900), { periodSeconds: 1800, evaluationPeriods: 1 });
+    assert.deepEqual(tickWindow(43_200), { periodSeconds: 86_400, evaluationPeriods: 1 });
+    assert.deepEqual(tickWindow(46_800), { periodSeconds: 86_400, evaluationPeriods: 2 });
+    assert.deepEqual(tickWindow(302_400), { periodSeconds: 86_400, evaluationPeriods: 7 });
+    for (let p = 60; p <= 302_400; p += 60) {
+      const { periodSeconds, evaluationPeriods } = tickWindow(p);
+      const total = periodSeconds * evaluationPeriods;
+      assert.equal(periodSeconds % 60, 0, `${p}`);
+      assert.ok(total >= 2 * p, `${p}: window ${total} covers two periods`);
+      assert.ok(total <= (periodSeconds < 3600 ? 86_400 : 604_800), `${p}: ${total} within CloudWatch's limit`);
+    }
+  });
+
+  test('RunOverdue and RunFailed watch the run metrics of this pipeline', () => {
+    const common = {
+      Namespace: 'Fanout',
+      Dimensions: [{ Name: 'Pipeline', Value: 'Fanout' }],
+      Period: 300,
+      EvaluationPeriods: 1,
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+      Threshold: 1,
+      TreatMissingData: 'notBreaching',
+    };
+    const { AlarmDescription: overdueDescription, ...overdue } = alarm(template, 'RunOverdue');
+    assert.deepEqual(overdue, { ...common, MetricName: 'RunsOverdue', Statistic: 'Maximum' });
+    assert.match(overdueDescription, /Runbook: docs\/runbook\.md#run-overdue$/);
+    const { AlarmDescription: failedDescription, ...failed } = alarm(template, 'RunFailed');
+    assert.deepEqual(failed, { ...common, MetricName: 'RunsFailed', Statistic: 'Sum' });
+    assert.match(failedDescription, /Runbook: docs\/runbook\.md#run-failed$/);
+  });
+});
+
+describe('dashboard', () => {
+  const { resource } = only(template, 'AWS::CloudWatch::Dashboard');
+  // The body is a Fn::Join of JSON text and references; the text parts are what the tests read.
+  const body = JSON.stringify(resource.Properties.DashboardBody);
+
+  test('shows every metric the functions publish for throughput, outcomes, waits, latency and runs', () => {
+    const metrics = [
+      'OutboundCalls',
+      'Succeeded',
+      'DeadLettered',
+      'Retried',
+      'Deferred',
+      'Held',
+      'DuplicatesSkipped',
+      'LockedElsewhere',
+      'Requeued',
+      'RateLimitWait',
+      'CallLatency',
+      'RunsSucceeded',
+      'RunsFailed',
+      'RunDuration',
+      'Ticks',
+      'RunsSkipped',
+      'ApproximateNumberOfMessagesVisible',
+      'ApproximateNumberOfMessagesNotVisible',
+      'ApproximateAgeOfOldestMessage',
+    ];
+    for (const m of metrics) assert.ok(body.includes(`\\"${m}\\"`), `dashboard shows ${m}`);
+    for (const stat of ['p50', 'p95', 'p99', 'Maximum']) assert.ok(body.includes(`\\"stat\\":\\"${stat}\\"`), stat);
+  });
+
+  test('consumer metrics by Function = the consumer, run metrics by Pipeline = the stack', () => {
+    assert.ok(body.includes(`\\"Fanout\\",\\"OutboundCalls\\",\\"Function\\",\\"\",{\"Ref\":\"${idByPath(template, CONSUMER)}\"}`));
+    assert.ok(body.includes('\\"Fanout\\",\\"RunsFailed\\",\\"Pipeline\\",\\"Fanout\\"'));
+  });
+
+  test('calls per second are Sum ÷ the period, against a line at the global budget', () => {
+    assert.ok(body.includes('calls / PERIOD(calls)'));
+    assert.match(body, /\\"horizontal\\":\[\{\\"value\\":10,/);
+    const t = synth({ ratePerSecond: 2.5 });
+    const other = JSON.stringify(only(t, 'AWS::CloudWatch::Dashboard').resource.Properties.DashboardBody);
+    assert.match(other, /\\"horizontal\\":\[\{\\"value\\":2\.5,/);
+  });
+});
+
+test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, producer, rule, run topic, dashboard)', () => {
   const outputs = template.toJSON().Outputs as Record<string, any>;
   assert.deepEqual(Object.keys(outputs).sort(), [
     'ConsumerLogGroup',
+    'DashboardName',
     'DlqUrl',
     'ProducerFunctionName',
     'ProducerLogGroup',
     'QueueUrl',
+    'RunNotificationsTopicArn',
     'ScheduleRuleArn',
     'TableName',
     'TopicArn',
@@ -339,4 +602,6 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, produc
   // `fanout trigger` invokes the producer with the event the rule sends.
   assert.deepEqual(outputs.ProducerFunctionName.Value, ref(PRODUCER));
   assert.deepEqual(outputs.ScheduleRuleArn.Value, arn('Schedule/Resource'));
+  assert.deepEqual(outputs.RunNotificationsTopicArn.Value, ref(RUN_TOPIC));
+  assert.deepEqual(outputs.DashboardName.Value, ref('Dashboard/Resource/Resource'));
 });

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { elfArchitecture } from '../lib/lambda-asset';
-import { type FanoutSettings, minVisibilityTimeout, resolveSettings } from '../lib/settings';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from '../lib/settings';
 import { FIXTURES, buildStack } from './helpers';
 
 /** Asserts that synthesizing with these settings throws a message matching `pattern`. */
@@ -44,6 +44,7 @@ describe('parameter validation at synth', () => {
     rejects({ ratePerSecond: Number.NaN }, /ratePerSecond/);
     rejects({ maxReceiveCount: 0 }, /maxReceiveCount/);
     rejects({ scheduleExpression: 'every 15 minutes' }, /scheduleExpression must be rate\(\.\.\.\) or cron\(\.\.\.\)/);
+    rejects({ scheduleExpression: 'cron()' }, /scheduleExpression must be rate\(\.\.\.\) or cron\(\.\.\.\)/);
     rejects({ architecture: 'x86' as never }, /architecture must be arm64 or x86_64/);
     rejects({ logRetentionDays: 31 }, /logRetentionDays must be one of .*30, 60/);
     rejects({ configFile: '../fanout.json' }, /configFile must be a plain file name/);
@@ -65,6 +66,37 @@ describe('parameter validation at synth', () => {
     rejects({ hostStateTtlMs: 60_001 }, /hostStateTtlMs must be an integer from 100 to 60000, got 60001/);
     assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 100 }));
     assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 60_000 }));
+  });
+
+  test('schedule: rate(...) spelled as EventBridge wants it; cron(...) needs schedulePeriodSeconds', () => {
+    for (const expr of ['rate(1 minute)', 'rate(5 minutes)', 'rate(1 hour)', 'rate(12 hours)', 'rate(1 day)', 'rate(3 days)']) {
+      assert.doesNotThrow(() => resolveSettings({ scheduleExpression: expr }), expr);
+    }
+    assert.equal(schedulePeriod(resolveSettings({ scheduleExpression: 'rate(5 minutes)' })), 300);
+    assert.equal(schedulePeriod(resolveSettings({ scheduleExpression: 'rate(1 day)' })), 86_400);
+    for (const expr of ['rate(1 minutes)', 'rate(5 minute)', 'rate(0 minutes)', 'rate(5 seconds)', 'rate(5minutes)']) {
+      rejects({ scheduleExpression: expr }, /scheduleExpression must be rate\(1 minute\|hour\|day\) or rate\(N minutes\|hours\|days\)/);
+    }
+    // The tick alarm looks at two periods, and CloudWatch at 7 days at most.
+    rejects({ scheduleExpression: 'rate(4 days)' }, /rate\(4 days\) is longer than 3\.5 days/);
+    rejects({ scheduleExpression: 'cron(0 6 * * ? *)' }, /schedulePeriodSeconds is required with a cron\(\.\.\.\) schedule/);
+    const cron = resolveSettings({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 });
+    assert.equal(schedulePeriod(cron), 86_400);
+    rejects({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 90 }, /schedulePeriodSeconds must be a multiple of 60 from 60 to 302400/);
+    rejects({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 0 }, /schedulePeriodSeconds must be a multiple of 60/);
+    rejects({ scheduleExpression: 'cron(0 6 ? * MON *)', schedulePeriodSeconds: 604_800 }, /schedulePeriodSeconds must be a multiple of 60 from 60 to 302400/);
+    rejects({ schedulePeriodSeconds: 600 }, /schedulePeriodSeconds \(600\) contradicts rate\(15 minutes\) \(900 s\)/);
+    assert.doesNotThrow(() => resolveSettings({ schedulePeriodSeconds: 900 }));
+  });
+
+  test('runNotificationEmails: a list of distinct email addresses', () => {
+    assert.doesNotThrow(() => resolveSettings({ runNotificationEmails: [] }));
+    assert.doesNotThrow(() => resolveSettings({ runNotificationEmails: ['ops@example.com', 'a.b+runs@sub.example.org'] }));
+    rejects({ runNotificationEmails: ['ops@example'] }, /runNotificationEmails: "ops@example" is not an email address/);
+    rejects({ runNotificationEmails: ['a@example.com, b@example.com'] }, /is not an email address/);
+    rejects({ runNotificationEmails: [''] }, /"" is not an email address/);
+    rejects({ runNotificationEmails: ['ops@example.com', 'ops@example.com'] }, /lists "ops@example.com" twice/);
+    rejects({ runNotificationEmails: 'ops@example.com' as never }, /runNotificationEmails must be a list of email addresses/);
   });
 
   test('extra consumer variables may not override what the stack sets', () => {
