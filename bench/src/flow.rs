@@ -25,8 +25,8 @@ struct Run {
     /// Calls answered with a given status (429 or 503, per scenario).
     status_calls: usize,
     peak_1s: usize,
-    succeeded: usize,
-    dead_lettered: usize,
+    succeeded: u64,
+    dead_lettered: u64,
     lost: usize,
     retries: u64,
     defer_only: u64,
@@ -63,7 +63,7 @@ fn budget(per_second: f64) -> RateLimit {
 /// "succeeded / dead-lettered / lost" of every run, and whether all were `n / 0 / 0`.
 fn settled(runs: &[Run], n: usize) -> (String, bool) {
     let text = runs.iter().map(|r| format!("{} / {} / {}", r.succeeded, r.dead_lettered, r.lost)).collect::<Vec<_>>().join("; ");
-    (text, runs.iter().all(|r| (r.succeeded, r.dead_lettered, r.lost) == (n, 0, 0)))
+    (text, runs.iter().all(|r| (r.succeeded, r.dead_lettered, r.lost) == (n as u64, 0, 0)))
 }
 
 fn settled_figure(label: &str, runs: &[Run], n: usize) -> Figure {

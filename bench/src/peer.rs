@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_consumer::{Consumer, Settings};
 use fanout_shared::target_server::TargetServer;
 
 use crate::measure::{cpu_seconds, max_rss_kb, run_child, this_exe, ProcessStats};
@@ -27,7 +27,7 @@ pub const JOBS: usize = 5_000;
 pub fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    let backends = Backends { store: pipeline.store, source: pipeline.queue, dlq: pipeline.dlq, fleet: pipeline.fleet };
+    let backends = pipeline.consumer_backends();
     let settings = Settings { function_name: "fanout-consumer-bench".into(), ..Settings::default() };
     Consumer::new(&config, backends, settings).map_err(|e| e.to_string())
 }

@@ -90,6 +90,9 @@ pub enum Command {
     /// Inspect and replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The run ledger: each tick's status, counts, failures and duration.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Run the deployed producer now, with the event its schedule sends (needs --stack).
     Trigger(crate::trigger::TriggerArgs),
     /// Config file tools.
@@ -110,6 +113,28 @@ pub enum Command {
         /// The job queue's visibility timeout, seconds.
         #[arg(long, default_value_t = 30)]
         visibility_timeout: u32,
+    },
+}
+
+/// `fanout runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The latest runs, newest first.
+    List {
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: status, counts, failures by reason and by host, timing.
+    Show {
+        /// The run's ID.
+        run_id: String,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 

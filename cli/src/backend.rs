@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fanout_shared::aws::{DynamoDbFleet, DynamoDbStore, SnsPublisher, SqsMessageMover, SqsQueue};
+use fanout_shared::aws::{DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SnsPublisher, SqsMessageMover, SqsQueue};
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
-use fanout_shared::{BackendError, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue};
+use fanout_shared::{BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue, RunLedger};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
 pub const EMBEDDED_TOPIC: &str = "fanout-jobs";
@@ -14,7 +14,13 @@ pub const EMBEDDED_QUEUE: &str = "fanout-jobs";
 /// The embedded dead-letter queue.
 pub const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 
-/// The four resources of a pipeline, whatever holds them.
+/// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
+/// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.
+pub fn pipeline_name(stack: Option<&str>) -> String {
+    std::env::var("FANOUT_PIPELINE").ok().filter(|p| !p.is_empty()).or(stack.map(str::to_owned)).unwrap_or_else(|| "fanout".into())
+}
+
+/// The resources of a pipeline, whatever holds them.
 #[derive(Clone)]
 pub struct Pipeline {
     /// Where the producer publishes.
@@ -29,6 +35,24 @@ pub struct Pipeline {
     pub fleet: Arc<dyn FleetStore>,
     /// Server-side DLQ → queue moves, where the backend has them (SQS).
     pub mover: Option<Arc<dyn MessageMover>>,
+    /// The run ledger (in the idempotency table on AWS).
+    pub runs: Arc<dyn RunLedger>,
+    /// Where completion events go (EventBridge's `FANOUT_EVENT_BUS`, default `default`, on AWS).
+    pub events: Arc<dyn EventBus>,
+}
+
+impl Pipeline {
+    /// The consumer's backends in this pipeline.
+    pub fn consumer_backends(&self) -> fanout_consumer::Backends {
+        fanout_consumer::Backends {
+            store: self.store.clone(),
+            source: self.queue.clone(),
+            dlq: self.dlq.clone(),
+            fleet: self.fleet.clone(),
+            runs: self.runs.clone(),
+            events: self.events.clone(),
+        }
+    }
 }
 
 /// Settings of the embedded backend.
@@ -79,6 +103,8 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
         store: Arc::new(backend.store()),
         fleet: Arc::new(backend.fleet()),
         mover: None,
+        runs: Arc::new(backend.runs()),
+        events: Arc::new(backend.events()),
     })
 }
 
@@ -91,7 +117,12 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
         queue: Arc::new(SqsQueue::new(sqs.clone(), &names.queue_url)),
         dlq: Arc::new(SqsQueue::new(sqs.clone(), &names.dlq_url)),
         store: Arc::new(DynamoDbStore::new(dynamodb.clone(), names.table_name.clone())),
-        fleet: Arc::new(DynamoDbFleet::new(dynamodb, names.table_name.clone())),
+        fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), names.table_name.clone())),
         mover: Some(Arc::new(SqsMessageMover::new(sqs, names.dlq_url.clone(), names.queue_url.clone()))),
+        runs: Arc::new(DynamoDbRuns::new(dynamodb, names.table_name.clone())),
+        events: Arc::new(EventBridgeBus::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            std::env::var("FANOUT_EVENT_BUS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "default".into()),
+        )),
     }
 }

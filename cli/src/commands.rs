@@ -8,7 +8,7 @@ use std::time::Duration;
 use fanout_shared::config::check_rate;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::target_server::TargetServer;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{PipelineConfig, RunStatus};
 
 pub use crate::args::*;
 use crate::backend::{self, EmbeddedSettings, Pipeline};
@@ -17,6 +17,9 @@ use crate::run::{self, RunOptions};
 
 /// Exit code for bad input.
 const BAD_INPUT: u8 = 2;
+/// Exit code of `fanout run` when the run FAILED: more dead-lettered jobs than the config's
+/// `runs` section tolerates.
+const RUN_FAILED: u8 = 3;
 
 /// Runs the parsed command line.
 pub async fn main(cli: Cli) -> ExitCode {
@@ -113,7 +116,8 @@ fn poll_wait(backend: BackendKind) -> Duration {
     }
 }
 
-fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Failure> {
+fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
+    let backend = cli.backend;
     if local.concurrency == 0 {
         return Err(Failure::BadInput("--concurrency must be at least 1".into()));
     }
@@ -132,6 +136,7 @@ fn run_options(local: &LocalArgs, backend: BackendKind) -> Result<RunOptions, Fa
         },
         rate_override: local.rate,
         quiet: local.json,
+        pipeline_name: backend::pipeline_name(cli.aws.stack_name()),
     })
 }
 
@@ -158,8 +163,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             if args.json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             } else {
+                let started = match &summary.started {
+                    fanout_producer::Started::New => String::new(),
+                    fanout_producer::Started::Resumed => " (the run existed: published again)".to_owned(),
+                    fanout_producer::Started::AlreadyEnded(status) => format!(" (the run already ended {}: nothing published)", status.as_str()),
+                    fanout_producer::Started::Skipped(why) => format!(" (skipped: {why})"),
+                };
                 println!(
-                    "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)",
+                    "run {}{started}: published {} of {} jobs in {} PublishBatch calls ({} ms)",
                     summary.run_id,
                     summary.published,
                     summary.jobs,
@@ -172,7 +183,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Consume(args) => {
             let config = load_config(&args.config)?;
             let pipeline = pipeline(&cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
-            let options = run_options(&args.local, cli.backend)?;
+            let options = run_options(&args.local, &cli)?;
             let outcome = run::consume(&config, &pipeline, &options, pipeline.queue.depth().await?.visible).await?;
             let summary = crate::report::ConsumeSummary::new(&outcome);
             let text = if args.local.json { serde_json::to_string(&summary) } else { serde_json::to_string_pretty(&summary) };
@@ -199,6 +210,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(DlqCommand::Replay(args)) => replay_command(&cli, args).await,
+        Command::Runs(command) => runs_command(&cli, command).await,
         Command::Hosts(args) => hosts_command(&cli, args).await,
         Command::Trigger(args) => crate::trigger::command(&cli, args).await,
         Command::Config(ConfigCommand::Check { file, concurrency, function_timeout, schedule_period, batch_size }) => {
@@ -215,8 +227,37 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
+async fn runs_command(cli: &Cli, command: &RunsCommand) -> Result<ExitCode, Failure> {
+    let pipeline = pipeline(cli, None, 0.0).await?;
+    let now = fanout_shared::now_ms();
+    match command {
+        RunsCommand::List { limit, json } => {
+            let runs = pipeline.runs.list(*limit).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&runs).unwrap_or_default());
+            } else if runs.is_empty() {
+                println!("no runs yet");
+            } else {
+                print!("{}", crate::runs::table(&runs, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show { run_id, json } => {
+            let Some(run) = pipeline.runs.get(run_id).await? else {
+                return Err(Failure::BadInput(format!("no run {run_id:?} in the ledger (`fanout runs list` shows the latest)")));
+            };
+            if *json {
+                println!("{}", serde_json::to_string(&run).unwrap_or_default());
+            } else {
+                print!("{}", crate::runs::details(&run, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
-    let options = run_options(&args.local, cli.backend)?;
+    let options = run_options(&args.local, cli)?;
     // The demo server lives as long as this function.
     let (config, default_run_id, _server) = match &args.config {
         Some(path) => (load_config(path)?, default_run_id(path), None),
@@ -239,7 +280,13 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
         eprintln!("timed out after {:.0} s with jobs still queued", options.event_source.timeout.as_secs_f64());
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if summary.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if summary.lost > 0 {
+        ExitCode::FAILURE
+    } else if summary.status == RunStatus::Failed {
+        ExitCode::from(RUN_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<ExitCode, Failure> {

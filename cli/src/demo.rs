@@ -1,6 +1,7 @@
 //! The `--demo` workload: a config of targets on the local target server with a realistic mix.
 
 use fanout_shared::config::{PipelineConfig, RateLimit, Target};
+use fanout_shared::runs::RunPolicy;
 
 /// Targets in the demo.
 pub const DEMO_TARGETS: usize = 500;
@@ -8,7 +9,8 @@ pub const DEMO_TARGETS: usize = 500;
 pub const DEMO_RATE: f64 = 250.0;
 
 /// 500 targets on `base_url`: mostly fast 200s, some slow responses, a few 500s that succeed on
-/// retry, a few 429s with `Retry-After`, a few permanent 400s. Deterministic by index.
+/// retry, a few 429s with `Retry-After`, a few permanent 400s (3%, within the run's 5% of
+/// tolerated failures, so the demo run SUCCEEDS). Deterministic by index.
 pub fn demo_config(base_url: &str) -> PipelineConfig {
     let targets = (0..DEMO_TARGETS)
         .map(|i| {
@@ -22,5 +24,11 @@ pub fn demo_config(base_url: &str) -> PipelineConfig {
             Target { id: format!("demo-{i}"), url: format!("{base_url}/{path}"), method: None, headers: Default::default(), body: None, timeout_ms: None }
         })
         .collect();
-    PipelineConfig { rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }), allow_private_networks: true, targets, ..PipelineConfig::default() }
+    PipelineConfig {
+        rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }),
+        allow_private_networks: true,
+        runs: RunPolicy { tolerated_failure_percentage: Some(5.0), ..RunPolicy::default() },
+        targets,
+        ..PipelineConfig::default()
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
 //! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
 //! - [`dlq`]: `fanout dlq list|replay`, the dead-letter queue for operators.
+//! - [`runs`]: `fanout runs list|show`, the run ledger for operators.
 //! - [`scan`]: reading a queue without consuming it.
 //! - [`provision`]: `fanout provision`, the resources in an emulator or a trial account.
 //! - [`stack`]: `--stack NAME`, the resources from a deployed stack's outputs.
@@ -31,6 +32,7 @@ pub mod hosts;
 pub mod provision;
 pub mod report;
 pub mod run;
+pub mod runs;
 pub mod scan;
 pub mod settle;
 pub mod stack;

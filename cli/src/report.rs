@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use fanout_shared::metrics::{Metric, MetricSet};
+use fanout_shared::{RunRecord, RunStatus};
 
 use crate::dlq::ReplaySummary;
 use crate::event_source::DrainOutcome;
@@ -23,19 +24,26 @@ pub struct Latency {
     pub p99: f64,
 }
 
-/// What `fanout run` prints at the end; `--json` prints exactly these keys.
+/// What `fanout run` prints at the end; `--json` prints exactly these keys. The outcome counts
+/// are the run ledger's (what `fanout runs show` and the completion event say); `lost` checks
+/// them against where the jobs are (idempotency records and the DLQ).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
     /// The run's ID.
     pub run_id: String,
+    /// The ledger's verdict: `SUCCEEDED`, `FAILED` (more dead-lettered jobs than the config's
+    /// `runs` tolerates), or `RUNNING` when the run did not finish.
+    pub status: RunStatus,
     /// Jobs in the run.
     pub jobs: usize,
     /// Jobs whose call succeeded.
-    pub succeeded: usize,
+    pub succeeded: u64,
     /// Jobs in the DLQ.
-    pub dead_lettered: usize,
-    /// Jobs in the DLQ by reason.
-    pub dead_lettered_by_reason: BTreeMap<String, usize>,
+    pub dead_lettered: u64,
+    /// Jobs in the DLQ by reason class.
+    pub dead_lettered_by_reason: BTreeMap<String, u64>,
+    /// Jobs in the DLQ by host.
+    pub dead_lettered_by_host: BTreeMap<String, u64>,
     /// Deliveries skipped because the job had already settled.
     pub duplicates_skipped: u64,
     /// Transient failures retried after their backoff.
@@ -109,15 +117,33 @@ impl ConsumeSummary {
 }
 
 impl RunSummary {
-    /// Builds the summary from the settlement and the merged consumer metrics.
-    pub fn new(run_id: &str, settlement: &Settlement, metrics: &MetricSet, rate_budget: Option<f64>, elapsed: Duration, consume_time: Duration) -> Self {
+    /// Builds the summary from the run's ledger record, the settlement (for `lost`) and the
+    /// merged consumer metrics. Without a ledger record, the counts are the settlement's.
+    pub fn new(
+        run_id: &str,
+        settlement: &Settlement,
+        ledger: Option<&RunRecord>,
+        metrics: &MetricSet,
+        rate_budget: Option<f64>,
+        elapsed: Duration,
+        consume_time: Duration,
+    ) -> Self {
         let calls = metrics.total(Metric::OutboundCalls) as u64;
+        let counts = ledger.map(|r| r.counts.clone()).unwrap_or_else(|| fanout_shared::runs::RunCounts {
+            expected: settlement.jobs as u64,
+            succeeded: settlement.succeeded as u64,
+            dead_lettered: settlement.dead_lettered_total() as u64,
+            failures_by_reason: settlement.dead_lettered.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
+            failures_by_host: BTreeMap::new(),
+        });
         Self {
             run_id: run_id.to_owned(),
+            status: ledger.map_or(RunStatus::Running, |r| r.status),
             jobs: settlement.jobs,
-            succeeded: settlement.succeeded,
-            dead_lettered: settlement.dead_lettered_total(),
-            dead_lettered_by_reason: settlement.dead_lettered.clone(),
+            succeeded: counts.succeeded,
+            dead_lettered: counts.dead_lettered,
+            dead_lettered_by_reason: counts.failures_by_reason,
+            dead_lettered_by_host: counts.failures_by_host,
             duplicates_skipped: metrics.total(Metric::DuplicatesSkipped) as u64,
             retries: metrics.total(Metric::Retried) as u64,
             deferred: metrics.total(Metric::Deferred) as u64,
@@ -136,6 +162,7 @@ impl RunSummary {
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = vec![
             ("run".into(), self.run_id.clone()),
+            ("status".into(), self.status.as_str().to_owned()),
             ("jobs".into(), self.jobs.to_string()),
             ("succeeded".into(), self.succeeded.to_string()),
             ("dead-lettered".into(), self.dead_lettered.to_string()),

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_consumer::{Backends, Consumer, Settings};
-use fanout_producer::{produce, PublishOptions, Summary};
+use fanout_consumer::{Consumer, Settings};
+use fanout_producer::{produce, PublishOptions, Summary, Tick};
 use fanout_shared::job::message_id;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{BackendError, PipelineConfig};
 
 use crate::backend::Pipeline;
 use crate::event_source::{drain, DrainOutcome, EventSourceOptions};
@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub rate_override: Option<f64>,
     /// No progress output.
     pub quiet: bool,
+    /// The pipeline's name in run metrics and completion events.
+    pub pipeline_name: String,
 }
 
 /// A failure that is not a job's: bad backend, bad consumer setup.
@@ -37,19 +39,16 @@ pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOpti
         deadline_margin: (function_timeout / 10).min(Duration::from_secs(1)),
         batch_concurrency: options.event_source.batch_size as usize,
         function_name: "fanout-consumer-local".into(),
+        pipeline: options.pipeline_name.clone(),
         ..Settings::default()
     };
-    (0..options.event_source.concurrency.max(1))
-        .map(|_| {
-            let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone(), fleet: pipeline.fleet.clone() };
-            Ok(Arc::new(Consumer::new(config, backends, settings.clone())?))
-        })
-        .collect()
+    (0..options.event_source.concurrency.max(1)).map(|_| Ok(Arc::new(Consumer::new(config, pipeline.consumer_backends(), settings.clone())?))).collect()
 }
 
-/// Publishes one tick of `config` as `run_id`.
+/// Writes the run's record and publishes one tick of `config` as `run_id`.
 pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str) -> Result<Summary, RunError> {
-    Ok(produce(config, run_id, pipeline.publisher.as_ref(), &PublishOptions::default()).await?)
+    let tick = Tick { run_id: run_id.to_owned(), scheduled_at: None };
+    Ok(produce(config, &tick, pipeline.publisher.as_ref(), pipeline.runs.as_ref(), &PublishOptions::default()).await?)
 }
 
 /// Drains the job queue through local consumer invocations.
@@ -59,6 +58,13 @@ pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &Run
     let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
     view.finish();
     Ok(outcome)
+}
+
+/// The run's ledger record; a run the drain settled but nobody finished (a consumer's finish
+/// failed) is finished here, as the watchdog would.
+async fn ledger_record(pipeline: &Pipeline, name: &str, run_id: &str) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
+    fanout_shared::runs::sweep(pipeline.runs.as_ref(), pipeline.events.as_ref(), name, fanout_producer::WATCHDOG_RUNS, fanout_shared::now_ms()).await?;
+    pipeline.runs.get(run_id).await
 }
 
 /// Produce, consume until every job is settled (or the timeout), and summarise.
@@ -71,6 +77,7 @@ pub async fn run(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str, opt
     let job_ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
     let settlement = settle(&job_ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await?;
     let budget = options.rate_override.or(config.rate_limit.map(|l| l.per_second));
-    let summary = RunSummary::new(run_id, &settlement, &outcome.metrics, budget, started.elapsed(), consume_time);
+    let ledger = ledger_record(pipeline, &options.pipeline_name, run_id).await?;
+    let summary = RunSummary::new(run_id, &settlement, ledger.as_ref(), &outcome.metrics, budget, started.elapsed(), consume_time);
     Ok((summary, outcome))
 }

@@ -10,8 +10,11 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
 use fanout_shared::metrics::{Metric, MetricSet};
+use fanout_shared::runs::{finish_if_settled, run_metrics, shard_of};
+use fanout_shared::RunRecord;
 use futures_util::future::{self, Either};
 use futures_util::stream::{self, StreamExt};
+use tracing::warn;
 
 use crate::flow::RENEW_CHECK;
 use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
@@ -26,6 +29,10 @@ pub struct BatchReport {
     pub metrics: MetricSet,
     /// Per-host metrics (dimensions `Function` and `Host`), for hosts that were called or held.
     pub host_metrics: BTreeMap<String, MetricSet>,
+    /// Runs this invocation finished (it settled their last jobs), with their verdicts.
+    pub finished_runs: Vec<RunRecord>,
+    /// Run metrics (dimension `Pipeline`): runs succeeded or failed, their durations.
+    pub run_metrics: MetricSet,
 }
 
 impl BatchReport {
@@ -35,6 +42,7 @@ impl BatchReport {
         for metrics in self.host_metrics.values() {
             metrics.flush_stdout();
         }
+        self.run_metrics.flush_stdout();
     }
 }
 
@@ -77,7 +85,30 @@ impl Consumer {
             Either::Right(((), work)) => work.await,
         };
         self.flow.release_lease().await;
-        self.report(reports)
+        let finished_runs = self.finish_runs(&reports).await;
+        let mut report = self.report(reports);
+        report.run_metrics = run_metrics(&self.settings.pipeline, &finished_runs);
+        report.finished_runs = finished_runs;
+        report
+    }
+
+    /// Finishes each run whose jobs this batch settled, if they were its last: the verdict and
+    /// the completion event (see [`fanout_shared::runs`]). A backend error here loses nothing:
+    /// the counts are written, and the producer's watchdog finishes the run.
+    async fn finish_runs(&self, reports: &[(Option<String>, RecordReport)]) -> Vec<RunRecord> {
+        let mut shards: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (run_id, message_id) in reports.iter().filter_map(|(_, r)| r.settled.as_ref()) {
+            shards.entry(run_id).or_default().push(shard_of(message_id));
+        }
+        let mut finished = Vec::new();
+        for (run_id, shards) in shards {
+            match finish_if_settled(self.runs.as_ref(), self.events.as_ref(), &self.settings.pipeline, run_id, &shards).await {
+                Ok(Some(done)) => finished.push(done.run),
+                Ok(None) => {}
+                Err(e) => warn!(run_id, error = %e, "could not check whether the run is finished; the watchdog will"),
+            }
+        }
+        finished
     }
 
     fn report(&self, reports: Vec<(Option<String>, RecordReport)>) -> BatchReport {
@@ -133,7 +164,7 @@ impl Consumer {
         }
         // An invocation that only put work back: the budget or a hold gave it nothing to do.
         metrics.count(Metric::DeferOnlyInvocations, u64::from(waited && !called));
-        BatchReport { response, metrics, host_metrics }
+        BatchReport { response, metrics, host_metrics, finished_runs: Vec::new(), run_metrics: MetricSet::default() }
     }
 }
 

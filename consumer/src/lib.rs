@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`batch`]: one invocation: records concurrently, the lease ticker, partial batch response,
-//!   EMF metrics (per function and per host).
+//!   EMF metrics (per function and per host), and finishing the runs whose last jobs it settled.
 //! - [`record`]: one record: parse → admit → permit → dedupe → call → record the outcome, and
 //!   rescheduling (a delayed copy) for every job that waits or retries.
 //! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
@@ -34,7 +34,7 @@ pub mod settings;
 use std::sync::Arc;
 
 use fanout_shared::retry::RetryPolicy;
-use fanout_shared::{FleetStore, IdempotencyStore, PipelineConfig, Queue};
+use fanout_shared::{EventBus, FleetStore, IdempotencyStore, PipelineConfig, Queue, RunLedger};
 
 pub use batch::BatchReport;
 pub use record::{RecordReport, Reschedule, Verdict};
@@ -46,6 +46,8 @@ pub struct Consumer {
     store: Arc<dyn IdempotencyStore>,
     source: Arc<dyn Queue>,
     dlq: Arc<dyn Queue>,
+    runs: Arc<dyn RunLedger>,
+    events: Arc<dyn EventBus>,
     caller: http::Caller,
     flow: flow::Flow,
     latencies: latency::Latencies,
@@ -64,6 +66,10 @@ pub struct Backends {
     pub dlq: Arc<dyn Queue>,
     /// Host states and instance leases, shared by the fleet.
     pub fleet: Arc<dyn FleetStore>,
+    /// The run ledger (counts are written by `store`; the consumer finishes settled runs).
+    pub runs: Arc<dyn RunLedger>,
+    /// Where a finished run's completion event goes.
+    pub events: Arc<dyn EventBus>,
 }
 
 /// Why a consumer could not be built.
@@ -89,6 +95,8 @@ impl Consumer {
             store: backends.store,
             source: backends.source,
             dlq: backends.dlq,
+            runs: backends.runs,
+            events: backends.events,
             caller: http::Caller::new(config.allow_private_networks, policy.allowed_hosts().clone())?,
             flow: flow::Flow::new(config, backends.fleet, settings.rate_per_second, settings.host_state_ttl),
             latencies: latency::Latencies::default(),

@@ -1,13 +1,14 @@
 //! Consumer Lambda: wires the environment and the SQS/DynamoDB clients, then calls
 //! [`Consumer::handle_batch`]. Environment: `FANOUT_CONFIG`, `FANOUT_TABLE_NAME`,
-//! `FANOUT_QUEUE_URL` (rescheduled copies go back to it), `FANOUT_DLQ_URL` and the tunables of [`Settings::from_env`].
+//! `FANOUT_QUEUE_URL` (rescheduled copies go back to it), `FANOUT_DLQ_URL`, `FANOUT_EVENT_BUS`
+//! (completion events; `default`) and the tunables of [`Settings::from_env`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
-use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbStore, SqsQueue};
+use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SqsQueue};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
@@ -26,7 +27,9 @@ async fn main() -> Result<(), Error> {
     let (dynamodb, table) = (aws_sdk_dynamodb::Client::new(&sdk), required("FANOUT_TABLE_NAME")?);
     let backends = Backends {
         store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
-        fleet: Arc::new(DynamoDbFleet::new(dynamodb, table)),
+        fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), table.clone())),
+        runs: Arc::new(DynamoDbRuns::new(dynamodb, table)),
+        events: Arc::new(EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()))),
         source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),
         dlq: Arc::new(SqsQueue::new(sqs, required("FANOUT_DLQ_URL")?)),
     };

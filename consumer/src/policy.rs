@@ -31,6 +31,11 @@ impl Policy {
         &self.allowed_hosts
     }
 
+    /// The consumer's own target with this ID, if its config has one.
+    pub fn own_target(&self, id: &str) -> Option<&JobTarget> {
+        self.targets.get(id)
+    }
+
     /// The target to call for `job`, from the consumer's config, or why the message is refused
     /// (a permanent failure: the DLQ's `failure_reason`).
     pub fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, String> {

@@ -22,6 +22,7 @@ use fanout_shared::hosts::{HoldReason, HostEvent};
 use fanout_shared::idempotency::{Acquire, Claim, Transition};
 use fanout_shared::job::{decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE, ATTR_STATUS_CODE};
 use fanout_shared::queue::MAX_DELAY;
+use fanout_shared::runs::{reason_class, Tally};
 use fanout_shared::{now_ms, BackendError};
 
 use crate::flow::{Admission, HostChange};
@@ -87,12 +88,23 @@ pub struct RecordReport {
     pub rate_wait: Duration,
     /// What the call changed about its host.
     pub host_change: HostChange,
+    /// The job's run and message ID when this record settled it (succeeded or dead-lettered
+    /// through its idempotency record): its run may be settled now.
+    pub settled: Option<(String, String)>,
 }
 
 impl RecordReport {
     fn new(verdict: Verdict) -> Self {
-        Self { verdict, host: None, call_latency: None, status: None, rate_wait: Duration::ZERO, host_change: HostChange::default() }
+        Self { verdict, host: None, call_latency: None, status: None, rate_wait: Duration::ZERO, host_change: HostChange::default(), settled: None }
     }
+}
+
+/// The idempotency lock a record holds: its fencing token, the job's transient failures so
+/// far, and the class its run counts it under as dead-lettered (a replayed job).
+struct Lock {
+    attempt: u32,
+    failures: u32,
+    dead_letter_class: Option<String>,
 }
 
 /// The invocation's deadline, as Lambda gives it (ms since the epoch) and as an `Instant`.
@@ -137,14 +149,27 @@ impl Consumer {
             Ok(job) => job,
             Err(e) => return self.dead_letter_unparsed(record, &format!("poison message: {e}")).await,
         };
-        // From here on the job is the consumer's own target; the message only named it.
-        match self.policy.authorize(&job) {
-            Ok(own) => job.target = own.clone(),
-            Err(reason) => return self.dead_letter_unparsed(record, &reason).await,
-        }
         let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id, attempt = tracing::field::Empty);
-        let mut report = self.process_job(record, &job, deadline).instrument(span).await;
+        // From here on the job is the consumer's own target; the message only named it.
+        let mut report = match self.policy.authorize(&job) {
+            Ok(own) => {
+                job.target = own.clone();
+                self.process_job(record, &job, deadline).instrument(span).await
+            }
+            // A job of the config whose message differs from it is still one of its run's
+            // jobs: it is refused through its idempotency record, so the run counts it once.
+            Err(reason) => match self.policy.own_target(&job.target.id) {
+                Some(own) => {
+                    job.target = own.clone();
+                    self.refuse(record, &job, &reason, deadline).instrument(span).await
+                }
+                None => return self.dead_letter_unparsed(record, &reason).await,
+            },
+        };
         report.host = job.target.host();
+        if matches!(report.verdict, Verdict::Succeeded | Verdict::DeadLettered(_)) {
+            report.settled = Some((job.run_id, job.message_id));
+        }
         report
     }
 
@@ -170,17 +195,9 @@ impl Consumer {
                 return self.hold(record, &host, until_ms, reason).await;
             }
         }
-        let claim = Claim {
-            message_id: &job.message_id,
-            run_id: &job.run_id,
-            target_id: &job.target.id,
-            now_ms: now_ms(),
-            lock_until_ms: deadline.epoch_ms,
-            expiration_s: self.expiration_s(),
-            replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT).and_then(|a| a.parse().ok()),
-        };
-        let (attempt, failures) = match self.store.acquire(&claim).await {
-            Ok(Acquire::Acquired { attempt, failures }) => (attempt, failures),
+        let claim = self.claim(record, job, deadline);
+        let lock = match self.store.acquire(&claim).await {
+            Ok(Acquire::Acquired { attempt, failures, dead_letter_class }) => Lock { attempt, failures, dead_letter_class },
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
                 debug!("duplicate: already settled");
                 return RecordReport::new(Verdict::Duplicate);
@@ -190,19 +207,20 @@ impl Consumer {
                 debug!(until_ms, "locked by another consumer");
                 return self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await;
             }
-            Ok(Acquire::Rejected { attempt, reason, status_code }) => {
+            Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
-                return self.dead_letter_job(record, job, attempt, &reason, status_code).await;
+                let lock = Lock { attempt, failures: 0, dead_letter_class };
+                return self.dead_letter_job(record, job, &lock, &reason, status_code).await;
             }
             Err(e) => return retry_on_backend("acquire", &e),
         };
-        tracing::Span::current().record("attempt", failures + 1);
+        tracing::Span::current().record("attempt", lock.failures + 1);
         let timeout = timeout.min(deadline.work_until.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
         let started = Instant::now();
         let outcome = self.caller.call(&job.target, &job.message_id, timeout).await;
         let latency = started.elapsed();
         self.latencies.observe(&host, latency);
-        let (mut report, host_change) = self.settle(record, job, &host, attempt, failures, outcome).await;
+        let (mut report, host_change) = self.settle(record, job, &host, &lock, outcome).await;
         report.call_latency = Some(latency);
         report.rate_wait = rate_wait;
         report.host_change = host_change;
@@ -215,12 +233,42 @@ impl Consumer {
         self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await
     }
 
+    /// Refuses a job of the config whose message differs from it: no call, straight to the DLQ,
+    /// through its idempotency record (so a copy is refused once and its run counts it once).
+    async fn refuse(&self, record: &SqsMessage, job: &JobMessage, reason: &str, deadline: Deadline) -> RecordReport {
+        let claim = self.claim(record, job, deadline);
+        match self.store.acquire(&claim).await {
+            Ok(Acquire::Acquired { attempt, dead_letter_class, .. }) => {
+                self.reject(record, job, &Lock { attempt, failures: 0, dead_letter_class }, reason, None).await
+            }
+            Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
+                self.dead_letter_job(record, job, &Lock { attempt, failures: 0, dead_letter_class }, &reason, status_code).await
+            }
+            Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => RecordReport::new(Verdict::Duplicate),
+            Ok(Acquire::Locked { until_ms }) => self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await,
+            Err(e) => retry_on_backend("acquire", &e),
+        }
+    }
+
+    /// The idempotency claim of `job`, locked until the invocation's deadline.
+    fn claim<'a>(&self, record: &SqsMessage, job: &'a JobMessage, deadline: Deadline) -> Claim<'a> {
+        Claim {
+            message_id: &job.message_id,
+            run_id: &job.run_id,
+            target_id: &job.target.id,
+            now_ms: now_ms(),
+            lock_until_ms: deadline.epoch_ms,
+            expiration_s: self.expiration_s(),
+            replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT).and_then(|a| a.parse().ok()),
+        }
+    }
+
     /// Records the call's outcome: in the host's shared state, then in the job's record.
-    async fn settle(&self, record: &SqsMessage, job: &JobMessage, host: &str, attempt: u32, failures: u32, outcome: CallOutcome) -> (RecordReport, HostChange) {
+    async fn settle(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, outcome: CallOutcome) -> (RecordReport, HostChange) {
         match outcome {
             CallOutcome::Succeeded { status } => {
                 let change = self.flow.report(host, HostEvent::Succeeded).await;
-                let mut report = self.complete(job, attempt, status).await;
+                let mut report = self.complete(job, lock, status).await;
                 report.status = Some(status);
                 (report, change)
             }
@@ -231,12 +279,12 @@ impl Consumer {
                     _ => HostEvent::Failed,
                 };
                 let change = self.flow.report(host, event).await;
-                let failures = failures + 1;
+                let failures = lock.failures + 1;
                 let mut report = if self.retry.gives_up(failures) {
                     let reason = format!("transient failure on all {failures} attempts, the last: {reason}");
-                    self.reject(record, job, attempt, &reason, status).await
+                    self.reject(record, job, lock, &reason, status).await
                 } else {
-                    self.retry_later(record, job, attempt, failures, reason, status, retry_after).await
+                    self.retry_later(record, job, lock.attempt, failures, reason, status, retry_after).await
                 };
                 report.status = status;
                 (report, change)
@@ -244,15 +292,17 @@ impl Consumer {
             CallOutcome::Permanent { reason, status } => {
                 // An answer, even a 4xx, means the host is up.
                 let change = if status.is_some() { self.flow.report(host, HostEvent::Succeeded).await } else { HostChange::default() };
-                let mut report = self.reject(record, job, attempt, &reason, status).await;
+                let mut report = self.reject(record, job, lock, &reason, status).await;
                 report.status = status;
                 (report, change)
             }
         }
     }
 
-    async fn complete(&self, job: &JobMessage, attempt: u32, status: u16) -> RecordReport {
-        match self.store.complete(&job.message_id, attempt, status, self.expiration_s()).await {
+    async fn complete(&self, job: &JobMessage, lock: &Lock, status: u16) -> RecordReport {
+        let host = job.target.host().unwrap_or_default();
+        let tally = Tally { run_id: &job.run_id, host: &host, reason: None, undo: lock.dead_letter_class.as_deref() };
+        match self.store.complete(&job.message_id, lock.attempt, status, self.expiration_s(), &tally).await {
             Ok(Transition::Done) => RecordReport::new(Verdict::Succeeded),
             Ok(Transition::Superseded) => {
                 // Our lock expired mid-call and another attempt took over; it settles the job.
@@ -290,9 +340,9 @@ impl Consumer {
 
     /// Permanent failure: REJECTED before the DLQ copy, so a crash in between neither calls the
     /// target twice nor loses the job.
-    async fn reject(&self, record: &SqsMessage, job: &JobMessage, attempt: u32, reason: &str, status: Option<u16>) -> RecordReport {
-        match self.store.reject(&job.message_id, attempt, reason, status).await {
-            Ok(_) => self.dead_letter_job(record, job, attempt, reason, status).await,
+    async fn reject(&self, record: &SqsMessage, job: &JobMessage, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
+        match self.store.reject(&job.message_id, lock.attempt, reason, status).await {
+            Ok(_) => self.dead_letter_job(record, job, lock, reason, status).await,
             Err(e) => retry_on_backend("reject", &e),
         }
     }
@@ -322,15 +372,19 @@ impl Consumer {
         }
     }
 
-    /// Permanent failure of a job with an idempotency record: DLQ copy, then confirm.
-    async fn dead_letter_job(&self, record: &SqsMessage, job: &JobMessage, attempt: u32, reason: &str, status: Option<u16>) -> RecordReport {
+    /// Permanent failure of a job with an idempotency record: DLQ copy, then confirm (which
+    /// counts it in its run).
+    async fn dead_letter_job(&self, record: &SqsMessage, job: &JobMessage, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
+        let attempt = lock.attempt;
         let mut extra = vec![(ATTR_DEAD_LETTER_ATTEMPT, attempt.to_string())];
         if let Some(code) = status {
             extra.push((ATTR_STATUS_CODE, code.to_string()));
         }
         let report = self.send_to_dlq(record, reason, &extra).await;
         if !report.verdict.is_retry() {
-            if let Err(e) = self.store.dead_lettered(&job.message_id, attempt).await {
+            let (host, class) = (job.target.host().unwrap_or_default(), reason_class(reason, status));
+            let tally = Tally { run_id: &job.run_id, host: &host, reason: Some(&class), undo: lock.dead_letter_class.as_deref() };
+            if let Err(e) = self.store.dead_lettered(&job.message_id, attempt, &tally).await {
                 // Still REJECTED: a redelivery would send a second DLQ copy; the job is safe.
                 warn!(error = %e, "could not confirm the DLQ copy");
             }

@@ -23,6 +23,9 @@ pub struct Settings {
     pub retry: RetryOverrides,
     /// How long a host's shared state is trusted without reading it again.
     pub host_state_ttl: Duration,
+    /// The pipeline's name: the `Pipeline` dimension of run metrics and the `pipeline` of
+    /// completion events (the stack's name).
+    pub pipeline: String,
 }
 
 /// The stack's retry settings; each one present replaces the config file's.
@@ -57,6 +60,7 @@ impl Default for Settings {
             function_name: "fanout-consumer".into(),
             retry: RetryOverrides::default(),
             host_state_ttl: Duration::from_millis(1000),
+            pipeline: "fanout".into(),
         }
     }
 }
@@ -65,7 +69,7 @@ impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
     /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_BATCH_CONCURRENCY` (10),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
-    /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000) and `AWS_LAMBDA_FUNCTION_NAME`.
+    /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`) and `AWS_LAMBDA_FUNCTION_NAME`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let parse = |name: &str| -> Result<Option<u64>, String> {
             var(name).map(|v| v.trim().parse().map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))).transpose()
@@ -85,6 +89,7 @@ impl Settings {
             function_name: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
             retry: RetryOverrides { base_ms: parse("FANOUT_RETRY_BASE_MS")?, cap_ms: parse("FANOUT_RETRY_CAP_MS")?, max_attempts },
             host_state_ttl: parse("FANOUT_HOST_STATE_TTL_MS")?.map_or(defaults.host_state_ttl, Duration::from_millis),
+            pipeline: var("FANOUT_PIPELINE").unwrap_or(defaults.pipeline),
         })
     }
 }

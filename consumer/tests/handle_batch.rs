@@ -31,6 +31,8 @@ async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
         source: Arc::new(backend.queue("jobs")),
         dlq: Arc::new(backend.queue("jobs-dlq")),
         fleet: Arc::new(backend.fleet()),
+        runs: Arc::new(backend.runs()),
+        events: Arc::new(backend.events()),
     };
     let consumer = Consumer::new(&config, backends, settings).unwrap();
     Harness { backend, consumer, server }
@@ -229,6 +231,8 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
         source: Arc::new(backend.queue("q")),
         dlq: Arc::new(backend.queue("dlq")),
         fleet: Arc::new(backend.fleet()),
+        runs: Arc::new(backend.runs()),
+        events: Arc::new(backend.events()),
     };
     let config = PipelineConfig::parse(&cfg.to_string(), false, "f.json").unwrap();
     let consumer = Consumer::new(&config, backends, Settings::default()).unwrap();

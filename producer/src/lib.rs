@@ -2,12 +2,15 @@
 //!
 //! # Layout
 //! - [`tick`]: the run ID, derived from the EventBridge event (or given by hand).
+//! - [`ledger`]: the schedule guard and the run record, written before publishing.
 //! - [`publish`]: batching under SNS limits, batches in flight at once, retry of failed entries.
 //!
-//! The Lambda binary (`main.rs`) loads the config, builds the SNS client and calls [`produce`].
+//! The Lambda binary (`main.rs`) loads the config, builds the clients and calls [`produce`] for
+//! a scheduled tick, or [`watchdog`] for the watchdog's periodic invocation.
 
 #![warn(missing_docs)]
 
+pub mod ledger;
 pub mod publish;
 pub mod tick;
 
@@ -15,16 +18,25 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use fanout_shared::{JobMessage, PipelineConfig, Publisher};
+use fanout_shared::metrics::{Metric, MetricSet};
+use fanout_shared::runs::{self, EventBus, RunLedger, Sweep};
+use fanout_shared::{BackendError, JobMessage, PipelineConfig, Publisher};
 
+pub use ledger::Started;
 pub use publish::{PublishError, PublishOptions};
-pub use tick::{run_id_from_event, TickError};
+pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
+
+/// How many of the latest runs the watchdog looks at.
+pub const WATCHDOG_RUNS: usize = 20;
 
 /// What one tick did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// The run's ID.
     pub run_id: String,
+    /// What the ledger said: new, resumed (same tick again), already ended, or skipped.
+    #[serde(serialize_with = "as_text")]
+    pub started: Started,
     /// Jobs built (one per target).
     pub jobs: usize,
     /// Jobs published.
@@ -42,23 +54,82 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_u128(d.as_millis())
 }
 
-/// Publishes one job per target of `config` for `run_id`. Fails loudly, with the message IDs,
-/// if any job is still unpublished after retries; the summary is then inside the error.
-pub async fn produce(config: &PipelineConfig, run_id: &str, publisher: &dyn Publisher, options: &PublishOptions) -> Result<Summary, PublishError> {
+fn as_text<S: serde::Serializer>(started: &Started, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&match started {
+        Started::New => "new".to_owned(),
+        Started::Resumed => "resumed".to_owned(),
+        Started::AlreadyEnded(status) => format!("already {}", status.as_str().to_ascii_lowercase()),
+        Started::Skipped(why) => format!("skipped: {why}"),
+    })
+}
+
+/// One tick: its run ID and, for a scheduled one, the schedule's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    /// The run's ID.
+    pub run_id: String,
+    /// The schedule's time (RFC 3339), for a scheduled tick.
+    pub scheduled_at: Option<String>,
+}
+
+/// The producer's metrics for a tick (dimension `Pipeline`): one `Ticks`, and `RunsStarted` or
+/// `RunsSkipped`.
+pub fn tick_metrics(pipeline: &str, summary: &Summary) -> MetricSet {
+    let mut metrics = MetricSet::new([("Pipeline".to_owned(), pipeline.to_owned())]);
+    metrics.count(Metric::Ticks, 1);
+    metrics.count(Metric::RunsStarted, u64::from(summary.started == Started::New));
+    metrics.count(Metric::RunsSkipped, u64::from(matches!(summary.started, Started::Skipped(_))));
+    metrics
+}
+
+/// The watchdog's pass over the latest runs ([`runs::sweep`]) and its metrics: `RunsOverdue`
+/// (always written, so the alarm sees a 0), and the runs it finished.
+pub async fn watchdog(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str) -> Result<(Sweep, MetricSet), BackendError> {
+    let sweep = runs::sweep(ledger, bus, pipeline, WATCHDOG_RUNS, fanout_shared::now_ms()).await?;
+    for run in &sweep.overdue {
+        tracing::warn!(run_id = %run.run_id, settled = run.counts.settled(), expected = run.counts.expected, "run past its deadline");
+    }
+    let mut metrics = runs::run_metrics(pipeline, &sweep.finished);
+    metrics.count(Metric::RunsOverdue, sweep.overdue.len() as u64);
+    Ok((sweep, metrics))
+}
+
+/// Writes the run's record (after the schedule guard), then publishes one job per target of
+/// `config` for the tick. Fails loudly, with the message IDs, if any job is still unpublished
+/// after retries; the summary is then inside the error. A skipped tick or a run that already
+/// ended publishes nothing.
+pub async fn produce(
+    config: &PipelineConfig,
+    tick: &Tick,
+    publisher: &dyn Publisher,
+    ledger: &dyn RunLedger,
+    options: &PublishOptions,
+) -> Result<Summary, PublishError> {
+    let run_id = tick.run_id.as_str();
     tick::check_run_id(run_id).map_err(|e| PublishError::BadRunId(e.to_string()))?;
-    let started = Instant::now();
+    let started_at = Instant::now();
     let now = chrono::Utc::now();
-    let messages = config.targets.iter().map(|t| JobMessage::new(run_id, config.job_target(t), now).encode());
+    let ids = config.targets.iter().map(|t| fanout_shared::job::message_id(run_id, &t.id));
+    let start = ledger::run_start(config, run_id, tick.scheduled_at.clone(), ids);
+    let started = ledger::begin(ledger, &start).await.map_err(PublishError::Ledger)?;
+    let publish = matches!(started, Started::New | Started::Resumed);
+    let targets = if publish { config.targets.as_slice() } else { &[] };
+    let messages = targets.iter().map(|t| JobMessage::new(run_id, config.job_target(t), now).encode());
     let outcome = publish::publish_all(messages, publisher, options).await;
     let summary = Summary {
         run_id: run_id.to_owned(),
+        started,
         jobs: config.targets.len(),
         published: outcome.published,
         failed: outcome.failures.len(),
         publish_calls: outcome.calls,
-        elapsed: started.elapsed(),
+        elapsed: started_at.elapsed(),
     };
-    tracing::info!(run_id, jobs = summary.jobs, published = summary.published, failed = summary.failed, "tick published");
+    match &summary.started {
+        Started::Skipped(why) => tracing::warn!(run_id, reason = %why, "tick skipped"),
+        Started::AlreadyEnded(status) => tracing::info!(run_id, status = status.as_str(), "run already ended: nothing published"),
+        _ => tracing::info!(run_id, jobs = summary.jobs, published = summary.published, failed = summary.failed, "tick published"),
+    }
     if outcome.failures.is_empty() {
         Ok(summary)
     } else {

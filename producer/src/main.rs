@@ -1,30 +1,49 @@
-//! Producer Lambda: wires the environment and the SNS client, then calls [`fanout_producer::produce`].
-//! Environment: `FANOUT_CONFIG` (default `fanout.json`), `FANOUT_TOPIC_ARN`,
+//! Producer Lambda: wires the environment and the clients, then calls
+//! [`fanout_producer::produce`] for a scheduled tick or [`fanout_producer::watchdog`] for the
+//! watchdog's `{"watchdog": true}`. Environment: `FANOUT_CONFIG` (default `fanout.json`),
+//! `FANOUT_TOPIC_ARN`, `FANOUT_TABLE_NAME` (the run ledger), `FANOUT_EVENT_BUS` (`default`),
+//! `FANOUT_PIPELINE` (`fanout`: the metric dimension and events' `pipeline`),
 //! `FANOUT_PUBLISH_CONCURRENCY` (default 8). See the README.
 
 use std::path::PathBuf;
 
-use fanout_producer::{produce, run_id_from_event, PublishOptions, Summary};
-use fanout_shared::aws::{load_sdk_config, SnsPublisher};
+use fanout_producer::{is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog, PublishOptions, Tick};
+use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, SnsPublisher};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+fn required(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} is required"))
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logging::init_json();
     let path = PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
     let config = PipelineConfig::load(&path)?;
-    let topic = std::env::var("FANOUT_TOPIC_ARN").map_err(|_| "FANOUT_TOPIC_ARN is required")?;
+    let topic = required("FANOUT_TOPIC_ARN")?;
+    let table = required("FANOUT_TABLE_NAME")?;
+    let pipeline = std::env::var("FANOUT_PIPELINE").unwrap_or_else(|_| "fanout".into());
     let mut options = PublishOptions::default();
     if let Ok(n) = std::env::var("FANOUT_PUBLISH_CONCURRENCY") {
         options.concurrency = n.parse().map_err(|_| format!("FANOUT_PUBLISH_CONCURRENCY: cannot parse {n:?}"))?;
     }
-    let publisher = SnsPublisher::new(aws_sdk_sns::Client::new(&load_sdk_config().await), topic);
-    let (config, publisher, options) = (&config, &publisher, &options);
+    let sdk = load_sdk_config().await;
+    let publisher = SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), topic);
+    let ledger = DynamoDbRuns::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let bus = EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()));
+    let (config, publisher, ledger, bus, options, pipeline) = (&config, &publisher, &ledger, &bus, &options, pipeline.as_str());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let run_id = run_id_from_event(&event.payload)?;
-        Ok::<Summary, Error>(produce(config, &run_id, publisher, options).await?)
+        if is_watchdog(&event.payload) {
+            let (sweep, metrics) = watchdog(ledger, bus, pipeline).await?;
+            metrics.flush_stdout();
+            return Ok::<Value, Error>(json!({"finished": sweep.finished.len(), "events_sent": sweep.events_sent, "overdue": sweep.overdue.len()}));
+        }
+        let tick = Tick { run_id: run_id_from_event(&event.payload)?, scheduled_at: scheduled_time(&event.payload) };
+        let summary = produce(config, &tick, publisher, ledger, options).await?;
+        tick_metrics(pipeline, &summary).flush_stdout();
+        Ok(serde_json::to_value(&summary)?)
     }))
     .await
 }

@@ -31,6 +31,9 @@ pub enum PublishError {
     /// The run ID cannot be used.
     #[error("{0}")]
     BadRunId(String),
+    /// The run record could not be written: nothing was published.
+    #[error("run ledger: {0}")]
+    Ledger(fanout_shared::BackendError),
     /// Some jobs are still unpublished after all retries.
     #[error("{} of {} jobs unpublished after retries: {}", failures.len(), summary.jobs, describe(failures))]
     Unpublished {
@@ -230,15 +233,18 @@ mod tests {
         let config: fanout_shared::PipelineConfig =
             serde_json::from_str(r#"{"targets":[{"id":"a","url":"https://x.example.com/a"},{"id":"b","url":"https://x.example.com/b"}]}"#).unwrap();
         let topic = FlakyTopic::default();
-        crate::produce(&config, "run-1", &topic, &fast()).await.unwrap();
-        crate::produce(&config, "run-1", &topic, &fast()).await.unwrap();
-        crate::produce(&config, "run-2", &topic, &fast()).await.unwrap();
+        let ledger = fanout_shared::embedded::EmbeddedBackend::open(":memory:".as_ref()).unwrap().runs();
+        let tick = |id: &str| crate::Tick { run_id: id.into(), scheduled_at: None };
+        crate::produce(&config, &tick("run-1"), &topic, &ledger, &fast()).await.unwrap();
+        let again = crate::produce(&config, &tick("run-1"), &topic, &ledger, &fast()).await.unwrap();
+        assert_eq!(again.started, crate::Started::Resumed, "a second producer of the tick publishes again");
+        crate::produce(&config, &tick("run-2"), &topic, &ledger, &fast()).await.unwrap();
         let published = topic.published.lock().unwrap().clone();
         assert_eq!(published[0..2], published[2..4], "same tick → same IDs");
         assert!(!published[4..].contains(&published[0]), "new tick → new IDs");
 
         let failing = FlakyTopic { sender_fault: vec![fanout_shared::job::message_id("run-1", "b")], ..FlakyTopic::default() };
-        let err = crate::produce(&config, "run-1", &failing, &fast()).await.unwrap_err();
+        let err = crate::produce(&config, &tick("run-1"), &failing, &ledger, &fast()).await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("1 of 2 jobs unpublished") && text.contains(&fanout_shared::job::message_id("run-1", "b")), "{text}");
     }

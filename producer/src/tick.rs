@@ -46,6 +46,16 @@ pub fn run_id_from_event(input: &Value) -> Result<String, TickError> {
     Ok(run_id)
 }
 
+/// The schedule's time of a scheduled event (RFC 3339), `None` for a manual invocation.
+pub fn scheduled_time(input: &Value) -> Option<String> {
+    input.get("run_id").is_none().then(|| input.get("time")?.as_str().map(str::to_owned)).flatten()
+}
+
+/// Whether the input is the watchdog's periodic invocation (`{"watchdog": true}`).
+pub fn is_watchdog(input: &Value) -> bool {
+    input.get("watchdog").and_then(Value::as_bool) == Some(true)
+}
+
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
 pub fn check_run_id(run_id: &str) -> Result<(), TickError> {
     fanout_shared::job::check_run_id(run_id).map_err(|_| TickError::BadRunId(run_id.to_owned()))
@@ -68,6 +78,8 @@ mod tests {
         let a = run_id_from_event(&scheduled("2026-11-21T10:15:00Z")).unwrap();
         assert_eq!(a, "rule/fanout-tick@2026-11-21T10:15:00Z");
         assert_eq!(a, run_id_from_event(&scheduled("2026-11-21T10:15:00Z")).unwrap());
+        assert_eq!(scheduled_time(&scheduled("2026-11-21T10:15:00Z")).as_deref(), Some("2026-11-21T10:15:00Z"));
+        assert!(is_watchdog(&serde_json::json!({"watchdog": true})) && !is_watchdog(&scheduled("2026-11-21T10:15:00Z")));
         assert_ne!(a, run_id_from_event(&scheduled("2026-11-21T10:30:00Z")).unwrap());
     }
 

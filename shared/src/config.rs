@@ -14,6 +14,7 @@ use crate::hosts::HostPolicy;
 use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
 use crate::retry::RetryPolicy;
+use crate::runs::RunPolicy;
 pub use crate::target_rules::{check_header, check_url, env_placeholders, HeaderPart, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
 
 /// The whole config file.
@@ -38,6 +39,10 @@ pub struct PipelineConfig {
     /// How hosts are protected: slow-down on 429/503, circuit breaker, operator holds.
     #[serde(default)]
     pub host_protection: HostPolicy,
+    /// How runs are judged (tolerated failures), when they are late, and what a tick does while
+    /// the previous run is in flight.
+    #[serde(default)]
+    pub runs: RunPolicy,
     /// The calls to make on every tick.
     pub targets: Vec<Target>,
 }
@@ -210,6 +215,9 @@ impl PipelineConfig {
         for e in self.host_protection.problems() {
             push("host_protection".into(), e.field, e.problem);
         }
+        for e in self.runs.problems() {
+            push("runs".into(), e.field, e.problem);
+        }
         if !HTTP_METHODS.contains(&self.defaults.method.to_ascii_uppercase().as_str()) {
             push("defaults".into(), "method", format!("unknown method {:?}", self.defaults.method));
         }
@@ -263,6 +271,14 @@ impl PipelineConfig {
             body: target.body.clone(),
             timeout_ms: target.timeout_ms.unwrap_or(self.defaults.timeout_ms),
         }
+    }
+
+    /// A short digest of the config (SHA-256 of its JSON form, 16 hex digits): the run ledger
+    /// records which config a run was published from.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = serde_json::to_string(self).unwrap_or_default();
+        Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// The fleet's budget for `host` (requests/s): its own, else the global one, else `None`

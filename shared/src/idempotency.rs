@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BackendError;
+use crate::runs::Tally;
 
 /// Where a record is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +107,9 @@ pub struct IdempotencyRecord {
     pub run_id: String,
     /// The job's target.
     pub target_id: String,
+    /// The reason class the job is counted under as dead-lettered in its run's ledger
+    /// ([`crate::runs::reason_class`]), from DEAD_LETTERED until a replay completes it.
+    pub dead_letter_class: Option<String>,
 }
 
 /// What a consumer asks for when it takes a job.
@@ -136,6 +140,8 @@ pub enum Acquire {
         attempt: u32,
         /// Transient failures of the job so far (0 for a new job or a replay).
         failures: u32,
+        /// See [`IdempotencyRecord::dead_letter_class`]: a replayed job's outcome takes it back.
+        dead_letter_class: Option<String>,
     },
     /// The job already succeeded: skip it and ack the message.
     AlreadyCompleted,
@@ -153,6 +159,8 @@ pub enum Acquire {
         reason: String,
         /// Its status code.
         status_code: Option<u16>,
+        /// See [`IdempotencyRecord::dead_letter_class`].
+        dead_letter_class: Option<String>,
     },
     /// Already in the DLQ: ack.
     AlreadyDeadLettered,
@@ -170,16 +178,25 @@ pub enum Transition {
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
 pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
     let Some(r) = existing else {
-        return Acquire::Acquired { attempt: 1, failures: 0 };
+        return Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None };
     };
     match r.status {
         Status::Completed => Acquire::AlreadyCompleted,
         Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
-        Status::InProgress | Status::Failed => Acquire::Acquired { attempt: r.attempts + 1, failures: r.failures },
+        Status::InProgress | Status::Failed => {
+            Acquire::Acquired { attempt: r.attempts + 1, failures: r.failures, dead_letter_class: r.dead_letter_class.clone() }
+        }
         // The replay holds the DLQ copy, so the rejection was delivered: run the job again, with
         // a fresh retry budget (the operator fixed what made it fail).
-        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => Acquire::Acquired { attempt: r.attempts + 1, failures: 0 },
-        Status::Rejected => Acquire::Rejected { attempt: r.attempts, reason: r.last_error.clone().unwrap_or_default(), status_code: r.status_code },
+        Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => {
+            Acquire::Acquired { attempt: r.attempts + 1, failures: 0, dead_letter_class: r.dead_letter_class.clone() }
+        }
+        Status::Rejected => Acquire::Rejected {
+            attempt: r.attempts,
+            reason: r.last_error.clone().unwrap_or_default(),
+            status_code: r.status_code,
+            dead_letter_class: r.dead_letter_class.clone(),
+        },
         Status::DeadLettered => Acquire::AlreadyDeadLettered,
     }
 }
@@ -190,8 +207,9 @@ pub trait IdempotencyStore: Send + Sync {
     /// Takes the lock for a job if [`decide_acquire`] allows it, atomically.
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError>;
 
-    /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code.
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError>;
+    /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code; counts a
+    /// success in the run's ledger (and takes back `tally.undo`) in the same atomic write.
+    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError>;
 
     /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code;
     /// adds one to `failures`.
@@ -200,8 +218,9 @@ pub trait IdempotencyStore: Send + Sync {
     /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send.
     async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
 
-    /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send.
-    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError>;
+    /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send; counts a dead-lettering
+    /// under `tally.reason` in the run's ledger (taking back `tally.undo`) in the same atomic write.
+    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError>;
 
     /// Reads records by message ID (missing ones are left out).
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError>;
@@ -223,23 +242,24 @@ mod tests {
             status_code: None,
             run_id: "r".into(),
             target_id: "t".into(),
+            dead_letter_class: None,
         }
     }
 
     #[test]
     fn acquire_rule() {
         use Status::*;
-        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1, failures: 0 });
+        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None });
         assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, None), Acquire::AlreadyCompleted);
         assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, Some(2)), Acquire::AlreadyCompleted);
         assert_eq!(decide_acquire(Some(&record(InProgress, 200)), 100, None), Acquire::Locked { until_ms: 200 });
-        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3, failures: 1 });
-        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3, failures: 1 });
+        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
+        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
         assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, None), Acquire::Rejected { attempt: 2, .. }));
         assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)), Acquire::Rejected { attempt: 2, .. }));
-        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0 });
+        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0, dead_letter_class: None });
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, None), Acquire::AlreadyDeadLettered);
         assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)), Acquire::AlreadyDeadLettered);
-        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0 });
+        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0, dead_letter_class: None });
     }
 }

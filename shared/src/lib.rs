@@ -11,6 +11,7 @@
 //! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
 //!   state machine; [`fleet`]: the store the consumer instances share it in, and the leases that
 //!   split the rate budgets among the instances at work.
+//! - [`runs`]: the run ledger (counts per run, verdict, completion event) and its traits.
 //! - [`retry`]: the retry schedule of transient failures (backoff with full jitter).
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
 //! - [`logging`]: JSON logs through `tracing`.
@@ -33,6 +34,7 @@ pub mod netguard;
 pub mod publish;
 pub mod queue;
 pub mod retry;
+pub mod runs;
 pub mod target_rules;
 
 #[cfg(feature = "aws")]
@@ -50,6 +52,7 @@ pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Tran
 pub use job::{JobMessage, JobTarget, OutboundMessage};
 pub use publish::{EntryFailure, Publisher};
 pub use queue::{MessageMover, MoveTaskState, MoveTaskStatus, Queue, QueueDepth, QueueMessage};
+pub use runs::{EventBus, RunLedger, RunRecord, RunStatus};
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {

@@ -72,6 +72,20 @@ pub enum Metric {
     CircuitClosed,
     /// Per host: jobs held.
     JobsHeld,
+    /// Per pipeline: runs finished SUCCEEDED.
+    RunsSucceeded,
+    /// Per pipeline: runs finished FAILED (more dead-lettered jobs than tolerated).
+    RunsFailed,
+    /// Per pipeline: a finished run's duration, start to finish (ms).
+    RunDuration,
+    /// Per pipeline: scheduled ticks the producer handled (started, re-run or skipped).
+    Ticks,
+    /// Per pipeline: runs the producer started.
+    RunsStarted,
+    /// Per pipeline: ticks skipped because the previous run was in flight.
+    RunsSkipped,
+    /// Per pipeline: runs past their deadline, as the watchdog found them.
+    RunsOverdue,
 }
 
 impl Metric {
@@ -97,13 +111,20 @@ impl Metric {
             Metric::CircuitOpened => "CircuitOpened",
             Metric::CircuitClosed => "CircuitClosed",
             Metric::JobsHeld => "JobsHeld",
+            Metric::RunsSucceeded => "RunsSucceeded",
+            Metric::RunsFailed => "RunsFailed",
+            Metric::RunDuration => "RunDuration",
+            Metric::Ticks => "Ticks",
+            Metric::RunsStarted => "RunsStarted",
+            Metric::RunsSkipped => "RunsSkipped",
+            Metric::RunsOverdue => "RunsOverdue",
         }
     }
 
-    /// Its unit: the two latencies are in milliseconds, everything else is a count.
+    /// Its unit: latencies and durations are in milliseconds, everything else is a count.
     pub const fn unit(self) -> Unit {
         match self {
-            Metric::CallLatency | Metric::RateLimitWait => Unit::Milliseconds,
+            Metric::CallLatency | Metric::RateLimitWait | Metric::RunDuration => Unit::Milliseconds,
             _ => Unit::Count,
         }
     }

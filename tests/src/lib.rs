@@ -73,6 +73,7 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
         },
         rate_override: None,
         quiet: true,
+        pipeline_name: "fanout".into(),
     }
 }
 

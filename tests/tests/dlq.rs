@@ -189,7 +189,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
         expiration_s: now / 1000 + 3600,
         replay_of: None,
     };
-    assert_eq!(pipeline.store.acquire(&claim).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0 });
+    assert_eq!(pipeline.store.acquire(&claim).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None });
     pipeline.store.reject(&job.message_id, 1, "HTTP 400 Bad Request", Some(400)).await.unwrap();
     let message = job.encode();
     pipeline.dlq.send(&message.body, &message.attributes).await.unwrap();

@@ -9,8 +9,9 @@ use fanout::event_source::{to_event, CrashInjection};
 use fanout::provision::provision;
 use fanout::run;
 use fanout::scan::peek_all;
-use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_consumer::{Consumer, Settings};
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
+use fanout_shared::runs::Tally;
 use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, Queue};
 use fanout_tests::fault::{run_faults, FaultPlan};
@@ -65,7 +66,7 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
         pipeline.publisher.publish_batch(&[job.encode()]).await.unwrap();
     }
     let consumer = |_: usize| {
-        let backends = Backends { store: pipeline.store.clone(), source: pipeline.queue.clone(), dlq: pipeline.dlq.clone(), fleet: pipeline.fleet.clone() };
+        let backends = pipeline.consumer_backends();
         Arc::new(Consumer::new(&config, backends, Settings::default()).unwrap())
     };
     // Two consumers race on the two copies of a, one message each.
@@ -305,7 +306,7 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
     // A job: acquire, call, complete.
     let now = fanout_shared::now_ms();
     assert!(matches!(store.acquire(&claim(now)).await.unwrap(), Acquire::Acquired { attempt: 1, .. }));
-    store.complete("m1", 1, 200, 0).await.unwrap();
+    store.complete("m1", 1, 200, 0, &Tally { run_id: "r", host: "h", reason: None, undo: None }).await.unwrap();
     assert_eq!(calls.take(), ["UpdateItem", "UpdateItem"]);
 
     // A duplicate delivery: the failed condition brings the item back, no GetItem after it

@@ -10,13 +10,25 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 
+use super::runs::{cancellation_codes, shard_update};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+use crate::runs::Tally;
 
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
+/// The condition of every transition: the record is in the expected state, held by the caller.
+const TRANSITION_CONDITION: &str = "#status = :from AND #attempts = :attempt";
+/// Transactions retried when concurrent counts on one shard conflict.
+const MAX_TRANSACTION_CONFLICTS: u32 = 6;
+
+/// A pseudo-random delay below `ceiling_ms` (jitter for conflict retries), from the clock.
+fn fastrand_ms(ceiling_ms: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
+    nanos % ceiling_ms.max(1)
+}
 
 /// The idempotency table.
 #[derive(Debug, Clone)]
@@ -70,8 +82,8 @@ impl DynamoDbStore {
         match result {
             Ok(output) => {
                 let record = output.attributes().and_then(parse_record);
-                let (attempt, failures) = record.map_or((1, 0), |r| (r.attempts, r.failures));
-                Ok(Ok(Acquire::Acquired { attempt, failures }))
+                let (attempt, failures, dead_letter_class) = record.map_or((1, 0, None), |r| (r.attempts, r.failures, r.dead_letter_class));
+                Ok(Ok(Acquire::Acquired { attempt, failures, dead_letter_class }))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 let old = match e.err() {
@@ -95,7 +107,7 @@ impl DynamoDbStore {
     ) -> Result<Transition, BackendError> {
         values.insert(":from".into(), s(from.as_str()));
         values.insert(":attempt".into(), n(attempt));
-        let condition = "#status = :from AND #attempts = :attempt";
+        let condition = TRANSITION_CONDITION;
         let result = self
             .client
             .update_item()
@@ -112,6 +124,61 @@ impl DynamoDbStore {
             Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(Transition::Superseded),
             Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
         }
+    }
+
+    /// A terminal transition and its count in the run's ledger, in one `TransactWriteItems`.
+    /// A run without a ledger (its shard is missing) gets the plain transition; concurrent
+    /// counts on one shard (`TransactionConflict`) are retried.
+    async fn counted_transition(
+        &self,
+        message_id: &str,
+        from: Status,
+        attempt: u32,
+        set: &str,
+        mut values: HashMap<String, AttributeValue>,
+        counted: (&Tally<'_>, bool),
+    ) -> Result<Transition, BackendError> {
+        let (tally, succeeded) = counted;
+        let shard = shard_update(&self.table, tally.run_id, message_id, &tally.delta(succeeded))?;
+        let mut own = values.clone();
+        own.insert(":from".into(), s(from.as_str()));
+        own.insert(":attempt".into(), n(attempt));
+        let transition = Update::builder()
+            .table_name(&self.table)
+            .key("message_id", s(message_id))
+            .update_expression(set)
+            .condition_expression(TRANSITION_CONDITION)
+            .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
+            .set_expression_attribute_values(Some(own))
+            .build()
+            .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
+        let items = vec![TransactWriteItem::builder().update(transition).build(), TransactWriteItem::builder().update(shard).build()];
+        for round in 0..MAX_TRANSACTION_CONFLICTS {
+            let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+            let codes = match result {
+                Ok(_) => return Ok(Transition::Done),
+                Err(e) => match cancellation_codes(&e) {
+                    Some(codes) => codes,
+                    None => return Err(sdk_error("dynamodb:TransactWriteItems", e)),
+                },
+            };
+            match (codes.first().map(String::as_str), codes.get(1).map(String::as_str)) {
+                (Some("ConditionalCheckFailed"), _) => return Ok(Transition::Superseded),
+                (_, Some("ConditionalCheckFailed")) => break,
+                _ if codes.iter().any(|c| c == "TransactionConflict") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10 + fastrand_ms(20 << round))).await;
+                }
+                // An endpoint that gives no reasons: the plain transition tells a superseded
+                // holder from a run without a ledger.
+                _ if codes.is_empty() => break,
+                _ => return Err(BackendError::transient("dynamodb:TransactWriteItems", format!("canceled: {}", codes.join(", ")))),
+            }
+            if round + 1 == MAX_TRANSACTION_CONFLICTS {
+                return Err(BackendError::transient("dynamodb:TransactWriteItems", "the run's counter shard stayed in conflict"));
+            }
+        }
+        values.remove(":from");
+        self.transition(message_id, from, attempt, set, values).await
     }
 
     async fn fail_as(&self, to: Status, message_id: &str, attempt: u32, error: &str, code: Option<u16>) -> Result<Transition, BackendError> {
@@ -145,17 +212,29 @@ fn n(v: impl ToString) -> AttributeValue {
 /// The name placeholders `expressions` use. Every attribute goes through one (`status` is a
 /// DynamoDB reserved word), and DynamoDB refuses placeholders an expression does not use.
 fn names(expressions: &[&str]) -> HashMap<String, String> {
-    ["status", "attempts", "failures", "in_progress_expiry", "expiration", "last_error", "status_code", "run_id", "target_id", "message_id"]
-        .iter()
-        .filter(|a| {
-            let placeholder = format!("#{a}");
-            // `#status` must not count as a use of `#status_code`, and vice versa.
-            expressions
-                .iter()
-                .any(|e| e.match_indices(&placeholder).any(|(i, _)| !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')))
-        })
-        .map(|a| (format!("#{a}"), (*a).to_owned()))
-        .collect()
+    [
+        "status",
+        "attempts",
+        "failures",
+        "in_progress_expiry",
+        "expiration",
+        "last_error",
+        "status_code",
+        "run_id",
+        "target_id",
+        "message_id",
+        "dead_letter_class",
+    ]
+    .iter()
+    .filter(|a| {
+        let placeholder = format!("#{a}");
+        // `#status` must not count as a use of `#status_code`, and vice versa.
+        expressions
+            .iter()
+            .any(|e| e.match_indices(&placeholder).any(|(i, _)| !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')))
+    })
+    .map(|a| (format!("#{a}"), (*a).to_owned()))
+    .collect()
 }
 
 fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRecord> {
@@ -172,6 +251,7 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         status_code: number("status_code").and_then(|c| u16::try_from(c).ok()),
         run_id: text("run_id").unwrap_or_default(),
         target_id: text("target_id").unwrap_or_default(),
+        dead_letter_class: text("dead_letter_class"),
     })
 }
 
@@ -227,11 +307,11 @@ impl IdempotencyStore for DynamoDbStore {
         Ok(Acquire::Locked { until_ms: claim.now_ms })
     }
 
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
+    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError> {
         let values =
             HashMap::from([(":to".to_owned(), s(Status::Completed.as_str())), (":code".to_owned(), n(status_code)), (":exp".to_owned(), n(expiration_s))]);
-        let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error";
-        self.transition(message_id, Status::InProgress, attempt, set, values).await
+        let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error, #dead_letter_class";
+        self.counted_transition(message_id, Status::InProgress, attempt, set, values, (tally, true)).await
     }
 
     async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
@@ -242,9 +322,11 @@ impl IdempotencyStore for DynamoDbStore {
         self.fail_as(Status::Rejected, message_id, attempt, error, status_code).await
     }
 
-    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError> {
-        let values = HashMap::from([(":to".to_owned(), s(Status::DeadLettered.as_str()))]);
-        self.transition(message_id, Status::Rejected, attempt, "SET #status = :to", values).await
+    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError> {
+        let class = tally.reason.unwrap_or("unknown");
+        let values = HashMap::from([(":to".to_owned(), s(Status::DeadLettered.as_str())), (":class".to_owned(), s(class))]);
+        let set = "SET #status = :to, #dead_letter_class = :class";
+        self.counted_transition(message_id, Status::Rejected, attempt, set, values, (tally, false)).await
     }
 
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {

@@ -5,14 +5,18 @@
 //! emulators such as moto. Nothing here knows about endpoints.
 
 mod dynamodb;
+mod events;
 mod fleet;
 mod move_task;
+mod runs;
 mod sns;
 mod sqs;
 
 pub use dynamodb::DynamoDbStore;
+pub use events::EventBridgeBus;
 pub use fleet::DynamoDbFleet;
 pub use move_task::SqsMessageMover;
+pub use runs::{DynamoDbRuns, RUNS_INDEX, RUN_TTL_S};
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};
 

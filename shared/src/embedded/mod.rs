@@ -4,18 +4,23 @@
 //! SQLite transaction (WAL journal). Receive, delete and visibility changes are transactional,
 //! so two pollers never hold the same visible message at once. Anyone can look inside with the
 //! `sqlite3` tool: tables `queues`, `subscriptions`, `messages`, `idempotency`, `hosts`
-//! (shared host states) and `leases` (consumer instances at work).
+//! (shared host states), `leases` (consumer instances at work), `runs`, `run_shards` and
+//! `run_failures` (the run ledger) and `events` (completion events).
 //!
 //! Calls run SQLite synchronously under a mutex: each is a few microseconds against a local
 //! file, far below the cost of handing it to a blocking thread.
 
+mod events;
 mod fleet;
 mod queue;
+mod runs;
 mod store;
 mod topic;
 
+pub use events::{EmbeddedEvents, StoredEvent};
 pub use fleet::EmbeddedFleet;
 pub use queue::EmbeddedQueue;
+pub use runs::EmbeddedRuns;
 pub use store::EmbeddedStore;
 pub use topic::EmbeddedTopic;
 
@@ -59,12 +64,48 @@ CREATE TABLE IF NOT EXISTS idempotency (
     status_code INTEGER,
     run_id TEXT NOT NULL,
     target_id TEXT NOT NULL,
-    failures INTEGER NOT NULL DEFAULT 0
+    failures INTEGER NOT NULL DEFAULT 0,
+    dead_letter_class TEXT
 );
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE TABLE IF NOT EXISTS hosts (
     host TEXT PRIMARY KEY,
     state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    scheduled_at TEXT,
+    config_digest TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    deadline_at INTEGER,
+    policy TEXT NOT NULL,
+    event_sent INTEGER NOT NULL DEFAULT 0,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+CREATE TABLE IF NOT EXISTS run_shards (
+    run_id TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    expected INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, shard)
+);
+CREATE TABLE IF NOT EXISTS run_failures (
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, kind, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    detail_type TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    time INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY,
@@ -116,6 +157,11 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'", [], |r| r.get(0)).map_err(sql_error)?;
     if !has_failures {
         conn.execute_batch("ALTER TABLE idempotency ADD COLUMN failures INTEGER NOT NULL DEFAULT 0").map_err(sql_error)?;
+    }
+    let has_class: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'dead_letter_class'", [], |r| r.get(0)).map_err(sql_error)?;
+    if !has_class {
+        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN dead_letter_class TEXT").map_err(sql_error)?;
     }
     Ok(())
 }
@@ -194,6 +240,16 @@ impl EmbeddedBackend {
     /// Host states and instance leases.
     pub fn fleet(&self) -> EmbeddedFleet {
         EmbeddedFleet::new(self.clone())
+    }
+
+    /// The run ledger.
+    pub fn runs(&self) -> EmbeddedRuns {
+        EmbeddedRuns::new(self.clone())
+    }
+
+    /// The event bus (completion events land in the `events` table).
+    pub fn events(&self) -> EmbeddedEvents {
+        EmbeddedEvents::new(self.clone())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, BackendError> {

@@ -7,8 +7,9 @@ use rusqlite::{OptionalExtension, Row};
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
 use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+use crate::runs::Tally;
 
-const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures";
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class";
 
 /// The idempotency table in the state file.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
         run_id: row.get(7)?,
         target_id: row.get(8)?,
         failures: row.get(9)?,
+        dead_letter_class: row.get(10)?,
     })
 }
 
@@ -46,33 +48,47 @@ impl EmbeddedStore {
         rows.collect::<Result<_, _>>().map_err(sql_error)
     }
 
-    /// One conditional transition: `from` held by `attempt` → `change.to`.
+    /// One conditional transition: `from` held by `attempt` → `change.to`, and the run's
+    /// counters for a terminal one, in one SQLite transaction.
     fn transition(&self, message_id: &str, from: Status, attempt: u32, change: Change<'_>) -> Result<Transition, BackendError> {
-        let Change { to, error, code, expiration } = change;
-        let inner = self.backend.lock()?;
-        let changed = inner
-            .conn
+        let Change { to, error, code, expiration, tally } = change;
+        let mut inner = self.backend.lock()?;
+        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let class = match to {
+            Status::DeadLettered => tally.as_ref().and_then(|t| t.reason),
+            _ => None,
+        };
+        let changed = tx
             .prepare_cached(
                 "UPDATE idempotency SET status = ?4,
                      last_error = CASE WHEN ?4 = 'COMPLETED' THEN NULL WHEN ?5 IS NULL THEN last_error ELSE ?5 END,
                      status_code = COALESCE(?6, CASE WHEN ?4 = 'DEAD_LETTERED' THEN status_code END),
                      expiration = COALESCE(?7, expiration),
-                     failures = failures + (?4 = 'FAILED')
+                     failures = failures + (?4 = 'FAILED'),
+                     dead_letter_class = CASE ?4 WHEN 'COMPLETED' THEN NULL WHEN 'DEAD_LETTERED' THEN ?8 ELSE dead_letter_class END
                  WHERE message_id = ?1 AND status = ?2 AND attempts = ?3",
             )
-            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration]))
+            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class]))
             .map_err(sql_error)?;
-        Ok(if changed == 1 { Transition::Done } else { Transition::Superseded })
+        if changed != 1 {
+            return Ok(Transition::Superseded);
+        }
+        if let Some(tally) = tally {
+            super::runs::count(&tx, message_id, &tally, to == Status::Completed)?;
+        }
+        tx.commit().map_err(sql_error)?;
+        Ok(Transition::Done)
     }
 }
 
 /// What a transition writes: the new status, and the error, status code and expiry it sets
-/// (`None` keeps the stored one).
+/// (`None` keeps the stored one), and what a terminal one counts in the run's ledger.
 struct Change<'a> {
     to: Status,
     error: Option<&'a str>,
     code: Option<u16>,
     expiration: Option<i64>,
+    tally: Option<Tally<'a>>,
 }
 
 #[async_trait]
@@ -85,7 +101,7 @@ impl IdempotencyStore for EmbeddedStore {
             .and_then(|mut s| s.query_row([claim.message_id], record).optional())
             .map_err(sql_error)?;
         let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
-        if let Acquire::Acquired { attempt, failures } = decision {
+        if let Acquire::Acquired { attempt, failures, .. } = decision {
             tx.prepare_cached(
                 "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures)
                  VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?7)
@@ -101,25 +117,36 @@ impl IdempotencyStore for EmbeddedStore {
         Ok(decision)
     }
 
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64) -> Result<Transition, BackendError> {
+    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError> {
         self.transition(
             message_id,
             Status::InProgress,
             attempt,
-            Change { to: Status::Completed, error: None, code: Some(status_code), expiration: Some(expiration_s) },
+            Change { to: Status::Completed, error: None, code: Some(status_code), expiration: Some(expiration_s), tally: Some(tally.clone()) },
         )
     }
 
     async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::InProgress, attempt, Change { to: Status::Failed, error: Some(error), code: status_code, expiration: None })
+        self.transition(
+            message_id,
+            Status::InProgress,
+            attempt,
+            Change { to: Status::Failed, error: Some(error), code: status_code, expiration: None, tally: None },
+        )
     }
 
     async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::InProgress, attempt, Change { to: Status::Rejected, error: Some(error), code: status_code, expiration: None })
+        self.transition(
+            message_id,
+            Status::InProgress,
+            attempt,
+            Change { to: Status::Rejected, error: Some(error), code: status_code, expiration: None, tally: None },
+        )
     }
 
-    async fn dead_lettered(&self, message_id: &str, attempt: u32) -> Result<Transition, BackendError> {
-        self.transition(message_id, Status::Rejected, attempt, Change { to: Status::DeadLettered, error: None, code: None, expiration: None })
+    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError> {
+        let change = Change { to: Status::DeadLettered, error: None, code: None, expiration: None, tally: Some(tally.clone()) };
+        self.transition(message_id, Status::Rejected, attempt, change)
     }
 
     async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
@@ -152,20 +179,22 @@ mod tests {
     #[tokio::test]
     async fn conditional_transitions_follow_the_state_machine() {
         let store = EmbeddedBackend::open(":memory:".as_ref()).unwrap().store();
-        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0 });
+        let tally = Tally { run_id: "r", host: "h", reason: Some("HTTP 400"), undo: None };
+        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None });
         assert_eq!(store.acquire(&claim(200, 1000)).await.unwrap(), Acquire::Locked { until_ms: 1000 });
         // The lock expired: a second consumer takes over, and the first one's outcome is refused.
-        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2, failures: 0 });
-        assert_eq!(store.complete("m1", 1, 200, 9).await.unwrap(), Transition::Superseded);
+        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2, failures: 0, dead_letter_class: None });
+        assert_eq!(store.complete("m1", 1, 200, 9, &tally).await.unwrap(), Transition::Superseded);
         assert_eq!(store.fail("m1", 2, "HTTP 503", Some(503)).await.unwrap(), Transition::Done);
-        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3, failures: 1 });
+        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
         assert_eq!(store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(), Transition::Done);
         assert!(matches!(store.acquire(&claim(1003, 5000)).await.unwrap(), Acquire::Rejected { attempt: 3, status_code: Some(400), .. }));
-        assert_eq!(store.dead_lettered("m1", 3).await.unwrap(), Transition::Done);
+        assert_eq!(store.dead_lettered("m1", 3, &tally).await.unwrap(), Transition::Done);
         assert_eq!(store.acquire(&claim(1004, 5000)).await.unwrap(), Acquire::AlreadyDeadLettered);
         let replay = Claim { replay_of: Some(3), ..claim(1005, 5000) };
-        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4, failures: 0 });
-        assert_eq!(store.complete("m1", 4, 200, 9).await.unwrap(), Transition::Done);
+        let class = Some("HTTP 400".to_owned());
+        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4, failures: 0, dead_letter_class: class });
+        assert_eq!(store.complete("m1", 4, 200, 9, &tally).await.unwrap(), Transition::Done);
         assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::AlreadyCompleted);
         let record = &store.get_many(&["m1".into(), "none".into()]).await.unwrap()[0];
         assert_eq!((record.status, record.attempts, record.status_code, record.last_error.as_deref()), (Status::Completed, 4, Some(200), None));

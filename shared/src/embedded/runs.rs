@@ -1,0 +1,182 @@
+//! The embedded run ledger: tables `runs` (one row per run), `run_shards` (expected and
+//! settled counts per shard) and `run_failures` (dead-lettered jobs by reason and by host).
+//! A job's count is written in the same SQLite transaction as its idempotency transition
+//! ([`count`]).
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, Transaction};
+
+use super::{sql_error, EmbeddedBackend};
+use crate::error::BackendError;
+use crate::runs::{shard_of, Begin, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus, Tally};
+
+const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note";
+
+/// The run ledger in the state file.
+#[derive(Clone)]
+pub struct EmbeddedRuns {
+    backend: EmbeddedBackend,
+}
+
+fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let status: String = row.get(1)?;
+    let policy: String = row.get(7)?;
+    Ok(RunRecord {
+        run_id: row.get(0)?,
+        // Only this module writes the column; an unknown value means a hand edit.
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
+        scheduled_at: row.get(2)?,
+        config_digest: row.get(3)?,
+        started_at_ms: row.get(4)?,
+        finished_at_ms: row.get(5)?,
+        deadline_at_ms: row.get(6)?,
+        policy: serde_json::from_str::<RunPolicy>(&policy).unwrap_or_default(),
+        counts: RunCounts::default(),
+        event_sent: row.get(8)?,
+        note: row.get(9)?,
+    })
+}
+
+/// Adds a job's terminal transition to its run's counters, inside the transition's transaction.
+/// A run without a ledger (published before it had one) counts nothing.
+pub(super) fn count(tx: &Transaction<'_>, message_id: &str, tally: &Tally<'_>, succeeded: bool) -> Result<(), BackendError> {
+    let delta = tally.delta(succeeded);
+    let changed = tx
+        .prepare_cached("UPDATE run_shards SET succeeded = succeeded + ?3, dead_lettered = dead_lettered + ?4 WHERE run_id = ?1 AND shard = ?2")
+        .and_then(|mut s| s.execute(rusqlite::params![tally.run_id, shard_of(message_id), delta.succeeded, delta.dead_lettered]))
+        .map_err(sql_error)?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO run_failures (run_id, kind, key, count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (run_id, kind, key) DO UPDATE SET count = count + ?4",
+        )
+        .map_err(sql_error)?;
+    for (kind, entries) in [("reason", &delta.reasons), ("host", &delta.hosts)] {
+        for (key, n) in entries {
+            upsert.execute(rusqlite::params![tally.run_id, kind, key, n]).map_err(sql_error)?;
+        }
+    }
+    Ok(())
+}
+
+impl EmbeddedRuns {
+    pub(super) fn new(backend: EmbeddedBackend) -> Self {
+        Self { backend }
+    }
+
+    fn insert(&self, start: &RunStart, status: RunStatus, note: Option<&str>) -> Result<bool, BackendError> {
+        let mut inner = self.backend.lock()?;
+        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let policy = serde_json::to_string(&start.policy).map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO runs (run_id, status, scheduled_at, config_digest, started_at, deadline_at, policy, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                rusqlite::params![
+                    start.run_id,
+                    status.as_str(),
+                    start.scheduled_at,
+                    start.config_digest,
+                    start.started_at_ms,
+                    start.deadline_at_ms(),
+                    policy,
+                    note
+                ],
+            )
+            .map_err(sql_error)?;
+        if inserted == 1 && status == RunStatus::Running {
+            let mut shard = tx.prepare_cached("INSERT INTO run_shards (run_id, shard, expected) VALUES (?1, ?2, ?3)").map_err(sql_error)?;
+            for (k, expected) in &start.expected_per_shard {
+                shard.execute(rusqlite::params![start.run_id, k, i64::try_from(*expected).unwrap_or(i64::MAX)]).map_err(sql_error)?;
+            }
+        }
+        tx.commit().map_err(sql_error)?;
+        Ok(inserted == 1)
+    }
+
+    fn with_counts(&self, mut run: RunRecord) -> Result<RunRecord, BackendError> {
+        let inner = self.backend.lock()?;
+        let (expected, succeeded, dead_lettered) = inner
+            .conn
+            .prepare_cached("SELECT COALESCE(SUM(expected), 0), COALESCE(SUM(succeeded), 0), COALESCE(SUM(dead_lettered), 0) FROM run_shards WHERE run_id = ?1")
+            .and_then(|mut s| s.query_row([&run.run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))
+            .map_err(sql_error)?;
+        let counts = &mut run.counts;
+        (counts.expected, counts.succeeded, counts.dead_lettered) = (unsigned(expected), unsigned(succeeded), unsigned(dead_lettered));
+        let mut stmt = inner.conn.prepare_cached("SELECT kind, key, count FROM run_failures WHERE run_id = ?1 AND count > 0").map_err(sql_error)?;
+        let rows = stmt.query_map([&run.run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(sql_error)?;
+        for row in rows {
+            let (kind, key, n) = row.map_err(sql_error)?;
+            let into = if kind == "host" { &mut counts.failures_by_host } else { &mut counts.failures_by_reason };
+            into.insert(key, unsigned(n));
+        }
+        Ok(run)
+    }
+}
+
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[async_trait]
+impl RunLedger for EmbeddedRuns {
+    async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError> {
+        if self.insert(start, RunStatus::Running, None)? {
+            return Ok(Begin::Started);
+        }
+        let existing = self.get(&start.run_id).await?;
+        existing.map(Begin::Existing).ok_or_else(|| BackendError::permanent("sqlite", format!("run {} vanished", start.run_id)))
+    }
+
+    async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
+        self.insert(start, RunStatus::Skipped, Some(reason)).map(|_| ())
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError> {
+        let run = {
+            let inner = self.backend.lock()?;
+            inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1")).and_then(|mut s| s.query_row([run_id], run_row).optional())
+        }
+        .map_err(sql_error)?;
+        run.map(|r| self.with_counts(r)).transpose()
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError> {
+        let runs: Vec<RunRecord> = {
+            let inner = self.backend.lock()?;
+            let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, run_id LIMIT ?1")).map_err(sql_error)?;
+            let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_row).map_err(sql_error)?;
+            rows.collect::<Result<_, _>>().map_err(sql_error)?
+        };
+        runs.into_iter().map(|r| self.with_counts(r)).collect()
+    }
+
+    async fn settled(&self, run_id: &str, _shards: &[u32]) -> Result<Option<RunRecord>, BackendError> {
+        // One file, one writer at a time: the run's own rows say whether it is settled.
+        match self.get(run_id).await? {
+            Some(run) if run.status == RunStatus::Running && run.counts.expected > 0 && run.counts.in_flight() == 0 => Ok(Some(run)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64, _counts: &RunCounts) -> Result<bool, BackendError> {
+        let inner = self.backend.lock()?;
+        let changed = inner
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3 WHERE run_id = ?1 AND status = 'RUNNING'",
+                rusqlite::params![run_id, status.as_str(), finished_at_ms],
+            )
+            .map_err(sql_error)?;
+        Ok(changed == 1)
+    }
+
+    async fn event_sent(&self, run_id: &str) -> Result<(), BackendError> {
+        let inner = self.backend.lock()?;
+        inner.conn.execute("UPDATE runs SET event_sent = 1 WHERE run_id = ?1", [run_id]).map_err(sql_error)?;
+        Ok(())
+    }
+}
