@@ -3,9 +3,11 @@
 //! Meant for emulators (moto) and quick trials; production uses the CDK stack in `infra/`.
 //! Every step is idempotent, so running it twice is harmless.
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
 use aws_sdk_sqs::types::QueueAttributeName;
-use fanout_shared::aws::queue_arn;
+use fanout_shared::aws::{queue_arn, RUNS_INDEX};
 use fanout_shared::BackendError;
 
 use crate::backend::ResourceNames;
@@ -69,18 +71,28 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         .map_err(|e| failed("sns:Subscribe", e))?;
 
     let table_name = format!("{prefix}-idempotency");
+    let attribute = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().map_err(|e| failed("dynamodb:CreateTable", e))
+    };
+    let key =
+        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| failed("dynamodb:CreateTable", e));
+    // The run ledger's sparse index: run items only, newest first by `started_at` (the stack's too).
+    let runs_index = GlobalSecondaryIndex::builder()
+        .index_name(RUNS_INDEX)
+        .key_schema(key("run_index", KeyType::Hash)?)
+        .key_schema(key("started_at", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(|e| failed("dynamodb:CreateTable", e))?;
     let created = dynamodb
         .create_table()
         .table_name(&table_name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("message_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| failed("dynamodb:CreateTable", e))?,
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name("message_id").key_type(KeyType::Hash).build().map_err(|e| failed("dynamodb:CreateTable", e))?)
+        .attribute_definitions(attribute("message_id", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("run_index", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("started_at", ScalarAttributeType::N)?)
+        .key_schema(key("message_id", KeyType::Hash)?)
+        .global_secondary_indexes(runs_index)
         .send()
         .await;
     match created {

@@ -141,6 +141,8 @@ pub fn workload(jobs: usize, seed: u64, call_timeout: Duration) -> Vec<(Fault, S
 /// source drains the queue, then every invariant of issue #8 is asserted. Returns the figures.
 pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &FaultPlan) -> FaultFigures {
     let started = Instant::now();
+    let (pipeline, bus) = crate::RecordingBus::install(pipeline);
+    let pipeline = &pipeline;
     let workload = workload(plan.jobs, plan.seed, plan.call_timeout);
     let paths: Vec<String> = workload.iter().map(|(_, p)| p.clone()).collect();
     let mut config = config_for(&server.base_url(), &paths, Some(plan.rate));
@@ -235,5 +237,39 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
     let died = figures.crashes + figures.timed_out;
     assert!(figures.repeats as u64 <= died, "repeats > invocations that died");
     assert!(figures.extra_dlq_copies as u64 <= died, "extra DLQ copies > invocations that died");
+    check_ledger(pipeline, &bus, &run_id, &figures).await;
     figures
+}
+
+/// The run ledger agrees with where every job is, whatever crashed or was delivered twice, and
+/// the run was announced exactly once (by a consumer, or by the watchdog's sweep when the
+/// consumer that counted the last job died before finishing the run).
+async fn check_ledger(pipeline: &Pipeline, bus: &crate::RecordingBus, run_id: &str, figures: &FaultFigures) {
+    let sweep = fanout_shared::runs::sweep(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout", 20, fanout_shared::now_ms()).await.expect("sweep");
+    let run = pipeline.runs.get(run_id).await.expect("ledger").expect("the run is in the ledger");
+    let dead: usize = figures.dead_lettered.values().sum();
+    let counts = &run.counts;
+    assert_eq!(
+        (counts.expected, counts.succeeded, counts.dead_lettered),
+        (figures.jobs as u64, figures.succeeded as u64, dead as u64),
+        "ledger vs truth (sweep finished {} runs)",
+        sweep.finished.len()
+    );
+    let by_reason: u64 = counts.failures_by_reason.values().sum();
+    let by_host: u64 = counts.failures_by_host.values().sum();
+    assert_eq!((by_reason, by_host), (dead as u64, dead as u64), "{counts:?}");
+    let bad = figures.dead_lettered.get("HTTP 400 Bad Request").copied().unwrap_or(0) as u64;
+    assert_eq!(counts.failures_by_reason.get("HTTP 400").copied().unwrap_or(0), bad, "{counts:?}");
+    assert_eq!(run.status, if dead > 0 { fanout_shared::RunStatus::Failed } else { fanout_shared::RunStatus::Succeeded });
+    let events = bus.events();
+    assert_eq!(events.len(), 1, "one completion event: {events:?}");
+    assert_eq!(events[0].1["succeeded"].as_u64(), Some(figures.succeeded as u64));
+    eprintln!(
+        "ledger: {} succeeded, {} dead-lettered {:?}, {} (finished by the sweep: {})",
+        counts.succeeded,
+        counts.dead_lettered,
+        counts.failures_by_reason,
+        run.status.as_str(),
+        sweep.finished.len()
+    );
 }

@@ -149,3 +149,33 @@ pub fn fanout_bin() -> std::path::PathBuf {
     assert!(bin.exists(), "{} is missing: build it with `cargo build --bins`", bin.display());
     bin
 }
+
+/// An event bus that records every event it is given (and passes nothing on): tests count
+/// completion events with it.
+#[derive(Default)]
+pub struct RecordingBus {
+    events: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
+}
+
+impl RecordingBus {
+    /// `pipeline` with its events going to a new recording bus, and that bus.
+    pub fn install(pipeline: &Pipeline) -> (Pipeline, std::sync::Arc<RecordingBus>) {
+        let bus = std::sync::Arc::new(RecordingBus::default());
+        (Pipeline { events: bus.clone(), ..pipeline.clone() }, bus)
+    }
+
+    /// Every event so far: detail-type and detail.
+    pub fn events(&self) -> Vec<(String, serde_json::Value)> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl fanout_shared::EventBus for RecordingBus {
+    async fn put(&self, detail_type: &str, detail: &serde_json::Value) -> Result<(), fanout_shared::BackendError> {
+        if let Ok(mut events) = self.events.lock() {
+            events.push((detail_type.to_owned(), detail.clone()));
+        }
+        Ok(())
+    }
+}

@@ -12,8 +12,8 @@ use fanout::run;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
 use fanout_shared::target_server::TargetServer;
-use fanout_shared::JobMessage;
-use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options};
+use fanout_shared::{JobMessage, RunStatus};
+use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options, RecordingBus};
 
 fn replay_options(filter: DlqFilter, max: Option<usize>, dry_run: bool) -> ReplayOptions {
     ReplayOptions { filter, max, rate: None, dry_run, wait: false, hold: Duration::from_secs(30), poll_wait: Duration::ZERO }
@@ -37,9 +37,10 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
     let server = TargetServer::start().await.unwrap();
     let paths: Vec<String> = (0..60).map(|i| if i < 50 { format!("broken/{i}") } else { format!("ok/{i}") }).collect();
     let config = config_for(&server.base_url(), &paths, None);
-    let pipeline = embedded_pipeline(3, Duplicates::default());
+    let (pipeline, bus) = RecordingBus::install(&embedded_pipeline(3, Duplicates::default()));
     let (summary, _) = run::run(&config, &pipeline, "replay-run", &fast_options(4)).await.unwrap();
-    assert_eq!((summary.succeeded, summary.dead_lettered, summary.lost), (10, 50, 0));
+    assert_eq!((summary.status, summary.succeeded, summary.dead_lettered, summary.lost), (RunStatus::Failed, 10, 50, 0));
+    assert_eq!(bus.events().len(), 1);
 
     // The listing joins each message with its record and consumes nothing.
     let listed = dlq::list(pipeline.dlq.as_ref(), pipeline.store.as_ref(), &DlqFilter::default(), Duration::ZERO).await.unwrap();
@@ -64,6 +65,13 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
     for i in 0..50 {
         assert_eq!(calls_to(&server, &format!("/broken/{i}")), 2, "job {i}: the 400, then one successful replay");
     }
+    // The ledger moves each replayed job from dead-lettered to succeeded; the verdict and the
+    // completion event stay those of the run's end.
+    let ledger = || async { pipeline.runs.get("replay-run").await.unwrap().unwrap() };
+    let replayed = ledger().await;
+    assert_eq!((replayed.counts.succeeded, replayed.counts.dead_lettered, replayed.status), (60, 0, RunStatus::Failed));
+    assert!(replayed.counts.failures_by_reason.is_empty() && replayed.counts.failures_by_host.is_empty(), "{:?}", replayed.counts);
+    assert_eq!(bus.events().len(), 1);
 
     // Replaying again finds nothing; replaying the same messages again (a second copy of every
     // replayed message, as a duplicate move would make) calls nothing.
@@ -75,6 +83,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
     assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 50.0);
     let stats = server.stats();
     assert_eq!((stats.effects, stats.repeat_successes, stats.calls), (60, 0, 110), "50 × 400, 50 replays, 10 ok");
+    assert_eq!(ledger().await.counts, replayed.counts, "duplicates of replayed jobs count nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +178,17 @@ fn replay_killed_half_way_loses_nothing_and_calls_nothing_twice() {
     assert_eq!((stats.effects, stats.repeat_successes), (50, 0), "every job succeeded once: {stats:?}");
     let empty = fanout(&["dlq", "list", "--json"]).output().unwrap();
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&empty.stdout).unwrap().len(), 0);
+    // The ledger, through `fanout runs`: every job counted once, as succeeded, kill or not.
+    let shown = fanout(&["runs", "show", "kill-replay", "--json"]).output().unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!((shown["expected"].as_u64(), shown["succeeded"].as_u64(), shown["dead_lettered"].as_u64()), (Some(50), Some(50), Some(0)), "{shown}");
+    assert_eq!(shown["status"], "FAILED", "the verdict at the run's end: {shown}");
+    let listed = fanout(&["runs", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("kill-replay") && l.contains("FAILED")), "{text}");
+    let missing = fanout(&["runs", "show", "no-such-run"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2), "an unknown run is bad input");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,7 +147,8 @@ impl RunLedger for EmbeddedRuns {
     async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError> {
         let runs: Vec<RunRecord> = {
             let inner = self.backend.lock()?;
-            let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, run_id LIMIT ?1")).map_err(sql_error)?;
+            let mut stmt =
+                inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1")).map_err(sql_error)?;
             let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_row).map_err(sql_error)?;
             rows.collect::<Result<_, _>>().map_err(sql_error)?
         };
