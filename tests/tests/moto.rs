@@ -13,6 +13,7 @@ use fanout_consumer::{Consumer, Settings};
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
 use fanout_shared::runs::Tally;
 use fanout_shared::target_server::TargetServer;
+use fanout_shared::RunLedger as _;
 use fanout_shared::{JobMessage, Queue};
 use fanout_tests::fault::{run_faults, FaultPlan};
 use fanout_tests::{config_file, config_file_at, config_for, fanout_bin, fast_options, Moto};
@@ -109,12 +110,15 @@ async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_d
     let (summary, _) = run::run(&config, &pipeline, "retry-run", &options).await.unwrap();
     assert_eq!(summary.lost, 0, "{summary:?}");
     assert_eq!(summary.succeeded, 2, "the ok job and the one that failed once");
-    let given_up = "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error";
-    assert_eq!(summary.dead_lettered_by_reason.get(given_up), Some(&1), "{summary:?}");
-    assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400 Bad Request"), Some(&1), "{summary:?}");
+    // The ledger in DynamoDB counts reason classes; the DLQ keeps each whole reason.
+    assert_eq!(summary.dead_lettered_by_reason.get("retries exhausted (HTTP 500)"), Some(&1), "{summary:?}");
+    assert_eq!(summary.dead_lettered_by_reason.get("HTTP 400"), Some(&1), "{summary:?}");
+    assert_eq!(summary.status, fanout_shared::RunStatus::Failed, "2 dead-lettered, none tolerated");
     let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::from_secs(1)).await.unwrap();
-    let bad = dlq.iter().find(|m| m.attributes.contains_key(ATTR_FAILURE_REASON)).unwrap();
+    let bad = dlq.iter().find(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some_and(|r| r == "HTTP 400 Bad Request")).unwrap();
     assert_eq!(bad.attributes[ATTR_STATUS_CODE], "400");
+    let given_up = "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error";
+    assert!(dlq.iter().any(|m| m.attributes.get(ATTR_FAILURE_REASON).is_some_and(|r| r == given_up)));
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/bad")).count(), 1, "a permanent failure is called once");
     assert_eq!(server.records().iter().filter(|r| r.path.starts_with("/flaky/always")).count(), 3, "max_attempts calls");
 }
@@ -143,9 +147,14 @@ fn fanout_run_backend_aws_settles_200_jobs() {
 
 /// `fanout --backend aws ARGS` against `moto` with the provisioned `exports`: its JSON output.
 fn fanout_aws(moto: &Moto, exports: &[(String, String)], args: &[&str]) -> serde_json::Value {
+    fanout_aws_exit(moto, exports, args, 0)
+}
+
+/// [`fanout_aws`] of a command that must exit with `code`.
+fn fanout_aws_exit(moto: &Moto, exports: &[(String, String)], args: &[&str], code: i32) -> serde_json::Value {
     let output =
         std::process::Command::new(fanout_bin()).envs(moto.env()).envs(exports.iter().cloned()).arg("--backend").arg("aws").args(args).output().unwrap();
-    assert!(output.status.success(), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(code), "fanout {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -173,8 +182,14 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     let config = config_path.to_str().unwrap();
 
     // moto serves one request at a time: give invocations time, so none is cut off mid-batch.
-    let run = fanout(&["run", "--run-id", "dlq-run", "--json", "--function-timeout", "20", "--visibility-timeout", "25", "--config", config]);
-    assert_eq!((run["dead_lettered"].as_u64(), run["lost"].as_u64()), (Some(50), Some(0)), "{run}");
+    // 50 dead-lettered, none tolerated: the run FAILED (exit 3).
+    let run = fanout_aws_exit(
+        &moto,
+        &exports,
+        &["run", "--run-id", "dlq-run", "--json", "--function-timeout", "20", "--visibility-timeout", "25", "--config", config],
+        3,
+    );
+    assert_eq!((run["dead_lettered"].as_u64(), run["lost"].as_u64(), run["status"].as_str()), (Some(50), Some(0), Some("FAILED")), "{run}");
     let listed = fanout(&["dlq", "list", "--json"]);
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 50, "{run}");
@@ -202,6 +217,16 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
     let calls = |path: &str| server.records().iter().filter(|r| r.path == path).count();
     assert_eq!(calls("/broken/7"), 3, "400, 400 on the early replay, then 200");
     assert_eq!(calls("/broken/8"), 2, "400, then 200");
+    // The ledger in DynamoDB moved each replayed job to succeeded, t7 once despite two replays.
+    let shown = fanout(&["runs", "show", "dlq-run", "--json"]);
+    assert_eq!((shown["expected"].as_u64(), shown["succeeded"].as_u64(), shown["dead_lettered"].as_u64()), (Some(50), Some(50), Some(0)), "{shown}");
+    assert_eq!((shown["status"].as_str(), shown["event_sent"].as_bool()), (Some("FAILED"), Some(true)), "{shown}");
+    let listed = fanout(&["runs", "list", "--json"]);
+    assert_eq!(
+        listed.as_array().map(|l| l.iter().map(|r| r["run_id"].clone()).collect::<Vec<_>>()),
+        Some(vec![serde_json::json!("dlq-run")]),
+        "the runs index lists it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,11 +328,24 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
     let store = DynamoDbStore::new(client, &resources.table_name);
     let claim = |now_ms| Claim { message_id: "m1", run_id: "r", target_id: "t", now_ms, lock_until_ms: now_ms + 30_000, expiration_s: 0, replay_of: None };
 
-    // A job: acquire, call, complete.
+    // A job: acquire, call, complete (the transition and its count in the run's ledger, one
+    // transaction).
     let now = fanout_shared::now_ms();
+    let ledger = fanout_shared::aws::DynamoDbRuns::new(aws_sdk_dynamodb::Client::new(&sdk), &resources.table_name);
+    let ids = ["m1", "m2"].map(String::from).into_iter();
+    let start = fanout_producer::ledger::run_start(&fanout_shared::PipelineConfig::default(), "r", None, ids);
+    ledger.begin(&start).await.unwrap();
+    let tally = Tally { run_id: "r", host: "h", reason: None, undo: None };
     assert!(matches!(store.acquire(&claim(now)).await.unwrap(), Acquire::Acquired { attempt: 1, .. }));
-    store.complete("m1", 1, 200, 0, &Tally { run_id: "r", host: "h", reason: None, undo: None }).await.unwrap();
-    assert_eq!(calls.take(), ["UpdateItem", "UpdateItem"]);
+    store.complete("m1", 1, 200, 0, &tally).await.unwrap();
+    assert_eq!(calls.take(), ["UpdateItem", "TransactWriteItems"]);
+    assert_eq!(ledger.get("r").await.unwrap().unwrap().counts.succeeded, 1);
+    // A job of a run without a ledger (published before it had one): the transaction is
+    // refused on the missing shard and the plain transition follows.
+    let orphan = Claim { message_id: "m9", run_id: "old", ..claim(now) };
+    store.acquire(&orphan).await.unwrap();
+    store.complete("m9", 1, 200, 0, &Tally { run_id: "old", ..tally.clone() }).await.unwrap();
+    assert_eq!(calls.take(), ["UpdateItem", "TransactWriteItems", "UpdateItem"]);
 
     // A duplicate delivery: the failed condition brings the item back, no GetItem after it
     // (two calls before ReturnValuesOnConditionCheckFailure).
@@ -315,9 +353,56 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
     assert_eq!(calls.take(), ["UpdateItem"]);
 
     // A copy while another consumer holds the lock: the same single call.
-    let held = Claim { message_id: "m2", ..claim(now) };
+    let held = Claim { message_id: "m3", ..claim(now) };
     store.acquire(&held).await.unwrap();
     calls.take();
-    assert!(matches!(store.acquire(&Claim { message_id: "m2", ..claim(now + 1) }).await.unwrap(), Acquire::Locked { .. }));
+    assert!(matches!(store.acquire(&Claim { message_id: "m3", ..claim(now + 1) }).await.unwrap(), Acquire::Locked { .. }));
     assert_eq!(calls.take(), ["UpdateItem"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridge_event() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let resources = provision(&sdk, "race", 5, 30).await.unwrap();
+    let pipeline = aws_with(&sdk, &resources);
+    // The completion events land in a queue through an EventBridge rule, as a subscriber's would.
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let inbox = sqs.create_queue().queue_name("run-events").send().await.unwrap().queue_url().unwrap().to_owned();
+    let inbox_arn = fanout_shared::aws::queue_arn(&sqs, &inbox).await.unwrap();
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    let pattern = serde_json::json!({"source": ["fanout"], "detail-type": ["Run Succeeded", "Run Failed"]});
+    events.put_rule().name("runs").event_pattern(pattern.to_string()).send().await.unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder().id("inbox").arn(inbox_arn).build().unwrap();
+    events.put_targets().rule("runs").targets(target).send().await.unwrap();
+
+    let server = TargetServer::start().await.unwrap();
+    let paths: Vec<String> = (0..8).map(|i| format!("ok/{i}")).collect();
+    let config = config_for(&server.base_url(), &paths, None);
+    let consumers = run::consumers(&config, &pipeline, &fast_options(4)).unwrap();
+    for round in 0..3 {
+        let run_id = format!("race-{round}");
+        run::produce_tick(&config, &pipeline, &run_id).await.unwrap();
+        let mut messages = Vec::new();
+        while messages.len() < 8 {
+            messages.extend(pipeline.queue.receive(10, Duration::from_secs(60), Duration::from_secs(1)).await.unwrap());
+        }
+        // Four consumers settle two jobs each at the same moment: every one of them may be the
+        // one that settles the run's last job.
+        let batches: Vec<_> = messages.chunks(2).zip(&consumers).map(|(batch, c)| c.handle_batch(to_event("q", batch.to_vec()), in_seconds(20))).collect();
+        let reports = futures_util::future::join_all(batches).await;
+        let finished: usize = reports.iter().map(|r| r.finished_runs.len()).sum();
+        assert_eq!(finished, 1, "{run_id}: exactly one consumer finished the run");
+        let run = pipeline.runs.get(&run_id).await.unwrap().unwrap();
+        assert_eq!((run.status, run.counts.succeeded, run.event_sent), (fanout_shared::RunStatus::Succeeded, 8, true));
+    }
+    let mut received = Vec::new();
+    for _ in 0..5 {
+        let output = sqs.receive_message().queue_url(&inbox).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
+        received.extend(output.messages().iter().filter_map(|m| serde_json::from_str::<serde_json::Value>(m.body()?).ok()));
+    }
+    let mut runs: Vec<&str> = received.iter().filter_map(|e| e["detail"]["run_id"].as_str()).collect();
+    runs.sort_unstable();
+    assert_eq!(runs, ["race-0", "race-1", "race-2"], "one event per run: {received:?}");
+    assert!(received.iter().all(|e| e["detail-type"] == "Run Succeeded" && e["source"] == "fanout" && e["detail"]["succeeded"] == 8), "{received:?}");
 }
