@@ -46,6 +46,11 @@ pub struct TriggerArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run the watchdog now instead of a tick (`{"watchdog": true}`, as its 5-minute rule
+    /// does): finishes settled runs whose finisher died, puts missed completion events, reports
+    /// overdue runs.
+    #[arg(long, conflicts_with_all = ["time", "run_id", "wait"])]
+    pub watchdog: bool,
 }
 
 /// Why a trigger failed.
@@ -116,6 +121,12 @@ pub fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
 
 /// Invokes `function` synchronously with `event` and returns its tick summary.
 pub async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<ProducerAnswer, TriggerError> {
+    let answer = invoke(sdk, function, event).await?;
+    serde_json::from_str(&answer).map_err(|e| TriggerError::Answer { function: function.to_owned(), answer, reason: e.to_string() })
+}
+
+/// Invokes `function` synchronously with `event`: its answer, as text.
+async fn invoke(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<String, TriggerError> {
     let client = aws_sdk_lambda::Client::new(sdk);
     let payload = Blob::new(event.to_string().into_bytes());
     let out = client
@@ -133,7 +144,7 @@ pub async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event:
             .unwrap_or_else(|| answer.clone());
         return Err(TriggerError::Function { function: function.to_owned(), message: format!("{kind}: {message}") });
     }
-    serde_json::from_str(&answer).map_err(|e| TriggerError::Answer { function: function.to_owned(), answer, reason: e.to_string() })
+    Ok(answer)
 }
 
 /// Where a tick's jobs ended up after `--wait`.
@@ -219,6 +230,16 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let sdk = fanout_shared::aws::load_sdk_config().await;
     let outputs = StackOutputs::describe(&sdk, stack).await?;
     let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
+    if args.watchdog {
+        let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await.map_err(|e| Failure::Other(e.to_string()))?;
+        let answer: Value = serde_json::from_str(&answer).map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
+        if args.json {
+            println!("{answer}");
+        } else {
+            println!("watchdog: finished {} runs, put {} completion events, {} runs overdue", answer["finished"], answer["events_sent"], answer["overdue"]);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let event = event_for(args, &rule).map_err(Failure::BadInput)?;
     let started = Instant::now();
     let answer = invoke_producer(&sdk, &function, &event).await.map_err(|e| Failure::Other(e.to_string()))?;
@@ -304,6 +325,7 @@ mod tests {
             config: None,
             timeout: 1.0,
             json: false,
+            watchdog: false,
         };
         let rule = "arn:aws:events:us-east-1:000000000000:rule/r";
         assert_eq!(event_for(&args(None, Some("backfill-1")), rule).unwrap(), json!({"run_id": "backfill-1"}));

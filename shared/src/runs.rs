@@ -265,7 +265,7 @@ pub enum Begin {
     /// The run was created.
     Started,
     /// The run already existed (a second producer of the same tick); nothing was changed.
-    Existing(RunRecord),
+    Existing(Box<RunRecord>),
 }
 
 /// What one terminal transition of a job adds to its run: written by the idempotency store in

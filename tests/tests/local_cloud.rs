@@ -81,6 +81,67 @@ fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value
     answer
 }
 
+/// The run as `fanout runs show` gives it, once it has finished. The consumer that counts a
+/// run's last job finishes it right after its batch; when that invocation is killed first (this
+/// stack works until the very deadline, and tick 2 has calls that outlive it), the deployed
+/// watchdog finishes it: its rule fires every 5 minutes, `fanout trigger --watchdog` now.
+async fn finished_run(cloud: &LocalCloud, run_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let run = cloud.fanout_json(&["--stack", STACK, "runs", "show", run_id]);
+        if run["status"] != "RUNNING" && run["event_sent"] == true {
+            println!("run {run_id}: finished by the consumer");
+            return run;
+        }
+        if Instant::now() >= deadline {
+            assert_eq!(run["succeeded"].as_u64().zip(run["dead_lettered"].as_u64()).map(|(s, d)| s + d), run["expected"].as_u64(), "every job counted: {run}");
+            let sweep = cloud.fanout_json(&["--stack", STACK, "trigger", "--watchdog"]);
+            assert_eq!((sweep["finished"].as_u64(), sweep["events_sent"].as_u64()), (Some(1), Some(1)), "the watchdog finished it: {sweep}");
+            let run = cloud.fanout_json(&["--stack", STACK, "runs", "show", run_id]);
+            assert!(run["status"] != "RUNNING" && run["event_sent"] == true, "{run}");
+            println!("run {run_id}: finished by the watchdog (its last consumer invocation was killed)");
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// An SQS queue subscribed to the stack's run notifications topic: what an operator's email or
+/// chat subscription would receive.
+struct Inbox {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl Inbox {
+    async fn subscribe(sdk: &aws_config::SdkConfig, stack: &str) -> Self {
+        let topic = StackOutputs::describe(sdk, stack).await.expect("outputs").outputs["RunNotificationsTopicArn"].clone();
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let url = sqs.create_queue().queue_name("run-notifications-inbox").send().await.expect("CreateQueue").queue_url().unwrap_or_default().to_owned();
+        let arn = fanout_shared::aws::queue_arn(&sqs, &url).await.expect("queue ARN");
+        let sns = aws_sdk_sns::Client::new(sdk);
+        sns.subscribe().topic_arn(topic).protocol("sqs").endpoint(arn).attributes("RawMessageDelivery", "true").send().await.expect("Subscribe");
+        Self { sqs, url }
+    }
+
+    /// The next event, as EventBridge delivered it, within `limit`.
+    async fn next_within(&self, limit: Duration) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let output = self.sqs.receive_message().queue_url(&self.url).wait_time_seconds(1).send().await.ok()?;
+            if let Some(message) = output.messages().first() {
+                let _ = self.sqs.delete_message().queue_url(&self.url).receipt_handle(message.receipt_handle().unwrap_or_default()).send().await;
+                return serde_json::from_str(message.body().unwrap_or_default()).ok();
+            }
+        }
+        None
+    }
+
+    async fn next(&self, limit: Duration) -> Value {
+        self.next_within(limit).await.unwrap_or_else(|| panic!("no run notification within {limit:?}"))
+    }
+}
+
 fn dlq_list(cloud: &LocalCloud) -> Vec<Value> {
     cloud.fanout_json(&["--stack", STACK, "dlq", "list"]).as_array().cloned().unwrap_or_default()
 }
@@ -131,6 +192,7 @@ async fn the_real_stack_on_this_machine() {
     let ttl = aws_sdk_dynamodb::Client::new(&sdk).describe_time_to_live().table_name(&table).send().await.expect("DescribeTimeToLive");
     let ttl = ttl.time_to_live_description().expect("TTL description");
     assert_eq!(ttl.attribute_name(), Some("expiration"), "{ttl:?}");
+    let inbox = Inbox::subscribe(&sdk, STACK).await;
 
     // Tick 1: every good job called once by the consumer Lambda, every broken one dead-lettered
     // with its reason after one call.
@@ -152,6 +214,21 @@ async fn the_real_stack_on_this_machine() {
         assert_eq!(entry["run_id"], run1.as_str());
         assert!(entry["reason"].as_str().unwrap_or_default().contains("400"), "the reason names the 400: {entry}");
     }
+    // The consumer Lambda that settled the last job finished the run (5 dead-lettered, none
+    // tolerated: FAILED) and put one event, which the stack's rule routed to its topic.
+    let ledger1 = finished_run(&cloud, &run1).await;
+    assert_eq!(
+        (ledger1["status"].as_str(), ledger1["expected"].as_u64(), ledger1["succeeded"].as_u64(), ledger1["dead_lettered"].as_u64()),
+        (Some("FAILED"), Some(45), Some(40), Some(5)),
+        "{ledger1}"
+    );
+    assert_eq!(ledger1["failures_by_reason"]["HTTP 400"], 5, "{ledger1}");
+    let event1 = inbox.next(Duration::from_secs(30)).await;
+    assert_eq!(
+        (event1["detail-type"].as_str(), event1["detail"]["run_id"].as_str(), event1["detail"]["pipeline"].as_str()),
+        (Some("Run Failed"), Some(run1.as_str()), Some(STACK)),
+        "{event1}"
+    );
 
     // The operator fixes the target and replays: the consumer Lambda runs each job once more.
     server.fix();
@@ -171,6 +248,8 @@ async fn the_real_stack_on_this_machine() {
         assert_eq!(seen[0].idempotency_key, seen[1].idempotency_key, "the replay is the same job");
     }
     assert!(dlq_list(&cloud).is_empty(), "the DLQ is empty after the replay");
+    let replayed = cloud.fanout_json(&["--stack", STACK, "runs", "show", &run1]);
+    assert_eq!((replayed["succeeded"].as_u64(), replayed["dead_lettered"].as_u64()), (Some(45), Some(0)), "the replayed jobs count as succeeded: {replayed}");
 
     // Poison published straight to the topic: dead-lettered with a reason, never called.
     let topic = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TopicArn"].clone();
@@ -222,6 +301,19 @@ async fn the_real_stack_on_this_machine() {
         let path = path.split('?').next().unwrap_or_default();
         assert_eq!(new_calls(path), 2, "{path}: the failed first call, then one retry");
     }
+    let run2 = tick2["run_id"].as_str().expect("run_id").to_owned();
+    let ledger2 = finished_run(&cloud, &run2).await;
+    assert_eq!(
+        (ledger2["status"].as_str(), ledger2["succeeded"].as_u64(), ledger2["dead_lettered"].as_u64()),
+        (Some("SUCCEEDED"), Some(44), Some(0)),
+        "{ledger2}"
+    );
+    let event2 = inbox.next(Duration::from_secs(30)).await;
+    assert_eq!((event2["detail-type"].as_str(), event2["detail"]["run_id"].as_str()), (Some("Run Succeeded"), Some(run2.as_str())), "{event2}");
+    assert!(inbox.next_within(Duration::from_secs(2)).await.is_none(), "one event per run");
+    let listed = cloud.fanout_json(&["--stack", STACK, "runs", "list"]);
+    let listed: Vec<&str> = listed.as_array().map(|l| l.iter().filter_map(|r| r["run_id"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(listed, [run2.as_str(), run1.as_str()], "newest first");
     let timeouts = cloud.log().matches(&format!("Task timed out after {CONSUMER_TIMEOUT_S}.00 seconds")).count();
     assert!(timeouts >= 1, "a consumer invocation ran into its function timeout (emulator log)");
     println!("consumer invocations that hit the function timeout: {timeouts}");

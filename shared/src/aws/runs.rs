@@ -272,7 +272,7 @@ impl RunLedger for DynamoDbRuns {
             return Ok(Begin::Started);
         }
         let existing = self.get(&start.run_id).await?;
-        existing.map(Begin::Existing).ok_or_else(|| BackendError::transient("dynamodb", format!("run {} exists in part", start.run_id)))
+        existing.map(|r| Begin::Existing(Box::new(r))).ok_or_else(|| BackendError::transient("dynamodb", format!("run {} exists in part", start.run_id)))
     }
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {

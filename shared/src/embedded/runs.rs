@@ -128,7 +128,7 @@ impl RunLedger for EmbeddedRuns {
             return Ok(Begin::Started);
         }
         let existing = self.get(&start.run_id).await?;
-        existing.map(Begin::Existing).ok_or_else(|| BackendError::permanent("sqlite", format!("run {} vanished", start.run_id)))
+        existing.map(|r| Begin::Existing(Box::new(r))).ok_or_else(|| BackendError::permanent("sqlite", format!("run {} vanished", start.run_id)))
     }
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
