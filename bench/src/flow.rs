@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fanout::run::RunOptions;
 use fanout_shared::config::RateLimit;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 
 use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded};

@@ -181,7 +181,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::ColdStart { runs, paths } => print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?]),
         Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
         Command::Target => {
-            let server = fanout_shared::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
+            let server = fanout_testkit::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
             println!("{}", server.base_url());
             tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
             let stats = server.stats();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use fanout_consumer::{Consumer, Settings};
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 
 use crate::measure::{cpu_seconds, max_rss_kb, run_child, this_exe, ProcessStats};
 use crate::report::{list, median, Figure, Section};

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use fanout_shared::config::HostLimit;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 
 use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded, ok_targets};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fanout_shared::job::message_id;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 
 use crate::measure::{cpu_seconds, max_rss_kb, run_child, this_exe, ProcessStats};
 use crate::report::{list, median, Figure, Section};

@@ -26,7 +26,6 @@ pub fn cli_options(concurrency: usize) -> RunOptions {
             function_timeout: Duration::from_secs(3),
             poll_wait: Duration::from_millis(100),
             timeout: Duration::from_secs(300),
-            crash: None,
         },
         rate_override: None,
         quiet: true,

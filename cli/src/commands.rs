@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fanout_shared::config::check_rate;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_testkit::target_server::TargetServer;
 
 pub use crate::args::*;
 use crate::backend::{self, EmbeddedSettings, Pipeline};
@@ -132,7 +132,6 @@ fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
             function_timeout: seconds("function-timeout", local.function_timeout)?,
             poll_wait: poll_wait(backend),
             timeout: seconds("timeout", local.timeout)?,
-            crash: None,
         },
         rate_override: local.rate,
         quiet: local.json,

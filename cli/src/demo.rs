@@ -1,6 +1,6 @@
 //! The `--demo` workload: a config of targets on the local target server with a realistic mix.
 
-use fanout_shared::config::{PipelineConfig, RateLimit, Target};
+use fanout_shared::config::{PipelineConfig, RateLimit};
 use fanout_shared::runs::RunPolicy;
 
 /// Targets in the demo.
@@ -12,18 +12,16 @@ pub const DEMO_RATE: f64 = 250.0;
 /// retry, a few 429s with `Retry-After`, a few permanent 400s (3%, within the run's 5% of
 /// tolerated failures, so the demo run SUCCEEDS). Deterministic by index.
 pub fn demo_config(base_url: &str) -> PipelineConfig {
-    let targets = (0..DEMO_TARGETS)
-        .map(|i| {
-            let path = match i % 100 {
-                0..=79 => format!("ok/{i}"),
-                80..=89 => format!("slow/{i}?ms=300"),
-                90..=93 => format!("flaky/{i}?fail=1"),
-                94..=96 => format!("limited/{i}?fail=1&retry_after=1"),
-                _ => format!("bad/{i}"),
-            };
-            Target { id: format!("demo-{i}"), url: format!("{base_url}/{path}"), method: None, headers: Default::default(), body: None, timeout_ms: None }
+    let paths: Vec<String> = (0..DEMO_TARGETS)
+        .map(|i| match i % 100 {
+            0..=79 => format!("ok/{i}"),
+            80..=89 => format!("slow/{i}?ms=300"),
+            90..=93 => format!("flaky/{i}?fail=1"),
+            94..=96 => format!("limited/{i}?fail=1&retry_after=1"),
+            _ => format!("bad/{i}"),
         })
         .collect();
+    let targets = fanout_testkit::targets(base_url, paths.iter().enumerate().map(|(i, p)| (format!("demo-{i}"), p.as_str())), None);
     PipelineConfig {
         rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }),
         allow_private_networks: true,

@@ -31,33 +31,26 @@ pub struct EventSourceOptions {
     pub poll_wait: Duration,
     /// Give up after this long, drained or not.
     pub timeout: Duration,
-    /// Chaos knob for fault-injection tests: some invocations die before answering.
-    /// `None` in normal use.
-    pub crash: Option<CrashInjection>,
 }
 
-/// Makes a seeded fraction of invocations crash: the handler's future is dropped at an instant
-/// drawn uniformly in `[0, within)` after the invocation starts (mid-batch: some records called,
-/// maybe one between its call and its recorded outcome), and the event source deletes nothing,
-/// as when a Lambda instance dies before returning its response. A handler that finishes before
-/// that instant has its response dropped all the same. The instance (its rate limiter) lives
-/// on; the dead invocation's idempotency locks lapse at its deadline.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CrashInjection {
-    /// Fraction of invocations that crash, 0..=1.
-    pub rate: f64,
-    /// Crashes hit within this long of the invocation's start.
-    pub within: Duration,
-    /// Seed of the draws: invocation number N crashes (or not) at the same instant in every run.
-    pub seed: u64,
+/// Where an invocation may die before it answers: the event source's seam for fault injection.
+/// A drain has none ([`drain`]); the fault-injection tests pass a seeded crash plan
+/// ([`drain_with_faults`]). A dead invocation's handler future is dropped at that instant
+/// (mid-batch: some records called, maybe one between its call and its recorded outcome) and
+/// the event source deletes nothing, as when a Lambda instance dies before returning its
+/// response. The instance (its rate limiter) lives on; its idempotency locks lapse at the
+/// invocation's deadline.
+pub trait InvocationFaults: Send + Sync {
+    /// When invocation number `n` (from 1) dies, counted from its start, if it does.
+    fn dies_at(&self, n: u64) -> Option<Duration>;
 }
 
-impl CrashInjection {
-    /// When invocation number `n` crashes, if it does.
-    fn crash_at(&self, n: u64) -> Option<Duration> {
-        // One generator per invocation number, so concurrent workers do not reorder the draws.
-        let mut rng = fastrand::Rng::with_seed(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        (rng.f64() < self.rate).then(|| self.within.mul_f64(rng.f64()))
+/// No faults: every invocation runs to its answer or its function timeout.
+struct NoFaults;
+
+impl InvocationFaults for NoFaults {
+    fn dies_at(&self, _: u64) -> Option<Duration> {
+        None
     }
 }
 
@@ -70,7 +63,7 @@ pub struct DrainOutcome {
     pub invocations: u64,
     /// Invocations cut off at the function timeout.
     pub timed_out: u64,
-    /// Invocations killed by [`CrashInjection`].
+    /// Invocations that died ([`InvocationFaults`]).
     pub crashed: u64,
     /// Whether the queue was drained (false: the timeout came first).
     pub drained: bool,
@@ -86,13 +79,24 @@ pub async fn drain(
     options: &EventSourceOptions,
     progress: &(dyn Fn(&MetricSet) + Send + Sync + '_),
 ) -> Result<DrainOutcome, BackendError> {
+    drain_with_faults(queue, consumers, options, progress, Arc::new(NoFaults)).await
+}
+
+/// [`drain`] with invocations that die where `faults` says.
+pub async fn drain_with_faults(
+    queue: Arc<dyn Queue>,
+    consumers: Vec<Arc<Consumer>>,
+    options: &EventSourceOptions,
+    progress: &(dyn Fn(&MetricSet) + Send + Sync + '_),
+    faults: Arc<dyn InvocationFaults>,
+) -> Result<DrainOutcome, BackendError> {
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let outcome = Arc::new(Mutex::new(DrainOutcome::default()));
     let mut workers = tokio::task::JoinSet::new();
     for consumer in consumers.into_iter().take(options.concurrency.max(1)) {
-        let (queue, done, outcome, options) = (queue.clone(), done.clone(), outcome.clone(), options.clone());
-        workers.spawn(async move { worker(queue, consumer, &options, &done, &outcome, started).await });
+        let (queue, done, outcome, options, faults) = (queue.clone(), done.clone(), outcome.clone(), options.clone(), faults.clone());
+        workers.spawn(async move { worker(queue, consumer, &options, faults.as_ref(), &done, &outcome, started).await });
     }
     // Progress is reported from here so the callback needs no 'static bound.
     let mut first_error = None;
@@ -121,6 +125,7 @@ async fn worker(
     queue: Arc<dyn Queue>,
     consumer: Arc<Consumer>,
     options: &EventSourceOptions,
+    faults: &dyn InvocationFaults,
     done: &AtomicBool,
     outcome: &Mutex<DrainOutcome>,
     started: Instant,
@@ -140,7 +145,7 @@ async fn worker(
             }
             continue;
         }
-        invoke(&queue, &consumer, messages, options, outcome).await?;
+        invoke(&queue, &consumer, messages, options, faults, outcome).await?;
     }
     Ok(())
 }
@@ -153,6 +158,7 @@ async fn invoke(
     consumer: &Consumer,
     messages: Vec<QueueMessage>,
     options: &EventSourceOptions,
+    faults: &dyn InvocationFaults,
     outcome: &Mutex<DrainOutcome>,
 ) -> Result<(), BackendError> {
     let receipts: HashMap<String, String> = messages.iter().map(|m| (m.message_id.clone(), m.receipt_handle.clone())).collect();
@@ -163,7 +169,7 @@ async fn invoke(
         o.invocations += 1;
         o.invocations
     };
-    let crash_at = options.crash.and_then(|c| c.crash_at(number));
+    let crash_at = faults.dies_at(number);
     let handler = consumer.handle_batch(event, deadline_ms);
     let result = tokio::time::timeout(crash_at.unwrap_or(options.function_timeout).min(options.function_timeout), handler).await;
     let to_delete: Vec<String> = {

@@ -7,6 +7,7 @@
 //! moved messages) is not given back.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use fanout_shared::{BackendError, Queue, QueueMessage};
@@ -62,23 +63,38 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Reads up to `max` messages of `queue` without consuming them.
-pub async fn peek_all(queue: &dyn Queue, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
-    let mut pass = Pass::new(queue, Duration::from_secs(120), wait);
-    let mut seen = Vec::new();
+/// The one skeleton of every pass (`peek_all`, `dlq list`, `dlq replay`): `visit` gets each new
+/// batch (and the pass, to delete what it consumes) until the queue has nothing new or `visit`
+/// breaks; then every message not deleted is given back, also when a receive or `visit` failed
+/// half way.
+pub async fn pass_over(
+    queue: &dyn Queue,
+    hold: Duration,
+    wait: Duration,
+    mut visit: impl AsyncFnMut(&mut Pass<'_>, Vec<QueueMessage>) -> Result<ControlFlow<()>, BackendError>,
+) -> Result<(), BackendError> {
+    let mut pass = Pass::new(queue, hold, wait);
     let result = async {
-        while seen.len() < max {
+        loop {
             let batch = pass.next_batch().await?;
-            if batch.is_empty() {
-                break;
+            if batch.is_empty() || visit(&mut pass, batch).await?.is_break() {
+                return Ok(());
             }
-            seen.extend(batch);
         }
-        Ok::<(), BackendError>(())
     }
     .await;
-    // Give everything back even if a receive failed half way.
     pass.restore().await;
+    result
+}
+
+/// Reads up to `max` messages of `queue` without consuming them.
+pub async fn peek_all(queue: &dyn Queue, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+    let mut seen = Vec::new();
+    pass_over(queue, Duration::from_secs(120), wait, async |_, batch| {
+        seen.extend(batch);
+        Ok(if seen.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    })
+    .await?;
     seen.truncate(max);
-    result.map(|()| seen)
+    Ok(seen)
 }

@@ -320,9 +320,9 @@ mod tests {
 
     #[tokio::test]
     async fn every_redirect_hop_is_guarded_by_literal_and_after_dns() {
-        let server = fanout_shared::target_server::TargetServer::start().await.unwrap();
+        let server = fanout_testkit::target_server::TargetServer::start().await.unwrap();
         let addr: SocketAddr = server.base_url().trim_start_matches("http://").parse().unwrap();
-        let hostname = fanout_shared::target_server::loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
+        let hostname = fanout_testkit::target_server::loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
         // The guarded client, but `origin.test` stands for a public origin: a pinned address
         // skips the resolver, so only the redirect's own hop meets the guard.
         let client = Caller::client_builder(false).resolve("origin.test", addr).build().unwrap();

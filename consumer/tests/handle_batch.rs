@@ -10,8 +10,8 @@ use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::embedded::EmbeddedBackend;
 use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore, Status};
 use fanout_shared::job::{ATTR_FAILURE_REASON, ATTR_STATUS_CODE};
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, PipelineConfig, Queue};
+use fanout_testkit::target_server::TargetServer;
 use serde_json::json;
 
 struct Harness {
@@ -219,7 +219,7 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     assert!(err.contains("loopback"), "{err}");
     // ... and queued jobs naming such hosts are refused by the consumer: a name after DNS (the
     // config may name it), literals because no target of the config is theirs.
-    let Some(hostname) = fanout_shared::target_server::loopback_hostname().await else {
+    let Some(hostname) = fanout_testkit::target_server::loopback_hostname().await else {
         panic!("this test needs the machine's host name to resolve to loopback (/etc/hosts)");
     };
     let hosts = json!({ "127.0.0.1": {"per_second": 100} });

@@ -17,8 +17,6 @@
 //! - [`logging`]: JSON logs through `tracing`.
 //! - `embedded` (feature `embedded`): one SQLite file standing in for SNS, SQS and DynamoDB.
 //! - `aws` (feature `aws`): the same traits over the AWS SDK.
-//! - `target_server` (feature `target-server`): a scriptable HTTP target on 127.0.0.1 for demos,
-//!   tests and benchmarks.
 
 #![warn(missing_docs)]
 
@@ -41,8 +39,6 @@ pub mod target_rules;
 pub mod aws;
 #[cfg(feature = "embedded")]
 pub mod embedded;
-#[cfg(feature = "target-server")]
-pub mod target_server;
 
 pub use config::{ConfigError, ConfigErrors, PipelineConfig};
 pub use error::BackendError;

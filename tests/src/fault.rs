@@ -8,13 +8,13 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use fanout::backend::Pipeline;
-use fanout::event_source::drain;
+use fanout::event_source::{drain, drain_with_faults, InvocationFaults};
 use fanout::run::{self, RunOptions};
 use fanout::scan::peek_all;
 use fanout::settle::dlq_reason;
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::{decode_body, message_id};
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 
 use crate::config_for;
 
@@ -49,8 +49,31 @@ pub struct FaultPlan {
     pub rate: f64,
     /// Every target's call timeout; slow targets take twice as long on their first call.
     pub call_timeout: Duration,
-    /// The event source (set its `crash` for consumer crashes).
+    /// The event source.
     pub options: RunOptions,
+    /// Consumer invocations that die mid-batch, if any.
+    pub crash: Option<CrashInjection>,
+}
+
+/// Makes a seeded fraction of invocations die (see [`InvocationFaults`]): each at an instant
+/// drawn uniformly in `[0, within)` after it starts. A handler that finishes before that instant
+/// has its response dropped all the same.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CrashInjection {
+    /// Fraction of invocations that crash, 0..=1.
+    pub rate: f64,
+    /// Crashes hit within this long of the invocation's start.
+    pub within: Duration,
+    /// Seed of the draws: invocation number N crashes (or not) at the same instant in every run.
+    pub seed: u64,
+}
+
+impl InvocationFaults for CrashInjection {
+    fn dies_at(&self, n: u64) -> Option<Duration> {
+        // One generator per invocation number, so concurrent workers do not reorder the draws.
+        let mut rng = fastrand::Rng::with_seed(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        (rng.f64() < self.rate).then(|| self.within.mul_f64(rng.f64()))
+    }
 }
 
 /// The figures of one run, as the closing note quotes them.
@@ -156,7 +179,11 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
     }
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
     let consumers = run::consumers(&config, pipeline, &plan.options).expect("consumers");
-    let outcome = drain(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}).await.expect("drain");
+    let outcome = match plan.crash {
+        Some(crash) => drain_with_faults(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}, std::sync::Arc::new(crash)).await,
+        None => drain(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}).await,
+    }
+    .expect("drain");
     eprintln!(
         "DEBUG deferred {} held {} retried {} locked {} requeued {} dup {}",
         outcome.metrics.total(Metric::Deferred),

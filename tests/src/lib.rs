@@ -9,28 +9,17 @@ use std::time::Duration;
 use fanout::backend::{self, EmbeddedSettings, Pipeline};
 use fanout::event_source::EventSourceOptions;
 use fanout::run::RunOptions;
-use fanout_shared::config::{RateLimit, Target};
+use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::PipelineConfig;
 
-/// A config of `paths` (target-server paths, see `fanout_shared::target_server`) on `base_url`,
+/// A config of `paths` (target-server paths, see `fanout_testkit::target_server`) on `base_url`,
 /// one target each, ids `t0`, `t1`, …
 pub fn config_for(base_url: &str, paths: &[String], rate: Option<f64>) -> PipelineConfig {
     PipelineConfig {
         rate_limit: rate.map(|per_second| RateLimit { per_second, burst: 1 }),
         allow_private_networks: true,
-        targets: paths
-            .iter()
-            .enumerate()
-            .map(|(i, path)| Target {
-                id: format!("t{i}"),
-                url: format!("{base_url}/{path}"),
-                method: None,
-                headers: Default::default(),
-                body: None,
-                timeout_ms: Some(1000),
-            })
-            .collect(),
+        targets: fanout_testkit::targets(base_url, paths.iter().enumerate().map(|(i, p)| (format!("t{i}"), p.as_str())), Some(1000)),
         ..PipelineConfig::default()
     }
 }
@@ -69,7 +58,6 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
             function_timeout: Duration::from_millis(2500),
             poll_wait: Duration::from_millis(50),
             timeout: Duration::from_secs(60),
-            crash: None,
         },
         rate_override: None,
         quiet: true,

@@ -11,8 +11,8 @@ use fanout::dlq::{self, DlqFilter, ReplayOptions, ReplayTargets};
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, RunStatus};
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_file, config_for, embedded_pipeline, fanout_bin, fast_options, RecordingBus};
 
 fn replay_options(filter: DlqFilter, max: Option<usize>, dry_run: bool) -> ReplayOptions {

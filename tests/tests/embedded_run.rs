@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

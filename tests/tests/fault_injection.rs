@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use fanout::event_source::CrashInjection;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::target_server::TargetServer;
-use fanout_tests::fault::{run_faults, FaultPlan};
+use fanout_testkit::target_server::TargetServer;
+use fanout_tests::fault::{run_faults, CrashInjection, FaultPlan};
 use fanout_tests::{embedded_pipeline, fast_options};
 
 /// The seed of every draw, unless `FANOUT_FAULT_SEED` sets another (to explore; a failure
@@ -27,8 +26,8 @@ fn plan(jobs: usize, crash_rate: f64) -> FaultPlan {
     // Each of the 5% of jobs answering 429 + Retry-After: 1 pauses the host for the whole fleet
     // (issue #12), so the run spends most of its time honouring pauses: about 90 s for 1,000 jobs.
     options.event_source.timeout = Duration::from_secs(300);
-    options.event_source.crash = (crash_rate > 0.0).then_some(CrashInjection { rate: crash_rate, within: Duration::from_millis(200), seed: seed() });
-    FaultPlan { jobs, seed: seed(), rate: 300.0, call_timeout, options }
+    let crash = (crash_rate > 0.0).then_some(CrashInjection { rate: crash_rate, within: Duration::from_millis(200), seed: seed() });
+    FaultPlan { jobs, seed: seed(), rate: 300.0, call_timeout, options, crash }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

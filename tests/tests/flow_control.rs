@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fanout::run::{self, RunOptions};
 use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options};
 
 /// The `fanout` CLI's own defaults: concurrency 4, batches of 10, 3 s visibility and function

@@ -16,11 +16,10 @@ use serde_json::Value;
 
 use fanout::backend::{aws_with, Pipeline};
 use fanout::stack::StackOutputs;
-use fanout_shared::config::Target;
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
-use fanout_shared::target_server::{CallRecord, TargetServer};
 use fanout_shared::PipelineConfig;
+use fanout_testkit::target_server::{CallRecord, TargetServer};
 use fanout_tests::local_cloud::{eventually, LocalCloud};
 
 const STACK: &str = "FanoutLocal";
@@ -34,17 +33,7 @@ const CONSUMER_TIMEOUT_S: u64 = 2;
 fn write_config(dir: &Path, file: &str, base_url: &str, paths: &[String]) -> PathBuf {
     let config = PipelineConfig {
         allow_private_networks: true,
-        targets: paths
-            .iter()
-            .map(|path| Target {
-                id: path.split('?').next().unwrap_or(path).replace('/', "-"),
-                url: format!("{base_url}/{path}"),
-                method: None,
-                headers: BTreeMap::new(),
-                body: None,
-                timeout_ms: Some(10_000),
-            })
-            .collect(),
+        targets: fanout_testkit::targets(base_url, paths.iter().map(|p| (p.split('?').next().unwrap_or(p).replace('/', "-"), p.as_str())), Some(10_000)),
         ..PipelineConfig::default()
     };
     let file = dir.join(file);

@@ -10,8 +10,8 @@ use fanout::run;
 use fanout::scan::peek_all;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
-use fanout_shared::target_server::{CallRecord, TargetServer};
 use fanout_shared::PipelineConfig;
+use fanout_testkit::target_server::{CallRecord, TargetServer};
 use fanout_tests::{embedded_pipeline, fast_options};
 
 const SECRET: &str = "pol-5ecr3t-19be44";

@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::backend::aws_with;
-use fanout::event_source::{to_event, CrashInjection};
+use fanout::event_source::to_event;
 use fanout::provision::provision;
 use fanout::run;
 use fanout::scan::peek_all;
 use fanout_consumer::{Consumer, Settings};
 use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST};
 use fanout_shared::runs::Tally;
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::RunLedger as _;
 use fanout_shared::{JobMessage, Queue};
-use fanout_tests::fault::{run_faults, FaultPlan};
+use fanout_testkit::target_server::TargetServer;
+use fanout_tests::fault::{run_faults, CrashInjection, FaultPlan};
 use fanout_tests::{config_file, config_file_at, config_for, fanout_bin, fast_options, Moto};
 
 fn in_seconds(s: i64) -> i64 {
@@ -242,8 +242,8 @@ async fn fault_run_of_100_jobs_settles_every_job_once() {
     options.event_source.poll_wait = Duration::from_secs(1);
     options.event_source.function_timeout = Duration::from_secs(3);
     options.event_source.timeout = Duration::from_secs(120);
-    options.event_source.crash = Some(CrashInjection { rate: 0.05, within: Duration::from_millis(500), seed: 8 });
-    let plan = FaultPlan { jobs: 100, seed: 8, rate: 50.0, call_timeout: Duration::from_millis(1200), options };
+    let crash = Some(CrashInjection { rate: 0.05, within: Duration::from_millis(500), seed: 8 });
+    let plan = FaultPlan { jobs: 100, seed: 8, rate: 50.0, call_timeout: Duration::from_millis(1200), options, crash };
     // No transport duplicates on moto: the double producer makes every job arrive twice.
     let figures = run_faults(&pipeline, &server, &plan).await;
     eprintln!("^ fault run against moto");

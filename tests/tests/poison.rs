@@ -9,7 +9,7 @@ use fanout::run;
 use fanout::scan::peek_all;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
-use fanout_shared::target_server::TargetServer;
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim};
 use fanout_shared::job::message_id;
 use fanout_shared::runs::{self, Overlap, RunPolicy, Tally};
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options, RecordingBus};
 
 fn paths(ok: usize, bad: usize) -> Vec<String> {

@@ -14,8 +14,8 @@ use fanout::run;
 use fanout::scan::peek_all;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
-use fanout_shared::target_server::TargetServer;
 use fanout_shared::{JobMessage, PipelineConfig, QueueMessage};
+use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{embedded_pipeline, fast_options};
 
 const TOKEN: &str = "tok-5ecr3t-8f2a91";

@@ -12,6 +12,7 @@ mod replay;
 pub use replay::{replay, MoveTask, ReplayOptions, ReplaySummary, ReplayTargets};
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,7 +21,7 @@ use fanout_shared::idempotency::Status;
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID, ATTR_TARGET_HOST};
 use fanout_shared::{BackendError, IdempotencyStore, Queue, QueueMessage};
 
-use crate::scan::Pass;
+use crate::scan::pass_over;
 use crate::settle::dlq_reason;
 
 /// One DLQ message, described for an operator.
@@ -119,20 +120,13 @@ pub async fn describe(messages: Vec<QueueMessage>, store: &dyn IdempotencyStore)
 
 /// Every DLQ message matching `filter`, without consuming any (`wait`: long-poll per receive).
 pub async fn list(dlq: &dyn Queue, store: &dyn IdempotencyStore, filter: &DlqFilter, wait: Duration) -> Result<Vec<DlqEntry>, BackendError> {
-    let mut pass = Pass::new(dlq, Duration::from_secs(120), wait);
     let mut entries = Vec::new();
-    let result = async {
-        loop {
-            let batch = pass.next_batch().await?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            entries.extend(describe(batch, store).await?.into_iter().filter(|e| filter.matches(e)));
-        }
-    }
-    .await;
-    pass.restore().await;
-    result.map(|()| entries)
+    pass_over(dlq, Duration::from_secs(120), wait, async |_, batch| {
+        entries.extend(describe(batch, store).await?.into_iter().filter(|e| filter.matches(e)));
+        Ok(ControlFlow::Continue(()))
+    })
+    .await?;
+    Ok(entries)
 }
 
 /// The entries as an aligned table, one row each.

@@ -15,6 +15,7 @@
 //! replay runs it; the one-by-one path fills in the attempt and runs it at once.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,7 +24,7 @@ use fanout_shared::job::ATTR_DEAD_LETTER_ATTEMPT;
 use fanout_shared::{BackendError, IdempotencyStore, MessageMover, MoveTaskState, MoveTaskStatus, Queue, Status};
 
 use super::{describe, DlqEntry, DlqFilter};
-use crate::scan::Pass;
+use crate::scan::{pass_over, Pass};
 
 /// SQS moves at most this many messages a second per task.
 const MOVE_TASK_MAX_RATE: f64 = 500.0;
@@ -167,41 +168,33 @@ async fn move_one_by_one(
     summary: &mut ReplaySummary,
     progress: &(dyn Fn(&ReplaySummary) + Sync),
 ) -> Result<(), BackendError> {
-    let mut pass = Pass::new(targets.dlq, options.hold, options.poll_wait);
     let mut pacer = options.rate.map(|rate| {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
-    let result = async {
-        loop {
-            let batch = pass.next_batch().await?;
-            if batch.is_empty() {
-                return Ok(());
+    // Skipped, failed and (on error) unmoved messages become visible again at the pass's end.
+    pass_over(targets.dlq, options.hold, options.poll_wait, async |pass, batch| {
+        for entry in describe(batch, targets.store).await? {
+            if options.max.is_some_and(|max| summary.moved + summary.failed >= max as u64) {
+                return Ok(ControlFlow::Break(()));
             }
-            for entry in describe(batch, targets.store).await? {
-                if options.max.is_some_and(|max| summary.moved + summary.failed >= max as u64) {
-                    return Ok(());
+            if !options.filter.matches(&entry) {
+                summary.skipped += 1;
+            } else if options.dry_run {
+                summary.moved += 1;
+                summary.would_move.push(entry);
+            } else {
+                if let Some(pacer) = pacer.as_mut() {
+                    pacer.tick().await;
                 }
-                if !options.filter.matches(&entry) {
-                    summary.skipped += 1;
-                } else if options.dry_run {
-                    summary.moved += 1;
-                    summary.would_move.push(entry);
-                } else {
-                    if let Some(pacer) = pacer.as_mut() {
-                        pacer.tick().await;
-                    }
-                    move_message(targets, &mut pass, &entry, summary).await?;
-                }
-                progress(summary);
+                move_message(targets, pass, &entry, summary).await?;
             }
+            progress(summary);
         }
-    }
-    .await;
-    // Skipped, failed and (on error) unmoved messages become visible again.
-    pass.restore().await;
-    result
+        Ok(ControlFlow::Continue(()))
+    })
+    .await
 }
 
 /// The attributes a moved message carries: its own, plus the `dead_letter_attempt` it stands for
