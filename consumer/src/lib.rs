@@ -21,15 +21,15 @@
 
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod flow;
-pub mod http;
+mod batch;
+mod flow;
+mod http;
 mod latency;
-pub mod limiter;
-pub mod policy;
-pub mod record;
-pub mod redirect;
-pub mod settings;
+mod limiter;
+mod policy;
+mod record;
+mod redirect;
+mod settings;
 
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ use fanout_shared::retry::RetryPolicy;
 use fanout_shared::{EventBus, FleetStore, IdempotencyStore, PipelineConfig, Queue, RunLedger};
 
 pub use batch::BatchReport;
-pub use record::{RecordReport, Reschedule, Verdict};
+pub use record::{Deadline, RecordReport, Reschedule, Verdict};
 pub use settings::Settings;
 
 /// One consumer instance: its clients, its flow control and its settings. Build it once per

@@ -10,9 +10,9 @@
 
 #![warn(missing_docs)]
 
-pub mod ledger;
-pub mod publish;
-pub mod tick;
+mod ledger;
+mod publish;
+mod tick;
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use fanout_shared::metrics::{Metric, MetricSet};
 use fanout_shared::runs::{self, EventBus, RunLedger, Sweep};
 use fanout_shared::{BackendError, JobMessage, PipelineConfig, Publisher};
 
-pub use ledger::Started;
+pub use ledger::{run_start, Started};
 pub use publish::{PublishError, PublishOptions};
 pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 

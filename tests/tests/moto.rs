@@ -333,7 +333,7 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
     let now = fanout_shared::now_ms();
     let ledger = fanout_shared::aws::DynamoDbRuns::new(aws_sdk_dynamodb::Client::new(&sdk), &resources.table_name);
     let ids = ["m1", "m2"].map(String::from).into_iter();
-    let start = fanout_producer::ledger::run_start(&fanout_shared::PipelineConfig::default(), "r", None, ids);
+    let start = fanout_producer::run_start(&fanout_shared::PipelineConfig::default(), "r", None, ids);
     ledger.begin(&start).await.unwrap();
     let tally = Tally { run_id: "r", host: "h", reason: None, undo: None };
     assert!(matches!(store.acquire(&claim(now)).await.unwrap(), Acquire::Acquired { attempt: 1, .. }));
