@@ -22,11 +22,11 @@ use crate::limiter::{Deferred, Key, Limiters, Share};
 
 /// How often a working instance looks whether its lease is due for renewal (a clock read, no
 /// store call unless it is).
-pub const RENEW_CHECK: Duration = Duration::from_millis(100);
+pub(crate) const RENEW_CHECK: Duration = Duration::from_millis(100);
 
 /// Whether a job may be called now.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Call it.
     Go,
     /// Call it: it is the probe of the host's half-open circuit (no other job is let through
@@ -61,7 +61,7 @@ struct LeaseView {
 }
 
 /// One instance's flow control.
-pub struct Flow {
+pub(crate) struct Flow {
     store: Arc<dyn FleetStore>,
     policy: HostPolicy,
     config: PipelineConfig,
@@ -75,7 +75,7 @@ pub struct Flow {
 impl Flow {
     /// The flow control of a new instance for `config`'s budgets; `global_override` replaces the
     /// global rate, `cache_ttl` is how long a host's state is trusted without a read.
-    pub fn new(config: &PipelineConfig, store: Arc<dyn FleetStore>, global_override: Option<f64>, cache_ttl: Duration) -> Self {
+    pub(crate) fn new(config: &PipelineConfig, store: Arc<dyn FleetStore>, global_override: Option<f64>, cache_ttl: Duration) -> Self {
         let instance = format!("{:016x}", fastrand::u64(..));
         let lease = Lease { instance, since_ms: 0, expires_ms: 0 };
         Self {
@@ -93,7 +93,7 @@ impl Flow {
     /// Renews this instance's lease when due (a working instance renews at least every
     /// [`LEASE_RENEW`], and within [`FIRST_RENEW`] of joining); the batch plumbing calls it at
     /// the start and on a ticker of [`RENEW_CHECK`].
-    pub async fn renew_lease(&self) {
+    pub(crate) async fn renew_lease(&self) {
         if !self.paced() {
             // Nothing to split: no lease, no store traffic.
             return;
@@ -133,7 +133,7 @@ impl Flow {
     /// Shortens this instance's lease to [`RELEASE_GRACE`] at the end of a batch: an instance
     /// between batches is not working, so the others may use its share; one that gets a new
     /// batch at once keeps its lease.
-    pub async fn release_lease(&self) {
+    pub(crate) async fn release_lease(&self) {
         let now = now_ms();
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
@@ -152,7 +152,7 @@ impl Flow {
 
     /// Reads the states of `hosts` (and of every host, [`ALL_HOSTS`]) not read within the cache
     /// period, in one store call.
-    pub async fn refresh(&self, hosts: &BTreeSet<String>) {
+    pub(crate) async fn refresh(&self, hosts: &BTreeSet<String>) {
         let stale: Vec<String> = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             std::iter::once(ALL_HOSTS)
@@ -196,7 +196,7 @@ impl Flow {
     /// Whether a job for `host` may be called now: the pipeline-wide and the host's pause, and
     /// the host's circuit. A cool-down that is over makes this instance try to claim the one
     /// probe; the loser holds.
-    pub async fn admit(&self, host: &str) -> Admission {
+    pub(crate) async fn admit(&self, host: &str) -> Admission {
         let now = now_ms();
         let mut admission = Admission::Go;
         for key in [ALL_HOSTS, host] {
@@ -231,7 +231,7 @@ impl Flow {
     /// (or an operator paused it) meanwhile. A Retry-After pause does not hold a job that already
     /// has its permit: the pause holds the jobs still to come and the slow-down lowers the rate,
     /// while holding every waiting job would bring them all back at once when the pause ends.
-    pub async fn readmit(&self, host: &str) -> Admission {
+    pub(crate) async fn readmit(&self, host: &str) -> Admission {
         match self.admit(host).await {
             Admission::Hold { reason: HoldReason::RetryAfter, .. } => Admission::Go,
             admission => admission,
@@ -263,7 +263,7 @@ impl Flow {
 
     /// Waits for this instance's permits for `host` (its entitlement in the fleet, the host's
     /// share, the global share), unless they are due after `call_by`. Returns the time waited.
-    pub async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
+    pub(crate) async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
         let started = Instant::now();
         let (host_paced, globally_paced) = (self.host_share(host).is_some(), self.global_share().is_some());
         let (_, entitled_ms) = self.share_count();
@@ -289,7 +289,7 @@ impl Flow {
 
     /// Tells the fleet what a call to `host` taught: the store applies it atomically and this
     /// instance's view takes the answer at once. Returns what changed.
-    pub async fn report(&self, host: &str, event: HostEvent) -> HostChange {
+    pub(crate) async fn report(&self, host: &str, event: HostEvent) -> HostChange {
         let now = now_ms();
         let before = self.cached(host);
         if event == HostEvent::Succeeded && before.apply(&event, now, &self.policy).is_none() {

@@ -23,7 +23,7 @@ use fanout_shared::JobTarget;
 use crate::redirect::{self, Hop, RedirectRules};
 
 /// Header carrying the job's message ID, so targets that support it dedupe on their side too.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Bytes of a response body read (and discarded) so the connection can be reused.
 const MAX_BODY_DRAIN: usize = 1 << 20;
 /// Longest `Retry-After` honoured: SQS's visibility timeout ceiling.
@@ -31,7 +31,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     /// 2xx.
     Succeeded {
         /// The status code.
@@ -87,7 +87,7 @@ impl Resolve for GuardedResolver {
 
 /// The HTTP client every record of an instance shares (connection pool, TLS sessions).
 #[derive(Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     client: reqwest::Client,
     allow_private: bool,
     redirects: RedirectRules,
@@ -97,7 +97,7 @@ impl Caller {
     /// Builds the client. Redirects may only reach `allowed_hosts` (the config's, see
     /// `PipelineConfig::allowed_hosts`). With `allow_private_networks` the SSRF guard is off
     /// (tests, private APIs).
-    pub fn new(allow_private_networks: bool, allowed_hosts: BTreeSet<String>) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(allow_private_networks: bool, allowed_hosts: BTreeSet<String>) -> Result<Self, reqwest::Error> {
         let client = Self::client_builder(allow_private_networks).build()?;
         Ok(Self::with_client(client, allow_private_networks, allowed_hosts))
     }
@@ -125,7 +125,7 @@ impl Caller {
     /// Calls `target` with `Idempotency-Key: message_id`, following redirects, all within
     /// `timeout`, and classifies the result. Header placeholders are resolved from this
     /// process's environment here, so secrets exist only in the request.
-    pub async fn call(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> CallOutcome {
+    pub(crate) async fn call(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> CallOutcome {
         let mut hop = match self.first_hop(target, message_id) {
             Ok(hop) => hop,
             Err(reason) => return CallOutcome::Permanent { reason, status: None },
@@ -197,7 +197,7 @@ impl Caller {
 }
 
 /// Replaces `${env:NAME}` with the environment variable; an unset one is an error naming it.
-pub fn resolve_env(template: &str) -> Result<String, String> {
+pub(crate) fn resolve_env(template: &str) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     for part in env_placeholders(template)? {
         match part {

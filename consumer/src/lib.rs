@@ -19,7 +19,7 @@
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
 //! [`Consumer::handle_batch`]; the `fanout` CLI's local event source calls the same function.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod batch;
 mod flow;

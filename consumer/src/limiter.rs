@@ -24,7 +24,7 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 /// A permit could not be had in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deferred {
+pub(crate) struct Deferred {
     /// How long from now the job should come back.
     pub delay: Duration,
 }

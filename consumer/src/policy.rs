@@ -14,31 +14,31 @@ use fanout_shared::{JobMessage, JobTarget, PipelineConfig};
 
 /// The consumer's own targets by ID, and the hosts it may call.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     targets: HashMap<String, JobTarget>,
     allowed_hosts: BTreeSet<String>,
 }
 
 impl Policy {
     /// The policy of `config`: its targets (defaults applied) and its allowed hosts.
-    pub fn new(config: &PipelineConfig) -> Self {
+    pub(crate) fn new(config: &PipelineConfig) -> Self {
         let targets = config.job_targets().into_iter().map(|t| (t.id.clone(), t)).collect();
         Self { targets, allowed_hosts: config.allowed_hosts() }
     }
 
     /// The hosts a call or a redirect hop may reach: the config's target hosts and `hosts` keys.
-    pub fn allowed_hosts(&self) -> &BTreeSet<String> {
+    pub(crate) fn allowed_hosts(&self) -> &BTreeSet<String> {
         &self.allowed_hosts
     }
 
     /// The consumer's own target with this ID, if its config has one.
-    pub fn own_target(&self, id: &str) -> Option<&JobTarget> {
+    pub(crate) fn own_target(&self, id: &str) -> Option<&JobTarget> {
         self.targets.get(id)
     }
 
     /// The target to call for `job`, from the consumer's config, or why the message is refused
     /// (a permanent failure: the DLQ's `failure_reason`).
-    pub fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, String> {
+    pub(crate) fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, String> {
         let sent = &job.target;
         let host = sent.host().unwrap_or_default();
         if !self.allowed_hosts.contains(&host) {

@@ -17,14 +17,14 @@ use reqwest::{Method, StatusCode, Url};
 use fanout_shared::netguard;
 
 /// Redirects followed at most.
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 
 /// Headers never sent to another origin, whatever their value.
 const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
 
 /// One request of a redirect chain.
 #[derive(Debug, Clone)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// Where it goes.
     pub url: Url,
     /// Its method.
@@ -37,7 +37,7 @@ pub struct Hop {
 
 /// What a hop may reach: the allow-list and whether the SSRF guard is on.
 #[derive(Debug, Clone)]
-pub struct RedirectRules {
+pub(crate) struct RedirectRules {
     allowed_hosts: Arc<BTreeSet<String>>,
     allow_private: bool,
 }
@@ -45,13 +45,13 @@ pub struct RedirectRules {
 impl RedirectRules {
     /// Rules for `allowed_hosts` (lower-case host names, as `PipelineConfig::allowed_hosts`
     /// gives them); `allow_private` turns the SSRF guard off.
-    pub fn new(allowed_hosts: BTreeSet<String>, allow_private: bool) -> Self {
+    pub(crate) fn new(allowed_hosts: BTreeSet<String>, allow_private: bool) -> Self {
         Self { allowed_hosts: Arc::new(allowed_hosts), allow_private }
     }
 
     /// The hop a redirect `status` with `location` leads to from `hop`, having followed
     /// `followed` redirects already, or why it is refused (a permanent failure).
-    pub fn next(&self, hop: &Hop, status: StatusCode, location: &str, followed: usize) -> Result<Hop, String> {
+    pub(crate) fn next(&self, hop: &Hop, status: StatusCode, location: &str, followed: usize) -> Result<Hop, String> {
         if followed >= MAX_REDIRECTS {
             return Err(format!("redirect refused: more than {MAX_REDIRECTS} redirects"));
         }
@@ -94,7 +94,7 @@ impl RedirectRules {
 }
 
 /// The redirect statuses followed, with the `Location` to follow.
-pub fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
     let followed = [StatusCode::MOVED_PERMANENTLY, StatusCode::FOUND, StatusCode::SEE_OTHER, StatusCode::TEMPORARY_REDIRECT, StatusCode::PERMANENT_REDIRECT];
     if !followed.contains(&status) {
         return None;

@@ -12,7 +12,7 @@ use fanout_shared::{BackendError, PipelineConfig};
 
 /// What a tick does.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TickDecision {
+pub(crate) enum TickDecision {
     /// Begin the run (or find it begun) and publish.
     Publish,
     /// Record the run as SKIPPED, for this reason, and publish nothing.
@@ -35,7 +35,7 @@ pub enum Started {
 
 /// The guard: whether a tick for `run_id` may start while `previous` (the latest other run) is
 /// in its state at `now_ms`.
-pub fn decide_tick(previous: Option<&RunRecord>, run_id: &str, on_overlap: Overlap, now_ms: i64) -> TickDecision {
+pub(crate) fn decide_tick(previous: Option<&RunRecord>, run_id: &str, on_overlap: Overlap, now_ms: i64) -> TickDecision {
     match previous {
         Some(p) if on_overlap == Overlap::Skip && p.run_id != run_id && p.status == RunStatus::Running && !p.is_overdue(now_ms) => {
             TickDecision::Skip(format!("the previous run {} is still in flight ({} of {} jobs settled)", p.run_id, p.counts.settled(), p.counts.expected))
@@ -61,7 +61,7 @@ pub fn run_start(config: &PipelineConfig, run_id: &str, scheduled_at: Option<Str
 }
 
 /// Applies the guard and writes the run record.
-pub async fn begin(ledger: &dyn RunLedger, start: &RunStart) -> Result<Started, BackendError> {
+pub(crate) async fn begin(ledger: &dyn RunLedger, start: &RunStart) -> Result<Started, BackendError> {
     if start.policy.on_overlap == Overlap::Skip {
         // The latest run that is not this one (a re-delivered tick is not an overlap).
         let latest = ledger.list(2).await?;

@@ -8,7 +8,7 @@
 //! The Lambda binary (`main.rs`) loads the config, builds the clients and calls [`produce`] for
 //! a scheduled tick, or [`watchdog`] for the watchdog's periodic invocation.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod ledger;
 mod publish;

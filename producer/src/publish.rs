@@ -56,7 +56,7 @@ fn describe(failures: &[EntryFailure]) -> String {
 
 /// What [`publish_all`] did.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Messages published.
     pub published: usize,
     /// Messages given up on.
@@ -66,7 +66,7 @@ pub struct Outcome {
 }
 
 /// Cuts messages into batches of at most 10 entries and 256 KiB, lazily.
-pub fn batches(messages: impl Iterator<Item = OutboundMessage>) -> impl Iterator<Item = Vec<OutboundMessage>> {
+pub(crate) fn batches(messages: impl Iterator<Item = OutboundMessage>) -> impl Iterator<Item = Vec<OutboundMessage>> {
     let mut messages = messages.peekable();
     std::iter::from_fn(move || {
         let mut batch = Vec::with_capacity(MAX_BATCH_ENTRIES);
@@ -84,7 +84,7 @@ pub fn batches(messages: impl Iterator<Item = OutboundMessage>) -> impl Iterator
 }
 
 /// Publishes every message, `options.concurrency` batches at a time.
-pub async fn publish_all(messages: impl Iterator<Item = OutboundMessage>, publisher: &dyn Publisher, options: &PublishOptions) -> Outcome {
+pub(crate) async fn publish_all(messages: impl Iterator<Item = OutboundMessage>, publisher: &dyn Publisher, options: &PublishOptions) -> Outcome {
     let calls = AtomicU64::new(0);
     let results: Vec<(usize, Vec<EntryFailure>)> = stream::iter(batches(messages))
         .map(|batch| publish_batch_with_retry(batch, publisher, options, &calls))

@@ -57,7 +57,7 @@ pub fn is_watchdog(input: &Value) -> bool {
 }
 
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
-pub fn check_run_id(run_id: &str) -> Result<(), TickError> {
+pub(crate) fn check_run_id(run_id: &str) -> Result<(), TickError> {
     fanout_shared::job::check_run_id(run_id).map_err(|_| TickError::BadRunId(run_id.to_owned()))
 }
 
