@@ -15,7 +15,8 @@ use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
 use crate::retry::RetryPolicy;
 use crate::runs::RunPolicy;
-pub use crate::target_rules::{check_header, check_url, env_placeholders, HeaderPart, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
+pub(crate) use crate::target_rules::HTTP_METHODS;
+pub use crate::target_rules::{env_placeholders, HeaderPart, MAX_RUN_ID_LEN};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -184,7 +185,7 @@ impl PipelineConfig {
     }
 
     /// Checks every rule and returns all violations.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
+    pub(crate) fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         let mut push = |location: String, field: &str, message: String| {
             errors.push(ConfigError { file: file.to_owned(), location, field: field.to_owned(), message });
@@ -309,7 +310,7 @@ impl PipelineConfig {
 }
 
 /// The largest config file read: room for 100,000 targets with modest bodies.
-pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The file's text, refusing more than [`MAX_CONFIG_BYTES`] and text that is not UTF-8.
 fn read_capped(path: &Path) -> Result<String, String> {

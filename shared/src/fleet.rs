@@ -33,7 +33,7 @@ pub const FIRST_RENEW: Duration = Duration::from_millis(200);
 
 /// Margin over the others' renewals for a store round trip and clock skew, before a joining
 /// instance may start.
-pub const JOIN_SLACK: Duration = Duration::from_millis(200);
+pub(crate) const JOIN_SLACK: Duration = Duration::from_millis(200);
 
 /// One instance's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Lease {
     }
 
     /// When the lease was last renewed.
-    pub fn renewed_ms(&self) -> i64 {
+    pub(crate) fn renewed_ms(&self) -> i64 {
         self.expires_ms - ms(LEASE_TTL)
     }
 

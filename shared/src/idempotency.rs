@@ -176,7 +176,7 @@ pub enum Transition {
 }
 
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
-pub fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
+pub(crate) fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
     let Some(r) = existing else {
         return Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None };
     };

@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use crate::target_rules::{self, FieldError, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TIMEOUT_MS};
 
 /// The message schema version this build writes and reads.
-pub const MESSAGE_VERSION: u32 = 1;
+pub(crate) const MESSAGE_VERSION: u32 = 1;
 
 /// The SNS and SQS limit on one message (body plus attributes), in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Message attribute holding the job's message ID.
 pub const ATTR_MESSAGE_ID: &str = "message_id";

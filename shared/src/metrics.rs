@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 /// The CloudWatch namespace of every fanout metric.
-pub const NAMESPACE: &str = "Fanout";
+pub(crate) const NAMESPACE: &str = "Fanout";
 
 /// The unit of a metric, as EMF spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +178,7 @@ impl MetricSet {
     }
 
     /// The EMF document for these metrics at `timestamp_ms`, or `None` if there are none.
-    pub fn to_emf(&self, timestamp_ms: i64) -> Option<Value> {
+    pub(crate) fn to_emf(&self, timestamp_ms: i64) -> Option<Value> {
         if self.values.is_empty() {
             return None;
         }

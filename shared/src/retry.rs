@@ -31,7 +31,7 @@ impl Default for RetryPolicy {
 }
 
 /// The longest `cap_ms`: SQS's visibility ceiling, 12 hours.
-pub const MAX_CAP_MS: u64 = 12 * 60 * 60 * 1000;
+pub(crate) const MAX_CAP_MS: u64 = 12 * 60 * 60 * 1000;
 
 impl RetryPolicy {
     /// Every rule the policy breaks.

@@ -33,10 +33,10 @@ use crate::metrics::{Metric, MetricSet};
 use crate::target_rules::FieldError;
 
 /// Counter shards per run (at most): each takes about 1/16 of a large run's writes.
-pub const SHARDS: u32 = 16;
+pub(crate) const SHARDS: u32 = 16;
 
 /// `source` of every fanout event.
-pub const EVENT_SOURCE: &str = "fanout";
+pub(crate) const EVENT_SOURCE: &str = "fanout";
 
 /// The shard counting the job `message_id` (FNV-1a of the ID, so every writer agrees).
 pub fn shard_of(message_id: &str) -> u32 {
@@ -172,7 +172,7 @@ impl RunCounts {
     }
 
     /// Adds another shard's counters.
-    pub fn add(&mut self, other: &RunCounts) {
+    pub(crate) fn add(&mut self, other: &RunCounts) {
         self.expected += other.expected;
         self.succeeded += other.succeeded;
         self.dead_lettered += other.dead_lettered;
@@ -299,7 +299,7 @@ pub struct Delta {
 impl Tally<'_> {
     /// The change to the run's counters when the job completes (`succeeded`) or is
     /// dead-lettered: the new outcome, minus the dead-lettering it replaces (`undo`).
-    pub fn delta(&self, succeeded: bool) -> Delta {
+    pub(crate) fn delta(&self, succeeded: bool) -> Delta {
         let mut reasons: BTreeMap<&str, i64> = BTreeMap::new();
         let mut hosts = 0;
         let mut delta = Delta::default();
@@ -372,7 +372,7 @@ pub fn reason_class(reason: &str, status: Option<u16>) -> String {
 }
 
 /// The completion event of a finished run: its detail-type and detail.
-pub fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str, Value) {
+pub(crate) fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str, Value) {
     let detail_type = if run.status == RunStatus::Failed { "Run Failed" } else { "Run Succeeded" };
     let detail = json!({
         "pipeline": pipeline,

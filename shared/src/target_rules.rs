@@ -36,19 +36,19 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Methods a target may use.
-pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+pub(crate) const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Longest per-call timeout: Lambda's own 15-minute ceiling.
-pub const MAX_TIMEOUT_MS: u64 = 900_000;
+pub(crate) const MAX_TIMEOUT_MS: u64 = 900_000;
 /// Longest run ID the producer accepts; validation sizes messages against it.
 pub const MAX_RUN_ID_LEN: usize = 128;
 
 /// Headers a config may not set, lower-case; any `proxy-*` header is refused too.
-pub const RESERVED_HEADERS: &[&str] =
+pub(crate) const RESERVED_HEADERS: &[&str] =
     &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "expect", "keep-alive", "trailer", "idempotency-key"];
 
 /// Checks a target URL: parses, `http`/`https`, has a host, port not 0, no userinfo. Errors
 /// never quote a password.
-pub fn check_url(raw: &str) -> Result<(), String> {
+pub(crate) fn check_url(raw: &str) -> Result<(), String> {
     let shown = redact_userinfo(raw);
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {shown:?}"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -70,7 +70,7 @@ pub fn check_url(raw: &str) -> Result<(), String> {
 }
 
 /// `raw` with any `user:password@` part replaced by `***@`, for error messages.
-pub fn redact_userinfo(raw: &str) -> String {
+pub(crate) fn redact_userinfo(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else { return raw.to_owned() };
     let authority_start = scheme_end + 3;
     let rest = &raw[authority_start..];
@@ -82,7 +82,7 @@ pub fn redact_userinfo(raw: &str) -> String {
 }
 
 /// Checks a header name and the `${env:NAME}` placeholders in its value.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub(crate) fn check_header(name: &str, value: &str) -> Result<(), String> {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
         return Err(format!("invalid header name {name:?}"));

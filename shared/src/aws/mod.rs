@@ -16,7 +16,7 @@ pub use dynamodb::DynamoDbStore;
 pub use events::EventBridgeBus;
 pub use fleet::DynamoDbFleet;
 pub use move_task::SqsMessageMover;
-pub use runs::{DynamoDbRuns, RUNS_INDEX, RUN_TTL_S};
+pub use runs::{DynamoDbRuns, RUNS_INDEX};
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};
 

@@ -26,7 +26,7 @@ use crate::error::BackendError;
 use crate::runs::{shard_of, Begin, Delta, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus};
 
 /// How long run items live: 35 days, so a month of runs can be listed.
-pub const RUN_TTL_S: i64 = 35 * 24 * 60 * 60;
+pub(crate) const RUN_TTL_S: i64 = 35 * 24 * 60 * 60;
 /// The sparse index listing runs by start time.
 pub const RUNS_INDEX: &str = "runs";
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";

@@ -20,15 +20,6 @@ impl EmbeddedFleet {
     pub(super) fn new(backend: EmbeddedBackend) -> Self {
         Self { backend }
     }
-
-    /// Every host with a stored state (for `fanout hosts`).
-    pub fn all_host_states(&self) -> Result<Vec<(String, HostState)>, BackendError> {
-        let inner = self.backend.lock()?;
-        let mut stmt = inner.conn.prepare_cached("SELECT host, state FROM hosts ORDER BY host").map_err(sql_error)?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql_error)?;
-        let rows: Vec<(String, String)> = rows.collect::<Result<_, _>>().map_err(sql_error)?;
-        Ok(rows.into_iter().map(|(host, state)| (host, parse(&state))).collect())
-    }
 }
 
 /// A stored state; one that does not parse (hand-edited) counts as the default.
@@ -105,7 +96,6 @@ mod tests {
         assert!(fleet.apply("a", &HostEvent::ProbeClaimed, 101, &policy).await.unwrap().1, "first claim wins");
         assert!(!fleet.apply("a", &HostEvent::ProbeClaimed, 102, &policy).await.unwrap().1, "second claim loses");
         assert_eq!(fleet.host_states(&["a".into(), "b".into()]).await.unwrap().len(), 1);
-        assert_eq!(fleet.all_host_states().unwrap()[0].0, "a");
     }
 
     #[tokio::test]

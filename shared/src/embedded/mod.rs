@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS leases (
 ";
 
 /// Receives before a new queue redrives a message to its DLQ (the CDK stack's default too).
-pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+pub(crate) const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
 
 /// How often the embedded topic delivers a message more than once, like SNS's at-least-once
 /// delivery. Draws come from a seeded generator, so a run reproduces.

@@ -40,14 +40,6 @@ impl EmbeddedStore {
         Self { backend }
     }
 
-    /// Every record of a run (for summaries and the DLQ listing).
-    pub fn records_of_run(&self, run_id: &str) -> Result<Vec<IdempotencyRecord>, BackendError> {
-        let inner = self.backend.lock()?;
-        let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE run_id = ?1")).map_err(sql_error)?;
-        let rows = stmt.query_map([run_id], record).map_err(sql_error)?;
-        rows.collect::<Result<_, _>>().map_err(sql_error)
-    }
-
     /// One conditional transition: `from` held by `attempt` → `change.to`, and the run's
     /// counters for a terminal one, in one SQLite transaction.
     fn transition(&self, message_id: &str, from: Status, attempt: u32, change: Change<'_>) -> Result<Transition, BackendError> {
