@@ -58,7 +58,7 @@ pub struct AwsArgs {
 
 impl AwsArgs {
     /// `--stack` (or `FANOUT_STACK`), unless empty.
-    pub fn stack_name(&self) -> Option<&str> {
+    pub(crate) fn stack_name(&self) -> Option<&str> {
         self.stack.as_deref().filter(|s| !s.is_empty())
     }
 

@@ -8,11 +8,11 @@ use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
 use fanout_shared::{BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue, RunLedger};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
-pub const EMBEDDED_TOPIC: &str = "fanout-jobs";
+pub(crate) const EMBEDDED_TOPIC: &str = "fanout-jobs";
 /// The embedded job queue.
-pub const EMBEDDED_QUEUE: &str = "fanout-jobs";
+pub(crate) const EMBEDDED_QUEUE: &str = "fanout-jobs";
 /// The embedded dead-letter queue.
-pub const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
+pub(crate) const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 
 /// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
 /// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.

@@ -70,7 +70,7 @@ pub fn describe(config: &PipelineConfig, file: &Path, fit: &StackFit) -> String 
 
 /// Whether the stack's settings carry a tick of `minimum` seconds: one line per check, each
 /// starting with `ok:` or `warning:`.
-pub fn stack_fit(config: &PipelineConfig, fit: &StackFit, minimum: f64) -> Vec<String> {
+pub(crate) fn stack_fit(config: &PipelineConfig, fit: &StackFit, minimum: f64) -> Vec<String> {
     let mut lines = Vec::new();
     let working = (fit.function_timeout_s - DEADLINE_MARGIN_S).max(0.0);
     lines.push(format!(

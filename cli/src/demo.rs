@@ -4,14 +4,14 @@ use fanout_shared::config::{PipelineConfig, RateLimit};
 use fanout_shared::runs::RunPolicy;
 
 /// Targets in the demo.
-pub const DEMO_TARGETS: usize = 500;
+pub(crate) const DEMO_TARGETS: usize = 500;
 /// The demo's global budget, requests per second.
-pub const DEMO_RATE: f64 = 250.0;
+pub(crate) const DEMO_RATE: f64 = 250.0;
 
 /// 500 targets on `base_url`: mostly fast 200s, some slow responses, a few 500s that succeed on
 /// retry, a few 429s with `Retry-After`, a few permanent 400s (3%, within the run's 5% of
 /// tolerated failures, so the demo run SUCCEEDS). Deterministic by index.
-pub fn demo_config(base_url: &str) -> PipelineConfig {
+pub(crate) fn demo_config(base_url: &str) -> PipelineConfig {
     let paths: Vec<String> = (0..DEMO_TARGETS)
         .map(|i| match i % 100 {
             0..=79 => format!("ok/{i}"),

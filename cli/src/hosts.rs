@@ -124,7 +124,7 @@ pub async fn list(config: &PipelineConfig, fleet: &dyn FleetStore) -> Result<Vec
 }
 
 /// Applies an operator's `action`; returns the host's row after it.
-pub async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action: &HostAction) -> Result<HostRow, HostsError> {
+pub(crate) async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action: &HostAction) -> Result<HostRow, HostsError> {
     let known = config.allowed_hosts();
     let pick = |which: &Which| -> Result<String, HostsError> {
         match (&which.host, which.all) {

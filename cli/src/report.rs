@@ -245,7 +245,7 @@ impl ProgressView {
     }
 
     /// Updates from a replay's summary so far.
-    pub fn update_replay(&self, summary: &ReplaySummary) {
+    pub(crate) fn update_replay(&self, summary: &ReplaySummary) {
         self.set(summary.moved + summary.failed, summary.moved as f64, "messages");
     }
 
@@ -275,7 +275,7 @@ impl ProgressView {
 }
 
 /// The human-readable summary of a replay.
-pub fn replay_table(summary: &ReplaySummary) -> String {
+pub(crate) fn replay_table(summary: &ReplaySummary) -> String {
     let mut lines = Vec::new();
     if let Some(why) = &summary.move_task_unavailable {
         lines.push(format!("move task unavailable ({why}); moved one by one"));

@@ -3,7 +3,7 @@
 use fanout_shared::runs::{rfc3339, RunRecord};
 
 /// One line per run, newest first.
-pub fn table(runs: &[RunRecord], now_ms: i64) -> String {
+pub(crate) fn table(runs: &[RunRecord], now_ms: i64) -> String {
     let mut out = format!(
         "{:<44} {:<10} {:>8} {:>9} {:>13} {:>9}  {:<24} {:>10}\n",
         "RUN", "STATUS", "EXPECTED", "SUCCEEDED", "DEAD-LETTERED", "IN FLIGHT", "STARTED", "DURATION"
@@ -26,7 +26,7 @@ pub fn table(runs: &[RunRecord], now_ms: i64) -> String {
 }
 
 /// Everything about one run.
-pub fn details(run: &RunRecord, now_ms: i64) -> String {
+pub(crate) fn details(run: &RunRecord, now_ms: i64) -> String {
     let mut rows: Vec<(String, String)> = vec![
         ("run".into(), run.run_id.clone()),
         ("status".into(), format!("{}{}", run.status.as_str(), if run.is_overdue(now_ms) { " (OVERDUE: past its deadline)" } else { "" })),

@@ -29,7 +29,7 @@ impl<'a> Pass<'a> {
     }
 
     /// The next messages this pass has not returned yet; empty once the queue has nothing new.
-    pub async fn next_batch(&mut self) -> Result<Vec<QueueMessage>, BackendError> {
+    pub(crate) async fn next_batch(&mut self) -> Result<Vec<QueueMessage>, BackendError> {
         let batch = self.queue.receive(10, self.hold, self.wait).await?;
         let mut fresh = Vec::with_capacity(batch.len());
         for message in batch {
@@ -51,7 +51,7 @@ impl<'a> Pass<'a> {
 
     /// Makes every held message visible again. Best effort: a message that cannot be given back
     /// reappears by itself when `hold` ends. Returns how many could not be given back.
-    pub async fn restore(self) -> usize {
+    pub(crate) async fn restore(self) -> usize {
         let mut failed = 0;
         for handle in &self.held {
             if let Err(e) = self.queue.change_visibility(handle, Duration::ZERO).await {
@@ -67,7 +67,7 @@ impl<'a> Pass<'a> {
 /// batch (and the pass, to delete what it consumes) until the queue has nothing new or `visit`
 /// breaks; then every message not deleted is given back, also when a receive or `visit` failed
 /// half way.
-pub async fn pass_over(
+pub(crate) async fn pass_over(
     queue: &dyn Queue,
     hold: Duration,
     wait: Duration,

@@ -10,7 +10,7 @@ use fanout_shared::{BackendError, IdempotencyStore, Queue, QueueMessage};
 use crate::scan::peek_all;
 
 /// The DLQ reason of a message SQS redrove (it has no `failure_reason` of ours).
-pub const MAX_RECEIVES_EXCEEDED: &str = "max receives exceeded";
+pub(crate) const MAX_RECEIVES_EXCEEDED: &str = "max receives exceeded";
 
 /// Where a run's jobs are.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,7 +27,7 @@ pub struct Settlement {
 
 impl Settlement {
     /// Jobs in the DLQ, all reasons.
-    pub fn dead_lettered_total(&self) -> usize {
+    pub(crate) fn dead_lettered_total(&self) -> usize {
         self.dead_lettered.values().sum()
     }
 }

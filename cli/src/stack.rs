@@ -9,17 +9,17 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use crate::backend::ResourceNames;
 
 /// Output holding the SNS topic ARN (`FANOUT_TOPIC_ARN`).
-pub const TOPIC_ARN: &str = "TopicArn";
+pub(crate) const TOPIC_ARN: &str = "TopicArn";
 /// Output holding the job queue URL (`FANOUT_QUEUE_URL`).
-pub const QUEUE_URL: &str = "QueueUrl";
+pub(crate) const QUEUE_URL: &str = "QueueUrl";
 /// Output holding the dead-letter queue URL (`FANOUT_DLQ_URL`).
-pub const DLQ_URL: &str = "DlqUrl";
+pub(crate) const DLQ_URL: &str = "DlqUrl";
 /// Output holding the idempotency table's name (`FANOUT_TABLE_NAME`).
-pub const TABLE_NAME: &str = "TableName";
+pub(crate) const TABLE_NAME: &str = "TableName";
 /// Output holding the producer function's name (`fanout trigger`).
-pub const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
+pub(crate) const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
 /// Output holding the schedule rule's ARN (`fanout trigger`).
-pub const SCHEDULE_RULE_ARN: &str = "ScheduleRuleArn";
+pub(crate) const SCHEDULE_RULE_ARN: &str = "ScheduleRuleArn";
 
 /// Why a stack's outputs could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub enum StackError {
 
 impl StackError {
     /// Whether the error is the caller's (a wrong name, an old stack) rather than the service's.
-    pub fn is_bad_input(&self) -> bool {
+    pub(crate) fn is_bad_input(&self) -> bool {
         !matches!(self, StackError::Describe { .. })
     }
 }

@@ -103,7 +103,7 @@ pub struct ProducerAnswer {
 
 /// The EventBridge "Scheduled Event" that the rule `rule_arn` sends for `time`: the producer
 /// derives the run ID from the rule's name and the time, exactly as for a scheduled tick.
-pub fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
+pub(crate) fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
     // arn:aws:events:REGION:ACCOUNT:rule/NAME
     let field = |i: usize| rule_arn.split(':').nth(i).unwrap_or_default().to_owned();
     json!({
@@ -120,7 +120,7 @@ pub fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
 }
 
 /// Invokes `function` synchronously with `event` and returns its tick summary.
-pub async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<ProducerAnswer, TriggerError> {
+pub(crate) async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<ProducerAnswer, TriggerError> {
     let answer = invoke(sdk, function, event).await?;
     serde_json::from_str(&answer).map_err(|e| TriggerError::Answer { function: function.to_owned(), answer, reason: e.to_string() })
 }
@@ -170,7 +170,7 @@ const DLQ_POLL: Duration = Duration::from_secs(5);
 /// Waits until every job of `job_ids` is succeeded or in the DLQ, or `timeout` after `started`.
 /// Records are cheap to read, the DLQ is not (every message is received and given back): the
 /// DLQ is read when every record is final, and every few seconds for SQS's own redrives.
-pub async fn wait_settled(
+pub(crate) async fn wait_settled(
     job_ids: &[String],
     store: &dyn IdempotencyStore,
     dlq: &dyn Queue,
@@ -206,7 +206,7 @@ fn outcome(settlement: Settlement, makespan: Duration) -> TickOutcome {
 }
 
 /// The event to invoke with: `{"run_id": …}`, or the scheduled event for `--time` (or now).
-pub fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, String> {
+pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, String> {
     if let Some(run_id) = &args.run_id {
         return Ok(json!({ "run_id": run_id }));
     }
