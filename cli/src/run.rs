@@ -63,7 +63,7 @@ pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &Run
 /// The run's ledger record; a run the drain settled but nobody finished (a consumer's finish
 /// failed) is finished here, as the watchdog would.
 async fn ledger_record(pipeline: &Pipeline, name: &str, run_id: &str) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
-    fanout_shared::runs::sweep(pipeline.runs.as_ref(), pipeline.events.as_ref(), name, fanout_producer::WATCHDOG_RUNS, fanout_shared::now_ms()).await?;
+    fanout_shared::runs::sweep_run(pipeline.runs.as_ref(), pipeline.events.as_ref(), name, run_id, fanout_shared::now_ms()).await?;
     pipeline.runs.get(run_id).await
 }
 

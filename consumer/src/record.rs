@@ -210,7 +210,7 @@ impl Consumer {
             Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
                 let lock = Lock { attempt, failures: 0, dead_letter_class };
-                return self.dead_letter_job(record, job, &lock, &reason, status_code).await;
+                return self.dead_letter_job(record, job, &host, &lock, &reason, status_code).await;
             }
             Err(e) => return retry_on_backend("acquire", &e),
         };
@@ -237,12 +237,13 @@ impl Consumer {
     /// through its idempotency record (so a copy is refused once and its run counts it once).
     async fn refuse(&self, record: &SqsMessage, job: &JobMessage, reason: &str, deadline: Deadline) -> RecordReport {
         let claim = self.claim(record, job, deadline);
+        let host = job.target.host().unwrap_or_default();
         match self.store.acquire(&claim).await {
             Ok(Acquire::Acquired { attempt, dead_letter_class, .. }) => {
-                self.reject(record, job, &Lock { attempt, failures: 0, dead_letter_class }, reason, None).await
+                self.reject(record, job, &host, &Lock { attempt, failures: 0, dead_letter_class }, reason, None).await
             }
             Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
-                self.dead_letter_job(record, job, &Lock { attempt, failures: 0, dead_letter_class }, &reason, status_code).await
+                self.dead_letter_job(record, job, &host, &Lock { attempt, failures: 0, dead_letter_class }, &reason, status_code).await
             }
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => RecordReport::new(Verdict::Duplicate),
             Ok(Acquire::Locked { until_ms }) => self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await,
@@ -268,7 +269,7 @@ impl Consumer {
         match outcome {
             CallOutcome::Succeeded { status } => {
                 let change = self.flow.report(host, HostEvent::Succeeded).await;
-                let mut report = self.complete(job, lock, status).await;
+                let mut report = self.complete(job, host, lock, status).await;
                 report.status = Some(status);
                 (report, change)
             }
@@ -282,7 +283,7 @@ impl Consumer {
                 let failures = lock.failures + 1;
                 let mut report = if self.retry.gives_up(failures) {
                     let reason = format!("transient failure on all {failures} attempts, the last: {reason}");
-                    self.reject(record, job, lock, &reason, status).await
+                    self.reject(record, job, host, lock, &reason, status).await
                 } else {
                     self.retry_later(record, job, lock.attempt, failures, reason, status, retry_after).await
                 };
@@ -292,16 +293,15 @@ impl Consumer {
             CallOutcome::Permanent { reason, status } => {
                 // An answer, even a 4xx, means the host is up.
                 let change = if status.is_some() { self.flow.report(host, HostEvent::Succeeded).await } else { HostChange::default() };
-                let mut report = self.reject(record, job, lock, &reason, status).await;
+                let mut report = self.reject(record, job, host, lock, &reason, status).await;
                 report.status = status;
                 (report, change)
             }
         }
     }
 
-    async fn complete(&self, job: &JobMessage, lock: &Lock, status: u16) -> RecordReport {
-        let host = job.target.host().unwrap_or_default();
-        let tally = Tally { run_id: &job.run_id, host: &host, reason: None, undo: lock.dead_letter_class.as_deref() };
+    async fn complete(&self, job: &JobMessage, host: &str, lock: &Lock, status: u16) -> RecordReport {
+        let tally = Tally { run_id: &job.run_id, host, reason: None, undo: lock.dead_letter_class.as_deref() };
         match self.store.complete(&job.message_id, lock.attempt, status, self.expiration_s(), &tally).await {
             Ok(Transition::Done) => RecordReport::new(Verdict::Succeeded),
             Ok(Transition::Superseded) => {
@@ -340,9 +340,9 @@ impl Consumer {
 
     /// Permanent failure: REJECTED before the DLQ copy, so a crash in between neither calls the
     /// target twice nor loses the job.
-    async fn reject(&self, record: &SqsMessage, job: &JobMessage, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
+    async fn reject(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
         match self.store.reject(&job.message_id, lock.attempt, reason, status).await {
-            Ok(_) => self.dead_letter_job(record, job, lock, reason, status).await,
+            Ok(_) => self.dead_letter_job(record, job, host, lock, reason, status).await,
             Err(e) => retry_on_backend("reject", &e),
         }
     }
@@ -374,7 +374,7 @@ impl Consumer {
 
     /// Permanent failure of a job with an idempotency record: DLQ copy, then confirm (which
     /// counts it in its run).
-    async fn dead_letter_job(&self, record: &SqsMessage, job: &JobMessage, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
+    async fn dead_letter_job(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
         let attempt = lock.attempt;
         let mut extra = vec![(ATTR_DEAD_LETTER_ATTEMPT, attempt.to_string())];
         if let Some(code) = status {
@@ -382,8 +382,8 @@ impl Consumer {
         }
         let report = self.send_to_dlq(record, reason, &extra).await;
         if !report.verdict.is_retry() {
-            let (host, class) = (job.target.host().unwrap_or_default(), reason_class(reason, status));
-            let tally = Tally { run_id: &job.run_id, host: &host, reason: Some(&class), undo: lock.dead_letter_class.as_deref() };
+            let class = reason_class(reason, status);
+            let tally = Tally { run_id: &job.run_id, host, reason: Some(&class), undo: lock.dead_letter_class.as_deref() };
             if let Err(e) = self.store.dead_lettered(&job.message_id, attempt, &tally).await {
                 // Still REJECTED: a redelivery would send a second DLQ copy; the job is safe.
                 warn!(error = %e, "could not confirm the DLQ copy");

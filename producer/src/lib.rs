@@ -27,7 +27,7 @@ pub use publish::{PublishError, PublishOptions};
 pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 
 /// How many of the latest runs the watchdog looks at.
-pub const WATCHDOG_RUNS: usize = 20;
+const WATCHDOG_RUNS: usize = 20;
 
 /// What one tick did.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -343,8 +343,8 @@ pub trait RunLedger: Send + Sync {
     /// done and the run is still RUNNING; `None` otherwise (or if the run has no ledger).
     async fn settled(&self, run_id: &str, shards: &[u32]) -> Result<Option<RunRecord>, BackendError>;
 
-    /// RUNNING → `status`, with the final counters. True for the one caller that moved it.
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64, counts: &RunCounts) -> Result<bool, BackendError>;
+    /// RUNNING → `status`, finished at `finished_at_ms`. True for the one caller that moved it.
+    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError>;
 
     /// Notes that the completion event went out.
     async fn event_sent(&self, run_id: &str) -> Result<(), BackendError>;
@@ -427,7 +427,7 @@ pub async fn finish_if_settled(
 async fn finish(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, mut run: RunRecord) -> Result<Option<Finished>, BackendError> {
     let status = run.policy.verdict(run.counts.expected, run.counts.dead_lettered);
     let now = crate::now_ms();
-    if !ledger.finish(&run.run_id, status, now, &run.counts).await? {
+    if !ledger.finish(&run.run_id, status, now).await? {
         return Ok(None);
     }
     run.status = status;
@@ -484,21 +484,37 @@ pub struct Sweep {
 pub async fn sweep(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, limit: usize, now_ms: i64) -> Result<Sweep, BackendError> {
     let mut found = Sweep::default();
     for run in ledger.list(limit).await? {
-        match run.status {
-            RunStatus::Running if run.counts.expected > 0 && run.counts.in_flight() == 0 => {
-                if let Some(done) = finish(ledger, bus, pipeline, run).await? {
-                    found.events_sent += usize::from(done.event_sent);
-                    found.finished.push(done.run);
-                }
-            }
-            RunStatus::Running if run.is_overdue(now_ms) => found.overdue.push(run),
-            RunStatus::Succeeded | RunStatus::Failed if !run.event_sent => {
-                found.events_sent += usize::from(send_event(ledger, bus, pipeline, &run).await);
-            }
-            _ => {}
-        }
+        tend(ledger, bus, pipeline, run, now_ms, &mut found).await?;
     }
     Ok(found)
+}
+
+/// [`sweep`] of one run: what a caller that drove the run itself (`fanout run`) does at the end.
+pub async fn sweep_run(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, run_id: &str, now_ms: i64) -> Result<Sweep, BackendError> {
+    let mut found = Sweep::default();
+    if let Some(run) = ledger.get(run_id).await? {
+        tend(ledger, bus, pipeline, run, now_ms, &mut found).await?;
+    }
+    Ok(found)
+}
+
+/// The watchdog's rule for one run: finish it if settled, put its missed event, or note it
+/// overdue.
+async fn tend(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, run: RunRecord, now_ms: i64, found: &mut Sweep) -> Result<(), BackendError> {
+    match run.status {
+        RunStatus::Running if run.counts.expected > 0 && run.counts.in_flight() == 0 => {
+            if let Some(done) = finish(ledger, bus, pipeline, run).await? {
+                found.events_sent += usize::from(done.event_sent);
+                found.finished.push(done.run);
+            }
+        }
+        RunStatus::Running if run.is_overdue(now_ms) => found.overdue.push(run),
+        RunStatus::Succeeded | RunStatus::Failed if !run.event_sent => {
+            found.events_sent += usize::from(send_event(ledger, bus, pipeline, &run).await);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -272,7 +272,8 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
 /// the run was announced exactly once (by a consumer, or by the watchdog's sweep when the
 /// consumer that counted the last job died before finishing the run).
 async fn check_ledger(pipeline: &Pipeline, bus: &crate::RecordingBus, run_id: &str, figures: &FaultFigures) {
-    let sweep = fanout_shared::runs::sweep(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout", 20, fanout_shared::now_ms()).await.expect("sweep");
+    let sweep =
+        fanout_shared::runs::sweep_run(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout", run_id, fanout_shared::now_ms()).await.expect("sweep");
     let run = pipeline.runs.get(run_id).await.expect("ledger").expect("the run is in the ledger");
     let dead: usize = figures.dead_lettered.values().sum();
     let counts = &run.counts;

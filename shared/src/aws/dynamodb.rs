@@ -24,10 +24,12 @@ const TRANSITION_CONDITION: &str = "#status = :from AND #attempts = :attempt";
 /// Transactions retried when concurrent counts on one shard conflict.
 const MAX_TRANSACTION_CONFLICTS: u32 = 6;
 
-/// A pseudo-random delay below `ceiling_ms` (jitter for conflict retries), from the clock.
-fn fastrand_ms(ceiling_ms: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
-    nanos % ceiling_ms.max(1)
+/// A transition's expression values plus its guard's ([`TRANSITION_CONDITION`]): the state it
+/// leaves and the holder's attempt.
+fn guarded(mut values: HashMap<String, AttributeValue>, from: Status, attempt: u32) -> HashMap<String, AttributeValue> {
+    values.insert(":from".into(), s(from.as_str()));
+    values.insert(":attempt".into(), n(attempt));
+    values
 }
 
 /// The idempotency table.
@@ -103,19 +105,21 @@ impl DynamoDbStore {
         from: Status,
         attempt: u32,
         set: &str,
-        mut values: HashMap<String, AttributeValue>,
+        values: HashMap<String, AttributeValue>,
     ) -> Result<Transition, BackendError> {
-        values.insert(":from".into(), s(from.as_str()));
-        values.insert(":attempt".into(), n(attempt));
-        let condition = TRANSITION_CONDITION;
+        self.send_transition(message_id, set, guarded(values, from, attempt)).await
+    }
+
+    /// Sends a transition whose values already carry their guard.
+    async fn send_transition(&self, message_id: &str, set: &str, values: HashMap<String, AttributeValue>) -> Result<Transition, BackendError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("message_id", s(message_id))
             .update_expression(set)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names(&[set, condition])))
+            .condition_expression(TRANSITION_CONDITION)
+            .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
             .set_expression_attribute_values(Some(values))
             .send()
             .await;
@@ -135,21 +139,19 @@ impl DynamoDbStore {
         from: Status,
         attempt: u32,
         set: &str,
-        mut values: HashMap<String, AttributeValue>,
+        values: HashMap<String, AttributeValue>,
         counted: (&Tally<'_>, bool),
     ) -> Result<Transition, BackendError> {
         let (tally, succeeded) = counted;
         let shard = shard_update(&self.table, tally.run_id, message_id, &tally.delta(succeeded))?;
-        let mut own = values.clone();
-        own.insert(":from".into(), s(from.as_str()));
-        own.insert(":attempt".into(), n(attempt));
+        let values = guarded(values, from, attempt);
         let transition = Update::builder()
             .table_name(&self.table)
             .key("message_id", s(message_id))
             .update_expression(set)
             .condition_expression(TRANSITION_CONDITION)
             .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
-            .set_expression_attribute_values(Some(own))
+            .set_expression_attribute_values(Some(values.clone()))
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
         let items = vec![TransactWriteItem::builder().update(transition).build(), TransactWriteItem::builder().update(shard).build()];
@@ -166,7 +168,7 @@ impl DynamoDbStore {
                 (Some("ConditionalCheckFailed"), _) => return Ok(Transition::Superseded),
                 (_, Some("ConditionalCheckFailed")) => break,
                 _ if codes.iter().any(|c| c == "TransactionConflict") => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10 + fastrand_ms(20 << round))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 + fastrand::u64(..20 << round))).await;
                 }
                 // An endpoint that gives no reasons: the plain transition tells a superseded
                 // holder from a run without a ledger.
@@ -177,8 +179,7 @@ impl DynamoDbStore {
                 return Err(BackendError::transient("dynamodb:TransactWriteItems", "the run's counter shard stayed in conflict"));
             }
         }
-        values.remove(":from");
-        self.transition(message_id, from, attempt, set, values).await
+        self.send_transition(message_id, set, values).await
     }
 
     async fn fail_as(&self, to: Status, message_id: &str, attempt: u32, error: &str, code: Option<u16>) -> Result<Transition, BackendError> {

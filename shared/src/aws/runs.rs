@@ -338,7 +338,7 @@ impl RunLedger for DynamoDbRuns {
         self.with_counts(&item).await
     }
 
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64, _counts: &RunCounts) -> Result<bool, BackendError> {
+    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError> {
         let result = self
             .client
             .update_item()

@@ -163,7 +163,7 @@ impl RunLedger for EmbeddedRuns {
         }
     }
 
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64, _counts: &RunCounts) -> Result<bool, BackendError> {
+    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError> {
         let inner = self.backend.lock()?;
         let changed = inner
             .conn
