@@ -30,10 +30,9 @@ pub struct RunOptions {
 /// A failure that is not a job's: bad backend, bad consumer setup.
 pub type RunError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One consumer per concurrent invocation slot, as Lambda would run them.
-pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
+fn settings(options: &RunOptions) -> Settings {
     let function_timeout = options.event_source.function_timeout;
-    let settings = Settings {
+    Settings {
         rate_per_second: options.rate_override,
         // Locally functions run for seconds, not minutes: keep the margin in proportion.
         deadline_margin: (function_timeout / 10).min(Duration::from_secs(1)),
@@ -41,8 +40,22 @@ pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOpti
         function_name: "fanout-consumer-local".into(),
         pipeline: options.pipeline_name.clone(),
         ..Settings::default()
-    };
+    }
+}
+
+/// One consumer per concurrent invocation slot, as Lambda would run them: each its own
+/// instance, with its own share of the budgets (the fault-injection tests use this shape).
+pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
+    let settings = settings(options);
     (0..options.event_source.concurrency.max(1)).map(|_| Ok(Arc::new(Consumer::new(config, pipeline.consumer_backends(), settings.clone())?))).collect()
+}
+
+/// One consumer instance behind every invocation slot: how `fanout run` drains. The process is
+/// one member of the fleet, so its slots share one lease and one limiter per budget: no split
+/// among slots that finish at different times, and a slot without work leaves nothing unused.
+pub fn shared_consumer(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
+    let consumer = Arc::new(Consumer::new(config, pipeline.consumer_backends(), settings(options))?);
+    Ok(vec![consumer; options.event_source.concurrency.max(1)])
 }
 
 /// Writes the run's record and publishes one tick of `config` as `run_id`.
@@ -53,7 +66,7 @@ pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: 
 
 /// Drains the job queue through local consumer invocations.
 pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions, expected_jobs: u64) -> Result<DrainOutcome, RunError> {
-    let consumers = consumers(config, pipeline, options)?;
+    let consumers = shared_consumer(config, pipeline, options)?;
     let view = ProgressView::new(expected_jobs, options.quiet);
     let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
     view.finish();

@@ -9,6 +9,7 @@
 //! call, and every other instance within a cache period.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,22 @@ pub(crate) struct Flow {
     cache_ttl: Duration,
     cache: Mutex<HashMap<String, (HostState, Instant)>>,
     lease: Mutex<LeaseView>,
+    /// Batches of this instance in flight: on Lambda at most one, in `fanout run` one per
+    /// invocation slot (the process is one instance whose slots share its limiters).
+    batches: AtomicUsize,
     limiters: Limiters,
+}
+
+/// A batch in flight ([`Flow::start_batch`]); dropping it without [`Flow::end_batch`] (a
+/// crashed invocation) still stops counting it, and leaves the lease to lapse on its own.
+pub(crate) struct BatchGuard<'a> {
+    batches: &'a AtomicUsize,
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        self.batches.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Flow {
@@ -86,6 +102,7 @@ impl Flow {
             cache_ttl,
             cache: Mutex::new(HashMap::new()),
             lease: Mutex::new(LeaseView { lease, entitled_ms: 0, leases: Vec::new(), renewed: None }),
+            batches: AtomicUsize::new(0),
             limiters: Limiters::new(),
         }
     }
@@ -130,10 +147,25 @@ impl Flow {
         }
     }
 
-    /// Shortens this instance's lease to [`RELEASE_GRACE`] at the end of a batch: an instance
-    /// between batches is not working, so the others may use its share; one that gets a new
-    /// batch at once keeps its lease.
-    pub(crate) async fn release_lease(&self) {
+    /// A batch starts: counts it and renews the lease if due.
+    pub(crate) async fn start_batch(&self) -> BatchGuard<'_> {
+        self.batches.fetch_add(1, Ordering::AcqRel);
+        let guard = BatchGuard { batches: &self.batches };
+        self.renew_lease().await;
+        guard
+    }
+
+    /// A batch ended: when it was the instance's last in flight, shortens the lease to
+    /// [`RELEASE_GRACE`]: an instance between batches is not working, so the others may use its
+    /// share; one that gets a new batch at once keeps its lease.
+    pub(crate) async fn end_batch(&self, guard: BatchGuard<'_>) {
+        drop(guard);
+        if self.batches.load(Ordering::Acquire) == 0 {
+            self.release_lease().await;
+        }
+    }
+
+    async fn release_lease(&self) {
         let now = now_ms();
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);

@@ -18,6 +18,22 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+/// A waiter sleeps until its permit is due, but the timer wakes it up to a millisecond late. A
+/// GCRA limiter checked after its theoretical arrival time restarts its schedule from the late
+/// instant, so at 200/s (5 ms apart) every permit would lose a tenth of its period. A limiter
+/// with a burst of two releases waiters one period early and so absorbs the lateness, but would
+/// let two calls through at once after an idle spell. So a share of burst 1 gets a limiter of
+/// burst 2 whose spare cell is only for waiters: a job that finds the limiter idle takes both
+/// cells ([`Limiters::acquire`]). The long-run rate stays the share, and an idle limiter lets
+/// one call through, as burst 1 says.
+fn cells(share: Share) -> u32 {
+    if share.burst <= 1 {
+        2
+    } else {
+        share.burst
+    }
+}
+
 /// Longest single sleep while waiting for a permit: the share is looked at again after it, since
 /// rates change while a job waits.
 const RECHECK: Duration = Duration::from_millis(250);
@@ -59,7 +75,7 @@ pub(crate) struct Limiters {
 fn limiter(share: Share) -> DefaultDirectRateLimiter {
     // Validation refuses zero or absurd rates; the clamp keeps governor's quota non-zero anyway.
     let period = Duration::from_secs_f64((1.0 / share.per_second).clamp(1e-9, 86_400.0));
-    let burst = NonZeroU32::new(share.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(cells(share)).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
     RateLimiter::direct(quota.allow_burst(burst))
 }
@@ -101,10 +117,13 @@ impl Limiters {
     /// due after `until`. Returns how long it waited.
     pub(crate) async fn acquire(&self, key: &Key, share: impl Fn() -> Share, until: Instant) -> Result<Duration, Deferred> {
         let started = Instant::now();
+        let mut waited = false;
         loop {
             let current = share();
             let limiter = self.current(key, current);
-            match limiter.check() {
+            // A newcomer to an idle burst-1 limiter spends its spare cell too (see `cells`).
+            let idle = !waited && cells(current) > current.burst && limiter.check_n(NonZeroU32::MIN.saturating_add(1)).is_ok_and(|c| c.is_ok());
+            match if idle { Ok(()) } else { limiter.check() } {
                 Ok(()) => return Ok(started.elapsed()),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
@@ -113,6 +132,7 @@ impl Limiters {
                     }
                     // Another task may take the permit first; then we go round again.
                     tokio::time::sleep(wait.min(RECHECK)).await;
+                    waited = true;
                 }
             }
         }
@@ -162,6 +182,20 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100), "no waiting for a permit that comes too late");
         assert!(first.delay > Duration::from_millis(800) && first.delay <= Duration::from_secs(1), "{first:?}");
         assert!(second.delay >= first.delay + Duration::from_millis(990), "one period apart: {first:?} {second:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_limiter_lets_exactly_its_burst_through() {
+        let until = Instant::now();
+        for burst in [1, 3] {
+            let limiters = Limiters::new();
+            let share = move || Share { per_second: 1.0, burst };
+            for _ in 0..burst {
+                limiters.acquire(&Key::Global, share, until).await.unwrap();
+            }
+            // The spare cell of a burst-1 limiter is not handed to a newcomer.
+            assert!(limiters.acquire(&Key::Global, share, until).await.is_err(), "burst {burst}: one call too many");
+        }
     }
 
     #[tokio::test]

@@ -14,61 +14,8 @@ use fanout_shared::{JobMessage, PipelineConfig, Queue};
 use fanout_testkit::target_server::TargetServer;
 use serde_json::json;
 
-struct Harness {
-    backend: EmbeddedBackend,
-    consumer: Consumer,
-    server: TargetServer,
-}
-
-async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
-    let server = TargetServer::start().await.unwrap();
-    let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-    backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5)).unwrap();
-    let config = config.to_string().replace("BASE", &server.base_url());
-    let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
-    let backends = Backends {
-        store: Arc::new(backend.store()),
-        source: Arc::new(backend.queue("jobs")),
-        dlq: Arc::new(backend.queue("jobs-dlq")),
-        fleet: Arc::new(backend.fleet()),
-        runs: Arc::new(backend.runs()),
-        events: Arc::new(backend.events()),
-    };
-    let consumer = Consumer::new(&config, backends, settings).unwrap();
-    Harness { backend, consumer, server }
-}
-
-/// A config of `targets`, with the timeout [`job`] writes into its messages, so the consumer's
-/// policy (the message must match its own config) accepts them.
-fn config(targets: serde_json::Value) -> serde_json::Value {
-    json!({ "allow_private_networks": true, "defaults": {"timeout_ms": 2000}, "targets": targets })
-}
-
-fn job(run: &str, id: &str, url: &str) -> JobMessage {
-    let target = fanout_shared::JobTarget { id: id.into(), url: url.into(), method: "GET".into(), headers: Default::default(), body: None, timeout_ms: 2000 };
-    JobMessage::new(run, target, chrono::Utc::now())
-}
-
-/// An SQS event as Lambda delivers it, one record per body.
-fn event(bodies: &[String]) -> SqsEvent {
-    let records: Vec<_> = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, body)| {
-            json!({
-                "messageId": format!("sqs-{i}"), "receiptHandle": format!("rh-{i}"), "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-                "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs", "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).unwrap()
-}
-
-fn in_seconds(s: i64) -> i64 {
-    fanout_shared::now_ms() + s * 1000
-}
+mod common;
+use common::{config, event, harness, in_seconds, job, Harness};
 
 fn failures(report: &fanout_consumer::BatchReport) -> Vec<String> {
     report.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
@@ -352,59 +299,4 @@ async fn transient_failures_back_off_and_give_up_after_max_attempts() {
     let dlq = dlq_messages(&h).await;
     assert_eq!(dlq[0].attributes[ATTR_FAILURE_REASON], "transient failure on all 3 attempts, the last: HTTP 500 Internal Server Error");
     assert_eq!(delayed(&h).await, 0, "no further copy scheduled");
-}
-
-/// Log lines written to a buffer, for the log-context test.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn each_records_log_lines_carry_its_own_ids_when_records_interleave() {
-    // Slow successes and fast 400s in one batch, polled in turn on this one thread: a record span
-    // held across an await (`span.enter()`) would lend its IDs to the other records' lines.
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_writer(move || writer.clone()).finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-    let targets: Vec<serde_json::Value> = (0..5)
-        .flat_map(|i| {
-            [json!({"id": format!("slow{i}"), "url": format!("BASE/slow/{i}?ms=150")}), json!({"id": format!("bad{i}"), "url": format!("BASE/bad/{i}")})]
-        })
-        .collect();
-    let h = harness(config(json!(targets)), Settings::default()).await;
-    let jobs: Vec<JobMessage> = (0..5)
-        .flat_map(|i| {
-            let base = h.server.base_url();
-            [job("run-slow", &format!("slow{i}"), &format!("{base}/slow/{i}?ms=150")), job("run-bad", &format!("bad{i}"), &format!("{base}/bad/{i}"))]
-        })
-        .collect();
-    let bodies: Vec<String> = jobs.iter().map(|j| j.encode().body).collect();
-    let report = h.consumer.handle_batch(event(&bodies), in_seconds(10)).await;
-    assert_eq!((report.metrics.total(Metric::Succeeded), report.metrics.total(Metric::DeadLettered)), (5.0, 5.0));
-
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let bad: std::collections::BTreeSet<&str> = jobs.iter().filter(|j| j.run_id == "run-bad").map(|j| j.message_id.as_str()).collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let line: serde_json::Value = serde_json::from_str(line).unwrap();
-        if line["fields"]["message"] != "dead-lettered" {
-            continue;
-        }
-        let span = &line["span"];
-        let id = span["message_id"].as_str().unwrap_or_else(|| panic!("no record span: {line}"));
-        assert!(bad.contains(id), "a 400's line carries another record's message ID: {line}");
-        assert_eq!(span["run_id"], "run-bad", "{line}");
-        seen.insert(id.to_owned());
-    }
-    assert_eq!(seen.len(), 5, "one line per dead-lettered record, each with its own ID:\n{text}");
 }

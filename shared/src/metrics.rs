@@ -135,12 +135,19 @@ impl Metric {
 pub struct MetricSet {
     dimensions: BTreeMap<String, String>,
     values: BTreeMap<Metric, Vec<f64>>,
+    /// Fields of the EMF line that are not metrics (no CloudWatch cost; Logs Insights reads them).
+    properties: BTreeMap<String, Value>,
 }
 
 impl MetricSet {
     /// An empty set with the given dimensions (e.g. `Function`).
     pub fn new(dimensions: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self { dimensions: dimensions.into_iter().collect(), values: BTreeMap::new() }
+        Self { dimensions: dimensions.into_iter().collect(), values: BTreeMap::new(), properties: BTreeMap::new() }
+    }
+
+    /// Sets a field of the EMF line that is not a metric, e.g. the invocation's duration.
+    pub fn property(&mut self, name: &str, value: impl Into<Value>) {
+        self.properties.insert(name.to_owned(), value.into());
     }
 
     /// Adds to a counter.
@@ -195,6 +202,9 @@ impl MetricSet {
                 }],
             }),
         );
+        for (k, v) in &self.properties {
+            doc.insert(k.clone(), v.clone());
+        }
         for (k, v) in &self.dimensions {
             doc.insert(k.clone(), json!(v));
         }
