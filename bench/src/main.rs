@@ -10,12 +10,20 @@
 //! - [`coldstart`]: 5, the Lambda binary's cold start against a mock Runtime API.
 //! - [`flow`]: 7, flow control (issue #12): hidden limit, host down, transient failures, sparse
 //!   fleet, tight budget.
+//! - [`cloud`], [`counting_proxy`], [`cost`]: 8 and 9, the real stack on the local cloud and
+//!   what a tick costs (every AWS request counted), beside Distributed Map and the Python peer.
+//! - [`process`]: 10, `fanout run` as a whole process.
+//! - [`coldstart`] also 11: the `lambda-release` profile against `release`.
 //! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
 
+mod cloud;
 mod coldstart;
+mod cost;
+mod counting_proxy;
 mod flow;
 mod measure;
 mod peer;
+mod process;
 mod produce;
 mod rate;
 mod report;
@@ -50,6 +58,12 @@ struct Paths {
     /// The release Lambda binary of the consumer.
     #[arg(long, default_value = "target/release/fanout-consumer")]
     consumer: PathBuf,
+    /// The consumer built with the `lambda-release` profile (`scripts/package`'s).
+    #[arg(long, default_value = "target/lambda-release/fanout-consumer")]
+    lambda_consumer: PathBuf,
+    /// The release `fanout` command.
+    #[arg(long, default_value = "target/release/fanout")]
+    fanout: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +113,30 @@ enum Command {
         /// Runs per scenario (medians are reported); `all` runs each once.
         #[arg(long, default_value_t = 1)]
         runs: usize,
+    },
+    /// Figure 8: the real stack on the local cloud (deploy, redeploy, ticks, cold start).
+    Cloud {
+        /// Clean ticks (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Figure 10: `fanout run` as a whole process, spawn to exit.
+    Process {
+        /// Runs per size (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Figure 11: the consumer built with `release` and with `lambda-release`.
+    Profile {
+        /// Cold starts of each (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
     },
     /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
     /// `replay` by hand, e.g. under `perf record`.
@@ -154,7 +192,8 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     let (throughput, dedupe) = throughput::sections(runs).await?;
     sections.push(throughput);
     eprintln!("fanout-bench: 3. Python peer");
-    sections.push(peer::section(runs, &paths.python, &paths.peer_dir).await?);
+    let (peer, cpu) = peer::section(runs, &paths.python, &paths.peer_dir).await?;
+    sections.push(peer);
     eprintln!("fanout-bench: 4. producer fan-out");
     sections.push(produce::section(runs).await?);
     eprintln!("fanout-bench: 5. cold start");
@@ -162,6 +201,12 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     sections.push(dedupe);
     eprintln!("fanout-bench: 7. flow control");
     sections.push(flow::section(flow::RUNS_IN_ALL).await?);
+    eprintln!("fanout-bench: 8 and 9. the real stack on the local cloud, cost per million jobs");
+    sections.extend(cloud::sections(&cloud::measure(runs).await?, cpu));
+    eprintln!("fanout-bench: 10. fanout run as a whole process");
+    sections.push(process::section(runs, &paths.fanout).await?);
+    eprintln!("fanout-bench: 11. Lambda release profile");
+    sections.push(coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?);
     let document = report::document(&sections, &report::machine(&paths.python), started.elapsed().as_secs_f64());
     std::fs::write(out, document).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!("fanout-bench: wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
@@ -176,10 +221,20 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let (throughput, dedupe) = throughput::sections(runs).await?;
             print_sections(&[throughput, dedupe])
         }
-        Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?]),
+        Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?.0]),
         Command::Produce { runs } => print_sections(&[produce::section(runs).await?]),
         Command::ColdStart { runs, paths } => print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?]),
         Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
+        Command::Cloud { runs, paths } => {
+            let run = cloud::measure(runs).await?;
+            for tick in run.clean.iter().chain([&run.duplicates, &run.transient]) {
+                eprintln!("{tick:#?}");
+            }
+            let cpu = peer::cpu_per_job(&paths.python, &paths.peer_dir).await?;
+            print_sections(&cloud::sections(&run, cpu))
+        }
+        Command::Process { runs, paths } => print_sections(&[process::section(runs, &paths.fanout).await?]),
+        Command::Profile { runs, paths } => print_sections(&[coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?]),
         Command::Target => {
             let server = fanout_testkit::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
             println!("{}", server.base_url());

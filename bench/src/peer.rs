@@ -58,7 +58,8 @@ pub async fn replay_child(events: &Path, target: &str, jobs: usize) -> Result<Pr
 }
 
 /// Runs figure 3 `runs` times per side with the bench venv's `python`.
-pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<Section, String> {
+/// `runs` interleaved pairs of child processes on the same events: (Rust, Python, batches).
+async fn measure(runs: usize, python: &Path, peer_dir: &Path) -> Result<(Vec<ProcessStats>, Vec<ProcessStats>, usize), String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let scratch = Scratch::new("peer")?;
     let events = scratch.join("events.jsonl");
@@ -79,6 +80,24 @@ pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<Sect
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    Ok((rust, peer, batches))
+}
+
+fn cpu_medians(rust: &[ProcessStats], peer: &[ProcessStats]) -> (f64, f64) {
+    let cpu = |s: &[ProcessStats]| median(&s.iter().map(ProcessStats::cpu_us_per_job).collect::<Vec<_>>());
+    (cpu(rust), cpu(peer))
+}
+
+/// CPU µs per job of the Rust consumer and of the Python peer (medians of 3 pairs), for the
+/// cost figure when it runs alone.
+pub async fn cpu_per_job(python: &Path, peer_dir: &Path) -> Result<(f64, f64), String> {
+    let (rust, peer, _) = measure(3, python, peer_dir).await?;
+    Ok(cpu_medians(&rust, &peer))
+}
+
+/// Runs figure 3, `runs` pairs; also returns the CPU µs per job of both (Rust, Python).
+pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<(Section, (f64, f64)), String> {
+    let (rust, peer, batches) = measure(runs, python, peer_dir).await?;
     let speed: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| r.jobs_per_s() / p.jobs_per_s()).collect();
     let memory: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| r.max_rss_kb as f64 / p.max_rss_kb as f64).collect();
     let cpu: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| p.cpu_us_per_job() / r.cpu_us_per_job()).collect();
@@ -86,7 +105,7 @@ pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<Sect
     let jobs_per_s = ProcessStats::jobs_per_s as fn(&ProcessStats) -> f64;
     let cpu_us = ProcessStats::cpu_us_per_job as fn(&ProcessStats) -> f64;
     let rss_mib = (|s: &ProcessStats| s.max_rss_kb as f64 / 1024.0) as fn(&ProcessStats) -> f64;
-    Ok(Section {
+    let section = Section {
         title: "3. Python peer".into(),
         command: "target/release/fanout-bench peer".into(),
         workload: format!(
@@ -118,5 +137,6 @@ pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<Sect
              their imports. A smaller executable (the `scripts/package` build with LTO, or `opt-level = \"s\"`) is \
              the lever left on the Rust side; the bench measures the workspace's release profile."
             .into()],
-    })
+    };
+    Ok((section, cpu_medians(&rust, &peer)))
 }

@@ -129,11 +129,13 @@ impl Drop for Moto {
     }
 }
 
-/// The `fanout` binary next to this test binary (`cargo test --workspace` builds it for the
-/// CLI's own integration tests).
+/// The `fanout` binary of this build (`cargo test --workspace` builds it for the CLI's own
+/// integration tests): next to a binary (`fanout-bench`), or one up from a test binary in `deps/`.
 pub fn fanout_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("fanout");
+    let dir = exe.parent().expect("the binary's directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target dir") } else { dir };
+    let bin = dir.join("fanout");
     assert!(bin.exists(), "{} is missing: build it with `cargo build --bins`", bin.display());
     bin
 }

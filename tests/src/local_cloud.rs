@@ -12,6 +12,7 @@ pub struct LocalCloud {
     state: PathBuf,
     bin_dir: PathBuf,
     env: Vec<(String, String)>,
+    script_env: Vec<(String, String)>,
 }
 
 /// What one `scripts/local-cloud up` did.
@@ -52,12 +53,24 @@ impl LocalCloud {
                 bin_dir.join(bin).display()
             );
         }
-        Self { root, state, bin_dir, env: Vec::new() }
+        Self { root, state, bin_dir, env: Vec::new(), script_env: Vec::new() }
+    }
+
+    /// Sets a variable of `scripts/local-cloud`'s environment, e.g.
+    /// `FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT` before the first [`LocalCloud::up`].
+    pub fn script_env(&mut self, name: &str, value: &str) {
+        self.script_env.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// Where the emulator's state lives (`FANOUT_LOCAL_CLOUD_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.clone()
     }
 
     fn script(&self) -> Command {
         let mut command = Command::new(self.root.join("scripts/local-cloud"));
         command.env("FANOUT_LOCAL_CLOUD_DIR", &self.state).env_remove("FANOUT_STACK");
+        command.envs(self.script_env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -134,6 +147,13 @@ impl Drop for LocalCloud {
             Err(e) => eprintln!("scripts/local-cloud down did not run: {e}"),
         }
     }
+}
+
+/// The endpoint of the emulator whose state is in `state` ([`LocalCloud::state_dir`]), once
+/// `up` has started it.
+pub fn emulator_endpoint(state: &Path) -> Option<String> {
+    let port = std::fs::read_to_string(state.join("port")).ok()?;
+    Some(format!("http://127.0.0.1:{}", port.trim()))
 }
 
 /// `export A=1 B=2` lines → pairs.
