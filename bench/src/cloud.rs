@@ -193,17 +193,17 @@ async fn duplicate(cloud: &LocalCloud, config: &PipelineConfig, run_id: &str, co
     Ok(())
 }
 
-/// One tick of `config` as `run_id`, with `copies` duplicate deliveries.
-async fn tick(
-    cloud: &LocalCloud,
-    proxy: &CountingProxy,
-    server: &TargetServer,
-    name: &str,
-    config_path: &str,
-    config: &PipelineConfig,
-    run_id: &str,
-    copies: usize,
-) -> Result<Tick, String> {
+/// What a tick runs against: the deployed stack, the proxy counting its requests, the targets.
+struct Stage<'a> {
+    cloud: &'a LocalCloud,
+    proxy: &'a CountingProxy,
+    server: &'a TargetServer,
+}
+
+/// One tick of `config` (written at `config_path`) as `run_id`, with `copies` duplicate
+/// deliveries.
+async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &PipelineConfig), run_id: &str, copies: usize) -> Result<Tick, String> {
+    let Stage { cloud, proxy, server } = *stage;
     proxy.take();
     let from = cloud.log().len();
     let started_ms = fanout_shared::now_ms();
@@ -265,17 +265,18 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
     for _ in 0..3 {
         warm.push(watchdog_ms(&cloud).await?);
     }
+    let stage = Stage { cloud: &cloud, proxy: &proxy, server: &server };
     let mut ticks = Vec::new();
     for run in 0..runs.max(1) {
-        ticks.push(tick(&cloud, &proxy, &server, "clean tick", &clean_path, &clean, &format!("bench/clean-{run}"), 0).await?);
+        ticks.push(tick(&stage, "clean tick", (&clean_path, &clean), &format!("bench/clean-{run}"), 0).await?);
     }
     let copies = (JOBS as f64 * DUPLICATE_SHARE).round() as usize;
-    let duplicates = tick(&cloud, &proxy, &server, "30% duplicate deliveries", &clean_path, &clean, "bench/duplicates", copies).await?;
+    let duplicates = tick(&stage, "30% duplicate deliveries", (&clean_path, &clean), "bench/duplicates", copies).await?;
     let failing = (JOBS as f64 * TRANSIENT_SHARE).round() as usize;
     let transient_config = config(&base, "transient", failing);
     let transient_path = write(&scratch, "transient.json", &transient_config)?;
     // Same targets file shape, so no redeploy: `trigger --config` only reads the target list.
-    let transient = tick(&cloud, &proxy, &server, "10% transient failures", &transient_path, &transient_config, "bench/transient", 0).await?;
+    let transient = tick(&stage, "10% transient failures", (&transient_path, &transient_config), "bench/transient", 0).await?;
     for t in ticks.iter().chain([&duplicates, &transient]) {
         if t.settled != (JOBS as u64, 0) {
             return Err(format!("{}: {} succeeded, {} dead-lettered of {JOBS}", t.name, t.settled.0, t.settled.1));

@@ -251,11 +251,22 @@ pub async fn profile_section(runs: usize, release: &Path, packaged: &Path) -> Re
                    builds for deployment). Cold starts as in figure 5, interleaved; the zip is the binary as `bootstrap`."
             .into(),
         figures: vec![
-            Figure::goal("zip, lambda-release ÷ release", zip_ratio.map_or_else(|| "zip not installed".into(), |r| format!("{r:.2}")), "< 1", zip_ratio.is_some_and(|r| r < 1.0)),
+            Figure::goal(
+                "zip, lambda-release ÷ release",
+                zip_ratio.map_or_else(|| "zip not installed".into(), |r| format!("{r:.2}")),
+                "< 1",
+                zip_ratio.is_some_and(|r| r < 1.0),
+            ),
             Figure::goal("spawn → first response, lambda-release ÷ release", format!("{init:.2}"), "< 1", init < 1.0),
             Figure::goal("peak RSS, lambda-release ÷ release", format!("{memory:.2}"), "< 1", memory < 1.0),
-            Figure::info("release: binary, zip", format!("{:.2} MiB, {}", mib(release_size), release_zip.map_or_else(String::new, |z| format!("{:.2} MiB", mib(z))))),
-            Figure::info("lambda-release: binary, zip", format!("{:.2} MiB, {}", mib(packaged_size), packaged_zip.map_or_else(String::new, |z| format!("{:.2} MiB", mib(z))))),
+            Figure::info(
+                "release: binary, zip",
+                format!("{:.2} MiB, {}", mib(release_size), release_zip.map_or_else(String::new, |z| format!("{:.2} MiB", mib(z)))),
+            ),
+            Figure::info(
+                "lambda-release: binary, zip",
+                format!("{:.2} MiB, {}", mib(packaged_size), packaged_zip.map_or_else(String::new, |z| format!("{:.2} MiB", mib(z)))),
+            ),
             Figure::info("release: spawn → first response, peak RSS", format!("{:.1} ms, {:.1} MiB", median(&ms[0]), median(&rss[0]))),
             Figure::info("lambda-release: spawn → first response, peak RSS", format!("{:.1} ms, {:.1} MiB", median(&ms[1]), median(&rss[1]))),
         ],

@@ -187,9 +187,7 @@ pub fn section(clean: &Tick, duplicates: &Tick, transient: &Tick, cpu_us: (f64, 
         format!("{title}\n\n| item | per job | $ per 1M jobs | |\n|---|---|---|---|\n{}\n| total | | ${:.2} | |", rows(lines).join("\n"), total(lines))
     };
     let mut notes: Vec<String> = [clean, duplicates, transient].iter().map(|t| table(format!("fanout's bill, {}:", t.name), &fanout_bill(t))).collect();
-    notes.extend([
-        table("The Python/Powertools peer's bill for the clean tick:".into(), &python_bill(clean, cpu_us.0, cpu_us.1)),
-    ]);
+    notes.extend([table("The Python/Powertools peer's bill for the clean tick:".into(), &python_bill(clean, cpu_us.0, cpu_us.1))]);
     for (name, shape) in shapes {
         notes.push(table(format!("{name}:"), &map_bill(shape, attempts, concurrency, rate)));
     }

@@ -30,7 +30,8 @@ fn one(fanout: &Path, scratch: &Scratch, base_url: &str, jobs: usize, run: usize
         .output()
         .map_err(|e| format!("{}: {e}", fanout.display()))?;
     let wall = started.elapsed().as_secs_f64();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("fanout run: no JSON summary ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("fanout run: no JSON summary ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
     if !out.status.success() || summary["succeeded"].as_u64() != Some(jobs as u64) {
         return Err(format!("fanout run settled {} of {jobs}: {summary}", summary["succeeded"]));
     }

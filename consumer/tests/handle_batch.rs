@@ -5,7 +5,6 @@ use fanout_shared::metrics::Metric;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::SqsEvent;
 use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::embedded::EmbeddedBackend;
 use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore, Status};
