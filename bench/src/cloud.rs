@@ -23,6 +23,9 @@ use crate::workload::Scratch;
 pub const JOBS: usize = 600;
 /// The stack's global budget, requests/s.
 pub const RATE: f64 = 200.0;
+/// The budget of the second series of clean ticks: 10/s per instance, so a 10-record batch
+/// lasts about a second.
+pub const SLOW_RATE: f64 = 50.0;
 /// The stack's consumer `maxConcurrency` (its default).
 pub const CONCURRENCY: u32 = 5;
 /// Both functions' memory (the stack's default), MB.
@@ -39,6 +42,8 @@ pub const TRANSIENT_SHARE: f64 = 0.1;
 pub struct Tick {
     /// What the tick was.
     pub name: String,
+    /// The stack's global budget, requests/s.
+    pub rate: f64,
     /// Jobs of the tick.
     pub jobs: usize,
     /// Messages SNS delivered to the queue: jobs and duplicate copies.
@@ -73,22 +78,28 @@ pub struct CloudRun {
     /// First invocation of the freshly deployed producer (its process starts), ms, and the
     /// median of three warm ones.
     pub cold_ms: (f64, f64),
-    /// The clean ticks.
+    /// The clean ticks at [`RATE`].
     pub clean: Vec<Tick>,
+    /// The clean ticks at [`SLOW_RATE`].
+    pub slow: Vec<Tick>,
+    /// The redeploy to [`SLOW_RATE`], s, and its summary line.
+    pub rate_redeploy: (f64, String),
     /// The tick with [`DUPLICATE_SHARE`] of its jobs delivered twice.
     pub duplicates: Tick,
     /// The tick with [`TRANSIENT_SHARE`] of its jobs failing once.
     pub transient: Tick,
 }
 
-fn config(base_url: &str, run: &str, failing_first: usize) -> PipelineConfig {
+/// `JOBS` targets on `base_url`; every `failing_every`-th fails its first call (spread out, as
+/// transient failures are: a run of them would open the host's circuit).
+fn config(base_url: &str, run: &str, failing_every: Option<usize>, rate: f64) -> PipelineConfig {
     let targets: Vec<Value> = (0..JOBS)
         .map(|i| {
-            let url = if i < failing_first { format!("{base_url}/flaky/{run}-{i}?fail=1") } else { format!("{base_url}/ok/{run}-{i}") };
+            let url = if failing_every.is_some_and(|n| i % n == 0) { format!("{base_url}/flaky/{run}-{i}?fail=1") } else { format!("{base_url}/ok/{run}-{i}") };
             json!({ "id": format!("t{i}"), "url": url })
         })
         .collect();
-    let value = json!({ "rate_limit": { "per_second": RATE, "burst": 1 }, "allow_private_networks": true, "targets": targets });
+    let value = json!({ "rate_limit": { "per_second": rate, "burst": 1 }, "allow_private_networks": true, "targets": targets });
     serde_json::from_value(value).unwrap_or_default()
 }
 
@@ -203,6 +214,7 @@ struct Stage<'a> {
 /// One tick of `config` (written at `config_path`) as `run_id`, with `copies` duplicate
 /// deliveries.
 async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &PipelineConfig), run_id: &str, copies: usize) -> Result<Tick, String> {
+    let rate = config.rate_limit.map_or(RATE, |l| l.per_second);
     let Stage { cloud, proxy, server } = *stage;
     proxy.take();
     let from = cloud.log().len();
@@ -223,6 +235,7 @@ async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &Pipe
     let run_started_ms = run["started_at_ms"].as_i64().unwrap_or(started_ms);
     Ok(Tick {
         name: name.to_owned(),
+        rate,
         jobs: config.targets.len(),
         deliveries: config.targets.len() + copies,
         counts,
@@ -252,32 +265,44 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
     let scratch = Scratch::new("cloud")?;
     let mut cloud = LocalCloud::new("bench");
     cloud.script_env("FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT", &proxy.url);
-    let context = vec![format!("maxConcurrency={CONCURRENCY}"), format!("ratePerSecond={RATE}")];
     let base = server.base_url();
-    let first = write(&scratch, "first.json", &config(&base, "deploy", 0))?;
-    let (cloud, deploy_s, deploy_summary) = up(cloud, &proxy, first, context.clone()).await?;
-    // The change a redeploy is for: the targets of the next ticks.
-    let clean = config(&base, "clean", 0);
+    let clean = config(&base, "clean", None, RATE);
     let clean_path = write(&scratch, "clean.json", &clean)?;
-    let (cloud, redeploy_s, redeploy_summary) = up(cloud, &proxy, clean_path.clone(), Vec::new()).await?;
+    let context = vec![format!("maxConcurrency={CONCURRENCY}"), format!("ratePerSecond={RATE}")];
+    let (cloud, deploy_s, deploy_summary) = up(cloud, &proxy, clean_path.clone(), context).await?;
+    let mut ticks = Vec::new();
+    {
+        let stage = Stage { cloud: &cloud, proxy: &proxy, server: &server };
+        for run in 0..runs.max(1) {
+            ticks.push(tick(&stage, "clean tick", (&clean_path, &clean), &format!("bench/clean-{run}"), 0).await?);
+        }
+        let copies = (JOBS as f64 * DUPLICATE_SHARE).round() as usize;
+        ticks.push(tick(&stage, "30% duplicate deliveries", (&clean_path, &clean), "bench/duplicates", copies).await?);
+    }
+    let duplicates = ticks.pop().unwrap_or_default();
+    // A config change: the packaged config names the targets, so the transient tick needs its own.
+    let every = (1.0 / TRANSIENT_SHARE).round() as usize;
+    let transient_config = config(&base, "transient", Some(every), RATE);
+    let transient_path = write(&scratch, "transient.json", &transient_config)?;
+    let (cloud, redeploy_s, redeploy_summary) = up(cloud, &proxy, transient_path.clone(), Vec::new()).await?;
+    // The functions were replaced: the producer's next invocation starts its process.
     let cold = watchdog_ms(&cloud).await?;
     let mut warm = Vec::new();
     for _ in 0..3 {
         warm.push(watchdog_ms(&cloud).await?);
     }
+    let transient =
+        tick(&Stage { cloud: &cloud, proxy: &proxy, server: &server }, "10% transient failures", (&transient_path, &transient_config), "bench/transient", 0)
+            .await?;
+    let slow_config = config(&base, "slow", None, SLOW_RATE);
+    let slow_path = write(&scratch, "slow.json", &slow_config)?;
+    let (cloud, rate_s, rate_summary) = up(cloud, &proxy, slow_path.clone(), vec![format!("ratePerSecond={SLOW_RATE}")]).await?;
+    let mut slow = Vec::new();
     let stage = Stage { cloud: &cloud, proxy: &proxy, server: &server };
-    let mut ticks = Vec::new();
     for run in 0..runs.max(1) {
-        ticks.push(tick(&stage, "clean tick", (&clean_path, &clean), &format!("bench/clean-{run}"), 0).await?);
+        slow.push(tick(&stage, "clean tick at 50/s", (&slow_path, &slow_config), &format!("bench/slow-{run}"), 0).await?);
     }
-    let copies = (JOBS as f64 * DUPLICATE_SHARE).round() as usize;
-    let duplicates = tick(&stage, "30% duplicate deliveries", (&clean_path, &clean), "bench/duplicates", copies).await?;
-    let failing = (JOBS as f64 * TRANSIENT_SHARE).round() as usize;
-    let transient_config = config(&base, "transient", failing);
-    let transient_path = write(&scratch, "transient.json", &transient_config)?;
-    // Same targets file shape, so no redeploy: `trigger --config` only reads the target list.
-    let transient = tick(&stage, "10% transient failures", (&transient_path, &transient_config), "bench/transient", 0).await?;
-    for t in ticks.iter().chain([&duplicates, &transient]) {
+    for t in ticks.iter().chain(&slow).chain([&duplicates, &transient]) {
         if t.settled != (JOBS as u64, 0) {
             return Err(format!("{}: {} succeeded, {} dead-lettered of {JOBS}", t.name, t.settled.0, t.settled.1));
         }
@@ -285,8 +310,10 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
     Ok(CloudRun {
         deploy: (deploy_s, deploy_summary),
         redeploy: (redeploy_s, redeploy_summary),
+        rate_redeploy: (rate_s, rate_summary),
         cold_ms: (cold, median(&warm)),
         clean: ticks,
+        slow,
         duplicates,
         transient,
     })
@@ -295,65 +322,98 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
 /// Figures 8 and 9 from a measured run; `cpu_us` is the Rust consumer's and the Python peer's
 /// CPU per job (figure 3).
 pub fn sections(run: &CloudRun, cpu_us: (f64, f64)) -> Vec<Section> {
-    vec![section(run), crate::cost::section(run.clean.last().unwrap_or(&run.duplicates), &run.duplicates, &run.transient, cpu_us, f64::from(CONCURRENCY), RATE)]
+    let clean = run.clean.last().unwrap_or(&run.duplicates);
+    vec![section(run), crate::cost::section(clean, &run.duplicates, &run.transient, run.slow.last(), cpu_us, f64::from(CONCURRENCY))]
+}
+
+/// Per series of clean ticks: (ratios trigger → finished, run's own, first call s, call phase,
+/// busy share, ms per invocation, turnaround ms).
+struct Series {
+    makespan: Vec<f64>,
+    run: Vec<f64>,
+    first_call: Vec<f64>,
+    phase: Vec<f64>,
+    busy: Vec<f64>,
+    per_invocation_ms: Vec<f64>,
+    gap_ms: Vec<f64>,
+}
+
+fn series(ticks: &[Tick]) -> Series {
+    let of = |f: &dyn Fn(&Tick) -> f64| ticks.iter().map(f).collect::<Vec<f64>>();
+    let ideal = |t: &Tick| t.jobs as f64 / t.rate;
+    let instances = f64::from(CONCURRENCY);
+    Series {
+        makespan: of(&|t| t.makespan_s / ideal(t)),
+        run: of(&|t| t.run_s / ideal(t)),
+        first_call: of(&|t| t.calls_s.0),
+        phase: of(&|t| (t.calls_s.1 - t.calls_s.0) / ideal(t)),
+        // Share of the call phase the instances spent inside invocations, and the time between
+        // one invocation's end and the same instance's next one.
+        busy: of(&|t| t.consumer_ms / 1000.0 / (instances * (t.calls_s.1 - t.calls_s.0))),
+        per_invocation_ms: of(&|t| t.consumer_ms / t.invocations.max(1) as f64),
+        gap_ms: of(&|t| (instances * (t.calls_s.1 - t.calls_s.0) * 1000.0 - t.consumer_ms).max(0.0) / t.invocations.max(1) as f64),
+    }
 }
 
 fn section(run: &CloudRun) -> Section {
-    let ideal = JOBS as f64 / RATE;
-    let of = |f: fn(&Tick) -> f64| run.clean.iter().map(f).collect::<Vec<f64>>();
-    let ratios = of(|t| t.makespan_s / JOBS as f64 * RATE);
-    let run_ratios = of(|t| t.run_s / JOBS as f64 * RATE);
-    let first_call = of(|t| t.calls_s.0);
-    let phase = of(|t| (t.calls_s.1 - t.calls_s.0) / JOBS as f64 * RATE);
-    // Share of the call phase the consumer instances spent inside invocations, and the time
-    // between one invocation's end and the same instance's next one.
-    let busy = of(|t| t.consumer_ms / 1000.0 / (f64::from(CONCURRENCY) * (t.calls_s.1 - t.calls_s.0)));
-    let gap_ms = of(|t| ((f64::from(CONCURRENCY) * (t.calls_s.1 - t.calls_s.0)) * 1000.0 - t.consumer_ms).max(0.0) / t.invocations.max(1) as f64);
-    let per_invocation_ms = of(|t| t.consumer_ms / t.invocations.max(1) as f64);
+    let mut figures = Vec::new();
+    let mut runs = Vec::new();
+    for (rate, ticks) in [(RATE, &run.clean), (SLOW_RATE, &run.slow)] {
+        let s = series(ticks);
+        let share = rate / f64::from(CONCURRENCY);
+        let at = format!("at {rate}/s ({share}/s per instance)");
+        let makespan = median(&s.makespan);
+        figures.push(Figure::goal(&format!("600-job tick {at}: trigger → run finished ÷ (N/R)"), format!("{makespan:.2}"), "≤ 1.10", makespan <= 1.10));
+        figures.push(Figure::info(&format!("… {at}: run's own duration (producer start → finish) ÷ (N/R)"), format!("{:.2}", median(&s.run))));
+        figures.push(Figure::info(&format!("… {at}: trigger → first call, s"), format!("{:.2}", median(&s.first_call))));
+        figures.push(Figure::info(&format!("… {at}: first call → last call ÷ (N/R)"), format!("{:.2}", median(&s.phase))));
+        figures.push(Figure::info(
+            &format!("… {at}: instances busy in the call phase (Σ invocation time ÷ instances × phase)"),
+            format!("{:.0}%", 100.0 * median(&s.busy)),
+        ));
+        figures.push(Figure::info(
+            &format!("… {at}: invocation of 10 records, ms; between an instance's invocations, ms"),
+            format!("{:.0}; {:.0}", median(&s.per_invocation_ms), median(&s.gap_ms)),
+        ));
+        runs.push(format!("{at}: trigger → finished ÷ (N/R): {}; first → last call ÷ (N/R): {}", list(&s.makespan, 2), list(&s.phase, 2)));
+    }
+    figures.push(Figure::info("deploy (create), s", format!("{:.1}", run.deploy.0)));
+    figures.push(Figure::info("redeploy after a config change (new target list), s", format!("{:.1}", run.redeploy.0)));
+    figures.push(Figure::info("redeploy after a config and budget change, s", format!("{:.1}", run.rate_redeploy.0)));
+    figures.push(Figure::info("producer cold start: first invocation after a redeploy − warm one, ms", format!("{:.0}", run.cold_ms.0 - run.cold_ms.1)));
+    figures.push(Figure::info("producer warm invocation (`fanout trigger --watchdog`, process included), ms", format!("{:.0}", run.cold_ms.1)));
+    runs.push(format!("deploy: {}", run.deploy.1));
+    runs.push(format!("redeploy: {}", run.redeploy.1));
+    runs.push(format!("redeploy (budget): {}", run.rate_redeploy.1));
+    let fast = series(&run.clean);
     let share = RATE / f64::from(CONCURRENCY);
-    let makespan = median(&ratios);
     Section {
         title: "8. The real stack on the local cloud".into(),
         command: "target/release/fanout-bench cloud".into(),
         workload: format!(
             "The CDK stack of `infra/` deployed into ministack by `scripts/local-cloud` (synth, assets, CloudFormation) with the \
-             release binaries as the functions, consumer `maxConcurrency` {CONCURRENCY}, `ratePerSecond` {RATE}, batches of 10, \
-             {MEMORY_MB} MB functions. A tick is `fanout trigger --run-id` (the producer Lambda invoked through the emulator), \
-             SNS → SQS → event source mapping → consumer processes under the emulator's Runtime API, {JOBS} targets on a local \
-             server; it ends when the run ledger says the run finished. N/R = {ideal:.1} s. {} clean ticks.",
+             release binaries as the functions, consumer `maxConcurrency` {CONCURRENCY}, batches of 10, {MEMORY_MB} MB \
+             functions, `ratePerSecond` {RATE} and later {SLOW_RATE}. A tick is `fanout trigger --run-id` (the producer Lambda \
+             invoked through the emulator), SNS → SQS → event source mapping → consumer processes under the emulator's \
+             Runtime API, {JOBS} targets on a local server; it ends when the run ledger says the run finished. {} clean \
+             ticks at each budget.",
             run.clean.len()
         ),
-        figures: vec![
-            Figure::goal("600-job tick: trigger → run finished ÷ (N/R)", format!("{makespan:.2}"), "≤ 1.10", makespan <= 1.10),
-            Figure::info("600-job tick: run's own duration (producer start → finish) ÷ (N/R)", format!("{:.2}", median(&run_ratios))),
-            Figure::info("600-job tick: trigger → first call, s", format!("{:.2}", median(&first_call))),
-            Figure::info("600-job tick: first call → last call ÷ (N/R)", format!("{:.2}", median(&phase))),
-            Figure::info("consumer instances busy in the call phase (Σ invocation time ÷ instances × phase)", format!("{:.0}%", 100.0 * median(&busy))),
-            Figure::info("consumer invocation (10 records), ms", format!("{:.0}", median(&per_invocation_ms))),
-            Figure::info("between an instance's invocations (event source mapping turnaround), ms", format!("{:.0}", median(&gap_ms))),
-            Figure::info("deploy (create), s", format!("{:.1}", run.deploy.0)),
-            Figure::info("redeploy after a config change (update), s", format!("{:.1}", run.redeploy.0)),
-            Figure::info("producer cold start: first invocation − warm one, ms", format!("{:.0}", run.cold_ms.0 - run.cold_ms.1)),
-            Figure::info("producer warm invocation (`fanout trigger --watchdog`, process included), ms", format!("{:.0}", run.cold_ms.1)),
-        ],
-        runs: vec![
-            format!("trigger → finished ÷ (N/R): {}", list(&ratios, 2)),
-            format!("run duration ÷ (N/R): {}", list(&run_ratios, 2)),
-            format!("first → last call ÷ (N/R): {}", list(&phase, 2)),
-            format!("deploy: {}", run.deploy.1),
-            format!("redeploy: {}", run.redeploy.1),
-        ],
+        figures,
+        runs,
         notes: vec![format!(
-            "Where the time goes. Each of the {CONCURRENCY} instances paces its batch at its share of the budget ({share:.0}/s), \
-             so 10 records take ~{:.0} ms; between two invocations of one instance the event source mapping deletes the \
-             batch, polls and invokes again, and the instance's share goes unused meanwhile (the others cannot know for so \
-             short a time without sending above the budget when it returns). That turnaround is a fixed cost per batch: it \
-             weighs {:.0}% here because the share is high for 10-record batches; at 10/s per instance a batch takes a \
-             second and it weighs a few percent. Larger batches would amortise it (`batchSize` up to 10,000 with a batching \
-             window), but the emulator's mapping hands over at most 10 messages per invocation, so it cannot be shown here. \
-             Before the first call: the producer's invocation and publish, SNS → SQS inside the emulator, the mapping's poll.",
+            "Where the time goes. Each of the {CONCURRENCY} instances paces its batch at its share of the budget, so at \
+             {RATE}/s ({share:.0}/s each) 10 records take ~{:.0} ms; between two invocations of one instance the event \
+             source mapping deletes the batch, polls and invokes again (~{:.0} ms here), and the instance's share goes \
+             unused meanwhile: the others cannot know of so short a pause without sending above the budget when it \
+             ends. That turnaround is a fixed cost per batch, so it weighs {:.0}% of the call phase at {share:.0}/s per \
+             instance and a few percent at 10/s, where a batch lasts about a second. Larger batches would amortise \
+             it (`batchSize` up to 10,000 with a batching window), but the emulator's mapping hands over at most 10 \
+             messages per invocation, so it cannot be shown here. Before the first call: the producer's invocation \
+             and publish, SNS → SQS inside the emulator, the mapping's poll.",
             9000.0 / share,
-            100.0 * (1.0 - median(&busy))
+            median(&fast.gap_ms),
+            100.0 * (1.0 - median(&fast.busy))
         )],
     }
 }

@@ -158,7 +158,10 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     for _ in 0..runs {
         eprintln!("fanout-bench: 7. flow control: sparse fleet");
         let paths = (0..SPARSE_N).map(|i| format!("ok/{i}")).collect();
-        sparse.push(scenario("sparse", paths, budget(SPARSE_RATE), cli_options(8), 0).await?);
+        // Eight instances as Lambda runs them, each with its own share (not `fanout run`'s one).
+        let mut options = cli_options(8);
+        options.separate_instances = true;
+        sparse.push(scenario("sparse", paths, budget(SPARSE_RATE), options, 0).await?);
     }
     let sparse_ideal = SPARSE_N as f64 / SPARSE_RATE;
     let wall = values(&sparse, |r| r.wall_s / sparse_ideal);
@@ -202,7 +205,8 @@ pub async fn section(runs: usize) -> Result<Section, String> {
              (1) hidden limit: {HIDDEN_N} jobs on `capped?rps=25` (the server answers 429 + Retry-After: 1 above 25/s), budget \
              100/s. (2) host down: {DOWN_N} jobs on `outage?secs=8` (503 for 8 s from the first call), budget 50/s. \
              (3) transient: {FLAKY_N} jobs, every 10th `flaky?fail=1` (one 500, then 200), budget 100/s, visibility 30 s. \
-             (4) sparse fleet: {SPARSE_N} jobs, budget 10/s, concurrency 8. (5) tight budget: {TIGHT_N} jobs, budget 2/s. \
+             (4) sparse fleet: {SPARSE_N} jobs, budget 10/s, concurrency 8, each slot its own consumer instance as on \
+             Lambda (the others drain through one instance, as `fanout run` does). (5) tight budget: {TIGHT_N} jobs, budget 2/s. \
              Runs per scenario: {runs}."
         ),
         figures,

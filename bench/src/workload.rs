@@ -30,6 +30,7 @@ pub fn cli_options(concurrency: usize) -> RunOptions {
         rate_override: None,
         quiet: true,
         pipeline_name: "fanout".into(),
+        separate_instances: false,
     }
 }
 

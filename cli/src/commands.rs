@@ -136,6 +136,7 @@ fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
         rate_override: local.rate,
         quiet: local.json,
         pipeline_name: backend::pipeline_name(cli.aws.stack_name()),
+        separate_instances: false,
     })
 }
 

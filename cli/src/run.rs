@@ -25,6 +25,10 @@ pub struct RunOptions {
     pub quiet: bool,
     /// The pipeline's name in run metrics and completion events.
     pub pipeline_name: String,
+    /// Each invocation slot its own consumer instance, with its own lease and share of the
+    /// budgets, as Lambda runs them ([`consumers`]); `false` (the command's way): one instance
+    /// behind every slot ([`shared_consumer`]).
+    pub separate_instances: bool,
 }
 
 /// A failure that is not a job's: bad backend, bad consumer setup.
@@ -66,7 +70,7 @@ pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: 
 
 /// Drains the job queue through local consumer invocations.
 pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions, expected_jobs: u64) -> Result<DrainOutcome, RunError> {
-    let consumers = shared_consumer(config, pipeline, options)?;
+    let consumers = if options.separate_instances { consumers(config, pipeline, options)? } else { shared_consumer(config, pipeline, options)? };
     let view = ProgressView::new(expected_jobs, options.quiet);
     let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
     view.finish();

@@ -57,8 +57,10 @@ impl Consumer {
     pub async fn handle_batch(&self, event: SqsEvent, deadline_ms: i64) -> BatchReport {
         let started = std::time::Instant::now();
         let deadline = Deadline::new(deadline_ms, self.settings.deadline_margin);
-        let in_flight = self.flow.start_batch().await;
-        self.flow.refresh(&hosts_of(&event.records)).await;
+        // Two store round trips, neither waiting for the other: every one before the first
+        // call is time the instance's share goes unused.
+        let hosts = hosts_of(&event.records);
+        let (in_flight, ()) = future::join(self.flow.start_batch(), self.flow.refresh(&hosts)).await;
         // Records are moved into their futures: borrowed ones trip the compiler's higher-ranked
         // lifetime check when this future is spawned.
         let work = stream::iter(copies_together(event.records))
@@ -86,8 +88,7 @@ impl Consumer {
             Either::Left((reports, _)) => reports,
             Either::Right(((), work)) => work.await,
         };
-        self.flow.end_batch(in_flight).await;
-        let finished_runs = self.finish_runs(&reports).await;
+        let ((), finished_runs) = future::join(self.flow.end_batch(in_flight), self.finish_runs(&reports)).await;
         let mut report = self.report(reports);
         report.run_metrics = run_metrics(&self.settings.pipeline, &finished_runs);
         report.finished_runs = finished_runs;

@@ -3,8 +3,8 @@
 //! A budget in the config is the whole fleet's. An instance's share is that budget (times the
 //! host's current rate factor) divided by the instances at work ([`fanout_shared::fleet`]), so
 //! it changes at runtime: a limiter is replaced when its share moves by more than 1%. A
-//! replacement starts without the new limiter's burst when the old one had no permit to give,
-//! so a rate change never lets an extra call through.
+//! replacement has no more permits to give than the old one had (and never the waiters' spare
+//! cell), so a rate change never lets an extra call through.
 //!
 //! Waiting is deadline-aware: a permit due after the invocation can use it is not waited for;
 //! the caller reschedules the job for when the permit is due ([`Deferred`]), and a horizon per
@@ -102,8 +102,14 @@ impl Limiters {
         let horizon = match slots.get(key) {
             Some(old) => {
                 if old.limiter.check().is_err() {
-                    // The old limiter was spent: so is the new one's burst.
+                    // The old limiter was spent: so is the new one.
                     while fresh.check().is_ok() {}
+                } else {
+                    // It had a permit to give: the new one has the share's burst, never the
+                    // waiters' spare cell too.
+                    for _ in share.burst.max(1)..cells(share) {
+                        let _ = fresh.check();
+                    }
                 }
                 old.horizon
             }

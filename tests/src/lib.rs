@@ -62,6 +62,7 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
         rate_override: None,
         quiet: true,
         pipeline_name: "fanout".into(),
+        separate_instances: false,
     }
 }
 
