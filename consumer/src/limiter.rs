@@ -22,17 +22,22 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// GCRA limiter checked after its theoretical arrival time restarts its schedule from the late
 /// instant, so at 200/s (5 ms apart) every permit would lose a tenth of its period. A limiter
 /// with a burst of two releases waiters one period early and so absorbs the lateness, but would
-/// let two calls through at once after an idle spell. So a share of burst 1 gets a limiter of
-/// burst 2 whose spare cell is only for waiters: a job that finds the limiter idle takes both
-/// cells ([`Limiters::acquire`]). The long-run rate stays the share, and an idle limiter lets
-/// one call through, as burst 1 says.
+/// let two calls through at once after an idle spell. So a fast share of burst 1 gets a limiter
+/// of burst 2 whose spare cell is only for waiters: a job that finds the limiter idle takes both
+/// cells ([`Limiters::acquire`]), and a replacement never has it to give ([`Limiters::current`]).
+/// The long-run rate stays the share. A slow share (periods of 50 ms and more, where the
+/// lateness costs at most 2%) has none, so a fleet of many slow instances keeps its peak to the
+/// budget and the burst.
 fn cells(share: Share) -> u32 {
-    if share.burst <= 1 {
+    if share.burst <= 1 && share.per_second > SPARE_CELL_ABOVE {
         2
     } else {
-        share.burst
+        share.burst.max(1)
     }
 }
+
+/// Shares faster than this (requests/s) get the waiters' spare cell ([`cells`]).
+const SPARE_CELL_ABOVE: f64 = 20.0;
 
 /// Longest single sleep while waiting for a permit: the share is looked at again after it, since
 /// rates change while a job waits.
@@ -195,7 +200,8 @@ mod tests {
         let until = Instant::now();
         for burst in [1, 3] {
             let limiters = Limiters::new();
-            let share = move || Share { per_second: 1.0, burst };
+            // Fast enough for a burst-1 limiter to hold the waiters' spare cell.
+            let share = move || Share { per_second: 100.0, burst };
             for _ in 0..burst {
                 limiters.acquire(&Key::Global, share, until).await.unwrap();
             }

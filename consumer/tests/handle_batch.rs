@@ -2,10 +2,9 @@
 //! every behaviour issue #2 names, with events built from JSON as Lambda sends them.
 
 use fanout_shared::metrics::Metric;
-use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_consumer::{Backends, Consumer, Settings};
+use fanout_consumer::{Consumer, Settings};
 use fanout_shared::embedded::EmbeddedBackend;
 use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore, Status};
 use fanout_shared::job::{ATTR_FAILURE_REASON, ATTR_STATUS_CODE};
@@ -14,7 +13,7 @@ use fanout_testkit::target_server::TargetServer;
 use serde_json::json;
 
 mod common;
-use common::{config, event, harness, in_seconds, job, Harness};
+use common::{backends, config, event, harness, in_seconds, job, Harness};
 
 fn failures(report: &fanout_consumer::BatchReport) -> Vec<String> {
     report.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
@@ -172,16 +171,8 @@ async fn ssrf_guard_refuses_loopback_names_literals_and_unlisted_hosts() {
     let targets = json!([{"id": "x", "url": format!("http://{hostname}:{port}/ok"), "timeout_ms": 2000}]);
     let cfg = json!({"hosts": hosts, "targets": targets});
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-    let backends = Backends {
-        store: Arc::new(backend.store()),
-        source: Arc::new(backend.queue("q")),
-        dlq: Arc::new(backend.queue("dlq")),
-        fleet: Arc::new(backend.fleet()),
-        runs: Arc::new(backend.runs()),
-        events: Arc::new(backend.events()),
-    };
     let config = PipelineConfig::parse(&cfg.to_string(), false, "f.json").unwrap();
-    let consumer = Consumer::new(&config, backends, Settings::default()).unwrap();
+    let consumer = Consumer::new(&config, backends(&backend, "q", "dlq"), Settings::default()).unwrap();
     let by_name = job("r", "x", &format!("http://{hostname}:{port}/ok"));
     let literal = job("r", "y", &format!("http://127.0.0.1:{port}/ok"));
     let metadata = job("r", "z", "http://169.254.169.254/latest/meta-data/");

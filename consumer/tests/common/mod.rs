@@ -17,21 +17,25 @@ pub struct Harness {
     pub server: TargetServer,
 }
 
+/// The consumer's backends on `backend`, reading `source` and dead-lettering into `dlq`.
+pub fn backends(backend: &EmbeddedBackend, source: &str, dlq: &str) -> Backends {
+    Backends {
+        store: Arc::new(backend.store()),
+        source: Arc::new(backend.queue(source)),
+        dlq: Arc::new(backend.queue(dlq)),
+        fleet: Arc::new(backend.fleet()),
+        runs: Arc::new(backend.runs()),
+        events: Arc::new(backend.events()),
+    }
+}
+
 pub async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
     let server = TargetServer::start().await.unwrap();
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
     backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5)).unwrap();
     let config = config.to_string().replace("BASE", &server.base_url());
     let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
-    let backends = Backends {
-        store: Arc::new(backend.store()),
-        source: Arc::new(backend.queue("jobs")),
-        dlq: Arc::new(backend.queue("jobs-dlq")),
-        fleet: Arc::new(backend.fleet()),
-        runs: Arc::new(backend.runs()),
-        events: Arc::new(backend.events()),
-    };
-    let consumer = Consumer::new(&config, backends, settings).unwrap();
+    let consumer = Consumer::new(&config, backends(&backend, "jobs", "jobs-dlq"), settings).unwrap();
     Harness { backend, consumer, server }
 }
 
