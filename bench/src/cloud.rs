@@ -134,15 +134,10 @@ async fn up(cloud: LocalCloud, proxy: &CountingProxy, config: String, context: V
     }
 }
 
-/// Runs `fanout ARGS --json` against the stack off the async runtime.
-async fn fanout_json(cloud: &LocalCloud, args: &[&str]) -> Result<Value, String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = tokio::task::block_in_place(|| cloud.fanout(&[args.iter().map(String::as_str).collect::<Vec<_>>(), vec!["--json"]].concat()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(format!("fanout {args:?} failed ({}): {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr)));
-    }
-    serde_json::from_str(&stdout).map_err(|e| format!("fanout {args:?}: not JSON ({e}): {stdout}"))
+/// `fanout ARGS --json` against the stack ([`LocalCloud::fanout_json`]: it must succeed), on
+/// this worker thread without stalling the runtime's other tasks.
+fn fanout_json(cloud: &LocalCloud, args: &[&str]) -> Value {
+    tokio::task::block_in_place(|| cloud.fanout_json(args))
 }
 
 /// The run once it has finished (by its last consumer, or by the watchdog when that
@@ -150,15 +145,15 @@ async fn fanout_json(cloud: &LocalCloud, args: &[&str]) -> Result<Value, String>
 async fn finished(cloud: &LocalCloud, run_id: &str) -> Result<Value, String> {
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
-        let run = fanout_json(cloud, &["--stack", STACK, "runs", "show", run_id]).await?;
+        let run = fanout_json(cloud, &["--stack", STACK, "runs", "show", run_id]);
         if run["status"] != "RUNNING" && run["event_sent"] == true {
             return Ok(run);
         }
         let counted = run["succeeded"].as_u64().unwrap_or(0) + run["dead_lettered"].as_u64().unwrap_or(0);
         if Instant::now() >= give_up {
             if Some(counted) == run["expected"].as_u64() {
-                fanout_json(cloud, &["--stack", STACK, "trigger", "--watchdog"]).await?;
-                return fanout_json(cloud, &["--stack", STACK, "runs", "show", run_id]).await;
+                fanout_json(cloud, &["--stack", STACK, "trigger", "--watchdog"]);
+                return Ok(fanout_json(cloud, &["--stack", STACK, "runs", "show", run_id]));
             }
             return Err(format!("run {run_id} did not finish: {run}"));
         }
@@ -220,7 +215,7 @@ async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &Pipe
     let from = cloud.log().len();
     let started_ms = fanout_shared::now_ms();
     let started = Instant::now();
-    let answer = fanout_json(cloud, &["--stack", STACK, "trigger", "--config", config_path, "--run-id", run_id]).await?;
+    let answer = fanout_json(cloud, &["--stack", STACK, "trigger", "--config", config_path, "--run-id", run_id]);
     if copies > 0 {
         duplicate(cloud, config, run_id, copies).await?;
     }
@@ -251,10 +246,10 @@ async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &Pipe
 }
 
 /// Wall time of one `fanout trigger --watchdog` (a synchronous invocation of the producer), ms.
-async fn watchdog_ms(cloud: &LocalCloud) -> Result<f64, String> {
+fn watchdog_ms(cloud: &LocalCloud) -> f64 {
     let started = Instant::now();
-    fanout_json(cloud, &["--stack", STACK, "trigger", "--watchdog"]).await?;
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
+    fanout_json(cloud, &["--stack", STACK, "trigger", "--watchdog"]);
+    started.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Deploys the stack, redeploys it after a config change, times the producer's cold start and
@@ -286,10 +281,10 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
     let transient_path = write(&scratch, "transient.json", &transient_config)?;
     let (cloud, redeploy_s, redeploy_summary) = up(cloud, &proxy, transient_path.clone(), Vec::new()).await?;
     // The functions were replaced: the producer's next invocation starts its process.
-    let cold = watchdog_ms(&cloud).await?;
+    let cold = watchdog_ms(&cloud);
     let mut warm = Vec::new();
     for _ in 0..3 {
-        warm.push(watchdog_ms(&cloud).await?);
+        warm.push(watchdog_ms(&cloud));
     }
     let transient =
         tick(&Stage { cloud: &cloud, proxy: &proxy, server: &server }, "10% transient failures", (&transient_path, &transient_config), "bench/transient", 0)

@@ -26,8 +26,8 @@ pub struct RunOptions {
     /// The pipeline's name in run metrics and completion events.
     pub pipeline_name: String,
     /// Each invocation slot its own consumer instance, with its own lease and share of the
-    /// budgets, as Lambda runs them ([`consumers`]); `false` (the command's way): one instance
-    /// behind every slot ([`shared_consumer`]).
+    /// budgets, as Lambda runs them; `false` (the command's way): one instance behind every
+    /// slot ([`consumers`]).
     pub separate_instances: bool,
 }
 
@@ -47,19 +47,18 @@ fn settings(options: &RunOptions) -> Settings {
     }
 }
 
-/// One consumer per concurrent invocation slot, as Lambda would run them: each its own
-/// instance, with its own share of the budgets (the fault-injection tests use this shape).
+/// The consumer behind each concurrent invocation slot. By default one instance behind every
+/// slot, as `fanout run` drains: the process is one member of the fleet, so its slots share one
+/// lease and one limiter per budget (no split among slots that finish at different times, and a
+/// slot without work leaves nothing unused). With `options.separate_instances`, each slot its
+/// own instance with its own share, as Lambda runs them (the fault-injection harness's shape).
 pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
-    let settings = settings(options);
-    (0..options.event_source.concurrency.max(1)).map(|_| Ok(Arc::new(Consumer::new(config, pipeline.consumer_backends(), settings.clone())?))).collect()
-}
-
-/// One consumer instance behind every invocation slot: how `fanout run` drains. The process is
-/// one member of the fleet, so its slots share one lease and one limiter per budget: no split
-/// among slots that finish at different times, and a slot without work leaves nothing unused.
-pub fn shared_consumer(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
-    let consumer = Arc::new(Consumer::new(config, pipeline.consumer_backends(), settings(options))?);
-    Ok(vec![consumer; options.event_source.concurrency.max(1)])
+    let slots = options.event_source.concurrency.max(1);
+    let instance = || Consumer::new(config, pipeline.consumer_backends(), settings(options)).map(Arc::new);
+    if options.separate_instances {
+        return (0..slots).map(|_| Ok(instance()?)).collect();
+    }
+    Ok(vec![instance()?; slots])
 }
 
 /// Writes the run's record and publishes one tick of `config` as `run_id`.
@@ -70,7 +69,7 @@ pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: 
 
 /// Drains the job queue through local consumer invocations.
 pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions, expected_jobs: u64) -> Result<DrainOutcome, RunError> {
-    let consumers = if options.separate_instances { consumers(config, pipeline, options)? } else { shared_consumer(config, pipeline, options)? };
+    let consumers = consumers(config, pipeline, options)?;
     let view = ProgressView::new(expected_jobs, options.quiet);
     let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
     view.finish();

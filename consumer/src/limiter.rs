@@ -39,6 +39,9 @@ fn cells(share: Share) -> u32 {
 /// Shares faster than this (requests/s) get the waiters' spare cell ([`cells`]).
 const SPARE_CELL_ABOVE: f64 = 20.0;
 
+/// A permit and the spare cell, taken together by a newcomer to an idle limiter.
+const TWO: NonZeroU32 = NonZeroU32::MIN.saturating_add(1);
+
 /// Longest single sleep while waiting for a permit: the share is looked at again after it, since
 /// rates change while a job waits.
 const RECHECK: Duration = Duration::from_millis(250);
@@ -133,7 +136,7 @@ impl Limiters {
             let current = share();
             let limiter = self.current(key, current);
             // A newcomer to an idle burst-1 limiter spends its spare cell too (see `cells`).
-            let idle = !waited && cells(current) > current.burst && limiter.check_n(NonZeroU32::MIN.saturating_add(1)).is_ok_and(|c| c.is_ok());
+            let idle = !waited && cells(current) > current.burst && limiter.check_n(TWO).is_ok_and(|c| c.is_ok());
             match if idle { Ok(()) } else { limiter.check() } {
                 Ok(()) => return Ok(started.elapsed()),
                 Err(not_until) => {

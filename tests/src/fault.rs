@@ -178,7 +178,9 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
         run::produce_tick(&config, pipeline, &run_id).await.expect("tick published");
     }
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
-    let consumers = run::consumers(&config, pipeline, &plan.options).expect("consumers");
+    // Lambda's shape: every invocation slot its own instance, lease and share.
+    let options = run::RunOptions { separate_instances: true, ..plan.options.clone() };
+    let consumers = run::consumers(&config, pipeline, &options).expect("consumers");
     let outcome = match plan.crash {
         Some(crash) => drain_with_faults(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}, std::sync::Arc::new(crash)).await,
         None => drain(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}).await,

@@ -379,7 +379,8 @@ async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridg
     let server = TargetServer::start().await.unwrap();
     let paths: Vec<String> = (0..8).map(|i| format!("ok/{i}")).collect();
     let config = config_for(&server.base_url(), &paths, None);
-    let consumers = run::consumers(&config, &pipeline, &fast_options(4)).unwrap();
+    let options = run::RunOptions { separate_instances: true, ..fast_options(4) };
+    let consumers = run::consumers(&config, &pipeline, &options).unwrap();
     for round in 0..3 {
         let run_id = format!("race-{round}");
         run::produce_tick(&config, &pipeline, &run_id).await.unwrap();
