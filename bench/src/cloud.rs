@@ -95,7 +95,11 @@ pub struct CloudRun {
 fn config(base_url: &str, run: &str, failing_every: Option<usize>, rate: f64) -> PipelineConfig {
     let targets: Vec<Value> = (0..JOBS)
         .map(|i| {
-            let url = if failing_every.is_some_and(|n| i % n == 0) { format!("{base_url}/flaky/{run}-{i}?fail=1") } else { format!("{base_url}/ok/{run}-{i}") };
+            let url = if failing_every.is_some_and(|n| i % n == 0) {
+                format!("{base_url}/flaky/{run}-{i}?fail=1")
+            } else {
+                format!("{base_url}/ok/{run}-{i}")
+            };
             json!({ "id": format!("t{i}"), "url": url })
         })
         .collect();
@@ -112,7 +116,12 @@ fn write(scratch: &Scratch, name: &str, config: &PipelineConfig) -> Result<Strin
 
 /// `scripts/local-cloud up`, off the async runtime; while it runs, the proxy learns where the
 /// emulator listens as soon as it does (a deploy may already invoke functions).
-async fn up(cloud: LocalCloud, proxy: &CountingProxy, config: String, context: Vec<String>) -> Result<(LocalCloud, f64, String), String> {
+async fn up(
+    cloud: LocalCloud,
+    proxy: &CountingProxy,
+    config: String,
+    context: Vec<String>,
+) -> Result<(LocalCloud, f64, String), String> {
     let state = cloud.state_dir();
     let mut job = std::pin::pin!(tokio::task::spawn_blocking(move || {
         let mut cloud = cloud;
@@ -149,11 +158,15 @@ async fn finished(cloud: &LocalCloud, run_id: &str) -> Result<Value, String> {
         if run["status"] != "RUNNING" && run["event_sent"] == true {
             return Ok(run);
         }
-        let counted = run["succeeded"].as_u64().unwrap_or(0) + run["dead_lettered"].as_u64().unwrap_or(0);
+        let counted =
+            run["succeeded"].as_u64().unwrap_or(0) + run["dead_lettered"].as_u64().unwrap_or(0);
         if Instant::now() >= give_up {
             if Some(counted) == run["expected"].as_u64() {
                 fanout_json(cloud, &["--stack", STACK, "trigger", "--watchdog"]);
-                return Ok(fanout_json(cloud, &["--stack", STACK, "runs", "show", run_id]));
+                return Ok(fanout_json(
+                    cloud,
+                    &["--stack", STACK, "runs", "show", run_id],
+                ));
             }
             return Err(format!("run {run_id} did not finish: {run}"));
         }
@@ -167,7 +180,9 @@ async fn finished(cloud: &LocalCloud, run_id: &str) -> Result<Value, String> {
 fn function_logs(log: &str, from: usize) -> (u64, f64, u64) {
     let (mut invocations, mut ms, mut bytes) = (0, 0.0, 0);
     for line in log.get(from..).unwrap_or_default().lines() {
-        let own = line.as_bytes().first().is_some_and(u8::is_ascii_digit) || line.starts_with('[') || line.trim().is_empty();
+        let own = line.as_bytes().first().is_some_and(u8::is_ascii_digit)
+            || line.starts_with('[')
+            || line.trim().is_empty();
         if own {
             continue;
         }
@@ -184,16 +199,35 @@ fn function_logs(log: &str, from: usize) -> (u64, f64, u64) {
 
 /// Publishes a second copy of the first `copies` jobs of `run_id`, as SQS at-least-once
 /// delivery would hand them over again.
-async fn duplicate(cloud: &LocalCloud, config: &PipelineConfig, run_id: &str, copies: usize) -> Result<(), String> {
+async fn duplicate(
+    cloud: &LocalCloud,
+    config: &PipelineConfig,
+    run_id: &str,
+    copies: usize,
+) -> Result<(), String> {
     let sdk = cloud.sdk().await;
-    let outputs = StackOutputs::describe(&sdk, STACK).await.map_err(|e| e.to_string())?;
+    let outputs = StackOutputs::describe(&sdk, STACK)
+        .await
+        .map_err(|e| e.to_string())?;
     let pipeline = aws_with(&sdk, &outputs.names().map_err(|e| e.to_string())?);
     let now = chrono::Utc::now();
-    let messages: Vec<_> = config.targets.iter().take(copies).map(|t| JobMessage::new(run_id, config.job_target(t), now).encode()).collect();
+    let messages: Vec<_> = config
+        .targets
+        .iter()
+        .take(copies)
+        .map(|t| JobMessage::new(run_id, config.job_target(t), now).encode())
+        .collect();
     for batch in messages.chunks(10) {
-        let failed = pipeline.publisher.publish_batch(batch).await.map_err(|e| e.to_string())?;
+        let failed = pipeline
+            .publisher
+            .publish_batch(batch)
+            .await
+            .map_err(|e| e.to_string())?;
         if !failed.is_empty() {
-            return Err(format!("{} duplicate copies were not published", failed.len()));
+            return Err(format!(
+                "{} duplicate copies were not published",
+                failed.len()
+            ));
         }
     }
     Ok(())
@@ -208,14 +242,35 @@ struct Stage<'a> {
 
 /// One tick of `config` (written at `config_path`) as `run_id`, with `copies` duplicate
 /// deliveries.
-async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &PipelineConfig), run_id: &str, copies: usize) -> Result<Tick, String> {
+async fn tick(
+    stage: &Stage<'_>,
+    name: &str,
+    (config_path, config): (&str, &PipelineConfig),
+    run_id: &str,
+    copies: usize,
+) -> Result<Tick, String> {
     let rate = config.rate_limit.map_or(RATE, |l| l.per_second);
-    let Stage { cloud, proxy, server } = *stage;
+    let Stage {
+        cloud,
+        proxy,
+        server,
+    } = *stage;
     proxy.take();
     let from = cloud.log().len();
     let started_ms = fanout_shared::now_ms();
     let started = Instant::now();
-    let answer = fanout_json(cloud, &["--stack", STACK, "trigger", "--config", config_path, "--run-id", run_id]);
+    let answer = fanout_json(
+        cloud,
+        &[
+            "--stack",
+            STACK,
+            "trigger",
+            "--config",
+            config_path,
+            "--run-id",
+            run_id,
+        ],
+    );
     if copies > 0 {
         duplicate(cloud, config, run_id, copies).await?;
     }
@@ -224,8 +279,16 @@ async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &Pipe
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = proxy.take();
     let (invocations, consumer_ms, log_bytes) = function_logs(&cloud.log(), from);
-    let calls: Vec<f64> = server.records().iter().filter(|r| r.at >= started).map(|r| (r.at - started).as_secs_f64()).collect();
-    let calls_s = (calls.iter().copied().fold(f64::INFINITY, f64::min), calls.iter().copied().fold(0.0, f64::max));
+    let calls: Vec<f64> = server
+        .records()
+        .iter()
+        .filter(|r| r.at >= started)
+        .map(|r| (r.at - started).as_secs_f64())
+        .collect();
+    let calls_s = (
+        calls.iter().copied().fold(f64::INFINITY, f64::min),
+        calls.iter().copied().fold(0.0, f64::max),
+    );
     let finished_ms = run["finished_at_ms"].as_i64().unwrap_or(started_ms);
     let run_started_ms = run["started_at_ms"].as_i64().unwrap_or(started_ms);
     Ok(Tick {
@@ -241,7 +304,10 @@ async fn tick(stage: &Stage<'_>, name: &str, (config_path, config): (&str, &Pipe
         makespan_s: (finished_ms - started_ms) as f64 / 1000.0,
         run_s: (finished_ms - run_started_ms) as f64 / 1000.0,
         calls_s,
-        settled: (run["succeeded"].as_u64().unwrap_or(0), run["dead_lettered"].as_u64().unwrap_or(0)),
+        settled: (
+            run["succeeded"].as_u64().unwrap_or(0),
+            run["dead_lettered"].as_u64().unwrap_or(0),
+        ),
     })
 }
 
@@ -263,43 +329,100 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
     let base = server.base_url();
     let clean = config(&base, "clean", None, RATE);
     let clean_path = write(&scratch, "clean.json", &clean)?;
-    let context = vec![format!("maxConcurrency={CONCURRENCY}"), format!("ratePerSecond={RATE}")];
+    let context = vec![
+        format!("maxConcurrency={CONCURRENCY}"),
+        format!("ratePerSecond={RATE}"),
+    ];
     let (cloud, deploy_s, deploy_summary) = up(cloud, &proxy, clean_path.clone(), context).await?;
     let mut ticks = Vec::new();
     {
-        let stage = Stage { cloud: &cloud, proxy: &proxy, server: &server };
+        let stage = Stage {
+            cloud: &cloud,
+            proxy: &proxy,
+            server: &server,
+        };
         for run in 0..runs.max(1) {
-            ticks.push(tick(&stage, "clean tick", (&clean_path, &clean), &format!("bench/clean-{run}"), 0).await?);
+            ticks.push(
+                tick(
+                    &stage,
+                    "clean tick",
+                    (&clean_path, &clean),
+                    &format!("bench/clean-{run}"),
+                    0,
+                )
+                .await?,
+            );
         }
         let copies = (JOBS as f64 * DUPLICATE_SHARE).round() as usize;
-        ticks.push(tick(&stage, "30% duplicate deliveries", (&clean_path, &clean), "bench/duplicates", copies).await?);
+        ticks.push(
+            tick(
+                &stage,
+                "30% duplicate deliveries",
+                (&clean_path, &clean),
+                "bench/duplicates",
+                copies,
+            )
+            .await?,
+        );
     }
     let duplicates = ticks.pop().unwrap_or_default();
     // A config change: the packaged config names the targets, so the transient tick needs its own.
     let every = (1.0 / TRANSIENT_SHARE).round() as usize;
     let transient_config = config(&base, "transient", Some(every), RATE);
     let transient_path = write(&scratch, "transient.json", &transient_config)?;
-    let (cloud, redeploy_s, redeploy_summary) = up(cloud, &proxy, transient_path.clone(), Vec::new()).await?;
+    let (cloud, redeploy_s, redeploy_summary) =
+        up(cloud, &proxy, transient_path.clone(), Vec::new()).await?;
     // The functions were replaced: the producer's next invocation starts its process.
     let cold = watchdog_ms(&cloud);
     let mut warm = Vec::new();
     for _ in 0..3 {
         warm.push(watchdog_ms(&cloud));
     }
-    let transient =
-        tick(&Stage { cloud: &cloud, proxy: &proxy, server: &server }, "10% transient failures", (&transient_path, &transient_config), "bench/transient", 0)
-            .await?;
+    let transient = tick(
+        &Stage {
+            cloud: &cloud,
+            proxy: &proxy,
+            server: &server,
+        },
+        "10% transient failures",
+        (&transient_path, &transient_config),
+        "bench/transient",
+        0,
+    )
+    .await?;
     let slow_config = config(&base, "slow", None, SLOW_RATE);
     let slow_path = write(&scratch, "slow.json", &slow_config)?;
-    let (cloud, rate_s, rate_summary) = up(cloud, &proxy, slow_path.clone(), vec![format!("ratePerSecond={SLOW_RATE}")]).await?;
+    let (cloud, rate_s, rate_summary) = up(
+        cloud,
+        &proxy,
+        slow_path.clone(),
+        vec![format!("ratePerSecond={SLOW_RATE}")],
+    )
+    .await?;
     let mut slow = Vec::new();
-    let stage = Stage { cloud: &cloud, proxy: &proxy, server: &server };
+    let stage = Stage {
+        cloud: &cloud,
+        proxy: &proxy,
+        server: &server,
+    };
     for run in 0..runs.max(1) {
-        slow.push(tick(&stage, "clean tick at 50/s", (&slow_path, &slow_config), &format!("bench/slow-{run}"), 0).await?);
+        slow.push(
+            tick(
+                &stage,
+                "clean tick at 50/s",
+                (&slow_path, &slow_config),
+                &format!("bench/slow-{run}"),
+                0,
+            )
+            .await?,
+        );
     }
     for t in ticks.iter().chain(&slow).chain([&duplicates, &transient]) {
         if t.settled != (JOBS as u64, 0) {
-            return Err(format!("{}: {} succeeded, {} dead-lettered of {JOBS}", t.name, t.settled.0, t.settled.1));
+            return Err(format!(
+                "{}: {} succeeded, {} dead-lettered of {JOBS}",
+                t.name, t.settled.0, t.settled.1
+            ));
         }
     }
     Ok(CloudRun {
@@ -318,7 +441,17 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
 /// CPU per job (figure 3).
 pub fn sections(run: &CloudRun, cpu_us: (f64, f64)) -> Vec<Section> {
     let clean = run.clean.last().unwrap_or(&run.duplicates);
-    vec![section(run), crate::cost::section(clean, &run.duplicates, &run.transient, run.slow.last(), cpu_us, f64::from(CONCURRENCY))]
+    vec![
+        section(run),
+        crate::cost::section(
+            clean,
+            &run.duplicates,
+            &run.transient,
+            run.slow.last(),
+            cpu_us,
+            f64::from(CONCURRENCY),
+        ),
+    ]
 }
 
 /// Per series of clean ticks: (ratios trigger → finished, run's own, first call s, call phase,
@@ -346,7 +479,10 @@ fn series(ticks: &[Tick]) -> Series {
         // one invocation's end and the same instance's next one.
         busy: of(&|t| t.consumer_ms / 1000.0 / (instances * (t.calls_s.1 - t.calls_s.0))),
         per_invocation_ms: of(&|t| t.consumer_ms / t.invocations.max(1) as f64),
-        gap_ms: of(&|t| (instances * (t.calls_s.1 - t.calls_s.0) * 1000.0 - t.consumer_ms).max(0.0) / t.invocations.max(1) as f64),
+        gap_ms: of(&|t| {
+            (instances * (t.calls_s.1 - t.calls_s.0) * 1000.0 - t.consumer_ms).max(0.0)
+                / t.invocations.max(1) as f64
+        }),
     }
 }
 
@@ -358,25 +494,64 @@ fn section(run: &CloudRun) -> Section {
         let share = rate / f64::from(CONCURRENCY);
         let at = format!("at {rate}/s ({share}/s per instance)");
         let makespan = median(&s.makespan);
-        figures.push(Figure::goal(&format!("600-job tick {at}: trigger → run finished ÷ (N/R)"), format!("{makespan:.2}"), "≤ 1.10", makespan <= 1.10));
-        figures.push(Figure::info(&format!("… {at}: run's own duration (producer start → finish) ÷ (N/R)"), format!("{:.2}", median(&s.run))));
-        figures.push(Figure::info(&format!("… {at}: trigger → first call, s"), format!("{:.2}", median(&s.first_call))));
-        figures.push(Figure::info(&format!("… {at}: first call → last call ÷ (N/R)"), format!("{:.2}", median(&s.phase))));
+        figures.push(Figure::goal(
+            &format!("600-job tick {at}: trigger → run finished ÷ (N/R)"),
+            format!("{makespan:.2}"),
+            "≤ 1.10",
+            makespan <= 1.10,
+        ));
         figures.push(Figure::info(
-            &format!("… {at}: instances busy in the call phase (Σ invocation time ÷ instances × phase)"),
+            &format!("… {at}: run's own duration (producer start → finish) ÷ (N/R)"),
+            format!("{:.2}", median(&s.run)),
+        ));
+        figures.push(Figure::info(
+            &format!("… {at}: trigger → first call, s"),
+            format!("{:.2}", median(&s.first_call)),
+        ));
+        figures.push(Figure::info(
+            &format!("… {at}: first call → last call ÷ (N/R)"),
+            format!("{:.2}", median(&s.phase)),
+        ));
+        figures.push(Figure::info(
+            &format!(
+                "… {at}: instances busy in the call phase (Σ invocation time ÷ instances × phase)"
+            ),
             format!("{:.0}%", 100.0 * median(&s.busy)),
         ));
         figures.push(Figure::info(
             &format!("… {at}: invocation of 10 records, ms; between an instance's invocations, ms"),
-            format!("{:.0}; {:.0}", median(&s.per_invocation_ms), median(&s.gap_ms)),
+            format!(
+                "{:.0}; {:.0}",
+                median(&s.per_invocation_ms),
+                median(&s.gap_ms)
+            ),
         ));
-        runs.push(format!("{at}: trigger → finished ÷ (N/R): {}; first → last call ÷ (N/R): {}", list(&s.makespan, 2), list(&s.phase, 2)));
+        runs.push(format!(
+            "{at}: trigger → finished ÷ (N/R): {}; first → last call ÷ (N/R): {}",
+            list(&s.makespan, 2),
+            list(&s.phase, 2)
+        ));
     }
-    figures.push(Figure::info("deploy (create), s", format!("{:.1}", run.deploy.0)));
-    figures.push(Figure::info("redeploy after a config change (new target list), s", format!("{:.1}", run.redeploy.0)));
-    figures.push(Figure::info("redeploy after a config and budget change, s", format!("{:.1}", run.rate_redeploy.0)));
-    figures.push(Figure::info("producer cold start: first invocation after a redeploy − warm one, ms", format!("{:.0}", run.cold_ms.0 - run.cold_ms.1)));
-    figures.push(Figure::info("producer warm invocation (`fanout trigger --watchdog`, process included), ms", format!("{:.0}", run.cold_ms.1)));
+    figures.push(Figure::info(
+        "deploy (create), s",
+        format!("{:.1}", run.deploy.0),
+    ));
+    figures.push(Figure::info(
+        "redeploy after a config change (new target list), s",
+        format!("{:.1}", run.redeploy.0),
+    ));
+    figures.push(Figure::info(
+        "redeploy after a config and budget change, s",
+        format!("{:.1}", run.rate_redeploy.0),
+    ));
+    figures.push(Figure::info(
+        "producer cold start: first invocation after a redeploy − warm one, ms",
+        format!("{:.0}", run.cold_ms.0 - run.cold_ms.1),
+    ));
+    figures.push(Figure::info(
+        "producer warm invocation (`fanout trigger --watchdog`, process included), ms",
+        format!("{:.0}", run.cold_ms.1),
+    ));
     runs.push(format!("deploy: {}", run.deploy.1));
     runs.push(format!("redeploy: {}", run.redeploy.1));
     runs.push(format!("redeploy (budget): {}", run.rate_redeploy.1));

@@ -65,41 +65,82 @@ async fn handle(req: Request<Incoming>, mock: Arc<Mock>) -> Reply {
         }
         return response
             .header("Lambda-Runtime-Aws-Request-Id", "bench-request-1")
-            .header("Lambda-Runtime-Deadline-Ms", (fanout_shared::now_ms() + 30_000).to_string())
-            .header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:fanout-consumer")
-            .header("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000")
+            .header(
+                "Lambda-Runtime-Deadline-Ms",
+                (fanout_shared::now_ms() + 30_000).to_string(),
+            )
+            .header(
+                "Lambda-Runtime-Invoked-Function-Arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:fanout-consumer",
+            )
+            .header(
+                "Lambda-Runtime-Trace-Id",
+                "Root=1-00000000-000000000000000000000000",
+            )
             .body(Full::new(mock.event.clone()))
             .map_err(std::io::Error::other);
     }
     if path.starts_with("/2018-06-01/runtime/") {
         let at = Instant::now();
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let _ = mock.answers.send(Answer { at, path, body: String::from_utf8_lossy(&body).into_owned() });
-        return response.status(202).body(Full::new(Bytes::new())).map_err(std::io::Error::other);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let _ = mock.answers.send(Answer {
+            at,
+            path,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        return response
+            .status(202)
+            .body(Full::new(Bytes::new()))
+            .map_err(std::io::Error::other);
     }
     // AWS JSON protocol (DynamoDB UpdateItem, SQS): the conditional write succeeded.
-    response.header("content-type", "application/x-amz-json-1.0").body(Full::new(Bytes::from_static(b"{}"))).map_err(std::io::Error::other)
+    response
+        .header("content-type", "application/x-amz-json-1.0")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(std::io::Error::other)
 }
 
 async fn mock_server(event: Bytes) -> Result<MockServer, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let (tx, answers) = mpsc::unbounded_channel();
-    let mock = Arc::new(Mock { event, served: AtomicBool::new(false), answers: tx });
+    let mock = Arc::new(Mock {
+        event,
+        served: AtomicBool::new(false),
+        answers: tx,
+    });
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let mock = mock.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| handle(req, mock.clone()));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
-    Ok(MockServer { port, answers, task })
+    Ok(MockServer {
+        port,
+        answers,
+        task,
+    })
 }
 
 /// One cold start: (ms from spawn to the response, peak RSS, file-backed RSS then; KiB).
-async fn cold_start(program: &Path, args: &[String], env: &[(String, String)], event: &Bytes) -> Result<(f64, u64, u64), String> {
+async fn cold_start(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    event: &Bytes,
+) -> Result<(f64, u64, u64), String> {
     let mut mock = mock_server(event.clone()).await?;
     let endpoint = format!("127.0.0.1:{}", mock.port);
     let mut command = Command::new(program);
@@ -114,35 +155,63 @@ async fn cold_start(program: &Path, args: &[String], env: &[(String, String)], e
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|e| format!("{}: {e}", program.display()))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
     let answer = tokio::time::timeout(Duration::from_secs(20), mock.answers.recv()).await;
     let (rss, file_rss) = (peak_rss_of(child.id()), file_rss_of(child.id()));
     let _ = child.kill();
     let output = child.wait_with_output().map_err(|e| e.to_string())?;
     let answer = match answer {
         Ok(Some(answer)) => answer,
-        _ => return Err(format!("{} never answered: {}", program.display(), String::from_utf8_lossy(&output.stderr))),
+        _ => {
+            return Err(format!(
+                "{} never answered: {}",
+                program.display(),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
     };
-    let failures = serde_json::from_str::<serde_json::Value>(&answer.body).ok().and_then(|v| v["batchItemFailures"].as_array().map(Vec::len));
+    let failures = serde_json::from_str::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["batchItemFailures"].as_array().map(Vec::len));
     if !answer.path.ends_with("/response") || failures != Some(0) {
-        return Err(format!("{} answered {} with {}", program.display(), answer.path, answer.body));
+        return Err(format!(
+            "{} answered {} with {}",
+            program.display(),
+            answer.path,
+            answer.body
+        ));
     }
-    Ok((answer.at.duration_since(started).as_secs_f64() * 1000.0, rss.unwrap_or(0), file_rss.unwrap_or(0)))
+    Ok((
+        answer.at.duration_since(started).as_secs_f64() * 1000.0,
+        rss.unwrap_or(0),
+        file_rss.unwrap_or(0),
+    ))
 }
 
 fn lambda_env(config: &Path) -> Vec<(String, String)> {
     [
         ("FANOUT_CONFIG", config.display().to_string()),
         ("FANOUT_TABLE_NAME", "fanout-idempotency".into()),
-        ("FANOUT_QUEUE_URL", "http://127.0.0.1/123456789012/fanout-jobs".into()),
-        ("FANOUT_DLQ_URL", "http://127.0.0.1/123456789012/fanout-jobs-dlq".into()),
+        (
+            "FANOUT_QUEUE_URL",
+            "http://127.0.0.1/123456789012/fanout-jobs".into(),
+        ),
+        (
+            "FANOUT_DLQ_URL",
+            "http://127.0.0.1/123456789012/fanout-jobs-dlq".into(),
+        ),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("AWS_LAMBDA_FUNCTION_NAME", "fanout-consumer".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/fanout-consumer".into()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            "/aws/lambda/fanout-consumer".into(),
+        ),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".into()),
     ]
     .into_iter()
@@ -152,14 +221,24 @@ fn lambda_env(config: &Path) -> Vec<(String, String)> {
 
 /// The environment of a function whose config (in `scratch`) has one target on `server`, and
 /// the 1-record SQS event for it.
-async fn one_record(server: &TargetServer, scratch: &Scratch) -> Result<(Vec<(String, String)>, Bytes), String> {
+async fn one_record(
+    server: &TargetServer,
+    scratch: &Scratch,
+) -> Result<(Vec<(String, String)>, Bytes), String> {
     let config = ok_targets(&server.base_url(), 1, None);
     let config_path = scratch.join("fanout.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let events = scratch.join("event.jsonl");
     write_events(&config, 1, &events).await?;
     let line = std::fs::read_to_string(&events).map_err(|e| e.to_string())?;
-    Ok((lambda_env(&config_path), Bytes::from(line.trim().to_owned())))
+    Ok((
+        lambda_env(&config_path),
+        Bytes::from(line.trim().to_owned()),
+    ))
 }
 
 fn min(values: &[f64]) -> f64 {
@@ -168,22 +247,49 @@ fn min(values: &[f64]) -> f64 {
 
 /// Size of `binary` and of a zip of it named `bootstrap` (the Lambda package), bytes.
 fn sizes(binary: &Path, scratch: &Scratch) -> Result<(u64, Option<u64>), String> {
-    let size = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?.len();
+    let size = std::fs::metadata(binary)
+        .map_err(|e| format!("{}: {e}", binary.display()))?
+        .len();
     let bootstrap = scratch.join("bootstrap");
     std::fs::copy(binary, &bootstrap).map_err(|e| e.to_string())?;
     let zip = scratch.join("bootstrap.zip");
-    let zipped = Command::new("zip").arg("-q").arg("-j").arg(&zip).arg(&bootstrap).status().map(|s| s.success()).unwrap_or(false);
-    Ok((size, if zipped { std::fs::metadata(&zip).ok().map(|m| m.len()) } else { None }))
+    let zipped = Command::new("zip")
+        .arg("-q")
+        .arg("-j")
+        .arg(&zip)
+        .arg(&bootstrap)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    Ok((
+        size,
+        if zipped {
+            std::fs::metadata(&zip).ok().map(|m| m.len())
+        } else {
+            None
+        },
+    ))
 }
 
 /// Runs figure 5: `runs` cold starts of each, interleaved.
-pub async fn section(runs: usize, consumer: &Path, python: &Path, peer_dir: &Path) -> Result<Section, String> {
+pub async fn section(
+    runs: usize,
+    consumer: &Path,
+    python: &Path,
+    peer_dir: &Path,
+) -> Result<Section, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let scratch = Scratch::new("coldstart")?;
     let (env, event) = one_record(&server, &scratch).await?;
     let peer_args = vec![peer_dir.join("bootstrap.py").display().to_string()];
-    let (mut rust_ms, mut rust_rss, mut rust_file, mut py_ms, mut py_rss, mut py_file) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rust_ms, mut rust_rss, mut rust_file, mut py_ms, mut py_rss, mut py_file) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for _ in 0..runs {
         let (ms, rss, file) = cold_start(consumer, &[], &env, &event).await?;
         rust_ms.push(ms);
@@ -229,7 +335,11 @@ pub async fn section(runs: usize, consumer: &Path, python: &Path, peer_dir: &Pat
 
 /// Runs figure 11: the consumer built with the workspace's `release` profile and with the
 /// `lambda-release` profile `scripts/package` uses, `runs` cold starts each, interleaved.
-pub async fn profile_section(runs: usize, release: &Path, packaged: &Path) -> Result<Section, String> {
+pub async fn profile_section(
+    runs: usize,
+    release: &Path,
+    packaged: &Path,
+) -> Result<Section, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let scratch = Scratch::new("profile")?;
     let (env, event) = one_record(&server, &scratch).await?;
@@ -246,8 +356,13 @@ pub async fn profile_section(runs: usize, release: &Path, packaged: &Path) -> Re
     let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
     let (release_size, release_zip) = sizes(release, &scratch)?;
     let (packaged_size, packaged_zip) = sizes(packaged, &scratch)?;
-    let zip_ratio = release_zip.zip(packaged_zip).map(|(r, p)| p as f64 / r as f64);
-    let (init, memory) = (median(&ms[1]) / median(&ms[0]), median(&rss[1]) / median(&rss[0]));
+    let zip_ratio = release_zip
+        .zip(packaged_zip)
+        .map(|(r, p)| p as f64 / r as f64);
+    let (init, memory) = (
+        median(&ms[1]) / median(&ms[0]),
+        median(&rss[1]) / median(&rss[0]),
+    );
     Ok(Section {
         title: "11. Lambda release profile".into(),
         command: "target/release/fanout-bench profile".into(),

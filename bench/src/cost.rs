@@ -58,11 +58,29 @@ pub struct Line {
     pub measured: bool,
 }
 
-fn line(item: impl Into<String>, per_job: f64, unit: &'static str, price: f64, measured: bool) -> Line {
-    Line { item: item.into(), per_job, unit, usd_per_million: per_job * price * 1e6, measured }
+fn line(
+    item: impl Into<String>,
+    per_job: f64,
+    unit: &'static str,
+    price: f64,
+    measured: bool,
+) -> Line {
+    Line {
+        item: item.into(),
+        per_job,
+        unit,
+        usd_per_million: per_job * price * 1e6,
+        measured,
+    }
 }
 
-const DYNAMODB_WRITES: [&str; 5] = ["PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"];
+const DYNAMODB_WRITES: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "TransactWriteItems",
+    "BatchWriteItem",
+];
 
 /// fanout's bill for one measured tick, line by line.
 pub fn fanout_bill(tick: &Tick) -> Vec<Line> {
@@ -78,16 +96,52 @@ pub fn fanout_bill(tick: &Tick) -> Vec<Line> {
             _ => ("requests", 0.0),
         };
         let requests = tally.requests as f64 / jobs;
-        lines.push(line(format!("{service} {operation} ({requests:.3} calls/job)"), tally.units / jobs, unit, price, true));
+        lines.push(line(
+            format!("{service} {operation} ({requests:.3} calls/job)"),
+            tally.units / jobs,
+            unit,
+            price,
+            true,
+        ));
     }
     let invocations = tick.invocations as f64;
-    lines.push(line("SQS: SNS delivers each message (incl. duplicates)", tick.deliveries as f64 / jobs, "requests", SQS_REQUEST, false));
-    lines.push(line("SQS ReceiveMessage + DeleteMessageBatch by the event source mapping", 2.0 * invocations / jobs, "requests", SQS_REQUEST, false));
-    lines.push(line("Lambda invocations (consumer, producer)", (invocations + 1.0) / jobs, "requests", LAMBDA_REQUEST, true));
+    lines.push(line(
+        "SQS: SNS delivers each message (incl. duplicates)",
+        tick.deliveries as f64 / jobs,
+        "requests",
+        SQS_REQUEST,
+        false,
+    ));
+    lines.push(line(
+        "SQS ReceiveMessage + DeleteMessageBatch by the event source mapping",
+        2.0 * invocations / jobs,
+        "requests",
+        SQS_REQUEST,
+        false,
+    ));
+    lines.push(line(
+        "Lambda invocations (consumer, producer)",
+        (invocations + 1.0) / jobs,
+        "requests",
+        LAMBDA_REQUEST,
+        true,
+    ));
     let gb_s = (tick.consumer_ms + tick.producer_ms) / 1000.0 * MEMORY_MB / 1024.0;
-    lines.push(line(format!("Lambda duration at {MEMORY_MB} MB"), gb_s / jobs, "GB-s", LAMBDA_GB_S, true));
+    lines.push(line(
+        format!("Lambda duration at {MEMORY_MB} MB"),
+        gb_s / jobs,
+        "GB-s",
+        LAMBDA_GB_S,
+        true,
+    ));
     let log_bytes = tick.log_bytes as f64 + PLATFORM_LOG_BYTES * (invocations + 1.0);
-    lines.push(line("CloudWatch Logs (JSON logs, EMF, platform lines)", log_bytes / jobs, "bytes", LOGS_GB / 1e9, true));
+    lines.push(line(
+        "CloudWatch Logs (JSON logs, EMF, platform lines)",
+        log_bytes / jobs,
+        "bytes",
+        LOGS_GB / 1e9,
+        true,
+    ));
     lines
 }
 
@@ -106,15 +160,55 @@ pub fn python_bill(tick: &Tick, rust_cpu_us: f64, python_cpu_us: f64) -> Vec<Lin
     let invocations = tick.invocations as f64;
     let vcpu = MEMORY_MB / MB_PER_VCPU;
     let extra_s = (python_cpu_us - rust_cpu_us).max(0.0) / 1e6 / vcpu;
-    let gb_s = ((tick.consumer_ms + tick.producer_ms) / 1000.0 / jobs + extra_s) * MEMORY_MB / 1024.0;
-    let sns = tick.counts.iter().filter(|((s, _), _)| s == "SNS").map(|(_, t)| t.units).sum::<f64>() / jobs;
+    let gb_s =
+        ((tick.consumer_ms + tick.producer_ms) / 1000.0 / jobs + extra_s) * MEMORY_MB / 1024.0;
+    let sns = tick
+        .counts
+        .iter()
+        .filter(|((s, _), _)| s == "SNS")
+        .map(|(_, t)| t.units)
+        .sum::<f64>()
+        / jobs;
     vec![
         line("SNS PublishBatch", sns, "requests", SNS_REQUEST, false),
-        line("SQS: deliveries, event source mapping", (tick.deliveries as f64 + 2.0 * invocations) / jobs, "requests", SQS_REQUEST, false),
-        line("DynamoDB: Powertools idempotency (PutItem, UpdateItem)", 2.0 + duplicates, "WRU", DYNAMODB_WRU, false),
-        line("Lambda invocations", (invocations + 1.0) / jobs, "requests", LAMBDA_REQUEST, false),
-        line(format!("Lambda duration at {MEMORY_MB} MB (+{:.1} ms CPU-bound per job)", extra_s * 1000.0), gb_s, "GB-s", LAMBDA_GB_S, false),
-        line("CloudWatch Logs", (tick.log_bytes as f64 + PLATFORM_LOG_BYTES * (invocations + 1.0)) / jobs, "bytes", LOGS_GB / 1e9, false),
+        line(
+            "SQS: deliveries, event source mapping",
+            (tick.deliveries as f64 + 2.0 * invocations) / jobs,
+            "requests",
+            SQS_REQUEST,
+            false,
+        ),
+        line(
+            "DynamoDB: Powertools idempotency (PutItem, UpdateItem)",
+            2.0 + duplicates,
+            "WRU",
+            DYNAMODB_WRU,
+            false,
+        ),
+        line(
+            "Lambda invocations",
+            (invocations + 1.0) / jobs,
+            "requests",
+            LAMBDA_REQUEST,
+            false,
+        ),
+        line(
+            format!(
+                "Lambda duration at {MEMORY_MB} MB (+{:.1} ms CPU-bound per job)",
+                extra_s * 1000.0
+            ),
+            gb_s,
+            "GB-s",
+            LAMBDA_GB_S,
+            false,
+        ),
+        line(
+            "CloudWatch Logs",
+            (tick.log_bytes as f64 + PLATFORM_LOG_BYTES * (invocations + 1.0)) / jobs,
+            "bytes",
+            LOGS_GB / 1e9,
+            false,
+        ),
     ]
 }
 
@@ -135,17 +229,53 @@ pub struct MapShape {
 /// once. No Wait states for pacing and no Lambda: the cheapest it could be.
 pub fn map_bill(shape: MapShape, attempts_per_job: f64, concurrency: f64, rate: f64) -> Vec<Line> {
     let children = 1.0 / shape.batch;
-    let mut lines = vec![line("parent: one transition per child execution", children, "transitions", SFN_TRANSITION, false)];
+    let mut lines = vec![line(
+        "parent: one transition per child execution",
+        children,
+        "transitions",
+        SFN_TRANSITION,
+        false,
+    )];
     if shape.express {
         // Every child bills at least 100 ms; paced children last concurrency ÷ rate per job.
         let seconds = (concurrency / rate).max(0.1 * children);
-        lines.push(line("express children: requests", children, "requests", SFN_EXPRESS_REQUEST, false));
-        lines.push(line("express children: duration at 64 MB", seconds * 0.0625, "GB-s", SFN_EXPRESS_GB_S, false));
-        lines.push(line("idempotency for at-least-once children (2 writes)", 2.0, "WRU", DYNAMODB_WRU, false));
+        lines.push(line(
+            "express children: requests",
+            children,
+            "requests",
+            SFN_EXPRESS_REQUEST,
+            false,
+        ));
+        lines.push(line(
+            "express children: duration at 64 MB",
+            seconds * 0.0625,
+            "GB-s",
+            SFN_EXPRESS_GB_S,
+            false,
+        ));
+        lines.push(line(
+            "idempotency for at-least-once children (2 writes)",
+            2.0,
+            "WRU",
+            DYNAMODB_WRU,
+            false,
+        ));
     } else {
-        lines.push(line("standard children: HTTP Task transitions (per attempt)", attempts_per_job, "transitions", SFN_TRANSITION, false));
+        lines.push(line(
+            "standard children: HTTP Task transitions (per attempt)",
+            attempts_per_job,
+            "transitions",
+            SFN_TRANSITION,
+            false,
+        ));
         if shape.batch > 1.0 {
-            lines.push(line("standard children: inline Map state", children, "transitions", SFN_TRANSITION, false));
+            lines.push(line(
+                "standard children: inline Map state",
+                children,
+                "transitions",
+                SFN_TRANSITION,
+                false,
+            ));
         }
     }
     lines
@@ -157,49 +287,120 @@ fn rows(lines: &[Line]) -> Vec<String> {
         .iter()
         .map(|l| {
             let how = if l.measured { "measured" } else { "modelled" };
-            format!("| {} | {:.4} {} | ${:.3} | {how} |", l.item, l.per_job, l.unit, l.usd_per_million)
+            format!(
+                "| {} | {:.4} {} | ${:.3} | {how} |",
+                l.item, l.per_job, l.unit, l.usd_per_million
+            )
         })
         .collect()
 }
 
 /// Figure 9's section: fanout's bill per scenario, itemised, and the peers beside it.
-pub fn section(clean: &Tick, duplicates: &Tick, transient: &Tick, slow: Option<&Tick>, cpu_us: (f64, f64), concurrency: f64) -> Section {
+pub fn section(
+    clean: &Tick,
+    duplicates: &Tick,
+    transient: &Tick,
+    slow: Option<&Tick>,
+    cpu_us: (f64, f64),
+    concurrency: f64,
+) -> Section {
     let rate = clean.rate;
     let fanout = total(&fanout_bill(clean));
     let shapes = [
-        ("Distributed Map, standard children, 1 item each", MapShape { express: false, batch: 1.0 }),
-        ("Distributed Map, standard children, 100 items each", MapShape { express: false, batch: 100.0 }),
-        ("Distributed Map, express children, 1 item each", MapShape { express: true, batch: 1.0 }),
-        ("Distributed Map, express children, 100 items each", MapShape { express: true, batch: 100.0 }),
+        (
+            "Distributed Map, standard children, 1 item each",
+            MapShape {
+                express: false,
+                batch: 1.0,
+            },
+        ),
+        (
+            "Distributed Map, standard children, 100 items each",
+            MapShape {
+                express: false,
+                batch: 100.0,
+            },
+        ),
+        (
+            "Distributed Map, express children, 1 item each",
+            MapShape {
+                express: true,
+                batch: 1.0,
+            },
+        ),
+        (
+            "Distributed Map, express children, 100 items each",
+            MapShape {
+                express: true,
+                batch: 100.0,
+            },
+        ),
     ];
     let attempts = 1.0;
     let mut figures = vec![
         Figure::info("fanout, clean tick: $ per 1M jobs", format!("${fanout:.2}")),
-        Figure::info("fanout, 30% duplicate deliveries: $ per 1M jobs", format!("${:.2}", total(&fanout_bill(duplicates)))),
-        Figure::info("fanout, 10% transient failures: $ per 1M jobs", format!("${:.2}", total(&fanout_bill(transient)))),
+        Figure::info(
+            "fanout, 30% duplicate deliveries: $ per 1M jobs",
+            format!("${:.2}", total(&fanout_bill(duplicates))),
+        ),
+        Figure::info(
+            "fanout, 10% transient failures: $ per 1M jobs",
+            format!("${:.2}", total(&fanout_bill(transient))),
+        ),
     ];
     if let Some(slow) = slow {
         // Lambda bills the time an instance waits for its share: a lower budget, longer invocations.
-        figures.push(Figure::info(&format!("fanout, clean tick at {}/s: $ per 1M jobs", slow.rate), format!("${:.2}", total(&fanout_bill(slow)))));
+        figures.push(Figure::info(
+            &format!("fanout, clean tick at {}/s: $ per 1M jobs", slow.rate),
+            format!("${:.2}", total(&fanout_bill(slow))),
+        ));
     }
     for (name, shape) in shapes {
         let map = total(&map_bill(shape, attempts, concurrency, rate));
-        figures.push(Figure::goal(&format!("{name}: $ per 1M jobs ÷ fanout's"), format!("{:.1}× (${map:.2})", map / fanout), "≥ 5×", map / fanout >= 5.0));
+        figures.push(Figure::goal(
+            &format!("{name}: $ per 1M jobs ÷ fanout's"),
+            format!("{:.1}× (${map:.2})", map / fanout),
+            "≥ 5×",
+            map / fanout >= 5.0,
+        ));
     }
     let python = total(&python_bill(clean, cpu_us.0, cpu_us.1));
-    figures.push(Figure::info("Python/Powertools peer's Lambda: $ per 1M jobs ÷ fanout's", format!("{:.2}× (${python:.2})", python / fanout)));
+    figures.push(Figure::info(
+        "Python/Powertools peer's Lambda: $ per 1M jobs ÷ fanout's",
+        format!("{:.2}× (${python:.2})", python / fanout),
+    ));
     let table = |title: String, lines: &[Line]| {
         format!("{title}\n\n| item | per job | $ per 1M jobs | |\n|---|---|---|---|\n{}\n| total | | ${:.2} | |", rows(lines).join("\n"), total(lines))
     };
-    let mut notes: Vec<String> = [clean, duplicates, transient].iter().map(|t| table(format!("fanout's bill, {}:", t.name), &fanout_bill(t))).collect();
-    notes.extend([table("The Python/Powertools peer's bill for the clean tick:".into(), &python_bill(clean, cpu_us.0, cpu_us.1))]);
+    let mut notes: Vec<String> = [clean, duplicates, transient]
+        .iter()
+        .map(|t| table(format!("fanout's bill, {}:", t.name), &fanout_bill(t)))
+        .collect();
+    notes.extend([table(
+        "The Python/Powertools peer's bill for the clean tick:".into(),
+        &python_bill(clean, cpu_us.0, cpu_us.1),
+    )]);
     for (name, shape) in shapes {
-        notes.push(table(format!("{name}:"), &map_bill(shape, attempts, concurrency, rate)));
+        notes.push(table(
+            format!("{name}:"),
+            &map_bill(shape, attempts, concurrency, rate),
+        ));
     }
     let bill = fanout_bill(clean);
-    let dynamodb: f64 = bill.iter().filter(|l| l.item.starts_with("DynamoDB")).map(|l| l.usd_per_million).sum();
-    let transactions: f64 = bill.iter().filter(|l| l.item.contains("TransactWriteItems")).map(|l| l.usd_per_million).sum();
-    let cheapest = shapes.iter().map(|(_, shape)| total(&map_bill(*shape, attempts, concurrency, rate))).fold(f64::INFINITY, f64::min);
+    let dynamodb: f64 = bill
+        .iter()
+        .filter(|l| l.item.starts_with("DynamoDB"))
+        .map(|l| l.usd_per_million)
+        .sum();
+    let transactions: f64 = bill
+        .iter()
+        .filter(|l| l.item.contains("TransactWriteItems"))
+        .map(|l| l.usd_per_million)
+        .sum();
+    let cheapest = shapes
+        .iter()
+        .map(|(_, shape)| total(&map_bill(*shape, attempts, concurrency, rate)))
+        .fold(f64::INFINITY, f64::min);
     notes.insert(
         0,
         format!(

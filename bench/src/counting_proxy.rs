@@ -54,17 +54,29 @@ impl Drop for CountingProxy {
 impl CountingProxy {
     /// Listens on a free port of 127.0.0.1; forwards nothing until [`Self::set_upstream`].
     pub async fn start() -> Result<Self, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("proxy: {e}"))?;
-        let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("proxy: {e}"))?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
         let shared = Arc::new(Shared::default());
-        let client = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
         let state = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (state, client) = (state.clone(), client.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| forward(req, state.clone(), client.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let service = hyper::service::service_fn(move |req| {
+                        forward(req, state.clone(), client.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -73,12 +85,22 @@ impl CountingProxy {
 
     /// Where requests go from now on, e.g. `http://127.0.0.1:4566`.
     pub fn set_upstream(&self, url: &str) {
-        *self.shared.upstream.lock().unwrap_or_else(PoisonError::into_inner) = Some(url.trim_end_matches('/').to_owned());
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(url.trim_end_matches('/').to_owned());
     }
 
     /// The counts since the last call, which starts a new count.
     pub fn take(&self) -> Counts {
-        std::mem::take(&mut *self.shared.counts.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .shared
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 }
 
@@ -86,13 +108,26 @@ type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
 
 async fn forward(req: Request<Incoming>, shared: Arc<Shared>, client: reqwest::Client) -> Reply {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).map_err(std::io::Error::other)?;
-    let upstream = shared.upstream.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(std::io::Error::other)?;
+    let upstream = shared
+        .upstream
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let Some(upstream) = upstream else {
-        return Response::builder().status(503).body(Full::new(Bytes::from_static(b"proxy: no upstream yet"))).map_err(std::io::Error::other);
+        return Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from_static(b"proxy: no upstream yet")))
+            .map_err(std::io::Error::other);
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut outbound = client.request(parts.method.clone(), format!("{upstream}{path}")).body(body.clone());
+    let mut outbound = client
+        .request(parts.method.clone(), format!("{upstream}{path}"))
+        .body(body.clone());
     for (name, value) in &parts.headers {
         if name != hyper::header::CONTENT_LENGTH && name != hyper::header::TRANSFER_ENCODING {
             outbound = outbound.header(name, value);
@@ -115,7 +150,9 @@ async fn forward(req: Request<Incoming>, shared: Arc<Shared>, client: reqwest::C
             response = response.header(name, value);
         }
     }
-    response.body(Full::new(answer_body)).map_err(std::io::Error::other)
+    response
+        .body(Full::new(answer_body))
+        .map_err(std::io::Error::other)
 }
 
 /// 64 KB chunks of a payload: SNS, SQS and EventBridge bill per started chunk.
@@ -130,14 +167,28 @@ fn classify(headers: &hyper::HeaderMap, body: &[u8], answer: &[u8]) -> (String, 
         let (prefix, operation) = target.split_once('.').unwrap_or((target, ""));
         let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         return match prefix {
-            p if p.starts_with("DynamoDB") => ("DynamoDB".into(), operation.into(), dynamodb_units(operation, &request, answer)),
+            p if p.starts_with("DynamoDB") => (
+                "DynamoDB".into(),
+                operation.into(),
+                dynamodb_units(operation, &request, answer),
+            ),
             "AmazonSQS" => ("SQS".into(), operation.into(), chunks(body.len())),
-            "AWSEvents" => ("EventBridge".into(), operation.into(), request["Entries"].as_array().map_or(1.0, |e| e.len() as f64)),
+            "AWSEvents" => (
+                "EventBridge".into(),
+                operation.into(),
+                request["Entries"]
+                    .as_array()
+                    .map_or(1.0, |e| e.len() as f64),
+            ),
             other => (other.into(), operation.into(), 1.0),
         };
     }
     let form = String::from_utf8_lossy(body);
-    let action = form.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("?").to_owned();
+    let action = form
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .unwrap_or("?")
+        .to_owned();
     let scope = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -156,26 +207,44 @@ fn classify(headers: &hyper::HeaderMap, body: &[u8], answer: &[u8]) -> (String, 
 /// eventually consistent, in a transaction 2. Item sizes are bounded above by their JSON.
 fn dynamodb_units(operation: &str, request: &Value, answer: &[u8]) -> f64 {
     let kb = |v: &Value| v.to_string().len().div_ceil(1024).max(1) as f64;
-    let read = |v: &Value, consistent: bool| v.to_string().len().div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 };
+    let read = |v: &Value, consistent: bool| {
+        v.to_string().len().div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 }
+    };
     let consistent = request["ConsistentRead"].as_bool().unwrap_or(false);
     match operation {
         "PutItem" => kb(&request["Item"]),
         "UpdateItem" | "DeleteItem" => kb(request),
         "GetItem" => read(request, consistent),
-        "TransactWriteItems" => request["TransactItems"].as_array().map_or(0.0, |items| items.iter().map(|i| 2.0 * kb(i)).sum()),
-        "TransactGetItems" => request["TransactItems"].as_array().map_or(0.0, |items| items.len() as f64 * 2.0),
-        "BatchWriteItem" => request["RequestItems"].as_object().map_or(0.0, |t| t.values().filter_map(Value::as_array).flatten().map(kb).sum()),
+        "TransactWriteItems" => request["TransactItems"]
+            .as_array()
+            .map_or(0.0, |items| items.iter().map(|i| 2.0 * kb(i)).sum()),
+        "TransactGetItems" => request["TransactItems"]
+            .as_array()
+            .map_or(0.0, |items| items.len() as f64 * 2.0),
+        "BatchWriteItem" => request["RequestItems"].as_object().map_or(0.0, |t| {
+            t.values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .map(kb)
+                .sum()
+        }),
         "BatchGetItem" => request["RequestItems"].as_object().map_or(0.0, |tables| {
             tables
                 .values()
                 .map(|t| {
                     let keys = t["Keys"].as_array().map_or(0, Vec::len) as f64;
-                    keys * if t["ConsistentRead"].as_bool().unwrap_or(false) { 1.0 } else { 0.5 }
+                    keys * if t["ConsistentRead"].as_bool().unwrap_or(false) {
+                        1.0
+                    } else {
+                        0.5
+                    }
                 })
                 .sum()
         }),
         // What a query or scan read is what it returned, at least one unit.
-        "Query" | "Scan" => answer.len().div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 },
+        "Query" | "Scan" => {
+            answer.len().div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 }
+        }
         _ => 0.0,
     }
 }

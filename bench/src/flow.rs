@@ -33,13 +33,22 @@ struct Run {
     invocations: u64,
 }
 
-async fn scenario(name: &str, paths: Vec<String>, rate: RateLimit, options: RunOptions, status: u16) -> Result<Run, String> {
+async fn scenario(
+    name: &str,
+    paths: Vec<String>,
+    rate: RateLimit,
+    options: RunOptions,
+    status: u16,
+) -> Result<Run, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let mut config = fanout_tests::config_for(&server.base_url(), &paths, None);
     config.rate_limit = Some(rate);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let started = Instant::now();
-    let (summary, outcome) = fanout::run::run(&config, &pipeline, &format!("bench-flow-{name}"), &options).await.map_err(|e| format!("{name}: {e}"))?;
+    let (summary, outcome) =
+        fanout::run::run(&config, &pipeline, &format!("bench-flow-{name}"), &options)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
     let wall_s = started.elapsed().as_secs_f64();
     let records = server.records();
     Ok(Run {
@@ -57,18 +66,34 @@ async fn scenario(name: &str, paths: Vec<String>, rate: RateLimit, options: RunO
 }
 
 fn budget(per_second: f64) -> RateLimit {
-    RateLimit { per_second, burst: 1 }
+    RateLimit {
+        per_second,
+        burst: 1,
+    }
 }
 
 /// "succeeded / dead-lettered / lost" of every run, and whether all were `n / 0 / 0`.
 fn settled(runs: &[Run], n: usize) -> (String, bool) {
-    let text = runs.iter().map(|r| format!("{} / {} / {}", r.succeeded, r.dead_lettered, r.lost)).collect::<Vec<_>>().join("; ");
-    (text, runs.iter().all(|r| (r.succeeded, r.dead_lettered, r.lost) == (n as u64, 0, 0)))
+    let text = runs
+        .iter()
+        .map(|r| format!("{} / {} / {}", r.succeeded, r.dead_lettered, r.lost))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (
+        text,
+        runs.iter()
+            .all(|r| (r.succeeded, r.dead_lettered, r.lost) == (n as u64, 0, 0)),
+    )
 }
 
 fn settled_figure(label: &str, runs: &[Run], n: usize) -> Figure {
     let (text, ok) = settled(runs, n);
-    Figure::goal(&format!("{label}: succeeded / dead-lettered / lost"), text, &format!("{n} / 0 / 0"), ok)
+    Figure::goal(
+        &format!("{label}: succeeded / dead-lettered / lost"),
+        text,
+        &format!("{n} / 0 / 0"),
+        ok,
+    )
 }
 
 fn values(runs: &[Run], f: impl Fn(&Run) -> f64) -> Vec<f64> {
@@ -87,14 +112,28 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let mut hidden = Vec::new();
     for _ in 0..runs {
         eprintln!("fanout-bench: 7. flow control: hidden limit");
-        let paths = (0..HIDDEN_N).map(|i| format!("capped/{i}?rps=25")).collect();
+        let paths = (0..HIDDEN_N)
+            .map(|i| format!("capped/{i}?rps=25"))
+            .collect();
         hidden.push(scenario("hidden", paths, budget(100.0), cli_options(4), 429).await?);
     }
     let ideal = HIDDEN_N as f64 / HIDDEN_CAP;
     let wall = values(&hidden, |r| r.wall_s / ideal);
-    let share = values(&hidden, |r| 100.0 * r.status_calls as f64 / r.calls.max(1) as f64);
-    figures.push(Figure::goal("hidden limit: wall ÷ (N/25)", format!("{:.2}", median(&wall)), "≤ 1.3", median(&wall) <= 1.3));
-    figures.push(Figure::goal("hidden limit: 429s ÷ calls", format!("{:.1}%", median(&share)), "≤ 10%", median(&share) <= 10.0));
+    let share = values(&hidden, |r| {
+        100.0 * r.status_calls as f64 / r.calls.max(1) as f64
+    });
+    figures.push(Figure::goal(
+        "hidden limit: wall ÷ (N/25)",
+        format!("{:.2}", median(&wall)),
+        "≤ 1.3",
+        median(&wall) <= 1.3,
+    ));
+    figures.push(Figure::goal(
+        "hidden limit: 429s ÷ calls",
+        format!("{:.1}%", median(&share)),
+        "≤ 10%",
+        median(&share) <= 10.0,
+    ));
     figures.push(settled_figure("hidden limit", &hidden, HIDDEN_N));
     run_lines.push(format!(
         "hidden limit: wall s {}; wall ÷ (N/25) {}; calls {}; 429s {}",
@@ -117,8 +156,16 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let during = values(&down, |r| r.status_calls as f64);
     let down_ideal = DOWN_SECS + DOWN_N as f64 / DOWN_RATE;
     let wall = values(&down, |r| r.wall_s / down_ideal);
-    figures.push(Figure::goal("host down: calls during the 8 s outage (503s)", format!("{:.0}", median(&during)), "≤ 30", median(&during) <= 30.0));
-    figures.push(Figure::info("host down: wall ÷ (8 s + N/R)", format!("{:.2}", median(&wall))));
+    figures.push(Figure::goal(
+        "host down: calls during the 8 s outage (503s)",
+        format!("{:.0}", median(&during)),
+        "≤ 30",
+        median(&during) <= 30.0,
+    ));
+    figures.push(Figure::info(
+        "host down: wall ÷ (8 s + N/R)",
+        format!("{:.2}", median(&wall)),
+    ));
     figures.push(settled_figure("host down", &down, DOWN_N));
     run_lines.push(format!(
         "host down: wall s {}; wall ÷ (8 s + N/R) {}; 503s {}; calls {}",
@@ -134,15 +181,31 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let mut flaky = Vec::new();
     for _ in 0..runs {
         eprintln!("fanout-bench: 7. flow control: transient failures");
-        let paths = (0..FLAKY_N).map(|i| if i % 10 == 0 { format!("flaky/{i}?fail=1") } else { format!("ok/{i}") }).collect();
+        let paths = (0..FLAKY_N)
+            .map(|i| {
+                if i % 10 == 0 {
+                    format!("flaky/{i}?fail=1")
+                } else {
+                    format!("ok/{i}")
+                }
+            })
+            .collect();
         let mut options = cli_options(4);
         options.event_source.visibility_timeout = Duration::from_secs(30);
         flaky.push(scenario("transient", paths, budget(FLAKY_RATE), options, 500).await?);
     }
     let flaky_ideal = FLAKY_N as f64 / FLAKY_RATE;
     let over = values(&flaky, |r| r.wall_s - flaky_ideal);
-    figures.push(Figure::goal("transient: wall − N/R", format!("{:.2} s", median(&over)), "≤ 5 s", median(&over) <= 5.0));
-    figures.push(Figure::info("transient: wall ÷ (N/R)", format!("{:.2}", median(&values(&flaky, |r| r.wall_s / flaky_ideal)))));
+    figures.push(Figure::goal(
+        "transient: wall − N/R",
+        format!("{:.2} s", median(&over)),
+        "≤ 5 s",
+        median(&over) <= 5.0,
+    ));
+    figures.push(Figure::info(
+        "transient: wall ÷ (N/R)",
+        format!("{:.2}", median(&values(&flaky, |r| r.wall_s / flaky_ideal))),
+    ));
     figures.push(settled_figure("transient", &flaky, FLAKY_N));
     run_lines.push(format!(
         "transient: wall s {}; retries {}; calls {}",
@@ -166,10 +229,25 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let sparse_ideal = SPARSE_N as f64 / SPARSE_RATE;
     let wall = values(&sparse, |r| r.wall_s / sparse_ideal);
     let peak = values(&sparse, |r| r.peak_1s as f64);
-    figures.push(Figure::goal("sparse fleet: wall ÷ (N/R)", format!("{:.2}", median(&wall)), "≤ 1.3", median(&wall) <= 1.3));
-    figures.push(Figure::goal("sparse fleet: peak calls in any 1 s", format!("{:.0}", median(&peak)), "≤ budget + burst = 11", median(&peak) <= 11.0));
+    figures.push(Figure::goal(
+        "sparse fleet: wall ÷ (N/R)",
+        format!("{:.2}", median(&wall)),
+        "≤ 1.3",
+        median(&wall) <= 1.3,
+    ));
+    figures.push(Figure::goal(
+        "sparse fleet: peak calls in any 1 s",
+        format!("{:.0}", median(&peak)),
+        "≤ budget + burst = 11",
+        median(&peak) <= 11.0,
+    ));
     figures.push(settled_figure("sparse fleet", &sparse, SPARSE_N));
-    run_lines.push(format!("sparse fleet: wall s {}; wall ÷ (N/R) {}; peak 1 s {}", list(&values(&sparse, |r| r.wall_s), 2), list(&wall, 2), list(&peak, 0)));
+    run_lines.push(format!(
+        "sparse fleet: wall s {}; wall ÷ (N/R) {}; peak 1 s {}",
+        list(&values(&sparse, |r| r.wall_s), 2),
+        list(&wall, 2),
+        list(&peak, 0)
+    ));
 
     // 5. A tight budget: 80 jobs at 2/s (40 s of budget against 3 s function timeouts).
     const TIGHT_N: usize = 80;
@@ -182,15 +260,27 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     }
     let tight_ideal = TIGHT_N as f64 / TIGHT_RATE;
     let wall = values(&tight, |r| r.wall_s / tight_ideal);
-    let defer_share = values(&tight, |r| 100.0 * r.defer_only as f64 / r.invocations.max(1) as f64);
+    let defer_share = values(&tight, |r| {
+        100.0 * r.defer_only as f64 / r.invocations.max(1) as f64
+    });
     figures.push(settled_figure("tight budget", &tight, TIGHT_N));
-    figures.push(Figure::info("tight budget: wall ÷ (N/R) (no goal set)", format!("{:.2}", median(&wall))));
-    figures.push(Figure::info("tight budget: defer-only invocations ÷ invocations (no goal set)", format!("{:.0}%", median(&defer_share))));
+    figures.push(Figure::info(
+        "tight budget: wall ÷ (N/R) (no goal set)",
+        format!("{:.2}", median(&wall)),
+    ));
+    figures.push(Figure::info(
+        "tight budget: defer-only invocations ÷ invocations (no goal set)",
+        format!("{:.0}%", median(&defer_share)),
+    ));
     run_lines.push(format!(
         "tight budget: wall s {}; wall ÷ (N/R) {}; defer-only / invocations {}; calls {}",
         list(&values(&tight, |r| r.wall_s), 1),
         list(&wall, 2),
-        tight.iter().map(|r| format!("{} / {}", r.defer_only, r.invocations)).collect::<Vec<_>>().join(", "),
+        tight
+            .iter()
+            .map(|r| format!("{} / {}", r.defer_only, r.invocations))
+            .collect::<Vec<_>>()
+            .join(", "),
         list(&values(&tight, |r| r.calls as f64), 0)
     ));
 

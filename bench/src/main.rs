@@ -207,9 +207,17 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     sections.push(process::section(runs, &paths.fanout).await?);
     eprintln!("fanout-bench: 11. Lambda release profile");
     sections.push(coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?);
-    let document = report::document(&sections, &report::machine(&paths.python), started.elapsed().as_secs_f64());
+    let document = report::document(
+        &sections,
+        &report::machine(&paths.python),
+        started.elapsed().as_secs_f64(),
+    );
     std::fs::write(out, document).map_err(|e| format!("{}: {e}", out.display()))?;
-    eprintln!("fanout-bench: wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "fanout-bench: wrote {} in {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -221,9 +229,17 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let (throughput, dedupe) = throughput::sections(runs).await?;
             print_sections(&[throughput, dedupe])
         }
-        Command::Peer { runs, paths } => print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?.0]),
+        Command::Peer { runs, paths } => {
+            print_sections(&[peer::section(runs, &paths.python, &paths.peer_dir).await?.0])
+        }
         Command::Produce { runs } => print_sections(&[produce::section(runs).await?]),
-        Command::ColdStart { runs, paths } => print_sections(&[coldstart::section(runs, &paths.consumer, &paths.python, &paths.peer_dir).await?]),
+        Command::ColdStart { runs, paths } => print_sections(&[coldstart::section(
+            runs,
+            &paths.consumer,
+            &paths.python,
+            &paths.peer_dir,
+        )
+        .await?]),
         Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
         Command::Cloud { runs, paths } => {
             let run = cloud::measure(runs).await?;
@@ -233,10 +249,19 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let cpu = peer::cpu_per_job(&paths.python, &paths.peer_dir).await?;
             print_sections(&cloud::sections(&run, cpu))
         }
-        Command::Process { runs, paths } => print_sections(&[process::section(runs, &paths.fanout).await?]),
-        Command::Profile { runs, paths } => print_sections(&[coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?]),
+        Command::Process { runs, paths } => {
+            print_sections(&[process::section(runs, &paths.fanout).await?])
+        }
+        Command::Profile { runs, paths } => print_sections(&[coldstart::profile_section(
+            runs,
+            &paths.consumer,
+            &paths.lambda_consumer,
+        )
+        .await?]),
         Command::Target => {
-            let server = fanout_testkit::target_server::TargetServer::start().await.map_err(|e| e.to_string())?;
+            let server = fanout_testkit::target_server::TargetServer::start()
+                .await
+                .map_err(|e| e.to_string())?;
             println!("{}", server.base_url());
             tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
             let stats = server.stats();
@@ -244,18 +269,37 @@ async fn dispatch(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Events { target, jobs, out } => {
-            let events = workload::write_events(&workload::ok_targets(&target, jobs, None), 10, &out).await?;
+            let events =
+                workload::write_events(&workload::ok_targets(&target, jobs, None), 10, &out)
+                    .await?;
             eprintln!("fanout-bench: {events} events in {}", out.display());
             Ok(())
         }
-        Command::Drain { target, jobs, concurrency, duplicate_rate, state } => {
-            let stats = throughput::drain_child(&target, jobs, duplicate_rate, concurrency, &state).await?;
-            println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+        Command::Drain {
+            target,
+            jobs,
+            concurrency,
+            duplicate_rate,
+            state,
+        } => {
+            let stats =
+                throughput::drain_child(&target, jobs, duplicate_rate, concurrency, &state).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&stats).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
-        Command::Replay { events, target, jobs } => {
+        Command::Replay {
+            events,
+            target,
+            jobs,
+        } => {
             let stats = peer::replay_child(&events, &target, jobs).await?;
-            println!("{}", serde_json::to_string(&stats).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string(&stats).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
     }

@@ -69,25 +69,54 @@ pub fn max_rss_kb() -> u64 {
 /// Peak resident set size of a running process, KiB (`VmHWM` in `/proc/PID/status`).
 pub fn peak_rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmHWM:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Resident memory of a running process that is file-backed (`RssFile`: its executable's and
 /// libraries' pages), KiB.
 pub fn file_rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("RssFile:")?.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|l| {
+        l.strip_prefix("RssFile:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Runs `program args` to completion and parses its last stdout line as [`ProcessStats`].
 pub fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
-    let output = Command::new(program).args(args).stdin(Stdio::null()).stderr(Stdio::inherit()).output().map_err(|e| format!("{}: {e}", program.display()))?;
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(format!("{} {}: {}; stdout: {stdout}", program.display(), args.join(" "), output.status));
+        return Err(format!(
+            "{} {}: {}; stdout: {stdout}",
+            program.display(),
+            args.join(" "),
+            output.status
+        ));
     }
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    serde_json::from_str(last).map_err(|e| format!("{}: unreadable stats {last:?}: {e}", program.display()))
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(last)
+        .map_err(|e| format!("{}: unreadable stats {last:?}: {e}", program.display()))
 }
 
 /// This benchmark binary, to run itself as a measured child.

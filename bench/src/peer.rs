@@ -28,19 +28,27 @@ pub fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let backends = pipeline.consumer_backends();
-    let settings = Settings { function_name: "fanout-consumer-bench".into(), ..Settings::default() };
+    let settings = Settings {
+        function_name: "fanout-consumer-bench".into(),
+        ..Settings::default()
+    };
     Consumer::new(&config, backends, settings).map_err(|e| e.to_string())
 }
 
 /// `fanout-bench replay`: handles every event of `events` in order, as one Lambda instance
 /// would. Prints [`ProcessStats`].
-pub async fn replay_child(events: &Path, target: &str, jobs: usize) -> Result<ProcessStats, String> {
+pub async fn replay_child(
+    events: &Path,
+    target: &str,
+    jobs: usize,
+) -> Result<ProcessStats, String> {
     let consumer = Arc::new(lambda_consumer(target, jobs)?);
     let file = std::fs::File::open(events).map_err(|e| format!("{}: {e}", events.display()))?;
     let (cpu, started) = (cpu_seconds(), Instant::now());
     let (mut records, mut failures) = (0u64, 0u64);
     for line in std::io::BufReader::new(file).lines() {
-        let event: SqsEvent = serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let event: SqsEvent =
+            serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         records += event.records.len() as u64;
         let deadline_ms = fanout_shared::now_ms() + 60_000;
         let report = consumer.handle_batch(event, deadline_ms).await;
@@ -59,21 +67,44 @@ pub async fn replay_child(events: &Path, target: &str, jobs: usize) -> Result<Pr
 
 /// Runs figure 3 `runs` times per side with the bench venv's `python`.
 /// `runs` interleaved pairs of child processes on the same events: (Rust, Python, batches).
-async fn measure(runs: usize, python: &Path, peer_dir: &Path) -> Result<(Vec<ProcessStats>, Vec<ProcessStats>, usize), String> {
+async fn measure(
+    runs: usize,
+    python: &Path,
+    peer_dir: &Path,
+) -> Result<(Vec<ProcessStats>, Vec<ProcessStats>, usize), String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let scratch = Scratch::new("peer")?;
     let events = scratch.join("events.jsonl");
     let batches = write_events(&ok_targets(&server.base_url(), JOBS, None), 10, &events).await?;
     let exe = this_exe()?;
-    let rust_args: Vec<String> = ["replay", "--events", &events.display().to_string(), "--target", &server.base_url()].map(str::to_owned).to_vec();
-    let peer_args: Vec<String> = vec![peer_dir.join("drive.py").display().to_string(), events.display().to_string()];
+    let rust_args: Vec<String> = [
+        "replay",
+        "--events",
+        &events.display().to_string(),
+        "--target",
+        &server.base_url(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let peer_args: Vec<String> = vec![
+        peer_dir.join("drive.py").display().to_string(),
+        events.display().to_string(),
+    ];
     let (mut rust, mut peer) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        for (program, args, into) in [(exe.as_path(), &rust_args, &mut rust), (python, &peer_args, &mut peer)] {
+        for (program, args, into) in [
+            (exe.as_path(), &rust_args, &mut rust),
+            (python, &peer_args, &mut peer),
+        ] {
             let (program, args) = (program.to_owned(), args.clone());
-            let stats = tokio::task::spawn_blocking(move || run_child(&program, &args)).await.map_err(|e| e.to_string())??;
+            let stats = tokio::task::spawn_blocking(move || run_child(&program, &args))
+                .await
+                .map_err(|e| e.to_string())??;
             if stats.not_succeeded > 0 || stats.jobs != JOBS as u64 {
-                return Err(format!("peer run handled {} jobs, {} not succeeded", stats.jobs, stats.not_succeeded));
+                return Err(format!(
+                    "peer run handled {} jobs, {} not succeeded",
+                    stats.jobs, stats.not_succeeded
+                ));
             }
             into.push(stats);
             // Let the server's closed connections settle between processes.
@@ -84,7 +115,13 @@ async fn measure(runs: usize, python: &Path, peer_dir: &Path) -> Result<(Vec<Pro
 }
 
 fn cpu_medians(rust: &[ProcessStats], peer: &[ProcessStats]) -> (f64, f64) {
-    let cpu = |s: &[ProcessStats]| median(&s.iter().map(ProcessStats::cpu_us_per_job).collect::<Vec<_>>());
+    let cpu = |s: &[ProcessStats]| {
+        median(
+            &s.iter()
+                .map(ProcessStats::cpu_us_per_job)
+                .collect::<Vec<_>>(),
+        )
+    };
     (cpu(rust), cpu(peer))
 }
 
@@ -96,12 +133,30 @@ pub async fn cpu_per_job(python: &Path, peer_dir: &Path) -> Result<(f64, f64), S
 }
 
 /// Runs figure 3, `runs` pairs; also returns the CPU µs per job of both (Rust, Python).
-pub async fn section(runs: usize, python: &Path, peer_dir: &Path) -> Result<(Section, (f64, f64)), String> {
+pub async fn section(
+    runs: usize,
+    python: &Path,
+    peer_dir: &Path,
+) -> Result<(Section, (f64, f64)), String> {
     let (rust, peer, batches) = measure(runs, python, peer_dir).await?;
-    let speed: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| r.jobs_per_s() / p.jobs_per_s()).collect();
-    let memory: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| r.max_rss_kb as f64 / p.max_rss_kb as f64).collect();
-    let cpu: Vec<f64> = rust.iter().zip(&peer).map(|(r, p)| p.cpu_us_per_job() / r.cpu_us_per_job()).collect();
-    let per = |s: &[ProcessStats], f: fn(&ProcessStats) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
+    let speed: Vec<f64> = rust
+        .iter()
+        .zip(&peer)
+        .map(|(r, p)| r.jobs_per_s() / p.jobs_per_s())
+        .collect();
+    let memory: Vec<f64> = rust
+        .iter()
+        .zip(&peer)
+        .map(|(r, p)| r.max_rss_kb as f64 / p.max_rss_kb as f64)
+        .collect();
+    let cpu: Vec<f64> = rust
+        .iter()
+        .zip(&peer)
+        .map(|(r, p)| p.cpu_us_per_job() / r.cpu_us_per_job())
+        .collect();
+    let per = |s: &[ProcessStats], f: fn(&ProcessStats) -> f64| {
+        median(&s.iter().map(f).collect::<Vec<_>>())
+    };
     let jobs_per_s = ProcessStats::jobs_per_s as fn(&ProcessStats) -> f64;
     let cpu_us = ProcessStats::cpu_us_per_job as fn(&ProcessStats) -> f64;
     let rss_mib = (|s: &ProcessStats| s.max_rss_kb as f64 / 1024.0) as fn(&ProcessStats) -> f64;

@@ -15,10 +15,20 @@ const RATE: f64 = 200.0;
 const SIZES: [usize; 2] = [600, 2000];
 
 /// One `fanout run`: (wall ÷ (N/R), the run's own elapsed ÷ (N/R)).
-fn one(fanout: &Path, scratch: &Scratch, base_url: &str, jobs: usize, run: usize) -> Result<(f64, f64), String> {
+fn one(
+    fanout: &Path,
+    scratch: &Scratch,
+    base_url: &str,
+    jobs: usize,
+    run: usize,
+) -> Result<(f64, f64), String> {
     let config = ok_targets(base_url, jobs, Some(RATE));
     let config_path = scratch.join(&format!("run-{jobs}-{run}.json"));
-    std::fs::write(&config_path, serde_json::to_vec(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let state = scratch.join(&format!("state-{jobs}-{run}.db"));
     let started = Instant::now();
     let out = Command::new(fanout)
@@ -30,13 +40,23 @@ fn one(fanout: &Path, scratch: &Scratch, base_url: &str, jobs: usize, run: usize
         .output()
         .map_err(|e| format!("{}: {e}", fanout.display()))?;
     let wall = started.elapsed().as_secs_f64();
-    let summary: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("fanout run: no JSON summary ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "fanout run: no JSON summary ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     if !out.status.success() || summary["succeeded"].as_u64() != Some(jobs as u64) {
-        return Err(format!("fanout run settled {} of {jobs}: {summary}", summary["succeeded"]));
+        return Err(format!(
+            "fanout run settled {} of {jobs}: {summary}",
+            summary["succeeded"]
+        ));
     }
     let ideal = jobs as f64 / RATE;
-    Ok((wall / ideal, summary["elapsed_s"].as_f64().unwrap_or(0.0) / ideal))
+    Ok((
+        wall / ideal,
+        summary["elapsed_s"].as_f64().unwrap_or(0.0) / ideal,
+    ))
 }
 
 /// Runs figure 10, `runs` times per size, interleaved.
@@ -45,8 +65,15 @@ pub async fn section(runs: usize, fanout: &Path) -> Result<Section, String> {
     let mut results = vec![(Vec::new(), Vec::new()); SIZES.len()];
     for run in 0..runs {
         for (i, jobs) in SIZES.into_iter().enumerate() {
-            let (fanout, scratch_dir, base) = (fanout.to_owned(), Scratch::new(&format!("process-{jobs}-{run}"))?, server.base_url());
-            let (wall, inside) = tokio::task::spawn_blocking(move || one(&fanout, &scratch_dir, &base, jobs, run)).await.map_err(|e| e.to_string())??;
+            let (fanout, scratch_dir, base) = (
+                fanout.to_owned(),
+                Scratch::new(&format!("process-{jobs}-{run}"))?,
+                server.base_url(),
+            );
+            let (wall, inside) =
+                tokio::task::spawn_blocking(move || one(&fanout, &scratch_dir, &base, jobs, run))
+                    .await
+                    .map_err(|e| e.to_string())??;
             results[i].0.push(wall);
             results[i].1.push(inside);
         }
@@ -54,8 +81,16 @@ pub async fn section(runs: usize, fanout: &Path) -> Result<Section, String> {
     let mut figures = Vec::new();
     let mut lines = Vec::new();
     for (jobs, (wall, inside)) in SIZES.iter().zip(&results) {
-        figures.push(Figure::goal(&format!("N = {jobs}: spawn → exit ÷ (N/R)"), format!("{:.3}", median(wall)), "≤ 1.03", median(wall) <= 1.03));
-        figures.push(Figure::info(&format!("N = {jobs}: the run's own elapsed (produce → summary) ÷ (N/R)"), format!("{:.3}", median(inside))));
+        figures.push(Figure::goal(
+            &format!("N = {jobs}: spawn → exit ÷ (N/R)"),
+            format!("{:.3}", median(wall)),
+            "≤ 1.03",
+            median(wall) <= 1.03,
+        ));
+        figures.push(Figure::info(
+            &format!("N = {jobs}: the run's own elapsed (produce → summary) ÷ (N/R)"),
+            format!("{:.3}", median(inside)),
+        ));
         lines.push(format!("N = {jobs} wall ÷ (N/R): {}", list(wall, 3)));
     }
     Ok(Section {

@@ -18,9 +18,14 @@ const MOTO_TARGETS: usize = 500;
 async fn embedded_tick(scratch: &Scratch, run: usize) -> Result<(f64, u64), String> {
     let config = ok_targets("https://api.example.com", EMBEDDED_TARGETS, None);
     let pipeline = embedded(&scratch.join(&format!("produce-{run}.db")), 0.0)?;
-    let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-produce-{run}")).await.map_err(|e| e.to_string())?;
+    let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-produce-{run}"))
+        .await
+        .map_err(|e| e.to_string())?;
     if summary.published != EMBEDDED_TARGETS {
-        return Err(format!("published {} of {EMBEDDED_TARGETS}", summary.published));
+        return Err(format!(
+            "published {} of {EMBEDDED_TARGETS}",
+            summary.published
+        ));
     }
     Ok((summary.elapsed.as_secs_f64(), summary.publish_calls))
 }
@@ -33,13 +38,20 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
     let (mut rates, mut calls, mut cpu_share) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // A fresh topic and queue per run, so no run publishes into a deeper queue.
-        let names = provision(&sdk, &format!("bench{run}"), 5, 30).await.map_err(|e| e.to_string())?;
+        let names = provision(&sdk, &format!("bench{run}"), 5, 30)
+            .await
+            .map_err(|e| e.to_string())?;
         let pipeline = aws_with(&sdk, &names);
         let (cpu, started) = (cpu_seconds(), Instant::now());
-        let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-moto-{run}")).await.map_err(|e| e.to_string())?;
+        let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-moto-{run}"))
+            .await
+            .map_err(|e| e.to_string())?;
         let wall = started.elapsed().as_secs_f64();
         if summary.published != MOTO_TARGETS {
-            return Err(format!("moto: published {} of {MOTO_TARGETS}", summary.published));
+            return Err(format!(
+                "moto: published {} of {MOTO_TARGETS}",
+                summary.published
+            ));
         }
         rates.push(MOTO_TARGETS as f64 / wall);
         calls.push(summary.publish_calls as f64 / (MOTO_TARGETS as f64 / 10.0));
@@ -58,21 +70,40 @@ pub async fn section(runs: usize) -> Result<Section, String> {
         calls.push(c as f64 / (EMBEDDED_TARGETS as f64 / 10.0));
     }
     let mut figures = vec![
-        Figure::goal(&format!("embedded: {EMBEDDED_TARGETS} targets"), format!("{:.2} s", median(&seconds)), "≤ 2 s", median(&seconds) <= 2.0),
-        Figure::goal("embedded: PublishBatch calls ÷ (N/10)", format!("{:.3}", median(&calls)), "= 1.0", (median(&calls) - 1.0).abs() < 1e-9),
+        Figure::goal(
+            &format!("embedded: {EMBEDDED_TARGETS} targets"),
+            format!("{:.2} s", median(&seconds)),
+            "≤ 2 s",
+            median(&seconds) <= 2.0,
+        ),
+        Figure::goal(
+            "embedded: PublishBatch calls ÷ (N/10)",
+            format!("{:.3}", median(&calls)),
+            "= 1.0",
+            (median(&calls) - 1.0).abs() < 1e-9,
+        ),
     ];
-    let mut runs_lines = vec![format!("embedded seconds: {}", list(&seconds, 3)), format!("embedded calls ÷ (N/10): {}", list(&calls, 3))];
+    let mut runs_lines = vec![
+        format!("embedded seconds: {}", list(&seconds, 3)),
+        format!("embedded calls ÷ (N/10): {}", list(&calls, 3)),
+    ];
     let mut notes = Vec::new();
     match moto_ticks(runs).await {
         Ok((rates, moto_calls, cpu_share)) => {
-            figures.push(Figure::info(&format!("moto: {MOTO_TARGETS} targets"), format!("{:.0} msgs/s", median(&rates))));
+            figures.push(Figure::info(
+                &format!("moto: {MOTO_TARGETS} targets"),
+                format!("{:.0} msgs/s", median(&rates)),
+            ));
             figures.push(Figure::goal(
                 "moto: PublishBatch calls ÷ (N/10)",
                 format!("{:.3}", median(&moto_calls)),
                 "= 1.0",
                 (median(&moto_calls) - 1.0).abs() < 1e-9,
             ));
-            figures.push(Figure::info("moto: producer CPU ÷ wall", format!("{:.0}% of one core", median(&cpu_share) * 100.0)));
+            figures.push(Figure::info(
+                "moto: producer CPU ÷ wall",
+                format!("{:.0}% of one core", median(&cpu_share) * 100.0),
+            ));
             runs_lines.push(format!("moto msgs/s: {}", list(&rates, 0)));
             notes.push(format!(
                 "Against moto the producer is emulator-bound: moto (Python, one request at a time, see \

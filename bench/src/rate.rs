@@ -27,16 +27,30 @@ async fn global_run() -> Result<(f64, f64, f64), String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let mut options = cli_options(CONCURRENCY);
     options.rate_override = Some(RATE);
-    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-rate").await.map_err(|e| e.to_string())?;
+    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-rate")
+        .await
+        .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64).await.map_err(|e| e.to_string())?;
-    let last_call = server.records().iter().map(|r| r.at).max().unwrap_or(started).duration_since(started);
+    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+        .await
+        .map_err(|e| e.to_string())?;
+    let last_call = server
+        .records()
+        .iter()
+        .map(|r| r.at)
+        .max()
+        .unwrap_or(started)
+        .duration_since(started);
     let stats = server.stats();
     if stats.effects != JOBS || !outcome.drained {
         return Err(format!("rate run settled {} of {JOBS} jobs", stats.effects));
     }
     let ideal = JOBS as f64 / RATE;
-    Ok((outcome.elapsed.as_secs_f64() / ideal, server.max_calls_in_window(Duration::from_secs(1)) as f64 / RATE, last_call.as_secs_f64() / ideal))
+    Ok((
+        outcome.elapsed.as_secs_f64() / ideal,
+        server.max_calls_in_window(Duration::from_secs(1)) as f64 / RATE,
+        last_call.as_secs_f64() / ideal,
+    ))
 }
 
 /// One run over four hosts (127.0.0.1–4, each its own server) with their own budgets and no
@@ -45,7 +59,11 @@ async fn global_run() -> Result<(f64, f64, f64), String> {
 async fn hosts_run() -> Result<(Vec<(f64, f64)>, f64), String> {
     let mut servers = Vec::new();
     for last in 1..=HOSTS.len() as u8 {
-        servers.push(TargetServer::start_on(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))).await.map_err(|e| e.to_string())?);
+        servers.push(
+            TargetServer::start_on(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     // Interleaved so every batch carries every host in proportion: 4, 3, 2, 1 of each 10 jobs.
     let mut paths = Vec::new();
@@ -72,29 +90,51 @@ async fn hosts_run() -> Result<(Vec<(f64, f64)>, f64), String> {
     config.hosts = servers
         .iter()
         .zip(HOSTS)
-        .map(|(s, (per_second, _))| (host_of(&s.base_url()), HostLimit { per_second, max_per_second: None }))
+        .map(|(s, (per_second, _))| {
+            (
+                host_of(&s.base_url()),
+                HostLimit {
+                    per_second,
+                    max_per_second: None,
+                },
+            )
+        })
         .collect::<BTreeMap<_, _>>();
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let options = cli_options(CONCURRENCY);
-    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-hosts").await.map_err(|e| e.to_string())?;
+    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-hosts")
+        .await
+        .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64).await.map_err(|e| e.to_string())?;
+    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut per_host = Vec::new();
     for (server, (per_second, jobs)) in servers.iter().zip(HOSTS) {
         let records = server.records();
         let last = records.iter().map(|r| r.at).max().unwrap_or(started);
         if server.stats().effects != jobs {
-            return Err(format!("host {} settled {} of {jobs} jobs", server.base_url(), server.stats().effects));
+            return Err(format!(
+                "host {} settled {} of {jobs} jobs",
+                server.base_url(),
+                server.stats().effects
+            ));
         }
         let ideal = jobs as f64 / per_second;
-        per_host.push((last.duration_since(started).as_secs_f64() / ideal, server.max_calls_in_window(Duration::from_secs(1)) as f64 / per_second));
+        per_host.push((
+            last.duration_since(started).as_secs_f64() / ideal,
+            server.max_calls_in_window(Duration::from_secs(1)) as f64 / per_second,
+        ));
     }
     let ideal = HOSTS[0].1 as f64 / HOSTS[0].0;
     Ok((per_host, outcome.elapsed.as_secs_f64() / ideal))
 }
 
 fn host_of(base_url: &str) -> String {
-    base_url.trim_start_matches("http://").rsplit_once(':').map_or_else(|| base_url.to_owned(), |(h, _)| h.to_owned())
+    base_url
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map_or_else(|| base_url.to_owned(), |(h, _)| h.to_owned())
 }
 
 /// Runs figure 1, `runs` times each.
@@ -123,10 +163,23 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     let fleet_burst = 2.0;
     let peak_goal = 1.0 + fleet_burst / RATE;
     let mut figures = vec![
-        Figure::goal("global: wall ÷ (N/R)", format!("{:.3}", median(&wall)), "≤ 1.05", median(&wall) <= 1.05),
-        Figure::goal("global: max 1 s rate ÷ R", format!("{:.3}", median(&peak)), &format!("≤ 1 + burst/R = {peak_goal:.3}"), median(&peak) <= peak_goal),
+        Figure::goal(
+            "global: wall ÷ (N/R)",
+            format!("{:.3}", median(&wall)),
+            "≤ 1.05",
+            median(&wall) <= 1.05,
+        ),
+        Figure::goal(
+            "global: max 1 s rate ÷ R",
+            format!("{:.3}", median(&peak)),
+            &format!("≤ 1 + burst/R = {peak_goal:.3}"),
+            median(&peak) <= peak_goal,
+        ),
     ];
-    figures.push(Figure::info("global: last call ÷ (N/R)", format!("{:.3}", median(&last))));
+    figures.push(Figure::info(
+        "global: last call ÷ (N/R)",
+        format!("{:.3}", median(&last)),
+    ));
     let mut run_lines = vec![
         format!("global wall ÷ (N/R): {}", list(&wall, 3)),
         format!("global last call ÷ (N/R): {}", list(&last, 3)),
@@ -135,21 +188,38 @@ pub async fn section(runs: usize) -> Result<Section, String> {
     for (h, (per_second, jobs)) in HOSTS.iter().enumerate() {
         let host_peak_goal = 1.0 + fleet_burst / per_second;
         figures.push(Figure::goal(
-            &format!("host 127.0.0.{} ({per_second}/s, {jobs} jobs): finish ÷ ideal", h + 1),
+            &format!(
+                "host 127.0.0.{} ({per_second}/s, {jobs} jobs): finish ÷ ideal",
+                h + 1
+            ),
             format!("{:.3}", median(&host_wall[h])),
             "≤ 1.05",
             median(&host_wall[h]) <= 1.05,
         ));
         figures.push(Figure::goal(
-            &format!("host 127.0.0.{} ({per_second}/s): max 1 s rate ÷ budget", h + 1),
+            &format!(
+                "host 127.0.0.{} ({per_second}/s): max 1 s rate ÷ budget",
+                h + 1
+            ),
             format!("{:.3}", median(&host_peak[h])),
             &format!("≤ {host_peak_goal:.3}"),
             median(&host_peak[h]) <= host_peak_goal,
         ));
-        run_lines.push(format!("host 127.0.0.{} finish ÷ ideal: {}; peak ÷ budget: {}", h + 1, list(&host_wall[h], 3), list(&host_peak[h], 3)));
+        run_lines.push(format!(
+            "host 127.0.0.{} finish ÷ ideal: {}; peak ÷ budget: {}",
+            h + 1,
+            list(&host_wall[h], 3),
+            list(&host_peak[h], 3)
+        ));
     }
-    figures.push(Figure::info("4 hosts: drain wall ÷ ideal (5 s)", format!("{:.3}", median(&hosts_wall))));
-    run_lines.push(format!("4 hosts drain wall ÷ ideal: {}", list(&hosts_wall, 3)));
+    figures.push(Figure::info(
+        "4 hosts: drain wall ÷ ideal (5 s)",
+        format!("{:.3}", median(&hosts_wall)),
+    ));
+    run_lines.push(format!(
+        "4 hosts drain wall ÷ ideal: {}",
+        list(&hosts_wall, 3)
+    ));
     Ok(Section {
         title: "1. Rate accuracy".into(),
         command: "target/release/fanout-bench rate".into(),

@@ -49,12 +49,22 @@ pub struct Figure {
 impl Figure {
     /// A figure with a goal.
     pub fn goal(name: &str, value: String, goal: &str, ok: bool) -> Self {
-        Self { name: name.to_owned(), value, goal: goal.to_owned(), verdict: Verdict::of(ok) }
+        Self {
+            name: name.to_owned(),
+            value,
+            goal: goal.to_owned(),
+            verdict: Verdict::of(ok),
+        }
     }
 
     /// A context figure without a goal.
     pub fn info(name: &str, value: String) -> Self {
-        Self { name: name.to_owned(), value, goal: String::new(), verdict: Verdict::Info }
+        Self {
+            name: name.to_owned(),
+            value,
+            goal: String::new(),
+            verdict: Verdict::Info,
+        }
     }
 }
 
@@ -102,7 +112,14 @@ impl Section {
 fn table(figures: &[Figure]) -> String {
     let mut out = String::from("| figure | value | goal | verdict |\n|---|---|---|---|\n");
     for f in figures {
-        let _ = writeln!(out, "| {} | {} | {} | {} |", f.name, f.value, f.goal, f.verdict.label());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            f.name,
+            f.value,
+            f.goal,
+            f.verdict.label()
+        );
     }
     out
 }
@@ -123,10 +140,24 @@ pub fn document(sections: &[Section], machine: &str, wall_s: f64) -> String {
          otherwise); ratios between Rust and Python come from runs interleaved in the same process \
          tree against the same target server. Everything runs on 127.0.0.1.\n\n",
     );
-    out.push_str("## Summary\n\n| section | figure | value | goal | verdict |\n|---|---|---|---|---|\n");
+    out.push_str(
+        "## Summary\n\n| section | figure | value | goal | verdict |\n|---|---|---|---|---|\n",
+    );
     for section in sections {
-        for f in section.figures.iter().filter(|f| f.verdict != Verdict::Info) {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", section.title, f.name, f.value, f.goal, f.verdict.label());
+        for f in section
+            .figures
+            .iter()
+            .filter(|f| f.verdict != Verdict::Info)
+        {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                section.title,
+                f.name,
+                f.value,
+                f.goal,
+                f.verdict.label()
+            );
         }
     }
     out.push('\n');
@@ -151,7 +182,11 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// `values` formatted with `decimals`, comma-separated, for the "Runs" lines.
 pub fn list(values: &[f64], decimals: usize) -> String {
-    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// CPU, cores, memory, kernel and toolchain of this machine, in one line.
@@ -160,22 +195,41 @@ pub fn machine(python: &std::path::Path) -> String {
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let mem_gib = read("/proc/meminfo")
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
     let version = |program: &std::path::Path| {
         std::process::Command::new(program)
             .arg("--version")
             .output()
-            .map(|o| String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).trim().to_owned())
+            .map(|o| {
+                String::from_utf8_lossy(if o.stdout.is_empty() {
+                    &o.stderr
+                } else {
+                    &o.stdout
+                })
+                .trim()
+                .to_owned()
+            })
             .unwrap_or_else(|_| "unavailable".into())
     };
-    format!("{model}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; {}; {}", version("rustc".as_ref()), version(python))
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; {}; {}",
+        version("rustc".as_ref()),
+        version(python)
+    )
 }
 
 #[cfg(test)]

@@ -22,11 +22,19 @@ pub const JOBS: usize = 20_000;
 pub const CONCURRENCY: usize = 8;
 
 /// `fanout-bench drain`: one measured drain, run in its own process. Prints [`ProcessStats`].
-pub async fn drain_child(target: &str, jobs: usize, duplicate_rate: f64, concurrency: usize, state: &Path) -> Result<ProcessStats, String> {
+pub async fn drain_child(
+    target: &str,
+    jobs: usize,
+    duplicate_rate: f64,
+    concurrency: usize,
+    state: &Path,
+) -> Result<ProcessStats, String> {
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(state, duplicate_rate)?;
     let run_id = "bench-drain";
-    let produced = fanout::run::produce_tick(&config, &pipeline, run_id).await.map_err(|e| e.to_string())?;
+    let produced = fanout::run::produce_tick(&config, &pipeline, run_id)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut options = cli_options(concurrency);
     // The figure is speed, not the 3 s timeout's: a WAL checkpoint stalled by the disk must not
     // cut an invocation off (its calls would then be made again, at least once as documented).
@@ -34,11 +42,23 @@ pub async fn drain_child(target: &str, jobs: usize, duplicate_rate: f64, concurr
     options.event_source.visibility_timeout = Duration::from_secs(30);
     let started_ms = fanout_shared::now_ms();
     let cpu = cpu_seconds();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64).await.map_err(|e| e.to_string())?;
+    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+        .await
+        .map_err(|e| e.to_string())?;
     let cpu_s = cpu_seconds() - cpu;
-    let ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
-    let settlement =
-        fanout::settle::settle(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await.map_err(|e| e.to_string())?;
+    let ids: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| message_id(run_id, &t.id))
+        .collect();
+    let settlement = fanout::settle::settle(
+        &ids,
+        pipeline.store.as_ref(),
+        pipeline.dlq.as_ref(),
+        options.event_source.poll_wait,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(ProcessStats {
         jobs: jobs as u64,
         wall_s: outcome.elapsed.as_secs_f64(),
@@ -89,11 +109,19 @@ async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>, Vec<Drain>), St
     let scratch = Scratch::new("drain")?;
     let (mut plain, mut duplicated, mut in_memory) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        for (rate, on_file, into) in [(0.0, true, &mut plain), (0.3, true, &mut duplicated), (0.0, false, &mut in_memory)] {
+        for (rate, on_file, into) in [
+            (0.0, true, &mut plain),
+            (0.3, true, &mut duplicated),
+            (0.0, false, &mut in_memory),
+        ] {
             let server = TargetServer::start().await.map_err(|e| e.to_string())?;
             // Maps the child's epoch timestamps onto this process's `Instant`s.
             let anchor = (Instant::now(), fanout_shared::now_ms());
-            let state: PathBuf = if on_file { scratch.join(&format!("state-{run}-{rate}.db")) } else { ":memory:".into() };
+            let state: PathBuf = if on_file {
+                scratch.join(&format!("state-{run}-{rate}.db"))
+            } else {
+                ":memory:".into()
+            };
             let args = drain_args(&server.base_url(), rate, &state);
             let stats = tokio::task::spawn_blocking({
                 let exe = exe.clone();
@@ -103,11 +131,23 @@ async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>, Vec<Drain>), St
             .map_err(|e| e.to_string())??;
             let target = server.stats();
             if stats.not_succeeded > 0 || target.effects != JOBS || target.repeat_successes > 0 {
-                return Err(format!("drain: {} jobs unsucceeded, {} effects, {} repeated", stats.not_succeeded, target.effects, target.repeat_successes));
+                return Err(format!(
+                    "drain: {} jobs unsucceeded, {} effects, {} repeated",
+                    stats.not_succeeded, target.effects, target.repeat_successes
+                ));
             }
-            let started = anchor.0 + Duration::from_millis(u64::try_from(stats.started_ms - anchor.1).unwrap_or(0));
-            let last = server.records().iter().map(|r| r.at).max().unwrap_or(started);
-            into.push(Drain { settled_s: last.saturating_duration_since(started).as_secs_f64(), stats });
+            let started = anchor.0
+                + Duration::from_millis(u64::try_from(stats.started_ms - anchor.1).unwrap_or(0));
+            let last = server
+                .records()
+                .iter()
+                .map(|r| r.at)
+                .max()
+                .unwrap_or(started);
+            into.push(Drain {
+                settled_s: last.saturating_duration_since(started).as_secs_f64(),
+                stats,
+            });
         }
     }
     Ok((plain, duplicated, in_memory))
@@ -120,12 +160,22 @@ pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
     let mem_cpu: Vec<f64> = in_memory.iter().map(|d| d.stats.cpu_us_per_job()).collect();
     let jps: Vec<f64> = plain.iter().map(|d| d.stats.jobs_per_s()).collect();
     let cpu: Vec<f64> = plain.iter().map(|d| d.stats.cpu_us_per_job()).collect();
-    let rss: Vec<f64> = plain.iter().map(|d| d.stats.max_rss_kb as f64 / 1024.0).collect();
+    let rss: Vec<f64> = plain
+        .iter()
+        .map(|d| d.stats.max_rss_kb as f64 / 1024.0)
+        .collect();
     let settled: Vec<f64> = plain.iter().map(Drain::settled_jobs_per_s).collect();
     let dup_settled: Vec<f64> = duplicated.iter().map(Drain::settled_jobs_per_s).collect();
     let dup_jps: Vec<f64> = duplicated.iter().map(|d| d.stats.jobs_per_s()).collect();
-    let dup_records: Vec<f64> = duplicated.iter().map(|d| d.stats.records as f64 / d.stats.jobs as f64).collect();
-    let ratios: Vec<f64> = dup_settled.iter().zip(&settled).map(|(d, p)| d / p).collect();
+    let dup_records: Vec<f64> = duplicated
+        .iter()
+        .map(|d| d.stats.records as f64 / d.stats.jobs as f64)
+        .collect();
+    let ratios: Vec<f64> = dup_settled
+        .iter()
+        .zip(&settled)
+        .map(|(d, p)| d / p)
+        .collect();
     let drain_ratios: Vec<f64> = dup_jps.iter().zip(&jps).map(|(d, p)| d / p).collect();
     let command = "target/release/fanout-bench throughput";
     let throughput = Section {

@@ -39,24 +39,40 @@ pub fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
     let settings = fanout::backend::EmbeddedSettings {
         state: state.to_owned(),
         max_receive_count: Some(5),
-        duplicates: Duplicates { twice: duplicate_rate, ..Duplicates::default() },
+        duplicates: Duplicates {
+            twice: duplicate_rate,
+            ..Duplicates::default()
+        },
     };
     fanout::backend::embedded(&settings).map_err(|e| e.to_string())
 }
 
 /// Publishes one tick of `config` and writes the SQS events Lambda would deliver for it, in
 /// batches of `batch_size`, one JSON event per line. Returns the number of events.
-pub async fn write_events(config: &PipelineConfig, batch_size: u32, path: &Path) -> Result<usize, String> {
+pub async fn write_events(
+    config: &PipelineConfig,
+    batch_size: u32,
+    path: &Path,
+) -> Result<usize, String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    fanout::run::produce_tick(config, &pipeline, "bench-events").await.map_err(|e| e.to_string())?;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    fanout::run::produce_tick(config, &pipeline, "bench-events")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
     let mut events = 0;
     loop {
-        let messages = pipeline.queue.receive(batch_size, Duration::from_secs(3600), Duration::ZERO).await.map_err(|e| e.to_string())?;
+        let messages = pipeline
+            .queue
+            .receive(batch_size, Duration::from_secs(3600), Duration::ZERO)
+            .await
+            .map_err(|e| e.to_string())?;
         if messages.is_empty() {
             break;
         }
-        let line = serde_json::to_string(&to_event(pipeline.queue.name(), messages)).map_err(|e| e.to_string())?;
+        let line = serde_json::to_string(&to_event(pipeline.queue.name(), messages))
+            .map_err(|e| e.to_string())?;
         writeln!(out, "{line}").map_err(|e| e.to_string())?;
         events += 1;
     }

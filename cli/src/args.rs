@@ -10,13 +10,28 @@ use crate::dlq::DlqFilter;
 
 /// The fanout operator command.
 #[derive(Debug, Parser)]
-#[command(name = "fanout", version, about = "Run, inspect and operate the fanout pipeline")]
+#[command(
+    name = "fanout",
+    version,
+    about = "Run, inspect and operate the fanout pipeline"
+)]
 pub struct Cli {
     /// Where the pipeline lives: the embedded state file, or SNS/SQS/DynamoDB.
-    #[arg(long, global = true, value_enum, default_value = "embedded", env = "FANOUT_BACKEND")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "embedded",
+        env = "FANOUT_BACKEND"
+    )]
     pub backend: BackendKind,
     /// Embedded state file (`:memory:` for a throwaway run).
-    #[arg(long, global = true, default_value = ".fanout/local.db", env = "FANOUT_STATE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".fanout/local.db",
+        env = "FANOUT_STATE"
+    )]
     pub state: PathBuf,
     /// AWS resource names (the `--backend aws` commands).
     #[command(flatten)]
@@ -72,8 +87,19 @@ impl AwsArgs {
             (&self.table_name, "FANOUT_TABLE_NAME"),
         ];
         match given.map(|(value, _)| value.clone()) {
-            [Some(topic_arn), Some(queue_url), Some(dlq_url), Some(table_name)] => Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name }),
-            _ => Err(given.into_iter().filter(|(value, _)| value.is_none()).map(|(_, var)| var).collect()),
+            [Some(topic_arn), Some(queue_url), Some(dlq_url), Some(table_name)] => {
+                Ok(ResourceNames {
+                    topic_arn,
+                    queue_url,
+                    dlq_url,
+                    table_name,
+                })
+            }
+            _ => Err(given
+                .into_iter()
+                .filter(|(value, _)| value.is_none())
+                .map(|(_, var)| var)
+                .collect()),
         }
     }
 }
@@ -223,7 +249,12 @@ pub struct ReplayArgs {
 impl FilterArgs {
     /// The DLQ filter these flags describe.
     pub(crate) fn filter(&self) -> DlqFilter {
-        DlqFilter { target: self.target.clone(), reason: self.reason.clone(), host: self.host.clone(), run: self.run.clone() }
+        DlqFilter {
+            target: self.target.clone(),
+            reason: self.reason.clone(),
+            host: self.host.clone(),
+            run: self.run.clone(),
+        }
     }
 }
 

@@ -3,9 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fanout_shared::aws::{DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SnsPublisher, SqsMessageMover, SqsQueue};
+use fanout_shared::aws::{
+    DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SnsPublisher, SqsMessageMover,
+    SqsQueue,
+};
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
-use fanout_shared::{BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue, RunLedger};
+use fanout_shared::{
+    BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue, RunLedger,
+};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
 pub(crate) const EMBEDDED_TOPIC: &str = "fanout-jobs";
@@ -17,7 +22,11 @@ pub(crate) const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 /// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
 /// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.
 pub fn pipeline_name(stack: Option<&str>) -> String {
-    std::env::var("FANOUT_PIPELINE").ok().filter(|p| !p.is_empty()).or(stack.map(str::to_owned)).unwrap_or_else(|| "fanout".into())
+    std::env::var("FANOUT_PIPELINE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or(stack.map(str::to_owned))
+        .unwrap_or_else(|| "fanout".into())
 }
 
 /// The resources of a pipeline, whatever holds them.
@@ -94,7 +103,12 @@ impl std::fmt::Display for ResourceNames {
 /// Opens the embedded pipeline (creating its queues and subscription if needed).
 pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
     let backend = EmbeddedBackend::open(&settings.state)?;
-    backend.ensure_pipeline(EMBEDDED_TOPIC, EMBEDDED_QUEUE, EMBEDDED_DLQ, settings.max_receive_count)?;
+    backend.ensure_pipeline(
+        EMBEDDED_TOPIC,
+        EMBEDDED_QUEUE,
+        EMBEDDED_DLQ,
+        settings.max_receive_count,
+    )?;
     backend.set_duplicates(settings.duplicates)?;
     Ok(Pipeline {
         publisher: Arc::new(backend.topic(EMBEDDED_TOPIC)),
@@ -113,16 +127,32 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     Pipeline {
-        publisher: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), names.topic_arn.clone())),
+        publisher: Arc::new(SnsPublisher::new(
+            aws_sdk_sns::Client::new(sdk),
+            names.topic_arn.clone(),
+        )),
         queue: Arc::new(SqsQueue::new(sqs.clone(), &names.queue_url)),
         dlq: Arc::new(SqsQueue::new(sqs.clone(), &names.dlq_url)),
-        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), names.table_name.clone())),
-        fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), names.table_name.clone())),
-        mover: Some(Arc::new(SqsMessageMover::new(sqs, names.dlq_url.clone(), names.queue_url.clone()))),
+        store: Arc::new(DynamoDbStore::new(
+            dynamodb.clone(),
+            names.table_name.clone(),
+        )),
+        fleet: Arc::new(DynamoDbFleet::new(
+            dynamodb.clone(),
+            names.table_name.clone(),
+        )),
+        mover: Some(Arc::new(SqsMessageMover::new(
+            sqs,
+            names.dlq_url.clone(),
+            names.queue_url.clone(),
+        ))),
         runs: Arc::new(DynamoDbRuns::new(dynamodb, names.table_name.clone())),
         events: Arc::new(EventBridgeBus::new(
             aws_sdk_eventbridge::Client::new(sdk),
-            std::env::var("FANOUT_EVENT_BUS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "default".into()),
+            std::env::var("FANOUT_EVENT_BUS")
+                .ok()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "default".into()),
         )),
     }
 }

@@ -31,11 +31,18 @@ pub fn describe(config: &PipelineConfig, file: &Path, fit: &StackFit) -> String 
     let concurrency = fit.concurrency;
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
     for target in &config.targets {
-        *per_host.entry(config.job_target(target).host().unwrap_or_default()).or_insert(0) += 1;
+        *per_host
+            .entry(config.job_target(target).host().unwrap_or_default())
+            .or_insert(0) += 1;
     }
     let n = config.targets.len();
     let mut out = String::new();
-    let _ = writeln!(out, "{}: valid, {n} targets on {} hosts", file.display(), per_host.len());
+    let _ = writeln!(
+        out,
+        "{}: valid, {n} targets on {} hosts",
+        file.display(),
+        per_host.len()
+    );
     let mut minimum = 0.0f64;
     match config.rate_limit {
         Some(limit) => {
@@ -50,7 +57,11 @@ pub fn describe(config: &PipelineConfig, file: &Path, fit: &StackFit) -> String 
     for (host, count) in &per_host {
         match config.hosts.get(host) {
             Some(limit) => {
-                let _ = writeln!(out, "  {host}: {count} targets, budget {}/s", limit.per_second);
+                let _ = writeln!(
+                    out,
+                    "  {host}: {count} targets, budget {}/s",
+                    limit.per_second
+                );
                 minimum = minimum.max(*count as f64 / limit.per_second);
             }
             None => {
@@ -83,18 +94,31 @@ pub(crate) fn stack_fit(config: &PipelineConfig, fit: &StackFit, minimum: f64) -
             fit.schedule_period_s
         ));
     } else {
-        lines.push(format!("ok: a tick ({minimum:.1} s at least) fits in the schedule's period ({} s)", fit.schedule_period_s));
+        lines.push(format!(
+            "ok: a tick ({minimum:.1} s at least) fits in the schedule's period ({} s)",
+            fit.schedule_period_s
+        ));
     }
     if minimum > QUEUE_RETENTION_S {
-        lines.push("warning: a tick takes longer than the job queue keeps messages (4 days)".to_owned());
+        lines.push(
+            "warning: a tick takes longer than the job queue keeps messages (4 days)".to_owned(),
+        );
     }
-    let longest = config.job_targets().iter().map(|t| t.timeout_ms).max().unwrap_or(0) as f64 / 1000.0;
+    let longest = config
+        .job_targets()
+        .iter()
+        .map(|t| t.timeout_ms)
+        .max()
+        .unwrap_or(0) as f64
+        / 1000.0;
     if longest > working {
         lines.push(format!(
             "warning: a target's timeout ({longest} s) is longer than an invocation can work ({working} s = function timeout - {DEADLINE_MARGIN_S} s margin): its calls are cut short"
         ));
     } else {
-        lines.push(format!("ok: every call's timeout ({longest} s at most) fits in an invocation ({working} s)"));
+        lines.push(format!(
+            "ok: every call's timeout ({longest} s at most) fits in an invocation ({working} s)"
+        ));
     }
     if let Some(limit) = config.rate_limit {
         // When every instance works, each spends budget / concurrency; a batch larger than what
@@ -106,7 +130,10 @@ pub(crate) fn stack_fit(config: &PipelineConfig, fit: &StackFit, minimum: f64) -
                 fit.batch_size
             ));
         } else {
-            lines.push(format!("ok: an instance can spend {per_invocation:.0} calls per invocation, a batch is {}", fit.batch_size));
+            lines.push(format!(
+                "ok: an instance can spend {per_invocation:.0} calls per invocation, a batch is {}",
+                fit.batch_size
+            ));
         }
     }
     lines

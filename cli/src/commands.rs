@@ -70,20 +70,35 @@ pub(crate) fn load_config(path: &Path) -> Result<PipelineConfig, Failure> {
 
 fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
     if !(0.0..=1.0).contains(&rate) {
-        return Err(Failure::BadInput(format!("--duplicate-rate must be between 0 and 1, got {rate}")));
+        return Err(Failure::BadInput(format!(
+            "--duplicate-rate must be between 0 and 1, got {rate}"
+        )));
     }
-    Ok(Duplicates { twice: rate, ..Duplicates::default() })
+    Ok(Duplicates {
+        twice: rate,
+        ..Duplicates::default()
+    })
 }
 
-async fn pipeline(cli: &Cli, max_receive_count: Option<u32>, duplicate_rate: f64) -> Result<Pipeline, Failure> {
+async fn pipeline(
+    cli: &Cli,
+    max_receive_count: Option<u32>,
+    duplicate_rate: f64,
+) -> Result<Pipeline, Failure> {
     match cli.backend {
-        BackendKind::Embedded if cli.aws.stack_name().is_some() => Err(Failure::BadInput("--stack (FANOUT_STACK) needs --backend aws".into())),
-        BackendKind::Embedded => {
-            Ok(backend::embedded(&EmbeddedSettings { state: cli.state.clone(), max_receive_count, duplicates: duplicates(duplicate_rate)? })?)
-        }
+        BackendKind::Embedded if cli.aws.stack_name().is_some() => Err(Failure::BadInput(
+            "--stack (FANOUT_STACK) needs --backend aws".into(),
+        )),
+        BackendKind::Embedded => Ok(backend::embedded(&EmbeddedSettings {
+            state: cli.state.clone(),
+            max_receive_count,
+            duplicates: duplicates(duplicate_rate)?,
+        })?),
         BackendKind::Aws => {
             if duplicate_rate > 0.0 {
-                return Err(Failure::BadInput("--duplicate-rate only applies to the embedded backend".into()));
+                return Err(Failure::BadInput(
+                    "--duplicate-rate only applies to the embedded backend".into(),
+                ));
             }
             let sdk = fanout_shared::aws::load_sdk_config().await;
             let names = match cli.aws.stack_name() {
@@ -104,7 +119,11 @@ pub(crate) fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| Failure::BadInput(format!("--{name} must be a positive number of seconds, got {value}")))
+        .ok_or_else(|| {
+            Failure::BadInput(format!(
+                "--{name} must be a positive number of seconds, got {value}"
+            ))
+        })
 }
 
 /// SQS long polls in whole seconds (a short poll may miss messages); the embedded queue polls
@@ -142,13 +161,20 @@ fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
 
 /// `local/<config name>@<current hour>`: re-running within the hour resumes the same tick.
 fn default_run_id(config: &Path) -> String {
-    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("config");
-    format!("local/{stem}@{}", chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z"))
+    let stem = config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("config");
+    format!(
+        "local/{stem}@{}",
+        chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z")
+    )
 }
 
 /// A run ID the producer accepts, or bad input (exit 2) before anything is opened.
 fn checked_run_id(run_id: String) -> Result<String, Failure> {
-    fanout_shared::job::check_run_id(&run_id).map_err(|e| Failure::BadInput(format!("--run-id: {e}")))?;
+    fanout_shared::job::check_run_id(&run_id)
+        .map_err(|e| Failure::BadInput(format!("--run-id: {e}")))?;
     Ok(run_id)
 }
 
@@ -157,7 +183,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Run(args) => run_command(&cli, args).await,
         Command::Produce(args) => {
             let config = load_config(&args.config)?;
-            let run_id = checked_run_id(args.run_id.clone().unwrap_or_else(|| default_run_id(&args.config)))?;
+            let run_id = checked_run_id(
+                args.run_id
+                    .clone()
+                    .unwrap_or_else(|| default_run_id(&args.config)),
+            )?;
             let pipeline = pipeline(&cli, args.max_receive_count, args.duplicate_rate).await?;
             let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
             if args.json {
@@ -165,8 +195,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 let started = match &summary.started {
                     fanout_producer::Started::New => String::new(),
-                    fanout_producer::Started::Resumed => " (the run existed: published again)".to_owned(),
-                    fanout_producer::Started::AlreadyEnded(status) => format!(" (the run already ended {}: nothing published)", status.as_str()),
+                    fanout_producer::Started::Resumed => {
+                        " (the run existed: published again)".to_owned()
+                    }
+                    fanout_producer::Started::AlreadyEnded(status) => format!(
+                        " (the run already ended {}: nothing published)",
+                        status.as_str()
+                    ),
                     fanout_producer::Started::Skipped(why) => format!(" (skipped: {why})"),
                 };
                 println!(
@@ -182,28 +217,66 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Consume(args) => {
             let config = load_config(&args.config)?;
-            let pipeline = pipeline(&cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
+            let pipeline = pipeline(
+                &cli,
+                args.local.max_receive_count,
+                args.local.duplicate_rate,
+            )
+            .await?;
             let options = run_options(&args.local, &cli)?;
-            let outcome = run::consume(&config, &pipeline, &options, pipeline.queue.depth().await?.visible).await?;
+            let outcome = run::consume(
+                &config,
+                &pipeline,
+                &options,
+                pipeline.queue.depth().await?.visible,
+            )
+            .await?;
             let summary = crate::report::ConsumeSummary::new(&outcome);
-            let text = if args.local.json { serde_json::to_string(&summary) } else { serde_json::to_string_pretty(&summary) };
+            let text = if args.local.json {
+                serde_json::to_string(&summary)
+            } else {
+                serde_json::to_string_pretty(&summary)
+            };
             println!("{}", text.unwrap_or_default());
-            Ok(if outcome.drained { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if outcome.drained {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Provision { prefix, max_receive_count, visibility_timeout } => {
+        Command::Provision {
+            prefix,
+            max_receive_count,
+            visibility_timeout,
+        } => {
             let sdk = fanout_shared::aws::load_sdk_config().await;
-            let provisioned = crate::provision::provision(&sdk, prefix, *max_receive_count, *visibility_timeout).await?;
+            let provisioned =
+                crate::provision::provision(&sdk, prefix, *max_receive_count, *visibility_timeout)
+                    .await?;
             print!("{provisioned}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(DlqCommand::List { filter, json }) => {
             let pipeline = pipeline(&cli, None, 0.0).await?;
-            let mut entries = crate::dlq::list(pipeline.dlq.as_ref(), pipeline.store.as_ref(), &filter.filter(), poll_wait(cli.backend)).await?;
+            let mut entries = crate::dlq::list(
+                pipeline.dlq.as_ref(),
+                pipeline.store.as_ref(),
+                &filter.filter(),
+                poll_wait(cli.backend),
+            )
+            .await?;
             entries.sort_by(|a, b| (&a.run_id, &a.target_id).cmp(&(&b.run_id, &b.target_id)));
             if *json {
                 println!("{}", serde_json::to_string(&entries).unwrap_or_default());
             } else if entries.is_empty() {
-                println!("the DLQ has no messages{}", if filter.filter().is_empty() { "" } else { " matching the filter" });
+                println!(
+                    "the DLQ has no messages{}",
+                    if filter.filter().is_empty() {
+                        ""
+                    } else {
+                        " matching the filter"
+                    }
+                );
             } else {
                 print!("{}", crate::dlq::table(&entries));
             }
@@ -213,7 +286,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Runs(command) => runs_command(&cli, command).await,
         Command::Hosts(args) => hosts_command(&cli, args).await,
         Command::Trigger(args) => crate::trigger::command(&cli, args).await,
-        Command::Config(ConfigCommand::Check { file, concurrency, function_timeout, schedule_period, batch_size }) => {
+        Command::Config(ConfigCommand::Check {
+            file,
+            concurrency,
+            function_timeout,
+            schedule_period,
+            batch_size,
+        }) => {
             let config = load_config(file)?;
             let fit = crate::check::StackFit {
                 concurrency: *concurrency,
@@ -244,7 +323,9 @@ async fn runs_command(cli: &Cli, command: &RunsCommand) -> Result<ExitCode, Fail
         }
         RunsCommand::Show { run_id, json } => {
             let Some(run) = pipeline.runs.get(run_id).await? else {
-                return Err(Failure::BadInput(format!("no run {run_id:?} in the ledger (`fanout runs list` shows the latest)")));
+                return Err(Failure::BadInput(format!(
+                    "no run {run_id:?} in the ledger (`fanout runs list` shows the latest)"
+                )));
             };
             if *json {
                 println!("{}", serde_json::to_string(&run).unwrap_or_default());
@@ -262,9 +343,14 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
     let (config, default_run_id, _server) = match &args.config {
         Some(path) => (load_config(path)?, default_run_id(path), None),
         None => {
-            let server = TargetServer::start().await.map_err(|e| Failure::Other(format!("demo server: {e}")))?;
+            let server = TargetServer::start()
+                .await
+                .map_err(|e| Failure::Other(format!("demo server: {e}")))?;
             let config = crate::demo::demo_config(&server.base_url());
-            let run_id = format!("demo@{}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            let run_id = format!(
+                "demo@{}",
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            );
             (config, run_id, Some(server))
         }
     };
@@ -277,7 +363,10 @@ async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
         print!("{}", summary.table());
     }
     if !outcome.drained {
-        eprintln!("timed out after {:.0} s with jobs still queued", options.event_source.timeout.as_secs_f64());
+        eprintln!(
+            "timed out after {:.0} s with jobs still queued",
+            options.event_source.timeout.as_secs_f64()
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(if summary.lost > 0 {
@@ -294,10 +383,12 @@ async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<Exit
     let pipeline = pipeline(cli, None, 0.0).await?;
     let rows = match &args.action {
         None => crate::hosts::list(&config, pipeline.fleet.as_ref()).await?,
-        Some(action) => vec![crate::hosts::act(&config, pipeline.fleet.as_ref(), action).await.map_err(|e| match e {
-            crate::hosts::HostsError::BadInput(m) => Failure::BadInput(m),
-            crate::hosts::HostsError::Backend(e) => Failure::from(e),
-        })?],
+        Some(action) => vec![crate::hosts::act(&config, pipeline.fleet.as_ref(), action)
+            .await
+            .map_err(|e| match e {
+                crate::hosts::HostsError::BadInput(m) => Failure::BadInput(m),
+                crate::hosts::HostsError::Backend(e) => Failure::from(e),
+            })?],
     };
     if args.json {
         println!("{}", serde_json::to_string(&rows).unwrap_or_default());
@@ -309,7 +400,9 @@ async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<Exit
 
 async fn replay_command(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode, Failure> {
     if let Some(Err(e)) = args.rate.map(check_rate) {
-        return Err(Failure::BadInput(format!("--rate (messages per second) {e}")));
+        return Err(Failure::BadInput(format!(
+            "--rate (messages per second) {e}"
+        )));
     }
     let options = crate::dlq::ReplayOptions {
         filter: args.filter.filter(),
@@ -342,5 +435,9 @@ async fn replay_command(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode, Failur
         }
         print!("{}", crate::report::replay_table(&summary));
     }
-    Ok(if summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

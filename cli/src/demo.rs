@@ -21,11 +21,24 @@ pub(crate) fn demo_config(base_url: &str) -> PipelineConfig {
             _ => format!("bad/{i}"),
         })
         .collect();
-    let targets = fanout_testkit::targets(base_url, paths.iter().enumerate().map(|(i, p)| (format!("demo-{i}"), p.as_str())), None);
+    let targets = fanout_testkit::targets(
+        base_url,
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("demo-{i}"), p.as_str())),
+        None,
+    );
     PipelineConfig {
-        rate_limit: Some(RateLimit { per_second: DEMO_RATE, burst: 1 }),
+        rate_limit: Some(RateLimit {
+            per_second: DEMO_RATE,
+            burst: 1,
+        }),
         allow_private_networks: true,
-        runs: RunPolicy { tolerated_failure_percentage: Some(5.0), ..RunPolicy::default() },
+        runs: RunPolicy {
+            tolerated_failure_percentage: Some(5.0),
+            ..RunPolicy::default()
+        },
         targets,
         ..PipelineConfig::default()
     }

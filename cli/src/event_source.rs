@@ -95,8 +95,25 @@ pub async fn drain_with_faults(
     let outcome = Arc::new(Mutex::new(DrainOutcome::default()));
     let mut workers = tokio::task::JoinSet::new();
     for consumer in consumers.into_iter().take(options.concurrency.max(1)) {
-        let (queue, done, outcome, options, faults) = (queue.clone(), done.clone(), outcome.clone(), options.clone(), faults.clone());
-        workers.spawn(async move { worker(queue, consumer, &options, faults.as_ref(), &done, &outcome, started).await });
+        let (queue, done, outcome, options, faults) = (
+            queue.clone(),
+            done.clone(),
+            outcome.clone(),
+            options.clone(),
+            faults.clone(),
+        );
+        workers.spawn(async move {
+            worker(
+                queue,
+                consumer,
+                &options,
+                faults.as_ref(),
+                &done,
+                &outcome,
+                started,
+            )
+            .await
+        });
     }
     // Progress is reported from here so the callback needs no 'static bound.
     let mut first_error = None;
@@ -115,7 +132,11 @@ pub async fn drain_with_faults(
     if let Some(e) = first_error {
         return Err(e);
     }
-    let mut outcome = std::mem::take(&mut *outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let mut outcome = std::mem::take(
+        &mut *outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     progress(&outcome.metrics);
     outcome.elapsed = started.elapsed();
     Ok(outcome)
@@ -135,7 +156,13 @@ async fn worker(
             done.store(true, Ordering::Relaxed);
             break;
         }
-        let messages = queue.receive(options.batch_size, options.visibility_timeout, options.poll_wait).await?;
+        let messages = queue
+            .receive(
+                options.batch_size,
+                options.visibility_timeout,
+                options.poll_wait,
+            )
+            .await?;
         if messages.is_empty() {
             if queue.depth().await?.is_drained() {
                 if let Ok(mut o) = outcome.lock() {
@@ -161,19 +188,33 @@ async fn invoke(
     faults: &dyn InvocationFaults,
     outcome: &Mutex<DrainOutcome>,
 ) -> Result<(), BackendError> {
-    let receipts: HashMap<String, String> = messages.iter().map(|m| (m.message_id.clone(), m.receipt_handle.clone())).collect();
+    let receipts: HashMap<String, String> = messages
+        .iter()
+        .map(|m| (m.message_id.clone(), m.receipt_handle.clone()))
+        .collect();
     let event = to_event(queue.name(), messages);
-    let deadline_ms = fanout_shared::now_ms() + i64::try_from(options.function_timeout.as_millis()).unwrap_or(i64::MAX);
+    let deadline_ms = fanout_shared::now_ms()
+        + i64::try_from(options.function_timeout.as_millis()).unwrap_or(i64::MAX);
     let number = {
-        let mut o = outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         o.invocations += 1;
         o.invocations
     };
     let crash_at = faults.dies_at(number);
     let handler = consumer.handle_batch(event, deadline_ms);
-    let result = tokio::time::timeout(crash_at.unwrap_or(options.function_timeout).min(options.function_timeout), handler).await;
+    let result = tokio::time::timeout(
+        crash_at
+            .unwrap_or(options.function_timeout)
+            .min(options.function_timeout),
+        handler,
+    )
+    .await;
     let to_delete: Vec<String> = {
-        let mut o = outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if crash_at.is_some() {
             o.crashed += 1;
             return Ok(());
@@ -187,8 +228,17 @@ async fn invoke(
             );
             return Ok(());
         };
-        let failed: HashSet<&str> = report.response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-        let keep = receipts.iter().filter(|(id, _)| !failed.contains(id.as_str())).map(|(_, receipt)| receipt.clone()).collect();
+        let failed: HashSet<&str> = report
+            .response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        let keep = receipts
+            .iter()
+            .filter(|(id, _)| !failed.contains(id.as_str()))
+            .map(|(_, receipt)| receipt.clone())
+            .collect();
         o.metrics.merge(report.metrics);
         keep
     };
@@ -205,8 +255,13 @@ pub fn to_event(queue_name: &str, messages: Vec<QueueMessage>) -> SqsEvent {
             record.message_id = Some(m.message_id);
             record.receipt_handle = Some(m.receipt_handle);
             record.body = Some(m.body);
-            record.attributes.insert("ApproximateReceiveCount".into(), m.receive_count.to_string());
-            record.attributes.insert("SentTimestamp".into(), m.sent_at_ms.to_string());
+            record.attributes.insert(
+                "ApproximateReceiveCount".into(),
+                m.receive_count.to_string(),
+            );
+            record
+                .attributes
+                .insert("SentTimestamp".into(), m.sent_at_ms.to_string());
             for (name, value) in m.attributes {
                 let mut attribute = SqsMessageAttribute::default();
                 attribute.string_value = Some(value);

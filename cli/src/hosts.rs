@@ -96,7 +96,11 @@ pub enum HostsError {
 fn row(config: &PipelineConfig, host: &str, state: &HostState) -> HostRow {
     let now = now_ms();
     let policy = &config.host_protection;
-    let budget = if host == ALL_HOSTS { config.rate_limit.map(|l| l.per_second) } else { config.host_budget(host) };
+    let budget = if host == ALL_HOSTS {
+        config.rate_limit.map(|l| l.per_second)
+    } else {
+        config.host_budget(host)
+    };
     let ceiling = budget.or(state.operator_rate);
     let operator_max = config.host_operator_max(host).unwrap_or(f64::INFINITY);
     HostRow {
@@ -117,22 +121,38 @@ fn row(config: &PipelineConfig, host: &str, state: &HostState) -> HostRow {
 }
 
 /// Every host the config allows, plus the pipeline-wide `*`, with its shared state.
-pub async fn list(config: &PipelineConfig, fleet: &dyn FleetStore) -> Result<Vec<HostRow>, BackendError> {
-    let hosts: Vec<String> = std::iter::once(ALL_HOSTS.to_owned()).chain(config.allowed_hosts()).collect();
-    let states: std::collections::HashMap<String, HostState> = fleet.host_states(&hosts).await?.into_iter().collect();
-    Ok(hosts.iter().map(|h| row(config, h, &states.get(h).cloned().unwrap_or_default())).collect())
+pub async fn list(
+    config: &PipelineConfig,
+    fleet: &dyn FleetStore,
+) -> Result<Vec<HostRow>, BackendError> {
+    let hosts: Vec<String> = std::iter::once(ALL_HOSTS.to_owned())
+        .chain(config.allowed_hosts())
+        .collect();
+    let states: std::collections::HashMap<String, HostState> =
+        fleet.host_states(&hosts).await?.into_iter().collect();
+    Ok(hosts
+        .iter()
+        .map(|h| row(config, h, &states.get(h).cloned().unwrap_or_default()))
+        .collect())
 }
 
 /// Applies an operator's `action`; returns the host's row after it.
-pub(crate) async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action: &HostAction) -> Result<HostRow, HostsError> {
+pub(crate) async fn act(
+    config: &PipelineConfig,
+    fleet: &dyn FleetStore,
+    action: &HostAction,
+) -> Result<HostRow, HostsError> {
     let known = config.allowed_hosts();
     let pick = |which: &Which| -> Result<String, HostsError> {
         match (&which.host, which.all) {
             (_, true) => Ok(ALL_HOSTS.to_owned()),
-            (Some(host), false) if known.contains(&host.to_ascii_lowercase()) => Ok(host.to_ascii_lowercase()),
-            (Some(host), false) => {
-                Err(HostsError::BadInput(format!("unknown host {host:?}: the config's hosts are {}", known.iter().cloned().collect::<Vec<_>>().join(", "))))
+            (Some(host), false) if known.contains(&host.to_ascii_lowercase()) => {
+                Ok(host.to_ascii_lowercase())
             }
+            (Some(host), false) => Err(HostsError::BadInput(format!(
+                "unknown host {host:?}: the config's hosts are {}",
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))),
             (None, false) => Err(HostsError::BadInput("name a host or give --all".into())),
         }
     };
@@ -140,7 +160,10 @@ pub(crate) async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action:
         HostAction::Pause(which) => (pick(which)?, HostEvent::Paused),
         HostAction::Resume(which) => (pick(which)?, HostEvent::Resumed),
         HostAction::Set { host, rate, reset } => {
-            let host = pick(&Which { host: Some(host.clone()), all: false })?;
+            let host = pick(&Which {
+                host: Some(host.clone()),
+                all: false,
+            })?;
             let rate = if *reset { None } else { *rate };
             if let Some(rate) = rate {
                 if let Err(e) = check_rate(rate) {
@@ -155,14 +178,19 @@ pub(crate) async fn act(config: &PipelineConfig, fleet: &dyn FleetStore, action:
             (host, HostEvent::RateSet(rate))
         }
     };
-    let (state, _) = fleet.apply(&host, &event, now_ms(), &config.host_protection).await?;
+    let (state, _) = fleet
+        .apply(&host, &event, now_ms(), &config.host_protection)
+        .await?;
     Ok(row(config, &host, &state))
 }
 
 /// The rows as a plain-text table.
 pub fn table(rows: &[HostRow]) -> String {
     let rate = |r: Option<f64>| r.map_or("unlimited".to_owned(), |r| format!("{r:.2}/s"));
-    let mut out = format!("{:<32} {:>12} {:>12} {:>7} {:>9} {:>5}  {}\n", "host", "budget", "rate now", "factor", "circuit", "fails", "state");
+    let mut out = format!(
+        "{:<32} {:>12} {:>12} {:>7} {:>9} {:>5}  {}\n",
+        "host", "budget", "rate now", "factor", "circuit", "fails", "state"
+    );
     for r in rows {
         let _ = writeln!(
             out,

@@ -4,7 +4,8 @@
 //! Every step is idempotent, so running it twice is harmless.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use fanout_shared::aws::{queue_arn, RUNS_INDEX};
@@ -13,13 +14,21 @@ use fanout_shared::BackendError;
 use crate::backend::ResourceNames;
 
 fn failed(service: &'static str, e: impl std::error::Error) -> BackendError {
-    BackendError::permanent(service, aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+    BackendError::permanent(
+        service,
+        aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+    )
 }
 
 /// Creates topic `PREFIX-jobs`, queue `PREFIX-jobs` with DLQ `PREFIX-jobs-dlq` (redrive after
 /// `max_receive_count` receives), the raw-delivery subscription, a queue policy that lets only
 /// the topic send, and table `PREFIX-idempotency` (on-demand, TTL on `expiration`).
-pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_count: u32, visibility_timeout_s: u32) -> Result<ResourceNames, BackendError> {
+pub async fn provision(
+    sdk: &aws_config::SdkConfig,
+    prefix: &str,
+    max_receive_count: u32,
+    visibility_timeout_s: u32,
+) -> Result<ResourceNames, BackendError> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let sns = aws_sdk_sns::Client::new(sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
@@ -39,7 +48,10 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         .create_queue()
         .queue_name(format!("{prefix}-jobs"))
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_timeout_s.to_string(),
+        )
         .send()
         .await
         .map_err(|e| failed("sqs:CreateQueue", e))?
@@ -47,7 +59,14 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         .unwrap_or_default();
     let queue_arn = queue_arn(&sqs, &queue_url).await?;
 
-    let topic_arn = sns.create_topic().name(format!("{prefix}-jobs")).send().await.map_err(|e| failed("sns:CreateTopic", e))?.topic_arn.unwrap_or_default();
+    let topic_arn = sns
+        .create_topic()
+        .name(format!("{prefix}-jobs"))
+        .send()
+        .await
+        .map_err(|e| failed("sns:CreateTopic", e))?
+        .topic_arn
+        .unwrap_or_default();
     let policy = serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{
@@ -72,16 +91,29 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
 
     let table_name = format!("{prefix}-idempotency");
     let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().map_err(|e| failed("dynamodb:CreateTable", e))
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .map_err(|e| failed("dynamodb:CreateTable", e))
     };
-    let key =
-        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| failed("dynamodb:CreateTable", e));
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| failed("dynamodb:CreateTable", e))
+    };
     // The run ledger's sparse index: run items only, newest first by `started_at` (the stack's too).
     let runs_index = GlobalSecondaryIndex::builder()
         .index_name(RUNS_INDEX)
         .key_schema(key("run_index", KeyType::Hash)?)
         .key_schema(key("started_at", KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
         .build()
         .map_err(|e| failed("dynamodb:CreateTable", e))?;
     let created = dynamodb
@@ -97,8 +129,11 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
         .await;
     match created {
         Ok(_) => {
-            let ttl =
-                TimeToLiveSpecification::builder().attribute_name("expiration").enabled(true).build().map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
+            let ttl = TimeToLiveSpecification::builder()
+                .attribute_name("expiration")
+                .enabled(true)
+                .build()
+                .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
             dynamodb
                 .update_time_to_live()
                 .table_name(&table_name)
@@ -107,8 +142,15 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, max_receive_co
                 .await
                 .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;
         }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => return Err(failed("dynamodb:CreateTable", e)),
     }
-    Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name })
+    Ok(ResourceNames {
+        topic_arn,
+        queue_url,
+        dlq_url,
+        table_name,
+    })
 }

@@ -129,13 +129,20 @@ impl RunSummary {
         consume_time: Duration,
     ) -> Self {
         let calls = metrics.total(Metric::OutboundCalls) as u64;
-        let counts = ledger.map(|r| r.counts.clone()).unwrap_or_else(|| fanout_shared::runs::RunCounts {
-            expected: settlement.jobs as u64,
-            succeeded: settlement.succeeded as u64,
-            dead_lettered: settlement.dead_lettered_total() as u64,
-            failures_by_reason: settlement.dead_lettered.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
-            failures_by_host: BTreeMap::new(),
-        });
+        let counts =
+            ledger
+                .map(|r| r.counts.clone())
+                .unwrap_or_else(|| fanout_shared::runs::RunCounts {
+                    expected: settlement.jobs as u64,
+                    succeeded: settlement.succeeded as u64,
+                    dead_lettered: settlement.dead_lettered_total() as u64,
+                    failures_by_reason: settlement
+                        .dead_lettered
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v as u64))
+                        .collect(),
+                    failures_by_host: BTreeMap::new(),
+                });
         Self {
             run_id: run_id.to_owned(),
             status: ledger.map_or(RunStatus::Running, |r| r.status),
@@ -171,9 +178,15 @@ impl RunSummary {
             rows.push((format!("  {reason}"), n.to_string()));
         }
         rows.extend([
-            ("duplicates skipped".into(), self.duplicates_skipped.to_string()),
+            (
+                "duplicates skipped".into(),
+                self.duplicates_skipped.to_string(),
+            ),
             ("retries".into(), self.retries.to_string()),
-            ("deferred (waiting for budget)".into(), self.deferred.to_string()),
+            (
+                "deferred (waiting for budget)".into(),
+                self.deferred.to_string(),
+            ),
             ("held (host paused or down)".into(), self.held.to_string()),
             ("outbound calls".into(), self.outbound_calls.to_string()),
             ("elapsed".into(), format!("{:.2} s", self.elapsed_s)),
@@ -184,11 +197,19 @@ impl RunSummary {
                     None => format!("{:.1}/s (no budget)", self.achieved_rate),
                 },
             ),
-            ("latency p50/p95/p99".into(), format!("{:.1} / {:.1} / {:.1} ms", self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99)),
+            (
+                "latency p50/p95/p99".into(),
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99
+                ),
+            ),
             ("lost".into(), self.lost.to_string()),
         ]);
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+        rows.iter()
+            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .collect()
     }
 }
 
@@ -207,7 +228,11 @@ fn latency(samples: &[f64]) -> Latency {
         let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
         round(sorted[index], 1)
     };
-    Latency { p50: pick(0.50), p95: pick(0.95), p99: pick(0.99) }
+    Latency {
+        p50: pick(0.50),
+        p95: pick(0.95),
+        p99: pick(0.99),
+    }
 }
 
 /// Progress: a bar on a terminal, a plain line every few seconds otherwise, nothing if quiet.
@@ -230,23 +255,37 @@ impl ProgressView {
     pub fn counting(total: u64, noun: &'static str, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {noun}  {{per_sec}}  eta {{eta}}"))
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} {noun}  {{per_sec}}  eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
             bar
         });
-        Self { bar, total, noun, started: Instant::now(), last_line: std::sync::Mutex::new(Instant::now()), quiet }
+        Self {
+            bar,
+            total,
+            noun,
+            started: Instant::now(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+            quiet,
+        }
     }
 
     /// Updates from the merged metrics so far.
     pub fn update(&self, metrics: &MetricSet) {
-        let settled = (metrics.total(Metric::Succeeded) + metrics.total(Metric::DeadLettered)) as u64;
+        let settled =
+            (metrics.total(Metric::Succeeded) + metrics.total(Metric::DeadLettered)) as u64;
         self.set(settled, metrics.total(Metric::OutboundCalls), "calls");
     }
 
     /// Updates from a replay's summary so far.
     pub(crate) fn update_replay(&self, summary: &ReplaySummary) {
-        self.set(summary.moved + summary.failed, summary.moved as f64, "messages");
+        self.set(
+            summary.moved + summary.failed,
+            summary.moved as f64,
+            "messages",
+        );
     }
 
     /// Shows `done` of the total; a plain line also gives the rate of `work` (`unit` per second).
@@ -258,7 +297,9 @@ impl ProgressView {
             bar.set_position(done);
             return;
         }
-        let Ok(mut last) = self.last_line.lock() else { return };
+        let Ok(mut last) = self.last_line.lock() else {
+            return;
+        };
         if !self.quiet && last.elapsed() >= Duration::from_secs(2) {
             *last = Instant::now();
             let rate = work / self.started.elapsed().as_secs_f64().max(1e-9);
@@ -284,13 +325,25 @@ pub(crate) fn replay_table(summary: &ReplaySummary) -> String {
         (Some(task), _) => {
             lines.push(format!("started SQS move task {}", task.handle));
             match &task.status {
-                Some(status) => lines.push(format!("move task {}: {} moved", status.state, status.moved)),
-                None => lines.push("not waiting for it: pass --wait, or watch `aws sqs list-message-move-tasks`".into()),
+                Some(status) => lines.push(format!(
+                    "move task {}: {} moved",
+                    status.state, status.moved
+                )),
+                None => lines.push(
+                    "not waiting for it: pass --wait, or watch `aws sqs list-message-move-tasks`"
+                        .into(),
+                ),
             }
         }
-        (None, true) => lines.push(format!("dry run: {} would move, {} skipped (not matching), nothing moved", summary.moved, summary.skipped)),
+        (None, true) => lines.push(format!(
+            "dry run: {} would move, {} skipped (not matching), nothing moved",
+            summary.moved, summary.skipped
+        )),
         (None, false) => {
-            lines.push(format!("moved {}, skipped {} (not matching), failed {} in {:.1} s", summary.moved, summary.skipped, summary.failed, summary.elapsed_s));
+            lines.push(format!(
+                "moved {}, skipped {} (not matching), failed {} in {:.1} s",
+                summary.moved, summary.skipped, summary.failed, summary.elapsed_s
+            ));
             if summary.not_deleted > 0 {
                 lines.push(format!("{} moved messages are still in the DLQ too (delete failed); replaying them again is harmless", summary.not_deleted));
             }

@@ -52,9 +52,14 @@ fn settings(options: &RunOptions) -> Settings {
 /// lease and one limiter per budget (no split among slots that finish at different times, and a
 /// slot without work leaves nothing unused). With `options.separate_instances`, each slot its
 /// own instance with its own share, as Lambda runs them (the fault-injection harness's shape).
-pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions) -> Result<Vec<Arc<Consumer>>, RunError> {
+pub fn consumers(
+    config: &PipelineConfig,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+) -> Result<Vec<Arc<Consumer>>, RunError> {
     let slots = options.event_source.concurrency.max(1);
-    let instance = || Consumer::new(config, pipeline.consumer_backends(), settings(options)).map(Arc::new);
+    let instance =
+        || Consumer::new(config, pipeline.consumer_backends(), settings(options)).map(Arc::new);
     if options.separate_instances {
         return (0..slots).map(|_| Ok(instance()?)).collect();
     }
@@ -62,38 +67,99 @@ pub fn consumers(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOpti
 }
 
 /// Writes the run's record and publishes one tick of `config` as `run_id`.
-pub async fn produce_tick(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str) -> Result<Summary, RunError> {
-    let tick = Tick { run_id: run_id.to_owned(), scheduled_at: None };
-    Ok(produce(config, &tick, pipeline.publisher.as_ref(), pipeline.runs.as_ref(), &PublishOptions::default()).await?)
+pub async fn produce_tick(
+    config: &PipelineConfig,
+    pipeline: &Pipeline,
+    run_id: &str,
+) -> Result<Summary, RunError> {
+    let tick = Tick {
+        run_id: run_id.to_owned(),
+        scheduled_at: None,
+    };
+    Ok(produce(
+        config,
+        &tick,
+        pipeline.publisher.as_ref(),
+        pipeline.runs.as_ref(),
+        &PublishOptions::default(),
+    )
+    .await?)
 }
 
 /// Drains the job queue through local consumer invocations.
-pub async fn consume(config: &PipelineConfig, pipeline: &Pipeline, options: &RunOptions, expected_jobs: u64) -> Result<DrainOutcome, RunError> {
+pub async fn consume(
+    config: &PipelineConfig,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    expected_jobs: u64,
+) -> Result<DrainOutcome, RunError> {
     let consumers = consumers(config, pipeline, options)?;
     let view = ProgressView::new(expected_jobs, options.quiet);
-    let outcome = drain(pipeline.queue.clone(), consumers, &options.event_source, &|m| view.update(m)).await?;
+    let outcome = drain(
+        pipeline.queue.clone(),
+        consumers,
+        &options.event_source,
+        &|m| view.update(m),
+    )
+    .await?;
     view.finish();
     Ok(outcome)
 }
 
 /// The run's ledger record; a run the drain settled but nobody finished (a consumer's finish
 /// failed) is finished here, as the watchdog would.
-async fn ledger_record(pipeline: &Pipeline, name: &str, run_id: &str) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
-    fanout_shared::runs::sweep_run(pipeline.runs.as_ref(), pipeline.events.as_ref(), name, run_id, fanout_shared::now_ms()).await?;
+async fn ledger_record(
+    pipeline: &Pipeline,
+    name: &str,
+    run_id: &str,
+) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
+    fanout_shared::runs::sweep_run(
+        pipeline.runs.as_ref(),
+        pipeline.events.as_ref(),
+        name,
+        run_id,
+        fanout_shared::now_ms(),
+    )
+    .await?;
     pipeline.runs.get(run_id).await
 }
 
 /// Produce, consume until every job is settled (or the timeout), and summarise.
-pub async fn run(config: &PipelineConfig, pipeline: &Pipeline, run_id: &str, options: &RunOptions) -> Result<(RunSummary, DrainOutcome), RunError> {
+pub async fn run(
+    config: &PipelineConfig,
+    pipeline: &Pipeline,
+    run_id: &str,
+    options: &RunOptions,
+) -> Result<(RunSummary, DrainOutcome), RunError> {
     let started = Instant::now();
     let produced = produce_tick(config, pipeline, run_id).await?;
     let consume_started = Instant::now();
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
-    let job_ids: Vec<String> = config.targets.iter().map(|t| message_id(run_id, &t.id)).collect();
-    let settlement = settle(&job_ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), options.event_source.poll_wait).await?;
-    let budget = options.rate_override.or(config.rate_limit.map(|l| l.per_second));
+    let job_ids: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| message_id(run_id, &t.id))
+        .collect();
+    let settlement = settle(
+        &job_ids,
+        pipeline.store.as_ref(),
+        pipeline.dlq.as_ref(),
+        options.event_source.poll_wait,
+    )
+    .await?;
+    let budget = options
+        .rate_override
+        .or(config.rate_limit.map(|l| l.per_second));
     let ledger = ledger_record(pipeline, &options.pipeline_name, run_id).await?;
-    let summary = RunSummary::new(run_id, &settlement, ledger.as_ref(), &outcome.metrics, budget, started.elapsed(), consume_time);
+    let summary = RunSummary::new(
+        run_id,
+        &settlement,
+        ledger.as_ref(),
+        &outcome.metrics,
+        budget,
+        started.elapsed(),
+        consume_time,
+    );
     Ok((summary, outcome))
 }

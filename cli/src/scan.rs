@@ -25,7 +25,13 @@ impl<'a> Pass<'a> {
     /// A pass that hides what it reads for `hold` (long enough for the whole pass: a message
     /// that reappears mid-pass is recognised and not returned twice) and long-polls `wait`.
     pub fn new(queue: &'a dyn Queue, hold: Duration, wait: Duration) -> Self {
-        Self { queue, hold, wait, seen: HashSet::new(), held: HashSet::new() }
+        Self {
+            queue,
+            hold,
+            wait,
+            seen: HashSet::new(),
+            held: HashSet::new(),
+        }
     }
 
     /// The next messages this pass has not returned yet; empty once the queue has nothing new.
@@ -71,7 +77,10 @@ pub(crate) async fn pass_over(
     queue: &dyn Queue,
     hold: Duration,
     wait: Duration,
-    mut visit: impl AsyncFnMut(&mut Pass<'_>, Vec<QueueMessage>) -> Result<ControlFlow<()>, BackendError>,
+    mut visit: impl AsyncFnMut(
+        &mut Pass<'_>,
+        Vec<QueueMessage>,
+    ) -> Result<ControlFlow<()>, BackendError>,
 ) -> Result<(), BackendError> {
     let mut pass = Pass::new(queue, hold, wait);
     let result = async {
@@ -88,11 +97,19 @@ pub(crate) async fn pass_over(
 }
 
 /// Reads up to `max` messages of `queue` without consuming them.
-pub async fn peek_all(queue: &dyn Queue, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+pub async fn peek_all(
+    queue: &dyn Queue,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<QueueMessage>, BackendError> {
     let mut seen = Vec::new();
     pass_over(queue, Duration::from_secs(120), wait, async |_, batch| {
         seen.extend(batch);
-        Ok(if seen.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        Ok(if seen.len() >= max {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
     })
     .await?;
     seen.truncate(max);

@@ -34,21 +34,38 @@ impl Settlement {
 
 /// The DLQ reason of a message: our `failure_reason`, or SQS's redrive.
 pub fn dlq_reason(message: &QueueMessage) -> String {
-    message.attributes.get(ATTR_FAILURE_REASON).cloned().unwrap_or_else(|| MAX_RECEIVES_EXCEEDED.to_owned())
+    message
+        .attributes
+        .get(ATTR_FAILURE_REASON)
+        .cloned()
+        .unwrap_or_else(|| MAX_RECEIVES_EXCEEDED.to_owned())
 }
 
 /// Settles the jobs `job_ids` from the idempotency records and the DLQ contents (read with
 /// long polls of `wait`).
-pub async fn settle(job_ids: &[String], store: &dyn IdempotencyStore, dlq: &dyn Queue, wait: Duration) -> Result<Settlement, BackendError> {
+pub async fn settle(
+    job_ids: &[String],
+    store: &dyn IdempotencyStore,
+    dlq: &dyn Queue,
+    wait: Duration,
+) -> Result<Settlement, BackendError> {
     let records = store.get_many(job_ids).await?;
-    let status: HashMap<&str, Status> = records.iter().map(|r| (r.message_id.as_str(), r.status)).collect();
+    let status: HashMap<&str, Status> = records
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.status))
+        .collect();
     let mut in_dlq: HashMap<String, String> = HashMap::new();
     for message in peek_all(dlq, usize::MAX, wait).await? {
         if let Ok(job) = decode_body(&message.body) {
-            in_dlq.entry(job.message_id).or_insert_with(|| dlq_reason(&message));
+            in_dlq
+                .entry(job.message_id)
+                .or_insert_with(|| dlq_reason(&message));
         }
     }
-    let mut settlement = Settlement { jobs: job_ids.len(), ..Settlement::default() };
+    let mut settlement = Settlement {
+        jobs: job_ids.len(),
+        ..Settlement::default()
+    };
     for id in job_ids {
         if status.get(id.as_str()) == Some(&Status::Completed) {
             settlement.succeeded += 1;

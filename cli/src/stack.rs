@@ -74,7 +74,9 @@ pub struct StackOutputs {
 
 /// "in REGION" or "in REGION at ENDPOINT", for messages that say where the SDK looked.
 fn place(sdk: &aws_config::SdkConfig) -> String {
-    let region = sdk.region().map_or_else(|| "(no region)".to_owned(), ToString::to_string);
+    let region = sdk
+        .region()
+        .map_or_else(|| "(no region)".to_owned(), ToString::to_string);
     match sdk.endpoint_url() {
         Some(endpoint) => format!("in {region} at {endpoint}"),
         None => format!("in {region}"),
@@ -85,39 +87,86 @@ impl StackOutputs {
     /// Reads the outputs of `stack` with `DescribeStacks`.
     pub async fn describe(sdk: &aws_config::SdkConfig, stack: &str) -> Result<Self, StackError> {
         let client = aws_sdk_cloudformation::Client::new(sdk);
-        let described = client.describe_stacks().stack_name(stack).send().await.map_err(|e| {
-            let service = e.as_service_error();
-            let message = service.and_then(ProvideErrorMetadata::message).unwrap_or_default().to_owned();
-            // CloudFormation answers a missing stack with ValidationError "Stack with id X does not exist".
-            if service.and_then(ProvideErrorMetadata::code) == Some("ValidationError") && message.contains("does not exist") {
-                StackError::NotFound { stack: stack.to_owned(), place: place(sdk) }
-            } else {
-                let detail = match service.and_then(ProvideErrorMetadata::code) {
-                    Some(code) => format!("{code}: {message}"),
-                    None => DisplayErrorContext(&e).to_string(),
-                };
-                StackError::Describe { stack: stack.to_owned(), place: place(sdk), message: detail }
-            }
-        })?;
-        let found = described.stacks().first().ok_or_else(|| StackError::NotFound { stack: stack.to_owned(), place: place(sdk) })?;
-        let outputs = found.outputs().iter().filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned()))).collect();
-        let status = found.stack_status().map_or_else(|| "status unknown".to_owned(), |s| s.as_str().to_owned());
-        Ok(Self { stack: stack.to_owned(), status, outputs })
+        let described = client
+            .describe_stacks()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| {
+                let service = e.as_service_error();
+                let message = service
+                    .and_then(ProvideErrorMetadata::message)
+                    .unwrap_or_default()
+                    .to_owned();
+                // CloudFormation answers a missing stack with ValidationError "Stack with id X does not exist".
+                if service.and_then(ProvideErrorMetadata::code) == Some("ValidationError")
+                    && message.contains("does not exist")
+                {
+                    StackError::NotFound {
+                        stack: stack.to_owned(),
+                        place: place(sdk),
+                    }
+                } else {
+                    let detail = match service.and_then(ProvideErrorMetadata::code) {
+                        Some(code) => format!("{code}: {message}"),
+                        None => DisplayErrorContext(&e).to_string(),
+                    };
+                    StackError::Describe {
+                        stack: stack.to_owned(),
+                        place: place(sdk),
+                        message: detail,
+                    }
+                }
+            })?;
+        let found = described
+            .stacks()
+            .first()
+            .ok_or_else(|| StackError::NotFound {
+                stack: stack.to_owned(),
+                place: place(sdk),
+            })?;
+        let outputs = found
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+            .collect();
+        let status = found
+            .stack_status()
+            .map_or_else(|| "status unknown".to_owned(), |s| s.as_str().to_owned());
+        Ok(Self {
+            stack: stack.to_owned(),
+            status,
+            outputs,
+        })
     }
 
     /// The values of `keys`, in order; one error naming every missing key.
     pub fn require<const N: usize>(&self, keys: [&str; N]) -> Result<[String; N], StackError> {
-        let missing: Vec<String> = keys.iter().filter(|k| !self.outputs.contains_key(**k)).map(|k| (*k).to_owned()).collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| !self.outputs.contains_key(**k))
+            .map(|k| (*k).to_owned())
+            .collect();
         if !missing.is_empty() {
-            return Err(StackError::MissingOutputs { stack: self.stack.clone(), status: self.status.clone(), missing });
+            return Err(StackError::MissingOutputs {
+                stack: self.stack.clone(),
+                status: self.status.clone(),
+                missing,
+            });
         }
         Ok(keys.map(|k| self.outputs.get(k).cloned().unwrap_or_default()))
     }
 
     /// The pipeline's four resources.
     pub fn names(&self) -> Result<ResourceNames, StackError> {
-        let [topic_arn, queue_url, dlq_url, table_name] = self.require([TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME])?;
-        Ok(ResourceNames { topic_arn, queue_url, dlq_url, table_name })
+        let [topic_arn, queue_url, dlq_url, table_name] =
+            self.require([TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME])?;
+        Ok(ResourceNames {
+            topic_arn,
+            queue_url,
+            dlq_url,
+            table_name,
+        })
     }
 }
 
@@ -129,13 +178,24 @@ mod tests {
         StackOutputs {
             stack: "Fanout".into(),
             status: "UPDATE_COMPLETE".into(),
-            outputs: keys.iter().map(|k| ((*k).to_owned(), format!("value-of-{k}"))).collect(),
+            outputs: keys
+                .iter()
+                .map(|k| ((*k).to_owned(), format!("value-of-{k}")))
+                .collect(),
         }
     }
 
     #[test]
     fn names_come_from_the_four_outputs() {
-        let names = outputs(&[TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME, "ProducerLogGroup"]).names().unwrap();
+        let names = outputs(&[
+            TOPIC_ARN,
+            QUEUE_URL,
+            DLQ_URL,
+            TABLE_NAME,
+            "ProducerLogGroup",
+        ])
+        .names()
+        .unwrap();
         assert_eq!(names.topic_arn, "value-of-TopicArn");
         assert_eq!(names.queue_url, "value-of-QueueUrl");
         assert_eq!(names.dlq_url, "value-of-DlqUrl");

@@ -120,13 +120,25 @@ pub(crate) fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
 }
 
 /// Invokes `function` synchronously with `event` and returns its tick summary.
-pub(crate) async fn invoke_producer(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<ProducerAnswer, TriggerError> {
+pub(crate) async fn invoke_producer(
+    sdk: &aws_config::SdkConfig,
+    function: &str,
+    event: &Value,
+) -> Result<ProducerAnswer, TriggerError> {
     let answer = invoke(sdk, function, event).await?;
-    serde_json::from_str(&answer).map_err(|e| TriggerError::Answer { function: function.to_owned(), answer, reason: e.to_string() })
+    serde_json::from_str(&answer).map_err(|e| TriggerError::Answer {
+        function: function.to_owned(),
+        answer,
+        reason: e.to_string(),
+    })
 }
 
 /// Invokes `function` synchronously with `event`: its answer, as text.
-async fn invoke(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> Result<String, TriggerError> {
+async fn invoke(
+    sdk: &aws_config::SdkConfig,
+    function: &str,
+    event: &Value,
+) -> Result<String, TriggerError> {
     let client = aws_sdk_lambda::Client::new(sdk);
     let payload = Blob::new(event.to_string().into_bytes());
     let out = client
@@ -135,14 +147,27 @@ async fn invoke(sdk: &aws_config::SdkConfig, function: &str, event: &Value) -> R
         .payload(payload)
         .send()
         .await
-        .map_err(|e| TriggerError::Invoke { function: function.to_owned(), message: DisplayErrorContext(e).to_string() })?;
-    let answer = out.payload().map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()).unwrap_or_default();
+        .map_err(|e| TriggerError::Invoke {
+            function: function.to_owned(),
+            message: DisplayErrorContext(e).to_string(),
+        })?;
+    let answer = out
+        .payload()
+        .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
+        .unwrap_or_default();
     if let Some(kind) = out.function_error() {
         let message = serde_json::from_str::<Value>(&answer)
             .ok()
-            .and_then(|v| v.get("errorMessage").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.get("errorMessage")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| answer.clone());
-        return Err(TriggerError::Function { function: function.to_owned(), message: format!("{kind}: {message}") });
+        return Err(TriggerError::Function {
+            function: function.to_owned(),
+            message: format!("{kind}: {message}"),
+        });
     }
     Ok(answer)
 }
@@ -181,7 +206,10 @@ pub(crate) async fn wait_settled(
     let mut last_dlq_read = Instant::now();
     loop {
         let records = store.get_many(job_ids).await?;
-        let finished = records.iter().filter(|r| matches!(r.status, Status::Completed | Status::DeadLettered)).count();
+        let finished = records
+            .iter()
+            .filter(|r| matches!(r.status, Status::Completed | Status::DeadLettered))
+            .count();
         let timed_out = started.elapsed() >= timeout;
         if finished == job_ids.len() || last_dlq_read.elapsed() >= DLQ_POLL || timed_out {
             let seen_at = started.elapsed();
@@ -212,7 +240,9 @@ pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, Str
     }
     let time = match &args.time {
         Some(text) => DateTime::parse_from_rfc3339(text)
-            .map_err(|e| format!("--time {text:?}: not an RFC 3339 time such as 2026-11-21T10:15:00Z ({e})"))?
+            .map_err(|e| {
+                format!("--time {text:?}: not an RFC 3339 time such as 2026-11-21T10:15:00Z ({e})")
+            })?
             .with_timezone(&Utc),
         None => Utc::now(),
     };
@@ -221,28 +251,38 @@ pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, Str
 
 /// `fanout trigger`: invokes the stack's producer and, with `--wait`, follows the tick.
 pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, Failure> {
-    let stack = cli
-        .aws
-        .stack_name()
-        .ok_or_else(|| Failure::BadInput("fanout trigger needs --stack NAME (or FANOUT_STACK): it invokes that stack's producer".into()))?;
+    let stack = cli.aws.stack_name().ok_or_else(|| {
+        Failure::BadInput(
+            "fanout trigger needs --stack NAME (or FANOUT_STACK): it invokes that stack's producer"
+                .into(),
+        )
+    })?;
     let timeout = seconds("timeout", args.timeout)?;
     let config = args.config.as_deref().map(load_config).transpose()?;
     let sdk = fanout_shared::aws::load_sdk_config().await;
     let outputs = StackOutputs::describe(&sdk, stack).await?;
     let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
     if args.watchdog {
-        let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await.map_err(|e| Failure::Other(e.to_string()))?;
-        let answer: Value = serde_json::from_str(&answer).map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
+        let answer = invoke(&sdk, &function, &json!({"watchdog": true}))
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let answer: Value = serde_json::from_str(&answer)
+            .map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
         if args.json {
             println!("{answer}");
         } else {
-            println!("watchdog: finished {} runs, put {} completion events, {} runs overdue", answer["finished"], answer["events_sent"], answer["overdue"]);
+            println!(
+                "watchdog: finished {} runs, put {} completion events, {} runs overdue",
+                answer["finished"], answer["events_sent"], answer["overdue"]
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
     let event = event_for(args, &rule).map_err(Failure::BadInput)?;
     let started = Instant::now();
-    let answer = invoke_producer(&sdk, &function, &event).await.map_err(|e| Failure::Other(e.to_string()))?;
+    let answer = invoke_producer(&sdk, &function, &event)
+        .await
+        .map_err(|e| Failure::Other(e.to_string()))?;
     let outcome = match (args.wait, &config, &args.config) {
         (true, Some(config), Some(path)) => {
             if answer.jobs != config.targets.len() {
@@ -254,8 +294,22 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
                 )));
             }
             let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?);
-            let ids: Vec<String> = config.targets.iter().map(|t| message_id(&answer.run_id, &t.id)).collect();
-            Some(wait_settled(&ids, pipeline.store.as_ref(), pipeline.dlq.as_ref(), Duration::from_secs(1), started, timeout).await?)
+            let ids: Vec<String> = config
+                .targets
+                .iter()
+                .map(|t| message_id(&answer.run_id, &t.id))
+                .collect();
+            Some(
+                wait_settled(
+                    &ids,
+                    pipeline.store.as_ref(),
+                    pipeline.dlq.as_ref(),
+                    Duration::from_secs(1),
+                    started,
+                    timeout,
+                )
+                .await?,
+            )
         }
         _ => None,
     };
@@ -269,7 +323,11 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
         print!("{}", describe(&answer, outcome.as_ref()));
     }
     let ok = answer.failed == 0 && outcome.as_ref().is_none_or(|o| o.settled);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The human summary of a trigger.
@@ -280,8 +338,15 @@ pub fn describe(answer: &ProducerAnswer, outcome: Option<&TickOutcome>) -> Strin
     );
     if let Some(o) = outcome {
         let dead: usize = o.dead_lettered.values().sum();
-        let verb = if o.settled { "settled in" } else { "NOT settled after" };
-        text.push_str(&format!("{verb} {:.1} s: {} succeeded, {dead} dead-lettered", o.makespan_s, o.succeeded));
+        let verb = if o.settled {
+            "settled in"
+        } else {
+            "NOT settled after"
+        };
+        text.push_str(&format!(
+            "{verb} {:.1} s: {} succeeded, {dead} dead-lettered",
+            o.makespan_s, o.succeeded
+        ));
         if !o.unsettled.is_empty() {
             text.push_str(&format!(", {} unsettled", o.unsettled.len()));
         }
@@ -304,7 +369,10 @@ mod tests {
     #[test]
     fn the_event_is_the_one_the_rule_sends_and_names_the_same_run() {
         let rule = "arn:aws:events:eu-west-1:123456789012:rule/Fanout-Schedule83A0C4BA-1XJ";
-        let time = Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 0).single().unwrap();
+        let time = Utc
+            .with_ymd_and_hms(2026, 11, 21, 10, 15, 0)
+            .single()
+            .unwrap();
         let event = scheduled_event(rule, time);
         assert_eq!(event["detail-type"], "Scheduled Event");
         assert_eq!(event["source"], "aws.events");
@@ -313,7 +381,10 @@ mod tests {
         assert_eq!(event["time"], "2026-11-21T10:15:00Z");
         // The producer's own parser gives the run ID a scheduled tick of this rule would get.
         let run_id = fanout_producer::run_id_from_event(&event).unwrap();
-        assert_eq!(run_id, "rule/Fanout-Schedule83A0C4BA-1XJ@2026-11-21T10:15:00Z");
+        assert_eq!(
+            run_id,
+            "rule/Fanout-Schedule83A0C4BA-1XJ@2026-11-21T10:15:00Z"
+        );
     }
 
     #[test]
@@ -328,8 +399,16 @@ mod tests {
             watchdog: false,
         };
         let rule = "arn:aws:events:us-east-1:000000000000:rule/r";
-        assert_eq!(event_for(&args(None, Some("backfill-1")), rule).unwrap(), json!({"run_id": "backfill-1"}));
-        assert_eq!(event_for(&args(Some("2026-11-21T10:15:00+01:00"), None), rule).unwrap()["time"], "2026-11-21T09:15:00Z");
-        assert!(event_for(&args(Some("yesterday"), None), rule).unwrap_err().contains("--time \"yesterday\""));
+        assert_eq!(
+            event_for(&args(None, Some("backfill-1")), rule).unwrap(),
+            json!({"run_id": "backfill-1"})
+        );
+        assert_eq!(
+            event_for(&args(Some("2026-11-21T10:15:00+01:00"), None), rule).unwrap()["time"],
+            "2026-11-21T09:15:00Z"
+        );
+        assert!(event_for(&args(Some("yesterday"), None), rule)
+            .unwrap_err()
+            .contains("--time \"yesterday\""));
     }
 }

@@ -9,7 +9,9 @@ use fanout_testkit::target_server::TargetServer;
 const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
 
 fn write_config(dir: &std::path::Path, base_url: &str, n: usize, rate: f64) -> std::path::PathBuf {
-    let targets: Vec<serde_json::Value> = (0..n).map(|i| serde_json::json!({"id": format!("t{i}"), "url": format!("{base_url}/ok/{i}")})).collect();
+    let targets: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"id": format!("t{i}"), "url": format!("{base_url}/ok/{i}")}))
+        .collect();
     let config = serde_json::json!({"allow_private_networks": true, "rate_limit": {"per_second": rate}, "targets": targets});
     let path = dir.join("fanout.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -25,8 +27,15 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn demo_json_parses_and_loses_nothing() {
-    let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--demo", "--json"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(FANOUT)
+        .args(["--state", ":memory:", "run", "--demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     for key in [
         "jobs",
@@ -45,29 +54,49 @@ fn demo_json_parses_and_loses_nothing() {
     }
     assert_eq!(summary["jobs"], 500);
     assert_eq!(summary["lost"], 0);
-    assert_eq!(summary["succeeded"].as_u64().unwrap() + summary["dead_lettered"].as_u64().unwrap(), 500);
-    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() >= summary["latency_ms"]["p50"].as_f64().unwrap());
+    assert_eq!(
+        summary["succeeded"].as_u64().unwrap() + summary["dead_lettered"].as_u64().unwrap(),
+        500
+    );
+    assert!(
+        summary["latency_ms"]["p99"].as_f64().unwrap()
+            >= summary["latency_ms"]["p50"].as_f64().unwrap()
+    );
 }
 
 #[test]
 fn bad_config_exits_2_naming_file_target_and_field() {
     let dir = temp_dir("bad");
     let path = dir.join("broken.json");
-    std::fs::write(&path, r#"{"targets":[{"id":"a","url":"ftp://x.example.com/"}]}"#).unwrap();
-    let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        r#"{"targets":[{"id":"a","url":"ftp://x.example.com/"}]}"#,
+    )
+    .unwrap();
+    let output = Command::new(FANOUT)
+        .args(["--state", ":memory:", "run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("broken.json: targets[0] (id \"a\"): field `url`: scheme \"ftp\""), "{stderr}");
+    assert!(
+        stderr.contains("broken.json: targets[0] (id \"a\"): field `url`: scheme \"ftp\""),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn every_config_rule_exits_2_naming_file_target_and_field() {
     let dir = temp_dir("rules");
-    let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
+    let target = |extra: &str| {
+        format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#)
+    };
     let cases = [
         (
             "dup.json",
-            r#"{"targets":[{"id":"t1","url":"https://x.io/"},{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+            r#"{"targets":[{"id":"t1","url":"https://x.io/"},{"id":"t1","url":"https://x.io/"}]}"#
+                .to_owned(),
             r#"dup.json: targets[1] (id "t1"): field `id`: duplicate id"#,
         ),
         (
@@ -75,30 +104,63 @@ fn every_config_rule_exits_2_naming_file_target_and_field() {
             r#"{"targets":[{"id":"t1","url":"file:///etc/passwd"}]}"#.to_owned(),
             r#"scheme.json: targets[0] (id "t1"): field `url`: scheme "file""#,
         ),
-        ("method.json", target(r#","method":"FETCH""#), r#"method.json: targets[0] (id "t1"): field `method`"#),
-        ("timeout.json", target(r#","timeout_ms":0"#), r#"timeout.json: targets[0] (id "t1"): field `timeout_ms`"#),
-        ("header.json", target(r#","headers":{"X-Key":"${API_KEY}"}"#), r#"header.json: targets[0] (id "t1"): field `headers`: header X-Key"#),
+        (
+            "method.json",
+            target(r#","method":"FETCH""#),
+            r#"method.json: targets[0] (id "t1"): field `method`"#,
+        ),
+        (
+            "timeout.json",
+            target(r#","timeout_ms":0"#),
+            r#"timeout.json: targets[0] (id "t1"): field `timeout_ms`"#,
+        ),
+        (
+            "header.json",
+            target(r#","headers":{"X-Key":"${API_KEY}"}"#),
+            r#"header.json: targets[0] (id "t1"): field `headers`: header X-Key"#,
+        ),
         (
             "metadata.json",
-            r#"{"targets":[{"id":"t1","url":"http://169.254.169.254/latest/meta-data/"}]}"#.to_owned(),
+            r#"{"targets":[{"id":"t1","url":"http://169.254.169.254/latest/meta-data/"}]}"#
+                .to_owned(),
             r#"metadata.json: targets[0] (id "t1"): field `url`: 169.254.169.254 is a link-local"#,
         ),
-        ("body.json", target(&format!(r#","body":"{}""#, "x".repeat(300 * 1024))), r#"body.json: targets[0] (id "t1"): field `body`"#),
+        (
+            "body.json",
+            target(&format!(r#","body":"{}""#, "x".repeat(300 * 1024))),
+            r#"body.json: targets[0] (id "t1"): field `body`"#,
+        ),
         (
             "rate.json",
-            r#"{"rate_limit":{"per_second":0},"targets":[{"id":"t1","url":"https://x.io/"}]}"#.to_owned(),
+            r#"{"rate_limit":{"per_second":0},"targets":[{"id":"t1","url":"https://x.io/"}]}"#
+                .to_owned(),
             "rate.json: rate_limit: field `per_second`",
         ),
-        ("empty.json", r#"{"targets":[]}"#.to_owned(), "empty.json: field `targets`: no targets"),
-        ("syntax.yaml", "targets: [".to_owned(), "syntax.yaml: cannot parse"),
+        (
+            "empty.json",
+            r#"{"targets":[]}"#.to_owned(),
+            "empty.json: field `targets`: no targets",
+        ),
+        (
+            "syntax.yaml",
+            "targets: [".to_owned(),
+            "syntax.yaml: cannot parse",
+        ),
     ];
     for (name, text, expected) in cases {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        let output = Command::new(FANOUT).args(["--state", ":memory:", "run", "--config"]).arg(&path).output().unwrap();
+        let output = Command::new(FANOUT)
+            .args(["--state", ":memory:", "run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(expected), "{name}: {stderr:?} should contain {expected:?}");
+        assert!(
+            stderr.contains(expected),
+            "{name}: {stderr:?} should contain {expected:?}"
+        );
     }
 }
 
@@ -117,7 +179,10 @@ fn aws_backend_without_resource_names_exits_2_naming_them() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("FANOUT_TOPIC_ARN, FANOUT_DLQ_URL, FANOUT_TABLE_NAME not set"), "{stderr}");
+    assert!(
+        stderr.contains("FANOUT_TOPIC_ARN, FANOUT_DLQ_URL, FANOUT_TABLE_NAME not set"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -130,36 +195,60 @@ fn run_killed_half_way_resumes_with_nothing_lost_and_no_double_effects() {
     let state = dir.join("state.db");
     let args = |json: bool| {
         let mut cmd = Command::new(FANOUT);
-        cmd.arg("--state").arg(&state).args(["run", "--run-id", "resume-test", "--visibility-timeout", "1", "--function-timeout", "1"]);
+        cmd.arg("--state").arg(&state).args([
+            "run",
+            "--run-id",
+            "resume-test",
+            "--visibility-timeout",
+            "1",
+            "--function-timeout",
+            "1",
+        ]);
         cmd.arg("--config").arg(&config);
         if json {
             cmd.arg("--json");
         }
         cmd
     };
-    let mut first = args(false).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = args(false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     first.kill().unwrap();
     first.wait().unwrap();
     let calls_before = server.stats().calls;
-    assert!(calls_before > 0 && calls_before < 300, "killed half way: {calls_before} calls");
+    assert!(
+        calls_before > 0 && calls_before < 300,
+        "killed half way: {calls_before} calls"
+    );
 
     let output = args(true).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["lost"], 0);
     assert_eq!(summary["succeeded"], 300);
     let stats = server.stats();
     assert_eq!(stats.effects, 300, "each job took effect once");
     // Only a job killed between its call and its recorded completion can be called again.
-    assert!(stats.repeat_successes <= 4 * 10, "at most one batch per killed invocation: {stats:?}");
+    assert!(
+        stats.repeat_successes <= 4 * 10,
+        "at most one batch per killed invocation: {stats:?}"
+    );
 }
 
 /// Issue #13: `config check` and `--run-id` refuse what they used to accept, or hang on.
 #[test]
 fn config_holes_and_bad_run_ids_exit_2_with_a_clear_error() {
     let dir = temp_dir("holes");
-    let target = |extra: &str| format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#);
+    let target = |extra: &str| {
+        format!(r#"{{"targets":[{{"id":"t1","url":"https://api.example.com/a"{extra}}}]}}"#)
+    };
     let files = [
         (
             "port0.json",
@@ -176,43 +265,96 @@ fn config_holes_and_bad_run_ids_exit_2_with_a_clear_error() {
             target(r#","headers":{"Host":"internal.example.com"}"#),
             "host.json: targets[0] (id \"t1\"): field `headers`: header Host frames or routes",
         ),
-        ("length.json", target(r#","headers":{"Content-Length":"5"}"#), "header Content-Length frames or routes"),
-        ("te.json", target(r#","headers":{"TE":"trailers"}"#), "header TE frames or routes"),
-        ("doc6.json", r#"{"targets":[{"id":"t1","url":"http://[2001:db8::10]/"}]}"#.to_owned(), "field `url`: 2001:db8::10 is a documentation address"),
+        (
+            "length.json",
+            target(r#","headers":{"Content-Length":"5"}"#),
+            "header Content-Length frames or routes",
+        ),
+        (
+            "te.json",
+            target(r#","headers":{"TE":"trailers"}"#),
+            "header TE frames or routes",
+        ),
+        (
+            "doc6.json",
+            r#"{"targets":[{"id":"t1","url":"http://[2001:db8::10]/"}]}"#.to_owned(),
+            "field `url`: 2001:db8::10 is a documentation address",
+        ),
         (
             "sixtofour.json",
             r#"{"targets":[{"id":"t1","url":"http://[2002:c0a8:0101::1]/"}]}"#.to_owned(),
             "2002:c0a8:101::1 is a 6to4 address wrapping a non-public IPv4",
         ),
-        ("sitelocal.json", r#"{"targets":[{"id":"t1","url":"http://[fec0::5]/"}]}"#.to_owned(), "fec0::5 is a site-local address"),
+        (
+            "sitelocal.json",
+            r#"{"targets":[{"id":"t1","url":"http://[fec0::5]/"}]}"#.to_owned(),
+            "fec0::5 is a site-local address",
+        ),
     ];
-    let check = |path: &std::path::Path| Command::new(FANOUT).args(["config", "check"]).arg(path).output().unwrap();
+    let check = |path: &std::path::Path| {
+        Command::new(FANOUT)
+            .args(["config", "check"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
     for (name, text, expected) in files {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         let output = check(&path);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(expected), "{name}: {stderr:?} should contain {expected:?}");
-        assert!(!stderr.contains("hunter2"), "{name}: the password is printed: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{name}: {stderr:?} should contain {expected:?}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "{name}: the password is printed: {stderr}"
+        );
     }
     // Devices are read up to the cap, then refused, naming the file and the cap.
     for device in ["/dev/zero", "/dev/urandom"] {
         let output = check(std::path::Path::new(device));
         assert_eq!(output.status.code(), Some(2));
-        assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), format!("error: {device}: larger than the 32 MiB limit of a config file"));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr).trim(),
+            format!("error: {device}: larger than the 32 MiB limit of a config file")
+        );
     }
     // A byte order mark is skipped.
     let bom = dir.join("bom.json");
     std::fs::write(&bom, format!("\u{feff}{}", target(""))).unwrap();
     let output = check(&bom);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // A bad run ID is bad input, refused before the pipeline is opened.
     let good = write_config(&dir, "http://127.0.0.1:1", 1, 10.0);
-    for (command, run_id) in [("produce", ""), ("produce", "a\nb"), ("run", &"r".repeat(129)[..])] {
-        let output = Command::new(FANOUT).args(["--state", ":memory:", command, "--run-id", run_id, "--config"]).arg(&good).output().unwrap();
+    for (command, run_id) in [
+        ("produce", ""),
+        ("produce", "a\nb"),
+        ("run", &"r".repeat(129)[..]),
+    ] {
+        let output = Command::new(FANOUT)
+            .args([
+                "--state", ":memory:", command, "--run-id", run_id, "--config",
+            ])
+            .arg(&good)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{command} --run-id {run_id:?}: {stderr}");
-        assert!(stderr.contains("error: --run-id: run_id") && stderr.contains("must be 1..=128 printable characters"), "{stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command} --run-id {run_id:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("error: --run-id: run_id")
+                && stderr.contains("must be 1..=128 printable characters"),
+            "{stderr}"
+        );
     }
 }

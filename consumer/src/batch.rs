@@ -60,7 +60,8 @@ impl Consumer {
         // Two store round trips, neither waiting for the other: every one before the first
         // call is time the instance's share goes unused.
         let hosts = hosts_of(&event.records);
-        let (in_flight, ()) = future::join(self.flow.start_batch(), self.flow.refresh(&hosts)).await;
+        let (in_flight, ()) =
+            future::join(self.flow.start_batch(), self.flow.refresh(&hosts)).await;
         // Records are moved into their futures: borrowed ones trip the compiler's higher-ranked
         // lifetime check when this future is spawned.
         let work = stream::iter(copies_together(event.records))
@@ -78,7 +79,8 @@ impl Consumer {
         // The renewals run beside the records (never in their way: a store round trip does not
         // pause them) and end with them.
         let renewals = async {
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_CHECK, RENEW_CHECK);
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + RENEW_CHECK, RENEW_CHECK);
             loop {
                 ticker.tick().await;
                 self.flow.renew_lease().await;
@@ -88,12 +90,16 @@ impl Consumer {
             Either::Left((reports, _)) => reports,
             Either::Right(((), work)) => work.await,
         };
-        let ((), finished_runs) = future::join(self.flow.end_batch(in_flight), self.finish_runs(&reports)).await;
+        let ((), finished_runs) =
+            future::join(self.flow.end_batch(in_flight), self.finish_runs(&reports)).await;
         let mut report = self.report(reports);
         report.run_metrics = run_metrics(&self.settings.pipeline, &finished_runs);
         report.finished_runs = finished_runs;
         // What Lambda bills, near enough; the benchmark's cost figures add it up from the logs.
-        report.metrics.property("DurationMs", (started.elapsed().as_secs_f64() * 1000.0).round());
+        report.metrics.property(
+            "DurationMs",
+            (started.elapsed().as_secs_f64() * 1000.0).round(),
+        );
         report
     }
 
@@ -107,10 +113,20 @@ impl Consumer {
         }
         let mut finished = Vec::new();
         for (run_id, shards) in shards {
-            match finish_if_settled(self.runs.as_ref(), self.events.as_ref(), &self.settings.pipeline, run_id, &shards).await {
+            match finish_if_settled(
+                self.runs.as_ref(),
+                self.events.as_ref(),
+                &self.settings.pipeline,
+                run_id,
+                &shards,
+            )
+            .await
+            {
                 Ok(Some(done)) => finished.push(done.run),
                 Ok(None) => {}
-                Err(e) => warn!(run_id, error = %e, "could not check whether the run is finished; the watchdog will"),
+                Err(e) => {
+                    warn!(run_id, error = %e, "could not check whether the run is finished; the watchdog will")
+                }
             }
         }
         finished
@@ -128,10 +144,22 @@ impl Consumer {
                 Verdict::Succeeded => Metric::Succeeded,
                 Verdict::Duplicate => Metric::DuplicatesSkipped,
                 Verdict::DeadLettered(_) => Metric::DeadLettered,
-                Verdict::Rescheduled { why: Reschedule::Retry(_), .. } => Metric::Retried,
-                Verdict::Rescheduled { why: Reschedule::Waiting, .. } => Metric::Deferred,
-                Verdict::Rescheduled { why: Reschedule::Held(_), .. } => Metric::Held,
-                Verdict::Rescheduled { why: Reschedule::Locked, .. } => Metric::LockedElsewhere,
+                Verdict::Rescheduled {
+                    why: Reschedule::Retry(_),
+                    ..
+                } => Metric::Retried,
+                Verdict::Rescheduled {
+                    why: Reschedule::Waiting,
+                    ..
+                } => Metric::Deferred,
+                Verdict::Rescheduled {
+                    why: Reschedule::Held(_),
+                    ..
+                } => Metric::Held,
+                Verdict::Rescheduled {
+                    why: Reschedule::Locked,
+                    ..
+                } => Metric::LockedElsewhere,
                 Verdict::Retry(_) => Metric::Requeued,
             };
             metrics.count(verdict, 1);
@@ -140,7 +168,13 @@ impl Consumer {
                 // which the idempotency store absorbs.
                 response.add_failure(message_id.unwrap_or_default());
             }
-            waited |= matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Waiting | Reschedule::Held(_), .. });
+            waited |= matches!(
+                report.verdict,
+                Verdict::Rescheduled {
+                    why: Reschedule::Waiting | Reschedule::Held(_),
+                    ..
+                }
+            );
             if let Some(latency) = report.call_latency {
                 called = true;
                 metrics.count(Metric::OutboundCalls, 1);
@@ -149,11 +183,20 @@ impl Consumer {
             if report.rate_wait > Duration::ZERO {
                 metrics.sample(Metric::RateLimitWait, ms(report.rate_wait));
             }
-            let held = matches!(report.verdict, Verdict::Rescheduled { why: Reschedule::Held(_), .. });
+            let held = matches!(
+                report.verdict,
+                Verdict::Rescheduled {
+                    why: Reschedule::Held(_),
+                    ..
+                }
+            );
             if let (Some(host), true) = (&report.host, report.call_latency.is_some() || held) {
-                let m = host_metrics
-                    .entry(host.clone())
-                    .or_insert_with(|| MetricSet::new([("Function".to_owned(), function.clone()), ("Host".to_owned(), host.clone())]));
+                let m = host_metrics.entry(host.clone()).or_insert_with(|| {
+                    MetricSet::new([
+                        ("Function".to_owned(), function.clone()),
+                        ("Host".to_owned(), host.clone()),
+                    ])
+                });
                 let change = report.host_change;
                 for (metric, happened) in [
                     (Metric::HostCalls, report.call_latency.is_some()),
@@ -169,13 +212,22 @@ impl Consumer {
         }
         // An invocation that only put work back: the budget or a hold gave it nothing to do.
         metrics.count(Metric::DeferOnlyInvocations, u64::from(waited && !called));
-        BatchReport { response, metrics, host_metrics, finished_runs: Vec::new(), run_metrics: MetricSet::default() }
+        BatchReport {
+            response,
+            metrics,
+            host_metrics,
+            finished_runs: Vec::new(),
+            run_metrics: MetricSet::default(),
+        }
     }
 }
 
 /// The hosts of a batch's jobs (undecodable bodies have none), to read their states at once.
 fn hosts_of(records: &[SqsMessage]) -> BTreeSet<String> {
-    records.iter().filter_map(|r| decode_body(r.body.as_deref()?).ok()?.target.host()).collect()
+    records
+        .iter()
+        .filter_map(|r| decode_body(r.body.as_deref()?).ok()?.target.host())
+        .collect()
 }
 
 /// Groups the records of a batch by job, in order of first appearance. Copies of one job (SNS
@@ -187,7 +239,12 @@ fn copies_together(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
     let mut groups: Vec<Vec<SqsMessage>> = Vec::with_capacity(records.len());
     let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
     for record in records {
-        let key = record.message_attributes.get(ATTR_MESSAGE_ID).and_then(|a| a.string_value.clone()).or_else(|| record.body.clone()).unwrap_or_default();
+        let key = record
+            .message_attributes
+            .get(ATTR_MESSAGE_ID)
+            .and_then(|a| a.string_value.clone())
+            .or_else(|| record.body.clone())
+            .unwrap_or_default();
         match index.get(&key) {
             Some(&i) => groups[i].push(record),
             None => {

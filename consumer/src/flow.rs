@@ -15,8 +15,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use fanout_shared::fleet::{self, entitled_at, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW, LEASE_TTL, RELEASE_GRACE};
-use fanout_shared::hosts::{Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS};
+use fanout_shared::fleet::{
+    self, entitled_at, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW, LEASE_TTL,
+    RELEASE_GRACE,
+};
+use fanout_shared::hosts::{
+    Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS,
+};
 use fanout_shared::{now_ms, PipelineConfig};
 
 use crate::limiter::{Deferred, Key, Limiters, Share};
@@ -91,9 +96,18 @@ impl Drop for BatchGuard<'_> {
 impl Flow {
     /// The flow control of a new instance for `config`'s budgets; `global_override` replaces the
     /// global rate, `cache_ttl` is how long a host's state is trusted without a read.
-    pub(crate) fn new(config: &PipelineConfig, store: Arc<dyn FleetStore>, global_override: Option<f64>, cache_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        config: &PipelineConfig,
+        store: Arc<dyn FleetStore>,
+        global_override: Option<f64>,
+        cache_ttl: Duration,
+    ) -> Self {
         let instance = format!("{:016x}", fastrand::u64(..));
-        let lease = Lease { instance, since_ms: 0, expires_ms: 0 };
+        let lease = Lease {
+            instance,
+            since_ms: 0,
+            expires_ms: 0,
+        };
         Self {
             store,
             policy: config.host_protection,
@@ -101,7 +115,12 @@ impl Flow {
             global_override,
             cache_ttl,
             cache: Mutex::new(HashMap::new()),
-            lease: Mutex::new(LeaseView { lease, entitled_ms: 0, leases: Vec::new(), renewed: None }),
+            lease: Mutex::new(LeaseView {
+                lease,
+                entitled_ms: 0,
+                leases: Vec::new(),
+                renewed: None,
+            }),
             batches: AtomicUsize::new(0),
             limiters: Limiters::new(),
         }
@@ -120,7 +139,11 @@ impl Flow {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
             // Renewing at half the period keeps every gap below the promised one
             // (`Lease::next_renewal_ms`), which joiners count on (`fleet::entitled_at`).
-            let period = if view.lease.just_joined() { FIRST_RENEW } else { LEASE_RENEW };
+            let period = if view.lease.just_joined() {
+                FIRST_RENEW
+            } else {
+                LEASE_RENEW
+            };
             if view.renewed.is_some_and(|at| at.elapsed() < period / 2) {
                 return;
             }
@@ -143,14 +166,18 @@ impl Flow {
                 }
                 view.leases = leases;
             }
-            Err(e) => warn!(error = %e, "could not renew the instance lease; keeping the last view"),
+            Err(e) => {
+                warn!(error = %e, "could not renew the instance lease; keeping the last view")
+            }
         }
     }
 
     /// A batch starts: counts it and renews the lease if due.
     pub(crate) async fn start_batch(&self) -> BatchGuard<'_> {
         self.batches.fetch_add(1, Ordering::AcqRel);
-        let guard = BatchGuard { batches: &self.batches };
+        let guard = BatchGuard {
+            batches: &self.batches,
+        };
         self.renew_lease().await;
         guard
     }
@@ -189,7 +216,11 @@ impl Flow {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             std::iter::once(ALL_HOSTS)
                 .chain(hosts.iter().map(String::as_str))
-                .filter(|h| cache.get(*h).is_none_or(|(_, at)| at.elapsed() >= self.cache_ttl))
+                .filter(|h| {
+                    cache
+                        .get(*h)
+                        .is_none_or(|(_, at)| at.elapsed() >= self.cache_ttl)
+                })
                 .map(str::to_owned)
                 .collect()
         };
@@ -212,8 +243,16 @@ impl Flow {
     /// Whether any budget applies (the config's, the stack's, or one an operator set), so the
     /// instance must count itself in the fleet.
     fn paced(&self) -> bool {
-        let configured = self.global_override.is_some() || self.config.rate_limit.is_some() || !self.config.hosts.is_empty();
-        configured || self.cache.lock().unwrap_or_else(PoisonError::into_inner).values().any(|(s, _)| s.operator_rate.is_some())
+        let configured = self.global_override.is_some()
+            || self.config.rate_limit.is_some()
+            || !self.config.hosts.is_empty();
+        configured
+            || self
+                .cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .any(|(s, _)| s.operator_rate.is_some())
     }
 
     fn cached(&self, host: &str) -> HostState {
@@ -222,7 +261,10 @@ impl Flow {
     }
 
     fn remember(&self, host: &str, state: HostState) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), (state, Instant::now()));
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host.to_owned(), (state, Instant::now()));
     }
 
     /// Whether a job for `host` may be called now: the pipeline-wide and the host's pause, and
@@ -235,7 +277,11 @@ impl Flow {
             match self.cached(key).gate(now, &self.policy) {
                 Gate::Open => {}
                 Gate::Hold { until_ms, reason } => return Admission::Hold { until_ms, reason },
-                Gate::Probe => match self.store.apply(key, &HostEvent::ProbeClaimed, now, &self.policy).await {
+                Gate::Probe => match self
+                    .store
+                    .apply(key, &HostEvent::ProbeClaimed, now, &self.policy)
+                    .await
+                {
                     Ok((state, true)) => {
                         info!(host = key, "circuit half-open: this instance probes");
                         self.remember(key, state);
@@ -251,7 +297,10 @@ impl Flow {
                     }
                     Err(e) => {
                         warn!(error = %e, host = key, "could not claim the probe; holding");
-                        return Admission::Hold { until_ms: now + 1000, reason: HoldReason::CircuitOpen };
+                        return Admission::Hold {
+                            until_ms: now + 1000,
+                            reason: HoldReason::CircuitOpen,
+                        };
                     }
                 },
             }
@@ -265,14 +314,20 @@ impl Flow {
     /// while holding every waiting job would bring them all back at once when the pause ends.
     pub(crate) async fn readmit(&self, host: &str) -> Admission {
         match self.admit(host).await {
-            Admission::Hold { reason: HoldReason::RetryAfter, .. } => Admission::Go,
+            Admission::Hold {
+                reason: HoldReason::RetryAfter,
+                ..
+            } => Admission::Go,
             admission => admission,
         }
     }
 
     fn share_count(&self) -> (u32, i64) {
         let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-        (share_count(&view.lease.instance, &view.leases, now_ms()), view.entitled_ms)
+        (
+            share_count(&view.lease.instance, &view.leases, now_ms()),
+            view.entitled_ms,
+        )
     }
 
     fn global_share(&self) -> Option<Share> {
@@ -280,40 +335,66 @@ impl Flow {
         let per_second = self.global_override.or(limit.map(|l| l.per_second))?;
         let (count, _) = self.share_count();
         let burst = limit.map_or(1, |l| l.burst);
-        Some(Share { per_second: per_second / f64::from(count), burst: (burst / count).max(1) })
+        Some(Share {
+            per_second: per_second / f64::from(count),
+            burst: (burst / count).max(1),
+        })
     }
 
     fn host_share(&self, host: &str) -> Option<Share> {
         let state = self.cached(host);
         let budget = self.config.host_budget(host).or(self.global_override);
         let ceiling = budget.or(state.operator_rate)?;
-        let operator_max = self.config.host_operator_max(host).or(self.global_override).unwrap_or(f64::INFINITY);
+        let operator_max = self
+            .config
+            .host_operator_max(host)
+            .or(self.global_override)
+            .unwrap_or(f64::INFINITY);
         let (count, _) = self.share_count();
         let per_second = state.rate(ceiling, operator_max, now_ms(), &self.policy);
-        Some(Share { per_second: per_second / f64::from(count), burst: 1 })
+        Some(Share {
+            per_second: per_second / f64::from(count),
+            burst: 1,
+        })
     }
 
     /// Waits for this instance's permits for `host` (its entitlement in the fleet, the host's
     /// share, the global share), unless they are due after `call_by`. Returns the time waited.
     pub(crate) async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
         let started = Instant::now();
-        let (host_paced, globally_paced) = (self.host_share(host).is_some(), self.global_share().is_some());
+        let (host_paced, globally_paced) = (
+            self.host_share(host).is_some(),
+            self.global_share().is_some(),
+        );
         let (_, entitled_ms) = self.share_count();
-        let until_entitled = Duration::from_millis(u64::try_from(entitled_ms - now_ms()).unwrap_or(0));
+        let until_entitled =
+            Duration::from_millis(u64::try_from(entitled_ms - now_ms()).unwrap_or(0));
         // With no budget there is nothing to split, so nothing to wait for.
         if (host_paced || globally_paced) && !until_entitled.is_zero() {
             if Instant::now() + until_entitled > call_by {
-                return Err(Deferred { delay: until_entitled });
+                return Err(Deferred {
+                    delay: until_entitled,
+                });
             }
             tokio::time::sleep(until_entitled).await;
         }
         if host_paced {
             let key = Key::Host(host.to_owned());
-            let share = || self.host_share(host).unwrap_or(Share { per_second: f64::MAX, burst: 1 });
+            let share = || {
+                self.host_share(host).unwrap_or(Share {
+                    per_second: f64::MAX,
+                    burst: 1,
+                })
+            };
             self.limiters.acquire(&key, share, call_by).await?;
         }
         if globally_paced {
-            let share = || self.global_share().unwrap_or(Share { per_second: f64::MAX, burst: 1 });
+            let share = || {
+                self.global_share().unwrap_or(Share {
+                    per_second: f64::MAX,
+                    burst: 1,
+                })
+            };
             self.limiters.acquire(&Key::Global, share, call_by).await?;
         }
         Ok(started.elapsed())
@@ -332,17 +413,29 @@ impl Flow {
             Ok((state, _)) => state,
             Err(e) => {
                 warn!(error = %e, host, "could not share the host's state; this instance reacts alone");
-                before.apply(&event, now, &self.policy).unwrap_or_else(|| before.clone())
+                before
+                    .apply(&event, now, &self.policy)
+                    .unwrap_or_else(|| before.clone())
             }
         };
         let change = HostChange {
             slowed: after.factor_at_ms == now && before.factor_at_ms != now,
-            opened: matches!(after.circuit, Circuit::Open { .. }) && !matches!(before.circuit, Circuit::Open { .. }),
+            opened: matches!(after.circuit, Circuit::Open { .. })
+                && !matches!(before.circuit, Circuit::Open { .. }),
             closed: after.circuit == Circuit::Closed && before.circuit != Circuit::Closed,
         };
         if change.slowed {
-            let rate = self.config.host_budget(host).map(|b| b * after.factor_at(now, &self.policy));
-            info!(host, factor = after.factor, rate, paused_until_ms = after.paused_until_ms, "host asked us to slow down");
+            let rate = self
+                .config
+                .host_budget(host)
+                .map(|b| b * after.factor_at(now, &self.policy));
+            info!(
+                host,
+                factor = after.factor,
+                rate,
+                paused_until_ms = after.paused_until_ms,
+                "host asked us to slow down"
+            );
         }
         if change.opened {
             warn!(host, consecutive_failures = after.consecutive_failures, circuit = ?after.circuit, "circuit opened: holding the host's jobs");

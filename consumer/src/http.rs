@@ -76,9 +76,15 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(reason) = addrs.iter().find_map(|a| netguard::forbidden_reason(a.ip())) {
-                return Err(Box::new(ForbiddenAddress(format!("{host} resolves to a {reason}"))) as _);
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(reason) = addrs
+                .iter()
+                .find_map(|a| netguard::forbidden_reason(a.ip()))
+            {
+                return Err(
+                    Box::new(ForbiddenAddress(format!("{host} resolves to a {reason}"))) as _,
+                );
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -97,13 +103,28 @@ impl Caller {
     /// Builds the client. Redirects may only reach `allowed_hosts` (the config's, see
     /// `PipelineConfig::allowed_hosts`). With `allow_private_networks` the SSRF guard is off
     /// (tests, private APIs).
-    pub(crate) fn new(allow_private_networks: bool, allowed_hosts: BTreeSet<String>) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        allow_private_networks: bool,
+        allowed_hosts: BTreeSet<String>,
+    ) -> Result<Self, reqwest::Error> {
         let client = Self::client_builder(allow_private_networks).build()?;
-        Ok(Self::with_client(client, allow_private_networks, allowed_hosts))
+        Ok(Self::with_client(
+            client,
+            allow_private_networks,
+            allowed_hosts,
+        ))
     }
 
-    fn with_client(client: reqwest::Client, allow_private: bool, allowed_hosts: BTreeSet<String>) -> Self {
-        Self { client, allow_private, redirects: RedirectRules::new(allowed_hosts, allow_private) }
+    fn with_client(
+        client: reqwest::Client,
+        allow_private: bool,
+        allowed_hosts: BTreeSet<String>,
+    ) -> Self {
+        Self {
+            client,
+            allow_private,
+            redirects: RedirectRules::new(allowed_hosts, allow_private),
+        }
     }
 
     /// The client's settings: no automatic redirects (see [`crate::redirect`]), no proxy, and
@@ -125,37 +146,65 @@ impl Caller {
     /// Calls `target` with `Idempotency-Key: message_id`, following redirects, all within
     /// `timeout`, and classifies the result. Header placeholders are resolved from this
     /// process's environment here, so secrets exist only in the request.
-    pub(crate) async fn call(&self, target: &JobTarget, message_id: &str, timeout: Duration) -> CallOutcome {
+    pub(crate) async fn call(
+        &self,
+        target: &JobTarget,
+        message_id: &str,
+        timeout: Duration,
+    ) -> CallOutcome {
         let mut hop = match self.first_hop(target, message_id) {
             Ok(hop) => hop,
-            Err(reason) => return CallOutcome::Permanent { reason, status: None },
+            Err(reason) => {
+                return CallOutcome::Permanent {
+                    reason,
+                    status: None,
+                }
+            }
         };
         let deadline = Instant::now() + timeout;
         let mut followed = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return CallOutcome::Transient { reason: format!("timeout after {} ms", timeout.as_millis()), status: None, retry_after: None };
+                return CallOutcome::Transient {
+                    reason: format!("timeout after {} ms", timeout.as_millis()),
+                    status: None,
+                    retry_after: None,
+                };
             }
             let mut response = match self.send(&hop, remaining).await {
                 Ok(response) => response,
                 Err(err) => return classify_error(&err, timeout),
             };
             let status = response.status();
-            let Some(location) = redirect::location(status, response.headers()).map(str::to_owned) else {
+            let Some(location) = redirect::location(status, response.headers()).map(str::to_owned)
+            else {
                 return classify_response(response).await;
             };
             drain(&mut response).await;
             hop = match self.redirects.next(&hop, status, &location, followed) {
                 Ok(next) => next,
-                Err(reason) => return CallOutcome::Permanent { reason, status: Some(status.as_u16()) },
+                Err(reason) => {
+                    return CallOutcome::Permanent {
+                        reason,
+                        status: Some(status.as_u16()),
+                    }
+                }
             };
             followed += 1;
         }
     }
 
-    fn send(&self, hop: &Hop, timeout: Duration) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
-        let mut request = self.client.request(hop.method.clone(), hop.url.clone()).headers(hop.headers.clone()).timeout(timeout);
+    fn send(
+        &self,
+        hop: &Hop,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        let mut request = self
+            .client
+            .request(hop.method.clone(), hop.url.clone())
+            .headers(hop.headers.clone())
+            .timeout(timeout);
         if let Some(body) = &hop.body {
             request = request.body(body.clone());
         }
@@ -169,13 +218,16 @@ impl Caller {
                 netguard::check_literal_host(&host).map_err(|e| format!("refused: {e}"))?;
             }
         }
-        let method = Method::from_bytes(target.method.as_bytes()).map_err(|_| format!("bad method {:?}", target.method))?;
+        let method = Method::from_bytes(target.method.as_bytes())
+            .map_err(|_| format!("bad method {:?}", target.method))?;
         let mut headers = HeaderMap::with_capacity(target.headers.len() + 2);
         for (name, template) in &target.headers {
             let value = resolve_env(template).map_err(|e| format!("header {name}: {e}"))?;
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name {name:?}"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("bad header name {name:?}"))?;
             // The error names the header, never the value: it may hold a secret.
-            let mut value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: value is not valid"))?;
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("header {name}: value is not valid"))?;
             // A value built from the environment is a secret: `Debug` then prints `Sensitive`,
             // and a redirect to another origin drops it.
             value.set_sensitive(template.contains("${"));
@@ -192,7 +244,12 @@ impl Caller {
             }
             None => None,
         };
-        Ok(Hop { url, method, headers, body })
+        Ok(Hop {
+            url,
+            method,
+            headers,
+            body,
+        })
     }
 }
 
@@ -202,7 +259,10 @@ pub(crate) fn resolve_env(template: &str) -> Result<String, String> {
     for part in env_placeholders(template)? {
         match part {
             HeaderPart::Literal(text) => out.push_str(text),
-            HeaderPart::Env(name) => out.push_str(&std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?),
+            HeaderPart::Env(name) => out.push_str(
+                &std::env::var(name)
+                    .map_err(|_| format!("environment variable {name} is not set"))?,
+            ),
         }
     }
     Ok(out)
@@ -226,13 +286,27 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
     let code = status.as_u16();
     if status.is_success() {
         CallOutcome::Succeeded { status: code }
-    } else if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        let honours = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
-        CallOutcome::Transient { reason: format!("HTTP {status}"), status: Some(code), retry_after: retry_after.filter(|_| honours) }
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        let honours =
+            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+        CallOutcome::Transient {
+            reason: format!("HTTP {status}"),
+            status: Some(code),
+            retry_after: retry_after.filter(|_| honours),
+        }
     } else if status.is_redirection() {
-        CallOutcome::Permanent { reason: format!("HTTP {status}: redirect not followed"), status: Some(code) }
+        CallOutcome::Permanent {
+            reason: format!("HTTP {status}: redirect not followed"),
+            status: Some(code),
+        }
     } else {
-        CallOutcome::Permanent { reason: format!("HTTP {status}"), status: Some(code) }
+        CallOutcome::Permanent {
+            reason: format!("HTTP {status}"),
+            status: Some(code),
+        }
     }
 }
 
@@ -240,7 +314,10 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(forbidden) = e.downcast_ref::<ForbiddenAddress>() {
-            return CallOutcome::Permanent { reason: format!("refused: {forbidden}"), status: None };
+            return CallOutcome::Permanent {
+                reason: format!("refused: {forbidden}"),
+                status: None,
+            };
         }
         source = e.source();
     }
@@ -249,11 +326,18 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
     } else if err.is_connect() {
         format!("connection failed: {}", root_cause(err))
     } else if err.is_builder() {
-        return CallOutcome::Permanent { reason: format!("bad request: {}", root_cause(err)), status: None };
+        return CallOutcome::Permanent {
+            reason: format!("bad request: {}", root_cause(err)),
+            status: None,
+        };
     } else {
         format!("request failed: {}", root_cause(err))
     };
-    CallOutcome::Transient { reason, status: None, retry_after: None }
+    CallOutcome::Transient {
+        reason,
+        status: None,
+        retry_after: None,
+    }
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -271,7 +355,9 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
         }
     };
     Some(delay.min(MAX_RETRY_AFTER))
@@ -291,7 +377,10 @@ mod tests {
         let soon = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
         h.insert(RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
         let d = parse_retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
     }
@@ -301,7 +390,10 @@ mod tests {
             id: "a".into(),
             url: url.into(),
             method: "GET".into(),
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             body: None,
             timeout_ms: 1000,
         }
@@ -310,25 +402,55 @@ mod tests {
     #[test]
     fn env_header_values_are_sent_but_never_printed() {
         std::env::set_var("FANOUT_TEST_HTTP_SECRET", "s3cret-x");
-        let headers = [("Authorization", "Bearer ${env:FANOUT_TEST_HTTP_SECRET}"), ("X-Plain", "visible")];
+        let headers = [
+            ("Authorization", "Bearer ${env:FANOUT_TEST_HTTP_SECRET}"),
+            ("X-Plain", "visible"),
+        ];
         let caller = Caller::new(true, BTreeSet::new()).unwrap();
-        let hop = caller.first_hop(&target("http://127.0.0.1:1/", &headers), "m-1").unwrap();
+        let hop = caller
+            .first_hop(&target("http://127.0.0.1:1/", &headers), "m-1")
+            .unwrap();
         assert_eq!(hop.headers["authorization"], "Bearer s3cret-x");
         let printed = format!("{hop:?}");
-        assert!(!printed.contains("s3cret-x") && printed.contains("visible"), "{printed}");
+        assert!(
+            !printed.contains("s3cret-x") && printed.contains("visible"),
+            "{printed}"
+        );
     }
 
     #[tokio::test]
     async fn every_redirect_hop_is_guarded_by_literal_and_after_dns() {
-        let server = fanout_testkit::target_server::TargetServer::start().await.unwrap();
-        let addr: SocketAddr = server.base_url().trim_start_matches("http://").parse().unwrap();
-        let hostname = fanout_testkit::target_server::loopback_hostname().await.expect("the host name resolves to loopback (/etc/hosts)");
+        let server = fanout_testkit::target_server::TargetServer::start()
+            .await
+            .unwrap();
+        let addr: SocketAddr = server
+            .base_url()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let hostname = fanout_testkit::target_server::loopback_hostname()
+            .await
+            .expect("the host name resolves to loopback (/etc/hosts)");
         // The guarded client, but `origin.test` stands for a public origin: a pinned address
         // skips the resolver, so only the redirect's own hop meets the guard.
-        let client = Caller::client_builder(false).resolve("origin.test", addr).build().unwrap();
+        let client = Caller::client_builder(false)
+            .resolve("origin.test", addr)
+            .build()
+            .unwrap();
         // Every hop below is in the allow-list, so the guard is what refuses it.
-        let allowed = ["origin.test", "169.254.169.254", "127.0.0.1", "[::ffff:a00:1]", "localhost", &hostname];
-        let caller = Caller::with_client(client, false, allowed.iter().map(|h| h.to_string()).collect());
+        let allowed = [
+            "origin.test",
+            "169.254.169.254",
+            "127.0.0.1",
+            "[::ffff:a00:1]",
+            "localhost",
+            &hostname,
+        ];
+        let caller = Caller::with_client(
+            client,
+            false,
+            allowed.iter().map(|h| h.to_string()).collect(),
+        );
         let port = addr.port();
         let cases = [
             (format!("http://origin.test:{port}/ok/followed"), "succeeded".to_owned()),
@@ -347,22 +469,39 @@ mod tests {
         ];
         for (to, expected) in cases {
             let url = format!("http://origin.test:{port}/redirect/x?to={to}");
-            let outcome = caller.call(&target(&url, &[]), "m-1", Duration::from_secs(2)).await;
+            let outcome = caller
+                .call(&target(&url, &[]), "m-1", Duration::from_secs(2))
+                .await;
             let got = match outcome {
                 CallOutcome::Succeeded { .. } => "succeeded".to_owned(),
-                CallOutcome::Permanent { reason, .. } | CallOutcome::Transient { reason, .. } => reason,
+                CallOutcome::Permanent { reason, .. } | CallOutcome::Transient { reason, .. } => {
+                    reason
+                }
             };
             assert_eq!(got, expected, "redirect to {to}");
         }
         let reached: Vec<String> = server.records().iter().map(|r| r.path.clone()).collect();
-        assert_eq!(reached.iter().filter(|p| !p.starts_with("/redirect")).collect::<Vec<_>>(), ["/ok/followed"], "no refused hop was connected to");
+        assert_eq!(
+            reached
+                .iter()
+                .filter(|p| !p.starts_with("/redirect"))
+                .collect::<Vec<_>>(),
+            ["/ok/followed"],
+            "no refused hop was connected to"
+        );
     }
 
     #[test]
     fn env_placeholders_resolve_or_name_the_missing_variable() {
         std::env::set_var("FANOUT_TEST_HTTP_TOKEN", "s3cret");
-        assert_eq!(resolve_env("Bearer ${env:FANOUT_TEST_HTTP_TOKEN}").unwrap(), "Bearer s3cret");
+        assert_eq!(
+            resolve_env("Bearer ${env:FANOUT_TEST_HTTP_TOKEN}").unwrap(),
+            "Bearer s3cret"
+        );
         let err = resolve_env("${env:FANOUT_TEST_UNSET_VARIABLE}").unwrap_err();
-        assert!(err.contains("FANOUT_TEST_UNSET_VARIABLE is not set"), "{err}");
+        assert!(
+            err.contains("FANOUT_TEST_UNSET_VARIABLE is not set"),
+            "{err}"
+        );
     }
 }

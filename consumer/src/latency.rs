@@ -34,7 +34,13 @@ impl Latencies {
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(estimate) = hosts.get_mut(host) else {
             // RFC 6298's first measurement: the mean is the sample, the deviation half of it.
-            hosts.insert(host.to_owned(), Estimate { smoothed: sample, deviation: sample / 2.0 });
+            hosts.insert(
+                host.to_owned(),
+                Estimate {
+                    smoothed: sample,
+                    deviation: sample / 2.0,
+                },
+            );
             return;
         };
         // RFC 6298's gains: 1/4 for the deviation, 1/8 for the mean.
@@ -64,8 +70,14 @@ mod tests {
     #[test]
     fn an_unknown_host_reserves_half_the_invocation_at_most_its_timeout() {
         let latencies = Latencies::default();
-        assert_eq!(latencies.reserve("a", TIMEOUT, BUDGET), Duration::from_secs(1));
-        assert_eq!(latencies.reserve("a", Duration::from_millis(300), BUDGET), Duration::from_millis(300));
+        assert_eq!(
+            latencies.reserve("a", TIMEOUT, BUDGET),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            latencies.reserve("a", Duration::from_millis(300), BUDGET),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]
@@ -75,13 +87,26 @@ mod tests {
             latencies.observe("steady", Duration::from_millis(200));
         }
         let steady = latencies.reserve("steady", TIMEOUT, BUDGET);
-        assert!(steady >= Duration::from_millis(200) && steady < Duration::from_millis(260), "{steady:?}");
+        assert!(
+            steady >= Duration::from_millis(200) && steady < Duration::from_millis(260),
+            "{steady:?}"
+        );
         for i in 0..50 {
-            latencies.observe("jittery", Duration::from_millis(if i % 2 == 0 { 50 } else { 350 }));
+            latencies.observe(
+                "jittery",
+                Duration::from_millis(if i % 2 == 0 { 50 } else { 350 }),
+            );
         }
         let jittery = latencies.reserve("jittery", TIMEOUT, BUDGET);
-        assert!(jittery > Duration::from_millis(600), "mean 200 ms, deviation 150 ms: {jittery:?}");
-        assert_eq!(latencies.reserve("other", TIMEOUT, BUDGET), BUDGET / 2, "hosts are apart");
+        assert!(
+            jittery > Duration::from_millis(600),
+            "mean 200 ms, deviation 150 ms: {jittery:?}"
+        );
+        assert_eq!(
+            latencies.reserve("other", TIMEOUT, BUDGET),
+            BUDGET / 2,
+            "hosts are apart"
+        );
     }
 
     #[test]

@@ -85,10 +85,17 @@ pub enum SetupError {
 
 impl Consumer {
     /// A consumer for `config`'s hosts and budgets, with the stack's `settings`.
-    pub fn new(config: &PipelineConfig, backends: Backends, settings: Settings) -> Result<Self, SetupError> {
+    pub fn new(
+        config: &PipelineConfig,
+        backends: Backends,
+        settings: Settings,
+    ) -> Result<Self, SetupError> {
         let retry = settings.retry.apply(config.retry);
         if let Some(e) = retry.problems().into_iter().next() {
-            return Err(SetupError::Settings(format!("retry {} (config `retry` or FANOUT_* override): {}", e.field, e.problem)));
+            return Err(SetupError::Settings(format!(
+                "retry {} (config `retry` or FANOUT_* override): {}",
+                e.field, e.problem
+            )));
         }
         let policy = policy::Policy::new(config);
         Ok(Self {
@@ -97,8 +104,16 @@ impl Consumer {
             dlq: backends.dlq,
             runs: backends.runs,
             events: backends.events,
-            caller: http::Caller::new(config.allow_private_networks, policy.allowed_hosts().clone())?,
-            flow: flow::Flow::new(config, backends.fleet, settings.rate_per_second, settings.host_state_ttl),
+            caller: http::Caller::new(
+                config.allow_private_networks,
+                policy.allowed_hosts().clone(),
+            )?,
+            flow: flow::Flow::new(
+                config,
+                backends.fleet,
+                settings.rate_per_second,
+                settings.host_state_ttl,
+            ),
             latencies: latency::Latencies::default(),
             retry,
             policy,

@@ -94,14 +94,18 @@ fn period(share: Share) -> Duration {
 
 impl Limiters {
     pub(crate) fn new() -> Self {
-        Self { slots: Mutex::new(HashMap::new()), clock: DefaultClock::default() }
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+        }
     }
 
     /// The limiter for `key` at `share`, replaced if the share moved by more than 1%.
     fn current(&self, key: &Key, share: Share) -> Arc<DefaultDirectRateLimiter> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get(key) {
-            let moved = (slot.share.per_second - share.per_second).abs() > slot.share.per_second * 0.01;
+            let moved =
+                (slot.share.per_second - share.per_second).abs() > slot.share.per_second * 0.01;
             if !moved && slot.share.burst == share.burst {
                 return slot.limiter.clone();
             }
@@ -123,20 +127,34 @@ impl Limiters {
             }
             None => Instant::now(),
         };
-        slots.insert(key.clone(), Slot { share, limiter: fresh.clone(), horizon });
+        slots.insert(
+            key.clone(),
+            Slot {
+                share,
+                limiter: fresh.clone(),
+                horizon,
+            },
+        );
         fresh
     }
 
     /// Waits for a permit of `key`, whose share `share()` may change while waiting, unless it is
     /// due after `until`. Returns how long it waited.
-    pub(crate) async fn acquire(&self, key: &Key, share: impl Fn() -> Share, until: Instant) -> Result<Duration, Deferred> {
+    pub(crate) async fn acquire(
+        &self,
+        key: &Key,
+        share: impl Fn() -> Share,
+        until: Instant,
+    ) -> Result<Duration, Deferred> {
         let started = Instant::now();
         let mut waited = false;
         loop {
             let current = share();
             let limiter = self.current(key, current);
             // A newcomer to an idle burst-1 limiter spends its spare cell too (see `cells`).
-            let idle = !waited && cells(current) > current.burst && limiter.check_n(TWO).is_ok_and(|c| c.is_ok());
+            let idle = !waited
+                && cells(current) > current.burst
+                && limiter.check_n(TWO).is_ok_and(|c| c.is_ok());
             match if idle { Ok(()) } else { limiter.check() } {
                 Ok(()) => return Ok(started.elapsed()),
                 Err(not_until) => {
@@ -157,7 +175,9 @@ impl Limiters {
     fn defer(&self, key: &Key, share: Share, wait: Duration) -> Deferred {
         let now = Instant::now();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(slot) = slots.get_mut(key) else { return Deferred { delay: wait } };
+        let Some(slot) = slots.get_mut(key) else {
+            return Deferred { delay: wait };
+        };
         let at = slot.horizon.max(now + wait);
         slot.horizon = at + period(share);
         Deferred { delay: at - now }
@@ -169,7 +189,10 @@ mod tests {
     use super::*;
 
     fn share(per_second: f64) -> impl Fn() -> Share {
-        move || Share { per_second, burst: 1 }
+        move || Share {
+            per_second,
+            burst: 1,
+        }
     }
 
     #[tokio::test]
@@ -179,9 +202,16 @@ mod tests {
         let until = Instant::now() + Duration::from_secs(10);
         let started = Instant::now();
         for _ in 0..6 {
-            limiters.acquire(&Key::Global, share(10.0), until).await.unwrap();
+            limiters
+                .acquire(&Key::Global, share(10.0), until)
+                .await
+                .unwrap();
         }
-        assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -193,9 +223,18 @@ mod tests {
         let started = Instant::now();
         let first = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
         let second = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(100), "no waiting for a permit that comes too late");
-        assert!(first.delay > Duration::from_millis(800) && first.delay <= Duration::from_secs(1), "{first:?}");
-        assert!(second.delay >= first.delay + Duration::from_millis(990), "one period apart: {first:?} {second:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "no waiting for a permit that comes too late"
+        );
+        assert!(
+            first.delay > Duration::from_millis(800) && first.delay <= Duration::from_secs(1),
+            "{first:?}"
+        );
+        assert!(
+            second.delay >= first.delay + Duration::from_millis(990),
+            "one period apart: {first:?} {second:?}"
+        );
     }
 
     #[tokio::test]
@@ -204,12 +243,18 @@ mod tests {
         for burst in [1, 3] {
             let limiters = Limiters::new();
             // Fast enough for a burst-1 limiter to hold the waiters' spare cell.
-            let share = move || Share { per_second: 100.0, burst };
+            let share = move || Share {
+                per_second: 100.0,
+                burst,
+            };
             for _ in 0..burst {
                 limiters.acquire(&Key::Global, share, until).await.unwrap();
             }
             // The spare cell of a burst-1 limiter is not handed to a newcomer.
-            assert!(limiters.acquire(&Key::Global, share, until).await.is_err(), "burst {burst}: one call too many");
+            assert!(
+                limiters.acquire(&Key::Global, share, until).await.is_err(),
+                "burst {burst}: one call too many"
+            );
         }
     }
 
@@ -217,10 +262,19 @@ mod tests {
     async fn a_rate_change_does_not_hand_out_a_second_burst() {
         let limiters = Limiters::new();
         let until = Instant::now() + Duration::from_millis(50);
-        limiters.acquire(&Key::Global, share(1.0), until).await.unwrap();
+        limiters
+            .acquire(&Key::Global, share(1.0), until)
+            .await
+            .unwrap();
         // The share doubles: still no permit for about half a second.
-        assert!(limiters.acquire(&Key::Global, share(2.0), until).await.is_err());
+        assert!(limiters
+            .acquire(&Key::Global, share(2.0), until)
+            .await
+            .is_err());
         // Keys are independent.
-        limiters.acquire(&Key::Host("b".into()), share(1.0), until).await.unwrap();
+        limiters
+            .acquire(&Key::Host("b".into()), share(1.0), until)
+            .await
+            .unwrap();
     }
 }

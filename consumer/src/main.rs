@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
-use fanout_shared::aws::{load_sdk_config, DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SqsQueue};
+use fanout_shared::aws::{
+    load_sdk_config, DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SqsQueue,
+};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
@@ -19,17 +21,24 @@ fn required(name: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logging::init_json();
-    let path = PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
+    let path =
+        PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
     let config = PipelineConfig::load(&path)?;
     let settings = Settings::from_env(|k| std::env::var(k).ok())?;
     let sdk = load_sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let (dynamodb, table) = (aws_sdk_dynamodb::Client::new(&sdk), required("FANOUT_TABLE_NAME")?);
+    let (dynamodb, table) = (
+        aws_sdk_dynamodb::Client::new(&sdk),
+        required("FANOUT_TABLE_NAME")?,
+    );
     let backends = Backends {
         store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
         fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), table.clone())),
         runs: Arc::new(DynamoDbRuns::new(dynamodb, table)),
-        events: Arc::new(EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()))),
+        events: Arc::new(EventBridgeBus::new(
+            aws_sdk_eventbridge::Client::new(&sdk),
+            std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
+        )),
         source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),
         dlq: Arc::new(SqsQueue::new(sqs, required("FANOUT_DLQ_URL")?)),
     };

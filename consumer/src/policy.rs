@@ -22,8 +22,15 @@ pub(crate) struct Policy {
 impl Policy {
     /// The policy of `config`: its targets (defaults applied) and its allowed hosts.
     pub(crate) fn new(config: &PipelineConfig) -> Self {
-        let targets = config.job_targets().into_iter().map(|t| (t.id.clone(), t)).collect();
-        Self { targets, allowed_hosts: config.allowed_hosts() }
+        let targets = config
+            .job_targets()
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        Self {
+            targets,
+            allowed_hosts: config.allowed_hosts(),
+        }
     }
 
     /// The hosts a call or a redirect hop may reach: the config's target hosts and `hosts` keys.
@@ -42,14 +49,23 @@ impl Policy {
         let sent = &job.target;
         let host = sent.host().unwrap_or_default();
         if !self.allowed_hosts.contains(&host) {
-            return Err(format!("host {host:?} is not in the consumer's allowed hosts"));
+            return Err(format!(
+                "host {host:?} is not in the consumer's allowed hosts"
+            ));
         }
-        let own = self.targets.get(&sent.id).ok_or_else(|| format!("target id {:?} is not in the consumer's config", sent.id))?;
+        let own = self
+            .targets
+            .get(&sent.id)
+            .ok_or_else(|| format!("target id {:?} is not in the consumer's config", sent.id))?;
         let differences = differences(sent, own);
         if differences.is_empty() {
             Ok(own)
         } else {
-            Err(format!("target {:?} differs from the consumer's config: {}", sent.id, differences.join("; ")))
+            Err(format!(
+                "target {:?} differs from the consumer's config: {}",
+                sent.id,
+                differences.join("; ")
+            ))
         }
     }
 }
@@ -74,7 +90,11 @@ fn differences(sent: &JobTarget, own: &JobTarget) -> Vec<String> {
             Some(_) => {}
         }
     }
-    for name in own.headers.keys().filter(|name| !sent.headers.contains_key(*name)) {
+    for name in own
+        .headers
+        .keys()
+        .filter(|name| !sent.headers.contains_key(*name))
+    {
         found.push(format!("header {name} is missing"));
     }
     found
@@ -104,24 +124,55 @@ mod tests {
     fn a_message_equal_to_the_config_gets_the_configs_target() {
         let policy = Policy::new(&config());
         let config = config();
-        assert_eq!(policy.authorize(&job(|_| {})), Ok(&config.job_target(&config.targets[0])));
+        assert_eq!(
+            policy.authorize(&job(|_| {})),
+            Ok(&config.job_target(&config.targets[0]))
+        );
         assert!(policy.allowed_hosts().contains("redirects.example.com"));
     }
 
     #[test]
     fn every_difference_is_named_without_values() {
         let policy = Policy::new(&config());
-        let header = |name: &str, value: &str| job(|t| drop(t.headers.insert(name.into(), value.into())));
+        let header =
+            |name: &str, value: &str| job(|t| drop(t.headers.insert(name.into(), value.into())));
         let cases = [
-            (header("X-Leak", "${env:AWS_SECRET_ACCESS_KEY}"), r#"target "a" differs from the consumer's config: header X-Leak is not in the config"#),
-            (header("Authorization", SECRET), r#"target "a" differs from the consumer's config: header Authorization differs"#),
-            (job(|t| t.headers.clear()), r#"target "a" differs from the consumer's config: header Authorization is missing"#),
-            (job(|t| t.url = "https://api.example.com/other".into()), "field `url` differs"),
-            (job(|t| t.method = "DELETE".into()), "field `method` differs"),
-            (job(|t| t.body = Some(serde_json::json!({"n": 2}))), "field `body` differs"),
-            (job(|t| t.timeout_ms = 900_000), "field `timeout_ms` differs"),
-            (job(|t| t.id = "b".into()), r#"target id "b" is not in the consumer's config"#),
-            (job(|t| t.url = "https://evil.example.net/a".into()), r#"host "evil.example.net" is not in the consumer's allowed hosts"#),
+            (
+                header("X-Leak", "${env:AWS_SECRET_ACCESS_KEY}"),
+                r#"target "a" differs from the consumer's config: header X-Leak is not in the config"#,
+            ),
+            (
+                header("Authorization", SECRET),
+                r#"target "a" differs from the consumer's config: header Authorization differs"#,
+            ),
+            (
+                job(|t| t.headers.clear()),
+                r#"target "a" differs from the consumer's config: header Authorization is missing"#,
+            ),
+            (
+                job(|t| t.url = "https://api.example.com/other".into()),
+                "field `url` differs",
+            ),
+            (
+                job(|t| t.method = "DELETE".into()),
+                "field `method` differs",
+            ),
+            (
+                job(|t| t.body = Some(serde_json::json!({"n": 2}))),
+                "field `body` differs",
+            ),
+            (
+                job(|t| t.timeout_ms = 900_000),
+                "field `timeout_ms` differs",
+            ),
+            (
+                job(|t| t.id = "b".into()),
+                r#"target id "b" is not in the consumer's config"#,
+            ),
+            (
+                job(|t| t.url = "https://evil.example.net/a".into()),
+                r#"host "evil.example.net" is not in the consumer's allowed hosts"#,
+            ),
             (
                 job(|t| {
                     t.method = "PUT".into();
@@ -132,8 +183,14 @@ mod tests {
         ];
         for (message, expected) in cases {
             let reason = policy.authorize(&message).unwrap_err();
-            assert!(reason.contains(expected), "{reason:?} should contain {expected:?}");
-            assert!(!reason.contains(SECRET) && !reason.contains("${env:"), "{reason:?} quotes a value");
+            assert!(
+                reason.contains(expected),
+                "{reason:?} should contain {expected:?}"
+            );
+            assert!(
+                !reason.contains(SECRET) && !reason.contains("${env:"),
+                "{reason:?} quotes a value"
+            );
         }
     }
 }

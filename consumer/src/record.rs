@@ -20,7 +20,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use fanout_shared::hosts::{HoldReason, HostEvent};
 use fanout_shared::idempotency::{Acquire, Claim, Transition};
-use fanout_shared::job::{decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE, ATTR_STATUS_CODE};
+use fanout_shared::job::{
+    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE,
+    ATTR_STATUS_CODE,
+};
 use fanout_shared::queue::MAX_DELAY;
 use fanout_shared::runs::{reason_class, Tally};
 use fanout_shared::{now_ms, BackendError};
@@ -95,7 +98,15 @@ pub struct RecordReport {
 
 impl RecordReport {
     fn new(verdict: Verdict) -> Self {
-        Self { verdict, host: None, call_latency: None, status: None, rate_wait: Duration::ZERO, host_change: HostChange::default(), settled: None }
+        Self {
+            verdict,
+            host: None,
+            call_latency: None,
+            status: None,
+            rate_wait: Duration::ZERO,
+            host_change: HostChange::default(),
+            settled: None,
+        }
     }
 }
 
@@ -124,14 +135,20 @@ impl Deadline {
         let remaining = Duration::from_millis(u64::try_from(epoch_ms - now_ms()).unwrap_or(0));
         let now = Instant::now();
         let work_until = (now + remaining).checked_sub(margin).unwrap_or(now);
-        Self { epoch_ms, work_until, budget: work_until - now }
+        Self {
+            epoch_ms,
+            work_until,
+            budget: work_until - now,
+        }
     }
 
     /// The latest instant a call expected to take `reserve` may start so it ends before
     /// `work_until` ([`crate::latency`] estimates it). A call expected to outlast the whole
     /// invocation may start at once (it runs cut short: config check warns).
     fn call_by(&self, reserve: Duration) -> Instant {
-        self.work_until.checked_sub(reserve.min(self.budget)).unwrap_or(self.work_until)
+        self.work_until
+            .checked_sub(reserve.min(self.budget))
+            .unwrap_or(self.work_until)
     }
 }
 
@@ -147,37 +164,57 @@ impl Consumer {
         let body = record.body.as_deref().unwrap_or_default();
         let mut job = match decode_body(body) {
             Ok(job) => job,
-            Err(e) => return self.dead_letter_unparsed(record, &format!("poison message: {e}")).await,
+            Err(e) => {
+                return self
+                    .dead_letter_unparsed(record, &format!("poison message: {e}"))
+                    .await
+            }
         };
         let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id, attempt = tracing::field::Empty);
         // From here on the job is the consumer's own target; the message only named it.
         let mut report = match self.policy.authorize(&job) {
             Ok(own) => {
                 job.target = own.clone();
-                self.process_job(record, &job, deadline).instrument(span).await
+                self.process_job(record, &job, deadline)
+                    .instrument(span)
+                    .await
             }
             // A job of the config whose message differs from it is still one of its run's
             // jobs: it is refused through its idempotency record, so the run counts it once.
             Err(reason) => match self.policy.own_target(&job.target.id) {
                 Some(own) => {
                     job.target = own.clone();
-                    self.refuse(record, &job, &reason, deadline).instrument(span).await
+                    self.refuse(record, &job, &reason, deadline)
+                        .instrument(span)
+                        .await
                 }
                 None => return self.dead_letter_unparsed(record, &reason).await,
             },
         };
         report.host = job.target.host();
-        if matches!(report.verdict, Verdict::Succeeded | Verdict::DeadLettered(_)) {
+        if matches!(
+            report.verdict,
+            Verdict::Succeeded | Verdict::DeadLettered(_)
+        ) {
             report.settled = Some((job.run_id, job.message_id));
         }
         report
     }
 
-    async fn process_job(&self, record: &SqsMessage, job: &JobMessage, deadline: Deadline) -> RecordReport {
+    async fn process_job(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        deadline: Deadline,
+    ) -> RecordReport {
         let host = job.target.host().unwrap_or_default();
-        if let Some(at_ms) = string_attribute(record, ATTR_NOT_BEFORE).and_then(|a| a.parse::<i64>().ok()) {
+        if let Some(at_ms) =
+            string_attribute(record, ATTR_NOT_BEFORE).and_then(|a| a.parse::<i64>().ok())
+        {
             if at_ms > now_ms() {
-                return self.reschedule(record, ms_until(at_ms), Reschedule::Waiting).await;
+                return self
+                    .reschedule(record, ms_until(at_ms), Reschedule::Waiting)
+                    .await;
             }
         }
         let admission = self.flow.admit(&host).await;
@@ -188,7 +225,11 @@ impl Consumer {
         let reserve = self.latencies.reserve(&host, timeout, deadline.budget);
         let rate_wait = match self.flow.permit(&host, deadline.call_by(reserve)).await {
             Ok(waited) => waited,
-            Err(deferred) => return self.reschedule(record, deferred.delay, Reschedule::Waiting).await,
+            Err(deferred) => {
+                return self
+                    .reschedule(record, deferred.delay, Reschedule::Waiting)
+                    .await
+            }
         };
         if admission == Admission::Go && !rate_wait.is_zero() {
             if let Admission::Hold { until_ms, reason } = self.flow.readmit(&host).await {
@@ -197,7 +238,15 @@ impl Consumer {
         }
         let claim = self.claim(record, job, deadline);
         let lock = match self.store.acquire(&claim).await {
-            Ok(Acquire::Acquired { attempt, failures, dead_letter_class }) => Lock { attempt, failures, dead_letter_class },
+            Ok(Acquire::Acquired {
+                attempt,
+                failures,
+                dead_letter_class,
+            }) => Lock {
+                attempt,
+                failures,
+                dead_letter_class,
+            },
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
                 debug!("duplicate: already settled");
                 return RecordReport::new(Verdict::Duplicate);
@@ -205,19 +254,41 @@ impl Consumer {
             Ok(Acquire::Locked { until_ms }) => {
                 // Come back when the lock lapses: sooner would only meet it again.
                 debug!(until_ms, "locked by another consumer");
-                return self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await;
+                return self
+                    .reschedule(record, ms_until(until_ms), Reschedule::Locked)
+                    .await;
             }
-            Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
+            Ok(Acquire::Rejected {
+                attempt,
+                reason,
+                status_code,
+                dead_letter_class,
+            }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
-                let lock = Lock { attempt, failures: 0, dead_letter_class };
-                return self.dead_letter_job(record, job, &host, &lock, &reason, status_code).await;
+                let lock = Lock {
+                    attempt,
+                    failures: 0,
+                    dead_letter_class,
+                };
+                return self
+                    .dead_letter_job(record, job, &host, &lock, &reason, status_code)
+                    .await;
             }
             Err(e) => return retry_on_backend("acquire", &e),
         };
         tracing::Span::current().record("attempt", lock.failures + 1);
-        let timeout = timeout.min(deadline.work_until.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
+        let timeout = timeout
+            .min(
+                deadline
+                    .work_until
+                    .saturating_duration_since(Instant::now()),
+            )
+            .max(Duration::from_millis(1));
         let started = Instant::now();
-        let outcome = self.caller.call(&job.target, &job.message_id, timeout).await;
+        let outcome = self
+            .caller
+            .call(&job.target, &job.message_id, timeout)
+            .await;
         let latency = started.elapsed();
         self.latencies.observe(&host, latency);
         let (mut report, host_change) = self.settle(record, job, &host, &lock, outcome).await;
@@ -228,25 +299,76 @@ impl Consumer {
     }
 
     /// Holds a job whose host may not be called now: it comes back when the hold ends.
-    async fn hold(&self, record: &SqsMessage, host: &str, until_ms: i64, reason: HoldReason) -> RecordReport {
+    async fn hold(
+        &self,
+        record: &SqsMessage,
+        host: &str,
+        until_ms: i64,
+        reason: HoldReason,
+    ) -> RecordReport {
         debug!(host, reason = reason.as_str(), "held");
-        self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason)).await
+        self.reschedule(record, ms_until(until_ms), Reschedule::Held(reason))
+            .await
     }
 
     /// Refuses a job of the config whose message differs from it: no call, straight to the DLQ,
     /// through its idempotency record (so a copy is refused once and its run counts it once).
-    async fn refuse(&self, record: &SqsMessage, job: &JobMessage, reason: &str, deadline: Deadline) -> RecordReport {
+    async fn refuse(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        reason: &str,
+        deadline: Deadline,
+    ) -> RecordReport {
         let claim = self.claim(record, job, deadline);
         let host = job.target.host().unwrap_or_default();
         match self.store.acquire(&claim).await {
-            Ok(Acquire::Acquired { attempt, dead_letter_class, .. }) => {
-                self.reject(record, job, &host, &Lock { attempt, failures: 0, dead_letter_class }, reason, None).await
+            Ok(Acquire::Acquired {
+                attempt,
+                dead_letter_class,
+                ..
+            }) => {
+                self.reject(
+                    record,
+                    job,
+                    &host,
+                    &Lock {
+                        attempt,
+                        failures: 0,
+                        dead_letter_class,
+                    },
+                    reason,
+                    None,
+                )
+                .await
             }
-            Ok(Acquire::Rejected { attempt, reason, status_code, dead_letter_class }) => {
-                self.dead_letter_job(record, job, &host, &Lock { attempt, failures: 0, dead_letter_class }, &reason, status_code).await
+            Ok(Acquire::Rejected {
+                attempt,
+                reason,
+                status_code,
+                dead_letter_class,
+            }) => {
+                self.dead_letter_job(
+                    record,
+                    job,
+                    &host,
+                    &Lock {
+                        attempt,
+                        failures: 0,
+                        dead_letter_class,
+                    },
+                    &reason,
+                    status_code,
+                )
+                .await
             }
-            Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => RecordReport::new(Verdict::Duplicate),
-            Ok(Acquire::Locked { until_ms }) => self.reschedule(record, ms_until(until_ms), Reschedule::Locked).await,
+            Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
+                RecordReport::new(Verdict::Duplicate)
+            }
+            Ok(Acquire::Locked { until_ms }) => {
+                self.reschedule(record, ms_until(until_ms), Reschedule::Locked)
+                    .await
+            }
             Err(e) => retry_on_backend("acquire", &e),
         }
     }
@@ -260,12 +382,20 @@ impl Consumer {
             now_ms: now_ms(),
             lock_until_ms: deadline.epoch_ms,
             expiration_s: self.expiration_s(),
-            replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT).and_then(|a| a.parse().ok()),
+            replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT)
+                .and_then(|a| a.parse().ok()),
         }
     }
 
     /// Records the call's outcome: in the host's shared state, then in the job's record.
-    async fn settle(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, outcome: CallOutcome) -> (RecordReport, HostChange) {
+    async fn settle(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        host: &str,
+        lock: &Lock,
+        outcome: CallOutcome,
+    ) -> (RecordReport, HostChange) {
         match outcome {
             CallOutcome::Succeeded { status } => {
                 let change = self.flow.report(host, HostEvent::Succeeded).await;
@@ -273,26 +403,50 @@ impl Consumer {
                 report.status = Some(status);
                 (report, change)
             }
-            CallOutcome::Transient { reason, status, retry_after } => {
+            CallOutcome::Transient {
+                reason,
+                status,
+                retry_after,
+            } => {
                 let event = match status {
-                    Some(429) => HostEvent::Throttled { retry_after_ms: retry_after.map(ms_i64), failure: false },
-                    Some(503) => HostEvent::Throttled { retry_after_ms: retry_after.map(ms_i64), failure: true },
+                    Some(429) => HostEvent::Throttled {
+                        retry_after_ms: retry_after.map(ms_i64),
+                        failure: false,
+                    },
+                    Some(503) => HostEvent::Throttled {
+                        retry_after_ms: retry_after.map(ms_i64),
+                        failure: true,
+                    },
                     _ => HostEvent::Failed,
                 };
                 let change = self.flow.report(host, event).await;
                 let failures = lock.failures + 1;
                 let mut report = if self.retry.gives_up(failures) {
-                    let reason = format!("transient failure on all {failures} attempts, the last: {reason}");
+                    let reason =
+                        format!("transient failure on all {failures} attempts, the last: {reason}");
                     self.reject(record, job, host, lock, &reason, status).await
                 } else {
-                    self.retry_later(record, job, lock.attempt, failures, reason, status, retry_after).await
+                    self.retry_later(
+                        record,
+                        job,
+                        lock.attempt,
+                        failures,
+                        reason,
+                        status,
+                        retry_after,
+                    )
+                    .await
                 };
                 report.status = status;
                 (report, change)
             }
             CallOutcome::Permanent { reason, status } => {
                 // An answer, even a 4xx, means the host is up.
-                let change = if status.is_some() { self.flow.report(host, HostEvent::Succeeded).await } else { HostChange::default() };
+                let change = if status.is_some() {
+                    self.flow.report(host, HostEvent::Succeeded).await
+                } else {
+                    HostChange::default()
+                };
                 let mut report = self.reject(record, job, host, lock, &reason, status).await;
                 report.status = status;
                 (report, change)
@@ -300,9 +454,30 @@ impl Consumer {
         }
     }
 
-    async fn complete(&self, job: &JobMessage, host: &str, lock: &Lock, status: u16) -> RecordReport {
-        let tally = Tally { run_id: &job.run_id, host, reason: None, undo: lock.dead_letter_class.as_deref() };
-        match self.store.complete(&job.message_id, lock.attempt, status, self.expiration_s(), &tally).await {
+    async fn complete(
+        &self,
+        job: &JobMessage,
+        host: &str,
+        lock: &Lock,
+        status: u16,
+    ) -> RecordReport {
+        let tally = Tally {
+            run_id: &job.run_id,
+            host,
+            reason: None,
+            undo: lock.dead_letter_class.as_deref(),
+        };
+        match self
+            .store
+            .complete(
+                &job.message_id,
+                lock.attempt,
+                status,
+                self.expiration_s(),
+                &tally,
+            )
+            .await
+        {
             Ok(Transition::Done) => RecordReport::new(Verdict::Succeeded),
             Ok(Transition::Superseded) => {
                 // Our lock expired mid-call and another attempt took over; it settles the job.
@@ -328,21 +503,41 @@ impl Consumer {
         status: Option<u16>,
         retry_after: Option<Duration>,
     ) -> RecordReport {
-        if let Err(e) = self.store.fail(&job.message_id, attempt, &reason, status).await {
+        if let Err(e) = self
+            .store
+            .fail(&job.message_id, attempt, &reason, status)
+            .await
+        {
             // The lock then lapses at the deadline instead; the message is kept either way.
             warn!(error = %e, "could not record a transient failure");
             return retry_on_backend("fail", &e);
         }
         let delay = self.retry.delay(failures, fastrand::f64(), retry_after);
         info!(%reason, failures, max_attempts = self.retry.max_attempts, delay_ms = delay.as_millis() as u64, "transient failure, retry scheduled");
-        self.reschedule(record, delay, Reschedule::Retry(reason)).await
+        self.reschedule(record, delay, Reschedule::Retry(reason))
+            .await
     }
 
     /// Permanent failure: REJECTED before the DLQ copy, so a crash in between neither calls the
     /// target twice nor loses the job.
-    async fn reject(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
-        match self.store.reject(&job.message_id, lock.attempt, reason, status).await {
-            Ok(_) => self.dead_letter_job(record, job, host, lock, reason, status).await,
+    async fn reject(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        host: &str,
+        lock: &Lock,
+        reason: &str,
+        status: Option<u16>,
+    ) -> RecordReport {
+        match self
+            .store
+            .reject(&job.message_id, lock.attempt, reason, status)
+            .await
+        {
+            Ok(_) => {
+                self.dead_letter_job(record, job, host, lock, reason, status)
+                    .await
+            }
             Err(e) => retry_on_backend("reject", &e),
         }
     }
@@ -351,19 +546,35 @@ impl Consumer {
     /// this one. A delay longer than one SQS message can carry travels as the `not_before`
     /// attribute and the copy is rescheduled again when it comes back early. If the send fails,
     /// the message itself is kept and hidden for the delay instead (a batch item failure).
-    async fn reschedule(&self, record: &SqsMessage, delay: Duration, why: Reschedule) -> RecordReport {
+    async fn reschedule(
+        &self,
+        record: &SqsMessage,
+        delay: Duration,
+        why: Reschedule,
+    ) -> RecordReport {
         let mut attributes = string_attributes(record);
         attributes.remove(ATTR_NOT_BEFORE);
         if delay > MAX_DELAY {
-            attributes.insert(ATTR_NOT_BEFORE.to_owned(), (now_ms() + ms_i64(delay)).to_string());
+            attributes.insert(
+                ATTR_NOT_BEFORE.to_owned(),
+                (now_ms() + ms_i64(delay)).to_string(),
+            );
         }
         let body = record.body.as_deref().unwrap_or_default();
-        match self.source.send_delayed(body, &attributes, delay.min(MAX_DELAY)).await {
+        match self
+            .source
+            .send_delayed(body, &attributes, delay.min(MAX_DELAY))
+            .await
+        {
             Ok(_) => RecordReport::new(Verdict::Rescheduled { why, delay }),
             Err(e) => {
                 warn!(error = %e, "could not send the rescheduled copy; keeping the message instead");
                 if let Some(receipt) = record.receipt_handle.as_deref() {
-                    if let Err(e) = self.source.change_visibility(receipt, delay.min(Duration::from_secs(12 * 60 * 60))).await {
+                    if let Err(e) = self
+                        .source
+                        .change_visibility(receipt, delay.min(Duration::from_secs(12 * 60 * 60)))
+                        .await
+                    {
                         warn!(error = %e, "could not hide the message either");
                     }
                 }
@@ -374,7 +585,15 @@ impl Consumer {
 
     /// Permanent failure of a job with an idempotency record: DLQ copy, then confirm (which
     /// counts it in its run).
-    async fn dead_letter_job(&self, record: &SqsMessage, job: &JobMessage, host: &str, lock: &Lock, reason: &str, status: Option<u16>) -> RecordReport {
+    async fn dead_letter_job(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        host: &str,
+        lock: &Lock,
+        reason: &str,
+        status: Option<u16>,
+    ) -> RecordReport {
         let attempt = lock.attempt;
         let mut extra = vec![(ATTR_DEAD_LETTER_ATTEMPT, attempt.to_string())];
         if let Some(code) = status {
@@ -383,8 +602,17 @@ impl Consumer {
         let report = self.send_to_dlq(record, reason, &extra).await;
         if !report.verdict.is_retry() {
             let class = reason_class(reason, status);
-            let tally = Tally { run_id: &job.run_id, host, reason: Some(&class), undo: lock.dead_letter_class.as_deref() };
-            if let Err(e) = self.store.dead_lettered(&job.message_id, attempt, &tally).await {
+            let tally = Tally {
+                run_id: &job.run_id,
+                host,
+                reason: Some(&class),
+                undo: lock.dead_letter_class.as_deref(),
+            };
+            if let Err(e) = self
+                .store
+                .dead_lettered(&job.message_id, attempt, &tally)
+                .await
+            {
                 // Still REJECTED: a redelivery would send a second DLQ copy; the job is safe.
                 warn!(error = %e, "could not confirm the DLQ copy");
             }
@@ -397,7 +625,12 @@ impl Consumer {
         self.send_to_dlq(record, reason, &[]).await
     }
 
-    async fn send_to_dlq(&self, record: &SqsMessage, reason: &str, extra: &[(&str, String)]) -> RecordReport {
+    async fn send_to_dlq(
+        &self,
+        record: &SqsMessage,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) -> RecordReport {
         let mut attributes = string_attributes(record);
         let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
         attributes.insert(ATTR_FAILURE_REASON.to_owned(), reason.clone());
@@ -430,7 +663,11 @@ fn string_attribute<'a>(record: &'a SqsMessage, name: &str) -> Option<&'a str> {
 }
 
 fn string_attributes(record: &SqsMessage) -> BTreeMap<String, String> {
-    record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?))).collect()
+    record
+        .message_attributes
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+        .collect()
 }
 
 fn retry_on_backend(step: &str, e: &BackendError) -> RecordReport {

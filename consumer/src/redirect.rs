@@ -11,7 +11,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use reqwest::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, PROXY_AUTHORIZATION};
+use reqwest::header::{
+    HeaderMap, HeaderName, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION,
+    PROXY_AUTHORIZATION,
+};
 use reqwest::{Method, StatusCode, Url};
 
 use fanout_shared::netguard;
@@ -46,16 +49,30 @@ impl RedirectRules {
     /// Rules for `allowed_hosts` (lower-case host names, as `PipelineConfig::allowed_hosts`
     /// gives them); `allow_private` turns the SSRF guard off.
     pub(crate) fn new(allowed_hosts: BTreeSet<String>, allow_private: bool) -> Self {
-        Self { allowed_hosts: Arc::new(allowed_hosts), allow_private }
+        Self {
+            allowed_hosts: Arc::new(allowed_hosts),
+            allow_private,
+        }
     }
 
     /// The hop a redirect `status` with `location` leads to from `hop`, having followed
     /// `followed` redirects already, or why it is refused (a permanent failure).
-    pub(crate) fn next(&self, hop: &Hop, status: StatusCode, location: &str, followed: usize) -> Result<Hop, String> {
+    pub(crate) fn next(
+        &self,
+        hop: &Hop,
+        status: StatusCode,
+        location: &str,
+        followed: usize,
+    ) -> Result<Hop, String> {
         if followed >= MAX_REDIRECTS {
-            return Err(format!("redirect refused: more than {MAX_REDIRECTS} redirects"));
+            return Err(format!(
+                "redirect refused: more than {MAX_REDIRECTS} redirects"
+            ));
         }
-        let url = hop.url.join(location).map_err(|e| format!("redirect refused: Location is not a URL ({e})"))?;
+        let url = hop
+            .url
+            .join(location)
+            .map_err(|e| format!("redirect refused: Location is not a URL ({e})"))?;
         self.check(&url)?;
         let mut next = Hop { url, ..hop.clone() };
         let to_get = match status {
@@ -80,7 +97,9 @@ impl RedirectRules {
     fn check(&self, url: &Url) -> Result<(), String> {
         let scheme = url.scheme();
         if !matches!(scheme, "http" | "https") {
-            return Err(format!("redirect refused: scheme {scheme:?} is not allowed"));
+            return Err(format!(
+                "redirect refused: scheme {scheme:?} is not allowed"
+            ));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if !self.allowed_hosts.contains(&host) {
@@ -95,7 +114,13 @@ impl RedirectRules {
 
 /// The redirect statuses followed, with the `Location` to follow.
 pub(crate) fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
-    let followed = [StatusCode::MOVED_PERMANENTLY, StatusCode::FOUND, StatusCode::SEE_OTHER, StatusCode::TEMPORARY_REDIRECT, StatusCode::PERMANENT_REDIRECT];
+    let followed = [
+        StatusCode::MOVED_PERMANENTLY,
+        StatusCode::FOUND,
+        StatusCode::SEE_OTHER,
+        StatusCode::TEMPORARY_REDIRECT,
+        StatusCode::PERMANENT_REDIRECT,
+    ];
     if !followed.contains(&status) {
         return None;
     }
@@ -104,8 +129,11 @@ pub(crate) fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> 
 
 /// Drops environment-derived (sensitive) values and credential headers.
 fn strip_credentials(headers: &mut HeaderMap) {
-    let secret: Vec<HeaderName> =
-        headers.iter().filter(|(name, value)| value.is_sensitive() || CREDENTIAL_HEADERS.contains(name)).map(|(name, _)| name.clone()).collect();
+    let secret: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(name, value)| value.is_sensitive() || CREDENTIAL_HEADERS.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect();
     for name in secret {
         headers.remove(name);
     }
@@ -125,11 +153,21 @@ mod tests {
         headers.insert(COOKIE, HeaderValue::from_static("c=1"));
         headers.insert("x-plain", HeaderValue::from_static("p"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Hop { url: Url::parse(url).unwrap(), method, headers, body: Some(b"{}".to_vec()) }
+        Hop {
+            url: Url::parse(url).unwrap(),
+            method,
+            headers,
+            body: Some(b"{}".to_vec()),
+        }
     }
 
     fn rules() -> RedirectRules {
-        RedirectRules::new(["a.example.com", "b.example.com", "10.0.0.1"].map(String::from).into(), false)
+        RedirectRules::new(
+            ["a.example.com", "b.example.com", "10.0.0.1"]
+                .map(String::from)
+                .into(),
+            false,
+        )
     }
 
     fn names(h: &Hop) -> Vec<&str> {
@@ -141,14 +179,24 @@ mod tests {
     #[test]
     fn same_origin_keeps_headers_other_origins_lose_secrets_and_credentials() {
         let first = hop("https://a.example.com/x", Method::GET);
-        let same = rules().next(&first, StatusCode::FOUND, "/y?z=1", 0).unwrap();
+        let same = rules()
+            .next(&first, StatusCode::FOUND, "/y?z=1", 0)
+            .unwrap();
         assert_eq!(same.url.as_str(), "https://a.example.com/y?z=1");
         assert_eq!(names(&same), names(&first));
-        for other in ["https://b.example.com/y", "http://a.example.com/y", "https://a.example.com:8443/y"] {
-            let next = rules().next(&first, StatusCode::TEMPORARY_REDIRECT, other, 0).unwrap();
+        for other in [
+            "https://b.example.com/y",
+            "http://a.example.com/y",
+            "https://a.example.com:8443/y",
+        ] {
+            let next = rules()
+                .next(&first, StatusCode::TEMPORARY_REDIRECT, other, 0)
+                .unwrap();
             assert_eq!(names(&next), ["content-type", "x-plain"], "{other}");
             // Once dropped, they stay dropped, even back on the first origin.
-            let back = rules().next(&next, StatusCode::FOUND, "https://a.example.com/z", 1).unwrap();
+            let back = rules()
+                .next(&next, StatusCode::FOUND, "https://a.example.com/z", 1)
+                .unwrap();
             assert_eq!(names(&back), ["content-type", "x-plain"]);
         }
     }
@@ -156,17 +204,29 @@ mod tests {
     #[test]
     fn hops_outside_the_allow_list_or_the_guard_are_refused_naming_the_host() {
         let first = hop("https://a.example.com/x", Method::GET);
-        let refused = |to: &str, n: usize| rules().next(&first, StatusCode::FOUND, to, n).unwrap_err();
+        let refused =
+            |to: &str, n: usize| rules().next(&first, StatusCode::FOUND, to, n).unwrap_err();
         assert_eq!(
             refused("https://evil.example.net/", 0),
             r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#
         );
-        assert_eq!(refused("ftp://a.example.com/", 0), r#"redirect refused: scheme "ftp" is not allowed"#);
-        assert_eq!(refused("http://10.0.0.1/", 0), "redirect refused: 10.0.0.1 is a private address");
-        assert_eq!(refused("/y", MAX_REDIRECTS), "redirect refused: more than 5 redirects");
+        assert_eq!(
+            refused("ftp://a.example.com/", 0),
+            r#"redirect refused: scheme "ftp" is not allowed"#
+        );
+        assert_eq!(
+            refused("http://10.0.0.1/", 0),
+            "redirect refused: 10.0.0.1 is a private address"
+        );
+        assert_eq!(
+            refused("/y", MAX_REDIRECTS),
+            "redirect refused: more than 5 redirects"
+        );
         assert!(refused("http://[::1", 0).starts_with("redirect refused: Location is not a URL"));
         let open = RedirectRules::new(["10.0.0.1".to_owned()].into(), true);
-        assert!(open.next(&first, StatusCode::FOUND, "http://10.0.0.1/", 0).is_ok());
+        assert!(open
+            .next(&first, StatusCode::FOUND, "http://10.0.0.1/", 0)
+            .is_ok());
     }
 
     #[test]
@@ -180,9 +240,24 @@ mod tests {
             (StatusCode::PERMANENT_REDIRECT, Method::POST, true),
         ] {
             let next = rules().next(&post, status, "/y", 0).unwrap();
-            assert_eq!((next.method, next.body.is_some(), next.headers.contains_key(CONTENT_TYPE)), (method, body, body), "{status}");
+            assert_eq!(
+                (
+                    next.method,
+                    next.body.is_some(),
+                    next.headers.contains_key(CONTENT_TYPE)
+                ),
+                (method, body, body),
+                "{status}"
+            );
         }
-        let put = rules().next(&hop("https://a.example.com/x", Method::PUT), StatusCode::FOUND, "/y", 0).unwrap();
+        let put = rules()
+            .next(
+                &hop("https://a.example.com/x", Method::PUT),
+                StatusCode::FOUND,
+                "/y",
+                0,
+            )
+            .unwrap();
         assert_eq!(put.method, Method::PUT);
     }
 

@@ -72,23 +72,44 @@ impl Settings {
     /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`) and `AWS_LAMBDA_FUNCTION_NAME`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let parse = |name: &str| -> Result<Option<u64>, String> {
-            var(name).map(|v| v.trim().parse().map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))).transpose()
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))
+                })
+                .transpose()
         };
         let defaults = Self::default();
-        let rate_per_second: Option<f64> =
-            var("FANOUT_RATE_PER_SECOND").map(|v| v.trim().parse().map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}"))).transpose()?;
+        let rate_per_second: Option<f64> = var("FANOUT_RATE_PER_SECOND")
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}"))
+            })
+            .transpose()?;
         if let Some(Err(e)) = rate_per_second.map(check_rate) {
             return Err(format!("FANOUT_RATE_PER_SECOND {e}"));
         }
-        let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?.map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large"))).transpose()?;
+        let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?
+            .map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large")))
+            .transpose()?;
         Ok(Self {
             rate_per_second,
-            record_ttl: parse("FANOUT_RECORD_TTL_SECS")?.map_or(defaults.record_ttl, Duration::from_secs),
-            deadline_margin: parse("FANOUT_DEADLINE_MARGIN_MS")?.map_or(defaults.deadline_margin, Duration::from_millis),
-            batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY")?.map_or(defaults.batch_concurrency, |n| n as usize),
+            record_ttl: parse("FANOUT_RECORD_TTL_SECS")?
+                .map_or(defaults.record_ttl, Duration::from_secs),
+            deadline_margin: parse("FANOUT_DEADLINE_MARGIN_MS")?
+                .map_or(defaults.deadline_margin, Duration::from_millis),
+            batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY")?
+                .map_or(defaults.batch_concurrency, |n| n as usize),
             function_name: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
-            retry: RetryOverrides { base_ms: parse("FANOUT_RETRY_BASE_MS")?, cap_ms: parse("FANOUT_RETRY_CAP_MS")?, max_attempts },
-            host_state_ttl: parse("FANOUT_HOST_STATE_TTL_MS")?.map_or(defaults.host_state_ttl, Duration::from_millis),
+            retry: RetryOverrides {
+                base_ms: parse("FANOUT_RETRY_BASE_MS")?,
+                cap_ms: parse("FANOUT_RETRY_CAP_MS")?,
+                max_attempts,
+            },
+            host_state_ttl: parse("FANOUT_HOST_STATE_TTL_MS")?
+                .map_or(defaults.host_state_ttl, Duration::from_millis),
             pipeline: var("FANOUT_PIPELINE").unwrap_or(defaults.pipeline),
         })
     }
@@ -100,12 +121,27 @@ mod tests {
 
     #[test]
     fn reads_env_and_names_bad_values() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
-        let s = Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "50"), ("FANOUT_MAX_ATTEMPTS", "3"), ("FANOUT_RETRY_BASE_MS", "50")])).unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let s = Settings::from_env(env(&[
+            ("FANOUT_RATE_PER_SECOND", "50"),
+            ("FANOUT_MAX_ATTEMPTS", "3"),
+            ("FANOUT_RETRY_BASE_MS", "50"),
+        ]))
+        .unwrap();
         assert_eq!(s.rate_per_second, Some(50.0));
         assert_eq!(s.record_ttl, Duration::from_secs(86400));
         let retry = s.retry.apply(RetryPolicy::default());
-        assert_eq!((retry.base_ms, retry.cap_ms, retry.max_attempts), (50, RetryPolicy::default().cap_ms, 3));
+        assert_eq!(
+            (retry.base_ms, retry.cap_ms, retry.max_attempts),
+            (50, RetryPolicy::default().cap_ms, 3)
+        );
         assert_eq!(Settings::from_env(env(&[])).unwrap(), Settings::default());
         let err = Settings::from_env(env(&[("FANOUT_MAX_ATTEMPTS", "x")])).unwrap_err();
         assert!(err.contains("FANOUT_MAX_ATTEMPTS: cannot parse"), "{err}");

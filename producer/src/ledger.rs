@@ -35,17 +35,37 @@ pub enum Started {
 
 /// The guard: whether a tick for `run_id` may start while `previous` (the latest other run) is
 /// in its state at `now_ms`.
-pub(crate) fn decide_tick(previous: Option<&RunRecord>, run_id: &str, on_overlap: Overlap, now_ms: i64) -> TickDecision {
+pub(crate) fn decide_tick(
+    previous: Option<&RunRecord>,
+    run_id: &str,
+    on_overlap: Overlap,
+    now_ms: i64,
+) -> TickDecision {
     match previous {
-        Some(p) if on_overlap == Overlap::Skip && p.run_id != run_id && p.status == RunStatus::Running && !p.is_overdue(now_ms) => {
-            TickDecision::Skip(format!("the previous run {} is still in flight ({} of {} jobs settled)", p.run_id, p.counts.settled(), p.counts.expected))
+        Some(p)
+            if on_overlap == Overlap::Skip
+                && p.run_id != run_id
+                && p.status == RunStatus::Running
+                && !p.is_overdue(now_ms) =>
+        {
+            TickDecision::Skip(format!(
+                "the previous run {} is still in flight ({} of {} jobs settled)",
+                p.run_id,
+                p.counts.settled(),
+                p.counts.expected
+            ))
         }
         _ => TickDecision::Publish,
     }
 }
 
 /// The run record of a tick: `message_ids` (one per job) make its per-shard expected counts.
-pub fn run_start(config: &PipelineConfig, run_id: &str, scheduled_at: Option<String>, message_ids: impl Iterator<Item = String>) -> RunStart {
+pub fn run_start(
+    config: &PipelineConfig,
+    run_id: &str,
+    scheduled_at: Option<String>,
+    message_ids: impl Iterator<Item = String>,
+) -> RunStart {
     let mut expected_per_shard: BTreeMap<u32, u64> = BTreeMap::new();
     for id in message_ids {
         *expected_per_shard.entry(shard_of(&id)).or_default() += 1;
@@ -61,12 +81,22 @@ pub fn run_start(config: &PipelineConfig, run_id: &str, scheduled_at: Option<Str
 }
 
 /// Applies the guard and writes the run record.
-pub(crate) async fn begin(ledger: &dyn RunLedger, start: &RunStart) -> Result<Started, BackendError> {
+pub(crate) async fn begin(
+    ledger: &dyn RunLedger,
+    start: &RunStart,
+) -> Result<Started, BackendError> {
     if start.policy.on_overlap == Overlap::Skip {
         // The latest run that is not this one (a re-delivered tick is not an overlap).
         let latest = ledger.list(2).await?;
-        let previous = latest.iter().find(|r| r.run_id != start.run_id && r.status != RunStatus::Skipped);
-        if let TickDecision::Skip(reason) = decide_tick(previous, &start.run_id, start.policy.on_overlap, start.started_at_ms) {
+        let previous = latest
+            .iter()
+            .find(|r| r.run_id != start.run_id && r.status != RunStatus::Skipped);
+        if let TickDecision::Skip(reason) = decide_tick(
+            previous,
+            &start.run_id,
+            start.policy.on_overlap,
+            start.started_at_ms,
+        ) {
             ledger.skip(start, &reason).await?;
             return Ok(Started::Skipped(reason));
         }
@@ -93,7 +123,11 @@ mod tests {
             finished_at_ms: None,
             deadline_at_ms,
             policy: RunPolicy::default(),
-            counts: RunCounts { expected: 10, succeeded: 4, ..RunCounts::default() },
+            counts: RunCounts {
+                expected: 10,
+                succeeded: 4,
+                ..RunCounts::default()
+            },
             event_sent: false,
             note: None,
         }
@@ -103,11 +137,37 @@ mod tests {
     fn the_guard_skips_only_a_live_overlap() {
         let running = run("r1", RunStatus::Running, Some(1000));
         let skip = decide_tick(Some(&running), "r2", Overlap::Skip, 500);
-        assert!(matches!(&skip, TickDecision::Skip(why) if why.contains("r1") && why.contains("4 of 10")), "{skip:?}");
-        assert_eq!(decide_tick(Some(&running), "r2", Overlap::Allow, 500), TickDecision::Publish, "allow");
-        assert_eq!(decide_tick(Some(&running), "r1", Overlap::Skip, 500), TickDecision::Publish, "the same tick again");
-        assert_eq!(decide_tick(Some(&running), "r2", Overlap::Skip, 1001), TickDecision::Publish, "a run past its deadline blocks nothing");
-        assert_eq!(decide_tick(Some(&run("r1", RunStatus::Succeeded, None)), "r2", Overlap::Skip, 500), TickDecision::Publish);
-        assert_eq!(decide_tick(None, "r2", Overlap::Skip, 500), TickDecision::Publish);
+        assert!(
+            matches!(&skip, TickDecision::Skip(why) if why.contains("r1") && why.contains("4 of 10")),
+            "{skip:?}"
+        );
+        assert_eq!(
+            decide_tick(Some(&running), "r2", Overlap::Allow, 500),
+            TickDecision::Publish,
+            "allow"
+        );
+        assert_eq!(
+            decide_tick(Some(&running), "r1", Overlap::Skip, 500),
+            TickDecision::Publish,
+            "the same tick again"
+        );
+        assert_eq!(
+            decide_tick(Some(&running), "r2", Overlap::Skip, 1001),
+            TickDecision::Publish,
+            "a run past its deadline blocks nothing"
+        );
+        assert_eq!(
+            decide_tick(
+                Some(&run("r1", RunStatus::Succeeded, None)),
+                "r2",
+                Overlap::Skip,
+                500
+            ),
+            TickDecision::Publish
+        );
+        assert_eq!(
+            decide_tick(None, "r2", Overlap::Skip, 500),
+            TickDecision::Publish
+        );
     }
 }

@@ -58,7 +58,9 @@ fn as_text<S: serde::Serializer>(started: &Started, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&match started {
         Started::New => "new".to_owned(),
         Started::Resumed => "resumed".to_owned(),
-        Started::AlreadyEnded(status) => format!("already {}", status.as_str().to_ascii_lowercase()),
+        Started::AlreadyEnded(status) => {
+            format!("already {}", status.as_str().to_ascii_lowercase())
+        }
         Started::Skipped(why) => format!("skipped: {why}"),
     })
 }
@@ -77,15 +79,32 @@ pub struct Tick {
 pub fn tick_metrics(pipeline: &str, summary: &Summary) -> MetricSet {
     let mut metrics = MetricSet::new([("Pipeline".to_owned(), pipeline.to_owned())]);
     metrics.count(Metric::Ticks, 1);
-    metrics.count(Metric::RunsStarted, u64::from(summary.started == Started::New));
-    metrics.count(Metric::RunsSkipped, u64::from(matches!(summary.started, Started::Skipped(_))));
+    metrics.count(
+        Metric::RunsStarted,
+        u64::from(summary.started == Started::New),
+    );
+    metrics.count(
+        Metric::RunsSkipped,
+        u64::from(matches!(summary.started, Started::Skipped(_))),
+    );
     metrics
 }
 
 /// The watchdog's pass over the latest runs ([`runs::sweep`]) and its metrics: `RunsOverdue`
 /// (always written, so the alarm sees a 0), and the runs it finished.
-pub async fn watchdog(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str) -> Result<(Sweep, MetricSet), BackendError> {
-    let sweep = runs::sweep(ledger, bus, pipeline, WATCHDOG_RUNS, fanout_shared::now_ms()).await?;
+pub async fn watchdog(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+) -> Result<(Sweep, MetricSet), BackendError> {
+    let sweep = runs::sweep(
+        ledger,
+        bus,
+        pipeline,
+        WATCHDOG_RUNS,
+        fanout_shared::now_ms(),
+    )
+    .await?;
     for run in &sweep.overdue {
         tracing::warn!(run_id = %run.run_id, settled = run.counts.settled(), expected = run.counts.expected, "run past its deadline");
     }
@@ -109,12 +128,23 @@ pub async fn produce(
     tick::check_run_id(run_id).map_err(|e| PublishError::BadRunId(e.to_string()))?;
     let started_at = Instant::now();
     let now = chrono::Utc::now();
-    let ids = config.targets.iter().map(|t| fanout_shared::job::message_id(run_id, &t.id));
+    let ids = config
+        .targets
+        .iter()
+        .map(|t| fanout_shared::job::message_id(run_id, &t.id));
     let start = ledger::run_start(config, run_id, tick.scheduled_at.clone(), ids);
-    let started = ledger::begin(ledger, &start).await.map_err(PublishError::Ledger)?;
+    let started = ledger::begin(ledger, &start)
+        .await
+        .map_err(PublishError::Ledger)?;
     let publish = matches!(started, Started::New | Started::Resumed);
-    let targets = if publish { config.targets.as_slice() } else { &[] };
-    let messages = targets.iter().map(|t| JobMessage::new(run_id, config.job_target(t), now).encode());
+    let targets = if publish {
+        config.targets.as_slice()
+    } else {
+        &[]
+    };
+    let messages = targets
+        .iter()
+        .map(|t| JobMessage::new(run_id, config.job_target(t), now).encode());
     let outcome = publish::publish_all(messages, publisher, options).await;
     let summary = Summary {
         run_id: run_id.to_owned(),
@@ -127,12 +157,25 @@ pub async fn produce(
     };
     match &summary.started {
         Started::Skipped(why) => tracing::warn!(run_id, reason = %why, "tick skipped"),
-        Started::AlreadyEnded(status) => tracing::info!(run_id, status = status.as_str(), "run already ended: nothing published"),
-        _ => tracing::info!(run_id, jobs = summary.jobs, published = summary.published, failed = summary.failed, "tick published"),
+        Started::AlreadyEnded(status) => tracing::info!(
+            run_id,
+            status = status.as_str(),
+            "run already ended: nothing published"
+        ),
+        _ => tracing::info!(
+            run_id,
+            jobs = summary.jobs,
+            published = summary.published,
+            failed = summary.failed,
+            "tick published"
+        ),
     }
     if outcome.failures.is_empty() {
         Ok(summary)
     } else {
-        Err(PublishError::Unpublished { summary: Box::new(summary), failures: outcome.failures })
+        Err(PublishError::Unpublished {
+            summary: Box::new(summary),
+            failures: outcome.failures,
+        })
     }
 }

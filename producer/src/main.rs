@@ -7,7 +7,10 @@
 
 use std::path::PathBuf;
 
-use fanout_producer::{is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog, PublishOptions, Tick};
+use fanout_producer::{
+    is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog,
+    PublishOptions, Tick,
+};
 use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, SnsPublisher};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -20,20 +23,33 @@ fn required(name: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logging::init_json();
-    let path = PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
+    let path =
+        PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
     let config = PipelineConfig::load(&path)?;
     let topic = required("FANOUT_TOPIC_ARN")?;
     let table = required("FANOUT_TABLE_NAME")?;
     let pipeline = std::env::var("FANOUT_PIPELINE").unwrap_or_else(|_| "fanout".into());
     let mut options = PublishOptions::default();
     if let Ok(n) = std::env::var("FANOUT_PUBLISH_CONCURRENCY") {
-        options.concurrency = n.parse().map_err(|_| format!("FANOUT_PUBLISH_CONCURRENCY: cannot parse {n:?}"))?;
+        options.concurrency = n
+            .parse()
+            .map_err(|_| format!("FANOUT_PUBLISH_CONCURRENCY: cannot parse {n:?}"))?;
     }
     let sdk = load_sdk_config().await;
     let publisher = SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), topic);
     let ledger = DynamoDbRuns::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-    let bus = EventBridgeBus::new(aws_sdk_eventbridge::Client::new(&sdk), std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()));
-    let (config, publisher, ledger, bus, options, pipeline) = (&config, &publisher, &ledger, &bus, &options, pipeline.as_str());
+    let bus = EventBridgeBus::new(
+        aws_sdk_eventbridge::Client::new(&sdk),
+        std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
+    );
+    let (config, publisher, ledger, bus, options, pipeline) = (
+        &config,
+        &publisher,
+        &ledger,
+        &bus,
+        &options,
+        pipeline.as_str(),
+    );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         if is_watchdog(&event.payload) {
             let (sweep, metrics) = watchdog(ledger, bus, pipeline).await?;

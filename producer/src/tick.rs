@@ -28,11 +28,14 @@ pub enum TickError {
 ///   carry the same time and rule, so both get the same run ID and the same message IDs.
 pub fn run_id_from_event(input: &Value) -> Result<String, TickError> {
     if let Some(run_id) = input.get("run_id") {
-        let run_id = run_id.as_str().ok_or_else(|| TickError::BadRunId(run_id.to_string()))?;
+        let run_id = run_id
+            .as_str()
+            .ok_or_else(|| TickError::BadRunId(run_id.to_string()))?;
         check_run_id(run_id)?;
         return Ok(run_id.to_owned());
     }
-    let event: EventBridgeEvent = serde_json::from_value(input.clone()).map_err(|e| TickError::Unrecognised(e.to_string()))?;
+    let event: EventBridgeEvent = serde_json::from_value(input.clone())
+        .map_err(|e| TickError::Unrecognised(e.to_string()))?;
     let time = event.time.ok_or(TickError::NoTime)?;
     let schedule = event
         .resources
@@ -48,7 +51,11 @@ pub fn run_id_from_event(input: &Value) -> Result<String, TickError> {
 
 /// The schedule's time of a scheduled event (RFC 3339), `None` for a manual invocation.
 pub fn scheduled_time(input: &Value) -> Option<String> {
-    input.get("run_id").is_none().then(|| input.get("time")?.as_str().map(str::to_owned)).flatten()
+    input
+        .get("run_id")
+        .is_none()
+        .then(|| input.get("time")?.as_str().map(str::to_owned))
+        .flatten()
 }
 
 /// Whether the input is the watchdog's periodic invocation (`{"watchdog": true}`).
@@ -77,18 +84,42 @@ mod tests {
     fn same_tick_same_run_id() {
         let a = run_id_from_event(&scheduled("2026-11-21T10:15:00Z")).unwrap();
         assert_eq!(a, "rule/fanout-tick@2026-11-21T10:15:00Z");
-        assert_eq!(a, run_id_from_event(&scheduled("2026-11-21T10:15:00Z")).unwrap());
-        assert_eq!(scheduled_time(&scheduled("2026-11-21T10:15:00Z")).as_deref(), Some("2026-11-21T10:15:00Z"));
-        assert!(is_watchdog(&serde_json::json!({"watchdog": true})) && !is_watchdog(&scheduled("2026-11-21T10:15:00Z")));
-        assert_ne!(a, run_id_from_event(&scheduled("2026-11-21T10:30:00Z")).unwrap());
+        assert_eq!(
+            a,
+            run_id_from_event(&scheduled("2026-11-21T10:15:00Z")).unwrap()
+        );
+        assert_eq!(
+            scheduled_time(&scheduled("2026-11-21T10:15:00Z")).as_deref(),
+            Some("2026-11-21T10:15:00Z")
+        );
+        assert!(
+            is_watchdog(&serde_json::json!({"watchdog": true}))
+                && !is_watchdog(&scheduled("2026-11-21T10:15:00Z"))
+        );
+        assert_ne!(
+            a,
+            run_id_from_event(&scheduled("2026-11-21T10:30:00Z")).unwrap()
+        );
     }
 
     #[test]
     fn manual_and_bad_inputs() {
-        assert_eq!(run_id_from_event(&serde_json::json!({"run_id": "backfill-1"})).unwrap(), "backfill-1");
-        assert!(matches!(run_id_from_event(&serde_json::json!({"run_id": ""})), Err(TickError::BadRunId(_))));
-        assert!(matches!(run_id_from_event(&serde_json::json!({"run_id": 7})), Err(TickError::BadRunId(_))));
-        assert!(matches!(run_id_from_event(&serde_json::json!({"hello": 1})), Err(TickError::Unrecognised(_))));
+        assert_eq!(
+            run_id_from_event(&serde_json::json!({"run_id": "backfill-1"})).unwrap(),
+            "backfill-1"
+        );
+        assert!(matches!(
+            run_id_from_event(&serde_json::json!({"run_id": ""})),
+            Err(TickError::BadRunId(_))
+        ));
+        assert!(matches!(
+            run_id_from_event(&serde_json::json!({"run_id": 7})),
+            Err(TickError::BadRunId(_))
+        ));
+        assert!(matches!(
+            run_id_from_event(&serde_json::json!({"hello": 1})),
+            Err(TickError::Unrecognised(_))
+        ));
         let mut no_time = scheduled("2026-11-21T10:15:00Z");
         no_time.as_object_mut().unwrap().remove("time");
         assert_eq!(run_id_from_event(&no_time), Err(TickError::NoTime));

@@ -92,7 +92,11 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Self { method: default_method(), timeout_ms: default_timeout(), headers: BTreeMap::new() }
+        Self {
+            method: default_method(),
+            timeout_ms: default_timeout(),
+            headers: BTreeMap::new(),
+        }
     }
 }
 
@@ -169,7 +173,10 @@ impl PipelineConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
         let text = read_capped(path).map_err(|e| ConfigErrors(vec![whole_file(&file, e)]))?;
-        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
         Self::parse(&text, yaml, &file)
     }
 
@@ -177,9 +184,13 @@ impl PipelineConfig {
     /// (as some Windows editors write) is skipped.
     pub fn parse(text: &str, yaml: bool, file: &str) -> Result<Self, ConfigErrors> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let parsed: Result<Self, String> =
-            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
-        let config = parsed.map_err(|e| ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))]))?;
+        let parsed: Result<Self, String> = if yaml {
+            serde_norway::from_str(text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        };
+        let config = parsed
+            .map_err(|e| ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))]))?;
         config.validate(file)?;
         Ok(config)
     }
@@ -188,7 +199,12 @@ impl PipelineConfig {
     pub(crate) fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         let mut push = |location: String, field: &str, message: String| {
-            errors.push(ConfigError { file: file.to_owned(), location, field: field.to_owned(), message });
+            errors.push(ConfigError {
+                file: file.to_owned(),
+                location,
+                field: field.to_owned(),
+                message,
+            });
         };
         if let Some(limit) = &self.rate_limit {
             if let Err(e) = check_rate(limit.per_second) {
@@ -205,7 +221,11 @@ impl PipelineConfig {
             match limit.max_per_second.map(check_rate) {
                 Some(Err(e)) => push(format!("hosts.{host}"), "max_per_second", e),
                 Some(Ok(())) if limit.max_per_second < Some(limit.per_second) => {
-                    push(format!("hosts.{host}"), "max_per_second", format!("must be at least per_second ({})", limit.per_second));
+                    push(
+                        format!("hosts.{host}"),
+                        "max_per_second",
+                        format!("must be at least per_second ({})", limit.per_second),
+                    );
                 }
                 _ => {}
             }
@@ -220,16 +240,28 @@ impl PipelineConfig {
             push("runs".into(), e.field, e.problem);
         }
         if !HTTP_METHODS.contains(&self.defaults.method.to_ascii_uppercase().as_str()) {
-            push("defaults".into(), "method", format!("unknown method {:?}", self.defaults.method));
+            push(
+                "defaults".into(),
+                "method",
+                format!("unknown method {:?}", self.defaults.method),
+            );
         }
         if self.targets.is_empty() {
-            push(String::new(), "targets", "no targets: nothing to call".into());
+            push(
+                String::new(),
+                "targets",
+                "no targets: nothing to call".into(),
+            );
         }
         let mut first_index: HashMap<&str, usize> = HashMap::new();
         for (index, target) in self.targets.iter().enumerate() {
             let location = format!("targets[{index}] (id {:?})", target.id);
             if let Some(previous) = first_index.insert(&target.id, index) {
-                push(location.clone(), "id", format!("duplicate id, first used by targets[{previous}]"));
+                push(
+                    location.clone(),
+                    "id",
+                    format!("duplicate id, first used by targets[{previous}]"),
+                );
             }
             let job = self.job_target(target);
             if let Err(e) = job.check() {
@@ -237,17 +269,31 @@ impl PipelineConfig {
                 continue;
             }
             if !self.allow_private_networks {
-                if let Some(host) = url::Url::parse(&job.url).ok().as_ref().and_then(|u| u.host()) {
+                if let Some(host) = url::Url::parse(&job.url)
+                    .ok()
+                    .as_ref()
+                    .and_then(|u| u.host())
+                {
                     if let Err(e) = netguard::check_literal_host(&host) {
-                        push(location.clone(), "url", format!("{e}; set allow_private_networks to call it"));
+                        push(
+                            location.clone(),
+                            "url",
+                            format!("{e}; set allow_private_networks to call it"),
+                        );
                     }
                 }
             }
             // Size the message as the producer will build it, with the longest run ID.
             let run_id = "r".repeat(MAX_RUN_ID_LEN);
-            let size = JobMessage::new(&run_id, job, chrono::Utc::now()).encode().size();
+            let size = JobMessage::new(&run_id, job, chrono::Utc::now())
+                .encode()
+                .size();
             if size > MAX_MESSAGE_BYTES {
-                push(location, "body", format!("the job message would be {size} bytes, over the 256 KiB SNS limit"));
+                push(
+                    location,
+                    "body",
+                    format!("the job message would be {size} bytes, over the 256 KiB SNS limit"),
+                );
             }
         }
         if errors.is_empty() {
@@ -262,12 +308,21 @@ impl PipelineConfig {
         let mut headers = self.defaults.headers.clone();
         // Header names are case-insensitive: a target's `authorization` replaces a default
         // `Authorization` rather than going out beside it.
-        headers.retain(|name, _| !target.headers.keys().any(|own| own.eq_ignore_ascii_case(name)));
+        headers.retain(|name, _| {
+            !target
+                .headers
+                .keys()
+                .any(|own| own.eq_ignore_ascii_case(name))
+        });
         headers.extend(target.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         JobTarget {
             id: target.id.clone(),
             url: target.url.clone(),
-            method: target.method.as_deref().unwrap_or(&self.defaults.method).to_ascii_uppercase(),
+            method: target
+                .method
+                .as_deref()
+                .unwrap_or(&self.defaults.method)
+                .to_ascii_uppercase(),
             headers,
             body: target.body.clone(),
             timeout_ms: target.timeout_ms.unwrap_or(self.defaults.timeout_ms),
@@ -279,13 +334,20 @@ impl PipelineConfig {
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let text = serde_json::to_string(self).unwrap_or_default();
-        Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The fleet's budget for `host` (requests/s): its own, else the global one, else `None`
     /// (unlimited).
     pub fn host_budget(&self, host: &str) -> Option<f64> {
-        self.hosts.get(host).map(|l| l.per_second).or(self.rate_limit.map(|l| l.per_second))
+        self.hosts
+            .get(host)
+            .map(|l| l.per_second)
+            .or(self.rate_limit.map(|l| l.per_second))
     }
 
     /// The highest budget an operator may set for `host` at runtime.
@@ -304,8 +366,13 @@ impl PipelineConfig {
     /// Hosts the consumer may call: every target's host plus every `hosts` key. A job from the
     /// queue whose host is not here is refused, and so is a redirect hop to such a host.
     pub fn allowed_hosts(&self) -> BTreeSet<String> {
-        let from_targets = self.targets.iter().filter_map(|t| self.job_target(t).host());
-        from_targets.chain(self.hosts.keys().map(|h| h.to_ascii_lowercase())).collect()
+        let from_targets = self
+            .targets
+            .iter()
+            .filter_map(|t| self.job_target(t).host());
+        from_targets
+            .chain(self.hosts.keys().map(|h| h.to_ascii_lowercase()))
+            .collect()
     }
 }
 
@@ -315,22 +382,42 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 /// The file's text, refusing more than [`MAX_CONFIG_BYTES`] and text that is not UTF-8.
 fn read_capped(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let too_big = || format!("larger than the {} MiB limit of a config file", MAX_CONFIG_BYTES >> 20);
+    let too_big = || {
+        format!(
+            "larger than the {} MiB limit of a config file",
+            MAX_CONFIG_BYTES >> 20
+        )
+    };
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     // A regular file says its size; a device or a pipe is read up to the cap.
-    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_CONFIG_BYTES) {
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > MAX_CONFIG_BYTES)
+    {
         return Err(too_big());
     }
     let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big());
     }
-    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "cannot read: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn whole_file(file: &str, message: String) -> ConfigError {
-    ConfigError { file: file.to_owned(), location: String::new(), field: String::new(), message }
+    ConfigError {
+        file: file.to_owned(),
+        location: String::new(),
+        field: String::new(),
+        message,
+    }
 }
 
 /// The one rule for every rate (config budgets, `--rate` flags, `FANOUT_RATE_PER_SECOND`): a
@@ -374,7 +461,11 @@ mod tests {
 
     #[test]
     fn yaml_is_accepted() {
-        let config = PipelineConfig::parse("targets:\n  - id: a\n    url: https://x.example.com/\n", true, "f.yaml");
+        let config = PipelineConfig::parse(
+            "targets:\n  - id: a\n    url: https://x.example.com/\n",
+            true,
+            "f.yaml",
+        );
         assert_eq!(config.unwrap().targets.len(), 1);
     }
 
@@ -440,29 +531,44 @@ mod tests {
         ];
         for (json, expected) in cases {
             let errors = errors(json);
-            assert!(errors.iter().any(|e| e.contains(expected)), "{errors:?} should contain {expected:?}");
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{errors:?} should contain {expected:?}"
+            );
         }
     }
 
     #[test]
     fn yaml_errors_and_unreadable_files_name_the_file() {
-        let err = PipelineConfig::parse("targets: [", true, "fanout.yaml").unwrap_err().to_string();
+        let err = PipelineConfig::parse("targets: [", true, "fanout.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("fanout.yaml: cannot parse:"), "{err}");
-        let err = PipelineConfig::load(Path::new("/nonexistent/fanout.json")).unwrap_err().to_string();
-        assert!(err.starts_with("/nonexistent/fanout.json: cannot read:"), "{err}");
+        let err = PipelineConfig::load(Path::new("/nonexistent/fanout.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/nonexistent/fanout.json: cannot read:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn oversized_message_is_refused_at_validation() {
         let big = "x".repeat(MAX_MESSAGE_BYTES);
         let json = format!(r#"{{"targets":[{{"id":"a","url":"https://x.io/","body":"{big}"}}]}}"#);
-        assert!(errors(&json).iter().any(|e| e.contains("field `body`: the job message would be")));
+        assert!(errors(&json)
+            .iter()
+            .any(|e| e.contains("field `body`: the job message would be")));
     }
 
     #[test]
     fn issue_13_config_holes_are_refused() {
         let cases = [
-            (r#"{"targets":[{"id":"a","url":"https://x.io:0/"}]}"#, r#"targets[0] (id "a"): field `url`: port 0"#),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io:0/"}]}"#,
+                r#"targets[0] (id "a"): field `url`: port 0"#,
+            ),
             (
                 r#"{"targets":[{"id":"a","url":"https://u:hunter2@x.io/"}]}"#,
                 r#"targets[0] (id "a"): field `url`: credentials (user:password@) in "https://***@x.io/""#,
@@ -475,40 +581,87 @@ mod tests {
                 r#"{"defaults":{"headers":{"transfer-encoding":"chunked"}},"targets":[{"id":"a","url":"https://x.io/"}]}"#,
                 "field `headers`: header transfer-encoding frames or routes",
             ),
-            (r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Proxy-Authorization":"x"}}]}"#, "header Proxy-Authorization frames"),
-            (r#"{"targets":[{"id":"a","url":"http://[2001:db8::1]/"}]}"#, "field `url`: 2001:db8::1 is a documentation"),
-            (r#"{"targets":[{"id":"a","url":"http://[2002:a00:1::1]/"}]}"#, "field `url`: 2002:a00:1::1 is a 6to4 address wrapping a non-public IPv4 address"),
-            (r#"{"targets":[{"id":"a","url":"http://[fec0::1]/"}]}"#, "field `url`: fec0::1 is a site-local"),
+            (
+                r#"{"targets":[{"id":"a","url":"https://x.io/","headers":{"Proxy-Authorization":"x"}}]}"#,
+                "header Proxy-Authorization frames",
+            ),
+            (
+                r#"{"targets":[{"id":"a","url":"http://[2001:db8::1]/"}]}"#,
+                "field `url`: 2001:db8::1 is a documentation",
+            ),
+            (
+                r#"{"targets":[{"id":"a","url":"http://[2002:a00:1::1]/"}]}"#,
+                "field `url`: 2002:a00:1::1 is a 6to4 address wrapping a non-public IPv4 address",
+            ),
+            (
+                r#"{"targets":[{"id":"a","url":"http://[fec0::1]/"}]}"#,
+                "field `url`: fec0::1 is a site-local",
+            ),
         ];
         for (json, expected) in cases {
             let errors = errors(json);
-            assert!(errors.iter().any(|e| e.contains(expected)), "{errors:?} should contain {expected:?}");
-            assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:?} quotes a password");
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{errors:?} should contain {expected:?}"
+            );
+            assert!(
+                !errors.iter().any(|e| e.contains("hunter2")),
+                "{errors:?} quotes a password"
+            );
         }
     }
 
     #[test]
     fn a_byte_order_mark_is_skipped() {
         let json = "\u{feff}{\"targets\":[{\"id\":\"a\",\"url\":\"https://x.io/\"}]}";
-        assert_eq!(PipelineConfig::parse(json, false, "bom.json").unwrap().targets.len(), 1);
+        assert_eq!(
+            PipelineConfig::parse(json, false, "bom.json")
+                .unwrap()
+                .targets
+                .len(),
+            1
+        );
         let yaml = "\u{feff}targets:\n  - id: a\n    url: https://x.io/\n";
-        assert_eq!(PipelineConfig::parse(yaml, true, "bom.yaml").unwrap().targets.len(), 1);
+        assert_eq!(
+            PipelineConfig::parse(yaml, true, "bom.yaml")
+                .unwrap()
+                .targets
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn the_read_is_capped_for_devices_and_large_files() {
-        let err = PipelineConfig::load(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert_eq!(err, "/dev/zero: larger than the 32 MiB limit of a config file");
-        let err = PipelineConfig::load(Path::new("/dev/urandom")).unwrap_err().to_string();
-        assert_eq!(err, "/dev/urandom: larger than the 32 MiB limit of a config file");
-        let path = std::env::temp_dir().join(format!("fanout-config-cap-{}.json", std::process::id()));
+        let err = PipelineConfig::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/dev/zero: larger than the 32 MiB limit of a config file"
+        );
+        let err = PipelineConfig::load(Path::new("/dev/urandom"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/dev/urandom: larger than the 32 MiB limit of a config file"
+        );
+        let path =
+            std::env::temp_dir().join(format!("fanout-config-cap-{}.json", std::process::id()));
         let file = std::fs::File::create(&path).unwrap();
         file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
         let err = PipelineConfig::load(&path).unwrap_err().to_string();
-        assert!(err.ends_with(".json: larger than the 32 MiB limit of a config file"), "{err}");
+        assert!(
+            err.ends_with(".json: larger than the 32 MiB limit of a config file"),
+            "{err}"
+        );
         std::fs::write(&path, b"{\"targets\": \xff}").unwrap();
         let err = PipelineConfig::load(&path).unwrap_err().to_string();
-        assert!(err.ends_with(".json: cannot read: not UTF-8 text (invalid byte at offset 12)"), "{err}");
+        assert!(
+            err.ends_with(".json: cannot read: not UTF-8 text (invalid byte at offset 12)"),
+            "{err}"
+        );
         let _ = std::fs::remove_file(&path);
     }
 
@@ -524,7 +677,10 @@ mod tests {
         let headers = config.job_target(&config.targets[0]).headers;
         assert_eq!(
             headers.into_iter().collect::<Vec<_>>(),
-            [("X-Keep".to_owned(), "k".to_owned()), ("authorization".to_owned(), "Bearer ${env:B}".to_owned())]
+            [
+                ("X-Keep".to_owned(), "k".to_owned()),
+                ("authorization".to_owned(), "Bearer ${env:B}".to_owned())
+            ]
         );
     }
 

@@ -18,11 +18,19 @@ pub struct BackendError {
 impl BackendError {
     /// A failure that may pass if the request is repeated.
     pub fn transient(service: &'static str, message: impl Into<String>) -> Self {
-        Self { service, message: message.into(), retryable: true }
+        Self {
+            service,
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     /// A failure that will repeat whatever the caller does.
     pub fn permanent(service: &'static str, message: impl Into<String>) -> Self {
-        Self { service, message: message.into(), retryable: false }
+        Self {
+            service,
+            message: message.into(),
+            retryable: false,
+        }
     }
 }

@@ -65,21 +65,34 @@ impl Lease {
     /// The latest its working holder renews it again: [`FIRST_RENEW`] after joining, then
     /// [`LEASE_RENEW`] after each renewal.
     pub fn next_renewal_ms(&self) -> i64 {
-        self.renewed_ms() + ms(if self.just_joined() { FIRST_RENEW } else { LEASE_RENEW })
+        self.renewed_ms()
+            + ms(if self.just_joined() {
+                FIRST_RENEW
+            } else {
+                LEASE_RENEW
+            })
     }
 }
 
 /// The number of instances a budget is split by, as seen by `me` at `now_ms`: itself plus the
 /// other live leases.
 pub fn share_count(me: &str, leases: &[Lease], now_ms: i64) -> u32 {
-    let others = leases.iter().filter(|l| l.instance != me && l.live(now_ms)).count();
+    let others = leases
+        .iter()
+        .filter(|l| l.instance != me && l.live(now_ms))
+        .count();
     u32::try_from(others + 1).unwrap_or(u32::MAX)
 }
 
 /// When `me`, joining at `now_ms`, may start: at once if no other lease is live, otherwise once
 /// every live one has renewed again and so counts `me`.
 pub fn entitled_at(me: &str, leases: &[Lease], now_ms: i64) -> i64 {
-    leases.iter().filter(|l| l.instance != me && l.live(now_ms)).map(|l| l.next_renewal_ms() + ms(JOIN_SLACK)).max().map_or(now_ms, |at| at.max(now_ms))
+    leases
+        .iter()
+        .filter(|l| l.instance != me && l.live(now_ms))
+        .map(|l| l.next_renewal_ms() + ms(JOIN_SLACK))
+        .max()
+        .map_or(now_ms, |at| at.max(now_ms))
 }
 
 /// `d` in ms.
@@ -92,12 +105,19 @@ pub fn ms(d: Duration) -> i64 {
 pub trait FleetStore: Send + Sync {
     /// The stored states of `hosts` (hosts never written are left out: their state is the
     /// default).
-    async fn host_states(&self, hosts: &[String]) -> Result<Vec<(String, HostState)>, BackendError>;
+    async fn host_states(&self, hosts: &[String])
+        -> Result<Vec<(String, HostState)>, BackendError>;
 
     /// Applies `event` to `host`'s state atomically ([`HostState::apply`] on the current
     /// state). Returns the state after it and whether the event changed it (for
     /// [`HostEvent::ProbeClaimed`]: whether the claim won).
-    async fn apply(&self, host: &str, event: &HostEvent, now_ms: i64, policy: &HostPolicy) -> Result<(HostState, bool), BackendError>;
+    async fn apply(
+        &self,
+        host: &str,
+        event: &HostEvent,
+        now_ms: i64,
+        policy: &HostPolicy,
+    ) -> Result<(HostState, bool), BackendError>;
 
     /// Renews `lease` (inserting it if new, pruning lapsed ones) and returns every live lease,
     /// this one included.
@@ -110,17 +130,35 @@ mod tests {
 
     #[test]
     fn a_joiner_counts_at_once_and_starts_when_everyone_has_seen_it() {
-        let lease = |instance: &str, expires_ms| Lease { instance: instance.into(), since_ms: 0, expires_ms };
+        let lease = |instance: &str, expires_ms| Lease {
+            instance: instance.into(),
+            since_ms: 0,
+            expires_ms,
+        };
         let ttl = ms(LEASE_TTL);
-        let leases = [lease("a", 1_000 + ttl), lease("b", 1_500 + ttl), lease("c", 1_800)];
+        let leases = [
+            lease("a", 1_000 + ttl),
+            lease("b", 1_500 + ttl),
+            lease("c", 1_800),
+        ];
         assert_eq!(share_count("a", &leases, 2_000), 2, "a and b; c lapsed");
         assert_eq!(share_count("z", &leases, 2_000), 3);
         // b renewed last at 1.5 s: z may start after b's next renewal.
-        assert_eq!(entitled_at("z", &leases, 2_000), 1_500 + ms(LEASE_RENEW) + ms(JOIN_SLACK));
+        assert_eq!(
+            entitled_at("z", &leases, 2_000),
+            1_500 + ms(LEASE_RENEW) + ms(JOIN_SLACK)
+        );
         assert_eq!(entitled_at("z", &[], 2_000), 2_000, "alone: at once");
         // An instance that joined at 1.9 s renews again within FIRST_RENEW: z waits only for that.
-        let fresh = Lease { instance: "f".into(), since_ms: 1_900, expires_ms: 1_900 + ttl };
+        let fresh = Lease {
+            instance: "f".into(),
+            since_ms: 1_900,
+            expires_ms: 1_900 + ttl,
+        };
         assert!(fresh.just_joined() && !leases[0].just_joined());
-        assert_eq!(entitled_at("z", &[fresh], 2_000), 1_900 + ms(FIRST_RENEW) + ms(JOIN_SLACK));
+        assert_eq!(
+            entitled_at("z", &[fresh], 2_000),
+            1_900 + ms(FIRST_RENEW) + ms(JOIN_SLACK)
+        );
     }
 }

@@ -81,28 +81,57 @@ impl HostPolicy {
             problems.push(FieldError::new("failure_threshold", "must be at least 1"));
         }
         if self.cooldown_ms == 0 || self.cooldown_ms > self.max_cooldown_ms {
-            problems.push(FieldError::new("cooldown_ms", format!("must be 1..=max_cooldown_ms ({}), got {}", self.max_cooldown_ms, self.cooldown_ms)));
+            problems.push(FieldError::new(
+                "cooldown_ms",
+                format!(
+                    "must be 1..=max_cooldown_ms ({}), got {}",
+                    self.max_cooldown_ms, self.cooldown_ms
+                ),
+            ));
         }
         if !(self.decrease > 0.0 && self.decrease < 1.0) {
-            problems.push(FieldError::new("decrease", format!("must be between 0 and 1 (exclusive), got {}", self.decrease)));
+            problems.push(FieldError::new(
+                "decrease",
+                format!("must be between 0 and 1 (exclusive), got {}", self.decrease),
+            ));
         }
         if !(self.increase_per_second.is_finite() && self.increase_per_second > 0.0) {
-            problems.push(FieldError::new("increase_per_second", format!("must be a positive number, got {}", self.increase_per_second)));
+            problems.push(FieldError::new(
+                "increase_per_second",
+                format!(
+                    "must be a positive number, got {}",
+                    self.increase_per_second
+                ),
+            ));
         }
         if !(self.min_factor > 0.0 && self.min_factor <= 1.0) {
-            problems.push(FieldError::new("min_factor", format!("must be in (0, 1], got {}", self.min_factor)));
+            problems.push(FieldError::new(
+                "min_factor",
+                format!("must be in (0, 1], got {}", self.min_factor),
+            ));
         }
         if self.probe_lease_ms == 0 {
             problems.push(FieldError::new("probe_lease_ms", "must be at least 1"));
         }
-        if self.hold_recheck_ms == 0 || Duration::from_millis(self.hold_recheck_ms) > crate::queue::MAX_DELAY {
-            problems.push(FieldError::new("hold_recheck_ms", format!("must be 1..=900000 (SQS's longest delay), got {}", self.hold_recheck_ms)));
+        if self.hold_recheck_ms == 0
+            || Duration::from_millis(self.hold_recheck_ms) > crate::queue::MAX_DELAY
+        {
+            problems.push(FieldError::new(
+                "hold_recheck_ms",
+                format!(
+                    "must be 1..=900000 (SQS's longest delay), got {}",
+                    self.hold_recheck_ms
+                ),
+            ));
         }
         problems
     }
 
     fn cooldown(&self, opens: u32) -> i64 {
-        let ms = self.cooldown_ms.saturating_mul(1u64 << opens.min(16)).min(self.max_cooldown_ms);
+        let ms = self
+            .cooldown_ms
+            .saturating_mul(1u64 << opens.min(16))
+            .min(self.max_cooldown_ms);
         i64::try_from(ms).unwrap_or(i64::MAX)
     }
 }
@@ -247,16 +276,24 @@ impl HostState {
     pub fn gate(&self, now_ms: i64, policy: &HostPolicy) -> Gate {
         let hold = |until_ms, reason| Gate::Hold { until_ms, reason };
         if self.operator_paused {
-            return hold(now_ms + i64::try_from(policy.hold_recheck_ms).unwrap_or(i64::MAX), HoldReason::OperatorPaused);
+            return hold(
+                now_ms + i64::try_from(policy.hold_recheck_ms).unwrap_or(i64::MAX),
+                HoldReason::OperatorPaused,
+            );
         }
         if self.paused_until_ms > now_ms {
             return hold(self.paused_until_ms, HoldReason::RetryAfter);
         }
         match self.circuit {
             Circuit::Closed => Gate::Open,
-            Circuit::Open { until_ms } if until_ms > now_ms => hold(until_ms, HoldReason::CircuitOpen),
+            Circuit::Open { until_ms } if until_ms > now_ms => {
+                hold(until_ms, HoldReason::CircuitOpen)
+            }
             // A probe usually answers long before its lease ends: look again soon.
-            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => hold(probe_until_ms.min(now_ms + PROBE_RECHECK_MS), HoldReason::ProbeInFlight),
+            Circuit::HalfOpen { probe_until_ms } if probe_until_ms > now_ms => hold(
+                probe_until_ms.min(now_ms + PROBE_RECHECK_MS),
+                HoldReason::ProbeInFlight,
+            ),
             Circuit::Open { .. } | Circuit::HalfOpen { .. } => Gate::Probe,
         }
     }
@@ -267,7 +304,10 @@ impl HostState {
         let mut next = self.clone();
         match event {
             HostEvent::Succeeded => {
-                if self.consecutive_failures == 0 && self.circuit == Circuit::Closed && self.opens == 0 {
+                if self.consecutive_failures == 0
+                    && self.circuit == Circuit::Closed
+                    && self.opens == 0
+                {
                     return None;
                 }
                 next.consecutive_failures = 0;
@@ -275,10 +315,14 @@ impl HostState {
                 next.opens = 0;
             }
             HostEvent::Failed => next.count_failure(now_ms, policy),
-            HostEvent::Throttled { retry_after_ms, failure } => {
+            HostEvent::Throttled {
+                retry_after_ms,
+                failure,
+            } => {
                 let interval = i64::try_from(policy.decrease_interval_ms).unwrap_or(i64::MAX);
                 if now_ms - self.factor_at_ms >= interval {
-                    next.factor = (self.factor_at(now_ms, policy) * policy.decrease).max(policy.min_factor);
+                    next.factor =
+                        (self.factor_at(now_ms, policy) * policy.decrease).max(policy.min_factor);
                     next.factor_at_ms = now_ms;
                 }
                 if let Some(delay) = retry_after_ms {
@@ -292,7 +336,10 @@ impl HostState {
                 if self.gate(now_ms, policy) != Gate::Probe {
                     return None;
                 }
-                next.circuit = Circuit::HalfOpen { probe_until_ms: now_ms + i64::try_from(policy.probe_lease_ms).unwrap_or(i64::MAX) };
+                next.circuit = Circuit::HalfOpen {
+                    probe_until_ms: now_ms
+                        + i64::try_from(policy.probe_lease_ms).unwrap_or(i64::MAX),
+                };
             }
             HostEvent::Paused => next.operator_paused = true,
             HostEvent::Resumed => next.operator_paused = false,
@@ -304,7 +351,9 @@ impl HostState {
     fn count_failure(&mut self, now_ms: i64, policy: &HostPolicy) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let open = |state: &mut Self| {
-            state.circuit = Circuit::Open { until_ms: now_ms + policy.cooldown(state.opens) };
+            state.circuit = Circuit::Open {
+                until_ms: now_ms + policy.cooldown(state.opens),
+            };
             state.opens = state.opens.saturating_add(1);
         };
         match self.circuit {
@@ -324,11 +373,17 @@ impl HostState {
             parts.push("paused by operator".to_owned());
         }
         if self.paused_until_ms > now_ms {
-            parts.push(format!("Retry-After for {:.1} s", (self.paused_until_ms - now_ms) as f64 / 1000.0));
+            parts.push(format!(
+                "Retry-After for {:.1} s",
+                (self.paused_until_ms - now_ms) as f64 / 1000.0
+            ));
         }
         match self.circuit {
             Circuit::Closed => {}
-            Circuit::Open { until_ms } => parts.push(format!("circuit open for {:.1} s", (until_ms - now_ms).max(0) as f64 / 1000.0)),
+            Circuit::Open { until_ms } => parts.push(format!(
+                "circuit open for {:.1} s",
+                (until_ms - now_ms).max(0) as f64 / 1000.0
+            )),
             Circuit::HalfOpen { .. } => parts.push("circuit half-open (probing)".to_owned()),
         }
         if parts.is_empty() {
@@ -344,7 +399,12 @@ mod tests {
     use super::*;
 
     fn policy() -> HostPolicy {
-        HostPolicy { failure_threshold: 3, cooldown_ms: 1000, max_cooldown_ms: 4000, ..HostPolicy::default() }
+        HostPolicy {
+            failure_threshold: 3,
+            cooldown_ms: 1000,
+            max_cooldown_ms: 4000,
+            ..HostPolicy::default()
+        }
     }
 
     #[test]
@@ -357,48 +417,137 @@ mod tests {
         }
         s = s.apply(&HostEvent::Failed, 30, &p).unwrap();
         assert_eq!(s.circuit, Circuit::Open { until_ms: 1030 });
-        assert_eq!(s.gate(500, &p), Gate::Hold { until_ms: 1030, reason: HoldReason::CircuitOpen });
+        assert_eq!(
+            s.gate(500, &p),
+            Gate::Hold {
+                until_ms: 1030,
+                reason: HoldReason::CircuitOpen
+            }
+        );
         assert_eq!(s.gate(1030, &p), Gate::Probe);
-        assert!(s.apply(&HostEvent::ProbeClaimed, 500, &p).is_none(), "no probe during the cool-down");
+        assert!(
+            s.apply(&HostEvent::ProbeClaimed, 500, &p).is_none(),
+            "no probe during the cool-down"
+        );
         let probing = s.apply(&HostEvent::ProbeClaimed, 1030, &p).unwrap();
-        assert!(probing.apply(&HostEvent::ProbeClaimed, 1031, &p).is_none(), "one probe at a time");
-        assert_eq!(probing.gate(1031, &p), Gate::Hold { until_ms: 2031, reason: HoldReason::ProbeInFlight }, "looks again within a second");
+        assert!(
+            probing.apply(&HostEvent::ProbeClaimed, 1031, &p).is_none(),
+            "one probe at a time"
+        );
+        assert_eq!(
+            probing.gate(1031, &p),
+            Gate::Hold {
+                until_ms: 2031,
+                reason: HoldReason::ProbeInFlight
+            },
+            "looks again within a second"
+        );
         // The probe fails: open again for twice as long.
         let reopened = probing.apply(&HostEvent::Failed, 1100, &p).unwrap();
         assert_eq!(reopened.circuit, Circuit::Open { until_ms: 3100 });
         // A probe that succeeds closes it and resets everything.
-        let closed = reopened.apply(&HostEvent::ProbeClaimed, 3100, &p).unwrap().apply(&HostEvent::Succeeded, 3150, &p).unwrap();
-        assert_eq!((closed.circuit, closed.consecutive_failures, closed.opens), (Circuit::Closed, 0, 0));
-        assert!(closed.apply(&HostEvent::Succeeded, 3200, &p).is_none(), "a success on a healthy host writes nothing");
+        let closed = reopened
+            .apply(&HostEvent::ProbeClaimed, 3100, &p)
+            .unwrap()
+            .apply(&HostEvent::Succeeded, 3150, &p)
+            .unwrap();
+        assert_eq!(
+            (closed.circuit, closed.consecutive_failures, closed.opens),
+            (Circuit::Closed, 0, 0)
+        );
+        assert!(
+            closed.apply(&HostEvent::Succeeded, 3200, &p).is_none(),
+            "a success on a healthy host writes nothing"
+        );
     }
 
     #[test]
     fn a_probe_whose_holder_died_can_be_taken_over() {
         let p = policy();
-        let s = HostState { circuit: Circuit::HalfOpen { probe_until_ms: 100 }, ..HostState::default() };
+        let s = HostState {
+            circuit: Circuit::HalfOpen {
+                probe_until_ms: 100,
+            },
+            ..HostState::default()
+        };
         assert_eq!(s.gate(100, &p), Gate::Probe);
         assert!(s.apply(&HostEvent::ProbeClaimed, 100, &p).is_some());
     }
 
     #[test]
     fn throttling_decreases_once_per_interval_pauses_and_recovers_additively() {
-        let p = HostPolicy { decrease: 0.5, decrease_interval_ms: 1000, increase_per_second: 0.1, min_factor: 0.1, ..policy() };
+        let p = HostPolicy {
+            decrease: 0.5,
+            decrease_interval_ms: 1000,
+            increase_per_second: 0.1,
+            min_factor: 0.1,
+            ..policy()
+        };
         let s = HostState::default();
-        let once = s.apply(&HostEvent::Throttled { retry_after_ms: Some(2000), failure: false }, 5000, &p).unwrap();
+        let once = s
+            .apply(
+                &HostEvent::Throttled {
+                    retry_after_ms: Some(2000),
+                    failure: false,
+                },
+                5000,
+                &p,
+            )
+            .unwrap();
         assert_eq!((once.factor, once.paused_until_ms), (0.5, 7000));
-        assert_eq!(once.gate(6000, &p), Gate::Hold { until_ms: 7000, reason: HoldReason::RetryAfter });
+        assert_eq!(
+            once.gate(6000, &p),
+            Gate::Hold {
+                until_ms: 7000,
+                reason: HoldReason::RetryAfter
+            }
+        );
         // 429s of calls already in flight: no further decrease within the interval.
-        let burst = once.apply(&HostEvent::Throttled { retry_after_ms: Some(1000), failure: false }, 5100, &p);
-        assert!(burst.is_none(), "the pause already runs longer and the factor is not lowered again");
-        assert!((once.factor_at(7000, &p) - 0.7).abs() < 1e-9, "+0.1 per second");
+        let burst = once.apply(
+            &HostEvent::Throttled {
+                retry_after_ms: Some(1000),
+                failure: false,
+            },
+            5100,
+            &p,
+        );
+        assert!(
+            burst.is_none(),
+            "the pause already runs longer and the factor is not lowered again"
+        );
+        assert!(
+            (once.factor_at(7000, &p) - 0.7).abs() < 1e-9,
+            "+0.1 per second"
+        );
         assert_eq!(once.factor_at(60_000, &p), 1.0, "never above the budget");
-        let twice = once.apply(&HostEvent::Throttled { retry_after_ms: None, failure: false }, 6000, &p).unwrap();
+        let twice = once
+            .apply(
+                &HostEvent::Throttled {
+                    retry_after_ms: None,
+                    failure: false,
+                },
+                6000,
+                &p,
+            )
+            .unwrap();
         assert!((twice.factor - 0.3).abs() < 1e-9, "0.6 × 0.5");
         let mut floor = twice;
         for t in 0..20 {
-            floor = floor.apply(&HostEvent::Throttled { retry_after_ms: None, failure: false }, 7000 + t * 1000, &p).unwrap_or(floor);
+            floor = floor
+                .apply(
+                    &HostEvent::Throttled {
+                        retry_after_ms: None,
+                        failure: false,
+                    },
+                    7000 + t * 1000,
+                    &p,
+                )
+                .unwrap_or(floor);
         }
-        assert!(floor.factor_at(floor.factor_at_ms, &p) >= 0.1, "never below min_factor");
+        assert!(
+            floor.factor_at(floor.factor_at_ms, &p) >= 0.1,
+            "never below min_factor"
+        );
         assert_eq!(HostState::default().rate(100.0, 100.0, 0, &p), 100.0);
         assert!((once.rate(100.0, 100.0, 5000, &p) - 50.0).abs() < 1e-9);
     }
@@ -408,11 +557,29 @@ mod tests {
         let p = policy();
         let mut s = HostState::default();
         for t in 1..6 {
-            s = s.apply(&HostEvent::Throttled { retry_after_ms: None, failure: false }, t * 2000, &p).unwrap();
+            s = s
+                .apply(
+                    &HostEvent::Throttled {
+                        retry_after_ms: None,
+                        failure: false,
+                    },
+                    t * 2000,
+                    &p,
+                )
+                .unwrap();
         }
         assert_eq!(s.circuit, Circuit::Closed);
         for t in 0..3 {
-            s = s.apply(&HostEvent::Throttled { retry_after_ms: None, failure: true }, 20_000 + t, &p).unwrap();
+            s = s
+                .apply(
+                    &HostEvent::Throttled {
+                        retry_after_ms: None,
+                        failure: true,
+                    },
+                    20_000 + t,
+                    &p,
+                )
+                .unwrap();
         }
         assert!(matches!(s.circuit, Circuit::Open { .. }));
     }
@@ -420,20 +587,48 @@ mod tests {
     #[test]
     fn operator_pause_holds_until_resumed_and_rate_is_capped() {
         let p = policy();
-        let paused = HostState::default().apply(&HostEvent::Paused, 0, &p).unwrap();
-        assert!(matches!(paused.gate(1_000_000, &p), Gate::Hold { reason: HoldReason::OperatorPaused, .. }));
+        let paused = HostState::default()
+            .apply(&HostEvent::Paused, 0, &p)
+            .unwrap();
+        assert!(matches!(
+            paused.gate(1_000_000, &p),
+            Gate::Hold {
+                reason: HoldReason::OperatorPaused,
+                ..
+            }
+        ));
         let resumed = paused.apply(&HostEvent::Resumed, 10, &p).unwrap();
         assert_eq!(resumed.gate(10, &p), Gate::Open);
-        let set = resumed.apply(&HostEvent::RateSet(Some(500.0)), 10, &p).unwrap();
-        assert_eq!(set.rate(100.0, 200.0, 10, &p), 200.0, "never above what the config allows");
+        let set = resumed
+            .apply(&HostEvent::RateSet(Some(500.0)), 10, &p)
+            .unwrap();
+        assert_eq!(
+            set.rate(100.0, 200.0, 10, &p),
+            200.0,
+            "never above what the config allows"
+        );
         assert_eq!(set.rate(100.0, 1000.0, 10, &p), 500.0);
     }
 
     #[test]
     fn policy_rules_name_their_field() {
-        let bad = HostPolicy { failure_threshold: 0, decrease: 1.0, min_factor: 0.0, hold_recheck_ms: 1_000_000, ..HostPolicy::default() };
+        let bad = HostPolicy {
+            failure_threshold: 0,
+            decrease: 1.0,
+            min_factor: 0.0,
+            hold_recheck_ms: 1_000_000,
+            ..HostPolicy::default()
+        };
         let fields: Vec<&str> = bad.problems().iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["failure_threshold", "decrease", "min_factor", "hold_recheck_ms"]);
+        assert_eq!(
+            fields,
+            [
+                "failure_threshold",
+                "decrease",
+                "min_factor",
+                "hold_recheck_ms"
+            ]
+        );
         assert!(HostPolicy::default().problems().is_empty());
     }
 }

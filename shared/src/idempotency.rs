@@ -176,20 +176,36 @@ pub enum Transition {
 }
 
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
-pub(crate) fn decide_acquire(existing: Option<&IdempotencyRecord>, now_ms: i64, replay_of: Option<u32>) -> Acquire {
+pub(crate) fn decide_acquire(
+    existing: Option<&IdempotencyRecord>,
+    now_ms: i64,
+    replay_of: Option<u32>,
+) -> Acquire {
     let Some(r) = existing else {
-        return Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None };
+        return Acquire::Acquired {
+            attempt: 1,
+            failures: 0,
+            dead_letter_class: None,
+        };
     };
     match r.status {
         Status::Completed => Acquire::AlreadyCompleted,
-        Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked { until_ms: r.in_progress_expiry_ms },
-        Status::InProgress | Status::Failed => {
-            Acquire::Acquired { attempt: r.attempts + 1, failures: r.failures, dead_letter_class: r.dead_letter_class.clone() }
-        }
+        Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked {
+            until_ms: r.in_progress_expiry_ms,
+        },
+        Status::InProgress | Status::Failed => Acquire::Acquired {
+            attempt: r.attempts + 1,
+            failures: r.failures,
+            dead_letter_class: r.dead_letter_class.clone(),
+        },
         // The replay holds the DLQ copy, so the rejection was delivered: run the job again, with
         // a fresh retry budget (the operator fixed what made it fail).
         Status::Rejected | Status::DeadLettered if replay_of == Some(r.attempts) => {
-            Acquire::Acquired { attempt: r.attempts + 1, failures: 0, dead_letter_class: r.dead_letter_class.clone() }
+            Acquire::Acquired {
+                attempt: r.attempts + 1,
+                failures: 0,
+                dead_letter_class: r.dead_letter_class.clone(),
+            }
         }
         Status::Rejected => Acquire::Rejected {
             attempt: r.attempts,
@@ -209,21 +225,48 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code; counts a
     /// success in the run's ledger (and takes back `tally.undo`) in the same atomic write.
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError>;
+    async fn complete(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        status_code: u16,
+        expiration_s: i64,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError>;
 
     /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code;
     /// adds one to `failures`.
-    async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
+    async fn fail(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError>;
 
     /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send.
-    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError>;
+    async fn reject(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError>;
 
     /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send; counts a dead-lettering
     /// under `tally.reason` in the run's ledger (taking back `tally.undo`) in the same atomic write.
-    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError>;
+    async fn dead_lettered(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError>;
 
     /// Reads records by message ID (missing ones are left out).
-    async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError>;
+    async fn get_many(
+        &self,
+        message_ids: &[String],
+    ) -> Result<Vec<IdempotencyRecord>, BackendError>;
 }
 
 #[cfg(test)]
@@ -249,17 +292,73 @@ mod tests {
     #[test]
     fn acquire_rule() {
         use Status::*;
-        assert_eq!(decide_acquire(None, 100, None), Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None });
-        assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, None), Acquire::AlreadyCompleted);
-        assert_eq!(decide_acquire(Some(&record(Completed, 0)), 100, Some(2)), Acquire::AlreadyCompleted);
-        assert_eq!(decide_acquire(Some(&record(InProgress, 200)), 100, None), Acquire::Locked { until_ms: 200 });
-        assert_eq!(decide_acquire(Some(&record(InProgress, 50)), 100, None), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
-        assert_eq!(decide_acquire(Some(&record(Failed, 500)), 100, None), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
-        assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, None), Acquire::Rejected { attempt: 2, .. }));
-        assert!(matches!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)), Acquire::Rejected { attempt: 2, .. }));
-        assert_eq!(decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0, dead_letter_class: None });
-        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, None), Acquire::AlreadyDeadLettered);
-        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)), Acquire::AlreadyDeadLettered);
-        assert_eq!(decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)), Acquire::Acquired { attempt: 3, failures: 0, dead_letter_class: None });
+        assert_eq!(
+            decide_acquire(None, 100, None),
+            Acquire::Acquired {
+                attempt: 1,
+                failures: 0,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(Completed, 0)), 100, None),
+            Acquire::AlreadyCompleted
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(Completed, 0)), 100, Some(2)),
+            Acquire::AlreadyCompleted
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(InProgress, 200)), 100, None),
+            Acquire::Locked { until_ms: 200 }
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(InProgress, 50)), 100, None),
+            Acquire::Acquired {
+                attempt: 3,
+                failures: 1,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(Failed, 500)), 100, None),
+            Acquire::Acquired {
+                attempt: 3,
+                failures: 1,
+                dead_letter_class: None
+            }
+        );
+        assert!(matches!(
+            decide_acquire(Some(&record(Rejected, 0)), 100, None),
+            Acquire::Rejected { attempt: 2, .. }
+        ));
+        assert!(matches!(
+            decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)),
+            Acquire::Rejected { attempt: 2, .. }
+        ));
+        assert_eq!(
+            decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)),
+            Acquire::Acquired {
+                attempt: 3,
+                failures: 0,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, None),
+            Acquire::AlreadyDeadLettered
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)),
+            Acquire::AlreadyDeadLettered
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)),
+            Acquire::Acquired {
+                attempt: 3,
+                failures: 0,
+                dead_letter_class: None
+            }
+        );
     }
 }

@@ -75,7 +75,10 @@ pub struct JobTarget {
 impl JobTarget {
     /// The URL's host, lower-cased (without port).
     pub fn host(&self) -> Option<String> {
-        url::Url::parse(&self.url).ok()?.host_str().map(str::to_ascii_lowercase)
+        url::Url::parse(&self.url)
+            .ok()?
+            .host_str()
+            .map(str::to_ascii_lowercase)
     }
 
     /// Checks the fields a message carries, as the consumer must for untrusted input.
@@ -86,10 +89,16 @@ impl JobTarget {
         }
         target_rules::check_url(&self.url).map_err(|e| FieldError::new("url", e))?;
         if !HTTP_METHODS.contains(&self.method.as_str()) {
-            return Err(FieldError::new("method", format!("unknown method {:?}", self.method)));
+            return Err(FieldError::new(
+                "method",
+                format!("unknown method {:?}", self.method),
+            ));
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(FieldError::new("timeout_ms", format!("must be 1..={MAX_TIMEOUT_MS}, got {}", self.timeout_ms)));
+            return Err(FieldError::new(
+                "timeout_ms",
+                format!("must be 1..={MAX_TIMEOUT_MS}, got {}", self.timeout_ms),
+            ));
         }
         for (name, value) in &self.headers {
             target_rules::check_header(name, value).map_err(|e| FieldError::new("headers", e))?;
@@ -101,8 +110,13 @@ impl JobTarget {
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
 /// The producer checks the IDs it publishes, the consumer those it reads.
 pub fn check_run_id(run_id: &str) -> Result<(), String> {
-    if run_id.is_empty() || run_id.chars().count() > MAX_RUN_ID_LEN || run_id.chars().any(char::is_control) {
-        return Err(format!("run_id {run_id:?} must be 1..={MAX_RUN_ID_LEN} printable characters"));
+    if run_id.is_empty()
+        || run_id.chars().count() > MAX_RUN_ID_LEN
+        || run_id.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "run_id {run_id:?} must be 1..={MAX_RUN_ID_LEN} printable characters"
+        ));
     }
     Ok(())
 }
@@ -115,7 +129,10 @@ pub fn message_id(run_id: &str, target_id: &str) -> String {
     hash.update(run_id.as_bytes());
     hash.update([0u8]);
     hash.update(target_id.as_bytes());
-    hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A message ready for SNS `PublishBatch` or SQS `SendMessage`.
@@ -132,14 +149,25 @@ pub struct OutboundMessage {
 impl OutboundMessage {
     /// Bytes SNS counts against its 256 KiB limit: body plus attribute names, types and values.
     pub fn size(&self) -> usize {
-        self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + "String".len() + v.len())
+                .sum::<usize>()
     }
 }
 
 impl JobMessage {
     /// Builds the job for `target` in run `run_id`.
     pub fn new(run_id: &str, target: JobTarget, enqueued_at: DateTime<Utc>) -> Self {
-        Self { v: MESSAGE_VERSION, message_id: message_id(run_id, &target.id), run_id: run_id.to_owned(), target, enqueued_at }
+        Self {
+            v: MESSAGE_VERSION,
+            message_id: message_id(run_id, &target.id),
+            run_id: run_id.to_owned(),
+            target,
+            enqueued_at,
+        }
     }
 
     /// The message as published: JSON body plus `message_id` and `target_host` attributes.
@@ -185,14 +213,20 @@ pub fn decode_body(body: &str) -> Result<JobMessage, DecodeError> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(body.len()));
     }
-    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let is_envelope = value.get("Type").and_then(|t| t.as_str()) == Some("Notification");
     if is_envelope {
         let inner = value
             .get("Message")
             .and_then(|m| m.as_str())
-            .ok_or_else(|| DecodeError::Envelope(Box::new(DecodeError::Invalid("no string field `Message`".into()))))?;
-        let inner: serde_json::Value = serde_json::from_str(inner).map_err(|e| DecodeError::Envelope(Box::new(DecodeError::NotJson(e.to_string()))))?;
+            .ok_or_else(|| {
+                DecodeError::Envelope(Box::new(DecodeError::Invalid(
+                    "no string field `Message`".into(),
+                )))
+            })?;
+        let inner: serde_json::Value = serde_json::from_str(inner)
+            .map_err(|e| DecodeError::Envelope(Box::new(DecodeError::NotJson(e.to_string()))))?;
         return decode_job(inner).map_err(|e| DecodeError::Envelope(Box::new(e)));
     }
     decode_job(value)
@@ -201,14 +235,21 @@ pub fn decode_body(body: &str) -> Result<JobMessage, DecodeError> {
 fn decode_job(value: serde_json::Value) -> Result<JobMessage, DecodeError> {
     match value.get("v") {
         None => return Err(DecodeError::Invalid("missing field `v`".into())),
-        Some(v) if v.as_u64() != Some(u64::from(MESSAGE_VERSION)) => return Err(DecodeError::UnsupportedVersion(v.to_string())),
+        Some(v) if v.as_u64() != Some(u64::from(MESSAGE_VERSION)) => {
+            return Err(DecodeError::UnsupportedVersion(v.to_string()))
+        }
         Some(_) => {}
     }
-    let job: JobMessage = serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let job: JobMessage =
+        serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     check_run_id(&job.run_id).map_err(DecodeError::Invalid)?;
-    job.target.check().map_err(|e| DecodeError::Invalid(format!("target.{e}")))?;
+    job.target
+        .check()
+        .map_err(|e| DecodeError::Invalid(format!("target.{e}")))?;
     if job.message_id != message_id(&job.run_id, &job.target.id) {
-        return Err(DecodeError::Invalid("message_id does not match run_id and target.id".into()));
+        return Err(DecodeError::Invalid(
+            "message_id does not match run_id and target.id".into(),
+        ));
     }
     Ok(job)
 }
@@ -218,13 +259,26 @@ mod tests {
     use super::*;
 
     fn target(id: &str) -> JobTarget {
-        JobTarget { id: id.into(), url: "https://api.example.com/users/1".into(), method: "GET".into(), headers: BTreeMap::new(), body: None, timeout_ms: 1000 }
+        JobTarget {
+            id: id.into(),
+            url: "https://api.example.com/users/1".into(),
+            method: "GET".into(),
+            headers: BTreeMap::new(),
+            body: None,
+            timeout_ms: 1000,
+        }
     }
 
     #[test]
     fn message_ids_are_deterministic_per_tick_and_target() {
-        assert_eq!(message_id("rule@2026-11-21T10:00:00Z", "a"), message_id("rule@2026-11-21T10:00:00Z", "a"));
-        assert_ne!(message_id("rule@2026-11-21T10:00:00Z", "a"), message_id("rule@2026-11-21T10:15:00Z", "a"));
+        assert_eq!(
+            message_id("rule@2026-11-21T10:00:00Z", "a"),
+            message_id("rule@2026-11-21T10:00:00Z", "a")
+        );
+        assert_ne!(
+            message_id("rule@2026-11-21T10:00:00Z", "a"),
+            message_id("rule@2026-11-21T10:15:00Z", "a")
+        );
         assert_ne!(message_id("r", "ab"), message_id("ra", "b"));
         assert_eq!(message_id("r", "a").len(), 32);
     }
@@ -256,7 +310,12 @@ mod tests {
         missing.as_object_mut().unwrap().remove("run_id");
         let mut forged = serde_json::to_value(&job).unwrap();
         forged["message_id"] = "0".repeat(32).into();
-        let long_run = serde_json::to_value(JobMessage::new(&"r".repeat(MAX_RUN_ID_LEN + 1), target("user-1"), Utc::now())).unwrap();
+        let long_run = serde_json::to_value(JobMessage::new(
+            &"r".repeat(MAX_RUN_ID_LEN + 1),
+            target("user-1"),
+            Utc::now(),
+        ))
+        .unwrap();
         let mut userinfo = serde_json::to_value(&job).unwrap();
         userinfo["target"]["url"] = "https://u:s3cret@api.example.com/users/1".into();
         let mut framing = serde_json::to_value(&job).unwrap();
@@ -264,20 +323,42 @@ mod tests {
         let broken_envelope = r#"{"Type":"Notification","Message":"{not json"}"#;
         let cases = [
             ("not json", "body is not JSON".to_owned()),
-            (&"x".repeat(MAX_MESSAGE_BYTES + 1), "over the 256 KiB".to_owned()),
-            (&wrong_version.to_string(), "unsupported message version 2".to_owned()),
-            (&wrong_type.to_string(), "invalid job: invalid type".to_owned()),
+            (
+                &"x".repeat(MAX_MESSAGE_BYTES + 1),
+                "over the 256 KiB".to_owned(),
+            ),
+            (
+                &wrong_version.to_string(),
+                "unsupported message version 2".to_owned(),
+            ),
+            (
+                &wrong_type.to_string(),
+                "invalid job: invalid type".to_owned(),
+            ),
             (&missing.to_string(), "missing field `run_id`".to_owned()),
             (&forged.to_string(), "message_id does not match".to_owned()),
-            (&long_run.to_string(), "invalid job: run_id \"rrrr".to_owned()),
-            (&userinfo.to_string(), "invalid job: target.url: credentials (user:password@) in \"https://***@api".to_owned()),
-            (&framing.to_string(), "invalid job: target.headers: header Transfer-Encoding frames or routes".to_owned()),
+            (
+                &long_run.to_string(),
+                "invalid job: run_id \"rrrr".to_owned(),
+            ),
+            (
+                &userinfo.to_string(),
+                "invalid job: target.url: credentials (user:password@) in \"https://***@api"
+                    .to_owned(),
+            ),
+            (
+                &framing.to_string(),
+                "invalid job: target.headers: header Transfer-Encoding frames or routes".to_owned(),
+            ),
             (broken_envelope, "SNS envelope: body is not JSON".to_owned()),
             (r#"{"v":1}"#, "invalid job".to_owned()),
         ];
         for (body, expected) in cases {
             let err = decode_body(body).unwrap_err().to_string();
-            assert!(err.contains(&expected), "{err:?} should contain {expected:?}");
+            assert!(
+                err.contains(&expected),
+                "{err:?} should contain {expected:?}"
+            );
         }
     }
 }

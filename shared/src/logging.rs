@@ -14,7 +14,13 @@ where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(std::env::var("AWS_LAMBDA_LOG_LEVEL").unwrap_or_default().to_lowercase()))
+        .or_else(|_| {
+            EnvFilter::try_new(
+                std::env::var("AWS_LAMBDA_LOG_LEVEL")
+                    .unwrap_or_default()
+                    .to_lowercase(),
+            )
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
@@ -30,5 +36,8 @@ where
 /// Installs a human-readable subscriber on stderr for the CLI (`RUST_LOG`, default `warn`).
 pub fn init_human() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -142,7 +142,11 @@ pub struct MetricSet {
 impl MetricSet {
     /// An empty set with the given dimensions (e.g. `Function`).
     pub fn new(dimensions: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self { dimensions: dimensions.into_iter().collect(), values: BTreeMap::new(), properties: BTreeMap::new() }
+        Self {
+            dimensions: dimensions.into_iter().collect(),
+            values: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
     }
 
     /// Sets a field of the EMF line that is not a metric, e.g. the invocation's duration.
@@ -163,7 +167,10 @@ impl MetricSet {
 
     /// The current total of a counter, or the sum of a sampled metric (0 if none was recorded).
     pub fn total(&self, metric: Metric) -> f64 {
-        self.values.get(&metric).map(|v| v.iter().sum()).unwrap_or(0.0)
+        self.values
+            .get(&metric)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0.0)
     }
 
     /// Every sample of a sampled metric.
@@ -189,7 +196,11 @@ impl MetricSet {
         if self.values.is_empty() {
             return None;
         }
-        let definitions: Vec<Value> = self.values.keys().map(|m| json!({"Name": m.name(), "Unit": m.unit().as_str()})).collect();
+        let definitions: Vec<Value> = self
+            .values
+            .keys()
+            .map(|m| json!({"Name": m.name(), "Unit": m.unit().as_str()}))
+            .collect();
         let mut doc = Map::new();
         doc.insert(
             "_aws".into(),
@@ -209,7 +220,11 @@ impl MetricSet {
             doc.insert(k.clone(), json!(v));
         }
         for (metric, values) in &self.values {
-            let value = if values.len() == 1 { json!(values[0]) } else { json!(values) };
+            let value = if values.len() == 1 {
+                json!(values[0])
+            } else {
+                json!(values)
+            };
             doc.insert(metric.name().to_owned(), value);
         }
         Some(Value::Object(doc))
@@ -241,7 +256,10 @@ mod tests {
         let spec = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(spec["Namespace"], "Fanout");
         assert_eq!(spec["Dimensions"], json!([["Function"]]));
-        assert_eq!(spec["Metrics"], json!([{"Name": "Records", "Unit": "Count"}, {"Name": "CallLatency", "Unit": "Milliseconds"}]));
+        assert_eq!(
+            spec["Metrics"],
+            json!([{"Name": "Records", "Unit": "Count"}, {"Name": "CallLatency", "Unit": "Milliseconds"}])
+        );
         assert!(MetricSet::default().to_emf(0).is_none());
     }
 }

@@ -66,7 +66,11 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         Some("shared address space (100.64.0.0/10)")
     } else if a == 0 {
         Some("this-network address (0.0.0.0/8)")
-    } else if matches!((a, b, c), (192, 0, 0 | 2) | (192, 88, 99) | (198, 51, 100) | (203, 0, 113)) || (a == 198 && b & 0xfe == 18) {
+    } else if matches!(
+        (a, b, c),
+        (192, 0, 0 | 2) | (192, 88, 99) | (198, 51, 100) | (203, 0, 113)
+    ) || (a == 198 && b & 0xfe == 18)
+    {
         // Never a public service; a host may still number its own interfaces from them.
         Some("reserved address (IETF, documentation or benchmarking range)")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
@@ -94,7 +98,10 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         Some("site-local address (deprecated, fec0::/10)")
     } else if s[..2] == [0x2001, 0xdb8] || (first == 0x3fff && s[1] & 0xf000 == 0) {
         Some("documentation address (2001:db8::/32, 3fff::/20)")
-    } else if s[..4] == [0x100, 0, 0, 0] || s[..3] == [0x2001, 2, 0] || (s[0] == 0x2001 && matches!(s[1] & 0xfff0, 0x10 | 0x20)) {
+    } else if s[..4] == [0x100, 0, 0, 0]
+        || s[..3] == [0x2001, 2, 0]
+        || (s[0] == 0x2001 && matches!(s[1] & 0xfff0, 0x10 | 0x20))
+    {
         Some("reserved address (discard-only, benchmarking or ORCHID range)")
     } else if ip.is_multicast() {
         Some("multicast address")
@@ -202,7 +209,9 @@ mod tests {
     #[test]
     fn literal_hosts_and_localhost_names() {
         let url = url::Url::parse("http://169.254.169.254/latest/meta-data").unwrap();
-        assert!(check_literal_host(&url.host().unwrap()).unwrap_err().contains("link-local"));
+        assert!(check_literal_host(&url.host().unwrap())
+            .unwrap_err()
+            .contains("link-local"));
         let url = url::Url::parse("http://api.localhost:8080/").unwrap();
         assert!(check_literal_host(&url.host().unwrap()).is_err());
         let url = url::Url::parse("https://api.example.com/").unwrap();

@@ -28,5 +28,8 @@ pub struct EntryFailure {
 pub trait Publisher: Send + Sync {
     /// Publishes up to [`MAX_BATCH_ENTRIES`] messages totalling at most [`MAX_BATCH_BYTES`].
     /// `Ok` carries the entries that failed; `Err` means the whole call failed.
-    async fn publish_batch(&self, batch: &[OutboundMessage]) -> Result<Vec<EntryFailure>, BackendError>;
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Result<Vec<EntryFailure>, BackendError>;
 }

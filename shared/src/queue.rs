@@ -52,24 +52,42 @@ pub trait Queue: Send + Sync {
     fn name(&self) -> &str;
 
     /// Sends one message; returns the queue's message ID.
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<String, BackendError> {
+    async fn send(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<String, BackendError> {
         self.send_delayed(body, attributes, Duration::ZERO).await
     }
 
     /// Sends one message that becomes visible only after `delay` (SQS `DelaySeconds`, at most
     /// [`MAX_DELAY`]; SQS rounds up to whole seconds); returns the queue's message ID.
-    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError>;
+    async fn send_delayed(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+        delay: Duration,
+    ) -> Result<String, BackendError>;
 
     /// Receives up to `max` (≤ 10) messages, hiding them for `visibility`. Waits up to `wait`
     /// for at least one (long polling); returns an empty list if none came.
-    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<QueueMessage>, BackendError>;
+    async fn receive(
+        &self,
+        max: u32,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, BackendError>;
 
     /// Deletes received messages by receipt handle. A stale handle (the message was received
     /// again since) deletes nothing, as on SQS.
     async fn delete(&self, receipt_handles: &[String]) -> Result<(), BackendError>;
 
     /// Makes a received message visible again after `timeout` from now.
-    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), BackendError>;
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), BackendError>;
 
     /// Approximate counts of visible, in-flight and delayed messages.
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
@@ -153,6 +171,9 @@ pub struct MoveTaskStatus {
 impl MoveTaskStatus {
     /// Whether the task has stopped (completed, cancelled or failed).
     pub fn is_finished(&self) -> bool {
-        !matches!(self.state, MoveTaskState::Running | MoveTaskState::Cancelling)
+        !matches!(
+            self.state,
+            MoveTaskState::Running | MoveTaskState::Cancelling
+        )
     }
 }

@@ -40,7 +40,9 @@ pub(crate) const EVENT_SOURCE: &str = "fanout";
 
 /// The shard counting the job `message_id` (FNV-1a of the ID, so every writer agrees).
 pub fn shard_of(message_id: &str) -> u32 {
-    let hash = message_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let hash = message_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
     (hash % u64::from(SHARDS)) as u32
 }
 
@@ -118,7 +120,10 @@ impl RunPolicy {
         let mut problems = Vec::new();
         if let Some(p) = self.tolerated_failure_percentage {
             if !(0.0..=100.0).contains(&p) {
-                problems.push(FieldError::new("tolerated_failure_percentage", format!("must be 0..=100, got {p}")));
+                problems.push(FieldError::new(
+                    "tolerated_failure_percentage",
+                    format!("must be 0..=100, got {p}"),
+                ));
             }
         }
         if self.deadline_seconds == Some(0) {
@@ -132,7 +137,9 @@ impl RunPolicy {
     /// fails the run.
     pub fn verdict(&self, expected: u64, dead_lettered: u64) -> RunStatus {
         let over_count = self.tolerated_failure_count.map(|n| dead_lettered > n);
-        let over_percent = self.tolerated_failure_percentage.map(|p| expected > 0 && dead_lettered as f64 * 100.0 > p * expected as f64);
+        let over_percent = self
+            .tolerated_failure_percentage
+            .map(|p| expected > 0 && dead_lettered as f64 * 100.0 > p * expected as f64);
         let failed = match (over_count, over_percent) {
             (None, None) => dead_lettered > 0,
             (count, percent) => count.unwrap_or(false) || percent.unwrap_or(false),
@@ -176,7 +183,10 @@ impl RunCounts {
         self.expected += other.expected;
         self.succeeded += other.succeeded;
         self.dead_lettered += other.dead_lettered;
-        for (into, from) in [(&mut self.failures_by_reason, &other.failures_by_reason), (&mut self.failures_by_host, &other.failures_by_host)] {
+        for (into, from) in [
+            (&mut self.failures_by_reason, &other.failures_by_reason),
+            (&mut self.failures_by_host, &other.failures_by_host),
+        ] {
             for (k, v) in from {
                 *into.entry(k.clone()).or_default() += v;
             }
@@ -255,7 +265,13 @@ impl RunStart {
 
     /// When the run becomes overdue.
     pub fn deadline_at_ms(&self) -> Option<i64> {
-        self.policy.deadline_seconds.map(|s| self.started_at_ms.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2000).saturating_mul(1000)))
+        self.policy.deadline_seconds.map(|s| {
+            self.started_at_ms.saturating_add(
+                i64::try_from(s)
+                    .unwrap_or(i64::MAX / 2000)
+                    .saturating_mul(1000),
+            )
+        })
     }
 }
 
@@ -315,7 +331,11 @@ impl Tally<'_> {
             *reasons.entry(self.reason.unwrap_or("unknown")).or_default() += 1;
             hosts += 1;
         }
-        delta.reasons = reasons.into_iter().filter(|(_, n)| *n != 0).map(|(k, n)| (k.to_owned(), n)).collect();
+        delta.reasons = reasons
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect();
         if hosts != 0 {
             delta.hosts.push((self.host.to_owned(), hosts));
         }
@@ -341,10 +361,19 @@ pub trait RunLedger: Send + Sync {
     /// Whether the run is settled after jobs of `shards` settled: registers each of those
     /// shards that is now done, and answers the run (with its counters) when every shard is
     /// done and the run is still RUNNING; `None` otherwise (or if the run has no ledger).
-    async fn settled(&self, run_id: &str, shards: &[u32]) -> Result<Option<RunRecord>, BackendError>;
+    async fn settled(
+        &self,
+        run_id: &str,
+        shards: &[u32],
+    ) -> Result<Option<RunRecord>, BackendError>;
 
     /// RUNNING → `status`, finished at `finished_at_ms`. True for the one caller that moved it.
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError>;
+    async fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        finished_at_ms: i64,
+    ) -> Result<bool, BackendError>;
 
     /// Notes that the completion event went out.
     async fn event_sent(&self, run_id: &str) -> Result<(), BackendError>;
@@ -366,14 +395,30 @@ pub fn reason_class(reason: &str, status: Option<u16>) -> String {
         (true, Some(code)) => format!("retries exhausted (HTTP {code})"),
         (true, None) => "retries exhausted".to_owned(),
         (false, Some(code)) => format!("HTTP {code}"),
-        (false, None) if reason.contains("the consumer's config") || reason.contains("allowed hosts") => "refused by the consumer's config".to_owned(),
-        (false, None) => reason.split(':').next().unwrap_or(reason).chars().take(60).collect::<String>().trim().to_owned(),
+        (false, None)
+            if reason.contains("the consumer's config") || reason.contains("allowed hosts") =>
+        {
+            "refused by the consumer's config".to_owned()
+        }
+        (false, None) => reason
+            .split(':')
+            .next()
+            .unwrap_or(reason)
+            .chars()
+            .take(60)
+            .collect::<String>()
+            .trim()
+            .to_owned(),
     }
 }
 
 /// The completion event of a finished run: its detail-type and detail.
 pub(crate) fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str, Value) {
-    let detail_type = if run.status == RunStatus::Failed { "Run Failed" } else { "Run Succeeded" };
+    let detail_type = if run.status == RunStatus::Failed {
+        "Run Failed"
+    } else {
+        "Run Succeeded"
+    };
     let detail = json!({
         "pipeline": pipeline,
         "run_id": run.run_id,
@@ -394,7 +439,9 @@ pub(crate) fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str
 
 /// A timestamp in ms since the epoch as RFC 3339 (UTC, ms).
 pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 /// A run that one call finished (or found finished with its event missing), and whether its
@@ -424,8 +471,15 @@ pub async fn finish_if_settled(
 }
 
 /// Finishes a settled RUNNING run: verdict, conditional finish, event for the winner.
-async fn finish(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, mut run: RunRecord) -> Result<Option<Finished>, BackendError> {
-    let status = run.policy.verdict(run.counts.expected, run.counts.dead_lettered);
+async fn finish(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+    mut run: RunRecord,
+) -> Result<Option<Finished>, BackendError> {
+    let status = run
+        .policy
+        .verdict(run.counts.expected, run.counts.dead_lettered);
     let now = crate::now_ms();
     if !ledger.finish(&run.run_id, status, now).await? {
         return Ok(None);
@@ -437,7 +491,12 @@ async fn finish(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, mut 
     Ok(Some(Finished { run, event_sent }))
 }
 
-async fn send_event(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, run: &RunRecord) -> bool {
+async fn send_event(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+    run: &RunRecord,
+) -> bool {
     let (detail_type, detail) = completion_event(run, pipeline);
     match bus.put(detail_type, &detail).await {
         Ok(()) => {
@@ -459,7 +518,14 @@ async fn send_event(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, 
 pub fn run_metrics(pipeline: &str, finished: &[RunRecord]) -> MetricSet {
     let mut metrics = MetricSet::new([("Pipeline".to_owned(), pipeline.to_owned())]);
     for run in finished {
-        metrics.count(if run.status == RunStatus::Failed { Metric::RunsFailed } else { Metric::RunsSucceeded }, 1);
+        metrics.count(
+            if run.status == RunStatus::Failed {
+                Metric::RunsFailed
+            } else {
+                Metric::RunsSucceeded
+            },
+            1,
+        );
         if let Some(ms) = run.duration_ms() {
             metrics.sample(Metric::RunDuration, ms as f64);
         }
@@ -481,7 +547,13 @@ pub struct Sweep {
 /// The watchdog: over the latest `limit` runs, finishes the settled ones still RUNNING (a
 /// consumer crashed between the last count and the finish), puts completion events that were
 /// missed, and reports the overdue ones.
-pub async fn sweep(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, limit: usize, now_ms: i64) -> Result<Sweep, BackendError> {
+pub async fn sweep(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+    limit: usize,
+    now_ms: i64,
+) -> Result<Sweep, BackendError> {
     let mut found = Sweep::default();
     for run in ledger.list(limit).await? {
         tend(ledger, bus, pipeline, run, now_ms, &mut found).await?;
@@ -490,7 +562,13 @@ pub async fn sweep(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, l
 }
 
 /// [`sweep`] of one run: what a caller that drove the run itself (`fanout run`) does at the end.
-pub async fn sweep_run(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, run_id: &str, now_ms: i64) -> Result<Sweep, BackendError> {
+pub async fn sweep_run(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+    run_id: &str,
+    now_ms: i64,
+) -> Result<Sweep, BackendError> {
     let mut found = Sweep::default();
     if let Some(run) = ledger.get(run_id).await? {
         tend(ledger, bus, pipeline, run, now_ms, &mut found).await?;
@@ -500,7 +578,14 @@ pub async fn sweep_run(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &st
 
 /// The watchdog's rule for one run: finish it if settled, put its missed event, or note it
 /// overdue.
-async fn tend(ledger: &dyn RunLedger, bus: &dyn EventBus, pipeline: &str, run: RunRecord, now_ms: i64, found: &mut Sweep) -> Result<(), BackendError> {
+async fn tend(
+    ledger: &dyn RunLedger,
+    bus: &dyn EventBus,
+    pipeline: &str,
+    run: RunRecord,
+    now_ms: i64,
+    found: &mut Sweep,
+) -> Result<(), BackendError> {
     match run.status {
         RunStatus::Running if run.counts.expected > 0 && run.counts.in_flight() == 0 => {
             if let Some(done) = finish(ledger, bus, pipeline, run).await? {
@@ -526,15 +611,37 @@ mod tests {
         let none = RunPolicy::default();
         assert_eq!(none.verdict(100, 0), RunStatus::Succeeded);
         assert_eq!(none.verdict(100, 1), RunStatus::Failed);
-        let count = RunPolicy { tolerated_failure_count: Some(3), ..none };
+        let count = RunPolicy {
+            tolerated_failure_count: Some(3),
+            ..none
+        };
         assert_eq!(count.verdict(100, 3), RunStatus::Succeeded);
         assert_eq!(count.verdict(100, 4), RunStatus::Failed);
-        let percent = RunPolicy { tolerated_failure_percentage: Some(5.0), ..none };
+        let percent = RunPolicy {
+            tolerated_failure_percentage: Some(5.0),
+            ..none
+        };
         assert_eq!(percent.verdict(100, 5), RunStatus::Succeeded);
         assert_eq!(percent.verdict(100, 6), RunStatus::Failed);
-        let both = RunPolicy { tolerated_failure_count: Some(10), tolerated_failure_percentage: Some(1.0), ..none };
-        assert_eq!(both.verdict(100, 2), RunStatus::Failed, "either threshold fails the run");
-        assert!(RunPolicy { tolerated_failure_percentage: Some(101.0), ..none }.problems()[0].field == "tolerated_failure_percentage");
+        let both = RunPolicy {
+            tolerated_failure_count: Some(10),
+            tolerated_failure_percentage: Some(1.0),
+            ..none
+        };
+        assert_eq!(
+            both.verdict(100, 2),
+            RunStatus::Failed,
+            "either threshold fails the run"
+        );
+        assert!(
+            RunPolicy {
+                tolerated_failure_percentage: Some(101.0),
+                ..none
+            }
+            .problems()[0]
+                .field
+                == "tolerated_failure_percentage"
+        );
     }
 
     #[test]
@@ -551,23 +658,69 @@ mod tests {
     #[test]
     fn reason_classes_are_few() {
         assert_eq!(reason_class("HTTP 400 Bad Request", Some(400)), "HTTP 400");
-        assert_eq!(reason_class("transient failure on all 8 attempts, the last: HTTP 503", Some(503)), "retries exhausted (HTTP 503)");
-        assert_eq!(reason_class("transient failure on all 3 attempts, the last: timeout", None), "retries exhausted");
-        assert_eq!(reason_class("target id \"x\" is not in the consumer's config", None), "refused by the consumer's config");
-        assert_eq!(reason_class("refused address: 10.0.0.1 is private", None), "refused address");
+        assert_eq!(
+            reason_class(
+                "transient failure on all 8 attempts, the last: HTTP 503",
+                Some(503)
+            ),
+            "retries exhausted (HTTP 503)"
+        );
+        assert_eq!(
+            reason_class(
+                "transient failure on all 3 attempts, the last: timeout",
+                None
+            ),
+            "retries exhausted"
+        );
+        assert_eq!(
+            reason_class("target id \"x\" is not in the consumer's config", None),
+            "refused by the consumer's config"
+        );
+        assert_eq!(
+            reason_class("refused address: 10.0.0.1 is private", None),
+            "refused address"
+        );
     }
 
     #[test]
     fn a_replay_moves_a_job_between_outcomes() {
-        let tally = |reason, undo| Tally { run_id: "r", host: "h", reason, undo };
+        let tally = |reason, undo| Tally {
+            run_id: "r",
+            host: "h",
+            reason,
+            undo,
+        };
         let fresh = tally(None, None).delta(true);
-        assert_eq!((fresh.succeeded, fresh.dead_lettered, fresh.reasons.len(), fresh.hosts.len()), (1, 0, 0, 0));
+        assert_eq!(
+            (
+                fresh.succeeded,
+                fresh.dead_lettered,
+                fresh.reasons.len(),
+                fresh.hosts.len()
+            ),
+            (1, 0, 0, 0)
+        );
         let dead = tally(Some("HTTP 400"), None).delta(false);
-        assert_eq!((dead.dead_lettered, dead.reasons, dead.hosts), (1, vec![("HTTP 400".into(), 1)], vec![("h".into(), 1)]));
+        assert_eq!(
+            (dead.dead_lettered, dead.reasons, dead.hosts),
+            (1, vec![("HTTP 400".into(), 1)], vec![("h".into(), 1)])
+        );
         let revived = tally(None, Some("HTTP 400")).delta(true);
-        assert_eq!((revived.succeeded, revived.dead_lettered, revived.reasons, revived.hosts), (1, -1, vec![("HTTP 400".into(), -1)], vec![("h".into(), -1)]));
+        assert_eq!(
+            (
+                revived.succeeded,
+                revived.dead_lettered,
+                revived.reasons,
+                revived.hosts
+            ),
+            (1, -1, vec![("HTTP 400".into(), -1)], vec![("h".into(), -1)])
+        );
         let again = tally(Some("HTTP 400"), Some("HTTP 400")).delta(false);
-        assert_eq!(again, Delta::default(), "a replay that fails the same way changes nothing");
+        assert_eq!(
+            again,
+            Delta::default(),
+            "a replay that fails the same way changes nothing"
+        );
     }
 
     #[test]
@@ -580,9 +733,22 @@ mod tests {
             failures_by_reason: [("HTTP 400".into(), 1)].into(),
             failures_by_host: [("h".into(), 1)].into(),
         };
-        let b = RunCounts { expected: 3, succeeded: 1, failures_by_reason: [("HTTP 400".into(), 0)].into(), ..RunCounts::default() };
+        let b = RunCounts {
+            expected: 3,
+            succeeded: 1,
+            failures_by_reason: [("HTTP 400".into(), 0)].into(),
+            ..RunCounts::default()
+        };
         total.add(&a);
         total.add(&b);
-        assert_eq!((total.expected, total.settled(), total.in_flight(), total.failures_by_reason.len()), (8, 6, 2, 1));
+        assert_eq!(
+            (
+                total.expected,
+                total.settled(),
+                total.in_flight(),
+                total.failures_by_reason.len()
+            ),
+            (8, 6, 2, 1)
+        );
     }
 }

@@ -25,7 +25,10 @@ pub struct FieldError {
 impl FieldError {
     /// `field` breaks a rule: `problem`.
     pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        Self { field, problem: problem.into() }
+        Self {
+            field,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -36,15 +39,26 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Methods a target may use.
-pub(crate) const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+pub(crate) const HTTP_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Longest per-call timeout: Lambda's own 15-minute ceiling.
 pub(crate) const MAX_TIMEOUT_MS: u64 = 900_000;
 /// Longest run ID the producer accepts; validation sizes messages against it.
 pub const MAX_RUN_ID_LEN: usize = 128;
 
 /// Headers a config may not set, lower-case; any `proxy-*` header is refused too.
-pub(crate) const RESERVED_HEADERS: &[&str] =
-    &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "expect", "keep-alive", "trailer", "idempotency-key"];
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "expect",
+    "keep-alive",
+    "trailer",
+    "idempotency-key",
+];
 
 /// Checks a target URL: parses, `http`/`https`, has a host, port not 0, no userinfo. Errors
 /// never quote a password.
@@ -52,7 +66,10 @@ pub(crate) fn check_url(raw: &str) -> Result<(), String> {
     let shown = redact_userinfo(raw);
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {shown:?}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("scheme {:?} is not allowed (use http or https)", url.scheme()));
+        return Err(format!(
+            "scheme {:?} is not allowed (use http or https)",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("no host in {shown:?}"));
@@ -71,7 +88,9 @@ pub(crate) fn check_url(raw: &str) -> Result<(), String> {
 
 /// `raw` with any `user:password@` part replaced by `***@`, for error messages.
 pub(crate) fn redact_userinfo(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://") else { return raw.to_owned() };
+    let Some(scheme_end) = raw.find("://") else {
+        return raw.to_owned();
+    };
     let authority_start = scheme_end + 3;
     let rest = &raw[authority_start..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -89,10 +108,14 @@ pub(crate) fn check_header(name: &str, value: &str) -> Result<(), String> {
     }
     let lower = name.to_ascii_lowercase();
     if lower == "idempotency-key" {
-        return Err(format!("header {name} is set by the consumer (the job's message ID): remove it"));
+        return Err(format!(
+            "header {name} is set by the consumer (the job's message ID): remove it"
+        ));
     }
     if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
-        return Err(format!("header {name} frames or routes the request and is set by the HTTP client: remove it"));
+        return Err(format!(
+            "header {name} frames or routes the request and is set by the HTTP client: remove it"
+        ));
     }
     // What an HTTP header value may not hold (tab is allowed): the consumer's client would
     // refuse such a value on every call.
@@ -121,9 +144,17 @@ pub fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, String> {
             parts.push(HeaderPart::Literal(&rest[..start]));
         }
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated placeholder in {value:?}"))?;
-        let name = after[..end].strip_prefix("env:").ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated placeholder in {value:?}"))?;
+        let name = after[..end]
+            .strip_prefix("env:")
+            .ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!("invalid environment variable name {name:?}"));
         }
@@ -142,7 +173,14 @@ mod tests {
 
     #[test]
     fn placeholders_split_into_parts() {
-        assert_eq!(env_placeholders("Bearer ${env:TOKEN}!").unwrap(), vec![HeaderPart::Literal("Bearer "), HeaderPart::Env("TOKEN"), HeaderPart::Literal("!")]);
+        assert_eq!(
+            env_placeholders("Bearer ${env:TOKEN}!").unwrap(),
+            vec![
+                HeaderPart::Literal("Bearer "),
+                HeaderPart::Env("TOKEN"),
+                HeaderPart::Literal("!")
+            ]
+        );
         assert!(env_placeholders("${env:TOKEN").is_err());
         assert!(env_placeholders("${env:1X}").is_err());
     }
@@ -164,20 +202,42 @@ mod tests {
             "Idempotency-Key",
         ] {
             let err = check_header(name, "x").unwrap_err();
-            assert!(err.starts_with(&format!("header {name} ")) && err.contains("remove it"), "{err}");
+            assert!(
+                err.starts_with(&format!("header {name} ")) && err.contains("remove it"),
+                "{err}"
+            );
         }
-        for name in ["Authorization", "X-Api-Key", "Content-Type", "Cookie", "Accept", "X-Host", "Hostname"] {
+        for name in [
+            "Authorization",
+            "X-Api-Key",
+            "Content-Type",
+            "Cookie",
+            "Accept",
+            "X-Host",
+            "Hostname",
+        ] {
             assert_eq!(check_header(name, "x"), Ok(()), "{name}");
         }
     }
 
     #[test]
     fn urls_without_port_0_or_credentials() {
-        assert!(check_url("http://x.example.com:0/").unwrap_err().contains("port 0"));
-        assert!(check_url("http://x.example.com:00/").unwrap_err().contains("port 0"));
-        for raw in ["https://user:pa55w0rd@x.example.com/a", "https://user@x.example.com/", "https://:pa55w0rd@x.example.com/"] {
+        assert!(check_url("http://x.example.com:0/")
+            .unwrap_err()
+            .contains("port 0"));
+        assert!(check_url("http://x.example.com:00/")
+            .unwrap_err()
+            .contains("port 0"));
+        for raw in [
+            "https://user:pa55w0rd@x.example.com/a",
+            "https://user@x.example.com/",
+            "https://:pa55w0rd@x.example.com/",
+        ] {
             let err = check_url(raw).unwrap_err();
-            assert!(err.contains("credentials (user:password@)") && err.contains("header template"), "{err}");
+            assert!(
+                err.contains("credentials (user:password@)") && err.contains("header template"),
+                "{err}"
+            );
             assert!(!err.contains("pa55w0rd") && !err.contains("user@"), "{err}");
             assert!(err.contains("https://***@x.example.com/"), "{err}");
         }

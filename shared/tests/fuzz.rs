@@ -21,7 +21,8 @@ fn any_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -35,7 +36,11 @@ fn valid_job() -> JobMessage {
         body: Some(json!({"sync": true})),
         timeout_ms: 3000,
     };
-    JobMessage::new("rule@2026-11-21T10:00:00Z", target, Utc.timestamp_opt(1_700_000_000, 0).unwrap())
+    JobMessage::new(
+        "rule@2026-11-21T10:00:00Z",
+        target,
+        Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+    )
 }
 
 /// Where a mutation may land in a job's JSON.
@@ -60,7 +65,14 @@ fn envelope(body: &str) -> String {
 }
 
 /// A config target's pieces: id, url, method, headers, timeout, body.
-type TargetParts = (&'static str, &'static str, Option<&'static str>, std::collections::BTreeMap<String, String>, Option<u64>, Option<Value>);
+type TargetParts = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    std::collections::BTreeMap<String, String>,
+    Option<u64>,
+    Option<Value>,
+);
 
 fn target_parts() -> impl Strategy<Value = TargetParts> {
     const URLS: &[&str] = &[
@@ -77,13 +89,26 @@ fn target_parts() -> impl Strategy<Value = TargetParts> {
         "http://10.0.0.1/",
         "http://[::ffff:a9fe:a9fe]/",
     ];
-    let header_values = prop_oneof![".{0,10}", Just("${env:TOKEN}".to_owned()), Just("${env:".to_owned()), Just("${x}".to_owned())];
+    let header_values = prop_oneof![
+        ".{0,10}",
+        Just("${env:TOKEN}".to_owned()),
+        Just("${env:".to_owned()),
+        Just("${x}".to_owned())
+    ];
     (
         prop::sample::select(&["a", "b", "c", "", "user-1"][..]),
         prop::sample::select(URLS),
-        prop::option::of(prop::sample::select(&["get", "POST", "FETCH", "delete", ""][..])),
+        prop::option::of(prop::sample::select(
+            &["get", "POST", "FETCH", "delete", ""][..],
+        )),
         prop::collection::btree_map("[A-Za-z-]{0,6}", header_values, 0..3),
-        prop::option::of(prop_oneof![Just(0u64), Just(1), Just(900_000), Just(900_001), any::<u64>()]),
+        prop::option::of(prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(900_000),
+            Just(900_001),
+            any::<u64>()
+        ]),
         prop::option::of(any_json()),
     )
 }

@@ -17,9 +17,20 @@ use fanout_shared::config::Target;
 
 /// One target per `(id, path)` on the target server at `base_url` (`http://127.0.0.1:PORT`),
 /// with the given call timeout (`None`: the config's default).
-pub fn targets<'a>(base_url: &str, paths: impl IntoIterator<Item = (String, &'a str)>, timeout_ms: Option<u64>) -> Vec<Target> {
+pub fn targets<'a>(
+    base_url: &str,
+    paths: impl IntoIterator<Item = (String, &'a str)>,
+    timeout_ms: Option<u64>,
+) -> Vec<Target> {
     paths
         .into_iter()
-        .map(|(id, path)| Target { id, url: format!("{base_url}/{path}"), method: None, headers: Default::default(), body: None, timeout_ms })
+        .map(|(id, path)| Target {
+            id,
+            url: format!("{base_url}/{path}"),
+            method: None,
+            headers: Default::default(),
+            body: None,
+            timeout_ms,
+        })
         .collect()
 }

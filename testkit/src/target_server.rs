@@ -68,7 +68,11 @@ impl State {
         let now = Instant::now();
         let (tokens, last) = self.bucket.unwrap_or((rps, now));
         let tokens = (tokens + rps * now.duration_since(last).as_secs_f64()).min(rps);
-        let (left, taken) = if tokens >= 1.0 { (tokens - 1.0, true) } else { (tokens, false) };
+        let (left, taken) = if tokens >= 1.0 {
+            (tokens - 1.0, true)
+        } else {
+            (tokens, false)
+        };
         self.bucket = Some((left, now));
         taken
     }
@@ -100,7 +104,9 @@ pub struct TargetStats {
 
 fn query(path: &str, name: &str) -> Option<u64> {
     let query = path.split_once('?')?.1;
-    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
 impl TargetServer {
@@ -121,7 +127,9 @@ impl TargetServer {
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -135,22 +143,34 @@ impl TargetServer {
 
     /// Every request seen so far.
     pub fn records(&self) -> Vec<CallRecord> {
-        self.state.lock().map(|s| s.records.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.records.clone())
+            .unwrap_or_default()
     }
 
     /// Calls, effects and repeats so far.
     pub fn stats(&self) -> TargetStats {
-        let Ok(state) = self.state.lock() else { return TargetStats::default() };
+        let Ok(state) = self.state.lock() else {
+            return TargetStats::default();
+        };
         TargetStats {
             calls: state.records.len(),
             effects: state.succeeded_keys.len(),
-            repeat_successes: state.succeeded_keys.values().map(|n| (*n as usize).saturating_sub(1)).sum(),
+            repeat_successes: state
+                .succeeded_keys
+                .values()
+                .map(|n| (*n as usize).saturating_sub(1))
+                .sum(),
         }
     }
 
     /// Makes `broken` targets answer 200 from now on.
     pub fn fix(&self) {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fixed = true;
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fixed = true;
     }
 
     /// The most requests that arrived within any window of `window`.
@@ -172,8 +192,14 @@ impl TargetServer {
 /// This machine's host name, if it resolves to loopback addresses only (on Linux, through
 /// /etc/hosts): a name, not a literal, for tests of the SSRF guard's check after DNS.
 pub async fn loopback_hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?.trim().to_owned();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?.collect();
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()?
+        .trim()
+        .to_owned();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+        .await
+        .ok()?
+        .collect();
     (!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())).then_some(name)
 }
 
@@ -186,19 +212,46 @@ impl Drop for TargetServer {
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
 async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let (key, authorization) = (header("idempotency-key"), header("authorization"));
-    let headers = req.headers().iter().filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
-    let kind = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let kind = path
+        .trim_start_matches('/')
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     // Recorded on arrival, so a call counts (and its time is right for rate checks) even when
     // the client gives up before the answer and hyper drops this handler.
     let (call_number, fixed, index, over_cap, down) = {
-        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = s.calls_by_path.entry(path.clone()).or_insert(0);
         *n += 1;
         let n = *n;
-        s.records.push(CallRecord { at: Instant::now(), path: path.clone(), idempotency_key: key.clone(), authorization, headers, status: 0 });
+        s.records.push(CallRecord {
+            at: Instant::now(),
+            path: path.clone(),
+            idempotency_key: key.clone(),
+            authorization,
+            headers,
+            status: 0,
+        });
         let over_cap = kind == "capped" && !s.take_token(query(&path, "rps").unwrap_or(10) as f64);
         let down = kind == "outage" && s.down(query(&path, "secs").unwrap_or(5));
         (n, s.fixed, s.records.len() - 1, over_cap, down)
@@ -213,7 +266,10 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         }
         "flaky" if failing => StatusCode::INTERNAL_SERVER_ERROR,
         "limited" if failing => {
-            response = response.header("retry-after", query(&path, "retry_after").unwrap_or(1).to_string());
+            response = response.header(
+                "retry-after",
+                query(&path, "retry_after").unwrap_or(1).to_string(),
+            );
             StatusCode::TOO_MANY_REQUESTS
         }
         "capped" if over_cap => {
@@ -224,14 +280,19 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         "bad" => StatusCode::BAD_REQUEST,
         "broken" if !fixed => StatusCode::BAD_REQUEST,
         "redirect" => {
-            let to = path.split_once("to=").map(|(_, to)| to.to_owned()).unwrap_or_default();
+            let to = path
+                .split_once("to=")
+                .map(|(_, to)| to.to_owned())
+                .unwrap_or_default();
             response = response.header("location", to);
             StatusCode::FOUND
         }
         _ => StatusCode::OK,
     };
     {
-        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !dropped {
             s.records[index].status = status.as_u16();
             if let (true, Some(k)) = (status.is_success(), &key) {
@@ -241,7 +302,13 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     }
     if dropped {
         // An error from the service makes hyper close the connection without a response.
-        return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        ));
     }
-    response.status(status).body(Full::new(Bytes::from_static(b"{}"))).map_err(|e| std::io::Error::other(e.to_string()))
+    response
+        .status(status)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -36,7 +36,13 @@ pub enum Fault {
 }
 
 /// Shares of the workload, in percent, as issue #8 sets them; the rest answers 200.
-const FAULT_PERCENT: [(Fault, usize); 5] = [(Fault::ServerError, 10), (Fault::RateLimited, 5), (Fault::Slow, 5), (Fault::BadRequest, 5), (Fault::Reset, 2)];
+const FAULT_PERCENT: [(Fault, usize); 5] = [
+    (Fault::ServerError, 10),
+    (Fault::RateLimited, 5),
+    (Fault::Slow, 5),
+    (Fault::BadRequest, 5),
+    (Fault::Reset, 2),
+];
 
 /// One fault run's parameters.
 #[derive(Debug, Clone)]
@@ -118,11 +124,19 @@ pub struct FaultFigures {
 impl fmt::Display for FaultFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "jobs                   {}", self.jobs)?;
-        writeln!(f, "messages delivered     {} ({} duplicates)", self.messages_delivered, self.duplicates_delivered)?;
+        writeln!(
+            f,
+            "messages delivered     {} ({} duplicates)",
+            self.messages_delivered, self.duplicates_delivered
+        )?;
         writeln!(f, "duplicates suppressed  {}", self.duplicates_suppressed)?;
         writeln!(f, "locked elsewhere       {}", self.locked_elsewhere)?;
         writeln!(f, "retried                {}", self.retried)?;
-        writeln!(f, "invocations            {} ({} crashed, {} timed out)", self.invocations, self.crashes, self.timed_out)?;
+        writeln!(
+            f,
+            "invocations            {} ({} crashed, {} timed out)",
+            self.invocations, self.crashes, self.timed_out
+        )?;
         writeln!(f, "calls                  {}", self.calls)?;
         writeln!(f, "succeeded              {}", self.succeeded)?;
         for (reason, n) in &self.dead_lettered {
@@ -132,14 +146,21 @@ impl fmt::Display for FaultFigures {
         writeln!(f, "effects                {}", self.effects)?;
         writeln!(f, "repeat successes       {}", self.repeats)?;
         writeln!(f, "max calls in 1 s       {}", self.max_calls_in_1s)?;
-        write!(f, "elapsed                {:.1} s", self.elapsed.as_secs_f64())
+        write!(
+            f,
+            "elapsed                {:.1} s",
+            self.elapsed.as_secs_f64()
+        )
     }
 }
 
 /// The workload: `jobs` target-server paths with the shares of [`FAULT_PERCENT`], shuffled by
 /// `seed`, each with its fault.
 pub fn workload(jobs: usize, seed: u64, call_timeout: Duration) -> Vec<(Fault, String)> {
-    let mut faults: Vec<Fault> = FAULT_PERCENT.iter().flat_map(|&(fault, pct)| std::iter::repeat_n(fault, jobs * pct / 100)).collect();
+    let mut faults: Vec<Fault> = FAULT_PERCENT
+        .iter()
+        .flat_map(|&(fault, pct)| std::iter::repeat_n(fault, jobs * pct / 100))
+        .collect();
     faults.resize(jobs, Fault::None);
     fastrand::Rng::with_seed(seed).shuffle(&mut faults);
     let slow_ms = call_timeout.as_millis() * 2;
@@ -162,7 +183,11 @@ pub fn workload(jobs: usize, seed: u64, call_timeout: Duration) -> Vec<(Fault, S
 
 /// Runs `plan` on `pipeline` against `server`: the producer publishes the tick twice, the event
 /// source drains the queue, then every invariant of issue #8 is asserted. Returns the figures.
-pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &FaultPlan) -> FaultFigures {
+pub async fn run_faults(
+    pipeline: &Pipeline,
+    server: &TargetServer,
+    plan: &FaultPlan,
+) -> FaultFigures {
     let started = Instant::now();
     let (pipeline, bus) = crate::RecordingBus::install(pipeline);
     let pipeline = &pipeline;
@@ -170,20 +195,45 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
     let paths: Vec<String> = workload.iter().map(|(_, p)| p.clone()).collect();
     let mut config = config_for(&server.base_url(), &paths, Some(plan.rate));
     let timeout_ms = u64::try_from(plan.call_timeout.as_millis()).expect("timeout fits");
-    config.targets.iter_mut().for_each(|t| t.timeout_ms = Some(timeout_ms));
+    config
+        .targets
+        .iter_mut()
+        .for_each(|t| t.timeout_ms = Some(timeout_ms));
     let run_id = format!("faults-{}", plan.seed);
 
     // The producer invoked twice for the same tick (EventBridge delivers at least once).
     for _ in 0..2 {
-        run::produce_tick(&config, pipeline, &run_id).await.expect("tick published");
+        run::produce_tick(&config, pipeline, &run_id)
+            .await
+            .expect("tick published");
     }
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
     // Lambda's shape: every invocation slot its own instance, lease and share.
-    let options = run::RunOptions { separate_instances: true, ..plan.options.clone() };
+    let options = run::RunOptions {
+        separate_instances: true,
+        ..plan.options.clone()
+    };
     let consumers = run::consumers(&config, pipeline, &options).expect("consumers");
     let outcome = match plan.crash {
-        Some(crash) => drain_with_faults(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}, std::sync::Arc::new(crash)).await,
-        None => drain(pipeline.queue.clone(), consumers, &plan.options.event_source, &|_| {}).await,
+        Some(crash) => {
+            drain_with_faults(
+                pipeline.queue.clone(),
+                consumers,
+                &plan.options.event_source,
+                &|_| {},
+                std::sync::Arc::new(crash),
+            )
+            .await
+        }
+        None => {
+            drain(
+                pipeline.queue.clone(),
+                consumers,
+                &plan.options.event_source,
+                &|_| {},
+            )
+            .await
+        }
     }
     .expect("drain");
     eprintln!(
@@ -195,23 +245,48 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
         outcome.metrics.total(Metric::Requeued),
         outcome.metrics.total(Metric::DuplicatesSkipped)
     );
-    assert!(outcome.drained, "the queue drained within {:?}", plan.options.event_source.timeout);
+    assert!(
+        outcome.drained,
+        "the queue drained within {:?}",
+        plan.options.event_source.timeout
+    );
 
-    let ids: Vec<String> = config.targets.iter().map(|t| message_id(&run_id, &t.id)).collect();
+    let ids: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| message_id(&run_id, &t.id))
+        .collect();
     let records = pipeline.store.get_many(&ids).await.expect("records");
-    let status: HashMap<&str, Status> = records.iter().map(|r| (r.message_id.as_str(), r.status)).collect();
+    let status: HashMap<&str, Status> = records
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.status))
+        .collect();
     let mut dlq_reasons: HashMap<String, Vec<String>> = HashMap::new();
-    for message in peek_all(pipeline.dlq.as_ref(), usize::MAX, plan.options.event_source.poll_wait).await.expect("DLQ") {
+    for message in peek_all(
+        pipeline.dlq.as_ref(),
+        usize::MAX,
+        plan.options.event_source.poll_wait,
+    )
+    .await
+    .expect("DLQ")
+    {
         let job = decode_body(&message.body).expect("only jobs reach this DLQ");
-        dlq_reasons.entry(job.message_id).or_default().push(dlq_reason(&message));
+        dlq_reasons
+            .entry(job.message_id)
+            .or_default()
+            .push(dlq_reason(&message));
     }
     let calls = server.records();
     let mut successes: HashMap<&str, usize> = HashMap::new();
     let mut calls_by_path: HashMap<&str, usize> = HashMap::new();
     for call in &calls {
-        *calls_by_path.entry(call.path.trim_start_matches('/')).or_default() += 1;
+        *calls_by_path
+            .entry(call.path.trim_start_matches('/'))
+            .or_default() += 1;
         if (200..300).contains(&call.status) {
-            *successes.entry(call.idempotency_key.as_deref().unwrap_or_default()).or_default() += 1;
+            *successes
+                .entry(call.idempotency_key.as_deref().unwrap_or_default())
+                .or_default() += 1;
         }
     }
 
@@ -244,28 +319,57 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
                 *figures.dead_lettered.entry(reason.clone()).or_default() += 1;
                 figures.extra_dlq_copies += usize::from(in_dlq.len() > 1);
             }
-            (true, Some(_)) => violations.push(format!("{path}: succeeded and in the DLQ ({in_dlq:?})")),
-            (false, None) => violations.push(format!("{path}: lost ({:?})", status.get(id.as_str()))),
+            (true, Some(_)) => {
+                violations.push(format!("{path}: succeeded and in the DLQ ({in_dlq:?})"))
+            }
+            (false, None) => {
+                violations.push(format!("{path}: lost ({:?})", status.get(id.as_str())))
+            }
         }
         // Exactly one effect per succeeded job, none for a dead-lettered one.
         if successes.contains_key(id.as_str()) != completed {
-            violations.push(format!("{path}: succeeded = {completed}, but {} 2xx at the target", successes.get(id.as_str()).unwrap_or(&0)));
+            violations.push(format!(
+                "{path}: succeeded = {completed}, but {} 2xx at the target",
+                successes.get(id.as_str()).unwrap_or(&0)
+            ));
         }
-        if *fault == Fault::BadRequest && (in_dlq.first().map(String::as_str) != Some("HTTP 400 Bad Request") || calls_by_path.get(path.as_str()) != Some(&1)) {
-            violations.push(format!("{path}: a 400 must be dead-lettered after one call: {in_dlq:?}, {:?} calls", calls_by_path.get(path.as_str())));
+        if *fault == Fault::BadRequest
+            && (in_dlq.first().map(String::as_str) != Some("HTTP 400 Bad Request")
+                || calls_by_path.get(path.as_str()) != Some(&1))
+        {
+            violations.push(format!(
+                "{path}: a 400 must be dead-lettered after one call: {in_dlq:?}, {:?} calls",
+                calls_by_path.get(path.as_str())
+            ));
         }
     }
     figures.elapsed = started.elapsed();
     eprintln!("fault run, seed {}:\n{figures}", plan.seed);
-    assert!(violations.is_empty(), "{} violations:\n{}", violations.len(), violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
     let fleet_burst = plan.options.event_source.concurrency as f64;
-    assert!(figures.max_calls_in_1s as f64 <= plan.rate + fleet_burst, "{} calls in one second, budget {}/s", figures.max_calls_in_1s, plan.rate);
+    assert!(
+        figures.max_calls_in_1s as f64 <= plan.rate + fleet_burst,
+        "{} calls in one second, budget {}/s",
+        figures.max_calls_in_1s,
+        plan.rate
+    );
     // Only a crash between a successful call and its recorded completion may repeat a call, and
     // only a crash between a DLQ send and its confirmation may leave a second copy.
     // An invocation cut off at its function timeout dies like a crashed one.
     let died = figures.crashes + figures.timed_out;
-    assert!(figures.repeats as u64 <= died, "repeats > invocations that died");
-    assert!(figures.extra_dlq_copies as u64 <= died, "extra DLQ copies > invocations that died");
+    assert!(
+        figures.repeats as u64 <= died,
+        "repeats > invocations that died"
+    );
+    assert!(
+        figures.extra_dlq_copies as u64 <= died,
+        "extra DLQ copies > invocations that died"
+    );
     check_ledger(pipeline, &bus, &run_id, &figures).await;
     figures
 }
@@ -273,10 +377,27 @@ pub async fn run_faults(pipeline: &Pipeline, server: &TargetServer, plan: &Fault
 /// The run ledger agrees with where every job is, whatever crashed or was delivered twice, and
 /// the run was announced exactly once (by a consumer, or by the watchdog's sweep when the
 /// consumer that counted the last job died before finishing the run).
-async fn check_ledger(pipeline: &Pipeline, bus: &crate::RecordingBus, run_id: &str, figures: &FaultFigures) {
-    let sweep =
-        fanout_shared::runs::sweep_run(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout", run_id, fanout_shared::now_ms()).await.expect("sweep");
-    let run = pipeline.runs.get(run_id).await.expect("ledger").expect("the run is in the ledger");
+async fn check_ledger(
+    pipeline: &Pipeline,
+    bus: &crate::RecordingBus,
+    run_id: &str,
+    figures: &FaultFigures,
+) {
+    let sweep = fanout_shared::runs::sweep_run(
+        pipeline.runs.as_ref(),
+        pipeline.events.as_ref(),
+        "fanout",
+        run_id,
+        fanout_shared::now_ms(),
+    )
+    .await
+    .expect("sweep");
+    let run = pipeline
+        .runs
+        .get(run_id)
+        .await
+        .expect("ledger")
+        .expect("the run is in the ledger");
     let dead: usize = figures.dead_lettered.values().sum();
     let counts = &run.counts;
     assert_eq!(
@@ -287,13 +408,39 @@ async fn check_ledger(pipeline: &Pipeline, bus: &crate::RecordingBus, run_id: &s
     );
     let by_reason: u64 = counts.failures_by_reason.values().sum();
     let by_host: u64 = counts.failures_by_host.values().sum();
-    assert_eq!((by_reason, by_host), (dead as u64, dead as u64), "{counts:?}");
-    let bad = figures.dead_lettered.get("HTTP 400 Bad Request").copied().unwrap_or(0) as u64;
-    assert_eq!(counts.failures_by_reason.get("HTTP 400").copied().unwrap_or(0), bad, "{counts:?}");
-    assert_eq!(run.status, if dead > 0 { fanout_shared::RunStatus::Failed } else { fanout_shared::RunStatus::Succeeded });
+    assert_eq!(
+        (by_reason, by_host),
+        (dead as u64, dead as u64),
+        "{counts:?}"
+    );
+    let bad = figures
+        .dead_lettered
+        .get("HTTP 400 Bad Request")
+        .copied()
+        .unwrap_or(0) as u64;
+    assert_eq!(
+        counts
+            .failures_by_reason
+            .get("HTTP 400")
+            .copied()
+            .unwrap_or(0),
+        bad,
+        "{counts:?}"
+    );
+    assert_eq!(
+        run.status,
+        if dead > 0 {
+            fanout_shared::RunStatus::Failed
+        } else {
+            fanout_shared::RunStatus::Succeeded
+        }
+    );
     let events = bus.events();
     assert_eq!(events.len(), 1, "one completion event: {events:?}");
-    assert_eq!(events[0].1["succeeded"].as_u64(), Some(figures.succeeded as u64));
+    assert_eq!(
+        events[0].1["succeeded"].as_u64(),
+        Some(figures.succeeded as u64)
+    );
     eprintln!(
         "ledger: {} succeeded, {} dead-lettered {:?}, {} (finished by the sweep: {})",
         counts.succeeded,

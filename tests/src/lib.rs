@@ -17,33 +17,57 @@ use fanout_shared::PipelineConfig;
 /// one target each, ids `t0`, `t1`, …
 pub fn config_for(base_url: &str, paths: &[String], rate: Option<f64>) -> PipelineConfig {
     PipelineConfig {
-        rate_limit: rate.map(|per_second| RateLimit { per_second, burst: 1 }),
+        rate_limit: rate.map(|per_second| RateLimit {
+            per_second,
+            burst: 1,
+        }),
         allow_private_networks: true,
-        targets: fanout_testkit::targets(base_url, paths.iter().enumerate().map(|(i, p)| (format!("t{i}"), p.as_str())), Some(1000)),
+        targets: fanout_testkit::targets(
+            base_url,
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("t{i}"), p.as_str())),
+            Some(1000),
+        ),
         ..PipelineConfig::default()
     }
 }
 
 /// A fresh directory `fanout-NAME-PID` under the temp dir holding `fanout.json`, the config of
 /// `paths` on `base_url` (for tests that run the `fanout` binary). Returns the dir and the file.
-pub fn config_file(name: &str, base_url: &str, paths: &[String]) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn config_file(
+    name: &str,
+    base_url: &str,
+    paths: &[String],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     config_file_at(name, base_url, paths, None)
 }
 
 /// [`config_file`] with a global budget of `rate` per second (burst 1), when given.
-pub fn config_file_at(name: &str, base_url: &str, paths: &[String], rate: Option<f64>) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn config_file_at(
+    name: &str,
+    base_url: &str,
+    paths: &[String],
+    rate: Option<f64>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("fanout-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("fanout.json");
-    let config = serde_json::to_string(&config_for(base_url, paths, rate)).expect("config serializes");
+    let config =
+        serde_json::to_string(&config_for(base_url, paths, rate)).expect("config serializes");
     std::fs::write(&file, config).expect("config written");
     (dir, file)
 }
 
 /// An in-memory embedded pipeline.
 pub fn embedded_pipeline(max_receive_count: u32, duplicates: Duplicates) -> Pipeline {
-    let settings = EmbeddedSettings { state: ":memory:".into(), max_receive_count: Some(max_receive_count), duplicates };
+    let settings = EmbeddedSettings {
+        state: ":memory:".into(),
+        max_receive_count: Some(max_receive_count),
+        duplicates,
+    };
     backend::embedded(&settings).expect("in-memory backend opens")
 }
 
@@ -81,10 +105,17 @@ impl Moto {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let python = root.join("../.venv/bin/python");
         if !root.join("../.venv/bin/moto_server").exists() {
-            eprintln!("SKIPPED: moto is not installed in {}; run scripts/setup-emulator", root.join("../.venv").display());
+            eprintln!(
+                "SKIPPED: moto is not installed in {}; run scripts/setup-emulator",
+                root.join("../.venv").display()
+            );
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = std::process::Command::new(python)
             .arg(root.join("emulator/moto_serial.py"))
             .args(["127.0.0.1", &port.to_string()])
@@ -92,10 +123,16 @@ impl Moto {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("moto_server starts");
-        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         let ready = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < ready, "moto did not start within 30 s");
+            assert!(
+                std::time::Instant::now() < ready,
+                "moto did not start within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(moto)
@@ -107,7 +144,9 @@ impl Moto {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ))
             .load()
             .await
     }
@@ -135,9 +174,17 @@ impl Drop for Moto {
 pub fn fanout_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().expect("the binary's directory");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("target dir") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let bin = dir.join("fanout");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build --bins`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --bins`",
+        bin.display()
+    );
     bin
 }
 
@@ -152,7 +199,13 @@ impl RecordingBus {
     /// `pipeline` with its events going to a new recording bus, and that bus.
     pub fn install(pipeline: &Pipeline) -> (Pipeline, std::sync::Arc<RecordingBus>) {
         let bus = std::sync::Arc::new(RecordingBus::default());
-        (Pipeline { events: bus.clone(), ..pipeline.clone() }, bus)
+        (
+            Pipeline {
+                events: bus.clone(),
+                ..pipeline.clone()
+            },
+            bus,
+        )
     }
 
     /// Every event so far: detail-type and detail.
@@ -163,7 +216,11 @@ impl RecordingBus {
 
 #[async_trait::async_trait]
 impl fanout_shared::EventBus for RecordingBus {
-    async fn put(&self, detail_type: &str, detail: &serde_json::Value) -> Result<(), fanout_shared::BackendError> {
+    async fn put(
+        &self,
+        detail_type: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), fanout_shared::BackendError> {
         if let Ok(mut events) = self.events.lock() {
             events.push((detail_type.to_owned(), detail.clone()));
         }

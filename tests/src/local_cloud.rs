@@ -43,9 +43,13 @@ impl LocalCloud {
     pub fn new(name: &str) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let root = root.canonicalize().unwrap_or(root);
-        let state = std::env::temp_dir().join(format!("fanout-local-cloud-{name}-{}", std::process::id()));
+        let state =
+            std::env::temp_dir().join(format!("fanout-local-cloud-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
-        let bin_dir = crate::fanout_bin().parent().map(Path::to_path_buf).unwrap_or_default();
+        let bin_dir = crate::fanout_bin()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for bin in ["fanout-producer", "fanout-consumer"] {
             assert!(
                 bin_dir.join(bin).exists(),
@@ -53,7 +57,13 @@ impl LocalCloud {
                 bin_dir.join(bin).display()
             );
         }
-        Self { root, state, bin_dir, env: Vec::new(), script_env: Vec::new() }
+        Self {
+            root,
+            state,
+            bin_dir,
+            env: Vec::new(),
+            script_env: Vec::new(),
+        }
     }
 
     /// Sets a variable of `scripts/local-cloud`'s environment, e.g.
@@ -69,7 +79,9 @@ impl LocalCloud {
 
     fn script(&self) -> Command {
         let mut command = Command::new(self.root.join("scripts/local-cloud"));
-        command.env("FANOUT_LOCAL_CLOUD_DIR", &self.state).env_remove("FANOUT_STACK");
+        command
+            .env("FANOUT_LOCAL_CLOUD_DIR", &self.state)
+            .env_remove("FANOUT_STACK");
         command.envs(self.script_env.iter().map(|(k, v)| (k, v)));
         command
     }
@@ -78,7 +90,13 @@ impl LocalCloud {
     /// the test's binaries; keeps the `export` lines it prints for [`LocalCloud::fanout`].
     pub fn up(&mut self, config: &Path, stack: &str, context: &[&str]) -> Deployed {
         let mut command = self.script();
-        command.arg("up").arg("--config").arg(config).args(["--stack", stack]).arg("--bin-dir").arg(&self.bin_dir);
+        command
+            .arg("up")
+            .arg("--config")
+            .arg(config)
+            .args(["--stack", stack])
+            .arg("--bin-dir")
+            .arg(&self.bin_dir);
         for kv in context {
             command.args(["-c", kv]);
         }
@@ -86,16 +104,31 @@ impl LocalCloud {
         let out = command.output().expect("scripts/local-cloud runs");
         let seconds = started.elapsed().as_secs_f64();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "scripts/local-cloud up --stack {stack} failed:\n{stderr}");
+        assert!(
+            out.status.success(),
+            "scripts/local-cloud up --stack {stack} failed:\n{stderr}"
+        );
         self.env = parse_exports(&String::from_utf8_lossy(&out.stdout));
-        assert!(self.env.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"), "up printed no endpoint: {stderr}");
-        let summary = stderr.lines().find(|l| l.contains(&format!("stack {stack} "))).unwrap_or_default().trim().to_owned();
+        assert!(
+            self.env.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"),
+            "up printed no endpoint: {stderr}"
+        );
+        let summary = stderr
+            .lines()
+            .find(|l| l.contains(&format!("stack {stack} ")))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         Deployed { seconds, summary }
     }
 
     /// `scripts/local-cloud status`.
     pub fn status(&self) -> String {
-        let out = self.script().arg("status").output().expect("scripts/local-cloud runs");
+        let out = self
+            .script()
+            .arg("status")
+            .output()
+            .expect("scripts/local-cloud runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -110,15 +143,25 @@ impl LocalCloud {
         for name in FOREIGN_ENV {
             command.env_remove(name);
         }
-        command.envs(self.env.iter().map(|(k, v)| (k, v))).args(args).output().expect("fanout runs")
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .expect("fanout runs")
     }
 
     /// `fanout ARGS --json`, which must succeed, as JSON.
     pub fn fanout_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.fanout(&[args, &["--json"]].concat());
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "fanout {args:?} failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("fanout {args:?}: not JSON ({e}): {stdout}"))
+        assert!(
+            out.status.success(),
+            "fanout {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("fanout {args:?}: not JSON ({e}): {stdout}"))
     }
 
     /// The emulator's log (function output included).
@@ -128,11 +171,18 @@ impl LocalCloud {
 
     /// SDK configuration for the emulator.
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        let endpoint = self.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").map(|(_, v)| v.clone()).unwrap_or_default();
+        let endpoint = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(endpoint)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ))
             .load()
             .await
     }
@@ -143,7 +193,10 @@ impl Drop for LocalCloud {
         // `down` stops the process group of the PID `up` started, and removes the state.
         match self.script().arg("down").output() {
             Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("scripts/local-cloud down failed: {}", String::from_utf8_lossy(&out.stderr)),
+            Ok(out) => eprintln!(
+                "scripts/local-cloud down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
             Err(e) => eprintln!("scripts/local-cloud down did not run: {e}"),
         }
     }
@@ -161,7 +214,10 @@ fn parse_exports(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|line| line.strip_prefix("export "))
         .flat_map(str::split_whitespace)
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
         .collect()
 }
 
@@ -176,7 +232,11 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {} s waiting for {what}", limit.as_secs());
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {} s waiting for {what}",
+            limit.as_secs()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -186,7 +246,10 @@ mod tests {
     #[test]
     fn export_lines_become_pairs() {
         let pairs = super::parse_exports("export A=1 B=http://x:1\n# comment\nexport C=3\n");
-        let expected: Vec<(String, String)> = [("A", "1"), ("B", "http://x:1"), ("C", "3")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let expected: Vec<(String, String)> = [("A", "1"), ("B", "http://x:1"), ("C", "3")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         assert_eq!(pairs, expected);
     }
 }

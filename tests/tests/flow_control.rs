@@ -23,7 +23,11 @@ fn local_defaults(concurrency: usize) -> RunOptions {
 }
 
 fn calls_with_status(server: &TargetServer, status: u16) -> usize {
-    server.records().iter().filter(|r| r.status == status).count()
+    server
+        .records()
+        .iter()
+        .filter(|r| r.status == status)
+        .count()
 }
 
 #[test]
@@ -34,18 +38,43 @@ fn eighty_targets_at_two_per_second_all_succeed_once_none_dead_lettered() {
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..80).map(|i| format!("ok/{i}")).collect();
     let (dir, file) = config_file_at("flow-tight", &server.base_url(), &paths, Some(2.0));
-    let output = std::process::Command::new(fanout_bin()).args(["--state", ":memory:", "run", "--json", "--config"]).arg(&file).output().unwrap();
+    let output = std::process::Command::new(fanout_bin())
+        .args(["--state", ":memory:", "run", "--json", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     eprintln!("80 targets at 2/s: {summary}");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!((summary["succeeded"].as_u64(), summary["dead_lettered"].as_u64(), summary["lost"].as_u64()), (Some(80), Some(0), Some(0)));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        (
+            summary["succeeded"].as_u64(),
+            summary["dead_lettered"].as_u64(),
+            summary["lost"].as_u64()
+        ),
+        (Some(80), Some(0), Some(0))
+    );
     let stats = server.stats();
-    assert_eq!((stats.calls, stats.effects, stats.repeat_successes), (80, 80, 0), "each job called once");
-    assert!(summary["deferred"].as_u64() > Some(0), "jobs waited for their permits: {summary}");
+    assert_eq!(
+        (stats.calls, stats.effects, stats.repeat_successes),
+        (80, 80, 0),
+        "each job called once"
+    );
+    assert!(
+        summary["deferred"].as_u64() > Some(0),
+        "jobs waited for their permits: {summary}"
+    );
     // Each of the 4 instances may hold one permit as the split changes (the fault run's bound).
     let peak = server.max_calls_in_window(Duration::from_secs(1));
     eprintln!("peak {peak} calls in 1 s");
-    assert!(peak <= 2 + 4, "{peak} calls in 1 s: budget 2/s + one permit per instance");
+    assert!(
+        peak <= 2 + 4,
+        "{peak} calls in 1 s: budget 2/s + one permit per instance"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -59,9 +88,18 @@ async fn a_tick_over_a_hundred_function_timeouts_long_loses_nothing_to_waiting()
     options.event_source.function_timeout = Duration::from_millis(100);
     options.event_source.visibility_timeout = Duration::from_secs(1);
     let pipeline = embedded_pipeline(3, Duplicates::default());
-    let (summary, outcome) = run::run(&config, &pipeline, "long-tick", &options).await.unwrap();
-    eprintln!("{summary:?}\ninvocations {} (defer-only {})", outcome.invocations, summary.defer_only_invocations);
-    assert_eq!((summary.succeeded, summary.dead_lettered, summary.lost), (60, 0, 0), "{summary:?}");
+    let (summary, outcome) = run::run(&config, &pipeline, "long-tick", &options)
+        .await
+        .unwrap();
+    eprintln!(
+        "{summary:?}\ninvocations {} (defer-only {})",
+        outcome.invocations, summary.defer_only_invocations
+    );
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (60, 0, 0),
+        "{summary:?}"
+    );
     assert_eq!(server.stats().calls, 60, "one call per job");
     assert!(summary.deferred > 0);
 }
@@ -74,15 +112,24 @@ async fn a_hidden_limit_slows_the_fleet_down_instead_of_dead_lettering() {
     let config = config_for(&server.base_url(), &paths, Some(100.0));
     let pipeline = embedded_pipeline(5, Duplicates::default());
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "hidden-limit", &local_defaults(4)).await.unwrap();
+    let (summary, _) = run::run(&config, &pipeline, "hidden-limit", &local_defaults(4))
+        .await
+        .unwrap();
     let (calls, throttled) = (server.stats().calls, calls_with_status(&server, 429));
     eprintln!(
         "hidden limit: {calls} calls, {throttled} 429s ({:.1}%), {:.1} s (N/25 = 12 s)\n{summary:?}",
         100.0 * throttled as f64 / calls as f64,
         started.elapsed().as_secs_f64()
     );
-    assert_eq!((summary.succeeded, summary.dead_lettered, summary.lost), (300, 0, 0), "{summary:?}");
-    assert!(throttled * 10 <= calls, "429s are at most 10% of calls: {throttled} of {calls}");
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (300, 0, 0),
+        "{summary:?}"
+    );
+    assert!(
+        throttled * 10 <= calls,
+        "429s are at most 10% of calls: {throttled} of {calls}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,33 +138,65 @@ async fn a_host_down_for_eight_seconds_is_not_hammered_and_every_job_succeeds_af
     let paths: Vec<String> = (0..100).map(|i| format!("outage/{i}?secs=8")).collect();
     let config = config_for(&server.base_url(), &paths, Some(50.0));
     let pipeline = embedded_pipeline(5, Duplicates::default());
-    let (summary, _) = run::run(&config, &pipeline, "outage", &local_defaults(4)).await.unwrap();
+    let (summary, _) = run::run(&config, &pipeline, "outage", &local_defaults(4))
+        .await
+        .unwrap();
     let during = calls_with_status(&server, 503);
-    eprintln!("host down 8 s: {during} calls during the outage, {} in all\n{summary:?}", server.stats().calls);
-    assert_eq!((summary.succeeded, summary.dead_lettered, summary.lost), (100, 0, 0), "{summary:?}");
+    eprintln!(
+        "host down 8 s: {during} calls during the outage, {} in all\n{summary:?}",
+        server.stats().calls
+    );
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (100, 0, 0),
+        "{summary:?}"
+    );
     assert!(during <= 30, "{during} calls while the host was down");
-    assert!(summary.held > 0, "jobs were held while the circuit was open");
+    assert!(
+        summary.held > 0,
+        "jobs were held while the circuit was open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_after_a_backoff_not_a_visibility_timeout() {
     // 10% of 200 jobs fail once with 500; the visibility timeout is 30 s.
     let server = TargetServer::start().await.unwrap();
-    let paths: Vec<String> = (0..200).map(|i| if i % 10 == 0 { format!("flaky/{i}?fail=1") } else { format!("ok/{i}") }).collect();
+    let paths: Vec<String> = (0..200)
+        .map(|i| {
+            if i % 10 == 0 {
+                format!("flaky/{i}?fail=1")
+            } else {
+                format!("ok/{i}")
+            }
+        })
+        .collect();
     let config = config_for(&server.base_url(), &paths, Some(100.0));
     let mut options = local_defaults(4);
     options.event_source.visibility_timeout = Duration::from_secs(30);
     let pipeline = embedded_pipeline(5, Duplicates::default());
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "transient", &options).await.unwrap();
+    let (summary, _) = run::run(&config, &pipeline, "transient", &options)
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
-    eprintln!("10% transient: settled in {:.1} s (N/R = 2 s)\n{summary:?}", elapsed.as_secs_f64());
-    assert_eq!((summary.succeeded, summary.dead_lettered, summary.lost), (200, 0, 0), "{summary:?}");
+    eprintln!(
+        "10% transient: settled in {:.1} s (N/R = 2 s)\n{summary:?}",
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (200, 0, 0),
+        "{summary:?}"
+    );
     assert_eq!(summary.retries, 20, "each flaky job retried once");
     assert_eq!(server.stats().calls, 220);
     // A retry that waited for the visibility timeout would take 30 s; this is a count of how
     // many did (none), not a timing goal.
-    assert!(elapsed < Duration::from_secs(30), "no retry waited out the 30 s visibility timeout");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "no retry waited out the 30 s visibility timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,14 +206,25 @@ async fn two_busy_instances_of_eight_use_the_whole_budget_and_never_exceed_it() 
     let server = TargetServer::start().await.unwrap();
     let paths: Vec<String> = (0..20).map(|i| format!("ok/{i}")).collect();
     let mut config = config_for(&server.base_url(), &paths, None);
-    config.rate_limit = Some(RateLimit { per_second: 10.0, burst: 1 });
+    config.rate_limit = Some(RateLimit {
+        per_second: 10.0,
+        burst: 1,
+    });
     let pipeline = embedded_pipeline(5, Duplicates::default());
     let mut options = local_defaults(8);
     options.separate_instances = true;
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "sparse", &options).await.unwrap();
+    let (summary, _) = run::run(&config, &pipeline, "sparse", &options)
+        .await
+        .unwrap();
     let peak = server.max_calls_in_window(Duration::from_secs(1));
-    eprintln!("sparse fleet: {:.2} s (N/R = 2 s), peak {peak} in 1 s\n{summary:?}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "sparse fleet: {:.2} s (N/R = 2 s), peak {peak} in 1 s\n{summary:?}",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!((summary.succeeded, summary.lost), (20, 0));
-    assert!(peak <= 11, "peak {peak} in a 1 s window, budget 10 + burst 1");
+    assert!(
+        peak <= 11,
+        "peak {peak} in a 1 s window, budget 10 + burst 1"
+    );
 }

@@ -33,11 +33,24 @@ const CONSUMER_TIMEOUT_S: u64 = 2;
 fn write_config(dir: &Path, file: &str, base_url: &str, paths: &[String]) -> PathBuf {
     let config = PipelineConfig {
         allow_private_networks: true,
-        targets: fanout_testkit::targets(base_url, paths.iter().map(|p| (p.split('?').next().unwrap_or(p).replace('/', "-"), p.as_str())), Some(10_000)),
+        targets: fanout_testkit::targets(
+            base_url,
+            paths.iter().map(|p| {
+                (
+                    p.split('?').next().unwrap_or(p).replace('/', "-"),
+                    p.as_str(),
+                )
+            }),
+            Some(10_000),
+        ),
         ..PipelineConfig::default()
     };
     let file = dir.join(file);
-    std::fs::write(&file, serde_json::to_string_pretty(&config).expect("config serializes")).expect("config written");
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&config).expect("config serializes"),
+    )
+    .expect("config written");
     file
 }
 
@@ -49,7 +62,13 @@ fn paths(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 fn calls_by_path(server: &TargetServer) -> BTreeMap<String, Vec<CallRecord>> {
     let mut by_path: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
     for record in server.records() {
-        let path = record.path.trim_start_matches('/').split('?').next().unwrap_or_default().to_owned();
+        let path = record
+            .path
+            .trim_start_matches('/')
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         by_path.entry(path).or_default().push(record);
     }
     by_path
@@ -57,7 +76,9 @@ fn calls_by_path(server: &TargetServer) -> BTreeMap<String, Vec<CallRecord>> {
 
 /// The stack's pipeline (topic, queues, table), resolved from its outputs like `--stack` does.
 async fn pipeline(sdk: &aws_config::SdkConfig, stack: &str) -> Pipeline {
-    let outputs = StackOutputs::describe(sdk, stack).await.expect("the stack has outputs");
+    let outputs = StackOutputs::describe(sdk, stack)
+        .await
+        .expect("the stack has outputs");
     aws_with(sdk, &outputs.names().expect("the four outputs"))
 }
 
@@ -65,8 +86,20 @@ async fn pipeline(sdk: &aws_config::SdkConfig, stack: &str) -> Pipeline {
 fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value {
     let config = config.to_string_lossy();
     let timeout = timeout_s.to_string();
-    let answer = cloud.fanout_json(&["--stack", stack, "trigger", "--config", &config, "--wait", "--timeout", &timeout]);
-    assert_eq!(answer["wait"]["settled"], true, "every job settled: {answer}");
+    let answer = cloud.fanout_json(&[
+        "--stack",
+        stack,
+        "trigger",
+        "--config",
+        &config,
+        "--wait",
+        "--timeout",
+        &timeout,
+    ]);
+    assert_eq!(
+        answer["wait"]["settled"], true,
+        "every job settled: {answer}"
+    );
     answer
 }
 
@@ -83,12 +116,28 @@ async fn finished_run(cloud: &LocalCloud, run_id: &str) -> Value {
             return run;
         }
         if Instant::now() >= deadline {
-            assert_eq!(run["succeeded"].as_u64().zip(run["dead_lettered"].as_u64()).map(|(s, d)| s + d), run["expected"].as_u64(), "every job counted: {run}");
+            assert_eq!(
+                run["succeeded"]
+                    .as_u64()
+                    .zip(run["dead_lettered"].as_u64())
+                    .map(|(s, d)| s + d),
+                run["expected"].as_u64(),
+                "every job counted: {run}"
+            );
             let sweep = cloud.fanout_json(&["--stack", STACK, "trigger", "--watchdog"]);
-            assert_eq!((sweep["finished"].as_u64(), sweep["events_sent"].as_u64()), (Some(1), Some(1)), "the watchdog finished it: {sweep}");
+            assert_eq!(
+                (sweep["finished"].as_u64(), sweep["events_sent"].as_u64()),
+                (Some(1), Some(1)),
+                "the watchdog finished it: {sweep}"
+            );
             let run = cloud.fanout_json(&["--stack", STACK, "runs", "show", run_id]);
-            assert!(run["status"] != "RUNNING" && run["event_sent"] == true, "{run}");
-            println!("run {run_id}: finished by the watchdog (its last consumer invocation was killed)");
+            assert!(
+                run["status"] != "RUNNING" && run["event_sent"] == true,
+                "{run}"
+            );
+            println!(
+                "run {run_id}: finished by the watchdog (its last consumer invocation was killed)"
+            );
             return run;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -104,12 +153,33 @@ struct Inbox {
 
 impl Inbox {
     async fn subscribe(sdk: &aws_config::SdkConfig, stack: &str) -> Self {
-        let topic = StackOutputs::describe(sdk, stack).await.expect("outputs").outputs["RunNotificationsTopicArn"].clone();
+        let topic = StackOutputs::describe(sdk, stack)
+            .await
+            .expect("outputs")
+            .outputs["RunNotificationsTopicArn"]
+            .clone();
         let sqs = aws_sdk_sqs::Client::new(sdk);
-        let url = sqs.create_queue().queue_name("run-notifications-inbox").send().await.expect("CreateQueue").queue_url().unwrap_or_default().to_owned();
-        let arn = fanout_shared::aws::queue_arn(&sqs, &url).await.expect("queue ARN");
+        let url = sqs
+            .create_queue()
+            .queue_name("run-notifications-inbox")
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let arn = fanout_shared::aws::queue_arn(&sqs, &url)
+            .await
+            .expect("queue ARN");
         let sns = aws_sdk_sns::Client::new(sdk);
-        sns.subscribe().topic_arn(topic).protocol("sqs").endpoint(arn).attributes("RawMessageDelivery", "true").send().await.expect("Subscribe");
+        sns.subscribe()
+            .topic_arn(topic)
+            .protocol("sqs")
+            .endpoint(arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .expect("Subscribe");
         Self { sqs, url }
     }
 
@@ -117,9 +187,22 @@ impl Inbox {
     async fn next_within(&self, limit: Duration) -> Option<Value> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let output = self.sqs.receive_message().queue_url(&self.url).wait_time_seconds(1).send().await.ok()?;
+            let output = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .ok()?;
             if let Some(message) = output.messages().first() {
-                let _ = self.sqs.delete_message().queue_url(&self.url).receipt_handle(message.receipt_handle().unwrap_or_default()).send().await;
+                let _ = self
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(message.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await;
                 return serde_json::from_str(message.body().unwrap_or_default()).ok();
             }
         }
@@ -127,12 +210,18 @@ impl Inbox {
     }
 
     async fn next(&self, limit: Duration) -> Value {
-        self.next_within(limit).await.unwrap_or_else(|| panic!("no run notification within {limit:?}"))
+        self.next_within(limit)
+            .await
+            .unwrap_or_else(|| panic!("no run notification within {limit:?}"))
     }
 }
 
 fn dlq_list(cloud: &LocalCloud) -> Vec<Value> {
-    cloud.fanout_json(&["--stack", STACK, "dlq", "list"]).as_array().cloned().unwrap_or_default()
+    cloud
+        .fanout_json(&["--stack", STACK, "dlq", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,7 +230,8 @@ async fn the_real_stack_on_this_machine() {
     let suite = Instant::now();
     let server = TargetServer::start().await.expect("target server starts");
     let base = server.base_url();
-    let dir = std::env::temp_dir().join(format!("fanout-local-cloud-configs-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("fanout-local-cloud-configs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("config dir");
     let mut cloud = LocalCloud::new("suite");
 
@@ -149,14 +239,26 @@ async fn the_real_stack_on_this_machine() {
     // the main stack is exercised; checked at the end.
     let scheduled_paths = paths("ok/sched-", 0..3);
     let scheduled_config = write_config(&dir, "scheduled.json", &base, &scheduled_paths);
-    let first = cloud.up(&scheduled_config, SCHEDULED, &["scheduleExpression=rate(1 minute)", "ratePerSecond=100"]);
+    let first = cloud.up(
+        &scheduled_config,
+        SCHEDULED,
+        &["scheduleExpression=rate(1 minute)", "ratePerSecond=100"],
+    );
     let scheduled_since = Instant::now();
-    println!("deploy (create, cold emulator) {SCHEDULED}: {:.1} s  [{}]", first.seconds, first.summary);
+    println!(
+        "deploy (create, cold emulator) {SCHEDULED}: {:.1} s  [{}]",
+        first.seconds, first.summary
+    );
 
     // The main stack: 40 good targets and 5 that answer 400 until the operator fixes them.
     let good = paths("ok/a-", 0..40);
     let broken = paths("broken/a-", 0..5);
-    let config_a = write_config(&dir, "a.json", &base, &[good.clone(), broken.clone()].concat());
+    let config_a = write_config(
+        &dir,
+        "a.json",
+        &base,
+        &[good.clone(), broken.clone()].concat(),
+    );
     let timeout_context = format!("consumerTimeoutSeconds={CONSUMER_TIMEOUT_S}");
     let context = [
         timeout_context.as_str(),
@@ -166,19 +268,37 @@ async fn the_real_stack_on_this_machine() {
         r#"consumerEnvironment={"FANOUT_DEADLINE_MARGIN_MS":"0"}"#,
     ];
     let deployed = cloud.up(&config_a, STACK, &context);
-    println!("deploy (create) {STACK}: {:.1} s  [{}]", deployed.seconds, deployed.summary);
+    println!(
+        "deploy (create) {STACK}: {:.1} s  [{}]",
+        deployed.seconds, deployed.summary
+    );
     let status = cloud.status();
-    assert!(status.contains(&format!("stack {STACK}: CREATE_COMPLETE")) && status.contains(SCHEDULED), "{status}");
+    assert!(
+        status.contains(&format!("stack {STACK}: CREATE_COMPLETE")) && status.contains(SCHEDULED),
+        "{status}"
+    );
     let sdk = cloud.sdk().await;
     let main = pipeline(&sdk, STACK).await;
     let missing = cloud.fanout(&["--stack", "NoSuchStack", "dlq", "list"]);
     let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert_eq!(missing.status.code(), Some(2), "a missing stack is bad input: {stderr}");
-    assert!(stderr.contains(r#"stack "NoSuchStack" does not exist in us-east-1 at http://127.0.0.1:"#), "{stderr}");
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "a missing stack is bad input: {stderr}"
+    );
+    assert!(
+        stderr.contains(r#"stack "NoSuchStack" does not exist in us-east-1 at http://127.0.0.1:"#),
+        "{stderr}"
+    );
 
     // The emulator ignores the template's TTL; `up` enabled it as the template says.
     let table = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TableName"].clone();
-    let ttl = aws_sdk_dynamodb::Client::new(&sdk).describe_time_to_live().table_name(&table).send().await.expect("DescribeTimeToLive");
+    let ttl = aws_sdk_dynamodb::Client::new(&sdk)
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .expect("DescribeTimeToLive");
     let ttl = ttl.time_to_live_description().expect("TTL description");
     assert_eq!(ttl.attribute_name(), Some("expiration"), "{ttl:?}");
     let inbox = Inbox::subscribe(&sdk, STACK).await;
@@ -187,34 +307,57 @@ async fn the_real_stack_on_this_machine() {
     // with its reason after one call.
     let tick1 = tick(&cloud, STACK, &config_a, 60);
     let run1 = tick1["run_id"].as_str().expect("run_id").to_owned();
-    println!("tick 1 ({} jobs): makespan {:.2} s", tick1["jobs"], tick1["wait"]["makespan_s"].as_f64().unwrap_or(0.0));
-    assert!(run1.starts_with("rule/") && run1.contains("Schedule"), "trigger sends the rule's scheduled event: {run1}");
+    println!(
+        "tick 1 ({} jobs): makespan {:.2} s",
+        tick1["jobs"],
+        tick1["wait"]["makespan_s"].as_f64().unwrap_or(0.0)
+    );
+    assert!(
+        run1.starts_with("rule/") && run1.contains("Schedule"),
+        "trigger sends the rule's scheduled event: {run1}"
+    );
     assert_eq!(tick1["wait"]["succeeded"], 40, "{tick1}");
     let calls = calls_by_path(&server);
     for path in &good {
         assert_eq!(calls.get(path).map(Vec::len), Some(1), "{path} called once");
     }
     for path in &broken {
-        assert_eq!(calls.get(path).map(Vec::len), Some(1), "{path} called once, then dead-lettered");
+        assert_eq!(
+            calls.get(path).map(Vec::len),
+            Some(1),
+            "{path} called once, then dead-lettered"
+        );
     }
     let dlq = dlq_list(&cloud);
     assert_eq!(dlq.len(), 5, "{dlq:?}");
     for entry in &dlq {
         assert_eq!(entry["run_id"], run1.as_str());
-        assert!(entry["reason"].as_str().unwrap_or_default().contains("400"), "the reason names the 400: {entry}");
+        assert!(
+            entry["reason"].as_str().unwrap_or_default().contains("400"),
+            "the reason names the 400: {entry}"
+        );
     }
     // The consumer Lambda that settled the last job finished the run (5 dead-lettered, none
     // tolerated: FAILED) and put one event, which the stack's rule routed to its topic.
     let ledger1 = finished_run(&cloud, &run1).await;
     assert_eq!(
-        (ledger1["status"].as_str(), ledger1["expected"].as_u64(), ledger1["succeeded"].as_u64(), ledger1["dead_lettered"].as_u64()),
+        (
+            ledger1["status"].as_str(),
+            ledger1["expected"].as_u64(),
+            ledger1["succeeded"].as_u64(),
+            ledger1["dead_lettered"].as_u64()
+        ),
         (Some("FAILED"), Some(45), Some(40), Some(5)),
         "{ledger1}"
     );
     assert_eq!(ledger1["failures_by_reason"]["HTTP 400"], 5, "{ledger1}");
     let event1 = inbox.next(Duration::from_secs(30)).await;
     assert_eq!(
-        (event1["detail-type"].as_str(), event1["detail"]["run_id"].as_str(), event1["detail"]["pipeline"].as_str()),
+        (
+            event1["detail-type"].as_str(),
+            event1["detail"]["run_id"].as_str(),
+            event1["detail"]["pipeline"].as_str()
+        ),
         (Some("Run Failed"), Some(run1.as_str()), Some(STACK)),
         "{event1}"
     );
@@ -222,23 +365,52 @@ async fn the_real_stack_on_this_machine() {
     // The operator fixes the target and replays: the consumer Lambda runs each job once more.
     server.fix();
     let replay = cloud.fanout_json(&["--stack", STACK, "dlq", "replay"]);
-    assert_eq!((replay["moved"].as_u64(), replay["failed"].as_u64()), (Some(5), Some(0)), "{replay}");
-    let broken_ids: Vec<String> = dlq.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(
+        (replay["moved"].as_u64(), replay["failed"].as_u64()),
+        (Some(5), Some(0)),
+        "{replay}"
+    );
+    let broken_ids: Vec<String> = dlq
+        .iter()
+        .filter_map(|e| e["message_id"].as_str().map(str::to_owned))
+        .collect();
     let (store, ids) = (&main.store, &broken_ids);
-    eventually(Duration::from_secs(60), "the replayed jobs to complete", || async move {
-        let records = store.get_many(ids).await.ok()?;
-        (records.len() == 5 && records.iter().all(|r| r.status == Status::Completed)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the replayed jobs to complete",
+        || async move {
+            let records = store.get_many(ids).await.ok()?;
+            (records.len() == 5 && records.iter().all(|r| r.status == Status::Completed))
+                .then_some(())
+        },
+    )
     .await;
     let calls = calls_by_path(&server);
     for path in &broken {
         let seen = &calls[path];
-        assert_eq!(seen.iter().map(|c| c.status).collect::<Vec<_>>(), [400, 200], "{path}: the 400, then the replay's one call");
-        assert_eq!(seen[0].idempotency_key, seen[1].idempotency_key, "the replay is the same job");
+        assert_eq!(
+            seen.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [400, 200],
+            "{path}: the 400, then the replay's one call"
+        );
+        assert_eq!(
+            seen[0].idempotency_key, seen[1].idempotency_key,
+            "the replay is the same job"
+        );
     }
-    assert!(dlq_list(&cloud).is_empty(), "the DLQ is empty after the replay");
+    assert!(
+        dlq_list(&cloud).is_empty(),
+        "the DLQ is empty after the replay"
+    );
     let replayed = cloud.fanout_json(&["--stack", STACK, "runs", "show", &run1]);
-    assert_eq!((replayed["succeeded"].as_u64(), replayed["dead_lettered"].as_u64()), (Some(45), Some(0)), "the replayed jobs count as succeeded: {replayed}");
+    assert_eq!(
+        (
+            replayed["succeeded"].as_u64(),
+            replayed["dead_lettered"].as_u64()
+        ),
+        (Some(45), Some(0)),
+        "the replayed jobs count as succeeded: {replayed}"
+    );
 
     // Poison published straight to the topic: dead-lettered with a reason, never called.
     let topic = StackOutputs::describe(&sdk, STACK).await.unwrap().outputs["TopicArn"].clone();
@@ -248,95 +420,209 @@ async fn the_real_stack_on_this_machine() {
     });
     let sns = aws_sdk_sns::Client::new(&sdk);
     for body in ["this is not a job".to_owned(), forged.to_string()] {
-        sns.publish().topic_arn(&topic).message(body).send().await.expect("Publish");
+        sns.publish()
+            .topic_arn(&topic)
+            .message(body)
+            .send()
+            .await
+            .expect("Publish");
     }
     let cloud_ref = &cloud;
-    let poison = eventually(Duration::from_secs(30), "2 poison messages in the DLQ", || async move {
-        let dlq = dlq_list(cloud_ref);
-        (dlq.len() == 2).then_some(dlq)
-    })
+    let poison = eventually(
+        Duration::from_secs(30),
+        "2 poison messages in the DLQ",
+        || async move {
+            let dlq = dlq_list(cloud_ref);
+            (dlq.len() == 2).then_some(dlq)
+        },
+    )
     .await;
-    let reasons: BTreeSet<String> = poison.iter().map(|e| e["reason"].as_str().unwrap_or_default().to_owned()).collect();
-    assert!(reasons.iter().any(|r| r.starts_with("poison message")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("127.0.0.2")), "the forged job's reason names its host: {reasons:?}");
-    assert!(!calls_by_path(&server).contains_key("ok/evil"), "the forged job was not called");
+    let reasons: BTreeSet<String> = poison
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("poison message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("127.0.0.2")),
+        "the forged job's reason names its host: {reasons:?}"
+    );
+    assert!(
+        !calls_by_path(&server).contains_key("ok/evil"),
+        "the forged job was not called"
+    );
 
     // Redeploy with another target list: half of the good targets go, 20 new ones come, plus
     // slow ones (a first call outlives the consumer's function timeout) and a flaky one (500
     // once, retried through the partial batch response).
     let kept = &good[..20];
     let added = paths("ok/b-", 0..20);
-    let slow = paths("slow/b-slow-", 0..3).into_iter().map(|p| format!("{p}?ms=8000&fail=1")).collect::<Vec<_>>();
+    let slow = paths("slow/b-slow-", 0..3)
+        .into_iter()
+        .map(|p| format!("{p}?ms=8000&fail=1"))
+        .collect::<Vec<_>>();
     let flaky = vec!["flaky/b-flaky-0?fail=1".to_owned()];
-    let config_b = write_config(&dir, "b.json", &base, &[kept.to_vec(), added.clone(), slow.clone(), flaky.clone()].concat());
+    let config_b = write_config(
+        &dir,
+        "b.json",
+        &base,
+        &[kept.to_vec(), added.clone(), slow.clone(), flaky.clone()].concat(),
+    );
     let redeployed = cloud.up(&config_b, STACK, &[]);
-    println!("redeploy (update, new target list) {STACK}: {:.1} s  [{}]", redeployed.seconds, redeployed.summary);
-    assert!(redeployed.summary.contains("updated"), "{}", redeployed.summary);
+    println!(
+        "redeploy (update, new target list) {STACK}: {:.1} s  [{}]",
+        redeployed.seconds, redeployed.summary
+    );
+    assert!(
+        redeployed.summary.contains("updated"),
+        "{}",
+        redeployed.summary
+    );
 
     let before = calls_by_path(&server);
     let tick2 = tick(&cloud, STACK, &config_b, 120);
-    println!("tick 2 ({} jobs, incl. a function timeout): makespan {:.2} s", tick2["jobs"], tick2["wait"]["makespan_s"].as_f64().unwrap_or(0.0));
-    assert_eq!(tick2["jobs"], 44, "the producer used the new target list: {tick2}");
-    assert_eq!(tick2["wait"]["succeeded"], 44, "nothing lost, nothing dead-lettered: {tick2}");
+    println!(
+        "tick 2 ({} jobs, incl. a function timeout): makespan {:.2} s",
+        tick2["jobs"],
+        tick2["wait"]["makespan_s"].as_f64().unwrap_or(0.0)
+    );
+    assert_eq!(
+        tick2["jobs"], 44,
+        "the producer used the new target list: {tick2}"
+    );
+    assert_eq!(
+        tick2["wait"]["succeeded"], 44,
+        "nothing lost, nothing dead-lettered: {tick2}"
+    );
     let after = calls_by_path(&server);
-    let new_calls = |path: &str| after.get(path).map_or(0, Vec::len) - before.get(path).map_or(0, Vec::len);
+    let new_calls =
+        |path: &str| after.get(path).map_or(0, Vec::len) - before.get(path).map_or(0, Vec::len);
     for path in kept.iter().chain(&added) {
         assert_eq!(new_calls(path), 1, "{path} called once in tick 2");
     }
     for path in &good[20..] {
-        assert_eq!(new_calls(path), 0, "{path} left the config and was not called");
+        assert_eq!(
+            new_calls(path),
+            0,
+            "{path} left the config and was not called"
+        );
     }
     for path in slow.iter().chain(&flaky) {
         let path = path.split('?').next().unwrap_or_default();
-        assert_eq!(new_calls(path), 2, "{path}: the failed first call, then one retry");
+        assert_eq!(
+            new_calls(path),
+            2,
+            "{path}: the failed first call, then one retry"
+        );
     }
     let run2 = tick2["run_id"].as_str().expect("run_id").to_owned();
     let ledger2 = finished_run(&cloud, &run2).await;
     assert_eq!(
-        (ledger2["status"].as_str(), ledger2["succeeded"].as_u64(), ledger2["dead_lettered"].as_u64()),
+        (
+            ledger2["status"].as_str(),
+            ledger2["succeeded"].as_u64(),
+            ledger2["dead_lettered"].as_u64()
+        ),
         (Some("SUCCEEDED"), Some(44), Some(0)),
         "{ledger2}"
     );
     let event2 = inbox.next(Duration::from_secs(30)).await;
-    assert_eq!((event2["detail-type"].as_str(), event2["detail"]["run_id"].as_str()), (Some("Run Succeeded"), Some(run2.as_str())), "{event2}");
-    assert!(inbox.next_within(Duration::from_secs(2)).await.is_none(), "one event per run");
+    assert_eq!(
+        (
+            event2["detail-type"].as_str(),
+            event2["detail"]["run_id"].as_str()
+        ),
+        (Some("Run Succeeded"), Some(run2.as_str())),
+        "{event2}"
+    );
+    assert!(
+        inbox.next_within(Duration::from_secs(2)).await.is_none(),
+        "one event per run"
+    );
     let listed = cloud.fanout_json(&["--stack", STACK, "runs", "list"]);
-    let listed: Vec<&str> = listed.as_array().map(|l| l.iter().filter_map(|r| r["run_id"].as_str()).collect()).unwrap_or_default();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .map(|l| l.iter().filter_map(|r| r["run_id"].as_str()).collect())
+        .unwrap_or_default();
     assert_eq!(listed, [run2.as_str(), run1.as_str()], "newest first");
-    let timeouts = cloud.log().matches(&format!("Task timed out after {CONSUMER_TIMEOUT_S}.00 seconds")).count();
-    assert!(timeouts >= 1, "a consumer invocation ran into its function timeout (emulator log)");
+    let timeouts = cloud
+        .log()
+        .matches(&format!(
+            "Task timed out after {CONSUMER_TIMEOUT_S}.00 seconds"
+        ))
+        .count();
+    assert!(
+        timeouts >= 1,
+        "a consumer invocation ran into its function timeout (emulator log)"
+    );
     println!("consumer invocations that hit the function timeout: {timeouts}");
 
     // The schedule fired the other stack's producer on its own, and its consumer ran the jobs.
     let sched = pipeline(&sdk, SCHEDULED).await;
-    let limit = Duration::from_secs(150).saturating_sub(scheduled_since.elapsed()).max(Duration::from_secs(10));
+    let limit = Duration::from_secs(150)
+        .saturating_sub(scheduled_since.elapsed())
+        .max(Duration::from_secs(10));
     let (server_ref, sched_paths, sched_store) = (&server, &scheduled_paths, &sched.store);
     // One snapshot of the calls: every call's job completed, per path the calls and their keys.
-    let (runs, per_path) = eventually(limit, "the one-minute rule to fire and its jobs to complete", || async move {
-        let calls = calls_by_path(server_ref);
-        let per_path: Vec<(usize, usize)> = sched_paths
-            .iter()
-            .map(|p| {
-                let seen = calls.get(p).map(Vec::as_slice).unwrap_or_default();
-                (seen.len(), seen.iter().filter_map(|c| c.idempotency_key.as_ref()).collect::<BTreeSet<_>>().len())
-            })
-            .collect();
-        let keys: Vec<String> = sched_paths.iter().flat_map(|p| calls.get(p).into_iter().flatten()).filter_map(|c| c.idempotency_key.clone()).collect();
-        if per_path.iter().any(|(n, _)| *n == 0) {
-            return None;
-        }
-        let records = sched_store.get_many(&keys).await.ok()?;
-        let unique: BTreeSet<&String> = keys.iter().collect();
-        (records.len() == unique.len() && records.iter().all(|r| r.status == Status::Completed))
-            .then(|| (records.iter().map(|r| r.run_id.clone()).collect::<BTreeSet<String>>(), per_path))
-    })
+    let (runs, per_path) = eventually(
+        limit,
+        "the one-minute rule to fire and its jobs to complete",
+        || async move {
+            let calls = calls_by_path(server_ref);
+            let per_path: Vec<(usize, usize)> = sched_paths
+                .iter()
+                .map(|p| {
+                    let seen = calls.get(p).map(Vec::as_slice).unwrap_or_default();
+                    (
+                        seen.len(),
+                        seen.iter()
+                            .filter_map(|c| c.idempotency_key.as_ref())
+                            .collect::<BTreeSet<_>>()
+                            .len(),
+                    )
+                })
+                .collect();
+            let keys: Vec<String> = sched_paths
+                .iter()
+                .flat_map(|p| calls.get(p).into_iter().flatten())
+                .filter_map(|c| c.idempotency_key.clone())
+                .collect();
+            if per_path.iter().any(|(n, _)| *n == 0) {
+                return None;
+            }
+            let records = sched_store.get_many(&keys).await.ok()?;
+            let unique: BTreeSet<&String> = keys.iter().collect();
+            (records.len() == unique.len() && records.iter().all(|r| r.status == Status::Completed))
+                .then(|| {
+                    (
+                        records
+                            .iter()
+                            .map(|r| r.run_id.clone())
+                            .collect::<BTreeSet<String>>(),
+                        per_path,
+                    )
+                })
+        },
+    )
     .await;
-    println!("scheduled ticks seen {:.0} s after the deploy: {runs:?}", scheduled_since.elapsed().as_secs_f64());
+    println!(
+        "scheduled ticks seen {:.0} s after the deploy: {runs:?}",
+        scheduled_since.elapsed().as_secs_f64()
+    );
     for run in &runs {
-        assert!(run.starts_with("rule/") && run.contains("Schedule"), "run ID of a scheduled event: {run}");
+        assert!(
+            run.starts_with("rule/") && run.contains("Schedule"),
+            "run ID of a scheduled event: {run}"
+        );
     }
     for (path, (calls, keys)) in scheduled_paths.iter().zip(&per_path) {
-        assert_eq!((*calls, *keys), (runs.len(), runs.len()), "{path} called once per scheduled tick");
+        assert_eq!(
+            (*calls, *keys),
+            (runs.len(), runs.len()),
+            "{path} called once per scheduled tick"
+        );
     }
 
     println!("suite: {:.1} s", suite.elapsed().as_secs_f64());

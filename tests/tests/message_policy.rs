@@ -23,19 +23,41 @@ fn parse(json: serde_json::Value) -> PipelineConfig {
 
 /// Produces a tick of `producer`, drains it with a consumer of `consumer`, returns the DLQ's
 /// failure reasons, sorted.
-async fn produce_and_consume(producer: &PipelineConfig, consumer: &PipelineConfig, run_id: &str) -> (Pipeline, Vec<String>) {
+async fn produce_and_consume(
+    producer: &PipelineConfig,
+    consumer: &PipelineConfig,
+    run_id: &str,
+) -> (Pipeline, Vec<String>) {
     let pipeline = embedded_pipeline(3, Duplicates::default());
-    run::produce_tick(producer, &pipeline, run_id).await.unwrap();
-    let outcome = run::consume(consumer, &pipeline, &fast_options(2), producer.targets.len() as u64).await.unwrap();
+    run::produce_tick(producer, &pipeline, run_id)
+        .await
+        .unwrap();
+    let outcome = run::consume(
+        consumer,
+        &pipeline,
+        &fast_options(2),
+        producer.targets.len() as u64,
+    )
+    .await
+    .unwrap();
     assert!(outcome.drained);
-    let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::ZERO).await.unwrap();
-    let mut reasons: Vec<String> = dlq.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].clone()).collect();
+    let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut reasons: Vec<String> = dlq
+        .iter()
+        .map(|m| m.attributes[ATTR_FAILURE_REASON].clone())
+        .collect();
     reasons.sort();
     (pipeline, reasons)
 }
 
 fn header<'a>(record: &'a CallRecord, name: &str) -> Option<&'a str> {
-    record.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    record
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn paths(server: &TargetServer) -> Vec<String> {
@@ -83,19 +105,29 @@ async fn a_message_cannot_bring_headers_secrets_or_a_body_the_consumer_config_la
     assert_eq!(paths(&server), ["/ok/plain"]);
     let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent-home".into());
     for record in server.records() {
-        assert!(!format!("{:?}", record.headers).contains(SECRET) && header(&record, "x-home") != Some(home.as_str()), "{record:?}");
+        assert!(
+            !format!("{:?}", record.headers).contains(SECRET)
+                && header(&record, "x-home") != Some(home.as_str()),
+            "{record:?}"
+        );
     }
 }
 
 /// Loopback target servers on three hosts and a config whose redirects may reach 127.0.0.2 (a
 /// `hosts` key) but never 127.0.0.3, with secret, credential and plain default headers.
-async fn three_hosts(targets: impl Fn(&str, &str, &str) -> serde_json::Value) -> ([TargetServer; 3], PipelineConfig) {
+async fn three_hosts(
+    targets: impl Fn(&str, &str, &str) -> serde_json::Value,
+) -> ([TargetServer; 3], PipelineConfig) {
     std::env::set_var("FANOUT_POLICY_TOKEN", TOKEN);
     std::env::set_var("FANOUT_POLICY_KEY", SECRET);
     let servers = [
         TargetServer::start().await.unwrap(),
-        TargetServer::start_on("127.0.0.2".parse().unwrap()).await.unwrap(),
-        TargetServer::start_on("127.0.0.3".parse().unwrap()).await.unwrap(),
+        TargetServer::start_on("127.0.0.2".parse().unwrap())
+            .await
+            .unwrap(),
+        TargetServer::start_on("127.0.0.3".parse().unwrap())
+            .await
+            .unwrap(),
     ];
     let config = parse(serde_json::json!({
         "allow_private_networks": true,
@@ -121,8 +153,17 @@ async fn a_redirect_outside_the_allow_list_is_refused_naming_the_host() {
     let (_pipeline, reasons) = produce_and_consume(&config, &config, "redirect-run").await;
     let refused = r#"redirect refused: host "127.0.0.3" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#;
     assert_eq!(reasons, [refused, refused]);
-    assert!(foreign.records().is_empty(), "the host outside the allow-list was never called");
-    assert_eq!(paths(&allowed).iter().filter(|p| p.starts_with("/ok")).collect::<Vec<_>>(), ["/ok/on-list"]);
+    assert!(
+        foreign.records().is_empty(),
+        "the host outside the allow-list was never called"
+    );
+    assert_eq!(
+        paths(&allowed)
+            .iter()
+            .filter(|p| p.starts_with("/ok"))
+            .collect::<Vec<_>>(),
+        ["/ok/on-list"]
+    );
     assert_eq!(first.records().len(), 3);
 }
 
@@ -140,19 +181,46 @@ async fn secrets_and_credentials_stay_on_their_origin_across_redirects() {
     assert!(reasons.is_empty(), "{reasons:?}");
     let ids = ["cross", "same", "chain"].map(|t| fanout_shared::job::message_id("secrets-run", t));
     let settled = pipeline.store.get_many(&ids).await.unwrap();
-    assert!(settled.len() == 3 && settled.iter().all(|r| r.status == fanout_shared::Status::Completed), "{settled:?}");
+    assert!(
+        settled.len() == 3
+            && settled
+                .iter()
+                .all(|r| r.status == fanout_shared::Status::Completed),
+        "{settled:?}"
+    );
 
-    let find = |server: &TargetServer, path: &str| server.records().into_iter().find(|r| r.path.starts_with(path)).unwrap();
+    let find = |server: &TargetServer, path: &str| {
+        server
+            .records()
+            .into_iter()
+            .find(|r| r.path.starts_with(path))
+            .unwrap()
+    };
     // Same origin: every header arrives.
     let same = find(&first, "/ok/same");
-    assert_eq!(same.authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
-    assert_eq!((header(&same, "x-api-key"), header(&same, "cookie")), (Some(SECRET), Some("session=literal")));
+    assert_eq!(
+        same.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        (header(&same, "x-api-key"), header(&same, "cookie")),
+        (Some(SECRET), Some("session=literal"))
+    );
     // Another origin, and anything after it: no environment value, no credential header.
-    for record in [find(&allowed, "/ok/cross"), find(&allowed, "/redirect/5"), find(&first, "/ok/back")] {
+    for record in [
+        find(&allowed, "/ok/cross"),
+        find(&allowed, "/redirect/5"),
+        find(&first, "/ok/back"),
+    ] {
         assert_eq!(header(&record, "x-plain"), Some("visible"), "{record:?}");
         assert!(header(&record, "idempotency-key").is_some(), "{record:?}");
         for dropped in ["authorization", "x-api-key", "cookie"] {
-            assert_eq!(header(&record, dropped), None, "{dropped} reached {}: {record:?}", record.path);
+            assert_eq!(
+                header(&record, dropped),
+                None,
+                "{dropped} reached {}: {record:?}",
+                record.path
+            );
         }
     }
 }

@@ -30,18 +30,37 @@ async fn poison_is_received_once_and_dead_lettered_without_a_retry_loop() {
     for body in poison {
         pipeline.queue.send(body, &BTreeMap::new()).await.unwrap();
     }
-    let (summary, outcome) = run::run(&config, &pipeline, "poison-run", &fast_options(2)).await.unwrap();
+    let (summary, outcome) = run::run(&config, &pipeline, "poison-run", &fast_options(2))
+        .await
+        .unwrap();
     assert!(outcome.drained);
     assert_eq!((summary.succeeded, summary.lost), (1, 0), "{summary:?}");
     let m = &outcome.metrics;
-    assert_eq!(m.total(Metric::Records), (poison.len() + 1) as f64, "every message was received exactly once");
+    assert_eq!(
+        m.total(Metric::Records),
+        (poison.len() + 1) as f64,
+        "every message was received exactly once"
+    );
     assert_eq!(m.total(Metric::DeadLettered), poison.len() as f64);
-    assert_eq!(m.total(Metric::Retried) + m.total(Metric::LockedElsewhere), 0.0, "no poison message was retried");
-    let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        m.total(Metric::Retried) + m.total(Metric::LockedElsewhere),
+        0.0,
+        "no poison message was retried"
+    );
+    let dlq = peek_all(pipeline.dlq.as_ref(), 100, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(dlq.len(), poison.len());
     for body in poison {
-        let copy = dlq.iter().find(|m| m.body == body).expect("each poison body is in the DLQ as sent");
-        assert!(copy.attributes[ATTR_FAILURE_REASON].starts_with("poison message: "), "{:?}", copy.attributes);
+        let copy = dlq
+            .iter()
+            .find(|m| m.body == body)
+            .expect("each poison body is in the DLQ as sent");
+        assert!(
+            copy.attributes[ATTR_FAILURE_REASON].starts_with("poison message: "),
+            "{:?}",
+            copy.attributes
+        );
     }
     assert_eq!(server.stats().calls, 1, "only the good job was called");
 }

@@ -72,7 +72,11 @@ async fn queued_foreign_job(pipeline: &Pipeline, config: &PipelineConfig) {
     target.id = "foreign".into();
     target.url = "https://evil.example.net/collect".into();
     let message = JobMessage::new("sec-run", target, chrono::Utc::now()).encode();
-    pipeline.queue.send(&message.body, &message.attributes).await.unwrap();
+    pipeline
+        .queue
+        .send(&message.body, &message.attributes)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,48 +91,93 @@ async fn secrets_reach_the_target_and_nothing_else() {
 
     let server = TargetServer::start().await.unwrap();
     let config = config(&server.base_url());
-    let pipeline = embedded_pipeline(5, Duplicates { twice: 0.5, thrice: 0.0, seed: 3 });
+    let pipeline = embedded_pipeline(
+        5,
+        Duplicates {
+            twice: 0.5,
+            thrice: 0.0,
+            seed: 3,
+        },
+    );
     let options = fast_options(2);
-    run::produce_tick(&config, &pipeline, "sec-run").await.unwrap();
+    run::produce_tick(&config, &pipeline, "sec-run")
+        .await
+        .unwrap();
     queued_foreign_job(&pipeline, &config).await;
-    let queued = peek_all(pipeline.queue.as_ref(), 1000, Duration::ZERO).await.unwrap();
+    let queued = peek_all(pipeline.queue.as_ref(), 1000, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(queued.len() >= 9, "{} messages queued", queued.len());
     let outcome = run::consume(&config, &pipeline, &options, 9).await.unwrap();
     assert!(outcome.drained);
 
     // The secrets were in play: the target got them.
-    let auth: Vec<_> = server.records().iter().filter_map(|r| r.authorization.clone()).collect();
-    assert!(auth.iter().all(|a| *a == format!("Bearer {TOKEN}")) && !auth.is_empty(), "{auth:?}");
+    let auth: Vec<_> = server
+        .records()
+        .iter()
+        .filter_map(|r| r.authorization.clone())
+        .collect();
+    assert!(
+        auth.iter().all(|a| *a == format!("Bearer {TOKEN}")) && !auth.is_empty(),
+        "{auth:?}"
+    );
 
     for m in &queued {
         assert_clean("a queued message", &message_text(m));
     }
-    let dlq = peek_all(pipeline.dlq.as_ref(), 1000, Duration::ZERO).await.unwrap();
-    let reasons: Vec<&str> = dlq.iter().map(|m| m.attributes[ATTR_FAILURE_REASON].as_str()).collect();
+    let dlq = peek_all(pipeline.dlq.as_ref(), 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|m| m.attributes[ATTR_FAILURE_REASON].as_str())
+        .collect();
     for expected in [
         "HTTP 400 Bad Request",
         "redirect refused: scheme \"ftp\" is not allowed",
         "header x-api-key: value is not valid",
         "host \"evil.example.net\" is not in the consumer's allowed hosts",
     ] {
-        assert!(reasons.contains(&expected), "{expected:?} missing from {reasons:?}");
+        assert!(
+            reasons.contains(&expected),
+            "{expected:?} missing from {reasons:?}"
+        );
     }
     for m in &dlq {
         assert_clean("a DLQ message", &message_text(m));
     }
-    let ids: Vec<String> = config.targets.iter().map(|t| fanout_shared::job::message_id("sec-run", &t.id)).collect();
+    let ids: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| fanout_shared::job::message_id("sec-run", &t.id))
+        .collect();
     for record in pipeline.store.get_many(&ids).await.unwrap() {
         assert_clean("an idempotency record", &format!("{record:?}"));
     }
-    assert!(!server.records().iter().any(|r| r.path.contains("collect")), "the foreign host was never called");
+    assert!(
+        !server.records().iter().any(|r| r.path.contains("collect")),
+        "the foreign host was never called"
+    );
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for expected in ["transient failure, retry scheduled", "dead-lettered", "duplicate: already settled"] {
-        assert!(logs.contains(expected), "the logs are captured (missing {expected:?}):\n{logs}");
+    for expected in [
+        "transient failure, retry scheduled",
+        "dead-lettered",
+        "duplicate: already settled",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the logs are captured (missing {expected:?}):\n{logs}"
+        );
     }
     assert_clean("the logs", &logs);
     // No header map is ever logged: these names and placeholders would show.
     for name in ["Authorization", "Idempotency-Key", "${env:"] {
-        assert!(!logs.to_ascii_lowercase().contains(&name.to_ascii_lowercase()), "the logs mention {name}:\n{logs}");
+        assert!(
+            !logs
+                .to_ascii_lowercase()
+                .contains(&name.to_ascii_lowercase()),
+            "the logs mention {name}:\n{logs}"
+        );
     }
 }

@@ -77,32 +77,62 @@ impl DlqFilter {
 
     /// Whether `entry` meets every condition.
     pub fn matches(&self, entry: &DlqEntry) -> bool {
-        let same = |want: &Option<String>, have: &Option<String>| want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()));
-        let host = self.host.as_ref().is_none_or(|h| entry.host.as_ref().is_some_and(|e| e.eq_ignore_ascii_case(h)));
+        let same = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref()
+                .is_none_or(|w| have.as_deref() == Some(w.as_str()))
+        };
+        let host = self.host.as_ref().is_none_or(|h| {
+            entry
+                .host
+                .as_ref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(h))
+        });
         let reason = self.reason.as_ref().is_none_or(|text| {
             let text = text.to_lowercase();
-            entry.reason.to_lowercase().contains(&text) || entry.last_error.as_ref().is_some_and(|e| e.to_lowercase().contains(&text))
+            entry.reason.to_lowercase().contains(&text)
+                || entry
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.to_lowercase().contains(&text))
         });
         same(&self.target, &entry.target_id) && same(&self.run, &entry.run_id) && host && reason
     }
 }
 
 /// Describes received DLQ messages, joining each job with its idempotency record.
-pub async fn describe(messages: Vec<QueueMessage>, store: &dyn IdempotencyStore) -> Result<Vec<DlqEntry>, BackendError> {
+pub async fn describe(
+    messages: Vec<QueueMessage>,
+    store: &dyn IdempotencyStore,
+) -> Result<Vec<DlqEntry>, BackendError> {
     let jobs: Vec<_> = messages.iter().map(|m| decode_body(&m.body).ok()).collect();
-    let ids: Vec<String> = jobs.iter().flatten().map(|j| j.message_id.clone()).collect();
-    let records: HashMap<String, _> = store.get_many(&ids).await?.into_iter().map(|r| (r.message_id.clone(), r)).collect();
+    let ids: Vec<String> = jobs
+        .iter()
+        .flatten()
+        .map(|j| j.message_id.clone())
+        .collect();
+    let records: HashMap<String, _> = store
+        .get_many(&ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.message_id.clone(), r))
+        .collect();
     let now_ms = fanout_shared::now_ms();
     Ok(messages
         .into_iter()
         .zip(jobs)
         .map(|(message, job)| {
-            let message_id = job.as_ref().map(|j| j.message_id.clone()).or_else(|| message.attributes.get(ATTR_MESSAGE_ID).cloned());
+            let message_id = job
+                .as_ref()
+                .map(|j| j.message_id.clone())
+                .or_else(|| message.attributes.get(ATTR_MESSAGE_ID).cloned());
             let record = message_id.as_ref().and_then(|id| records.get(id));
             DlqEntry {
                 run_id: job.as_ref().map(|j| j.run_id.clone()),
                 target_id: job.as_ref().map(|j| j.target.id.clone()),
-                host: job.as_ref().and_then(|j| j.target.host()).or_else(|| message.attributes.get(ATTR_TARGET_HOST).cloned()),
+                host: job
+                    .as_ref()
+                    .and_then(|j| j.target.host())
+                    .or_else(|| message.attributes.get(ATTR_TARGET_HOST).cloned()),
                 reason: dlq_reason(&message),
                 record_status: record.map(|r| r.status),
                 last_error: record.and_then(|r| r.last_error.clone()),
@@ -119,10 +149,20 @@ pub async fn describe(messages: Vec<QueueMessage>, store: &dyn IdempotencyStore)
 }
 
 /// Every DLQ message matching `filter`, without consuming any (`wait`: long-poll per receive).
-pub async fn list(dlq: &dyn Queue, store: &dyn IdempotencyStore, filter: &DlqFilter, wait: Duration) -> Result<Vec<DlqEntry>, BackendError> {
+pub async fn list(
+    dlq: &dyn Queue,
+    store: &dyn IdempotencyStore,
+    filter: &DlqFilter,
+    wait: Duration,
+) -> Result<Vec<DlqEntry>, BackendError> {
     let mut entries = Vec::new();
     pass_over(dlq, Duration::from_secs(120), wait, async |_, batch| {
-        entries.extend(describe(batch, store).await?.into_iter().filter(|e| filter.matches(e)));
+        entries.extend(
+            describe(batch, store)
+                .await?
+                .into_iter()
+                .filter(|e| filter.matches(e)),
+        );
         Ok(ControlFlow::Continue(()))
     })
     .await?;
@@ -131,7 +171,18 @@ pub async fn list(dlq: &dyn Queue, store: &dyn IdempotencyStore, filter: &DlqFil
 
 /// The entries as an aligned table, one row each.
 pub fn table(entries: &[DlqEntry]) -> String {
-    let header = ["MESSAGE ID", "TARGET", "HOST", "REASON", "RECORD", "LAST ERROR", "ATTEMPTS", "RECEIVES", "AGE"].map(str::to_owned);
+    let header = [
+        "MESSAGE ID",
+        "TARGET",
+        "HOST",
+        "REASON",
+        "RECORD",
+        "LAST ERROR",
+        "ATTEMPTS",
+        "RECEIVES",
+        "AGE",
+    ]
+    .map(str::to_owned);
     let dash = || "-".to_owned();
     let rows: Vec<[String; 9]> = entries
         .iter()
@@ -164,7 +215,11 @@ pub fn table(entries: &[DlqEntry]) -> String {
     std::iter::once(&header)
         .chain(&rows)
         .map(|row| {
-            let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
             format!("{}\n", cells.join("  ").trim_end())
         })
         .collect()
@@ -219,15 +274,60 @@ mod tests {
     #[test]
     fn filters_combine_and_match_reason_or_last_error() {
         let bad = entry("a", "api.example.com", "HTTP 400 Bad Request", None);
-        let redriven = entry("b", "other.example.com", "max receives exceeded", Some("HTTP 503 Service Unavailable"));
+        let redriven = entry(
+            "b",
+            "other.example.com",
+            "max receives exceeded",
+            Some("HTTP 503 Service Unavailable"),
+        );
         let by = |f: DlqFilter| [&bad, &redriven].iter().filter(|e| f.matches(e)).count();
         assert_eq!(by(DlqFilter::default()), 2);
-        assert_eq!(by(DlqFilter { target: Some("a".into()), ..Default::default() }), 1);
-        assert_eq!(by(DlqFilter { host: Some("API.example.com".into()), ..Default::default() }), 1);
-        assert_eq!(by(DlqFilter { reason: Some("503".into()), ..Default::default() }), 1, "matches the record's last error");
-        assert_eq!(by(DlqFilter { reason: Some("http".into()), ..Default::default() }), 2, "case-insensitive");
-        assert_eq!(by(DlqFilter { target: Some("a".into()), reason: Some("503".into()), ..Default::default() }), 0, "all conditions hold");
-        assert_eq!(by(DlqFilter { run: Some("run-2".into()), ..Default::default() }), 0);
+        assert_eq!(
+            by(DlqFilter {
+                target: Some("a".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            by(DlqFilter {
+                host: Some("API.example.com".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            by(DlqFilter {
+                reason: Some("503".into()),
+                ..Default::default()
+            }),
+            1,
+            "matches the record's last error"
+        );
+        assert_eq!(
+            by(DlqFilter {
+                reason: Some("http".into()),
+                ..Default::default()
+            }),
+            2,
+            "case-insensitive"
+        );
+        assert_eq!(
+            by(DlqFilter {
+                target: Some("a".into()),
+                reason: Some("503".into()),
+                ..Default::default()
+            }),
+            0,
+            "all conditions hold"
+        );
+        assert_eq!(
+            by(DlqFilter {
+                run: Some("run-2".into()),
+                ..Default::default()
+            }),
+            0
+        );
     }
 
     #[test]

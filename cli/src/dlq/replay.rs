@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use fanout_shared::job::ATTR_DEAD_LETTER_ATTEMPT;
-use fanout_shared::{BackendError, IdempotencyStore, MessageMover, MoveTaskState, MoveTaskStatus, Queue, Status};
+use fanout_shared::{
+    BackendError, IdempotencyStore, MessageMover, MoveTaskState, MoveTaskStatus, Queue, Status,
+};
 
 use super::{describe, DlqEntry, DlqFilter};
 use crate::scan::{pass_over, Pass};
@@ -114,18 +116,31 @@ pub struct ReplayTargets<'a> {
 }
 
 /// Replays the DLQ as `options` say; `progress` sees the summary after every message.
-pub async fn replay(targets: &ReplayTargets<'_>, options: &ReplayOptions, progress: &(dyn Fn(&ReplaySummary) + Sync)) -> Result<ReplaySummary, BackendError> {
+pub async fn replay(
+    targets: &ReplayTargets<'_>,
+    options: &ReplayOptions,
+    progress: &(dyn Fn(&ReplaySummary) + Sync),
+) -> Result<ReplaySummary, BackendError> {
     let started = Instant::now();
-    let mut summary = ReplaySummary { dry_run: options.dry_run, ..ReplaySummary::default() };
+    let mut summary = ReplaySummary {
+        dry_run: options.dry_run,
+        ..ReplaySummary::default()
+    };
     let whole_queue = !options.dry_run && options.filter.is_empty() && options.max.is_none();
     if let (true, Some(mover)) = (whole_queue, targets.mover) {
-        let rate = options.rate.map(|r| r.ceil().clamp(1.0, MOVE_TASK_MAX_RATE) as u32);
+        let rate = options
+            .rate
+            .map(|r| r.ceil().clamp(1.0, MOVE_TASK_MAX_RATE) as u32);
         match mover.start(rate).await {
             Ok(handle) => {
                 summary.method = ReplayMethod::MoveTask;
-                let mut task = MoveTask { handle, status: None };
+                let mut task = MoveTask {
+                    handle,
+                    status: None,
+                };
                 if options.wait {
-                    task.status = Some(wait_for(mover, &task.handle, &mut summary, progress).await?);
+                    task.status =
+                        Some(wait_for(mover, &task.handle, &mut summary, progress).await?);
                 }
                 summary.move_task = Some(task);
                 summary.elapsed_s = started.elapsed().as_secs_f64();
@@ -155,7 +170,11 @@ async fn wait_for(
         if status.is_finished() {
             if status.state != MoveTaskState::Completed {
                 summary.failed = status.to_move.unwrap_or(0).saturating_sub(status.moved);
-                summary.failures.push(format!("move task {}: {}", status.state, status.failure_reason.clone().unwrap_or_default()));
+                summary.failures.push(format!(
+                    "move task {}: {}",
+                    status.state,
+                    status.failure_reason.clone().unwrap_or_default()
+                ));
             }
             return Ok(status);
         }
@@ -174,26 +193,34 @@ async fn move_one_by_one(
         interval
     });
     // Skipped, failed and (on error) unmoved messages become visible again at the pass's end.
-    pass_over(targets.dlq, options.hold, options.poll_wait, async |pass, batch| {
-        for entry in describe(batch, targets.store).await? {
-            if options.max.is_some_and(|max| summary.moved + summary.failed >= max as u64) {
-                return Ok(ControlFlow::Break(()));
-            }
-            if !options.filter.matches(&entry) {
-                summary.skipped += 1;
-            } else if options.dry_run {
-                summary.moved += 1;
-                summary.would_move.push(entry);
-            } else {
-                if let Some(pacer) = pacer.as_mut() {
-                    pacer.tick().await;
+    pass_over(
+        targets.dlq,
+        options.hold,
+        options.poll_wait,
+        async |pass, batch| {
+            for entry in describe(batch, targets.store).await? {
+                if options
+                    .max
+                    .is_some_and(|max| summary.moved + summary.failed >= max as u64)
+                {
+                    return Ok(ControlFlow::Break(()));
                 }
-                move_message(targets, pass, &entry, summary).await?;
+                if !options.filter.matches(&entry) {
+                    summary.skipped += 1;
+                } else if options.dry_run {
+                    summary.moved += 1;
+                    summary.would_move.push(entry);
+                } else {
+                    if let Some(pacer) = pacer.as_mut() {
+                        pacer.tick().await;
+                    }
+                    move_message(targets, pass, &entry, summary).await?;
+                }
+                progress(summary);
             }
-            progress(summary);
-        }
-        Ok(ControlFlow::Continue(()))
-    })
+            Ok(ControlFlow::Continue(()))
+        },
+    )
     .await
 }
 
@@ -203,16 +230,32 @@ async fn move_one_by_one(
 /// redelivery too) would be dead-lettered again by the replay instead of running.
 fn replay_attributes(entry: &DlqEntry) -> BTreeMap<String, String> {
     let mut attributes = entry.message.attributes.clone();
-    if let (Some(Status::Rejected | Status::DeadLettered), Some(attempt)) = (entry.record_status, entry.attempts) {
-        attributes.entry(ATTR_DEAD_LETTER_ATTEMPT.to_owned()).or_insert_with(|| attempt.to_string());
+    if let (Some(Status::Rejected | Status::DeadLettered), Some(attempt)) =
+        (entry.record_status, entry.attempts)
+    {
+        attributes
+            .entry(ATTR_DEAD_LETTER_ATTEMPT.to_owned())
+            .or_insert_with(|| attempt.to_string());
     }
     attributes
 }
 
 /// Send, then delete: a crash in between duplicates the job message, which dedupe absorbs.
-async fn move_message(targets: &ReplayTargets<'_>, pass: &mut Pass<'_>, entry: &DlqEntry, summary: &mut ReplaySummary) -> Result<(), BackendError> {
-    let name = entry.message_id.as_deref().unwrap_or(&entry.queue_message_id);
-    match targets.queue.send(&entry.message.body, &replay_attributes(entry)).await {
+async fn move_message(
+    targets: &ReplayTargets<'_>,
+    pass: &mut Pass<'_>,
+    entry: &DlqEntry,
+    summary: &mut ReplaySummary,
+) -> Result<(), BackendError> {
+    let name = entry
+        .message_id
+        .as_deref()
+        .unwrap_or(&entry.queue_message_id);
+    match targets
+        .queue
+        .send(&entry.message.body, &replay_attributes(entry))
+        .await
+    {
         Ok(_) => {}
         // A queue that will never take it (gone, access denied) fails every message: stop.
         Err(e) if !e.retryable => return Err(e),
@@ -249,31 +292,51 @@ mod tests {
     impl MessageMover for FakeMover {
         async fn start(&self, max_per_second: Option<u32>) -> Result<String, BackendError> {
             if self.fail {
-                return Err(BackendError::transient("sqs:StartMessageMoveTask", "500 Internal Server Error"));
+                return Err(BackendError::transient(
+                    "sqs:StartMessageMoveTask",
+                    "500 Internal Server Error",
+                ));
             }
             self.started.lock().unwrap().push(max_per_second);
             Ok("handle-1".into())
         }
 
         async fn status(&self, _handle: &str) -> Result<MoveTaskStatus, BackendError> {
-            Ok(MoveTaskStatus { state: MoveTaskState::Completed, moved: 3, to_move: Some(3), failure_reason: None })
+            Ok(MoveTaskStatus {
+                state: MoveTaskState::Completed,
+                moved: 3,
+                to_move: Some(3),
+                failure_reason: None,
+            })
         }
     }
 
     fn queues() -> (EmbeddedQueue, EmbeddedQueue, EmbeddedStore) {
         let backend = EmbeddedBackend::open(std::path::Path::new(":memory:")).unwrap();
-        backend.ensure_pipeline("jobs", "q", "dlq", Some(5)).unwrap();
+        backend
+            .ensure_pipeline("jobs", "q", "dlq", Some(5))
+            .unwrap();
         (backend.queue("q"), backend.queue("dlq"), backend.store())
     }
 
     fn options(filter: DlqFilter, max: Option<usize>) -> ReplayOptions {
-        ReplayOptions { filter, max, rate: Some(1000.5), dry_run: false, wait: true, hold: Duration::from_secs(30), poll_wait: Duration::ZERO }
+        ReplayOptions {
+            filter,
+            max,
+            rate: Some(1000.5),
+            dry_run: false,
+            wait: true,
+            hold: Duration::from_secs(30),
+            poll_wait: Duration::ZERO,
+        }
     }
 
     async fn fill(dlq: &EmbeddedQueue, n: usize) {
         for i in 0..n {
             let attributes = BTreeMap::from([("failure_reason".to_owned(), format!("reason {i}"))]);
-            dlq.send(&format!("not a job {i}"), &attributes).await.unwrap();
+            dlq.send(&format!("not a job {i}"), &attributes)
+                .await
+                .unwrap();
         }
     }
 
@@ -281,36 +344,85 @@ mod tests {
     async fn unfiltered_replay_uses_the_move_task_and_waits_for_it() {
         let (queue, dlq, store) = queues();
         fill(&dlq, 3).await;
-        let mover = FakeMover { fail: false, started: Mutex::new(Vec::new()) };
-        let targets = ReplayTargets { queue: &queue, dlq: &dlq, store: &store, mover: Some(&mover) };
-        let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {}).await.unwrap();
+        let mover = FakeMover {
+            fail: false,
+            started: Mutex::new(Vec::new()),
+        };
+        let targets = ReplayTargets {
+            queue: &queue,
+            dlq: &dlq,
+            store: &store,
+            mover: Some(&mover),
+        };
+        let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {})
+            .await
+            .unwrap();
         assert_eq!(summary.method, ReplayMethod::MoveTask);
-        assert_eq!(*mover.started.lock().unwrap(), vec![Some(500)], "rate rounded up and capped at SQS's 500/s");
+        assert_eq!(
+            *mover.started.lock().unwrap(),
+            vec![Some(500)],
+            "rate rounded up and capped at SQS's 500/s"
+        );
         assert_eq!(summary.moved, 3, "from the task's status");
-        assert_eq!(dlq.depth().await.unwrap().visible, 3, "the server moves them, not us");
+        assert_eq!(
+            dlq.depth().await.unwrap().visible,
+            3,
+            "the server moves them, not us"
+        );
     }
 
     #[tokio::test]
     async fn filtered_or_capped_replay_moves_one_by_one_and_an_unavailable_move_task_falls_back() {
         let (queue, dlq, store) = queues();
         fill(&dlq, 5).await;
-        let mover = FakeMover { fail: false, started: Mutex::new(Vec::new()) };
-        let targets = ReplayTargets { queue: &queue, dlq: &dlq, store: &store, mover: Some(&mover) };
-        let summary = replay(&targets, &options(DlqFilter::default(), Some(2)), &|_| {}).await.unwrap();
+        let mover = FakeMover {
+            fail: false,
+            started: Mutex::new(Vec::new()),
+        };
+        let targets = ReplayTargets {
+            queue: &queue,
+            dlq: &dlq,
+            store: &store,
+            mover: Some(&mover),
+        };
+        let summary = replay(&targets, &options(DlqFilter::default(), Some(2)), &|_| {})
+            .await
+            .unwrap();
         assert_eq!((summary.method, summary.moved), (ReplayMethod::OneByOne, 2));
-        let filter = DlqFilter { reason: Some("REASON 4".into()), ..DlqFilter::default() };
-        let summary = replay(&targets, &options(filter, None), &|_| {}).await.unwrap();
+        let filter = DlqFilter {
+            reason: Some("REASON 4".into()),
+            ..DlqFilter::default()
+        };
+        let summary = replay(&targets, &options(filter, None), &|_| {})
+            .await
+            .unwrap();
         assert_eq!((summary.moved, summary.skipped), (1, 2));
         assert!(mover.started.lock().unwrap().is_empty());
 
-        let broken = FakeMover { fail: true, started: Mutex::new(Vec::new()) };
-        let targets = ReplayTargets { mover: Some(&broken), ..targets };
-        let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {}).await.unwrap();
+        let broken = FakeMover {
+            fail: true,
+            started: Mutex::new(Vec::new()),
+        };
+        let targets = ReplayTargets {
+            mover: Some(&broken),
+            ..targets
+        };
+        let summary = replay(&targets, &options(DlqFilter::default(), None), &|_| {})
+            .await
+            .unwrap();
         assert_eq!((summary.method, summary.moved), (ReplayMethod::OneByOne, 2));
         assert!(summary.move_task_unavailable.unwrap().contains("500"));
         assert_eq!(dlq.depth().await.unwrap(), Default::default());
-        let moved = queue.receive(10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        let moved = queue
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(moved.len(), 5);
-        assert!(moved.iter().all(|m| m.attributes["failure_reason"].starts_with("reason ")), "attributes travel with the body");
+        assert!(
+            moved
+                .iter()
+                .all(|m| m.attributes["failure_reason"].starts_with("reason ")),
+            "attributes travel with the body"
+        );
     }
 }

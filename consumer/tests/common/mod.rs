@@ -32,11 +32,18 @@ pub fn backends(backend: &EmbeddedBackend, source: &str, dlq: &str) -> Backends 
 pub async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
     let server = TargetServer::start().await.unwrap();
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-    backend.ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5)).unwrap();
+    backend
+        .ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5))
+        .unwrap();
     let config = config.to_string().replace("BASE", &server.base_url());
     let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
-    let consumer = Consumer::new(&config, backends(&backend, "jobs", "jobs-dlq"), settings).unwrap();
-    Harness { backend, consumer, server }
+    let consumer =
+        Consumer::new(&config, backends(&backend, "jobs", "jobs-dlq"), settings).unwrap();
+    Harness {
+        backend,
+        consumer,
+        server,
+    }
 }
 
 /// A config of `targets`, with the timeout [`job`] writes into its messages, so the consumer's
@@ -46,7 +53,14 @@ pub fn config(targets: serde_json::Value) -> serde_json::Value {
 }
 
 pub fn job(run: &str, id: &str, url: &str) -> JobMessage {
-    let target = fanout_shared::JobTarget { id: id.into(), url: url.into(), method: "GET".into(), headers: Default::default(), body: None, timeout_ms: 2000 };
+    let target = fanout_shared::JobTarget {
+        id: id.into(),
+        url: url.into(),
+        method: "GET".into(),
+        headers: Default::default(),
+        body: None,
+        timeout_ms: 2000,
+    };
     JobMessage::new(run, target, chrono::Utc::now())
 }
 

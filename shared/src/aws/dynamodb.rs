@@ -10,12 +10,17 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
 
 use super::runs::{cancellation_codes, shard_update};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
-use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+use crate::idempotency::{
+    decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
+};
 use crate::runs::Tally;
 
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
@@ -26,7 +31,11 @@ const MAX_TRANSACTION_CONFLICTS: u32 = 6;
 
 /// A transition's expression values plus its guard's ([`TRANSITION_CONDITION`]): the state it
 /// leaves and the holder's attempt.
-fn guarded(mut values: HashMap<String, AttributeValue>, from: Status, attempt: u32) -> HashMap<String, AttributeValue> {
+fn guarded(
+    mut values: HashMap<String, AttributeValue>,
+    from: Status,
+    attempt: u32,
+) -> HashMap<String, AttributeValue> {
     values.insert(":from".into(), s(from.as_str()));
     values.insert(":attempt".into(), n(attempt));
     values
@@ -42,7 +51,10 @@ pub struct DynamoDbStore {
 impl DynamoDbStore {
     /// The store in `table`.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     async fn get(&self, message_id: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
@@ -84,12 +96,20 @@ impl DynamoDbStore {
         match result {
             Ok(output) => {
                 let record = output.attributes().and_then(parse_record);
-                let (attempt, failures, dead_letter_class) = record.map_or((1, 0, None), |r| (r.attempts, r.failures, r.dead_letter_class));
-                Ok(Ok(Acquire::Acquired { attempt, failures, dead_letter_class }))
+                let (attempt, failures, dead_letter_class) = record.map_or((1, 0, None), |r| {
+                    (r.attempts, r.failures, r.dead_letter_class)
+                });
+                Ok(Ok(Acquire::Acquired {
+                    attempt,
+                    failures,
+                    dead_letter_class,
+                }))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 let old = match e.err() {
-                    UpdateItemError::ConditionalCheckFailedException(failed) => failed.item().and_then(parse_record),
+                    UpdateItemError::ConditionalCheckFailedException(failed) => {
+                        failed.item().and_then(parse_record)
+                    }
                     _ => None,
                 };
                 Ok(Err(old))
@@ -107,11 +127,17 @@ impl DynamoDbStore {
         set: &str,
         values: HashMap<String, AttributeValue>,
     ) -> Result<Transition, BackendError> {
-        self.send_transition(message_id, set, guarded(values, from, attempt)).await
+        self.send_transition(message_id, set, guarded(values, from, attempt))
+            .await
     }
 
     /// Sends a transition whose values already carry their guard.
-    async fn send_transition(&self, message_id: &str, set: &str, values: HashMap<String, AttributeValue>) -> Result<Transition, BackendError> {
+    async fn send_transition(
+        &self,
+        message_id: &str,
+        set: &str,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<Transition, BackendError> {
         let result = self
             .client
             .update_item()
@@ -143,7 +169,12 @@ impl DynamoDbStore {
         counted: (&Tally<'_>, bool),
     ) -> Result<Transition, BackendError> {
         let (tally, succeeded) = counted;
-        let shard = shard_update(&self.table, tally.run_id, message_id, &tally.delta(succeeded))?;
+        let shard = shard_update(
+            &self.table,
+            tally.run_id,
+            message_id,
+            &tally.delta(succeeded),
+        )?;
         let values = guarded(values, from, attempt);
         let transition = Update::builder()
             .table_name(&self.table)
@@ -154,9 +185,17 @@ impl DynamoDbStore {
             .set_expression_attribute_values(Some(values.clone()))
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
-        let items = vec![TransactWriteItem::builder().update(transition).build(), TransactWriteItem::builder().update(shard).build()];
+        let items = vec![
+            TransactWriteItem::builder().update(transition).build(),
+            TransactWriteItem::builder().update(shard).build(),
+        ];
         for round in 0..MAX_TRANSACTION_CONFLICTS {
-            let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
             let codes = match result {
                 Ok(_) => return Ok(Transition::Done),
                 Err(e) => match cancellation_codes(&e) {
@@ -164,26 +203,50 @@ impl DynamoDbStore {
                     None => return Err(sdk_error("dynamodb:TransactWriteItems", e)),
                 },
             };
-            match (codes.first().map(String::as_str), codes.get(1).map(String::as_str)) {
+            match (
+                codes.first().map(String::as_str),
+                codes.get(1).map(String::as_str),
+            ) {
                 (Some("ConditionalCheckFailed"), _) => return Ok(Transition::Superseded),
                 (_, Some("ConditionalCheckFailed")) => break,
                 _ if codes.iter().any(|c| c == "TransactionConflict") => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10 + fastrand::u64(..20 << round))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        10 + fastrand::u64(..20 << round),
+                    ))
+                    .await;
                 }
                 // An endpoint that gives no reasons: the plain transition tells a superseded
                 // holder from a run without a ledger.
                 _ if codes.is_empty() => break,
-                _ => return Err(BackendError::transient("dynamodb:TransactWriteItems", format!("canceled: {}", codes.join(", ")))),
+                _ => {
+                    return Err(BackendError::transient(
+                        "dynamodb:TransactWriteItems",
+                        format!("canceled: {}", codes.join(", ")),
+                    ))
+                }
             }
             if round + 1 == MAX_TRANSACTION_CONFLICTS {
-                return Err(BackendError::transient("dynamodb:TransactWriteItems", "the run's counter shard stayed in conflict"));
+                return Err(BackendError::transient(
+                    "dynamodb:TransactWriteItems",
+                    "the run's counter shard stayed in conflict",
+                ));
             }
         }
         self.send_transition(message_id, set, values).await
     }
 
-    async fn fail_as(&self, to: Status, message_id: &str, attempt: u32, error: &str, code: Option<u16>) -> Result<Transition, BackendError> {
-        let mut values = HashMap::from([(":to".to_owned(), s(to.as_str())), (":err".to_owned(), s(error))]);
+    async fn fail_as(
+        &self,
+        to: Status,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        code: Option<u16>,
+    ) -> Result<Transition, BackendError> {
+        let mut values = HashMap::from([
+            (":to".to_owned(), s(to.as_str())),
+            (":err".to_owned(), s(error)),
+        ]);
         let mut set = match code {
             Some(code) => {
                 values.insert(":code".into(), n(code));
@@ -198,7 +261,8 @@ impl DynamoDbStore {
         if code.is_none() {
             set.push_str(" REMOVE #status_code");
         }
-        self.transition(message_id, Status::InProgress, attempt, &set, values).await
+        self.transition(message_id, Status::InProgress, attempt, &set, values)
+            .await
     }
 }
 
@@ -230,9 +294,12 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
     .filter(|a| {
         let placeholder = format!("#{a}");
         // `#status` must not count as a use of `#status_code`, and vice versa.
-        expressions
-            .iter()
-            .any(|e| e.match_indices(&placeholder).any(|(i, _)| !e[i + placeholder.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')))
+        expressions.iter().any(|e| {
+            e.match_indices(&placeholder).any(|(i, _)| {
+                !e[i + placeholder.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
     })
     .map(|a| (format!("#{a}"), (*a).to_owned()))
     .collect()
@@ -240,14 +307,22 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
 
 fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRecord> {
     let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let number = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    let number = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
     Some(IdempotencyRecord {
         message_id: text("message_id")?,
         status: Status::parse(&text("status")?)?,
         in_progress_expiry_ms: number("in_progress_expiry").unwrap_or(0),
         expiration_s: number("expiration").unwrap_or(0),
-        attempts: number("attempts").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
-        failures: number("failures").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+        attempts: number("attempts")
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0),
+        failures: number("failures")
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0),
         last_error: text("last_error"),
         status_code: number("status_code").and_then(|c| u16::try_from(c).ok()),
         run_id: text("run_id").unwrap_or_default(),
@@ -272,7 +347,8 @@ impl IdempotencyStore for DynamoDbStore {
             (":one".to_owned(), n(1)),
             (":in_progress".to_owned(), s(Status::InProgress.as_str())),
         ]);
-        let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
+        let update =
+            "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
                       #run_id = :run, #target_id = :target ADD #attempts :one";
         if let Some(replayed) = claim.replay_of {
             let mut values = values.clone();
@@ -281,10 +357,14 @@ impl IdempotencyStore for DynamoDbStore {
             values.insert(":replayed".into(), n(replayed));
             values.insert(":zero".into(), n(0));
             values.remove(":now");
-            let condition = "(#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed";
+            let condition =
+                "(#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed";
             let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
                           #run_id = :run, #target_id = :target, #failures = :zero ADD #attempts :one";
-            if let Ok(acquired) = self.try_acquire(claim.message_id, update, condition, values).await? {
+            if let Ok(acquired) = self
+                .try_acquire(claim.message_id, update, condition, values)
+                .await?
+            {
                 return Ok(acquired);
             }
         }
@@ -293,7 +373,10 @@ impl IdempotencyStore for DynamoDbStore {
         let condition = "attribute_not_exists(#message_id) OR #status = :failed \
                          OR (#status = :in_progress AND #in_progress_expiry < :now)";
         for _ in 0..3 {
-            let current = match self.try_acquire(claim.message_id, update, condition, values.clone()).await? {
+            let current = match self
+                .try_acquire(claim.message_id, update, condition, values.clone())
+                .await?
+            {
                 Ok(acquired) => return Ok(acquired),
                 Err(Some(old)) => Some(old),
                 // The condition failed on an item, so one exists: read it where the endpoint
@@ -305,33 +388,91 @@ impl IdempotencyStore for DynamoDbStore {
                 decided => return Ok(decided),
             }
         }
-        Ok(Acquire::Locked { until_ms: claim.now_ms })
+        Ok(Acquire::Locked {
+            until_ms: claim.now_ms,
+        })
     }
 
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError> {
-        let values =
-            HashMap::from([(":to".to_owned(), s(Status::Completed.as_str())), (":code".to_owned(), n(status_code)), (":exp".to_owned(), n(expiration_s))]);
+    async fn complete(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        status_code: u16,
+        expiration_s: i64,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError> {
+        let values = HashMap::from([
+            (":to".to_owned(), s(Status::Completed.as_str())),
+            (":code".to_owned(), n(status_code)),
+            (":exp".to_owned(), n(expiration_s)),
+        ]);
         let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error, #dead_letter_class";
-        self.counted_transition(message_id, Status::InProgress, attempt, set, values, (tally, true)).await
+        self.counted_transition(
+            message_id,
+            Status::InProgress,
+            attempt,
+            set,
+            values,
+            (tally, true),
+        )
+        .await
     }
 
-    async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.fail_as(Status::Failed, message_id, attempt, error, status_code).await
+    async fn fail(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError> {
+        self.fail_as(Status::Failed, message_id, attempt, error, status_code)
+            .await
     }
 
-    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
-        self.fail_as(Status::Rejected, message_id, attempt, error, status_code).await
+    async fn reject(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError> {
+        self.fail_as(Status::Rejected, message_id, attempt, error, status_code)
+            .await
     }
 
-    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError> {
+    async fn dead_lettered(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError> {
         let class = tally.reason.unwrap_or("unknown");
-        let values = HashMap::from([(":to".to_owned(), s(Status::DeadLettered.as_str())), (":class".to_owned(), s(class))]);
+        let values = HashMap::from([
+            (":to".to_owned(), s(Status::DeadLettered.as_str())),
+            (":class".to_owned(), s(class)),
+        ]);
         let set = "SET #status = :to, #dead_letter_class = :class";
-        self.counted_transition(message_id, Status::Rejected, attempt, set, values, (tally, false)).await
+        self.counted_transition(
+            message_id,
+            Status::Rejected,
+            attempt,
+            set,
+            values,
+            (tally, false),
+        )
+        .await
     }
 
-    async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
-        let items = batch_get(&self.client, &self.table, message_ids.iter().map(|id| s(id))).await?;
+    async fn get_many(
+        &self,
+        message_ids: &[String],
+    ) -> Result<Vec<IdempotencyRecord>, BackendError> {
+        let items = batch_get(
+            &self.client,
+            &self.table,
+            message_ids.iter().map(|id| s(id)),
+        )
+        .await?;
         Ok(items.iter().filter_map(parse_record).collect())
     }
 }
@@ -343,7 +484,9 @@ pub(super) async fn batch_get(
     table: &str,
     keys: impl Iterator<Item = AttributeValue>,
 ) -> Result<Vec<HashMap<String, AttributeValue>>, BackendError> {
-    let keys: Vec<HashMap<String, AttributeValue>> = keys.map(|k| HashMap::from([("message_id".to_owned(), k)])).collect();
+    let keys: Vec<HashMap<String, AttributeValue>> = keys
+        .map(|k| HashMap::from([("message_id".to_owned(), k)]))
+        .collect();
     let mut items = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(100) {
         let mut request = KeysAndAttributes::builder()
@@ -352,8 +495,20 @@ pub(super) async fn batch_get(
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
         loop {
-            let output = client.batch_get_item().request_items(table, request).send().await.map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
-            items.extend(output.responses().and_then(|r| r.get(table)).into_iter().flatten().cloned());
+            let output = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
+            items.extend(
+                output
+                    .responses()
+                    .and_then(|r| r.get(table))
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
             match output.unprocessed_keys().and_then(|u| u.get(table)) {
                 Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
                 _ => break,
@@ -367,7 +522,9 @@ pub(super) async fn batch_get(
 mod tests {
     #[test]
     fn only_used_placeholders_are_sent() {
-        let mut used: Vec<String> = super::names(&["SET #status = :to REMOVE #status_code"]).into_keys().collect();
+        let mut used: Vec<String> = super::names(&["SET #status = :to REMOVE #status_code"])
+            .into_keys()
+            .collect();
         used.sort();
         assert_eq!(used, vec!["#status", "#status_code"]);
         let used: Vec<String> = super::names(&["#status_code = :c"]).into_keys().collect();

@@ -34,8 +34,16 @@ fn host_key(host: &str) -> AttributeValue {
 }
 
 fn parse_state(item: &HashMap<String, AttributeValue>) -> (HostState, i64) {
-    let state = item.get("host_state").and_then(|v| v.as_s().ok()).and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default();
-    let version = item.get("version").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let state = item
+        .get("host_state")
+        .and_then(|v| v.as_s().ok())
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let version = item
+        .get("version")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     (state, version)
 }
 
@@ -44,7 +52,11 @@ fn parse_leases(item: &HashMap<String, AttributeValue>) -> Vec<Lease> {
         .filter_map(|(name, value)| {
             let instance = name.strip_prefix(LEASE_PREFIX)?;
             let (since, expires) = value.as_s().ok()?.split_once(':')?;
-            Some(Lease { instance: instance.to_owned(), since_ms: since.parse().ok()?, expires_ms: expires.parse().ok()? })
+            Some(Lease {
+                instance: instance.to_owned(),
+                since_ms: since.parse().ok()?,
+                expires_ms: expires.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -52,7 +64,10 @@ fn parse_leases(item: &HashMap<String, AttributeValue>) -> Vec<Lease> {
 impl DynamoDbFleet {
     /// The fleet's state in `table` (the idempotency table).
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     async fn read(&self, host: &str) -> Result<(HostState, i64), BackendError> {
@@ -76,8 +91,14 @@ impl DynamoDbFleet {
         let mut removes = Vec::new();
         let mut conditions = Vec::new();
         for (i, lease) in lapsed.iter().enumerate() {
-            names.insert(format!("#l{i}"), format!("{LEASE_PREFIX}{}", lease.instance));
-            values.insert(format!(":l{i}"), AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)));
+            names.insert(
+                format!("#l{i}"),
+                format!("{LEASE_PREFIX}{}", lease.instance),
+            );
+            values.insert(
+                format!(":l{i}"),
+                AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)),
+            );
             removes.push(format!("#l{i}"));
             conditions.push(format!("#l{i} = :l{i}"));
         }
@@ -102,8 +123,16 @@ impl DynamoDbFleet {
 
 #[async_trait]
 impl FleetStore for DynamoDbFleet {
-    async fn host_states(&self, hosts: &[String]) -> Result<Vec<(String, HostState)>, BackendError> {
-        let items = super::dynamodb::batch_get(&self.client, &self.table, hosts.iter().map(|h| host_key(h))).await?;
+    async fn host_states(
+        &self,
+        hosts: &[String],
+    ) -> Result<Vec<(String, HostState)>, BackendError> {
+        let items = super::dynamodb::batch_get(
+            &self.client,
+            &self.table,
+            hosts.iter().map(|h| host_key(h)),
+        )
+        .await?;
         Ok(items
             .iter()
             .filter_map(|item| {
@@ -113,16 +142,32 @@ impl FleetStore for DynamoDbFleet {
             .collect())
     }
 
-    async fn apply(&self, host: &str, event: &HostEvent, now_ms: i64, policy: &HostPolicy) -> Result<(HostState, bool), BackendError> {
+    async fn apply(
+        &self,
+        host: &str,
+        event: &HostEvent,
+        now_ms: i64,
+        policy: &HostPolicy,
+    ) -> Result<(HostState, bool), BackendError> {
         for _ in 0..MAX_CONFLICTS {
             let (current, version) = self.read(host).await?;
             let Some(next) = current.apply(event, now_ms, policy) else {
                 return Ok((current, false));
             };
-            let text = serde_json::to_string(&next).map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
-            let condition = if version == 0 { "attribute_not_exists(#version)" } else { "#version = :version" };
-            let mut values =
-                HashMap::from([(":state".to_owned(), AttributeValue::S(text)), (":next".to_owned(), AttributeValue::N((version + 1).to_string()))]);
+            let text = serde_json::to_string(&next)
+                .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
+            let condition = if version == 0 {
+                "attribute_not_exists(#version)"
+            } else {
+                "#version = :version"
+            };
+            let mut values = HashMap::from([
+                (":state".to_owned(), AttributeValue::S(text)),
+                (
+                    ":next".to_owned(),
+                    AttributeValue::N((version + 1).to_string()),
+                ),
+            ]);
             if version != 0 {
                 values.insert(":version".into(), AttributeValue::N(version.to_string()));
             }
@@ -144,7 +189,10 @@ impl FleetStore for DynamoDbFleet {
                 Err(e) => return Err(sdk_error("dynamodb:UpdateItem", e)),
             }
         }
-        Err(BackendError::transient("dynamodb:UpdateItem", format!("host {host}: {MAX_CONFLICTS} conflicting writers in a row")))
+        Err(BackendError::transient(
+            "dynamodb:UpdateItem",
+            format!("host {host}: {MAX_CONFLICTS} conflicting writers in a row"),
+        ))
     }
 
     async fn renew(&self, lease: &Lease, now_ms: i64) -> Result<Vec<Lease>, BackendError> {
@@ -155,13 +203,20 @@ impl FleetStore for DynamoDbFleet {
             .key("message_id", AttributeValue::S(LEASES_KEY.into()))
             .update_expression("SET #me = :me")
             .expression_attribute_names("#me", format!("{LEASE_PREFIX}{}", lease.instance))
-            .expression_attribute_values(":me", AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)))
+            .expression_attribute_values(
+                ":me",
+                AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)),
+            )
             .return_values(ReturnValue::AllNew)
             .send()
             .await
             .map_err(|e| sdk_error("dynamodb:UpdateItem", e))?;
-        let (live, lapsed): (Vec<Lease>, Vec<Lease>) =
-            output.attributes().map(parse_leases).unwrap_or_default().into_iter().partition(|l| l.expires_ms > now_ms);
+        let (live, lapsed): (Vec<Lease>, Vec<Lease>) = output
+            .attributes()
+            .map(parse_leases)
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|l| l.expires_ms > now_ms);
         if !lapsed.is_empty() {
             self.prune(&lapsed).await?;
         }

@@ -51,10 +51,18 @@ where
     };
     // A service error's code and message say it all; the full context repeats the raw response.
     let message = match &err {
-        SdkError::ServiceError(e) => format!("{}: {}", e.err().code().unwrap_or("error"), e.err().message().unwrap_or_default()),
+        SdkError::ServiceError(e) => format!(
+            "{}: {}",
+            e.err().code().unwrap_or("error"),
+            e.err().message().unwrap_or_default()
+        ),
         _ => DisplayErrorContext(&err).to_string(),
     };
-    BackendError { service, message, retryable }
+    BackendError {
+        service,
+        message,
+        retryable,
+    }
 }
 
 /// The error code of an SDK service error, if the error is one.

@@ -23,7 +23,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use super::dynamodb::batch_get;
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
-use crate::runs::{shard_of, Begin, Delta, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus};
+use crate::runs::{
+    shard_of, Begin, Delta, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus,
+};
 
 /// How long run items live: 35 days, so a month of runs can be listed.
 pub(crate) const RUN_TTL_S: i64 = 35 * 24 * 60 * 60;
@@ -55,7 +57,9 @@ fn shard_key(run_id: &str, shard: u32) -> AttributeValue {
 }
 
 fn number(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
-    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 fn text(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
@@ -63,7 +67,11 @@ fn text(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
 }
 
 fn shard_ids(item: &HashMap<String, AttributeValue>) -> Vec<u32> {
-    text(item, "shard_ids").unwrap_or_default().split(',').filter_map(|k| k.parse().ok()).collect()
+    text(item, "shard_ids")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|k| k.parse().ok())
+        .collect()
 }
 
 fn parse_run(item: &HashMap<String, AttributeValue>) -> Option<RunRecord> {
@@ -75,9 +83,15 @@ fn parse_run(item: &HashMap<String, AttributeValue>) -> Option<RunRecord> {
         started_at_ms: number(item, "started_at").unwrap_or(0),
         finished_at_ms: number(item, "finished_at"),
         deadline_at_ms: number(item, "deadline_at"),
-        policy: text(item, "policy").and_then(|p| serde_json::from_str::<RunPolicy>(&p).ok()).unwrap_or_default(),
+        policy: text(item, "policy")
+            .and_then(|p| serde_json::from_str::<RunPolicy>(&p).ok())
+            .unwrap_or_default(),
         counts: RunCounts::default(),
-        event_sent: item.get("event_sent").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        event_sent: item
+            .get("event_sent")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
         note: text(item, "note"),
     })
 }
@@ -107,16 +121,29 @@ fn parse_shard(item: &HashMap<String, AttributeValue>) -> RunCounts {
 
 /// The shard update that counts a job's terminal transition ([`Delta`]), conditional on the
 /// shard existing: a run published before it had a ledger counts nothing.
-pub(super) fn shard_update(table: &str, run_id: &str, message_id: &str, delta: &Delta) -> Result<Update, BackendError> {
+pub(super) fn shard_update(
+    table: &str,
+    run_id: &str,
+    message_id: &str,
+    delta: &Delta,
+) -> Result<Update, BackendError> {
     let mut names = HashMap::from([("#expected".to_owned(), "expected".to_owned())]);
-    let mut values = HashMap::from([(":succeeded".to_owned(), n(delta.succeeded)), (":dead".to_owned(), n(delta.dead_lettered))]);
+    let mut values = HashMap::from([
+        (":succeeded".to_owned(), n(delta.succeeded)),
+        (":dead".to_owned(), n(delta.dead_lettered)),
+    ]);
     let mut sets = Vec::new();
-    for (map, prefix, entries) in [("reasons", "r", &delta.reasons), ("hosts", "h", &delta.hosts)] {
+    for (map, prefix, entries) in [
+        ("reasons", "r", &delta.reasons),
+        ("hosts", "h", &delta.hosts),
+    ] {
         names.insert(format!("#{map}"), map.to_owned());
         for (i, (key, by)) in entries.iter().enumerate() {
             names.insert(format!("#{prefix}{i}"), key.clone());
             values.insert(format!(":{prefix}{i}"), n(by));
-            sets.push(format!("#{map}.#{prefix}{i} = if_not_exists(#{map}.#{prefix}{i}, :zero) + :{prefix}{i}"));
+            sets.push(format!(
+                "#{map}.#{prefix}{i} = if_not_exists(#{map}.#{prefix}{i}, :zero) + :{prefix}{i}"
+            ));
         }
     }
     if !sets.is_empty() {
@@ -124,11 +151,17 @@ pub(super) fn shard_update(table: &str, run_id: &str, message_id: &str, delta: &
     }
     // DynamoDB refuses placeholders an expression does not use.
     names.retain(|k, _| k == "#expected" || sets.iter().any(|e| e.contains(k.as_str())));
-    let set = if sets.is_empty() { String::new() } else { format!(" SET {}", sets.join(", ")) };
+    let set = if sets.is_empty() {
+        String::new()
+    } else {
+        format!(" SET {}", sets.join(", "))
+    };
     Update::builder()
         .table_name(table)
         .key("message_id", shard_key(run_id, shard_of(message_id)))
-        .update_expression(format!("ADD succeeded :succeeded, dead_lettered :dead{set}"))
+        .update_expression(format!(
+            "ADD succeeded :succeeded, dead_lettered :dead{set}"
+        ))
         .condition_expression("attribute_exists(#expected)")
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
@@ -137,12 +170,17 @@ pub(super) fn shard_update(table: &str, run_id: &str, message_id: &str, delta: &
 }
 
 /// What a canceled transaction's reasons say about each of its items.
-pub(super) fn cancellation_codes(err: &SdkError<TransactWriteItemsError, HttpResponse>) -> Option<Vec<String>> {
+pub(super) fn cancellation_codes(
+    err: &SdkError<TransactWriteItemsError, HttpResponse>,
+) -> Option<Vec<String>> {
     match err {
         SdkError::ServiceError(e) => match e.err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => {
-                Some(c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect())
-            }
+            TransactWriteItemsError::TransactionCanceledException(c) => Some(
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None").to_owned())
+                    .collect(),
+            ),
             _ => None,
         },
         _ => None,
@@ -152,12 +190,25 @@ pub(super) fn cancellation_codes(err: &SdkError<TransactWriteItemsError, HttpRes
 impl DynamoDbRuns {
     /// The ledger in `table` (the idempotency table).
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
-    fn run_put(&self, start: &RunStart, status: RunStatus, note: Option<&str>) -> Result<TransactWriteItem, BackendError> {
-        let policy = serde_json::to_string(&start.policy).map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
-        let shards: Vec<String> = start.expected_per_shard.keys().map(ToString::to_string).collect();
+    fn run_put(
+        &self,
+        start: &RunStart,
+        status: RunStatus,
+        note: Option<&str>,
+    ) -> Result<TransactWriteItem, BackendError> {
+        let policy = serde_json::to_string(&start.policy)
+            .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
+        let shards: Vec<String> = start
+            .expected_per_shard
+            .keys()
+            .map(ToString::to_string)
+            .collect();
         let mut item = HashMap::from([
             ("message_id".to_owned(), run_key(&start.run_id)),
             ("run_id".to_owned(), s(&start.run_id)),
@@ -169,7 +220,10 @@ impl DynamoDbRuns {
             ("shards_done".to_owned(), n(0)),
             ("event_sent".to_owned(), AttributeValue::Bool(false)),
             ("run_index".to_owned(), s(RUNS_INDEX)),
-            ("expiration".to_owned(), n(start.started_at_ms / 1000 + RUN_TTL_S)),
+            (
+                "expiration".to_owned(),
+                n(start.started_at_ms / 1000 + RUN_TTL_S),
+            ),
         ]);
         if let Some(at) = &start.scheduled_at {
             item.insert("scheduled_at".into(), s(at));
@@ -183,7 +237,10 @@ impl DynamoDbRuns {
         self.put(item)
     }
 
-    fn put(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem, BackendError> {
+    fn put(
+        &self,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<TransactWriteItem, BackendError> {
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -195,14 +252,28 @@ impl DynamoDbRuns {
 
     /// Writes `items` at once; `Ok(false)` when a condition failed (the run exists).
     async fn create(&self, items: Vec<TransactWriteItem>) -> Result<bool, BackendError> {
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(e) if cancellation_codes(&e).is_some_and(|codes| codes.iter().any(|c| c == "ConditionalCheckFailed")) => Ok(false),
+            Err(e)
+                if cancellation_codes(&e)
+                    .is_some_and(|codes| codes.iter().any(|c| c == "ConditionalCheckFailed")) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk_error("dynamodb:TransactWriteItems", e)),
         }
     }
 
-    async fn run_item(&self, run_id: &str) -> Result<Option<HashMap<String, AttributeValue>>, BackendError> {
+    async fn run_item(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, BackendError> {
         let output = self
             .client
             .get_item()
@@ -216,14 +287,40 @@ impl DynamoDbRuns {
     }
 
     /// Each shard's item, by shard.
-    async fn shards(&self, run_id: &str, shards: &[u32]) -> Result<Vec<(u32, HashMap<String, AttributeValue>)>, BackendError> {
-        let items = batch_get(&self.client, &self.table, shards.iter().map(|k| shard_key(run_id, *k))).await?;
-        Ok(items.into_iter().filter_map(|item| Some((text(&item, "message_id")?.rsplit('#').next()?.parse().ok()?, item))).collect())
+    async fn shards(
+        &self,
+        run_id: &str,
+        shards: &[u32],
+    ) -> Result<Vec<(u32, HashMap<String, AttributeValue>)>, BackendError> {
+        let items = batch_get(
+            &self.client,
+            &self.table,
+            shards.iter().map(|k| shard_key(run_id, *k)),
+        )
+        .await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                Some((
+                    text(&item, "message_id")?
+                        .rsplit('#')
+                        .next()?
+                        .parse()
+                        .ok()?,
+                    item,
+                ))
+            })
+            .collect())
     }
 
     /// The run with its counters summed over its shards.
-    async fn with_counts(&self, item: &HashMap<String, AttributeValue>) -> Result<Option<RunRecord>, BackendError> {
-        let Some(mut run) = parse_run(item) else { return Ok(None) };
+    async fn with_counts(
+        &self,
+        item: &HashMap<String, AttributeValue>,
+    ) -> Result<Option<RunRecord>, BackendError> {
+        let Some(mut run) = parse_run(item) else {
+            return Ok(None);
+        };
         for (_, shard) in self.shards(&run.run_id, &shard_ids(item)).await? {
             run.counts.add(&parse_shard(&shard));
         }
@@ -248,7 +345,10 @@ impl DynamoDbRuns {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
-        let items = vec![TransactWriteItem::builder().update(mark).build(), TransactWriteItem::builder().update(add).build()];
+        let items = vec![
+            TransactWriteItem::builder().update(mark).build(),
+            TransactWriteItem::builder().update(add).build(),
+        ];
         self.create(items).await
     }
 }
@@ -265,19 +365,35 @@ impl RunLedger for DynamoDbRuns {
                 ("dead_lettered".to_owned(), n(0)),
                 ("reasons".to_owned(), AttributeValue::M(HashMap::new())),
                 ("hosts".to_owned(), AttributeValue::M(HashMap::new())),
-                ("expiration".to_owned(), n(start.started_at_ms / 1000 + RUN_TTL_S)),
+                (
+                    "expiration".to_owned(),
+                    n(start.started_at_ms / 1000 + RUN_TTL_S),
+                ),
             ]))?);
         }
         if self.create(items).await? {
             return Ok(Begin::Started);
         }
         let existing = self.get(&start.run_id).await?;
-        existing.map(|r| Begin::Existing(Box::new(r))).ok_or_else(|| BackendError::transient("dynamodb", format!("run {} exists in part", start.run_id)))
+        existing
+            .map(|r| Begin::Existing(Box::new(r)))
+            .ok_or_else(|| {
+                BackendError::transient("dynamodb", format!("run {} exists in part", start.run_id))
+            })
     }
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
-        let skipped = RunStart { expected_per_shard: BTreeMap::new(), ..start.clone() };
-        self.create(vec![self.run_put(&skipped, RunStatus::Skipped, Some(reason))?]).await.map(|_| ())
+        let skipped = RunStart {
+            expected_per_shard: BTreeMap::new(),
+            ..start.clone()
+        };
+        self.create(vec![self.run_put(
+            &skipped,
+            RunStatus::Skipped,
+            Some(reason),
+        )?])
+        .await
+        .map(|_| ())
     }
 
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError> {
@@ -314,7 +430,11 @@ impl RunLedger for DynamoDbRuns {
         Ok(runs)
     }
 
-    async fn settled(&self, run_id: &str, shards: &[u32]) -> Result<Option<RunRecord>, BackendError> {
+    async fn settled(
+        &self,
+        run_id: &str,
+        shards: &[u32],
+    ) -> Result<Option<RunRecord>, BackendError> {
         let mut touched = shards.to_vec();
         touched.sort_unstable();
         touched.dedup();
@@ -330,15 +450,24 @@ impl RunLedger for DynamoDbRuns {
         if !registered {
             return Ok(None);
         }
-        let Some(item) = self.run_item(run_id).await? else { return Ok(None) };
+        let Some(item) = self.run_item(run_id).await? else {
+            return Ok(None);
+        };
         let total = shard_ids(&item).len() as i64;
-        if text(&item, "run_status").as_deref() != Some(RunStatus::Running.as_str()) || number(&item, "shards_done").unwrap_or(0) < total {
+        if text(&item, "run_status").as_deref() != Some(RunStatus::Running.as_str())
+            || number(&item, "shards_done").unwrap_or(0) < total
+        {
             return Ok(None);
         }
         self.with_counts(&item).await
     }
 
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError> {
+    async fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        finished_at_ms: i64,
+    ) -> Result<bool, BackendError> {
         let result = self
             .client
             .update_item()

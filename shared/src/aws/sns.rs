@@ -18,16 +18,24 @@ pub struct SnsPublisher {
 impl SnsPublisher {
     /// A publisher for `topic_arn`.
     pub fn new(client: aws_sdk_sns::Client, topic_arn: impl Into<String>) -> Self {
-        Self { client, topic_arn: topic_arn.into() }
+        Self {
+            client,
+            topic_arn: topic_arn.into(),
+        }
     }
 }
 
 #[async_trait]
 impl Publisher for SnsPublisher {
-    async fn publish_batch(&self, batch: &[OutboundMessage]) -> Result<Vec<EntryFailure>, BackendError> {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Result<Vec<EntryFailure>, BackendError> {
         let mut entries = Vec::with_capacity(batch.len());
         for message in batch {
-            let mut entry = PublishBatchRequestEntry::builder().id(&message.id).message(&message.body);
+            let mut entry = PublishBatchRequestEntry::builder()
+                .id(&message.id)
+                .message(&message.body);
             for (name, value) in &message.attributes {
                 let value = MessageAttributeValue::builder()
                     .data_type("String")
@@ -36,7 +44,11 @@ impl Publisher for SnsPublisher {
                     .map_err(|e| BackendError::permanent("sns:PublishBatch", e.to_string()))?;
                 entry = entry.message_attributes(name, value);
             }
-            entries.push(entry.build().map_err(|e| BackendError::permanent("sns:PublishBatch", e.to_string()))?);
+            entries.push(
+                entry
+                    .build()
+                    .map_err(|e| BackendError::permanent("sns:PublishBatch", e.to_string()))?,
+            );
         }
         let output = self
             .client

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
+};
 
 use super::sdk_error;
 use crate::error::BackendError;
@@ -20,7 +23,10 @@ pub struct SqsQueue {
 impl SqsQueue {
     /// The queue at `url`.
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+        Self {
+            client,
+            url: url.into(),
+        }
     }
 
     /// The SDK client (for operations beyond the trait, such as message move tasks).
@@ -42,7 +48,9 @@ pub async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .cloned()
-        .ok_or_else(|| BackendError::permanent("sqs:GetQueueAttributes", format!("no QueueArn for {url}")))
+        .ok_or_else(|| {
+            BackendError::permanent("sqs:GetQueueAttributes", format!("no QueueArn for {url}"))
+        })
 }
 
 /// SQS takes whole seconds; round up so a timeout is never shorter than asked.
@@ -56,8 +64,17 @@ impl Queue for SqsQueue {
         &self.url
     }
 
-    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError> {
-        let mut request = self.client.send_message().queue_url(&self.url).message_body(body);
+    async fn send_delayed(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+        delay: Duration,
+    ) -> Result<String, BackendError> {
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body);
         if !delay.is_zero() {
             request = request.delay_seconds(whole_seconds(delay.min(crate::queue::MAX_DELAY)));
         }
@@ -69,11 +86,19 @@ impl Queue for SqsQueue {
                 .map_err(|e| BackendError::permanent("sqs:SendMessage", e.to_string()))?;
             request = request.message_attributes(name, value);
         }
-        let output = request.send().await.map_err(|e| sdk_error("sqs:SendMessage", e))?;
+        let output = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs:SendMessage", e))?;
         Ok(output.message_id().unwrap_or_default().to_owned())
     }
 
-    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+    async fn receive(
+        &self,
+        max: u32,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, BackendError> {
         let output = self
             .client
             .receive_message()
@@ -92,16 +117,29 @@ impl Queue for SqsQueue {
             .iter()
             .map(|m| {
                 let system = m.attributes();
-                let number = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name)).and_then(|v| v.parse::<i64>().ok());
+                let number = |name: MessageSystemAttributeName| {
+                    system
+                        .and_then(|a| a.get(&name))
+                        .and_then(|v| v.parse::<i64>().ok())
+                };
                 QueueMessage {
                     message_id: m.message_id().unwrap_or_default().to_owned(),
                     receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
                     body: m.body().unwrap_or_default().to_owned(),
                     attributes: m
                         .message_attributes()
-                        .map(|attrs| attrs.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned()))).collect())
+                        .map(|attrs| {
+                            attrs
+                                .iter()
+                                .filter_map(|(k, v)| {
+                                    Some((k.clone(), v.string_value()?.to_owned()))
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default(),
-                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
+                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(1),
                     sent_at_ms: number(MessageSystemAttributeName::SentTimestamp).unwrap_or(0),
                 }
             })
@@ -113,7 +151,12 @@ impl Queue for SqsQueue {
             let entries = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, handle)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build())
+                .map(|(i, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| BackendError::permanent("sqs:DeleteMessageBatch", e.to_string()))?;
             let output = self
@@ -133,13 +176,20 @@ impl Queue for SqsQueue {
                 .map(|f| format!("{}: {}", f.code(), f.message().unwrap_or_default()))
                 .collect();
             if !failed.is_empty() {
-                return Err(BackendError::transient("sqs:DeleteMessageBatch", failed.join("; ")));
+                return Err(BackendError::transient(
+                    "sqs:DeleteMessageBatch",
+                    failed.join("; "),
+                ));
             }
         }
         Ok(())
     }
 
-    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), BackendError> {
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -162,7 +212,13 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("sqs:GetQueueAttributes", e))?;
-        let get = |name: QueueAttributeName| output.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let get = |name: QueueAttributeName| {
+            output
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
         Ok(QueueDepth {
             visible: get(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),

@@ -31,11 +31,17 @@ impl EmbeddedEvents {
     /// Every event put so far, oldest first.
     pub fn all(&self) -> Result<Vec<StoredEvent>, BackendError> {
         let inner = self.backend.lock()?;
-        let mut stmt = inner.conn.prepare_cached("SELECT detail_type, detail FROM events ORDER BY seq").map_err(sql_error)?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT detail_type, detail FROM events ORDER BY seq")
+            .map_err(sql_error)?;
         let rows = stmt
             .query_map([], |row| {
                 let detail: String = row.get(1)?;
-                Ok(StoredEvent { detail_type: row.get(0)?, detail: serde_json::from_str(&detail).unwrap_or(Value::Null) })
+                Ok(StoredEvent {
+                    detail_type: row.get(0)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                })
             })
             .map_err(sql_error)?;
         rows.collect::<Result<_, _>>().map_err(sql_error)
@@ -50,7 +56,12 @@ impl EventBus for EmbeddedEvents {
             .conn
             .execute(
                 "INSERT INTO events (source, detail_type, detail, time) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![EVENT_SOURCE, detail_type, detail.to_string(), crate::now_ms()],
+                rusqlite::params![
+                    EVENT_SOURCE,
+                    detail_type,
+                    detail.to_string(),
+                    crate::now_ms()
+                ],
             )
             .map_err(sql_error)?;
         Ok(())

@@ -29,21 +29,40 @@ fn parse(text: &str) -> HostState {
 
 #[async_trait]
 impl FleetStore for EmbeddedFleet {
-    async fn host_states(&self, hosts: &[String]) -> Result<Vec<(String, HostState)>, BackendError> {
+    async fn host_states(
+        &self,
+        hosts: &[String],
+    ) -> Result<Vec<(String, HostState)>, BackendError> {
         let inner = self.backend.lock()?;
-        let mut stmt = inner.conn.prepare_cached("SELECT state FROM hosts WHERE host = ?1").map_err(sql_error)?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
+            .map_err(sql_error)?;
         let mut states = Vec::with_capacity(hosts.len());
         for host in hosts {
-            if let Some(text) = stmt.query_row([host], |r| r.get::<_, String>(0)).optional().map_err(sql_error)? {
+            if let Some(text) = stmt
+                .query_row([host], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(sql_error)?
+            {
                 states.push((host.clone(), parse(&text)));
             }
         }
         Ok(states)
     }
 
-    async fn apply(&self, host: &str, event: &HostEvent, now_ms: i64, policy: &HostPolicy) -> Result<(HostState, bool), BackendError> {
+    async fn apply(
+        &self,
+        host: &str,
+        event: &HostEvent,
+        now_ms: i64,
+        policy: &HostPolicy,
+    ) -> Result<(HostState, bool), BackendError> {
         let mut inner = self.backend.lock()?;
-        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
         let current = tx
             .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
             .and_then(|mut s| s.query_row([host], |r| r.get::<_, String>(0)).optional())
@@ -53,7 +72,8 @@ impl FleetStore for EmbeddedFleet {
         let Some(next) = current.apply(event, now_ms, policy) else {
             return Ok((current, false));
         };
-        let text = serde_json::to_string(&next).map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        let text = serde_json::to_string(&next)
+            .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
         tx.prepare_cached("INSERT INTO hosts (host, state) VALUES (?1, ?2) ON CONFLICT (host) DO UPDATE SET state = ?2")
             .and_then(|mut s| s.execute([host, text.as_str()]))
             .map_err(sql_error)?;
@@ -64,16 +84,33 @@ impl FleetStore for EmbeddedFleet {
     async fn renew(&self, lease: &Lease, now_ms: i64) -> Result<Vec<Lease>, BackendError> {
         let mut inner = self.backend.lock()?;
         let tx = inner.conn.transaction().map_err(sql_error)?;
-        tx.execute("DELETE FROM leases WHERE expires <= ?1", [now_ms]).map_err(sql_error)?;
+        tx.execute("DELETE FROM leases WHERE expires <= ?1", [now_ms])
+            .map_err(sql_error)?;
         tx.prepare_cached(
             "INSERT INTO leases (instance, since, expires) VALUES (?1, ?2, ?3)
              ON CONFLICT (instance) DO UPDATE SET expires = ?3",
         )
-        .and_then(|mut s| s.execute(rusqlite::params![lease.instance, lease.since_ms, lease.expires_ms]))
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                lease.instance,
+                lease.since_ms,
+                lease.expires_ms
+            ])
+        })
         .map_err(sql_error)?;
         let leases = {
-            let mut stmt = tx.prepare_cached("SELECT instance, since, expires FROM leases").map_err(sql_error)?;
-            let rows = stmt.query_map([], |r| Ok(Lease { instance: r.get(0)?, since_ms: r.get(1)?, expires_ms: r.get(2)? })).map_err(sql_error)?;
+            let mut stmt = tx
+                .prepare_cached("SELECT instance, since, expires FROM leases")
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Lease {
+                        instance: r.get(0)?,
+                        since_ms: r.get(1)?,
+                        expires_ms: r.get(2)?,
+                    })
+                })
+                .map_err(sql_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)?
         };
         tx.commit().map_err(sql_error)?;
@@ -88,24 +125,70 @@ mod tests {
     #[tokio::test]
     async fn host_events_are_applied_atomically_and_probes_are_exclusive() {
         let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
-        let policy = HostPolicy { failure_threshold: 2, cooldown_ms: 100, ..HostPolicy::default() };
+        let policy = HostPolicy {
+            failure_threshold: 2,
+            cooldown_ms: 100,
+            ..HostPolicy::default()
+        };
         assert!(fleet.host_states(&["a".into()]).await.unwrap().is_empty());
-        fleet.apply("a", &HostEvent::Failed, 0, &policy).await.unwrap();
-        let (state, changed) = fleet.apply("a", &HostEvent::Failed, 1, &policy).await.unwrap();
+        fleet
+            .apply("a", &HostEvent::Failed, 0, &policy)
+            .await
+            .unwrap();
+        let (state, changed) = fleet
+            .apply("a", &HostEvent::Failed, 1, &policy)
+            .await
+            .unwrap();
         assert!(changed && matches!(state.circuit, crate::hosts::Circuit::Open { until_ms: 101 }));
-        assert!(fleet.apply("a", &HostEvent::ProbeClaimed, 101, &policy).await.unwrap().1, "first claim wins");
-        assert!(!fleet.apply("a", &HostEvent::ProbeClaimed, 102, &policy).await.unwrap().1, "second claim loses");
-        assert_eq!(fleet.host_states(&["a".into(), "b".into()]).await.unwrap().len(), 1);
+        assert!(
+            fleet
+                .apply("a", &HostEvent::ProbeClaimed, 101, &policy)
+                .await
+                .unwrap()
+                .1,
+            "first claim wins"
+        );
+        assert!(
+            !fleet
+                .apply("a", &HostEvent::ProbeClaimed, 102, &policy)
+                .await
+                .unwrap()
+                .1,
+            "second claim loses"
+        );
+        assert_eq!(
+            fleet
+                .host_states(&["a".into(), "b".into()])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn leases_are_renewed_listed_and_pruned() {
         let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
-        let a = Lease { instance: "a".into(), since_ms: 0, expires_ms: 1000 };
-        let b = Lease { instance: "b".into(), since_ms: 500, expires_ms: 3000 };
+        let a = Lease {
+            instance: "a".into(),
+            since_ms: 0,
+            expires_ms: 1000,
+        };
+        let b = Lease {
+            instance: "b".into(),
+            since_ms: 500,
+            expires_ms: 3000,
+        };
         assert_eq!(fleet.renew(&a, 0).await.unwrap(), vec![a.clone()]);
         assert_eq!(fleet.renew(&b, 500).await.unwrap().len(), 2);
-        let renewed = Lease { expires_ms: 4000, ..b.clone() };
-        assert_eq!(fleet.renew(&renewed, 1500).await.unwrap(), vec![renewed], "a lapsed at 1 s and is pruned");
+        let renewed = Lease {
+            expires_ms: 4000,
+            ..b.clone()
+        };
+        assert_eq!(
+            fleet.renew(&renewed, 1500).await.unwrap(),
+            vec![renewed],
+            "a lapsed at 1 s and is pruned"
+        );
     }
 }

@@ -131,7 +131,11 @@ pub struct Duplicates {
 
 impl Default for Duplicates {
     fn default() -> Self {
-        Self { twice: 0.0, thrice: 0.0, seed: 1 }
+        Self {
+            twice: 0.0,
+            thrice: 0.0,
+            seed: 1,
+        }
     }
 }
 
@@ -153,51 +157,86 @@ pub struct EmbeddedBackend {
 
 /// Brings a state file written by an older build up to [`SCHEMA`]: columns added since.
 fn migrate(conn: &Connection) -> Result<(), BackendError> {
-    let has_failures: bool =
-        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'", [], |r| r.get(0)).map_err(sql_error)?;
+    let has_failures: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'failures'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
     if !has_failures {
-        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN failures INTEGER NOT NULL DEFAULT 0").map_err(sql_error)?;
+        conn.execute_batch(
+            "ALTER TABLE idempotency ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        )
+        .map_err(sql_error)?;
     }
     let has_class: bool =
         conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'dead_letter_class'", [], |r| r.get(0)).map_err(sql_error)?;
     if !has_class {
-        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN dead_letter_class TEXT").map_err(sql_error)?;
+        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN dead_letter_class TEXT")
+            .map_err(sql_error)?;
     }
     Ok(())
 }
 
 fn sql_error(e: rusqlite::Error) -> BackendError {
-    let busy = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
-    BackendError { service: "sqlite", message: e.to_string(), retryable: busy }
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    BackendError {
+        service: "sqlite",
+        message: e.to_string(),
+        retryable: busy,
+    }
 }
 
 impl EmbeddedBackend {
     /// Opens (creating if needed) the state file at `path`; `:memory:` gives a throwaway one.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| BackendError::permanent("sqlite", format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BackendError::permanent("sqlite", format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
-        let conn = Connection::open(path).map_err(|e| BackendError::permanent("sqlite", format!("{}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql_error)?;
+        let conn = Connection::open(path)
+            .map_err(|e| BackendError::permanent("sqlite", format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql_error)?;
         // WAL + NORMAL: a killed process loses nothing committed; only a power cut may lose
         // the last transactions.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_error)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_error)?;
         // Every job is two small commits; what they cost is mostly pages re-read after the
         // default 2 MiB cache overflows, and the two fsyncs of each WAL checkpoint, taken under
         // the backend's mutex. A 64 MiB cache and a checkpoint every 10,000 pages (~40 MiB of
         // WAL) instead of 1,000 cut the fsyncs of a 20,000-job drain from ~540 to ~60
         // (BENCHMARKS.md, figure 2). Durability is unchanged: NORMAL still syncs at checkpoints.
-        conn.pragma_update(None, "cache_size", -65536).map_err(sql_error)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 10000).map_err(sql_error)?;
+        conn.pragma_update(None, "cache_size", -65536)
+            .map_err(sql_error)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 10000)
+            .map_err(sql_error)?;
         // Closing would copy the WAL into the database, fsync and delete it: ~80 ms at the end of
         // every `fanout run` on this machine. Left in place, the WAL is read by the next opener and
         // checkpointed by the next command that fills it.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(sql_error)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(sql_error)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
         migrate(&conn)?;
-        let inner = Inner { conn, ids: fastrand::Rng::new(), draws: fastrand::Rng::with_seed(1), duplicates: Duplicates::default() };
-        Ok(Self { inner: Arc::new(Mutex::new(inner)) })
+        let inner = Inner {
+            conn,
+            ids: fastrand::Rng::new(),
+            draws: fastrand::Rng::with_seed(1),
+            duplicates: Duplicates::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+        })
     }
 
     /// Sets duplicate injection for later publishes.
@@ -211,7 +250,13 @@ impl EmbeddedBackend {
     /// Creates (or updates) a queue, its DLQ and the redrive policy between them, and
     /// subscribes the queue to `topic`. Idempotent. `max_receive_count: None` keeps an existing
     /// queue's setting (a new queue gets [`DEFAULT_MAX_RECEIVE_COUNT`]).
-    pub fn ensure_pipeline(&self, topic: &str, queue: &str, dlq: &str, max_receive_count: Option<u32>) -> Result<(), BackendError> {
+    pub fn ensure_pipeline(
+        &self,
+        topic: &str,
+        queue: &str,
+        dlq: &str,
+        max_receive_count: Option<u32>,
+    ) -> Result<(), BackendError> {
         let inner = self.lock()?;
         inner.conn.execute("INSERT OR IGNORE INTO queues (name, dlq, max_receive_count) VALUES (?1, NULL, NULL)", [dlq]).map_err(sql_error)?;
         inner
@@ -222,7 +267,13 @@ impl EmbeddedBackend {
                 rusqlite::params![queue, dlq, max_receive_count, DEFAULT_MAX_RECEIVE_COUNT],
             )
             .map_err(sql_error)?;
-        inner.conn.execute("INSERT OR IGNORE INTO subscriptions (topic, queue) VALUES (?1, ?2)", [topic, queue]).map_err(sql_error)?;
+        inner
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO subscriptions (topic, queue) VALUES (?1, ?2)",
+                [topic, queue],
+            )
+            .map_err(sql_error)?;
         Ok(())
     }
 
@@ -259,7 +310,10 @@ impl EmbeddedBackend {
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, BackendError> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is still usable.
-        Ok(self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn new_id(inner: &mut Inner) -> String {

@@ -27,15 +27,26 @@ fn ms(d: Duration) -> i64 {
 
 impl EmbeddedQueue {
     pub(super) fn new(backend: EmbeddedBackend, name: &str) -> Self {
-        Self { backend, name: name.to_owned() }
+        Self {
+            backend,
+            name: name.to_owned(),
+        }
     }
 
-    fn receive_now(&self, max: u32, visibility: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+    fn receive_now(
+        &self,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Vec<QueueMessage>, BackendError> {
         let mut inner = self.backend.lock()?;
         let now = crate::now_ms();
         let redrive: Option<(Option<String>, Option<u32>)> = inner
             .conn
-            .query_row("SELECT dlq, max_receive_count FROM queues WHERE name = ?1", [&self.name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT dlq, max_receive_count FROM queues WHERE name = ?1",
+                [&self.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(sql_error)?;
         let (dlq, max_receives) = redrive.unwrap_or((None, None));
@@ -70,16 +81,21 @@ impl EmbeddedQueue {
                     })
                     .optional()
                     .map_err(sql_error)?;
-                let Some((seq, id, body, attributes, sent_at, count)) = row else { break };
+                let Some((seq, id, body, attributes, sent_at, count)) = row else {
+                    break;
+                };
                 if let (Some(dlq), Some(limit)) = (&dlq, max_receives) {
                     // SQS moves a message on the receive that would exceed maxReceiveCount.
                     if count >= limit {
-                        redrive.execute(rusqlite::params![seq, dlq, now]).map_err(sql_error)?;
+                        redrive
+                            .execute(rusqlite::params![seq, dlq, now])
+                            .map_err(sql_error)?;
                         continue;
                     }
                 }
                 let receipt = receipts.pop().unwrap_or_default();
-                take.execute(rusqlite::params![seq, now + ms(visibility), receipt]).map_err(sql_error)?;
+                take.execute(rusqlite::params![seq, now + ms(visibility), receipt])
+                    .map_err(sql_error)?;
                 received.push(QueueMessage {
                     message_id: id,
                     receipt_handle: receipt,
@@ -101,7 +117,12 @@ impl Queue for EmbeddedQueue {
         &self.name
     }
 
-    async fn send_delayed(&self, body: &str, attributes: &BTreeMap<String, String>, delay: Duration) -> Result<String, BackendError> {
+    async fn send_delayed(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+        delay: Duration,
+    ) -> Result<String, BackendError> {
         let mut inner = self.backend.lock()?;
         let id = EmbeddedBackend::new_id(&mut inner);
         let attributes = serde_json::to_string(attributes).unwrap_or_default();
@@ -114,14 +135,22 @@ impl Queue for EmbeddedQueue {
         Ok(id)
     }
 
-    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<QueueMessage>, BackendError> {
+    async fn receive(
+        &self,
+        max: u32,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, BackendError> {
         let give_up = tokio::time::Instant::now() + wait;
         loop {
             let received = self.receive_now(max.clamp(1, 10), visibility)?;
             // A queue that holds nothing, not even in flight, answers at once: whoever waits on
             // it (a drain, a peek of the DLQ) learns that it is empty without sitting out the
             // wait, and a message sent meanwhile is found by the next receive all the same.
-            if !received.is_empty() || tokio::time::Instant::now() >= give_up || self.depth().await?.is_drained() {
+            if !received.is_empty()
+                || tokio::time::Instant::now() >= give_up
+                || self.depth().await?.is_drained()
+            {
                 return Ok(received);
             }
             tokio::time::sleep(POLL_INTERVAL).await;
@@ -132,7 +161,9 @@ impl Queue for EmbeddedQueue {
         let mut inner = self.backend.lock()?;
         let tx = inner.conn.transaction().map_err(sql_error)?;
         {
-            let mut delete = tx.prepare_cached("DELETE FROM messages WHERE receipt = ?1").map_err(sql_error)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM messages WHERE receipt = ?1")
+                .map_err(sql_error)?;
             for receipt in receipt_handles {
                 delete.execute([receipt]).map_err(sql_error)?;
             }
@@ -140,12 +171,21 @@ impl Queue for EmbeddedQueue {
         tx.commit().map_err(sql_error)
     }
 
-    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), BackendError> {
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
         let inner = self.backend.lock()?;
         inner
             .conn
             .prepare_cached("UPDATE messages SET visible_at = ?2 WHERE receipt = ?1")
-            .and_then(|mut s| s.execute(rusqlite::params![receipt_handle, crate::now_ms() + ms(timeout)]))
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    receipt_handle,
+                    crate::now_ms() + ms(timeout)
+                ])
+            })
             .map_err(sql_error)?;
         Ok(())
     }
@@ -162,7 +202,11 @@ impl Queue for EmbeddedQueue {
                 rusqlite::params![self.name, crate::now_ms()],
                 |r| {
                     let count = |i: usize| r.get::<_, i64>(i).map(|n| n.unsigned_abs());
-                    Ok(QueueDepth { visible: count(0)?, in_flight: count(1)?, delayed: count(2)? })
+                    Ok(QueueDepth {
+                        visible: count(0)?,
+                        in_flight: count(1)?,
+                        delayed: count(2)?,
+                    })
                 },
             )
             .map_err(sql_error)

@@ -8,7 +8,9 @@ use rusqlite::{OptionalExtension, Row, Transaction};
 
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
-use crate::runs::{shard_of, Begin, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus, Tally};
+use crate::runs::{
+    shard_of, Begin, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus, Tally,
+};
 
 const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note";
 
@@ -39,7 +41,12 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
 
 /// Adds a job's terminal transition to its run's counters, inside the transition's transaction.
 /// A run without a ledger (published before it had one) counts nothing.
-pub(super) fn count(tx: &Transaction<'_>, message_id: &str, tally: &Tally<'_>, succeeded: bool) -> Result<(), BackendError> {
+pub(super) fn count(
+    tx: &Transaction<'_>,
+    message_id: &str,
+    tally: &Tally<'_>,
+    succeeded: bool,
+) -> Result<(), BackendError> {
     let delta = tally.delta(succeeded);
     let changed = tx
         .prepare_cached("UPDATE run_shards SET succeeded = succeeded + ?3, dead_lettered = dead_lettered + ?4 WHERE run_id = ?1 AND shard = ?2")
@@ -56,7 +63,9 @@ pub(super) fn count(tx: &Transaction<'_>, message_id: &str, tally: &Tally<'_>, s
         .map_err(sql_error)?;
     for (kind, entries) in [("reason", &delta.reasons), ("host", &delta.hosts)] {
         for (key, n) in entries {
-            upsert.execute(rusqlite::params![tally.run_id, kind, key, n]).map_err(sql_error)?;
+            upsert
+                .execute(rusqlite::params![tally.run_id, kind, key, n])
+                .map_err(sql_error)?;
         }
     }
     Ok(())
@@ -67,10 +76,19 @@ impl EmbeddedRuns {
         Self { backend }
     }
 
-    fn insert(&self, start: &RunStart, status: RunStatus, note: Option<&str>) -> Result<bool, BackendError> {
+    fn insert(
+        &self,
+        start: &RunStart,
+        status: RunStatus,
+        note: Option<&str>,
+    ) -> Result<bool, BackendError> {
         let mut inner = self.backend.lock()?;
-        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
-        let policy = serde_json::to_string(&start.policy).map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        let policy = serde_json::to_string(&start.policy)
+            .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
         let inserted = tx
             .execute(
                 "INSERT OR IGNORE INTO runs (run_id, status, scheduled_at, config_digest, started_at, deadline_at, policy, note)
@@ -88,9 +106,19 @@ impl EmbeddedRuns {
             )
             .map_err(sql_error)?;
         if inserted == 1 && status == RunStatus::Running {
-            let mut shard = tx.prepare_cached("INSERT INTO run_shards (run_id, shard, expected) VALUES (?1, ?2, ?3)").map_err(sql_error)?;
+            let mut shard = tx
+                .prepare_cached(
+                    "INSERT INTO run_shards (run_id, shard, expected) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sql_error)?;
             for (k, expected) in &start.expected_per_shard {
-                shard.execute(rusqlite::params![start.run_id, k, i64::try_from(*expected).unwrap_or(i64::MAX)]).map_err(sql_error)?;
+                shard
+                    .execute(rusqlite::params![
+                        start.run_id,
+                        k,
+                        i64::try_from(*expected).unwrap_or(i64::MAX)
+                    ])
+                    .map_err(sql_error)?;
             }
         }
         tx.commit().map_err(sql_error)?;
@@ -105,12 +133,33 @@ impl EmbeddedRuns {
             .and_then(|mut s| s.query_row([&run.run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))
             .map_err(sql_error)?;
         let counts = &mut run.counts;
-        (counts.expected, counts.succeeded, counts.dead_lettered) = (unsigned(expected), unsigned(succeeded), unsigned(dead_lettered));
-        let mut stmt = inner.conn.prepare_cached("SELECT kind, key, count FROM run_failures WHERE run_id = ?1 AND count > 0").map_err(sql_error)?;
-        let rows = stmt.query_map([&run.run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(sql_error)?;
+        (counts.expected, counts.succeeded, counts.dead_lettered) = (
+            unsigned(expected),
+            unsigned(succeeded),
+            unsigned(dead_lettered),
+        );
+        let mut stmt = inner
+            .conn
+            .prepare_cached(
+                "SELECT kind, key, count FROM run_failures WHERE run_id = ?1 AND count > 0",
+            )
+            .map_err(sql_error)?;
+        let rows = stmt
+            .query_map([&run.run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(sql_error)?;
         for row in rows {
             let (kind, key, n) = row.map_err(sql_error)?;
-            let into = if kind == "host" { &mut counts.failures_by_host } else { &mut counts.failures_by_reason };
+            let into = if kind == "host" {
+                &mut counts.failures_by_host
+            } else {
+                &mut counts.failures_by_reason
+            };
             into.insert(key, unsigned(n));
         }
         Ok(run)
@@ -128,17 +177,25 @@ impl RunLedger for EmbeddedRuns {
             return Ok(Begin::Started);
         }
         let existing = self.get(&start.run_id).await?;
-        existing.map(|r| Begin::Existing(Box::new(r))).ok_or_else(|| BackendError::permanent("sqlite", format!("run {} vanished", start.run_id)))
+        existing
+            .map(|r| Begin::Existing(Box::new(r)))
+            .ok_or_else(|| {
+                BackendError::permanent("sqlite", format!("run {} vanished", start.run_id))
+            })
     }
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
-        self.insert(start, RunStatus::Skipped, Some(reason)).map(|_| ())
+        self.insert(start, RunStatus::Skipped, Some(reason))
+            .map(|_| ())
     }
 
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError> {
         let run = {
             let inner = self.backend.lock()?;
-            inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1")).and_then(|mut s| s.query_row([run_id], run_row).optional())
+            inner
+                .conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1"))
+                .and_then(|mut s| s.query_row([run_id], run_row).optional())
         }
         .map_err(sql_error)?;
         run.map(|r| self.with_counts(r)).transpose()
@@ -147,23 +204,44 @@ impl RunLedger for EmbeddedRuns {
     async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError> {
         let runs: Vec<RunRecord> = {
             let inner = self.backend.lock()?;
-            let mut stmt =
-                inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1")).map_err(sql_error)?;
-            let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_row).map_err(sql_error)?;
+            let mut stmt = inner
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1"
+                ))
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_row)
+                .map_err(sql_error)?;
             rows.collect::<Result<_, _>>().map_err(sql_error)?
         };
         runs.into_iter().map(|r| self.with_counts(r)).collect()
     }
 
-    async fn settled(&self, run_id: &str, _shards: &[u32]) -> Result<Option<RunRecord>, BackendError> {
+    async fn settled(
+        &self,
+        run_id: &str,
+        _shards: &[u32],
+    ) -> Result<Option<RunRecord>, BackendError> {
         // One file, one writer at a time: the run's own rows say whether it is settled.
         match self.get(run_id).await? {
-            Some(run) if run.status == RunStatus::Running && run.counts.expected > 0 && run.counts.in_flight() == 0 => Ok(Some(run)),
+            Some(run)
+                if run.status == RunStatus::Running
+                    && run.counts.expected > 0
+                    && run.counts.in_flight() == 0 =>
+            {
+                Ok(Some(run))
+            }
             _ => Ok(None),
         }
     }
 
-    async fn finish(&self, run_id: &str, status: RunStatus, finished_at_ms: i64) -> Result<bool, BackendError> {
+    async fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        finished_at_ms: i64,
+    ) -> Result<bool, BackendError> {
         let inner = self.backend.lock()?;
         let changed = inner
             .conn
@@ -177,7 +255,10 @@ impl RunLedger for EmbeddedRuns {
 
     async fn event_sent(&self, run_id: &str) -> Result<(), BackendError> {
         let inner = self.backend.lock()?;
-        inner.conn.execute("UPDATE runs SET event_sent = 1 WHERE run_id = ?1", [run_id]).map_err(sql_error)?;
+        inner
+            .conn
+            .execute("UPDATE runs SET event_sent = 1 WHERE run_id = ?1", [run_id])
+            .map_err(sql_error)?;
         Ok(())
     }
 }

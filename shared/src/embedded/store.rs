@@ -6,7 +6,9 @@ use rusqlite::{OptionalExtension, Row};
 
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
-use crate::idempotency::{decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition};
+use crate::idempotency::{
+    decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
+};
 use crate::runs::Tally;
 
 const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class";
@@ -42,10 +44,25 @@ impl EmbeddedStore {
 
     /// One conditional transition: `from` held by `attempt` → `change.to`, and the run's
     /// counters for a terminal one, in one SQLite transaction.
-    fn transition(&self, message_id: &str, from: Status, attempt: u32, change: Change<'_>) -> Result<Transition, BackendError> {
-        let Change { to, error, code, expiration, tally } = change;
+    fn transition(
+        &self,
+        message_id: &str,
+        from: Status,
+        attempt: u32,
+        change: Change<'_>,
+    ) -> Result<Transition, BackendError> {
+        let Change {
+            to,
+            error,
+            code,
+            expiration,
+            tally,
+        } = change;
         let mut inner = self.backend.lock()?;
-        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
         let class = match to {
             Status::DeadLettered => tally.as_ref().and_then(|t| t.reason),
             _ => None,
@@ -87,13 +104,21 @@ struct Change<'a> {
 impl IdempotencyStore for EmbeddedStore {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
         let mut inner = self.backend.lock()?;
-        let tx = inner.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
         let existing = tx
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"
+            ))
             .and_then(|mut s| s.query_row([claim.message_id], record).optional())
             .map_err(sql_error)?;
         let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
-        if let Acquire::Acquired { attempt, failures, .. } = decision {
+        if let Acquire::Acquired {
+            attempt, failures, ..
+        } = decision
+        {
             tx.prepare_cached(
                 "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures)
                  VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?7)
@@ -109,41 +134,97 @@ impl IdempotencyStore for EmbeddedStore {
         Ok(decision)
     }
 
-    async fn complete(&self, message_id: &str, attempt: u32, status_code: u16, expiration_s: i64, tally: &Tally<'_>) -> Result<Transition, BackendError> {
+    async fn complete(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        status_code: u16,
+        expiration_s: i64,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError> {
         self.transition(
             message_id,
             Status::InProgress,
             attempt,
-            Change { to: Status::Completed, error: None, code: Some(status_code), expiration: Some(expiration_s), tally: Some(tally.clone()) },
+            Change {
+                to: Status::Completed,
+                error: None,
+                code: Some(status_code),
+                expiration: Some(expiration_s),
+                tally: Some(tally.clone()),
+            },
         )
     }
 
-    async fn fail(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+    async fn fail(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError> {
         self.transition(
             message_id,
             Status::InProgress,
             attempt,
-            Change { to: Status::Failed, error: Some(error), code: status_code, expiration: None, tally: None },
+            Change {
+                to: Status::Failed,
+                error: Some(error),
+                code: status_code,
+                expiration: None,
+                tally: None,
+            },
         )
     }
 
-    async fn reject(&self, message_id: &str, attempt: u32, error: &str, status_code: Option<u16>) -> Result<Transition, BackendError> {
+    async fn reject(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<Transition, BackendError> {
         self.transition(
             message_id,
             Status::InProgress,
             attempt,
-            Change { to: Status::Rejected, error: Some(error), code: status_code, expiration: None, tally: None },
+            Change {
+                to: Status::Rejected,
+                error: Some(error),
+                code: status_code,
+                expiration: None,
+                tally: None,
+            },
         )
     }
 
-    async fn dead_lettered(&self, message_id: &str, attempt: u32, tally: &Tally<'_>) -> Result<Transition, BackendError> {
-        let change = Change { to: Status::DeadLettered, error: None, code: None, expiration: None, tally: Some(tally.clone()) };
+    async fn dead_lettered(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        tally: &Tally<'_>,
+    ) -> Result<Transition, BackendError> {
+        let change = Change {
+            to: Status::DeadLettered,
+            error: None,
+            code: None,
+            expiration: None,
+            tally: Some(tally.clone()),
+        };
         self.transition(message_id, Status::Rejected, attempt, change)
     }
 
-    async fn get_many(&self, message_ids: &[String]) -> Result<Vec<IdempotencyRecord>, BackendError> {
+    async fn get_many(
+        &self,
+        message_ids: &[String],
+    ) -> Result<Vec<IdempotencyRecord>, BackendError> {
         let inner = self.backend.lock()?;
-        let mut stmt = inner.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1")).map_err(sql_error)?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"
+            ))
+            .map_err(sql_error)?;
         let mut records = Vec::with_capacity(message_ids.len());
         for id in message_ids {
             if let Some(r) = stmt.query_row([id], record).optional().map_err(sql_error)? {
@@ -165,66 +246,213 @@ mod tests {
     use crate::OutboundMessage;
 
     fn claim(now_ms: i64, lock_until_ms: i64) -> Claim<'static> {
-        Claim { message_id: "m1", run_id: "r", target_id: "t", now_ms, lock_until_ms, expiration_s: 0, replay_of: None }
+        Claim {
+            message_id: "m1",
+            run_id: "r",
+            target_id: "t",
+            now_ms,
+            lock_until_ms,
+            expiration_s: 0,
+            replay_of: None,
+        }
     }
 
     #[tokio::test]
     async fn conditional_transitions_follow_the_state_machine() {
         let store = EmbeddedBackend::open(":memory:".as_ref()).unwrap().store();
-        let tally = Tally { run_id: "r", host: "h", reason: Some("HTTP 400"), undo: None };
-        assert_eq!(store.acquire(&claim(100, 1000)).await.unwrap(), Acquire::Acquired { attempt: 1, failures: 0, dead_letter_class: None });
-        assert_eq!(store.acquire(&claim(200, 1000)).await.unwrap(), Acquire::Locked { until_ms: 1000 });
+        let tally = Tally {
+            run_id: "r",
+            host: "h",
+            reason: Some("HTTP 400"),
+            undo: None,
+        };
+        assert_eq!(
+            store.acquire(&claim(100, 1000)).await.unwrap(),
+            Acquire::Acquired {
+                attempt: 1,
+                failures: 0,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            store.acquire(&claim(200, 1000)).await.unwrap(),
+            Acquire::Locked { until_ms: 1000 }
+        );
         // The lock expired: a second consumer takes over, and the first one's outcome is refused.
-        assert_eq!(store.acquire(&claim(1001, 5000)).await.unwrap(), Acquire::Acquired { attempt: 2, failures: 0, dead_letter_class: None });
-        assert_eq!(store.complete("m1", 1, 200, 9, &tally).await.unwrap(), Transition::Superseded);
-        assert_eq!(store.fail("m1", 2, "HTTP 503", Some(503)).await.unwrap(), Transition::Done);
-        assert_eq!(store.acquire(&claim(1002, 5000)).await.unwrap(), Acquire::Acquired { attempt: 3, failures: 1, dead_letter_class: None });
-        assert_eq!(store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(), Transition::Done);
-        assert!(matches!(store.acquire(&claim(1003, 5000)).await.unwrap(), Acquire::Rejected { attempt: 3, status_code: Some(400), .. }));
-        assert_eq!(store.dead_lettered("m1", 3, &tally).await.unwrap(), Transition::Done);
-        assert_eq!(store.acquire(&claim(1004, 5000)).await.unwrap(), Acquire::AlreadyDeadLettered);
-        let replay = Claim { replay_of: Some(3), ..claim(1005, 5000) };
+        assert_eq!(
+            store.acquire(&claim(1001, 5000)).await.unwrap(),
+            Acquire::Acquired {
+                attempt: 2,
+                failures: 0,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            store.complete("m1", 1, 200, 9, &tally).await.unwrap(),
+            Transition::Superseded
+        );
+        assert_eq!(
+            store.fail("m1", 2, "HTTP 503", Some(503)).await.unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            store.acquire(&claim(1002, 5000)).await.unwrap(),
+            Acquire::Acquired {
+                attempt: 3,
+                failures: 1,
+                dead_letter_class: None
+            }
+        );
+        assert_eq!(
+            store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(),
+            Transition::Done
+        );
+        assert!(matches!(
+            store.acquire(&claim(1003, 5000)).await.unwrap(),
+            Acquire::Rejected {
+                attempt: 3,
+                status_code: Some(400),
+                ..
+            }
+        ));
+        assert_eq!(
+            store.dead_lettered("m1", 3, &tally).await.unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            store.acquire(&claim(1004, 5000)).await.unwrap(),
+            Acquire::AlreadyDeadLettered
+        );
+        let replay = Claim {
+            replay_of: Some(3),
+            ..claim(1005, 5000)
+        };
         let class = Some("HTTP 400".to_owned());
-        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::Acquired { attempt: 4, failures: 0, dead_letter_class: class });
-        assert_eq!(store.complete("m1", 4, 200, 9, &tally).await.unwrap(), Transition::Done);
-        assert_eq!(store.acquire(&replay).await.unwrap(), Acquire::AlreadyCompleted);
+        assert_eq!(
+            store.acquire(&replay).await.unwrap(),
+            Acquire::Acquired {
+                attempt: 4,
+                failures: 0,
+                dead_letter_class: class
+            }
+        );
+        assert_eq!(
+            store.complete("m1", 4, 200, 9, &tally).await.unwrap(),
+            Transition::Done
+        );
+        assert_eq!(
+            store.acquire(&replay).await.unwrap(),
+            Acquire::AlreadyCompleted
+        );
         let record = &store.get_many(&["m1".into(), "none".into()]).await.unwrap()[0];
-        assert_eq!((record.status, record.attempts, record.status_code, record.last_error.as_deref()), (Status::Completed, 4, Some(200), None));
+        assert_eq!(
+            (
+                record.status,
+                record.attempts,
+                record.status_code,
+                record.last_error.as_deref()
+            ),
+            (Status::Completed, 4, Some(200), None)
+        );
     }
 
     #[tokio::test]
     async fn queue_visibility_receive_count_and_redrive() {
         let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-        backend.ensure_pipeline("jobs", "q", "dlq", Some(2)).unwrap();
-        let message = OutboundMessage { id: "a".into(), body: "{}".into(), attributes: BTreeMap::from([("k".into(), "v".into())]) };
-        backend.topic("jobs").publish_batch(&[message]).await.unwrap();
+        backend
+            .ensure_pipeline("jobs", "q", "dlq", Some(2))
+            .unwrap();
+        let message = OutboundMessage {
+            id: "a".into(),
+            body: "{}".into(),
+            attributes: BTreeMap::from([("k".into(), "v".into())]),
+        };
+        backend
+            .topic("jobs")
+            .publish_batch(&[message])
+            .await
+            .unwrap();
         let (queue, dlq) = (backend.queue("q"), backend.queue("dlq"));
         let vis = Duration::from_millis(50);
         let first = queue.receive(10, vis, Duration::ZERO).await.unwrap();
-        assert_eq!((first.len(), first[0].receive_count, first[0].attributes["k"].as_str()), (1, 1, "v"));
-        assert!(queue.receive(10, vis, Duration::ZERO).await.unwrap().is_empty(), "hidden while in flight");
+        assert_eq!(
+            (
+                first.len(),
+                first[0].receive_count,
+                first[0].attributes["k"].as_str()
+            ),
+            (1, 1, "v")
+        );
+        assert!(
+            queue
+                .receive(10, vis, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty(),
+            "hidden while in flight"
+        );
         assert_eq!(queue.depth().await.unwrap().in_flight, 1);
-        let second = queue.receive(10, vis, Duration::from_millis(500)).await.unwrap();
-        assert_eq!(second[0].receive_count, 2, "visible again after the timeout");
-        queue.delete(&[first[0].receipt_handle.clone()]).await.unwrap();
-        assert_eq!(queue.depth().await.unwrap().in_flight, 1, "a stale receipt deletes nothing");
+        let second = queue
+            .receive(10, vis, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert_eq!(
+            second[0].receive_count, 2,
+            "visible again after the timeout"
+        );
+        queue
+            .delete(&[first[0].receipt_handle.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.depth().await.unwrap().in_flight,
+            1,
+            "a stale receipt deletes nothing"
+        );
         tokio::time::sleep(vis * 2).await;
-        assert!(queue.receive(10, vis, Duration::ZERO).await.unwrap().is_empty(), "third receive exceeds 2: redriven");
-        assert_eq!(dlq.receive(10, vis, Duration::ZERO).await.unwrap()[0].body, "{}");
+        assert!(
+            queue
+                .receive(10, vis, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty(),
+            "third receive exceeds 2: redriven"
+        );
+        assert_eq!(
+            dlq.receive(10, vis, Duration::ZERO).await.unwrap()[0].body,
+            "{}"
+        );
         assert!(queue.depth().await.unwrap().is_drained());
     }
 
     #[tokio::test]
     async fn duplicates_are_injected_at_the_configured_rate() {
         let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
-        backend.ensure_pipeline("jobs", "q", "dlq", Some(5)).unwrap();
-        backend.set_duplicates(super::super::Duplicates { twice: 0.3, thrice: 0.0, seed: 7 }).unwrap();
+        backend
+            .ensure_pipeline("jobs", "q", "dlq", Some(5))
+            .unwrap();
+        backend
+            .set_duplicates(super::super::Duplicates {
+                twice: 0.3,
+                thrice: 0.0,
+                seed: 7,
+            })
+            .unwrap();
         let topic = backend.topic("jobs");
         for chunk in 0..100 {
-            let batch: Vec<_> = (0..10).map(|i| OutboundMessage { id: format!("{chunk}-{i}"), body: "{}".into(), attributes: BTreeMap::new() }).collect();
+            let batch: Vec<_> = (0..10)
+                .map(|i| OutboundMessage {
+                    id: format!("{chunk}-{i}"),
+                    body: "{}".into(),
+                    attributes: BTreeMap::new(),
+                })
+                .collect();
             topic.publish_batch(&batch).await.unwrap();
         }
         let visible = backend.queue("q").depth().await.unwrap().visible;
-        assert!((1250..=1350).contains(&visible), "{visible} copies of 1000 messages at 30% duplicates");
+        assert!(
+            (1250..=1350).contains(&visible),
+            "{visible} copies of 1000 messages at 30% duplicates"
+        );
     }
 }

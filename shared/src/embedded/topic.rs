@@ -17,20 +17,34 @@ pub struct EmbeddedTopic {
 
 impl EmbeddedTopic {
     pub(super) fn new(backend: EmbeddedBackend, name: &str) -> Self {
-        Self { backend, name: name.to_owned() }
+        Self {
+            backend,
+            name: name.to_owned(),
+        }
     }
 }
 
 #[async_trait]
 impl Publisher for EmbeddedTopic {
-    async fn publish_batch(&self, batch: &[OutboundMessage]) -> Result<Vec<EntryFailure>, BackendError> {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Result<Vec<EntryFailure>, BackendError> {
         if batch.len() > MAX_BATCH_ENTRIES {
-            return Err(BackendError::permanent("embedded:PublishBatch", "TooManyEntriesInBatchRequest"));
+            return Err(BackendError::permanent(
+                "embedded:PublishBatch",
+                "TooManyEntriesInBatchRequest",
+            ));
         }
         let mut inner = self.backend.lock()?;
         let queues: Vec<String> = {
-            let mut stmt = inner.conn.prepare_cached("SELECT queue FROM subscriptions WHERE topic = ?1").map_err(sql_error)?;
-            let rows = stmt.query_map([&self.name], |r| r.get(0)).map_err(sql_error)?;
+            let mut stmt = inner
+                .conn
+                .prepare_cached("SELECT queue FROM subscriptions WHERE topic = ?1")
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map([&self.name], |r| r.get(0))
+                .map_err(sql_error)?;
             rows.collect::<Result<_, _>>().map_err(sql_error)?
         };
         let now = crate::now_ms();
@@ -48,7 +62,12 @@ impl Publisher for EmbeddedTopic {
                     1
                 };
                 for _ in 0..n {
-                    copies.push((EmbeddedBackend::new_id(&mut inner), queue.clone(), &message.body, attributes.clone()));
+                    copies.push((
+                        EmbeddedBackend::new_id(&mut inner),
+                        queue.clone(),
+                        &message.body,
+                        attributes.clone(),
+                    ));
                 }
             }
         }
@@ -58,7 +77,9 @@ impl Publisher for EmbeddedTopic {
                 .prepare_cached("INSERT INTO messages (id, queue, body, attributes, sent_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)")
                 .map_err(sql_error)?;
             for (id, queue, body, attributes) in &copies {
-                insert.execute(rusqlite::params![id, queue, body, attributes, now]).map_err(sql_error)?;
+                insert
+                    .execute(rusqlite::params![id, queue, body, attributes, now])
+                    .map_err(sql_error)?;
             }
         }
         tx.commit().map_err(sql_error)?;
