@@ -11,8 +11,8 @@ export interface PipelineDashboardProps {
   readonly consumer: lambda.IFunction;
   /** The `Pipeline` dimension of the run metrics: the stack name. */
   readonly pipeline: string;
-  /** The global outbound budget, drawn as a line on the calls-per-second graph. */
-  readonly ratePerSecond: number;
+  /** The global outbound budget that runs, drawn as a line on the calls-per-second graph; none when unlimited. */
+  readonly ratePerSecond?: number;
 }
 
 /**
@@ -52,7 +52,10 @@ export class PipelineDashboard extends Construct {
         ],
         {
           width: 12,
-          leftAnnotations: [{ value: props.ratePerSecond, label: `global budget ${props.ratePerSecond}/s`, color: '#d62728' }],
+          leftAnnotations:
+            props.ratePerSecond === undefined
+              ? []
+              : [{ value: props.ratePerSecond, label: `global budget ${props.ratePerSecond}/s`, color: '#d62728' }],
           leftYAxis: { min: 0 },
         },
       ),

@@ -1,4 +1,5 @@
-import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as path from 'node:path';
+import { Annotations, CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
@@ -13,7 +14,9 @@ import type { Construct } from 'constructs';
 import { PipelineAlarms } from './alarms';
 import { PipelineDashboard } from './dashboard';
 import { lambdaAsset } from './lambda-asset';
+import { readPipelineConfig } from './pipeline-config';
 import { EVENT_SOURCE, RunNotifications } from './run-events';
+import { settingSources } from './setting-sources';
 import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from './settings';
 
 /** Stack props: the usual CDK ones plus any subset of {@link FanoutSettings}. */
@@ -53,6 +56,15 @@ export class FanoutStack extends Stack {
     const pipeline = Stack.of(this).stackName;
     const defaultBusArn = Stack.of(this).formatArn({ service: 'events', resource: 'event-bus', resourceName: 'default' });
     const runEnvironment = { FANOUT_PIPELINE: pipeline, FANOUT_EVENT_BUS: 'default' };
+    // Checked before the config is read, so a missing package is reported as such.
+    const producerCode = lambdaAsset(s.producerAssetDir, s.configFile, s.architecture);
+    const consumerCode = lambdaAsset(s.consumerAssetDir, s.configFile, s.architecture);
+    const sources = settingSources(s, readPipelineConfig(path.join(s.consumerAssetDir, s.configFile)));
+    if (sources.problems.length > 0) {
+      throw new Error(`Invalid fanout stack settings:\n  - ${sources.problems.join('\n  - ')}`);
+    }
+    for (const note of sources.notes) Annotations.of(this).addInfo(note);
+    for (const warning of sources.warnings) Annotations.of(this).addWarningV2('fanout:noGlobalBudget', warning);
 
     this.topic = new sns.Topic(this, 'Topic', {
       masterKey: kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
@@ -106,7 +118,7 @@ export class FanoutStack extends Stack {
       projectionType: dynamodb.ProjectionType.ALL,
     });
 
-    this.producer = this.rustFunction('Producer', s, s.producerAssetDir, architecture, {
+    this.producer = this.rustFunction('Producer', s, producerCode, architecture, {
       timeout: s.producerTimeoutSeconds,
       memoryMb: s.producerMemoryMb,
       environment: {
@@ -136,7 +148,7 @@ export class FanoutStack extends Stack {
       new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [`${this.table.tableArn}/index/runs`] }),
     );
 
-    this.consumer = this.rustFunction('Consumer', s, s.consumerAssetDir, architecture, {
+    this.consumer = this.rustFunction('Consumer', s, consumerCode, architecture, {
       timeout: s.consumerTimeoutSeconds,
       memoryMb: s.consumerMemoryMb,
       environment: {
@@ -145,11 +157,9 @@ export class FanoutStack extends Stack {
         FANOUT_TABLE_NAME: this.table.tableName,
         FANOUT_QUEUE_URL: this.queue.queueUrl,
         FANOUT_DLQ_URL: this.dlq.queueUrl,
-        FANOUT_RATE_PER_SECOND: String(s.ratePerSecond),
+        // Budget and retry: only what the config does not say itself (setting-sources.ts).
+        ...sources.environment,
         ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
-        ...optional('FANOUT_RETRY_BASE_MS', s.retryBaseMs),
-        ...optional('FANOUT_RETRY_CAP_MS', s.retryCapMs),
-        ...optional('FANOUT_MAX_ATTEMPTS', s.maxAttempts),
         ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
         ...runEnvironment,
       },
@@ -221,7 +231,7 @@ export class FanoutStack extends Stack {
       dlq: this.dlq,
       consumer: this.consumer,
       pipeline,
-      ratePerSecond: s.ratePerSecond,
+      ratePerSecond: sources.effective.ratePerSecond,
     });
 
     this.alarms = new PipelineAlarms(this, 'Alarms', {
@@ -262,7 +272,7 @@ export class FanoutStack extends Stack {
   private rustFunction(
     id: string,
     s: FanoutSettings,
-    assetDir: string,
+    code: lambda.Code,
     architecture: lambda.Architecture,
     opts: { timeout: number; memoryMb: number; environment: Record<string, string> },
   ): lambda.Function {
@@ -283,7 +293,7 @@ export class FanoutStack extends Stack {
       runtime: lambda.Runtime.PROVIDED_AL2023,
       handler: 'bootstrap',
       architecture,
-      code: lambdaAsset(assetDir, s.configFile, s.architecture),
+      code,
       timeout: Duration.seconds(opts.timeout),
       memorySize: opts.memoryMb,
       role,

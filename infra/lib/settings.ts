@@ -40,17 +40,26 @@ export interface FanoutSettings {
    * working, through leases in the idempotency table.
    */
   readonly maxConcurrency: number;
-  /** `FANOUT_RATE_PER_SECOND`: outbound requests per second for all consumer instances together. */
-  readonly ratePerSecond: number;
+  /**
+   * Outbound requests per second for all consumer instances together. Unset = the config's
+   * `rate_limit.per_second` (no global budget if it has none). Set, it must agree with the config
+   * or the config must have no `rate_limit` (the stack then supplies `FANOUT_RATE_PER_SECOND`):
+   * see setting-sources.ts.
+   */
+  readonly ratePerSecond?: number;
   /** `FANOUT_RECORD_TTL_SECS`: lifetime of idempotency records; unset = Rust default (86400). */
   readonly recordTtlSeconds?: number;
-  /** `FANOUT_RETRY_BASE_MS`: first backoff of a transient failure; unset = the config's `retry.base_ms`. */
+  /**
+   * First backoff of a transient failure; unset = the config's `retry.base_ms`. Like
+   * `ratePerSecond`: may only restate the config, or supply `FANOUT_RETRY_BASE_MS` when the
+   * config is silent.
+   */
   readonly retryBaseMs?: number;
-  /** `FANOUT_RETRY_CAP_MS`: longest backoff; unset = the config's `retry.cap_ms`. */
+  /** Longest backoff; unset = the config's `retry.cap_ms` (same rule as `retryBaseMs`). */
   readonly retryCapMs?: number;
   /**
-   * `FANOUT_MAX_ATTEMPTS`: calls that failed transiently before a job is dead-lettered; unset = the
-   * config's `retry.max_attempts`.
+   * Calls that failed transiently before a job is dead-lettered; unset = the config's
+   * `retry.max_attempts` (same rule as `retryBaseMs`).
    */
   readonly maxAttempts?: number;
   /** `FANOUT_HOST_STATE_TTL_MS`: how long a host's shared state is trusted; unset = Rust default (1000). */
@@ -122,7 +131,6 @@ export const DEFAULTS: Omit<FanoutSettings, OptionalKeys> = {
   consumerTimeoutSeconds: 30,
   consumerMemoryMb: 256,
   maxConcurrency: 5,
-  ratePerSecond: 10,
   batchSize: 10,
   maxBatchingWindowSeconds: 0,
   maxReceiveCount: 5,
@@ -218,7 +226,7 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
   int('publishConcurrency', 1, 1000);
   // Lambda's own bounds for ScalingConfig.MaximumConcurrency; below 2 it rejects the mapping.
   int('maxConcurrency', 2, 1000);
-  if (typeof s.ratePerSecond !== 'number' || !Number.isFinite(s.ratePerSecond) || s.ratePerSecond <= 0) {
+  if (s.ratePerSecond !== undefined && (typeof s.ratePerSecond !== 'number' || !Number.isFinite(s.ratePerSecond) || s.ratePerSecond <= 0)) {
     problems.push(`ratePerSecond must be a number above 0, got ${JSON.stringify(s.ratePerSecond)}`);
   }
   int('recordTtlSeconds', 60, 366 * 86_400);

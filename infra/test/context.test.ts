@@ -78,6 +78,7 @@ test('every setting can be given as context', () => {
 
 /** The optional settings (no default); listed so the test above notices a new setting. */
 const OPTIONAL = {
+  ratePerSecond: 0,
   publishConcurrency: 0,
   recordTtlSeconds: 0,
   retryBaseMs: 0,

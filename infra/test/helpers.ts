@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { App } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
@@ -41,4 +42,15 @@ export function idByPath(template: Template, suffix: string): string {
   const ids = Object.keys(all).filter((id) => String(all[id].Metadata?.['aws:cdk:path'] ?? '').endsWith(suffix));
   if (ids.length !== 1) throw new Error(`expected one resource at */${suffix}, found ${ids.length}`);
   return ids[0];
+}
+
+/**
+ * A consumer package (the placeholder bootstrap) whose pipeline config file `name` holds `text`:
+ * the stack reads the config from there at synth time.
+ */
+export function consumerPackage(text: string, name = 'fanout.json'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-consumer-'));
+  fs.copyFileSync(path.join(FIXTURES, 'fanout-consumer', 'bootstrap'), path.join(dir, 'bootstrap'));
+  fs.writeFileSync(path.join(dir, name), text);
+  return dir;
 }
