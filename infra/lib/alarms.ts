@@ -2,7 +2,7 @@ import { Duration } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import * as sns from 'aws-cdk-lib/aws-sns';
+import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { pipelineMetric } from './metrics';
@@ -14,14 +14,14 @@ export interface PipelineAlarmsProps {
   readonly producer: lambda.IFunction;
   readonly consumer: lambda.IFunction;
   readonly oldestMessageAgeAlarmSeconds: number;
-  /** The `Pipeline` dimension of the run metrics: the stack name. */
+  /** The `Pipeline` dimension of the run metrics: the pipeline's name. */
   readonly pipeline: string;
   /** Seconds between two scheduled ticks (see `schedulePeriod` in settings.ts). */
   readonly schedulePeriodSeconds: number;
   /** docs/runbook.md (a URL or repo path); each alarm links its own section. */
   readonly runbookUrl: string;
   /** Receives alarm and OK notifications when set. */
-  readonly alarmTopicArn?: string;
+  readonly alarmTopic?: sns.ITopic;
 }
 
 /** One day in seconds: the longest evaluation CloudWatch allows for periods under an hour. */
@@ -54,9 +54,7 @@ export class PipelineAlarms extends Construct {
   constructor(scope: Construct, id: string, props: PipelineAlarmsProps) {
     super(scope, id);
     const period = Duration.minutes(5);
-    const notify = props.alarmTopicArn
-      ? new actions.SnsAction(sns.Topic.fromTopicArn(this, 'AlarmTopic', props.alarmTopicArn))
-      : undefined;
+    const notify = props.alarmTopic ? new actions.SnsAction(props.alarmTopic) : undefined;
 
     const add = (
       id: string,

@@ -9,14 +9,14 @@ export interface PipelineDashboardProps {
   readonly queue: sqs.IQueue;
   readonly dlq: sqs.IQueue;
   readonly consumer: lambda.IFunction;
-  /** The `Pipeline` dimension of the run metrics: the stack name. */
+  /** The `Pipeline` dimension of the run metrics: the pipeline's name. */
   readonly pipeline: string;
   /** The global outbound budget that runs, drawn as a line on the calls-per-second graph; none when unlimited. */
   readonly ratePerSecond?: number;
 }
 
 /**
- * One CloudWatch dashboard per stack: throughput against the budget, what happened to the jobs,
+ * One CloudWatch dashboard per pipeline: throughput against the budget, what happened to the jobs,
  * where time goes (rate-limit waits, call latency), the queues, and the runs.
  */
 export class PipelineDashboard extends Construct {

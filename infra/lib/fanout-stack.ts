@@ -1,312 +1,99 @@
-import * as path from 'node:path';
-import { Annotations, CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
-import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
-import * as targets from 'aws-cdk-lib/aws-events-targets';
-import * as iam from 'aws-cdk-lib/aws-iam';
-import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as logs from 'aws-cdk-lib/aws-logs';
 import * as sns from 'aws-cdk-lib/aws-sns';
-import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
-import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { PipelineAlarms } from './alarms';
-import { PipelineDashboard } from './dashboard';
-import { lambdaAsset } from './lambda-asset';
-import { readPipelineConfig } from './pipeline-config';
-import { EVENT_SOURCE, RunNotifications } from './run-events';
-import { settingSources } from './setting-sources';
-import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from './settings';
+import { FanoutPipeline, type FanoutPipelineProps } from './fanout-pipeline';
+import { checkPackage } from './lambda-asset';
+import { packagedSettingSources } from './setting-sources';
+import { CONTEXT_NAMING, type FanoutSettings, resolveSettings } from './settings';
 
 /** Stack props: the usual CDK ones plus any subset of {@link FanoutSettings}. */
 export interface FanoutStackProps extends StackProps, Partial<FanoutSettings> {}
 
 /**
- * The fanout pipeline: schedule → producer → SNS topic → SQS queue (+ DLQ) → consumer, with the
- * idempotency table (which also holds the run ledger), least-privilege roles, alarms, the run
- * notifications, a dashboard and the outputs `fanout dlq …` and `fanout runs …` need.
- *
- * Encryption at rest uses AWS-managed keys (SNS `alias/aws/sns`, SSE-SQS, DynamoDB `aws/dynamodb`):
- * their key policies already let principals of the account use them through the service, so no
- * KMS statement is needed in the roles, and SNS can deliver to an SSE-SQS queue without a key
- * policy of ours. The run-notification topic is the exception: EventBridge publishes to it, so it
- * has a key of its own (see run-events.ts).
+ * The app's stack: one {@link FanoutPipeline} configured from flat settings (the `-c` context
+ * keys of docs/deploy.md), plus the outputs `fanout --stack` reads. The pipeline's id is
+ * `Default`, which CDK leaves out of logical IDs, so its resources keep the logical IDs they had
+ * when the stack held them itself: an existing deployment updates in place.
  */
 export class FanoutStack extends Stack {
   /** The settings after defaults and validation. */
   readonly settings: FanoutSettings;
-  readonly topic: sns.Topic;
-  readonly queue: sqs.Queue;
-  readonly dlq: sqs.Queue;
-  readonly table: dynamodb.Table;
-  readonly producer: lambda.Function;
-  readonly consumer: lambda.Function;
-  readonly alarms: PipelineAlarms;
-  readonly runNotifications: RunNotifications;
-  readonly dashboard: PipelineDashboard;
+  readonly pipeline: FanoutPipeline;
 
   constructor(scope: Construct, id: string, props: FanoutStackProps = {}) {
     super(scope, id, props);
+    // Checked here first so that problems name the context keys; the construct checks the same
+    // values again under its props' names.
     const s = (this.settings = resolveSettings(props));
-    const dataRemoval = s.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
-    const architecture = s.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64;
-    // Run events and run metrics carry the stack name, so pipelines side by side in one account
-    // keep their runs apart.
-    const pipeline = Stack.of(this).stackName;
-    const defaultBusArn = Stack.of(this).formatArn({ service: 'events', resource: 'event-bus', resourceName: 'default' });
-    const runEnvironment = { FANOUT_PIPELINE: pipeline, FANOUT_EVENT_BUS: 'default' };
-    // Checked before the config is read, so a missing package is reported as such.
-    const producerCode = lambdaAsset(s.producerAssetDir, s.configFile, s.architecture);
-    const consumerCode = lambdaAsset(s.consumerAssetDir, s.configFile, s.architecture);
-    const sources = settingSources(s, readPipelineConfig(path.join(s.consumerAssetDir, s.configFile)));
-    if (sources.problems.length > 0) {
-      throw new Error(`Invalid fanout stack settings:\n  - ${sources.problems.join('\n  - ')}`);
-    }
-    for (const note of sources.notes) Annotations.of(this).addInfo(note);
-    for (const warning of sources.warnings) Annotations.of(this).addWarningV2('fanout:noGlobalBudget', warning);
+    checkPackage(s.producerAssetDir, s.configFile, s.architecture);
+    checkPackage(s.consumerAssetDir, s.configFile, s.architecture);
+    packagedSettingSources(s, CONTEXT_NAMING);
 
-    this.topic = new sns.Topic(this, 'Topic', {
-      masterKey: kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
-      enforceSSL: true,
+    this.pipeline = new FanoutPipeline(this, 'Default', {
+      ...pipelineProps(s),
+      // Run events and metrics carry the stack name, as they did before the construct existed.
+      pipelineName: this.stackName,
+      alarmTopic: s.alarmTopicArn ? sns.Topic.fromTopicArn(this, 'AlarmTopic', s.alarmTopicArn) : undefined,
     });
-
-    this.dlq = new sqs.Queue(this, 'Dlq', {
-      encryption: sqs.QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-      // A standard queue keeps the original enqueue time when it dead-letters a message, so the
-      // DLQ must retain longer than the source queue (4 days) or messages expire on arrival.
-      retentionPeriod: Duration.days(14),
-      removalPolicy: dataRemoval,
-    });
-
-    this.queue = new sqs.Queue(this, 'Queue', {
-      encryption: sqs.QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-      retentionPeriod: Duration.days(4),
-      visibilityTimeout: Duration.seconds(s.visibilityTimeoutSeconds ?? minVisibilityTimeout(s)),
-      deadLetterQueue: { queue: this.dlq, maxReceiveCount: s.maxReceiveCount },
-    });
-
-    // Adds the queue policy statement: sqs:SendMessage for sns.amazonaws.com only when
-    // aws:SourceArn is this topic.
-    this.topic.addSubscription(
-      new subscriptions.SqsSubscription(this.queue, {
-        rawMessageDelivery: true,
-        filterPolicy: s.filterPolicy
-          ? Object.fromEntries(
-              Object.entries(s.filterPolicy).map(([attr, conditions]) => [attr, new sns.SubscriptionFilter(conditions)]),
-            )
-          : undefined,
-      }),
-    );
-
-    this.table = new dynamodb.Table(this, 'IdempotencyTable', {
-      partitionKey: { name: 'message_id', type: dynamodb.AttributeType.STRING },
-      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
-      timeToLiveAttribute: 'expiration',
-      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
-      encryption: dynamodb.TableEncryption.AWS_MANAGED,
-      removalPolicy: dataRemoval,
-    });
-    // The run ledger: `fanout runs list` and the watchdog find recent runs newest first. Sparse:
-    // only run items carry run_index.
-    this.table.addGlobalSecondaryIndex({
-      indexName: 'runs',
-      partitionKey: { name: 'run_index', type: dynamodb.AttributeType.STRING },
-      sortKey: { name: 'started_at', type: dynamodb.AttributeType.NUMBER },
-      projectionType: dynamodb.ProjectionType.ALL,
-    });
-
-    this.producer = this.rustFunction('Producer', s, producerCode, architecture, {
-      timeout: s.producerTimeoutSeconds,
-      memoryMb: s.producerMemoryMb,
-      environment: {
-        FANOUT_CONFIG: s.configFile,
-        FANOUT_TOPIC_ARN: this.topic.topicArn,
-        FANOUT_TABLE_NAME: this.table.tableName,
-        ...runEnvironment,
-        ...optional('FANOUT_PUBLISH_CONCURRENCY', s.publishConcurrency),
-      },
-    });
-    // PublishBatch is authorised by sns:Publish.
-    this.producer.addToRolePolicy(
-      new iam.PolicyStatement({ actions: ['sns:Publish'], resources: [this.topic.topicArn] }),
-    );
-    this.producer.addToRolePolicy(
-      // The run ledger: PutItem creates a run (conditionally, once per tick) and its counter
-      // shards; UpdateItem finishes it and marks its event sent; GetItem/BatchGetItem read a run
-      // and its shards. TransactWriteItems needs no action of its own (each item's action is
-      // checked). No DeleteItem or Scan: TTL expires old runs.
-      new iam.PolicyStatement({
-        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:UpdateItem', 'dynamodb:PutItem'],
-        resources: [this.table.tableArn],
-      }),
-    );
-    this.producer.addToRolePolicy(
-      // The watchdog and the overlap check list recent runs through the sparse index only.
-      new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [`${this.table.tableArn}/index/runs`] }),
-    );
-
-    this.consumer = this.rustFunction('Consumer', s, consumerCode, architecture, {
-      timeout: s.consumerTimeoutSeconds,
-      memoryMb: s.consumerMemoryMb,
-      environment: {
-        ...s.consumerEnvironment,
-        FANOUT_CONFIG: s.configFile,
-        FANOUT_TABLE_NAME: this.table.tableName,
-        FANOUT_QUEUE_URL: this.queue.queueUrl,
-        FANOUT_DLQ_URL: this.dlq.queueUrl,
-        // Budget and retry: only what the config does not say itself (setting-sources.ts).
-        ...sources.environment,
-        ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
-        ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
-        ...runEnvironment,
-      },
-    });
-    this.consumer.addToRolePolicy(
-      new iam.PolicyStatement({
-        // Receive/Delete/GetQueueAttributes: the event source mapping polls with the function's
-        // role; ChangeMessageVisibility: the consumer hides a message for its delay when it
-        // cannot send the delayed copy (below).
-        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'],
-        resources: [this.queue.queueArn],
-      }),
-    );
-    this.consumer.addToRolePolicy(
-      // DLQ: permanent failures and exhausted retries go straight there. Job queue: a job that
-      // waits (rate permit, paused host or open circuit, another consumer's lock) or retries with
-      // backoff goes back as a delayed copy, then the original is acked.
-      new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn, this.queue.queueArn] }),
-    );
-    this.consumer.addToRolePolicy(
-      // Every state transition of the idempotency record, host state (`host#NAME`) and instance
-      // leases (`fleet#leases`) is a conditional UpdateItem; GetItem reads an item back when a
-      // condition fails; BatchGetItem reads host states and leases together. A job's terminal
-      // transition and its run's counters are one TransactWriteItems of UpdateItems, and the
-      // consumer that settles a run's last job finishes the run with an UpdateItem. Nothing puts
-      // or deletes (TTL does).
-      new iam.PolicyStatement({
-        actions: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
-        resources: [this.table.tableArn],
-      }),
-    );
-
-    // A plain EventSourceMapping rather than SqsEventSource: the latter grants its own
-    // (broader) queue permissions, the statement above is the exact set.
-    this.consumer.addEventSourceMapping('QueueSource', {
-      eventSourceArn: this.queue.queueArn,
-      batchSize: s.batchSize,
-      maxBatchingWindow: Duration.seconds(s.maxBatchingWindowSeconds),
-      maxConcurrency: s.maxConcurrency,
-      reportBatchItemFailures: true,
-    });
-
-    // Both functions put the completion event of a run (whichever finishes it: the consumer that
-    // settles the last job, or the producer's watchdog), on the default bus and as `fanout` only.
-    for (const fn of [this.producer, this.consumer]) {
-      fn.addToRolePolicy(
-        new iam.PolicyStatement({
-          actions: ['events:PutEvents'],
-          resources: [defaultBusArn],
-          conditions: { StringEquals: { 'events:source': EVENT_SOURCE } },
-        }),
-      );
-    }
-
-    const schedule = new events.Rule(this, 'Schedule', {
-      description: 'Starts a fanout producer run',
-      schedule: events.Schedule.expression(s.scheduleExpression),
-      targets: [new targets.LambdaFunction(this.producer)],
-    });
-    new events.Rule(this, 'Watchdog', {
-      description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
-      schedule: events.Schedule.expression('rate(5 minutes)'),
-      targets: [new targets.LambdaFunction(this.producer, { event: events.RuleTargetInput.fromObject({ watchdog: true }) })],
-    });
-
-    this.runNotifications = new RunNotifications(this, 'Runs', { pipeline, emails: s.runNotificationEmails });
-    this.dashboard = new PipelineDashboard(this, 'Dashboard', {
-      queue: this.queue,
-      dlq: this.dlq,
-      consumer: this.consumer,
-      pipeline,
-      ratePerSecond: sources.effective.ratePerSecond,
-    });
-
-    this.alarms = new PipelineAlarms(this, 'Alarms', {
-      queue: this.queue,
-      dlq: this.dlq,
-      producer: this.producer,
-      consumer: this.consumer,
-      oldestMessageAgeAlarmSeconds: s.oldestMessageAgeAlarmSeconds,
-      pipeline,
-      schedulePeriodSeconds: schedulePeriod(s),
-      runbookUrl: s.runbookUrl,
-      alarmTopicArn: s.alarmTopicArn,
-    });
+    const p = this.pipeline;
 
     // Top-level ids become the output names verbatim; the operator exports them as FANOUT_*.
-    new CfnOutput(this, 'TopicArn', { value: this.topic.topicArn, description: 'FANOUT_TOPIC_ARN' });
-    new CfnOutput(this, 'QueueUrl', { value: this.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
-    new CfnOutput(this, 'DlqUrl', { value: this.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
-    new CfnOutput(this, 'TableName', { value: this.table.tableName, description: 'FANOUT_TABLE_NAME' });
+    new CfnOutput(this, 'TopicArn', { value: p.topic.topicArn, description: 'FANOUT_TOPIC_ARN' });
+    new CfnOutput(this, 'QueueUrl', { value: p.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
+    new CfnOutput(this, 'DlqUrl', { value: p.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
+    new CfnOutput(this, 'TableName', { value: p.table.tableName, description: 'FANOUT_TABLE_NAME' });
     // For `aws logs tail` in the runbook; the function names are generated.
-    new CfnOutput(this, 'ProducerLogGroup', { value: this.producer.logGroup.logGroupName });
-    new CfnOutput(this, 'ConsumerLogGroup', { value: this.consumer.logGroup.logGroupName });
+    new CfnOutput(this, 'ProducerLogGroup', { value: p.producer.logGroup.logGroupName });
+    new CfnOutput(this, 'ConsumerLogGroup', { value: p.consumer.logGroup.logGroupName });
     // For `fanout trigger`: invokes the producer with the event this rule would send.
-    new CfnOutput(this, 'ProducerFunctionName', { value: this.producer.functionName });
-    new CfnOutput(this, 'ScheduleRuleArn', { value: schedule.ruleArn });
+    new CfnOutput(this, 'ProducerFunctionName', { value: p.producer.functionName });
+    new CfnOutput(this, 'ScheduleRuleArn', { value: p.scheduleRule.ruleArn });
     new CfnOutput(this, 'RunNotificationsTopicArn', {
-      value: this.runNotifications.topic.topicArn,
+      value: p.runNotifications.topic.topicArn,
       description: 'one message per finished run: subscribe to it',
     });
-    new CfnOutput(this, 'DashboardName', { value: this.dashboard.dashboard.dashboardName });
-  }
-
-  /**
-   * A `provided.al2023` function with its own role and log group. The role gets no managed
-   * policy (AWSLambdaBasicExecutionRole allows logs on every resource); it may write to its
-   * own log group only.
-   */
-  private rustFunction(
-    id: string,
-    s: FanoutSettings,
-    code: lambda.Code,
-    architecture: lambda.Architecture,
-    opts: { timeout: number; memoryMb: number; environment: Record<string, string> },
-  ): lambda.Function {
-    const logGroup = new logs.LogGroup(this, `${id}Logs`, {
-      retention: s.logRetentionDays as logs.RetentionDays,
-      removalPolicy: RemovalPolicy.DESTROY,
-    });
-    const role = new iam.Role(this, `${id}Role`, {
-      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-    });
-    role.addToPolicy(
-      new iam.PolicyStatement({
-        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
-        resources: [logGroup.logGroupArn],
-      }),
-    );
-    return new lambda.Function(this, id, {
-      runtime: lambda.Runtime.PROVIDED_AL2023,
-      handler: 'bootstrap',
-      architecture,
-      code,
-      timeout: Duration.seconds(opts.timeout),
-      memorySize: opts.memoryMb,
-      role,
-      logGroup,
-      // The functions log JSON lines; this makes Lambda's own START/REPORT lines JSON as well,
-      // so one Logs Insights query reads both.
-      loggingFormat: lambda.LoggingFormat.JSON,
-      environment: opts.environment,
-    });
+    new CfnOutput(this, 'DashboardName', { value: p.dashboard.dashboard.dashboardName });
   }
 }
 
-/** `{ name: "value" }` when the value is set, `{}` otherwise (leaves the Rust default in charge). */
-function optional(name: string, value: number | undefined): Record<string, string> {
-  return value === undefined ? {} : { [name]: String(value) };
+/** The construct's props for validated settings (all but the pipeline name and the alarm topic). */
+export function pipelineProps(s: FanoutSettings): FanoutPipelineProps {
+  const seconds = (n?: number) => (n === undefined ? undefined : Duration.seconds(n));
+  const millis = (n?: number) => (n === undefined ? undefined : Duration.millis(n));
+  return {
+    producerAssetDir: s.producerAssetDir,
+    consumerAssetDir: s.consumerAssetDir,
+    configFile: s.configFile,
+    architecture: s.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64,
+    schedule: events.Schedule.expression(s.scheduleExpression),
+    schedulePeriod: seconds(s.schedulePeriodSeconds),
+    producerTimeout: seconds(s.producerTimeoutSeconds),
+    producerMemorySize: s.producerMemoryMb,
+    publishConcurrency: s.publishConcurrency,
+    consumerTimeout: seconds(s.consumerTimeoutSeconds),
+    consumerMemorySize: s.consumerMemoryMb,
+    maxConcurrency: s.maxConcurrency,
+    ratePerSecond: s.ratePerSecond,
+    batchSize: s.batchSize,
+    maxBatchingWindow: seconds(s.maxBatchingWindowSeconds),
+    maxReceiveCount: s.maxReceiveCount,
+    recordTtl: seconds(s.recordTtlSeconds),
+    retryBase: millis(s.retryBaseMs),
+    retryCap: millis(s.retryCapMs),
+    maxAttempts: s.maxAttempts,
+    hostStateTtl: millis(s.hostStateTtlMs),
+    filterPolicy: s.filterPolicy
+      ? Object.fromEntries(Object.entries(s.filterPolicy).map(([attr, conditions]) => [attr, new sns.SubscriptionFilter(conditions)]))
+      : undefined,
+    consumerEnvironment: s.consumerEnvironment,
+    queueProps: s.visibilityTimeoutSeconds === undefined ? undefined : { visibilityTimeout: seconds(s.visibilityTimeoutSeconds) },
+    oldestMessageAgeAlarmThreshold: seconds(s.oldestMessageAgeAlarmSeconds),
+    runbookUrl: s.runbookUrl,
+    runNotificationEmails: s.runNotificationEmails,
+    retainData: s.retainData,
+    logRetention: s.logRetentionDays as logs.RetentionDays,
+  };
 }

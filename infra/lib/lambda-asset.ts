@@ -31,6 +31,14 @@ export function elfArchitecture(file: string): Architecture | undefined {
  * an x86_64 binary lands on arm64).
  */
 export function lambdaAsset(dir: string, configFile: string, architecture: Architecture): lambda.Code {
+  checkPackage(dir, configFile, architecture);
+  // cargo-lambda's `--output-format zip` leaves bootstrap.zip beside the binary; CDK zips the
+  // directory itself, so the inner zip would only be dead weight in the package.
+  return lambda.Code.fromAsset(dir, { exclude: ['*.zip'] });
+}
+
+/** Throws unless `dir` holds an executable `bootstrap` for `architecture` and the config file. */
+export function checkPackage(dir: string, configFile: string, architecture: Architecture): void {
   const bootstrap = path.join(dir, 'bootstrap');
   const hint = 'build it with scripts/package (see docs/deploy.md)';
   if (!fs.existsSync(bootstrap)) {
@@ -46,7 +54,4 @@ export function lambdaAsset(dir: string, configFile: string, architecture: Archi
         `rebuild with scripts/package --arch ${architecture} or set -c architecture=${built}`,
     );
   }
-  // cargo-lambda's `--output-format zip` leaves bootstrap.zip beside the binary; CDK zips the
-  // directory itself, so the inner zip would only be dead weight in the package.
-  return lambda.Code.fromAsset(dir, { exclude: ['*.zip'] });
 }

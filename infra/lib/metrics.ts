@@ -36,7 +36,7 @@ export function consumerMetric(consumer: lambda.IFunction, metricName: string, o
   });
 }
 
-/** A run metric: dimension `Pipeline` = the stack name (`FANOUT_PIPELINE`). */
+/** A run metric: dimension `Pipeline` = the pipeline's name (`FANOUT_PIPELINE`). */
 export function pipelineMetric(pipeline: string, metricName: string, opts: MetricOptions = {}): cloudwatch.Metric {
   return new cloudwatch.Metric({
     namespace: NAMESPACE,

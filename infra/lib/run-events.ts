@@ -12,7 +12,7 @@ export const EVENT_SOURCE = 'fanout';
 export const RUN_DETAIL_TYPES = ['Run Succeeded', 'Run Failed'] as const;
 
 export interface RunNotificationsProps {
-  /** The `detail.pipeline` of this stack's events: the stack name (`FANOUT_PIPELINE`). */
+  /** The `detail.pipeline` of this pipeline's events: the pipeline's name (`FANOUT_PIPELINE`). */
   readonly pipeline: string;
   /** Email addresses to subscribe; each must confirm. */
   readonly emails?: string[];

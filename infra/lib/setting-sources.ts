@@ -1,4 +1,6 @@
-import { type ConfigValues, type PipelineConfigFile, SHARED_SETTINGS, type SharedSetting } from './pipeline-config';
+import * as path from 'node:path';
+import { type ConfigValues, type PipelineConfigFile, SHARED_SETTINGS, type SharedSetting, readPipelineConfig } from './pipeline-config';
+import type { FanoutSettings, Naming } from './settings';
 
 /** Which value of each shared setting the consumer will run with, and why. */
 export interface SettingSources {
@@ -23,7 +25,11 @@ export interface SettingSources {
  * - both, equal: the config's value runs, no variable (nothing can drift apart later);
  * - both, different: a problem naming both, since one of them would be silently ignored.
  */
-export function settingSources(stack: ConfigValues, config: PipelineConfigFile): SettingSources {
+export function settingSources(
+  stack: ConfigValues,
+  config: PipelineConfigFile,
+  label: Naming['label'] = (name) => name,
+): SettingSources {
   const environment: Record<string, string> = {};
   const effective: ConfigValues = {};
   const notes: string[] = [];
@@ -34,17 +40,17 @@ export function settingSources(stack: ConfigValues, config: PipelineConfigFile):
     const fromConfig = config.values[setting];
     const where = `${config.name} ${field.join('.')}`;
     if (fromStack !== undefined && fromConfig !== undefined && fromStack !== fromConfig) {
-      problems.push(`${setting}=${fromStack} disagrees with ${where}=${fromConfig}: set one of them`);
+      problems.push(`${label(setting)}=${fromStack} disagrees with ${where}=${fromConfig}: set one of them`);
     } else if (fromConfig !== undefined) {
       effective[setting] = fromConfig;
-      notes.push(`${setting}: ${where}=${fromConfig} runs`);
+      notes.push(`${label(setting)}: ${where}=${fromConfig} runs`);
     } else if (fromStack !== undefined) {
       effective[setting] = fromStack;
       environment[env] = String(fromStack);
-      notes.push(`${setting}=${fromStack} runs (${env}): ${config.name} has no ${field.join('.')}`);
+      notes.push(`${label(setting)}=${fromStack} runs (${env}): ${config.name} has no ${field.join('.')}`);
     } else if (setting === 'ratePerSecond') {
       warnings.push(
-        `no global budget: neither ratePerSecond nor ${where} is set, so the consumers call the targets ` +
+        `no global budget: neither ${label(setting)} nor ${where} is set, so the consumers call the targets ` +
           'as fast as the per-host budgets allow',
       );
     }
@@ -53,15 +59,27 @@ export function settingSources(stack: ConfigValues, config: PipelineConfigFile):
   const { retryBaseMs: base, retryCapMs: cap } = effective;
   if (base !== undefined && cap !== undefined && cap < base && problems.length === 0) {
     problems.push(
-      `the retry cap (${cap}, ${describe('retryCapMs', config)}) is below the retry base ` +
-        `(${base}, ${describe('retryBaseMs', config)}): the consumer would refuse to start`,
+      `the retry cap (${cap}, ${describe('retryCapMs', config, label)}) is below the retry base ` +
+        `(${base}, ${describe('retryBaseMs', config, label)}): the consumer would refuse to start`,
     );
   }
   return { environment, effective, notes, warnings, problems };
 }
 
 /** Where a shared setting's running value comes from, for messages. */
-function describe(setting: SharedSetting, config: PipelineConfigFile): string {
+function describe(setting: SharedSetting, config: PipelineConfigFile, label: Naming['label']): string {
   const field = SHARED_SETTINGS.find((s) => s.setting === setting)!.field.join('.');
-  return config.values[setting] !== undefined ? `${config.name} ${field}` : `stack ${setting}`;
+  return config.values[setting] !== undefined ? `${config.name} ${field}` : `stack ${label(setting)}`;
+}
+
+/**
+ * {@link settingSources} for the config packaged with the consumer; throws on a disagreement,
+ * naming the settings as `naming` does.
+ */
+export function packagedSettingSources(s: FanoutSettings, naming: Naming): SettingSources {
+  const sources = settingSources(s, readPipelineConfig(path.join(s.consumerAssetDir, s.configFile)), naming.label);
+  if (sources.problems.length > 0) {
+    throw new Error(`Invalid ${naming.subject}:\n  - ${sources.problems.join('\n  - ')}`);
+  }
+  return sources;
 }

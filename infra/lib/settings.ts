@@ -196,11 +196,23 @@ export function minVisibilityTimeout(s: Pick<FanoutSettings, 'consumerTimeoutSec
   return 6 * s.consumerTimeoutSeconds + s.maxBatchingWindowSeconds;
 }
 
+/** How problems name the settings: the context keys by default, the construct's props for FanoutPipeline. */
+export interface Naming {
+  /** What the error is about, e.g. `fanout stack settings`. */
+  readonly subject: string;
+  /** The name the user wrote for a setting (with its unit when that differs from the setting's). */
+  readonly label: (name: keyof FanoutSettings) => string;
+}
+
+/** The stack's naming: the settings are the `-c` context keys. */
+export const CONTEXT_NAMING: Naming = { subject: 'fanout stack settings', label: (name) => name };
+
 /**
  * Fills defaults and checks every setting; throws one Error listing all problems, so a bad
  * parameter stops `cdk synth` instead of failing half-way through a deployment.
  */
-export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSettings {
+export function resolveSettings(input: Partial<FanoutSettings> = {}, naming: Naming = CONTEXT_NAMING): FanoutSettings {
+  const n = naming.label;
   const defined = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
   const s: FanoutSettings = { ...DEFAULTS, ...defined };
   const problems: string[] = [];
@@ -208,17 +220,17 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
     const v = s[name];
     if (v === undefined) return;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-      problems.push(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+      problems.push(`${n(name)} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
     }
   };
 
   if (s.architecture !== 'arm64' && s.architecture !== 'x86_64') {
-    problems.push(`architecture must be arm64 or x86_64, got ${JSON.stringify(s.architecture)}`);
+    problems.push(`${n('architecture')} must be arm64 or x86_64, got ${JSON.stringify(s.architecture)}`);
   }
   if (!/^[\w.-]+$/.test(s.configFile)) {
-    problems.push(`configFile must be a plain file name inside the package, got ${JSON.stringify(s.configFile)}`);
+    problems.push(`${n('configFile')} must be a plain file name inside the package, got ${JSON.stringify(s.configFile)}`);
   }
-  checkSchedule(s, problems);
+  checkSchedule(s, problems, n);
   int('producerTimeoutSeconds', 1, 900);
   int('consumerTimeoutSeconds', 1, 900);
   int('producerMemoryMb', 128, 10_240);
@@ -227,14 +239,14 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
   // Lambda's own bounds for ScalingConfig.MaximumConcurrency; below 2 it rejects the mapping.
   int('maxConcurrency', 2, 1000);
   if (s.ratePerSecond !== undefined && (typeof s.ratePerSecond !== 'number' || !Number.isFinite(s.ratePerSecond) || s.ratePerSecond <= 0)) {
-    problems.push(`ratePerSecond must be a number above 0, got ${JSON.stringify(s.ratePerSecond)}`);
+    problems.push(`${n('ratePerSecond')} must be a number above 0, got ${JSON.stringify(s.ratePerSecond)}`);
   }
   int('recordTtlSeconds', 60, 366 * 86_400);
   // The consumer's own bounds (RetryPolicy and its settings); it would refuse to start otherwise.
   int('retryBaseMs', 1, MAX_RETRY_MS);
   int('retryCapMs', 1, MAX_RETRY_MS);
   if (typeof s.retryBaseMs === 'number' && typeof s.retryCapMs === 'number' && s.retryCapMs < s.retryBaseMs) {
-    problems.push(`retryCapMs (${s.retryCapMs}) must be at least retryBaseMs (${s.retryBaseMs})`);
+    problems.push(`${n('retryCapMs')} (${s.retryCapMs}) must be at least ${n('retryBaseMs')} (${s.retryBaseMs})`);
   }
   int('maxAttempts', 1, 100);
   int('hostStateTtlMs', 100, 60_000);
@@ -244,7 +256,7 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
   int('maxReceiveCount', 1, 1000);
   int('oldestMessageAgeAlarmSeconds', 60, 14 * 86_400);
   if (!LOG_RETENTION_DAYS.includes(s.logRetentionDays)) {
-    problems.push(`logRetentionDays must be one of ${LOG_RETENTION_DAYS.join(', ')}, got ${JSON.stringify(s.logRetentionDays)}`);
+    problems.push(`${n('logRetentionDays')} must be one of ${LOG_RETENTION_DAYS.join(', ')}, got ${JSON.stringify(s.logRetentionDays)}`);
   }
 
   // With Lambda's 900 s and the 300 s window caps, the minimum (5700 s) always fits SQS's limit.
@@ -253,45 +265,45 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
     int('visibilityTimeoutSeconds', 0, MAX_VISIBILITY_SECONDS);
     if (s.visibilityTimeoutSeconds < minVisibility) {
       problems.push(
-        `visibilityTimeoutSeconds (${s.visibilityTimeoutSeconds}) must be at least 6 × ` +
-          `consumerTimeoutSeconds + maxBatchingWindowSeconds = ${minVisibility}`,
+        `${n('visibilityTimeoutSeconds')} (${s.visibilityTimeoutSeconds}) must be at least 6 × ` +
+          `${n('consumerTimeoutSeconds')} + ${n('maxBatchingWindowSeconds')} = ${minVisibility}`,
       );
     }
   }
 
   for (const [name, value] of Object.entries(s.consumerEnvironment ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-      problems.push(`consumerEnvironment: ${JSON.stringify(name)} is not a valid variable name`);
+      problems.push(`${n('consumerEnvironment')}: ${JSON.stringify(name)} is not a valid variable name`);
     } else if ((RESERVED_ENV as readonly string[]).includes(name)) {
-      problems.push(`consumerEnvironment may not set ${name}: the stack sets it`);
+      problems.push(`${n('consumerEnvironment')} may not set ${name}: the stack sets it`);
     }
     if (typeof value !== 'string') {
-      problems.push(`consumerEnvironment.${name} must be a string`);
+      problems.push(`${n('consumerEnvironment')}.${name} must be a string`);
     }
   }
   for (const [attr, values] of Object.entries(s.filterPolicy ?? {})) {
     if (!Array.isArray(values) || values.length === 0) {
-      problems.push(`filterPolicy.${attr} must be a non-empty array of conditions`);
+      problems.push(`${n('filterPolicy')}.${attr} must be a non-empty array of conditions`);
     }
   }
 
   if (s.runNotificationEmails !== undefined) {
     const emails: unknown = s.runNotificationEmails;
     if (!Array.isArray(emails)) {
-      problems.push(`runNotificationEmails must be a list of email addresses, got ${JSON.stringify(emails)}`);
+      problems.push(`${n('runNotificationEmails')} must be a list of email addresses, got ${JSON.stringify(emails)}`);
     } else {
       for (const email of emails) {
         if (typeof email !== 'string' || !EMAIL.test(email)) {
-          problems.push(`runNotificationEmails: ${JSON.stringify(email)} is not an email address`);
+          problems.push(`${n('runNotificationEmails')}: ${JSON.stringify(email)} is not an email address`);
         }
       }
       const duplicates = emails.filter((e, i) => emails.indexOf(e) !== i);
-      if (duplicates.length > 0) problems.push(`runNotificationEmails lists ${JSON.stringify(duplicates[0])} twice`);
+      if (duplicates.length > 0) problems.push(`${n('runNotificationEmails')} lists ${JSON.stringify(duplicates[0])} twice`);
     }
   }
 
   if (problems.length > 0) {
-    throw new Error(`Invalid fanout stack settings:\n  - ${problems.join('\n  - ')}`);
+    throw new Error(`Invalid ${naming.subject}:\n  - ${problems.join('\n  - ')}`);
   }
   return s;
 }
@@ -301,36 +313,36 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}): FanoutSett
  * (it would refuse the rule half-way through a deployment); cron(...) fields are left to it, but
  * a cron schedule must say how far apart its ticks are, since the tick alarm cannot derive it.
  */
-function checkSchedule(s: FanoutSettings, problems: string[]): void {
+function checkSchedule(s: FanoutSettings, problems: string[], n: Naming['label']): void {
   const expr = s.scheduleExpression;
   const given = s.schedulePeriodSeconds;
   const validGiven =
     typeof given === 'number' && Number.isInteger(given) && given >= 60 && given <= MAX_SCHEDULE_PERIOD_SECONDS && given % 60 === 0;
   if (given !== undefined && !validGiven) {
     problems.push(
-      `schedulePeriodSeconds must be a multiple of 60 from 60 to ${MAX_SCHEDULE_PERIOD_SECONDS} (3.5 days), got ${JSON.stringify(given)}`,
+      `${n('schedulePeriodSeconds')} must be a multiple of 60 from 60 to ${MAX_SCHEDULE_PERIOD_SECONDS} (3.5 days), got ${JSON.stringify(given)}`,
     );
   }
   if (typeof expr === 'string' && /^cron\(.+\)$/.test(expr)) {
     if (given === undefined) {
-      problems.push(`schedulePeriodSeconds is required with a cron(...) schedule: the seconds between two ticks (the longest gap if irregular)`);
+      problems.push(`${n('schedulePeriodSeconds')} is required with a cron(...) schedule: the time between two ticks (the longest gap if irregular)`);
     }
     return;
   }
   if (typeof expr !== 'string' || !expr.startsWith('rate(')) {
-    problems.push(`scheduleExpression must be rate(...) or cron(...), got ${JSON.stringify(expr)}`);
+    problems.push(`${n('scheduleExpression')} must be rate(...) or cron(...), got ${JSON.stringify(expr)}`);
     return;
   }
   const rate = ratePeriodSeconds(expr);
   if (rate === undefined) {
     problems.push(
-      `scheduleExpression must be rate(1 minute|hour|day) or rate(N minutes|hours|days) with N above 1, got ${JSON.stringify(expr)}`,
+      `${n('scheduleExpression')} must be rate(1 minute|hour|day) or rate(N minutes|hours|days) with N above 1, got ${JSON.stringify(expr)}`,
     );
   } else if (rate > MAX_SCHEDULE_PERIOD_SECONDS) {
     problems.push(
-      `scheduleExpression ${expr} is longer than 3.5 days: the ProducerNotRunning alarm watches two periods and CloudWatch evaluates at most 7 days`,
+      `${n('scheduleExpression')} ${expr} is longer than 3.5 days: the ProducerNotRunning alarm watches two periods and CloudWatch evaluates at most 7 days`,
     );
   } else if (validGiven && given !== rate) {
-    problems.push(`schedulePeriodSeconds (${given}) contradicts ${expr} (${rate} s): leave it unset with a rate(...) schedule`);
+    problems.push(`${n('schedulePeriodSeconds')} (${given}) contradicts ${expr} (${rate} s): leave it unset with a rate(...) schedule`);
   }
 }

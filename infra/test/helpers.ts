@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { App } from 'aws-cdk-lib';
+import { App, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { FanoutStack, type FanoutStackProps } from '../lib/fanout-stack';
 
@@ -11,12 +11,28 @@ export const FIXTURES = path.join(__dirname, 'fixtures', 'lambda');
 /** The feature flags of cdk.json, so unit tests render what `cdk synth` renders. */
 const cdkJsonContext = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'cdk.json'), 'utf8')).context;
 
-/** Builds the stack on the placeholder packages. */
-export function buildStack(props: FanoutStackProps = {}): FanoutStack {
+/** The placeholder packages as FanoutPipeline props. */
+export const PACKAGES = {
+  producerAssetDir: path.join(FIXTURES, 'fanout-producer'),
+  consumerAssetDir: path.join(FIXTURES, 'fanout-consumer'),
+};
+
+/** An app as `cdk synth` makes it (cdk.json's feature flags, path metadata). */
+export function newApp(): App {
   // No analytics: its metadata blob changes with every CDK release and would churn the snapshot.
   // Path metadata (the CLI turns it on) lets tests find resources by construct path.
   const context = { ...cdkJsonContext, 'aws:cdk:enable-path-metadata': true };
-  const app = new App({ context, analyticsReporting: false });
+  return new App({ context, analyticsReporting: false });
+}
+
+/** An empty stack in a new app, for FanoutPipelines of a test's own. */
+export function emptyStack(id = 'Apps', app = newApp()): Stack {
+  return new Stack(app, id);
+}
+
+/** Builds the stack on the placeholder packages. */
+export function buildStack(props: FanoutStackProps = {}): FanoutStack {
+  const app = newApp();
   return new FanoutStack(app, 'Fanout', {
     producerAssetDir: path.join(FIXTURES, 'fanout-producer'),
     consumerAssetDir: path.join(FIXTURES, 'fanout-consumer'),

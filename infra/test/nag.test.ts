@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Validations } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
-import { buildStack } from './helpers';
+import { FanoutPipeline } from '../lib';
+import { PACKAGES, buildStack, emptyStack } from './helpers';
 import type { FanoutStackProps } from '../lib/fanout-stack';
 
 /**
@@ -67,6 +69,16 @@ describe('cdk-nag AwsSolutions', () => {
     });
   }
 
+  test('no unacknowledged finding (two pipelines in one stack, one with an existing table)', () => {
+    const stack = emptyStack('Jobs');
+    new FanoutPipeline(stack, 'Sync', PACKAGES);
+    new FanoutPipeline(stack, 'Report', PACKAGES);
+    const table = dynamodb.Table.fromTableName(stack, 'Ledger', 'replay-ledger');
+    new FanoutPipeline(stack, 'Replay', { ...PACKAGES, existingTableObj: table });
+    const found = findings(stack);
+    assert.deepEqual(found, [], `cdk-nag findings:\n  ${found.join('\n  ')}`);
+  });
+
   test('every acknowledgement names a cdk-nag rule and carries a reason of its own', () => {
     const acks = acknowledgements(buildStack(VARIANTS['every optional setting']));
     for (const { path, id, reason } of acks) {
@@ -78,11 +90,11 @@ describe('cdk-nag AwsSolutions', () => {
 
   test('the pack is live: a wildcard grant is reported, and only an acknowledgement with a reason hides it', () => {
     const stack = buildStack();
-    stack.consumer.addToRolePolicy(new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: ['*'] }));
+    stack.pipeline.consumer.addToRolePolicy(new iam.PolicyStatement({ actions: ['s3:GetObject'], resources: ['*'] }));
     const found = findings(stack);
     assert.equal(found.length, 1, found.join('\n'));
-    assert.match(found[0], /^AwsSolutions-IAM5\[Resource::\*\] \(error\) on Fanout\/ConsumerRole\/DefaultPolicy\/Resource/);
-    Validations.of(stack.consumer.role as iam.Role).acknowledge({
+    assert.match(found[0], /^AwsSolutions-IAM5\[Resource::\*\] \(error\) on Fanout\/Default\/ConsumerRole\/DefaultPolicy\/Resource/);
+    Validations.of(stack.pipeline.consumer.role as iam.Role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
       reason: 'test only: shows that an acknowledgement suppresses exactly this finding',
     });

@@ -11,7 +11,7 @@ const config = (values: Record<string, number>) => ({ name: 'fanout.json', value
 /** The consumer's environment variables in a template. */
 function consumerEnv(t: ReturnType<typeof synth>): Record<string, string> {
   const all = t.toJSON().Resources as Record<string, any>;
-  return all[idByPath(t, 'Fanout/Consumer/Resource')].Properties.Environment.Variables;
+  return all[idByPath(t, 'Fanout/Default/Consumer/Resource')].Properties.Environment.Variables;
 }
 
 describe('which value of a shared setting runs', () => {
@@ -107,8 +107,8 @@ describe('the stack and the packaged config', () => {
   test('a stack value the config lacks runs, and synth says so (info); no budget at all is a warning', () => {
     const stack = buildStack({ ratePerSecond: 2.5 });
     assert.equal(consumerEnv(synth({ ratePerSecond: 2.5 })).FANOUT_RATE_PER_SECOND, '2.5');
-    Annotations.fromStack(stack).hasInfo('/Fanout', Match.stringLikeRegexp('^ratePerSecond=2\\.5 runs \\(FANOUT_RATE_PER_SECOND\\): fanout\\.json has no rate_limit\\.per_second'));
+    Annotations.fromStack(stack).hasInfo('/Fanout/Default', Match.stringLikeRegexp('^ratePerSecond=2\\.5 runs \\(FANOUT_RATE_PER_SECOND\\): fanout\\.json has no rate_limit\\.per_second'));
     Annotations.fromStack(stack).hasNoWarning('*', Match.anyValue());
-    Annotations.fromStack(buildStack()).hasWarning('/Fanout', Match.stringLikeRegexp('^no global budget'));
+    Annotations.fromStack(buildStack()).hasWarning('/Fanout/Default', Match.stringLikeRegexp('^no global budget'));
   });
 });

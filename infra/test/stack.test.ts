@@ -11,12 +11,12 @@ const template = synth();
 const resources = template.toJSON().Resources as Record<string, any>;
 const ref = (suffix: string) => ({ Ref: idByPath(template, suffix) });
 const arn = (suffix: string) => ({ 'Fn::GetAtt': [idByPath(template, suffix), 'Arn'] });
-const TOPIC = 'Fanout/Topic/Resource';
-const QUEUE = 'Fanout/Queue/Resource';
-const DLQ = 'Fanout/Dlq/Resource';
+const TOPIC = 'Fanout/Default/Topic/Resource';
+const QUEUE = 'Fanout/Default/Queue/Resource';
+const DLQ = 'Fanout/Default/Dlq/Resource';
 const TABLE = 'IdempotencyTable/Resource';
-const PRODUCER = 'Fanout/Producer/Resource';
-const CONSUMER = 'Fanout/Consumer/Resource';
+const PRODUCER = 'Fanout/Default/Producer/Resource';
+const CONSUMER = 'Fanout/Default/Consumer/Resource';
 const RUN_TOPIC = 'Runs/RunNotifications/Resource';
 const RUN_RULE = 'Runs/RunEvents/Resource';
 const RUN_KEY = 'Runs/Key/Resource';
@@ -380,7 +380,7 @@ describe('alarms', () => {
 
 describe('runs', () => {
   test('a second rule invokes the producer every 5 minutes as the watchdog', () => {
-    const rule = resources[idByPath(template, 'Fanout/Watchdog/Resource')].Properties;
+    const rule = resources[idByPath(template, 'Fanout/Default/Watchdog/Resource')].Properties;
     assert.deepEqual(rule, {
       Description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
       ScheduleExpression: 'rate(5 minutes)',
@@ -388,11 +388,11 @@ describe('runs', () => {
       Targets: [{ Arn: arn(PRODUCER), Id: 'Target0', Input: '{"watchdog":true}' }],
     });
     // The scheduled rule sends EventBridge's own event, not the watchdog input.
-    assert.equal(resources[idByPath(template, 'Fanout/Schedule/Resource')].Properties.Targets[0].Input, undefined);
+    assert.equal(resources[idByPath(template, 'Fanout/Default/Schedule/Resource')].Properties.Targets[0].Input, undefined);
     const permissions = Object.values(template.findResources('AWS::Lambda::Permission')) as any[];
     assert.ok(
       permissions.some(
-        (p) => p.Properties.Principal === 'events.amazonaws.com' && JSON.stringify(p.Properties.SourceArn) === JSON.stringify(arn('Fanout/Watchdog/Resource')),
+        (p) => p.Properties.Principal === 'events.amazonaws.com' && JSON.stringify(p.Properties.SourceArn) === JSON.stringify(arn('Fanout/Default/Watchdog/Resource')),
       ),
       'the watchdog rule may invoke the producer',
     );

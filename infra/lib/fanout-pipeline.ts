@@ -1,0 +1,347 @@
+import { Annotations, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { PipelineAlarms } from './alarms';
+import { PipelineDashboard } from './dashboard';
+import { lambdaAsset } from './lambda-asset';
+import { type FanoutPipelineProps, PROP_NAMING, toSettings } from './pipeline-props';
+import { EVENT_SOURCE, RunNotifications } from './run-events';
+import { type SettingSources, packagedSettingSources } from './setting-sources';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from './settings';
+
+export type { FanoutPipelineProps } from './pipeline-props';
+
+/** A pipeline name as the dashboard name and metric dimension accept it. */
+const PIPELINE_NAME = /^[A-Za-z0-9_-]{1,200}$/;
+
+/**
+ * A fanout pipeline: schedule → producer → SNS topic → SQS queue (+ DLQ) → consumer, with the
+ * idempotency table (which also holds the run ledger), least-privilege roles, alarms, the run
+ * notifications and a dashboard. Several fit in one stack: every resource name is generated or
+ * derived from `pipelineName`. Outputs are left to the stack (FanoutStack adds the ones
+ * `fanout --stack` reads).
+ *
+ * Encryption at rest uses AWS-managed keys (SNS `alias/aws/sns`, SSE-SQS, DynamoDB `aws/dynamodb`):
+ * their key policies already let principals of the account use them through the service, so no
+ * KMS statement is needed in the roles, and SNS can deliver to an SSE-SQS queue without a key
+ * policy of ours. The run-notification topic is the exception: EventBridge publishes to it, so it
+ * has a key of its own (see run-events.ts).
+ */
+export class FanoutPipeline extends Construct {
+  /** The settings after defaults and validation. */
+  readonly settings: FanoutSettings;
+  /** `FANOUT_PIPELINE`: how runs, run metrics and run events of this pipeline are told apart. */
+  readonly pipelineName: string;
+  /** Which value of each setting the config file can also give runs. */
+  readonly settingSources: SettingSources;
+  readonly topic: sns.Topic;
+  readonly queue: sqs.Queue;
+  readonly dlq: sqs.Queue;
+  readonly table: dynamodb.ITable;
+  readonly producer: lambda.Function;
+  readonly consumer: lambda.Function;
+  /** The rule that starts a run on the schedule. */
+  readonly scheduleRule: events.Rule;
+  /** The rule that invokes the producer every 5 minutes as the watchdog. */
+  readonly watchdogRule: events.Rule;
+  readonly alarms: PipelineAlarms;
+  readonly runNotifications: RunNotifications;
+  readonly dashboard: PipelineDashboard;
+
+  constructor(scope: Construct, id: string, props: FanoutPipelineProps) {
+    super(scope, id);
+    const s = (this.settings = resolveSettings(toSettings(props, props.queueProps?.visibilityTimeout), PROP_NAMING));
+    const name = (this.pipelineName = props.pipelineName ?? `${Stack.of(this).stackName}-${id}`);
+    this.checkObjectProps(props);
+
+    const dataRemoval = s.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
+    const architecture = props.architecture ?? lambda.Architecture.ARM_64;
+    const defaultBusArn = Stack.of(this).formatArn({ service: 'events', resource: 'event-bus', resourceName: 'default' });
+    const runEnvironment = { FANOUT_PIPELINE: name, FANOUT_EVENT_BUS: 'default' };
+    // Checked before the config is read, so a missing package is reported as such.
+    const producerCode = lambdaAsset(s.producerAssetDir, s.configFile, s.architecture);
+    const consumerCode = lambdaAsset(s.consumerAssetDir, s.configFile, s.architecture);
+    const sources = (this.settingSources = packagedSettingSources(s, PROP_NAMING));
+    for (const note of sources.notes) Annotations.of(this).addInfo(note);
+    for (const warning of sources.warnings) Annotations.of(this).addWarningV2('fanout:noGlobalBudget', warning);
+
+    this.topic = new sns.Topic(this, 'Topic', {
+      masterKey: kms.Alias.fromAliasName(this, 'SnsKey', 'alias/aws/sns'),
+      enforceSSL: true,
+    });
+
+    this.dlq = new sqs.Queue(this, 'Dlq', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      // A standard queue keeps the original enqueue time when it dead-letters a message, so the
+      // DLQ must retain longer than the source queue (4 days) or messages expire on arrival.
+      retentionPeriod: Duration.days(14),
+      removalPolicy: dataRemoval,
+      ...props.deadLetterQueueProps,
+    });
+
+    this.queue = new sqs.Queue(this, 'Queue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(4),
+      ...props.queueProps,
+      visibilityTimeout: Duration.seconds(s.visibilityTimeoutSeconds ?? minVisibilityTimeout(s)),
+      deadLetterQueue: { queue: this.dlq, maxReceiveCount: s.maxReceiveCount },
+    });
+
+    // Adds the queue policy statement: sqs:SendMessage for sns.amazonaws.com only when
+    // aws:SourceArn is this topic.
+    this.topic.addSubscription(
+      new subscriptions.SqsSubscription(this.queue, { rawMessageDelivery: true, filterPolicy: props.filterPolicy }),
+    );
+
+    this.table = props.existingTableObj ?? this.newTable(dataRemoval);
+
+    this.producer = this.rustFunction('Producer', s, producerCode, architecture, {
+      timeout: s.producerTimeoutSeconds,
+      memoryMb: s.producerMemoryMb,
+      environment: {
+        FANOUT_CONFIG: s.configFile,
+        FANOUT_TOPIC_ARN: this.topic.topicArn,
+        FANOUT_TABLE_NAME: this.table.tableName,
+        ...runEnvironment,
+        ...optional('FANOUT_PUBLISH_CONCURRENCY', s.publishConcurrency),
+      },
+    });
+    // PublishBatch is authorised by sns:Publish.
+    this.producer.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['sns:Publish'], resources: [this.topic.topicArn] }),
+    );
+    this.producer.addToRolePolicy(
+      // The run ledger: PutItem creates a run (conditionally, once per tick) and its counter
+      // shards; UpdateItem finishes it and marks its event sent; GetItem/BatchGetItem read a run
+      // and its shards. TransactWriteItems needs no action of its own (each item's action is
+      // checked). No DeleteItem or Scan: TTL expires old runs.
+      new iam.PolicyStatement({
+        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:UpdateItem', 'dynamodb:PutItem'],
+        resources: [this.table.tableArn],
+      }),
+    );
+    this.producer.addToRolePolicy(
+      // The watchdog and the overlap check list recent runs through the sparse index only.
+      new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [`${this.table.tableArn}/index/runs`] }),
+    );
+
+    this.consumer = this.rustFunction('Consumer', s, consumerCode, architecture, {
+      timeout: s.consumerTimeoutSeconds,
+      memoryMb: s.consumerMemoryMb,
+      environment: {
+        ...s.consumerEnvironment,
+        FANOUT_CONFIG: s.configFile,
+        FANOUT_TABLE_NAME: this.table.tableName,
+        FANOUT_QUEUE_URL: this.queue.queueUrl,
+        FANOUT_DLQ_URL: this.dlq.queueUrl,
+        // Budget and retry: only what the config does not say itself (setting-sources.ts).
+        ...sources.environment,
+        ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
+        ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
+        ...runEnvironment,
+      },
+    });
+    this.consumer.addToRolePolicy(
+      new iam.PolicyStatement({
+        // Receive/Delete/GetQueueAttributes: the event source mapping polls with the function's
+        // role; ChangeMessageVisibility: the consumer hides a message for its delay when it
+        // cannot send the delayed copy (below).
+        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes'],
+        resources: [this.queue.queueArn],
+      }),
+    );
+    this.consumer.addToRolePolicy(
+      // DLQ: permanent failures and exhausted retries go straight there. Job queue: a job that
+      // waits (rate permit, paused host or open circuit, another consumer's lock) or retries with
+      // backoff goes back as a delayed copy, then the original is acked.
+      new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.dlq.queueArn, this.queue.queueArn] }),
+    );
+    this.consumer.addToRolePolicy(
+      // Every state transition of the idempotency record, host state (`host#NAME`) and instance
+      // leases (`fleet#leases`) is a conditional UpdateItem; GetItem reads an item back when a
+      // condition fails; BatchGetItem reads host states and leases together. A job's terminal
+      // transition and its run's counters are one TransactWriteItems of UpdateItems, and the
+      // consumer that settles a run's last job finishes the run with an UpdateItem. Nothing puts
+      // or deletes (TTL does).
+      new iam.PolicyStatement({
+        actions: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
+        resources: [this.table.tableArn],
+      }),
+    );
+
+    // A plain EventSourceMapping rather than SqsEventSource: the latter grants its own
+    // (broader) queue permissions, the statement above is the exact set.
+    this.consumer.addEventSourceMapping('QueueSource', {
+      eventSourceArn: this.queue.queueArn,
+      batchSize: s.batchSize,
+      maxBatchingWindow: Duration.seconds(s.maxBatchingWindowSeconds),
+      maxConcurrency: s.maxConcurrency,
+      reportBatchItemFailures: true,
+    });
+
+    // Both functions put the completion event of a run (whichever finishes it: the consumer that
+    // settles the last job, or the producer's watchdog), on the default bus and as `fanout` only.
+    for (const fn of [this.producer, this.consumer]) {
+      fn.addToRolePolicy(
+        new iam.PolicyStatement({
+          actions: ['events:PutEvents'],
+          resources: [defaultBusArn],
+          conditions: { StringEquals: { 'events:source': EVENT_SOURCE } },
+        }),
+      );
+    }
+
+    this.scheduleRule = new events.Rule(this, 'Schedule', {
+      description: 'Starts a fanout producer run',
+      schedule: events.Schedule.expression(s.scheduleExpression),
+      targets: [new targets.LambdaFunction(this.producer)],
+    });
+    this.watchdogRule = new events.Rule(this, 'Watchdog', {
+      description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
+      schedule: events.Schedule.expression('rate(5 minutes)'),
+      targets: [new targets.LambdaFunction(this.producer, { event: events.RuleTargetInput.fromObject({ watchdog: true }) })],
+    });
+
+    this.runNotifications = new RunNotifications(this, 'Runs', { pipeline: name, emails: s.runNotificationEmails });
+    this.dashboard = new PipelineDashboard(this, 'Dashboard', {
+      queue: this.queue,
+      dlq: this.dlq,
+      consumer: this.consumer,
+      pipeline: name,
+      ratePerSecond: sources.effective.ratePerSecond,
+    });
+
+    this.alarms = new PipelineAlarms(this, 'Alarms', {
+      queue: this.queue,
+      dlq: this.dlq,
+      producer: this.producer,
+      consumer: this.consumer,
+      oldestMessageAgeAlarmSeconds: s.oldestMessageAgeAlarmSeconds,
+      pipeline: name,
+      schedulePeriodSeconds: schedulePeriod(s),
+      runbookUrl: s.runbookUrl,
+      alarmTopic: props.alarmTopic,
+    });
+  }
+
+  /** The props that are objects rather than settings, and the pipeline name. */
+  private checkObjectProps(props: FanoutPipelineProps): void {
+    const problems: string[] = [];
+    if (!PIPELINE_NAME.test(this.pipelineName)) {
+      problems.push(
+        `pipelineName must be 1-200 letters, digits, - or _ (it names the dashboard), got ${JSON.stringify(this.pipelineName)}` +
+          (props.pipelineName === undefined ? ': set pipelineName, the construct id does not make one' : ''),
+      );
+    }
+    const twin = this.otherPipelines().find((p) => p.pipelineName === this.pipelineName);
+    if (twin) {
+      problems.push(`pipelineName ${JSON.stringify(this.pipelineName)} is already used by ${twin.node.path}: runs would mix`);
+    }
+    const sharer = props.existingTableObj && this.otherPipelines().find((p) => p.table === props.existingTableObj);
+    if (sharer) {
+      problems.push(`existingTableObj is the table of ${sharer.node.path}: one table per pipeline, or their run ledgers mix`);
+    }
+    if (props.queueProps?.deadLetterQueue) {
+      problems.push('queueProps.deadLetterQueue: the pipeline wires its own DLQ (deadLetterQueueProps, maxReceiveCount)');
+    }
+    for (const [prop, queueProps] of [['queueProps', props.queueProps], ['deadLetterQueueProps', props.deadLetterQueueProps]] as const) {
+      if (queueProps?.fifo) problems.push(`${prop}.fifo: the pipeline's topic and queues are standard`);
+    }
+    const queueRetention = (props.queueProps?.retentionPeriod ?? Duration.days(4)).toSeconds();
+    const dlqRetention = (props.deadLetterQueueProps?.retentionPeriod ?? Duration.days(14)).toSeconds();
+    if (dlqRetention <= queueRetention) {
+      problems.push(
+        `deadLetterQueueProps.retentionPeriod (${dlqRetention} s) must exceed queueProps.retentionPeriod (${queueRetention} s): ` +
+          'SQS keeps the original enqueue time, so messages would expire as they reach the DLQ',
+      );
+    }
+    if (problems.length > 0) {
+      throw new Error(`Invalid ${PROP_NAMING.subject} (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
+    }
+  }
+
+  /** The pipelines built before this one in the same stack. */
+  private otherPipelines(): FanoutPipeline[] {
+    return Stack.of(this)
+      .node.findAll()
+      .filter((c): c is FanoutPipeline => c !== this && c instanceof FanoutPipeline);
+  }
+
+  /** The idempotency table, which also holds the run ledger. */
+  private newTable(removalPolicy: RemovalPolicy): dynamodb.Table {
+    const table = new dynamodb.Table(this, 'IdempotencyTable', {
+      partitionKey: { name: 'message_id', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      timeToLiveAttribute: 'expiration',
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      removalPolicy,
+    });
+    // The run ledger: `fanout runs list` and the watchdog find recent runs newest first. Sparse:
+    // only run items carry run_index.
+    table.addGlobalSecondaryIndex({
+      indexName: 'runs',
+      partitionKey: { name: 'run_index', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'started_at', type: dynamodb.AttributeType.NUMBER },
+      projectionType: dynamodb.ProjectionType.ALL,
+    });
+    return table;
+  }
+
+  /**
+   * A `provided.al2023` function with its own role and log group. The role gets no managed
+   * policy (AWSLambdaBasicExecutionRole allows logs on every resource); it may write to its
+   * own log group only.
+   */
+  private rustFunction(
+    id: string,
+    s: FanoutSettings,
+    code: lambda.Code,
+    architecture: lambda.Architecture,
+    opts: { timeout: number; memoryMb: number; environment: Record<string, string> },
+  ): lambda.Function {
+    const logGroup = new logs.LogGroup(this, `${id}Logs`, {
+      retention: s.logRetentionDays as logs.RetentionDays,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const role = new iam.Role(this, `${id}Role`, {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+    });
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [logGroup.logGroupArn],
+      }),
+    );
+    return new lambda.Function(this, id, {
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      handler: 'bootstrap',
+      architecture,
+      code,
+      timeout: Duration.seconds(opts.timeout),
+      memorySize: opts.memoryMb,
+      role,
+      logGroup,
+      // The functions log JSON lines; this makes Lambda's own START/REPORT lines JSON as well,
+      // so one Logs Insights query reads both.
+      loggingFormat: lambda.LoggingFormat.JSON,
+      environment: opts.environment,
+    });
+  }
+}
+
+/** `{ name: "value" }` when the value is set, `{}` otherwise (leaves the Rust default in charge). */
+function optional(name: string, value: number | undefined): Record<string, string> {
+  return value === undefined ? {} : { [name]: String(value) };
+}

@@ -1,0 +1,194 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Duration, type Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import { FanoutPipeline, type FanoutPipelineProps } from '../lib';
+import { pipelineProps } from '../lib/fanout-stack';
+import { PROP_NAMING, toSettings } from '../lib/pipeline-props';
+import { resolveSettings } from '../lib/settings';
+import { PACKAGES, consumerPackage, emptyStack, newApp } from './helpers';
+
+/** A pipeline on the placeholder packages in a fresh stack. */
+function pipeline(props: Partial<FanoutPipelineProps> = {}, stack: Stack = emptyStack(), id = 'Sync'): FanoutPipeline {
+  return new FanoutPipeline(stack, id, { ...PACKAGES, ...props });
+}
+
+/** Asserts that building a pipeline with these props throws a message matching `pattern`. */
+function rejects(props: Partial<FanoutPipelineProps>, pattern: RegExp) {
+  assert.throws(() => pipeline(props), pattern);
+}
+
+/** Every resource's Properties of one type in a template. */
+function all(t: Template, type: string): any[] {
+  return Object.values(t.findResources(type)).map((r) => r.Properties);
+}
+
+describe('FanoutStack is a thin layer over FanoutPipeline', () => {
+  test('settings → props → settings is the identity, every setting included', () => {
+    const s = resolveSettings({
+      ...PACKAGES,
+      architecture: 'x86_64',
+      configFile: 'pipeline.yaml',
+      scheduleExpression: 'cron(0 6 * * ? *)',
+      schedulePeriodSeconds: 86_400,
+      producerTimeoutSeconds: 60,
+      producerMemoryMb: 512,
+      publishConcurrency: 4,
+      consumerTimeoutSeconds: 45,
+      consumerMemoryMb: 1024,
+      maxConcurrency: 7,
+      ratePerSecond: 2.5,
+      recordTtlSeconds: 3600,
+      retryBaseMs: 250,
+      retryCapMs: 30_000,
+      maxAttempts: 4,
+      hostStateTtlMs: 500,
+      batchSize: 50,
+      maxBatchingWindowSeconds: 5,
+      visibilityTimeoutSeconds: 600,
+      maxReceiveCount: 3,
+      filterPolicy: { target_host: ['api.example.com'] },
+      consumerEnvironment: { API_TOKEN: 'x' },
+      oldestMessageAgeAlarmSeconds: 600,
+      runbookUrl: 'https://example.com/runbook.md',
+      runNotificationEmails: ['ops@example.com'],
+      retainData: false,
+      logRetentionDays: 90,
+    });
+    const props = pipelineProps(s);
+    const back = resolveSettings(toSettings(props, props.queueProps?.visibilityTimeout), PROP_NAMING);
+    assert.deepEqual(back, s);
+  });
+});
+
+describe('FanoutPipeline props are checked at synth, each bad prop named', () => {
+  test('durations in the unit of the setting they become', () => {
+    rejects({ consumerTimeout: Duration.seconds(901) }, /consumerTimeout \(s\) must be an integer from 1 to 900, got 901/);
+    rejects({ producerTimeout: Duration.millis(1500) }, /producerTimeout \(s\) must be an integer from 1 to 900, got 1\.5/);
+    rejects({ retryBase: Duration.millis(0) }, /retryBase \(ms\) must be an integer from 1 to 43200000, got 0/);
+    rejects({ retryBase: Duration.seconds(2), retryCap: Duration.seconds(1) }, /retryCap \(ms\) \(1000\) must be at least retryBase \(ms\) \(2000\)/);
+    rejects({ hostStateTtl: Duration.millis(50) }, /hostStateTtl \(ms\) must be an integer from 100 to 60000, got 50/);
+    rejects({ maxBatchingWindow: Duration.minutes(6) }, /maxBatchingWindow \(s\) must be an integer from 0 to 300, got 360/);
+    rejects({ oldestMessageAgeAlarmThreshold: Duration.seconds(30) }, /oldestMessageAgeAlarmThreshold \(s\) must be an integer from 60/);
+  });
+
+  test('numbers, names and lists', () => {
+    rejects({ maxConcurrency: 1 }, /Invalid FanoutPipeline props:\n {2}- maxConcurrency must be an integer from 2 to 1000, got 1/);
+    rejects({ producerMemorySize: 64 }, /producerMemorySize must be an integer from 128 to 10240, got 64/);
+    rejects({ ratePerSecond: 0 }, /ratePerSecond must be a number above 0/);
+    rejects({ configFile: '../x.json' }, /configFile must be a plain file name/);
+    rejects({ logRetention: 31 as never }, /logRetention must be one of/);
+    rejects({ runNotificationEmails: ['nope'] }, /runNotificationEmails: "nope" is not an email address/);
+    rejects({ consumerEnvironment: { FANOUT_PIPELINE: 'x' } }, /consumerEnvironment may not set FANOUT_PIPELINE/);
+    rejects({ filterPolicy: { target_host: new sns.SubscriptionFilter([]) } }, /filterPolicy\.target_host must be a non-empty array/);
+  });
+
+  test('schedule: a rate gives the period, a cron needs schedulePeriod', () => {
+    rejects({ schedule: events.Schedule.rate(Duration.days(4)) }, /schedule rate\(4 days\) is longer than 3\.5 days/);
+    rejects({ schedule: events.Schedule.expression('cron(0 6 * * ? *)') }, /schedulePeriod \(s\) is required with a cron/);
+    rejects({ schedulePeriod: Duration.minutes(10) }, /schedulePeriod \(s\) \(600\) contradicts rate\(15 minutes\)/);
+    assert.doesNotThrow(() => pipeline({ schedule: events.Schedule.expression('cron(0 6 * * ? *)'), schedulePeriod: Duration.days(1) }));
+  });
+
+  test('queue overrides: visibility, the DLQ wiring, FIFO, retention order', () => {
+    rejects(
+      { consumerTimeout: Duration.seconds(60), queueProps: { visibilityTimeout: Duration.seconds(300) } },
+      /queueProps\.visibilityTimeout \(s\) \(300\) must be at least 6 × consumerTimeout \(s\) \+ maxBatchingWindow \(s\) = 360/,
+    );
+    const stack = emptyStack();
+    const other = new FanoutPipeline(stack, 'Other', PACKAGES);
+    rejects({ queueProps: { deadLetterQueue: { queue: other.dlq, maxReceiveCount: 3 } } }, /queueProps\.deadLetterQueue: the pipeline wires its own DLQ/);
+    rejects({ deadLetterQueueProps: { fifo: true } }, /deadLetterQueueProps\.fifo: the pipeline's topic and queues are standard/);
+    rejects(
+      { queueProps: { retentionPeriod: Duration.days(14) } },
+      /deadLetterQueueProps\.retentionPeriod \(1209600 s\) must exceed queueProps\.retentionPeriod \(1209600 s\)/,
+    );
+  });
+
+  test('pipeline names: derived from the id, checked, unique per stack', () => {
+    const stack = emptyStack('Jobs');
+    assert.equal(pipeline({}, stack, 'Sync').pipelineName, 'Jobs-Sync');
+    assert.throws(() => pipeline({ pipelineName: 'Jobs-Sync' }, stack, 'Other'), /pipelineName "Jobs-Sync" is already used by Jobs\/Sync: runs would mix/);
+    assert.throws(() => pipeline({}, stack, 'nightly report'), /pipelineName must be 1-200 letters.*got "Jobs-nightly report": set pipelineName/);
+  });
+
+  test('a ratePerSecond or retry prop against the packaged config names the prop', () => {
+    const dir = consumerPackage('{"rate_limit":{"per_second":20},"retry":{"base_ms":100},"targets":[]}');
+    rejects({ consumerAssetDir: dir, ratePerSecond: 10 }, /ratePerSecond=10 disagrees with fanout\.json rate_limit\.per_second=20/);
+    rejects({ consumerAssetDir: dir, retryBase: Duration.millis(250) }, /retryBase \(ms\)=250 disagrees with fanout\.json retry\.base_ms=100/);
+  });
+});
+
+describe('parts the caller brings or overrides', () => {
+  test('existingTableObj: no table of its own; grants, environment and index on the given one', () => {
+    const stack = emptyStack();
+    const table = dynamodb.Table.fromTableArn(stack, 'Shared', 'arn:aws:dynamodb:us-east-1:123456789012:table/shared');
+    const p = pipeline({ existingTableObj: table }, stack);
+    const t = Template.fromStack(stack);
+    t.resourceCountIs('AWS::DynamoDB::Table', 0);
+    assert.equal(p.table, table);
+    const envs = all(t, 'AWS::Lambda::Function').map((f) => f.Environment.Variables.FANOUT_TABLE_NAME);
+    assert.deepEqual(envs, ['shared', 'shared']);
+    const policies = JSON.stringify(all(t, 'AWS::IAM::Policy'));
+    assert.ok(policies.includes('"arn:aws:dynamodb:us-east-1:123456789012:table/shared/index/runs"'), policies);
+    // The run ledger's index holds every run of the table: a second pipeline may not share it.
+    assert.throws(() => pipeline({ existingTableObj: p.table }, stack, 'Other'), /existingTableObj is the table of Apps\/Sync: one table per pipeline/);
+  });
+
+  test('queueProps and deadLetterQueueProps reach the queues; alarmTopic gets every alarm', () => {
+    const stack = emptyStack();
+    const topic = sns.Topic.fromTopicArn(stack, 'Oncall', 'arn:aws:sns:us-east-1:123456789012:oncall');
+    pipeline(
+      { queueProps: { retentionPeriod: Duration.days(2) }, deadLetterQueueProps: { retentionPeriod: Duration.days(7) }, alarmTopic: topic },
+      stack,
+    );
+    const t = Template.fromStack(stack);
+    const retention = all(t, 'AWS::SQS::Queue').map((q) => q.MessageRetentionPeriod).sort();
+    assert.deepEqual(retention, [172_800, 604_800]);
+    const alarms = all(t, 'AWS::CloudWatch::Alarm');
+    assert.equal(alarms.length, 8);
+    for (const alarm of alarms) assert.deepEqual(alarm.AlarmActions, ['arn:aws:sns:us-east-1:123456789012:oncall']);
+  });
+});
+
+describe('several pipelines', () => {
+  test('two in one stack: everything twice, names apart, no outputs', () => {
+    const stack = emptyStack('Jobs');
+    const sync = pipeline({}, stack, 'Sync');
+    const report = pipeline({ schedule: events.Schedule.expression('cron(0 0 * * ? *)'), schedulePeriod: Duration.days(1) }, stack, 'Report');
+    const t = Template.fromStack(stack);
+    for (const [type, count] of Object.entries({
+      'AWS::Lambda::Function': 4,
+      'AWS::SQS::Queue': 4,
+      'AWS::SNS::Topic': 4,
+      'AWS::DynamoDB::Table': 2,
+      'AWS::CloudWatch::Dashboard': 2,
+      'AWS::CloudWatch::Alarm': 16,
+      'AWS::Events::Rule': 6,
+      'AWS::KMS::Key': 2,
+    })) {
+      t.resourceCountIs(type, count);
+    }
+    assert.deepEqual([sync.pipelineName, report.pipelineName], ['Jobs-Sync', 'Jobs-Report']);
+    const pipelines = all(t, 'AWS::Lambda::Function').map((f) => f.Environment.Variables.FANOUT_PIPELINE).sort();
+    assert.deepEqual(pipelines, ['Jobs-Report', 'Jobs-Report', 'Jobs-Sync', 'Jobs-Sync']);
+    const dashboards = all(t, 'AWS::CloudWatch::Dashboard').map((d) => JSON.stringify(d.DashboardName)).sort();
+    assert.match(dashboards[0], /Jobs-Report-/);
+    assert.match(dashboards[1], /Jobs-Sync-/);
+    const runRules = all(t, 'AWS::Events::Rule').filter((r) => r.EventPattern).map((r) => r.EventPattern.detail.pipeline[0]).sort();
+    assert.deepEqual(runRules, ['Jobs-Report', 'Jobs-Sync']);
+    assert.deepEqual(t.toJSON().Outputs ?? {}, {});
+  });
+
+  test('one each in two stacks of one app: the stack name keeps them apart', () => {
+    const app = newApp();
+    const a = pipeline({}, emptyStack('Hourly', app), 'Pipeline');
+    const b = pipeline({}, emptyStack('Nightly', app), 'Pipeline');
+    assert.deepEqual([a.pipelineName, b.pipelineName], ['Hourly-Pipeline', 'Nightly-Pipeline']);
+    const assembly = app.synth();
+    assert.deepEqual(assembly.stacks.map((s) => s.stackName).sort(), ['Hourly', 'Nightly']);
+  });
+});
