@@ -6,7 +6,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
 import { FanoutPipeline } from '../lib';
-import { PACKAGES, buildStack, emptyStack } from './helpers';
+import { PACKAGES, buildStack, emptyStack, newApp } from './helpers';
 import type { FanoutStackProps } from '../lib/fanout-stack';
 
 /**
@@ -77,6 +77,16 @@ describe('cdk-nag AwsSolutions', () => {
     new FanoutPipeline(stack, 'Replay', { ...PACKAGES, existingTableObj: table });
     const found = findings(stack);
     assert.deepEqual(found, [], `cdk-nag findings:\n  ${found.join('\n  ')}`);
+  });
+
+  test('no unacknowledged finding (one pipeline in each of two stacks of one app)', () => {
+    const app = newApp();
+    for (const id of ['Hourly', 'Nightly']) {
+      const stack = emptyStack(id, app);
+      new FanoutPipeline(stack, 'Pipeline', PACKAGES);
+      const found = findings(stack);
+      assert.deepEqual(found, [], `cdk-nag findings in ${id}:\n  ${found.join('\n  ')}`);
+    }
   });
 
   test('every acknowledgement names a cdk-nag rule and carries a reason of its own', () => {
