@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fanout_shared::aws::{
-    DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SnsPublisher, SqsMessageMover,
-    SqsQueue,
+    DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, SnsPublisher,
+    SqsMessageMover, SqsQueue,
 };
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
 use fanout_shared::{
@@ -133,7 +133,7 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
         )),
         queue: Arc::new(SqsQueue::new(sqs.clone(), &names.queue_url)),
         dlq: Arc::new(SqsQueue::new(sqs.clone(), &names.dlq_url)),
-        store: Arc::new(DynamoDbStore::new(
+        store: Arc::new(DynamoDbIdempotency::new(
             dynamodb.clone(),
             names.table_name.clone(),
         )),

@@ -8,7 +8,9 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use fanout_shared::aws::{queue_arn, RUNS_INDEX};
+use fanout_shared::aws::{
+    queue_arn, KEY, RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE,
+};
 use fanout_shared::BackendError;
 
 use crate::backend::ResourceNames;
@@ -107,8 +109,8 @@ pub async fn provision(
     // The run ledger's sparse index: run items only, newest first by `started_at` (the stack's too).
     let runs_index = GlobalSecondaryIndex::builder()
         .index_name(RUNS_INDEX)
-        .key_schema(key("run_index", KeyType::Hash)?)
-        .key_schema(key("started_at", KeyType::Range)?)
+        .key_schema(key(RUNS_INDEX_KEY, KeyType::Hash)?)
+        .key_schema(key(RUNS_INDEX_SORT, KeyType::Range)?)
         .projection(
             Projection::builder()
                 .projection_type(ProjectionType::All)
@@ -120,17 +122,17 @@ pub async fn provision(
         .create_table()
         .table_name(&table_name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("message_id", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("run_index", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("started_at", ScalarAttributeType::N)?)
-        .key_schema(key("message_id", KeyType::Hash)?)
+        .attribute_definitions(attribute(KEY, ScalarAttributeType::S)?)
+        .attribute_definitions(attribute(RUNS_INDEX_KEY, ScalarAttributeType::S)?)
+        .attribute_definitions(attribute(RUNS_INDEX_SORT, ScalarAttributeType::N)?)
+        .key_schema(key(KEY, KeyType::Hash)?)
         .global_secondary_indexes(runs_index)
         .send()
         .await;
     match created {
         Ok(_) => {
             let ttl = TimeToLiveSpecification::builder()
-                .attribute_name("expiration")
+                .attribute_name(TTL_ATTRIBUTE)
                 .enabled(true)
                 .build()
                 .map_err(|e| failed("dynamodb:UpdateTimeToLive", e))?;

@@ -113,14 +113,9 @@ async fn ledger_record(
     name: &str,
     run_id: &str,
 ) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
-    fanout_shared::runs::sweep_run(
-        pipeline.runs.as_ref(),
-        pipeline.events.as_ref(),
-        name,
-        run_id,
-        fanout_shared::now_ms(),
-    )
-    .await?;
+    fanout_shared::runs::Finisher::new(pipeline.runs.as_ref(), pipeline.events.as_ref(), name)
+        .sweep_run(run_id, fanout_shared::now_ms())
+        .await?;
     pipeline.runs.get(run_id).await
 }
 

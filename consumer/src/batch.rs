@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID};
 use fanout_shared::metrics::{Metric, MetricSet};
-use fanout_shared::runs::{finish_if_settled, run_metrics, shard_of};
+use fanout_shared::runs::{run_metrics, shard_of, Finisher};
 use fanout_shared::RunRecord;
 use futures_util::future::{self, Either};
 use futures_util::stream::{self, StreamExt};
@@ -111,16 +111,16 @@ impl Consumer {
         for (run_id, message_id) in reports.iter().filter_map(|(_, r)| r.settled.as_ref()) {
             shards.entry(run_id).or_default().push(shard_of(message_id));
         }
+        let finisher = Finisher::new(
+            self.runs.as_ref(),
+            self.events.as_ref(),
+            &self.settings.pipeline,
+        );
         let mut finished = Vec::new();
         for (run_id, shards) in shards {
-            match finish_if_settled(
-                self.runs.as_ref(),
-                self.events.as_ref(),
-                &self.settings.pipeline,
-                run_id,
-                &shards,
-            )
-            .await
+            match finisher
+                .finish_if_settled(run_id, &shards, fanout_shared::now_ms())
+                .await
             {
                 Ok(Some(done)) => finished.push(done.run),
                 Ok(None) => {}
@@ -145,7 +145,7 @@ impl Consumer {
                 Verdict::Duplicate => Metric::DuplicatesSkipped,
                 Verdict::DeadLettered(_) => Metric::DeadLettered,
                 Verdict::Rescheduled {
-                    why: Reschedule::Retry(_),
+                    why: Reschedule::Backoff(_),
                     ..
                 } => Metric::Retried,
                 Verdict::Rescheduled {
@@ -160,10 +160,10 @@ impl Consumer {
                     why: Reschedule::Locked,
                     ..
                 } => Metric::LockedElsewhere,
-                Verdict::Retry(_) => Metric::Requeued,
+                Verdict::Kept(_) => Metric::Requeued,
             };
             metrics.count(verdict, 1);
-            if report.verdict.is_retry() {
+            if report.verdict.is_kept() {
                 // A record without an ID cannot be reported; SQS then retries the whole batch,
                 // which the idempotency store absorbs.
                 response.add_failure(message_id.unwrap_or_default());

@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 
 use fanout_shared::config::{env_placeholders, HeaderPart};
 use fanout_shared::netguard;
-use fanout_shared::JobTarget;
+use fanout_shared::{Failure, FailureKind, JobTarget};
 
 use crate::redirect::{self, Hop, RedirectRules};
 
@@ -46,13 +46,9 @@ pub(crate) enum CallOutcome {
         /// The target's `Retry-After`, on 429 and 503.
         retry_after: Option<Duration>,
     },
-    /// Retrying cannot help: dead-letter it.
-    Permanent {
-        /// Why, the DLQ message's `failure_reason`.
-        reason: String,
-        /// The status code, if a response came.
-        status: Option<u16>,
-    },
+    /// Retrying cannot help: dead-letter it (the DLQ message's `failure_reason` is its text;
+    /// its status code, if a response came, is in its kind).
+    Permanent(Failure),
 }
 
 /// An address the SSRF guard refused, carried through reqwest's error chain.
@@ -154,12 +150,7 @@ impl Caller {
     ) -> CallOutcome {
         let mut hop = match self.first_hop(target, message_id) {
             Ok(hop) => hop,
-            Err(reason) => {
-                return CallOutcome::Permanent {
-                    reason,
-                    status: None,
-                }
-            }
+            Err(failure) => return CallOutcome::Permanent(failure),
         };
         let deadline = Instant::now() + timeout;
         let mut followed = 0;
@@ -185,10 +176,10 @@ impl Caller {
             hop = match self.redirects.next(&hop, status, &location, followed) {
                 Ok(next) => next,
                 Err(reason) => {
-                    return CallOutcome::Permanent {
+                    return CallOutcome::Permanent(Failure::new(
+                        FailureKind::Http(status.as_u16()),
                         reason,
-                        status: Some(status.as_u16()),
-                    }
+                    ))
                 }
             };
             followed += 1;
@@ -211,13 +202,26 @@ impl Caller {
         request.send()
     }
 
-    fn first_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, String> {
-        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
+    /// The first request of a call, or why it cannot be made: an address the guard refuses, or
+    /// a request that cannot be built (an unset `${env:…}` variable, an invalid header value).
+    fn first_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, Failure> {
         if !self.allow_private {
-            if let Some(host) = url.host() {
-                netguard::check_literal_host(&host).map_err(|e| format!("refused: {e}"))?;
+            if let Some(host) = reqwest::Url::parse(&target.url)
+                .ok()
+                .as_ref()
+                .and_then(reqwest::Url::host)
+            {
+                netguard::check_literal_host(&host).map_err(|e| {
+                    Failure::new(FailureKind::RefusedAddress, format!("refused: {e}"))
+                })?;
             }
         }
+        self.build_hop(target, message_id)
+            .map_err(|reason| Failure::new(FailureKind::BadRequest, reason))
+    }
+
+    fn build_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, String> {
+        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
         let method = Method::from_bytes(target.method.as_bytes())
             .map_err(|_| format!("bad method {:?}", target.method))?;
         let mut headers = HeaderMap::with_capacity(target.headers.len() + 2);
@@ -298,15 +302,15 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
             retry_after: retry_after.filter(|_| honours),
         }
     } else if status.is_redirection() {
-        CallOutcome::Permanent {
-            reason: format!("HTTP {status}: redirect not followed"),
-            status: Some(code),
-        }
+        CallOutcome::Permanent(Failure::new(
+            FailureKind::Http(code),
+            format!("HTTP {status}: redirect not followed"),
+        ))
     } else {
-        CallOutcome::Permanent {
-            reason: format!("HTTP {status}"),
-            status: Some(code),
-        }
+        CallOutcome::Permanent(Failure::new(
+            FailureKind::Http(code),
+            format!("HTTP {status}"),
+        ))
     }
 }
 
@@ -314,10 +318,10 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(forbidden) = e.downcast_ref::<ForbiddenAddress>() {
-            return CallOutcome::Permanent {
-                reason: format!("refused: {forbidden}"),
-                status: None,
-            };
+            return CallOutcome::Permanent(Failure::new(
+                FailureKind::RefusedAddress,
+                format!("refused: {forbidden}"),
+            ));
         }
         source = e.source();
     }
@@ -326,10 +330,10 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
     } else if err.is_connect() {
         format!("connection failed: {}", root_cause(err))
     } else if err.is_builder() {
-        return CallOutcome::Permanent {
-            reason: format!("bad request: {}", root_cause(err)),
-            status: None,
-        };
+        return CallOutcome::Permanent(Failure::new(
+            FailureKind::BadRequest,
+            format!("bad request: {}", root_cause(err)),
+        ));
     } else {
         format!("request failed: {}", root_cause(err))
     };
@@ -474,9 +478,8 @@ mod tests {
                 .await;
             let got = match outcome {
                 CallOutcome::Succeeded { .. } => "succeeded".to_owned(),
-                CallOutcome::Permanent { reason, .. } | CallOutcome::Transient { reason, .. } => {
-                    reason
-                }
+                CallOutcome::Permanent(failure) => failure.to_string(),
+                CallOutcome::Transient { reason, .. } => reason,
             };
             assert_eq!(got, expected, "redirect to {to}");
         }

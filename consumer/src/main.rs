@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::aws::{
-    load_sdk_config, DynamoDbFleet, DynamoDbRuns, DynamoDbStore, EventBridgeBus, SqsQueue,
+    load_sdk_config, DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, SqsQueue,
 };
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -32,7 +32,7 @@ async fn main() -> Result<(), Error> {
         required("FANOUT_TABLE_NAME")?,
     );
     let backends = Backends {
-        store: Arc::new(DynamoDbStore::new(dynamodb.clone(), table.clone())),
+        store: Arc::new(DynamoDbIdempotency::new(dynamodb.clone(), table.clone())),
         fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), table.clone())),
         runs: Arc::new(DynamoDbRuns::new(dynamodb, table)),
         events: Arc::new(EventBridgeBus::new(

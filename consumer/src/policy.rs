@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use fanout_shared::{JobMessage, JobTarget, PipelineConfig};
+use fanout_shared::{Failure, FailureKind, JobMessage, JobTarget, PipelineConfig};
 
 /// The consumer's own targets by ID, and the hosts it may call.
 #[derive(Debug, Clone)]
@@ -45,27 +45,30 @@ impl Policy {
 
     /// The target to call for `job`, from the consumer's config, or why the message is refused
     /// (a permanent failure: the DLQ's `failure_reason`).
-    pub(crate) fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, String> {
+    pub(crate) fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, Failure> {
+        let refused = |text: String| Failure::new(FailureKind::RefusedByConfig, text);
         let sent = &job.target;
         let host = sent.host().unwrap_or_default();
         if !self.allowed_hosts.contains(&host) {
-            return Err(format!(
+            return Err(refused(format!(
                 "host {host:?} is not in the consumer's allowed hosts"
-            ));
+            )));
         }
-        let own = self
-            .targets
-            .get(&sent.id)
-            .ok_or_else(|| format!("target id {:?} is not in the consumer's config", sent.id))?;
+        let own = self.targets.get(&sent.id).ok_or_else(|| {
+            refused(format!(
+                "target id {:?} is not in the consumer's config",
+                sent.id
+            ))
+        })?;
         let differences = differences(sent, own);
         if differences.is_empty() {
             Ok(own)
         } else {
-            Err(format!(
+            Err(refused(format!(
                 "target {:?} differs from the consumer's config: {}",
                 sent.id,
                 differences.join("; ")
-            ))
+            )))
         }
     }
 }
@@ -182,7 +185,9 @@ mod tests {
             ),
         ];
         for (message, expected) in cases {
-            let reason = policy.authorize(&message).unwrap_err();
+            let failure = policy.authorize(&message).unwrap_err();
+            assert_eq!(failure.kind(), FailureKind::RefusedByConfig);
+            let reason = failure.to_string();
             assert!(
                 reason.contains(expected),
                 "{reason:?} should contain {expected:?}"

@@ -25,8 +25,8 @@ use fanout_shared::job::{
     ATTR_STATUS_CODE,
 };
 use fanout_shared::queue::MAX_DELAY;
-use fanout_shared::runs::{reason_class, Tally};
-use fanout_shared::{now_ms, BackendError};
+use fanout_shared::runs::Tally;
+use fanout_shared::{now_ms, BackendError, Failure, FailureKind};
 
 use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
@@ -51,8 +51,9 @@ pub enum Verdict {
         /// When, from now.
         delay: Duration,
     },
-    /// Reported as a batch item failure (a backend failed), for this reason.
-    Retry(String),
+    /// Reported as a batch item failure, for this reason: SQS keeps the message and delivers it
+    /// again after the visibility timeout. Only when a backend failed (metric `Requeued`).
+    Kept(String),
 }
 
 /// Why a job was rescheduled.
@@ -65,14 +66,15 @@ pub enum Reschedule {
     Held(HoldReason),
     /// Another consumer holds its idempotency lock.
     Locked,
-    /// Its call failed transiently; the retry comes after the backoff.
-    Retry(String),
+    /// Its call failed transiently; the delayed copy is the retry, after the backoff (metric
+    /// `Retried`).
+    Backoff(String),
 }
 
 impl Verdict {
     /// Whether SQS should keep the message (batch item failure).
-    pub fn is_retry(&self) -> bool {
-        matches!(self, Verdict::Retry(_))
+    pub fn is_kept(&self) -> bool {
+        matches!(self, Verdict::Kept(_))
     }
 }
 
@@ -108,6 +110,14 @@ impl RecordReport {
             settled: None,
         }
     }
+}
+
+/// A permanent failure on its way to the DLQ: the text it carries there, and the status and
+/// class its run counts (fresh from a [`Failure`], or as a REJECTED record kept them).
+struct Rejection<'a> {
+    text: &'a str,
+    status: Option<u16>,
+    class: String,
 }
 
 /// The idempotency lock a record holds: its fencing token, the job's transient failures so
@@ -165,9 +175,8 @@ impl Consumer {
         let mut job = match decode_body(body) {
             Ok(job) => job,
             Err(e) => {
-                return self
-                    .dead_letter_unparsed(record, &format!("poison message: {e}"))
-                    .await
+                let failure = Failure::new(FailureKind::Poison, format!("poison message: {e}"));
+                return self.dead_letter_unparsed(record, &failure).await;
             }
         };
         let span = tracing::info_span!("record", run_id = %job.run_id, message_id = %job.message_id, attempt = tracing::field::Empty);
@@ -262,6 +271,7 @@ impl Consumer {
                 attempt,
                 reason,
                 status_code,
+                class,
                 dead_letter_class,
             }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
@@ -270,8 +280,13 @@ impl Consumer {
                     failures: 0,
                     dead_letter_class,
                 };
+                let rejection = Rejection {
+                    text: &reason,
+                    status: status_code,
+                    class,
+                };
                 return self
-                    .dead_letter_job(record, job, &host, &lock, &reason, status_code)
+                    .dead_letter_job(record, job, &host, &lock, &rejection)
                     .await;
             }
             Err(e) => return retry_on_backend("acquire", &e),
@@ -317,7 +332,7 @@ impl Consumer {
         &self,
         record: &SqsMessage,
         job: &JobMessage,
-        reason: &str,
+        failure: &Failure,
         deadline: Deadline,
     ) -> RecordReport {
         let claim = self.claim(record, job, deadline);
@@ -337,8 +352,7 @@ impl Consumer {
                         failures: 0,
                         dead_letter_class,
                     },
-                    reason,
-                    None,
+                    failure,
                 )
                 .await
             }
@@ -346,6 +360,7 @@ impl Consumer {
                 attempt,
                 reason,
                 status_code,
+                class,
                 dead_letter_class,
             }) => {
                 self.dead_letter_job(
@@ -357,8 +372,11 @@ impl Consumer {
                         failures: 0,
                         dead_letter_class,
                     },
-                    &reason,
-                    status_code,
+                    &Rejection {
+                        text: &reason,
+                        status: status_code,
+                        class,
+                    },
                 )
                 .await
             }
@@ -422,9 +440,8 @@ impl Consumer {
                 let change = self.flow.report(host, event).await;
                 let failures = lock.failures + 1;
                 let mut report = if self.retry.gives_up(failures) {
-                    let reason =
-                        format!("transient failure on all {failures} attempts, the last: {reason}");
-                    self.reject(record, job, host, lock, &reason, status).await
+                    let failure = Failure::retries_exhausted(failures, status, &reason);
+                    self.reject(record, job, host, lock, &failure).await
                 } else {
                     self.retry_later(
                         record,
@@ -440,14 +457,15 @@ impl Consumer {
                 report.status = status;
                 (report, change)
             }
-            CallOutcome::Permanent { reason, status } => {
+            CallOutcome::Permanent(failure) => {
                 // An answer, even a 4xx, means the host is up.
+                let status = failure.status();
                 let change = if status.is_some() {
                     self.flow.report(host, HostEvent::Succeeded).await
                 } else {
                     HostChange::default()
                 };
-                let mut report = self.reject(record, job, host, lock, &reason, status).await;
+                let mut report = self.reject(record, job, host, lock, &failure).await;
                 report.status = status;
                 (report, change)
             }
@@ -514,7 +532,7 @@ impl Consumer {
         }
         let delay = self.retry.delay(failures, fastrand::f64(), retry_after);
         info!(%reason, failures, max_attempts = self.retry.max_attempts, delay_ms = delay.as_millis() as u64, "transient failure, retry scheduled");
-        self.reschedule(record, delay, Reschedule::Retry(reason))
+        self.reschedule(record, delay, Reschedule::Backoff(reason))
             .await
     }
 
@@ -526,16 +544,21 @@ impl Consumer {
         job: &JobMessage,
         host: &str,
         lock: &Lock,
-        reason: &str,
-        status: Option<u16>,
+        failure: &Failure,
     ) -> RecordReport {
         match self
             .store
-            .reject(&job.message_id, lock.attempt, reason, status)
+            .reject(&job.message_id, lock.attempt, failure)
             .await
         {
             Ok(_) => {
-                self.dead_letter_job(record, job, host, lock, reason, status)
+                let text = failure.to_string();
+                let rejection = Rejection {
+                    text: &text,
+                    status: failure.status(),
+                    class: failure.class(),
+                };
+                self.dead_letter_job(record, job, host, lock, &rejection)
                     .await
             }
             Err(e) => retry_on_backend("reject", &e),
@@ -578,7 +601,7 @@ impl Consumer {
                         warn!(error = %e, "could not hide the message either");
                     }
                 }
-                RecordReport::new(Verdict::Retry(format!("reschedule: {e}")))
+                RecordReport::new(Verdict::Kept(format!("reschedule: {e}")))
             }
         }
     }
@@ -591,21 +614,19 @@ impl Consumer {
         job: &JobMessage,
         host: &str,
         lock: &Lock,
-        reason: &str,
-        status: Option<u16>,
+        rejection: &Rejection<'_>,
     ) -> RecordReport {
         let attempt = lock.attempt;
         let mut extra = vec![(ATTR_DEAD_LETTER_ATTEMPT, attempt.to_string())];
-        if let Some(code) = status {
+        if let Some(code) = rejection.status {
             extra.push((ATTR_STATUS_CODE, code.to_string()));
         }
-        let report = self.send_to_dlq(record, reason, &extra).await;
-        if !report.verdict.is_retry() {
-            let class = reason_class(reason, status);
+        let report = self.send_to_dlq(record, rejection.text, &extra).await;
+        if !report.verdict.is_kept() {
             let tally = Tally {
                 run_id: &job.run_id,
                 host,
-                reason: Some(&class),
+                reason: Some(&rejection.class),
                 undo: lock.dead_letter_class.as_deref(),
             };
             if let Err(e) = self
@@ -621,8 +642,8 @@ impl Consumer {
     }
 
     /// Permanent failure of a message that never became a job (poison, refused by the policy).
-    async fn dead_letter_unparsed(&self, record: &SqsMessage, reason: &str) -> RecordReport {
-        self.send_to_dlq(record, reason, &[]).await
+    async fn dead_letter_unparsed(&self, record: &SqsMessage, failure: &Failure) -> RecordReport {
+        self.send_to_dlq(record, &failure.to_string(), &[]).await
     }
 
     async fn send_to_dlq(
@@ -672,5 +693,5 @@ fn string_attributes(record: &SqsMessage) -> BTreeMap<String, String> {
 
 fn retry_on_backend(step: &str, e: &BackendError) -> RecordReport {
     warn!(error = %e, step, "backend error, message kept for retry");
-    RecordReport::new(Verdict::Retry(format!("{step}: {e}")))
+    RecordReport::new(Verdict::Kept(format!("{step}: {e}")))
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use fanout_shared::metrics::{Metric, MetricSet};
-use fanout_shared::runs::{self, EventBus, RunLedger, Sweep};
+use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, Sweep};
 use fanout_shared::{BackendError, JobMessage, PipelineConfig, Publisher};
 
 pub use ledger::{run_start, Started};
@@ -90,21 +90,16 @@ pub fn tick_metrics(pipeline: &str, summary: &Summary) -> MetricSet {
     metrics
 }
 
-/// The watchdog's pass over the latest runs ([`runs::sweep`]) and its metrics: `RunsOverdue`
+/// The watchdog's pass over the latest runs ([`Finisher::sweep`]) and its metrics: `RunsOverdue`
 /// (always written, so the alarm sees a 0), and the runs it finished.
 pub async fn watchdog(
     ledger: &dyn RunLedger,
     bus: &dyn EventBus,
     pipeline: &str,
 ) -> Result<(Sweep, MetricSet), BackendError> {
-    let sweep = runs::sweep(
-        ledger,
-        bus,
-        pipeline,
-        WATCHDOG_RUNS,
-        fanout_shared::now_ms(),
-    )
-    .await?;
+    let sweep = Finisher::new(ledger, bus, pipeline)
+        .sweep(WATCHDOG_RUNS, fanout_shared::now_ms())
+        .await?;
     for run in &sweep.overdue {
         tracing::warn!(run_id = %run.run_id, settled = run.counts.settled(), expected = run.counts.expected, "run past its deadline");
     }

@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BackendError;
+use crate::failure::Failure;
 use crate::runs::Tally;
 
 /// Where a record is in its life.
@@ -107,9 +108,12 @@ pub struct IdempotencyRecord {
     pub run_id: String,
     /// The job's target.
     pub target_id: String,
-    /// The reason class the job is counted under as dead-lettered in its run's ledger
-    /// ([`crate::runs::reason_class`]), from DEAD_LETTERED until a replay completes it.
+    /// The class ([`crate::failure::FailureKind::class`]) the job is counted under as
+    /// dead-lettered in its run's ledger, from DEAD_LETTERED until a replay completes it.
     pub dead_letter_class: Option<String>,
+    /// The class of the permanent failure a REJECTED record holds: what the DEAD_LETTERED
+    /// transition counts, also when a redelivery (the holder crashed) completes it.
+    pub failure_class: Option<String>,
 }
 
 /// What a consumer asks for when it takes a job.
@@ -159,6 +163,8 @@ pub enum Acquire {
         reason: String,
         /// Its status code.
         status_code: Option<u16>,
+        /// See [`IdempotencyRecord::failure_class`].
+        class: String,
         /// See [`IdempotencyRecord::dead_letter_class`].
         dead_letter_class: Option<String>,
     },
@@ -211,6 +217,11 @@ pub(crate) fn decide_acquire(
             attempt: r.attempts,
             reason: r.last_error.clone().unwrap_or_default(),
             status_code: r.status_code,
+            // Only a record rejected by a build older than the class is without one.
+            class: r
+                .failure_class
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
             dead_letter_class: r.dead_letter_class.clone(),
         },
         Status::DeadLettered => Acquire::AlreadyDeadLettered,
@@ -244,13 +255,13 @@ pub trait IdempotencyStore: Send + Sync {
         status_code: Option<u16>,
     ) -> Result<Transition, BackendError>;
 
-    /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send.
+    /// IN_PROGRESS (held by `attempt`) → REJECTED (permanent), before the DLQ send: keeps the
+    /// failure's text, status and class.
     async fn reject(
         &self,
         message_id: &str,
         attempt: u32,
-        error: &str,
-        status_code: Option<u16>,
+        failure: &Failure,
     ) -> Result<Transition, BackendError>;
 
     /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send; counts a dead-lettering
@@ -286,6 +297,7 @@ mod tests {
             run_id: "r".into(),
             target_id: "t".into(),
             dead_letter_class: None,
+            failure_class: None,
         }
     }
 

@@ -12,6 +12,8 @@
 //!   state machine; [`fleet`]: the store the consumer instances share it in, and the leases that
 //!   split the rate budgets among the instances at work.
 //! - [`runs`]: the run ledger (counts per run, verdict, completion event) and its traits.
+//! - [`failure`]: why a job failed for good, typed: its class keys the run's counts, its
+//!   text is the DLQ's reason.
 //! - [`retry`]: the retry schedule of transient failures (backoff with full jitter).
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
 //! - [`logging`]: JSON logs through `tracing`.
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod error;
+pub mod failure;
 pub mod fleet;
 pub mod hosts;
 pub mod idempotency;
@@ -42,6 +45,7 @@ pub mod embedded;
 
 pub use config::{ConfigError, ConfigErrors, PipelineConfig};
 pub use error::BackendError;
+pub use failure::{Failure, FailureKind};
 pub use fleet::{FleetStore, Lease};
 pub use hosts::{HostEvent, HostPolicy, HostState};
 pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};

@@ -383,13 +383,12 @@ async fn check_ledger(
     run_id: &str,
     figures: &FaultFigures,
 ) {
-    let sweep = fanout_shared::runs::sweep_run(
+    let sweep = fanout_shared::runs::Finisher::new(
         pipeline.runs.as_ref(),
         pipeline.events.as_ref(),
         "fanout",
-        run_id,
-        fanout_shared::now_ms(),
     )
+    .sweep_run(run_id, fanout_shared::now_ms())
     .await
     .expect("sweep");
     let run = pipeline

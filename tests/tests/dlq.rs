@@ -11,7 +11,7 @@ use fanout::dlq::{self, DlqFilter, ReplayOptions, ReplayTargets};
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
-use fanout_shared::{JobMessage, RunStatus};
+use fanout_shared::{Failure, FailureKind, JobMessage, RunStatus};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{
     config_file, config_for, embedded_pipeline, fanout_bin, fast_options, RecordingBus,
@@ -491,7 +491,11 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
     );
     pipeline
         .store
-        .reject(&job.message_id, 1, "HTTP 400 Bad Request", Some(400))
+        .reject(
+            &job.message_id,
+            1,
+            &Failure::new(FailureKind::Http(400), "HTTP 400 Bad Request"),
+        )
         .await
         .unwrap();
     let message = job.encode();

@@ -666,7 +666,7 @@ impl aws_sdk_dynamodb::config::Intercept for DynamoDbCalls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
-    use fanout_shared::aws::DynamoDbStore;
+    use fanout_shared::aws::DynamoDbIdempotency;
     use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore};
     let Some(moto) = Moto::start() else { return };
     let sdk = moto.sdk().await;
@@ -677,7 +677,7 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
             .interceptor(calls.clone())
             .build(),
     );
-    let store = DynamoDbStore::new(client, &resources.table_name);
+    let store = DynamoDbIdempotency::new(client, &resources.table_name);
     let claim = |now_ms| Claim {
         message_id: "m1",
         run_id: "r",

@@ -256,15 +256,10 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
     );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let sweep = runs::sweep(
-        pipeline.runs.as_ref(),
-        pipeline.events.as_ref(),
-        "fanout",
-        20,
-        fanout_shared::now_ms(),
-    )
-    .await
-    .unwrap();
+    let sweep = runs::Finisher::new(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout")
+        .sweep(20, fanout_shared::now_ms())
+        .await
+        .unwrap();
     assert_eq!(
         sweep
             .finished
@@ -283,15 +278,10 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
         "past its 1 s deadline"
     );
     assert_eq!(bus.events().len(), 1);
-    let again = runs::sweep(
-        pipeline.runs.as_ref(),
-        pipeline.events.as_ref(),
-        "fanout",
-        20,
-        fanout_shared::now_ms(),
-    )
-    .await
-    .unwrap();
+    let again = runs::Finisher::new(pipeline.runs.as_ref(), pipeline.events.as_ref(), "fanout")
+        .sweep(20, fanout_shared::now_ms())
+        .await
+        .unwrap();
     assert!(
         again.finished.is_empty() && again.events_sent == 0,
         "{again:?}"

@@ -278,7 +278,7 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use fanout_shared::embedded::{EmbeddedBackend, EmbeddedQueue, EmbeddedStore};
+    use fanout_shared::embedded::{EmbeddedBackend, EmbeddedIdempotency, EmbeddedQueue};
 
     use super::*;
 
@@ -311,7 +311,7 @@ mod tests {
         }
     }
 
-    fn queues() -> (EmbeddedQueue, EmbeddedQueue, EmbeddedStore) {
+    fn queues() -> (EmbeddedQueue, EmbeddedQueue, EmbeddedIdempotency) {
         let backend = EmbeddedBackend::open(std::path::Path::new(":memory:")).unwrap();
         backend
             .ensure_pipeline("jobs", "q", "dlq", Some(5))

@@ -11,13 +11,12 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
+use super::table::{host_key, s, CONDITION_FAILED, HOST_PREFIX, KEY, LEASES_KEY};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::fleet::{FleetStore, Lease};
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
-const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
-const LEASES_KEY: &str = "fleet#leases";
 const LEASE_PREFIX: &str = "lease_";
 /// Conflicting writers retried before the event is reported as a (transient) backend error.
 const MAX_CONFLICTS: usize = 8;
@@ -27,10 +26,6 @@ const MAX_CONFLICTS: usize = 8;
 pub struct DynamoDbFleet {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-fn host_key(host: &str) -> AttributeValue {
-    AttributeValue::S(format!("host#{host}"))
 }
 
 fn parse_state(item: &HashMap<String, AttributeValue>) -> (HostState, i64) {
@@ -75,7 +70,7 @@ impl DynamoDbFleet {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("message_id", host_key(host))
+            .key(KEY, host_key(host))
             .consistent_read(true)
             .send()
             .await
@@ -106,7 +101,7 @@ impl DynamoDbFleet {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", AttributeValue::S(LEASES_KEY.into()))
+            .key(KEY, s(LEASES_KEY))
             .update_expression(format!("REMOVE {}", removes.join(", ")))
             .condition_expression(conditions.join(" AND "))
             .set_expression_attribute_names(Some(names))
@@ -127,16 +122,13 @@ impl FleetStore for DynamoDbFleet {
         &self,
         hosts: &[String],
     ) -> Result<Vec<(String, HostState)>, BackendError> {
-        let items = super::dynamodb::batch_get(
-            &self.client,
-            &self.table,
-            hosts.iter().map(|h| host_key(h)),
-        )
-        .await?;
+        let items =
+            super::table::batch_get(&self.client, &self.table, hosts.iter().map(|h| host_key(h)))
+                .await?;
         Ok(items
             .iter()
             .filter_map(|item| {
-                let host = item.get("message_id")?.as_s().ok()?.strip_prefix("host#")?;
+                let host = item.get(KEY)?.as_s().ok()?.strip_prefix(HOST_PREFIX)?;
                 Some((host.to_owned(), parse_state(item).0))
             })
             .collect())
@@ -175,7 +167,7 @@ impl FleetStore for DynamoDbFleet {
                 .client
                 .update_item()
                 .table_name(&self.table)
-                .key("message_id", host_key(host))
+                .key(KEY, host_key(host))
                 .update_expression("SET #state = :state, #version = :next")
                 .condition_expression(condition)
                 .expression_attribute_names("#state", "host_state")
@@ -200,7 +192,7 @@ impl FleetStore for DynamoDbFleet {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", AttributeValue::S(LEASES_KEY.into()))
+            .key(KEY, s(LEASES_KEY))
             .update_expression("SET #me = :me")
             .expression_attribute_names("#me", format!("{LEASE_PREFIX}{}", lease.instance))
             .expression_attribute_values(

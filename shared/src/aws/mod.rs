@@ -4,21 +4,23 @@
 //! credential chain and profiles, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for
 //! emulators such as moto. Nothing here knows about endpoints.
 
-mod dynamodb;
 mod events;
 mod fleet;
+mod idempotency;
 mod move_task;
 mod runs;
 mod sns;
 mod sqs;
+mod table;
 
-pub use dynamodb::DynamoDbStore;
 pub use events::EventBridgeBus;
 pub use fleet::DynamoDbFleet;
+pub use idempotency::DynamoDbIdempotency;
 pub use move_task::SqsMessageMover;
-pub use runs::{DynamoDbRuns, RUNS_INDEX};
+pub use runs::DynamoDbRuns;
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};
+pub use table::{KEY, RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 

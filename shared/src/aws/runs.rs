@@ -15,12 +15,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
-use super::dynamodb::batch_get;
+use super::table::{
+    batch_get, cancellation_codes, n, number, run_key, s, shard_key, text, CONDITION_FAILED, KEY,
+    RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE,
+};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::runs::{
@@ -29,41 +29,12 @@ use crate::runs::{
 
 /// How long run items live: 35 days, so a month of runs can be listed.
 pub(crate) const RUN_TTL_S: i64 = 35 * 24 * 60 * 60;
-/// The sparse index listing runs by start time.
-pub const RUNS_INDEX: &str = "runs";
-const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
 /// The run ledger in the DynamoDB table.
 #[derive(Debug, Clone)]
 pub struct DynamoDbRuns {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn run_key(run_id: &str) -> AttributeValue {
-    s(format!("run#{run_id}"))
-}
-
-fn shard_key(run_id: &str, shard: u32) -> AttributeValue {
-    s(format!("run#{run_id}#{shard}"))
-}
-
-fn number(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
-    item.get(k)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-fn text(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
-    item.get(k).and_then(|v| v.as_s().ok()).cloned()
 }
 
 fn shard_ids(item: &HashMap<String, AttributeValue>) -> Vec<u32> {
@@ -80,7 +51,7 @@ fn parse_run(item: &HashMap<String, AttributeValue>) -> Option<RunRecord> {
         status: RunStatus::parse(&text(item, "run_status")?)?,
         scheduled_at: text(item, "scheduled_at"),
         config_digest: text(item, "config_digest").unwrap_or_default(),
-        started_at_ms: number(item, "started_at").unwrap_or(0),
+        started_at_ms: number(item, RUNS_INDEX_SORT).unwrap_or(0),
         finished_at_ms: number(item, "finished_at"),
         deadline_at_ms: number(item, "deadline_at"),
         policy: text(item, "policy")
@@ -158,7 +129,7 @@ pub(super) fn shard_update(
     };
     Update::builder()
         .table_name(table)
-        .key("message_id", shard_key(run_id, shard_of(message_id)))
+        .key(KEY, shard_key(run_id, shard_of(message_id)))
         .update_expression(format!(
             "ADD succeeded :succeeded, dead_lettered :dead{set}"
         ))
@@ -167,24 +138,6 @@ pub(super) fn shard_update(
         .set_expression_attribute_values(Some(values))
         .build()
         .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))
-}
-
-/// What a canceled transaction's reasons say about each of its items.
-pub(super) fn cancellation_codes(
-    err: &SdkError<TransactWriteItemsError, HttpResponse>,
-) -> Option<Vec<String>> {
-    match err {
-        SdkError::ServiceError(e) => match e.err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => Some(
-                c.cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().unwrap_or("None").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 impl DynamoDbRuns {
@@ -210,18 +163,18 @@ impl DynamoDbRuns {
             .map(ToString::to_string)
             .collect();
         let mut item = HashMap::from([
-            ("message_id".to_owned(), run_key(&start.run_id)),
+            (KEY.to_owned(), run_key(&start.run_id)),
             ("run_id".to_owned(), s(&start.run_id)),
             ("run_status".to_owned(), s(status.as_str())),
             ("config_digest".to_owned(), s(&start.config_digest)),
-            ("started_at".to_owned(), n(start.started_at_ms)),
+            (RUNS_INDEX_SORT.to_owned(), n(start.started_at_ms)),
             ("policy".to_owned(), s(policy)),
             ("shard_ids".to_owned(), s(shards.join(","))),
             ("shards_done".to_owned(), n(0)),
             ("event_sent".to_owned(), AttributeValue::Bool(false)),
-            ("run_index".to_owned(), s(RUNS_INDEX)),
+            (RUNS_INDEX_KEY.to_owned(), s(RUNS_INDEX)),
             (
-                "expiration".to_owned(),
+                TTL_ATTRIBUTE.to_owned(),
                 n(start.started_at_ms / 1000 + RUN_TTL_S),
             ),
         ]);
@@ -278,7 +231,7 @@ impl DynamoDbRuns {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("message_id", run_key(run_id))
+            .key(KEY, run_key(run_id))
             .consistent_read(true)
             .send()
             .await
@@ -300,16 +253,7 @@ impl DynamoDbRuns {
         .await?;
         Ok(items
             .into_iter()
-            .filter_map(|item| {
-                Some((
-                    text(&item, "message_id")?
-                        .rsplit('#')
-                        .next()?
-                        .parse()
-                        .ok()?,
-                    item,
-                ))
-            })
+            .filter_map(|item| Some((text(&item, KEY)?.rsplit('#').next()?.parse().ok()?, item)))
             .collect())
     }
 
@@ -332,7 +276,7 @@ impl DynamoDbRuns {
     async fn register_done(&self, run_id: &str, shard: u32) -> Result<bool, BackendError> {
         let mark = Update::builder()
             .table_name(&self.table)
-            .key("message_id", shard_key(run_id, shard))
+            .key(KEY, shard_key(run_id, shard))
             .update_expression("SET done = :yes")
             .condition_expression("attribute_not_exists(done)")
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
@@ -340,7 +284,7 @@ impl DynamoDbRuns {
             .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
         let add = Update::builder()
             .table_name(&self.table)
-            .key("message_id", run_key(run_id))
+            .key(KEY, run_key(run_id))
             .update_expression("ADD shards_done :one")
             .expression_attribute_values(":one", n(1))
             .build()
@@ -359,14 +303,14 @@ impl RunLedger for DynamoDbRuns {
         let mut items = vec![self.run_put(start, RunStatus::Running, None)?];
         for (shard, expected) in &start.expected_per_shard {
             items.push(self.put(HashMap::from([
-                ("message_id".to_owned(), shard_key(&start.run_id, *shard)),
+                (KEY.to_owned(), shard_key(&start.run_id, *shard)),
                 ("expected".to_owned(), n(expected)),
                 ("succeeded".to_owned(), n(0)),
                 ("dead_lettered".to_owned(), n(0)),
                 ("reasons".to_owned(), AttributeValue::M(HashMap::new())),
                 ("hosts".to_owned(), AttributeValue::M(HashMap::new())),
                 (
-                    "expiration".to_owned(),
+                    TTL_ATTRIBUTE.to_owned(),
                     n(start.started_at_ms / 1000 + RUN_TTL_S),
                 ),
             ]))?);
@@ -430,7 +374,7 @@ impl RunLedger for DynamoDbRuns {
         Ok(runs)
     }
 
-    async fn settled(
+    async fn record_settled(
         &self,
         run_id: &str,
         shards: &[u32],
@@ -472,7 +416,7 @@ impl RunLedger for DynamoDbRuns {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", run_key(run_id))
+            .key(KEY, run_key(run_id))
             .update_expression("SET run_status = :to, finished_at = :at")
             .condition_expression("run_status = :running")
             .expression_attribute_values(":to", s(status.as_str()))
@@ -487,11 +431,11 @@ impl RunLedger for DynamoDbRuns {
         }
     }
 
-    async fn event_sent(&self, run_id: &str) -> Result<(), BackendError> {
+    async fn mark_event_sent(&self, run_id: &str) -> Result<(), BackendError> {
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", run_key(run_id))
+            .key(KEY, run_key(run_id))
             .update_expression("SET event_sent = :yes")
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .send()

@@ -12,16 +12,16 @@
 
 mod events;
 mod fleet;
+mod idempotency;
 mod queue;
 mod runs;
-mod store;
 mod topic;
 
 pub use events::{EmbeddedEvents, StoredEvent};
 pub use fleet::EmbeddedFleet;
+pub use idempotency::EmbeddedIdempotency;
 pub use queue::EmbeddedQueue;
 pub use runs::EmbeddedRuns;
-pub use store::EmbeddedStore;
 pub use topic::EmbeddedTopic;
 
 use std::path::Path;
@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     run_id TEXT NOT NULL,
     target_id TEXT NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0,
-    dead_letter_class TEXT
+    dead_letter_class TEXT,
+    failure_class TEXT
 );
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -170,11 +171,18 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         )
         .map_err(sql_error)?;
     }
-    let has_class: bool =
-        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = 'dead_letter_class'", [], |r| r.get(0)).map_err(sql_error)?;
-    if !has_class {
-        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN dead_letter_class TEXT")
+    for column in ["dead_letter_class", "failure_class"] {
+        let has: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )
             .map_err(sql_error)?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE idempotency ADD COLUMN {column} TEXT"))
+                .map_err(sql_error)?;
+        }
     }
     Ok(())
 }
@@ -288,8 +296,8 @@ impl EmbeddedBackend {
     }
 
     /// The idempotency table.
-    pub fn store(&self) -> EmbeddedStore {
-        EmbeddedStore::new(self.clone())
+    pub fn store(&self) -> EmbeddedIdempotency {
+        EmbeddedIdempotency::new(self.clone())
     }
 
     /// Host states and instance leases.

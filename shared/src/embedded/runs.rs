@@ -218,7 +218,7 @@ impl RunLedger for EmbeddedRuns {
         runs.into_iter().map(|r| self.with_counts(r)).collect()
     }
 
-    async fn settled(
+    async fn record_settled(
         &self,
         run_id: &str,
         _shards: &[u32],
@@ -253,7 +253,7 @@ impl RunLedger for EmbeddedRuns {
         Ok(changed == 1)
     }
 
-    async fn event_sent(&self, run_id: &str) -> Result<(), BackendError> {
+    async fn mark_event_sent(&self, run_id: &str) -> Result<(), BackendError> {
         let inner = self.backend.lock()?;
         inner
             .conn

@@ -6,16 +6,17 @@ use rusqlite::{OptionalExtension, Row};
 
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
+use crate::failure::Failure;
 use crate::idempotency::{
     decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
 };
 use crate::runs::Tally;
 
-const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class";
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class";
 
 /// The idempotency table in the state file.
 #[derive(Clone)]
-pub struct EmbeddedStore {
+pub struct EmbeddedIdempotency {
     backend: EmbeddedBackend,
 }
 
@@ -34,10 +35,11 @@ fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
         target_id: row.get(8)?,
         failures: row.get(9)?,
         dead_letter_class: row.get(10)?,
+        failure_class: row.get(11)?,
     })
 }
 
-impl EmbeddedStore {
+impl EmbeddedIdempotency {
     pub(super) fn new(backend: EmbeddedBackend) -> Self {
         Self { backend }
     }
@@ -57,6 +59,7 @@ impl EmbeddedStore {
             code,
             expiration,
             tally,
+            failure_class,
         } = change;
         let mut inner = self.backend.lock()?;
         let tx = inner
@@ -74,10 +77,11 @@ impl EmbeddedStore {
                      status_code = COALESCE(?6, CASE WHEN ?4 = 'DEAD_LETTERED' THEN status_code END),
                      expiration = COALESCE(?7, expiration),
                      failures = failures + (?4 = 'FAILED'),
-                     dead_letter_class = CASE ?4 WHEN 'COMPLETED' THEN NULL WHEN 'DEAD_LETTERED' THEN ?8 ELSE dead_letter_class END
+                     dead_letter_class = CASE ?4 WHEN 'COMPLETED' THEN NULL WHEN 'DEAD_LETTERED' THEN ?8 ELSE dead_letter_class END,
+                     failure_class = CASE ?4 WHEN 'REJECTED' THEN ?9 ELSE failure_class END
                  WHERE message_id = ?1 AND status = ?2 AND attempts = ?3",
             )
-            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class]))
+            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class, failure_class]))
             .map_err(sql_error)?;
         if changed != 1 {
             return Ok(Transition::Superseded);
@@ -98,10 +102,12 @@ struct Change<'a> {
     code: Option<u16>,
     expiration: Option<i64>,
     tally: Option<Tally<'a>>,
+    /// The class of a permanent failure (REJECTED), kept for the DEAD_LETTERED count.
+    failure_class: Option<&'a str>,
 }
 
 #[async_trait]
-impl IdempotencyStore for EmbeddedStore {
+impl IdempotencyStore for EmbeddedIdempotency {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
         let mut inner = self.backend.lock()?;
         let tx = inner
@@ -152,6 +158,7 @@ impl IdempotencyStore for EmbeddedStore {
                 code: Some(status_code),
                 expiration: Some(expiration_s),
                 tally: Some(tally.clone()),
+                failure_class: None,
             },
         )
     }
@@ -173,6 +180,7 @@ impl IdempotencyStore for EmbeddedStore {
                 code: status_code,
                 expiration: None,
                 tally: None,
+                failure_class: None,
             },
         )
     }
@@ -181,19 +189,21 @@ impl IdempotencyStore for EmbeddedStore {
         &self,
         message_id: &str,
         attempt: u32,
-        error: &str,
-        status_code: Option<u16>,
+        failure: &Failure,
     ) -> Result<Transition, BackendError> {
+        let text = failure.to_string();
+        let class = failure.class();
         self.transition(
             message_id,
             Status::InProgress,
             attempt,
             Change {
                 to: Status::Rejected,
-                error: Some(error),
-                code: status_code,
+                error: Some(&text),
+                code: failure.status(),
                 expiration: None,
                 tally: None,
+                failure_class: Some(&class),
             },
         )
     }
@@ -210,6 +220,7 @@ impl IdempotencyStore for EmbeddedStore {
             code: None,
             expiration: None,
             tally: Some(tally.clone()),
+            failure_class: None,
         };
         self.transition(message_id, Status::Rejected, attempt, change)
     }
@@ -241,6 +252,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::failure::FailureKind;
     use crate::publish::Publisher;
     use crate::queue::Queue;
     use crate::OutboundMessage;
@@ -304,7 +316,10 @@ mod tests {
             }
         );
         assert_eq!(
-            store.reject("m1", 3, "HTTP 400", Some(400)).await.unwrap(),
+            store
+                .reject("m1", 3, &Failure::new(FailureKind::Http(400), "HTTP 400"))
+                .await
+                .unwrap(),
             Transition::Done
         );
         assert!(matches!(

@@ -11,19 +11,19 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 
-use super::runs::{cancellation_codes, shard_update};
+use super::runs::shard_update;
+use super::table::{batch_get, cancellation_codes, n, s, CONDITION_FAILED, KEY};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
+use crate::failure::Failure;
 use crate::idempotency::{
     decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
 };
 use crate::runs::Tally;
 
-const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 /// The condition of every transition: the record is in the expected state, held by the caller.
 const TRANSITION_CONDITION: &str = "#status = :from AND #attempts = :attempt";
 /// Transactions retried when concurrent counts on one shard conflict.
@@ -43,12 +43,12 @@ fn guarded(
 
 /// The idempotency table.
 #[derive(Debug, Clone)]
-pub struct DynamoDbStore {
+pub struct DynamoDbIdempotency {
     client: aws_sdk_dynamodb::Client,
     table: String,
 }
 
-impl DynamoDbStore {
+impl DynamoDbIdempotency {
     /// The store in `table`.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
@@ -62,7 +62,7 @@ impl DynamoDbStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("message_id", s(message_id))
+            .key(KEY, s(message_id))
             .consistent_read(true)
             .send()
             .await
@@ -84,7 +84,7 @@ impl DynamoDbStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", s(message_id))
+            .key(KEY, s(message_id))
             .update_expression(update)
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[update, condition])))
@@ -142,7 +142,7 @@ impl DynamoDbStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("message_id", s(message_id))
+            .key(KEY, s(message_id))
             .update_expression(set)
             .condition_expression(TRANSITION_CONDITION)
             .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
@@ -178,7 +178,7 @@ impl DynamoDbStore {
         let values = guarded(values, from, attempt);
         let transition = Update::builder()
             .table_name(&self.table)
-            .key("message_id", s(message_id))
+            .key(KEY, s(message_id))
             .update_expression(set)
             .condition_expression(TRANSITION_CONDITION)
             .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
@@ -242,18 +242,21 @@ impl DynamoDbStore {
         attempt: u32,
         error: &str,
         code: Option<u16>,
+        class: Option<&str>,
     ) -> Result<Transition, BackendError> {
         let mut values = HashMap::from([
             (":to".to_owned(), s(to.as_str())),
             (":err".to_owned(), s(error)),
         ]);
-        let mut set = match code {
-            Some(code) => {
-                values.insert(":code".into(), n(code));
-                "SET #status = :to, #last_error = :err, #status_code = :code".to_owned()
-            }
-            None => "SET #status = :to, #last_error = :err".to_owned(),
-        };
+        let mut set = "SET #status = :to, #last_error = :err".to_owned();
+        if let Some(code) = code {
+            values.insert(":code".into(), n(code));
+            set.push_str(", #status_code = :code");
+        }
+        if let Some(class) = class {
+            values.insert(":fclass".into(), s(class));
+            set.push_str(", #failure_class = :fclass");
+        }
         if to == Status::Failed {
             values.insert(":one".into(), n(1));
             set.push_str(" ADD #failures :one");
@@ -264,14 +267,6 @@ impl DynamoDbStore {
         self.transition(message_id, Status::InProgress, attempt, &set, values)
             .await
     }
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 /// The name placeholders `expressions` use. Every attribute goes through one (`status` is a
@@ -289,6 +284,7 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
         "target_id",
         "message_id",
         "dead_letter_class",
+        "failure_class",
     ]
     .iter()
     .filter(|a| {
@@ -328,11 +324,12 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         run_id: text("run_id").unwrap_or_default(),
         target_id: text("target_id").unwrap_or_default(),
         dead_letter_class: text("dead_letter_class"),
+        failure_class: text("failure_class"),
     })
 }
 
 #[async_trait]
-impl IdempotencyStore for DynamoDbStore {
+impl IdempotencyStore for DynamoDbIdempotency {
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError> {
         // The conditions are `decide_acquire` written for DynamoDB; the item a failed condition
         // returns is judged by `decide_acquire` itself. A record that changed in between (so the
@@ -425,19 +422,34 @@ impl IdempotencyStore for DynamoDbStore {
         error: &str,
         status_code: Option<u16>,
     ) -> Result<Transition, BackendError> {
-        self.fail_as(Status::Failed, message_id, attempt, error, status_code)
-            .await
+        self.fail_as(
+            Status::Failed,
+            message_id,
+            attempt,
+            error,
+            status_code,
+            None,
+        )
+        .await
     }
 
     async fn reject(
         &self,
         message_id: &str,
         attempt: u32,
-        error: &str,
-        status_code: Option<u16>,
+        failure: &Failure,
     ) -> Result<Transition, BackendError> {
-        self.fail_as(Status::Rejected, message_id, attempt, error, status_code)
-            .await
+        let class = failure.class();
+        let text = failure.to_string();
+        self.fail_as(
+            Status::Rejected,
+            message_id,
+            attempt,
+            &text,
+            failure.status(),
+            Some(&class),
+        )
+        .await
     }
 
     async fn dead_lettered(
@@ -470,52 +482,11 @@ impl IdempotencyStore for DynamoDbStore {
         let items = batch_get(
             &self.client,
             &self.table,
-            message_ids.iter().map(|id| s(id)),
+            message_ids.iter().map(s),
         )
         .await?;
         Ok(items.iter().filter_map(parse_record).collect())
     }
-}
-
-/// Every item of `table` whose `message_id` is one of `keys`, strongly consistent, in
-/// `BatchGetItem` calls of 100 keys (unprocessed keys asked again). Missing items are left out.
-pub(super) async fn batch_get(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    keys: impl Iterator<Item = AttributeValue>,
-) -> Result<Vec<HashMap<String, AttributeValue>>, BackendError> {
-    let keys: Vec<HashMap<String, AttributeValue>> = keys
-        .map(|k| HashMap::from([("message_id".to_owned(), k)]))
-        .collect();
-    let mut items = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(100) {
-        let mut request = KeysAndAttributes::builder()
-            .set_keys(Some(chunk.to_vec()))
-            .consistent_read(true)
-            .build()
-            .map_err(|e| BackendError::permanent("dynamodb:BatchGetItem", e.to_string()))?;
-        loop {
-            let output = client
-                .batch_get_item()
-                .request_items(table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error("dynamodb:BatchGetItem", e))?;
-            items.extend(
-                output
-                    .responses()
-                    .and_then(|r| r.get(table))
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            match output.unprocessed_keys().and_then(|u| u.get(table)) {
-                Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
-                _ => break,
-            }
-        }
-    }
-    Ok(items)
 }
 
 #[cfg(test)]

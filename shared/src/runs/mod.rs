@@ -1,0 +1,48 @@
+//! The run ledger: one record per tick, so a run can be seen (counts, failures, duration) and
+//! ends exactly once, with one completion event.
+//!
+//! # A run's life
+//! ```text
+//!   (none) ──begin (producer, before it publishes)──▶ RUNNING ──finish (settled = expected)──▶ SUCCEEDED | FAILED
+//!   (none) ──skip (previous run in flight, `on_overlap: skip`)──▶ SKIPPED
+//! ```
+//! - [`RunLedger::begin`] is a conditional create: a second producer of the same tick (a
+//!   re-delivered schedule event, a manual re-run) finds the run and changes nothing.
+//! - Counting: a job's terminal transitions in the idempotency state machine
+//!   ([`crate::idempotency`]) add to its run's counters *in the same atomic write* (one SQLite
+//!   transaction; one DynamoDB `TransactWriteItems`), so a duplicate, a crash or a replay can
+//!   never count a job twice or not at all. IN_PROGRESS → COMPLETED counts a success;
+//!   REJECTED → DEAD_LETTERED counts a dead-lettering under its failure's class
+//!   ([`crate::failure::FailureKind`]); a replayed job
+//!   that then succeeds moves from dead-lettered to succeeded ([`Tally::undo`]).
+//! - Counters are split over up to [`SHARDS`] shards by message ID, each with its own expected
+//!   count, so no single item takes every write of a large run. A shard is *done* when its
+//!   settled count reaches its expected count; the run is settled when every shard is done.
+//! - [`RunLedger::finish`] moves RUNNING to its verdict ([`RunPolicy::verdict`]) conditionally:
+//!   of the consumers that settle a run's last jobs at once, exactly one wins, and only the
+//!   winner puts the completion event (`completion_event`), then marks it sent. A finisher
+//!   that crashed before the event is covered by the producer's watchdog ([`Finisher::sweep`]).
+
+//!
+//! # Layout
+//! - `model`: a run as the ledger holds it ([`RunRecord`], [`RunCounts`], [`RunStart`]).
+//! - `policy`: the config's `runs` section and its verdict ([`RunPolicy::verdict`]).
+//! - `tally`: what one job's end adds to its run ([`Tally::delta`]) and its shard.
+//! - `ledger`, `bus`: the [`RunLedger`] and [`EventBus`] traits.
+//! - `finish`: the finisher and the watchdog ([`Finisher`]).
+
+mod bus;
+mod finish;
+mod ledger;
+mod model;
+mod policy;
+mod tally;
+
+pub use bus::EventBus;
+pub(crate) use bus::EVENT_SOURCE;
+pub use finish::{run_metrics, Finished, Finisher, Sweep};
+pub use ledger::RunLedger;
+pub use model::{rfc3339, Begin, RunCounts, RunRecord, RunStart, RunStatus};
+pub use policy::{Overlap, RunPolicy};
+pub(crate) use tally::Delta;
+pub use tally::{shard_of, Tally};
