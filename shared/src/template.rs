@@ -3,7 +3,7 @@
 //!
 //! A [`Template`] is the config form: a URL, method, headers, body and timeout whose text may hold
 //! `{name}` placeholders. [`Template::compile`] checks it once (with the config's
-//! [`Defaults`](crate::config::Defaults) applied, as for literal targets) into a
+//! [`Defaults`] applied, as for literal targets) into a
 //! [`CompiledTemplate`], whose [`render`](CompiledTemplate::render) turns one row (a JSON object)
 //! and the tick's [`TickValues`] into a [`JobTarget`], or says why the row is bad ([`RowError`]).
 //!
@@ -20,7 +20,7 @@
 //!   environment. A row placeholder inside it (`${env:{x}}`) is refused, and so is `${` anywhere
 //!   else (write `${{` for a literal `${` in a URL or a body).
 //! - Every string of the template is template text, body object keys included; the
-//!   [`Defaults`](crate::config::Defaults)' headers are literal text (they are shared with literal
+//!   [`Defaults`]' headers are literal text (they are shared with literal
 //!   targets, where a brace is just a brace).
 //!
 //! # Why a row can never change what is called beyond its placeholders
@@ -63,8 +63,10 @@
 //! # Types
 //!
 //! Strings render as they are (then encoded for their place), numbers and booleans as their JSON
-//! text (`12`, `1.5`, `true`). `null`, objects and arrays can stand only where a body string is
-//! exactly one placeholder; anywhere else they are a wrong type.
+//! text as `serde_json` writes it (`12`, `1.5`, `1e+300`, `true`). `null`, objects and arrays can
+//! stand only where a body string is exactly one placeholder; anywhere else they are a wrong type.
+//! Non-ASCII text is fine everywhere: percent-encoded as UTF-8 in the URL, sent as UTF-8 bytes in
+//! a header value.
 //!
 //! # Limits
 //!
@@ -971,16 +973,12 @@ impl BodyNode {
                     problems.push(format!("{}: {e}", Place::Body(pointer)));
                     BodyNode::Value(Value::Null)
                 }
-                Ok(mut text) => match text.as_slice() {
-                    [] => BodyNode::Value(Value::String(String::new())),
-                    [Piece::Lit(_)] => BodyNode::Value(Value::String(literal(&text))),
-                    [Piece::Field(_)] => match text.pop() {
-                        Some(Piece::Field(name)) => BodyNode::Exact {
-                            name,
-                            pointer: pointer.clone(),
-                        },
-                        _ => BodyNode::Value(Value::Null),
+                Ok(text) => match text.as_slice() {
+                    [Piece::Field(name)] => BodyNode::Exact {
+                        name: name.clone(),
+                        pointer: pointer.clone(),
                     },
+                    _ if !has_field(&text) => BodyNode::Value(Value::String(literal(&text))),
                     _ => BodyNode::Text {
                         text,
                         pointer: pointer.clone(),
