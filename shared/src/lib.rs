@@ -6,6 +6,7 @@
 //!   (raw or SNS envelope).
 //! - [`netguard`]: the SSRF guard: which IP addresses a job may never call.
 //! - [`target_rules`]: what a target's URL and headers may hold (config and messages alike).
+//! - [`template`]: call templates rendered from data rows, and why a row cannot change the call.
 //! - [`publish`], [`queue`], [`idempotency`]: the small traits the handlers use for SNS, SQS and
 //!   DynamoDB, with the idempotency record's state machine.
 //! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
@@ -37,6 +38,7 @@ pub mod queue;
 pub mod retry;
 pub mod runs;
 pub mod target_rules;
+pub mod template;
 
 #[cfg(feature = "aws")]
 pub mod aws;
