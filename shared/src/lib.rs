@@ -11,6 +11,7 @@
 //! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
 //!   state machine; [`fleet`]: the store the consumer instances share it in, and the leases that
 //!   split the rate budgets among the instances at work.
+//! - [`rows`]: streaming readers of a target list's rows (JSON Lines, JSON array, CSV; gzip).
 //! - [`runs`]: the run ledger (counts per run, verdict, completion event) and its traits.
 //! - [`retry`]: the retry schedule of transient failures (backoff with full jitter).
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
@@ -32,6 +33,7 @@ pub mod netguard;
 pub mod publish;
 pub mod queue;
 pub mod retry;
+pub mod rows;
 pub mod runs;
 pub mod target_rules;
 
