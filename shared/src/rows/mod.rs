@@ -27,6 +27,8 @@ mod csv;
 mod input;
 mod json_array;
 mod jsonl;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::io::{self, Read};
