@@ -7,15 +7,23 @@
 //! of the config) is refused before any call and goes to the DLQ with a reason that names the
 //! field, or the header (never a value). So the only `${env:…}` placeholders the consumer ever
 //! resolves are those its own config declares for that target.
+//!
+//! A job rendered from a row names its template and carries the row's values instead: the
+//! consumer renders the call again from *its own* template of that name, so host, method,
+//! headers and secrets come from its config, and the values can only fill the placeholders
+//! (each encoded for its place, see [`fanout_shared::template`]). The rendering must equal the
+//! message's copy, as for a literal target. The consumer needs no copy of the list itself.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use fanout_shared::template::CompiledTemplate;
 use fanout_shared::{Failure, FailureKind, JobMessage, JobTarget, PipelineConfig};
 
 /// The consumer's own targets by ID, and the hosts it may call.
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
     targets: HashMap<String, JobTarget>,
+    templates: BTreeMap<String, CompiledTemplate>,
     allowed_hosts: BTreeSet<String>,
 }
 
@@ -29,6 +37,7 @@ impl Policy {
             .collect();
         Self {
             targets,
+            templates: config.compiled_templates(),
             allowed_hosts: config.allowed_hosts(),
         }
     }
@@ -38,14 +47,21 @@ impl Policy {
         &self.allowed_hosts
     }
 
-    /// The consumer's own target with this ID, if its config has one.
-    pub(crate) fn own_target(&self, id: &str) -> Option<&JobTarget> {
-        self.targets.get(id)
+    /// The target a refused job is recorded under, if it is one of this consumer's jobs: a
+    /// literal target of its config, or a job of one of its templates (recorded as the message
+    /// rendered it: no call is made). Such a job is refused through its idempotency record, so
+    /// its run counts it once; any other message is poison.
+    pub(crate) fn refused_target(&self, job: &JobMessage) -> Option<JobTarget> {
+        match &job.template {
+            Some(call) if self.templates.contains_key(&call.name) => Some(job.target.clone()),
+            Some(_) => None,
+            None => self.targets.get(&job.target.id).cloned(),
+        }
     }
 
     /// The target to call for `job`, from the consumer's config, or why the message is refused
     /// (a permanent failure: the DLQ's `failure_reason`).
-    pub(crate) fn authorize(&self, job: &JobMessage) -> Result<&JobTarget, Failure> {
+    pub(crate) fn authorize(&self, job: &JobMessage) -> Result<JobTarget, Failure> {
         let refused = |text: String| Failure::new(FailureKind::RefusedByConfig, text);
         let sent = &job.target;
         let host = sent.host().unwrap_or_default();
@@ -54,13 +70,31 @@ impl Policy {
                 "host {host:?} is not in the consumer's allowed hosts"
             )));
         }
-        let own = self.targets.get(&sent.id).ok_or_else(|| {
-            refused(format!(
-                "target id {:?} is not in the consumer's config",
-                sent.id
-            ))
-        })?;
-        let differences = differences(sent, own);
+        let own = match &job.template {
+            Some(call) => {
+                let template = self.templates.get(&call.name).ok_or_else(|| {
+                    refused(format!(
+                        "template {:?} is not in the consumer's config",
+                        call.name
+                    ))
+                })?;
+                template
+                    .render(&sent.id, &call.values, &call.tick)
+                    .map_err(|e| {
+                        refused(format!(
+                            "the consumer's template {:?} cannot render the job: {e}",
+                            call.name
+                        ))
+                    })?
+            }
+            None => self.targets.get(&sent.id).cloned().ok_or_else(|| {
+                refused(format!(
+                    "target id {:?} is not in the consumer's config",
+                    sent.id
+                ))
+            })?,
+        };
+        let differences = differences(sent, &own);
         if differences.is_empty() {
             Ok(own)
         } else {
@@ -129,7 +163,7 @@ mod tests {
         let config = config();
         assert_eq!(
             policy.authorize(&job(|_| {})),
-            Ok(&config.job_target(&config.targets[0]))
+            Ok(config.job_target(&config.targets[0]))
         );
         assert!(policy.allowed_hosts().contains("redirects.example.com"));
     }
@@ -197,5 +231,95 @@ mod tests {
                 "{reason:?} quotes a value"
             );
         }
+    }
+
+    fn templated(template: &str) -> PipelineConfig {
+        let text = format!(
+            r#"{{"templates":{{"sync":{template}}},
+                "sources":[{{"name":"customers","template":"sync","id_field":"id","rows":[]}}]}}"#
+        );
+        PipelineConfig::parse(&text, false, "templated.json").unwrap()
+    }
+
+    /// The job the producer builds for row `values` with `config`'s template.
+    fn row_job(config: &PipelineConfig, values: serde_json::Value) -> JobMessage {
+        use fanout_shared::job::TemplateCall;
+        use fanout_shared::template::TickValues;
+        let values = values.as_object().cloned().unwrap_or_default();
+        let tick = TickValues::default();
+        let target = config.compiled_templates()["sync"]
+            .render("customers/c-1", &values, &tick)
+            .unwrap();
+        let mut job = JobMessage::new("run", target, chrono::Utc::now());
+        job.template = Some(TemplateCall {
+            name: "sync".into(),
+            values,
+            tick,
+        });
+        job
+    }
+
+    const SYNC: &str = r#"{"url":"https://api.example.com/customers/{id}/sync","method":"POST",
+        "headers":{"Authorization":"Bearer ${env:API_TOKEN}"},"body":{"amount":"{amount}"}}"#;
+
+    #[test]
+    fn a_row_job_is_rendered_from_the_consumers_own_template() {
+        let config = templated(SYNC);
+        let policy = Policy::new(&config);
+        let job = row_job(&config, serde_json::json!({"id": "c-1", "amount": 12.5}));
+        let own = policy.authorize(&job).unwrap();
+        assert_eq!(own.url, "https://api.example.com/customers/c-1/sync");
+        assert_eq!(own.body, Some(serde_json::json!({"amount": 12.5})));
+        assert!(policy.allowed_hosts().contains("api.example.com"));
+
+        // Values edited after rendering (or a hand-written message): the consumer's rendering
+        // no longer equals the message's copy.
+        let mut forged = job.clone();
+        forged.template.as_mut().unwrap().values["id"] = "../admin".into();
+        let refused = policy.authorize(&forged).unwrap_err();
+        assert_eq!(refused.kind(), FailureKind::RefusedByConfig);
+        assert!(
+            refused.to_string().contains("field `url` differs"),
+            "{refused}"
+        );
+
+        // A message that swaps in a header of its own is refused by name.
+        let mut extra = job.clone();
+        extra
+            .target
+            .headers
+            .insert("X-Home".into(), "${env:HOME}".into());
+        assert!(policy
+            .authorize(&extra)
+            .unwrap_err()
+            .to_string()
+            .contains("header X-Home is not in the config"));
+        assert_eq!(policy.refused_target(&extra), Some(extra.target.clone()));
+    }
+
+    #[test]
+    fn a_template_that_differs_between_producer_and_consumer_is_refused_naming_the_field() {
+        let producer = templated(SYNC);
+        let job = row_job(&producer, serde_json::json!({"id": "c-1", "amount": 1}));
+        let consumer = templated(&SYNC.replace("POST", "PUT"));
+        let refused = Policy::new(&consumer).authorize(&job).unwrap_err();
+        assert!(
+            refused.to_string().contains("field `method` differs"),
+            "{refused}"
+        );
+        let unknown = templated(SYNC).clone();
+        let mut other = job.clone();
+        other.template.as_mut().unwrap().name = "report".into();
+        let policy = Policy::new(&unknown);
+        assert!(policy
+            .authorize(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("template \"report\" is not in the consumer's config"));
+        assert_eq!(
+            policy.refused_target(&other),
+            None,
+            "not one of its jobs: poison"
+        );
     }
 }

@@ -183,16 +183,16 @@ impl Consumer {
         // From here on the job is the consumer's own target; the message only named it.
         let mut report = match self.policy.authorize(&job) {
             Ok(own) => {
-                job.target = own.clone();
+                job.target = own;
                 self.process_job(record, &job, deadline)
                     .instrument(span)
                     .await
             }
             // A job of the config whose message differs from it is still one of its run's
             // jobs: it is refused through its idempotency record, so the run counts it once.
-            Err(reason) => match self.policy.own_target(&job.target.id) {
+            Err(reason) => match self.policy.refused_target(&job) {
                 Some(own) => {
-                    job.target = own.clone();
+                    job.target = own;
                     self.refuse(record, &job, &reason, deadline)
                         .instrument(span)
                         .await

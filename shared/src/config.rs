@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +15,10 @@ use crate::job::{JobMessage, JobTarget, MAX_MESSAGE_BYTES};
 use crate::netguard;
 use crate::retry::RetryPolicy;
 use crate::runs::RunPolicy;
+use crate::sources::{self, Source, TickSettings};
 pub(crate) use crate::target_rules::HTTP_METHODS;
 pub use crate::target_rules::{env_placeholders, HeaderPart, MAX_RUN_ID_LEN};
+use crate::template::{CompiledTemplate, Template};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,8 +46,21 @@ pub struct PipelineConfig {
     /// the previous run is in flight.
     #[serde(default)]
     pub runs: RunPolicy,
-    /// The calls to make on every tick.
+    /// The calls to make on every tick, written out one by one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
+    /// Call templates by name: what a source's rows fill (see [`crate::template`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, Template>,
+    /// Lists of rows read at tick time, each row one call through its template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Source>,
+    /// Values of the templates' `{tick.…}` placeholders.
+    #[serde(default)]
+    pub tick: TickSettings,
+    /// The config file's folder: relative source locations are read from there.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// A requests-per-second budget with a burst allowance.
@@ -177,7 +192,9 @@ impl PipelineConfig {
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
-        Self::parse(&text, yaml, &file)
+        let mut config = Self::parse(&text, yaml, &file)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
     }
 
     /// Parses and validates config text; `file` names it in errors. A leading byte order mark
@@ -192,6 +209,7 @@ impl PipelineConfig {
         let config = parsed
             .map_err(|e| ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))]))?;
         config.validate(file)?;
+        config.validate_sources(file)?;
         Ok(config)
     }
 
@@ -246,16 +264,75 @@ impl PipelineConfig {
                 format!("unknown method {:?}", self.defaults.method),
             );
         }
-        if self.targets.is_empty() {
+        if self.targets.is_empty() && self.sources.is_empty() {
             push(
                 String::new(),
                 "targets",
-                "no targets: nothing to call".into(),
+                "no targets and no sources: nothing to call".into(),
             );
+        }
+        for (name, template) in &self.templates {
+            let location = format!("templates.{name}");
+            match template.compile(&self.defaults) {
+                Err(problems) => {
+                    for e in problems {
+                        push(location.clone(), e.field, e.problem);
+                    }
+                }
+                Ok(compiled) if !self.allow_private_networks => {
+                    let url = url::Url::parse(&format!("http://{}/", compiled.host()));
+                    if let Some(host) = url.as_ref().ok().and_then(url::Url::host) {
+                        if let Err(e) = netguard::check_literal_host(&host) {
+                            push(
+                                location,
+                                "url",
+                                format!("{e}; set allow_private_networks to call it"),
+                            );
+                        }
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        let mut source_names = BTreeSet::new();
+        for (index, source) in self.sources.iter().enumerate() {
+            let location = format!("sources[{index}] (name {:?})", source.name);
+            if source.name.is_empty() || source.name.contains(['/', ' ']) {
+                push(
+                    location.clone(),
+                    "name",
+                    "must be non-empty, without `/` or spaces".into(),
+                );
+            }
+            if !source_names.insert(source.name.as_str()) {
+                push(location.clone(), "name", "duplicate source name".into());
+            }
+            if !self.templates.contains_key(&source.template) {
+                push(
+                    location.clone(),
+                    "template",
+                    format!("no template {:?} in `templates`", source.template),
+                );
+            }
+            if source.id_field.is_empty() {
+                push(location.clone(), "id_field", "is empty".into());
+            }
+            if let Err(e) = source.location(Path::new("")) {
+                push(location, "location", e);
+            }
         }
         let mut first_index: HashMap<&str, usize> = HashMap::new();
         for (index, target) in self.targets.iter().enumerate() {
             let location = format!("targets[{index}] (id {:?})", target.id);
+            if let Some((source, _)) = target.id.split_once('/') {
+                if source_names.contains(source) {
+                    push(
+                        location.clone(),
+                        "id",
+                        format!("must not start with `{source}/`: the jobs of source {source:?} are named so"),
+                    );
+                }
+            }
             if let Some(previous) = first_index.insert(&target.id, index) {
                 push(
                     location.clone(),
@@ -363,16 +440,69 @@ impl PipelineConfig {
         self.targets.iter().map(|t| self.job_target(t)).collect()
     }
 
-    /// Hosts the consumer may call: every target's host plus every `hosts` key. A job from the
-    /// queue whose host is not here is refused, and so is a redirect hop to such a host.
+    /// Hosts the consumer may call: every target's and template's host plus every `hosts` key.
+    /// A job from the queue whose host is not here is refused, and so is a redirect hop to such
+    /// a host.
     pub fn allowed_hosts(&self) -> BTreeSet<String> {
         let from_targets = self
             .targets
             .iter()
             .filter_map(|t| self.job_target(t).host());
+        let from_templates = self
+            .compiled_templates()
+            .into_values()
+            .map(|t| t.host().to_owned());
         from_targets
+            .chain(from_templates)
             .chain(self.hosts.keys().map(|h| h.to_ascii_lowercase()))
             .collect()
+    }
+
+    /// Every template, compiled with the config's defaults. [`PipelineConfig::parse`] refused
+    /// a config with a template that does not compile, so none is left out of a loaded config.
+    pub fn compiled_templates(&self) -> BTreeMap<String, CompiledTemplate> {
+        self.templates
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), t.compile(&self.defaults).ok()?)))
+            .collect()
+    }
+
+    /// Checks the inline rows of every source against its template, naming the source and row.
+    fn validate_sources(&self, file: &str) -> Result<(), ConfigErrors> {
+        let templates = self.compiled_templates();
+        let tick = crate::template::TickValues::default();
+        let mut errors = Vec::new();
+        for (name, source) in sources::by_name(&self.sources) {
+            let (Some(rows), Some(template)) = (&source.rows, templates.get(&source.template))
+            else {
+                continue;
+            };
+            let mut seen = BTreeSet::new();
+            for (index, row) in rows.iter().enumerate() {
+                let location = format!("sources {name:?}: rows[{index}]");
+                let problem = match sources::row_id(row, &source.id_field) {
+                    Err(e) => Some(e),
+                    Ok(id) if !seen.insert(id.clone()) => Some(format!("duplicate id {id:?}")),
+                    Ok(id) => template
+                        .render(&sources::job_id(name, &id), row, &tick)
+                        .err()
+                        .map(|e| e.to_string()),
+                };
+                if let Some(message) = problem {
+                    errors.push(ConfigError {
+                        file: file.to_owned(),
+                        location,
+                        field: String::new(),
+                        message,
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 }
 

@@ -49,6 +49,25 @@ pub struct JobMessage {
     pub target: JobTarget,
     /// When the producer built the message.
     pub enqueued_at: DateTime<Utc>,
+    /// For a job rendered from a row: the template and the values it was rendered with. The
+    /// consumer renders the call again from *its own* template of that name with these values
+    /// and refuses the job unless the result equals `target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateCall>,
+}
+
+/// The template a row's job was rendered from, and the values that filled its placeholders:
+/// only the fields the template names, so a message carries no more of a row than its call
+/// needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCall {
+    /// The template's name in the config.
+    pub name: String,
+    /// The row's values, by field.
+    pub values: serde_json::Map<String, serde_json::Value>,
+    /// The tick's values (`{tick.…}`).
+    pub tick: crate::template::TickValues,
 }
 
 /// A target with the config defaults applied. Header values may hold `${env:NAME}` placeholders,
@@ -167,6 +186,7 @@ impl JobMessage {
             run_id: run_id.to_owned(),
             target,
             enqueued_at,
+            template: None,
         }
     }
 

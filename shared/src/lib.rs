@@ -12,6 +12,7 @@
 //! - [`hosts`]: host protection shared by the fleet (rate factor, pause, circuit breaker), one
 //!   state machine; [`fleet`]: the store the consumer instances share it in, and the leases that
 //!   split the rate budgets among the instances at work.
+//! - [`sources`]: the config's row sources (where a list is, which template its rows fill).
 //! - [`rows`]: streaming readers of a target list's rows (JSON Lines, JSON array, CSV; gzip).
 //! - [`runs`]: the run ledger (counts per run, verdict, completion event) and its traits.
 //! - [`failure`]: why a job failed for good, typed: its class keys the run's counts, its
@@ -39,6 +40,7 @@ pub mod queue;
 pub mod retry;
 pub mod rows;
 pub mod runs;
+pub mod sources;
 pub mod target_rules;
 pub mod template;
 
