@@ -39,7 +39,9 @@ impl FleetStore for EmbeddedFleet {
             .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
             .map_err(sql_error)?;
         let mut states = Vec::with_capacity(hosts.len());
-        for host in hosts {
+        let mut seen = std::collections::HashSet::new();
+        // Each host once, however often it is asked for (as DynamoDB answers).
+        for host in hosts.iter().filter(|h| seen.insert(h.as_str())) {
             if let Some(text) = stmt
                 .query_row([host], |r| r.get::<_, String>(0))
                 .optional()

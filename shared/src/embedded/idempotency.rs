@@ -237,7 +237,9 @@ impl IdempotencyStore for EmbeddedIdempotency {
             ))
             .map_err(sql_error)?;
         let mut records = Vec::with_capacity(message_ids.len());
-        for id in message_ids {
+        let mut seen = std::collections::HashSet::new();
+        // Each record once, however often it is asked for (as DynamoDB answers).
+        for id in message_ids.iter().filter(|id| seen.insert(id.as_str())) {
             if let Some(r) = stmt.query_row([id], record).optional().map_err(sql_error)? {
                 records.push(r);
             }
