@@ -66,8 +66,15 @@ impl EmbeddedIdempotency {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql_error)?;
+        // A dead-lettering without a class is counted as `unknown` (`Tally::delta`): remember
+        // it so, and a replay's success takes back what was counted (as DynamoDB does).
         let class = match to {
-            Status::DeadLettered => tally.as_ref().and_then(|t| t.reason),
+            Status::DeadLettered => Some(
+                tally
+                    .as_ref()
+                    .and_then(|t| t.reason)
+                    .unwrap_or("unknown"),
+            ),
             _ => None,
         };
         let changed = tx
