@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: workload configs on the local target server and
 //! the pipeline on a fresh embedded backend.
 
+pub mod contract;
 pub mod fault;
 pub mod local_cloud;
 

@@ -367,8 +367,9 @@ impl IdempotencyStore for DynamoDbIdempotency {
         }
         let mut values = values;
         values.insert(":failed".into(), s(Status::Failed.as_str()));
+        // A lock is live while its expiry is after now (`decide_acquire`): free at the expiry.
         let condition = "attribute_not_exists(#message_id) OR #status = :failed \
-                         OR (#status = :in_progress AND #in_progress_expiry < :now)";
+                         OR (#status = :in_progress AND #in_progress_expiry <= :now)";
         for _ in 0..3 {
             let current = match self
                 .try_acquire(claim.message_id, update, condition, values.clone())

@@ -76,14 +76,18 @@ pub(crate) fn host_key(host: &str) -> AttributeValue {
 }
 
 /// Every item of `table` whose key is one of `keys`, strongly consistent, in chunks of 100 (the
-/// `BatchGetItem` limit), with unprocessed keys asked for again.
+/// `BatchGetItem` limit), with unprocessed keys asked for again. A key given twice is asked for
+/// once (`BatchGetItem` refuses a request that repeats a key): each item comes back once.
 pub(crate) async fn batch_get(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     keys: impl Iterator<Item = AttributeValue>,
 ) -> Result<Vec<HashMap<String, AttributeValue>>, BackendError> {
-    let keys: Vec<HashMap<String, AttributeValue>> =
-        keys.map(|k| HashMap::from([(KEY.to_owned(), k)])).collect();
+    let mut seen = std::collections::HashSet::new();
+    let keys: Vec<HashMap<String, AttributeValue>> = keys
+        .filter(|k| k.as_s().map_or(true, |key| seen.insert(key.clone())))
+        .map(|k| HashMap::from([(KEY.to_owned(), k)]))
+        .collect();
     let mut items = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(100) {
         let mut request = KeysAndAttributes::builder()

@@ -39,7 +39,9 @@ impl FleetStore for EmbeddedFleet {
             .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
             .map_err(sql_error)?;
         let mut states = Vec::with_capacity(hosts.len());
-        for host in hosts {
+        let mut seen = std::collections::HashSet::new();
+        // Each host once, however often it is asked for (as DynamoDB answers).
+        for host in hosts.iter().filter(|h| seen.insert(h.as_str())) {
             if let Some(text) = stmt
                 .query_row([host], |r| r.get::<_, String>(0))
                 .optional()
@@ -118,77 +120,5 @@ impl FleetStore for EmbeddedFleet {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn host_events_are_applied_atomically_and_probes_are_exclusive() {
-        let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
-        let policy = HostPolicy {
-            failure_threshold: 2,
-            cooldown_ms: 100,
-            ..HostPolicy::default()
-        };
-        assert!(fleet.host_states(&["a".into()]).await.unwrap().is_empty());
-        fleet
-            .apply("a", &HostEvent::Failed, 0, &policy)
-            .await
-            .unwrap();
-        let (state, changed) = fleet
-            .apply("a", &HostEvent::Failed, 1, &policy)
-            .await
-            .unwrap();
-        assert!(changed && matches!(state.circuit, crate::hosts::Circuit::Open { until_ms: 101 }));
-        assert!(
-            fleet
-                .apply("a", &HostEvent::ProbeClaimed, 101, &policy)
-                .await
-                .unwrap()
-                .1,
-            "first claim wins"
-        );
-        assert!(
-            !fleet
-                .apply("a", &HostEvent::ProbeClaimed, 102, &policy)
-                .await
-                .unwrap()
-                .1,
-            "second claim loses"
-        );
-        assert_eq!(
-            fleet
-                .host_states(&["a".into(), "b".into()])
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[tokio::test]
-    async fn leases_are_renewed_listed_and_pruned() {
-        let fleet = EmbeddedBackend::open(":memory:".as_ref()).unwrap().fleet();
-        let a = Lease {
-            instance: "a".into(),
-            since_ms: 0,
-            expires_ms: 1000,
-        };
-        let b = Lease {
-            instance: "b".into(),
-            since_ms: 500,
-            expires_ms: 3000,
-        };
-        assert_eq!(fleet.renew(&a, 0).await.unwrap(), vec![a.clone()]);
-        assert_eq!(fleet.renew(&b, 500).await.unwrap().len(), 2);
-        let renewed = Lease {
-            expires_ms: 4000,
-            ..b.clone()
-        };
-        assert_eq!(
-            fleet.renew(&renewed, 1500).await.unwrap(),
-            vec![renewed],
-            "a lapsed at 1 s and is pruned"
-        );
-    }
-}
+// Host states and leases are held to one contract on every backend: `tests/src/contract/fleet.rs`,
+// run by `tests/tests/contract_*.rs`.
