@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use fanout_consumer::{Consumer, Settings};
 use fanout_producer::{produce, PublishOptions, Summary, Tick};
-use fanout_shared::job::message_id;
 use fanout_shared::{BackendError, PipelineConfig};
 
 use crate::backend::Pipeline;
@@ -131,11 +130,7 @@ pub async fn run(
     let consume_started = Instant::now();
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
-    let job_ids: Vec<String> = config
-        .targets
-        .iter()
-        .map(|t| message_id(run_id, &t.id))
-        .collect();
+    let job_ids = fanout_producer::message_ids(config, run_id)?;
     let settlement = settle(
         &job_ids,
         pipeline.store.as_ref(),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fanout_shared::runs::{shard_of, Begin, Overlap, RunLedger, RunRecord, RunStart, RunStatus};
+use fanout_shared::runs::{Begin, Overlap, RunLedger, RunRecord, RunStart, RunStatus};
 use fanout_shared::{BackendError, PipelineConfig};
 
 /// What a tick does.
@@ -59,17 +59,14 @@ pub(crate) fn decide_tick(
     }
 }
 
-/// The run record of a tick: `message_ids` (one per job) make its per-shard expected counts.
+/// The run record of a tick with its jobs counted per shard ([`fanout_shared::runs::shard_of`]
+/// of each message ID).
 pub fn run_start(
     config: &PipelineConfig,
     run_id: &str,
     scheduled_at: Option<String>,
-    message_ids: impl Iterator<Item = String>,
+    expected_per_shard: BTreeMap<u32, u64>,
 ) -> RunStart {
-    let mut expected_per_shard: BTreeMap<u32, u64> = BTreeMap::new();
-    for id in message_ids {
-        *expected_per_shard.entry(shard_of(&id)).or_default() += 1;
-    }
     RunStart {
         run_id: run_id.to_owned(),
         scheduled_at,
@@ -79,6 +76,36 @@ pub fn run_start(
         policy: config.runs,
     }
 }
+
+/// `{tick.last_success_at}` for a tick scheduled at `scheduled_at_ms`: the scheduled time (else
+/// the start) of the latest SUCCEEDED run scheduled before it, among the latest
+/// [`LAST_SUCCESS_RUNS`]; `default` before the first. Runs after the tick are left out, so a
+/// re-run of an old tick renders what it rendered the first time.
+pub(crate) async fn last_success_at(
+    ledger: &dyn RunLedger,
+    run_id: &str,
+    scheduled_at_ms: i64,
+    default: &str,
+) -> Result<String, BackendError> {
+    let runs = ledger.list(LAST_SUCCESS_RUNS).await?;
+    let time = |r: &RunRecord| {
+        r.scheduled_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(r.started_at_ms)
+    };
+    Ok(runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded && r.run_id != run_id)
+        .filter(|r| time(r) < scheduled_at_ms)
+        .max_by_key(|r| time(r))
+        .map(|r| fanout_shared::runs::rfc3339(time(r)))
+        .unwrap_or_else(|| default.to_owned()))
+}
+
+/// How far back [`last_success_at`] looks.
+const LAST_SUCCESS_RUNS: usize = 100;
 
 /// Applies the guard and writes the run record.
 pub(crate) async fn begin(

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`tick`]: the run ID, derived from the EventBridge event (or given by hand).
 //! - [`ledger`]: the schedule guard and the run record, written before publishing.
+//! - `list`: the tick's jobs: literal targets and every source's rows through their templates,
+//!   read in one streaming pass (a spool file, never the whole list in memory) before publishing.
 //! - [`publish`]: batching under SNS limits, batches in flight at once, retry of failed entries.
 //!
 //! The Lambda binary (`main.rs`) loads the config, builds the clients and calls [`produce`] for
@@ -11,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod ledger;
+mod list;
 mod publish;
 mod tick;
 
@@ -20,9 +23,11 @@ use serde::Serialize;
 
 use fanout_shared::metrics::{Metric, MetricSet};
 use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, Sweep};
-use fanout_shared::{BackendError, JobMessage, PipelineConfig, Publisher};
+use fanout_shared::template::TickValues;
+use fanout_shared::{BackendError, PipelineConfig, Publisher};
 
 pub use ledger::{run_start, Started};
+pub use list::{message_ids, ListError, SourceRead};
 pub use publish::{PublishError, PublishOptions};
 pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 
@@ -48,6 +53,42 @@ pub struct Summary {
     /// Wall time of the tick.
     #[serde(rename = "elapsed_ms", serialize_with = "as_millis")]
     pub elapsed: Duration,
+    /// What each source gave (rows, digest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRead>,
+}
+
+/// The values of the templates' `{tick.…}` placeholders for `tick` (only read from the ledger
+/// when a source needs them).
+async fn tick_values(
+    config: &PipelineConfig,
+    tick: &Tick,
+    ledger: &dyn RunLedger,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<TickValues, PublishError> {
+    let scheduled = tick
+        .scheduled_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or(now);
+    let last_success_at = if config.sources.is_empty() {
+        config.tick.first_last_success_at.clone()
+    } else {
+        ledger::last_success_at(
+            ledger,
+            &tick.run_id,
+            scheduled.timestamp_millis(),
+            &config.tick.first_last_success_at,
+        )
+        .await
+        .map_err(PublishError::Ledger)?
+    };
+    Ok(TickValues {
+        scheduled_at: scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        run_id: tick.run_id.clone(),
+        last_success_at,
+    })
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -123,32 +164,44 @@ pub async fn produce(
     tick::check_run_id(run_id).map_err(|e| PublishError::BadRunId(e.to_string()))?;
     let started_at = Instant::now();
     let now = chrono::Utc::now();
-    let ids = config
-        .targets
-        .iter()
-        .map(|t| fanout_shared::job::message_id(run_id, &t.id));
-    let start = ledger::run_start(config, run_id, tick.scheduled_at.clone(), ids);
+    let values = tick_values(config, tick, ledger, now).await?;
+    let jobs = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || list::collect(&config, &values, now))
+            .await
+            .map_err(|e| PublishError::Spool(format!("reading the list: {e}")))??
+    };
+    for source in &jobs.sources {
+        tracing::info!(source = %source.name, location = %source.location, rows = source.rows, digest = %source.digest, "source read");
+    }
+    let start = ledger::run_start(
+        config,
+        run_id,
+        tick.scheduled_at.clone(),
+        jobs.expected_per_shard.clone(),
+    );
     let started = ledger::begin(ledger, &start)
         .await
         .map_err(PublishError::Ledger)?;
     let publish = matches!(started, Started::New | Started::Resumed);
-    let targets = if publish {
-        config.targets.as_slice()
+    let mut messages = jobs.messages();
+    let outcome = if publish {
+        publish::publish_all(messages.by_ref(), publisher, options).await
     } else {
-        &[]
+        publish::Outcome::default()
     };
-    let messages = targets
-        .iter()
-        .map(|t| JobMessage::new(run_id, config.job_target(t), now).encode());
-    let outcome = publish::publish_all(messages, publisher, options).await;
+    if let Some(error) = messages.error() {
+        return Err(PublishError::Spool(error.to_owned()));
+    }
     let summary = Summary {
         run_id: run_id.to_owned(),
         started,
-        jobs: config.targets.len(),
+        jobs: usize::try_from(jobs.count).unwrap_or(usize::MAX),
         published: outcome.published,
         failed: outcome.failures.len(),
         publish_calls: outcome.calls,
         elapsed: started_at.elapsed(),
+        sources: jobs.sources,
     };
     match &summary.started {
         Started::Skipped(why) => tracing::warn!(run_id, reason = %why, "tick skipped"),

@@ -38,6 +38,14 @@ pub enum PublishError {
     /// The run record could not be written: nothing was published.
     #[error("run ledger: {0}")]
     Ledger(fanout_shared::BackendError),
+    /// The tick's list could not become jobs (a source unreadable, bad rows): nothing was
+    /// published.
+    #[error("{0}")]
+    List(#[from] crate::list::ListError),
+    /// The spooled jobs could not be read back: the jobs after the failure are unpublished; a
+    /// re-run of the tick publishes them (the IDs are the same).
+    #[error("{0}")]
+    Spool(String),
     /// Some jobs are still unpublished after all retries.
     #[error("{} of {} jobs unpublished after retries: {}", failures.len(), summary.jobs, describe(failures))]
     Unpublished {

@@ -16,7 +16,7 @@ use crate::target_rules::{self, FieldError, HTTP_METHODS, MAX_RUN_ID_LEN, MAX_TI
 pub(crate) const MESSAGE_VERSION: u32 = 1;
 
 /// The SNS and SQS limit on one message (body plus attributes), in bytes.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Message attribute holding the job's message ID.
 pub const ATTR_MESSAGE_ID: &str = "message_id";

@@ -695,9 +695,18 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
         aws_sdk_dynamodb::Client::new(&sdk),
         &resources.table_name,
     );
-    let ids = ["m1", "m2"].map(String::from).into_iter();
-    let start =
-        fanout_producer::run_start(&fanout_shared::PipelineConfig::default(), "r", None, ids);
+    let mut per_shard = std::collections::BTreeMap::new();
+    for id in ["m1", "m2"] {
+        *per_shard
+            .entry(fanout_shared::runs::shard_of(id))
+            .or_default() += 1;
+    }
+    let start = fanout_producer::run_start(
+        &fanout_shared::PipelineConfig::default(),
+        "r",
+        None,
+        per_shard,
+    );
     ledger.begin(&start).await.unwrap();
     let tally = Tally {
         run_id: "r",

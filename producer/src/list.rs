@@ -1,0 +1,430 @@
+//! A tick's jobs: the config's literal targets, then every row of every source rendered through
+//! its template.
+//!
+//! Sources are read in one streaming pass before anything is published: each row is rendered,
+//! its message ID counted in its shard (the run record needs the counts before the first
+//! publish) and its message written to a spool file, which the publish pass then streams. So a
+//! million-row list is never held in memory (only one 16-byte digest per job, to refuse a
+//! duplicate ID), and what is published is exactly what was counted.
+//!
+//! A bad row (a missing or mistyped field, a value that cannot be rendered safely, a duplicate
+//! ID, a row over the message limit) fails the tick before anything is published, with every
+//! bad row named by source and line (the first [`MAX_REPORTED`]): a list is fixed and the tick
+//! re-run, never half-published. A source that cannot be read fails the tick the same way.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use fanout_shared::job::{message_id, TemplateCall, MAX_MESSAGE_BYTES};
+use fanout_shared::rows::{is_gzip, ReadError, Row, RowReader};
+use fanout_shared::runs::shard_of;
+use fanout_shared::sources::{self, Location, Source};
+use fanout_shared::template::{CompiledTemplate, TickValues};
+use fanout_shared::{JobMessage, OutboundMessage, PipelineConfig};
+
+/// Bad rows named in a failed tick's error; the rest are counted.
+pub(crate) const MAX_REPORTED: usize = 20;
+
+/// What one source gave a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRead {
+    /// The source's name.
+    pub name: String,
+    /// Where its rows came from.
+    pub location: String,
+    /// Rows read (one job each).
+    pub rows: u64,
+    /// SHA-256 of the jobs' IDs and values in order, first 16 hex digits: two ticks with the
+    /// same digest called the same list.
+    pub digest: String,
+}
+
+/// Why a tick's list could not become jobs. Nothing was published.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// A source could not be read at all.
+    #[error("source {name:?} ({location}): cannot be read: {reason}")]
+    Unreadable {
+        /// The source.
+        name: String,
+        /// Where it points.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// Rows that cannot be jobs; each names its source and line.
+    #[error("{count} bad row(s), nothing published:\n{}", .named.join("\n"))]
+    BadRows {
+        /// How many.
+        count: u64,
+        /// The first [`MAX_REPORTED`], e.g. `source "customers" line 7: row has no field ...`.
+        named: Vec<String>,
+    },
+    /// The spool file could not be written or read.
+    #[error("spool file {path}: {reason}")]
+    Spool {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A tick's jobs, counted and ready to publish.
+#[derive(Debug)]
+pub(crate) struct TickJobs {
+    /// Literal targets' jobs (few: they are in the config).
+    literal: Vec<JobMessage>,
+    /// The source jobs' messages, one JSON line each.
+    spool: Option<Spool>,
+    /// Jobs per counter shard.
+    pub(crate) expected_per_shard: BTreeMap<u32, u64>,
+    /// Jobs in all.
+    pub(crate) count: u64,
+    /// What each source gave.
+    pub(crate) sources: Vec<SourceRead>,
+}
+
+/// A temporary file of encoded messages, removed when dropped.
+#[derive(Debug)]
+struct Spool {
+    path: PathBuf,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Builds every job of the tick (blocking I/O: call it off the async runtime's workers).
+pub(crate) fn collect(
+    config: &PipelineConfig,
+    tick: &TickValues,
+    now: DateTime<Utc>,
+) -> Result<TickJobs, ListError> {
+    let run_id = tick.run_id.as_str();
+    let mut jobs = TickJobs {
+        literal: config
+            .targets
+            .iter()
+            .map(|t| JobMessage::new(run_id, config.job_target(t), now))
+            .collect(),
+        spool: None,
+        expected_per_shard: BTreeMap::new(),
+        count: 0,
+        sources: Vec::new(),
+    };
+    let literal_ids: Vec<String> = jobs.literal.iter().map(|j| j.message_id.clone()).collect();
+    for id in &literal_ids {
+        jobs.count_job(id);
+    }
+    if config.sources.is_empty() {
+        return Ok(jobs);
+    }
+    let spool = Spool {
+        path: std::env::temp_dir().join(format!(
+            "fanout-spool-{}-{}.jsonl",
+            std::process::id(),
+            &message_id(run_id, &now.to_rfc3339())[..12]
+        )),
+    };
+    let spool_error = |e: std::io::Error| ListError::Spool {
+        path: spool.path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
+    let templates = config.compiled_templates();
+    let mut seen: HashSet<u128> = HashSet::new();
+    let mut bad = BadRows::default();
+    for source in &config.sources {
+        let Some(template) = templates.get(&source.template) else {
+            // `PipelineConfig::parse` refuses a source without its template.
+            continue;
+        };
+        let mut reader = SourceReader::new(source, template, tick, now);
+        let location = match source.location(&config.base_dir) {
+            Ok(Location::Inline) => "inline".to_owned(),
+            Ok(Location::File(path)) => path.display().to_string(),
+            Err(reason) => reason,
+        };
+        let unreadable = |reason: String| ListError::Unreadable {
+            name: source.name.clone(),
+            location: location.clone(),
+            reason,
+        };
+        let rows: Box<dyn Iterator<Item = Result<Row, ReadError>>> =
+            match source.location(&config.base_dir).map_err(unreadable)? {
+                Location::Inline => {
+                    Box::new(source.rows.iter().flatten().enumerate().map(|(i, values)| {
+                        Ok(Row {
+                            line: i as u64 + 1,
+                            values: values.clone(),
+                        })
+                    }))
+                }
+                Location::File(path) => file_rows(source, &path).map_err(unreadable)?,
+            };
+        for row in rows {
+            let row = match row {
+                Ok(row) => row,
+                Err(fatal) if fatal.is_fatal() => return Err(unreadable(fatal.to_string())),
+                Err(bad_row) => {
+                    bad.add(format!("source {:?} {bad_row}", source.name));
+                    continue;
+                }
+            };
+            match reader.job(&row) {
+                Err(problem) => bad.add(format!(
+                    "source {:?} line {}: {problem}",
+                    source.name, row.line
+                )),
+                Ok(job) => {
+                    if !seen.insert(id_bits(&job.message_id)) {
+                        bad.add(format!(
+                            "source {:?} line {}: duplicate id {:?}",
+                            source.name, row.line, job.target.id
+                        ));
+                        continue;
+                    }
+                    jobs.count_job(&job.message_id);
+                    serde_json::to_writer(&mut out, &job)
+                        .map_err(|e| spool_error(std::io::Error::other(e)))?;
+                    out.write_all(b"\n").map_err(spool_error)?;
+                }
+            }
+        }
+        jobs.sources.push(reader.finish(location));
+    }
+    out.flush().map_err(spool_error)?;
+    if bad.count > 0 {
+        return Err(ListError::BadRows {
+            count: bad.count,
+            named: bad.named,
+        });
+    }
+    jobs.spool = Some(spool);
+    Ok(jobs)
+}
+
+/// The message IDs of every job of run `run_id` (literal targets, then each source's rows in
+/// order), read from the sources as they are now: what `fanout run` checks each job's end
+/// against. Rows without a usable ID are left out (the tick refuses them).
+pub fn message_ids(config: &PipelineConfig, run_id: &str) -> Result<Vec<String>, ListError> {
+    let mut ids: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| message_id(run_id, &t.id))
+        .collect();
+    for source in &config.sources {
+        let unreadable = |reason: String| ListError::Unreadable {
+            name: source.name.clone(),
+            location: source.location.clone().unwrap_or_else(|| "inline".into()),
+            reason,
+        };
+        let rows: Box<dyn Iterator<Item = Result<Row, ReadError>>> =
+            match source.location(&config.base_dir).map_err(unreadable)? {
+                Location::Inline => Box::new(source.rows.iter().flatten().map(|values| {
+                    Ok(Row {
+                        line: 0,
+                        values: values.clone(),
+                    })
+                })),
+                Location::File(path) => file_rows(source, &path).map_err(unreadable)?,
+            };
+        for row in rows.flatten() {
+            if let Ok(row_id) = sources::row_id(&row.values, &source.id_field) {
+                ids.push(message_id(run_id, &sources::job_id(&source.name, &row_id)));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The rows of a file source, streamed.
+fn file_rows(
+    source: &Source,
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<Row, ReadError>>>, String> {
+    let format = source.format_of(path)?;
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let name = path.to_string_lossy();
+    Ok(Box::new(RowReader::new(
+        Box::new(file),
+        format,
+        is_gzip(&name, None),
+    )))
+}
+
+/// Renders one source's rows into jobs, and digests what it rendered.
+struct SourceReader<'a> {
+    source: &'a Source,
+    template: &'a CompiledTemplate,
+    tick: &'a TickValues,
+    now: DateTime<Utc>,
+    rows: u64,
+    digest: Sha256,
+}
+
+impl<'a> SourceReader<'a> {
+    fn new(
+        source: &'a Source,
+        template: &'a CompiledTemplate,
+        tick: &'a TickValues,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            source,
+            template,
+            tick,
+            now,
+            rows: 0,
+            digest: Sha256::new(),
+        }
+    }
+
+    /// The job of one row, or why the row cannot be one.
+    fn job(&mut self, row: &Row) -> Result<JobMessage, String> {
+        let row_id = sources::row_id(&row.values, &self.source.id_field)?;
+        let id = sources::job_id(&self.source.name, &row_id);
+        let target = self
+            .template
+            .render(&id, &row.values, self.tick)
+            .map_err(|e| e.to_string())?;
+        let values: Map<String, Value> =
+            sources::needed_values(&row.values, &self.template.placeholders());
+        let mut job = JobMessage::new(&self.tick.run_id, target, self.now);
+        job.template = Some(TemplateCall {
+            name: self.source.template.clone(),
+            values,
+            tick: self.tick.clone(),
+        });
+        let size = job.encode().size();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "the job message would be {size} bytes, over the 256 KiB SNS limit"
+            ));
+        }
+        self.rows += 1;
+        self.digest.update(id.as_bytes());
+        self.digest.update([0]);
+        if let Some(call) = &job.template {
+            self.digest
+                .update(Value::Object(call.values.clone()).to_string().as_bytes());
+        }
+        self.digest.update([0]);
+        Ok(job)
+    }
+
+    fn finish(self, location: String) -> SourceRead {
+        SourceRead {
+            name: self.source.name.clone(),
+            location,
+            rows: self.rows,
+            digest: self.digest.finalize()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct BadRows {
+    count: u64,
+    named: Vec<String>,
+}
+
+impl BadRows {
+    fn add(&mut self, problem: String) {
+        self.count += 1;
+        if self.named.len() < MAX_REPORTED {
+            self.named.push(problem);
+        }
+    }
+}
+
+/// The message ID's 128 bits (it is 32 hex digits); any other text hashes to its own bits.
+fn id_bits(message_id: &str) -> u128 {
+    u128::from_str_radix(message_id, 16).unwrap_or_else(|_| {
+        let hash = Sha256::digest(message_id.as_bytes());
+        hash[..16]
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+    })
+}
+
+impl TickJobs {
+    fn count_job(&mut self, message_id: &str) {
+        *self
+            .expected_per_shard
+            .entry(shard_of(message_id))
+            .or_default() += 1;
+        self.count += 1;
+    }
+
+    /// Every job's message: the literal ones, then the spooled ones in the order read. A spool
+    /// line that cannot be read back ends the stream and is reported by [`Messages::error`]:
+    /// the jobs after it are unpublished, and a re-run of the tick completes them.
+    pub(crate) fn messages(&self) -> Messages<'_> {
+        let spool = self
+            .spool
+            .as_ref()
+            .map(|s| File::open(&s.path).map(BufReader::new));
+        let (lines, error) = match spool {
+            None => (None, None),
+            Some(Ok(reader)) => (Some(reader.lines()), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+        };
+        Messages {
+            literal: self.literal.iter(),
+            lines,
+            error,
+        }
+    }
+}
+
+/// The stream [`TickJobs::messages`] gives.
+pub(crate) struct Messages<'a> {
+    literal: std::slice::Iter<'a, JobMessage>,
+    lines: Option<std::io::Lines<BufReader<File>>>,
+    error: Option<String>,
+}
+
+impl Messages<'_> {
+    /// Why the stream ended early, if it did.
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    fn fail(&mut self, reason: String) -> Option<OutboundMessage> {
+        self.error = Some(reason);
+        self.lines = None;
+        None
+    }
+}
+
+impl Iterator for Messages<'_> {
+    type Item = OutboundMessage;
+
+    fn next(&mut self) -> Option<OutboundMessage> {
+        if let Some(job) = self.literal.next() {
+            return Some(job.encode());
+        }
+        let line = match self.lines.as_mut()?.next()? {
+            Ok(line) => line,
+            Err(e) => return self.fail(format!("spool file: {e}")),
+        };
+        match serde_json::from_str::<JobMessage>(&line) {
+            Ok(job) => Some(job.encode()),
+            Err(e) => self.fail(format!("spool file: {e}")),
+        }
+    }
+}
