@@ -27,7 +27,7 @@ use fanout_shared::template::TickValues;
 use fanout_shared::{BackendError, PipelineConfig, Publisher};
 
 pub use ledger::{run_start, Started};
-pub use list::{message_ids, ListError, SourceRead};
+pub use list::{message_ids, preview, ListError, Preview, SourceRead};
 pub use publish::{PublishError, PublishOptions};
 pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 

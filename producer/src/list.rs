@@ -141,10 +141,35 @@ pub(crate) fn collect(
         reason: e.to_string(),
     };
     let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
+    jobs.sources = read_sources(config, tick, now, None, |job| {
+        jobs.count_job(&job.message_id);
+        serde_json::to_writer(&mut out, job).map_err(|e| spool_error(std::io::Error::other(e)))?;
+        out.write_all(b"\n").map_err(spool_error)
+    })?;
+    out.flush().map_err(spool_error)?;
+    jobs.spool = Some(spool);
+    Ok(jobs)
+}
+
+/// Reads every source (or only the one named `only`), renders each row and gives each job to
+/// `sink`, in order; answers what each source gave. Bad rows are collected and fail the whole
+/// read at its end (after `sink` saw the good ones: the caller publishes nothing then).
+fn read_sources(
+    config: &PipelineConfig,
+    tick: &TickValues,
+    now: DateTime<Utc>,
+    only: Option<&str>,
+    mut sink: impl FnMut(&JobMessage) -> Result<(), ListError>,
+) -> Result<Vec<SourceRead>, ListError> {
     let templates = config.compiled_templates();
     let mut seen: HashSet<u128> = HashSet::new();
     let mut bad = BadRows::default();
-    for source in &config.sources {
+    let mut read = Vec::new();
+    for source in config
+        .sources
+        .iter()
+        .filter(|s| only.is_none_or(|name| s.name == name))
+    {
         let Some(template) = templates.get(&source.template) else {
             // `PipelineConfig::parse` refuses a source without its template.
             continue;
@@ -186,66 +211,79 @@ pub(crate) fn collect(
                     "source {:?} line {}: {problem}",
                     source.name, row.line
                 )),
-                Ok(job) => {
-                    if !seen.insert(id_bits(&job.message_id)) {
-                        bad.add(format!(
-                            "source {:?} line {}: duplicate id {:?}",
-                            source.name, row.line, job.target.id
-                        ));
-                        continue;
-                    }
-                    jobs.count_job(&job.message_id);
-                    serde_json::to_writer(&mut out, &job)
-                        .map_err(|e| spool_error(std::io::Error::other(e)))?;
-                    out.write_all(b"\n").map_err(spool_error)?;
-                }
+                Ok(job) if !seen.insert(id_bits(&job.message_id)) => bad.add(format!(
+                    "source {:?} line {}: duplicate id {:?}",
+                    source.name, row.line, job.target.id
+                )),
+                Ok(job) => sink(&job)?,
             }
         }
-        jobs.sources.push(reader.finish(location));
+        read.push(reader.finish(location));
     }
-    out.flush().map_err(spool_error)?;
     if bad.count > 0 {
         return Err(ListError::BadRows {
             count: bad.count,
             named: bad.named,
         });
     }
-    jobs.spool = Some(spool);
-    Ok(jobs)
+    Ok(read)
 }
 
 /// The message IDs of every job of run `run_id` (literal targets, then each source's rows in
 /// order), read from the sources as they are now: what `fanout run` checks each job's end
-/// against. Rows without a usable ID are left out (the tick refuses them).
+/// against.
 pub fn message_ids(config: &PipelineConfig, run_id: &str) -> Result<Vec<String>, ListError> {
     let mut ids: Vec<String> = config
         .targets
         .iter()
         .map(|t| message_id(run_id, &t.id))
         .collect();
-    for source in &config.sources {
-        let unreadable = |reason: String| ListError::Unreadable {
-            name: source.name.clone(),
-            location: source.location.clone().unwrap_or_else(|| "inline".into()),
-            reason,
-        };
-        let rows: Box<dyn Iterator<Item = Result<Row, ReadError>>> =
-            match source.location(&config.base_dir).map_err(unreadable)? {
-                Location::Inline => Box::new(source.rows.iter().flatten().map(|values| {
-                    Ok(Row {
-                        line: 0,
-                        values: values.clone(),
-                    })
-                })),
-                Location::File(path) => file_rows(source, &path).map_err(unreadable)?,
-            };
-        for row in rows.flatten() {
-            if let Ok(row_id) = sources::row_id(&row.values, &source.id_field) {
-                ids.push(message_id(run_id, &sources::job_id(&source.name, &row_id)));
-            }
-        }
-    }
+    let tick = TickValues {
+        run_id: run_id.to_owned(),
+        ..TickValues::default()
+    };
+    read_sources(config, &tick, Utc::now(), None, |job| {
+        ids.push(job.message_id.clone());
+        Ok(())
+    })?;
     Ok(ids)
+}
+
+/// What the next tick would call from one source: where it reads, how many rows, and the
+/// calls of the first `limit` rows (all with `None`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    /// What the source gave.
+    #[serde(flatten)]
+    pub read: SourceRead,
+    /// The rendered calls.
+    pub calls: Vec<fanout_shared::JobTarget>,
+}
+
+/// [`Preview`] of every source (or only `only`), rendered with `tick`'s values; fails as the
+/// tick would (bad rows, an unreadable source).
+pub fn preview(
+    config: &PipelineConfig,
+    tick: &TickValues,
+    only: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<Preview>, ListError> {
+    let mut calls: BTreeMap<String, Vec<fanout_shared::JobTarget>> = BTreeMap::new();
+    let read = read_sources(config, tick, Utc::now(), only, |job| {
+        let source = job.target.id.split('/').next().unwrap_or_default();
+        let kept = calls.entry(source.to_owned()).or_default();
+        if limit.is_none_or(|n| kept.len() < n) {
+            kept.push(job.target.clone());
+        }
+        Ok(())
+    })?;
+    Ok(read
+        .into_iter()
+        .map(|read| Preview {
+            calls: calls.remove(&read.name).unwrap_or_default(),
+            read,
+        })
+        .collect())
 }
 
 /// The rows of a file source, streamed.
