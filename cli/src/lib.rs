@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`args`]: the command line's definitions (clap).
-//! - [`commands`]: what each command does: dispatch and exit codes.
+//! - [`commands`]: what each command does, one function each, and the dispatch to them.
+//! - `input`: the checks of flags and configs every command shares (bad input: exit 2).
+//! - `failure`: why a command failed, and its exit code.
 //! - [`run`]: produce a tick, drain the queue, settle every job.
 //! - [`event_source`]: the local stand-in for the Lambda SQS event source mapping.
 //! - [`backend`]: the embedded state file or SNS/SQS/DynamoDB.
@@ -28,7 +30,9 @@ pub mod commands;
 pub mod demo;
 pub mod dlq;
 pub mod event_source;
+mod failure;
 pub mod hosts;
+mod input;
 pub mod provision;
 pub mod report;
 pub mod run;

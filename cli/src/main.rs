@@ -5,5 +5,5 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     fanout_shared::logging::init_human();
-    fanout::commands::main(fanout::commands::Cli::parse()).await
+    fanout::commands::main(fanout::args::Cli::parse()).await
 }

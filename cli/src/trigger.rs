@@ -20,7 +20,9 @@ use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::{BackendError, IdempotencyStore, Queue};
 
-use crate::commands::{load_config, seconds, Cli, Failure};
+use crate::args::Cli;
+use crate::failure::Failure;
+use crate::input::{load_config, seconds};
 use crate::settle::{settle, Settlement};
 use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_RULE_ARN};
 
@@ -263,9 +265,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let outputs = StackOutputs::describe(&sdk, stack).await?;
     let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
     if args.watchdog {
-        let answer = invoke(&sdk, &function, &json!({"watchdog": true}))
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await?;
         let answer: Value = serde_json::from_str(&answer)
             .map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
         if args.json {
@@ -280,9 +280,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     }
     let event = event_for(args, &rule).map_err(Failure::BadInput)?;
     let started = Instant::now();
-    let answer = invoke_producer(&sdk, &function, &event)
-        .await
-        .map_err(|e| Failure::Other(e.to_string()))?;
+    let answer = invoke_producer(&sdk, &function, &event).await?;
     let outcome = match (args.wait, &config, &args.config) {
         (true, Some(config), Some(path)) => {
             if answer.jobs != config.targets.len() {
