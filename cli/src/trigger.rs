@@ -13,9 +13,10 @@ use aws_sdk_lambda::error::DisplayErrorContext;
 use aws_sdk_lambda::primitives::Blob;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use fanout_producer::{Summary, WatchdogAnswer};
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::{BackendError, IdempotencyStore, Queue};
@@ -86,23 +87,6 @@ pub enum TriggerError {
     },
 }
 
-/// What the producer answers: its tick summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProducerAnswer {
-    /// The run ID the producer derived from the event.
-    pub run_id: String,
-    /// Jobs built (one per target of the deployed config).
-    pub jobs: usize,
-    /// Jobs published.
-    pub published: usize,
-    /// Jobs that could not be published.
-    pub failed: usize,
-    /// `PublishBatch` calls.
-    pub publish_calls: u64,
-    /// The producer's own time for the tick.
-    pub elapsed_ms: u64,
-}
-
 /// The EventBridge "Scheduled Event" that the rule `rule_arn` sends for `time`: the producer
 /// derives the run ID from the rule's name and the time, exactly as for a scheduled tick.
 pub(crate) fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
@@ -126,7 +110,7 @@ pub(crate) async fn invoke_producer(
     sdk: &aws_config::SdkConfig,
     function: &str,
     event: &Value,
-) -> Result<ProducerAnswer, TriggerError> {
+) -> Result<Summary, TriggerError> {
     let answer = invoke(sdk, function, event).await?;
     serde_json::from_str(&answer).map_err(|e| TriggerError::Answer {
         function: function.to_owned(),
@@ -266,14 +250,15 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
     if args.watchdog {
         let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await?;
-        let answer: Value = serde_json::from_str(&answer)
+        let answer: WatchdogAnswer = serde_json::from_str(&answer)
             .map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
         if args.json {
-            println!("{answer}");
+            // Through a `Value`, as the tick's answer below: its keys print sorted.
+            println!("{}", serde_json::to_value(answer).unwrap_or_default());
         } else {
             println!(
                 "watchdog: finished {} runs, put {} completion events, {} runs overdue",
-                answer["finished"], answer["events_sent"], answer["overdue"]
+                answer.finished, answer.events_sent, answer.overdue
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -329,10 +314,14 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
 }
 
 /// The human summary of a trigger.
-pub fn describe(answer: &ProducerAnswer, outcome: Option<&TickOutcome>) -> String {
+pub fn describe(answer: &Summary, outcome: Option<&TickOutcome>) -> String {
     let mut text = format!(
         "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)\n",
-        answer.run_id, answer.published, answer.jobs, answer.publish_calls, answer.elapsed_ms
+        answer.run_id,
+        answer.published,
+        answer.jobs,
+        answer.publish_calls,
+        answer.elapsed.as_millis()
     );
     if let Some(o) = outcome {
         let dead: usize = o.dead_lettered.values().sum();
