@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fanout::backend::aws_with;
-use fanout::stack::StackOutputs;
+use fanout::{aws_with, StackOutputs};
 use fanout_shared::job::JobMessage;
 use fanout_shared::PipelineConfig;
 use fanout_testkit::target_server::TargetServer;

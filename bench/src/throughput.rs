@@ -32,7 +32,7 @@ pub async fn drain_child(
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(state, duplicate_rate)?;
     let run_id = "bench-drain";
-    let produced = fanout::run::produce_tick(&config, &pipeline, run_id)
+    let produced = fanout::produce_tick(&config, &pipeline, run_id)
         .await
         .map_err(|e| e.to_string())?;
     let mut options = cli_options(concurrency);
@@ -42,7 +42,7 @@ pub async fn drain_child(
     options.event_source.visibility_timeout = Duration::from_secs(30);
     let started_ms = fanout_shared::now_ms();
     let cpu = cpu_seconds();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+    let outcome = fanout::consume(&config, &pipeline, &options, produced.jobs as u64)
         .await
         .map_err(|e| e.to_string())?;
     let cpu_s = cpu_seconds() - cpu;
@@ -51,7 +51,7 @@ pub async fn drain_child(
         .iter()
         .map(|t| message_id(run_id, &t.id))
         .collect();
-    let settlement = fanout::settle::settle(
+    let settlement = fanout::settle(
         &ids,
         pipeline.store.as_ref(),
         pipeline.dlq.as_ref(),

@@ -4,9 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fanout::backend::Pipeline;
-use fanout::event_source::{to_event, EventSourceOptions};
-use fanout::run::RunOptions;
+use fanout::{to_event, EventSourceOptions, Pipeline, RunOptions};
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::PipelineConfig;
 
@@ -36,7 +34,7 @@ pub fn cli_options(concurrency: usize) -> RunOptions {
 
 /// An embedded pipeline on a state file (`:memory:` for none), as `fanout run` opens it.
 pub fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
-    let settings = fanout::backend::EmbeddedSettings {
+    let settings = fanout::EmbeddedSettings {
         state: state.to_owned(),
         max_receive_count: Some(5),
         duplicates: Duplicates {
@@ -44,7 +42,7 @@ pub fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
             ..Duplicates::default()
         },
     };
-    fanout::backend::embedded(&settings).map_err(|e| e.to_string())
+    fanout::embedded(&settings).map_err(|e| e.to_string())
 }
 
 /// Publishes one tick of `config` and writes the SQS events Lambda would deliver for it, in
@@ -55,7 +53,7 @@ pub async fn write_events(
     path: &Path,
 ) -> Result<usize, String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    fanout::run::produce_tick(config, &pipeline, "bench-events")
+    fanout::produce_tick(config, &pipeline, "bench-events")
         .await
         .map_err(|e| e.to_string())?;
     let mut out = std::io::BufWriter::new(

@@ -21,7 +21,7 @@ pub(crate) const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 
 /// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
 /// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.
-pub fn pipeline_name(stack: Option<&str>) -> String {
+pub(crate) fn pipeline_name(stack: Option<&str>) -> String {
     std::env::var("FANOUT_PIPELINE")
         .ok()
         .filter(|p| !p.is_empty())

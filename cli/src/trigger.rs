@@ -29,7 +29,7 @@ use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_RULE_ARN};
 
 /// `fanout trigger`.
 #[derive(Debug, Args)]
-pub struct TriggerArgs {
+pub(crate) struct TriggerArgs {
     /// The tick's scheduled time (RFC 3339; default: now, to the second). Giving a past tick's
     /// time re-runs that tick: same run ID, same message IDs, so settled jobs are skipped.
     #[arg(long, conflicts_with = "run_id")]
@@ -58,7 +58,7 @@ pub struct TriggerArgs {
 
 /// Why a trigger failed.
 #[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
+pub(crate) enum TriggerError {
     /// The Invoke call failed (no such function, credentials, network).
     #[error("invoking {function}: {message}")]
     Invoke {
@@ -160,7 +160,7 @@ async fn invoke(
 
 /// Where a tick's jobs ended up after `--wait`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TickOutcome {
+pub(crate) struct TickOutcome {
     /// Every job succeeded or reached the DLQ.
     pub settled: bool,
     /// Jobs whose call succeeded.
@@ -314,7 +314,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
 }
 
 /// The human summary of a trigger.
-pub fn describe(answer: &Summary, outcome: Option<&TickOutcome>) -> String {
+pub(crate) fn describe(answer: &Summary, outcome: Option<&TickOutcome>) -> String {
     let mut text = format!(
         "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)\n",
         answer.run_id,

@@ -6,9 +6,7 @@ pub mod local_cloud;
 
 use std::time::Duration;
 
-use fanout::backend::{self, EmbeddedSettings, Pipeline};
-use fanout::event_source::EventSourceOptions;
-use fanout::run::RunOptions;
+use fanout::{EmbeddedSettings, EventSourceOptions, Pipeline, RunOptions};
 use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::PipelineConfig;
@@ -68,7 +66,7 @@ pub fn embedded_pipeline(max_receive_count: u32, duplicates: Duplicates) -> Pipe
         max_receive_count: Some(max_receive_count),
         duplicates,
     };
-    backend::embedded(&settings).expect("in-memory backend opens")
+    fanout::embedded(&settings).expect("in-memory backend opens")
 }
 
 /// Fast local options: short invocations; the visibility timeout covers one invocation, as the

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use fanout::backend::{aws_with, Pipeline};
-use fanout::stack::StackOutputs;
+use fanout::{aws_with, Pipeline, StackOutputs};
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::PipelineConfig;
