@@ -16,7 +16,7 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded};
 
 /// Runs per scenario within `fanout-bench all` (about 3.5 min per run of all five).
-pub const RUNS_IN_ALL: usize = 1;
+pub(crate) const RUNS_IN_ALL: usize = 1;
 
 /// What one scenario run measured.
 struct Run {
@@ -101,7 +101,7 @@ fn values(runs: &[Run], f: impl Fn(&Run) -> f64) -> Vec<f64> {
 }
 
 /// Runs figure 7, every scenario `runs` times.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let runs = runs.max(1);
     let mut figures = Vec::new();
     let mut run_lines = Vec::new();

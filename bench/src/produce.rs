@@ -60,7 +60,7 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
 }
 
 /// Runs figure 4, `runs` times each.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let scratch = Scratch::new("produce")?;
     let (mut seconds, mut calls) = (Vec::new(), Vec::new());
     for run in 0..runs {

@@ -138,7 +138,7 @@ fn host_of(base_url: &str) -> String {
 }
 
 /// Runs figure 1, `runs` times each.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let (mut wall, mut peak, mut last) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (w, p, l) = global_run().await?;

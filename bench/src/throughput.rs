@@ -17,12 +17,12 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded, ok_targets, Scratch};
 
 /// Jobs per drain.
-pub const JOBS: usize = 20_000;
+pub(crate) const JOBS: usize = 20_000;
 /// Concurrent invocations.
-pub const CONCURRENCY: usize = 8;
+pub(crate) const CONCURRENCY: usize = 8;
 
 /// `fanout-bench drain`: one measured drain, run in its own process. Prints [`ProcessStats`].
-pub async fn drain_child(
+pub(crate) async fn drain_child(
     target: &str,
     jobs: usize,
     duplicate_rate: f64,
@@ -154,7 +154,7 @@ async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>, Vec<Drain>), St
 }
 
 /// Figures 2 and 6 from the same interleaved runs.
-pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
+pub(crate) async fn sections(runs: usize) -> Result<(Section, Section), String> {
     let (plain, duplicated, in_memory) = measure(runs).await?;
     let mem_jps: Vec<f64> = in_memory.iter().map(|d| d.stats.jobs_per_s()).collect();
     let mem_cpu: Vec<f64> = in_memory.iter().map(|d| d.stats.cpu_us_per_job()).collect();

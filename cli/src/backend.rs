@@ -50,6 +50,13 @@ pub struct Pipeline {
     pub events: Arc<dyn EventBus>,
 }
 
+/// Opaque: the resources are trait objects.
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
 impl Pipeline {
     /// The consumer's backends in this pipeline.
     pub fn consumer_backends(&self) -> fanout_consumer::Backends {

@@ -27,7 +27,7 @@
 //! - `hosts`: `fanout hosts`, the fleet's shared host states and the operator's pause, resume
 //!   and runtime budget.
 
-#![warn(missing_docs, unreachable_pub)]
+#![warn(missing_docs)]
 
 mod args;
 mod backend;

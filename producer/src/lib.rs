@@ -10,7 +10,7 @@
 //! The Lambda binary (`main.rs`) loads the config, builds the clients and calls [`produce`] for
 //! a scheduled tick, or [`watchdog`] for the watchdog's periodic invocation.
 
-#![warn(missing_docs, unreachable_pub)]
+#![warn(missing_docs)]
 
 mod answer;
 mod ledger;

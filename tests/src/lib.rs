@@ -95,6 +95,15 @@ pub struct Moto {
     pub endpoint: String,
 }
 
+/// Where it serves.
+impl std::fmt::Debug for Moto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moto")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Moto {
     /// Starts moto from the project venv (`scripts/setup-emulator`), serving one request at a
     /// time (`tests/emulator/moto_serial.py` says why). `None`, with a loud message, if the venv
@@ -188,7 +197,7 @@ pub fn fanout_bin() -> std::path::PathBuf {
 
 /// An event bus that records every event it is given (and passes nothing on): tests count
 /// completion events with it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RecordingBus {
     events: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
 }

@@ -2,6 +2,8 @@
 //! after the target is fixed run once more and succeed once; dry runs and filters move exactly
 //! what they say; replaying twice, or being killed half way, calls nothing twice.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::process::{Command, Stdio};
 use std::time::Duration;

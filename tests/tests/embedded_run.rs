@@ -1,5 +1,7 @@
 //! `fanout run` on the embedded backend against a local target server (issue #3's tests).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
 use fanout_shared::embedded::Duplicates;

@@ -3,6 +3,8 @@
 //!
 //! Each test prints its figures (`-- --nocapture`).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::{Duration, Instant};
 
 use fanout::RunOptions;

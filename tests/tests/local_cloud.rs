@@ -8,6 +8,8 @@
 //! python3 and npm (the script installs ministack and infra/node_modules); without them it fails,
 //! it never skips.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! (an attacker with publish access, or a producer on an older config), and redirects are
 //! followed across loopback hosts (127.0.0.1, .2 and .3 are distinct hosts to the consumer).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
 use fanout::{peek_all, Pipeline};

@@ -1,5 +1,7 @@
 //! The AWS backend against a real emulator (moto server): SNS → SQS → consumer → DynamoDB.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::sync::Arc;
 use std::time::Duration;

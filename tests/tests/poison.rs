@@ -1,6 +1,8 @@
 //! Poison messages in the job queue, through the local event source: each is received once,
 //! dead-lettered with its reason, and never retried, while a good job next to them succeeds.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! run; the same tick again; the schedule guard; the watchdog. (Counts under every fault are
 //! checked by `fault_injection.rs`, after a DLQ replay by `dlq.rs`, on DynamoDB by `moto.rs`.)
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
 use fanout_producer::Started;

@@ -5,6 +5,8 @@
 //!
 //! One test in this binary: it installs the process-wide log subscriber.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
