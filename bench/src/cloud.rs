@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fanout::backend::aws_with;
-use fanout::stack::StackOutputs;
+use fanout::{aws_with, StackOutputs};
 use fanout_shared::job::JobMessage;
 use fanout_shared::PipelineConfig;
 use fanout_testkit::target_server::TargetServer;
@@ -20,26 +19,26 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::Scratch;
 
 /// Jobs per tick and the stack's global budget (`ratePerSecond`).
-pub const JOBS: usize = 600;
+pub(crate) const JOBS: usize = 600;
 /// The stack's global budget, requests/s.
-pub const RATE: f64 = 200.0;
+pub(crate) const RATE: f64 = 200.0;
 /// The budget of the second series of clean ticks: 10/s per instance, so a 10-record batch
 /// lasts about a second.
-pub const SLOW_RATE: f64 = 50.0;
+pub(crate) const SLOW_RATE: f64 = 50.0;
 /// The stack's consumer `maxConcurrency` (its default).
-pub const CONCURRENCY: u32 = 5;
+pub(crate) const CONCURRENCY: u32 = 5;
 /// Both functions' memory (the stack's default), MB.
-pub const MEMORY_MB: f64 = 256.0;
+pub(crate) const MEMORY_MB: f64 = 256.0;
 const STACK: &str = "Bench";
 /// Share of the jobs delivered twice in the duplicates tick, and of the jobs whose first call
 /// fails (HTTP 500) in the transient tick.
-pub const DUPLICATE_SHARE: f64 = 0.3;
+pub(crate) const DUPLICATE_SHARE: f64 = 0.3;
 /// See [`DUPLICATE_SHARE`].
-pub const TRANSIENT_SHARE: f64 = 0.1;
+pub(crate) const TRANSIENT_SHARE: f64 = 0.1;
 
 /// One tick on the deployed stack, as measured.
 #[derive(Debug, Clone, Default)]
-pub struct Tick {
+pub(crate) struct Tick {
     /// What the tick was.
     pub name: String,
     /// The stack's global budget, requests/s.
@@ -70,7 +69,7 @@ pub struct Tick {
 
 /// Deploys, ticks, measures; `runs` clean ticks for the makespan, then one tick each with
 /// duplicates and transient failures for the costs.
-pub struct CloudRun {
+pub(crate) struct CloudRun {
     /// `scripts/local-cloud up` creating the stack, s, and its summary line.
     pub deploy: (f64, String),
     /// The same after a config change (update), s, and its summary line.
@@ -320,7 +319,7 @@ fn watchdog_ms(cloud: &LocalCloud) -> f64 {
 
 /// Deploys the stack, redeploys it after a config change, times the producer's cold start and
 /// runs the ticks.
-pub async fn measure(runs: usize) -> Result<CloudRun, String> {
+pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let proxy = CountingProxy::start().await?;
     let scratch = Scratch::new("cloud")?;
@@ -439,7 +438,7 @@ pub async fn measure(runs: usize) -> Result<CloudRun, String> {
 
 /// Figures 8 and 9 from a measured run; `cpu_us` is the Rust consumer's and the Python peer's
 /// CPU per job (figure 3).
-pub fn sections(run: &CloudRun, cpu_us: (f64, f64)) -> Vec<Section> {
+pub(crate) fn sections(run: &CloudRun, cpu_us: (f64, f64)) -> Vec<Section> {
     let clean = run.clean.last().unwrap_or(&run.duplicates);
     vec![
         section(run),

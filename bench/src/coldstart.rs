@@ -272,7 +272,7 @@ fn sizes(binary: &Path, scratch: &Scratch) -> Result<(u64, Option<u64>), String>
 }
 
 /// Runs figure 5: `runs` cold starts of each, interleaved.
-pub async fn section(
+pub(crate) async fn section(
     runs: usize,
     consumer: &Path,
     python: &Path,
@@ -335,7 +335,7 @@ pub async fn section(
 
 /// Runs figure 11: the consumer built with the workspace's `release` profile and with the
 /// `lambda-release` profile `scripts/package` uses, `runs` cold starts each, interleaved.
-pub async fn profile_section(
+pub(crate) async fn profile_section(
     runs: usize,
     release: &Path,
     packaged: &Path,

@@ -30,7 +30,7 @@ const PLATFORM_LOG_BYTES: f64 = 300.0;
 const MB_PER_VCPU: f64 = 1769.0;
 
 /// The price list, for the document.
-pub const PRICE_NOTES: &str = "Prices (AWS list prices, us-east-1, on-demand, no free tier, read 2026-11-22): Lambda $0.20 per 1M \
+pub(crate) const PRICE_NOTES: &str = "Prices (AWS list prices, us-east-1, on-demand, no free tier, read 2026-11-22): Lambda $0.20 per 1M \
      requests and $0.0000133334 per GB-s on arm64 (billed per ms); SQS standard $0.40 per 1M requests (a batch of up to 10 \
      small messages is one request; each 64 KB chunk is one); SNS standard $0.50 per 1M requests (PublishBatch of 10 small \
      messages is one request), deliveries to SQS free on the SNS side and counted here as one SQS request each; DynamoDB \
@@ -45,7 +45,7 @@ pub const PRICE_NOTES: &str = "Prices (AWS list prices, us-east-1, on-demand, no
 
 /// One line of a bill: what, how many per job, in what unit, and dollars per million jobs.
 #[derive(Debug, Clone)]
-pub struct Line {
+pub(crate) struct Line {
     /// The request or resource.
     pub item: String,
     /// Units per job.
@@ -83,7 +83,7 @@ const DYNAMODB_WRITES: [&str; 5] = [
 ];
 
 /// fanout's bill for one measured tick, line by line.
-pub fn fanout_bill(tick: &Tick) -> Vec<Line> {
+pub(crate) fn fanout_bill(tick: &Tick) -> Vec<Line> {
     let jobs = tick.jobs.max(1) as f64;
     let mut lines = Vec::new();
     for ((service, operation), tally) in &tick.counts {
@@ -146,7 +146,7 @@ pub fn fanout_bill(tick: &Tick) -> Vec<Line> {
 }
 
 /// Dollars per million jobs of a bill.
-pub fn total(lines: &[Line]) -> f64 {
+pub(crate) fn total(lines: &[Line]) -> f64 {
     lines.iter().map(|l| l.usd_per_million).sum()
 }
 
@@ -154,7 +154,7 @@ pub fn total(lines: &[Line]) -> f64 {
 /// invocations and logs; Powertools idempotency writes a record and completes it (2 WRU per job,
 /// 1 more per duplicate's refused write), and no run ledger or fleet state; its duration is
 /// fanout's measured one plus its extra CPU per job at the memory size's share of a vCPU.
-pub fn python_bill(tick: &Tick, rust_cpu_us: f64, python_cpu_us: f64) -> Vec<Line> {
+pub(crate) fn python_bill(tick: &Tick, rust_cpu_us: f64, python_cpu_us: f64) -> Vec<Line> {
     let jobs = tick.jobs.max(1) as f64;
     let duplicates = (tick.deliveries - tick.jobs) as f64 / jobs;
     let invocations = tick.invocations as f64;
@@ -214,7 +214,7 @@ pub fn python_bill(tick: &Tick, rust_cpu_us: f64, python_cpu_us: f64) -> Vec<Lin
 
 /// A Distributed Map shape: child type and items per child execution.
 #[derive(Debug, Clone, Copy)]
-pub struct MapShape {
+pub(crate) struct MapShape {
     /// Express (at-least-once) or standard (exactly-once) children.
     pub express: bool,
     /// Items per child execution (`ItemBatcher`), 1 without one.
@@ -227,7 +227,12 @@ pub struct MapShape {
 /// their duration (pacing at the same budget, with as many children at once as fanout has
 /// consumers) and the idempotency writes that at-least-once children need to call a target
 /// once. No Wait states for pacing and no Lambda: the cheapest it could be.
-pub fn map_bill(shape: MapShape, attempts_per_job: f64, concurrency: f64, rate: f64) -> Vec<Line> {
+pub(crate) fn map_bill(
+    shape: MapShape,
+    attempts_per_job: f64,
+    concurrency: f64,
+    rate: f64,
+) -> Vec<Line> {
     let children = 1.0 / shape.batch;
     let mut lines = vec![line(
         "parent: one transition per child execution",
@@ -296,7 +301,7 @@ fn rows(lines: &[Line]) -> Vec<String> {
 }
 
 /// Figure 9's section: fanout's bill per scenario, itemised, and the peers beside it.
-pub fn section(
+pub(crate) fn section(
     clean: &Tick,
     duplicates: &Tick,
     transient: &Tick,

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 /// What the requests of one service operation add up to.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// HTTP requests made.
     pub requests: u64,
     /// Billed units: DynamoDB read or write request units, EventBridge events, SNS/SQS
@@ -29,7 +29,7 @@ pub struct Tally {
 }
 
 /// Counts by `(service, operation)`.
-pub type Counts = BTreeMap<(String, String), Tally>;
+pub(crate) type Counts = BTreeMap<(String, String), Tally>;
 
 #[derive(Default)]
 struct Shared {
@@ -38,7 +38,7 @@ struct Shared {
 }
 
 /// The running proxy; stops when dropped.
-pub struct CountingProxy {
+pub(crate) struct CountingProxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     shared: Arc<Shared>,
@@ -53,7 +53,7 @@ impl Drop for CountingProxy {
 
 impl CountingProxy {
     /// Listens on a free port of 127.0.0.1; forwards nothing until [`Self::set_upstream`].
-    pub async fn start() -> Result<Self, String> {
+    pub(crate) async fn start() -> Result<Self, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("proxy: {e}"))?;
@@ -84,7 +84,7 @@ impl CountingProxy {
     }
 
     /// Where requests go from now on, e.g. `http://127.0.0.1:4566`.
-    pub fn set_upstream(&self, url: &str) {
+    pub(crate) fn set_upstream(&self, url: &str) {
         *self
             .shared
             .upstream
@@ -93,7 +93,7 @@ impl CountingProxy {
     }
 
     /// The counts since the last call, which starts a new count.
-    pub fn take(&self) -> Counts {
+    pub(crate) fn take(&self) -> Counts {
         std::mem::take(
             &mut *self
                 .shared

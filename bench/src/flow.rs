@@ -1,6 +1,6 @@
 //! Figure 7, flow control (issue #12): the timings behind the scenarios of
 //! `tests/tests/flow_control.rs`, which asserts only their counts. Each scenario is one
-//! in-process `fanout::run::run` (produce one tick, then drain) on the embedded backend in
+//! in-process `fanout::run` (produce one tick, then drain) on the embedded backend in
 //! memory against a local target server; wall time is that whole call.
 //!
 //! The scenarios take 2–120 s each, so `fanout-bench all` runs them once ([`RUNS_IN_ALL`]);
@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout::run::RunOptions;
+use fanout::RunOptions;
 use fanout_shared::config::RateLimit;
 use fanout_testkit::target_server::TargetServer;
 
@@ -16,7 +16,7 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded};
 
 /// Runs per scenario within `fanout-bench all` (about 3.5 min per run of all five).
-pub const RUNS_IN_ALL: usize = 1;
+pub(crate) const RUNS_IN_ALL: usize = 1;
 
 /// What one scenario run measured.
 struct Run {
@@ -46,7 +46,7 @@ async fn scenario(
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let started = Instant::now();
     let (summary, outcome) =
-        fanout::run::run(&config, &pipeline, &format!("bench-flow-{name}"), &options)
+        fanout::run(&config, &pipeline, &format!("bench-flow-{name}"), &options)
             .await
             .map_err(|e| format!("{name}: {e}"))?;
     let wall_s = started.elapsed().as_secs_f64();
@@ -101,7 +101,7 @@ fn values(runs: &[Run], f: impl Fn(&Run) -> f64) -> Vec<f64> {
 }
 
 /// Runs figure 7, every scenario `runs` times.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let runs = runs.max(1);
     let mut figures = Vec::new();
     let mut run_lines = Vec::new();
@@ -289,7 +289,7 @@ pub async fn section(runs: usize) -> Result<Section, String> {
         command: "target/release/fanout-bench flow".into(),
         workload: format!(
             "The scenarios of issue #12, as `tests/tests/flow_control.rs` runs them (that file asserts their counts; \
-             the timings are here): each is one `fanout::run::run` in process (one tick produced, then drained) on the \
+             the timings are here): each is one `fanout::run` in process (one tick produced, then drained) on the \
              embedded backend in memory against a local target server, budget burst 1, batches of 10, the `fanout run` \
              defaults otherwise (concurrency 4, 3 s visibility and function timeouts, 5 receives); wall is that whole call. \
              (1) hidden limit: {HIDDEN_N} jobs on `capped?rps=25` (the server answers 429 + Retry-After: 1 above 25/s), budget \

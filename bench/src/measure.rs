@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// What a measured child reports on its last stdout line, as JSON. The Python peer's driver
 /// prints the same fields.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     /// Distinct jobs handled.
     pub jobs: u64,
     /// Wall time of the measured part, seconds.
@@ -33,12 +33,12 @@ pub struct ProcessStats {
 
 impl ProcessStats {
     /// Jobs per second.
-    pub fn jobs_per_s(&self) -> f64 {
+    pub(crate) fn jobs_per_s(&self) -> f64 {
         self.jobs as f64 / self.wall_s.max(1e-9)
     }
 
     /// CPU microseconds per job.
-    pub fn cpu_us_per_job(&self) -> f64 {
+    pub(crate) fn cpu_us_per_job(&self) -> f64 {
         self.cpu_s * 1e6 / self.jobs.max(1) as f64
     }
 }
@@ -53,7 +53,7 @@ fn rusage() -> libc::rusage {
 }
 
 /// CPU time (user + system) this process has used, seconds.
-pub fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let u = rusage();
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(u.ru_utime) + secs(u.ru_stime)
@@ -62,12 +62,12 @@ pub fn cpu_seconds() -> f64 {
 /// Peak resident set size of this process, KiB: `VmHWM`, not `getrusage`'s `ru_maxrss`, which
 /// Linux carries over from the parent across fork and exec (a child of a 30 MiB orchestrator
 /// would report at least 30 MiB).
-pub fn max_rss_kb() -> u64 {
+pub(crate) fn max_rss_kb() -> u64 {
     peak_rss_of(std::process::id()).unwrap_or(0)
 }
 
 /// Peak resident set size of a running process, KiB (`VmHWM` in `/proc/PID/status`).
-pub fn peak_rss_of(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         l.strip_prefix("VmHWM:")?
@@ -81,7 +81,7 @@ pub fn peak_rss_of(pid: u32) -> Option<u64> {
 
 /// Resident memory of a running process that is file-backed (`RssFile`: its executable's and
 /// libraries' pages), KiB.
-pub fn file_rss_of(pid: u32) -> Option<u64> {
+pub(crate) fn file_rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         l.strip_prefix("RssFile:")?
@@ -94,7 +94,7 @@ pub fn file_rss_of(pid: u32) -> Option<u64> {
 }
 
 /// Runs `program args` to completion and parses its last stdout line as [`ProcessStats`].
-pub fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
+pub(crate) fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -120,6 +120,6 @@ pub fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String
 }
 
 /// This benchmark binary, to run itself as a measured child.
-pub fn this_exe() -> Result<std::path::PathBuf, String> {
+pub(crate) fn this_exe() -> Result<std::path::PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("own path: {e}"))
 }

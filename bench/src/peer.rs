@@ -19,12 +19,12 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{embedded, ok_targets, write_events, Scratch};
 
 /// Jobs in the events file.
-pub const JOBS: usize = 5_000;
+pub(crate) const JOBS: usize = 5_000;
 
 /// One consumer instance as the Lambda binary builds it, with embedded backends and the config
 /// the events were written from (`jobs` targets on `target`): the consumer only runs jobs its
 /// own config holds.
-pub fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
+pub(crate) fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let backends = pipeline.consumer_backends();
@@ -37,7 +37,7 @@ pub fn lambda_consumer(target: &str, jobs: usize) -> Result<Consumer, String> {
 
 /// `fanout-bench replay`: handles every event of `events` in order, as one Lambda instance
 /// would. Prints [`ProcessStats`].
-pub async fn replay_child(
+pub(crate) async fn replay_child(
     events: &Path,
     target: &str,
     jobs: usize,
@@ -127,13 +127,13 @@ fn cpu_medians(rust: &[ProcessStats], peer: &[ProcessStats]) -> (f64, f64) {
 
 /// CPU µs per job of the Rust consumer and of the Python peer (medians of 3 pairs), for the
 /// cost figure when it runs alone.
-pub async fn cpu_per_job(python: &Path, peer_dir: &Path) -> Result<(f64, f64), String> {
+pub(crate) async fn cpu_per_job(python: &Path, peer_dir: &Path) -> Result<(f64, f64), String> {
     let (rust, peer, _) = measure(3, python, peer_dir).await?;
     Ok(cpu_medians(&rust, &peer))
 }
 
 /// Runs figure 3, `runs` pairs; also returns the CPU µs per job of both (Rust, Python).
-pub async fn section(
+pub(crate) async fn section(
     runs: usize,
     python: &Path,
     peer_dir: &Path,

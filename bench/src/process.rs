@@ -60,7 +60,7 @@ fn one(
 }
 
 /// Runs figure 10, `runs` times per size, interleaved.
-pub async fn section(runs: usize, fanout: &Path) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize, fanout: &Path) -> Result<Section, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
     let mut results = vec![(Vec::new(), Vec::new()); SIZES.len()];
     for run in 0..runs {

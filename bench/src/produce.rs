@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use fanout::backend::aws_with;
-use fanout::provision::provision;
+use fanout::{aws_with, provision};
 use fanout_tests::Moto;
 
 use crate::measure::cpu_seconds;
@@ -18,7 +17,7 @@ const MOTO_TARGETS: usize = 500;
 async fn embedded_tick(scratch: &Scratch, run: usize) -> Result<(f64, u64), String> {
     let config = ok_targets("https://api.example.com", EMBEDDED_TARGETS, None);
     let pipeline = embedded(&scratch.join(&format!("produce-{run}.db")), 0.0)?;
-    let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-produce-{run}"))
+    let summary = fanout::produce_tick(&config, &pipeline, &format!("bench-produce-{run}"))
         .await
         .map_err(|e| e.to_string())?;
     if summary.published != EMBEDDED_TARGETS {
@@ -43,7 +42,7 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
             .map_err(|e| e.to_string())?;
         let pipeline = aws_with(&sdk, &names);
         let (cpu, started) = (cpu_seconds(), Instant::now());
-        let summary = fanout::run::produce_tick(&config, &pipeline, &format!("bench-moto-{run}"))
+        let summary = fanout::produce_tick(&config, &pipeline, &format!("bench-moto-{run}"))
             .await
             .map_err(|e| e.to_string())?;
         let wall = started.elapsed().as_secs_f64();
@@ -61,7 +60,7 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
 }
 
 /// Runs figure 4, `runs` times each.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let scratch = Scratch::new("produce")?;
     let (mut seconds, mut calls) = (Vec::new(), Vec::new());
     for run in 0..runs {

@@ -27,11 +27,11 @@ async fn global_run() -> Result<(f64, f64, f64), String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let mut options = cli_options(CONCURRENCY);
     options.rate_override = Some(RATE);
-    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-rate")
+    let produced = fanout::produce_tick(&config, &pipeline, "bench-rate")
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+    let outcome = fanout::consume(&config, &pipeline, &options, produced.jobs as u64)
         .await
         .map_err(|e| e.to_string())?;
     let last_call = server
@@ -102,11 +102,11 @@ async fn hosts_run() -> Result<(Vec<(f64, f64)>, f64), String> {
         .collect::<BTreeMap<_, _>>();
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let options = cli_options(CONCURRENCY);
-    let produced = fanout::run::produce_tick(&config, &pipeline, "bench-hosts")
+    let produced = fanout::produce_tick(&config, &pipeline, "bench-hosts")
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+    let outcome = fanout::consume(&config, &pipeline, &options, produced.jobs as u64)
         .await
         .map_err(|e| e.to_string())?;
     let mut per_host = Vec::new();
@@ -138,7 +138,7 @@ fn host_of(base_url: &str) -> String {
 }
 
 /// Runs figure 1, `runs` times each.
-pub async fn section(runs: usize) -> Result<Section, String> {
+pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let (mut wall, mut peak, mut last) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (w, p, l) = global_run().await?;

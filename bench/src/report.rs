@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 /// Whether a figure meets its goal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Meets the goal.
     Pass,
     /// Misses the goal.
@@ -16,7 +16,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// `Pass` when `ok`, else `Short`.
-    pub fn of(ok: bool) -> Self {
+    pub(crate) fn of(ok: bool) -> Self {
         if ok {
             Verdict::Pass
         } else {
@@ -35,7 +35,7 @@ impl Verdict {
 
 /// One measured figure.
 #[derive(Debug, Clone)]
-pub struct Figure {
+pub(crate) struct Figure {
     /// What was measured.
     pub name: String,
     /// The median (or the single value), formatted.
@@ -48,7 +48,7 @@ pub struct Figure {
 
 impl Figure {
     /// A figure with a goal.
-    pub fn goal(name: &str, value: String, goal: &str, ok: bool) -> Self {
+    pub(crate) fn goal(name: &str, value: String, goal: &str, ok: bool) -> Self {
         Self {
             name: name.to_owned(),
             value,
@@ -58,7 +58,7 @@ impl Figure {
     }
 
     /// A context figure without a goal.
-    pub fn info(name: &str, value: String) -> Self {
+    pub(crate) fn info(name: &str, value: String) -> Self {
         Self {
             name: name.to_owned(),
             value,
@@ -70,7 +70,7 @@ impl Figure {
 
 /// One benchmark's results: its figures, the command that reproduces it, per-run values and notes.
 #[derive(Debug, Clone, Default)]
-pub struct Section {
+pub(crate) struct Section {
     /// Heading, e.g. "1. Rate accuracy".
     pub title: String,
     /// The exact command that reproduces this section alone.
@@ -87,7 +87,7 @@ pub struct Section {
 
 impl Section {
     /// The section as markdown.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "## {}\n", self.title);
         let _ = writeln!(out, "{}\n", self.workload);
@@ -125,7 +125,7 @@ fn table(figures: &[Figure]) -> String {
 }
 
 /// The whole `BENCHMARKS.md`: header, summary of every goal, then each section.
-pub fn document(sections: &[Section], machine: &str, wall_s: f64) -> String {
+pub(crate) fn document(sections: &[Section], machine: &str, wall_s: f64) -> String {
     let mut out = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         out,
@@ -169,7 +169,7 @@ pub fn document(sections: &[Section], machine: &str, wall_s: f64) -> String {
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -181,7 +181,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// `values` formatted with `decimals`, comma-separated, for the "Runs" lines.
-pub fn list(values: &[f64], decimals: usize) -> String {
+pub(crate) fn list(values: &[f64], decimals: usize) -> String {
     values
         .iter()
         .map(|v| format!("{v:.decimals$}"))
@@ -190,7 +190,7 @@ pub fn list(values: &[f64], decimals: usize) -> String {
 }
 
 /// CPU, cores, memory, kernel and toolchain of this machine, in one line.
-pub fn machine(python: &std::path::Path) -> String {
+pub(crate) fn machine(python: &std::path::Path) -> String {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo

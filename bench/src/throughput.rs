@@ -17,12 +17,12 @@ use crate::report::{list, median, Figure, Section};
 use crate::workload::{cli_options, embedded, ok_targets, Scratch};
 
 /// Jobs per drain.
-pub const JOBS: usize = 20_000;
+pub(crate) const JOBS: usize = 20_000;
 /// Concurrent invocations.
-pub const CONCURRENCY: usize = 8;
+pub(crate) const CONCURRENCY: usize = 8;
 
 /// `fanout-bench drain`: one measured drain, run in its own process. Prints [`ProcessStats`].
-pub async fn drain_child(
+pub(crate) async fn drain_child(
     target: &str,
     jobs: usize,
     duplicate_rate: f64,
@@ -32,7 +32,7 @@ pub async fn drain_child(
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(state, duplicate_rate)?;
     let run_id = "bench-drain";
-    let produced = fanout::run::produce_tick(&config, &pipeline, run_id)
+    let produced = fanout::produce_tick(&config, &pipeline, run_id)
         .await
         .map_err(|e| e.to_string())?;
     let mut options = cli_options(concurrency);
@@ -42,7 +42,7 @@ pub async fn drain_child(
     options.event_source.visibility_timeout = Duration::from_secs(30);
     let started_ms = fanout_shared::now_ms();
     let cpu = cpu_seconds();
-    let outcome = fanout::run::consume(&config, &pipeline, &options, produced.jobs as u64)
+    let outcome = fanout::consume(&config, &pipeline, &options, produced.jobs as u64)
         .await
         .map_err(|e| e.to_string())?;
     let cpu_s = cpu_seconds() - cpu;
@@ -51,7 +51,7 @@ pub async fn drain_child(
         .iter()
         .map(|t| message_id(run_id, &t.id))
         .collect();
-    let settlement = fanout::settle::settle(
+    let settlement = fanout::settle(
         &ids,
         pipeline.store.as_ref(),
         pipeline.dlq.as_ref(),
@@ -154,7 +154,7 @@ async fn measure(runs: usize) -> Result<(Vec<Drain>, Vec<Drain>, Vec<Drain>), St
 }
 
 /// Figures 2 and 6 from the same interleaved runs.
-pub async fn sections(runs: usize) -> Result<(Section, Section), String> {
+pub(crate) async fn sections(runs: usize) -> Result<(Section, Section), String> {
     let (plain, duplicated, in_memory) = measure(runs).await?;
     let mem_jps: Vec<f64> = in_memory.iter().map(|d| d.stats.jobs_per_s()).collect();
     let mem_cpu: Vec<f64> = in_memory.iter().map(|d| d.stats.cpu_us_per_job()).collect();

@@ -4,20 +4,18 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fanout::backend::Pipeline;
-use fanout::event_source::{to_event, EventSourceOptions};
-use fanout::run::RunOptions;
+use fanout::{to_event, EventSourceOptions, Pipeline, RunOptions};
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::PipelineConfig;
 
 /// `n` targets answering 200 at once, on `base_url`, under an optional global budget.
-pub fn ok_targets(base_url: &str, n: usize, rate: Option<f64>) -> PipelineConfig {
+pub(crate) fn ok_targets(base_url: &str, n: usize, rate: Option<f64>) -> PipelineConfig {
     let paths: Vec<String> = (0..n).map(|i| format!("ok/{i}")).collect();
     fanout_tests::config_for(base_url, &paths, rate)
 }
 
 /// The `fanout run` defaults (README "The `fanout` command"), with `concurrency` invocations.
-pub fn cli_options(concurrency: usize) -> RunOptions {
+pub(crate) fn cli_options(concurrency: usize) -> RunOptions {
     RunOptions {
         event_source: EventSourceOptions {
             concurrency,
@@ -35,8 +33,8 @@ pub fn cli_options(concurrency: usize) -> RunOptions {
 }
 
 /// An embedded pipeline on a state file (`:memory:` for none), as `fanout run` opens it.
-pub fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
-    let settings = fanout::backend::EmbeddedSettings {
+pub(crate) fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
+    let settings = fanout::EmbeddedSettings {
         state: state.to_owned(),
         max_receive_count: Some(5),
         duplicates: Duplicates {
@@ -44,18 +42,18 @@ pub fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
             ..Duplicates::default()
         },
     };
-    fanout::backend::embedded(&settings).map_err(|e| e.to_string())
+    fanout::embedded(&settings).map_err(|e| e.to_string())
 }
 
 /// Publishes one tick of `config` and writes the SQS events Lambda would deliver for it, in
 /// batches of `batch_size`, one JSON event per line. Returns the number of events.
-pub async fn write_events(
+pub(crate) async fn write_events(
     config: &PipelineConfig,
     batch_size: u32,
     path: &Path,
 ) -> Result<usize, String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    fanout::run::produce_tick(config, &pipeline, "bench-events")
+    fanout::produce_tick(config, &pipeline, "bench-events")
         .await
         .map_err(|e| e.to_string())?;
     let mut out = std::io::BufWriter::new(
@@ -81,20 +79,20 @@ pub async fn write_events(
 }
 
 /// A scratch directory under the system temp dir, removed when dropped.
-pub struct Scratch {
+pub(crate) struct Scratch {
     path: PathBuf,
 }
 
 impl Scratch {
     /// Creates `fanout-bench-<pid>-<name>`.
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub(crate) fn new(name: &str) -> Result<Self, String> {
         let path = std::env::temp_dir().join(format!("fanout-bench-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self { path })
     }
 
     /// A path inside the directory.
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 }

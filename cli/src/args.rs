@@ -24,7 +24,7 @@ pub struct Cli {
         default_value = "embedded",
         env = "FANOUT_BACKEND"
     )]
-    pub backend: BackendKind,
+    pub(crate) backend: BackendKind,
     /// Embedded state file (`:memory:` for a throwaway run).
     #[arg(
         long,
@@ -32,18 +32,18 @@ pub struct Cli {
         default_value = ".fanout/local.db",
         env = "FANOUT_STATE"
     )]
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
     /// AWS resource names (the `--backend aws` commands).
     #[command(flatten)]
-    pub aws: AwsArgs,
+    pub(crate) aws: AwsArgs,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// One SQLite file on this machine.
     Embedded,
     /// SNS, SQS and DynamoDB through the standard AWS SDK configuration.
@@ -52,23 +52,23 @@ pub enum BackendKind {
 
 /// Names of the AWS resources (`--backend aws`).
 #[derive(Debug, Args)]
-pub struct AwsArgs {
+pub(crate) struct AwsArgs {
     /// SNS topic ARN.
     #[arg(long, global = true, env = "FANOUT_TOPIC_ARN")]
-    pub topic_arn: Option<String>,
+    pub(crate) topic_arn: Option<String>,
     /// SQS job queue URL.
     #[arg(long, global = true, env = "FANOUT_QUEUE_URL")]
-    pub queue_url: Option<String>,
+    pub(crate) queue_url: Option<String>,
     /// SQS dead-letter queue URL.
     #[arg(long, global = true, env = "FANOUT_DLQ_URL")]
-    pub dlq_url: Option<String>,
+    pub(crate) dlq_url: Option<String>,
     /// DynamoDB idempotency table.
     #[arg(long, global = true, env = "FANOUT_TABLE_NAME")]
-    pub table_name: Option<String>,
+    pub(crate) table_name: Option<String>,
     /// CloudFormation stack whose outputs name topic, queue, DLQ and table (instead of the four
     /// above, which it overrides).
     #[arg(long, global = true, env = "FANOUT_STACK")]
-    pub stack: Option<String>,
+    pub(crate) stack: Option<String>,
 }
 
 impl AwsArgs {
@@ -79,7 +79,7 @@ impl AwsArgs {
 
     /// The four resources these flags (or `FANOUT_*` variables) name; `Err` lists every one
     /// missing, so the caller can say all of them at once.
-    pub fn names(&self) -> Result<ResourceNames, Vec<&'static str>> {
+    pub(crate) fn names(&self) -> Result<ResourceNames, Vec<&'static str>> {
         let given = [
             (&self.topic_arn, "FANOUT_TOPIC_ARN"),
             (&self.queue_url, "FANOUT_QUEUE_URL"),
@@ -106,7 +106,7 @@ impl AwsArgs {
 
 /// Commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Produce one tick, then consume until every job is settled.
     Run(RunArgs),
     /// Publish one tick (producer only).
@@ -144,7 +144,7 @@ pub enum Command {
 
 /// `fanout runs …`.
 #[derive(Debug, Subcommand)]
-pub enum RunsCommand {
+pub(crate) enum RunsCommand {
     /// The latest runs, newest first.
     List {
         /// How many runs.
@@ -166,7 +166,7 @@ pub enum RunsCommand {
 
 /// `fanout config …`.
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Validate a config and show what it would do.
     Check {
         /// The config file.
@@ -188,7 +188,7 @@ pub enum ConfigCommand {
 
 /// `fanout dlq …`.
 #[derive(Debug, Subcommand)]
-pub enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// What is in the DLQ, with each job's last error (reading does not consume anything).
     List {
         /// Which DLQ messages.
@@ -204,46 +204,46 @@ pub enum DlqCommand {
 
 /// Which DLQ messages a `dlq` command acts on (all given conditions hold).
 #[derive(Debug, Args, Clone)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only this target ID.
     #[arg(long)]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Only messages whose reason or last error contains this text (case-insensitive).
     #[arg(long)]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Only this target host.
     #[arg(long)]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Only this run ID.
     #[arg(long)]
-    pub run: Option<String>,
+    pub(crate) run: Option<String>,
 }
 
 /// `fanout dlq replay`.
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// Which DLQ messages.
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub(crate) filter: FilterArgs,
     /// Show what would move; move nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Move at most this many messages.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max: Option<u64>,
+    pub(crate) max: Option<u64>,
     /// Move at most this many messages per second.
     #[arg(long)]
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// With an SQS move task (unfiltered replay on AWS): wait until it has finished.
     #[arg(long)]
-    pub wait: bool,
+    pub(crate) wait: bool,
     /// Seconds a message being moved stays hidden in the DLQ (a replay killed half way leaves
     /// its unmoved messages hidden this long).
     #[arg(long, default_value_t = 60.0)]
-    pub hold: f64,
+    pub(crate) hold: f64,
     /// Print the summary as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 impl FilterArgs {
@@ -260,82 +260,82 @@ impl FilterArgs {
 
 /// Settings of the local event source and the embedded queue.
 #[derive(Debug, Args, Clone)]
-pub struct LocalArgs {
+pub(crate) struct LocalArgs {
     /// Global outbound budget, requests/s (overrides the config).
     #[arg(long)]
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// Concurrent invocations (the event source's MaximumConcurrency).
     #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Records per invocation (1..=10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
-    pub batch_size: u32,
+    pub(crate) batch_size: u32,
     /// Receives before the embedded queue redrives a message to the DLQ (default: the state
     /// file's setting, 5 for a new one).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_receive_count: Option<u32>,
+    pub(crate) max_receive_count: Option<u32>,
     /// Fraction of messages the embedded topic delivers twice.
     #[arg(long, default_value_t = 0.0)]
-    pub duplicate_rate: f64,
+    pub(crate) duplicate_rate: f64,
     /// Seconds a received message stays hidden.
     #[arg(long, default_value_t = 3.0)]
-    pub visibility_timeout: f64,
+    pub(crate) visibility_timeout: f64,
     /// Seconds each invocation may run.
     #[arg(long, default_value_t = 3.0)]
-    pub function_timeout: f64,
+    pub(crate) function_timeout: f64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
-    pub timeout: f64,
+    pub(crate) timeout: f64,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// `fanout run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The pipeline config file (JSON or YAML).
     #[arg(long, required_unless_present = "demo")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Start a demo target server and run 500 generated targets against it.
     #[arg(long, conflicts_with = "config")]
-    pub demo: bool,
+    pub(crate) demo: bool,
     /// The run ID (default: derived from the config name and the current hour).
     #[arg(long)]
-    pub run_id: Option<String>,
+    pub(crate) run_id: Option<String>,
     /// The local event source's settings.
     #[command(flatten)]
-    pub local: LocalArgs,
+    pub(crate) local: LocalArgs,
 }
 
 /// `fanout produce`.
 #[derive(Debug, Args)]
-pub struct ProduceArgs {
+pub(crate) struct ProduceArgs {
     /// The pipeline config file.
     #[arg(long)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The run ID (default: derived from the config name and the current hour).
     #[arg(long)]
-    pub run_id: Option<String>,
+    pub(crate) run_id: Option<String>,
     /// Receives before the embedded queue redrives a message to the DLQ (default: the state
     /// file's setting, 5 for a new one).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_receive_count: Option<u32>,
+    pub(crate) max_receive_count: Option<u32>,
     /// Fraction of messages the embedded topic delivers twice.
     #[arg(long, default_value_t = 0.0)]
-    pub duplicate_rate: f64,
+    pub(crate) duplicate_rate: f64,
     /// Print the summary as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// `fanout consume`.
 #[derive(Debug, Args)]
-pub struct ConsumeArgs {
+pub(crate) struct ConsumeArgs {
     /// The pipeline config file (the consumer's budgets and allowed hosts).
     #[arg(long)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The local event source's settings.
     #[command(flatten)]
-    pub local: LocalArgs,
+    pub(crate) local: LocalArgs,
 }

@@ -21,7 +21,7 @@ pub(crate) const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 
 /// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
 /// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.
-pub fn pipeline_name(stack: Option<&str>) -> String {
+pub(crate) fn pipeline_name(stack: Option<&str>) -> String {
     std::env::var("FANOUT_PIPELINE")
         .ok()
         .filter(|p| !p.is_empty())
@@ -48,6 +48,13 @@ pub struct Pipeline {
     pub runs: Arc<dyn RunLedger>,
     /// Where completion events go (EventBridge's `FANOUT_EVENT_BUS`, default `default`, on AWS).
     pub events: Arc<dyn EventBus>,
+}
+
+/// Opaque: the resources are trait objects.
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
 }
 
 impl Pipeline {

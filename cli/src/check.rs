@@ -9,7 +9,7 @@ use fanout_shared::PipelineConfig;
 /// The deployed stack's settings a tick must fit (`fanout config check` flags, defaults as the
 /// CDK stack's).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StackFit {
+pub(crate) struct StackFit {
     /// The event source mapping's `MaximumConcurrency`.
     pub concurrency: u32,
     /// The consumer function's timeout, seconds.
@@ -27,7 +27,7 @@ const DEADLINE_MARGIN_S: f64 = 1.0;
 
 /// A plain-text description: targets per host, budgets per instance, the least time a tick
 /// takes, and whether the stack's settings carry it.
-pub fn describe(config: &PipelineConfig, file: &Path, fit: &StackFit) -> String {
+pub(crate) fn describe(config: &PipelineConfig, file: &Path, fit: &StackFit) -> String {
     let concurrency = fit.concurrency;
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
     for target in &config.targets {

@@ -1,83 +1,26 @@
 //! What each `fanout` command does: dispatch, exit codes, and the wiring from arguments to
 //! the library. The arguments themselves are defined in [`crate::args`].
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use fanout_shared::config::check_rate;
-use fanout_shared::embedded::Duplicates;
-use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_shared::RunStatus;
 use fanout_testkit::target_server::TargetServer;
 
-pub use crate::args::*;
+use crate::args::{
+    BackendKind, Cli, Command, ConfigCommand, ConsumeArgs, DlqCommand, FilterArgs, LocalArgs,
+    ProduceArgs, ReplayArgs, RunArgs, RunsCommand,
+};
 use crate::backend::{self, EmbeddedSettings, Pipeline};
 use crate::event_source::EventSourceOptions;
+use crate::failure::{Failure, RUN_FAILED};
+use crate::input::{checked_run_id, default_run_id, duplicates, load_config, seconds};
 use crate::run::{self, RunOptions};
-
-/// Exit code for bad input.
-const BAD_INPUT: u8 = 2;
-/// Exit code of `fanout run` when the run FAILED: more dead-lettered jobs than the config's
-/// `runs` section tolerates.
-const RUN_FAILED: u8 = 3;
 
 /// Runs the parsed command line.
 pub async fn main(cli: Cli) -> ExitCode {
-    match dispatch(cli).await {
-        Ok(code) => code,
-        Err(Failure::BadInput(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(BAD_INPUT)
-        }
-        Err(Failure::Other(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Why a command failed: bad input (exit 2) or anything else (exit 1).
-pub(crate) enum Failure {
-    BadInput(String),
-    Other(String),
-}
-
-impl From<crate::stack::StackError> for Failure {
-    fn from(e: crate::stack::StackError) -> Self {
-        if e.is_bad_input() {
-            Failure::BadInput(e.to_string())
-        } else {
-            Failure::Other(e.to_string())
-        }
-    }
-}
-
-impl From<run::RunError> for Failure {
-    fn from(e: run::RunError) -> Self {
-        Failure::Other(e.to_string())
-    }
-}
-
-impl From<fanout_shared::BackendError> for Failure {
-    fn from(e: fanout_shared::BackendError) -> Self {
-        Failure::Other(e.to_string())
-    }
-}
-
-pub(crate) fn load_config(path: &Path) -> Result<PipelineConfig, Failure> {
-    PipelineConfig::load(path).map_err(|e| Failure::BadInput(e.to_string()))
-}
-
-fn duplicates(rate: f64) -> Result<Duplicates, Failure> {
-    if !(0.0..=1.0).contains(&rate) {
-        return Err(Failure::BadInput(format!(
-            "--duplicate-rate must be between 0 and 1, got {rate}"
-        )));
-    }
-    Ok(Duplicates {
-        twice: rate,
-        ..Duplicates::default()
-    })
+    dispatch(cli).await.unwrap_or_else(Failure::report)
 }
 
 async fn pipeline(
@@ -115,17 +58,6 @@ async fn pipeline(
     }
 }
 
-pub(crate) fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            Failure::BadInput(format!(
-                "--{name} must be a positive number of seconds, got {value}"
-            ))
-        })
-}
-
 /// SQS long polls in whole seconds (a short poll may miss messages); the embedded queue polls
 /// locally.
 fn poll_wait(backend: BackendKind) -> Duration {
@@ -159,151 +91,141 @@ fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
     })
 }
 
-/// `local/<config name>@<current hour>`: re-running within the hour resumes the same tick.
-fn default_run_id(config: &Path) -> String {
-    let stem = config
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("config");
-    format!(
-        "local/{stem}@{}",
-        chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z")
-    )
-}
-
-/// A run ID the producer accepts, or bad input (exit 2) before anything is opened.
-fn checked_run_id(run_id: String) -> Result<String, Failure> {
-    fanout_shared::job::check_run_id(&run_id)
-        .map_err(|e| Failure::BadInput(format!("--run-id: {e}")))?;
-    Ok(run_id)
-}
-
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Run(args) => run_command(&cli, args).await,
-        Command::Produce(args) => {
-            let config = load_config(&args.config)?;
-            let run_id = checked_run_id(
-                args.run_id
-                    .clone()
-                    .unwrap_or_else(|| default_run_id(&args.config)),
-            )?;
-            let pipeline = pipeline(&cli, args.max_receive_count, args.duplicate_rate).await?;
-            let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-            } else {
-                let started = match &summary.started {
-                    fanout_producer::Started::New => String::new(),
-                    fanout_producer::Started::Resumed => {
-                        " (the run existed: published again)".to_owned()
-                    }
-                    fanout_producer::Started::AlreadyEnded(status) => format!(
-                        " (the run already ended {}: nothing published)",
-                        status.as_str()
-                    ),
-                    fanout_producer::Started::Skipped(why) => format!(" (skipped: {why})"),
-                };
-                println!(
-                    "run {}{started}: published {} of {} jobs in {} PublishBatch calls ({} ms)",
-                    summary.run_id,
-                    summary.published,
-                    summary.jobs,
-                    summary.publish_calls,
-                    summary.elapsed.as_millis()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Consume(args) => {
-            let config = load_config(&args.config)?;
-            let pipeline = pipeline(
-                &cli,
-                args.local.max_receive_count,
-                args.local.duplicate_rate,
-            )
-            .await?;
-            let options = run_options(&args.local, &cli)?;
-            let outcome = run::consume(
-                &config,
-                &pipeline,
-                &options,
-                pipeline.queue.depth().await?.visible,
-            )
-            .await?;
-            let summary = crate::report::ConsumeSummary::new(&outcome);
-            let text = if args.local.json {
-                serde_json::to_string(&summary)
-            } else {
-                serde_json::to_string_pretty(&summary)
-            };
-            println!("{}", text.unwrap_or_default());
-            Ok(if outcome.drained {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Produce(args) => produce_command(&cli, args).await,
+        Command::Consume(args) => consume_command(&cli, args).await,
         Command::Provision {
             prefix,
             max_receive_count,
             visibility_timeout,
-        } => {
-            let sdk = fanout_shared::aws::load_sdk_config().await;
-            let provisioned =
-                crate::provision::provision(&sdk, prefix, *max_receive_count, *visibility_timeout)
-                    .await?;
-            print!("{provisioned}");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => provision_command(prefix, *max_receive_count, *visibility_timeout).await,
         Command::Dlq(DlqCommand::List { filter, json }) => {
-            let pipeline = pipeline(&cli, None, 0.0).await?;
-            let mut entries = crate::dlq::list(
-                pipeline.dlq.as_ref(),
-                pipeline.store.as_ref(),
-                &filter.filter(),
-                poll_wait(cli.backend),
-            )
-            .await?;
-            entries.sort_by(|a, b| (&a.run_id, &a.target_id).cmp(&(&b.run_id, &b.target_id)));
-            if *json {
-                println!("{}", serde_json::to_string(&entries).unwrap_or_default());
-            } else if entries.is_empty() {
-                println!(
-                    "the DLQ has no messages{}",
-                    if filter.filter().is_empty() {
-                        ""
-                    } else {
-                        " matching the filter"
-                    }
-                );
-            } else {
-                print!("{}", crate::dlq::table(&entries));
-            }
-            Ok(ExitCode::SUCCESS)
+            dlq_list_command(&cli, filter, *json).await
         }
         Command::Dlq(DlqCommand::Replay(args)) => replay_command(&cli, args).await,
         Command::Runs(command) => runs_command(&cli, command).await,
         Command::Hosts(args) => hosts_command(&cli, args).await,
         Command::Trigger(args) => crate::trigger::command(&cli, args).await,
-        Command::Config(ConfigCommand::Check {
-            file,
-            concurrency,
-            function_timeout,
-            schedule_period,
-            batch_size,
-        }) => {
-            let config = load_config(file)?;
-            let fit = crate::check::StackFit {
-                concurrency: *concurrency,
-                function_timeout_s: seconds("function-timeout", *function_timeout)?.as_secs_f64(),
-                schedule_period_s: seconds("schedule-period", *schedule_period)?.as_secs_f64(),
-                batch_size: *batch_size,
-            };
-            print!("{}", crate::check::describe(&config, file, &fit));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Config(command) => config_check_command(command),
     }
+}
+
+async fn produce_command(cli: &Cli, args: &ProduceArgs) -> Result<ExitCode, Failure> {
+    let config = load_config(&args.config)?;
+    let run_id = checked_run_id(
+        args.run_id
+            .clone()
+            .unwrap_or_else(|| default_run_id(&args.config)),
+    )?;
+    let pipeline = pipeline(cli, args.max_receive_count, args.duplicate_rate).await?;
+    let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        let started = match &summary.started {
+            fanout_producer::Started::New => String::new(),
+            fanout_producer::Started::Resumed => " (the run existed: published again)".to_owned(),
+            fanout_producer::Started::AlreadyEnded(status) => format!(
+                " (the run already ended {}: nothing published)",
+                status.as_str()
+            ),
+            fanout_producer::Started::Skipped(why) => format!(" (skipped: {why})"),
+        };
+        println!(
+            "run {}{started}: published {} of {} jobs in {} PublishBatch calls ({} ms)",
+            summary.run_id,
+            summary.published,
+            summary.jobs,
+            summary.publish_calls,
+            summary.elapsed.as_millis()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn consume_command(cli: &Cli, args: &ConsumeArgs) -> Result<ExitCode, Failure> {
+    let config = load_config(&args.config)?;
+    let pipeline = pipeline(cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
+    let options = run_options(&args.local, cli)?;
+    let outcome = run::consume(
+        &config,
+        &pipeline,
+        &options,
+        pipeline.queue.depth().await?.visible,
+    )
+    .await?;
+    let summary = crate::report::ConsumeSummary::new(&outcome);
+    let text = if args.local.json {
+        serde_json::to_string(&summary)
+    } else {
+        serde_json::to_string_pretty(&summary)
+    };
+    println!("{}", text.unwrap_or_default());
+    Ok(if outcome.drained {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn provision_command(
+    prefix: &str,
+    max_receive_count: u32,
+    visibility_timeout: u32,
+) -> Result<ExitCode, Failure> {
+    let sdk = fanout_shared::aws::load_sdk_config().await;
+    let provisioned =
+        crate::provision::provision(&sdk, prefix, max_receive_count, visibility_timeout).await?;
+    print!("{provisioned}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq_list_command(cli: &Cli, filter: &FilterArgs, json: bool) -> Result<ExitCode, Failure> {
+    let pipeline = pipeline(cli, None, 0.0).await?;
+    let mut entries = crate::dlq::list(
+        pipeline.dlq.as_ref(),
+        pipeline.store.as_ref(),
+        &filter.filter(),
+        poll_wait(cli.backend),
+    )
+    .await?;
+    entries.sort_by(|a, b| (&a.run_id, &a.target_id).cmp(&(&b.run_id, &b.target_id)));
+    if json {
+        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+    } else if entries.is_empty() {
+        println!(
+            "the DLQ has no messages{}",
+            if filter.filter().is_empty() {
+                ""
+            } else {
+                " matching the filter"
+            }
+        );
+    } else {
+        print!("{}", crate::dlq::table(&entries));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check_command(command: &ConfigCommand) -> Result<ExitCode, Failure> {
+    let ConfigCommand::Check {
+        file,
+        concurrency,
+        function_timeout,
+        schedule_period,
+        batch_size,
+    } = command;
+    let config = load_config(file)?;
+    let fit = crate::check::StackFit {
+        concurrency: *concurrency,
+        function_timeout_s: seconds("function-timeout", *function_timeout)?.as_secs_f64(),
+        schedule_period_s: seconds("schedule-period", *schedule_period)?.as_secs_f64(),
+        batch_size: *batch_size,
+    };
+    print!("{}", crate::check::describe(&config, file, &fit));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn runs_command(cli: &Cli, command: &RunsCommand) -> Result<ExitCode, Failure> {
@@ -383,12 +305,7 @@ async fn hosts_command(cli: &Cli, args: &crate::hosts::HostsArgs) -> Result<Exit
     let pipeline = pipeline(cli, None, 0.0).await?;
     let rows = match &args.action {
         None => crate::hosts::list(&config, pipeline.fleet.as_ref()).await?,
-        Some(action) => vec![crate::hosts::act(&config, pipeline.fleet.as_ref(), action)
-            .await
-            .map_err(|e| match e {
-                crate::hosts::HostsError::BadInput(m) => Failure::BadInput(m),
-                crate::hosts::HostsError::Backend(e) => Failure::from(e),
-            })?],
+        Some(action) => vec![crate::hosts::act(&config, pipeline.fleet.as_ref(), action).await?],
     };
     if args.json {
         println!("{}", serde_json::to_string(&rows).unwrap_or_default());

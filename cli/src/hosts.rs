@@ -16,7 +16,7 @@ use fanout_shared::{now_ms, BackendError, FleetStore, PipelineConfig};
 
 /// `fanout hosts`: list, or act on one host.
 #[derive(Debug, Args)]
-pub struct HostsArgs {
+pub(crate) struct HostsArgs {
     /// The pipeline config file (its hosts and budgets).
     #[arg(long)]
     pub config: PathBuf,
@@ -30,7 +30,7 @@ pub struct HostsArgs {
 
 /// What to do to a host.
 #[derive(Debug, Subcommand)]
-pub enum HostAction {
+pub(crate) enum HostAction {
     /// Hold every job for HOST (or for every host, with --all) until resumed.
     Pause(Which),
     /// Let HOST's jobs (or every host's, with --all) be called again.
@@ -50,7 +50,7 @@ pub enum HostAction {
 
 /// A host, or all of them.
 #[derive(Debug, Args)]
-pub struct Which {
+pub(crate) struct Which {
     /// The host (as in the target URLs).
     #[arg(required_unless_present = "all")]
     pub host: Option<String>,
@@ -61,7 +61,7 @@ pub struct Which {
 
 /// One host's line in `fanout hosts`.
 #[derive(Debug, Clone, Serialize)]
-pub struct HostRow {
+pub(crate) struct HostRow {
     /// The host, or `*` for the pipeline-wide state.
     pub host: String,
     /// The config's budget for the fleet, requests/s (`None`: unlimited).
@@ -84,7 +84,7 @@ pub struct HostRow {
 
 /// Why an operator's command was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum HostsError {
+pub(crate) enum HostsError {
     /// Bad input: unknown host, a rate over the ceiling.
     #[error("{0}")]
     BadInput(String),
@@ -121,7 +121,7 @@ fn row(config: &PipelineConfig, host: &str, state: &HostState) -> HostRow {
 }
 
 /// Every host the config allows, plus the pipeline-wide `*`, with its shared state.
-pub async fn list(
+pub(crate) async fn list(
     config: &PipelineConfig,
     fleet: &dyn FleetStore,
 ) -> Result<Vec<HostRow>, BackendError> {
@@ -185,7 +185,7 @@ pub(crate) async fn act(
 }
 
 /// The rows as a plain-text table.
-pub fn table(rows: &[HostRow]) -> String {
+pub(crate) fn table(rows: &[HostRow]) -> String {
     let rate = |r: Option<f64>| r.map_or("unlimited".to_owned(), |r| format!("{r:.2}/s"));
     let mut out = format!(
         "{:<32} {:>12} {:>12} {:>7} {:>9} {:>5}  {}\n",

@@ -1,9 +1,9 @@
-//! The `fanout` binary: parses the command line and hands it to [`fanout::commands::main`].
+//! The `fanout` binary: parses the command line and hands it to [`fanout::main`].
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     fanout_shared::logging::init_human();
-    fanout::commands::main(fanout::commands::Cli::parse()).await
+    fanout::main(fanout::Cli::parse()).await
 }

@@ -70,7 +70,7 @@ pub struct RunSummary {
 
 /// What `fanout consume` prints at the end; `--json` prints exactly these keys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConsumeSummary {
+pub(crate) struct ConsumeSummary {
     /// Consumer invocations.
     pub invocations: u64,
     /// Invocations cut off at the function timeout.
@@ -97,7 +97,7 @@ pub struct ConsumeSummary {
 
 impl ConsumeSummary {
     /// The summary of one drain.
-    pub fn new(outcome: &DrainOutcome) -> Self {
+    pub(crate) fn new(outcome: &DrainOutcome) -> Self {
         // Metric totals are f64 (EMF values); these are counts.
         let count = |metric: Metric| outcome.metrics.total(metric) as u64;
         Self {
@@ -236,7 +236,7 @@ fn latency(samples: &[f64]) -> Latency {
 }
 
 /// Progress: a bar on a terminal, a plain line every few seconds otherwise, nothing if quiet.
-pub struct ProgressView {
+pub(crate) struct ProgressView {
     bar: Option<indicatif::ProgressBar>,
     total: u64,
     noun: &'static str,
@@ -247,12 +247,12 @@ pub struct ProgressView {
 
 impl ProgressView {
     /// A view for `total` jobs on stderr.
-    pub fn new(total: u64, quiet: bool) -> Self {
+    pub(crate) fn new(total: u64, quiet: bool) -> Self {
         Self::counting(total, "settled", quiet)
     }
 
     /// A view of `total` things, each counted as `noun` ("settled", "moved").
-    pub fn counting(total: u64, noun: &'static str, quiet: bool) -> Self {
+    pub(crate) fn counting(total: u64, noun: &'static str, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total);
             let style = indicatif::ProgressStyle::with_template(&format!(
@@ -273,7 +273,7 @@ impl ProgressView {
     }
 
     /// Updates from the merged metrics so far.
-    pub fn update(&self, metrics: &MetricSet) {
+    pub(crate) fn update(&self, metrics: &MetricSet) {
         let settled =
             (metrics.total(Metric::Succeeded) + metrics.total(Metric::DeadLettered)) as u64;
         self.set(settled, metrics.total(Metric::OutboundCalls), "calls");
@@ -308,7 +308,7 @@ impl ProgressView {
     }
 
     /// Removes the bar.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fanout_shared::{BackendError, Queue, QueueMessage};
 
 /// One pass over `queue`.
-pub struct Pass<'a> {
+pub(crate) struct Pass<'a> {
     queue: &'a dyn Queue,
     hold: Duration,
     wait: Duration,
@@ -24,7 +24,7 @@ pub struct Pass<'a> {
 impl<'a> Pass<'a> {
     /// A pass that hides what it reads for `hold` (long enough for the whole pass: a message
     /// that reappears mid-pass is recognised and not returned twice) and long-polls `wait`.
-    pub fn new(queue: &'a dyn Queue, hold: Duration, wait: Duration) -> Self {
+    pub(crate) fn new(queue: &'a dyn Queue, hold: Duration, wait: Duration) -> Self {
         Self {
             queue,
             hold,
@@ -49,7 +49,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Deletes a message this pass received (it is not given back at the end).
-    pub async fn delete(&mut self, receipt_handle: &str) -> Result<(), BackendError> {
+    pub(crate) async fn delete(&mut self, receipt_handle: &str) -> Result<(), BackendError> {
         self.queue.delete(&[receipt_handle.to_owned()]).await?;
         self.held.remove(receipt_handle);
         Ok(())

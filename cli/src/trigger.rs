@@ -13,20 +13,23 @@ use aws_sdk_lambda::error::DisplayErrorContext;
 use aws_sdk_lambda::primitives::Blob;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use fanout_producer::{Summary, WatchdogAnswer};
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::{BackendError, IdempotencyStore, Queue};
 
-use crate::commands::{load_config, seconds, Cli, Failure};
+use crate::args::Cli;
+use crate::failure::Failure;
+use crate::input::{load_config, seconds};
 use crate::settle::{settle, Settlement};
 use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_RULE_ARN};
 
 /// `fanout trigger`.
 #[derive(Debug, Args)]
-pub struct TriggerArgs {
+pub(crate) struct TriggerArgs {
     /// The tick's scheduled time (RFC 3339; default: now, to the second). Giving a past tick's
     /// time re-runs that tick: same run ID, same message IDs, so settled jobs are skipped.
     #[arg(long, conflicts_with = "run_id")]
@@ -55,7 +58,7 @@ pub struct TriggerArgs {
 
 /// Why a trigger failed.
 #[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
+pub(crate) enum TriggerError {
     /// The Invoke call failed (no such function, credentials, network).
     #[error("invoking {function}: {message}")]
     Invoke {
@@ -84,23 +87,6 @@ pub enum TriggerError {
     },
 }
 
-/// What the producer answers: its tick summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProducerAnswer {
-    /// The run ID the producer derived from the event.
-    pub run_id: String,
-    /// Jobs built (one per target of the deployed config).
-    pub jobs: usize,
-    /// Jobs published.
-    pub published: usize,
-    /// Jobs that could not be published.
-    pub failed: usize,
-    /// `PublishBatch` calls.
-    pub publish_calls: u64,
-    /// The producer's own time for the tick.
-    pub elapsed_ms: u64,
-}
-
 /// The EventBridge "Scheduled Event" that the rule `rule_arn` sends for `time`: the producer
 /// derives the run ID from the rule's name and the time, exactly as for a scheduled tick.
 pub(crate) fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
@@ -124,7 +110,7 @@ pub(crate) async fn invoke_producer(
     sdk: &aws_config::SdkConfig,
     function: &str,
     event: &Value,
-) -> Result<ProducerAnswer, TriggerError> {
+) -> Result<Summary, TriggerError> {
     let answer = invoke(sdk, function, event).await?;
     serde_json::from_str(&answer).map_err(|e| TriggerError::Answer {
         function: function.to_owned(),
@@ -174,7 +160,7 @@ async fn invoke(
 
 /// Where a tick's jobs ended up after `--wait`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TickOutcome {
+pub(crate) struct TickOutcome {
     /// Every job succeeded or reached the DLQ.
     pub settled: bool,
     /// Jobs whose call succeeded.
@@ -263,26 +249,23 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let outputs = StackOutputs::describe(&sdk, stack).await?;
     let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
     if args.watchdog {
-        let answer = invoke(&sdk, &function, &json!({"watchdog": true}))
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
-        let answer: Value = serde_json::from_str(&answer)
+        let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await?;
+        let answer: WatchdogAnswer = serde_json::from_str(&answer)
             .map_err(|e| Failure::Other(format!("the watchdog answered {answer:?}: {e}")))?;
         if args.json {
-            println!("{answer}");
+            // Through a `Value`, as the tick's answer below: its keys print sorted.
+            println!("{}", serde_json::to_value(answer).unwrap_or_default());
         } else {
             println!(
                 "watchdog: finished {} runs, put {} completion events, {} runs overdue",
-                answer["finished"], answer["events_sent"], answer["overdue"]
+                answer.finished, answer.events_sent, answer.overdue
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
     let event = event_for(args, &rule).map_err(Failure::BadInput)?;
     let started = Instant::now();
-    let answer = invoke_producer(&sdk, &function, &event)
-        .await
-        .map_err(|e| Failure::Other(e.to_string()))?;
+    let answer = invoke_producer(&sdk, &function, &event).await?;
     let outcome = match (args.wait, &config, &args.config) {
         (true, Some(config), Some(path)) => {
             if answer.jobs != config.targets.len() {
@@ -331,10 +314,14 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
 }
 
 /// The human summary of a trigger.
-pub fn describe(answer: &ProducerAnswer, outcome: Option<&TickOutcome>) -> String {
+pub(crate) fn describe(answer: &Summary, outcome: Option<&TickOutcome>) -> String {
     let mut text = format!(
         "run {}: published {} of {} jobs in {} PublishBatch calls ({} ms)\n",
-        answer.run_id, answer.published, answer.jobs, answer.publish_calls, answer.elapsed_ms
+        answer.run_id,
+        answer.published,
+        answer.jobs,
+        answer.publish_calls,
+        answer.elapsed.as_millis()
     );
     if let Some(o) = outcome {
         let dead: usize = o.dead_lettered.values().sum();

@@ -1,6 +1,8 @@
 //! The `fanout` binary as a user runs it: JSON output, exit codes, and a run killed half way
 //! then resumed.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

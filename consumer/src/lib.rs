@@ -19,7 +19,7 @@
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
 //! [`Consumer::handle_batch`]; the `fanout` CLI's local event source calls the same function.
 
-#![warn(missing_docs, unreachable_pub)]
+#![warn(missing_docs)]
 
 mod batch;
 mod flow;
@@ -56,6 +56,15 @@ pub struct Consumer {
     settings: Settings,
 }
 
+/// Its settings; the clients and the flow control's live state are opaque.
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The consumer's backends.
 pub struct Backends {
     /// Idempotency records.
@@ -70,6 +79,13 @@ pub struct Backends {
     pub runs: Arc<dyn RunLedger>,
     /// Where a finished run's completion event goes.
     pub events: Arc<dyn EventBus>,
+}
+
+/// Opaque: the backends are trait objects.
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
 }
 
 /// Why a consumer could not be built.

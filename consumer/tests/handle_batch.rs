@@ -1,6 +1,8 @@
 //! The consumer's batch handler against the embedded backend and a local target server:
 //! every behaviour issue #2 names, with events built from JSON as Lambda sends them.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! test binary: the subscriber it installs is the process's, so no other test's thread can have
 //! cached a callsite's interest without it (with a thread's default subscriber, that happened).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::sync::Arc;
 
 use fanout_consumer::Settings;

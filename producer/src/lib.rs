@@ -5,27 +5,29 @@
 //! - [`ledger`]: the schedule guard and the run record, written before publishing.
 //! - `list`: the tick's jobs: literal targets and every source's rows through their templates,
 //!   read in one streaming pass (a spool file, never the whole list in memory) before publishing.
+//! - [`answer`]: what the Lambda answers: a tick's [`Summary`] or the [`WatchdogAnswer`], in the
+//!   JSON that `fanout trigger` reads back into the same types.
 //! - [`publish`]: batching under SNS limits, batches in flight at once, retry of failed entries.
 //!
 //! The Lambda binary (`main.rs`) loads the config, builds the clients and calls [`produce`] for
 //! a scheduled tick, or [`watchdog`] for the watchdog's periodic invocation.
 
-#![warn(missing_docs, unreachable_pub)]
+#![warn(missing_docs)]
 
+mod answer;
 mod ledger;
 mod list;
 mod publish;
 mod tick;
 
-use std::time::{Duration, Instant};
-
-use serde::Serialize;
+use std::time::Instant;
 
 use fanout_shared::metrics::{Metric, MetricSet};
 use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, Sweep};
 use fanout_shared::template::TickValues;
 use fanout_shared::{BackendError, PipelineConfig, Publisher};
 
+pub use answer::{Summary, WatchdogAnswer};
 pub use ledger::{run_start, Started};
 pub use list::{message_ids, preview, ListError, Preview, SourceRead};
 pub use publish::{PublishError, PublishOptions};
@@ -33,30 +35,6 @@ pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 
 /// How many of the latest runs the watchdog looks at.
 const WATCHDOG_RUNS: usize = 20;
-
-/// What one tick did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    /// The run's ID.
-    pub run_id: String,
-    /// What the ledger said: new, resumed (same tick again), already ended, or skipped.
-    #[serde(serialize_with = "as_text")]
-    pub started: Started,
-    /// Jobs built (one per target).
-    pub jobs: usize,
-    /// Jobs published.
-    pub published: usize,
-    /// Jobs that could not be published.
-    pub failed: usize,
-    /// `PublishBatch` calls made, retries included.
-    pub publish_calls: u64,
-    /// Wall time of the tick.
-    #[serde(rename = "elapsed_ms", serialize_with = "as_millis")]
-    pub elapsed: Duration,
-    /// What each source gave (rows, digest).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<SourceRead>,
-}
 
 /// The values of the templates' `{tick.…}` placeholders for `tick` (only read from the ledger
 /// when a source needs them).
@@ -88,21 +66,6 @@ async fn tick_values(
         scheduled_at: scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         run_id: tick.run_id.clone(),
         last_success_at,
-    })
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u128(d.as_millis())
-}
-
-fn as_text<S: serde::Serializer>(started: &Started, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&match started {
-        Started::New => "new".to_owned(),
-        Started::Resumed => "resumed".to_owned(),
-        Started::AlreadyEnded(status) => {
-            format!("already {}", status.as_str().to_ascii_lowercase())
-        }
-        Started::Skipped(why) => format!("skipped: {why}"),
     })
 }
 

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 
 use fanout_producer::{
     is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog,
-    PublishOptions, Tick,
+    PublishOptions, Tick, WatchdogAnswer,
 };
 use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, SnsPublisher};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn required(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is required"))
@@ -54,9 +54,12 @@ async fn main() -> Result<(), Error> {
         if is_watchdog(&event.payload) {
             let (sweep, metrics) = watchdog(ledger, bus, pipeline).await?;
             metrics.flush_stdout();
-            return Ok::<Value, Error>(json!({"finished": sweep.finished.len(), "events_sent": sweep.events_sent, "overdue": sweep.overdue.len()}));
+            return Ok::<Value, Error>(serde_json::to_value(WatchdogAnswer::from(&sweep))?);
         }
-        let tick = Tick { run_id: run_id_from_event(&event.payload)?, scheduled_at: scheduled_time(&event.payload) };
+        let tick = Tick {
+            run_id: run_id_from_event(&event.payload)?,
+            scheduled_at: scheduled_time(&event.payload),
+        };
         let summary = produce(config, &tick, publisher, ledger, options).await?;
         tick_metrics(pipeline, &summary).flush_stdout();
         Ok(serde_json::to_value(&summary)?)

@@ -2,6 +2,8 @@
 //! read untrusted or hand-written input: the consumer's message decoder and the config loader.
 //! Neither may panic, and what the config loader accepts the consumer must accept.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use chrono::{TimeZone, Utc};
 use fanout_shared::config::PipelineConfig;
 use fanout_shared::job::{decode_body, JobMessage};

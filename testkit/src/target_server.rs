@@ -91,6 +91,15 @@ pub struct TargetServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where it listens; what it saw is [`TargetServer::stats`].
+impl std::fmt::Debug for TargetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the server saw, summed up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TargetStats {

@@ -7,11 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use fanout::backend::Pipeline;
-use fanout::event_source::{drain, drain_with_faults, InvocationFaults};
-use fanout::run::{self, RunOptions};
-use fanout::scan::peek_all;
-use fanout::settle::dlq_reason;
+use fanout::{
+    dlq_reason, drain, drain_with_faults, peek_all, InvocationFaults, Pipeline, RunOptions,
+};
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::{decode_body, message_id};
 use fanout_testkit::target_server::TargetServer;
@@ -203,17 +201,17 @@ pub async fn run_faults(
 
     // The producer invoked twice for the same tick (EventBridge delivers at least once).
     for _ in 0..2 {
-        run::produce_tick(&config, pipeline, &run_id)
+        fanout::produce_tick(&config, pipeline, &run_id)
             .await
             .expect("tick published");
     }
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
     // Lambda's shape: every invocation slot its own instance, lease and share.
-    let options = run::RunOptions {
+    let options = RunOptions {
         separate_instances: true,
         ..plan.options.clone()
     };
-    let consumers = run::consumers(&config, pipeline, &options).expect("consumers");
+    let consumers = fanout::consumers(&config, pipeline, &options).expect("consumers");
     let outcome = match plan.crash {
         Some(crash) => {
             drain_with_faults(

@@ -1,15 +1,17 @@
 //! Helpers shared by the end-to-end tests: workload configs on the local target server and
 //! the pipeline on a fresh embedded backend.
 
+// Test code: a failed setup step or contract is a failed test (Cargo.toml, [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+#![allow(missing_debug_implementations)] // test doubles holding trait objects
+
 pub mod contract;
 pub mod fault;
 pub mod local_cloud;
 
 use std::time::Duration;
 
-use fanout::backend::{self, EmbeddedSettings, Pipeline};
-use fanout::event_source::EventSourceOptions;
-use fanout::run::RunOptions;
+use fanout::{EmbeddedSettings, EventSourceOptions, Pipeline, RunOptions};
 use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::PipelineConfig;
@@ -69,7 +71,7 @@ pub fn embedded_pipeline(max_receive_count: u32, duplicates: Duplicates) -> Pipe
         max_receive_count: Some(max_receive_count),
         duplicates,
     };
-    backend::embedded(&settings).expect("in-memory backend opens")
+    fanout::embedded(&settings).expect("in-memory backend opens")
 }
 
 /// Fast local options: short invocations; the visibility timeout covers one invocation, as the
@@ -96,6 +98,15 @@ pub struct Moto {
     child: std::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
+}
+
+/// Where it serves.
+impl std::fmt::Debug for Moto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moto")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Moto {
@@ -191,7 +202,7 @@ pub fn fanout_bin() -> std::path::PathBuf {
 
 /// An event bus that records every event it is given (and passes nothing on): tests count
 /// completion events with it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RecordingBus {
     events: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
 }

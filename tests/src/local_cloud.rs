@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// An emulator with the stacks a test deployed into it.
+#[derive(Debug)]
 pub struct LocalCloud {
     root: PathBuf,
     state: PathBuf,

@@ -1,6 +1,8 @@
 //! The backend contracts (`tests/src/contract/`) against the embedded backend: one in-memory
 //! state file per contract.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::embedded::Duplicates;
 use fanout_tests::contract::{self, Backend, Limits, MAX_RECEIVE_COUNT};
 use fanout_tests::embedded_pipeline;

@@ -2,8 +2,10 @@
 //! server per trait's suite, and fresh resources (`provision` with a prefix of the contract's
 //! own) per contract.
 
-use fanout::backend::aws_with;
-use fanout::provision::provision;
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
+use fanout::aws_with;
+use fanout::provision;
 use fanout_tests::contract::{self, Backend, Limits, MAX_RECEIVE_COUNT};
 use fanout_tests::Moto;
 

@@ -2,13 +2,13 @@
 //! after the target is fixed run once more and succeed once; dry runs and filters move exactly
 //! what they say; replaying twice, or being killed half way, calls nothing twice.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fanout::backend::Pipeline;
-use fanout::dlq::{self, DlqFilter, ReplayOptions, ReplayTargets};
-use fanout::run;
+use fanout::{DlqFilter, Pipeline, ReplayOptions, ReplayTargets};
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim, Status};
 use fanout_shared::{Failure, FailureKind, JobMessage, RunStatus};
@@ -29,14 +29,16 @@ fn replay_options(filter: DlqFilter, max: Option<usize>, dry_run: bool) -> Repla
     }
 }
 
-async fn replay(pipeline: &Pipeline, options: &ReplayOptions) -> dlq::ReplaySummary {
+async fn replay(pipeline: &Pipeline, options: &ReplayOptions) -> fanout::ReplaySummary {
     let targets = ReplayTargets {
         queue: pipeline.queue.as_ref(),
         dlq: pipeline.dlq.as_ref(),
         store: pipeline.store.as_ref(),
         mover: None,
     };
-    dlq::replay(&targets, options, &|_| {}).await.unwrap()
+    fanout::replay_dlq(&targets, options, &|_| {})
+        .await
+        .unwrap()
 }
 
 async fn depths(pipeline: &Pipeline) -> (u64, u64) {
@@ -64,7 +66,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
         .collect();
     let config = config_for(&server.base_url(), &paths, None);
     let (pipeline, bus) = RecordingBus::install(&embedded_pipeline(3, Duplicates::default()));
-    let (summary, _) = run::run(&config, &pipeline, "replay-run", &fast_options(4))
+    let (summary, _) = fanout::run(&config, &pipeline, "replay-run", &fast_options(4))
         .await
         .unwrap();
     assert_eq!(
@@ -79,7 +81,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
     assert_eq!(bus.events().len(), 1);
 
     // The listing joins each message with its record and consumes nothing.
-    let listed = dlq::list(
+    let listed = fanout::list_dlq(
         pipeline.dlq.as_ref(),
         pipeline.store.as_ref(),
         &DlqFilter::default(),
@@ -115,7 +117,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
         (50, 0, 0, 0)
     );
     assert_eq!(depths(&pipeline).await, (50, 0));
-    let outcome = run::consume(&config, &pipeline, &fast_options(4), 50)
+    let outcome = fanout::consume(&config, &pipeline, &fast_options(4), 50)
         .await
         .unwrap();
     assert!(outcome.drained);
@@ -165,7 +167,7 @@ async fn fifty_permanent_failures_replayed_after_the_fix_succeed_once_each() {
             .await
             .unwrap();
     }
-    let again = run::consume(&config, &pipeline, &fast_options(4), 50)
+    let again = fanout::consume(&config, &pipeline, &fast_options(4), 50)
         .await
         .unwrap();
     assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 50.0);
@@ -208,7 +210,7 @@ async fn filters_select_exactly_the_matching_messages() {
         target.url = target.url.replace(&server.base_url(), &other_host);
     }
     let pipeline = embedded_pipeline(2, Duplicates::default());
-    let (summary, _) = run::run(&config, &pipeline, "filter-run", &fast_options(4))
+    let (summary, _) = fanout::run(&config, &pipeline, "filter-run", &fast_options(4))
         .await
         .unwrap();
     assert_eq!(
@@ -220,7 +222,7 @@ async fn filters_select_exactly_the_matching_messages() {
     let count = |filter: DlqFilter| {
         let pipeline = pipeline.clone();
         async move {
-            dlq::list(
+            fanout::list_dlq(
                 pipeline.dlq.as_ref(),
                 pipeline.store.as_ref(),
                 &filter,
@@ -369,7 +371,7 @@ fn replay_killed_half_way_loses_nothing_and_calls_nothing_twice() {
     std::thread::sleep(Duration::from_millis(1000));
     first.kill().unwrap();
     first.wait().unwrap();
-    let pipeline = fanout::backend::embedded(&fanout::backend::EmbeddedSettings {
+    let pipeline = fanout::embedded(&fanout::EmbeddedSettings {
         state: state.clone(),
         max_receive_count: None,
         duplicates: Duplicates::default(),
@@ -505,7 +507,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
         .await
         .unwrap();
 
-    let listed = dlq::list(
+    let listed = fanout::list_dlq(
         pipeline.dlq.as_ref(),
         pipeline.store.as_ref(),
         &DlqFilter::default(),
@@ -527,7 +529,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
         .moved,
         1
     );
-    let outcome = run::consume(&config, &pipeline, &fast_options(1), 1)
+    let outcome = fanout::consume(&config, &pipeline, &fast_options(1), 1)
         .await
         .unwrap();
     assert_eq!(

@@ -1,8 +1,9 @@
 //! `fanout run` on the embedded backend against a local target server (issue #3's tests).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
-use fanout::run;
 use fanout_shared::embedded::Duplicates;
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options};
@@ -29,7 +30,7 @@ async fn five_hundred_jobs_with_duplicates_settle_exactly_once_within_budget() {
         },
     );
     let options = fast_options(4);
-    let (summary, outcome) = run::run(&config, &pipeline, "dup-run", &options)
+    let (summary, outcome) = fanout::run(&config, &pipeline, "dup-run", &options)
         .await
         .unwrap();
 
@@ -69,7 +70,7 @@ async fn a_job_failing_transiently_max_attempts_times_lands_in_the_dlq_with_its_
     };
     // maxReceiveCount (2) is below max_attempts: retries are fresh copies and use up no receives.
     let pipeline = embedded_pipeline(2, Duplicates::default());
-    let (summary, _) = run::run(&config, &pipeline, "redrive-run", &fast_options(2))
+    let (summary, _) = fanout::run(&config, &pipeline, "redrive-run", &fast_options(2))
         .await
         .unwrap();
     assert_eq!(summary.lost, 0);
@@ -81,7 +82,7 @@ async fn a_job_failing_transiently_max_attempts_times_lands_in_the_dlq_with_its_
         Some(&1),
         "{summary:?}"
     );
-    let listed = fanout::dlq::list(
+    let listed = fanout::list_dlq(
         pipeline.dlq.as_ref(),
         pipeline.store.as_ref(),
         &Default::default(),
@@ -109,11 +110,11 @@ async fn rerunning_the_same_tick_calls_nothing_twice() {
     let paths: Vec<String> = (0..50).map(|i| format!("ok/{i}")).collect();
     let config = config_for(&server.base_url(), &paths, None);
     let pipeline = embedded_pipeline(5, Duplicates::default());
-    let (first, _) = run::run(&config, &pipeline, "tick-1", &fast_options(2))
+    let (first, _) = fanout::run(&config, &pipeline, "tick-1", &fast_options(2))
         .await
         .unwrap();
     // The tick's run has ended: a re-run publishes nothing and reports the run as it ended.
-    let (second, _) = run::run(&config, &pipeline, "tick-1", &fast_options(2))
+    let (second, _) = fanout::run(&config, &pipeline, "tick-1", &fast_options(2))
         .await
         .unwrap();
     assert_eq!(
@@ -128,10 +129,10 @@ async fn rerunning_the_same_tick_calls_nothing_twice() {
     assert_eq!(server.stats().calls, 50);
     // A re-run while the run is still in flight (the first producer died, or the schedule event
     // came twice) publishes again; dedupe absorbs the copies.
-    run::produce_tick(&config, &pipeline, "tick-2")
+    fanout::produce_tick(&config, &pipeline, "tick-2")
         .await
         .unwrap();
-    let (third, _) = run::run(&config, &pipeline, "tick-2", &fast_options(2))
+    let (third, _) = fanout::run(&config, &pipeline, "tick-2", &fast_options(2))
         .await
         .unwrap();
     assert_eq!(

@@ -3,6 +3,8 @@
 //! timeout shorter than some calls), and the same workload without crashes, where no call may
 //! repeat at all. `--nocapture` prints the figures.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
 use fanout_shared::embedded::Duplicates;

@@ -3,9 +3,11 @@
 //!
 //! Each test prints its figures (`-- --nocapture`).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::{Duration, Instant};
 
-use fanout::run::{self, RunOptions};
+use fanout::RunOptions;
 use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
 use fanout_testkit::target_server::TargetServer;
@@ -88,7 +90,7 @@ async fn a_tick_over_a_hundred_function_timeouts_long_loses_nothing_to_waiting()
     options.event_source.function_timeout = Duration::from_millis(100);
     options.event_source.visibility_timeout = Duration::from_secs(1);
     let pipeline = embedded_pipeline(3, Duplicates::default());
-    let (summary, outcome) = run::run(&config, &pipeline, "long-tick", &options)
+    let (summary, outcome) = fanout::run(&config, &pipeline, "long-tick", &options)
         .await
         .unwrap();
     eprintln!(
@@ -112,7 +114,7 @@ async fn a_hidden_limit_slows_the_fleet_down_instead_of_dead_lettering() {
     let config = config_for(&server.base_url(), &paths, Some(100.0));
     let pipeline = embedded_pipeline(5, Duplicates::default());
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "hidden-limit", &local_defaults(4))
+    let (summary, _) = fanout::run(&config, &pipeline, "hidden-limit", &local_defaults(4))
         .await
         .unwrap();
     let (calls, throttled) = (server.stats().calls, calls_with_status(&server, 429));
@@ -138,7 +140,7 @@ async fn a_host_down_for_eight_seconds_is_not_hammered_and_every_job_succeeds_af
     let paths: Vec<String> = (0..100).map(|i| format!("outage/{i}?secs=8")).collect();
     let config = config_for(&server.base_url(), &paths, Some(50.0));
     let pipeline = embedded_pipeline(5, Duplicates::default());
-    let (summary, _) = run::run(&config, &pipeline, "outage", &local_defaults(4))
+    let (summary, _) = fanout::run(&config, &pipeline, "outage", &local_defaults(4))
         .await
         .unwrap();
     let during = calls_with_status(&server, 503);
@@ -176,7 +178,7 @@ async fn transient_failures_are_retried_after_a_backoff_not_a_visibility_timeout
     options.event_source.visibility_timeout = Duration::from_secs(30);
     let pipeline = embedded_pipeline(5, Duplicates::default());
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "transient", &options)
+    let (summary, _) = fanout::run(&config, &pipeline, "transient", &options)
         .await
         .unwrap();
     let elapsed = started.elapsed();
@@ -214,7 +216,7 @@ async fn two_busy_instances_of_eight_use_the_whole_budget_and_never_exceed_it() 
     let mut options = local_defaults(8);
     options.separate_instances = true;
     let started = Instant::now();
-    let (summary, _) = run::run(&config, &pipeline, "sparse", &options)
+    let (summary, _) = fanout::run(&config, &pipeline, "sparse", &options)
         .await
         .unwrap();
     let peak = server.max_calls_in_window(Duration::from_secs(1));

@@ -8,14 +8,15 @@
 //! python3 and npm (the script installs ministack and infra/node_modules); without them it fails,
 //! it never skips.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use fanout::backend::{aws_with, Pipeline};
-use fanout::stack::StackOutputs;
+use fanout::{aws_with, Pipeline, StackOutputs};
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::PipelineConfig;

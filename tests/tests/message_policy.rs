@@ -3,11 +3,11 @@
 //! (an attacker with publish access, or a producer on an older config), and redirects are
 //! followed across loopback hosts (127.0.0.1, .2 and .3 are distinct hosts to the consumer).
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
-use fanout::backend::Pipeline;
-use fanout::run;
-use fanout::scan::peek_all;
+use fanout::{peek_all, Pipeline};
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
 use fanout_shared::PipelineConfig;
@@ -29,10 +29,10 @@ async fn produce_and_consume(
     run_id: &str,
 ) -> (Pipeline, Vec<String>) {
     let pipeline = embedded_pipeline(3, Duplicates::default());
-    run::produce_tick(producer, &pipeline, run_id)
+    fanout::produce_tick(producer, &pipeline, run_id)
         .await
         .unwrap();
-    let outcome = run::consume(
+    let outcome = fanout::consume(
         consumer,
         &pipeline,
         &fast_options(2),

@@ -1,14 +1,12 @@
 //! The AWS backend against a real emulator (moto server): SNS → SQS → consumer → DynamoDB.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout::backend::aws_with;
-use fanout::event_source::to_event;
-use fanout::provision::provision;
-use fanout::run;
-use fanout::scan::peek_all;
+use fanout::{aws_with, peek_all, provision, to_event};
 use fanout_consumer::{Consumer, Settings};
 use fanout_shared::job::{
     decode_body, ATTR_FAILURE_REASON, ATTR_MESSAGE_ID, ATTR_STATUS_CODE, ATTR_TARGET_HOST,
@@ -209,7 +207,7 @@ async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_d
     let mut options = fast_options(2);
     options.event_source.visibility_timeout = Duration::from_secs(1);
     options.event_source.poll_wait = Duration::from_secs(1);
-    let (summary, _) = run::run(&config, &pipeline, "retry-run", &options)
+    let (summary, _) = fanout::run(&config, &pipeline, "retry-run", &options)
         .await
         .unwrap();
     assert_eq!(summary.lost, 0, "{summary:?}");
@@ -819,14 +817,14 @@ async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridg
     let server = TargetServer::start().await.unwrap();
     let paths: Vec<String> = (0..8).map(|i| format!("ok/{i}")).collect();
     let config = config_for(&server.base_url(), &paths, None);
-    let options = run::RunOptions {
+    let options = fanout::RunOptions {
         separate_instances: true,
         ..fast_options(4)
     };
-    let consumers = run::consumers(&config, &pipeline, &options).unwrap();
+    let consumers = fanout::consumers(&config, &pipeline, &options).unwrap();
     for round in 0..3 {
         let run_id = format!("race-{round}");
-        run::produce_tick(&config, &pipeline, &run_id)
+        fanout::produce_tick(&config, &pipeline, &run_id)
             .await
             .unwrap();
         let mut messages = Vec::new();

@@ -1,12 +1,13 @@
 //! Poison messages in the job queue, through the local event source: each is received once,
 //! dead-lettered with its reason, and never retried, while a good job next to them succeeds.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use fanout_shared::metrics::Metric;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fanout::run;
-use fanout::scan::peek_all;
+use fanout::peek_all;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
 use fanout_testkit::target_server::TargetServer;
@@ -30,7 +31,7 @@ async fn poison_is_received_once_and_dead_lettered_without_a_retry_loop() {
     for body in poison {
         pipeline.queue.send(body, &BTreeMap::new()).await.unwrap();
     }
-    let (summary, outcome) = run::run(&config, &pipeline, "poison-run", &fast_options(2))
+    let (summary, outcome) = fanout::run(&config, &pipeline, "poison-run", &fast_options(2))
         .await
         .unwrap();
     assert!(outcome.drained);

@@ -2,9 +2,10 @@
 //! run; the same tick again; the schedule guard; the watchdog. (Counts under every fault are
 //! checked by `fault_injection.rs`, after a DLQ replay by `dlq.rs`, on DynamoDB by `moto.rs`.)
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::time::Duration;
 
-use fanout::run;
 use fanout_producer::Started;
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::idempotency::{Acquire, Claim};
@@ -52,7 +53,7 @@ async fn a_run_is_counted_judged_and_announced_once() {
                 ..RunPolicy::default()
             },
         );
-        let (summary, _) = run::run(&config, &pipeline, "r1", &fast_options(4))
+        let (summary, _) = fanout::run(&config, &pipeline, "r1", &fast_options(4))
             .await
             .unwrap();
         assert_eq!(
@@ -101,7 +102,7 @@ async fn a_run_is_counted_judged_and_announced_once() {
         // The same tick again (a re-delivered schedule event): the run has ended, nothing is
         // published, nothing is counted or announced twice.
         let calls = server.records().len();
-        let (again, _) = run::run(&config, &pipeline, "r1", &fast_options(4))
+        let (again, _) = fanout::run(&config, &pipeline, "r1", &fast_options(4))
             .await
             .unwrap();
         assert_eq!(
@@ -127,11 +128,11 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
         ..RunPolicy::default()
     };
     let config = config(&server, 3, 0, skip);
-    let first = run::produce_tick(&config, &pipeline, "tick-1")
+    let first = fanout::produce_tick(&config, &pipeline, "tick-1")
         .await
         .unwrap();
     assert_eq!((first.started, first.published), (Started::New, 3));
-    let second = run::produce_tick(&config, &pipeline, "tick-2")
+    let second = fanout::produce_tick(&config, &pipeline, "tick-2")
         .await
         .unwrap();
     assert!(
@@ -151,7 +152,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
     assert!(skipped.note.is_some_and(|n| n.contains("tick-1")));
     // The same tick again is not an overlap.
     assert_eq!(
-        run::produce_tick(&config, &pipeline, "tick-1")
+        fanout::produce_tick(&config, &pipeline, "tick-1")
             .await
             .unwrap()
             .started,
@@ -166,7 +167,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
         ..config.clone()
     };
     assert_eq!(
-        run::produce_tick(&allow, &pipeline, "tick-3")
+        fanout::produce_tick(&allow, &pipeline, "tick-3")
             .await
             .unwrap()
             .started,
@@ -175,7 +176,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
     // A run past its deadline blocks nothing (a stuck run must not stop the schedule).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        run::produce_tick(&config, &pipeline, "tick-4")
+        fanout::produce_tick(&config, &pipeline, "tick-4")
             .await
             .unwrap()
             .started,
@@ -210,10 +211,10 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
             ..RunPolicy::default()
         },
     );
-    run::produce_tick(&config, &pipeline, "crashed")
+    fanout::produce_tick(&config, &pipeline, "crashed")
         .await
         .unwrap();
-    run::produce_tick(&config, &pipeline, "stuck")
+    fanout::produce_tick(&config, &pipeline, "stuck")
         .await
         .unwrap();
     // Both jobs of "crashed" settle, but no consumer finishes the run (it died after counting).

@@ -5,13 +5,13 @@
 //!
 //! One test in this binary: it installs the process-wide log subscriber.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fanout::backend::Pipeline;
-use fanout::run;
-use fanout::scan::peek_all;
+use fanout::{peek_all, Pipeline};
 use fanout_shared::embedded::Duplicates;
 use fanout_shared::job::ATTR_FAILURE_REASON;
 use fanout_shared::{JobMessage, PipelineConfig, QueueMessage};
@@ -100,7 +100,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
         },
     );
     let options = fast_options(2);
-    run::produce_tick(&config, &pipeline, "sec-run")
+    fanout::produce_tick(&config, &pipeline, "sec-run")
         .await
         .unwrap();
     queued_foreign_job(&pipeline, &config).await;
@@ -108,7 +108,9 @@ async fn secrets_reach_the_target_and_nothing_else() {
         .await
         .unwrap();
     assert!(queued.len() >= 9, "{} messages queued", queued.len());
-    let outcome = run::consume(&config, &pipeline, &options, 9).await.unwrap();
+    let outcome = fanout::consume(&config, &pipeline, &options, 9)
+        .await
+        .unwrap();
     assert!(outcome.drained);
 
     // The secrets were in play: the target got them.

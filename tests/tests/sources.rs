@@ -1,6 +1,8 @@
 //! Targets are data (issue #25): a list read at tick time, each row one call through a template,
 //! on the embedded backend end to end (`fanout run`'s library), against the target server.
 
+#![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -96,7 +98,7 @@ async fn every_row_is_called_once_on_the_templates_path_and_a_changed_list_needs
     let config = config(&server.base_url(), &list);
     let pipeline = embedded_pipeline(5, Duplicates::default());
 
-    let (first, _) = run::run(&config, &pipeline, "list-1", &fast_options(4))
+    let (first, _) = run(&config, &pipeline, "list-1", &fast_options(4))
         .await
         .unwrap();
     assert_eq!(
@@ -131,7 +133,7 @@ async fn every_row_is_called_once_on_the_templates_path_and_a_changed_list_needs
     next.extend((0..50).map(|i| format!("new-{i}")));
     write_rows(&list, &next);
     let before = server.records().len();
-    let (second, _) = run::run(&config, &pipeline, "list-2", &fast_options(4))
+    let (second, _) = run(&config, &pipeline, "list-2", &fast_options(4))
         .await
         .unwrap();
     assert_eq!((second.jobs, second.succeeded, second.lost), (159, 159, 0));
@@ -171,7 +173,7 @@ async fn bad_rows_fail_the_tick_before_anything_is_published_naming_each_line() 
     std::fs::write(&list, rows.join("\n")).unwrap();
     let config = config(&server.base_url(), &list);
     let pipeline = embedded_pipeline(5, Duplicates::default());
-    let error = run::run(&config, &pipeline, "bad-1", &fast_options(2))
+    let error = run(&config, &pipeline, "bad-1", &fast_options(2))
         .await
         .unwrap_err()
         .to_string();
@@ -194,7 +196,7 @@ async fn bad_rows_fail_the_tick_before_anything_is_published_naming_each_line() 
     // An unreadable source fails the tick the same way, naming the source.
     let gone = config.clone();
     std::fs::remove_file(&list).unwrap();
-    let error = run::run(&gone, &pipeline, "bad-2", &fast_options(2))
+    let error = run(&gone, &pipeline, "bad-2", &fast_options(2))
         .await
         .unwrap_err()
         .to_string();

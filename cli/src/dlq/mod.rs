@@ -9,7 +9,7 @@
 
 mod replay;
 
-pub use replay::{replay, MoveTask, ReplayOptions, ReplaySummary, ReplayTargets};
+pub use replay::{replay, MoveTask, ReplayMethod, ReplayOptions, ReplaySummary, ReplayTargets};
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -100,7 +100,7 @@ impl DlqFilter {
 }
 
 /// Describes received DLQ messages, joining each job with its idempotency record.
-pub async fn describe(
+pub(crate) async fn describe(
     messages: Vec<QueueMessage>,
     store: &dyn IdempotencyStore,
 ) -> Result<Vec<DlqEntry>, BackendError> {
@@ -170,7 +170,7 @@ pub async fn list(
 }
 
 /// The entries as an aligned table, one row each.
-pub fn table(entries: &[DlqEntry]) -> String {
+pub(crate) fn table(entries: &[DlqEntry]) -> String {
     let header = [
         "MESSAGE ID",
         "TARGET",

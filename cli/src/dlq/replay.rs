@@ -115,6 +115,13 @@ pub struct ReplayTargets<'a> {
     pub mover: Option<&'a dyn MessageMover>,
 }
 
+/// Opaque: the resources are trait objects.
+impl std::fmt::Debug for ReplayTargets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayTargets").finish_non_exhaustive()
+    }
+}
+
 /// Replays the DLQ as `options` say; `progress` sees the summary after every message.
 pub async fn replay(
     targets: &ReplayTargets<'_>,

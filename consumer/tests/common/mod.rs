@@ -11,14 +11,14 @@ use fanout_shared::{JobMessage, PipelineConfig};
 use fanout_testkit::target_server::TargetServer;
 use serde_json::json;
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub backend: EmbeddedBackend,
     pub consumer: Consumer,
     pub server: TargetServer,
 }
 
 /// The consumer's backends on `backend`, reading `source` and dead-lettering into `dlq`.
-pub fn backends(backend: &EmbeddedBackend, source: &str, dlq: &str) -> Backends {
+pub(crate) fn backends(backend: &EmbeddedBackend, source: &str, dlq: &str) -> Backends {
     Backends {
         store: Arc::new(backend.store()),
         source: Arc::new(backend.queue(source)),
@@ -29,7 +29,7 @@ pub fn backends(backend: &EmbeddedBackend, source: &str, dlq: &str) -> Backends 
     }
 }
 
-pub async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
+pub(crate) async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
     let server = TargetServer::start().await.unwrap();
     let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
     backend
@@ -48,11 +48,11 @@ pub async fn harness(config: serde_json::Value, settings: Settings) -> Harness {
 
 /// A config of `targets`, with the timeout [`job`] writes into its messages, so the consumer's
 /// policy (the message must match its own config) accepts them.
-pub fn config(targets: serde_json::Value) -> serde_json::Value {
+pub(crate) fn config(targets: serde_json::Value) -> serde_json::Value {
     json!({ "allow_private_networks": true, "defaults": {"timeout_ms": 2000}, "targets": targets })
 }
 
-pub fn job(run: &str, id: &str, url: &str) -> JobMessage {
+pub(crate) fn job(run: &str, id: &str, url: &str) -> JobMessage {
     let target = fanout_shared::JobTarget {
         id: id.into(),
         url: url.into(),
@@ -65,7 +65,7 @@ pub fn job(run: &str, id: &str, url: &str) -> JobMessage {
 }
 
 /// An SQS event as Lambda delivers it, one record per body.
-pub fn event(bodies: &[String]) -> SqsEvent {
+pub(crate) fn event(bodies: &[String]) -> SqsEvent {
     let records: Vec<_> = bodies
         .iter()
         .enumerate()
@@ -81,6 +81,6 @@ pub fn event(bodies: &[String]) -> SqsEvent {
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
-pub fn in_seconds(s: i64) -> i64 {
+pub(crate) fn in_seconds(s: i64) -> i64 {
     fanout_shared::now_ms() + s * 1000
 }

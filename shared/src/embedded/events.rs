@@ -18,7 +18,7 @@ pub struct StoredEvent {
 }
 
 /// The `events` table of the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedEvents {
     backend: EmbeddedBackend,
 }

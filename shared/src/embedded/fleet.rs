@@ -11,7 +11,7 @@ use crate::fleet::{FleetStore, Lease};
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
 /// Host states and leases in the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedFleet {
     backend: EmbeddedBackend,
 }

@@ -15,7 +15,7 @@ use crate::runs::Tally;
 const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class";
 
 /// The idempotency table in the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedIdempotency {
     backend: EmbeddedBackend,
 }

@@ -15,7 +15,7 @@ use crate::queue::{Queue, QueueDepth, QueueMessage};
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A queue in the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedQueue {
     backend: EmbeddedBackend,
     name: String,

@@ -15,7 +15,7 @@ use crate::runs::{
 const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note";
 
 /// The run ledger in the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedRuns {
     backend: EmbeddedBackend,
 }

@@ -9,7 +9,7 @@ use crate::job::OutboundMessage;
 use crate::publish::{EntryFailure, Publisher, MAX_BATCH_ENTRIES};
 
 /// A topic in the state file.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedTopic {
     backend: EmbeddedBackend,
     name: String,

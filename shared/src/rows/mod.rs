@@ -202,6 +202,17 @@ pub struct RowReader {
     state: State,
 }
 
+/// The settings, not the input: a reader's position is in the stream it wraps.
+impl fmt::Debug for RowReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowReader")
+            .field("format", &self.format)
+            .field("declared_gzip", &self.declared_gzip)
+            .field("max_row_bytes", &self.max_row_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 enum State {
     /// Not yet read: the gzip sniff needs the first bytes, and an error there belongs in the
     /// iteration, not in the constructor.

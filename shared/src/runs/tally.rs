@@ -30,7 +30,7 @@ pub struct Tally<'a> {
 
 /// What a [`Tally`] changes in its run's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
+pub(crate) struct Delta {
     /// Added to `succeeded`.
     pub succeeded: i64,
     /// Added to `dead_lettered`.

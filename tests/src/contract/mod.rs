@@ -19,7 +19,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use fanout::backend::Pipeline;
+use fanout::Pipeline;
 use fanout_shared::idempotency::IdempotencyStore;
 use fanout_shared::{FleetStore, Queue, RunLedger};
 use futures_util::future::BoxFuture;
