@@ -124,6 +124,9 @@ pub(crate) enum Command {
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The lists a tick reads: what the next tick would call.
+    #[command(subcommand)]
+    Targets(TargetsCommand),
     /// The fleet's shared host states: budgets, current rates, circuits, pauses; pause, resume
     /// or re-budget a host at runtime.
     Hosts(crate::hosts::HostsArgs),
@@ -183,6 +186,27 @@ pub(crate) enum ConfigCommand {
         /// The stack's batch size.
         #[arg(long, default_value_t = 10)]
         batch_size: u32,
+    },
+}
+
+/// `fanout targets …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TargetsCommand {
+    /// Where each source reads from, its row count and a sample of the rendered calls (from the
+    /// config alone: file and inline sources are read as the producer reads them).
+    Show {
+        /// The config file.
+        #[arg(long, env = "FANOUT_CONFIG")]
+        config: PathBuf,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// A JSON array of `{"id", "method", "url"}` on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Every call, not a sample.
+        #[arg(long)]
+        all: bool,
     },
 }
 

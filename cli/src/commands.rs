@@ -10,7 +10,7 @@ use fanout_testkit::target_server::TargetServer;
 
 use crate::args::{
     BackendKind, Cli, Command, ConfigCommand, ConsumeArgs, DlqCommand, FilterArgs, LocalArgs,
-    ProduceArgs, ReplayArgs, RunArgs, RunsCommand,
+    ProduceArgs, ReplayArgs, RunArgs, RunsCommand, TargetsCommand,
 };
 use crate::backend::{self, EmbeddedSettings, Pipeline};
 use crate::event_source::EventSourceOptions;
@@ -109,6 +109,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Hosts(args) => hosts_command(&cli, args).await,
         Command::Trigger(args) => crate::trigger::command(&cli, args).await,
         Command::Config(command) => config_check_command(command),
+        Command::Targets(TargetsCommand::Show {
+            config,
+            source,
+            json,
+            all,
+        }) => crate::targets::show(&load_config(config)?, source.as_deref(), *json, *all),
     }
 }
 

@@ -24,6 +24,7 @@
 //! - `report`: the summary table/JSON and the progress display.
 //! - `demo`: the `--demo` workload.
 //! - `check`: `fanout config check`.
+//! - `targets`: `fanout targets show`, what the next tick would call.
 //! - `hosts`: `fanout hosts`, the fleet's shared host states and the operator's pause, resume
 //!   and runtime budget.
 
@@ -46,6 +47,7 @@ mod runs;
 mod scan;
 mod settle;
 mod stack;
+mod targets;
 mod trigger;
 
 pub use args::Cli;

@@ -360,3 +360,50 @@ fn config_holes_and_bad_run_ids_exit_2_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn targets_show_renders_the_list_from_the_config_alone_and_names_a_bad_row() {
+    let dir = temp_dir("targets");
+    let config = serde_json::json!({
+        "rate_limit": {"per_second": 10},
+        "templates": {"sync": {"url": "https://api.example.com/customers/{id}/sync?plan={plan}", "method": "POST"}},
+        "sources": [{"name": "customers", "template": "sync", "id_field": "id", "location": "customers.csv"}]
+    });
+    std::fs::write(dir.join("fanout.json"), config.to_string()).unwrap();
+    // CSV quoting: a comma and a quote inside a field stay in the one value.
+    std::fs::write(
+        dir.join("customers.csv"),
+        "id,plan\nc-1,pro\n\"c/2\",\"a,\"\"b\"\"\"\n",
+    )
+    .unwrap();
+    let show = |extra: &[&str]| {
+        let mut args = vec!["targets", "show", "--config"];
+        let path = dir.join("fanout.json");
+        let path = path.to_str().unwrap().to_owned();
+        args.push(&path);
+        args.extend_from_slice(extra);
+        Command::new(FANOUT).args(&args).output().unwrap()
+    };
+    let output = show(&["--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        calls,
+        serde_json::json!([
+            {"id": "customers/c-1", "method": "POST", "url": "https://api.example.com/customers/c-1/sync?plan=pro"},
+            {"id": "customers/c/2", "method": "POST", "url": "https://api.example.com/customers/c%2F2/sync?plan=a%2C%22b%22"}
+        ])
+    );
+    let table = String::from_utf8(show(&[]).stdout).unwrap();
+    assert!(table.contains("source customers: 2 rows from"), "{table}");
+
+    std::fs::write(dir.join("customers.csv"), "id,plan\nc-1,pro\nc-2\n").unwrap();
+    let output = show(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("source \"customers\" line 3"), "{stderr}");
+}
