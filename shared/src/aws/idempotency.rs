@@ -479,12 +479,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
         &self,
         message_ids: &[String],
     ) -> Result<Vec<IdempotencyRecord>, BackendError> {
-        let items = batch_get(
-            &self.client,
-            &self.table,
-            message_ids.iter().map(s),
-        )
-        .await?;
+        let items = batch_get(&self.client, &self.table, message_ids.iter().map(s)).await?;
         Ok(items.iter().filter_map(parse_record).collect())
     }
 }
