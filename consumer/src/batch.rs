@@ -60,7 +60,7 @@ impl Consumer {
         // Two store round trips, neither waiting for the other: every one before the first
         // call is time the instance's share goes unused.
         let hosts = hosts_of(&event.records);
-        let (in_flight, ()) =
+        let (in_flight, unreadable) =
             future::join(self.flow.start_batch(), self.flow.refresh(&hosts)).await;
         // Records are moved into their futures: borrowed ones trip the compiler's higher-ranked
         // lifetime check when this future is spawned.
@@ -93,6 +93,11 @@ impl Consumer {
         let ((), finished_runs) =
             future::join(self.flow.end_batch(in_flight), self.finish_runs(&reports)).await;
         let mut report = self.report(reports);
+        if unreadable > 0 {
+            report
+                .metrics
+                .count(Metric::HostStateUnreadable, unreadable);
+        }
         report.run_metrics = run_metrics(&self.settings.pipeline, &finished_runs);
         report.finished_runs = finished_runs;
         // What Lambda bills, near enough; the benchmark's cost figures add it up from the logs.

@@ -210,8 +210,10 @@ impl Flow {
     }
 
     /// Reads the states of `hosts` (and of every host, [`ALL_HOSTS`]) not read within the cache
-    /// period, in one store call.
-    pub(crate) async fn refresh(&self, hosts: &BTreeSet<String>) {
+    /// period, in one store call. Returns how many stored states did not parse: they are cached
+    /// as the default (not paused, circuit closed) so their hosts' jobs go on, and the batch
+    /// counts them ([`Metric::HostStateUnreadable`](fanout_shared::metrics::Metric)).
+    pub(crate) async fn refresh(&self, hosts: &BTreeSet<String>) -> u64 {
         let stale: Vec<String> = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             std::iter::once(ALL_HOSTS)
@@ -225,18 +227,22 @@ impl Flow {
                 .collect()
         };
         if stale.is_empty() {
-            return;
+            return 0;
         }
-        match self.store.host_states(&stale).await {
-            Ok(states) => {
-                let mut found: HashMap<String, HostState> = states.into_iter().collect();
+        match self.store.read_host_states(&stale).await {
+            Ok(read) => {
+                let mut found: HashMap<String, HostState> = read.states.into_iter().collect();
                 let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
                 for host in stale {
                     let state = found.remove(&host).unwrap_or_default();
                     cache.insert(host, (state, Instant::now()));
                 }
+                u64::try_from(read.unreadable.len()).unwrap_or(u64::MAX)
             }
-            Err(e) => warn!(error = %e, "could not read host states; using the cached ones"),
+            Err(e) => {
+                warn!(error = %e, "could not read host states; using the cached ones");
+                0
+            }
         }
     }
 

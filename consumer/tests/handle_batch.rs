@@ -678,3 +678,79 @@ async fn transient_failures_back_off_and_give_up_after_max_attempts() {
     );
     assert_eq!(delayed(&h).await, 0, "no further copy scheduled");
 }
+
+/// The embedded fleet, except that the stored states of `garbled` hosts do not parse (as a
+/// hand-edited or incompatible item would): the backends' own parsing is tested in `shared`.
+struct GarbledFleet {
+    inner: fanout_shared::embedded::EmbeddedFleet,
+    garbled: String,
+}
+
+#[async_trait::async_trait]
+impl fanout_shared::FleetStore for GarbledFleet {
+    async fn read_host_states(
+        &self,
+        hosts: &[String],
+    ) -> Result<fanout_shared::HostStates, fanout_shared::BackendError> {
+        let mut found = self.inner.read_host_states(hosts).await?;
+        found.states.retain(|(h, _)| *h != self.garbled);
+        if hosts.contains(&self.garbled) {
+            found.unreadable.push(self.garbled.clone());
+        }
+        Ok(found)
+    }
+
+    async fn apply(
+        &self,
+        host: &str,
+        event: &fanout_shared::hosts::HostEvent,
+        now_ms: i64,
+        policy: &fanout_shared::hosts::HostPolicy,
+    ) -> Result<(fanout_shared::hosts::HostState, bool), fanout_shared::BackendError> {
+        self.inner.apply(host, event, now_ms, policy).await
+    }
+
+    async fn renew(
+        &self,
+        lease: &fanout_shared::Lease,
+        now_ms: i64,
+    ) -> Result<Vec<fanout_shared::Lease>, fanout_shared::BackendError> {
+        self.inner.renew(lease, now_ms).await
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_host_state_is_counted_and_its_host_still_called() {
+    let server = TargetServer::start().await.unwrap();
+    let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+    backend
+        .ensure_pipeline("jobs", "jobs", "jobs-dlq", Some(5))
+        .unwrap();
+    let base = server.base_url();
+    let config = config(json!([{"id": "a", "url": format!("{base}/ok/a")}])).to_string();
+    let config = PipelineConfig::parse(&config, false, "test.json").unwrap();
+    let job = job("run-1", "a", &format!("{base}/ok/a"));
+    let host = job.target.host().expect("the job has a host");
+    let backends = fanout_consumer::Backends {
+        fleet: std::sync::Arc::new(GarbledFleet {
+            inner: backend.fleet(),
+            garbled: host.clone(),
+        }),
+        ..backends(&backend, "jobs", "jobs-dlq")
+    };
+    let consumer = Consumer::new(&config, backends, Settings::default()).unwrap();
+    let report = consumer
+        .handle_batch(event(&[job.encode().body]), in_seconds(10))
+        .await;
+    assert_eq!(
+        report.metrics.total(Metric::HostStateUnreadable),
+        1.0,
+        "{host}'s unreadable state is counted"
+    );
+    assert_eq!(
+        report.metrics.total(Metric::Succeeded),
+        1.0,
+        "read as not paused, circuit closed: the job is called"
+    );
+    assert_eq!(server.records().len(), 1);
+}

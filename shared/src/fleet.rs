@@ -100,13 +100,36 @@ pub fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// What [`FleetStore::read_host_states`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostStates {
+    /// The stored states that read (hosts never written are left out: their state is the
+    /// default).
+    pub states: Vec<(String, HostState)>,
+    /// Hosts whose stored state does not parse (hand-edited, or written by an incompatible
+    /// version). Callers read them as the default, not paused and circuit closed, so calls go
+    /// on; they are listed so the consumer can count them (`HostStateUnreadable`): an
+    /// operator's pause that silently stopped holding must show on a dashboard, not only in
+    /// the backend's warn log.
+    pub unreadable: Vec<String>,
+}
+
 /// Where the fleet's shared state lives: a DynamoDB table, or the embedded state file.
 #[async_trait]
 pub trait FleetStore: Send + Sync {
-    /// The stored states of `hosts` (hosts never written are left out: their state is the
-    /// default).
-    async fn host_states(&self, hosts: &[String])
-        -> Result<Vec<(String, HostState)>, BackendError>;
+    /// The stored states of `hosts`, and which of them do not parse (each also logged at warn,
+    /// naming the host).
+    async fn read_host_states(&self, hosts: &[String]) -> Result<HostStates, BackendError>;
+
+    /// The stored states of `hosts` that read (hosts never written, and hosts whose state does
+    /// not parse, are left out: their state is the default). For callers that need no count
+    /// of unreadable states.
+    async fn host_states(
+        &self,
+        hosts: &[String],
+    ) -> Result<Vec<(String, HostState)>, BackendError> {
+        Ok(self.read_host_states(hosts).await?.states)
+    }
 
     /// Applies `event` to `host`'s state atomically ([`HostState::apply`] on the current
     /// state). Returns the state after it and whether the event changed it (for

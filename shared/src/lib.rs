@@ -52,7 +52,7 @@ pub mod embedded;
 pub use config::{ConfigError, ConfigErrors, PipelineConfig};
 pub use error::BackendError;
 pub use failure::{Failure, FailureKind};
-pub use fleet::{FleetStore, Lease};
+pub use fleet::{FleetStore, HostStates, Lease};
 pub use hosts::{HostEvent, HostPolicy, HostState};
 pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};
 pub use job::{JobMessage, JobTarget, OutboundMessage};

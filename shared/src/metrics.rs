@@ -54,6 +54,11 @@ pub enum Metric {
     Requeued,
     /// Invocations that only put work back: no call made, some job waited or held.
     DeferOnlyInvocations,
+    /// Stored host states that did not parse, read as not paused and circuit closed (the
+    /// consumer's warn log names each host), counted on each read (an instance reads a host's
+    /// state at most once per cache period): a pause or open circuit that silently stopped
+    /// holding must show on a dashboard, not only in a log.
+    HostStateUnreadable,
     /// HTTP calls made.
     OutboundCalls,
     /// Each call's latency (ms).
@@ -102,6 +107,7 @@ impl Metric {
             Metric::LockedElsewhere => "LockedElsewhere",
             Metric::Requeued => "Requeued",
             Metric::DeferOnlyInvocations => "DeferOnlyInvocations",
+            Metric::HostStateUnreadable => "HostStateUnreadable",
             Metric::OutboundCalls => "OutboundCalls",
             Metric::CallLatency => "CallLatency",
             Metric::RateLimitWait => "RateLimitWait",

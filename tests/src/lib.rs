@@ -100,7 +100,6 @@ pub struct Moto {
     pub endpoint: String,
 }
 
-/// Where it serves.
 impl std::fmt::Debug for Moto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Moto")
@@ -109,18 +108,61 @@ impl std::fmt::Debug for Moto {
     }
 }
 
+/// The variable `scripts/test` (and so CI, `.ci/run`) sets: a test whose emulator is missing
+/// then fails instead of skipping, so a suite can never pass by not running.
+pub const REQUIRE_EMULATORS: &str = "FANOUT_REQUIRE_EMULATORS";
+
+/// Whether [`REQUIRE_EMULATORS`] is set (to anything but empty or `0`).
+pub fn emulators_required() -> bool {
+    std::env::var(REQUIRE_EMULATORS).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What a test that needs `emulator` says when it is missing (at `path`): which one, and how
+/// to install it.
+fn missing_emulator(emulator: &str, path: &std::path::Path) -> String {
+    format!(
+        "{emulator} is not installed ({} is missing): run scripts/setup-emulator \
+         (needs python3 with venv and pip; installs moto[server] into .venv, ~1.5 min)",
+        path.display()
+    )
+}
+
+/// A moto server for the test, or a skip: `let moto = moto_or_skip!();` returns from the test
+/// when moto is missing and [`REQUIRE_EMULATORS`] is unset (a plain `cargo test` on a machine
+/// without the emulator says SKIPPED and passes); under `scripts/test` it panics instead
+/// ([`Moto::start`]).
+#[macro_export]
+macro_rules! moto_or_skip {
+    () => {
+        match $crate::Moto::start() {
+            Some(moto) => moto,
+            None => return,
+        }
+    };
+}
+
 impl Moto {
     /// Starts moto from the project venv (`scripts/setup-emulator`), serving one request at a
-    /// time (`tests/emulator/moto_serial.py` says why). `None`, with a loud message, if the venv
-    /// is absent: `.ci/run` always installs it.
+    /// time (`tests/emulator/moto_serial.py` says why). If the venv is absent: a panic naming
+    /// the emulator and its installer when [`emulators_required`], else `None` after a loud
+    /// SKIPPED line (a plain `cargo test` on a fresh machine).
     pub fn start() -> Option<Self> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = root.join("../.venv/bin/python");
-        if !root.join("../.venv/bin/moto_server").exists() {
-            eprintln!(
-                "SKIPPED: moto is not installed in {}; run scripts/setup-emulator",
-                root.join("../.venv").display()
+        Self::start_in(&root.join("../.venv"), emulators_required())
+    }
+
+    /// [`Moto::start`] from the venv `venv`, failing (`required`) or skipping when it lacks moto.
+    fn start_in(venv: &std::path::Path, required: bool) -> Option<Self> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = venv.join("bin/python");
+        let server = venv.join("bin/moto_server");
+        if !server.exists() {
+            let missing = missing_emulator("moto (the AWS emulator)", &server);
+            assert!(
+                !required,
+                "{REQUIRE_EMULATORS} is set (scripts/test, CI), so this test may not skip: {missing}"
             );
+            eprintln!("SKIPPED: {missing}; set {REQUIRE_EMULATORS}=1 to make this an error");
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -237,5 +279,25 @@ impl fanout_shared::EventBus for RecordingBus {
             events.push((detail_type.to_owned(), detail.clone()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_moto_skips_a_plain_cargo_test() {
+        assert!(Moto::start_in(std::path::Path::new("/nonexistent/venv"), false).is_none());
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "FANOUT_REQUIRE_EMULATORS is set (scripts/test, CI), so this test may not skip: \
+                    moto (the AWS emulator) is not installed (/nonexistent/venv/bin/moto_server is \
+                    missing): run scripts/setup-emulator"
+    )]
+    fn a_missing_moto_fails_under_scripts_test() {
+        let _ = Moto::start_in(std::path::Path::new("/nonexistent/venv"), true);
     }
 }

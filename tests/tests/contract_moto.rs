@@ -7,7 +7,6 @@
 use fanout::aws_with;
 use fanout::provision;
 use fanout_tests::contract::{self, Backend, Limits, MAX_RECEIVE_COUNT};
-use fanout_tests::Moto;
 
 /// What moto does differently from AWS (TOOLCHAIN.md lists its limits).
 const MOTO: Limits = Limits {
@@ -15,7 +14,7 @@ const MOTO: Limits = Limits {
 };
 
 async fn check(suite: &str) {
-    let Some(moto) = Moto::start() else { return };
+    let moto = fanout_tests::moto_or_skip!();
     let sdk = moto.sdk().await;
     let (_, contracts) = contract::all()
         .into_iter()

@@ -16,7 +16,9 @@ use fanout_shared::RunLedger as _;
 use fanout_shared::{JobMessage, Queue};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::fault::{run_faults, CrashInjection, FaultPlan};
-use fanout_tests::{config_file, config_file_at, config_for, fanout_bin, fast_options, Moto};
+use fanout_tests::{
+    config_file, config_file_at, config_for, fanout_bin, fast_options, moto_or_skip, Moto,
+};
 
 fn in_seconds(s: i64) -> i64 {
     fanout_shared::now_ms() + s * 1000
@@ -24,7 +26,7 @@ fn in_seconds(s: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_batch_arrives_raw_and_enveloped_with_attributes() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "pub", 5, 30).await.unwrap();
     // A second queue subscribed without raw delivery receives SNS envelopes.
@@ -91,7 +93,7 @@ async fn publish_batch_arrives_raw_and_enveloped_with_attributes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "dup", 5, 30).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);
@@ -184,7 +186,7 @@ async fn duplicate_publishes_redeliveries_and_racing_consumers_make_one_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_dead_lettered() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "retry", 2, 1).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);
@@ -272,7 +274,7 @@ async fn transient_is_retried_with_backoff_until_max_attempts_and_permanent_is_d
 
 #[test]
 fn fanout_run_backend_aws_settles_200_jobs() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..200).map(|i| format!("ok/{i}")).collect();
@@ -363,7 +365,7 @@ fn provision_with_cli(moto: &Moto, prefix: &str) -> Vec<(String, String)> {
 
 #[test]
 fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..50).map(|i| format!("broken/{i}")).collect();
@@ -503,7 +505,7 @@ fn dlq_list_and_replay_on_sqs_settle_fifty_fixed_jobs_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_run_of_100_jobs_settles_every_job_once() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "faults", 5, 1).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);
@@ -543,7 +545,7 @@ fn flow_control_on_dynamodb_holds_a_down_host_and_waits_for_a_tight_budget_witho
     // The host state and the leases in DynamoDB (moto), through the binary as a user runs it:
     // a host down for its first 4 s, and a budget of 8/s the jobs have to wait for. Without the
     // circuit, about 32 calls would meet the outage.
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TargetServer::start()).unwrap();
     let paths: Vec<String> = (0..40).map(|i| format!("outage/{i}?secs=4")).collect();
@@ -666,7 +668,7 @@ impl aws_sdk_dynamodb::config::Intercept for DynamoDbCalls {
 async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
     use fanout_shared::aws::DynamoDbIdempotency;
     use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore};
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "calls", 5, 30).await.unwrap();
     let calls = DynamoDbCalls::default();
@@ -775,7 +777,7 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridge_event() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = moto_or_skip!();
     let sdk = moto.sdk().await;
     let resources = provision(&sdk, "race", 5, 30).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use tracing::warn;
 
 use super::table::{host_key, s, CONDITION_FAILED, HOST_PREFIX, KEY, LEASES_KEY};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
-use crate::fleet::{FleetStore, Lease};
+use crate::fleet::{FleetStore, HostStates, Lease};
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
 const LEASE_PREFIX: &str = "lease_";
@@ -28,18 +29,56 @@ pub struct DynamoDbFleet {
     table: String,
 }
 
-fn parse_state(item: &HashMap<String, AttributeValue>) -> (HostState, i64) {
-    let state = item
-        .get("host_state")
-        .and_then(|v| v.as_s().ok())
-        .and_then(|text| serde_json::from_str(text).ok())
-        .unwrap_or_default();
+/// An item's state and version. A `host_state` that is absent reads as the default; one that
+/// does not parse is `Err` with the reason, and its caller decides (the version still counts, so
+/// the next write replaces it under the usual condition).
+fn parse_state(item: &HashMap<String, AttributeValue>) -> (Result<HostState, String>, i64) {
+    let state = match item.get("host_state") {
+        None => Ok(HostState::default()),
+        Some(value) => value
+            .as_s()
+            .map_err(|_| "not a string attribute".to_owned())
+            .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string())),
+    };
     let version = item
         .get("version")
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (state, version)
+}
+
+/// A `host_state` that does not parse is read as the default (not paused, circuit closed): an
+/// unreadable item must not stop every call to its host. Said at warn, naming the host, since
+/// an operator's pause may be what stopped holding.
+fn unreadable_state(host: &str, error: &str) -> HostState {
+    warn!(
+        host,
+        error, "stored host_state does not parse; read as not paused, circuit closed"
+    );
+    HostState::default()
+}
+
+/// The host states of `items` (from the table), split into those that read and those that do not.
+fn host_states_of(items: &[HashMap<String, AttributeValue>]) -> HostStates {
+    let mut found = HostStates::default();
+    for item in items {
+        let Some(host) = item
+            .get(KEY)
+            .and_then(|k| k.as_s().ok())
+            .and_then(|k| k.strip_prefix(HOST_PREFIX))
+        else {
+            continue;
+        };
+        match parse_state(item).0 {
+            Ok(state) => found.states.push((host.to_owned(), state)),
+            Err(e) => {
+                unreadable_state(host, &e);
+                found.unreadable.push(host.to_owned());
+            }
+        }
+    }
+    found
 }
 
 fn parse_leases(item: &HashMap<String, AttributeValue>) -> Vec<Lease> {
@@ -75,7 +114,13 @@ impl DynamoDbFleet {
             .send()
             .await
             .map_err(|e| sdk_error("dynamodb:GetItem", e))?;
-        Ok(output.item().map(parse_state).unwrap_or_default())
+        let Some(item) = output.item() else {
+            return Ok((HostState::default(), 0));
+        };
+        let (state, version) = parse_state(item);
+        // The event then applies to the default and its write replaces the unreadable item.
+        let state = state.unwrap_or_else(|e| unreadable_state(host, &e));
+        Ok((state, version))
     }
 
     /// Removes lapsed leases, unless one of them was renewed meanwhile (then the next renewal
@@ -118,20 +163,11 @@ impl DynamoDbFleet {
 
 #[async_trait]
 impl FleetStore for DynamoDbFleet {
-    async fn host_states(
-        &self,
-        hosts: &[String],
-    ) -> Result<Vec<(String, HostState)>, BackendError> {
+    async fn read_host_states(&self, hosts: &[String]) -> Result<HostStates, BackendError> {
         let items =
             super::table::batch_get(&self.client, &self.table, hosts.iter().map(|h| host_key(h)))
                 .await?;
-        Ok(items
-            .iter()
-            .filter_map(|item| {
-                let host = item.get(KEY)?.as_s().ok()?.strip_prefix(HOST_PREFIX)?;
-                Some((host.to_owned(), parse_state(item).0))
-            })
-            .collect())
+        Ok(host_states_of(&items))
     }
 
     async fn apply(
@@ -213,5 +249,50 @@ impl FleetStore for DynamoDbFleet {
             self.prune(&lapsed).await?;
         }
         Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(host: &str, state: Option<AttributeValue>) -> HashMap<String, AttributeValue> {
+        let mut item = HashMap::from([
+            (KEY.to_owned(), host_key(host)),
+            ("version".to_owned(), AttributeValue::N("3".into())),
+        ]);
+        if let Some(state) = state {
+            item.insert("host_state".to_owned(), state);
+        }
+        item
+    }
+
+    #[test]
+    fn an_unparseable_host_state_is_listed_as_unreadable_not_hidden() {
+        let paused = HostState {
+            operator_paused: true,
+            ..HostState::default()
+        };
+        let text = serde_json::to_string(&paused).unwrap();
+        let items = [
+            item("good.example", Some(AttributeValue::S(text))),
+            item(
+                "garbled.example",
+                Some(AttributeValue::S("{not json".into())),
+            ),
+            item("number.example", Some(AttributeValue::N("1".into()))),
+            item("fresh.example", None),
+        ];
+        let found = host_states_of(&items);
+        assert_eq!(
+            found.states,
+            [
+                ("good.example".to_owned(), paused),
+                ("fresh.example".to_owned(), HostState::default())
+            ]
+        );
+        assert_eq!(found.unreadable, ["garbled.example", "number.example"]);
+        // The version still reads, so the next event's conditional write replaces the item.
+        assert_eq!(parse_state(&items[1]).1, 3);
     }
 }

@@ -4,10 +4,11 @@
 
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
+use tracing::warn;
 
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
-use crate::fleet::{FleetStore, Lease};
+use crate::fleet::{FleetStore, HostStates, Lease};
 use crate::hosts::{HostEvent, HostPolicy, HostState};
 
 /// Host states and leases in the state file.
@@ -22,23 +23,33 @@ impl EmbeddedFleet {
     }
 }
 
-/// A stored state; one that does not parse (hand-edited) counts as the default.
-fn parse(text: &str) -> HostState {
-    serde_json::from_str(text).unwrap_or_default()
+/// A stored state, or why it does not parse (hand-edited, or written by an incompatible
+/// version).
+fn parse(text: &str) -> Result<HostState, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// A state that does not parse is read as the default (not paused, circuit closed): it must not
+/// stop every call to its host. Said at warn, naming the host, since an operator's pause may be
+/// what stopped holding.
+fn unreadable(host: &str, error: &serde_json::Error) -> HostState {
+    warn!(
+        host,
+        error = %error,
+        "stored host state does not parse; read as not paused, circuit closed"
+    );
+    HostState::default()
 }
 
 #[async_trait]
 impl FleetStore for EmbeddedFleet {
-    async fn host_states(
-        &self,
-        hosts: &[String],
-    ) -> Result<Vec<(String, HostState)>, BackendError> {
+    async fn read_host_states(&self, hosts: &[String]) -> Result<HostStates, BackendError> {
         let inner = self.backend.lock()?;
         let mut stmt = inner
             .conn
             .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
             .map_err(sql_error)?;
-        let mut states = Vec::with_capacity(hosts.len());
+        let mut found = HostStates::default();
         let mut seen = std::collections::HashSet::new();
         // Each host once, however often it is asked for (as DynamoDB answers).
         for host in hosts.iter().filter(|h| seen.insert(h.as_str())) {
@@ -47,10 +58,16 @@ impl FleetStore for EmbeddedFleet {
                 .optional()
                 .map_err(sql_error)?
             {
-                states.push((host.clone(), parse(&text)));
+                match parse(&text) {
+                    Ok(state) => found.states.push((host.clone(), state)),
+                    Err(e) => {
+                        unreadable(host, &e);
+                        found.unreadable.push(host.clone());
+                    }
+                }
             }
         }
-        Ok(states)
+        Ok(found)
     }
 
     async fn apply(
@@ -69,7 +86,7 @@ impl FleetStore for EmbeddedFleet {
             .prepare_cached("SELECT state FROM hosts WHERE host = ?1")
             .and_then(|mut s| s.query_row([host], |r| r.get::<_, String>(0)).optional())
             .map_err(sql_error)?
-            .map(|text| parse(&text))
+            .map(|text| parse(&text).unwrap_or_else(|e| unreadable(host, &e)))
             .unwrap_or_default();
         let Some(next) = current.apply(event, now_ms, policy) else {
             return Ok((current, false));
@@ -121,4 +138,53 @@ impl FleetStore for EmbeddedFleet {
 }
 
 // Host states and leases are held to one contract on every backend: `tests/src/contract/fleet.rs`,
-// run by `tests/tests/contract_*.rs`.
+// run by `tests/tests/contract_*.rs`. What is left here is this backend's own reading.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unparseable_state_is_listed_as_unreadable_and_the_next_event_replaces_it() {
+        let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+        let fleet = backend.fleet();
+        let policy = HostPolicy::default();
+        fleet
+            .apply("good", &HostEvent::Failed, 0, &policy)
+            .await
+            .unwrap();
+        backend
+            .lock()
+            .unwrap()
+            .conn
+            .execute(
+                "INSERT INTO hosts (host, state) VALUES ('garbled', '{not json')",
+                [],
+            )
+            .unwrap();
+        let hosts = ["good".to_owned(), "garbled".to_owned(), "new".to_owned()];
+        let found = fleet.read_host_states(&hosts).await.unwrap();
+        assert_eq!(
+            found
+                .states
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>(),
+            ["good"]
+        );
+        assert_eq!(found.unreadable, ["garbled"]);
+        assert_eq!(fleet.host_states(&hosts).await.unwrap(), found.states);
+        // An event reads the garbled state as the default and its write replaces it.
+        let (state, changed) = fleet
+            .apply("garbled", &HostEvent::Failed, 0, &policy)
+            .await
+            .unwrap();
+        assert!(changed && state.consecutive_failures == 1, "{state:?}");
+        assert!(fleet
+            .read_host_states(&hosts)
+            .await
+            .unwrap()
+            .unreadable
+            .is_empty());
+    }
+}
