@@ -18,9 +18,10 @@ use crate::counting_proxy::{CountingProxy, Counts};
 use crate::report::{list, median, Figure, Section};
 use crate::workload::Scratch;
 
-/// Jobs per tick and the stack's global budget (`ratePerSecond`).
+/// Jobs per tick.
 pub(crate) const JOBS: usize = 600;
-/// The stack's global budget, requests/s.
+/// The global budget, requests/s: the config's `rate_limit.per_second`, which the stack runs
+/// as it is (no `ratePerSecond` context: synth refuses one that disagrees with the config).
 pub(crate) const RATE: f64 = 200.0;
 /// The budget of the second series of clean ticks: 10/s per instance, so a 10-record batch
 /// lasts about a second.
@@ -328,10 +329,7 @@ pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
     let base = server.base_url();
     let clean = config(&base, "clean", None, RATE);
     let clean_path = write(&scratch, "clean.json", &clean)?;
-    let context = vec![
-        format!("maxConcurrency={CONCURRENCY}"),
-        format!("ratePerSecond={RATE}"),
-    ];
+    let context = vec![format!("maxConcurrency={CONCURRENCY}")];
     let (cloud, deploy_s, deploy_summary) = up(cloud, &proxy, clean_path.clone(), context).await?;
     let mut ticks = Vec::new();
     {
@@ -391,13 +389,8 @@ pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
     .await?;
     let slow_config = config(&base, "slow", None, SLOW_RATE);
     let slow_path = write(&scratch, "slow.json", &slow_config)?;
-    let (cloud, rate_s, rate_summary) = up(
-        cloud,
-        &proxy,
-        slow_path.clone(),
-        vec![format!("ratePerSecond={SLOW_RATE}")],
-    )
-    .await?;
+    // The new budget travels in the config alone.
+    let (cloud, rate_s, rate_summary) = up(cloud, &proxy, slow_path.clone(), Vec::new()).await?;
     let mut slow = Vec::new();
     let stage = Stage {
         cloud: &cloud,
@@ -562,7 +555,7 @@ fn section(run: &CloudRun) -> Section {
         workload: format!(
             "The CDK stack of `infra/` deployed into ministack by `scripts/local-cloud` (synth, assets, CloudFormation) with the \
              release binaries as the functions, consumer `maxConcurrency` {CONCURRENCY}, batches of 10, {MEMORY_MB} MB \
-             functions, `ratePerSecond` {RATE} and later {SLOW_RATE}. A tick is `fanout trigger --run-id` (the producer Lambda \
+             functions, the config's `rate_limit.per_second` {RATE} and later {SLOW_RATE}. A tick is `fanout trigger --run-id` (the producer Lambda \
              invoked through the emulator), SNS → SQS → event source mapping → consumer processes under the emulator's \
              Runtime API, {JOBS} targets on a local server; it ends when the run ledger says the run finished. {} clean \
              ticks at each budget.",

@@ -8,8 +8,11 @@ use fanout_shared::retry::RetryPolicy;
 /// Tunables of one consumer instance. [`Settings::from_env`] documents each variable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Global outbound budget of the fleet (requests/s); overrides the config file's
-    /// `rate_limit.per_second`.
+    /// Global outbound budget of the fleet (requests/s), `FANOUT_RATE_PER_SECOND`; replaces
+    /// the config file's `rate_limit.per_second` when set. The CDK stack sets it only when the
+    /// config has no `rate_limit` (its `ratePerSecond` then supplies the budget) and refuses at
+    /// synth a `ratePerSecond` that disagrees with the config, so a deployed consumer runs the
+    /// budget its config file says. `fanout run --rate` and hand-set variables still override.
     pub rate_per_second: Option<f64>,
     /// How long idempotency records live (the table's TTL).
     pub record_ttl: Duration,
@@ -19,7 +22,8 @@ pub struct Settings {
     pub batch_concurrency: usize,
     /// The `Function` metric dimension.
     pub function_name: String,
-    /// Overrides of the config's `retry` section (the stack's settings), field by field.
+    /// Overrides of the config's `retry` section, field by field: the stack sets each only for
+    /// a field the config leaves out (as for [`Settings::rate_per_second`]).
     pub retry: RetryOverrides,
     /// How long a host's shared state is trusted without reading it again.
     pub host_state_ttl: Duration,
@@ -28,7 +32,9 @@ pub struct Settings {
     pub pipeline: String,
 }
 
-/// The stack's retry settings; each one present replaces the config file's.
+/// The retry variables; each one present replaces the config file's field. The stack passes
+/// `retryBaseMs`, `retryCapMs` and `maxAttempts` through them only when the config has no such
+/// field (a value that disagrees with the config stops synth), so each setting has one source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetryOverrides {
     /// `FANOUT_RETRY_BASE_MS`.
