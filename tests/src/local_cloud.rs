@@ -89,7 +89,22 @@ impl LocalCloud {
 
     /// `scripts/local-cloud up --config CONFIG --stack STACK -c …` (creates or updates), with
     /// the test's binaries; keeps the `export` lines it prints for [`LocalCloud::fanout`].
+    /// Panics with the script's stderr if it fails.
     pub fn up(&mut self, config: &Path, stack: &str, context: &[&str]) -> Deployed {
+        self.try_up(config, stack, context)
+            .unwrap_or_else(|stderr| {
+                panic!("scripts/local-cloud up --stack {stack} failed:\n{stderr}")
+            })
+    }
+
+    /// [`LocalCloud::up`] for a deploy that may be refused: `Err` holds the script's stderr
+    /// (e.g. synth's error), and the environment of the last successful `up` stays.
+    pub fn try_up(
+        &mut self,
+        config: &Path,
+        stack: &str,
+        context: &[&str],
+    ) -> Result<Deployed, String> {
         let mut command = self.script();
         command
             .arg("up")
@@ -105,10 +120,9 @@ impl LocalCloud {
         let out = command.output().expect("scripts/local-cloud runs");
         let seconds = started.elapsed().as_secs_f64();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "scripts/local-cloud up --stack {stack} failed:\n{stderr}"
-        );
+        if !out.status.success() {
+            return Err(stderr);
+        }
         self.env = parse_exports(&String::from_utf8_lossy(&out.stdout));
         assert!(
             self.env.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"),
@@ -120,7 +134,7 @@ impl LocalCloud {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        Deployed { seconds, summary }
+        Ok(Deployed { seconds, summary })
     }
 
     /// `scripts/local-cloud status`.

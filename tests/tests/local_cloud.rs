@@ -2,6 +2,7 @@
 //! `scripts/local-cloud`, with the release binaries as the Lambda functions, ticked with
 //! `fanout trigger` and operated with `fanout --stack`. Only deployed behaviour is observed:
 //! what the target server saw, the idempotency records, the DLQ, the emulator's log.
+//! The budget the config says is the one that runs: counted at the target, per second.
 //!
 //! Minutes long, so ignored by a plain `cargo test`; `scripts/test` runs it after building the
 //! binaries (`cargo test --release -p fanout-tests --test local_cloud -- --ignored`). Needs
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use fanout::{aws_with, Pipeline, StackOutputs};
+use fanout_shared::config::RateLimit;
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::PipelineConfig;
@@ -25,14 +27,34 @@ use fanout_tests::local_cloud::{eventually, LocalCloud};
 
 const STACK: &str = "FanoutLocal";
 const SCHEDULED: &str = "FanoutLocalSchedule";
+/// The stack whose budget comes from its config alone.
+const BUDGET: &str = "FanoutLocalBudget";
+/// Its config's `rate_limit.per_second`.
+const BUDGET_RATE: f64 = 20.0;
+/// Its jobs per tick: about 12 s at the budget, 10 of them steady.
+const BUDGET_JOBS: usize = 240;
+/// Its consumer instances at most (`maxConcurrency`, the stack's default).
+const BUDGET_INSTANCES: usize = 5;
 /// The consumer's function timeout: short, so a slow call runs into it and its batch comes back
 /// after the visibility timeout (6 × 2 s) within the test.
 const CONSUMER_TIMEOUT_S: u64 = 2;
 
-/// A config of `paths` on the target server, one target per path, the path as its ID. Calls may
-/// take 10 s, longer than the consumer's function timeout.
-fn write_config(dir: &Path, file: &str, base_url: &str, paths: &[String]) -> PathBuf {
+/// A config of `paths` on the target server, one target per path, the path as its ID, with a
+/// global budget of `rate` per second (burst 1). The config is the budget's one source: the
+/// stack runs it as it is, and refuses a `ratePerSecond` that disagrees. Calls may take 10 s,
+/// longer than the consumer's function timeout.
+fn write_config(
+    dir: &Path,
+    file: &str,
+    base_url: &str,
+    paths: &[String],
+    rate: Option<f64>,
+) -> PathBuf {
     let config = PipelineConfig {
+        rate_limit: rate.map(|per_second| RateLimit {
+            per_second,
+            burst: 1,
+        }),
         allow_private_networks: true,
         targets: fanout_testkit::targets(
             base_url,
@@ -225,6 +247,49 @@ fn dlq_list(cloud: &LocalCloud) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The most of `times` (sorted) within any half-open window of `window`.
+fn max_in_window(times: &[Instant], window: Duration) -> usize {
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+/// Calls per whole second of the steady part of `times` (sorted arrivals): from `skip` after
+/// the first call (instances starting and joining the budget split) to the last full second
+/// before the last call. A count per second, not a wall-clock goal: the budget decides it.
+fn steady_seconds(times: &[Instant], skip: Duration) -> Vec<usize> {
+    let (Some(first), Some(last)) = (times.first(), times.last()) else {
+        return Vec::new();
+    };
+    let start = *first + skip;
+    let seconds = last.saturating_duration_since(start).as_secs();
+    (0..seconds)
+        .map(|i| {
+            let from = start + Duration::from_secs(i);
+            let to = from + Duration::from_secs(1);
+            times.iter().filter(|t| **t >= from && **t < to).count()
+        })
+        .collect()
+}
+
+#[test]
+fn steady_seconds_count_whole_seconds_after_the_ramp() {
+    let t0 = Instant::now();
+    // 1 call in the first second (the ramp), then 4 per second for 3 s, then one straggler.
+    let mut times = vec![t0];
+    times.extend((0..12).map(|i| t0 + Duration::from_millis(1000 + 250 * i)));
+    times.push(t0 + Duration::from_millis(4500));
+    assert_eq!(steady_seconds(&times, Duration::from_secs(1)), [4, 4, 4]);
+    assert_eq!(max_in_window(&times, Duration::from_secs(1)), 4);
+    assert!(steady_seconds(&[], Duration::ZERO).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "deploys the CDK stack into ministack (a few minutes); scripts/test runs it with --ignored"]
 async fn the_real_stack_on_this_machine() {
@@ -239,11 +304,12 @@ async fn the_real_stack_on_this_machine() {
     // A second stack whose rule fires every minute: deployed first, so its countdown runs while
     // the main stack is exercised; checked at the end.
     let scheduled_paths = paths("ok/sched-", 0..3);
-    let scheduled_config = write_config(&dir, "scheduled.json", &base, &scheduled_paths);
+    let scheduled_config =
+        write_config(&dir, "scheduled.json", &base, &scheduled_paths, Some(100.0));
     let first = cloud.up(
         &scheduled_config,
         SCHEDULED,
-        &["scheduleExpression=rate(1 minute)", "ratePerSecond=100"],
+        &["scheduleExpression=rate(1 minute)"],
     );
     let scheduled_since = Instant::now();
     println!(
@@ -259,12 +325,12 @@ async fn the_real_stack_on_this_machine() {
         "a.json",
         &base,
         &[good.clone(), broken.clone()].concat(),
+        Some(500.0),
     );
     let timeout_context = format!("consumerTimeoutSeconds={CONSUMER_TIMEOUT_S}");
     let context = [
         timeout_context.as_str(),
         "maxConcurrency=2",
-        "ratePerSecond=500",
         // Work until the very deadline: a call still running then outlives the function.
         r#"consumerEnvironment={"FANOUT_DEADLINE_MARGIN_MS":"0"}"#,
     ];
@@ -470,6 +536,7 @@ async fn the_real_stack_on_this_machine() {
         "b.json",
         &base,
         &[kept.to_vec(), added.clone(), slow.clone(), flaky.clone()].concat(),
+        Some(500.0),
     );
     let redeployed = cloud.up(&config_b, STACK, &[]);
     println!(
@@ -559,6 +626,78 @@ async fn the_real_stack_on_this_machine() {
         "a consumer invocation ran into its function timeout (emulator log)"
     );
     println!("consumer invocations that hit the function timeout: {timeouts}");
+
+    // The budget the config says is the budget that runs (#29 item 6): a stack deployed with a
+    // config at 20/s and no `ratePerSecond` calls its targets at 20/s, measured at the target;
+    // a `ratePerSecond` that disagrees with the config is refused at synth, naming both values.
+    let budget_paths = paths("ok/budget-", 0..BUDGET_JOBS);
+    let budget_config = write_config(&dir, "budget.json", &base, &budget_paths, Some(BUDGET_RATE));
+    let instances = format!("maxConcurrency={BUDGET_INSTANCES}");
+    let deployed = cloud.up(&budget_config, BUDGET, &[instances.as_str()]);
+    println!(
+        "deploy (create) {BUDGET}: {:.1} s  [{}]",
+        deployed.seconds, deployed.summary
+    );
+    let budget_tick = tick(&cloud, BUDGET, &budget_config, 120);
+    assert_eq!(
+        budget_tick["wait"]["succeeded"], BUDGET_JOBS,
+        "{budget_tick}"
+    );
+    let mut budget_times: Vec<Instant> = server
+        .records()
+        .into_iter()
+        .filter(|r| r.path.trim_start_matches('/').starts_with("ok/budget-"))
+        .map(|r| r.at)
+        .collect();
+    budget_times.sort();
+    assert_eq!(
+        budget_times.len(),
+        BUDGET_JOBS,
+        "each budget job called once"
+    );
+    let per_second = steady_seconds(&budget_times, Duration::from_secs(2));
+    let peak = max_in_window(&budget_times, Duration::from_secs(1));
+    let steady = per_second.iter().sum::<usize>() as f64 / per_second.len().max(1) as f64;
+    println!(
+        "budget {BUDGET_RATE}/s from the config, no stack override: {steady:.1} calls/s over \
+         {} steady seconds {per_second:?}, peak {peak} in any 1 s window (budget + burst: {})",
+        per_second.len(),
+        BUDGET_RATE as usize + 1
+    );
+    assert!(
+        per_second.len() >= 5,
+        "a steady part of at least 5 s: {per_second:?}"
+    );
+    assert!(
+        (steady - BUDGET_RATE).abs() <= BUDGET_RATE * 0.15,
+        "the config's {BUDGET_RATE}/s runs: {steady:.1}/s measured {per_second:?}"
+    );
+    // Each instance's limiter holds at most one cell (burst 1 of its share), and while the
+    // split moves (an instance ends a batch, its lease lapses, it comes back) an instance may
+    // spend at the old share until its next lease renewal: measured here, up to 22 calls in one
+    // 1 s window of a 20/s budget (budget + burst would be 21). The fleet's bound is the budget
+    // plus one cell per instance; a budget that did not hold (two instances each taking the
+    // whole budget, or the stack's 10/s replacing it) falls far outside.
+    let fleet_bound = BUDGET_RATE as usize + BUDGET_INSTANCES;
+    assert!(
+        peak <= fleet_bound,
+        "peak {peak} in a 1 s window: budget {BUDGET_RATE} + one cell for each of \
+         {BUDGET_INSTANCES} instances is {fleet_bound}"
+    );
+    let refused = cloud
+        .try_up(&budget_config, BUDGET, &["ratePerSecond=10"])
+        .expect_err("a ratePerSecond that disagrees with the config is refused");
+    assert!(
+        refused.contains("ratePerSecond=10 disagrees with fanout.json rate_limit.per_second=20"),
+        "the synth error names both values:\n{refused}"
+    );
+    // `up` remembered the refused value; `-c ratePerSecond=` forgets it, and the stack deploys
+    // as before.
+    let again = cloud.up(&budget_config, BUDGET, &["ratePerSecond="]);
+    println!(
+        "{BUDGET} after forgetting the refused value: [{}]",
+        again.summary
+    );
 
     // The schedule fired the other stack's producer on its own, and its consumer ran the jobs.
     let sched = pipeline(&sdk, SCHEDULED).await;
