@@ -141,9 +141,10 @@ pub(crate) fn collect(
         reason: e.to_string(),
     };
     let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
-    jobs.sources = read_sources(config, tick, now, None, |job| {
+    jobs.sources = read_sources(config, tick, now, None, |_, job, message| {
         jobs.count_job(&job.message_id);
-        serde_json::to_writer(&mut out, job).map_err(|e| spool_error(std::io::Error::other(e)))?;
+        serde_json::to_writer(&mut out, message)
+            .map_err(|e| spool_error(std::io::Error::other(e)))?;
         out.write_all(b"\n").map_err(spool_error)
     })?;
     out.flush().map_err(spool_error)?;
@@ -151,15 +152,15 @@ pub(crate) fn collect(
     Ok(jobs)
 }
 
-/// Reads every source (or only the one named `only`), renders each row and gives each job to
-/// `sink`, in order; answers what each source gave. Bad rows are collected and fail the whole
+/// Reads every source (or only the one named `only`), renders each row and gives each job, with
+/// its encoded message, to `sink`, in order; answers what each source gave. Bad rows are collected and fail the whole
 /// read at its end (after `sink` saw the good ones: the caller publishes nothing then).
 fn read_sources(
     config: &PipelineConfig,
     tick: &TickValues,
     now: DateTime<Utc>,
     only: Option<&str>,
-    mut sink: impl FnMut(&JobMessage) -> Result<(), ListError>,
+    mut sink: impl FnMut(&Source, &JobMessage, &OutboundMessage) -> Result<(), ListError>,
 ) -> Result<Vec<SourceRead>, ListError> {
     let templates = config.compiled_templates();
     let mut seen: HashSet<u128> = HashSet::new();
@@ -175,10 +176,11 @@ fn read_sources(
             continue;
         };
         let mut reader = SourceReader::new(source, template, tick, now);
-        let location = match source.location(&config.base_dir) {
+        let place = source.location(&config.base_dir);
+        let location = match &place {
             Ok(Location::Inline) => "inline".to_owned(),
             Ok(Location::File(path)) => path.display().to_string(),
-            Err(reason) => reason,
+            Err(reason) => reason.clone(),
         };
         let unreadable = |reason: String| ListError::Unreadable {
             name: source.name.clone(),
@@ -186,7 +188,7 @@ fn read_sources(
             reason,
         };
         let rows: Box<dyn Iterator<Item = Result<Row, ReadError>>> =
-            match source.location(&config.base_dir).map_err(unreadable)? {
+            match place.map_err(unreadable)? {
                 Location::Inline => {
                     Box::new(source.rows.iter().flatten().enumerate().map(|(i, values)| {
                         Ok(Row {
@@ -211,11 +213,11 @@ fn read_sources(
                     "source {:?} line {}: {problem}",
                     source.name, row.line
                 )),
-                Ok(job) if !seen.insert(id_bits(&job.message_id)) => bad.add(format!(
+                Ok((job, _)) if !seen.insert(id_bits(&job.message_id)) => bad.add(format!(
                     "source {:?} line {}: duplicate id {:?}",
                     source.name, row.line, job.target.id
                 )),
-                Ok(job) => sink(&job)?,
+                Ok((job, message)) => sink(source, &job, &message)?,
             }
         }
         read.push(reader.finish(location));
@@ -242,7 +244,7 @@ pub fn message_ids(config: &PipelineConfig, run_id: &str) -> Result<Vec<String>,
         run_id: run_id.to_owned(),
         ..TickValues::default()
     };
-    read_sources(config, &tick, Utc::now(), None, |job| {
+    read_sources(config, &tick, Utc::now(), None, |_, job, _| {
         ids.push(job.message_id.clone());
         Ok(())
     })?;
@@ -269,9 +271,8 @@ pub fn preview(
     limit: Option<usize>,
 ) -> Result<Vec<Preview>, ListError> {
     let mut calls: BTreeMap<String, Vec<fanout_shared::JobTarget>> = BTreeMap::new();
-    let read = read_sources(config, tick, Utc::now(), only, |job| {
-        let source = job.target.id.split('/').next().unwrap_or_default();
-        let kept = calls.entry(source.to_owned()).or_default();
+    let read = read_sources(config, tick, Utc::now(), only, |source, job, _| {
+        let kept = calls.entry(source.name.clone()).or_default();
         if limit.is_none_or(|n| kept.len() < n) {
             kept.push(job.target.clone());
         }
@@ -307,6 +308,8 @@ struct SourceReader<'a> {
     template: &'a CompiledTemplate,
     tick: &'a TickValues,
     now: DateTime<Utc>,
+    /// The row fields the template needs: what each message carries.
+    placeholders: std::collections::BTreeSet<String>,
     rows: u64,
     digest: Sha256,
 }
@@ -323,28 +326,30 @@ impl<'a> SourceReader<'a> {
             template,
             tick,
             now,
+            placeholders: template.placeholders(),
             rows: 0,
             digest: Sha256::new(),
         }
     }
 
-    /// The job of one row, or why the row cannot be one.
-    fn job(&mut self, row: &Row) -> Result<JobMessage, String> {
+    /// The job of one row and its message, encoded once (the size check and the spool share
+    /// it), or why the row cannot be one.
+    fn job(&mut self, row: &Row) -> Result<(JobMessage, OutboundMessage), String> {
         let row_id = sources::row_id(&row.values, &self.source.id_field)?;
         let id = sources::job_id(&self.source.name, &row_id);
         let target = self
             .template
             .render(&id, &row.values, self.tick)
             .map_err(|e| e.to_string())?;
-        let values: Map<String, Value> =
-            sources::needed_values(&row.values, &self.template.placeholders());
+        let values: Map<String, Value> = sources::needed_values(&row.values, &self.placeholders);
         let mut job = JobMessage::new(&self.tick.run_id, target, self.now);
         job.template = Some(TemplateCall {
             name: self.source.template.clone(),
             values,
             tick: self.tick.clone(),
         });
-        let size = job.encode().size();
+        let message = job.encode();
+        let size = message.size();
         if size > MAX_MESSAGE_BYTES {
             return Err(format!(
                 "the job message would be {size} bytes, over the 256 KiB SNS limit"
@@ -354,11 +359,12 @@ impl<'a> SourceReader<'a> {
         self.digest.update(id.as_bytes());
         self.digest.update([0]);
         if let Some(call) = &job.template {
+            // A map of JSON values always serializes.
             self.digest
-                .update(Value::Object(call.values.clone()).to_string().as_bytes());
+                .update(serde_json::to_vec(&call.values).unwrap_or_default());
         }
         self.digest.update([0]);
-        Ok(job)
+        Ok((job, message))
     }
 
     fn finish(self, location: String) -> SourceRead {
@@ -460,8 +466,8 @@ impl Iterator for Messages<'_> {
             Ok(line) => line,
             Err(e) => return self.fail(format!("spool file: {e}")),
         };
-        match serde_json::from_str::<JobMessage>(&line) {
-            Ok(job) => Some(job.encode()),
+        match serde_json::from_str::<OutboundMessage>(&line) {
+            Ok(message) => Some(message),
             Err(e) => self.fail(format!("spool file: {e}")),
         }
     }

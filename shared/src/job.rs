@@ -154,8 +154,9 @@ pub fn message_id(run_id: &str, target_id: &str) -> String {
         .collect()
 }
 
-/// A message ready for SNS `PublishBatch` or SQS `SendMessage`.
-#[derive(Debug, Clone, PartialEq)]
+/// A message ready for SNS `PublishBatch` or SQS `SendMessage` (serializable, so the producer
+/// can spool a large tick's messages once encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboundMessage {
     /// The job's message ID (also the batch entry ID).
     pub id: String,
