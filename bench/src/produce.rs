@@ -17,9 +17,14 @@ const MOTO_TARGETS: usize = 500;
 async fn embedded_tick(scratch: &Scratch, run: usize) -> Result<(f64, u64), String> {
     let config = ok_targets("https://api.example.com", EMBEDDED_TARGETS, None);
     let pipeline = embedded(&scratch.join(&format!("produce-{run}.db")), 0.0)?;
-    let summary = fanout::produce_tick(&config, &pipeline, &format!("bench-produce-{run}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let summary = fanout::produce_tick(
+        &config,
+        &pipeline,
+        &format!("bench-produce-{run}"),
+        "fanout",
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if summary.published != EMBEDDED_TARGETS {
         return Err(format!(
             "published {} of {EMBEDDED_TARGETS}",
@@ -42,9 +47,10 @@ async fn moto_ticks(runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), Strin
             .map_err(|e| e.to_string())?;
         let pipeline = aws_with(&sdk, &names);
         let (cpu, started) = (cpu_seconds(), Instant::now());
-        let summary = fanout::produce_tick(&config, &pipeline, &format!("bench-moto-{run}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let summary =
+            fanout::produce_tick(&config, &pipeline, &format!("bench-moto-{run}"), "fanout")
+                .await
+                .map_err(|e| e.to_string())?;
         let wall = started.elapsed().as_secs_f64();
         if summary.published != MOTO_TARGETS {
             return Err(format!(

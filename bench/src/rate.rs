@@ -27,7 +27,7 @@ async fn global_run() -> Result<(f64, f64, f64), String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let mut options = cli_options(CONCURRENCY);
     options.rate_override = Some(RATE);
-    let produced = fanout::produce_tick(&config, &pipeline, "bench-rate")
+    let produced = fanout::produce_tick(&config, &pipeline, "bench-rate", "fanout")
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -102,7 +102,7 @@ async fn hosts_run() -> Result<(Vec<(f64, f64)>, f64), String> {
         .collect::<BTreeMap<_, _>>();
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let options = cli_options(CONCURRENCY);
-    let produced = fanout::produce_tick(&config, &pipeline, "bench-hosts")
+    let produced = fanout::produce_tick(&config, &pipeline, "bench-hosts", "fanout")
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -32,7 +32,7 @@ pub(crate) async fn drain_child(
     let config = ok_targets(target, jobs, None);
     let pipeline = embedded(state, duplicate_rate)?;
     let run_id = "bench-drain";
-    let produced = fanout::produce_tick(&config, &pipeline, run_id)
+    let produced = fanout::produce_tick(&config, &pipeline, run_id, "fanout")
         .await
         .map_err(|e| e.to_string())?;
     let mut options = cli_options(concurrency);

@@ -53,7 +53,7 @@ pub(crate) async fn write_events(
     path: &Path,
 ) -> Result<usize, String> {
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
-    fanout::produce_tick(config, &pipeline, "bench-events")
+    fanout::produce_tick(config, &pipeline, "bench-events", "fanout")
         .await
         .map_err(|e| e.to_string())?;
     let mut out = std::io::BufWriter::new(

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fanout_shared::aws::{
-    DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, SnsPublisher,
+    DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, S3Objects, SnsPublisher,
     SqsMessageMover, SqsQueue,
 };
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
 use fanout_shared::{
-    BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, Publisher, Queue, RunLedger,
+    BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, ObjectStore, Publisher,
+    Queue, RunLedger,
 };
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
@@ -48,6 +49,8 @@ pub struct Pipeline {
     pub runs: Arc<dyn RunLedger>,
     /// Where completion events go (EventBridge's `FANOUT_EVENT_BUS`, default `default`, on AWS).
     pub events: Arc<dyn EventBus>,
+    /// Where `s3://` lists are read from and pushed to (S3, on AWS).
+    pub objects: Option<Arc<dyn ObjectStore>>,
 }
 
 /// Opaque: the resources are trait objects.
@@ -126,6 +129,7 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
         mover: None,
         runs: Arc::new(backend.runs()),
         events: Arc::new(backend.events()),
+        objects: None,
     })
 }
 
@@ -161,5 +165,6 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
                 .filter(|b| !b.is_empty())
                 .unwrap_or_else(|| "default".into()),
         )),
+        objects: Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(sdk)))),
     }
 }

@@ -114,7 +114,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             source,
             json,
             all,
-        }) => crate::targets::show(&load_config(config)?, source.as_deref(), *json, *all),
+        }) => crate::targets::show(&load_config(config)?, source.as_deref(), *json, *all).await,
     }
 }
 
@@ -126,7 +126,8 @@ async fn produce_command(cli: &Cli, args: &ProduceArgs) -> Result<ExitCode, Fail
             .unwrap_or_else(|| default_run_id(&args.config)),
     )?;
     let pipeline = pipeline(cli, args.max_receive_count, args.duplicate_rate).await?;
-    let summary = run::produce_tick(&config, &pipeline, &run_id).await?;
+    let name = crate::backend::pipeline_name(cli.aws.stack_name());
+    let summary = run::produce_tick(&config, &pipeline, &run_id, &name).await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else {

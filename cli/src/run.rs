@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout_consumer::{Consumer, Settings};
-use fanout_producer::{produce, PublishOptions, Summary, Tick};
+use fanout_producer::{produce, Backends, ListReaders, PublishOptions, Summary, Tick};
 use fanout_shared::{BackendError, PipelineConfig};
 
 use crate::backend::Pipeline;
@@ -65,24 +65,27 @@ pub fn consumers(
     Ok(vec![instance()?; slots])
 }
 
-/// Writes the run's record and publishes one tick of `config` as `run_id`.
+/// Writes the run's record and publishes one tick of `config` as `run_id`, for the pipeline
+/// named `name` (in events).
 pub async fn produce_tick(
     config: &PipelineConfig,
     pipeline: &Pipeline,
     run_id: &str,
+    name: &str,
 ) -> Result<Summary, RunError> {
     let tick = Tick {
         run_id: run_id.to_owned(),
         scheduled_at: None,
     };
-    Ok(produce(
-        config,
-        &tick,
-        pipeline.publisher.as_ref(),
-        pipeline.runs.as_ref(),
-        &PublishOptions::default(),
-    )
-    .await?)
+    let readers = ListReaders::new(pipeline.objects.clone());
+    let backends = Backends {
+        publisher: pipeline.publisher.as_ref(),
+        ledger: pipeline.runs.as_ref(),
+        bus: pipeline.events.as_ref(),
+        readers: &readers,
+        pipeline: name,
+    };
+    Ok(produce(config, &tick, backends, &PublishOptions::default()).await?)
 }
 
 /// Drains the job queue through local consumer invocations.
@@ -126,11 +129,12 @@ pub async fn run(
     options: &RunOptions,
 ) -> Result<(RunSummary, DrainOutcome), RunError> {
     let started = Instant::now();
-    let produced = produce_tick(config, pipeline, run_id).await?;
+    let produced = produce_tick(config, pipeline, run_id, &options.pipeline_name).await?;
     let consume_started = Instant::now();
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
-    let job_ids = fanout_producer::message_ids(config, run_id)?;
+    let readers = ListReaders::new(pipeline.objects.clone());
+    let job_ids = fanout_producer::message_ids(config, &readers, run_id).await?;
     let settlement = settle(
         &job_ids,
         pipeline.store.as_ref(),

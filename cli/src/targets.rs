@@ -1,12 +1,17 @@
-//! `fanout targets show`: what the next tick would call, from the config alone (file and inline
-//! sources are read here as the producer reads them; nothing is published).
+//! `fanout targets show`: what the next tick would call, from the config alone (sources are read
+//! here as the producer reads them, `s3://` ones with the standard AWS configuration; nothing
+//! is published).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use fanout_producer::Preview;
+use std::sync::Arc;
+
+use fanout_producer::{ListReaders, Preview};
+use fanout_shared::aws::{load_sdk_config, S3Objects};
+use fanout_shared::sources::Location;
 use fanout_shared::template::TickValues;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{ObjectStore, PipelineConfig};
 use serde::Serialize;
 
 use crate::failure::Failure;
@@ -22,10 +27,24 @@ struct Call<'a> {
     url: &'a str,
 }
 
+/// S3, from the standard SDK configuration, when a source of `config` is an `s3://` one: the
+/// only remote reads that need credentials.
+async fn objects_for(config: &PipelineConfig) -> Option<Arc<dyn ObjectStore>> {
+    let any_s3 = config
+        .sources
+        .iter()
+        .any(|s| matches!(s.location(&config.base_dir), Ok(Location::S3 { .. })));
+    if !any_s3 {
+        return None;
+    }
+    let sdk = load_sdk_config().await;
+    Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(&sdk))))
+}
+
 /// Reads the sources (or only `source`) with the tick values a tick at this moment would have
 /// before any run succeeded, and prints where each reads from, its rows and a sample (`all`:
 /// every call). A bad row or an unreadable source is bad input, named as the tick names it.
-pub(crate) fn show(
+pub(crate) async fn show(
     config: &PipelineConfig,
     source: Option<&str>,
     json: bool,
@@ -45,7 +64,9 @@ pub(crate) fn show(
         last_success_at: config.tick.first_last_success_at.clone(),
     };
     let limit = (!all).then_some(SAMPLE);
-    let previews = fanout_producer::preview(config, &tick, source, limit)
+    let readers = ListReaders::new(objects_for(config).await);
+    let previews = fanout_producer::preview(config, &readers, &tick, source, limit)
+        .await
         .map_err(|e| Failure::BadInput(e.to_string()))?;
     if json {
         let calls: Vec<Call<'_>> = previews

@@ -129,6 +129,7 @@ mod tests {
                 sources: vec![crate::SourceRead {
                     name: "customers".into(),
                     location: "customers.jsonl".into(),
+                    objects: Vec::new(),
                     rows: 3,
                     digest: "0123456789abcdef".into(),
                 }],

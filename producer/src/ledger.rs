@@ -74,6 +74,7 @@ pub fn run_start(
         started_at_ms: fanout_shared::now_ms(),
         expected_per_shard,
         policy: config.runs,
+        sources: Vec::new(),
     }
 }
 
@@ -157,6 +158,7 @@ mod tests {
             },
             event_sent: false,
             note: None,
+            sources: Vec::new(),
         }
     }
 

@@ -20,16 +20,18 @@ mod list;
 mod publish;
 mod tick;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use fanout_shared::metrics::{Metric, MetricSet};
-use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, Sweep};
+use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, RunStatus, Sweep};
 use fanout_shared::template::TickValues;
 use fanout_shared::{BackendError, PipelineConfig, Publisher};
 
 pub use answer::{Summary, WatchdogAnswer};
+pub use fanout_shared::runs::SourceRead;
 pub use ledger::{run_start, Started};
-pub use list::{message_ids, preview, ListError, Preview, SourceRead};
+pub use list::{message_ids, preview, ListError, ListReaders, Preview};
 pub use publish::{PublishError, PublishOptions};
 pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
 
@@ -112,44 +114,100 @@ pub async fn watchdog(
     Ok((sweep, metrics))
 }
 
+/// What a tick writes to and reads from.
+#[derive(Clone, Copy)]
+pub struct Backends<'a> {
+    /// Where jobs are published (SNS, or the embedded topic).
+    pub publisher: &'a dyn Publisher,
+    /// The run ledger.
+    pub ledger: &'a dyn RunLedger,
+    /// Where a run's completion event goes (a tick that fails on its list has one too).
+    pub bus: &'a dyn EventBus,
+    /// What remote lists (`s3://` sources) are read with.
+    pub readers: &'a ListReaders,
+    /// The pipeline's name, in events.
+    pub pipeline: &'a str,
+}
+
+/// Opaque: the backends are trait objects.
+impl std::fmt::Debug for Backends<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Writes the run's record (after the schedule guard), then publishes one job per target of
 /// `config` for the tick. Fails loudly, with the message IDs, if any job is still unpublished
 /// after retries; the summary is then inside the error. A skipped tick or a run that already
 /// ended publishes nothing.
+///
+/// A list that cannot be read (or holds bad rows) records the run as FAILED with the reason
+/// and puts its event, publishing nothing; a re-run of the tick once it is fixed begins the
+/// run afresh. A re-run of a tick whose run is RUNNING reads the versions the run first read
+/// (`s3://` sources), and fails, publishing nothing, if the list gives other jobs than it did.
 pub async fn produce(
     config: &PipelineConfig,
     tick: &Tick,
-    publisher: &dyn Publisher,
-    ledger: &dyn RunLedger,
+    backends: Backends<'_>,
     options: &PublishOptions,
 ) -> Result<Summary, PublishError> {
     let run_id = tick.run_id.as_str();
     tick::check_run_id(run_id).map_err(|e| PublishError::BadRunId(e.to_string()))?;
     let started_at = Instant::now();
     let now = chrono::Utc::now();
-    let values = tick_values(config, tick, ledger, now).await?;
-    let jobs = {
+    let values = tick_values(config, tick, backends.ledger, now).await?;
+    let first = match backends
+        .ledger
+        .get(run_id)
+        .await
+        .map_err(PublishError::Ledger)?
+    {
+        Some(run) if run.status == RunStatus::Running => Some(run.sources),
+        _ => None,
+    };
+    let mut readers = backends.readers.clone();
+    for read in first.iter().flatten() {
+        readers
+            .pinned
+            .insert(read.name.clone(), read.objects.clone());
+    }
+    let collected = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || list::collect(&config, &values, now))
-            .await
-            .map_err(|e| PublishError::Spool(format!("reading the list: {e}")))??
+        list::off_runtime(move || list::collect(&config, &readers, &values, now)).await
+    };
+    let jobs = match collected.and_then(|jobs| list::same_as_first(jobs, run_id, first.as_deref()))
+    {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            let start =
+                ledger::run_start(config, run_id, tick.scheduled_at.clone(), BTreeMap::new());
+            let run = Finisher::new(backends.ledger, backends.bus, backends.pipeline)
+                .fail_unpublished(&start, &error.to_string())
+                .await
+                .map_err(PublishError::Ledger)?;
+            tracing::error!(run_id, status = run.status.as_str(), error = %error, "tick failed on its list: nothing published");
+            return Err(error.into());
+        }
     };
     for source in &jobs.sources {
         tracing::info!(source = %source.name, location = %source.location, rows = source.rows, digest = %source.digest, "source read");
     }
-    let start = ledger::run_start(
+    let mut start = ledger::run_start(
         config,
         run_id,
         tick.scheduled_at.clone(),
         jobs.expected_per_shard.clone(),
     );
-    let started = ledger::begin(ledger, &start)
+    start.sources.clone_from(&jobs.sources);
+    let started = ledger::begin(backends.ledger, &start)
         .await
         .map_err(PublishError::Ledger)?;
     let publish = matches!(started, Started::New | Started::Resumed);
     let mut messages = jobs.messages();
     let outcome = if publish {
-        publish::publish_all(messages.by_ref(), publisher, options).await
+        publish::publish_all(messages.by_ref(), backends.publisher, options).await
     } else {
         publish::Outcome::default()
     };

@@ -7,11 +7,13 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use fanout_producer::{
-    is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog,
-    PublishOptions, Tick, WatchdogAnswer,
+    is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog, Backends,
+    ListReaders, PublishOptions, Tick, WatchdogAnswer,
 };
-use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, SnsPublisher};
+use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, S3Objects, SnsPublisher};
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -42,11 +44,15 @@ async fn main() -> Result<(), Error> {
         aws_sdk_eventbridge::Client::new(&sdk),
         std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
     );
-    let (config, publisher, ledger, bus, options, pipeline) = (
+    let readers = ListReaders::new(Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(
+        &sdk,
+    )))));
+    let (config, publisher, ledger, bus, readers, options, pipeline) = (
         &config,
         &publisher,
         &ledger,
         &bus,
+        &readers,
         &options,
         pipeline.as_str(),
     );
@@ -60,7 +66,14 @@ async fn main() -> Result<(), Error> {
             run_id: run_id_from_event(&event.payload)?,
             scheduled_at: scheduled_time(&event.payload),
         };
-        let summary = produce(config, &tick, publisher, ledger, options).await?;
+        let backends = Backends {
+            publisher,
+            ledger,
+            bus,
+            readers,
+            pipeline,
+        };
+        let summary = produce(config, &tick, backends, options).await?;
         tick_metrics(pipeline, &summary).flush_stdout();
         Ok(serde_json::to_value(&summary)?)
     }))

@@ -307,17 +307,24 @@ mod tests {
         let config: fanout_shared::PipelineConfig =
             serde_json::from_str(r#"{"targets":[{"id":"a","url":"https://x.example.com/a"},{"id":"b","url":"https://x.example.com/b"}]}"#).unwrap();
         let topic = FlakyTopic::default();
-        let ledger = fanout_shared::embedded::EmbeddedBackend::open(":memory:".as_ref())
-            .unwrap()
-            .runs();
+        let backend = fanout_shared::embedded::EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+        let (ledger, bus) = (backend.runs(), backend.events());
+        let readers = crate::ListReaders::default();
+        let backends = |topic| crate::Backends {
+            publisher: topic,
+            ledger: &ledger,
+            bus: &bus,
+            readers: &readers,
+            pipeline: "test",
+        };
         let tick = |id: &str| crate::Tick {
             run_id: id.into(),
             scheduled_at: None,
         };
-        crate::produce(&config, &tick("run-1"), &topic, &ledger, &fast())
+        crate::produce(&config, &tick("run-1"), backends(&topic), &fast())
             .await
             .unwrap();
-        let again = crate::produce(&config, &tick("run-1"), &topic, &ledger, &fast())
+        let again = crate::produce(&config, &tick("run-1"), backends(&topic), &fast())
             .await
             .unwrap();
         assert_eq!(
@@ -325,7 +332,7 @@ mod tests {
             crate::Started::Resumed,
             "a second producer of the tick publishes again"
         );
-        crate::produce(&config, &tick("run-2"), &topic, &ledger, &fast())
+        crate::produce(&config, &tick("run-2"), backends(&topic), &fast())
             .await
             .unwrap();
         let published = topic.published.lock().unwrap().clone();
@@ -339,7 +346,7 @@ mod tests {
             sender_fault: vec![fanout_shared::job::message_id("run-1", "b")],
             ..FlakyTopic::default()
         };
-        let err = crate::produce(&config, &tick("run-1"), &failing, &ledger, &fast())
+        let err = crate::produce(&config, &tick("run-1"), backends(&failing), &fast())
             .await
             .unwrap_err();
         let text = err.to_string();

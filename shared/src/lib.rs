@@ -14,6 +14,7 @@
 //!   split the rate budgets among the instances at work.
 //! - [`sources`]: the config's row sources (where a list is, which template its rows fill).
 //! - [`rows`]: streaming readers of a target list's rows (JSON Lines, JSON array, CSV; gzip).
+//! - [`objects`]: the bucket `s3://` lists are read from and pushed to.
 //! - [`runs`]: the run ledger (counts per run, verdict, completion event) and its traits.
 //! - [`failure`]: why a job failed for good, typed: its class keys the run's counts, its
 //!   text is the DLQ's reason.
@@ -35,6 +36,7 @@ pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod netguard;
+pub mod objects;
 pub mod publish;
 pub mod queue;
 pub mod retry;
@@ -56,6 +58,7 @@ pub use fleet::{FleetStore, HostStates, Lease};
 pub use hosts::{HostEvent, HostPolicy, HostState};
 pub use idempotency::{Acquire, IdempotencyRecord, IdempotencyStore, Status, Transition};
 pub use job::{JobMessage, JobTarget, OutboundMessage};
+pub use objects::{ObjectBody, ObjectStore, ObjectVersion};
 pub use publish::{EntryFailure, Publisher};
 pub use queue::{MessageMover, MoveTaskState, MoveTaskStatus, Queue, QueueDepth, QueueMessage};
 pub use runs::{EventBus, RunLedger, RunRecord, RunStatus};

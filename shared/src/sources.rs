@@ -24,7 +24,9 @@ pub struct Source {
     pub template: String,
     /// The row field that identifies the job (a string or an integer, unique in the source).
     pub id_field: String,
-    /// Where the rows are: a local path or `file://` URL (relative paths from the config
+    /// Where the rows are: an S3 object (`s3://bucket/key`) or every object under a prefix
+    /// (`s3://bucket/prefix/`, in key order), an HTTP list endpoint (`https://…`, see
+    /// [`Source::http`]), or a local path or `file://` URL (relative paths from the config
     /// file's folder). Exactly one of `location` and `rows`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
@@ -35,6 +37,19 @@ pub struct Source {
     /// each optionally `.gz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// How an HTTP list endpoint is read (headers, where the rows are in a page, pagination);
+    /// only with an `http://` or `https://` location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpList>,
+}
+
+/// How the producer reads an HTTP list endpoint: GET, page after page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpList {
+    /// Headers of every page's request; `${env:NAME}` is read from the producer's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// The config's `tick` section: values the templates' `{tick.…}` placeholders get.
@@ -65,6 +80,33 @@ pub enum Location {
     Inline,
     /// A local file.
     File(PathBuf),
+    /// One S3 object, or every object under a prefix (a key that is empty or ends in `/`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object's key or the prefix.
+        key: String,
+    },
+    /// An HTTP list endpoint's first page.
+    Http(url::Url),
+}
+
+impl Location {
+    /// Whether it names every object under a prefix rather than one object.
+    pub fn is_prefix(&self) -> bool {
+        matches!(self, Location::S3 { key, .. } if key.is_empty() || key.ends_with('/'))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Inline => f.write_str("inline"),
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            Location::Http(url) => write!(f, "{url}"),
+        }
+    }
 }
 
 impl Source {
@@ -79,9 +121,16 @@ impl Source {
                 let path = match raw.split_once("://") {
                     None => raw.as_str(),
                     Some(("file", path)) => path,
+                    Some(("s3", rest)) => return s3_location(rest),
+                    Some(("http" | "https", _)) => {
+                        return url::Url::parse(raw)
+                            .map(Location::Http)
+                            .map_err(|e| format!("{raw:?} is not a URL: {e}"))
+                    }
                     Some((scheme, _)) => {
                         return Err(format!(
-                            "scheme {scheme}:// is not supported: give a path or a file:// URL"
+                            "scheme {scheme}:// is not supported: give s3://, https://, a path or \
+                             a file:// URL"
                         ))
                     }
                 };
@@ -98,10 +147,29 @@ impl Source {
         }
     }
 
-    /// The rows' format for a file location.
-    pub fn format_of(&self, path: &Path) -> Result<Format, String> {
-        Format::resolve(self.format, &path.to_string_lossy())
+    /// The rows' format of an input named `name` (a path, an S3 key, a URL).
+    pub fn format_of(&self, name: &str) -> Result<Format, String> {
+        Format::resolve(self.format, name)
     }
+}
+
+/// `s3://` then `rest`: a bucket, then an object's key or a prefix.
+fn s3_location(rest: &str) -> Result<Location, String> {
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !valid_bucket {
+        return Err(format!(
+            "s3://{rest}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, \
+             `.` and `-`)"
+        ));
+    }
+    Ok(Location::S3 {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 /// The target ID of the job for row `row_id` of source `source`.
@@ -166,6 +234,7 @@ mod tests {
             location: location.map(str::to_owned),
             rows: rows.then(Vec::new),
             format: None,
+            http: None,
         }
     }
 
@@ -181,6 +250,27 @@ mod tests {
             Ok(Location::File("/data/a.csv".into()))
         );
         assert_eq!(source(None, true).location(base), Ok(Location::Inline));
+        assert_eq!(
+            source(Some("s3://lists-1/daily/"), false).location(base),
+            Ok(Location::S3 {
+                bucket: "lists-1".into(),
+                key: "daily/".into()
+            })
+        );
+        assert!(source(Some("s3://lists-1/daily/"), false)
+            .location(base)
+            .is_ok_and(|l| l.is_prefix()));
+        assert!(source(Some("s3://lists-1/a.jsonl"), false)
+            .location(base)
+            .is_ok_and(|l| !l.is_prefix() && l.to_string() == "s3://lists-1/a.jsonl"));
+        assert!(source(Some("s3://Bad_Bucket/a"), false)
+            .location(base)
+            .unwrap_err()
+            .contains("bucket name"));
+        assert!(matches!(
+            source(Some("https://lists.example.com/v1/customers"), false).location(base),
+            Ok(Location::Http(_))
+        ));
         assert!(source(Some("ftp://x/a"), false)
             .location(base)
             .unwrap_err()

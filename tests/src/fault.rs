@@ -201,7 +201,7 @@ pub async fn run_faults(
 
     // The producer invoked twice for the same tick (EventBridge delivers at least once).
     for _ in 0..2 {
-        fanout::produce_tick(&config, pipeline, &run_id)
+        fanout::produce_tick(&config, pipeline, &run_id, "fanout")
             .await
             .expect("tick published");
     }

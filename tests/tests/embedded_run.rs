@@ -129,7 +129,7 @@ async fn rerunning_the_same_tick_calls_nothing_twice() {
     assert_eq!(server.stats().calls, 50);
     // A re-run while the run is still in flight (the first producer died, or the schedule event
     // came twice) publishes again; dedupe absorbs the copies.
-    fanout::produce_tick(&config, &pipeline, "tick-2")
+    fanout::produce_tick(&config, &pipeline, "tick-2", "fanout")
         .await
         .unwrap();
     let (third, _) = fanout::run(&config, &pipeline, "tick-2", &fast_options(2))

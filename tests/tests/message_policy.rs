@@ -29,7 +29,7 @@ async fn produce_and_consume(
     run_id: &str,
 ) -> (Pipeline, Vec<String>) {
     let pipeline = embedded_pipeline(3, Duplicates::default());
-    fanout::produce_tick(producer, &pipeline, run_id)
+    fanout::produce_tick(producer, &pipeline, run_id, "fanout")
         .await
         .unwrap();
     let outcome = fanout::consume(

@@ -826,7 +826,7 @@ async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridg
     let consumers = fanout::consumers(&config, &pipeline, &options).unwrap();
     for round in 0..3 {
         let run_id = format!("race-{round}");
-        fanout::produce_tick(&config, &pipeline, &run_id)
+        fanout::produce_tick(&config, &pipeline, &run_id, "fanout")
             .await
             .unwrap();
         let mut messages = Vec::new();

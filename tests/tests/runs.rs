@@ -128,11 +128,11 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
         ..RunPolicy::default()
     };
     let config = config(&server, 3, 0, skip);
-    let first = fanout::produce_tick(&config, &pipeline, "tick-1")
+    let first = fanout::produce_tick(&config, &pipeline, "tick-1", "fanout")
         .await
         .unwrap();
     assert_eq!((first.started, first.published), (Started::New, 3));
-    let second = fanout::produce_tick(&config, &pipeline, "tick-2")
+    let second = fanout::produce_tick(&config, &pipeline, "tick-2", "fanout")
         .await
         .unwrap();
     assert!(
@@ -152,7 +152,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
     assert!(skipped.note.is_some_and(|n| n.contains("tick-1")));
     // The same tick again is not an overlap.
     assert_eq!(
-        fanout::produce_tick(&config, &pipeline, "tick-1")
+        fanout::produce_tick(&config, &pipeline, "tick-1", "fanout")
             .await
             .unwrap()
             .started,
@@ -167,7 +167,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
         ..config.clone()
     };
     assert_eq!(
-        fanout::produce_tick(&allow, &pipeline, "tick-3")
+        fanout::produce_tick(&allow, &pipeline, "tick-3", "fanout")
             .await
             .unwrap()
             .started,
@@ -176,7 +176,7 @@ async fn the_schedule_guard_skips_a_tick_while_the_previous_run_is_in_flight() {
     // A run past its deadline blocks nothing (a stuck run must not stop the schedule).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        fanout::produce_tick(&config, &pipeline, "tick-4")
+        fanout::produce_tick(&config, &pipeline, "tick-4", "fanout")
             .await
             .unwrap()
             .started,
@@ -211,10 +211,10 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
             ..RunPolicy::default()
         },
     );
-    fanout::produce_tick(&config, &pipeline, "crashed")
+    fanout::produce_tick(&config, &pipeline, "crashed", "fanout")
         .await
         .unwrap();
-    fanout::produce_tick(&config, &pipeline, "stuck")
+    fanout::produce_tick(&config, &pipeline, "stuck", "fanout")
         .await
         .unwrap();
     // Both jobs of "crashed" settle, but no consumer finishes the run (it died after counting).

@@ -100,7 +100,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
         },
     );
     let options = fast_options(2);
-    fanout::produce_tick(&config, &pipeline, "sec-run")
+    fanout::produce_tick(&config, &pipeline, "sec-run", "fanout")
         .await
         .unwrap();
     queued_foreign_job(&pipeline, &config).await;

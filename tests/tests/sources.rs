@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{PipelineConfig, RunStatus};
 use fanout_testkit::target_server::TargetServer;
-use fanout_tests::{embedded_pipeline, fast_options};
+use fanout_tests::{embedded_pipeline, fast_options, RecordingBus};
 use serde_json::json;
 
 /// Row IDs that would move a call elsewhere if they were pasted into the URL.
@@ -172,7 +172,7 @@ async fn bad_rows_fail_the_tick_before_anything_is_published_naming_each_line() 
     ];
     std::fs::write(&list, rows.join("\n")).unwrap();
     let config = config(&server.base_url(), &list);
-    let pipeline = embedded_pipeline(5, Duplicates::default());
+    let (pipeline, bus) = RecordingBus::install(&embedded_pipeline(5, Duplicates::default()));
     let error = run(&config, &pipeline, "bad-1", &fast_options(2))
         .await
         .unwrap_err()
@@ -187,11 +187,56 @@ async fn bad_rows_fail_the_tick_before_anything_is_published_naming_each_line() 
     ] {
         assert!(error.contains(expected), "{expected:?} not in:\n{error}");
     }
-    assert!(
-        pipeline.runs.get("bad-1").await.unwrap().is_none(),
-        "no run record"
-    );
     assert!(server.records().is_empty(), "nothing called");
+    // The failure is a FAILED run with nothing expected, and its event says why.
+    let failed = pipeline
+        .runs
+        .get("bad-1")
+        .await
+        .unwrap()
+        .expect("a run record");
+    assert_eq!(
+        (failed.status, failed.counts.expected),
+        (RunStatus::Failed, 0)
+    );
+    assert!(
+        failed
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("5 bad row(s)"),
+        "{failed:?}"
+    );
+    let events = bus.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "Run Failed");
+    assert!(events[0].1["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("line 7"));
+
+    // Fixed, the same tick runs afresh: every row called once, one more event.
+    let fixed = [
+        json!({"id": "a", "q": "1", "amount": 1}).to_string(),
+        json!({"id": "b", "q": "2", "amount": 2}).to_string(),
+    ];
+    std::fs::write(&list, fixed.join("\n")).unwrap();
+    let (summary, _) = run(&config, &pipeline, "bad-1", &fast_options(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered),
+        (2, 0),
+        "{summary:?}"
+    );
+    let rerun = pipeline.runs.get("bad-1").await.unwrap().unwrap();
+    assert_eq!(
+        (rerun.status, rerun.counts.expected, rerun.note),
+        (RunStatus::Succeeded, 2, None)
+    );
+    assert_eq!(server.records().len(), 2);
+    assert_eq!(bus.events().len(), 2);
+    assert_eq!(bus.events()[1].0, "Run Succeeded");
 
     // An unreadable source fails the tick the same way, naming the source.
     let gone = config.clone();
@@ -203,5 +248,15 @@ async fn bad_rows_fail_the_tick_before_anything_is_published_naming_each_line() 
     assert!(
         error.contains("source \"customers\"") && error.contains("cannot be read"),
         "{error}"
+    );
+    let failed = pipeline.runs.get("bad-2").await.unwrap().unwrap();
+    assert!(
+        failed.status == RunStatus::Failed
+            && failed
+                .note
+                .as_deref()
+                .unwrap_or_default()
+                .contains("cannot be read"),
+        "{failed:?}"
     );
 }

@@ -1,4 +1,4 @@
-//! The backend traits over the AWS SDK: SNS, SQS and DynamoDB.
+//! The backend traits over the AWS SDK: SNS, SQS, DynamoDB, EventBridge and S3.
 //!
 //! Clients come from the standard SDK configuration only ([`load_sdk_config`]): region,
 //! credential chain and profiles, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for
@@ -9,6 +9,7 @@ mod fleet;
 mod idempotency;
 mod move_task;
 mod runs;
+mod s3;
 mod sns;
 mod sqs;
 mod table;
@@ -18,6 +19,7 @@ pub use fleet::DynamoDbFleet;
 pub use idempotency::DynamoDbIdempotency;
 pub use move_task::SqsMessageMover;
 pub use runs::DynamoDbRuns;
+pub use s3::S3Objects;
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};
 pub use table::{KEY, RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE};

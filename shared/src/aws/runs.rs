@@ -3,7 +3,8 @@
 //! Items (key `message_id`):
 //! - `run#ID`: the run: `run_id`, `run_status`, `scheduled_at`, `config_digest`, `started_at`
 //!   (ms), `deadline_at`, `finished_at`, `policy` (JSON), `shard_ids` (the shards with jobs,
-//!   comma-separated), `shards_done`, `event_sent`, `note`, and `run_index` = `runs`, which puts
+//!   comma-separated), `shards_done`, `event_sent`, `note`, `sources` (JSON: what each source
+//!   of the list gave), and `run_index` = `runs`, which puts
 //!   it (and only it) in the sparse global secondary index `runs` sorted by `started_at`.
 //! - `run#ID#K`: shard K's counters: `expected`, `succeeded`, `dead_lettered`, the maps
 //!   `reasons` and `hosts` (dead-lettered jobs by reason class and host), and `done` once the
@@ -64,7 +65,59 @@ fn parse_run(item: &HashMap<String, AttributeValue>) -> Option<RunRecord> {
             .copied()
             .unwrap_or(false),
         note: text(item, "note"),
+        sources: text(item, "sources")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
     })
+}
+
+/// The run's item as [`RunLedger::begin`] (RUNNING) or a run that publishes nothing writes it.
+fn run_item(
+    start: &RunStart,
+    status: RunStatus,
+    note: Option<&str>,
+) -> Result<HashMap<String, AttributeValue>, BackendError> {
+    let policy = serde_json::to_string(&start.policy)
+        .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
+    let shards: Vec<String> = start
+        .expected_per_shard
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    let mut item = HashMap::from([
+        (KEY.to_owned(), run_key(&start.run_id)),
+        ("run_id".to_owned(), s(&start.run_id)),
+        ("run_status".to_owned(), s(status.as_str())),
+        ("config_digest".to_owned(), s(&start.config_digest)),
+        (RUNS_INDEX_SORT.to_owned(), n(start.started_at_ms)),
+        ("policy".to_owned(), s(policy)),
+        ("shard_ids".to_owned(), s(shards.join(","))),
+        ("shards_done".to_owned(), n(0)),
+        ("event_sent".to_owned(), AttributeValue::Bool(false)),
+        (RUNS_INDEX_KEY.to_owned(), s(RUNS_INDEX)),
+        (
+            TTL_ATTRIBUTE.to_owned(),
+            n(start.started_at_ms / 1000 + RUN_TTL_S),
+        ),
+    ]);
+    if let Some(at) = &start.scheduled_at {
+        item.insert("scheduled_at".into(), s(at));
+    }
+    if let Some(at) = start.deadline_at_ms() {
+        item.insert("deadline_at".into(), n(at));
+    }
+    if let Some(note) = note {
+        item.insert("note".into(), s(note));
+    }
+    if status == RunStatus::Failed {
+        item.insert("finished_at".into(), n(start.started_at_ms));
+    }
+    if !start.sources.is_empty() {
+        let sources = serde_json::to_string(&start.sources)
+            .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
+        item.insert("sources".into(), s(sources));
+    }
+    Ok(item)
 }
 
 fn parse_shard(item: &HashMap<String, AttributeValue>) -> RunCounts {
@@ -149,55 +202,44 @@ impl DynamoDbRuns {
         }
     }
 
-    fn run_put(
+    /// Records a run that publishes nothing (no shards), unless the run exists.
+    async fn unstarted(
         &self,
         start: &RunStart,
         status: RunStatus,
-        note: Option<&str>,
-    ) -> Result<TransactWriteItem, BackendError> {
-        let policy = serde_json::to_string(&start.policy)
-            .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
-        let shards: Vec<String> = start
-            .expected_per_shard
-            .keys()
-            .map(ToString::to_string)
-            .collect();
-        let mut item = HashMap::from([
-            (KEY.to_owned(), run_key(&start.run_id)),
-            ("run_id".to_owned(), s(&start.run_id)),
-            ("run_status".to_owned(), s(status.as_str())),
-            ("config_digest".to_owned(), s(&start.config_digest)),
-            (RUNS_INDEX_SORT.to_owned(), n(start.started_at_ms)),
-            ("policy".to_owned(), s(policy)),
-            ("shard_ids".to_owned(), s(shards.join(","))),
-            ("shards_done".to_owned(), n(0)),
-            ("event_sent".to_owned(), AttributeValue::Bool(false)),
-            (RUNS_INDEX_KEY.to_owned(), s(RUNS_INDEX)),
-            (
-                TTL_ATTRIBUTE.to_owned(),
-                n(start.started_at_ms / 1000 + RUN_TTL_S),
-            ),
-        ]);
-        if let Some(at) = &start.scheduled_at {
-            item.insert("scheduled_at".into(), s(at));
-        }
-        if let Some(at) = start.deadline_at_ms() {
-            item.insert("deadline_at".into(), n(at));
-        }
-        if let Some(note) = note {
-            item.insert("note".into(), s(note));
-        }
-        self.put(item)
+        reason: &str,
+    ) -> Result<(), BackendError> {
+        let unstarted = RunStart {
+            expected_per_shard: BTreeMap::new(),
+            ..start.clone()
+        };
+        self.create(vec![self.put(run_item(
+            &unstarted,
+            status,
+            Some(reason),
+        )?)?])
+        .await
+        .map(|_| ())
     }
 
     fn put(
         &self,
         item: HashMap<String, AttributeValue>,
     ) -> Result<TransactWriteItem, BackendError> {
+        self.put_if(item, "attribute_not_exists(message_id)", HashMap::new())
+    }
+
+    fn put_if(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        condition: &str,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<TransactWriteItem, BackendError> {
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(message_id)")
+            .condition_expression(condition)
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .build()
             .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
@@ -300,7 +342,16 @@ impl DynamoDbRuns {
 #[async_trait]
 impl RunLedger for DynamoDbRuns {
     async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError> {
-        let mut items = vec![self.run_put(start, RunStatus::Running, None)?];
+        // A run that failed before publishing (its list could not be read) has no shards and
+        // nothing in flight: a re-run of its tick begins it afresh.
+        let mut items = vec![self.put_if(
+            run_item(start, RunStatus::Running, None)?,
+            "attribute_not_exists(message_id) OR (run_status = :failed AND shard_ids = :none)",
+            HashMap::from([
+                (":failed".to_owned(), s(RunStatus::Failed.as_str())),
+                (":none".to_owned(), s("")),
+            ]),
+        )?];
         for (shard, expected) in &start.expected_per_shard {
             items.push(self.put(HashMap::from([
                 (KEY.to_owned(), shard_key(&start.run_id, *shard)),
@@ -327,17 +378,11 @@ impl RunLedger for DynamoDbRuns {
     }
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
-        let skipped = RunStart {
-            expected_per_shard: BTreeMap::new(),
-            ..start.clone()
-        };
-        self.create(vec![self.run_put(
-            &skipped,
-            RunStatus::Skipped,
-            Some(reason),
-        )?])
-        .await
-        .map(|_| ())
+        self.unstarted(start, RunStatus::Skipped, reason).await
+    }
+
+    async fn fail_unpublished(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
+        self.unstarted(start, RunStatus::Failed, reason).await
     }
 
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError> {

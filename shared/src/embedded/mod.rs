@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS runs (
     deadline_at INTEGER,
     policy TEXT NOT NULL,
     event_sent INTEGER NOT NULL DEFAULT 0,
-    note TEXT
+    note TEXT,
+    sources TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
 CREATE TABLE IF NOT EXISTS run_shards (
@@ -178,16 +179,20 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         )
         .map_err(sql_error)?;
     }
-    for column in ["dead_letter_class", "failure_class"] {
+    for (table, column) in [
+        ("idempotency", "dead_letter_class"),
+        ("idempotency", "failure_class"),
+        ("runs", "sources"),
+    ] {
         let has: bool = conn
             .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('idempotency') WHERE name = ?1",
-                [column],
+                "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
                 |r| r.get(0),
             )
             .map_err(sql_error)?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE idempotency ADD COLUMN {column} TEXT"))
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
                 .map_err(sql_error)?;
         }
     }

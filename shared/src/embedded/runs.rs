@@ -12,7 +12,7 @@ use crate::runs::{
     shard_of, Begin, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus, Tally,
 };
 
-const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note";
+const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note, sources";
 
 /// The run ledger in the state file.
 #[derive(Debug, Clone)]
@@ -36,6 +36,11 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         counts: RunCounts::default(),
         event_sent: row.get(8)?,
         note: row.get(9)?,
+        // Only this module writes the column: JSON of `RunStart::sources`.
+        sources: row
+            .get::<_, Option<String>>(10)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -89,10 +94,25 @@ impl EmbeddedRuns {
             .map_err(sql_error)?;
         let policy = serde_json::to_string(&start.policy)
             .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        let sources = (!start.sources.is_empty())
+            .then(|| serde_json::to_string(&start.sources))
+            .transpose()
+            .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+        if status == RunStatus::Running {
+            // A run that failed before publishing (its list could not be read) has no shards
+            // and nothing in flight: a re-run of its tick begins it afresh.
+            tx.execute(
+                "DELETE FROM runs WHERE run_id = ?1 AND status = 'FAILED'
+                 AND NOT EXISTS (SELECT 1 FROM run_shards WHERE run_id = ?1)",
+                [&start.run_id],
+            )
+            .map_err(sql_error)?;
+        }
+        let finished_at = (status == RunStatus::Failed).then_some(start.started_at_ms);
         let inserted = tx
             .execute(
-                "INSERT OR IGNORE INTO runs (run_id, status, scheduled_at, config_digest, started_at, deadline_at, policy, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO runs (run_id, status, scheduled_at, config_digest, started_at, deadline_at, policy, note, sources, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 rusqlite::params![
                     start.run_id,
                     status.as_str(),
@@ -101,7 +121,9 @@ impl EmbeddedRuns {
                     start.started_at_ms,
                     start.deadline_at_ms(),
                     policy,
-                    note
+                    note,
+                    sources,
+                    finished_at
                 ],
             )
             .map_err(sql_error)?;
@@ -186,6 +208,11 @@ impl RunLedger for EmbeddedRuns {
 
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
         self.insert(start, RunStatus::Skipped, Some(reason))
+            .map(|_| ())
+    }
+
+    async fn fail_unpublished(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
+        self.insert(start, RunStatus::Failed, Some(reason))
             .map(|_| ())
     }
 

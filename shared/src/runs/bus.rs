@@ -23,7 +23,7 @@ pub(crate) fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str
     } else {
         "Run Succeeded"
     };
-    let detail = json!({
+    let mut detail = json!({
         "pipeline": pipeline,
         "run_id": run.run_id,
         "status": run.status,
@@ -38,5 +38,12 @@ pub(crate) fn completion_event(run: &RunRecord, pipeline: &str) -> (&'static str
         "duration_ms": run.duration_ms(),
         "policy": run.policy,
     });
+    // Why a run failed before publishing; what its list was.
+    if let Some(note) = &run.note {
+        detail["reason"] = json!(note);
+    }
+    if !run.sources.is_empty() {
+        detail["sources"] = json!(run.sources);
+    }
     (detail_type, detail)
 }

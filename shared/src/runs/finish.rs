@@ -2,7 +2,7 @@
 //! finisher which died, share one [`Finisher`].
 
 use super::bus::completion_event;
-use super::{EventBus, RunLedger, RunRecord, RunStatus};
+use super::{EventBus, RunLedger, RunRecord, RunStart, RunStatus};
 use crate::error::BackendError;
 use crate::metrics::{Metric, MetricSet};
 
@@ -107,6 +107,25 @@ impl<'a> Finisher<'a> {
         let event_sent = self.send_event(&run).await;
         run.event_sent = event_sent;
         Ok(Some(Finished { run, event_sent }))
+    }
+
+    /// Records a tick that failed before publishing (its list could not be read, or held bad
+    /// rows) as a FAILED run with `reason`, and puts its completion event, so the failure shows
+    /// in `runs show` and reaches whoever listens for runs. Answers the run as recorded.
+    pub async fn fail_unpublished(
+        &self,
+        start: &RunStart,
+        reason: &str,
+    ) -> Result<RunRecord, BackendError> {
+        self.ledger.fail_unpublished(start, reason).await?;
+        let run = self.ledger.get(&start.run_id).await?.ok_or_else(|| {
+            BackendError::permanent("run ledger", format!("run {} vanished", start.run_id))
+        })?;
+        if run.status == RunStatus::Failed && run.counts.expected == 0 && !run.event_sent {
+            let event_sent = self.send_event(&run).await;
+            return Ok(RunRecord { event_sent, ..run });
+        }
+        Ok(run)
     }
 
     async fn send_event(&self, run: &RunRecord) -> bool {

@@ -8,11 +8,16 @@ use crate::error::BackendError;
 /// A run ledger: DynamoDB (the idempotency table) or the embedded SQLite file.
 #[async_trait]
 pub trait RunLedger: Send + Sync {
-    /// Creates the run as RUNNING with its per-shard expected counts, unless it exists.
+    /// Creates the run as RUNNING with its per-shard expected counts, unless it exists. A run
+    /// that failed before publishing ([`RunLedger::fail_unpublished`]) is begun afresh.
     async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError>;
 
     /// Records a tick that did not run (SKIPPED) with the reason, unless the run exists.
     async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError>;
+
+    /// Records a tick that failed before publishing anything (FAILED, no jobs: its list could
+    /// not be read or held bad rows) with the reason, unless the run exists.
+    async fn fail_unpublished(&self, start: &RunStart, reason: &str) -> Result<(), BackendError>;
 
     /// One run with its counters, if it exists.
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError>;

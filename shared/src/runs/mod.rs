@@ -5,9 +5,12 @@
 //! ```text
 //!   (none) ──begin (producer, before it publishes)──▶ RUNNING ──finish (settled = expected)──▶ SUCCEEDED | FAILED
 //!   (none) ──skip (previous run in flight, `on_overlap: skip`)──▶ SKIPPED
+//!   (none) ──fail_unpublished (the list could not be read)──▶ FAILED, no jobs ──begin (the tick re-run)──▶ RUNNING
 //! ```
 //! - [`RunLedger::begin`] is a conditional create: a second producer of the same tick (a
-//!   re-delivered schedule event, a manual re-run) finds the run and changes nothing.
+//!   re-delivered schedule event, a manual re-run) finds the run and changes nothing. The one
+//!   run it replaces is one that failed before publishing: nothing of it is in flight, and
+//!   re-running its tick once the list is fixed is how it is completed.
 //! - Counting: a job's terminal transitions in the idempotency state machine
 //!   ([`crate::idempotency`]) add to its run's counters *in the same atomic write* (one SQLite
 //!   transaction; one DynamoDB `TransactWriteItems`), so a duplicate, a crash or a replay can
@@ -42,7 +45,7 @@ pub use bus::EventBus;
 pub(crate) use bus::EVENT_SOURCE;
 pub use finish::{run_metrics, Finished, Finisher, Sweep};
 pub use ledger::RunLedger;
-pub use model::{rfc3339, Begin, RunCounts, RunRecord, RunStart, RunStatus};
+pub use model::{rfc3339, Begin, RunCounts, RunRecord, RunStart, RunStatus, SourceRead};
 pub use policy::{Overlap, RunPolicy};
 pub(crate) use tally::Delta;
 pub use tally::{shard_of, Tally};

@@ -87,6 +87,24 @@ impl RunCounts {
     }
 }
 
+/// What one source of a run's list gave: kept in the run record, so `runs show` says what a run
+/// called, and a re-run of the tick reads the same versions or says the list changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRead {
+    /// The source's name.
+    pub name: String,
+    /// Where its rows came from.
+    pub location: String,
+    /// The objects read, with their versions (`s3://` sources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<crate::ObjectVersion>,
+    /// Rows read (one job each).
+    pub rows: u64,
+    /// SHA-256 of the jobs' IDs and values in order, first 16 hex digits: two reads with the
+    /// same digest gave the same jobs.
+    pub digest: String,
+}
+
 /// One run as the ledger holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
@@ -114,9 +132,13 @@ pub struct RunRecord {
     pub counts: RunCounts,
     /// Whether its completion event went out.
     pub event_sent: bool,
-    /// Why it was skipped, for a SKIPPED run.
+    /// Why it was skipped, for a SKIPPED run; why its list could not be read, for a run that
+    /// failed before publishing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What each source of its list gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRead>,
 }
 
 impl RunRecord {
@@ -146,6 +168,8 @@ pub struct RunStart {
     pub expected_per_shard: BTreeMap<u32, u64>,
     /// The config's `runs` section.
     pub policy: RunPolicy,
+    /// What each source of the list gave.
+    pub sources: Vec<SourceRead>,
 }
 
 impl RunStart {

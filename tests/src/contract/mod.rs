@@ -156,6 +156,17 @@ pub fn run_start(run_id: &str, ids: &[&str], started_at_ms: i64) -> fanout_share
             deadline_seconds: Some(600),
             ..Default::default()
         },
+        sources: vec![fanout_shared::runs::SourceRead {
+            name: "customers".to_owned(),
+            location: "s3://lists/customers.jsonl".to_owned(),
+            objects: vec![fanout_shared::ObjectVersion {
+                key: "customers.jsonl".to_owned(),
+                version_id: Some("v1".to_owned()),
+                etag: Some("\"e1\"".to_owned()),
+            }],
+            rows: ids.len() as u64,
+            digest: "89abcdef01234567".to_owned(),
+        }],
     }
 }
 

@@ -1,4 +1,5 @@
-//! The [`RunLedger`] contract: a run is created once, skipped ticks are recorded, runs are read
+//! The [`RunLedger`] contract: a run is created once, skipped ticks and ticks that failed
+//! before publishing are recorded (the latter begun afresh by a re-run), runs are read
 //! and listed newest first, a run is settled when every shard is done (while RUNNING), finished
 //! by exactly one caller, and its completion event marked sent.
 
@@ -16,6 +17,7 @@ pub fn contracts() -> Vec<Contract> {
         contract!(begin_creates_a_running_run(runs)),
         contract!(a_second_begin_finds_the_run_and_changes_nothing(runs)),
         contract!(a_skipped_tick_is_recorded_once(runs)),
+        contract!(a_tick_that_failed_unpublished_is_begun_afresh(runs)),
         contract!(an_unknown_run_is_nowhere(runs)),
         contract!(list_is_newest_first_up_to_the_limit(runs)),
         contract!(a_run_is_settled_when_every_shard_is_done(runs, store)),
@@ -49,6 +51,7 @@ fn fresh_record(run_id: &str, ids: &[&str], started_at_ms: i64) -> RunRecord {
         },
         event_sent: false,
         note: None,
+        sources: start.sources,
     }
 }
 
@@ -149,6 +152,51 @@ pub async fn a_skipped_tick_is_recorded_once(runs: &dyn RunLedger) {
     assert_eq!(
         runs.get("b1").await.unwrap().unwrap(),
         fresh_record("b1", &["a"], t)
+    );
+}
+
+/// `fail_unpublished`: a FAILED run with its reason, nothing expected, finished when it
+/// started; a later `begin` (the tick re-run once its list is fixed) replaces it with a RUNNING
+/// run, and from then on it is a run like any other: a second failure changes nothing.
+pub async fn a_tick_that_failed_unpublished_is_begun_afresh(runs: &dyn RunLedger) {
+    let t = now();
+    runs.fail_unpublished(&run_start("f1", &["a"], t), "source \"customers\": gone")
+        .await
+        .unwrap();
+    let failed = runs.get("f1").await.unwrap().expect("the failed run");
+    assert_eq!(
+        (
+            failed.status,
+            failed.note.as_deref(),
+            failed.counts.expected,
+            failed.finished_at_ms,
+            failed.event_sent
+        ),
+        (
+            RunStatus::Failed,
+            Some("source \"customers\": gone"),
+            0,
+            Some(t),
+            false
+        )
+    );
+    runs.mark_event_sent("f1").await.unwrap();
+    assert_eq!(
+        runs.begin(&run_start("f1", &["a", "b"], t + 10))
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        runs.get("f1").await.unwrap().unwrap(),
+        fresh_record("f1", &["a", "b"], t + 10)
+    );
+    runs.fail_unpublished(&run_start("f1", &["a"], t + 20), "again")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.get("f1").await.unwrap().unwrap(),
+        fresh_record("f1", &["a", "b"], t + 10)
     );
 }
 

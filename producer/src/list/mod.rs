@@ -12,39 +12,30 @@
 //! bad row named by source and line (the first [`MAX_REPORTED`]): a list is fixed and the tick
 //! re-run, never half-published. A source that cannot be read fails the tick the same way.
 
+mod parts;
+mod s3;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use fanout_shared::job::{message_id, TemplateCall, MAX_MESSAGE_BYTES};
-use fanout_shared::rows::{is_gzip, ReadError, Row, RowReader};
-use fanout_shared::runs::shard_of;
-use fanout_shared::sources::{self, Location, Source};
+use fanout_shared::rows::Row;
+use fanout_shared::runs::{shard_of, SourceRead};
+use fanout_shared::sources::{self, Source};
 use fanout_shared::template::{CompiledTemplate, TickValues};
-use fanout_shared::{JobMessage, OutboundMessage, PipelineConfig};
+use fanout_shared::{JobMessage, ObjectVersion, OutboundMessage, PipelineConfig};
+
+pub use parts::ListReaders;
 
 /// Bad rows named in a failed tick's error; the rest are counted.
 pub(crate) const MAX_REPORTED: usize = 20;
-
-/// What one source gave a tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceRead {
-    /// The source's name.
-    pub name: String,
-    /// Where its rows came from.
-    pub location: String,
-    /// Rows read (one job each).
-    pub rows: u64,
-    /// SHA-256 of the jobs' IDs and values in order, first 16 hex digits: two ticks with the
-    /// same digest called the same list.
-    pub digest: String,
-}
 
 /// Why a tick's list could not become jobs. Nothing was published.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +57,18 @@ pub enum ListError {
         count: u64,
         /// The first [`MAX_REPORTED`], e.g. `source "customers" line 7: row has no field ...`.
         named: Vec<String>,
+    },
+    /// A re-run of a tick whose run is in flight read other jobs than the run's first read.
+    #[error(
+        "the list changed since run {run_id} first read it: {}; nothing published (the run \
+         keeps the jobs it has; trigger a new tick for the new list)",
+        .changes.join("; ")
+    )]
+    Changed {
+        /// The run.
+        run_id: String,
+        /// Each source that changed, then and now.
+        changes: Vec<String>,
     },
     /// The spool file could not be written or read.
     #[error("spool file {path}: {reason}")]
@@ -107,6 +110,7 @@ impl Drop for Spool {
 /// Builds every job of the tick (blocking I/O: call it off the async runtime's workers).
 pub(crate) fn collect(
     config: &PipelineConfig,
+    readers: &ListReaders,
     tick: &TickValues,
     now: DateTime<Utc>,
 ) -> Result<TickJobs, ListError> {
@@ -141,7 +145,7 @@ pub(crate) fn collect(
         reason: e.to_string(),
     };
     let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
-    jobs.sources = read_sources(config, tick, now, None, |_, job, message| {
+    jobs.sources = read_sources(config, readers, tick, now, None, |_, job, message| {
         jobs.count_job(&job.message_id);
         serde_json::to_writer(&mut out, message)
             .map_err(|e| spool_error(std::io::Error::other(e)))?;
@@ -152,11 +156,50 @@ pub(crate) fn collect(
     Ok(jobs)
 }
 
+/// `jobs` if its sources gave what `first` (the run's first read, for a re-run of a tick in
+/// flight) recorded: the same rows and digest per source. A run's counts were written for the
+/// first list; publishing another under the same run would count jobs that it never expects.
+pub(crate) fn same_as_first(
+    jobs: TickJobs,
+    run_id: &str,
+    first: Option<&[SourceRead]>,
+) -> Result<TickJobs, ListError> {
+    let Some(first) = first else {
+        return Ok(jobs);
+    };
+    let now: BTreeMap<&str, &SourceRead> =
+        jobs.sources.iter().map(|r| (r.name.as_str(), r)).collect();
+    let changes: Vec<String> = first
+        .iter()
+        .filter_map(|then| {
+            let described = |r: &SourceRead| format!("{} rows, digest {}", r.rows, r.digest);
+            match now.get(then.name.as_str()) {
+                Some(now) if now.digest == then.digest => None,
+                Some(now) => Some(format!(
+                    "source {:?} gave {} then, {} now",
+                    then.name,
+                    described(then),
+                    described(now)
+                )),
+                None => Some(format!("source {:?} is no longer in the config", then.name)),
+            }
+        })
+        .collect();
+    if changes.is_empty() {
+        return Ok(jobs);
+    }
+    Err(ListError::Changed {
+        run_id: run_id.to_owned(),
+        changes,
+    })
+}
+
 /// Reads every source (or only the one named `only`), renders each row and gives each job, with
 /// its encoded message, to `sink`, in order; answers what each source gave. Bad rows are collected and fail the whole
 /// read at its end (after `sink` saw the good ones: the caller publishes nothing then).
 fn read_sources(
     config: &PipelineConfig,
+    remote: &ListReaders,
     tick: &TickValues,
     now: DateTime<Utc>,
     only: Option<&str>,
@@ -178,8 +221,7 @@ fn read_sources(
         let mut reader = SourceReader::new(source, template, tick, now);
         let place = source.location(&config.base_dir);
         let location = match &place {
-            Ok(Location::Inline) => "inline".to_owned(),
-            Ok(Location::File(path)) => path.display().to_string(),
+            Ok(place) => place.to_string(),
             Err(reason) => reason.clone(),
         };
         let unreadable = |reason: String| ListError::Unreadable {
@@ -187,37 +229,40 @@ fn read_sources(
             location: location.clone(),
             reason,
         };
-        let rows: Box<dyn Iterator<Item = Result<Row, ReadError>>> =
-            match place.map_err(unreadable)? {
-                Location::Inline => {
-                    Box::new(source.rows.iter().flatten().enumerate().map(|(i, values)| {
-                        Ok(Row {
-                            line: i as u64 + 1,
-                            values: values.clone(),
-                        })
-                    }))
-                }
-                Location::File(path) => file_rows(source, &path).map_err(unreadable)?,
+        let parts = remote
+            .parts(source, place.map_err(unreadable)?)
+            .map_err(unreadable)?;
+        for part in parts {
+            let part = part.map_err(unreadable)?;
+            let at = match &part.label {
+                None => format!("source {:?}", source.name),
+                Some(label) => format!("source {:?} ({label})", source.name),
             };
-        for row in rows {
-            let row = match row {
-                Ok(row) => row,
-                Err(fatal) if fatal.is_fatal() => return Err(unreadable(fatal.to_string())),
-                Err(bad_row) => {
-                    bad.add(format!("source {:?} {bad_row}", source.name));
-                    continue;
+            if let Some(version) = part.version {
+                reader.objects.push(version);
+            }
+            for row in part.rows {
+                let row = match row {
+                    Ok(row) => row,
+                    Err(fatal) if fatal.is_fatal() => {
+                        return Err(unreadable(match &part.label {
+                            None => fatal.to_string(),
+                            Some(label) => format!("{label}: {fatal}"),
+                        }))
+                    }
+                    Err(bad_row) => {
+                        bad.add(format!("{at} {bad_row}"));
+                        continue;
+                    }
+                };
+                match reader.job(&row) {
+                    Err(problem) => bad.add(format!("{at} line {}: {problem}", row.line)),
+                    Ok((job, _)) if !seen.insert(id_bits(&job.message_id)) => bad.add(format!(
+                        "{at} line {}: duplicate id {:?}",
+                        row.line, job.target.id
+                    )),
+                    Ok((job, message)) => sink(source, &job, &message)?,
                 }
-            };
-            match reader.job(&row) {
-                Err(problem) => bad.add(format!(
-                    "source {:?} line {}: {problem}",
-                    source.name, row.line
-                )),
-                Ok((job, _)) if !seen.insert(id_bits(&job.message_id)) => bad.add(format!(
-                    "source {:?} line {}: duplicate id {:?}",
-                    source.name, row.line, job.target.id
-                )),
-                Ok((job, message)) => sink(source, &job, &message)?,
             }
         }
         read.push(reader.finish(location));
@@ -234,7 +279,33 @@ fn read_sources(
 /// The message IDs of every job of run `run_id` (literal targets, then each source's rows in
 /// order), read from the sources as they are now: what `fanout run` checks each job's end
 /// against.
-pub fn message_ids(config: &PipelineConfig, run_id: &str) -> Result<Vec<String>, ListError> {
+pub async fn message_ids(
+    config: &PipelineConfig,
+    readers: &ListReaders,
+    run_id: &str,
+) -> Result<Vec<String>, ListError> {
+    let (config, readers, run_id) = (config.clone(), readers.clone(), run_id.to_owned());
+    off_runtime(move || message_ids_now(&config, &readers, &run_id)).await
+}
+
+/// Runs a list read (blocking I/O, remote reads driven with `block_on`) off the async
+/// runtime's workers.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ListError> + Send + 'static,
+) -> Result<T, ListError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| ListError::Spool {
+            path: "(none)".into(),
+            reason: format!("the list reader stopped: {e}"),
+        })?
+}
+
+fn message_ids_now(
+    config: &PipelineConfig,
+    readers: &ListReaders,
+    run_id: &str,
+) -> Result<Vec<String>, ListError> {
     let mut ids: Vec<String> = config
         .targets
         .iter()
@@ -244,7 +315,7 @@ pub fn message_ids(config: &PipelineConfig, run_id: &str) -> Result<Vec<String>,
         run_id: run_id.to_owned(),
         ..TickValues::default()
     };
-    read_sources(config, &tick, Utc::now(), None, |_, job, _| {
+    read_sources(config, readers, &tick, Utc::now(), None, |_, job, _| {
         ids.push(job.message_id.clone());
         Ok(())
     })?;
@@ -264,14 +335,27 @@ pub struct Preview {
 
 /// [`Preview`] of every source (or only `only`), rendered with `tick`'s values; fails as the
 /// tick would (bad rows, an unreadable source).
-pub fn preview(
+pub async fn preview(
     config: &PipelineConfig,
+    readers: &ListReaders,
+    tick: &TickValues,
+    only: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<Preview>, ListError> {
+    let (config, readers, tick) = (config.clone(), readers.clone(), tick.clone());
+    let only = only.map(str::to_owned);
+    off_runtime(move || preview_now(&config, &readers, &tick, only.as_deref(), limit)).await
+}
+
+fn preview_now(
+    config: &PipelineConfig,
+    readers: &ListReaders,
     tick: &TickValues,
     only: Option<&str>,
     limit: Option<usize>,
 ) -> Result<Vec<Preview>, ListError> {
     let mut calls: BTreeMap<String, Vec<fanout_shared::JobTarget>> = BTreeMap::new();
-    let read = read_sources(config, tick, Utc::now(), only, |source, job, _| {
+    let read = read_sources(config, readers, tick, Utc::now(), only, |source, job, _| {
         let kept = calls.entry(source.name.clone()).or_default();
         if limit.is_none_or(|n| kept.len() < n) {
             kept.push(job.target.clone());
@@ -287,21 +371,6 @@ pub fn preview(
         .collect())
 }
 
-/// The rows of a file source, streamed.
-fn file_rows(
-    source: &Source,
-    path: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<Row, ReadError>>>, String> {
-    let format = source.format_of(path)?;
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let name = path.to_string_lossy();
-    Ok(Box::new(RowReader::new(
-        Box::new(file),
-        format,
-        is_gzip(&name, None),
-    )))
-}
-
 /// Renders one source's rows into jobs, and digests what it rendered.
 struct SourceReader<'a> {
     source: &'a Source,
@@ -310,6 +379,8 @@ struct SourceReader<'a> {
     now: DateTime<Utc>,
     /// The row fields the template needs: what each message carries.
     placeholders: std::collections::BTreeSet<String>,
+    /// The S3 objects read, with their versions.
+    objects: Vec<ObjectVersion>,
     rows: u64,
     digest: Sha256,
 }
@@ -327,6 +398,7 @@ impl<'a> SourceReader<'a> {
             tick,
             now,
             placeholders: template.placeholders(),
+            objects: Vec::new(),
             rows: 0,
             digest: Sha256::new(),
         }
@@ -371,6 +443,7 @@ impl<'a> SourceReader<'a> {
         SourceRead {
             name: self.source.name.clone(),
             location,
+            objects: self.objects,
             rows: self.rows,
             digest: self.digest.finalize()[..8]
                 .iter()
