@@ -65,6 +65,9 @@ pub(crate) struct AwsArgs {
     /// DynamoDB idempotency table.
     #[arg(long, global = true, env = "FANOUT_TABLE_NAME")]
     pub(crate) table_name: Option<String>,
+    /// The list home of `lists://` sources, `s3://bucket/prefix/` (the stack's `ListsLocation`).
+    #[arg(long, global = true, env = "FANOUT_LISTS")]
+    pub(crate) lists: Option<String>,
     /// CloudFormation stack whose outputs name topic, queue, DLQ and table (instead of the four
     /// above, which it overrides).
     #[arg(long, global = true, env = "FANOUT_STACK")]
@@ -93,6 +96,7 @@ impl AwsArgs {
                     queue_url,
                     dlq_url,
                     table_name,
+                    lists: None,
                 })
             }
             _ => Err(given
@@ -186,6 +190,12 @@ pub(crate) enum ConfigCommand {
         /// The stack's batch size.
         #[arg(long, default_value_t = 10)]
         batch_size: u32,
+        /// Also check this list against its source's template, every row as a tick reads it.
+        #[arg(long)]
+        rows: Option<PathBuf>,
+        /// The source `--rows` is for (needed when several sources read a list).
+        #[arg(long, requires = "rows")]
+        source: Option<String>,
     },
 }
 
@@ -207,6 +217,23 @@ pub(crate) enum TargetsCommand {
         /// Every call, not a sample.
         #[arg(long)]
         all: bool,
+    },
+    /// Check a list against its source's template (every row, as a tick would read it) and,
+    /// if every row is good, put it where the source reads from: the next tick calls it, no
+    /// deploy. `lists://` sources go to the stack's list home (`--backend aws --stack NAME`),
+    /// or to `lists/` beside the config with the embedded backend.
+    Push {
+        /// The list (JSON Lines, JSON array or CSV; `.gz` for gzip).
+        file: PathBuf,
+        /// The config file.
+        #[arg(long, env = "FANOUT_CONFIG")]
+        config: PathBuf,
+        /// The source the list is for (needed when the config has several that can be pushed).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print what was pushed as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -8,6 +8,7 @@ use fanout_shared::aws::{
     SqsMessageMover, SqsQueue,
 };
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
+use fanout_shared::sources::ListsHome;
 use fanout_shared::{
     BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, ObjectStore, Publisher,
     Queue, RunLedger,
@@ -51,6 +52,8 @@ pub struct Pipeline {
     pub events: Arc<dyn EventBus>,
     /// Where `s3://` lists are read from and pushed to (S3, on AWS).
     pub objects: Option<Arc<dyn ObjectStore>>,
+    /// The list home of `lists://` sources (none: `lists/` beside the config file).
+    pub lists: Option<ListsHome>,
 }
 
 /// Opaque: the resources are trait objects.
@@ -98,6 +101,9 @@ pub struct ResourceNames {
     pub dlq_url: String,
     /// The DynamoDB table's name (`FANOUT_TABLE_NAME`).
     pub table_name: String,
+    /// The list home, where `lists://` sources are and `fanout targets push` writes
+    /// (`FANOUT_LISTS`, `s3://bucket/prefix/`), if the pipeline has one.
+    pub lists: Option<ListsHome>,
 }
 
 impl std::fmt::Display for ResourceNames {
@@ -106,7 +112,15 @@ impl std::fmt::Display for ResourceNames {
         writeln!(f, "export FANOUT_TOPIC_ARN={}", self.topic_arn)?;
         writeln!(f, "export FANOUT_QUEUE_URL={}", self.queue_url)?;
         writeln!(f, "export FANOUT_DLQ_URL={}", self.dlq_url)?;
-        writeln!(f, "export FANOUT_TABLE_NAME={}", self.table_name)
+        writeln!(f, "export FANOUT_TABLE_NAME={}", self.table_name)?;
+        match &self.lists {
+            Some(home) => writeln!(
+                f,
+                "export FANOUT_LISTS=s3://{}/{}",
+                home.bucket, home.prefix
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -130,6 +144,7 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
         runs: Arc::new(backend.runs()),
         events: Arc::new(backend.events()),
         objects: None,
+        lists: None,
     })
 }
 
@@ -166,5 +181,6 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
                 .unwrap_or_else(|| "default".into()),
         )),
         objects: Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(sdk)))),
+        lists: names.lists.clone(),
     }
 }

@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use fanout_producer::ListReaders;
 use fanout_shared::config::check_rate;
-use fanout_shared::RunStatus;
+use fanout_shared::sources::ListsHome;
+use fanout_shared::{PipelineConfig, RunStatus};
 use fanout_testkit::target_server::TargetServer;
 
 use crate::args::{
@@ -44,7 +46,7 @@ async fn pipeline(
                 ));
             }
             let sdk = fanout_shared::aws::load_sdk_config().await;
-            let names = match cli.aws.stack_name() {
+            let mut names = match cli.aws.stack_name() {
                 Some(stack) => crate::stack::StackOutputs::describe(&sdk, stack).await?.names()?,
                 None => cli.aws.names().map_err(|missing| {
                     Failure::BadInput(format!(
@@ -53,9 +55,31 @@ async fn pipeline(
                     ))
                 })?,
             };
+            if let Some(lists) = cli.aws.lists.as_deref().filter(|l| !l.is_empty()) {
+                names.lists = Some(
+                    ListsHome::parse(lists)
+                        .map_err(|e| Failure::BadInput(format!("--lists/FANOUT_LISTS: {e}")))?,
+                );
+            }
             Ok(backend::aws_with(&sdk, &names))
         }
     }
+}
+
+/// What `targets` commands read lists with: the pipeline's bucket and list home with
+/// `--backend aws`; else S3 from the standard configuration for `s3://` sources, and `lists/`
+/// beside the config for `lists://` ones.
+async fn list_readers(cli: &Cli, config: &PipelineConfig) -> Result<ListReaders, Failure> {
+    Ok(match cli.backend {
+        BackendKind::Aws => {
+            let pipeline = pipeline(cli, None, 0.0).await?;
+            ListReaders {
+                lists: pipeline.lists.clone(),
+                ..ListReaders::new(pipeline.objects.clone())
+            }
+        }
+        BackendKind::Embedded => ListReaders::new(crate::targets::objects_for(config).await),
+    })
 }
 
 /// SQS long polls in whole seconds (a short poll may miss messages); the embedded queue polls
@@ -108,13 +132,27 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Runs(command) => runs_command(&cli, command).await,
         Command::Hosts(args) => hosts_command(&cli, args).await,
         Command::Trigger(args) => crate::trigger::command(&cli, args).await,
-        Command::Config(command) => config_check_command(command),
+        Command::Config(command) => config_check_command(command).await,
         Command::Targets(TargetsCommand::Show {
             config,
             source,
             json,
             all,
-        }) => crate::targets::show(&load_config(config)?, source.as_deref(), *json, *all).await,
+        }) => {
+            let config = load_config(config)?;
+            let readers = list_readers(&cli, &config).await?;
+            crate::targets::show(&config, &readers, source.as_deref(), *json, *all).await
+        }
+        Command::Targets(TargetsCommand::Push {
+            file,
+            config,
+            source,
+            json,
+        }) => {
+            let config = load_config(config)?;
+            let readers = list_readers(&cli, &config).await?;
+            crate::targets::push(&config, &readers, file, source.as_deref(), *json).await
+        }
     }
 }
 
@@ -216,13 +254,15 @@ async fn dlq_list_command(cli: &Cli, filter: &FilterArgs, json: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn config_check_command(command: &ConfigCommand) -> Result<ExitCode, Failure> {
+async fn config_check_command(command: &ConfigCommand) -> Result<ExitCode, Failure> {
     let ConfigCommand::Check {
         file,
         concurrency,
         function_timeout,
         schedule_period,
         batch_size,
+        rows,
+        source,
     } = command;
     let config = load_config(file)?;
     let fit = crate::check::StackFit {
@@ -232,6 +272,18 @@ fn config_check_command(command: &ConfigCommand) -> Result<ExitCode, Failure> {
         batch_size: *batch_size,
     };
     print!("{}", crate::check::describe(&config, file, &fit));
+    if let Some(rows) = rows {
+        let source = crate::targets::pushable_source(&config, source.as_deref())?;
+        let name = rows.to_string_lossy();
+        let read = crate::targets::check_rows(&config, rows, source, &name).await?;
+        println!(
+            "rows {}: {} rows for source {}, every one renders (digest {})",
+            rows.display(),
+            read.rows,
+            source.name,
+            read.digest
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

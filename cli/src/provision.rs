@@ -11,6 +11,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use fanout_shared::aws::{
     queue_arn, KEY, RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE,
 };
+use fanout_shared::sources::ListsHome;
 use fanout_shared::BackendError;
 
 use crate::backend::ResourceNames;
@@ -24,7 +25,8 @@ fn failed(service: &'static str, e: impl std::error::Error) -> BackendError {
 
 /// Creates topic `PREFIX-jobs`, queue `PREFIX-jobs` with DLQ `PREFIX-jobs-dlq` (redrive after
 /// `max_receive_count` receives), the raw-delivery subscription, a queue policy that lets only
-/// the topic send, and table `PREFIX-idempotency` (on-demand, TTL on `expiration`).
+/// the topic send, table `PREFIX-idempotency` (on-demand, TTL on `expiration`), and the list
+/// home: versioned bucket `PREFIX-lists`.
 pub async fn provision(
     sdk: &aws_config::SdkConfig,
     prefix: &str,
@@ -149,10 +151,56 @@ pub async fn provision(
                 .is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => return Err(failed("dynamodb:CreateTable", e)),
     }
+    let lists = lists_bucket(sdk, &format!("{prefix}-lists")).await?;
     Ok(ResourceNames {
         topic_arn,
         queue_url,
         dlq_url,
         table_name,
+        lists: Some(lists),
+    })
+}
+
+/// The versioned bucket `name` as a list home (prefix `lists/`), created if missing.
+async fn lists_bucket(sdk: &aws_config::SdkConfig, name: &str) -> Result<ListsHome, BackendError> {
+    use aws_sdk_s3::types::{
+        BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
+        VersioningConfiguration,
+    };
+    let s3 = aws_sdk_s3::Client::new(sdk);
+    let mut create = s3.create_bucket().bucket(name);
+    // us-east-1 is the one region that refuses its own name as a location constraint.
+    if let Some(region) = sdk
+        .region()
+        .map(ToString::to_string)
+        .filter(|r| r != "us-east-1")
+    {
+        create = create.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build(),
+        );
+    }
+    match create.send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error().is_some_and(|s| {
+                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+            }) => {}
+        Err(e) => return Err(failed("s3:CreateBucket", e)),
+    }
+    s3.put_bucket_versioning()
+        .bucket(name)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| failed("s3:PutBucketVersioning", e))?;
+    Ok(ListsHome {
+        bucket: name.to_owned(),
+        prefix: "lists/".to_owned(),
     })
 }

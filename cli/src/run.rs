@@ -77,7 +77,10 @@ pub async fn produce_tick(
         run_id: run_id.to_owned(),
         scheduled_at: None,
     };
-    let readers = ListReaders::new(pipeline.objects.clone());
+    let readers = ListReaders {
+        lists: pipeline.lists.clone(),
+        ..ListReaders::new(pipeline.objects.clone())
+    };
     let backends = Backends {
         publisher: pipeline.publisher.as_ref(),
         ledger: pipeline.runs.as_ref(),
@@ -133,7 +136,10 @@ pub async fn run(
     let consume_started = Instant::now();
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
-    let readers = ListReaders::new(pipeline.objects.clone());
+    let readers = ListReaders {
+        lists: pipeline.lists.clone(),
+        ..ListReaders::new(pipeline.objects.clone())
+    };
     let job_ids = fanout_producer::message_ids(config, &readers, run_id).await?;
     let settlement = settle(
         &job_ids,

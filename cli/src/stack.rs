@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 
+use fanout_shared::sources::ListsHome;
+
 use crate::backend::ResourceNames;
 
 /// Output holding the SNS topic ARN (`FANOUT_TOPIC_ARN`).
@@ -16,6 +18,8 @@ pub(crate) const QUEUE_URL: &str = "QueueUrl";
 pub(crate) const DLQ_URL: &str = "DlqUrl";
 /// Output holding the idempotency table's name (`FANOUT_TABLE_NAME`).
 pub(crate) const TABLE_NAME: &str = "TableName";
+/// Output holding the list home, `s3://bucket/prefix/` (`FANOUT_LISTS`).
+pub(crate) const LISTS_LOCATION: &str = "ListsLocation";
 /// Output holding the producer function's name (`fanout trigger`).
 pub(crate) const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
 /// Output holding the schedule rule's ARN (`fanout trigger`).
@@ -161,11 +165,24 @@ impl StackOutputs {
     pub fn names(&self) -> Result<ResourceNames, StackError> {
         let [topic_arn, queue_url, dlq_url, table_name] =
             self.require([TOPIC_ARN, QUEUE_URL, DLQ_URL, TABLE_NAME])?;
+        let lists = match self.outputs.get(LISTS_LOCATION) {
+            None => None,
+            Some(text) => {
+                Some(
+                    ListsHome::parse(text).map_err(|reason| StackError::MissingOutputs {
+                        stack: self.stack.clone(),
+                        status: self.status.clone(),
+                        missing: vec![format!("{LISTS_LOCATION} (unusable: {reason})")],
+                    })?,
+                )
+            }
+        };
         Ok(ResourceNames {
             topic_arn,
             queue_url,
             dlq_url,
             table_name,
+            lists,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! [`fanout_producer::produce`] for a scheduled tick or [`fanout_producer::watchdog`] for the
 //! watchdog's `{"watchdog": true}`. Environment: `FANOUT_CONFIG` (default `fanout.json`),
 //! `FANOUT_TOPIC_ARN`, `FANOUT_TABLE_NAME` (the run ledger), `FANOUT_EVENT_BUS` (`default`),
-//! `FANOUT_PIPELINE` (`fanout`: the metric dimension and events' `pipeline`),
+//! `FANOUT_PIPELINE` (`fanout`: the metric dimension and events' `pipeline`), `FANOUT_LISTS`
+//! (the list home of `lists://` sources, `s3://bucket/prefix/`),
 //! `FANOUT_PUBLISH_CONCURRENCY` (default 8). See the README.
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use fanout_producer::{
     ListReaders, PublishOptions, Tick, WatchdogAnswer,
 };
 use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, S3Objects, SnsPublisher};
+use fanout_shared::sources::ListsHome;
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -44,9 +46,15 @@ async fn main() -> Result<(), Error> {
         aws_sdk_eventbridge::Client::new(&sdk),
         std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
     );
-    let readers = ListReaders::new(Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(
-        &sdk,
-    )))));
+    let lists = match std::env::var("FANOUT_LISTS").ok().filter(|l| !l.is_empty()) {
+        Some(text) => Some(ListsHome::parse(&text).map_err(|e| format!("FANOUT_LISTS: {e}"))?),
+        None => None,
+    };
+    let objects = S3Objects::new(aws_sdk_s3::Client::new(&sdk));
+    let readers = ListReaders {
+        lists,
+        ..ListReaders::new(Some(Arc::new(objects)))
+    };
     let (config, publisher, ledger, bus, readers, options, pipeline) = (
         &config,
         &publisher,

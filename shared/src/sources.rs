@@ -89,12 +89,60 @@ pub enum Location {
     },
     /// An HTTP list endpoint's first page.
     Http(url::Url),
+    /// `lists://KEY`: an object (or, ending in `/`, a prefix) in the pipeline's list home
+    /// ([`ListsHome`]); see [`Location::in_home`].
+    Lists(String),
 }
 
 impl Location {
     /// Whether it names every object under a prefix rather than one object.
     pub fn is_prefix(&self) -> bool {
-        matches!(self, Location::S3 { key, .. } if key.is_empty() || key.ends_with('/'))
+        match self {
+            Location::S3 { key, .. } => key.is_empty() || key.ends_with('/'),
+            Location::Lists(key) => key.ends_with('/'),
+            _ => false,
+        }
+    }
+
+    /// A `lists://` location made concrete: in the stack's list home `home` (S3), or without
+    /// one (the embedded backend, `fanout run`) in the folder `lists/` beside the config file,
+    /// so one config reads the same list names locally and deployed. Others stay as they are.
+    pub fn in_home(self, home: Option<&ListsHome>, base: &Path) -> Location {
+        match (self, home) {
+            (Location::Lists(key), Some(home)) => Location::S3 {
+                bucket: home.bucket.clone(),
+                key: format!("{}{key}", home.prefix),
+            },
+            (Location::Lists(key), None) => Location::File(base.join("lists").join(key)),
+            (other, _) => other,
+        }
+    }
+}
+
+/// The pipeline's list home: the bucket and prefix the stack creates (or is given) for lists
+/// and grants the producer read access to (`FANOUT_LISTS`, the stack's `ListsLocation`
+/// output). `lists://KEY` sources and `fanout targets push` use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListsHome {
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix, empty or ending in `/`.
+    pub prefix: String,
+}
+
+impl ListsHome {
+    /// Parses `s3://bucket/prefix/` (the prefix may be empty).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{text:?}: the list home is an s3://bucket/prefix/ URL"))?;
+        match s3_location(rest)? {
+            Location::S3 { bucket, key } if key.is_empty() || key.ends_with('/') => Ok(Self {
+                bucket,
+                prefix: key,
+            }),
+            _ => Err(format!("{text:?}: the list home's prefix must end in `/`")),
+        }
     }
 }
 
@@ -105,6 +153,7 @@ impl std::fmt::Display for Location {
             Location::File(path) => write!(f, "{}", path.display()),
             Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
             Location::Http(url) => write!(f, "{url}"),
+            Location::Lists(key) => write!(f, "lists://{key}"),
         }
     }
 }
@@ -122,6 +171,12 @@ impl Source {
                     None => raw.as_str(),
                     Some(("file", path)) => path,
                     Some(("s3", rest)) => return s3_location(rest),
+                    Some(("lists", key)) if key.is_empty() || key.starts_with('/') => {
+                        return Err(format!(
+                            "{raw:?}: name a key in the list home, e.g. lists://customers.jsonl"
+                        ))
+                    }
+                    Some(("lists", key)) => return Ok(Location::Lists(key.to_owned())),
                     Some(("http" | "https", _)) => {
                         return url::Url::parse(raw)
                             .map(Location::Http)
@@ -271,6 +326,22 @@ mod tests {
             source(Some("https://lists.example.com/v1/customers"), false).location(base),
             Ok(Location::Http(_))
         ));
+        let home = ListsHome::parse("s3://lists-1/fanout/").unwrap();
+        let lists = source(Some("lists://daily/a.jsonl"), false)
+            .location(base)
+            .unwrap();
+        assert_eq!(lists.to_string(), "lists://daily/a.jsonl");
+        assert_eq!(
+            lists.clone().in_home(Some(&home), base).to_string(),
+            "s3://lists-1/fanout/daily/a.jsonl"
+        );
+        assert_eq!(
+            lists.in_home(None, base),
+            Location::File("/etc/fanout/lists/daily/a.jsonl".into())
+        );
+        assert!(source(Some("lists://"), false).location(base).is_err());
+        assert!(ListsHome::parse("s3://lists-1/no-slash").is_err());
+        assert!(ListsHome::parse("https://x/").is_err());
         assert!(source(Some("ftp://x/a"), false)
             .location(base)
             .unwrap_err()

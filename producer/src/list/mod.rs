@@ -219,7 +219,9 @@ fn read_sources(
             continue;
         };
         let mut reader = SourceReader::new(source, template, tick, now);
-        let place = source.location(&config.base_dir);
+        let place = source
+            .location(&config.base_dir)
+            .map(|l| l.in_home(remote.lists.as_ref(), &config.base_dir));
         let location = match &place {
             Ok(place) => place.to_string(),
             Err(reason) => reason.clone(),

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use fanout_shared::rows::{is_gzip, ReadError, Row, RowReader};
-use fanout_shared::sources::{Location, Source};
+use fanout_shared::sources::{ListsHome, Location, Source};
 use fanout_shared::{ObjectStore, ObjectVersion};
 
 /// A stream of rows.
@@ -35,6 +35,9 @@ pub struct ListReaders {
     /// Per source, the versions a run read the first time: a re-run of the tick reads exactly
     /// these.
     pub pinned: BTreeMap<String, Vec<ObjectVersion>>,
+    /// The pipeline's list home, where `lists://` sources are (none: `lists/` beside the
+    /// config file).
+    pub lists: Option<ListsHome>,
     /// The runtime that remote reads are driven on (the readers are synchronous and run off
     /// its workers).
     pub runtime: Option<tokio::runtime::Handle>,
@@ -46,6 +49,7 @@ impl ListReaders {
         Self {
             objects,
             pinned: BTreeMap::new(),
+            lists: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
@@ -73,6 +77,7 @@ impl ListReaders {
                     is_gzip(&name, None),
                 ))))
             }
+            Location::Lists(_) => Err("a lists:// location is resolved before it is read".into()),
             Location::S3 { bucket, key } => {
                 let prefix = Location::S3 {
                     bucket: bucket.clone(),
