@@ -1,4 +1,4 @@
-import { Annotations, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { Annotations, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
@@ -6,6 +6,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -47,6 +48,10 @@ export class FanoutPipeline extends Construct {
   readonly queue: sqs.Queue;
   readonly dlq: sqs.Queue;
   readonly table: dynamodb.ITable;
+  /** The list home's bucket (created, or `existingListsBucketObj`). */
+  readonly listsBucket: s3.IBucket;
+  /** The list home, `s3://bucket/prefix/`: `FANOUT_LISTS`, where `lists://` sources are. */
+  readonly listsLocation: string;
   readonly producer: lambda.Function;
   readonly consumer: lambda.Function;
   /** The rule that starts a run on the schedule. */
@@ -105,6 +110,9 @@ export class FanoutPipeline extends Construct {
     );
 
     this.table = props.existingTableObj ?? this.newTable(dataRemoval);
+    const listsPrefix = props.listsPrefix ?? 'lists/';
+    this.listsBucket = props.existingListsBucketObj ?? this.newListsBucket(dataRemoval, props.listsBucketProps);
+    this.listsLocation = `s3://${this.listsBucket.bucketName}/${listsPrefix}`;
 
     this.producer = this.rustFunction('Producer', s, producerCode, architecture, {
       timeout: s.producerTimeoutSeconds,
@@ -113,6 +121,7 @@ export class FanoutPipeline extends Construct {
         FANOUT_CONFIG: s.configFile,
         FANOUT_TOPIC_ARN: this.topic.topicArn,
         FANOUT_TABLE_NAME: this.table.tableName,
+        FANOUT_LISTS: this.listsLocation,
         ...runEnvironment,
         ...optional('FANOUT_PUBLISH_CONCURRENCY', s.publishConcurrency),
       },
@@ -134,6 +143,29 @@ export class FanoutPipeline extends Construct {
     this.producer.addToRolePolicy(
       // The watchdog and the overlap check list recent runs through the sparse index only.
       new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [`${this.table.tableArn}/index/runs`] }),
+    );
+    // The list home, read-only and only under its prefix: GetObject (HeadObject too) and
+    // GetObjectVersion (a re-run reads the version its run first read); ListBucket for
+    // `lists://prefix/` sources, limited to the prefix.
+    this.producer.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:GetObject', 's3:GetObjectVersion'],
+        resources: [this.listsBucket.arnForObjects(`${listsPrefix}*`)],
+      }),
+    );
+    if (this.listsBucket instanceof s3.Bucket) {
+      const bucketId = Stack.of(this).getLogicalId(this.listsBucket.node.defaultChild as s3.CfnBucket);
+      Validations.of(this.producer.role as iam.Role).acknowledge({
+        id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${listsPrefix}*]`,
+        reason: 'lists are objects whose keys operators choose (lists://KEY); the grant is read-only and stops at the list home prefix',
+      });
+    }
+    this.producer.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:ListBucket'],
+        resources: [this.listsBucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${listsPrefix}*`] } },
+      }),
     );
 
     this.consumer = this.rustFunction('Consumer', s, consumerCode, architecture, {
@@ -266,6 +298,18 @@ export class FanoutPipeline extends Construct {
           'SQS keeps the original enqueue time, so messages would expire as they reach the DLQ',
       );
     }
+    if (props.listsPrefix !== undefined && props.listsPrefix !== '' && !props.listsPrefix.endsWith('/')) {
+      problems.push(`listsPrefix must be empty or end in "/", got ${JSON.stringify(props.listsPrefix)}`);
+    }
+    if (props.listsPrefix?.startsWith('/')) {
+      problems.push(`listsPrefix must not start with "/", got ${JSON.stringify(props.listsPrefix)}`);
+    }
+    if (props.existingListsBucketObj && props.listsBucketProps) {
+      problems.push('listsBucketProps applies to the bucket the pipeline creates, not to existingListsBucketObj');
+    }
+    if (props.listsBucketProps?.versioned === false) {
+      problems.push('listsBucketProps.versioned: false: runs record the version of each list they read; keep the bucket versioned');
+    }
     if (problems.length > 0) {
       throw new Error(`Invalid ${PROP_NAMING.subject} (${this.node.path}):\n  - ${problems.join('\n  - ')}`);
     }
@@ -276,6 +320,28 @@ export class FanoutPipeline extends Construct {
     return Stack.of(this)
       .node.findAll()
       .filter((c): c is FanoutPipeline => c !== this && c instanceof FanoutPipeline);
+  }
+
+  /**
+   * The list home's bucket: versioned (runs record the version they read), S3-managed
+   * encryption, TLS only, no public access. Its access log would be one more bucket per
+   * pipeline for a bucket only the producer reads and operators write: acknowledged, not built.
+   */
+  private newListsBucket(removalPolicy: RemovalPolicy, overrides?: s3.BucketProps): s3.Bucket {
+    const bucket = new s3.Bucket(this, 'ListsBucket', {
+      versioned: true,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      removalPolicy,
+      ...overrides,
+    });
+    Validations.of(bucket).acknowledge({
+      id: 'AwsSolutions-S1',
+      reason:
+        'the list home is read by the producer role only and written by operators; CloudTrail data events cover who changed a list, a server access log bucket per pipeline adds cost, not control',
+    });
+    return bucket;
   }
 
   /** The idempotency table, which also holds the run ledger. */

@@ -45,6 +45,7 @@ export class FanoutStack extends Stack {
     new CfnOutput(this, 'QueueUrl', { value: p.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
     new CfnOutput(this, 'DlqUrl', { value: p.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
     new CfnOutput(this, 'TableName', { value: p.table.tableName, description: 'FANOUT_TABLE_NAME' });
+    new CfnOutput(this, 'ListsLocation', { value: p.listsLocation, description: 'FANOUT_LISTS: where lists:// sources are' });
     // For `aws logs tail` in the runbook; the function names are generated.
     new CfnOutput(this, 'ProducerLogGroup', { value: p.producer.logGroup.logGroupName });
     new CfnOutput(this, 'ConsumerLogGroup', { value: p.consumer.logGroup.logGroupName });

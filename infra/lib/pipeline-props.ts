@@ -3,6 +3,7 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as events from 'aws-cdk-lib/aws-events';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { FanoutSettings, Naming } from './settings';
@@ -175,6 +176,28 @@ export interface FanoutPipelineProps {
    * @default a new on-demand table with point-in-time recovery
    */
   readonly existingTableObj?: dynamodb.ITable;
+  /**
+   * The list home: where `lists://KEY` sources are read from (`FANOUT_LISTS`) and `fanout targets
+   * push` uploads, so a list changes with no deploy. A bucket of yours instead of the one the
+   * pipeline creates; the producer may read `listsPrefix` in it and nothing else. A bucket
+   * encrypted with a customer-managed key is yours to grant (`kms:Decrypt`) to the producer.
+   * Keep it versioned: a run records the version of each list it read, and a re-run of its tick
+   * reads that version again.
+   * @default a new bucket: versioned, S3-managed encryption, TLS only, public access blocked,
+   * kept per `retainData`
+   */
+  readonly existingListsBucketObj?: s3.IBucket;
+  /**
+   * Overrides of the new lists bucket's props, merged over the pipeline's (not with
+   * `existingListsBucketObj`).
+   * @default the pipeline's lists bucket
+   */
+  readonly listsBucketProps?: s3.BucketProps;
+  /**
+   * The key prefix of the list home in the bucket: empty, or ending in `/`.
+   * @default 'lists/'
+   */
+  readonly listsPrefix?: string;
 
   /**
    * Age of the oldest queued job that raises the `QueueBacklogOld` alarm (60 s to 14 days).
@@ -210,7 +233,15 @@ export interface FanoutPipelineProps {
 }
 
 /** Props that are objects of their own rather than settings (see toSettings). */
-type ObjectProps = 'existingTableObj' | 'alarmTopic' | 'queueProps' | 'deadLetterQueueProps' | 'pipelineName';
+type ObjectProps =
+  | 'existingTableObj'
+  | 'alarmTopic'
+  | 'queueProps'
+  | 'deadLetterQueueProps'
+  | 'pipelineName'
+  | 'existingListsBucketObj'
+  | 'listsBucketProps'
+  | 'listsPrefix';
 
 /** How pipeline problems name things: the prop, with the unit the check counts in. */
 export const PROP_NAMING: Naming = {

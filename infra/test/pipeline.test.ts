@@ -4,6 +4,7 @@ import { Duration, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { FanoutPipeline, type FanoutPipelineProps } from '../lib';
 import { pipelineProps } from '../lib/fanout-stack';
@@ -190,5 +191,52 @@ describe('several pipelines', () => {
     assert.deepEqual([a.pipelineName, b.pipelineName], ['Hourly-Pipeline', 'Nightly-Pipeline']);
     const assembly = app.synth();
     assert.deepEqual(assembly.stacks.map((s) => s.stackName).sort(), ['Hourly', 'Nightly']);
+  });
+});
+
+describe('the list home', () => {
+  test('a new versioned, encrypted, private bucket; the producer reads only its prefix', () => {
+    const p = pipeline();
+    const t = Template.fromStack(p.node.scope as Stack);
+    const [bucket] = all(t, 'AWS::S3::Bucket');
+    assert.deepEqual(bucket.VersioningConfiguration, { Status: 'Enabled' });
+    assert.equal(bucket.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.SSEAlgorithm, 'AES256');
+    assert.deepEqual(bucket.PublicAccessBlockConfiguration, {
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
+    const policy = JSON.stringify(all(t, 'AWS::IAM::Policy'));
+    assert.ok(policy.includes('"s3:prefix":["lists/*"]'), policy);
+    // Nobody else is granted the bucket: no consumer statement mentions S3.
+    const consumer = all(t, 'AWS::IAM::Policy').filter((r) => JSON.stringify(r.Roles).includes('Consumer'));
+    assert.ok(!JSON.stringify(consumer).includes('s3:'), JSON.stringify(consumer));
+  });
+
+  test('an existing bucket and a prefix of yours: no bucket created, the grant follows the prefix', () => {
+    const stack = emptyStack();
+    const mine = s3.Bucket.fromBucketName(stack, 'Mine', 'team-lists');
+    const p = pipeline({ existingListsBucketObj: mine, listsPrefix: 'fanout/sync/' }, stack);
+    const t = Template.fromStack(stack);
+    assert.equal(all(t, 'AWS::S3::Bucket').length, 0);
+    assert.equal(p.listsLocation, 's3://team-lists/fanout/sync/');
+    const env = all(t, 'AWS::Lambda::Function').find((f) => f.Environment.Variables.FANOUT_LISTS)?.Environment.Variables;
+    assert.equal(env.FANOUT_LISTS, 's3://team-lists/fanout/sync/');
+    assert.ok(JSON.stringify(all(t, 'AWS::IAM::Policy')).includes(':s3:::team-lists/fanout/sync/*'));
+  });
+
+  test('bad list-home props stop synth naming the prop', () => {
+    rejects({ listsPrefix: 'no-slash' }, /listsPrefix must be empty or end in "\/"/);
+    rejects({ listsPrefix: '/abs/' }, /listsPrefix must not start with "\/"/);
+    rejects({ listsBucketProps: { versioned: false } }, /listsBucketProps.versioned/);
+  });
+
+  test('two pipelines in one stack get a list home each', () => {
+    const stack = emptyStack();
+    const a = pipeline({}, stack, 'Sync');
+    const b = pipeline({}, stack, 'Report');
+    assert.notEqual(a.listsBucket, b.listsBucket);
+    assert.equal(all(Template.fromStack(stack), 'AWS::S3::Bucket').length, 2);
   });
 });

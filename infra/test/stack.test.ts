@@ -20,6 +20,9 @@ const CONSUMER = 'Fanout/Default/Consumer/Resource';
 const RUN_TOPIC = 'Runs/RunNotifications/Resource';
 const RUN_RULE = 'Runs/RunEvents/Resource';
 const RUN_KEY = 'Runs/Key/Resource';
+const LISTS = 'ListsBucket/Resource';
+/** s3://<bucket>/lists/, the list home (`FANOUT_LISTS`, the `ListsLocation` output). */
+const LISTS_LOCATION = { 'Fn::Join': ['', ['s3://', { Ref: idByPath(template, LISTS) }, '/lists/']] };
 /** arn:${Partition}:events:${Region}:${Account}:event-bus/default, as CloudFormation renders it. */
 const DEFAULT_BUS = {
   'Fn::Join': [
@@ -69,6 +72,7 @@ describe('schedule and producer', () => {
       FANOUT_CONFIG: 'fanout.json',
       FANOUT_TOPIC_ARN: ref(TOPIC),
       FANOUT_TABLE_NAME: ref(TABLE),
+      FANOUT_LISTS: LISTS_LOCATION,
       FANOUT_PIPELINE: 'Fanout',
       FANOUT_EVENT_BUS: 'default',
     });
@@ -269,7 +273,7 @@ describe('IAM', () => {
     Condition: { StringEquals: { 'events:source': 'fanout' } },
   };
 
-  test('the producer may publish to its topic, keep the run ledger, put run events and write its logs', () => {
+  test('the producer may publish to its topic, keep the run ledger, read the list home, put run events and write its logs', () => {
     assert.deepEqual(statements('ProducerRole/Resource'), [
       {
         Effect: 'Allow',
@@ -284,6 +288,18 @@ describe('IAM', () => {
       },
       // Query on the runs index only, never on the table (no listing of idempotency records).
       { Effect: 'Allow', Action: 'dynamodb:Query', Resource: { 'Fn::Join': ['', [arn(TABLE), '/index/runs']] } },
+      // The list home, read-only, under its prefix only.
+      {
+        Effect: 'Allow',
+        Action: ['s3:GetObject', 's3:GetObjectVersion'],
+        Resource: { 'Fn::Join': ['', [arn(LISTS), '/lists/*']] },
+      },
+      {
+        Effect: 'Allow',
+        Action: 's3:ListBucket',
+        Resource: arn(LISTS),
+        Condition: { StringLike: { 's3:prefix': ['lists/*'] } },
+      },
       putEvents,
     ]);
   });
@@ -581,12 +597,13 @@ describe('dashboard', () => {
   });
 });
 
-test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, producer, rule, run topic, dashboard)', () => {
+test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log groups, producer, rule, run topic, dashboard)', () => {
   const outputs = template.toJSON().Outputs as Record<string, any>;
   assert.deepEqual(Object.keys(outputs).sort(), [
     'ConsumerLogGroup',
     'DashboardName',
     'DlqUrl',
+    'ListsLocation',
     'ProducerFunctionName',
     'ProducerLogGroup',
     'QueueUrl',
@@ -599,6 +616,7 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName (and the log groups, produc
   assert.deepEqual(outputs.QueueUrl.Value, ref(QUEUE));
   assert.deepEqual(outputs.DlqUrl.Value, ref(DLQ));
   assert.deepEqual(outputs.TableName.Value, ref(TABLE));
+  assert.deepEqual(outputs.ListsLocation.Value, LISTS_LOCATION);
   assert.deepEqual(outputs.ConsumerLogGroup.Value, ref('ConsumerLogs/Resource'));
   // `fanout trigger` invokes the producer with the event the rule sends.
   assert.deepEqual(outputs.ProducerFunctionName.Value, ref(PRODUCER));
