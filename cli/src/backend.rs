@@ -180,7 +180,7 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
                 .filter(|b| !b.is_empty())
                 .unwrap_or_else(|| "default".into()),
         )),
-        objects: Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(sdk)))),
+        objects: Some(Arc::new(S3Objects::from_sdk(sdk))),
         lists: names.lists.clone(),
     }
 }

@@ -167,7 +167,7 @@ async fn lists_bucket(sdk: &aws_config::SdkConfig, name: &str) -> Result<ListsHo
         BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
         VersioningConfiguration,
     };
-    let s3 = aws_sdk_s3::Client::new(sdk);
+    let s3 = fanout_shared::aws::s3_client(sdk);
     let mut create = s3.create_bucket().bucket(name);
     // us-east-1 is the one region that refuses its own name as a location constraint.
     if let Some(region) = sdk

@@ -41,7 +41,7 @@ pub(crate) async fn objects_for(config: &PipelineConfig) -> Option<Arc<dyn Objec
         return None;
     }
     let sdk = load_sdk_config().await;
-    Some(Arc::new(S3Objects::new(aws_sdk_s3::Client::new(&sdk))))
+    Some(Arc::new(S3Objects::from_sdk(&sdk)))
 }
 
 /// Reads the sources (or only `source`) with the tick values a tick at this moment would have

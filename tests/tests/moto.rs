@@ -359,7 +359,7 @@ fn provision_with_cli(moto: &Moto, prefix: &str) -> Vec<(String, String)> {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
-    assert_eq!(exports.len(), 4);
+    assert_eq!(exports.len(), 5, "four resources and the list home");
     exports
 }
 

@@ -19,7 +19,7 @@ pub use fleet::DynamoDbFleet;
 pub use idempotency::DynamoDbIdempotency;
 pub use move_task::SqsMessageMover;
 pub use runs::DynamoDbRuns;
-pub use s3::S3Objects;
+pub use s3::{s3_client, S3Objects};
 pub use sns::SnsPublisher;
 pub use sqs::{queue_arn, SqsQueue};
 pub use table::{KEY, RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE};

@@ -10,6 +10,16 @@ use super::{sdk_error, service_code};
 use crate::objects::{ObjectBody, ObjectStore, ObjectVersion};
 use crate::BackendError;
 
+/// An S3 client from the standard SDK configuration. With an endpoint URL (an emulator, a
+/// gateway) it addresses buckets by path, which every S3-compatible endpoint serves; on AWS
+/// itself the SDK's default (virtual-hosted) addressing stays.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    Client::from_conf(config)
+}
+
 /// S3 as the home of row lists.
 #[derive(Debug, Clone)]
 pub struct S3Objects {
@@ -17,9 +27,11 @@ pub struct S3Objects {
 }
 
 impl S3Objects {
-    /// Wraps a client built from the standard SDK configuration.
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// Over a client from [`s3_client`].
+    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: s3_client(sdk),
+        }
     }
 
     /// The current version of one object, or an error naming it when it is not there.
