@@ -50,7 +50,7 @@ async fn main() -> Result<(), Error> {
         Some(text) => Some(ListsHome::parse(&text).map_err(|e| format!("FANOUT_LISTS: {e}"))?),
         None => None,
     };
-    let objects = S3Objects::new(aws_sdk_s3::Client::new(&sdk));
+    let objects = S3Objects::from_sdk(&sdk);
     let readers = ListReaders {
         lists,
         ..ListReaders::new(Some(Arc::new(objects)))
