@@ -2,30 +2,28 @@
 //!
 //! Classification: 2xx succeeded; 408, 429, 5xx, timeouts and connection errors are transient
 //! (SQS retries them); other 4xx, redirects we do not follow, refused addresses and bad input
-//! are permanent (DLQ). The SSRF guard sits in the client's DNS resolver, so it judges the
+//! are permanent (DLQ). The client is `fanout_shared::guarded_http`'s, which the producer's
+//! HTTP list endpoints share: the SSRF guard sits in its DNS resolver, so it judges the
 //! addresses actually connected to, for the first request and for every redirect; redirects are
-//! followed by hand ([`crate::redirect`]) so each hop also meets the allow-list and loses its
-//! secrets when it leaves the origin.
+//! followed by hand so each hop also meets the allow-list and loses its secrets when it leaves
+//! the origin.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
-use fanout_shared::config::{env_placeholders, HeaderPart};
+use fanout_shared::guarded_http::{
+    self, drain, env_headers, refused_address, root_cause, GuardedClient, Hop, RedirectRules, Sent,
+};
 use fanout_shared::netguard;
 use fanout_shared::{Failure, FailureKind, JobTarget};
 
-use crate::redirect::{self, Hop, RedirectRules};
-
 /// Header carrying the job's message ID, so targets that support it dedupe on their side too.
 pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
-/// Bytes of a response body read (and discarded) so the connection can be reused.
-const MAX_BODY_DRAIN: usize = 1 << 20;
+/// How a redirect refused by the allow-list names it: the consumer's list is the config's.
+const ALLOW_LIST: &str = "the consumer's allowed hosts (a `hosts` key of the config allows it)";
 /// Longest `Retry-After` honoured: SQS's visibility timeout ceiling.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(12 * 60 * 60);
 
@@ -51,48 +49,11 @@ pub(crate) enum CallOutcome {
     Permanent(Failure),
 }
 
-/// An address the SSRF guard refused, carried through reqwest's error chain.
-#[derive(Debug)]
-struct ForbiddenAddress(String);
-
-impl std::fmt::Display for ForbiddenAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ForbiddenAddress {}
-
-/// Resolves with the system resolver, then refuses the name if any address is forbidden.
-/// Refusing when *any* address is bad (not just filtering) stops DNS-rebinding tricks that mix a
-/// public and a private address.
-struct GuardedResolver;
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(reason) = addrs
-                .iter()
-                .find_map(|a| netguard::forbidden_reason(a.ip()))
-            {
-                return Err(
-                    Box::new(ForbiddenAddress(format!("{host} resolves to a {reason}"))) as _,
-                );
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
-
 /// The HTTP client every record of an instance shares (connection pool, TLS sessions).
 #[derive(Clone)]
 pub(crate) struct Caller {
-    client: reqwest::Client,
+    client: GuardedClient,
     allow_private: bool,
-    redirects: RedirectRules,
 }
 
 impl Caller {
@@ -116,27 +77,19 @@ impl Caller {
         allow_private: bool,
         allowed_hosts: BTreeSet<String>,
     ) -> Self {
+        let rules = RedirectRules::new(allowed_hosts, allow_private, ALLOW_LIST);
         Self {
-            client,
+            client: GuardedClient::new(client, rules),
             allow_private,
-            redirects: RedirectRules::new(allowed_hosts, allow_private),
         }
     }
 
-    /// The client's settings: no automatic redirects (see [`crate::redirect`]), no proxy, and
-    /// the guarded resolver unless private networks are allowed.
+    /// The guarded client's settings (no automatic redirects, no proxy, the guarded resolver
+    /// unless private networks are allowed) with a pool kept warm across records.
     fn client_builder(allow: bool) -> reqwest::ClientBuilder {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve names itself, past the guard.
-            .no_proxy()
+        guarded_http::client_builder(allow)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60));
-        if !allow {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
-        }
-        builder
+            .pool_idle_timeout(Duration::from_secs(60))
     }
 
     /// Calls `target` with `Idempotency-Key: message_id`, following redirects, all within
@@ -148,58 +101,22 @@ impl Caller {
         message_id: &str,
         timeout: Duration,
     ) -> CallOutcome {
-        let mut hop = match self.first_hop(target, message_id) {
+        let hop = match self.first_hop(target, message_id) {
             Ok(hop) => hop,
             Err(failure) => return CallOutcome::Permanent(failure),
         };
-        let deadline = Instant::now() + timeout;
-        let mut followed = 0;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return CallOutcome::Transient {
-                    reason: format!("timeout after {} ms", timeout.as_millis()),
-                    status: None,
-                    retry_after: None,
-                };
+        match self.client.send(hop, timeout).await {
+            Sent::Response(response) => classify_response(response).await,
+            Sent::Refused { status, reason } => {
+                CallOutcome::Permanent(Failure::new(FailureKind::Http(status.as_u16()), reason))
             }
-            let mut response = match self.send(&hop, remaining).await {
-                Ok(response) => response,
-                Err(err) => return classify_error(&err, timeout),
-            };
-            let status = response.status();
-            let Some(location) = redirect::location(status, response.headers()).map(str::to_owned)
-            else {
-                return classify_response(response).await;
-            };
-            drain(&mut response).await;
-            hop = match self.redirects.next(&hop, status, &location, followed) {
-                Ok(next) => next,
-                Err(reason) => {
-                    return CallOutcome::Permanent(Failure::new(
-                        FailureKind::Http(status.as_u16()),
-                        reason,
-                    ))
-                }
-            };
-            followed += 1;
+            Sent::Failed(err) => classify_error(&err, timeout),
+            Sent::TimedOut => CallOutcome::Transient {
+                reason: format!("timeout after {} ms", timeout.as_millis()),
+                status: None,
+                retry_after: None,
+            },
         }
-    }
-
-    fn send(
-        &self,
-        hop: &Hop,
-        timeout: Duration,
-    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
-        let mut request = self
-            .client
-            .request(hop.method.clone(), hop.url.clone())
-            .headers(hop.headers.clone())
-            .timeout(timeout);
-        if let Some(body) = &hop.body {
-            request = request.body(body.clone());
-        }
-        request.send()
     }
 
     /// The first request of a call, or why it cannot be made: an address the guard refuses, or
@@ -224,19 +141,8 @@ impl Caller {
         let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
         let method = Method::from_bytes(target.method.as_bytes())
             .map_err(|_| format!("bad method {:?}", target.method))?;
-        let mut headers = HeaderMap::with_capacity(target.headers.len() + 2);
-        for (name, template) in &target.headers {
-            let value = resolve_env(template).map_err(|e| format!("header {name}: {e}"))?;
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("bad header name {name:?}"))?;
-            // The error names the header, never the value: it may hold a secret.
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| format!("header {name}: value is not valid"))?;
-            // A value built from the environment is a secret: `Debug` then prints `Sensitive`,
-            // and a redirect to another origin drops it.
-            value.set_sensitive(template.contains("${"));
-            headers.insert(name, value);
-        }
+        // Values from the environment are secrets: marked sensitive, never in an error.
+        let mut headers = env_headers(&target.headers)?;
         let key = HeaderValue::from_str(message_id).map_err(|_| "bad message id".to_owned())?;
         headers.insert(IDEMPOTENCY_KEY, key);
         let body = match &target.body {
@@ -254,32 +160,6 @@ impl Caller {
             headers,
             body,
         })
-    }
-}
-
-/// Replaces `${env:NAME}` with the environment variable; an unset one is an error naming it.
-pub(crate) fn resolve_env(template: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    for part in env_placeholders(template)? {
-        match part {
-            HeaderPart::Literal(text) => out.push_str(text),
-            HeaderPart::Env(name) => out.push_str(
-                &std::env::var(name)
-                    .map_err(|_| format!("environment variable {name} is not set"))?,
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Reads (a bounded part of) the body so the keep-alive connection goes back to the pool.
-async fn drain(response: &mut reqwest::Response) {
-    let mut drained = 0;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        drained += chunk.len();
-        if drained > MAX_BODY_DRAIN {
-            break;
-        }
     }
 }
 
@@ -315,15 +195,11 @@ async fn classify_response(mut response: reqwest::Response) -> CallOutcome {
 }
 
 fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(forbidden) = e.downcast_ref::<ForbiddenAddress>() {
-            return CallOutcome::Permanent(Failure::new(
-                FailureKind::RefusedAddress,
-                format!("refused: {forbidden}"),
-            ));
-        }
-        source = e.source();
+    if let Some(forbidden) = refused_address(err) {
+        return CallOutcome::Permanent(Failure::new(
+            FailureKind::RefusedAddress,
+            format!("refused: {forbidden}"),
+        ));
     }
     let reason = if err.is_timeout() {
         format!("timeout after {} ms", timeout.as_millis())
@@ -344,14 +220,6 @@ fn classify_error(err: &reqwest::Error, timeout: Duration) -> CallOutcome {
     }
 }
 
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = err;
-    while let Some(next) = e.source() {
-        e = next;
-    }
-    e.to_string()
-}
-
 /// `Retry-After` as delay-seconds or an HTTP date, capped at SQS's 12 h visibility ceiling.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -370,6 +238,7 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn retry_after_forms() {
@@ -491,20 +360,6 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["/ok/followed"],
             "no refused hop was connected to"
-        );
-    }
-
-    #[test]
-    fn env_placeholders_resolve_or_name_the_missing_variable() {
-        std::env::set_var("FANOUT_TEST_HTTP_TOKEN", "s3cret");
-        assert_eq!(
-            resolve_env("Bearer ${env:FANOUT_TEST_HTTP_TOKEN}").unwrap(),
-            "Bearer s3cret"
-        );
-        let err = resolve_env("${env:FANOUT_TEST_UNSET_VARIABLE}").unwrap_err();
-        assert!(
-            err.contains("FANOUT_TEST_UNSET_VARIABLE is not set"),
-            "{err}"
         );
     }
 }

@@ -11,9 +11,10 @@
 //!   until just before the invocation's end.
 //! - [`limiter`]: the `governor` limiters that pace this instance at its share.
 //! - [`policy`]: what a message may make the consumer do: only what its own config says.
-//! - [`http`]: the SSRF-guarded HTTP client and the transient/permanent classification.
-//! - [`redirect`]: redirects followed by hand: allow-list and guard on every hop, no secrets
-//!   to another origin.
+//! - [`http`]: the calls, through the SSRF-guarded HTTP client the producer's list endpoints
+//!   share (`fanout_shared::guarded_http`: guard in the resolver, redirects followed by hand
+//!   under the allow-list, no secrets to another origin), and the transient/permanent
+//!   classification.
 //! - [`settings`]: the Lambda's environment variables.
 //!
 //! The Lambda binary (`main.rs`) only builds a [`Consumer`] from the environment and calls
@@ -28,7 +29,6 @@ mod latency;
 mod limiter;
 mod policy;
 mod record;
-mod redirect;
 mod settings;
 
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! - [`job`]: the versioned job message, its deterministic ID, and decoding of SQS bodies
 //!   (raw or SNS envelope).
 //! - [`netguard`]: the SSRF guard: which IP addresses a job may never call.
+//! - `guarded_http` (feature `http`): the guarded HTTP client the consumer's calls and the
+//!   producer's HTTP list endpoints share (guard in the resolver, redirects by hand, secrets).
 //! - [`target_rules`]: what a target's URL and headers may hold (config and messages alike).
 //! - [`template`]: call templates rendered from data rows, and why a row cannot change the call.
 //! - [`publish`], [`queue`], [`idempotency`]: the small traits the handlers use for SNS, SQS and
@@ -30,6 +32,8 @@ pub mod config;
 pub mod error;
 pub mod failure;
 pub mod fleet;
+#[cfg(feature = "http")]
+pub mod guarded_http;
 pub mod hosts;
 pub mod idempotency;
 pub mod job;
