@@ -16,9 +16,10 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use fanout_producer::ListReaders;
 use fanout_producer::{Summary, WatchdogAnswer};
 use fanout_shared::idempotency::Status;
-use fanout_shared::job::message_id;
+use fanout_shared::PipelineConfig;
 use fanout_shared::{BackendError, IdempotencyStore, Queue};
 
 use crate::args::Cli;
@@ -158,6 +159,30 @@ async fn invoke(
     Ok(answer)
 }
 
+/// The message IDs of run `run_id`'s jobs: its literal targets, and its sources' rows as the
+/// run read them (the object versions its record names), so a list pushed since does not
+/// change what is waited for.
+async fn tick_job_ids(
+    config: &PipelineConfig,
+    pipeline: &crate::backend::Pipeline,
+    run_id: &str,
+) -> Result<Vec<String>, Failure> {
+    let mut readers = ListReaders {
+        lists: pipeline.lists.clone(),
+        ..ListReaders::new(pipeline.objects.clone())
+    };
+    if !config.sources.is_empty() {
+        if let Some(run) = pipeline.runs.get(run_id).await? {
+            for read in run.sources {
+                readers.pinned.insert(read.name, read.objects);
+            }
+        }
+    }
+    fanout_producer::message_ids(config, &readers, run_id)
+        .await
+        .map_err(|e| Failure::BadInput(e.to_string()))
+}
+
 /// Where a tick's jobs ended up after `--wait`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct TickOutcome {
@@ -268,20 +293,16 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let answer = invoke_producer(&sdk, &function, &event).await?;
     let outcome = match (args.wait, &config, &args.config) {
         (true, Some(config), Some(path)) => {
-            if answer.jobs != config.targets.len() {
+            let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?);
+            let ids = tick_job_ids(config, &pipeline, &answer.run_id).await?;
+            if answer.jobs != ids.len() {
                 return Err(Failure::BadInput(format!(
-                    "the producer of stack {stack} built {} jobs but {} has {} targets: --config must be the file the stack was deployed with",
+                    "the producer of stack {stack} built {} jobs but {} gives {}: --config must be the file the stack was deployed with",
                     answer.jobs,
                     path.display(),
-                    config.targets.len()
+                    ids.len()
                 )));
             }
-            let pipeline = crate::backend::aws_with(&sdk, &outputs.names()?);
-            let ids: Vec<String> = config
-                .targets
-                .iter()
-                .map(|t| message_id(&answer.run_id, &t.id))
-                .collect();
             Some(
                 wait_settled(
                     &ids,

@@ -27,6 +27,10 @@ use fanout_tests::local_cloud::{eventually, LocalCloud};
 
 const STACK: &str = "FanoutLocal";
 const SCHEDULED: &str = "FanoutLocalSchedule";
+/// The stack whose targets are a list in its list home (#25).
+const LISTS: &str = "FanoutLocalLists";
+/// Rows of that list.
+const LIST_ROWS: usize = 2_000;
 /// The stack whose budget comes from its config alone.
 const BUDGET: &str = "FanoutLocalBudget";
 /// Its config's `rate_limit.per_second`.
@@ -699,6 +703,8 @@ async fn the_real_stack_on_this_machine() {
         again.summary
     );
 
+    lists_from_the_list_home(&mut cloud, &server, &dir).await;
+
     // The schedule fired the other stack's producer on its own, and its consumer ran the jobs.
     let sched = pipeline(&sdk, SCHEDULED).await;
     let limit = Duration::from_secs(150)
@@ -767,4 +773,171 @@ async fn the_real_stack_on_this_machine() {
 
     println!("suite: {:.1} s", suite.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A config whose one source reads `lists://customers.jsonl` from the stack's list home; each
+/// row is a call to `/list/<id>` carrying the previous good tick's time.
+fn write_lists_config(dir: &Path, base_url: &str) -> PathBuf {
+    let config = serde_json::json!({
+        "allow_private_networks": true,
+        "rate_limit": { "per_second": 500, "burst": 1 },
+        "templates": { "sync": {
+            "url": format!("{base_url}/list/{{id}}?since={{tick.last_success_at}}"),
+            "timeout_ms": 10_000
+        }},
+        "sources": [{ "name": "customers", "template": "sync", "id_field": "id",
+                      "location": "lists://customers.jsonl" }]
+    });
+    let file = dir.join("lists.json");
+    std::fs::write(&file, config.to_string()).expect("config written");
+    file
+}
+
+/// Writes rows `c-<i>` for `ids` as JSON Lines.
+fn write_list(file: &Path, ids: std::ops::Range<usize>) {
+    let rows: Vec<String> = ids
+        .map(|i| serde_json::json!({ "id": format!("c-{i}") }).to_string())
+        .collect();
+    std::fs::write(file, rows.join("\n")).expect("list written");
+}
+
+/// Calls to `/list/<id>` per ID, with each call's `since` value.
+fn list_calls(server: &TargetServer) -> BTreeMap<String, Vec<String>> {
+    let mut calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for record in server.records() {
+        let Some(rest) = record.path.strip_prefix("/list/") else {
+            continue;
+        };
+        let (id, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let since = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "since")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        calls.entry(id.to_owned()).or_default().push(since);
+    }
+    calls
+}
+
+/// Targets are data (#25 acceptance): a list of 2,000 rows pushed to the stack's list home
+/// with `fanout targets push`, ticked: every row called once; a changed list pushed (rows added
+/// and removed) and ticked again with no deploy in between: the new rows called, the removed
+/// ones not, and the previous good tick's time reaches the target; a list that is gone fails
+/// its tick as a FAILED run naming it.
+async fn lists_from_the_list_home(cloud: &mut LocalCloud, server: &TargetServer, dir: &Path) {
+    let config = write_lists_config(dir, &server.base_url());
+    let deployed = cloud.up(&config, LISTS, &["maxConcurrency=5"]);
+    println!(
+        "deploy (create) {LISTS}: {:.1} s  [{}]",
+        deployed.seconds, deployed.summary
+    );
+    let list = dir.join("customers.jsonl");
+    let config_arg = config.to_string_lossy().into_owned();
+    let push = |cloud: &LocalCloud| {
+        let pushed = cloud.fanout_json(&[
+            "--stack",
+            LISTS,
+            "targets",
+            "push",
+            "--json",
+            "--config",
+            &config_arg,
+            &list.to_string_lossy(),
+        ]);
+        assert!(
+            pushed["version"]["version_id"].is_string(),
+            "a versioned object: {pushed}"
+        );
+        pushed
+    };
+    write_list(&list, 0..LIST_ROWS);
+    let pushed = push(cloud);
+    assert_eq!(pushed["rows"], LIST_ROWS, "{pushed}");
+
+    let started = Instant::now();
+    let tick1 = tick(cloud, LISTS, &config, 300);
+    println!(
+        "list tick 1 ({LIST_ROWS} rows from the list home): {:.1} s trigger to settled",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(tick1["wait"]["succeeded"], LIST_ROWS, "{tick1}");
+    let run1 = tick1["run_id"].as_str().expect("run_id").to_owned();
+    let calls = list_calls(server);
+    assert_eq!(calls.len(), LIST_ROWS);
+    assert!(
+        calls.values().all(|c| c.len() == 1),
+        "every row called once"
+    );
+    let ledger1 = finished_run(cloud, &run1).await;
+    assert_eq!(ledger1["status"], "SUCCEEDED", "{ledger1}");
+    assert_eq!(ledger1["sources"][0]["rows"], LIST_ROWS, "{ledger1}");
+    assert_eq!(
+        ledger1["sources"][0]["objects"][0]["version_id"], pushed["version"]["version_id"],
+        "the run records the version it read: {ledger1}"
+    );
+
+    // Rows 0..500 removed, 2,000..2,500 added; pushed, no deploy.
+    write_list(&list, 500..LIST_ROWS + 500);
+    push(cloud);
+    let tick2 = tick(cloud, LISTS, &config, 300);
+    assert_eq!(tick2["wait"]["succeeded"], LIST_ROWS, "{tick2}");
+    let calls = list_calls(server);
+    let scheduled1 = ledger1["scheduled_at"]
+        .as_str()
+        .expect("a scheduled tick")
+        .to_owned();
+    for i in 0..LIST_ROWS + 500 {
+        let seen = calls
+            .get(&format!("c-{i}"))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let expected = usize::from(i < LIST_ROWS) + usize::from(i >= 500);
+        assert_eq!(seen.len(), expected, "c-{i}: {seen:?}");
+        if i >= 500 {
+            let since = seen.last().map(String::as_str).unwrap_or_default();
+            let since = chrono::DateTime::parse_from_rfc3339(since).expect("an RFC 3339 time");
+            let first = chrono::DateTime::parse_from_rfc3339(&scheduled1).expect("scheduled_at");
+            assert_eq!(since, first, "c-{i}: tick 2 carries tick 1's time");
+        }
+    }
+
+    // The list gone: the tick fails, visibly, and publishes nothing.
+    let home = StackOutputs::describe(&cloud.sdk().await, LISTS)
+        .await
+        .unwrap()
+        .outputs["ListsLocation"]
+        .clone();
+    let (bucket, prefix) = home
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .expect("s3://bucket/prefix/");
+    fanout_shared::aws::s3_client(&cloud.sdk().await)
+        .delete_object()
+        .bucket(bucket)
+        .key(format!("{prefix}customers.jsonl"))
+        .send()
+        .await
+        .expect("DeleteObject");
+    let before = server.records().len();
+    let failed = cloud.fanout(&["--stack", LISTS, "trigger", "--config", &config_arg]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success() && stderr.contains("customers.jsonl"),
+        "{stderr}"
+    );
+    let runs = cloud.fanout_json(&["--stack", LISTS, "runs", "list"]);
+    let latest = &runs[0];
+    assert_eq!(
+        (latest["status"].as_str(), latest["expected"].as_u64()),
+        (Some("FAILED"), Some(0)),
+        "{latest}"
+    );
+    assert!(
+        latest["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("customers.jsonl"),
+        "runs list names the list: {latest}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.records().len(), before, "nothing called");
 }
