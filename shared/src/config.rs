@@ -317,8 +317,13 @@ impl PipelineConfig {
             if source.id_field.is_empty() {
                 push(location.clone(), "id_field", "is empty".into());
             }
-            if let Err(e) = source.location(Path::new("")) {
-                push(location, "location", e);
+            match source.location(Path::new("")) {
+                Err(e) => push(location, "location", e),
+                Ok(place) => {
+                    for e in source.http_problems(&place, self.allow_private_networks) {
+                        push(location.clone(), e.field, e.problem);
+                    }
+                }
             }
         }
         let mut first_index: HashMap<&str, usize> = HashMap::new();

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::netguard;
 use crate::rows::Format;
+use crate::target_rules::FieldError;
 
 /// One source of rows, as written in the config file (`sources`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,13 +45,117 @@ pub struct Source {
     pub http: Option<HttpList>,
 }
 
-/// How the producer reads an HTTP list endpoint: GET, page after page.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// How the producer reads an HTTP list endpoint: GET, page after page, each page one JSON
+/// document whose rows are an array of objects.
+///
+/// A page's next page is, with [`HttpList::next_cursor`], the location again with the cursor
+/// found in the page as the query parameter [`HttpList::cursor_param`]; without it, the URL of
+/// the response's `Link: <…>; rel="next"` header. No cursor (absent, `null` or `""`) or no such
+/// header ends the list. Every page and every redirect meets the SSRF guard and the list's
+/// allow-list (the location's host plus the config's allowed hosts), and a page that leads back
+/// to a page already read (a cursor loop) fails the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpList {
-    /// Headers of every page's request; `${env:NAME}` is read from the producer's environment.
+    /// Headers of every page's request; `${env:NAME}` is read from the producer's environment
+    /// when the request is made, so a secret is never in the config, a log or an error. They are
+    /// dropped on a redirect to another origin.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Where a page's rows are: a JSON pointer (`/data`, `/result/items`) to an array of
+    /// objects. Default: the page itself is the array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_at: Option<String>,
+    /// Where a page's next cursor is, as a JSON pointer (`/next_cursor`, `/meta/next`): a
+    /// string or an integer. Default: pages link with a `Link: <…>; rel="next"` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The query parameter the cursor is sent back in (only with `next_cursor`). Default:
+    /// `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_param: Option<String>,
+    /// The most pages read: a list that goes on past them fails the source, naming the limit
+    /// (an endpoint that pages forever must not keep a tick reading).
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+    /// Each page's time limit (request, redirects and body), in milliseconds.
+    #[serde(default = "default_page_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for HttpList {
+    fn default() -> Self {
+        Self {
+            headers: BTreeMap::new(),
+            rows_at: None,
+            next_cursor: None,
+            cursor_param: None,
+            max_pages: default_max_pages(),
+            timeout_ms: default_page_timeout_ms(),
+        }
+    }
+}
+
+fn default_max_pages() -> u32 {
+    1000
+}
+
+fn default_page_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The longest `http.timeout_ms`: a page that takes longer is better split.
+const MAX_PAGE_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+impl HttpList {
+    /// The query parameter a cursor is sent back in.
+    pub fn cursor_param(&self) -> &str {
+        self.cursor_param.as_deref().unwrap_or("cursor")
+    }
+
+    /// What breaks a rule, each naming its field (`http.rows_at`, …).
+    fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        for (name, value) in &self.headers {
+            if let Err(e) = crate::target_rules::check_header(name, value) {
+                problems.push(FieldError::new("http.headers", e));
+            }
+        }
+        for (field, pointer) in [
+            ("http.rows_at", &self.rows_at),
+            ("http.next_cursor", &self.next_cursor),
+        ] {
+            if let Some(pointer) = pointer.as_deref().filter(|p| !p.starts_with('/')) {
+                problems.push(FieldError::new(
+                    field,
+                    format!(
+                        "{pointer:?} is not a JSON pointer: it starts with `/` (`/data`; leave \
+                         the field out for the default)"
+                    ),
+                ));
+            }
+        }
+        match (&self.cursor_param, &self.next_cursor) {
+            (Some(_), None) => problems.push(FieldError::new(
+                "http.cursor_param",
+                "only with `next_cursor` (where the page's cursor is)",
+            )),
+            (Some(param), Some(_)) if param.is_empty() => {
+                problems.push(FieldError::new("http.cursor_param", "is empty"));
+            }
+            _ => {}
+        }
+        if self.max_pages == 0 {
+            problems.push(FieldError::new("http.max_pages", "must be at least 1"));
+        }
+        if !(1..=MAX_PAGE_TIMEOUT_MS).contains(&self.timeout_ms) {
+            problems.push(FieldError::new(
+                "http.timeout_ms",
+                format!("must be 1..={MAX_PAGE_TIMEOUT_MS}, got {}", self.timeout_ms),
+            ));
+        }
+        problems
+    }
 }
 
 /// The config's `tick` section: values the templates' `{tick.…}` placeholders get.
@@ -202,6 +308,54 @@ impl Source {
         }
     }
 
+    /// What breaks a rule of an HTTP list at `place` (the source's location): its `http`
+    /// section, and the location itself (no `user:password@`, which would be printed wherever
+    /// the location is; an address the SSRF guard refuses unless `allow_private`). An `http`
+    /// section on another location is an error too.
+    pub fn http_problems(&self, place: &Location, allow_private: bool) -> Vec<FieldError> {
+        let Location::Http(url) = place else {
+            return match self.http {
+                Some(_) => vec![FieldError::new(
+                    "http",
+                    "only with an http:// or https:// location",
+                )],
+                None => Vec::new(),
+            };
+        };
+        let mut problems = self
+            .http
+            .as_ref()
+            .map(HttpList::problems)
+            .unwrap_or_default();
+        if !url.username().is_empty() || url.password().is_some() {
+            problems.push(FieldError::new(
+                "location",
+                "credentials (user:password@) in the URL would be printed in logs and errors: \
+                 remove them and use a header, e.g. \"Authorization\": \"Basic ${env:NAME}\" in \
+                 `http.headers`",
+            ));
+        }
+        match url.host() {
+            None => problems.push(FieldError::new("location", "the URL has no host")),
+            Some(host) if !allow_private => {
+                if let Err(e) = netguard::check_literal_host(&host) {
+                    problems.push(FieldError::new(
+                        "location",
+                        format!("{e}; set allow_private_networks to read it"),
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+        if self.format.is_some_and(|f| f != Format::JsonArray) {
+            problems.push(FieldError::new(
+                "format",
+                "an HTTP list's pages are JSON documents: leave `format` out",
+            ));
+        }
+        problems
+    }
+
     /// The rows' format of an input named `name` (a path, an S3 key, a URL).
     pub fn format_of(&self, name: &str) -> Result<Format, String> {
         Format::resolve(self.format, name)
@@ -348,6 +502,111 @@ mod tests {
             .contains("ftp://"));
         assert!(source(Some("a.jsonl"), true).location(base).is_err());
         assert!(source(None, false).location(base).is_err());
+    }
+
+    /// The config errors of a config whose one source is `source` (JSON), one per line.
+    fn source_errors(source: Value, allow_private: bool) -> String {
+        let text = json!({
+            "allow_private_networks": allow_private,
+            "templates": { "sync": { "url": "https://api.example.com/c/{id}" } },
+            "sources": [source]
+        });
+        match crate::PipelineConfig::parse(&text.to_string(), false, "fanout.json") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn http_sections_are_validated_naming_the_field() {
+        let http = |location: &str, http: Value| {
+            json!({ "name": "c", "template": "sync", "id_field": "id", "location": location,
+                    "http": http })
+        };
+        let good = http(
+            "https://lists.example.com/v1/customers?limit=100",
+            json!({ "headers": { "Authorization": "Bearer ${env:LIST_TOKEN}" },
+                    "rows_at": "/data", "next_cursor": "/meta/next", "cursor_param": "after",
+                    "max_pages": 50, "timeout_ms": 5000 }),
+        );
+        assert_eq!(source_errors(good.clone(), false), "");
+        let parsed: Source = serde_json::from_value(good).unwrap();
+        let settings = parsed.http.unwrap();
+        assert_eq!((settings.cursor_param(), settings.max_pages), ("after", 50));
+        let defaults = HttpList::default();
+        assert_eq!(
+            (
+                defaults.cursor_param(),
+                defaults.max_pages,
+                defaults.timeout_ms
+            ),
+            ("cursor", 1000, 30_000)
+        );
+        let loc = r#"fanout.json: sources[0] (name "c")"#;
+        let cases = [
+            (
+                http("lists/a.jsonl", json!({})),
+                format!("{loc}: field `http`: only with an http:// or https:// location"),
+            ),
+            (
+                http("https://l.example.com/", json!({ "rows_at": "data" })),
+                format!(
+                    "{loc}: field `http.rows_at`: \"data\" is not a JSON pointer: it starts \
+                     with `/` (`/data`; leave the field out for the default)"
+                ),
+            ),
+            (
+                http("https://l.example.com/", json!({ "next_cursor": "" })),
+                format!("{loc}: field `http.next_cursor`: \"\" is not a JSON pointer"),
+            ),
+            (
+                http("https://l.example.com/", json!({ "cursor_param": "after" })),
+                format!("{loc}: field `http.cursor_param`: only with `next_cursor`"),
+            ),
+            (
+                http("https://l.example.com/", json!({ "max_pages": 0 })),
+                format!("{loc}: field `http.max_pages`: must be at least 1"),
+            ),
+            (
+                http("https://l.example.com/", json!({ "timeout_ms": 0 })),
+                format!("{loc}: field `http.timeout_ms`: must be 1..=900000, got 0"),
+            ),
+            (
+                http(
+                    "https://l.example.com/",
+                    json!({ "headers": { "X": "${TOKEN}" } }),
+                ),
+                format!("{loc}: field `http.headers`: header X: placeholder ${{TOKEN}} must be"),
+            ),
+            (
+                http("https://u:pw@l.example.com/", json!({})),
+                format!("{loc}: field `location`: credentials (user:password@) in the URL"),
+            ),
+            (
+                http("http://169.254.169.254/latest", json!({})),
+                format!(
+                    "{loc}: field `location`: 169.254.169.254 is a link-local address \
+                     (metadata endpoint range); set allow_private_networks to read it"
+                ),
+            ),
+            (
+                http("https://l.example.com/", json!({ "page_size": 5 })),
+                "unknown field `page_size`".to_owned(),
+            ),
+        ];
+        for (source, expected) in cases {
+            let errors = source_errors(source, false);
+            assert!(errors.contains(&expected), "{expected:?} not in:\n{errors}");
+        }
+        let mut csv = http("https://l.example.com/", json!({}));
+        csv["format"] = json!("csv");
+        assert!(source_errors(csv, false)
+            .contains("field `format`: an HTTP list's pages are JSON documents"));
+        assert_eq!(
+            source_errors(http("http://127.0.0.1:8080/list", json!({})), true),
+            "",
+            "allow_private_networks lets a list be read from loopback"
+        );
     }
 
     #[test]
