@@ -65,6 +65,20 @@ pub fn consumers(
     Ok(vec![instance()?; slots])
 }
 
+/// What a tick of `pipeline` reads lists with: its bucket and list home, else (the embedded
+/// backend) S3 from the standard AWS configuration for `s3://` sources, so a local run reads
+/// the same lists a deployed one does.
+async fn list_readers(config: &PipelineConfig, pipeline: &Pipeline) -> ListReaders {
+    let objects = match &pipeline.objects {
+        Some(objects) => Some(objects.clone()),
+        None => crate::targets::objects_for(config).await,
+    };
+    ListReaders {
+        lists: pipeline.lists.clone(),
+        ..ListReaders::new(objects)
+    }
+}
+
 /// Writes the run's record and publishes one tick of `config` as `run_id`, for the pipeline
 /// named `name` (in events).
 pub async fn produce_tick(
@@ -77,10 +91,7 @@ pub async fn produce_tick(
         run_id: run_id.to_owned(),
         scheduled_at: None,
     };
-    let readers = ListReaders {
-        lists: pipeline.lists.clone(),
-        ..ListReaders::new(pipeline.objects.clone())
-    };
+    let readers = list_readers(config, pipeline).await;
     let backends = Backends {
         publisher: pipeline.publisher.as_ref(),
         ledger: pipeline.runs.as_ref(),
@@ -136,10 +147,7 @@ pub async fn run(
     let consume_started = Instant::now();
     let outcome = consume(config, pipeline, options, produced.jobs as u64).await?;
     let consume_time = consume_started.elapsed();
-    let readers = ListReaders {
-        lists: pipeline.lists.clone(),
-        ..ListReaders::new(pipeline.objects.clone())
-    };
+    let readers = list_readers(config, pipeline).await;
     let job_ids = fanout_producer::message_ids(config, &readers, run_id).await?;
     let settlement = settle(
         &job_ids,

@@ -169,8 +169,14 @@ pub(crate) async fn push(
         println!("{}", serde_json::to_string(&pushed).unwrap_or_default());
     } else {
         let version = match &pushed.version {
-            Some(v) => format!(" ({})", v.to_string().trim_start_matches(&v.key).trim()),
-            None => String::new(),
+            Some(ObjectVersion {
+                version_id: Some(id),
+                ..
+            }) => format!(" (version {id})"),
+            Some(ObjectVersion {
+                etag: Some(etag), ..
+            }) => format!(" (ETag {etag})"),
+            _ => String::new(),
         };
         println!(
             "pushed {} rows (digest {}) for source {} to {}{version}: the next tick calls them",
