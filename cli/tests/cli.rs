@@ -407,3 +407,103 @@ fn targets_show_renders_the_list_from_the_config_alone_and_names_a_bad_row() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("source \"customers\" line 3"), "{stderr}");
 }
+
+#[test]
+fn targets_push_checks_every_row_then_replaces_the_local_list_and_config_check_rows_agrees() {
+    let dir = temp_dir("push");
+    let config = serde_json::json!({
+        "templates": {"sync": {"url": "https://api.example.com/customers/{id}/sync?plan={plan}"}},
+        "sources": [{"name": "customers", "template": "sync", "id_field": "id", "location": "lists://customers.jsonl"}]
+    });
+    let config_path = dir.join("fanout.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let fanout = |args: &[&str]| {
+        Command::new(FANOUT)
+            .args(["--state", ":memory:"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let config_arg = config_path.to_str().unwrap();
+
+    // A bad list: refused by both commands, naming its line; nothing written.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"id\":\"c-1\",\"plan\":\"pro\"}\n{\"id\":\"c-1\",\"plan\":\"free\"}\n",
+    )
+    .unwrap();
+    let push = fanout(&[
+        "targets",
+        "push",
+        "--config",
+        config_arg,
+        bad.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&push.stderr);
+    assert_eq!(push.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not pushed") && stderr.contains("line 2: duplicate id"),
+        "{stderr}"
+    );
+    assert!(!dir.join("lists/customers.jsonl").exists());
+    let check = fanout(&[
+        "config",
+        "check",
+        config_arg,
+        "--rows",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("line 2: duplicate id"));
+
+    // A good one: pushed to lists/ beside the config, and the next read sees it.
+    let good = dir.join("customers.jsonl");
+    std::fs::write(
+        &good,
+        "{\"id\":\"c-1\",\"plan\":\"pro\"}\n{\"id\":\"c-2\",\"plan\":\"free\"}\n",
+    )
+    .unwrap();
+    let check = fanout(&[
+        "config",
+        "check",
+        config_arg,
+        "--rows",
+        good.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("2 rows for source customers, every one renders"),
+        "{stdout}"
+    );
+    let push = fanout(&[
+        "targets",
+        "push",
+        "--json",
+        "--config",
+        config_arg,
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let pushed: serde_json::Value = serde_json::from_slice(&push.stdout).unwrap();
+    assert_eq!(pushed["rows"], 2, "{pushed}");
+    assert_eq!(
+        std::fs::read(dir.join("lists/customers.jsonl")).unwrap(),
+        std::fs::read(&good).unwrap()
+    );
+    let show = fanout(&["targets", "show", "--json", "--config", config_arg]);
+    let calls: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(
+        calls[1]["url"],
+        "https://api.example.com/customers/c-2/sync?plan=free"
+    );
+}
