@@ -6,9 +6,13 @@
 //!   broken, outage paths) that records every call.
 //! - [`targets`]: the config targets of a list of paths on that server, the one builder the
 //!   demo, the test workloads and the local-cloud configs share.
+//! - [`list_server`]: an HTTP list endpoint on 127.0.0.1 whose pages (status, headers, body)
+//!   are set by path, for the producer's HTTP sources.
 
 #![warn(missing_docs)]
 
+pub mod list_server;
+mod serve;
 pub mod target_server;
 
 pub use target_server::{CallRecord, TargetServer, TargetStats};

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+
+use crate::serve::{serve, Answer};
 
 /// One request the server saw.
 #[derive(Debug, Clone)]
@@ -127,21 +127,9 @@ impl TargetServer {
     /// Starts on a free port of `ip`. Any 127.x.y.z is loopback on Linux, so servers on
     /// 127.0.0.2, 127.0.0.3, … are distinct hosts to the consumer's per-host budgets.
     pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((ip, 0)).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve(ip, move |req| handle(req, shared.clone())).await?;
         Ok(Self { addr, state, task })
     }
 
@@ -217,8 +205,6 @@ impl Drop for TargetServer {
         self.task.abort();
     }
 }
-
-type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
 async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     let path = req

@@ -12,6 +12,7 @@
 //! bad row named by source and line (the first [`MAX_REPORTED`]): a list is fixed and the tick
 //! re-run, never half-published. A source that cannot be read fails the tick the same way.
 
+mod http;
 mod parts;
 mod s3;
 
@@ -232,7 +233,7 @@ fn read_sources(
             reason,
         };
         let parts = remote
-            .parts(source, place.map_err(unreadable)?)
+            .parts(config, source, place.map_err(unreadable)?)
             .map_err(unreadable)?;
         for part in parts {
             let part = part.map_err(unreadable)?;

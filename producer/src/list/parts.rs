@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fanout_shared::rows::{is_gzip, ReadError, Row, RowReader};
 use fanout_shared::sources::{ListsHome, Location, Source};
-use fanout_shared::{ObjectStore, ObjectVersion};
+use fanout_shared::{ObjectStore, ObjectVersion, PipelineConfig};
 
 /// A stream of rows.
 pub(super) type Rows = Box<dyn Iterator<Item = Result<Row, ReadError>> + Send>;
@@ -54,8 +54,14 @@ impl ListReaders {
         }
     }
 
-    /// The parts of `source` at `location`, or why it cannot be read at all.
-    pub(super) fn parts(&self, source: &Source, location: Location) -> Result<Parts, String> {
+    /// The parts of `source` at `location`, or why it cannot be read at all; `config` holds
+    /// what guards remote reads (the allow-list, `allow_private_networks`).
+    pub(super) fn parts(
+        &self,
+        config: &PipelineConfig,
+        source: &Source,
+        location: Location,
+    ) -> Result<Parts, String> {
         match location {
             Location::Inline => {
                 let rows: Vec<_> = source.rows.clone().unwrap_or_default();
@@ -97,7 +103,7 @@ impl ListReaders {
                     self.pinned.get(&source.name),
                 )
             }
-            Location::Http(_) => Err("HTTP list endpoints are not read yet".into()),
+            Location::Http(url) => super::http::parts(self.runtime.clone(), config, source, url),
         }
     }
 }

@@ -370,7 +370,7 @@ fn json_row(format: Format, line: u64, text: &[u8]) -> Result<Row, ReadError> {
 }
 
 /// "a number", "an array": what a JSON value is, for messages.
-fn json_kind(value: &Value) -> &'static str {
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
