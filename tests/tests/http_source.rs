@@ -327,7 +327,11 @@ async fn env_headers_are_sent_on_every_page_and_never_appear_in_an_error() {
     );
     assert!(!error.contains("list-s3cret-9"), "{error}");
     let requests = list.requests();
-    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests.len(),
+        4,
+        "page 1, then page 2 three times (a 500 is tried again)"
+    );
     for request in &requests {
         assert_eq!(
             request.header("authorization"),
@@ -344,7 +348,7 @@ async fn env_headers_are_sent_on_every_page_and_never_appear_in_an_error() {
         error.contains("header X-Key: environment variable FANOUT_TEST_LIST_UNSET is not set"),
         "{error}"
     );
-    assert_eq!(list.requests().len(), 2, "no request without its header");
+    assert_eq!(list.requests().len(), 4, "no request without its header");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,4 +472,42 @@ async fn every_row_of_three_pages_is_called_exactly_once_end_to_end() {
         pages,
         ["/customers", "/customers?cursor=p2", "/customers?cursor=p3"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_fails_for_a_moment_is_tried_again_and_a_lasting_failure_fails_the_source() {
+    let list = ListServer::start().await.unwrap();
+    let base = list.base_url();
+    let rows_page = || Page::json(Value::Array(rows("c", 3)).to_string());
+
+    // 503 at first; the endpoint recovers while the reader waits its first pause (500 ms).
+    list.set("/flaky", Page::status(503, "busy"));
+    let url = format!("{base}/flaky");
+    let reading = tokio::spawn({
+        let config = config(&url, Value::Null);
+        async move { read_list(&config).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    list.set("/flaky", rows_page());
+    let read = reading.await.unwrap().unwrap();
+    assert_eq!(ids(&read), ["c1", "c2", "c3"]);
+    let attempts = paths(&list).iter().filter(|p| *p == "/flaky").count();
+    assert!(attempts >= 2, "the failed page was asked again: {attempts}");
+
+    // A lasting 503: three attempts, then the source fails saying so.
+    list.set("/down", Page::status(503, "down"));
+    let url = format!("{base}/down");
+    let error = read_list(&config(&url, Value::Null)).await.unwrap_err();
+    assert!(
+        error.contains("page 1")
+            && error.contains("HTTP 503")
+            && error.contains("after 3 attempts"),
+        "{error}"
+    );
+    assert_eq!(paths(&list).iter().filter(|p| *p == "/down").count(), 3);
+
+    // A 404 is not retried.
+    let url = format!("{base}/gone");
+    read_list(&config(&url, Value::Null)).await.unwrap_err();
+    assert_eq!(paths(&list).iter().filter(|p| *p == "/gone").count(), 1);
 }

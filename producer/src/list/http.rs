@@ -12,7 +12,9 @@
 //! `http.headers`, `${env:NAME}` resolved from the producer's environment when the client is
 //! built; errors name the page and its URL, never a header's value.
 //!
-//! What fails the source (the tick publishes nothing): an HTTP error status, a page that is not
+//! A page that fails in a way that may pass (a connection error, a timeout, HTTP 408, 429 or
+//! 5xx) is asked again, up to [`PAGE_ATTEMPTS`] times with a doubling pause; then, and for
+//! anything else, the source fails (the tick publishes nothing): an HTTP error status, a page that is not
 //! JSON or whose rows are not where `http.rows_at` says (or not an array), a cursor of the
 //! wrong type, a next page refused by the allow-list or the guard, a next page that leads back
 //! to a page already read (a cursor loop), more pages than `http.max_pages`. A row that is not
@@ -97,6 +99,20 @@ struct Pages {
     seen: HashMap<String, u32>,
 }
 
+/// Attempts at one page before its failure fails the source.
+const PAGE_ATTEMPTS: u32 = 3;
+/// The pause after a page's first failed attempt; it doubles after each.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Why a page could not be had: worth another attempt, or not.
+#[derive(Debug)]
+enum Failed {
+    /// A connection error, a timeout, HTTP 408, 429 or 5xx.
+    Transient(String),
+    /// Anything else: an error status, a page that is not a list, a refused address.
+    Permanent(String),
+}
+
 /// Where a page says the list goes on.
 #[derive(Debug, PartialEq)]
 enum NextPage {
@@ -123,7 +139,7 @@ impl Pages {
     /// Reads page `number` at `url` and finds the next one; an error ends the list.
     fn page(&mut self, number: u32, url: &Url) -> Result<Part, String> {
         self.seen.insert(url.as_str().to_owned(), number);
-        let (rows, next) = self.runtime.block_on(self.fetch(url))?;
+        let (rows, next) = self.runtime.block_on(self.fetch_retried(url))?;
         self.read = number;
         self.next = match next {
             None => None,
@@ -179,12 +195,35 @@ impl Pages {
         Ok(url)
     }
 
+    /// [`Pages::fetch`], tried up to [`PAGE_ATTEMPTS`] times while it fails in a way that may
+    /// pass (a connection error, a timeout, HTTP 408, 429 or 5xx), with a growing pause: a list
+    /// endpoint's blip costs a moment, not the tick. The last failure is the one reported.
+    async fn fetch_retried(&self, url: &Url) -> Result<(Vec<Value>, Option<NextPage>), String> {
+        let mut pause = FIRST_RETRY_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.fetch(url).await {
+                Ok(page) => return Ok(page),
+                Err(Failed::Transient(why)) if attempt < PAGE_ATTEMPTS => {
+                    tracing::warn!(%url, attempt, error = %why, "list page failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(Failed::Transient(why)) => {
+                    return Err(format!("{why} (after {PAGE_ATTEMPTS} attempts)"))
+                }
+                Err(Failed::Permanent(why)) => return Err(why),
+            }
+        }
+    }
+
     /// One page's rows and where the list goes on.
-    async fn fetch(&self, url: &Url) -> Result<(Vec<Value>, Option<NextPage>), String> {
+    async fn fetch(&self, url: &Url) -> Result<(Vec<Value>, Option<NextPage>), Failed> {
         self.client
             .rules()
             .check(url)
-            .map_err(|e| format!("refused: {e}"))?;
+            .map_err(|e| Failed::Permanent(format!("refused: {e}")))?;
         let hop = Hop {
             url: url.clone(),
             method: Method::GET,
@@ -193,33 +232,47 @@ impl Pages {
         };
         let mut response = match self.client.send(hop, self.timeout).await {
             Sent::Response(response) => response,
-            Sent::Refused { reason, .. } => return Err(reason),
-            Sent::Failed(err) => return Err(self.failed(&err)),
-            Sent::TimedOut => return Err(self.timed_out()),
+            Sent::Refused { reason, .. } => return Err(Failed::Permanent(reason)),
+            Sent::Failed(err) if refused_address(&err).is_some() => {
+                return Err(Failed::Permanent(self.failed(&err)))
+            }
+            Sent::Failed(err) => return Err(Failed::Transient(self.failed(&err))),
+            Sent::TimedOut => return Err(Failed::Transient(self.timed_out())),
         };
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("HTTP {status}"));
+            let why = format!("HTTP {status}");
+            return Err(
+                if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
+                    Failed::Transient(why)
+                } else {
+                    Failed::Permanent(why)
+                },
+            );
         }
         let link = match &self.settings.next_cursor {
-            None => next_link(response.headers(), response.url())?,
+            None => next_link(response.headers(), response.url()).map_err(Failed::Permanent)?,
             Some(_) => None,
         };
         let body = self.body(&mut response).await?;
-        let mut page: Value =
-            serde_json::from_slice(&body).map_err(|e| format!("the page is not JSON ({e})"))?;
+        let mut page: Value = serde_json::from_slice(&body)
+            .map_err(|e| Failed::Permanent(format!("the page is not JSON ({e})")))?;
         drop(body);
         let next = match &self.settings.next_cursor {
-            Some(pointer) => cursor(&page, pointer)?.map(NextPage::Cursor),
+            Some(pointer) => cursor(&page, pointer)
+                .map_err(Failed::Permanent)?
+                .map(NextPage::Cursor),
             None => link.map(NextPage::Link),
         };
-        let rows = take_rows(&mut page, self.settings.rows_at.as_deref())?;
+        let rows =
+            take_rows(&mut page, self.settings.rows_at.as_deref()).map_err(Failed::Permanent)?;
         Ok((rows, next))
     }
 
     /// The body, refused past [`MAX_PAGE_BYTES`].
-    async fn body(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, String> {
-        let too_large = || format!("the page is larger than {MAX_PAGE_BYTES} bytes");
+    async fn body(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, Failed> {
+        let too_large =
+            || Failed::Permanent(format!("the page is larger than {MAX_PAGE_BYTES} bytes"));
         if response
             .content_length()
             .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
@@ -227,7 +280,11 @@ impl Pages {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.failed(&e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Failed::Transient(self.failed(&e)))?
+        {
             if body.len() + chunk.len() > MAX_PAGE_BYTES {
                 return Err(too_large());
             }
