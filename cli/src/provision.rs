@@ -151,7 +151,7 @@ pub async fn provision(
                 .is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => return Err(failed("dynamodb:CreateTable", e)),
     }
-    let lists = lists_bucket(sdk, &format!("{prefix}-lists")).await?;
+    let lists = lists_bucket(sdk, &lists_bucket_name(prefix)).await?;
     Ok(ResourceNames {
         topic_arn,
         queue_url,
@@ -159,6 +159,21 @@ pub async fn provision(
         table_name,
         lists: Some(lists),
     })
+}
+
+/// `PREFIX-lists` as S3 takes a bucket name: lower case, `_` and other characters S3 refuses
+/// as `-`, at most 63 characters (queue and table names allow more than buckets do).
+fn lists_bucket_name(prefix: &str) -> String {
+    let cleaned: String = prefix
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    let stem: String = cleaned.chars().take(63 - "-lists".len()).collect();
+    format!("{}-lists", stem.trim_end_matches('-'))
 }
 
 /// The versioned bucket `name` as a list home (prefix `lists/`), created if missing.
@@ -203,4 +218,20 @@ async fn lists_bucket(sdk: &aws_config::SdkConfig, name: &str) -> Result<ListsHo
         bucket: name.to_owned(),
         prefix: "lists/".to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_bucket_names_are_names_s3_takes() {
+        assert_eq!(lists_bucket_name("bench0"), "bench0-lists");
+        assert_eq!(
+            lists_bucket_name("c3-IdempotencyStore::a_new_job"),
+            "c3-idempotencystore--a-new-job-lists"
+        );
+        let long = lists_bucket_name(&"x".repeat(80));
+        assert!(long.len() <= 63 && long.ends_with("-lists"), "{long}");
+    }
 }
