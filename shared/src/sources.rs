@@ -398,7 +398,7 @@ pub fn row_id(row: &Map<String, Value>, id_field: &str) -> Result<String, String
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
         Some(other) => Err(format!(
             "field `{id_field}` must be a string or an integer, got {}",
-            kind(other)
+            crate::rows::json_kind(other)
         )),
     }
 }
@@ -412,17 +412,6 @@ pub fn needed_values(
         .iter()
         .filter_map(|name| Some((name.clone(), row.get(name)?.clone())))
         .collect()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Sources by name, for lookups.

@@ -134,10 +134,10 @@ fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value
 /// run's last job finishes it right after its batch; when that invocation is killed first (this
 /// stack works until the very deadline, and tick 2 has calls that outlive it), the deployed
 /// watchdog finishes it: its rule fires every 5 minutes, `fanout trigger --watchdog` now.
-async fn finished_run(cloud: &LocalCloud, run_id: &str) -> Value {
+async fn finished_run(cloud: &LocalCloud, stack: &str, run_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let run = cloud.fanout_json(&["--stack", STACK, "runs", "show", run_id]);
+        let run = cloud.fanout_json(&["--stack", stack, "runs", "show", run_id]);
         if run["status"] != "RUNNING" && run["event_sent"] == true {
             println!("run {run_id}: finished by the consumer");
             return run;
@@ -151,13 +151,13 @@ async fn finished_run(cloud: &LocalCloud, run_id: &str) -> Value {
                 run["expected"].as_u64(),
                 "every job counted: {run}"
             );
-            let sweep = cloud.fanout_json(&["--stack", STACK, "trigger", "--watchdog"]);
+            let sweep = cloud.fanout_json(&["--stack", stack, "trigger", "--watchdog"]);
             assert_eq!(
                 (sweep["finished"].as_u64(), sweep["events_sent"].as_u64()),
                 (Some(1), Some(1)),
                 "the watchdog finished it: {sweep}"
             );
-            let run = cloud.fanout_json(&["--stack", STACK, "runs", "show", run_id]);
+            let run = cloud.fanout_json(&["--stack", stack, "runs", "show", run_id]);
             assert!(
                 run["status"] != "RUNNING" && run["event_sent"] == true,
                 "{run}"
@@ -410,7 +410,7 @@ async fn the_real_stack_on_this_machine() {
     }
     // The consumer Lambda that settled the last job finished the run (5 dead-lettered, none
     // tolerated: FAILED) and put one event, which the stack's rule routed to its topic.
-    let ledger1 = finished_run(&cloud, &run1).await;
+    let ledger1 = finished_run(&cloud, STACK, &run1).await;
     assert_eq!(
         (
             ledger1["status"].as_str(),
@@ -590,7 +590,7 @@ async fn the_real_stack_on_this_machine() {
         );
     }
     let run2 = tick2["run_id"].as_str().expect("run_id").to_owned();
-    let ledger2 = finished_run(&cloud, &run2).await;
+    let ledger2 = finished_run(&cloud, STACK, &run2).await;
     assert_eq!(
         (
             ledger2["status"].as_str(),
@@ -838,7 +838,6 @@ async fn lists_from_the_list_home(cloud: &mut LocalCloud, server: &TargetServer,
             LISTS,
             "targets",
             "push",
-            "--json",
             "--config",
             &config_arg,
             &list.to_string_lossy(),
@@ -867,7 +866,7 @@ async fn lists_from_the_list_home(cloud: &mut LocalCloud, server: &TargetServer,
         calls.values().all(|c| c.len() == 1),
         "every row called once"
     );
-    let ledger1 = finished_run(cloud, &run1).await;
+    let ledger1 = finished_run(cloud, LISTS, &run1).await;
     assert_eq!(ledger1["status"], "SUCCEEDED", "{ledger1}");
     assert_eq!(ledger1["sources"][0]["rows"], LIST_ROWS, "{ledger1}");
     assert_eq!(
