@@ -14,6 +14,8 @@
 //!   what a tick costs (every AWS request counted), beside Distributed Map and the Python peer.
 //! - [`process`]: 10, `fanout run` as a whole process.
 //! - [`coldstart`] also 11: the `lambda-release` profile against `release`.
+//! - [`lists`]: 12, the producer reading a list of 100,000 and 1,000,000 rows from S3 on the
+//!   local cloud's emulator (child `list-tick` processes), beside literal targets.
 //! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
 
 mod cloud;
@@ -21,6 +23,7 @@ mod coldstart;
 mod cost;
 mod counting_proxy;
 mod flow;
+mod lists;
 mod measure;
 mod peer;
 mod process;
@@ -64,6 +67,9 @@ struct Paths {
     /// The release `fanout` command.
     #[arg(long, default_value = "target/release/fanout")]
     fanout: PathBuf,
+    /// The local cloud's emulator (`scripts/local-cloud setup` installs it), for figure 12's S3.
+    #[arg(long, default_value = ".local-cloud/venv/bin/ministack")]
+    ministack: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +144,14 @@ enum Command {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Figure 12: the producer reading a list from S3 (100,000 and 1,000,000 rows).
+    Lists {
+        /// Runs of each tick (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        paths: Paths,
+    },
     /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
     /// `replay` by hand, e.g. under `perf record`.
     Target,
@@ -163,6 +177,28 @@ enum Command {
         duplicate_rate: f64,
         #[arg(long, default_value = ":memory:")]
         state: PathBuf,
+    },
+    /// (child process of figure 12) one measured tick into the embedded topic; prints JSON stats.
+    #[command(hide = true)]
+    ListTick {
+        /// Literal targets, or the rows the list at `--source` holds (checked).
+        #[arg(long)]
+        rows: usize,
+        /// An `s3://` location: the tick's one source.
+        #[arg(long)]
+        source: Option<String>,
+        /// The S3 emulator's endpoint, for `--source`.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// A local copy of the list, read once more without S3 after the tick.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The embedded state file (fresh).
+        #[arg(long)]
+        state: PathBuf,
+        /// Publish into a topic that keeps nothing (the ledger stays in `--state`).
+        #[arg(long)]
+        discard: bool,
     },
     /// (child process of figure 3) replays an events file through one consumer; prints JSON stats.
     Replay {
@@ -207,6 +243,8 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     sections.push(process::section(runs, &paths.fanout).await?);
     eprintln!("fanout-bench: 11. Lambda release profile");
     sections.push(coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?);
+    eprintln!("fanout-bench: 12. producer reading a list");
+    sections.push(lists::section(runs.min(lists::RUNS_IN_ALL), &paths.ministack).await?);
     let document = report::document(
         &sections,
         &report::machine(&paths.python),
@@ -258,6 +296,9 @@ async fn dispatch(command: Command) -> Result<(), String> {
             &paths.lambda_consumer,
         )
         .await?]),
+        Command::Lists { runs, paths } => {
+            print_sections(&[lists::section(runs, &paths.ministack).await?])
+        }
         Command::Target => {
             let server = fanout_testkit::target_server::TargetServer::start()
                 .await
@@ -284,6 +325,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
         } => {
             let stats =
                 throughput::drain_child(&target, jobs, duplicate_rate, concurrency, &state).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&stats).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::ListTick {
+            rows,
+            source,
+            endpoint,
+            file,
+            state,
+            discard,
+        } => {
+            let stats = lists::tick_child(&lists::TickArgs {
+                rows,
+                source,
+                endpoint,
+                file,
+                state,
+                discard,
+            })
+            .await?;
             println!(
                 "{}",
                 serde_json::to_string(&stats).map_err(|e| e.to_string())?
