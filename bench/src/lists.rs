@@ -748,14 +748,27 @@ fn notes(embedded: &Ticks, discard: &Ticks) -> Vec<String> {
     let own_small = peak(&discard.lists[small]);
     let own_large = peak(&discard.lists[large]);
     let own_cpu = median_of(&discard.lists[large], |t| t.cpu_s);
+    // Time per job of the largest list and of the literal tick, with and without the topic:
+    // the first difference splits exactly into the topic's part and the producer's own.
+    let row_us = median_of(big, TickStats::us_per_job);
+    let literal_us = median(&embedded.literal_us());
+    let own_us = median_of(&discard.lists[large], TickStats::us_per_job);
+    let own_literal_us = median(&discard.literal_us());
+    let topic_literal_us = literal_us - own_literal_us;
+    let own_ratios = format!(
+        "{:.1} and {:.1}",
+        median(&discard.ratios(small)),
+        median(&discard.ratios(large))
+    );
     vec![
         format!(
             "Where the {} rows' {tick_s:.1} s go: reading the object from the emulator, parsing, rendering and \
              encoding take {:.1} s (the read-only pass); the whole tick with a topic that keeps nothing (the spool \
              written and read back, batching, the ledger besides) {discard_s:.1} s; the other {:.1} s are the \
              embedded topic's SQLite writes, whose cost per job grows with its state file ({:.0} µs a row in the \
-             {}-row tick, {:.0} µs in the {}-row one). The same pass over a local copy of the list takes {:.1} s, so \
-             reading from S3 adds about {:.1} s; the rest is CPU work per row (parse, render, digest, encode).",
+             {}-row tick, {:.0} µs in the {}-row one). The same pass over a local copy of the list takes {:.1} s; \
+             reading from S3 instead changes a run's pass by {:+.1} s (the median of each run's difference), so \
+             the pass is CPU work per row: parse, render, digest, encode.",
             SIZES[large],
             median_of(big, |t| t.read_s),
             tick_s - discard_s,
@@ -764,22 +777,28 @@ fn notes(embedded: &Ticks, discard: &Ticks) -> Vec<String> {
             topic_us(large),
             SIZES[large],
             median_of(big, |t| t.file_read_s),
-            (median_of(big, |t| t.read_s) - median_of(big, |t| t.file_read_s)).max(0.0),
+            median_of(big, |t| t.read_s - t.file_read_s),
         ),
         format!(
-            "Publishing into the embedded topic ({:.0} µs a literal job) is most of both ticks, so the ratio \
-             mostly compares the topic's cost for a list job with its cost for a literal one, and the million-row \
-             ratio varies as much as that cost does from tick to tick (run by run: {}). The producer's own work \
-             per row is {:.1}–{:.1}× a literal job's (topic discarding: {:.1} µs a row against {:.1} µs a literal \
-             job): a row is parsed, rendered through its template, digested, encoded, written to the spool and \
-             parsed back from it, where a literal job is only encoded. Against SNS each PublishBatch call of 10 \
-             is a network round trip, which this figure does not measure.",
-            median(&embedded.literal_us()) - median(&discard.literal_us()),
+            "Per job, the {}-row tick takes {row_us:.1} µs a row against {literal_us:.1} µs a literal job (the \
+             ratio run by run: {}). Of the {:.1} µs more, {:.1} are the embedded topic's ({:.1} µs a list job as \
+             its state file grows to {} jobs, {:.1} µs a literal job in one of {LITERAL}): a cost of the bench's \
+             stand-in for SNS, not of reading the list. The other {:.1} µs are the producer's own ({own_us:.1} µs \
+             a row with a topic that keeps nothing, {own_literal_us:.1} µs a literal job; {own_ratios}× the \
+             literal job's time for the {} and {}-row lists): a row is parsed, rendered through its template, \
+             digested, encoded, written to the spool and parsed back from it, where a literal job is only \
+             encoded. Against SNS each PublishBatch call of 10 is a network round trip, which this figure does \
+             not measure.",
+            SIZES[large],
             list(&embedded.ratios(large), 2),
-            median(&discard.ratios(large)).min(median(&discard.ratios(small))),
-            median(&discard.ratios(large)).max(median(&discard.ratios(small))),
-            median_of(&discard.lists[large], TickStats::us_per_job),
-            median(&discard.literal_us()),
+            row_us - literal_us,
+            topic_us(large) - topic_literal_us,
+            topic_us(large),
+            SIZES[large],
+            topic_literal_us,
+            own_us - own_literal_us,
+            SIZES[small],
+            SIZES[large],
         ),
         format!(
             "Memory: the {}-row tick peaks at {:.0} MiB with the embedded topic and {own_large:.0} MiB without it \
