@@ -16,6 +16,7 @@ const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
   schedulePeriodSeconds: 'number',
   producerTimeoutSeconds: 'number',
   producerMemoryMb: 'number',
+  producerTmpMb: 'number',
   publishConcurrency: 'number',
   consumerTimeoutSeconds: 'number',
   consumerMemoryMb: 'number',

@@ -1,4 +1,4 @@
-import { Annotations, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Annotations, Duration, RemovalPolicy, Size, Stack, Validations } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
@@ -117,6 +117,7 @@ export class FanoutPipeline extends Construct {
     this.producer = this.rustFunction('Producer', s, producerCode, architecture, {
       timeout: s.producerTimeoutSeconds,
       memoryMb: s.producerMemoryMb,
+      tmpMb: s.producerTmpMb,
       environment: {
         FANOUT_CONFIG: s.configFile,
         FANOUT_TOPIC_ARN: this.topic.topicArn,
@@ -375,7 +376,7 @@ export class FanoutPipeline extends Construct {
     s: FanoutSettings,
     code: lambda.Code,
     architecture: lambda.Architecture,
-    opts: { timeout: number; memoryMb: number; environment: Record<string, string> },
+    opts: { timeout: number; memoryMb: number; tmpMb?: number; environment: Record<string, string> },
   ): lambda.Function {
     const logGroup = new logs.LogGroup(this, `${id}Logs`, {
       retention: s.logRetentionDays as logs.RetentionDays,
@@ -397,6 +398,7 @@ export class FanoutPipeline extends Construct {
       code,
       timeout: Duration.seconds(opts.timeout),
       memorySize: opts.memoryMb,
+      ephemeralStorageSize: opts.tmpMb === undefined ? undefined : Size.mebibytes(opts.tmpMb),
       role,
       logGroup,
       // The functions log JSON lines; this makes Lambda's own START/REPORT lines JSON as well,

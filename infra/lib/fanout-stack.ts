@@ -1,4 +1,4 @@
-import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Size, Stack, type StackProps } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as logs from 'aws-cdk-lib/aws-logs';
@@ -73,6 +73,7 @@ export function pipelineProps(s: FanoutSettings): FanoutPipelineProps {
     schedulePeriod: seconds(s.schedulePeriodSeconds),
     producerTimeout: seconds(s.producerTimeoutSeconds),
     producerMemorySize: s.producerMemoryMb,
+    producerEphemeralStorageSize: Size.mebibytes(s.producerTmpMb),
     publishConcurrency: s.publishConcurrency,
     consumerTimeout: seconds(s.consumerTimeoutSeconds),
     consumerMemorySize: s.consumerMemoryMb,

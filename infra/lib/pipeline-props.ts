@@ -1,4 +1,4 @@
-import type { Duration } from 'aws-cdk-lib';
+import { type Duration, type Size, SizeRoundingBehavior } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as events from 'aws-cdk-lib/aws-events';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -65,6 +65,13 @@ export interface FanoutPipelineProps {
    * @default 256
    */
   readonly producerMemorySize?: number;
+  /**
+   * The producer's `/tmp` (Lambda ephemeral storage, 512 MiB–10 GiB, whole MiB). A tick that
+   * reads a list spools its encoded messages there, about 650 bytes a row: the default holds
+   * about 3M rows. A list that does not fit fails its tick visibly, naming this prop.
+   * @default Size.mebibytes(2048)
+   */
+  readonly producerEphemeralStorageSize?: Size;
   /**
    * Concurrent `PublishBatch` calls of the producer (`FANOUT_PUBLISH_CONCURRENCY`, 1–1000).
    * @default the producer's own default
@@ -258,6 +265,7 @@ const PROP_LABELS: Record<keyof FanoutSettings, string> = {
   schedulePeriodSeconds: 'schedulePeriod (s)',
   producerTimeoutSeconds: 'producerTimeout (s)',
   producerMemoryMb: 'producerMemorySize',
+  producerTmpMb: 'producerEphemeralStorageSize (MiB)',
   publishConcurrency: 'publishConcurrency',
   consumerTimeoutSeconds: 'consumerTimeout (s)',
   consumerMemoryMb: 'consumerMemorySize',
@@ -298,6 +306,7 @@ export function toSettings(props: Omit<FanoutPipelineProps, ObjectProps>, visibi
     schedulePeriodSeconds: s(props.schedulePeriod),
     producerTimeoutSeconds: s(props.producerTimeout),
     producerMemoryMb: props.producerMemorySize,
+    producerTmpMb: props.producerEphemeralStorageSize?.toMebibytes({ rounding: SizeRoundingBehavior.NONE }),
     publishConcurrency: props.publishConcurrency,
     consumerTimeoutSeconds: s(props.consumerTimeout),
     consumerMemoryMb: props.consumerMemorySize,

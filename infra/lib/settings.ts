@@ -29,6 +29,12 @@ export interface FanoutSettings {
   readonly schedulePeriodSeconds?: number;
   readonly producerTimeoutSeconds: number;
   readonly producerMemoryMb: number;
+  /**
+   * The producer's `/tmp` in MB (Lambda ephemeral storage, 512–10240). A tick that reads a list
+   * spools its encoded messages there (about 650 bytes a row), so the default holds ~3M rows;
+   * raise it for longer lists.
+   */
+  readonly producerTmpMb: number;
   /** `FANOUT_PUBLISH_CONCURRENCY`: concurrent PublishBatch calls; unset = Rust default. */
   readonly publishConcurrency?: number;
 
@@ -128,6 +134,7 @@ export const DEFAULTS: Omit<FanoutSettings, OptionalKeys> = {
   scheduleExpression: 'rate(15 minutes)',
   producerTimeoutSeconds: 120,
   producerMemoryMb: 256,
+  producerTmpMb: 2048,
   consumerTimeoutSeconds: 30,
   consumerMemoryMb: 256,
   maxConcurrency: 5,
@@ -234,6 +241,7 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}, naming: Nam
   int('producerTimeoutSeconds', 1, 900);
   int('consumerTimeoutSeconds', 1, 900);
   int('producerMemoryMb', 128, 10_240);
+  int('producerTmpMb', 512, 10_240);
   int('consumerMemoryMb', 128, 10_240);
   int('publishConcurrency', 1, 1000);
   // Lambda's own bounds for ScalingConfig.MaximumConcurrency; below 2 it rejects the mapping.

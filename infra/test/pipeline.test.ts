@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Duration, type Stack } from 'aws-cdk-lib';
+import { Duration, Size, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -37,6 +37,7 @@ describe('FanoutStack is a thin layer over FanoutPipeline', () => {
       schedulePeriodSeconds: 86_400,
       producerTimeoutSeconds: 60,
       producerMemoryMb: 512,
+      producerTmpMb: 4096,
       publishConcurrency: 4,
       consumerTimeoutSeconds: 45,
       consumerMemoryMb: 1024,
@@ -79,6 +80,8 @@ describe('FanoutPipeline props are checked at synth, each bad prop named', () =>
   test('numbers, names and lists', () => {
     rejects({ maxConcurrency: 1 }, /Invalid FanoutPipeline props:\n {2}- maxConcurrency must be an integer from 2 to 1000, got 1/);
     rejects({ producerMemorySize: 64 }, /producerMemorySize must be an integer from 128 to 10240, got 64/);
+    rejects({ producerEphemeralStorageSize: Size.mebibytes(256) }, /producerEphemeralStorageSize \(MiB\) must be an integer from 512 to 10240, got 256/);
+    rejects({ producerEphemeralStorageSize: Size.kibibytes(1_048_577) }, /producerEphemeralStorageSize \(MiB\) must be an integer from 512 to 10240, got 1024\.0009765625/);
     rejects({ ratePerSecond: 0 }, /ratePerSecond must be a number above 0/);
     rejects({ configFile: '../x.json' }, /configFile must be a plain file name/);
     rejects({ logRetention: 31 as never }, /logRetention must be one of/);

@@ -105,6 +105,12 @@ describe('topic, queue and DLQ', () => {
     });
   });
 
+  test("the producer's /tmp holds a list's spool: 2 GiB by default, the consumer keeps Lambda's 512 MB", () => {
+    assert.deepEqual(resources[idByPath(template, PRODUCER)].Properties.EphemeralStorage, { Size: 2048 });
+    assert.equal(resources[idByPath(template, CONSUMER)].Properties.EphemeralStorage, undefined);
+    synth({ producerTmpMb: 10_240 }).hasResourceProperties('AWS::Lambda::Function', { EphemeralStorage: { Size: 10_240 } });
+  });
+
   test('the DLQ keeps messages 14 days, longer than the source queue', () => {
     const dlq = resources[idByPath(template, DLQ)].Properties;
     const queue = resources[idByPath(template, QUEUE)].Properties;

@@ -143,7 +143,7 @@ pub(crate) fn collect(
     };
     let spool_error = |e: std::io::Error| ListError::Spool {
         path: spool.path.display().to_string(),
-        reason: e.to_string(),
+        reason: spool_reason(&e),
     };
     let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
     jobs.sources = read_sources(config, readers, tick, now, None, |_, job, message| {
@@ -155,6 +155,19 @@ pub(crate) fn collect(
     out.flush().map_err(spool_error)?;
     jobs.spool = Some(spool);
     Ok(jobs)
+}
+
+/// Why the spool failed, with what to do when the disk is full: the list is longer than the
+/// function's `/tmp` holds (the construct's `producerEphemeralStorageSize`).
+fn spool_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "{e}: the list's messages do not fit in the temporary directory (about 650 bytes a \
+             row); on Lambda raise the producer's ephemeral storage (producerEphemeralStorageSize)"
+        )
+    } else {
+        e.to_string()
+    }
 }
 
 /// `jobs` if its sources gave what `first` (the run's first read, for a re-run of a tick in
@@ -546,5 +559,18 @@ impl Iterator for Messages<'_> {
             Ok(message) => Some(message),
             Err(e) => self.fail(format!("spool file: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_names_the_setting_that_makes_room() {
+        let full = spool_reason(&std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(full.contains("producerEphemeralStorageSize"), "{full}");
+        let other = spool_reason(&std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!other.contains("producerEphemeralStorageSize"), "{other}");
     }
 }
