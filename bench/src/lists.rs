@@ -823,8 +823,9 @@ fn notes(embedded: &Ticks, discard: &Ticks) -> Vec<String> {
              in proportion to memory, one vCPU at 1,769 MB); the producer's own CPU time for the million rows is \
              {own_cpu:.1} s here (topic discarding), about {:.0} s at that share, before any SNS call, against the \
              stack's default producer timeout of 120 s. Disk: the spool is in `/tmp`, {:.0} MB for the million \
-             rows, above Lambda's default ephemeral storage of 512 MB, which the stack does not raise; neither is \
-             measured here (the local cloud's functions run as host processes).",
+             rows, above Lambda's default ephemeral storage of 512 MB: the stack gives the producer 2 GiB \
+             (`producerTmpMb`, up to 10 GiB). Neither is measured here (the local cloud's functions run as \
+             host processes).",
             own_cpu * 7.0,
             median_of(big, |t| t.spool_bytes as f64 / 1e6),
         ),
