@@ -146,6 +146,8 @@ struct Inner {
     /// Message IDs and receipt handles: seeded from entropy, since every process sharing the
     /// state file must mint distinct ones.
     ids: fastrand::Rng,
+    /// The time part of the last ID minted (see [`EmbeddedBackend::new_id`]).
+    last_id_nanos: u64,
     /// Duplicate draws: seeded from [`Duplicates::seed`], so a run reproduces.
     draws: fastrand::Rng,
     duplicates: Duplicates,
@@ -251,6 +253,7 @@ impl EmbeddedBackend {
         let inner = Inner {
             conn,
             ids: fastrand::Rng::new(),
+            last_id_nanos: 0,
             draws: fastrand::Rng::with_seed(1),
             duplicates: Duplicates::default(),
         };
@@ -336,7 +339,16 @@ impl EmbeddedBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// A message ID or receipt handle: the time in nanoseconds (strictly increasing within the
+    /// process), then 64 random bits that keep processes sharing the file apart. Time first
+    /// makes every insert into the IDs' unique indexes land at their end: with random IDs a
+    /// tick of a million messages outgrows the page cache and each insert reads a random page
+    /// (a publish cost per message that grew 70% from 100,000 to 1,000,000 messages).
     fn new_id(inner: &mut Inner) -> String {
-        format!("{:016x}{:016x}", inner.ids.u64(..), inner.ids.u64(..))
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        inner.last_id_nanos = now.max(inner.last_id_nanos + 1);
+        format!("{:016x}{:016x}", inner.last_id_nanos, inner.ids.u64(..))
     }
 }
