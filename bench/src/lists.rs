@@ -765,7 +765,7 @@ fn notes(embedded: &Ticks, discard: &Ticks) -> Vec<String> {
             "Where the {} rows' {tick_s:.1} s go: reading the object from the emulator, parsing, rendering and \
              encoding take {:.1} s (the read-only pass); the whole tick with a topic that keeps nothing (the spool \
              written and read back, batching, the ledger besides) {discard_s:.1} s; the other {:.1} s are the \
-             embedded topic's SQLite writes, whose cost per job grows with its state file ({:.0} µs a row in the \
+             embedded topic's SQLite writes, their cost per job as the state file grows ({:.0} µs a row in the \
              {}-row tick, {:.0} µs in the {}-row one). The same pass over a local copy of the list takes {:.1} s; \
              reading from S3 instead changes a run's pass by {:+.1} s (the median of each run's difference), so \
              the pass is CPU work per row: parse, render, digest, encode.",
