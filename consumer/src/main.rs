@@ -9,7 +9,8 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::aws::{
-    load_sdk_config, DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, SqsQueue,
+    dynamodb_client, eventbridge_client, load_sdk_config, sqs_client, DynamoDbFleet,
+    DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, Retries, SqsQueue,
 };
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -26,9 +27,9 @@ async fn main() -> Result<(), Error> {
     let config = PipelineConfig::load(&path)?;
     let settings = Settings::from_env(|k| std::env::var(k).ok())?;
     let sdk = load_sdk_config().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sqs = sqs_client(&sdk, Retries::CONSUMER_SQS);
     let (dynamodb, table) = (
-        aws_sdk_dynamodb::Client::new(&sdk),
+        dynamodb_client(&sdk, Retries::CONSUMER_DYNAMODB),
         required("FANOUT_TABLE_NAME")?,
     );
     let backends = Backends {
@@ -36,7 +37,7 @@ async fn main() -> Result<(), Error> {
         fleet: Arc::new(DynamoDbFleet::new(dynamodb.clone(), table.clone())),
         runs: Arc::new(DynamoDbRuns::new(dynamodb, table)),
         events: Arc::new(EventBridgeBus::new(
-            aws_sdk_eventbridge::Client::new(&sdk),
+            eventbridge_client(&sdk, Retries::EVENTS),
             std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
         )),
         source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),

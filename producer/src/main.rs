@@ -14,7 +14,10 @@ use fanout_producer::{
     is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog, Backends,
     ListReaders, PublishOptions, Tick, WatchdogAnswer,
 };
-use fanout_shared::aws::{load_sdk_config, DynamoDbRuns, EventBridgeBus, S3Objects, SnsPublisher};
+use fanout_shared::aws::{
+    dynamodb_client, eventbridge_client, load_sdk_config, sns_client, DynamoDbRuns, EventBridgeBus,
+    Retries, S3Objects, SnsPublisher,
+};
 use fanout_shared::sources::ListsHome;
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -40,10 +43,10 @@ async fn main() -> Result<(), Error> {
             .map_err(|_| format!("FANOUT_PUBLISH_CONCURRENCY: cannot parse {n:?}"))?;
     }
     let sdk = load_sdk_config().await;
-    let publisher = SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), topic);
-    let ledger = DynamoDbRuns::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let publisher = SnsPublisher::new(sns_client(&sdk, Retries::PRODUCER_SNS), topic);
+    let ledger = DynamoDbRuns::new(dynamodb_client(&sdk, Retries::PRODUCER_DYNAMODB), table);
     let bus = EventBridgeBus::new(
-        aws_sdk_eventbridge::Client::new(&sdk),
+        eventbridge_client(&sdk, Retries::EVENTS),
         std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
     );
     let lists = match std::env::var("FANOUT_LISTS").ok().filter(|l| !l.is_empty()) {

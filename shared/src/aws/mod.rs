@@ -4,6 +4,7 @@
 //! credential chain and profiles, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for
 //! emulators such as moto. Nothing here knows about endpoints.
 
+mod clients;
 mod events;
 mod fleet;
 mod idempotency;
@@ -14,6 +15,7 @@ mod sns;
 mod sqs;
 mod table;
 
+pub use clients::{dynamodb_client, eventbridge_client, sns_client, sqs_client, Retries};
 pub use events::EventBridgeBus;
 pub use fleet::DynamoDbFleet;
 pub use idempotency::DynamoDbIdempotency;
