@@ -1,7 +1,7 @@
 //! Figure 8, the real stack on the local cloud: the CDK stack of `infra/` deployed into ministack
 //! by `scripts/local-cloud` with the release binaries, timed from deploy to a 600-job tick's last
 //! settled job; every AWS request the deployed functions make is counted by a proxy
-//! ([`crate::counting_proxy`]) for figure 9's costs ([`crate::cost`]).
+//! ([`fanout_testkit::aws_proxy`], no faults planned) for figure 9's costs ([`crate::cost`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 use fanout::{aws_with, StackOutputs};
 use fanout_shared::job::JobMessage;
 use fanout_shared::PipelineConfig;
+use fanout_testkit::aws_proxy::{AwsProxy, Counts};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::local_cloud::{emulator_endpoint, LocalCloud};
 
-use crate::counting_proxy::{CountingProxy, Counts};
 use crate::report::{list, median, Figure, Section};
 use crate::workload::Scratch;
 
@@ -118,7 +118,7 @@ fn write(scratch: &Scratch, name: &str, config: &PipelineConfig) -> Result<Strin
 /// emulator listens as soon as it does (a deploy may already invoke functions).
 async fn up(
     cloud: LocalCloud,
-    proxy: &CountingProxy,
+    proxy: &AwsProxy,
     config: String,
     context: Vec<String>,
 ) -> Result<(LocalCloud, f64, String), String> {
@@ -236,7 +236,7 @@ async fn duplicate(
 /// What a tick runs against: the deployed stack, the proxy counting its requests, the targets.
 struct Stage<'a> {
     cloud: &'a LocalCloud,
-    proxy: &'a CountingProxy,
+    proxy: &'a AwsProxy,
     server: &'a TargetServer,
 }
 
@@ -322,10 +322,10 @@ fn watchdog_ms(cloud: &LocalCloud) -> f64 {
 /// runs the ticks.
 pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
     let server = TargetServer::start().await.map_err(|e| e.to_string())?;
-    let proxy = CountingProxy::start().await?;
+    let proxy = AwsProxy::start().await.map_err(|e| format!("proxy: {e}"))?;
     let scratch = Scratch::new("cloud")?;
     let mut cloud = LocalCloud::new("bench");
-    cloud.script_env("FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT", &proxy.url);
+    cloud.script_env("FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT", &proxy.url());
     let base = server.base_url();
     let clean = config(&base, "clean", None, RATE);
     let clean_path = write(&scratch, "clean.json", &clean)?;

@@ -2,11 +2,12 @@
 //! job and priced, beside the same jobs as a Step Functions Distributed Map and as the Python
 //! peer's Lambda.
 //!
-//! Measured: every request the functions made (the counting proxy), consumer invocations and
-//! their durations, function log bytes. Modelled, because the emulator does them inside itself:
-//! the event source mapping's `ReceiveMessage` and `DeleteMessageBatch` (one each per invocation)
-//! and SNS's delivery of each message into SQS (one SQS request each). Peers are modelled from
-//! their billing rules, with what they would need to do the same work stated beside them.
+//! Measured: every request the functions made (`fanout_testkit::aws_proxy`), consumer
+//! invocations and their durations, function log bytes. Modelled, because the emulator does them
+//! inside itself: the event source mapping's `ReceiveMessage` and `DeleteMessageBatch` (one each
+//! per invocation) and SNS's delivery of each message into SQS (one SQS request each). Peers are
+//! modelled from their billing rules, with what they would need to do the same work stated beside
+//! them.
 
 use crate::cloud::{Tick, MEMORY_MB};
 use crate::report::{Figure, Section};

@@ -10,8 +10,9 @@
 //! - [`coldstart`]: 5, the Lambda binary's cold start against a mock Runtime API.
 //! - [`flow`]: 7, flow control (issue #12): hidden limit, host down, transient failures, sparse
 //!   fleet, tight budget.
-//! - [`cloud`], [`counting_proxy`], [`cost`]: 8 and 9, the real stack on the local cloud and
-//!   what a tick costs (every AWS request counted), beside Distributed Map and the Python peer.
+//! - [`cloud`], [`cost`]: 8 and 9, the real stack on the local cloud and what a tick costs
+//!   (every AWS request counted by `fanout_testkit::aws_proxy`), beside Distributed Map and the
+//!   Python peer.
 //! - [`process`]: 10, `fanout run` as a whole process.
 //! - [`coldstart`] also 11: the `lambda-release` profile against `release`.
 //! - [`lists`]: 12, the producer reading a list of 100,000 and 1,000,000 rows from S3 on the
@@ -21,7 +22,6 @@
 mod cloud;
 mod coldstart;
 mod cost;
-mod counting_proxy;
 mod flow;
 mod lists;
 mod measure;

@@ -8,9 +8,15 @@
 //!   demo, the test workloads and the local-cloud configs share.
 //! - [`list_server`]: an HTTP list endpoint on 127.0.0.1 whose pages (status, headers, body)
 //!   are set by path, for the producer's HTTP sources.
+//! - [`aws_proxy`]: an AWS endpoint between SDK clients (deployed functions or a test's own)
+//!   and an emulator that counts every request by service and operation with its billed units,
+//!   and injects throttling, server errors, lost responses and latency by a seeded
+//!   [`aws_proxy::FaultPlan`], answered in each service's own protocol so the SDK's retry
+//!   classifier sees real AWS errors.
 
 #![warn(missing_docs)]
 
+pub mod aws_proxy;
 pub mod list_server;
 mod serve;
 pub mod target_server;
