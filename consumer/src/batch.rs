@@ -17,6 +17,10 @@ use futures_util::stream::{self, StreamExt};
 use tracing::warn;
 
 use crate::flow::RENEW_CHECK;
+
+/// The least time finishing a batch's runs retries a backend fault, even past the working time
+/// (the deadline's safety margin covers it).
+const FINISH_PATIENCE: Duration = Duration::from_secs(1);
 use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
 use crate::Consumer;
 
@@ -29,6 +33,9 @@ pub struct BatchReport {
     pub metrics: MetricSet,
     /// Per-host metrics (dimensions `Function` and `Host`), for hosts that were called or held.
     pub host_metrics: BTreeMap<String, MetricSet>,
+    /// Backend faults per operation (dimensions `Function` and `Operation`): `BackendThrottled`
+    /// and `BackendFailed`, counted after the SDK's own retries.
+    pub backend_metrics: Vec<MetricSet>,
     /// Runs this invocation finished (it settled their last jobs), with their verdicts.
     pub finished_runs: Vec<RunRecord>,
     /// Run metrics (dimension `Pipeline`): runs succeeded or failed, their durations.
@@ -39,7 +46,7 @@ impl BatchReport {
     /// Prints every EMF line (the function's, then each host's) to stdout.
     pub fn flush_stdout(&self) {
         self.metrics.flush_stdout();
-        for metrics in self.host_metrics.values() {
+        for metrics in self.host_metrics.values().chain(&self.backend_metrics) {
             metrics.flush_stdout();
         }
         self.run_metrics.flush_stdout();
@@ -90,8 +97,11 @@ impl Consumer {
             Either::Left((reports, _)) => reports,
             Either::Right(((), work)) => work.await,
         };
-        let ((), finished_runs) =
-            future::join(self.flow.end_batch(in_flight), self.finish_runs(&reports)).await;
+        let ((), finished_runs) = future::join(
+            self.flow.end_batch(in_flight),
+            self.finish_runs(&reports, deadline),
+        )
+        .await;
         let mut report = self.report(reports);
         if unreadable > 0 {
             report
@@ -100,6 +110,7 @@ impl Consumer {
         }
         report.run_metrics = run_metrics(&self.settings.pipeline, &finished_runs);
         report.finished_runs = finished_runs;
+        report.backend_metrics = self.faults.take(&self.settings.function_name);
         // What Lambda bills, near enough; the benchmark's cost figures add it up from the logs.
         report.metrics.property(
             "DurationMs",
@@ -109,9 +120,15 @@ impl Consumer {
     }
 
     /// Finishes each run whose jobs this batch settled, if they were its last: the verdict and
-    /// the completion event (see [`fanout_shared::runs`]). A backend error here loses nothing:
-    /// the counts are written, and the producer's watchdog finishes the run.
-    async fn finish_runs(&self, reports: &[(Option<String>, RecordReport)]) -> Vec<RunRecord> {
+    /// the completion event (see [`fanout_shared::runs`]). A backend fault is retried while the
+    /// invocation lasts (at least a second), with one clock reading for all tries, so a retried
+    /// finish whose first answer was lost is recognised as this one; what still fails loses
+    /// nothing: the counts are written, and the producer's watchdog finishes the run.
+    async fn finish_runs(
+        &self,
+        reports: &[(Option<String>, RecordReport)],
+        deadline: Deadline,
+    ) -> Vec<RunRecord> {
         let mut shards: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
         for (run_id, message_id) in reports.iter().filter_map(|(_, r)| r.settled.as_ref()) {
             shards.entry(run_id).or_default().push(shard_of(message_id));
@@ -122,11 +139,17 @@ impl Consumer {
             &self.settings.pipeline,
         );
         let mut finished = Vec::new();
+        let until = deadline
+            .work_until
+            .max(std::time::Instant::now() + FINISH_PATIENCE);
+        let now_ms = fanout_shared::now_ms();
         for (run_id, shards) in shards {
-            match finisher
-                .finish_if_settled(run_id, &shards, fanout_shared::now_ms())
-                .await
-            {
+            let outcome = self
+                .with_backend_retries("finish run", until, || {
+                    finisher.finish_if_settled(run_id, &shards, now_ms)
+                })
+                .await;
+            match outcome {
                 Ok(Some(done)) => finished.push(done.run),
                 Ok(None) => {}
                 Err(e) => {
@@ -165,6 +188,10 @@ impl Consumer {
                     why: Reschedule::Locked,
                     ..
                 } => Metric::LockedElsewhere,
+                Verdict::Rescheduled {
+                    why: Reschedule::Backend(_),
+                    ..
+                } => Metric::BackendRescheduled,
                 Verdict::Kept(_) => Metric::Requeued,
             };
             metrics.count(verdict, 1);
@@ -221,6 +248,7 @@ impl Consumer {
             response,
             metrics,
             host_metrics,
+            backend_metrics: Vec::new(),
             finished_runs: Vec::new(),
             run_metrics: MetricSet::default(),
         }

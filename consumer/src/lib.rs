@@ -5,6 +5,8 @@
 //!   EMF metrics (per function and per host), and finishing the runs whose last jobs it settled.
 //! - [`record`]: one record: parse → admit → permit → dedupe → call → record the outcome, and
 //!   rescheduling (a delayed copy) for every job that waits or retries.
+//! - `backend`: the consumer's own dependencies failing: retries with backoff, rescheduling,
+//!   the `BackendThrottled`/`BackendFailed` counts per operation.
 //! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
 //!   instance's lease and its share of the budgets.
 //! - `latency`: how long a call to a host is expected to take, so a job waits for its permit
@@ -22,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+mod backend;
 mod batch;
 mod flow;
 mod http;
@@ -54,6 +57,7 @@ pub struct Consumer {
     retry: RetryPolicy,
     policy: policy::Policy,
     settings: Settings,
+    faults: backend::BackendFaults,
 }
 
 /// Its settings; the clients and the flow control's live state are opaque.
@@ -134,6 +138,7 @@ impl Consumer {
             retry,
             policy,
             settings,
+            faults: backend::BackendFaults::default(),
         })
     }
 }

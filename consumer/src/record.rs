@@ -8,9 +8,11 @@
 //!   retrying never use up the message's receives: `maxReceiveCount` counts only deliveries that
 //!   crashed or timed out. Waiting never touches the idempotency record; a retry's attempt is
 //!   counted there, so copies of a job share one retry budget;
-//! - *retry*: a batch item failure (SQS redelivers after the visibility timeout), only when a
-//!   backend failed. When in doubt, retry: a redelivery costs one idempotency lookup, a wrong
-//!   ack loses a job.
+//!   A backend fault that outlasts its retries ([`crate::backend`]) reschedules the record the
+//!   same way, without counting against the job's retries;
+//! - *retry*: a batch item failure (SQS redelivers after the visibility timeout), only when
+//!   the record cannot even be rescheduled. When in doubt, retry: a redelivery costs one
+//!   idempotency lookup, a wrong ack loses a job.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,6 +30,7 @@ use fanout_shared::queue::MAX_DELAY;
 use fanout_shared::runs::Tally;
 use fanout_shared::{now_ms, BackendError, Failure, FailureKind};
 
+use crate::backend::{reschedule_delay, BEFORE_CALL_PATIENCE, RESCHEDULE_PATIENCE};
 use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
 use crate::Consumer;
@@ -69,6 +72,10 @@ pub enum Reschedule {
     /// Its call failed transiently; the delayed copy is the retry, after the backoff (metric
     /// `Retried`).
     Backoff(String),
+    /// A backend (DynamoDB, SQS) failed after every retry the step allows; the copy tries the
+    /// step again later (metric `BackendRescheduled`). It never counts as one of the job's
+    /// attempts.
+    Backend(String),
 }
 
 impl Verdict {
@@ -121,11 +128,38 @@ struct Rejection<'a> {
 }
 
 /// The idempotency lock a record holds: its fencing token, the job's transient failures so
-/// far, and the class its run counts it under as dead-lettered (a replayed job).
+/// far, the class its run counts it under as dead-lettered (a replayed job), and how long the
+/// steps after the call may retry a backend fault (the invocation's working time: the call's
+/// outcome is only in memory) and when the lock lapses (a copy rescheduled after a fault is
+/// due no sooner: it would only meet the lock).
 struct Lock {
     attempt: u32,
     failures: u32,
     dead_letter_class: Option<String>,
+    work_until: Instant,
+    expires_ms: i64,
+}
+
+impl Lock {
+    fn new(
+        attempt: u32,
+        failures: u32,
+        dead_letter_class: Option<String>,
+        deadline: Deadline,
+    ) -> Self {
+        Self {
+            attempt,
+            failures,
+            dead_letter_class,
+            work_until: deadline.work_until,
+            expires_ms: deadline.epoch_ms,
+        }
+    }
+
+    /// The delay of a copy rescheduled after a backend fault: past the lock, jittered.
+    fn after_lapse(&self) -> Duration {
+        ms_until(self.expires_ms) + reschedule_delay()
+    }
 }
 
 /// The invocation's deadline, as Lambda gives it (ms since the epoch) and as an `Instant`.
@@ -246,16 +280,12 @@ impl Consumer {
             }
         }
         let claim = self.claim(record, job, deadline);
-        let lock = match self.store.acquire(&claim).await {
+        let lock = match self.acquire(&claim, deadline).await {
             Ok(Acquire::Acquired {
                 attempt,
                 failures,
                 dead_letter_class,
-            }) => Lock {
-                attempt,
-                failures,
-                dead_letter_class,
-            },
+            }) => Lock::new(attempt, failures, dead_letter_class, deadline),
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
                 debug!("duplicate: already settled");
                 return RecordReport::new(Verdict::Duplicate);
@@ -275,11 +305,7 @@ impl Consumer {
                 dead_letter_class,
             }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
-                let lock = Lock {
-                    attempt,
-                    failures: 0,
-                    dead_letter_class,
-                };
+                let lock = Lock::new(attempt, 0, dead_letter_class, deadline);
                 let rejection = Rejection {
                     text: &reason,
                     status: status_code,
@@ -289,7 +315,11 @@ impl Consumer {
                     .dead_letter_job(record, job, &host, &lock, &rejection)
                     .await;
             }
-            Err(e) => return retry_on_backend("acquire", &e),
+            Err(e) => {
+                return self
+                    .after_backend_fault(record, "acquire", &e, reschedule_delay())
+                    .await
+            }
         };
         tracing::Span::current().record("attempt", lock.failures + 1);
         let timeout = timeout
@@ -337,24 +367,14 @@ impl Consumer {
     ) -> RecordReport {
         let claim = self.claim(record, job, deadline);
         let host = job.target.host().unwrap_or_default();
-        match self.store.acquire(&claim).await {
+        match self.acquire(&claim, deadline).await {
             Ok(Acquire::Acquired {
                 attempt,
                 dead_letter_class,
                 ..
             }) => {
-                self.reject(
-                    record,
-                    job,
-                    &host,
-                    &Lock {
-                        attempt,
-                        failures: 0,
-                        dead_letter_class,
-                    },
-                    failure,
-                )
-                .await
+                let lock = Lock::new(attempt, 0, dead_letter_class, deadline);
+                self.reject(record, job, &host, &lock, failure).await
             }
             Ok(Acquire::Rejected {
                 attempt,
@@ -367,11 +387,7 @@ impl Consumer {
                     record,
                     job,
                     &host,
-                    &Lock {
-                        attempt,
-                        failures: 0,
-                        dead_letter_class,
-                    },
+                    &Lock::new(attempt, 0, dead_letter_class, deadline),
                     &Rejection {
                         text: &reason,
                         status: status_code,
@@ -387,7 +403,10 @@ impl Consumer {
                 self.reschedule(record, ms_until(until_ms), Reschedule::Locked)
                     .await
             }
-            Err(e) => retry_on_backend("acquire", &e),
+            Err(e) => {
+                self.after_backend_fault(record, "acquire", &e, reschedule_delay())
+                    .await
+            }
         }
     }
 
@@ -402,7 +421,20 @@ impl Consumer {
             expiration_s: self.expiration_s(),
             replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT)
                 .and_then(|a| a.parse().ok()),
+            holder: Claim::new_holder(),
         }
+    }
+
+    /// Takes the job's lock, retrying a backend fault in place for a few seconds (nothing is
+    /// held yet: a rescheduled copy loses nothing).
+    async fn acquire(
+        &self,
+        claim: &Claim<'_>,
+        deadline: Deadline,
+    ) -> Result<Acquire, BackendError> {
+        let until = (Instant::now() + BEFORE_CALL_PATIENCE).min(deadline.work_until);
+        self.with_backend_retries("acquire", until, || self.store.acquire(claim))
+            .await
     }
 
     /// Records the call's outcome: in the host's shared state, then in the job's record.
@@ -417,7 +449,7 @@ impl Consumer {
         match outcome {
             CallOutcome::Succeeded { status } => {
                 let change = self.flow.report(host, HostEvent::Succeeded).await;
-                let mut report = self.complete(job, host, lock, status).await;
+                let mut report = self.complete(record, job, host, lock, status).await;
                 report.status = Some(status);
                 (report, change)
             }
@@ -443,16 +475,8 @@ impl Consumer {
                     let failure = Failure::retries_exhausted(failures, status, &reason);
                     self.reject(record, job, host, lock, &failure).await
                 } else {
-                    self.retry_later(
-                        record,
-                        job,
-                        lock.attempt,
-                        failures,
-                        reason,
-                        status,
-                        retry_after,
-                    )
-                    .await
+                    self.retry_later(record, job, lock, failures, reason, status, retry_after)
+                        .await
                 };
                 report.status = status;
                 (report, change)
@@ -474,6 +498,7 @@ impl Consumer {
 
     async fn complete(
         &self,
+        record: &SqsMessage,
         job: &JobMessage,
         host: &str,
         lock: &Lock,
@@ -485,26 +510,27 @@ impl Consumer {
             reason: None,
             undo: lock.dead_letter_class.as_deref(),
         };
-        match self
-            .store
-            .complete(
-                &job.message_id,
-                lock.attempt,
-                status,
-                self.expiration_s(),
-                &tally,
-            )
-            .await
-        {
+        let expiration_s = self.expiration_s();
+        let completed = self
+            .with_backend_retries("complete", lock.work_until, || {
+                self.store
+                    .complete(&job.message_id, lock.attempt, status, expiration_s, &tally)
+            })
+            .await;
+        match completed {
             Ok(Transition::Done) => RecordReport::new(Verdict::Succeeded),
             Ok(Transition::Superseded) => {
                 // Our lock expired mid-call and another attempt took over; it settles the job.
                 warn!("call succeeded after the lock expired; the newer attempt settles the job");
                 RecordReport::new(Verdict::Duplicate)
             }
-            // The call succeeded but is not recorded: keep the message, so the job is not
-            // reported lost; the retry's call carries the same Idempotency-Key.
-            Err(e) => retry_on_backend("complete", &e),
+            // The call succeeded but could not be recorded while the invocation lasted: the
+            // copy comes back once the lock lapses and calls again, with the same
+            // Idempotency-Key (the one way a backend fault repeats a call).
+            Err(e) => {
+                self.after_backend_fault(record, "complete", &e, lock.after_lapse())
+                    .await
+            }
         }
     }
 
@@ -515,22 +541,25 @@ impl Consumer {
         &self,
         record: &SqsMessage,
         job: &JobMessage,
-        attempt: u32,
+        lock: &Lock,
         failures: u32,
         reason: String,
         status: Option<u16>,
         retry_after: Option<Duration>,
     ) -> RecordReport {
-        if let Err(e) = self
-            .store
-            .fail(&job.message_id, attempt, &reason, status)
-            .await
-        {
-            // The lock then lapses at the deadline instead; the message is kept either way.
-            warn!(error = %e, "could not record a transient failure");
-            return retry_on_backend("fail", &e);
-        }
         let delay = self.retry.delay(failures, fastrand::f64(), retry_after);
+        let failed = self
+            .with_backend_retries("fail", lock.work_until, || {
+                self.store
+                    .fail(&job.message_id, lock.attempt, &reason, status)
+            })
+            .await;
+        if let Err(e) = failed {
+            // The failure goes uncounted and the lock lapses at the deadline: the copy comes
+            // back after both.
+            let delay = delay.max(lock.after_lapse());
+            return self.after_backend_fault(record, "fail", &e, delay).await;
+        }
         info!(%reason, failures, max_attempts = self.retry.max_attempts, delay_ms = delay.as_millis() as u64, "transient failure, retry scheduled");
         self.reschedule(record, delay, Reschedule::Backoff(reason))
             .await
@@ -546,11 +575,12 @@ impl Consumer {
         lock: &Lock,
         failure: &Failure,
     ) -> RecordReport {
-        match self
-            .store
-            .reject(&job.message_id, lock.attempt, failure)
-            .await
-        {
+        let rejected = self
+            .with_backend_retries("reject", lock.work_until, || {
+                self.store.reject(&job.message_id, lock.attempt, failure)
+            })
+            .await;
+        match rejected {
             Ok(_) => {
                 let text = failure.to_string();
                 let rejection = Rejection {
@@ -561,7 +591,11 @@ impl Consumer {
                 self.dead_letter_job(record, job, host, lock, &rejection)
                     .await
             }
-            Err(e) => retry_on_backend("reject", &e),
+            // Not recorded: the copy comes back once the lock lapses and decides again.
+            Err(e) => {
+                self.after_backend_fault(record, "reject", &e, lock.after_lapse())
+                    .await
+            }
         }
     }
 
@@ -584,11 +618,14 @@ impl Consumer {
             );
         }
         let body = record.body.as_deref().unwrap_or_default();
-        match self
-            .source
-            .send_delayed(body, &attributes, delay.min(MAX_DELAY))
-            .await
-        {
+        let until = Instant::now() + RESCHEDULE_PATIENCE;
+        let sent = self
+            .with_backend_retries("reschedule", until, || {
+                self.source
+                    .send_delayed(body, &attributes, delay.min(MAX_DELAY))
+            })
+            .await;
+        match sent {
             Ok(_) => RecordReport::new(Verdict::Rescheduled { why, delay }),
             Err(e) => {
                 warn!(error = %e, "could not send the rescheduled copy; keeping the message instead");
@@ -621,19 +658,22 @@ impl Consumer {
         if let Some(code) = rejection.status {
             extra.push((ATTR_STATUS_CODE, code.to_string()));
         }
-        let report = self.send_to_dlq(record, rejection.text, &extra).await;
-        if !report.verdict.is_kept() {
+        let report = self
+            .send_to_dlq(record, rejection.text, &extra, lock.work_until)
+            .await;
+        if matches!(report.verdict, Verdict::DeadLettered(_)) {
             let tally = Tally {
                 run_id: &job.run_id,
                 host,
                 reason: Some(&rejection.class),
                 undo: lock.dead_letter_class.as_deref(),
             };
-            if let Err(e) = self
-                .store
-                .dead_lettered(&job.message_id, attempt, &tally)
-                .await
-            {
+            let confirmed = self
+                .with_backend_retries("confirm dead-lettering", lock.work_until, || {
+                    self.store.dead_lettered(&job.message_id, attempt, &tally)
+                })
+                .await;
+            if let Err(e) = confirmed {
                 // Still REJECTED: a redelivery would send a second DLQ copy; the job is safe.
                 warn!(error = %e, "could not confirm the DLQ copy");
             }
@@ -643,14 +683,20 @@ impl Consumer {
 
     /// Permanent failure of a message that never became a job (poison, refused by the policy).
     async fn dead_letter_unparsed(&self, record: &SqsMessage, failure: &Failure) -> RecordReport {
-        self.send_to_dlq(record, &failure.to_string(), &[]).await
+        let until = Instant::now() + BEFORE_CALL_PATIENCE;
+        self.send_to_dlq(record, &failure.to_string(), &[], until)
+            .await
     }
 
+    /// Sends `record` to the DLQ with its reason, retrying a backend fault until `until`; then
+    /// the record is rescheduled and its copy tries again (a REJECTED job resumes its DLQ send
+    /// without a call).
     async fn send_to_dlq(
         &self,
         record: &SqsMessage,
         reason: &str,
         extra: &[(&str, String)],
+        until: Instant,
     ) -> RecordReport {
         let mut attributes = string_attributes(record);
         let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
@@ -661,13 +707,33 @@ impl Consumer {
             attributes.insert((*k).to_owned(), v.clone());
         }
         let body = record.body.as_deref().unwrap_or_default();
-        match self.dlq.send(body, &attributes).await {
+        let sent = self
+            .with_backend_retries("send to DLQ", until, || self.dlq.send(body, &attributes))
+            .await;
+        match sent {
             Ok(_) => {
                 info!(%reason, "dead-lettered");
                 RecordReport::new(Verdict::DeadLettered(reason))
             }
-            Err(e) => retry_on_backend("send to DLQ", &e),
+            Err(e) => {
+                self.after_backend_fault(record, "send to DLQ", &e, reschedule_delay())
+                    .await
+            }
         }
+    }
+
+    /// A step's backend fault outlasted its retries: the record comes back after `delay` as a
+    /// delayed copy, which tries the step again. Nothing about the job is counted.
+    async fn after_backend_fault(
+        &self,
+        record: &SqsMessage,
+        step: &str,
+        e: &BackendError,
+        delay: Duration,
+    ) -> RecordReport {
+        warn!(error = %e, step, delay_ms = delay.as_millis() as u64, "backend fault outlasted its retries; rescheduling the record");
+        self.reschedule(record, delay, Reschedule::Backend(format!("{step}: {e}")))
+            .await
     }
 
     fn expiration_s(&self) -> i64 {
@@ -689,9 +755,4 @@ fn string_attributes(record: &SqsMessage) -> BTreeMap<String, String> {
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
         .collect()
-}
-
-fn retry_on_backend(step: &str, e: &BackendError) -> RecordReport {
-    warn!(error = %e, step, "backend error, message kept for retry");
-    RecordReport::new(Verdict::Kept(format!("{step}: {e}")))
 }

@@ -135,6 +135,7 @@ async fn live_lock_reschedules_the_copy_and_expired_lock_is_reacquired() {
         lock_until_ms,
         expiration_s: 0,
         replay_of: None,
+        holder: Claim::new_holder(),
     };
     // Another consumer holds a live lock.
     assert!(matches!(

@@ -13,6 +13,9 @@ pub struct BackendError {
     pub message: String,
     /// Whether repeating the request may help.
     pub retryable: bool,
+    /// Whether the service said "slow down" (throttling, provisioned throughput exceeded): the
+    /// metric `BackendThrottled` tells it from other faults (`BackendFailed`).
+    pub throttled: bool,
 }
 
 impl BackendError {
@@ -22,6 +25,7 @@ impl BackendError {
             service,
             message: message.into(),
             retryable: true,
+            throttled: false,
         }
     }
 
@@ -31,6 +35,7 @@ impl BackendError {
             service,
             message: message.into(),
             retryable: false,
+            throttled: false,
         }
     }
 }

@@ -114,6 +114,8 @@ pub struct IdempotencyRecord {
     /// The class of the permanent failure a REJECTED record holds: what the DEAD_LETTERED
     /// transition counts, also when a redelivery (the holder crashed) completes it.
     pub failure_class: Option<String>,
+    /// The token of the claim that took the current lock ([`Claim::holder`]).
+    pub holder: Option<i64>,
 }
 
 /// What a consumer asks for when it takes a job.
@@ -133,6 +135,17 @@ pub struct Claim<'a> {
     pub expiration_s: i64,
     /// For a DLQ replay: the `attempts` of the dead-lettering it replays.
     pub replay_of: Option<u32>,
+    /// This claim's own token ([`Claim::new_holder`]), stored with the lock it takes: a retry
+    /// of the acquire whose first answer was lost finds the lock its first try took
+    /// ([`resumed`]) instead of meeting "locked by another".
+    pub holder: i64,
+}
+
+impl Claim<'_> {
+    /// A fresh holder token: random, so no two claims share one.
+    pub fn new_holder() -> i64 {
+        crate::random_token()
+    }
 }
 
 /// The answer to [`IdempotencyStore::acquire`].
@@ -179,6 +192,31 @@ pub enum Transition {
     Done,
     /// The lock had expired and another attempt took it over; nothing was written.
     Superseded,
+}
+
+/// The lock `existing` holds was taken by this very claim (`holder`): an earlier try of the
+/// acquire was applied and its answer lost, so the caller holds it, with the attempt that try
+/// took. Checked before [`decide_acquire`], whose "locked" it would otherwise be.
+pub(crate) fn resumed(existing: Option<&IdempotencyRecord>, holder: i64) -> Option<Acquire> {
+    let r = existing?;
+    (r.status == Status::InProgress && r.holder == Some(holder)).then(|| Acquire::Acquired {
+        attempt: r.attempts,
+        failures: r.failures,
+        dead_letter_class: r.dead_letter_class.clone(),
+    })
+}
+
+/// A transition to `to` by `attempt` that found the record not in its expected state finds it
+/// already moved there by that attempt: an earlier try of the same write was applied and its
+/// answer lost (or another copy of the job confirmed the same dead-lettering). The caller
+/// carries on as if its write succeeded: [`Transition::Done`], counted once. Only the holder of
+/// `attempt` moves a record out of IN_PROGRESS at that attempt, so the write was its own.
+pub(crate) fn already_moved(
+    existing: Option<&IdempotencyRecord>,
+    to: Status,
+    attempt: u32,
+) -> bool {
+    existing.is_some_and(|r| r.status == to && r.attempts == attempt)
 }
 
 /// The decision [`IdempotencyStore::acquire`] makes about an existing record.
@@ -298,7 +336,25 @@ mod tests {
             target_id: "t".into(),
             dead_letter_class: None,
             failure_class: None,
+            holder: Some(7),
         }
+    }
+
+    #[test]
+    fn a_lost_acquire_answer_is_found_by_its_holder_token() {
+        let held = record(Status::InProgress, 200);
+        assert_eq!(
+            resumed(Some(&held), 7),
+            Some(Acquire::Acquired {
+                attempt: 2,
+                failures: 1,
+                dead_letter_class: None
+            })
+        );
+        assert_eq!(resumed(Some(&held), 8), None);
+        assert_eq!(resumed(Some(&record(Status::Completed, 0)), 7), None);
+        assert_eq!(resumed(None, 7), None);
+        assert_ne!(Claim::new_holder(), Claim::new_holder());
     }
 
     #[test]

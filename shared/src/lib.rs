@@ -67,6 +67,17 @@ pub use publish::{EntryFailure, Publisher};
 pub use queue::{MessageMover, MoveTaskState, MoveTaskStatus, Queue, QueueDepth, QueueMessage};
 pub use runs::{EventBus, RunLedger, RunRecord, RunStatus};
 
+/// A random token that tells one writer from another (an idempotency claim, a run's finisher),
+/// so a writer whose first answer was lost recognises its own write when it asks again.
+pub fn random_token() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState has its own random keys: no dependency needed for 64 random bits.
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    i64::from_ne_bytes(bits.to_ne_bytes())
+}
+
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -59,6 +59,14 @@ pub enum Metric {
     /// state at most once per cache period): a pause or open circuit that silently stopped
     /// holding must show on a dashboard, not only in a log.
     HostStateUnreadable,
+    /// Records rescheduled because a backend (DynamoDB, SQS) failed after every retry.
+    BackendRescheduled,
+    /// Calls to a backend answered "slow down" after the SDK's own retries (dimension
+    /// `Operation`, e.g. `dynamodb:UpdateItem`).
+    BackendThrottled,
+    /// Calls to a backend that failed otherwise (5xx, lost connection) after the SDK's own
+    /// retries (dimension `Operation`).
+    BackendFailed,
     /// HTTP calls made.
     OutboundCalls,
     /// Each call's latency (ms).
@@ -108,6 +116,9 @@ impl Metric {
             Metric::Requeued => "Requeued",
             Metric::DeferOnlyInvocations => "DeferOnlyInvocations",
             Metric::HostStateUnreadable => "HostStateUnreadable",
+            Metric::BackendRescheduled => "BackendRescheduled",
+            Metric::BackendThrottled => "BackendThrottled",
+            Metric::BackendFailed => "BackendFailed",
             Metric::OutboundCalls => "OutboundCalls",
             Metric::CallLatency => "CallLatency",
             Metric::RateLimitWait => "RateLimitWait",

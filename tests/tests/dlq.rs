@@ -482,6 +482,7 @@ async fn a_redriven_copy_of_a_rejected_job_runs_once_when_replayed() {
         lock_until_ms: now + 1000,
         expiration_s: now / 1000 + 3600,
         replay_of: None,
+        holder: Claim::new_holder(),
     };
     assert_eq!(
         pipeline.store.acquire(&claim).await.unwrap(),

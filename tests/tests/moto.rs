@@ -686,6 +686,7 @@ async fn a_job_costs_two_dynamodb_calls_and_a_settled_duplicate_one() {
         lock_until_ms: now_ms + 30_000,
         expiration_s: 0,
         replay_of: None,
+        holder: Claim::new_holder(),
     };
 
     // A job: acquire, call, complete (the transition and its count in the run's ledger, one

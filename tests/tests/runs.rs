@@ -229,6 +229,7 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
             lock_until_ms: now + 60_000,
             expiration_s: 0,
             replay_of: None,
+            holder: Claim::new_holder(),
         };
         assert!(matches!(
             pipeline.store.acquire(&claim).await.unwrap(),

@@ -20,7 +20,8 @@ use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::failure::Failure;
 use crate::idempotency::{
-    decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
+    already_moved, decide_acquire, resumed, Acquire, Claim, IdempotencyRecord, IdempotencyStore,
+    Status, Transition,
 };
 use crate::runs::Tally;
 
@@ -122,19 +123,25 @@ impl DynamoDbIdempotency {
     async fn transition(
         &self,
         message_id: &str,
-        from: Status,
+        (from, to): (Status, Status),
         attempt: u32,
         set: &str,
         values: HashMap<String, AttributeValue>,
     ) -> Result<Transition, BackendError> {
-        self.send_transition(message_id, set, guarded(values, from, attempt))
-            .await
+        self.send_transition(
+            message_id,
+            (to, attempt),
+            set,
+            guarded(values, from, attempt),
+        )
+        .await
     }
 
-    /// Sends a transition whose values already carry their guard.
+    /// Sends a transition to `to` by `attempt` whose values already carry their guard.
     async fn send_transition(
         &self,
         message_id: &str,
+        (to, attempt): (Status, u32),
         set: &str,
         values: HashMap<String, AttributeValue>,
     ) -> Result<Transition, BackendError> {
@@ -151,9 +158,28 @@ impl DynamoDbIdempotency {
             .await;
         match result {
             Ok(_) => Ok(Transition::Done),
-            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(Transition::Superseded),
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => {
+                self.judge_conflict(message_id, to, attempt).await
+            }
             Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
         }
+    }
+
+    /// A transition's condition failed: its own earlier try (applied, its answer lost and the
+    /// SDK retrying) or another holder's takeover; one consistent read tells them apart
+    /// ([`already_moved`]).
+    async fn judge_conflict(
+        &self,
+        message_id: &str,
+        to: Status,
+        attempt: u32,
+    ) -> Result<Transition, BackendError> {
+        let current = self.get(message_id).await?;
+        Ok(if already_moved(current.as_ref(), to, attempt) {
+            Transition::Done
+        } else {
+            Transition::Superseded
+        })
     }
 
     /// A terminal transition and its count in the run's ledger, in one `TransactWriteItems`.
@@ -162,7 +188,7 @@ impl DynamoDbIdempotency {
     async fn counted_transition(
         &self,
         message_id: &str,
-        from: Status,
+        (from, to): (Status, Status),
         attempt: u32,
         set: &str,
         values: HashMap<String, AttributeValue>,
@@ -207,7 +233,9 @@ impl DynamoDbIdempotency {
                 codes.first().map(String::as_str),
                 codes.get(1).map(String::as_str),
             ) {
-                (Some("ConditionalCheckFailed"), _) => return Ok(Transition::Superseded),
+                (Some("ConditionalCheckFailed"), _) => {
+                    return self.judge_conflict(message_id, to, attempt).await
+                }
                 (_, Some("ConditionalCheckFailed")) => break,
                 _ if codes.iter().any(|c| c == "TransactionConflict") => {
                     tokio::time::sleep(std::time::Duration::from_millis(
@@ -232,7 +260,8 @@ impl DynamoDbIdempotency {
                 ));
             }
         }
-        self.send_transition(message_id, set, values).await
+        self.send_transition(message_id, (to, attempt), set, values)
+            .await
     }
 
     async fn fail_as(
@@ -264,7 +293,7 @@ impl DynamoDbIdempotency {
         if code.is_none() {
             set.push_str(" REMOVE #status_code");
         }
-        self.transition(message_id, Status::InProgress, attempt, &set, values)
+        self.transition(message_id, (Status::InProgress, to), attempt, &set, values)
             .await
     }
 }
@@ -285,6 +314,7 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
         "message_id",
         "dead_letter_class",
         "failure_class",
+        "holder",
     ]
     .iter()
     .filter(|a| {
@@ -325,6 +355,7 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         target_id: text("target_id").unwrap_or_default(),
         dead_letter_class: text("dead_letter_class"),
         failure_class: text("failure_class"),
+        holder: number("holder"),
     })
 }
 
@@ -341,12 +372,13 @@ impl IdempotencyStore for DynamoDbIdempotency {
             (":exp".to_owned(), n(claim.expiration_s)),
             (":run".to_owned(), s(claim.run_id)),
             (":target".to_owned(), s(claim.target_id)),
+            (":holder".to_owned(), n(claim.holder)),
             (":one".to_owned(), n(1)),
             (":in_progress".to_owned(), s(Status::InProgress.as_str())),
         ]);
         let update =
             "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
-                      #run_id = :run, #target_id = :target ADD #attempts :one";
+                      #run_id = :run, #target_id = :target, #holder = :holder ADD #attempts :one";
         if let Some(replayed) = claim.replay_of {
             let mut values = values.clone();
             values.insert(":dead_lettered".into(), s(Status::DeadLettered.as_str()));
@@ -357,7 +389,8 @@ impl IdempotencyStore for DynamoDbIdempotency {
             let condition =
                 "(#status = :dead_lettered OR #status = :rejected) AND #attempts = :replayed";
             let update = "SET #status = :in_progress, #in_progress_expiry = :lock, #expiration = :exp, \
-                          #run_id = :run, #target_id = :target, #failures = :zero ADD #attempts :one";
+                          #run_id = :run, #target_id = :target, #holder = :holder, #failures = :zero \
+                          ADD #attempts :one";
             if let Ok(acquired) = self
                 .try_acquire(claim.message_id, update, condition, values)
                 .await?
@@ -381,6 +414,9 @@ impl IdempotencyStore for DynamoDbIdempotency {
                 // (an emulator) did not return it.
                 Err(None) => self.get(claim.message_id).await?,
             };
+            if let Some(own) = resumed(current.as_ref(), claim.holder) {
+                return Ok(own);
+            }
             match decide_acquire(current.as_ref(), claim.now_ms, claim.replay_of) {
                 Acquire::Acquired { .. } => continue,
                 decided => return Ok(decided),
@@ -407,7 +443,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
         let set = "SET #status = :to, #status_code = :code, #expiration = :exp REMOVE #in_progress_expiry, #last_error, #dead_letter_class";
         self.counted_transition(
             message_id,
-            Status::InProgress,
+            (Status::InProgress, Status::Completed),
             attempt,
             set,
             values,
@@ -467,7 +503,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
         let set = "SET #status = :to, #dead_letter_class = :class";
         self.counted_transition(
             message_id,
-            Status::Rejected,
+            (Status::Rejected, Status::DeadLettered),
             attempt,
             set,
             values,

@@ -42,15 +42,17 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let code = service_code(&err).unwrap_or_default();
+    let throttled = is_throttling(code);
     let retryable = match &err {
-        SdkError::ServiceError(e) => {
-            let code = e.err().code().unwrap_or_default();
-            code.contains("Throttl")
-                || code.contains("ProvisionedThroughputExceeded")
-                || code.contains("RequestLimitExceeded")
-                || code.contains("InternalError")
+        SdkError::ServiceError(_) => {
+            // InternalError, InternalFailure, InternalServerError, InternalException: the
+            // service's fault, not the request's.
+            throttled
+                || code.contains("Internal")
                 || code.contains("ServiceUnavailable")
                 || code.contains("TransactionConflict")
+                || code.is_empty()
         }
         SdkError::ConstructionFailure(_) => false,
         _ => true,
@@ -68,7 +70,16 @@ where
         service,
         message,
         retryable,
+        throttled,
     }
+}
+
+/// Whether an error code means "slow down" (the codes AWS services use for it).
+fn is_throttling(code: &str) -> bool {
+    code.contains("Throttl")
+        || code.contains("ProvisionedThroughputExceeded")
+        || code.contains("RequestLimitExceeded")
+        || code.contains("TooManyRequests")
 }
 
 /// The error code of an SDK service error, if the error is one.

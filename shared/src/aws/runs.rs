@@ -456,22 +456,28 @@ impl RunLedger for DynamoDbRuns {
         run_id: &str,
         status: RunStatus,
         finished_at_ms: i64,
+        finisher: i64,
     ) -> Result<bool, BackendError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, run_key(run_id))
-            .update_expression("SET run_status = :to, finished_at = :at")
+            .update_expression("SET run_status = :to, finished_at = :at, finished_by = :by")
             .condition_expression("run_status = :running")
             .expression_attribute_values(":to", s(status.as_str()))
             .expression_attribute_values(":at", n(finished_at_ms))
+            .expression_attribute_values(":by", n(finisher))
             .expression_attribute_values(":running", s(RunStatus::Running.as_str()))
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(false),
+            // Finished already: by another caller, or by this one's earlier try (see the trait).
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(self
+                .run_item(run_id)
+                .await?
+                .is_some_and(|item| number(&item, "finished_by") == Some(finisher))),
             Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
         }
     }

@@ -8,11 +8,12 @@ use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
 use crate::failure::Failure;
 use crate::idempotency::{
-    decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
+    already_moved, decide_acquire, resumed, Acquire, Claim, IdempotencyRecord, IdempotencyStore,
+    Status, Transition,
 };
 use crate::runs::Tally;
 
-const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class";
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class, holder";
 
 /// The idempotency table in the state file.
 #[derive(Debug, Clone)]
@@ -36,6 +37,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
         failures: row.get(9)?,
         dead_letter_class: row.get(10)?,
         failure_class: row.get(11)?,
+        holder: row.get(12)?,
     })
 }
 
@@ -88,7 +90,17 @@ impl EmbeddedIdempotency {
             .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class, failure_class]))
             .map_err(sql_error)?;
         if changed != 1 {
-            return Ok(Transition::Superseded);
+            let current = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM idempotency WHERE message_id = ?1"
+                ))
+                .and_then(|mut s| s.query_row([message_id], record).optional())
+                .map_err(sql_error)?;
+            return Ok(if already_moved(current.as_ref(), to, attempt) {
+                Transition::Done
+            } else {
+                Transition::Superseded
+            });
         }
         if let Some(tally) = tally {
             super::runs::count(&tx, message_id, &tally, to == Status::Completed)?;
@@ -124,19 +136,22 @@ impl IdempotencyStore for EmbeddedIdempotency {
             ))
             .and_then(|mut s| s.query_row([claim.message_id], record).optional())
             .map_err(sql_error)?;
+        if let Some(own) = resumed(existing.as_ref(), claim.holder) {
+            return Ok(own);
+        }
         let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
         if let Acquire::Acquired {
             attempt, failures, ..
         } = decision
         {
             tx.prepare_cached(
-                "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures)
-                 VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?7)
+                "INSERT INTO idempotency (message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, holder)
+                 VALUES (?1, 'IN_PROGRESS', ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?7, ?8)
                  ON CONFLICT (message_id) DO UPDATE SET status = 'IN_PROGRESS', in_progress_expiry = ?2,
-                     expiration = ?3, attempts = ?4, run_id = ?5, target_id = ?6, failures = ?7",
+                     expiration = ?3, attempts = ?4, run_id = ?5, target_id = ?6, failures = ?7, holder = ?8",
             )
             .and_then(|mut s| {
-                s.execute(rusqlite::params![claim.message_id, claim.lock_until_ms, claim.expiration_s, attempt, claim.run_id, claim.target_id, failures])
+                s.execute(rusqlite::params![claim.message_id, claim.lock_until_ms, claim.expiration_s, attempt, claim.run_id, claim.target_id, failures, claim.holder])
             })
             .map_err(sql_error)?;
         }

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     target_id TEXT NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0,
     dead_letter_class TEXT,
-    failure_class TEXT
+    failure_class TEXT,
+    holder INTEGER
 );
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_digest TEXT NOT NULL,
     started_at INTEGER NOT NULL,
     finished_at INTEGER,
+    finished_by INTEGER,
     deadline_at INTEGER,
     policy TEXT NOT NULL,
     event_sent INTEGER NOT NULL DEFAULT 0,
@@ -181,10 +183,12 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         )
         .map_err(sql_error)?;
     }
-    for (table, column) in [
-        ("idempotency", "dead_letter_class"),
-        ("idempotency", "failure_class"),
-        ("runs", "sources"),
+    for (table, column, kind) in [
+        ("idempotency", "dead_letter_class", "TEXT"),
+        ("idempotency", "failure_class", "TEXT"),
+        ("idempotency", "holder", "INTEGER"),
+        ("runs", "sources", "TEXT"),
+        ("runs", "finished_by", "INTEGER"),
     ] {
         let has: bool = conn
             .query_row(
@@ -194,7 +198,7 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
             )
             .map_err(sql_error)?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 .map_err(sql_error)?;
         }
     }
@@ -210,6 +214,7 @@ fn sql_error(e: rusqlite::Error) -> BackendError {
         service: "sqlite",
         message: e.to_string(),
         retryable: busy,
+        throttled: false,
     }
 }
 

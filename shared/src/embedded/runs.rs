@@ -268,13 +268,16 @@ impl RunLedger for EmbeddedRuns {
         run_id: &str,
         status: RunStatus,
         finished_at_ms: i64,
+        finisher: i64,
     ) -> Result<bool, BackendError> {
         let inner = self.backend.lock()?;
+        // The second clause is the caller's own earlier finish (see the trait).
         let changed = inner
             .conn
             .execute(
-                "UPDATE runs SET status = ?2, finished_at = ?3 WHERE run_id = ?1 AND status = 'RUNNING'",
-                rusqlite::params![run_id, status.as_str(), finished_at_ms],
+                "UPDATE runs SET status = ?2, finished_at = ?3, finished_by = ?4 WHERE run_id = ?1
+                     AND (status = 'RUNNING' OR finished_by = ?4)",
+                rusqlite::params![run_id, status.as_str(), finished_at_ms, finisher],
             )
             .map_err(sql_error)?;
         Ok(changed == 1)

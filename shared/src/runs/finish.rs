@@ -99,7 +99,12 @@ impl<'a> Finisher<'a> {
         let status = run
             .policy
             .verdict(run.counts.expected, run.counts.dead_lettered);
-        if !self.ledger.finish(&run.run_id, status, now_ms).await? {
+        let finisher = crate::random_token();
+        if !self
+            .ledger
+            .finish(&run.run_id, status, now_ms, finisher)
+            .await?
+        {
             return Ok(None);
         }
         run.status = status;

@@ -34,12 +34,16 @@ pub trait RunLedger: Send + Sync {
         shards: &[u32],
     ) -> Result<Option<RunRecord>, BackendError>;
 
-    /// RUNNING → `status`, finished at `finished_at_ms`. True for the one caller that moved it.
+    /// RUNNING → `status`, finished at `finished_at_ms` by `finisher` (a
+    /// [`crate::random_token`] of the caller's). True for the one caller that moved it, also
+    /// when it asks again with its token (its first try was applied and the answer lost, e.g.
+    /// the SDK retrying a write whose response timed out): its event must still go out.
     async fn finish(
         &self,
         run_id: &str,
         status: RunStatus,
         finished_at_ms: i64,
+        finisher: i64,
     ) -> Result<bool, BackendError>;
 
     /// Notes that the completion event went out.

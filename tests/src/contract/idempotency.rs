@@ -32,6 +32,9 @@ pub fn contracts() -> Vec<Contract> {
         contract!(each_terminal_transition_is_counted_once(store, runs)),
         contract!(racing_holders_count_once(store, runs)),
         contract!(racing_acquires_take_one_lock(store)),
+        contract!(an_acquire_asked_again_by_its_claim_finds_its_own_lock(
+            store
+        )),
         contract!(a_dead_lettering_without_a_class_counts_as_unknown(
             store, runs
         )),
@@ -54,6 +57,7 @@ fn claim<'a>(id: &'a str, run: &'a str, now_ms: i64) -> Claim<'a> {
         lock_until_ms: now_ms + LOCK_MS,
         expiration_s: now_ms / 1000 + 86_400,
         replay_of: None,
+        holder: Claim::new_holder(),
     }
 }
 
@@ -555,7 +559,9 @@ pub async fn a_superseded_holder_writes_nothing(
 }
 
 /// `complete`, `fail` and `reject` leave IN_PROGRESS only, `dead_lettered` REJECTED only: from
-/// any other state (or no record) they are `Superseded`, write nothing and count nothing.
+/// any other state (or no record) they are `Superseded`, write nothing and count nothing;
+/// except the same transition by the same attempt asked again (its first answer lost), which
+/// is `Done` and writes and counts nothing more.
 pub async fn transitions_leave_only_their_own_state(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
@@ -595,7 +601,7 @@ pub async fn transitions_leave_only_their_own_state(
     let completed = record(store, "done").await;
     assert_eq!(
         store.complete("done", 1, 200, 0, &ok).await.unwrap(),
-        Transition::Superseded
+        Transition::Done
     );
     assert_eq!(
         store.fail("done", 1, "x", None).await.unwrap(),
@@ -615,7 +621,7 @@ pub async fn transitions_leave_only_their_own_state(
     failed_once(store, "flaky", "own-run", t).await;
     assert_eq!(
         store.fail("flaky", 1, "again", None).await.unwrap(),
-        Transition::Superseded
+        Transition::Done
     );
     assert_eq!(
         store.complete("flaky", 1, 200, 0, &ok).await.unwrap(),
@@ -633,6 +639,31 @@ pub async fn transitions_leave_only_their_own_state(
 
     let counts = counts(runs, "own-run").await;
     assert_eq!((counts.succeeded, counts.dead_lettered), (1, 0));
+}
+
+/// An acquire whose answer was lost, asked again by the same claim (the SDK retrying it), finds
+/// the lock its first try took: the same attempt, not "locked"; any other claim is locked out.
+pub async fn an_acquire_asked_again_by_its_claim_finds_its_own_lock(store: &dyn IdempotencyStore) {
+    let t = t0();
+    let first = claim("lost", "lost-run", t);
+    assert_eq!(store.acquire(&first).await.unwrap(), acquired(1, 0, None));
+    assert_eq!(store.acquire(&first).await.unwrap(), acquired(1, 0, None));
+    assert_eq!(
+        store
+            .acquire(&claim("lost", "lost-run", t + 1))
+            .await
+            .unwrap(),
+        Acquire::Locked {
+            until_ms: t + LOCK_MS
+        }
+    );
+    assert_eq!(record(store, "lost").await.attempts, 1);
+    // Once the job settled, the same claim is no longer its holder's.
+    assert_eq!(
+        store.fail("lost", 1, "HTTP 503", Some(503)).await.unwrap(),
+        Transition::Done
+    );
+    assert_eq!(store.acquire(&first).await.unwrap(), acquired(2, 1, None));
 }
 
 /// The run's tally: COMPLETED counts a success, DEAD_LETTERED a dead-lettering under its class
@@ -661,12 +692,13 @@ pub async fn each_terminal_transition_is_counted_once(
         .await
         .unwrap();
     assert_eq!(counts(runs, "tally").await, snapshot(1, 0, &[], &[]));
+    // Asked again (its answer lost): its own write, not counted twice.
     assert_eq!(
         store
             .complete("a", 1, 200, 0, &tally("tally", None, None))
             .await
             .unwrap(),
-        Transition::Superseded
+        Transition::Done
     );
     assert_eq!(counts(runs, "tally").await, snapshot(1, 0, &[], &[]));
 
@@ -682,7 +714,7 @@ pub async fn each_terminal_transition_is_counted_once(
     assert_eq!(counts(runs, "tally").await, after_b);
     assert_eq!(
         store.dead_lettered("b", 2, &b_dead).await.unwrap(),
-        Transition::Superseded
+        Transition::Done
     );
     assert_eq!(counts(runs, "tally").await, after_b);
 
@@ -745,7 +777,9 @@ pub async fn each_terminal_transition_is_counted_once(
     );
 }
 
-/// Two copies of one holder's outcome racing (a retried call): one moves the record and counts.
+/// Copies of one holder's outcome racing (a write retried while its first try is in flight): one
+/// moves the record and counts; the others find the holder's own write and answer `Done` too,
+/// so the holder carries on whichever answer reaches it; the run counts each job once.
 pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn RunLedger) {
     let t = t0();
     runs.begin(&run_start("race", &["ok", "dead"], t))
@@ -759,7 +793,10 @@ pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn 
         .into_iter()
         .filter(|o| *o.as_ref().unwrap() == Transition::Done)
         .count();
-    assert_eq!(done, 1, "one complete moved the record");
+    assert_eq!(
+        done, 4,
+        "each try of the holder's complete is its own write"
+    );
 
     store.acquire(&claim("dead", "race", t)).await.unwrap();
     store.reject("dead", 1, &http400()).await.unwrap();
@@ -770,7 +807,10 @@ pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn 
         .into_iter()
         .filter(|o| *o.as_ref().unwrap() == Transition::Done)
         .count();
-    assert_eq!(done, 1, "one confirmation moved the record");
+    assert_eq!(
+        done, 4,
+        "each try of the confirmation is the holder's own write"
+    );
     let counts = counts(runs, "race").await;
     assert_eq!((counts.succeeded, counts.dead_lettered), (1, 1));
 }
@@ -778,8 +818,9 @@ pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn 
 /// Copies of a new job racing for it: exactly one takes the lock, the others find it locked.
 pub async fn racing_acquires_take_one_lock(store: &dyn IdempotencyStore) {
     let t = t0();
-    let c = claim("contended", "run", t);
-    let answers = futures_util::future::join_all((0..6).map(|_| store.acquire(&c))).await;
+    // Each copy is another consumer's claim (its own holder token).
+    let claims: Vec<Claim<'_>> = (0..6).map(|_| claim("contended", "run", t)).collect();
+    let answers = futures_util::future::join_all(claims.iter().map(|c| store.acquire(c))).await;
     let answers: Vec<Acquire> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(
         answers
@@ -793,7 +834,7 @@ pub async fn racing_acquires_take_one_lock(store: &dyn IdempotencyStore) {
         answers.iter().all(|a| *a == acquired(1, 0, None)
             || *a
                 == Acquire::Locked {
-                    until_ms: c.lock_until_ms
+                    until_ms: claims[0].lock_until_ms
                 }),
         "{answers:?}"
     );
@@ -918,6 +959,7 @@ pub async fn a_job_s_whole_life_follows_the_state_machine(store: &dyn Idempotenc
         lock_until_ms: t + lock,
         expiration_s: 0,
         replay_of: None,
+        holder: Claim::new_holder(),
     };
     let tally = Tally {
         run_id: "life",

@@ -25,6 +25,7 @@ pub fn contracts() -> Vec<Contract> {
         contract!(counts_are_summed_over_shards(runs, store)),
         contract!(finish_moves_a_running_run_once(runs)),
         contract!(racing_finishers_finish_once(runs)),
+        contract!(a_finisher_asking_again_finds_its_own_finish(runs)),
         contract!(the_event_is_marked_sent(runs)),
     ]
 }
@@ -67,6 +68,7 @@ async fn settle(store: &dyn IdempotencyStore, run: &str, id: &str, class: Option
         lock_until_ms: t + 30_000,
         expiration_s: t / 1000 + 3_600,
         replay_of: None,
+        holder: Claim::new_holder(),
     };
     store.acquire(&claim).await.unwrap();
     let tally = Tally {
@@ -206,7 +208,7 @@ pub async fn an_unknown_run_is_nowhere(runs: &dyn RunLedger) {
     assert_eq!(runs.get("nobody").await.unwrap(), None);
     assert_eq!(runs.record_settled("nobody", &[0, 1]).await.unwrap(), None);
     assert!(!runs
-        .finish("nobody", RunStatus::Succeeded, now())
+        .finish("nobody", RunStatus::Succeeded, now(), 1)
         .await
         .unwrap());
     runs.mark_event_sent("nobody").await.unwrap();
@@ -225,7 +227,7 @@ pub async fn list_is_newest_first_up_to_the_limit(runs: &dyn RunLedger) {
     runs.skip(&run_start("mid", &[], t - 1_000), "overlap")
         .await
         .unwrap();
-    runs.finish("old", RunStatus::Failed, t).await.unwrap();
+    runs.finish("old", RunStatus::Failed, t, 2).await.unwrap();
     let listed = runs.list(10).await.unwrap();
     let order: Vec<&str> = listed.iter().map(|r| r.run_id.as_str()).collect();
     assert_eq!(order, ["new", "mid", "old"]);
@@ -289,7 +291,7 @@ pub async fn only_a_running_run_is_settled(runs: &dyn RunLedger, store: &dyn Ide
     runs.begin(&run_start("r", &ids, t)).await.unwrap();
     settle(store, "r", ids[0], None).await;
     runs.record_settled("r", &[shard_of(ids[0])]).await.unwrap();
-    assert!(runs.finish("r", RunStatus::Succeeded, t).await.unwrap());
+    assert!(runs.finish("r", RunStatus::Succeeded, t, 3).await.unwrap());
     settle(store, "r", ids[1], None).await;
     assert_eq!(
         runs.record_settled("r", &[shard_of(ids[1])]).await.unwrap(),
@@ -328,9 +330,12 @@ pub async fn counts_are_summed_over_shards(runs: &dyn RunLedger, store: &dyn Ide
 pub async fn finish_moves_a_running_run_once(runs: &dyn RunLedger) {
     let t = now();
     runs.begin(&run_start("r", &["a"], t)).await.unwrap();
-    assert!(runs.finish("r", RunStatus::Failed, t + 10).await.unwrap());
+    assert!(runs
+        .finish("r", RunStatus::Failed, t + 10, 4)
+        .await
+        .unwrap());
     assert!(!runs
-        .finish("r", RunStatus::Succeeded, t + 20)
+        .finish("r", RunStatus::Succeeded, t + 20, 5)
         .await
         .unwrap());
     let run = runs.get("r").await.unwrap().unwrap();
@@ -340,7 +345,7 @@ pub async fn finish_moves_a_running_run_once(runs: &dyn RunLedger) {
     );
 
     runs.skip(&run_start("s", &[], t), "overlap").await.unwrap();
-    assert!(!runs.finish("s", RunStatus::Succeeded, t).await.unwrap());
+    assert!(!runs.finish("s", RunStatus::Succeeded, t, 6).await.unwrap());
     assert_eq!(
         runs.get("s").await.unwrap().unwrap().status,
         RunStatus::Skipped
@@ -352,7 +357,7 @@ pub async fn racing_finishers_finish_once(runs: &dyn RunLedger) {
     let t = now();
     runs.begin(&run_start("r", &["a"], t)).await.unwrap();
     let won = futures_util::future::join_all(
-        (0..4).map(|i| runs.finish("r", RunStatus::Succeeded, t + i)),
+        (0..4).map(|i| runs.finish("r", RunStatus::Succeeded, t + i, i)),
     )
     .await
     .into_iter()
@@ -361,11 +366,26 @@ pub async fn racing_finishers_finish_once(runs: &dyn RunLedger) {
     assert_eq!(won, 1);
 }
 
+/// A finisher whose first answer was lost asks again with its token and is told it won (its
+/// event must still go out); any other finisher, even at the same time and verdict, is not.
+pub async fn a_finisher_asking_again_finds_its_own_finish(runs: &dyn RunLedger) {
+    let t = now();
+    runs.begin(&run_start("r", &["a"], t)).await.unwrap();
+    assert!(runs.finish("r", RunStatus::Succeeded, t, 41).await.unwrap());
+    assert!(runs.finish("r", RunStatus::Succeeded, t, 41).await.unwrap());
+    assert!(!runs.finish("r", RunStatus::Succeeded, t, 42).await.unwrap());
+    let run = runs.get("r").await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.finished_at_ms),
+        (RunStatus::Succeeded, Some(t))
+    );
+}
+
 /// `mark_event_sent`: read back as sent, and nothing else changes.
 pub async fn the_event_is_marked_sent(runs: &dyn RunLedger) {
     let t = now();
     runs.begin(&run_start("r", &["a"], t)).await.unwrap();
-    runs.finish("r", RunStatus::Succeeded, t).await.unwrap();
+    runs.finish("r", RunStatus::Succeeded, t, 8).await.unwrap();
     let before = runs.get("r").await.unwrap().unwrap();
     runs.mark_event_sent("r").await.unwrap();
     let after = runs.get("r").await.unwrap().unwrap();
