@@ -64,6 +64,22 @@ struct LeaseView {
     entitled_ms: i64,
     leases: Vec<Lease>,
     renewed: Option<Instant>,
+    /// The expiry of this instance's lease as last written to the store: the others count it
+    /// until then.
+    stored_expires_ms: i64,
+    /// The last renewal failed: [`Self::leases`] may miss instances that joined since.
+    stale: bool,
+}
+
+/// How this instance splits the budgets now: by how many, and from when it may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    count: u32,
+    entitled_ms: i64,
+    /// Its lease lapsed in the store while it could not renew it: the others no longer count
+    /// it, so any call would be on top of their shares. It waits (its jobs are rescheduled)
+    /// until a renewal goes through.
+    lapsed: bool,
 }
 
 /// One instance's flow control.
@@ -79,6 +95,8 @@ pub(crate) struct Flow {
     /// invocation slot (the process is one instance whose slots share its limiters).
     batches: AtomicUsize,
     limiters: Limiters,
+    /// See [`crate::Settings::max_instances`].
+    max_instances: Option<u32>,
 }
 
 /// A batch in flight ([`Flow::start_batch`]); dropping it without [`Flow::end_batch`] (a
@@ -99,7 +117,7 @@ impl Flow {
     pub(crate) fn new(
         config: &PipelineConfig,
         store: Arc<dyn FleetStore>,
-        global_override: Option<f64>,
+        (global_override, max_instances): (Option<f64>, Option<u32>),
         cache_ttl: Duration,
     ) -> Self {
         let instance = format!("{:016x}", fastrand::u64(..));
@@ -120,9 +138,12 @@ impl Flow {
                 entitled_ms: 0,
                 leases: Vec::new(),
                 renewed: None,
+                stored_expires_ms: 0,
+                stale: false,
             }),
             batches: AtomicUsize::new(0),
             limiters: Limiters::new(),
+            max_instances,
         }
     }
 
@@ -165,9 +186,15 @@ impl Flow {
                     info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
                 }
                 view.leases = leases;
+                view.stored_expires_ms = lease.expires_ms;
+                view.stale = false;
             }
             Err(e) => {
-                warn!(error = %e, "could not renew the instance lease; keeping the last view")
+                warn!(error = %e, "could not renew the instance lease; keeping the last view with a conservative share");
+                self.lease
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .stale = true;
             }
         }
     }
@@ -204,8 +231,14 @@ impl Flow {
             view.renewed = None;
             view.lease.clone()
         };
-        if let Err(e) = self.store.renew(&lease, now).await {
-            warn!(error = %e, "could not release the instance lease; it lapses on its own");
+        match self.store.renew(&lease, now).await {
+            Ok(_) => {
+                let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                view.stored_expires_ms = view.stored_expires_ms.min(lease.expires_ms);
+            }
+            Err(e) => {
+                warn!(error = %e, "could not release the instance lease; it lapses on its own")
+            }
         }
     }
 
@@ -328,18 +361,35 @@ impl Flow {
         }
     }
 
-    fn share_count(&self) -> (u32, i64) {
+    /// How the budgets are split now. With a fresh view: by the live leases read. While the
+    /// lease cannot be renewed (a throttled table), the view is kept but others may have joined
+    /// unseen, so the split is conservative: by [`crate::Settings::max_instances`] (the most
+    /// that can share it) when known, and never by fewer than the instances last seen live;
+    /// once its own lease has lapsed in the store it may not call at all
+    /// ([`Split::lapsed`]). So a failing store never puts the fleet above a budget.
+    fn split(&self) -> Split {
         let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-        (
-            share_count(&view.lease.instance, &view.leases, now_ms()),
-            view.entitled_ms,
-        )
+        let now = now_ms();
+        if !view.stale {
+            return Split {
+                count: share_count(&view.lease.instance, &view.leases, now),
+                entitled_ms: view.entitled_ms,
+                lapsed: false,
+            };
+        }
+        // The others as last read, alive or not since: none of them is known to have left.
+        let seen = share_count(&view.lease.instance, &view.leases, i64::MIN);
+        Split {
+            count: seen.max(self.max_instances.unwrap_or(0)),
+            entitled_ms: view.entitled_ms,
+            lapsed: view.stored_expires_ms <= now,
+        }
     }
 
     fn global_share(&self) -> Option<Share> {
         let limit = self.config.rate_limit;
         let per_second = self.global_override.or(limit.map(|l| l.per_second))?;
-        let (count, _) = self.share_count();
+        let count = self.split().count;
         let burst = limit.map_or(1, |l| l.burst);
         Some(Share {
             per_second: per_second / f64::from(count),
@@ -356,7 +406,7 @@ impl Flow {
             .host_operator_max(host)
             .or(self.global_override)
             .unwrap_or(f64::INFINITY);
-        let (count, _) = self.share_count();
+        let count = self.split().count;
         let per_second = state.rate(ceiling, operator_max, now_ms(), &self.policy);
         Some(Share {
             per_second: per_second / f64::from(count),
@@ -372,9 +422,13 @@ impl Flow {
             self.host_share(host).is_some(),
             self.global_share().is_some(),
         );
-        let (_, entitled_ms) = self.share_count();
+        let split = self.split();
+        if (host_paced || globally_paced) && split.lapsed {
+            // Come back once a renewal may have gone through.
+            return Err(Deferred { delay: LEASE_RENEW });
+        }
         let until_entitled =
-            Duration::from_millis(u64::try_from(entitled_ms - now_ms()).unwrap_or(0));
+            Duration::from_millis(u64::try_from(split.entitled_ms - now_ms()).unwrap_or(0));
         // With no budget there is nothing to split, so nothing to wait for.
         if (host_paced || globally_paced) && !until_entitled.is_zero() {
             if Instant::now() + until_entitled > call_by {

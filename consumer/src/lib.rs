@@ -131,7 +131,7 @@ impl Consumer {
             flow: flow::Flow::new(
                 config,
                 backends.fleet,
-                settings.rate_per_second,
+                (settings.rate_per_second, settings.max_instances),
                 settings.host_state_ttl,
             ),
             latencies: latency::Latencies::default(),

@@ -30,6 +30,11 @@ pub struct Settings {
     /// The pipeline's name: the `Pipeline` dimension of run metrics and the `pipeline` of
     /// completion events (the stack's name).
     pub pipeline: String,
+    /// The most instances that can work at once (`FANOUT_MAX_INSTANCES`: the stack passes the
+    /// event source mapping's `MaximumConcurrency`). While the instance cannot read the fleet's
+    /// leases it splits each budget by this many, the most it can be shared by; unset, by the
+    /// last count it read.
+    pub max_instances: Option<u32>,
 }
 
 /// The retry variables; each one present replaces the config file's field. The stack passes
@@ -67,6 +72,7 @@ impl Default for Settings {
             retry: RetryOverrides::default(),
             host_state_ttl: Duration::from_millis(1000),
             pipeline: "fanout".into(),
+            max_instances: None,
         }
     }
 }
@@ -75,7 +81,8 @@ impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
     /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_BATCH_CONCURRENCY` (10),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
-    /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`) and `AWS_LAMBDA_FUNCTION_NAME`.
+    /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`),
+    /// `FANOUT_MAX_INSTANCES` (unset) and `AWS_LAMBDA_FUNCTION_NAME`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let parse = |name: &str| -> Result<Option<u64>, String> {
             var(name)
@@ -117,6 +124,13 @@ impl Settings {
             host_state_ttl: parse("FANOUT_HOST_STATE_TTL_MS")?
                 .map_or(defaults.host_state_ttl, Duration::from_millis),
             pipeline: var("FANOUT_PIPELINE").unwrap_or(defaults.pipeline),
+            max_instances: parse("FANOUT_MAX_INSTANCES")?
+                .map(|n| {
+                    u32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("FANOUT_MAX_INSTANCES: {n} must be 1..={}", u32::MAX)
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -173,12 +173,12 @@ describe('consumer', () => {
     });
   });
 
-  test('maxConcurrency sets the mapping only: the consumer splits the budget by leases', () => {
+  test('maxConcurrency sets the mapping, and the consumer the most instances a budget is split by when it cannot read the leases', () => {
     for (const maxConcurrency of [undefined, 2, 17]) {
       const t = synth({ maxConcurrency });
       const esm = only(t, 'AWS::Lambda::EventSourceMapping').resource.Properties;
       assert.equal(esm.ScalingConfig.MaximumConcurrency, maxConcurrency ?? 5);
-      assert.equal(env(CONSUMER, t).FANOUT_MAX_CONCURRENCY, undefined);
+      assert.equal(env(CONSUMER, t).FANOUT_MAX_INSTANCES, String(maxConcurrency ?? 5));
     }
   });
 
@@ -189,6 +189,7 @@ describe('consumer', () => {
       FANOUT_TABLE_NAME: ref(TABLE),
       FANOUT_QUEUE_URL: ref(QUEUE),
       FANOUT_DLQ_URL: ref(DLQ),
+      FANOUT_MAX_INSTANCES: '5',
       FANOUT_PIPELINE: 'Fanout',
       FANOUT_EVENT_BUS: 'default',
     });

@@ -182,6 +182,11 @@ impl MetricSet {
         self.values.entry(metric).or_default().push(value);
     }
 
+    /// The value of dimension `name`, if the set has it.
+    pub fn dimension(&self, name: &str) -> Option<&str> {
+        self.dimensions.get(name).map(String::as_str)
+    }
+
     /// The current total of a counter, or the sum of a sampled metric (0 if none was recorded).
     pub fn total(&self, metric: Metric) -> f64 {
         self.values

@@ -6,6 +6,9 @@ use super::{EventBus, RunLedger, RunRecord, RunStart, RunStatus};
 use crate::error::BackendError;
 use crate::metrics::{Metric, MetricSet};
 
+/// Pauses between the tries of a completion event's put beyond the SDK's own retries.
+const EVENT_RETRY_PAUSES_MS: [u64; 3] = [200, 600, 1_500];
+
 /// A run that one call finished (or found finished with its event missing), and whether its
 /// event went out.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +138,20 @@ impl<'a> Finisher<'a> {
 
     async fn send_event(&self, run: &RunRecord) -> bool {
         let (detail_type, detail) = completion_event(run, self.pipeline);
-        match self.bus.put(detail_type, &detail).await {
+        let mut put = self.bus.put(detail_type, &detail).await;
+        // The SDK retried already; a few more tries with a pause keep the watchdog the last
+        // resort, not the path a brief EventBridge error takes.
+        for pause_ms in EVENT_RETRY_PAUSES_MS {
+            match &put {
+                Err(e) if e.retryable => {
+                    tracing::warn!(run_id = %run.run_id, error = %e, pause_ms, "completion event not put; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    put = self.bus.put(detail_type, &detail).await;
+                }
+                _ => break,
+            }
+        }
+        match put {
             Ok(()) => {
                 if let Err(e) = self.ledger.mark_event_sent(&run.run_id).await {
                     tracing::warn!(run_id = %run.run_id, error = %e, "completion event put, but not marked sent: the watchdog may put it again");
