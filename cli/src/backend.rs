@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fanout_shared::aws::{
-    DynamoDbFleet, DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, S3Objects, SnsPublisher,
+    dynamodb_client, eventbridge_client, sns_client, sqs_client, DynamoDbFleet,
+    DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, Retries, S3Objects, SnsPublisher,
     SqsMessageMover, SqsQueue,
 };
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
@@ -148,13 +149,14 @@ pub fn embedded(settings: &EmbeddedSettings) -> Result<Pipeline, BackendError> {
     })
 }
 
-/// The AWS pipeline named by `names`, with an SDK configuration already loaded.
+/// The AWS pipeline named by `names`, with an SDK configuration already loaded. Its clients
+/// retry as the deployed functions' do (`fanout run` runs the consumer in this process).
 pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline {
-    let sqs = aws_sdk_sqs::Client::new(sdk);
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let sqs = sqs_client(sdk, Retries::CONSUMER_SQS);
+    let dynamodb = dynamodb_client(sdk, Retries::CONSUMER_DYNAMODB);
     Pipeline {
         publisher: Arc::new(SnsPublisher::new(
-            aws_sdk_sns::Client::new(sdk),
+            sns_client(sdk, Retries::PRODUCER_SNS),
             names.topic_arn.clone(),
         )),
         queue: Arc::new(SqsQueue::new(sqs.clone(), &names.queue_url)),
@@ -174,7 +176,7 @@ pub fn aws_with(sdk: &aws_config::SdkConfig, names: &ResourceNames) -> Pipeline 
         ))),
         runs: Arc::new(DynamoDbRuns::new(dynamodb, names.table_name.clone())),
         events: Arc::new(EventBridgeBus::new(
-            aws_sdk_eventbridge::Client::new(sdk),
+            eventbridge_client(sdk, Retries::EVENTS),
             std::env::var("FANOUT_EVENT_BUS")
                 .ok()
                 .filter(|b| !b.is_empty())

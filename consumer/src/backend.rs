@@ -75,13 +75,33 @@ impl BackendFaults {
     }
 }
 
+/// How long a step may try: no try starts after `retry_until`, and none runs past `stop` (the
+/// invocation's end: a try cut off there is a fault like any other, and the next delivery
+/// finds its write if it was applied).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) retry_until: Instant,
+    pub(crate) stop: Instant,
+}
+
+impl Window {
+    /// Tries for `patience` from now, each ending within a second after it.
+    pub(crate) fn from_now(patience: Duration) -> Self {
+        let retry_until = Instant::now() + patience;
+        Self {
+            retry_until,
+            stop: retry_until + Duration::from_secs(1),
+        }
+    }
+}
+
 impl Consumer {
     /// Runs `op` until it succeeds, fails for good (not retryable) or the next backoff would
-    /// end after `until`; every fault is counted. Answers the last error.
+    /// end outside `window`; every fault is counted. Answers the last error.
     pub(crate) async fn with_backend_retries<T, F, Fut>(
         &self,
         step: &str,
-        until: Instant,
+        window: Window,
         mut op: F,
     ) -> Result<T, BackendError>
     where
@@ -90,13 +110,18 @@ impl Consumer {
     {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let error = match op().await {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
+            let left = window.stop.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(left, op()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => e,
+                Err(_) => BackendError::transient(
+                    "deadline",
+                    format!("{step} cut off at the invocation's end"),
+                ),
             };
             self.faults.record(&error);
             let wait = backoff.mul_f64(fastrand::f64());
-            if !error.retryable || Instant::now() + wait > until {
+            if !error.retryable || Instant::now() + wait > window.retry_until {
                 return Err(error);
             }
             warn!(step, error = %error, wait_ms = wait.as_millis() as u64, "backend fault; retrying");

@@ -17,10 +17,6 @@ use futures_util::stream::{self, StreamExt};
 use tracing::warn;
 
 use crate::flow::RENEW_CHECK;
-
-/// The least time finishing a batch's runs retries a backend fault, even past the working time
-/// (the deadline's safety margin covers it).
-const FINISH_PATIENCE: Duration = Duration::from_secs(1);
 use crate::record::{Deadline, RecordReport, Reschedule, Verdict};
 use crate::Consumer;
 
@@ -121,17 +117,27 @@ impl Consumer {
 
     /// Finishes each run whose jobs this batch settled, if they were its last: the verdict and
     /// the completion event (see [`fanout_shared::runs`]). A backend fault is retried while the
-    /// invocation lasts (at least a second), with one clock reading for all tries, so a retried
-    /// finish whose first answer was lost is recognised as this one; what still fails loses
-    /// nothing: the counts are written, and the producer's watchdog finishes the run.
+    /// invocation lasts, with one clock reading for all tries, so a retried
+    /// finish whose first answer was lost is recognised as this one. What still fails loses
+    /// nothing: the counts are written, the instance tries again with its next batch (a shard
+    /// whose completion was never registered would otherwise keep every later batch from
+    /// seeing the run settled), and the producer's watchdog is the last resort.
     async fn finish_runs(
         &self,
         reports: &[(Option<String>, RecordReport)],
         deadline: Deadline,
     ) -> Vec<RunRecord> {
-        let mut shards: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut shards: BTreeMap<String, BTreeSet<u32>> = std::mem::take(
+            &mut *self
+                .unfinished
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for (run_id, message_id) in reports.iter().filter_map(|(_, r)| r.settled.as_ref()) {
-            shards.entry(run_id).or_default().push(shard_of(message_id));
+            shards
+                .entry(run_id.clone())
+                .or_default()
+                .insert(shard_of(message_id));
         }
         let finisher = Finisher::new(
             self.runs.as_ref(),
@@ -139,21 +145,31 @@ impl Consumer {
             &self.settings.pipeline,
         );
         let mut finished = Vec::new();
-        let until = deadline
-            .work_until
-            .max(std::time::Instant::now() + FINISH_PATIENCE);
+        // Half the deadline's safety margin is the finish's: past the working time, never past
+        // the invocation.
+        let window = crate::backend::Window {
+            retry_until: deadline.work_until + self.settings.deadline_margin / 2,
+            stop: deadline.ends,
+        };
         let now_ms = fanout_shared::now_ms();
         for (run_id, shards) in shards {
+            let list: Vec<u32> = shards.iter().copied().collect();
             let outcome = self
-                .with_backend_retries("finish run", until, || {
-                    finisher.finish_if_settled(run_id, &shards, now_ms)
+                .with_backend_retries("finish run", window, || {
+                    finisher.finish_if_settled(&run_id, &list, now_ms)
                 })
                 .await;
             match outcome {
                 Ok(Some(done)) => finished.push(done.run),
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(run_id, error = %e, "could not check whether the run is finished; the watchdog will")
+                    warn!(run_id, error = %e, "could not check whether the run is finished; trying again with the next batch");
+                    self.unfinished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(run_id)
+                        .or_default()
+                        .extend(shards);
                 }
             }
         }

@@ -58,6 +58,10 @@ pub struct Consumer {
     policy: policy::Policy,
     settings: Settings,
     faults: backend::BackendFaults,
+    /// Runs whose settled shards this instance could not register (a backend fault outlasted
+    /// the finish's retries): tried again with its next batch.
+    unfinished:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>>,
 }
 
 /// Its settings; the clients and the flow control's live state are opaque.
@@ -139,6 +143,7 @@ impl Consumer {
             policy,
             settings,
             faults: backend::BackendFaults::default(),
+            unfinished: Default::default(),
         })
     }
 }

@@ -21,16 +21,16 @@ use aws_lambda_events::event::sqs::SqsMessage;
 use tracing::{debug, info, warn, Instrument};
 
 use fanout_shared::hosts::{HoldReason, HostEvent};
-use fanout_shared::idempotency::{Acquire, Claim, Transition};
+use fanout_shared::idempotency::{Acquire, Claim, Status, Transition};
 use fanout_shared::job::{
     decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE,
-    ATTR_STATUS_CODE,
+    ATTR_STATUS_CODE, ATTR_UNRECORDED_SUCCESS,
 };
 use fanout_shared::queue::MAX_DELAY;
 use fanout_shared::runs::Tally;
 use fanout_shared::{now_ms, BackendError, Failure, FailureKind};
 
-use crate::backend::{reschedule_delay, BEFORE_CALL_PATIENCE, RESCHEDULE_PATIENCE};
+use crate::backend::{reschedule_delay, Window, BEFORE_CALL_PATIENCE, RESCHEDULE_PATIENCE};
 use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
 use crate::Consumer;
@@ -136,22 +136,24 @@ struct Lock {
     attempt: u32,
     failures: u32,
     dead_letter_class: Option<String>,
-    work_until: Instant,
+    holder: i64,
+    window: Window,
     expires_ms: i64,
 }
 
 impl Lock {
     fn new(
-        attempt: u32,
-        failures: u32,
+        (attempt, failures): (u32, u32),
         dead_letter_class: Option<String>,
+        claim: &Claim<'_>,
         deadline: Deadline,
     ) -> Self {
         Self {
             attempt,
             failures,
             dead_letter_class,
-            work_until: deadline.work_until,
+            holder: claim.holder,
+            window: deadline.window(),
             expires_ms: deadline.epoch_ms,
         }
     }
@@ -171,6 +173,8 @@ pub struct Deadline {
     pub work_until: Instant,
     /// The whole working time of the invocation (start to `work_until`).
     pub budget: Duration,
+    /// Lambda's deadline as an instant: nothing may run past it.
+    pub ends: Instant,
 }
 
 impl Deadline {
@@ -178,11 +182,29 @@ impl Deadline {
     pub fn new(epoch_ms: i64, margin: Duration) -> Self {
         let remaining = Duration::from_millis(u64::try_from(epoch_ms - now_ms()).unwrap_or(0));
         let now = Instant::now();
-        let work_until = (now + remaining).checked_sub(margin).unwrap_or(now);
+        let ends = now + remaining;
+        let work_until = ends.checked_sub(margin).unwrap_or(now);
         Self {
             epoch_ms,
             work_until,
             budget: work_until - now,
+            ends,
+        }
+    }
+
+    /// The retries of a step that may use the whole working time.
+    pub(crate) fn window(&self) -> Window {
+        Window {
+            retry_until: self.work_until,
+            stop: self.ends,
+        }
+    }
+
+    /// The retries of a step before the call: a few seconds at most.
+    fn before_call(&self) -> Window {
+        Window {
+            retry_until: (Instant::now() + BEFORE_CALL_PATIENCE).min(self.work_until),
+            stop: self.ends,
         }
     }
 
@@ -251,6 +273,14 @@ impl Consumer {
         deadline: Deadline,
     ) -> RecordReport {
         let host = job.target.host().unwrap_or_default();
+        if let Some(success) = string_attribute(record, ATTR_UNRECORDED_SUCCESS) {
+            if let Some(report) = self
+                .record_unrecorded_success(record, job, &host, success, deadline)
+                .await
+            {
+                return report;
+            }
+        }
         if let Some(at_ms) =
             string_attribute(record, ATTR_NOT_BEFORE).and_then(|a| a.parse::<i64>().ok())
         {
@@ -285,7 +315,7 @@ impl Consumer {
                 attempt,
                 failures,
                 dead_letter_class,
-            }) => Lock::new(attempt, failures, dead_letter_class, deadline),
+            }) => Lock::new((attempt, failures), dead_letter_class, &claim, deadline),
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
                 debug!("duplicate: already settled");
                 return RecordReport::new(Verdict::Duplicate);
@@ -305,7 +335,7 @@ impl Consumer {
                 dead_letter_class,
             }) => {
                 // A holder decided "permanent" and crashed before confirming the DLQ copy.
-                let lock = Lock::new(attempt, 0, dead_letter_class, deadline);
+                let lock = Lock::new((attempt, 0), dead_letter_class, &claim, deadline);
                 let rejection = Rejection {
                     text: &reason,
                     status: status_code,
@@ -343,6 +373,63 @@ impl Consumer {
         report
     }
 
+    /// A copy carrying its job's unrecorded success ([`ATTR_UNRECORDED_SUCCESS`]): records it
+    /// without a call while the record is still held by that attempt and holder; `None` (go
+    /// on as any delivery, the attribute dropped) when it is not, or the attribute does not
+    /// parse: then it was taken over, settled, or the attribute is not ours.
+    async fn record_unrecorded_success(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        host: &str,
+        success: &str,
+        deadline: Deadline,
+    ) -> Option<RecordReport> {
+        let mut parts = success.splitn(3, ':');
+        let (attempt, holder, status) = (
+            parts.next()?.parse::<u32>().ok()?,
+            parts.next()?.parse::<i64>().ok()?,
+            parts.next()?.parse::<u16>().ok()?,
+        );
+        let ids = [job.message_id.clone()];
+        let found = self
+            .with_backend_retries("read record", deadline.before_call(), || {
+                self.store.get_many(&ids)
+            })
+            .await;
+        let current = match found {
+            Ok(records) => records.into_iter().next(),
+            Err(e) => {
+                return Some(
+                    self.reschedule_with(
+                        record,
+                        reschedule_delay(),
+                        Reschedule::Backend(format!("read record: {e}")),
+                        Some((ATTR_UNRECORDED_SUCCESS, success.to_owned())),
+                    )
+                    .await,
+                )
+            }
+        };
+        let held = current.as_ref().is_some_and(|r| {
+            r.status == Status::InProgress && r.attempts == attempt && r.holder == Some(holder)
+        });
+        if !held {
+            debug!("the carried success is not the record's holder's; handling the copy afresh");
+            return None;
+        }
+        let lock = Lock {
+            attempt,
+            failures: 0,
+            dead_letter_class: current.and_then(|r| r.dead_letter_class),
+            holder,
+            window: deadline.window(),
+            expires_ms: deadline.epoch_ms,
+        };
+        info!(attempt, status, "recording the success its copy carried");
+        Some(self.complete(record, job, host, &lock, status).await)
+    }
+
     /// Holds a job whose host may not be called now: it comes back when the hold ends.
     async fn hold(
         &self,
@@ -373,7 +460,7 @@ impl Consumer {
                 dead_letter_class,
                 ..
             }) => {
-                let lock = Lock::new(attempt, 0, dead_letter_class, deadline);
+                let lock = Lock::new((attempt, 0), dead_letter_class, &claim, deadline);
                 self.reject(record, job, &host, &lock, failure).await
             }
             Ok(Acquire::Rejected {
@@ -387,7 +474,7 @@ impl Consumer {
                     record,
                     job,
                     &host,
-                    &Lock::new(attempt, 0, dead_letter_class, deadline),
+                    &Lock::new((attempt, 0), dead_letter_class, &claim, deadline),
                     &Rejection {
                         text: &reason,
                         status: status_code,
@@ -432,9 +519,10 @@ impl Consumer {
         claim: &Claim<'_>,
         deadline: Deadline,
     ) -> Result<Acquire, BackendError> {
-        let until = (Instant::now() + BEFORE_CALL_PATIENCE).min(deadline.work_until);
-        self.with_backend_retries("acquire", until, || self.store.acquire(claim))
-            .await
+        self.with_backend_retries("acquire", deadline.before_call(), || {
+            self.store.acquire(claim)
+        })
+        .await
     }
 
     /// Records the call's outcome: in the host's shared state, then in the job's record.
@@ -512,7 +600,7 @@ impl Consumer {
         };
         let expiration_s = self.expiration_s();
         let completed = self
-            .with_backend_retries("complete", lock.work_until, || {
+            .with_backend_retries("complete", lock.window, || {
                 self.store
                     .complete(&job.message_id, lock.attempt, status, expiration_s, &tally)
             })
@@ -525,11 +613,17 @@ impl Consumer {
                 RecordReport::new(Verdict::Duplicate)
             }
             // The call succeeded but could not be recorded while the invocation lasted: the
-            // copy comes back once the lock lapses and calls again, with the same
-            // Idempotency-Key (the one way a backend fault repeats a call).
+            // copy carries the success and records it when it comes back, without a call.
             Err(e) => {
-                self.after_backend_fault(record, "complete", &e, lock.after_lapse())
-                    .await
+                let success = format!("{}:{}:{status}", lock.attempt, lock.holder);
+                warn!(error = %e, "the call's success could not be recorded; its copy will record it");
+                self.reschedule_with(
+                    record,
+                    reschedule_delay(),
+                    Reschedule::Backend(format!("complete: {e}")),
+                    Some((ATTR_UNRECORDED_SUCCESS, success)),
+                )
+                .await
             }
         }
     }
@@ -549,7 +643,7 @@ impl Consumer {
     ) -> RecordReport {
         let delay = self.retry.delay(failures, fastrand::f64(), retry_after);
         let failed = self
-            .with_backend_retries("fail", lock.work_until, || {
+            .with_backend_retries("fail", lock.window, || {
                 self.store
                     .fail(&job.message_id, lock.attempt, &reason, status)
             })
@@ -576,7 +670,7 @@ impl Consumer {
         failure: &Failure,
     ) -> RecordReport {
         let rejected = self
-            .with_backend_retries("reject", lock.work_until, || {
+            .with_backend_retries("reject", lock.window, || {
                 self.store.reject(&job.message_id, lock.attempt, failure)
             })
             .await;
@@ -609,8 +703,24 @@ impl Consumer {
         delay: Duration,
         why: Reschedule,
     ) -> RecordReport {
+        self.reschedule_with(record, delay, why, None).await
+    }
+
+    /// [`Self::reschedule`] with one attribute set on the copy (every other one of ours is
+    /// the record's, less what only one delivery may carry).
+    async fn reschedule_with(
+        &self,
+        record: &SqsMessage,
+        delay: Duration,
+        why: Reschedule,
+        extra: Option<(&str, String)>,
+    ) -> RecordReport {
         let mut attributes = string_attributes(record);
         attributes.remove(ATTR_NOT_BEFORE);
+        attributes.remove(ATTR_UNRECORDED_SUCCESS);
+        if let Some((name, value)) = extra {
+            attributes.insert(name.to_owned(), value);
+        }
         if delay > MAX_DELAY {
             attributes.insert(
                 ATTR_NOT_BEFORE.to_owned(),
@@ -618,9 +728,9 @@ impl Consumer {
             );
         }
         let body = record.body.as_deref().unwrap_or_default();
-        let until = Instant::now() + RESCHEDULE_PATIENCE;
+        let window = Window::from_now(RESCHEDULE_PATIENCE);
         let sent = self
-            .with_backend_retries("reschedule", until, || {
+            .with_backend_retries("reschedule", window, || {
                 self.source
                     .send_delayed(body, &attributes, delay.min(MAX_DELAY))
             })
@@ -659,7 +769,7 @@ impl Consumer {
             extra.push((ATTR_STATUS_CODE, code.to_string()));
         }
         let report = self
-            .send_to_dlq(record, rejection.text, &extra, lock.work_until)
+            .send_to_dlq(record, rejection.text, &extra, lock.window)
             .await;
         if matches!(report.verdict, Verdict::DeadLettered(_)) {
             let tally = Tally {
@@ -669,7 +779,7 @@ impl Consumer {
                 undo: lock.dead_letter_class.as_deref(),
             };
             let confirmed = self
-                .with_backend_retries("confirm dead-lettering", lock.work_until, || {
+                .with_backend_retries("confirm dead-lettering", lock.window, || {
                     self.store.dead_lettered(&job.message_id, attempt, &tally)
                 })
                 .await;
@@ -683,8 +793,8 @@ impl Consumer {
 
     /// Permanent failure of a message that never became a job (poison, refused by the policy).
     async fn dead_letter_unparsed(&self, record: &SqsMessage, failure: &Failure) -> RecordReport {
-        let until = Instant::now() + BEFORE_CALL_PATIENCE;
-        self.send_to_dlq(record, &failure.to_string(), &[], until)
+        let window = Window::from_now(BEFORE_CALL_PATIENCE);
+        self.send_to_dlq(record, &failure.to_string(), &[], window)
             .await
     }
 
@@ -696,19 +806,20 @@ impl Consumer {
         record: &SqsMessage,
         reason: &str,
         extra: &[(&str, String)],
-        until: Instant,
+        window: Window,
     ) -> RecordReport {
         let mut attributes = string_attributes(record);
         let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
         attributes.insert(ATTR_FAILURE_REASON.to_owned(), reason.clone());
         attributes.remove(ATTR_STATUS_CODE);
         attributes.remove(ATTR_NOT_BEFORE);
+        attributes.remove(ATTR_UNRECORDED_SUCCESS);
         for (k, v) in extra {
             attributes.insert((*k).to_owned(), v.clone());
         }
         let body = record.body.as_deref().unwrap_or_default();
         let sent = self
-            .with_backend_retries("send to DLQ", until, || self.dlq.send(body, &attributes))
+            .with_backend_retries("send to DLQ", window, || self.dlq.send(body, &attributes))
             .await;
         match sent {
             Ok(_) => {

@@ -28,6 +28,27 @@ use serde_json::{json, Value};
 mod common;
 use common::{config, event, in_seconds, job};
 
+/// The SQS event of messages received from the embedded queue, as Lambda would deliver them.
+fn to_event(messages: &[QueueMessage]) -> aws_lambda_events::event::sqs::SqsEvent {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, Value> = m
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), json!({"stringValue": v, "dataType": "String"})))
+                .collect();
+            json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": attributes,
+                "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs", "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
 /// How a wrapped call misbehaves: fail its next `fail` calls before reaching the backend, or
 /// let its next `lose` calls through and answer an error anyway (the answer lost).
 #[derive(Default)]
@@ -448,7 +469,7 @@ async fn a_store_down_for_the_whole_step_reschedules_the_record_untouched() {
 }
 
 #[tokio::test]
-async fn a_result_that_cannot_be_recorded_comes_back_after_its_lock_lapses() {
+async fn a_success_that_cannot_be_recorded_is_carried_by_its_copy_and_never_called_again() {
     let cues = Cues {
         complete: Arc::new(Cue::failing(u32::MAX)),
         ..Cues::default()
@@ -459,25 +480,60 @@ async fn a_result_that_cannot_be_recorded_comes_back_after_its_lock_lapses() {
     };
     let rig = rig(one_target(), settings, cues).await;
     let (body, message_id) = body(&rig, "run-1");
-    let deadline = in_seconds(2);
-    let report = rig.consumer.handle_batch(event(&[body]), deadline).await;
+    begin_run(&rig, "run-1", &[&message_id]).await;
+    let report = rig
+        .consumer
+        .handle_batch(event(&[body]), in_seconds(2))
+        .await;
     no_batch_item_failures(&report);
     assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
     assert_eq!(rig.server.stats().calls, 1);
-    // The copy is due after the lock (the invocation's deadline): sooner it would only meet it.
+    // The store recovers; the copy comes back carrying the success and records it, no call.
+    rig.cues.complete.fail.store(0, Ordering::Release);
     let copies = rig
         .backend
         .queue("jobs")
-        .receive(10, Duration::from_secs(30), Duration::from_millis(1500))
+        .receive(10, Duration::from_secs(30), Duration::from_secs(8))
         .await
         .unwrap();
-    assert!(
-        copies.is_empty(),
-        "the copy came back before the lock lapsed"
+    assert_eq!(copies.len(), 1);
+    let again = rig
+        .consumer
+        .handle_batch(to_event(&copies), in_seconds(10))
+        .await;
+    assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(
+        rig.server.stats().calls,
+        1,
+        "the target was not called again"
     );
-    assert_eq!(rig.backend.queue("jobs").depth().await.unwrap().delayed, 1);
-    let record = &rig.backend.store().get_many(&[message_id]).await.unwrap()[0];
-    assert_eq!(record.in_progress_expiry_ms, deadline);
+    let run = rig.backend.runs().get("run-1").await.unwrap().unwrap();
+    assert_eq!(
+        (run.counts.succeeded, run.status),
+        (1, RunStatus::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn a_carried_success_that_is_not_the_holder_s_is_ignored() {
+    let rig = rig(one_target(), Settings::default(), Cues::default()).await;
+    let (body, message_id) = body(&rig, "run-1");
+    // A message claiming its job's success, with a holder token the record never had.
+    let mut forged = event(&[body]);
+    forged.records[0].message_attributes.insert(
+        fanout_shared::job::ATTR_UNRECORDED_SUCCESS.to_owned(),
+        serde_json::from_value(json!({"stringValue": "1:12345:200", "dataType": "String"}))
+            .unwrap(),
+    );
+    let report = rig.consumer.handle_batch(forged, in_seconds(10)).await;
+    assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(
+        rig.server.stats().calls,
+        1,
+        "the job was called, not marked done"
+    );
+    let records = rig.backend.store().get_many(&[message_id]).await.unwrap();
+    assert_eq!(records[0].attempts, 1);
 }
 
 #[tokio::test]

@@ -16,8 +16,9 @@
 //!   a job for longer than one function timeout. Each acquire bumps `attempts`, which is the
 //!   fencing token of the holder.
 //! - A permanent failure is recorded *before* the DLQ send (REJECTED) and confirmed after it
-//!   (DEAD_LETTERED). A copy that arrives in between (the holder crashed) resumes the DLQ send
-//!   without calling the target again; a copy that arrives after is acked. So a permanent
+//!   (DEAD_LETTERED). A copy that arrives in between finds the holder's lock (it is still
+//!   sending) or, once the lock lapsed (the holder crashed), resumes the DLQ send without
+//!   calling the target again; a copy that arrives after is acked. So a permanent
 //!   failure calls the target once and is never lost; the only duplicate left is a second DLQ
 //!   copy when a crash falls between the send and the confirmation.
 //! - A DLQ replay carries the attempt number it replays ([`Claim::replay_of`]): it may take a
@@ -251,6 +252,11 @@ pub(crate) fn decide_acquire(
                 dead_letter_class: r.dead_letter_class.clone(),
             }
         }
+        // Its holder is still sending the DLQ copy (or confirming it): a second sender would
+        // only make a second copy. Come back when the lock lapses.
+        Status::Rejected if r.in_progress_expiry_ms > now_ms => Acquire::Locked {
+            until_ms: r.in_progress_expiry_ms,
+        },
         Status::Rejected => Acquire::Rejected {
             attempt: r.attempts,
             reason: r.last_error.clone().unwrap_or_default(),

@@ -35,6 +35,13 @@ pub const ATTR_DEAD_LETTER_ATTEMPT: &str = "dead_letter_attempt";
 /// calling. It can only delay a job, never make it do more.
 pub const ATTR_NOT_BEFORE: &str = "not_before";
 
+/// Attribute of a copy rescheduled because its job's successful call could not be recorded
+/// (the store failed for the whole invocation): `ATTEMPT:HOLDER:STATUS`. The copy records that
+/// success instead of calling the target again, but only while the job's record is still held
+/// by that attempt under that holder token (a random number the claim and its copy alone
+/// know), so a message that merely carries the attribute cannot mark a job done.
+pub const ATTR_UNRECORDED_SUCCESS: &str = "unrecorded_success";
+
 /// One versioned job, as JSON in the SNS/SQS message body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

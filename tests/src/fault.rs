@@ -186,6 +186,18 @@ pub async fn run_faults(
     server: &TargetServer,
     plan: &FaultPlan,
 ) -> FaultFigures {
+    run_faults_with(pipeline, server, plan, (&|| {}, &|| {})).await
+}
+
+/// [`run_faults`], calling `arm` once the tick is published and `disarm` once the queue is
+/// drained: faults of the backends (an AWS fault proxy's plan) then hit the consumers' part
+/// only, not the checks after it.
+pub async fn run_faults_with(
+    pipeline: &Pipeline,
+    server: &TargetServer,
+    plan: &FaultPlan,
+    (arm, disarm): (&(dyn Fn() + Sync), &(dyn Fn() + Sync)),
+) -> FaultFigures {
     let started = Instant::now();
     let (pipeline, bus) = crate::RecordingBus::install(pipeline);
     let pipeline = &pipeline;
@@ -206,6 +218,7 @@ pub async fn run_faults(
             .expect("tick published");
     }
     let delivered = pipeline.queue.depth().await.expect("depth").visible;
+    arm();
     // Lambda's shape: every invocation slot its own instance, lease and share.
     let options = RunOptions {
         separate_instances: true,
@@ -234,8 +247,9 @@ pub async fn run_faults(
         }
     }
     .expect("drain");
+    disarm();
     eprintln!(
-        "DEBUG deferred {} held {} retried {} locked {} requeued {} dup {}",
+        "deferred {} held {} retried {} locked {} requeued {} dup {}",
         outcome.metrics.total(Metric::Deferred),
         outcome.metrics.total(Metric::Held),
         outcome.metrics.total(Metric::Retried),

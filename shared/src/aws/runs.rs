@@ -431,10 +431,14 @@ impl RunLedger for DynamoDbRuns {
         for (shard, item) in self.shards(run_id, &touched).await? {
             let counts = parse_shard(&item);
             if counts.settled() >= counts.expected && !item.contains_key("done") {
-                registered |= self.register_done(run_id, shard).await?;
+                // A failed condition is another caller's registration, or this one's whose
+                // answer was lost (the SDK retried the applied write): either way the shard is
+                // done, and this caller may hold the run's last one, so it looks too.
+                self.register_done(run_id, shard).await?;
+                registered = true;
             }
         }
-        // Only the caller that registered a shard looks further: it may have been the last.
+        // Only a caller that saw a shard complete looks further: it may have been the last.
         // (A crash right here is caught by the watchdog's sweep.)
         if !registered {
             return Ok(None);

@@ -333,13 +333,19 @@ pub async fn a_rejected_job_answers_its_rejection(store: &dyn IdempotencyStore) 
         class: "HTTP 400".into(),
         dead_letter_class: None,
     };
-    for c in [
-        claim("bad", "run", t + 2),
-        claim("bad", "run", t + 10 * LOCK_MS),
-        replay("bad", "run", t + 3, 1),
-        replay("bad", "run", t + 4, 3),
+    // While the rejecting holder's lock lives it is still sending the DLQ copy: a copy is
+    // locked out (a second sender would make a second DLQ copy); after it, the rejection.
+    let held = Acquire::Locked {
+        until_ms: t + 1 + LOCK_MS,
+    };
+    for (c, answer) in [
+        (claim("bad", "run", t + 2), &held),
+        (replay("bad", "run", t + 3, 1), &held),
+        (claim("bad", "run", t + 10 * LOCK_MS), &rejection),
+        (replay("bad", "run", t + 10 * LOCK_MS, 1), &rejection),
+        (replay("bad", "run", t + 10 * LOCK_MS + 1, 3), &rejection),
     ] {
-        assert_eq!(store.acquire(&c).await.unwrap(), rejection, "{c:?}");
+        assert_eq!(&store.acquire(&c).await.unwrap(), answer, "{c:?}");
     }
     assert_eq!(record(store, "bad").await, r, "answering changes nothing");
 
@@ -356,7 +362,7 @@ pub async fn a_rejected_job_answers_its_rejection(store: &dyn IdempotencyStore) 
     );
     assert_eq!(
         store
-            .acquire(&claim("refused", "run", t + 2))
+            .acquire(&claim("refused", "run", t + 1 + LOCK_MS))
             .await
             .unwrap(),
         Acquire::Rejected {
@@ -999,8 +1005,14 @@ pub async fn a_job_s_whole_life_follows_the_state_machine(store: &dyn Idempotenc
             .unwrap(),
         Transition::Done
     );
-    assert!(matches!(
+    // While the rejecting attempt's lock lives, a copy is locked out; after it (the holder
+    // crashed before confirming), the copy resumes the dead-lettering.
+    assert_eq!(
         store.acquire(&claim(1003, 5000)).await.unwrap(),
+        Acquire::Locked { until_ms: t + 5000 }
+    );
+    assert!(matches!(
+        store.acquire(&claim(5000, 9000)).await.unwrap(),
         Acquire::Rejected {
             attempt: 3,
             status_code: Some(400),
