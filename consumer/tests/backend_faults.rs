@@ -362,6 +362,20 @@ fn operation_total(report: &BatchReport, operation: &str, metric: Metric) -> f64
         .sum()
 }
 
+/// One job of run-1 on the one target, its run begun, handled in a 10 s invocation that must
+/// not fall back to a batch item failure.
+async fn one_job(cues: Cues) -> (Rig, String, BatchReport) {
+    let rig = rig(one_target(), Settings::default(), cues).await;
+    let (body, message_id) = body(&rig, "run-1");
+    begin_run(&rig, "run-1", &[&message_id]).await;
+    let report = rig
+        .consumer
+        .handle_batch(event(&[body]), in_seconds(10))
+        .await;
+    no_batch_item_failures(&report);
+    (rig, message_id, report)
+}
+
 fn no_batch_item_failures(report: &BatchReport) {
     assert!(
         report.response.batch_item_failures.is_empty(),
@@ -375,13 +389,7 @@ async fn a_throttled_acquire_is_retried_in_place_and_counted_by_operation() {
         acquire: Arc::new(Cue::failing(2)),
         ..Cues::default()
     };
-    let rig = rig(one_target(), Settings::default(), cues).await;
-    let (body, _) = body(&rig, "run-1");
-    let report = rig
-        .consumer
-        .handle_batch(event(&[body]), in_seconds(10))
-        .await;
-    no_batch_item_failures(&report);
+    let (rig, _, report) = one_job(cues).await;
     assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(rig.server.stats().calls, 1);
     assert_eq!(
@@ -400,13 +408,7 @@ async fn an_acquire_whose_answer_was_lost_finds_its_own_lock_and_calls_once() {
         acquire: Arc::new(Cue::losing(1)),
         ..Cues::default()
     };
-    let rig = rig(one_target(), Settings::default(), cues).await;
-    let (body, message_id) = body(&rig, "run-1");
-    let report = rig
-        .consumer
-        .handle_batch(event(&[body]), in_seconds(10))
-        .await;
-    no_batch_item_failures(&report);
+    let (rig, message_id, report) = one_job(cues).await;
     assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(report.metrics.total(Metric::LockedElsewhere), 0.0);
     assert_eq!(rig.server.stats().calls, 1);
@@ -420,14 +422,7 @@ async fn a_complete_whose_answer_was_lost_is_its_own_write_counted_once() {
         complete: Arc::new(Cue::losing(1)),
         ..Cues::default()
     };
-    let rig = rig(one_target(), Settings::default(), cues).await;
-    let (body, message_id) = body(&rig, "run-1");
-    begin_run(&rig, "run-1", &[&message_id]).await;
-    let report = rig
-        .consumer
-        .handle_batch(event(&[body]), in_seconds(10))
-        .await;
-    no_batch_item_failures(&report);
+    let (rig, _, report) = one_job(cues).await;
     assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(rig.server.stats().calls, 1);
     let run = rig.backend.runs().get("run-1").await.unwrap().unwrap();
@@ -448,13 +443,7 @@ async fn a_store_down_for_the_whole_step_reschedules_the_record_untouched() {
         acquire: Arc::new(Cue::failing(u32::MAX)),
         ..Cues::default()
     };
-    let rig = rig(one_target(), Settings::default(), cues).await;
-    let (body, message_id) = body(&rig, "run-1");
-    let report = rig
-        .consumer
-        .handle_batch(event(&[body]), in_seconds(10))
-        .await;
-    no_batch_item_failures(&report);
+    let (rig, message_id, report) = one_job(cues).await;
     assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
     assert_eq!(rig.server.stats().calls, 0);
     assert_eq!(rig.backend.queue("jobs").depth().await.unwrap().delayed, 1);
@@ -608,13 +597,7 @@ async fn a_failed_event_put_is_retried_and_the_run_finishes_with_its_event() {
         put: Arc::new(Cue::failing(2)),
         ..Cues::default()
     };
-    let rig = rig(one_target(), Settings::default(), cues).await;
-    let (body, message_id) = body(&rig, "run-1");
-    begin_run(&rig, "run-1", &[&message_id]).await;
-    let report = rig
-        .consumer
-        .handle_batch(event(&[body]), in_seconds(10))
-        .await;
+    let (rig, _, report) = one_job(cues).await;
     assert_eq!(report.finished_runs.len(), 1);
     assert!(report.finished_runs[0].event_sent);
     let run = rig.backend.runs().get("run-1").await.unwrap().unwrap();

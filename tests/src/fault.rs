@@ -80,6 +80,18 @@ impl InvocationFaults for CrashInjection {
     }
 }
 
+/// The event source of a fault run on moto: two invocation slots, 3 s functions; SQS counts
+/// visibility in whole seconds, so 1 s, shorter than a slow call (1.2 s timeout). The queue must
+/// drain within `timeout`.
+pub fn moto_fault_options(timeout: Duration) -> RunOptions {
+    let mut options = crate::fast_options(2);
+    options.event_source.visibility_timeout = Duration::from_secs(1);
+    options.event_source.poll_wait = Duration::from_secs(1);
+    options.event_source.function_timeout = Duration::from_secs(3);
+    options.event_source.timeout = timeout;
+    options
+}
+
 /// The figures of one run, as the closing note quotes them.
 #[derive(Debug, Clone, Default)]
 pub struct FaultFigures {

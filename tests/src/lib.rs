@@ -127,6 +127,19 @@ fn missing_emulator(emulator: &str, path: &std::path::Path) -> String {
     )
 }
 
+/// The SDK configuration of an emulator at `endpoint` (moto, or a proxy in front of it):
+/// region `us-east-1`, static test credentials.
+pub async fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await
+}
+
 /// A moto server for the test, or a skip: `let moto = moto_or_skip!();` returns from the test
 /// when moto is missing and [`REQUIRE_EMULATORS`] is unset (a plain `cargo test` on a machine
 /// without the emulator says SKIPPED and passes); under `scripts/test` it panics instead
@@ -195,14 +208,7 @@ impl Moto {
     /// SDK configuration for this server: the same settings `AWS_ENDPOINT_URL`, `AWS_REGION` and
     /// static credentials give through the environment.
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .load()
-            .await
+        sdk_at(&self.endpoint).await
     }
 
     /// Environment for a child process (the `fanout` binary) to reach this server.

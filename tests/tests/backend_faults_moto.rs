@@ -11,20 +11,8 @@ use std::time::Duration;
 use fanout::{aws_with, provision};
 use fanout_testkit::aws_proxy::{AwsProxy, FaultKind, FaultPlan as AwsFaults, FaultRule, Service};
 use fanout_testkit::target_server::TargetServer;
-use fanout_tests::fault::{run_faults_with, FaultPlan};
-use fanout_tests::{fast_options, moto_or_skip};
-
-/// The SDK configuration of a test process whose every AWS call goes through `endpoint`.
-async fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .load()
-        .await
-}
+use fanout_tests::fault::{moto_fault_options, run_faults_with, FaultPlan};
+use fanout_tests::{moto_or_skip, sdk_at};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harsh_dynamodb_faults_settle_every_job_once_and_dead_letter_none_for_them() {
@@ -35,17 +23,12 @@ async fn harsh_dynamodb_faults_settle_every_job_once_and_dead_letter_none_for_th
     let resources = provision(&sdk, "harsh", 5, 1).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);
     let server = TargetServer::start().await.unwrap();
-    let mut options = fast_options(2);
-    options.event_source.visibility_timeout = Duration::from_secs(1);
-    options.event_source.poll_wait = Duration::from_secs(1);
-    options.event_source.function_timeout = Duration::from_secs(3);
-    options.event_source.timeout = Duration::from_secs(180);
     let plan = FaultPlan {
         jobs: 60,
         seed: 26,
         rate: 50.0,
         call_timeout: Duration::from_millis(1200),
-        options,
+        options: moto_fault_options(Duration::from_secs(180)),
         crash: None,
     };
     let faults = AwsFaults::new(26)

@@ -15,7 +15,7 @@ use fanout_shared::runs::Tally;
 use fanout_shared::RunLedger as _;
 use fanout_shared::{JobMessage, Queue};
 use fanout_testkit::target_server::TargetServer;
-use fanout_tests::fault::{run_faults, CrashInjection, FaultPlan};
+use fanout_tests::fault::{moto_fault_options, run_faults, CrashInjection, FaultPlan};
 use fanout_tests::{
     config_file, config_file_at, config_for, fanout_bin, fast_options, moto_or_skip, Moto,
 };
@@ -510,12 +510,7 @@ async fn fault_run_of_100_jobs_settles_every_job_once() {
     let resources = provision(&sdk, "faults", 5, 1).await.unwrap();
     let pipeline = aws_with(&sdk, &resources);
     let server = TargetServer::start().await.unwrap();
-    let mut options = fast_options(2);
-    // SQS counts visibility in whole seconds: 1 s, shorter than a slow call (1.2 s timeout).
-    options.event_source.visibility_timeout = Duration::from_secs(1);
-    options.event_source.poll_wait = Duration::from_secs(1);
-    options.event_source.function_timeout = Duration::from_secs(3);
-    options.event_source.timeout = Duration::from_secs(120);
+    let options = moto_fault_options(Duration::from_secs(120));
     let crash = Some(CrashInjection {
         rate: 0.05,
         within: Duration::from_millis(500),
