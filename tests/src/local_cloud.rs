@@ -1,10 +1,14 @@
 //! The local cloud for tests: `scripts/local-cloud` (ministack with the real CDK stack) in a
 //! state directory of the test's own, taken down (by the PID the script started) when dropped,
-//! also when the test fails.
+//! also when the test fails; and the chain of AWS proxies a test puts between the deployed
+//! functions and the emulator to count their requests and inject AWS faults ([`ProxyChain`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use fanout_testkit::aws_proxy::{AwsProxy, Counts, FaultCounts, FaultPlan, Service};
 
 /// An emulator with the stacks a test deployed into it.
 #[derive(Debug)]
@@ -222,6 +226,111 @@ impl Drop for LocalCloud {
 pub fn emulator_endpoint(state: &Path) -> Option<String> {
     let port = std::fs::read_to_string(state.join("port")).ok()?;
     Some(format!("http://127.0.0.1:{}", port.trim()))
+}
+
+/// The deployed functions' AWS endpoint in a test that injects AWS faults: one [`AwsProxy`] per
+/// service, chained in front of the emulator (the first link is the functions' endpoint,
+/// `FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT`; each link forwards to the next, the last to the
+/// emulator). Each link holds the plan of its own service only, so a service's faults follow
+/// the seed's draws over that service's own requests: with one proxy, the draws of a plan's
+/// rules interleave over every service's requests in whatever order they arrive, and a rule of
+/// a service the functions call once or twice per run (EventBridge) may never fire. With no
+/// plan, every request is forwarded as it came.
+#[derive(Debug)]
+pub struct ProxyChain {
+    links: Vec<(Service, AwsProxy)>,
+}
+
+impl ProxyChain {
+    /// One link per service of `services`, in that order, each forwarding to the next; the
+    /// last forwards nowhere until [`ProxyChain::set_emulator`].
+    pub async fn start(services: &[Service]) -> std::io::Result<Self> {
+        let mut links: Vec<(Service, AwsProxy)> = Vec::new();
+        for service in services {
+            let proxy = AwsProxy::start().await?;
+            if let Some((_, previous)) = links.last() {
+                previous.set_upstream(&proxy.url());
+            }
+            links.push((*service, proxy));
+        }
+        Ok(Self { links })
+    }
+
+    /// The endpoint to give the functions: the first link.
+    pub fn url(&self) -> String {
+        self.links.first().map(|(_, p)| p.url()).unwrap_or_default()
+    }
+
+    /// Where the last link forwards: the emulator.
+    pub fn set_emulator(&self, url: &str) {
+        if let Some((_, last)) = self.links.last() {
+            last.set_upstream(url);
+        }
+    }
+
+    /// Points the last link at the emulator whose state is in `state` as soon as `up` has
+    /// started it (a deploy may already invoke a function): polls for its port file every
+    /// 50 ms, for up to `limit`.
+    pub fn follow_emulator(
+        self: &Arc<Self>,
+        state: PathBuf,
+        limit: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let chain = Arc::clone(self);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                if let Some(endpoint) = emulator_endpoint(&state) {
+                    chain.set_emulator(&endpoint);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    /// Installs and arms `plan` on the link of `service` (its rules should name that service:
+    /// the link sees every request behind the links before it).
+    pub fn set_plan(&self, service: Service, plan: FaultPlan) {
+        if let Some((_, proxy)) = self.links.iter().find(|(s, _)| *s == service) {
+            proxy.set_plan(plan);
+        }
+    }
+
+    /// No more faults on any link.
+    pub fn clear_plans(&self) {
+        for (_, proxy) in &self.links {
+            proxy.clear_plan();
+        }
+    }
+
+    /// Every request the functions made (the first link sees them all, the ones a link
+    /// answered itself included).
+    pub fn counts(&self) -> Counts {
+        self.links
+            .first()
+            .map(|(_, p)| p.counts())
+            .unwrap_or_default()
+    }
+
+    /// Every fault injected, by any link.
+    pub fn faults(&self) -> FaultCounts {
+        let mut all = FaultCounts::new();
+        for (_, proxy) in &self.links {
+            for (key, n) in proxy.faults() {
+                *all.entry(key).or_default() += n;
+            }
+        }
+        all
+    }
+
+    /// Starts new counts of requests and faults on every link.
+    pub fn reset_counts(&self) {
+        for (_, proxy) in &self.links {
+            proxy.take();
+            proxy.take_faults();
+        }
+    }
 }
 
 /// `export A=1 B=2` lines → pairs.
