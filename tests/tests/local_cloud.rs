@@ -3,6 +3,9 @@
 //! `fanout trigger` and operated with `fanout --stack`. Only deployed behaviour is observed:
 //! what the target server saw, the idempotency records, the DLQ, the emulator's log.
 //! The budget the config says is the one that runs: counted at the target, per second.
+//! Every AWS request the functions make passes a chain of proxies, one per service
+//! ([`ProxyChain`]), that forwards it as it came; the last section arms the AWS fault plan of
+//! #26 on it.
 //!
 //! Minutes long, so ignored by a plain `cargo test`; `scripts/test` runs it after building the
 //! binaries (`cargo test --release -p fanout-tests --test local_cloud -- --ignored`). Needs
@@ -13,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,8 +26,9 @@ use fanout_shared::config::RateLimit;
 use fanout_shared::idempotency::Status;
 use fanout_shared::job::message_id;
 use fanout_shared::PipelineConfig;
+use fanout_testkit::aws_proxy::{FaultKind, FaultPlan, FaultRule, Service};
 use fanout_testkit::target_server::{CallRecord, TargetServer};
-use fanout_tests::local_cloud::{eventually, LocalCloud};
+use fanout_tests::local_cloud::{emulator_endpoint, eventually, LocalCloud, ProxyChain};
 
 const STACK: &str = "FanoutLocal";
 const SCHEDULED: &str = "FanoutLocalSchedule";
@@ -42,6 +47,122 @@ const BUDGET_INSTANCES: usize = 5;
 /// The consumer's function timeout: short, so a slow call runs into it and its batch comes back
 /// after the visibility timeout (6 × 2 s) within the test.
 const CONSUMER_TIMEOUT_S: u64 = 2;
+
+/// The stack of the AWS-faults section (#26): the stack's defaults, its own config.
+const FAULTS: &str = "FanoutLocalFaults";
+/// Its jobs per tick; every tenth answers a permanent 400, the rest 200.
+const FAULT_JOBS: usize = 200;
+const FAULT_BAD_EVERY: usize = 10;
+/// Its config's budget: N/R = 4 s.
+const FAULT_RATE: f64 = 50.0;
+/// The seed of every service's plan. With it, each rule fires within the requests the tick
+/// cannot do without (see `the_fault_seed_fires_every_rule_within_a_ticks_own_requests`), so the
+/// section never passes by injecting nothing.
+const FAULT_SEED: u64 = 20;
+/// The issue's shares: DynamoDB calls throttled, DynamoDB writes whose answer is lost, SQS
+/// server errors, SNS `PublishBatch` throttled and lost, EventBridge server errors.
+const DYNAMODB_THROTTLED: f64 = 0.10;
+const DYNAMODB_WRITES_LOST: f64 = 0.03;
+const SQS_ERRORS: f64 = 0.10;
+const SNS_THROTTLED: f64 = 0.10;
+const SNS_LOST: f64 = 0.03;
+const EVENTS_ERRORS: f64 = 0.20;
+/// The window in which every DynamoDB call is throttled: it opens this long after the plans are
+/// armed (the trigger), when the consumers are calling, and lasts this long.
+const THROTTLED_FROM: Duration = Duration::from_secs(2);
+const THROTTLED_FOR: Duration = Duration::from_secs(3);
+
+/// The issue's fault plan (#26), one plan per service for the service's own link of the
+/// [`ProxyChain`]. A service's rules are tried in order and the first that fires wins, so the
+/// shares of the second rule are of the requests the first let through: DynamoDB is throttled
+/// during the window (as `ProvisionedThroughputExceededException`, the hot-partition throttle,
+/// which also tells the window's faults from the others), then on 10% of calls
+/// (`ThrottlingException`), then 3% of the writes that got through are lost (applied, answered
+/// 500); SQS answers 10% of calls with a server error; SNS throttles 10% of `PublishBatch`
+/// calls and loses 3% of the rest (published, answered 500: the producer publishes those jobs
+/// again); EventBridge answers 20% of calls with a server error.
+fn fault_plans(seed: u64) -> Vec<(Service, FaultPlan)> {
+    let publish = ["PublishBatch"];
+    vec![
+        (
+            Service::DynamoDb,
+            FaultPlan::new(seed)
+                .rule(
+                    FaultRule::new(Service::DynamoDb, FaultKind::ThroughputExceeded)
+                        .window(THROTTLED_FROM, THROTTLED_FOR),
+                )
+                .rule(
+                    FaultRule::new(Service::DynamoDb, FaultKind::Throttle)
+                        .probability(DYNAMODB_THROTTLED),
+                )
+                .rule(
+                    FaultRule::new(Service::DynamoDb, FaultKind::Lost)
+                        .writes_only()
+                        .probability(DYNAMODB_WRITES_LOST),
+                ),
+        ),
+        (
+            Service::Sqs,
+            FaultPlan::new(seed)
+                .rule(FaultRule::new(Service::Sqs, FaultKind::ServerError).probability(SQS_ERRORS)),
+        ),
+        (
+            Service::Sns,
+            FaultPlan::new(seed)
+                .rule(
+                    FaultRule::new(Service::Sns, FaultKind::Throttle)
+                        .operations(publish)
+                        .probability(SNS_THROTTLED),
+                )
+                .rule(
+                    FaultRule::new(Service::Sns, FaultKind::Lost)
+                        .operations(publish)
+                        .probability(SNS_LOST),
+                ),
+        ),
+        (
+            Service::EventBridge,
+            FaultPlan::new(seed).rule(
+                FaultRule::new(Service::EventBridge, FaultKind::ServerError)
+                    .probability(EVENTS_ERRORS),
+            ),
+        ),
+    ]
+}
+
+/// For rules that match every request of their link and have a probability (no window): the
+/// first request (0-based) among the first `requests` at which each rule fires, drawn as the
+/// proxy draws them (`fanout_testkit::aws_proxy`: the plan's generator seeded with `seed`, one
+/// draw per rule tried, in order, until one fires).
+fn first_firings(seed: u64, probabilities: &[f64], requests: usize) -> Vec<Option<usize>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut first = vec![None; probabilities.len()];
+    for request in 0..requests {
+        for (rule, p) in probabilities.iter().enumerate() {
+            if rng.f64() < *p {
+                first[rule] = first[rule].or(Some(request));
+                break;
+            }
+        }
+    }
+    first
+}
+
+#[test]
+fn the_fault_seed_fires_every_rule_within_a_ticks_own_requests() {
+    // A tick of the faults stack makes at least: one PutEvents (its completion event), one
+    // PublishBatch per 10 jobs, one SendMessage to the DLQ per permanent failure. Retries only
+    // add requests, and the n-th request of a link draws the same numbers whichever it is.
+    let (publishes, dead_letters) = (FAULT_JOBS.div_ceil(10), FAULT_JOBS / FAULT_BAD_EVERY);
+    let events = first_firings(FAULT_SEED, &[EVENTS_ERRORS], 1);
+    let sqs = first_firings(FAULT_SEED, &[SQS_ERRORS], dead_letters);
+    let sns = first_firings(FAULT_SEED, &[SNS_THROTTLED, SNS_LOST], publishes);
+    assert!(
+        events.iter().chain(&sqs).chain(&sns).all(Option::is_some),
+        "seed {FAULT_SEED}: EventBridge {events:?}, SQS {sqs:?}, SNS {sns:?}"
+    );
+    assert_eq!(first_firings(FAULT_SEED, &[0.0, 1.0], 3), [None, Some(0)]);
+}
 
 /// A config of `paths` on the target server, one target per path, the path as its ID, with a
 /// global budget of `rate` per second (burst 1). The config is the budget's one source: the
@@ -188,7 +309,7 @@ impl Inbox {
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let url = sqs
             .create_queue()
-            .queue_name("run-notifications-inbox")
+            .queue_name(format!("{stack}-run-notifications-inbox"))
             .send()
             .await
             .expect("CreateQueue")
@@ -304,6 +425,20 @@ async fn the_real_stack_on_this_machine() {
         std::env::temp_dir().join(format!("fanout-local-cloud-configs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("config dir");
     let mut cloud = LocalCloud::new("suite");
+    // Every AWS request of the deployed functions goes through a chain of proxies, one per
+    // service, that forwards it as it came until the faults section arms a plan.
+    let chain = Arc::new(
+        ProxyChain::start(&[
+            Service::DynamoDb,
+            Service::Sqs,
+            Service::Sns,
+            Service::EventBridge,
+        ])
+        .await
+        .expect("AWS proxies start"),
+    );
+    cloud.script_env("FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT", &chain.url());
+    let follower = chain.follow_emulator(cloud.state_dir(), Duration::from_secs(120));
 
     // A second stack whose rule fires every minute: deployed first, so its countdown runs while
     // the main stack is exercised; checked at the end.
@@ -320,6 +455,8 @@ async fn the_real_stack_on_this_machine() {
         "deploy (create, cold emulator) {SCHEDULED}: {:.1} s  [{}]",
         first.seconds, first.summary
     );
+    follower.abort();
+    chain.set_emulator(&emulator_endpoint(&cloud.state_dir()).expect("the emulator's port"));
 
     // The main stack: 40 good targets and 5 that answer 400 until the operator fixes them.
     let good = paths("ok/a-", 0..40);
@@ -771,6 +908,21 @@ async fn the_real_stack_on_this_machine() {
         );
     }
 
+    // The schedule has shown it fires; stopped, so no scheduled tick runs into the faults.
+    let rule = StackOutputs::describe(&sdk, SCHEDULED)
+        .await
+        .unwrap()
+        .outputs["ScheduleRuleArn"]
+        .clone();
+    aws_sdk_eventbridge::Client::new(&sdk)
+        .disable_rule()
+        .name(rule.rsplit('/').next().unwrap_or_default())
+        .send()
+        .await
+        .expect("DisableRule");
+
+    aws_faults(&mut cloud, &chain, &server, &dir).await;
+
     println!("suite: {:.1} s", suite.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -939,4 +1091,404 @@ async fn lists_from_the_list_home(cloud: &mut LocalCloud, server: &TargetServer,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(server.records().len(), before, "nothing called");
+}
+
+/// The JSON lines the deployed functions wrote to the emulator's log after byte `from`.
+fn function_lines(log: &str, from: usize) -> Vec<Value> {
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The log lines after byte `from` that mention `needle`.
+fn log_lines_with(cloud: &LocalCloud, from: usize, needle: &str) -> Vec<String> {
+    cloud
+        .log()
+        .get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// AWS faults cost a backoff (#26): the issue's seeded fault plan ([`fault_plans`]) between the
+/// deployed functions and the emulator while a tick of 200 jobs (20 permanent 400s) runs at
+/// 50/s on a stack of its own. Nothing is lost, no job is called twice, the ledger counts the
+/// truth, the DLQ holds exactly the permanent failures, the run's own consumer finishes it and
+/// puts its one event, and every rule fired. Prints the times, N/R and the requests per job;
+/// asserts counts, never times.
+async fn aws_faults(cloud: &mut LocalCloud, chain: &ProxyChain, server: &TargetServer, dir: &Path) {
+    let jobs: Vec<String> = (0..FAULT_JOBS)
+        .map(|i| {
+            if i % FAULT_BAD_EVERY == FAULT_BAD_EVERY - 1 {
+                format!("bad/f-{i}")
+            } else {
+                format!("ok/f-{i}")
+            }
+        })
+        .collect();
+    let config = write_config(
+        dir,
+        "faults.json",
+        &server.base_url(),
+        &jobs,
+        Some(FAULT_RATE),
+    );
+    // The functions' `tracing` filter comes from `AWS_LAMBDA_LOG_LEVEL`, which Lambda sets for
+    // JSON logs and the emulator does not: without this the consumer's log lines are filtered out.
+    let deployed = cloud.up(
+        &config,
+        FAULTS,
+        &[r#"consumerEnvironment={"RUST_LOG":"info,fanout_consumer=debug,fanout_shared=debug"}"#],
+    );
+    println!(
+        "deploy (create) {FAULTS}: {:.1} s  [{}]",
+        deployed.seconds, deployed.summary
+    );
+    let sdk = cloud.sdk().await;
+    let inbox = Inbox::subscribe(&sdk, FAULTS).await;
+    let config_arg = config.to_string_lossy().into_owned();
+    let log_from = cloud.log().len();
+    let calls_from = server.records().len();
+    chain.reset_counts();
+    for (service, plan) in fault_plans(FAULT_SEED) {
+        chain.set_plan(service, plan);
+    }
+    let started = Instant::now();
+    let out = cloud.fanout(&[
+        "--stack",
+        FAULTS,
+        "trigger",
+        "--config",
+        &config_arg,
+        "--wait",
+        "--timeout",
+        "120",
+        "--json",
+    ]);
+    let settled_after = started.elapsed();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fanout trigger answered no JSON ({e}, {}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let run_id = answer["run_id"].as_str().expect("run_id").to_owned();
+    if answer["wait"]["settled"] != true {
+        // Which jobs, and what the functions said about them.
+        let unsettled: Vec<&str> = answer["wait"]["unsettled"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let ids: Vec<String> = unsettled.iter().map(|id| (*id).to_owned()).collect();
+        let records = pipeline(&sdk, FAULTS).await.store.get_many(&ids).await;
+        eprintln!("the unsettled jobs' idempotency records: {records:?}");
+        for id in unsettled.iter().take(5) {
+            eprintln!("unsettled {id}:");
+            for line in log_lines_with(cloud, log_from, id) {
+                eprintln!("  {line}");
+            }
+        }
+        let run = cloud.fanout_json(&["--stack", FAULTS, "runs", "show", &run_id]);
+        panic!(
+            "under AWS faults, {} of {FAULT_JOBS} jobs neither succeeded nor reached the DLQ \
+             within 120 s: {answer}\nrun: {run}\nfaults: {:?}",
+            unsettled.len(),
+            chain.faults()
+        );
+    }
+
+    // The run finished, by its consumer (the settling batch), with its event marked sent.
+    let run = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let run = cloud.fanout_json(&["--stack", FAULTS, "runs", "show", &run_id]);
+            if run["status"] != "RUNNING" && run["event_sent"] == true {
+                break run;
+            }
+            if Instant::now() >= deadline {
+                for line in log_lines_with(cloud, log_from, "run") {
+                    if line.contains("finish") || line.contains("watchdog") {
+                        eprintln!("  {line}");
+                    }
+                }
+                let sweep = cloud.fanout_json(&["--stack", FAULTS, "trigger", "--watchdog"]);
+                panic!(
+                    "under AWS faults, the run was not finished with its event 60 s after its \
+                     jobs settled: {run}\nthe watchdog then: {sweep}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let finished_after = started.elapsed();
+    chain.clear_plans();
+    let counts = chain.counts();
+    let faults = chain.faults();
+
+    let n_over_r = FAULT_JOBS as f64 / FAULT_RATE;
+    let calls: Vec<CallRecord> = server.records().split_off(calls_from);
+    let first_call = calls.iter().map(|c| c.at).min();
+    let last_call = calls.iter().map(|c| c.at).max();
+    let offset = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - started).as_secs_f64());
+    println!(
+        "AWS faults ({FAULT_JOBS} jobs at {FAULT_RATE}/s, N/R {n_over_r:.1} s, seed {FAULT_SEED}): \
+         trigger → settled {:.1} s ({:.2} × N/R; the CLI's makespan {:.1} s), → run finished \
+         {:.1} s; first call {:.1} s, last call {:.1} s after the trigger",
+        settled_after.as_secs_f64(),
+        settled_after.as_secs_f64() / n_over_r,
+        answer["wait"]["makespan_s"].as_f64().unwrap_or(f64::NAN),
+        finished_after.as_secs_f64(),
+        offset(first_call),
+        offset(last_call)
+    );
+    let mut total = 0;
+    for ((service, operation), tally) in &counts {
+        total += tally.requests;
+        println!(
+            "  {service} {operation}: {} requests, {:.3} per job",
+            tally.requests,
+            tally.requests as f64 / FAULT_JOBS as f64
+        );
+    }
+    println!(
+        "  all AWS requests of the functions: {total}, {:.2} per job",
+        total as f64 / FAULT_JOBS as f64
+    );
+    for ((service, operation, kind), n) in &faults {
+        println!("  fault injected: {service} {operation} {kind:?} × {n}");
+    }
+    // What the consumers counted (their EMF lines), and who finished the run.
+    let lines = function_lines(&cloud.log(), log_from);
+    let mut consumer: BTreeMap<String, f64> = BTreeMap::new();
+    for line in &lines {
+        let ours = line["Function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with(FAULTS));
+        if !ours || line.get("_aws").is_none() {
+            continue;
+        }
+        let operation = line["Operation"].as_str();
+        for metric in [
+            "Succeeded",
+            "DeadLettered",
+            "DuplicatesSkipped",
+            "Retried",
+            "Deferred",
+            "LockedElsewhere",
+            "Requeued",
+            "BackendRescheduled",
+            "BackendThrottled",
+            "BackendFailed",
+        ] {
+            if let Some(n) = line[metric].as_f64().filter(|n| *n > 0.0) {
+                let name = operation.map_or(metric.to_owned(), |op| format!("{metric} {op}"));
+                *consumer.entry(name).or_default() += n;
+            }
+        }
+    }
+    println!("  the consumers' metrics: {consumer:?}");
+    let mut retried: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &lines {
+        let fields = &line["fields"];
+        if fields["message"] == "backend fault; retrying" {
+            *retried
+                .entry(fields["step"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+    }
+    println!("  the consumers' own backend retries, by step: {retried:?}");
+    // A copy that met a lock held by no live attempt waits for the lock to lapse (the holder
+    // invocation's deadline): the record's story, one line per job.
+    let story = |id: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["span"]["message_id"] == id)
+            .map(|l| {
+                let f = &l["fields"];
+                let error = f["error"].as_str().unwrap_or_default();
+                let code = error.split(": ").nth(1).unwrap_or_default();
+                format!(
+                    "{} {} {code}",
+                    f["message"].as_str().unwrap_or_default(),
+                    f["step"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    for line in &lines {
+        if line["fields"]["message"] == "locked by another consumer" {
+            let id = line["span"]["message_id"].as_str().unwrap_or_default();
+            println!("  job {id} met a held lock: {:?}", story(id));
+        }
+    }
+    let ledger_lines = |pipeline_metric: &str, watchdog: bool| {
+        lines
+            .iter()
+            .filter(|l| l["Pipeline"] == FAULTS && l.get(pipeline_metric).is_some())
+            .filter(|l| l.get("RunsOverdue").is_some() == watchdog)
+            .count()
+    };
+    let (by_consumer, watchdog_runs) = (
+        ledger_lines("RunsFailed", false),
+        ledger_lines("RunsOverdue", true),
+    );
+    let finished_lines = log_lines_with(cloud, log_from, "run finished, completion event put")
+        .into_iter()
+        .filter(|l| l.contains(&run_id))
+        .count();
+    println!(
+        "  run finished by a consumer: {by_consumer} (\"run finished, completion event put\": \
+         {finished_lines}), watchdog invocations: {watchdog_runs}"
+    );
+
+    // Every rule fired, on the requests of its own service.
+    let injected = |service: Service, kind: FaultKind| -> u64 {
+        faults
+            .iter()
+            .filter(|((s, _, k), _)| s == service.label() && *k == kind)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    for (service, kind) in [
+        (Service::DynamoDb, FaultKind::ThroughputExceeded),
+        (Service::DynamoDb, FaultKind::Throttle),
+        (Service::DynamoDb, FaultKind::Lost),
+        (Service::Sqs, FaultKind::ServerError),
+        (Service::Sns, FaultKind::Throttle),
+        (Service::Sns, FaultKind::Lost),
+        (Service::EventBridge, FaultKind::ServerError),
+    ] {
+        assert!(
+            injected(service, kind) > 0,
+            "no {service} {kind:?} was injected: the section tested nothing of it ({faults:?})"
+        );
+    }
+
+    // Nothing lost: every job succeeded or is in the DLQ, as the CLI's wait found.
+    let bad = FAULT_JOBS / FAULT_BAD_EVERY;
+    let good = FAULT_JOBS - bad;
+    let wait = &answer["wait"];
+    let dead: u64 = wait["dead_lettered"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert_eq!(
+        (wait["succeeded"].as_u64(), dead),
+        (Some(good as u64), bad as u64),
+        "{answer}"
+    );
+    // No double call: the target saw each job's Idempotency-Key once (the permanent 400s too).
+    let mut by_path: BTreeMap<String, Vec<&CallRecord>> = BTreeMap::new();
+    for call in &calls {
+        by_path.entry(call.path.clone()).or_default().push(call);
+    }
+    let mut wrong = Vec::new();
+    let mut bad_ids = BTreeSet::new();
+    for path in &jobs {
+        let target = path.replace('/', "-");
+        let key = message_id(&run_id, &target);
+        let expected = if path.starts_with("bad/") {
+            bad_ids.insert(key.clone());
+            400
+        } else {
+            200
+        };
+        let seen: Vec<(u16, Option<&str>)> = by_path
+            .get(&format!("/{path}"))
+            .map(|c| {
+                c.iter()
+                    .map(|c| (c.status, c.idempotency_key.as_deref()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if seen != [(expected, Some(key.as_str()))] {
+            wrong.push(format!("{path}: {seen:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "each job called exactly once with its own key, {} not:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(calls.len(), FAULT_JOBS, "no other calls");
+    // The ledger counts the truth; no tolerance configured: a dead-lettered job fails the run.
+    assert_eq!(
+        (
+            run["status"].as_str(),
+            run["expected"].as_u64(),
+            run["succeeded"].as_u64(),
+            run["dead_lettered"].as_u64(),
+            run["failures_by_reason"]["HTTP 400"].as_u64()
+        ),
+        (
+            Some("FAILED"),
+            Some(FAULT_JOBS as u64),
+            Some(good as u64),
+            Some(bad as u64),
+            Some(bad as u64)
+        ),
+        "{run}"
+    );
+    // The DLQ holds exactly the permanent failures, once each.
+    let dlq = cloud.fanout_json(&["--stack", FAULTS, "dlq", "list"]);
+    let dlq = dlq.as_array().cloned().unwrap_or_default();
+    let dlq_ids: Vec<&str> = dlq
+        .iter()
+        .filter_map(|e| e["message_id"].as_str())
+        .collect();
+    assert_eq!(dlq_ids.len(), bad, "{dlq:?}");
+    assert_eq!(
+        dlq_ids
+            .iter()
+            .map(|id| (*id).to_owned())
+            .collect::<BTreeSet<_>>(),
+        bad_ids,
+        "the DLQ holds the permanent failures: {dlq:?}"
+    );
+    for entry in &dlq {
+        assert!(
+            entry["run_id"] == run_id.as_str()
+                && entry["reason"].as_str().unwrap_or_default().contains("400"),
+            "{entry}"
+        );
+    }
+    // One completion event, with the ledger's counts.
+    let event = inbox.next(Duration::from_secs(30)).await;
+    assert_eq!(
+        (
+            event["detail-type"].as_str(),
+            event["detail"]["run_id"].as_str(),
+            event["detail"]["pipeline"].as_str(),
+            event["detail"]["succeeded"].as_u64(),
+            event["detail"]["dead_lettered"].as_u64()
+        ),
+        (
+            Some("Run Failed"),
+            Some(run_id.as_str()),
+            Some(FAULTS),
+            Some(good as u64),
+            Some(bad as u64)
+        ),
+        "{event}"
+    );
+    assert!(
+        inbox.next_within(Duration::from_secs(2)).await.is_none(),
+        "one event per run"
+    );
+    // Finished by its own consumer: a consumer wrote the run's metrics and logged the finish
+    // (the producer, whose watchdog finishes runs too, logs nothing here), and no watchdog ran
+    // (its every invocation writes `RunsOverdue`).
+    assert_eq!(
+        (by_consumer, finished_lines, watchdog_runs),
+        (1, 1, 0),
+        "the run's last consumer finished it and put its event, the watchdog did not run"
+    );
 }
