@@ -23,8 +23,8 @@ use tracing::{debug, info, warn, Instrument};
 use fanout_shared::hosts::{HoldReason, HostEvent};
 use fanout_shared::idempotency::{Acquire, Claim, Status, Transition};
 use fanout_shared::job::{
-    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_NOT_BEFORE,
-    ATTR_STATUS_CODE, ATTR_UNRECORDED_SUCCESS,
+    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_HOLDER,
+    ATTR_NOT_BEFORE, ATTR_STATUS_CODE, ATTR_UNRECORDED_SUCCESS,
 };
 use fanout_shared::queue::MAX_DELAY;
 use fanout_shared::runs::Tally;
@@ -345,11 +345,7 @@ impl Consumer {
                     .dead_letter_job(record, job, &host, &lock, &rejection)
                     .await;
             }
-            Err(e) => {
-                return self
-                    .after_backend_fault(record, "acquire", &e, reschedule_delay())
-                    .await
-            }
+            Err(e) => return self.after_acquire_fault(record, &claim, &e).await,
         };
         tracing::Span::current().record("attempt", lock.failures + 1);
         let timeout = timeout
@@ -490,10 +486,7 @@ impl Consumer {
                 self.reschedule(record, ms_until(until_ms), Reschedule::Locked)
                     .await
             }
-            Err(e) => {
-                self.after_backend_fault(record, "acquire", &e, reschedule_delay())
-                    .await
-            }
+            Err(e) => self.after_acquire_fault(record, &claim, &e).await,
         }
     }
 
@@ -508,12 +501,16 @@ impl Consumer {
             expiration_s: self.expiration_s(),
             replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT)
                 .and_then(|a| a.parse().ok()),
-            holder: Claim::new_holder(),
+            // A copy rescheduled after its acquire failed claims with that acquire's token.
+            holder: string_attribute(record, ATTR_HOLDER)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or_else(Claim::new_holder),
         }
     }
 
-    /// Takes the job's lock, retrying a backend fault in place for a few seconds (nothing is
-    /// held yet: a rescheduled copy loses nothing).
+    /// Takes the job's lock, retrying a backend fault in place for a few seconds. A lock a try
+    /// took whose answer was lost is the claim's own: the retries take it again, and so does
+    /// the copy [`Self::after_acquire_fault`] reschedules.
     async fn acquire(
         &self,
         claim: &Claim<'_>,
@@ -718,6 +715,7 @@ impl Consumer {
         let mut attributes = string_attributes(record);
         attributes.remove(ATTR_NOT_BEFORE);
         attributes.remove(ATTR_UNRECORDED_SUCCESS);
+        attributes.remove(ATTR_HOLDER);
         if let Some((name, value)) = extra {
             attributes.insert(name.to_owned(), value);
         }
@@ -814,6 +812,7 @@ impl Consumer {
         attributes.remove(ATTR_STATUS_CODE);
         attributes.remove(ATTR_NOT_BEFORE);
         attributes.remove(ATTR_UNRECORDED_SUCCESS);
+        attributes.remove(ATTR_HOLDER);
         for (k, v) in extra {
             attributes.insert((*k).to_owned(), v.clone());
         }
@@ -831,6 +830,24 @@ impl Consumer {
                     .await
             }
         }
+    }
+
+    /// The acquire's fault outlasted its retries: the copy comes back with the claim's holder
+    /// token, so a lock one of the tries took (its answer lost) is its own, not another's.
+    async fn after_acquire_fault(
+        &self,
+        record: &SqsMessage,
+        claim: &Claim<'_>,
+        e: &BackendError,
+    ) -> RecordReport {
+        warn!(error = %e, "acquire: backend fault outlasted its retries; rescheduling the record with its holder token");
+        self.reschedule_with(
+            record,
+            reschedule_delay(),
+            Reschedule::Backend(format!("acquire: {e}")),
+            Some((ATTR_HOLDER, claim.holder.to_string())),
+        )
+        .await
     }
 
     /// A step's backend fault outlasted its retries: the record comes back after `delay` as a

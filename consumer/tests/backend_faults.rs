@@ -55,6 +55,8 @@ fn to_event(messages: &[QueueMessage]) -> aws_lambda_events::event::sqs::SqsEven
 struct Cue {
     fail: AtomicU32,
     lose: AtomicU32,
+    /// Calls to fail after a lost answer (a storm right after a lost response).
+    fail_after_lost: AtomicU32,
 }
 
 impl Cue {
@@ -89,6 +91,10 @@ impl Cue {
         }
         let answer = call.await;
         if Self::take(&self.lose) {
+            self.fail.store(
+                self.fail_after_lost.load(Ordering::Acquire),
+                Ordering::Release,
+            );
             return Err(BackendError::transient(
                 operation,
                 "InternalServerError: answer lost",
@@ -413,7 +419,45 @@ async fn an_acquire_whose_answer_was_lost_finds_its_own_lock_and_calls_once() {
     assert_eq!(report.metrics.total(Metric::LockedElsewhere), 0.0);
     assert_eq!(rig.server.stats().calls, 1);
     let records = rig.backend.store().get_many(&[message_id]).await.unwrap();
-    assert_eq!(records[0].attempts, 1, "the lost acquire was the only one");
+    assert_eq!(records[0].attempts, 2, "the retry took its own lock again");
+}
+
+#[tokio::test]
+async fn a_copy_rescheduled_after_a_lost_acquire_takes_its_lock_without_waiting_for_it() {
+    // The acquire is applied, its answer lost, and every retry throttled: the record is
+    // rescheduled while its lock (to the invocation's deadline) stands.
+    let cues = Cues {
+        acquire: Arc::new(Cue {
+            lose: AtomicU32::new(1),
+            fail_after_lost: AtomicU32::new(u32::MAX),
+            ..Cue::default()
+        }),
+        ..Cues::default()
+    };
+    let (rig, message_id, report) = one_job(cues).await;
+    assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
+    assert_eq!(rig.server.stats().calls, 0);
+    rig.cues.acquire.fail.store(0, Ordering::Release);
+    let copies = rig
+        .backend
+        .queue("jobs")
+        .receive(10, Duration::from_secs(30), Duration::from_secs(8))
+        .await
+        .unwrap();
+    assert_eq!(copies.len(), 1);
+    // The lock lives for 10 s more; the copy, with the claim's token, takes it at once.
+    let again = rig
+        .consumer
+        .handle_batch(to_event(&copies), in_seconds(10))
+        .await;
+    assert_eq!(again.metrics.total(Metric::LockedElsewhere), 0.0);
+    assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(rig.server.stats().calls, 1);
+    let records = rig.backend.store().get_many(&[message_id]).await.unwrap();
+    assert_eq!(
+        records[0].status,
+        fanout_shared::idempotency::Status::Completed
+    );
 }
 
 #[tokio::test]

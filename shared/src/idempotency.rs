@@ -195,18 +195,6 @@ pub enum Transition {
     Superseded,
 }
 
-/// The lock `existing` holds was taken by this very claim (`holder`): an earlier try of the
-/// acquire was applied and its answer lost, so the caller holds it, with the attempt that try
-/// took. Checked before [`decide_acquire`], whose "locked" it would otherwise be.
-pub(crate) fn resumed(existing: Option<&IdempotencyRecord>, holder: i64) -> Option<Acquire> {
-    let r = existing?;
-    (r.status == Status::InProgress && r.holder == Some(holder)).then(|| Acquire::Acquired {
-        attempt: r.attempts,
-        failures: r.failures,
-        dead_letter_class: r.dead_letter_class.clone(),
-    })
-}
-
 /// A transition to `to` by `attempt` that found the record not in its expected state finds it
 /// already moved there by that attempt: an earlier try of the same write was applied and its
 /// answer lost (or another copy of the job confirmed the same dead-lettering). The caller
@@ -220,11 +208,15 @@ pub(crate) fn already_moved(
     existing.is_some_and(|r| r.status == to && r.attempts == attempt)
 }
 
-/// The decision [`IdempotencyStore::acquire`] makes about an existing record.
+/// The decision [`IdempotencyStore::acquire`] makes about an existing record, for a claim
+/// with token `holder`. A live lock taken under that same token is the claim's own (an earlier
+/// try whose answer was lost, or the copy a backend fault rescheduled with its token): it is
+/// taken again, with a new attempt and the new lock's expiry, never "locked by another".
 pub(crate) fn decide_acquire(
     existing: Option<&IdempotencyRecord>,
     now_ms: i64,
     replay_of: Option<u32>,
+    holder: i64,
 ) -> Acquire {
     let Some(r) = existing else {
         return Acquire::Acquired {
@@ -235,9 +227,11 @@ pub(crate) fn decide_acquire(
     };
     match r.status {
         Status::Completed => Acquire::AlreadyCompleted,
-        Status::InProgress if r.in_progress_expiry_ms > now_ms => Acquire::Locked {
-            until_ms: r.in_progress_expiry_ms,
-        },
+        Status::InProgress if r.in_progress_expiry_ms > now_ms && r.holder != Some(holder) => {
+            Acquire::Locked {
+                until_ms: r.in_progress_expiry_ms,
+            }
+        }
         Status::InProgress | Status::Failed => Acquire::Acquired {
             attempt: r.attempts + 1,
             failures: r.failures,
@@ -347,19 +341,24 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_acquire_answer_is_found_by_its_holder_token() {
+    fn a_live_lock_of_the_claim_s_own_token_is_taken_again() {
         let held = record(Status::InProgress, 200);
         assert_eq!(
-            resumed(Some(&held), 7),
-            Some(Acquire::Acquired {
-                attempt: 2,
+            decide_acquire(Some(&held), 100, None, 7),
+            Acquire::Acquired {
+                attempt: 3,
                 failures: 1,
                 dead_letter_class: None
-            })
+            }
         );
-        assert_eq!(resumed(Some(&held), 8), None);
-        assert_eq!(resumed(Some(&record(Status::Completed, 0)), 7), None);
-        assert_eq!(resumed(None, 7), None);
+        assert_eq!(
+            decide_acquire(Some(&held), 100, None, 8),
+            Acquire::Locked { until_ms: 200 }
+        );
+        assert_eq!(
+            decide_acquire(Some(&record(Status::Completed, 0)), 100, None, 7),
+            Acquire::AlreadyCompleted
+        );
         assert_ne!(Claim::new_holder(), Claim::new_holder());
     }
 
@@ -367,7 +366,7 @@ mod tests {
     fn acquire_rule() {
         use Status::*;
         assert_eq!(
-            decide_acquire(None, 100, None),
+            decide_acquire(None, 100, None, 0),
             Acquire::Acquired {
                 attempt: 1,
                 failures: 0,
@@ -375,19 +374,19 @@ mod tests {
             }
         );
         assert_eq!(
-            decide_acquire(Some(&record(Completed, 0)), 100, None),
+            decide_acquire(Some(&record(Completed, 0)), 100, None, 0),
             Acquire::AlreadyCompleted
         );
         assert_eq!(
-            decide_acquire(Some(&record(Completed, 0)), 100, Some(2)),
+            decide_acquire(Some(&record(Completed, 0)), 100, Some(2), 0),
             Acquire::AlreadyCompleted
         );
         assert_eq!(
-            decide_acquire(Some(&record(InProgress, 200)), 100, None),
+            decide_acquire(Some(&record(InProgress, 200)), 100, None, 0),
             Acquire::Locked { until_ms: 200 }
         );
         assert_eq!(
-            decide_acquire(Some(&record(InProgress, 50)), 100, None),
+            decide_acquire(Some(&record(InProgress, 50)), 100, None, 0),
             Acquire::Acquired {
                 attempt: 3,
                 failures: 1,
@@ -395,7 +394,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decide_acquire(Some(&record(Failed, 500)), 100, None),
+            decide_acquire(Some(&record(Failed, 500)), 100, None, 0),
             Acquire::Acquired {
                 attempt: 3,
                 failures: 1,
@@ -403,15 +402,15 @@ mod tests {
             }
         );
         assert!(matches!(
-            decide_acquire(Some(&record(Rejected, 0)), 100, None),
+            decide_acquire(Some(&record(Rejected, 0)), 100, None, 0),
             Acquire::Rejected { attempt: 2, .. }
         ));
         assert!(matches!(
-            decide_acquire(Some(&record(Rejected, 0)), 100, Some(1)),
+            decide_acquire(Some(&record(Rejected, 0)), 100, Some(1), 0),
             Acquire::Rejected { attempt: 2, .. }
         ));
         assert_eq!(
-            decide_acquire(Some(&record(Rejected, 0)), 100, Some(2)),
+            decide_acquire(Some(&record(Rejected, 0)), 100, Some(2), 0),
             Acquire::Acquired {
                 attempt: 3,
                 failures: 0,
@@ -419,15 +418,15 @@ mod tests {
             }
         );
         assert_eq!(
-            decide_acquire(Some(&record(DeadLettered, 0)), 100, None),
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, None, 0),
             Acquire::AlreadyDeadLettered
         );
         assert_eq!(
-            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1)),
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(1), 0),
             Acquire::AlreadyDeadLettered
         );
         assert_eq!(
-            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2)),
+            decide_acquire(Some(&record(DeadLettered, 0)), 100, Some(2), 0),
             Acquire::Acquired {
                 attempt: 3,
                 failures: 0,

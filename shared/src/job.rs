@@ -42,6 +42,12 @@ pub const ATTR_NOT_BEFORE: &str = "not_before";
 /// know), so a message that merely carries the attribute cannot mark a job done.
 pub const ATTR_UNRECORDED_SUCCESS: &str = "unrecorded_success";
 
+/// Attribute of a copy rescheduled because its acquire kept failing: the claim's holder token.
+/// The acquire may have been applied with its answer lost; the copy claims with the same token,
+/// so it takes that lock again instead of waiting for it to lapse. A token that matches no
+/// lock changes nothing.
+pub const ATTR_HOLDER: &str = "holder";
+
 /// One versioned job, as JSON in the SNS/SQS message body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

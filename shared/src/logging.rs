@@ -14,14 +14,9 @@ where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| {
-            EnvFilter::try_new(
-                std::env::var("AWS_LAMBDA_LOG_LEVEL")
-                    .unwrap_or_default()
-                    .to_lowercase(),
-            )
-        })
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .ok()
+        .or_else(|| lambda_level(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
@@ -33,6 +28,16 @@ where
         .try_init();
 }
 
+/// The filter of Lambda's `AWS_LAMBDA_LOG_LEVEL`; none when it is unset, empty (an emulator
+/// that does not set it: an empty filter would drop every line) or not a level.
+fn lambda_level(level: Option<String>) -> Option<EnvFilter> {
+    let level = level?.trim().to_lowercase();
+    if level.is_empty() {
+        return None;
+    }
+    EnvFilter::try_new(level).ok()
+}
+
 /// Installs a human-readable subscriber on stderr for the CLI (`RUST_LOG`, default `warn`).
 pub fn init_human() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -40,4 +45,20 @@ pub fn init_human() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_or_empty_lambda_level_leaves_the_default_in_charge() {
+        assert!(lambda_level(None).is_none());
+        assert!(lambda_level(Some(String::new())).is_none());
+        assert!(lambda_level(Some("  ".into())).is_none());
+        assert_eq!(
+            lambda_level(Some("DEBUG".into())).map(|f| f.to_string()),
+            Some("debug".to_owned())
+        );
+    }
 }

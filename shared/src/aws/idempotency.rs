@@ -20,8 +20,8 @@ use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::failure::Failure;
 use crate::idempotency::{
-    already_moved, decide_acquire, resumed, Acquire, Claim, IdempotencyRecord, IdempotencyStore,
-    Status, Transition,
+    already_moved, decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status,
+    Transition,
 };
 use crate::runs::Tally;
 
@@ -400,9 +400,11 @@ impl IdempotencyStore for DynamoDbIdempotency {
         }
         let mut values = values;
         values.insert(":failed".into(), s(Status::Failed.as_str()));
-        // A lock is live while its expiry is after now (`decide_acquire`): free at the expiry.
+        // A lock is live while its expiry is after now (`decide_acquire`): free at the expiry,
+        // and to the claim that took it (its holder token).
         let condition = "attribute_not_exists(#message_id) OR #status = :failed \
-                         OR (#status = :in_progress AND #in_progress_expiry <= :now)";
+                         OR (#status = :in_progress AND #in_progress_expiry <= :now) \
+                         OR (#status = :in_progress AND #holder = :holder)";
         for _ in 0..3 {
             let current = match self
                 .try_acquire(claim.message_id, update, condition, values.clone())
@@ -414,10 +416,12 @@ impl IdempotencyStore for DynamoDbIdempotency {
                 // (an emulator) did not return it.
                 Err(None) => self.get(claim.message_id).await?,
             };
-            if let Some(own) = resumed(current.as_ref(), claim.holder) {
-                return Ok(own);
-            }
-            match decide_acquire(current.as_ref(), claim.now_ms, claim.replay_of) {
+            match decide_acquire(
+                current.as_ref(),
+                claim.now_ms,
+                claim.replay_of,
+                claim.holder,
+            ) {
                 Acquire::Acquired { .. } => continue,
                 decided => return Ok(decided),
             }

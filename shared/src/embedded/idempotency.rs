@@ -8,8 +8,8 @@ use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
 use crate::failure::Failure;
 use crate::idempotency::{
-    already_moved, decide_acquire, resumed, Acquire, Claim, IdempotencyRecord, IdempotencyStore,
-    Status, Transition,
+    already_moved, decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status,
+    Transition,
 };
 use crate::runs::Tally;
 
@@ -136,10 +136,12 @@ impl IdempotencyStore for EmbeddedIdempotency {
             ))
             .and_then(|mut s| s.query_row([claim.message_id], record).optional())
             .map_err(sql_error)?;
-        if let Some(own) = resumed(existing.as_ref(), claim.holder) {
-            return Ok(own);
-        }
-        let decision = decide_acquire(existing.as_ref(), claim.now_ms, claim.replay_of);
+        let decision = decide_acquire(
+            existing.as_ref(),
+            claim.now_ms,
+            claim.replay_of,
+            claim.holder,
+        );
         if let Acquire::Acquired {
             attempt, failures, ..
         } = decision

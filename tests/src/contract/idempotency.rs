@@ -647,13 +647,14 @@ pub async fn transitions_leave_only_their_own_state(
     assert_eq!((counts.succeeded, counts.dead_lettered), (1, 0));
 }
 
-/// An acquire whose answer was lost, asked again by the same claim (the SDK retrying it), finds
-/// the lock its first try took: the same attempt, not "locked"; any other claim is locked out.
+/// An acquire whose answer was lost, asked again by the same claim (the SDK retrying it, or the
+/// copy rescheduled with the claim's token), finds the lock its first try took and takes it
+/// again (a new attempt), not "locked"; any other claim is locked out.
 pub async fn an_acquire_asked_again_by_its_claim_finds_its_own_lock(store: &dyn IdempotencyStore) {
     let t = t0();
     let first = claim("lost", "lost-run", t);
     assert_eq!(store.acquire(&first).await.unwrap(), acquired(1, 0, None));
-    assert_eq!(store.acquire(&first).await.unwrap(), acquired(1, 0, None));
+    assert_eq!(store.acquire(&first).await.unwrap(), acquired(2, 0, None));
     assert_eq!(
         store
             .acquire(&claim("lost", "lost-run", t + 1))
@@ -663,13 +664,18 @@ pub async fn an_acquire_asked_again_by_its_claim_finds_its_own_lock(store: &dyn 
             until_ms: t + LOCK_MS
         }
     );
-    assert_eq!(record(store, "lost").await.attempts, 1);
-    // Once the job settled, the same claim is no longer its holder's.
+    assert_eq!(record(store, "lost").await.attempts, 2);
+    // The first attempt's outcome is refused (fenced), the second's is recorded; once the job
+    // left IN_PROGRESS the claim's token means nothing more.
     assert_eq!(
         store.fail("lost", 1, "HTTP 503", Some(503)).await.unwrap(),
+        Transition::Superseded
+    );
+    assert_eq!(
+        store.fail("lost", 2, "HTTP 503", Some(503)).await.unwrap(),
         Transition::Done
     );
-    assert_eq!(store.acquire(&first).await.unwrap(), acquired(2, 1, None));
+    assert_eq!(store.acquire(&first).await.unwrap(), acquired(3, 1, None));
 }
 
 /// The run's tally: COMPLETED counts a success, DEAD_LETTERED a dead-lettering under its class
