@@ -11,10 +11,12 @@
 //!                            └──────── acquire by a replay of that dead-lettering ───┘
 //! ```
 //! - [`IdempotencyStore::acquire`] takes the lock: a conditional write that succeeds when there
-//!   is no record, when it is FAILED, or when it is IN_PROGRESS with an expired lock. The lock
-//!   expires at the invocation's deadline (Powertools semantics): a crashed consumer never holds
-//!   a job for longer than one function timeout. Each acquire bumps `attempts`, which is the
-//!   fencing token of the holder.
+//!   is no record, when it is FAILED, or when it is IN_PROGRESS with an expired lock or one
+//!   taken under the claim's own holder token (a try whose answer was lost: see
+//!   [`Claim::holder`]). The lock expires at the invocation's deadline (Powertools semantics):
+//!   a crashed consumer never holds a job for longer than one function timeout. Each acquire
+//!   bumps `attempts`, which is the fencing token of the holder; a transition asked again by
+//!   the attempt that made it answers [`Transition::Done`] and counts nothing more.
 //! - A permanent failure is recorded *before* the DLQ send (REJECTED) and confirmed after it
 //!   (DEAD_LETTERED). A copy that arrives in between finds the holder's lock (it is still
 //!   sending) or, once the lock lapsed (the holder crashed), resumes the DLQ send without
