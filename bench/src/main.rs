@@ -17,11 +17,14 @@
 //! - [`coldstart`] also 11: the `lambda-release` profile against `release`.
 //! - [`lists`]: 12, the producer reading a list of 100,000 and 1,000,000 rows from S3 on the
 //!   local cloud's emulator (child `list-tick` processes), beside literal targets.
+//! - [`faults`]: 13, AWS-side faults (issue #26): the real stack on the local cloud behind a
+//!   chain of fault proxies, a tick clean, under the issue's plan and under the harsher one.
 //! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
 
 mod cloud;
 mod coldstart;
 mod cost;
+mod faults;
 mod flow;
 mod lists;
 mod measure;
@@ -152,6 +155,12 @@ enum Command {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Figure 13: AWS-side faults on the real stack on the local cloud (issue #26).
+    Faults {
+        /// Rounds of the three plans (medians are reported).
+        #[arg(long, default_value_t = faults::RUNS_IN_ALL)]
+        runs: usize,
+    },
     /// A target server on 127.0.0.1 until interrupted (prints its URL): for running `drain` or
     /// `replay` by hand, e.g. under `perf record`.
     Target,
@@ -245,6 +254,10 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     sections.push(coldstart::profile_section(runs, &paths.consumer, &paths.lambda_consumer).await?);
     eprintln!("fanout-bench: 12. producer reading a list");
     sections.push(lists::section(runs.min(lists::RUNS_IN_ALL), &paths.ministack).await?);
+    eprintln!("fanout-bench: 13. AWS-side faults");
+    sections.push(faults::section(
+        &faults::measure(runs.min(faults::RUNS_IN_ALL)).await?,
+    ));
     let document = report::document(
         &sections,
         &report::machine(&paths.python),
@@ -298,6 +311,9 @@ async fn dispatch(command: Command) -> Result<(), String> {
         .await?]),
         Command::Lists { runs, paths } => {
             print_sections(&[lists::section(runs, &paths.ministack).await?])
+        }
+        Command::Faults { runs } => {
+            print_sections(&[faults::section(&faults::measure(runs).await?)])
         }
         Command::Target => {
             let server = fanout_testkit::target_server::TargetServer::start()
