@@ -17,10 +17,10 @@ use fanout_shared::fleet::{FleetStore, HostStates, Lease};
 use fanout_shared::hosts::{HostEvent, HostPolicy, HostState};
 use fanout_shared::idempotency::{Acquire, Claim, IdempotencyRecord, IdempotencyStore, Transition};
 use fanout_shared::metrics::Metric;
-use fanout_shared::runs::{shard_of, RunPolicy, RunStart, Tally};
+use fanout_shared::runs::{shard_of, Begin, RunPolicy, RunStart, Tally};
 use fanout_shared::{
     BackendError, EventBus, Failure, PipelineConfig, Queue, QueueDepth, QueueMessage, RunLedger,
-    RunStatus,
+    RunRecord, RunStatus,
 };
 use fanout_testkit::target_server::TargetServer;
 use serde_json::{json, Value};
@@ -265,6 +265,54 @@ impl EventBus for FaultyBus {
     }
 }
 
+/// The run ledger, whose marks of a sent event follow a cue.
+struct FaultyRuns {
+    inner: Arc<dyn RunLedger>,
+    mark: Arc<Cue>,
+}
+
+#[async_trait]
+impl RunLedger for FaultyRuns {
+    async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError> {
+        self.inner.begin(start).await
+    }
+    async fn skip(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
+        self.inner.skip(start, reason).await
+    }
+    async fn fail_unpublished(&self, start: &RunStart, reason: &str) -> Result<(), BackendError> {
+        self.inner.fail_unpublished(start, reason).await
+    }
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, BackendError> {
+        self.inner.get(run_id).await
+    }
+    async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError> {
+        self.inner.list(limit).await
+    }
+    async fn record_settled(
+        &self,
+        run_id: &str,
+        shards: &[u32],
+    ) -> Result<Option<RunRecord>, BackendError> {
+        self.inner.record_settled(run_id, shards).await
+    }
+    async fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        finished_at_ms: i64,
+        finisher: i64,
+    ) -> Result<bool, BackendError> {
+        self.inner
+            .finish(run_id, status, finished_at_ms, finisher)
+            .await
+    }
+    async fn mark_event_sent(&self, run_id: &str) -> Result<(), BackendError> {
+        self.mark
+            .run("dynamodb:UpdateItem", self.inner.mark_event_sent(run_id))
+            .await
+    }
+}
+
 /// The cues of one test; each defaults to behaving.
 #[derive(Default, Clone)]
 struct Cues {
@@ -274,6 +322,7 @@ struct Cues {
     dlq: Arc<Cue>,
     renew: Arc<Cue>,
     put: Arc<Cue>,
+    mark: Arc<Cue>,
 }
 
 struct Rig {
@@ -314,7 +363,10 @@ async fn rig_with(config: Value, settings: Settings, cues: Cues) -> Rig {
             inner: Arc::new(backend.fleet()),
             renew: cues.renew,
         }),
-        runs: Arc::new(backend.runs()),
+        runs: Arc::new(FaultyRuns {
+            inner: Arc::new(backend.runs()),
+            mark: cues.mark,
+        }),
         events: Arc::new(FaultyBus {
             inner: Arc::new(backend.events()),
             put: cues.put,
@@ -636,9 +688,12 @@ async fn a_dlq_send_that_fails_is_retried_and_the_job_dead_lettered_once() {
 }
 
 #[tokio::test]
-async fn a_failed_event_put_is_retried_and_the_run_finishes_with_its_event() {
+async fn a_failed_event_put_and_mark_are_retried_and_the_run_finishes_with_its_event() {
+    // The put fails twice, then the mark as sent (which, left undone, has the watchdog put the
+    // event a second time).
     let cues = Cues {
         put: Arc::new(Cue::failing(2)),
+        mark: Arc::new(Cue::failing(2)),
         ..Cues::default()
     };
     let (rig, _, report) = one_job(cues).await;

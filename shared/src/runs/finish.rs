@@ -6,8 +6,29 @@ use super::{EventBus, RunLedger, RunRecord, RunStart, RunStatus};
 use crate::error::BackendError;
 use crate::metrics::{Metric, MetricSet};
 
-/// Pauses between the tries of a completion event's put beyond the SDK's own retries.
+/// Pauses between the tries of a completion event's put (and of its mark as sent) beyond the
+/// SDK's own retries.
 const EVENT_RETRY_PAUSES_MS: [u64; 3] = [200, 600, 1_500];
+
+/// Runs `op`, and again after each of [`EVENT_RETRY_PAUSES_MS`] while it fails retryably.
+async fn with_pauses<F, Fut>(mut op: F) -> Result<(), BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BackendError>>,
+{
+    let mut result = op().await;
+    for pause_ms in EVENT_RETRY_PAUSES_MS {
+        match &result {
+            Err(e) if e.retryable => {
+                tracing::warn!(error = %e, pause_ms, "trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                result = op().await;
+            }
+            _ => break,
+        }
+    }
+    result
+}
 
 /// A run that one call finished (or found finished with its event missing), and whether its
 /// event went out.
@@ -138,22 +159,13 @@ impl<'a> Finisher<'a> {
 
     async fn send_event(&self, run: &RunRecord) -> bool {
         let (detail_type, detail) = completion_event(run, self.pipeline);
-        let mut put = self.bus.put(detail_type, &detail).await;
         // The SDK retried already; a few more tries with a pause keep the watchdog the last
         // resort, not the path a brief EventBridge error takes.
-        for pause_ms in EVENT_RETRY_PAUSES_MS {
-            match &put {
-                Err(e) if e.retryable => {
-                    tracing::warn!(run_id = %run.run_id, error = %e, pause_ms, "completion event not put; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-                    put = self.bus.put(detail_type, &detail).await;
-                }
-                _ => break,
-            }
-        }
-        match put {
+        match with_pauses(|| self.bus.put(detail_type, &detail)).await {
             Ok(()) => {
-                if let Err(e) = self.ledger.mark_event_sent(&run.run_id).await {
+                // Unmarked, the watchdog would put the event a second time: the mark gets the
+                // same tries as the put.
+                if let Err(e) = with_pauses(|| self.ledger.mark_event_sent(&run.run_id)).await {
                     tracing::warn!(run_id = %run.run_id, error = %e, "completion event put, but not marked sent: the watchdog may put it again");
                 }
                 tracing::info!(run_id = %run.run_id, status = run.status.as_str(), "run finished, completion event put");
