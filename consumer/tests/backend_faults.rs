@@ -434,6 +434,21 @@ async fn one_job(cues: Cues) -> (Rig, String, BatchReport) {
     (rig, message_id, report)
 }
 
+/// Waits for the one rescheduled copy in the job queue (at most 8 s) and handles it in a 10 s
+/// invocation.
+async fn the_copy_comes_back(rig: &Rig) -> BatchReport {
+    let copies = rig
+        .backend
+        .queue("jobs")
+        .receive(10, Duration::from_secs(30), Duration::from_secs(8))
+        .await
+        .unwrap();
+    assert_eq!(copies.len(), 1, "one rescheduled copy");
+    rig.consumer
+        .handle_batch(to_event(&copies), in_seconds(10))
+        .await
+}
+
 fn no_batch_item_failures(report: &BatchReport) {
     assert!(
         report.response.batch_item_failures.is_empty(),
@@ -490,18 +505,8 @@ async fn a_copy_rescheduled_after_a_lost_acquire_takes_its_lock_without_waiting_
     assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
     assert_eq!(rig.server.stats().calls, 0);
     rig.cues.acquire.fail.store(0, Ordering::Release);
-    let copies = rig
-        .backend
-        .queue("jobs")
-        .receive(10, Duration::from_secs(30), Duration::from_secs(8))
-        .await
-        .unwrap();
-    assert_eq!(copies.len(), 1);
     // The lock lives for 10 s more; the copy, with the claim's token, takes it at once.
-    let again = rig
-        .consumer
-        .handle_batch(to_event(&copies), in_seconds(10))
-        .await;
+    let again = the_copy_comes_back(&rig).await;
     assert_eq!(again.metrics.total(Metric::LockedElsewhere), 0.0);
     assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(rig.server.stats().calls, 1);
@@ -575,17 +580,7 @@ async fn a_success_that_cannot_be_recorded_is_carried_by_its_copy_and_never_call
     assert_eq!(rig.server.stats().calls, 1);
     // The store recovers; the copy comes back carrying the success and records it, no call.
     rig.cues.complete.fail.store(0, Ordering::Release);
-    let copies = rig
-        .backend
-        .queue("jobs")
-        .receive(10, Duration::from_secs(30), Duration::from_secs(8))
-        .await
-        .unwrap();
-    assert_eq!(copies.len(), 1);
-    let again = rig
-        .consumer
-        .handle_batch(to_event(&copies), in_seconds(10))
-        .await;
+    let again = the_copy_comes_back(&rig).await;
     assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(
         rig.server.stats().calls,

@@ -196,14 +196,7 @@ impl LocalCloud {
             .find(|(k, _)| k == "AWS_ENDPOINT_URL")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .load()
-            .await
+        crate::sdk_at(&endpoint).await
     }
 }
 
