@@ -19,7 +19,7 @@ use fanout_shared::runs::RunStatus;
 use fanout_shared::PipelineConfig;
 use fanout_testkit::aws_proxy::{Counts, FaultCounts, FaultKind, FaultPlan, FaultRule, Service};
 use fanout_testkit::target_server::TargetServer;
-use fanout_tests::local_cloud::{emulator_endpoint, LocalCloud, ProxyChain};
+use fanout_tests::local_cloud::{emulator_endpoint, function_lines, LocalCloud, ProxyChain};
 
 use crate::report::{list, median, Figure, Section};
 use crate::workload::Scratch;
@@ -417,16 +417,6 @@ async fn quiet(chain: &ProxyChain) {
             (seen, since) = (now, Instant::now());
         }
     }
-}
-
-/// The JSON lines the functions logged after byte `from` of the emulator's log.
-fn function_lines(log: &str, from: usize) -> Vec<Value> {
-    log.get(from..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The consumers' metrics of backend faults and of what they did about them.

@@ -29,7 +29,7 @@ use fanout_shared::template::TickValues;
 use fanout_shared::{BackendError, ObjectStore, OutboundMessage, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::measure::{cpu_seconds, max_rss_kb, this_exe};
+use crate::measure::{cpu_seconds, last_json_line, max_rss_kb, this_exe};
 use crate::report::{list, median, Figure, Section};
 use crate::workload::{embedded, ok_targets, Scratch};
 
@@ -400,28 +400,13 @@ pub(crate) async fn tick_child(args: &TickArgs) -> Result<TickStats, String> {
 /// parses the stats on its last stdout line.
 fn run_tick(args: &[String], tmp: &Path) -> Result<TickStats, String> {
     let program = this_exe()?;
-    let output = Command::new(&program)
-        .arg("list-tick")
-        .args(args)
-        .env("TMPDIR", tmp)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{}: {e}", program.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        return Err(format!(
-            "list-tick {}: {}; stdout: {stdout}",
-            args.join(" "),
-            output.status
-        ));
-    }
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    serde_json::from_str(last).map_err(|e| format!("list-tick: unreadable stats {last:?}: {e}"))
+    last_json_line(
+        Command::new(&program)
+            .arg("list-tick")
+            .args(args)
+            .env("TMPDIR", tmp),
+        &format!("list-tick {}", args.join(" ")),
+    )
 }
 
 /// Where a measured tick publishes.

@@ -95,28 +95,33 @@ pub(crate) fn file_rss_of(pid: u32) -> Option<u64> {
 
 /// Runs `program args` to completion and parses its last stdout line as [`ProcessStats`].
 pub(crate) fn run_child(program: &Path, args: &[String]) -> Result<ProcessStats, String> {
-    let output = Command::new(program)
-        .args(args)
+    last_json_line(
+        Command::new(program).args(args),
+        &program.display().to_string(),
+    )
+}
+
+/// Runs `command` to completion (stdin closed, stderr passed through) and parses its last
+/// non-empty stdout line as `T`; errors name `label`.
+pub(crate) fn last_json_line<T: serde::de::DeserializeOwned>(
+    command: &mut Command,
+    label: &str,
+) -> Result<T, String> {
+    let output = command
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+        .map_err(|e| format!("{label}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(format!(
-            "{} {}: {}; stdout: {stdout}",
-            program.display(),
-            args.join(" "),
-            output.status
-        ));
+        return Err(format!("{label}: {}; stdout: {stdout}", output.status));
     }
     let last = stdout
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
-    serde_json::from_str(last)
-        .map_err(|e| format!("{}: unreadable stats {last:?}: {e}", program.display()))
+    serde_json::from_str(last).map_err(|e| format!("{label}: unreadable stats {last:?}: {e}"))
 }
 
 /// This benchmark binary, to run itself as a measured child.

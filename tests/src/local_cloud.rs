@@ -358,6 +358,16 @@ where
     }
 }
 
+/// The JSON lines the deployed functions wrote to the emulator's log after byte `from`.
+pub fn function_lines(log: &str, from: usize) -> Vec<serde_json::Value> {
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

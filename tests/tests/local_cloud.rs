@@ -28,7 +28,9 @@ use fanout_shared::job::message_id;
 use fanout_shared::PipelineConfig;
 use fanout_testkit::aws_proxy::{FaultKind, FaultPlan, FaultRule, Service};
 use fanout_testkit::target_server::{CallRecord, TargetServer};
-use fanout_tests::local_cloud::{emulator_endpoint, eventually, LocalCloud, ProxyChain};
+use fanout_tests::local_cloud::{
+    emulator_endpoint, eventually, function_lines, LocalCloud, ProxyChain,
+};
 
 const STACK: &str = "FanoutLocal";
 const SCHEDULED: &str = "FanoutLocalSchedule";
@@ -1091,16 +1093,6 @@ async fn lists_from_the_list_home(cloud: &mut LocalCloud, server: &TargetServer,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(server.records().len(), before, "nothing called");
-}
-
-/// The JSON lines the deployed functions wrote to the emulator's log after byte `from`.
-fn function_lines(log: &str, from: usize) -> Vec<Value> {
-    log.get(from..)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The log lines after byte `from` that mention `needle`.
