@@ -36,7 +36,8 @@ pub(crate) const PRICE_NOTES: &str = "Prices (AWS list prices, us-east-1, on-dem
      small messages is one request; each 64 KB chunk is one); SNS standard $0.50 per 1M requests (PublishBatch of 10 small \
      messages is one request), deliveries to SQS free on the SNS side and counted here as one SQS request each; DynamoDB \
      on-demand $0.625 per 1M write request units and $0.125 per 1M read request units (Nov 2024 prices; a transactional \
-     write is 2 WRU per KB and item, an eventually consistent read 0.5 RRU per 4 KB); EventBridge custom events $1.00 per \
+     write is 2 WRU per KB and item, an eventually consistent read 0.5 RRU per 4 KB; a write's KB are its item's, the larger \
+     of before and after, which the counting proxy keeps from the writes it forwards, not its request's); EventBridge custom events $1.00 per \
      1M; CloudWatch Logs ingestion $0.50 per GB; Step Functions standard $0.025 per 1,000 state transitions, express \
      $1.00 per 1M requests and $0.00001667 per GB-s (64 MB and 100 ms steps). Sources: aws.amazon.com/lambda/pricing, \
      /sqs/pricing, /sns/pricing, /dynamodb/pricing/on-demand, /eventbridge/pricing, /cloudwatch/pricing, \
@@ -84,6 +85,19 @@ const DYNAMODB_WRITES: [&str; 5] = [
 ];
 
 /// fanout's bill for one measured tick, line by line.
+/// DynamoDB write (or read) units per job of a tick, as the proxy priced them.
+fn dynamodb_units(tick: &Tick, writes: bool) -> f64 {
+    let units: f64 = tick
+        .counts
+        .iter()
+        .filter(|((service, operation), _)| {
+            service == "DynamoDB" && DYNAMODB_WRITES.contains(&operation.as_str()) == writes
+        })
+        .map(|(_, tally)| tally.units)
+        .sum();
+    units / tick.jobs.max(1) as f64
+}
+
 pub(crate) fn fanout_bill(tick: &Tick) -> Vec<Line> {
     let jobs = tick.jobs.max(1) as f64;
     let mut lines = Vec::new();
@@ -306,7 +320,7 @@ pub(crate) fn section(
     clean: &Tick,
     duplicates: &Tick,
     transient: &Tick,
-    slow: Option<&Tick>,
+    by_rate: &[&Tick],
     cpu_us: (f64, f64),
     concurrency: f64,
 ) -> Section {
@@ -343,22 +357,53 @@ pub(crate) fn section(
         ),
     ];
     let attempts = 1.0;
+    let dollars = |t: &Tick| total(&fanout_bill(t));
     let mut figures = vec![
-        Figure::info("fanout, clean tick: $ per 1M jobs", format!("${fanout:.2}")),
-        Figure::info(
-            "fanout, 30% duplicate deliveries: $ per 1M jobs",
-            format!("${:.2}", total(&fanout_bill(duplicates))),
+        Figure::goal(
+            "fanout, clean tick: $ per 1M jobs",
+            format!("${fanout:.2}"),
+            "≤ $2.50",
+            fanout <= 2.50,
         ),
-        Figure::info(
+        Figure::goal(
+            "fanout, 30% duplicate deliveries: $ per 1M jobs",
+            format!("${:.2}", dollars(duplicates)),
+            "≤ $2.75",
+            dollars(duplicates) <= 2.75,
+        ),
+        Figure::goal(
             "fanout, 10% transient failures: $ per 1M jobs",
-            format!("${:.2}", total(&fanout_bill(transient))),
+            format!("${:.2}", dollars(transient)),
+            "≤ $3.00",
+            dollars(transient) <= 3.00,
+        ),
+        Figure::goal(
+            "fanout, clean tick: DynamoDB write units per job",
+            format!("{:.2}", dynamodb_units(clean, true)),
+            "≤ 2.5",
+            dynamodb_units(clean, true) <= 2.5,
+        ),
+        Figure::goal(
+            "fanout, clean tick: DynamoDB read units per job",
+            format!("{:.2}", dynamodb_units(clean, false)),
+            "≤ 0.3",
+            dynamodb_units(clean, false) <= 0.3,
         ),
     ];
-    if let Some(slow) = slow {
-        // Lambda bills the time an instance waits for its share: a lower budget, longer invocations.
+    for tick in by_rate {
+        // Lambda bills the time an instance waits for its share: a lower budget, longer
+        // invocations per job.
         figures.push(Figure::info(
-            &format!("fanout, clean tick at {}/s: $ per 1M jobs", slow.rate),
-            format!("${:.2}", total(&fanout_bill(slow))),
+            &format!(
+                "fanout, clean tick at {}/s ({}/s per instance): $ per 1M jobs, consumer GB-s per job",
+                tick.rate,
+                tick.rate / concurrency
+            ),
+            format!(
+                "${:.2}, {:.4} GB-s",
+                dollars(tick),
+                tick.consumer_ms / 1000.0 * MEMORY_MB / 1024.0 / tick.jobs.max(1) as f64
+            ),
         ));
     }
     for (name, shape) in shapes {
@@ -398,33 +443,30 @@ pub(crate) fn section(
         .filter(|l| l.item.starts_with("DynamoDB"))
         .map(|l| l.usd_per_million)
         .sum();
-    let transactions: f64 = bill
-        .iter()
-        .filter(|l| l.item.contains("TransactWriteItems"))
-        .map(|l| l.usd_per_million)
-        .sum();
     let cheapest = shapes
         .iter()
         .map(|(_, shape)| total(&map_bill(*shape, attempts, concurrency, rate)))
         .fold(f64::INFINITY, f64::min);
+    let floor = 2.0 * DYNAMODB_WRU * 1e6 + SQS_REQUEST * 1e6;
     notes.insert(
         0,
         format!(
-            "Where the money goes: DynamoDB is {:.0}% of fanout's bill, and most of it ({:.0}%) is the one \
-             `TransactWriteItems` per job that completes the idempotency record and counts the job in its run's shard in \
-             one atomic write (2 items at 2 WRU each: exactly-once run counts, issue #15). The rest is the acquire (one \
-             conditional `UpdateItem` per job), the lease renewals and the per-batch reads of host states and run shards. \
-             What can be batched is: SNS `PublishBatch` (10 per call), the mapping's receives and deletes (10 per \
-             call), host states and run shards (one `BatchGetItem` per batch), leases (one write per instance and \
-             half-second), events (one per run). The two per-job writes cannot: a conditional write guards one item, \
-             and a transaction of a whole batch would fail all of it on one conflict. Distributed Map with express \
-             children of 100 items is the cheap shape (${cheapest:.2} per 1M jobs, assuming the HTTP Task runs in \
-             express children; if not, a Lambda per child adds about what fanout's consumer costs): a queue-based \
-             design cannot be 5× below it: two writes per job to call each target once (${:.2}) and one SQS delivery \
-             (${:.2}) are its floor, above a fifth of it. Against it fanout buys per-host budgets, 429 slow-down, \
-             circuits, the DLQ with reasons and runs counted exactly once.",
+            "Where the money goes: DynamoDB is {:.0}% of fanout's bill ({:.2} write and {:.2} read units per job). \
+             A job costs two single-item conditional writes, the acquire and the settlement (COMPLETED or \
+             DEAD_LETTERED), which also stores the batch that will count the job and what it adds; each consumer \
+             instance then adds a whole batch of settlements to the run's counters in one conditional write, before it \
+             deletes their messages (issue #28; until then a `TransactWriteItems` per job wrote the record and the \
+             run's shard at 2 units each: 4.3 units a job). What else is shared: SNS `PublishBatch` (10 per call), the \
+             mapping's receives and deletes (10 per call), host states (one `BatchGetItem` per batch), leases (one \
+             write per instance and half-second), events (one per run). The floor of the design: two writes per job to \
+             call each target once (${:.2}) and one SQS delivery (${:.2}), ${floor:.2} per 1M jobs before Lambda. \
+             Distributed Map with express children of 100 items is the cheap shape (${cheapest:.2} per 1M jobs, \
+             assuming the HTTP Task runs in express children; if not, a Lambda per child adds about what fanout's \
+             consumer costs): a queue-based design cannot be 5× below it, its floor is above a fifth of it. Against it \
+             fanout buys per-host budgets, 429 slow-down, circuits, the DLQ with reasons and runs counted exactly once.",
             100.0 * dynamodb / fanout,
-            100.0 * transactions / dynamodb.max(f64::MIN_POSITIVE),
+            dynamodb_units(clean, true),
+            dynamodb_units(clean, false),
             2.0 * DYNAMODB_WRU * 1e6,
             SQS_REQUEST * 1e6,
         ),

@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use fanout::{aws_with, Pipeline, StackOutputs};
-use fanout_shared::config::RateLimit;
 use fanout_shared::runs::RunStatus;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{PipelineConfig, RateLimit};
 use fanout_testkit::aws_proxy::{Counts, FaultCounts, FaultKind, FaultPlan, FaultRule, Service};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::local_cloud::{emulator_endpoint, function_lines, LocalCloud, ProxyChain};

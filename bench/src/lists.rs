@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fanout_shared::aws::{s3_client, S3Objects};
-use fanout_shared::publish::{EntryFailure, Publisher};
-use fanout_shared::template::TickValues;
-use fanout_shared::{BackendError, ObjectStore, OutboundMessage, PipelineConfig};
+use fanout_shared::{
+    BackendError, EntryFailure, ObjectStore, OutboundMessage, PipelineConfig, Publisher, TickValues,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{cpu_seconds, last_json_line, max_rss_kb, this_exe};

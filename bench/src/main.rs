@@ -19,8 +19,11 @@
 //!   local cloud's emulator (child `list-tick` processes), beside literal targets.
 //! - [`faults`]: 13, AWS-side faults (issue #26): the real stack on the local cloud behind a
 //!   chain of fault proxies, a tick clean, under the issue's plan and under the harsher one.
+//! - [`budgets`]: 14, every budget used (issue #27): mixed hosts, three hosts under a global
+//!   budget, on the embedded backend (the deployed rows are figure 8's).
 //! - [`report`], [`measure`], [`workload`]: figures and markdown, process measurements, workloads.
 
+mod budgets;
 mod cloud;
 mod coldstart;
 mod cost;
@@ -121,6 +124,12 @@ enum Command {
     Flow {
         /// Runs per scenario (medians are reported); `all` runs each once.
         #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// Figure 14: every budget used (issue #27): mixed hosts, three hosts under a global budget.
+    Budgets {
+        /// Runs per scenario (medians are reported).
+        #[arg(long, default_value_t = 3)]
         runs: usize,
     },
     /// Figure 8: the real stack on the local cloud (deploy, redeploy, ticks, cold start).
@@ -258,6 +267,8 @@ async fn all(out: &PathBuf, runs: usize, paths: &Paths) -> Result<(), String> {
     sections.push(faults::section(
         &faults::measure(runs.min(faults::RUNS_IN_ALL)).await?,
     ));
+    eprintln!("fanout-bench: 14. every budget used");
+    sections.push(budgets::section(runs.min(budgets::RUNS_IN_ALL)).await?);
     let document = report::document(
         &sections,
         &report::machine(&paths.python),
@@ -292,9 +303,14 @@ async fn dispatch(command: Command) -> Result<(), String> {
         )
         .await?]),
         Command::Flow { runs } => print_sections(&[flow::section(runs).await?]),
+        Command::Budgets { runs } => print_sections(&[budgets::section(runs).await?]),
         Command::Cloud { runs, paths } => {
             let run = cloud::measure(runs).await?;
-            for tick in run.clean.iter().chain([&run.duplicates, &run.transient]) {
+            for tick in run.clean.iter().chain(&run.slow).chain(&run.fast).chain([
+                &run.duplicates,
+                &run.transient,
+                &run.mixed.0,
+            ]) {
                 eprintln!("{tick:#?}");
             }
             let cpu = peer::cpu_per_job(&paths.python, &paths.peer_dir).await?;

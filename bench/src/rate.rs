@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use fanout_shared::config::HostLimit;
+use fanout_shared::HostLimit;
 use fanout_testkit::target_server::TargetServer;
 
 use crate::report::{list, median, Figure, Section};

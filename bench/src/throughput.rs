@@ -9,7 +9,7 @@ use fanout_shared::metrics::Metric;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fanout_shared::job::message_id;
+use fanout_shared::message_id;
 use fanout_testkit::target_server::TargetServer;
 
 use crate::measure::{cpu_seconds, max_rss_kb, run_child, this_exe, ProcessStats};

@@ -41,7 +41,8 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
-/// Backends.
+/// Where the pipeline's state lives: one SQLite file on this machine, or a deployed stack's
+/// AWS resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendKind {
     /// One SQLite file on this machine.
@@ -108,7 +109,7 @@ impl AwsArgs {
     }
 }
 
-/// Commands.
+/// What `fanout` does: one subcommand per operator task.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Produce one tick, then consume until every job is settled.
@@ -163,7 +164,7 @@ pub(crate) enum RunsCommand {
     },
     /// One run: status, counts, failures by reason and by host, timing.
     Show {
-        /// The run's ID.
+        /// The run's ID, as `fanout runs list` prints it.
         run_id: String,
         /// One JSON object on stdout.
         #[arg(long)]

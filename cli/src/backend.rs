@@ -9,11 +9,10 @@ use fanout_shared::aws::{
     SqsMessageMover, SqsQueue,
 };
 use fanout_shared::embedded::{Duplicates, EmbeddedBackend};
+use fanout_shared::fleet::FleetStore;
+use fanout_shared::runs::{EventBus, RunLedger};
 use fanout_shared::sources::ListsHome;
-use fanout_shared::{
-    BackendError, EventBus, FleetStore, IdempotencyStore, MessageMover, ObjectStore, Publisher,
-    Queue, RunLedger,
-};
+use fanout_shared::{BackendError, IdempotencyStore, MessageMover, ObjectStore, Publisher, Queue};
 
 /// Names of the embedded pipeline's topic, queue and DLQ.
 pub(crate) const EMBEDDED_TOPIC: &str = "fanout-jobs";

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fanout_producer::ListReaders;
-use fanout_shared::config::check_rate;
+use fanout_shared::runs::RunStatus;
 use fanout_shared::sources::ListsHome;
-use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_shared::{check_rate, PipelineConfig};
 use fanout_testkit::target_server::TargetServer;
 
 use crate::args::{

@@ -1,7 +1,7 @@
 //! The `--demo` workload: a config of targets on the local target server with a realistic mix.
 
-use fanout_shared::config::{PipelineConfig, RateLimit};
 use fanout_shared::runs::RunPolicy;
+use fanout_shared::{PipelineConfig, RateLimit};
 
 /// Targets in the demo.
 pub(crate) const DEMO_TARGETS: usize = 500;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::SqsEvent;
 use fanout_consumer::Consumer;
 use fanout_shared::metrics::MetricSet;
 use fanout_shared::{BackendError, Queue, QueueMessage};
@@ -250,28 +250,7 @@ pub fn to_event(queue_name: &str, messages: Vec<QueueMessage>) -> SqsEvent {
     let mut event = SqsEvent::default();
     event.records = messages
         .into_iter()
-        .map(|m| {
-            let mut record = SqsMessage::default();
-            record.message_id = Some(m.message_id);
-            record.receipt_handle = Some(m.receipt_handle);
-            record.body = Some(m.body);
-            record.attributes.insert(
-                "ApproximateReceiveCount".into(),
-                m.receive_count.to_string(),
-            );
-            record
-                .attributes
-                .insert("SentTimestamp".into(), m.sent_at_ms.to_string());
-            for (name, value) in m.attributes {
-                let mut attribute = SqsMessageAttribute::default();
-                attribute.string_value = Some(value);
-                attribute.data_type = Some("String".into());
-                record.message_attributes.insert(name, attribute);
-            }
-            record.event_source = Some("aws:sqs".into());
-            record.event_source_arn = Some(queue_name.to_owned());
-            record
-        })
+        .map(|m| fanout_consumer::to_record(queue_name, m))
         .collect();
     event
 }

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use fanout_shared::config::check_rate;
-use fanout_shared::hosts::{Circuit, HostEvent, HostState, ALL_HOSTS};
-use fanout_shared::{now_ms, BackendError, FleetStore, PipelineConfig};
+use fanout_shared::fleet::FleetStore;
+use fanout_shared::{
+    check_rate, now_ms, BackendError, Circuit, HostEvent, HostState, PipelineConfig, ALL_HOSTS,
+};
 
 /// `fanout hosts`: list, or act on one host.
 #[derive(Debug, Args)]

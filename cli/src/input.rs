@@ -53,7 +53,7 @@ pub(crate) fn default_run_id(config: &Path) -> String {
 
 /// A run ID the producer accepts, or bad input (exit 2) before anything is opened.
 pub(crate) fn checked_run_id(run_id: String) -> Result<String, Failure> {
-    fanout_shared::job::check_run_id(&run_id)
+    fanout_shared::check_run_id(&run_id)
         .map_err(|e| Failure::BadInput(format!("--run-id: {e}")))?;
     Ok(run_id)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use fanout_shared::metrics::{Metric, MetricSet};
-use fanout_shared::{RunRecord, RunStatus};
+use fanout_shared::runs::{RunRecord, RunStatus};
 
 use crate::dlq::ReplaySummary;
 use crate::event_source::DrainOutcome;
@@ -29,7 +29,7 @@ pub struct Latency {
 /// them against where the jobs are (idempotency records and the DLQ).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
-    /// The run's ID.
+    /// The run this summary counts (the tick `fanout run` produced).
     pub run_id: String,
     /// The ledger's verdict: `SUCCEEDED`, `FAILED` (more dead-lettered jobs than the config's
     /// `runs` tolerates), or `RUNNING` when the run did not finish.

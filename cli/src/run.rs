@@ -39,6 +39,8 @@ fn settings(options: &RunOptions) -> Settings {
         rate_per_second: options.rate_override,
         // Locally functions run for seconds, not minutes: keep the margin in proportion.
         deadline_margin: (function_timeout / 10).min(Duration::from_secs(1)),
+        // And the lock's grace: ten invocations, at most Lambda's default minute.
+        lock_grace: (function_timeout * 10).min(Settings::default().lock_grace),
         batch_concurrency: options.event_source.batch_size as usize,
         function_name: "fanout-consumer-local".into(),
         pipeline: options.pipeline_name.clone(),
@@ -128,7 +130,7 @@ async fn ledger_record(
     pipeline: &Pipeline,
     name: &str,
     run_id: &str,
-) -> Result<Option<fanout_shared::RunRecord>, BackendError> {
+) -> Result<Option<fanout_shared::runs::RunRecord>, BackendError> {
     fanout_shared::runs::Finisher::new(pipeline.runs.as_ref(), pipeline.events.as_ref(), name)
         .sweep_run(run_id, fanout_shared::now_ms())
         .await?;

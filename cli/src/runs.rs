@@ -124,7 +124,7 @@ fn duration(run: &RunRecord, now_ms: i64) -> String {
     } else {
         ""
     };
-    if run.status == fanout_shared::RunStatus::Skipped {
+    if run.status == fanout_shared::runs::RunStatus::Skipped {
         return "-".into();
     }
     format!("{:.1} s{suffix}", ms as f64 / 1000.0)

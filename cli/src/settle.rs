@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use fanout_shared::idempotency::Status;
-use fanout_shared::job::{decode_body, ATTR_FAILURE_REASON};
-use fanout_shared::{BackendError, IdempotencyStore, Queue, QueueMessage};
+use fanout_shared::{
+    decode_body, BackendError, IdempotencyStore, Queue, QueueMessage, Status, ATTR_FAILURE_REASON,
+};
 
 use crate::scan::peek_all;
 

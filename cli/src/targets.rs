@@ -13,8 +13,7 @@ use fanout_shared::aws::{load_sdk_config, S3Objects};
 use fanout_shared::rows::Format;
 use fanout_shared::runs::SourceRead;
 use fanout_shared::sources::{Location, Source};
-use fanout_shared::template::TickValues;
-use fanout_shared::{ObjectStore, ObjectVersion, PipelineConfig};
+use fanout_shared::{ObjectStore, ObjectVersion, PipelineConfig, TickValues};
 use serde::Serialize;
 
 use crate::failure::Failure;

@@ -18,9 +18,7 @@ use serde_json::{json, Value};
 
 use fanout_producer::ListReaders;
 use fanout_producer::{Summary, WatchdogAnswer};
-use fanout_shared::idempotency::Status;
-use fanout_shared::PipelineConfig;
-use fanout_shared::{BackendError, IdempotencyStore, Queue};
+use fanout_shared::{BackendError, IdempotencyStore, PipelineConfig, Queue, Status};
 
 use crate::args::Cli;
 use crate::failure::Failure;
@@ -244,15 +242,26 @@ fn outcome(settlement: Settlement, makespan: Duration) -> TickOutcome {
     }
 }
 
+/// A `--time` that is not an RFC 3339 time: bad input (exit 2), before the producer is invoked.
+#[derive(Debug, thiserror::Error)]
+#[error("--time {text:?}: not an RFC 3339 time such as 2026-11-21T10:15:00Z ({reason})")]
+pub(crate) struct BadTime {
+    /// The flag's value.
+    text: String,
+    /// The parser's objection.
+    reason: chrono::ParseError,
+}
+
 /// The event to invoke with: `{"run_id": …}`, or the scheduled event for `--time` (or now).
-pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, String> {
+pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, BadTime> {
     if let Some(run_id) = &args.run_id {
         return Ok(json!({ "run_id": run_id }));
     }
     let time = match &args.time {
         Some(text) => DateTime::parse_from_rfc3339(text)
-            .map_err(|e| {
-                format!("--time {text:?}: not an RFC 3339 time such as 2026-11-21T10:15:00Z ({e})")
+            .map_err(|reason| BadTime {
+                text: text.clone(),
+                reason,
             })?
             .with_timezone(&Utc),
         None => Utc::now(),
@@ -288,7 +297,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let event = event_for(args, &rule).map_err(Failure::BadInput)?;
+    let event = event_for(args, &rule).map_err(|e| Failure::BadInput(e.to_string()))?;
     let started = Instant::now();
     let answer = invoke_producer(&sdk, &function, &event).await?;
     let outcome = match (args.wait, &config, &args.config) {
@@ -417,6 +426,7 @@ mod tests {
         );
         assert!(event_for(&args(Some("yesterday"), None), rule)
             .unwrap_err()
+            .to_string()
             .contains("--time \"yesterday\""));
     }
 }

@@ -19,12 +19,11 @@ use fanout_shared::fleet::{
     self, entitled_at, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW, LEASE_TTL,
     RELEASE_GRACE,
 };
-use fanout_shared::hosts::{
-    Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, ALL_HOSTS,
+use fanout_shared::{
+    now_ms, Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, PipelineConfig, ALL_HOSTS,
 };
-use fanout_shared::{now_ms, PipelineConfig};
 
-use crate::limiter::{Deferred, Key, Limiters, Share};
+use crate::limiter::{Deferred, Key, Limiters, Share, HOLD_IN_PLACE};
 
 /// How often a working instance looks whether its lease is due for renewal (a clock read, no
 /// store call unless it is).
@@ -97,6 +96,27 @@ pub(crate) struct Flow {
     limiters: Limiters,
     /// See [`crate::Settings::max_instances`].
     max_instances: Option<u32>,
+    /// Jobs this instance holds now, by host ([`Flow::holding`]): a job of a slow host
+    /// leaves at once only when jobs of other hosts are there to use its slot.
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// A job held by its instance ([`Flow::holding`]) until dropped.
+pub(crate) struct Holding<'a> {
+    held: &'a Mutex<HashMap<String, usize>>,
+    host: String,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.host);
+            }
+        }
+    }
 }
 
 /// A batch in flight ([`Flow::start_batch`]); dropping it without [`Flow::end_batch`] (a
@@ -144,6 +164,33 @@ impl Flow {
             batches: AtomicUsize::new(0),
             limiters: Limiters::new(),
             max_instances,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a job of `host` as held by this instance until the guard drops.
+    pub(crate) fn holding(&self, host: &str) -> Holding<'_> {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(host.to_owned())
+            .or_default() += 1;
+        Holding {
+            held: &self.held,
+            host: host.to_owned(),
+        }
+    }
+
+    /// How long a job of `host` may wait in place for the host's permit: up to the deadline
+    /// when the instance holds only that host's jobs (leaving would free a slot nobody needs,
+    /// and a copy comes back in whole seconds), else [`HOLD_IN_PLACE`].
+    fn hold_for(&self, host: &str) -> Duration {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.keys().any(|h| h != host) {
+            HOLD_IN_PLACE
+        } else {
+            Duration::MAX
         }
     }
 
@@ -446,7 +493,8 @@ impl Flow {
                     burst: 1,
                 })
             };
-            self.limiters.acquire(&key, share, call_by).await?;
+            let hold = self.hold_for(host);
+            self.limiters.acquire(&key, share, call_by, hold).await?;
         }
         if globally_paced {
             let share = || {
@@ -455,7 +503,10 @@ impl Flow {
                     burst: 1,
                 })
             };
-            self.limiters.acquire(&Key::Global, share, call_by).await?;
+            // Every job waits for the global permit: leaving would free a slot for nobody.
+            self.limiters
+                .acquire(&Key::Global, share, call_by, Duration::MAX)
+                .await?;
         }
         Ok(started.elapsed())
     }

@@ -17,8 +17,7 @@ use reqwest::{Method, StatusCode};
 use fanout_shared::guarded_http::{
     self, drain, env_headers, refused_address, root_cause, GuardedClient, Hop, RedirectRules, Sent,
 };
-use fanout_shared::netguard;
-use fanout_shared::{Failure, FailureKind, JobTarget};
+use fanout_shared::{check_literal_host, Failure, FailureKind, JobTarget};
 
 /// Header carrying the job's message ID, so targets that support it dedupe on their side too.
 pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -128,29 +127,29 @@ impl Caller {
                 .as_ref()
                 .and_then(reqwest::Url::host)
             {
-                netguard::check_literal_host(&host).map_err(|e| {
+                check_literal_host(&host).map_err(|e| {
                     Failure::new(FailureKind::RefusedAddress, format!("refused: {e}"))
                 })?;
             }
         }
         self.build_hop(target, message_id)
-            .map_err(|reason| Failure::new(FailureKind::BadRequest, reason))
+            .map_err(|e| Failure::new(FailureKind::BadRequest, e.to_string()))
     }
 
-    fn build_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, String> {
-        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("bad url: {e}"))?;
+    fn build_hop(&self, target: &JobTarget, message_id: &str) -> Result<Hop, RequestError> {
+        let url = reqwest::Url::parse(&target.url).map_err(RequestError::Url)?;
         let method = Method::from_bytes(target.method.as_bytes())
-            .map_err(|_| format!("bad method {:?}", target.method))?;
+            .map_err(|_| RequestError::Method(target.method.clone()))?;
         // Values from the environment are secrets: marked sensitive, never in an error.
         let mut headers = env_headers(&target.headers)?;
-        let key = HeaderValue::from_str(message_id).map_err(|_| "bad message id".to_owned())?;
+        let key = HeaderValue::from_str(message_id).map_err(|_| RequestError::MessageId)?;
         headers.insert(IDEMPOTENCY_KEY, key);
         let body = match &target.body {
             Some(body) => {
                 if !headers.contains_key(CONTENT_TYPE) {
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 }
-                Some(serde_json::to_vec(body).map_err(|e| format!("body: {e}"))?)
+                Some(serde_json::to_vec(body).map_err(RequestError::Body)?)
             }
             None => None,
         };
@@ -161,6 +160,22 @@ impl Caller {
             body,
         })
     }
+}
+
+/// Why a job's request could not be built: a permanent failure (the same message would fail
+/// the same way), whose text is its dead-letter reason.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("bad url: {0}")]
+    Url(url::ParseError),
+    #[error("bad method {0:?}")]
+    Method(String),
+    #[error(transparent)]
+    Header(#[from] fanout_shared::guarded_http::EnvHeaderError),
+    #[error("bad message id")]
+    MessageId,
+    #[error("body: {0}")]
+    Body(serde_json::Error),
 }
 
 async fn classify_response(mut response: reqwest::Response) -> CallOutcome {

@@ -5,10 +5,14 @@
 //!   EMF metrics (per function and per host), and finishing the runs whose last jobs it settled.
 //! - [`record`]: one record: parse → admit → permit → dedupe → call → record the outcome, and
 //!   rescheduling (a delayed copy) for every job that waits or retries.
+//! - `count`: this instance's batches of settlements, applied to the runs' counters one write
+//!   per batch before their messages are deleted.
 //! - `backend`: the consumer's own dependencies failing: retries with backoff, rescheduling,
 //!   the `BackendThrottled`/`BackendFailed` counts per operation.
 //! - [`flow`]: flow control shared by the fleet: host states (pause, circuit, slow-down), the
 //!   instance's lease and its share of the budgets.
+//! - `pull`: an invocation with room and time receives more records itself, so a batch's
+//!   slowest record never holds back the instance and its share is not idle between batches.
 //! - `latency`: how long a call to a host is expected to take, so a job waits for its permit
 //!   until just before the invocation's end.
 //! - [`limiter`]: the `governor` limiters that pace this instance at its share.
@@ -26,22 +30,26 @@
 
 mod backend;
 mod batch;
+mod count;
 mod flow;
 mod http;
 mod latency;
 mod limiter;
 mod policy;
+mod pull;
 mod record;
 mod settings;
 
 use std::sync::Arc;
 
-use fanout_shared::retry::RetryPolicy;
-use fanout_shared::{EventBus, FleetStore, IdempotencyStore, PipelineConfig, Queue, RunLedger};
+use fanout_shared::fleet::FleetStore;
+use fanout_shared::runs::{EventBus, RunLedger};
+use fanout_shared::{IdempotencyStore, PipelineConfig, Queue, RetryPolicy};
 
 pub use batch::BatchReport;
+pub use pull::to_record;
 pub use record::{Deadline, RecordReport, Reschedule, Verdict};
-pub use settings::Settings;
+pub use settings::{BadVariable, Settings};
 
 /// One consumer instance: its clients, its flow control and its settings. Build it once per
 /// process (Lambda reuses it across invocations) and share it.
@@ -58,10 +66,11 @@ pub struct Consumer {
     policy: policy::Policy,
     settings: Settings,
     faults: backend::BackendFaults,
-    /// Runs whose settled shards this instance could not register (a backend fault outlasted
-    /// the finish's retries): tried again with its next batch.
+    counter: count::Counter,
+    /// Runs this instance saw settled but could not finish (a backend fault outlasted the
+    /// finish's retries), with their counters: tried again with its next batch.
     unfinished:
-        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<u32>>>,
+        std::sync::Mutex<std::collections::BTreeMap<String, fanout_shared::runs::RunCounts>>,
 }
 
 /// Its settings; the clients and the flow control's live state are opaque.
@@ -83,7 +92,8 @@ pub struct Backends {
     pub dlq: Arc<dyn Queue>,
     /// Host states and instance leases, shared by the fleet.
     pub fleet: Arc<dyn FleetStore>,
-    /// The run ledger (counts are written by `store`; the consumer finishes settled runs).
+    /// The run ledger: the consumer counts its batches of settlements there and finishes
+    /// settled runs.
     pub runs: Arc<dyn RunLedger>,
     /// Where a finished run's completion event goes.
     pub events: Arc<dyn EventBus>,
@@ -143,6 +153,7 @@ impl Consumer {
             policy,
             settings,
             faults: backend::BackendFaults::default(),
+            counter: count::Counter::new(),
             unfinished: Default::default(),
         })
     }

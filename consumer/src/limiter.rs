@@ -9,6 +9,14 @@
 //! Waiting is deadline-aware: a permit due after the invocation can use it is not waited for;
 //! the caller reschedules the job for when the permit is due ([`Deferred`]), and a horizon per
 //! key spaces such jobs out one share-period apart, so they come back when they can be spent.
+//!
+//! Waiting is also short when it would block others: while the instance holds jobs of other
+//! hosts, a job waits in place only for a permit due within [`HOLD_IN_PLACE`], counting the
+//! jobs already waiting for the same key ahead of it. A job of a slow host that waited longer
+//! would hold its slot (and, on Lambda, its invocation) while jobs of faster hosts queue behind
+//! it: head-of-line blocking. Leaving at once costs one delayed copy, and the budget still
+//! decides when the job is called. With only its own host's jobs around, leaving would free a
+//! slot nobody needs and bring the job back in whole seconds (SQS's delay unit): it waits.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -42,6 +50,11 @@ const SPARE_CELL_ABOVE: f64 = 20.0;
 /// A permit and the spare cell, taken together by a newcomer to an idle limiter.
 const TWO: NonZeroU32 = NonZeroU32::MIN.saturating_add(1);
 
+/// The longest a job waits in place for its permit, its queue included: no shorter than an SQS
+/// delay's granularity (a copy cannot come back sooner than a second), so leaving never makes a
+/// job later than waiting would.
+pub(crate) const HOLD_IN_PLACE: Duration = Duration::from_secs(1);
+
 /// Longest single sleep while waiting for a permit: the share is looked at again after it, since
 /// rates change while a job waits.
 const RECHECK: Duration = Duration::from_millis(250);
@@ -72,6 +85,8 @@ struct Slot {
     limiter: Arc<DefaultDirectRateLimiter>,
     /// When the next rescheduled job for this key should come back.
     horizon: Instant,
+    /// Jobs waiting in place for this key now: a newcomer's permit comes after theirs.
+    waiting: usize,
 }
 
 /// This instance's limiters, by key.
@@ -127,47 +142,64 @@ impl Limiters {
             }
             None => Instant::now(),
         };
+        let waiting = slots.get(key).map_or(0, |old| old.waiting);
         slots.insert(
             key.clone(),
             Slot {
                 share,
                 limiter: fresh.clone(),
                 horizon,
+                waiting,
             },
         );
         fresh
     }
 
     /// Waits for a permit of `key`, whose share `share()` may change while waiting, unless it is
-    /// due after `until`. Returns how long it waited.
+    /// due after `until` or, counting the jobs already waiting for `key`, later than `hold` from
+    /// now. Returns how long it waited.
     pub(crate) async fn acquire(
         &self,
         key: &Key,
         share: impl Fn() -> Share,
         until: Instant,
+        hold: Duration,
     ) -> Result<Duration, Deferred> {
         let started = Instant::now();
-        let mut waited = false;
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let current = share();
             let limiter = self.current(key, current);
             // A newcomer to an idle burst-1 limiter spends its spare cell too (see `cells`).
-            let idle = !waited
+            let idle = waiting.is_none()
                 && cells(current) > current.burst
                 && limiter.check_n(TWO).is_ok_and(|c| c.is_ok());
             match if idle { Ok(()) } else { limiter.check() } {
                 Ok(()) => return Ok(started.elapsed()),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
-                    if Instant::now() + wait > until {
+                    if waiting.is_none() {
+                        // Behind the jobs already waiting: each takes one period of the share.
+                        let ahead = self.waiting(key);
+                        let due = wait + period(current).mul_f64(ahead as f64);
+                        if Instant::now() + due > until || due > hold {
+                            return Err(self.defer(key, current, due));
+                        }
+                        waiting = Some(Waiting::join(self, key));
+                    } else if Instant::now() + wait > until {
                         return Err(self.defer(key, current, wait));
                     }
                     // Another task may take the permit first; then we go round again.
                     tokio::time::sleep(wait.min(RECHECK)).await;
-                    waited = true;
                 }
             }
         }
+    }
+
+    /// How many jobs wait in place for `key` now.
+    fn waiting(&self, key: &Key) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(key).map_or(0, |slot| slot.waiting)
     }
 
     /// Books a comeback slot for a job that cannot be called in time: `wait` from now at the
@@ -181,6 +213,42 @@ impl Limiters {
         let at = slot.horizon.max(now + wait);
         slot.horizon = at + period(share);
         Deferred { delay: at - now }
+    }
+}
+
+/// A job counted among its key's waiters while it waits, and no longer once it stops (permit,
+/// deferral or a dropped future alike).
+struct Waiting<'a> {
+    limiters: &'a Limiters,
+    key: Key,
+}
+
+impl<'a> Waiting<'a> {
+    fn join(limiters: &'a Limiters, key: &Key) -> Self {
+        let mut slots = limiters
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get_mut(key) {
+            slot.waiting += 1;
+        }
+        Self {
+            limiters,
+            key: key.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut slots = self
+            .limiters
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get_mut(&self.key) {
+            slot.waiting = slot.waiting.saturating_sub(1);
+        }
     }
 }
 
@@ -203,7 +271,7 @@ mod tests {
         let started = Instant::now();
         for _ in 0..6 {
             limiters
-                .acquire(&Key::Global, share(10.0), until)
+                .acquire(&Key::Global, share(10.0), until, HOLD_IN_PLACE)
                 .await
                 .unwrap();
         }
@@ -219,10 +287,19 @@ mod tests {
         let limiters = Limiters::new();
         let until = Instant::now() + Duration::from_millis(200);
         let key = Key::Host("a".into());
-        limiters.acquire(&key, share(1.0), until).await.unwrap();
+        limiters
+            .acquire(&key, share(1.0), until, HOLD_IN_PLACE)
+            .await
+            .unwrap();
         let started = Instant::now();
-        let first = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
-        let second = limiters.acquire(&key, share(1.0), until).await.unwrap_err();
+        let first = limiters
+            .acquire(&key, share(1.0), until, HOLD_IN_PLACE)
+            .await
+            .unwrap_err();
+        let second = limiters
+            .acquire(&key, share(1.0), until, HOLD_IN_PLACE)
+            .await
+            .unwrap_err();
         assert!(
             started.elapsed() < Duration::from_millis(100),
             "no waiting for a permit that comes too late"
@@ -238,6 +315,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_whose_queue_is_longer_than_the_hold_leaves_at_once() {
+        // 2/s: the first job calls at once, the next two wait 0.5 s and 1 s in place (the hold),
+        // the fourth would wait 1.5 s behind them: it leaves at once, booked for then.
+        let limiters = Limiters::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        let key = Key::Host("slow".into());
+        let started = Instant::now();
+        let jobs = (0..4).map(|_| async {
+            let result = limiters
+                .acquire(&key, share(2.0), until, HOLD_IN_PLACE)
+                .await;
+            (result, started.elapsed())
+        });
+        let outcomes = futures_util::future::join_all(jobs).await;
+        let deferred: Vec<_> = outcomes
+            .iter()
+            .filter_map(|(r, at)| r.err().map(|d| (d, *at)))
+            .collect();
+        assert_eq!(deferred.len(), 1, "{outcomes:?}");
+        let (d, left_at) = deferred[0];
+        assert!(left_at < Duration::from_millis(100), "left at {left_at:?}");
+        assert!(
+            d.delay >= Duration::from_millis(1400) && d.delay <= Duration::from_millis(1500),
+            "booked behind the two waiting: {d:?}"
+        );
+        // Once they are served, nobody counts as waiting: the next job waits in place again.
+        assert_eq!(limiters.waiting(&key), 0);
+        assert!(limiters
+            .acquire(&key, share(2.0), until, HOLD_IN_PLACE)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn with_no_hold_a_job_waits_for_its_turn_until_the_deadline() {
+        // The same queue as above with no hold (the instance holds only this host's jobs).
+        let limiters = Limiters::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        let key = Key::Host("only".into());
+        let jobs = (0..4).map(|_| limiters.acquire(&key, share(2.0), until, Duration::MAX));
+        let outcomes = futures_util::future::join_all(jobs).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    }
+
+    #[tokio::test]
     async fn an_idle_limiter_lets_exactly_its_burst_through() {
         let until = Instant::now();
         for burst in [1, 3] {
@@ -248,11 +370,17 @@ mod tests {
                 burst,
             };
             for _ in 0..burst {
-                limiters.acquire(&Key::Global, share, until).await.unwrap();
+                limiters
+                    .acquire(&Key::Global, share, until, HOLD_IN_PLACE)
+                    .await
+                    .unwrap();
             }
             // The spare cell of a burst-1 limiter is not handed to a newcomer.
             assert!(
-                limiters.acquire(&Key::Global, share, until).await.is_err(),
+                limiters
+                    .acquire(&Key::Global, share, until, HOLD_IN_PLACE)
+                    .await
+                    .is_err(),
                 "burst {burst}: one call too many"
             );
         }
@@ -263,17 +391,17 @@ mod tests {
         let limiters = Limiters::new();
         let until = Instant::now() + Duration::from_millis(50);
         limiters
-            .acquire(&Key::Global, share(1.0), until)
+            .acquire(&Key::Global, share(1.0), until, HOLD_IN_PLACE)
             .await
             .unwrap();
         // The share doubles: still no permit for about half a second.
         assert!(limiters
-            .acquire(&Key::Global, share(2.0), until)
+            .acquire(&Key::Global, share(2.0), until, HOLD_IN_PLACE)
             .await
             .is_err());
         // Keys are independent.
         limiters
-            .acquire(&Key::Host("b".into()), share(1.0), until)
+            .acquire(&Key::Host("b".into()), share(1.0), until, HOLD_IN_PLACE)
             .await
             .unwrap();
     }

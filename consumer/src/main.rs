@@ -9,15 +9,11 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fanout_consumer::{Backends, Consumer, Settings};
 use fanout_shared::aws::{
-    dynamodb_client, eventbridge_client, load_sdk_config, sqs_client, DynamoDbFleet,
+    dynamodb_client, eventbridge_client, load_sdk_config, required_env, sqs_client, DynamoDbFleet,
     DynamoDbIdempotency, DynamoDbRuns, EventBridgeBus, Retries, SqsQueue,
 };
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-
-fn required(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} is required"))
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -30,7 +26,7 @@ async fn main() -> Result<(), Error> {
     let sqs = sqs_client(&sdk, Retries::CONSUMER_SQS);
     let (dynamodb, table) = (
         dynamodb_client(&sdk, Retries::CONSUMER_DYNAMODB),
-        required("FANOUT_TABLE_NAME")?,
+        required_env("FANOUT_TABLE_NAME")?,
     );
     let backends = Backends {
         store: Arc::new(DynamoDbIdempotency::new(dynamodb.clone(), table.clone())),
@@ -40,8 +36,11 @@ async fn main() -> Result<(), Error> {
             eventbridge_client(&sdk, Retries::EVENTS),
             std::env::var("FANOUT_EVENT_BUS").unwrap_or_else(|_| "default".into()),
         )),
-        source: Arc::new(SqsQueue::new(sqs.clone(), required("FANOUT_QUEUE_URL")?)),
-        dlq: Arc::new(SqsQueue::new(sqs, required("FANOUT_DLQ_URL")?)),
+        source: Arc::new(SqsQueue::new(
+            sqs.clone(),
+            required_env("FANOUT_QUEUE_URL")?,
+        )),
+        dlq: Arc::new(SqsQueue::new(sqs, required_env("FANOUT_DLQ_URL")?)),
     };
     let consumer = Consumer::new(&config, backends, settings)?;
     let consumer = &consumer;

@@ -11,13 +11,14 @@
 //! A job rendered from a row names its template and carries the row's values instead: the
 //! consumer renders the call again from *its own* template of that name, so host, method,
 //! headers and secrets come from its config, and the values can only fill the placeholders
-//! (each encoded for its place, see [`fanout_shared::template`]). The rendering must equal the
+//! (each encoded for its place, see `shared/src/template.rs`). The rendering must equal the
 //! message's copy, as for a literal target. The consumer needs no copy of the list itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fanout_shared::template::CompiledTemplate;
-use fanout_shared::{Failure, FailureKind, JobMessage, JobTarget, PipelineConfig};
+use fanout_shared::{
+    CompiledTemplate, Failure, FailureKind, JobMessage, JobTarget, PipelineConfig,
+};
 
 /// The consumer's own targets by ID, and the hosts it may call.
 #[derive(Debug, Clone)]
@@ -243,8 +244,7 @@ mod tests {
 
     /// The job the producer builds for row `values` with `config`'s template.
     fn row_job(config: &PipelineConfig, values: serde_json::Value) -> JobMessage {
-        use fanout_shared::job::TemplateCall;
-        use fanout_shared::template::TickValues;
+        use fanout_shared::{TemplateCall, TickValues};
         let values = values.as_object().cloned().unwrap_or_default();
         let tick = TickValues::default();
         let target = config.compiled_templates()["sync"]

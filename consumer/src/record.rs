@@ -20,23 +20,31 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::SqsMessage;
 use tracing::{debug, info, warn, Instrument};
 
-use fanout_shared::hosts::{HoldReason, HostEvent};
-use fanout_shared::idempotency::{Acquire, Claim, Status, Transition};
-use fanout_shared::job::{
-    decode_body, JobMessage, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_HOLDER,
-    ATTR_NOT_BEFORE, ATTR_STATUS_CODE, ATTR_UNRECORDED_SUCCESS,
+use fanout_shared::runs::{BatchState, CountToken, Delta, JobCount, Tally};
+use fanout_shared::{
+    decode_body, now_ms, Acquire, BackendError, Claim, Failure, FailureKind, HoldReason, HostEvent,
+    JobMessage, Status, Transition, ATTR_DEAD_LETTER_ATTEMPT, ATTR_FAILURE_REASON, ATTR_HOLDER,
+    ATTR_NOT_BEFORE, ATTR_STATUS_CODE, ATTR_UNRECORDED_SUCCESS, MAX_DELAY,
 };
-use fanout_shared::queue::MAX_DELAY;
-use fanout_shared::runs::Tally;
-use fanout_shared::{now_ms, BackendError, Failure, FailureKind};
 
 use crate::backend::{reschedule_delay, Window, BEFORE_CALL_PATIENCE, RESCHEDULE_PATIENCE};
+use crate::count::{BatchStatus, Written};
 use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
 use crate::Consumer;
 
+/// How long after its invocation's deadline a batch still pending is sealed by a copy of one
+/// of its jobs: a count sent just before the deadline has landed by then (and one that lands
+/// later is refused by the seal, never double counted).
+const SEAL_AFTER_MS: i64 = 2_000;
+
 /// Longest `failure_reason` written to the DLQ.
 const MAX_REASON_LEN: usize = 1000;
+
+/// What a job leaves its acquire between its permit and its call's last start: a healthy
+/// store answers in milliseconds; one slower than this makes the job skip its call
+/// (`too_late_to_call`) rather than cut it short.
+const ACQUIRE_ALLOWANCE: Duration = Duration::from_millis(100);
 
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,9 +108,10 @@ pub struct RecordReport {
     pub rate_wait: Duration,
     /// What the call changed about its host.
     pub host_change: HostChange,
-    /// The job's run and message ID when this record settled it (succeeded or dead-lettered
-    /// through its idempotency record): its run may be settled now.
-    pub settled: Option<(String, String)>,
+    /// The job's run and the batch of this instance its settlement is counted in (this
+    /// record's, or a settled job's whose count it took over): its message may be deleted only
+    /// once that batch is applied ([`crate::count`]).
+    pub count: Option<(String, u64)>,
 }
 
 impl RecordReport {
@@ -114,8 +123,14 @@ impl RecordReport {
             status: None,
             rate_wait: Duration::ZERO,
             host_change: HostChange::default(),
-            settled: None,
+            count: None,
         }
+    }
+
+    /// This report, its message to be deleted only once batch `seq` of `run_id` is applied.
+    fn counted_in(mut self, run_id: &str, seq: u64) -> Self {
+        self.count = Some((run_id.to_owned(), seq));
+        self
     }
 }
 
@@ -139,6 +154,8 @@ struct Lock {
     holder: i64,
     window: Window,
     expires_ms: i64,
+    /// The invocation's deadline (ms since the epoch): the count token's.
+    deadline_ms: i64,
 }
 
 impl Lock {
@@ -154,7 +171,8 @@ impl Lock {
             dead_letter_class,
             holder: claim.holder,
             window: deadline.window(),
-            expires_ms: deadline.epoch_ms,
+            expires_ms: claim.lock_until_ms,
+            deadline_ms: deadline.epoch_ms,
         }
     }
 
@@ -257,12 +275,6 @@ impl Consumer {
             },
         };
         report.host = job.target.host();
-        if matches!(
-            report.verdict,
-            Verdict::Succeeded | Verdict::DeadLettered(_)
-        ) {
-            report.settled = Some((job.run_id, job.message_id));
-        }
         report
     }
 
@@ -290,13 +302,17 @@ impl Consumer {
                     .await;
             }
         }
+        let _holding = self.flow.holding(&host);
         let admission = self.flow.admit(&host).await;
         if let Admission::Hold { until_ms, reason } = admission {
             return self.hold(record, &host, until_ms, reason).await;
         }
         let timeout = Duration::from_millis(job.target.timeout_ms);
         let reserve = self.latencies.reserve(&host, timeout, deadline.budget);
-        let rate_wait = match self.flow.permit(&host, deadline.call_by(reserve)).await {
+        let call_by = deadline.call_by(reserve);
+        // The permit leaves the acquire its allowance before the call's last start.
+        let permit_by = call_by.checked_sub(ACQUIRE_ALLOWANCE).unwrap_or(call_by);
+        let rate_wait = match self.flow.permit(&host, permit_by).await {
             Ok(waited) => waited,
             Err(deferred) => {
                 return self
@@ -317,8 +333,7 @@ impl Consumer {
                 dead_letter_class,
             }) => Lock::new((attempt, failures), dead_letter_class, &claim, deadline),
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
-                debug!("duplicate: already settled");
-                return RecordReport::new(Verdict::Duplicate);
+                return self.settled_copy(record, job, deadline).await;
             }
             Ok(Acquire::Locked { until_ms }) => {
                 // Come back when the lock lapses: sooner would only meet it again.
@@ -347,6 +362,11 @@ impl Consumer {
             }
             Err(e) => return self.after_acquire_fault(record, &claim, &e).await,
         };
+        // (A call expected to outlast the whole invocation starts at once, cut short: see
+        // `Deadline::call_by`.)
+        if Instant::now() > call_by && reserve < deadline.budget {
+            return self.too_late_to_call(record, &claim).await;
+        }
         tracing::Span::current().record("attempt", lock.failures + 1);
         let timeout = timeout
             .min(
@@ -420,7 +440,8 @@ impl Consumer {
             dead_letter_class: current.and_then(|r| r.dead_letter_class),
             holder,
             window: deadline.window(),
-            expires_ms: deadline.epoch_ms,
+            expires_ms: self.lock_until_ms(deadline),
+            deadline_ms: deadline.epoch_ms,
         };
         info!(attempt, status, "recording the success its copy carried");
         Some(self.complete(record, job, host, &lock, status).await)
@@ -480,7 +501,7 @@ impl Consumer {
                 .await
             }
             Ok(Acquire::AlreadyCompleted | Acquire::AlreadyDeadLettered) => {
-                RecordReport::new(Verdict::Duplicate)
+                self.settled_copy(record, job, deadline).await
             }
             Ok(Acquire::Locked { until_ms }) => {
                 self.reschedule(record, ms_until(until_ms), Reschedule::Locked)
@@ -490,14 +511,20 @@ impl Consumer {
         }
     }
 
-    /// The idempotency claim of `job`, locked until the invocation's deadline.
+    /// When a lock taken in this invocation lapses: the lock grace past its deadline
+    /// ([`crate::Settings::lock_grace`] says why).
+    fn lock_until_ms(&self, deadline: Deadline) -> i64 {
+        deadline.epoch_ms + ms_i64(self.settings.lock_grace)
+    }
+
+    /// The idempotency claim of `job`, locked until the lock grace past the invocation's deadline.
     fn claim<'a>(&self, record: &SqsMessage, job: &'a JobMessage, deadline: Deadline) -> Claim<'a> {
         Claim {
             message_id: &job.message_id,
             run_id: &job.run_id,
             target_id: &job.target.id,
             now_ms: now_ms(),
-            lock_until_ms: deadline.epoch_ms,
+            lock_until_ms: self.lock_until_ms(deadline),
             expiration_s: self.expiration_s(),
             replay_of: string_attribute(record, ATTR_DEAD_LETTER_ATTEMPT)
                 .and_then(|a| a.parse().ok()),
@@ -596,14 +623,23 @@ impl Consumer {
             undo: lock.dead_letter_class.as_deref(),
         };
         let expiration_s = self.expiration_s();
+        let joined = self.counter.join(&job.run_id, lock.deadline_ms);
         let completed = self
             .with_backend_retries("complete", lock.window, || {
-                self.store
-                    .complete(&job.message_id, lock.attempt, status, expiration_s, &tally)
+                self.store.complete(
+                    &job.message_id,
+                    lock.attempt,
+                    status,
+                    expiration_s,
+                    (&tally, joined.token()),
+                )
             })
             .await;
+        let seq = joined.written(written(&completed), &tally.delta(true));
         match completed {
-            Ok(Transition::Done) => RecordReport::new(Verdict::Succeeded),
+            Ok(Transition::Done) => {
+                RecordReport::new(Verdict::Succeeded).counted_in(&job.run_id, seq)
+            }
             Ok(Transition::Superseded) => {
                 // Our lock expired mid-call and another attempt took over; it settles the job.
                 warn!("call succeeded after the lock expired; the newer attempt settles the job");
@@ -776,14 +812,22 @@ impl Consumer {
                 reason: Some(&rejection.class),
                 undo: lock.dead_letter_class.as_deref(),
             };
+            let joined = self.counter.join(&job.run_id, lock.deadline_ms);
             let confirmed = self
                 .with_backend_retries("confirm dead-lettering", lock.window, || {
-                    self.store.dead_lettered(&job.message_id, attempt, &tally)
+                    self.store
+                        .dead_lettered(&job.message_id, attempt, (&tally, joined.token()))
                 })
                 .await;
-            if let Err(e) = confirmed {
-                // Still REJECTED: a redelivery would send a second DLQ copy; the job is safe.
+            let written = written(&confirmed);
+            let seq = joined.written(written, &tally.delta(false));
+            if let Err(e) = &confirmed {
+                // Maybe still REJECTED: the message is kept (its batch is sealed, never
+                // applied), and a redelivery confirms it, or sends a second DLQ copy.
                 warn!(error = %e, "could not confirm the DLQ copy");
+            }
+            if written != Written::No {
+                return report.counted_in(&job.run_id, seq);
             }
         }
         report
@@ -832,6 +876,140 @@ impl Consumer {
         }
     }
 
+    /// A copy of a job already settled: acked once the settlement is counted. Its record's
+    /// count token says where that stands ([`fanout_shared::runs`]'s `count` module): in an
+    /// applied batch (ack now); in a batch of this instance still pending (ack once it
+    /// applies); in a sealed batch, or one whose invocation ended without applying it (seal it
+    /// first): this copy moves the job's count into its own batch; in a batch whose
+    /// invocation may still apply it: come back after that invocation's deadline.
+    async fn settled_copy(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        deadline: Deadline,
+    ) -> RecordReport {
+        let ids = [job.message_id.clone()];
+        let found = self
+            .with_backend_retries("read record", deadline.before_call(), || {
+                self.store.get_many(&ids)
+            })
+            .await;
+        let count = match found {
+            Ok(records) => records.into_iter().next().and_then(|r| r.count),
+            Err(e) => {
+                return self
+                    .after_backend_fault(record, "read record", &e, reschedule_delay())
+                    .await
+            }
+        };
+        debug!("duplicate: already settled");
+        let Some(JobCount { token, delta }) = count else {
+            return RecordReport::new(Verdict::Duplicate);
+        };
+        let run_id = job.run_id.as_str();
+        if token.instance == self.counter.instance() {
+            return match self.counter.status(run_id, token.seq) {
+                BatchStatus::Applied => RecordReport::new(Verdict::Duplicate),
+                BatchStatus::Pending => {
+                    RecordReport::new(Verdict::Duplicate).counted_in(run_id, token.seq)
+                }
+                BatchStatus::Sealed => {
+                    self.take_count(record, job, (&token, &delta), deadline)
+                        .await
+                }
+            };
+        }
+        if self
+            .counter
+            .cached(run_id)
+            .is_some_and(|state| state.batch(&token) == BatchState::Applied)
+        {
+            return RecordReport::new(Verdict::Duplicate);
+        }
+        let read = self
+            .with_backend_retries("read run counters", deadline.before_call(), || {
+                self.runs.count_state(run_id)
+            })
+            .await;
+        let mut state = match read {
+            Ok(Some(state)) => state,
+            Ok(None) => return RecordReport::new(Verdict::Duplicate),
+            Err(e) => {
+                return self
+                    .after_backend_fault(record, "read run counters", &e, reschedule_delay())
+                    .await
+            }
+        };
+        let lapses_ms = token.deadline_ms + SEAL_AFTER_MS;
+        if state.batch(&token) == (BatchState::Pending { next: true }) && now_ms() > lapses_ms {
+            let sealed = self
+                .with_backend_retries("seal a batch", deadline.before_call(), || {
+                    self.runs.seal(run_id, &token.instance, token.seq)
+                })
+                .await;
+            state = match sealed {
+                Ok(Some(state)) => state,
+                Ok(None) => return RecordReport::new(Verdict::Duplicate),
+                Err(e) => {
+                    return self
+                        .after_backend_fault(record, "seal a batch", &e, reschedule_delay())
+                        .await
+                }
+            };
+        }
+        self.counter.remember(run_id, &state);
+        match state.batch(&token) {
+            BatchState::Applied => RecordReport::new(Verdict::Duplicate),
+            BatchState::Sealed => {
+                self.take_count(record, job, (&token, &delta), deadline)
+                    .await
+            }
+            // Its instance may still apply it, or an earlier batch of that instance is pending
+            // (its own copies seal it first): look again later.
+            BatchState::Pending { .. } => {
+                let wait = ms_until(lapses_ms).max(reschedule_delay());
+                self.reschedule(record, wait, Reschedule::Locked).await
+            }
+        }
+    }
+
+    /// Moves a settled job's count out of a sealed batch into this instance's open batch.
+    async fn take_count(
+        &self,
+        record: &SqsMessage,
+        job: &JobMessage,
+        (from, delta): (&CountToken, &Delta),
+        deadline: Deadline,
+    ) -> RecordReport {
+        let joined = self.counter.join(&job.run_id, deadline.epoch_ms);
+        let moved = self
+            .with_backend_retries("recount", deadline.before_call(), || {
+                self.store.recount(&job.message_id, from, joined.token())
+            })
+            .await;
+        let written = match &moved {
+            Ok(true) => Written::Yes,
+            Ok(false) => Written::No,
+            Err(_) => Written::Unknown,
+        };
+        let seq = joined.written(written, delta);
+        match moved {
+            Ok(true) => {
+                info!(sealed = %from, "counting a job of a sealed batch");
+                RecordReport::new(Verdict::Duplicate).counted_in(&job.run_id, seq)
+            }
+            // Another copy moved it first: look again where it went.
+            Ok(false) => {
+                self.reschedule(record, reschedule_delay(), Reschedule::Locked)
+                    .await
+            }
+            Err(e) => {
+                self.after_backend_fault(record, "recount", &e, reschedule_delay())
+                    .await
+            }
+        }
+    }
+
     /// The acquire's fault outlasted its retries: the copy comes back with the claim's holder
     /// token, so a lock one of the tries took (its answer lost) is its own, not another's.
     async fn after_acquire_fault(
@@ -845,6 +1023,21 @@ impl Consumer {
             record,
             reschedule_delay(),
             Reschedule::Backend(format!("acquire: {e}")),
+            Some((ATTR_HOLDER, claim.holder.to_string())),
+        )
+        .await
+    }
+
+    /// The lock was taken after the call's last start (the store answered slowly, as a
+    /// throttled one does): a call now would be cut short by the deadline, and a call cut short
+    /// may still reach the target and succeed there while it reads as a timeout here, to be
+    /// called again. No call: the copy takes the lock again with its holder token and calls.
+    async fn too_late_to_call(&self, record: &SqsMessage, claim: &Claim<'_>) -> RecordReport {
+        warn!("the lock came after the call's last start; rescheduling the record with its holder token");
+        self.reschedule_with(
+            record,
+            reschedule_delay(),
+            Reschedule::Backend("acquire: answered after the call's last start".into()),
             Some((ATTR_HOLDER, claim.holder.to_string())),
         )
         .await
@@ -866,6 +1059,15 @@ impl Consumer {
 
     fn expiration_s(&self) -> i64 {
         now_ms() / 1000 + self.settings.record_ttl.as_secs() as i64
+    }
+}
+
+/// How a settlement's record write went, for its batch.
+fn written(result: &Result<Transition, BackendError>) -> Written {
+    match result {
+        Ok(Transition::Done) => Written::Yes,
+        Ok(Transition::Superseded) => Written::No,
+        Err(_) => Written::Unknown,
     }
 }
 

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use fanout_shared::config::check_rate;
-use fanout_shared::retry::RetryPolicy;
+use fanout_shared::{check_rate, RetryPolicy};
 
 /// Tunables of one consumer instance. [`Settings::from_env`] documents each variable.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,8 +17,18 @@ pub struct Settings {
     pub record_ttl: Duration,
     /// Work stops this long before the invocation's deadline.
     pub deadline_margin: Duration,
-    /// Records of one batch processed at once.
+    /// How long a job's IN_PROGRESS lock outlives its invocation (`FANOUT_LOCK_GRACE_SECS`,
+    /// 60). A success the store would not take for the rest of the invocation travels with the
+    /// job's rescheduled copy; until the lock lapses no other copy (a duplicate delivery) can
+    /// take the job over and call it again, so the grace is the backend outage that cannot
+    /// cause a second call. A crashed invocation's jobs wait for it too, usually less than
+    /// SQS's visibility timeout (at least 6 × the function's timeout) makes them wait anyway.
+    pub lock_grace: Duration,
+    /// Records of one invocation processed at once (its batch and what it pulls).
     pub batch_concurrency: usize,
+    /// Whether an invocation with room and time receives more records itself
+    /// (`FANOUT_PULL`, on unless `false`; the consumer's `pull` module says why).
+    pub pull: bool,
     /// The `Function` metric dimension.
     pub function_name: String,
     /// Overrides of the config's `retry` section, field by field: the stack sets each only for
@@ -35,6 +44,17 @@ pub struct Settings {
     /// leases it splits each budget by this many, the most it can be shared by; unset, by the
     /// last count it read.
     pub max_instances: Option<u32>,
+}
+
+/// An environment variable of the consumer's that does not hold what it must: the function
+/// refuses to start, naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct BadVariable {
+    /// The variable, e.g. `FANOUT_MAX_ATTEMPTS`.
+    pub variable: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
 }
 
 /// The retry variables; each one present replaces the config file's field. The stack passes
@@ -67,7 +87,9 @@ impl Default for Settings {
             rate_per_second: None,
             record_ttl: Duration::from_secs(24 * 60 * 60),
             deadline_margin: Duration::from_millis(1000),
+            lock_grace: Duration::from_secs(60),
             batch_concurrency: 10,
+            pull: true,
             function_name: "fanout-consumer".into(),
             retry: RetryOverrides::default(),
             host_state_ttl: Duration::from_millis(1000),
@@ -79,33 +101,39 @@ impl Default for Settings {
 
 impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
-    /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_BATCH_CONCURRENCY` (10),
+    /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_LOCK_GRACE_SECS` (60),
+    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_PULL` (true),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
     /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`),
     /// `FANOUT_MAX_INSTANCES` (unset) and `AWS_LAMBDA_FUNCTION_NAME`.
-    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let parse = |name: &str| -> Result<Option<u64>, String> {
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, BadVariable> {
+        let bad = |variable: &'static str, problem: String| BadVariable { variable, problem };
+        let parse = |name: &'static str| -> Result<Option<u64>, BadVariable> {
             var(name)
                 .map(|v| {
                     v.trim()
                         .parse()
-                        .map_err(|_| format!("{name}: cannot parse {v:?} as a whole number"))
+                        .map_err(|_| bad(name, format!("cannot parse {v:?} as a whole number")))
                 })
                 .transpose()
         };
         let defaults = Self::default();
-        let rate_per_second: Option<f64> = var("FANOUT_RATE_PER_SECOND")
+        const RATE: &str = "FANOUT_RATE_PER_SECOND";
+        let rate_per_second: Option<f64> = var(RATE)
             .map(|v| {
                 v.trim()
                     .parse()
-                    .map_err(|_| format!("FANOUT_RATE_PER_SECOND: cannot parse {v:?}"))
+                    .map_err(|_| bad(RATE, format!("cannot parse {v:?}")))
             })
             .transpose()?;
         if let Some(Err(e)) = rate_per_second.map(check_rate) {
-            return Err(format!("FANOUT_RATE_PER_SECOND {e}"));
+            return Err(bad(RATE, e.to_string()));
         }
         let max_attempts = parse("FANOUT_MAX_ATTEMPTS")?
-            .map(|n| u32::try_from(n).map_err(|_| format!("FANOUT_MAX_ATTEMPTS: {n} is too large")))
+            .map(|n| {
+                u32::try_from(n)
+                    .map_err(|_| bad("FANOUT_MAX_ATTEMPTS", format!("{n} is too large")))
+            })
             .transpose()?;
         Ok(Self {
             rate_per_second,
@@ -113,8 +141,20 @@ impl Settings {
                 .map_or(defaults.record_ttl, Duration::from_secs),
             deadline_margin: parse("FANOUT_DEADLINE_MARGIN_MS")?
                 .map_or(defaults.deadline_margin, Duration::from_millis),
+            lock_grace: parse("FANOUT_LOCK_GRACE_SECS")?
+                .map_or(defaults.lock_grace, Duration::from_secs),
             batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY")?
                 .map_or(defaults.batch_concurrency, |n| n as usize),
+            pull: match var("FANOUT_PULL").as_deref().map(str::trim) {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(v) => {
+                    return Err(bad(
+                        "FANOUT_PULL",
+                        format!("{v:?} is neither true nor false"),
+                    ))
+                }
+            },
             function_name: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
             retry: RetryOverrides {
                 base_ms: parse("FANOUT_RETRY_BASE_MS")?,
@@ -127,7 +167,10 @@ impl Settings {
             max_instances: parse("FANOUT_MAX_INSTANCES")?
                 .map(|n| {
                     u32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("FANOUT_MAX_INSTANCES: {n} must be 1..={}", u32::MAX)
+                        bad(
+                            "FANOUT_MAX_INSTANCES",
+                            format!("{n} must be 1..={}", u32::MAX),
+                        )
                     })
                 })
                 .transpose()?,
@@ -164,7 +207,18 @@ mod tests {
         );
         assert_eq!(Settings::from_env(env(&[])).unwrap(), Settings::default());
         let err = Settings::from_env(env(&[("FANOUT_MAX_ATTEMPTS", "x")])).unwrap_err();
-        assert!(err.contains("FANOUT_MAX_ATTEMPTS: cannot parse"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("FANOUT_MAX_ATTEMPTS: cannot parse"),
+            "{err}"
+        );
         assert!(Settings::from_env(env(&[("FANOUT_RATE_PER_SECOND", "0")])).is_err());
+        assert!(
+            !Settings::from_env(env(&[("FANOUT_PULL", "false")]))
+                .unwrap()
+                .pull
+        );
+        let err = Settings::from_env(env(&[("FANOUT_PULL", "no")])).unwrap_err();
+        assert_eq!(err.variable, "FANOUT_PULL");
     }
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +14,14 @@ use async_trait::async_trait;
 use fanout_consumer::{Backends, BatchReport, Consumer, Settings};
 use fanout_shared::embedded::EmbeddedBackend;
 use fanout_shared::fleet::{FleetStore, HostStates, Lease};
-use fanout_shared::hosts::{HostEvent, HostPolicy, HostState};
-use fanout_shared::idempotency::{Acquire, Claim, IdempotencyRecord, IdempotencyStore, Transition};
 use fanout_shared::metrics::Metric;
-use fanout_shared::runs::{shard_of, Begin, RunPolicy, RunStart, Tally};
+use fanout_shared::runs::{
+    Begin, CountState, CountToken, Counted, Delta, EventBus, RunLedger, RunPolicy, RunRecord,
+    RunStart, RunStatus, Tally,
+};
 use fanout_shared::{
-    BackendError, EventBus, Failure, PipelineConfig, Queue, QueueDepth, QueueMessage, RunLedger,
-    RunRecord, RunStatus,
+    Acquire, BackendError, Claim, Failure, HostEvent, HostPolicy, HostState, IdempotencyRecord,
+    IdempotencyStore, PipelineConfig, Queue, QueueDepth, QueueMessage, Transition,
 };
 use fanout_testkit::target_server::TargetServer;
 use serde_json::{json, Value};
@@ -30,29 +31,20 @@ use common::{config, event, in_seconds, job};
 
 /// The SQS event of messages received from the embedded queue, as Lambda would deliver them.
 fn to_event(messages: &[QueueMessage]) -> aws_lambda_events::event::sqs::SqsEvent {
-    let records: Vec<Value> = messages
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = messages
         .iter()
-        .map(|m| {
-            let attributes: serde_json::Map<String, Value> = m
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), json!({"stringValue": v, "dataType": "String"})))
-                .collect();
-            json!({
-                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
-                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": attributes,
-                "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs", "awsRegion": "us-east-1"
-            })
-        })
+        .map(|m| fanout_consumer::to_record("jobs", m.clone()))
         .collect();
-    serde_json::from_value(json!({ "Records": records })).unwrap()
+    event
 }
 
 /// How a wrapped call misbehaves: fail its next `fail` calls before reaching the backend, or
 /// let its next `lose` calls through and answer an error anyway (the answer lost).
 #[derive(Default)]
 struct Cue {
+    /// Milliseconds each call waits before it runs (a slow store).
+    delay_ms: AtomicU64,
     fail: AtomicU32,
     lose: AtomicU32,
     /// Calls to fail after a lost answer (a storm right after a lost response).
@@ -86,6 +78,10 @@ impl Cue {
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
+        let delay = self.delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if Self::take(&self.fail) {
             return Err(throttled(operation));
         }
@@ -131,13 +127,13 @@ impl IdempotencyStore for FaultyStore {
         attempt: u32,
         status_code: u16,
         expiration_s: i64,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
         self.complete
             .run(
                 "dynamodb:TransactWriteItems",
                 self.inner
-                    .complete(message_id, attempt, status_code, expiration_s, tally),
+                    .complete(message_id, attempt, status_code, expiration_s, count),
             )
             .await
     }
@@ -164,9 +160,17 @@ impl IdempotencyStore for FaultyStore {
         &self,
         message_id: &str,
         attempt: u32,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
-        self.inner.dead_lettered(message_id, attempt, tally).await
+        self.inner.dead_lettered(message_id, attempt, count).await
+    }
+    async fn recount(
+        &self,
+        message_id: &str,
+        from: &CountToken,
+        to: &CountToken,
+    ) -> Result<bool, BackendError> {
+        self.inner.recount(message_id, from, to).await
     }
     async fn get_many(
         &self,
@@ -269,6 +273,7 @@ impl EventBus for FaultyBus {
 struct FaultyRuns {
     inner: Arc<dyn RunLedger>,
     mark: Arc<Cue>,
+    count: Arc<Cue>,
 }
 
 #[async_trait]
@@ -288,12 +293,30 @@ impl RunLedger for FaultyRuns {
     async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError> {
         self.inner.list(limit).await
     }
-    async fn record_settled(
+    async fn count(
         &self,
         run_id: &str,
-        shards: &[u32],
-    ) -> Result<Option<RunRecord>, BackendError> {
-        self.inner.record_settled(run_id, shards).await
+        instance: &str,
+        seq: u64,
+        delta: &Delta,
+    ) -> Result<Counted, BackendError> {
+        self.count
+            .run(
+                "dynamodb:UpdateItem",
+                self.inner.count(run_id, instance, seq, delta),
+            )
+            .await
+    }
+    async fn seal(
+        &self,
+        run_id: &str,
+        instance: &str,
+        seq: u64,
+    ) -> Result<Option<CountState>, BackendError> {
+        self.inner.seal(run_id, instance, seq).await
+    }
+    async fn count_state(&self, run_id: &str) -> Result<Option<CountState>, BackendError> {
+        self.inner.count_state(run_id).await
     }
     async fn finish(
         &self,
@@ -323,6 +346,7 @@ struct Cues {
     renew: Arc<Cue>,
     put: Arc<Cue>,
     mark: Arc<Cue>,
+    count: Arc<Cue>,
 }
 
 struct Rig {
@@ -366,6 +390,7 @@ async fn rig_with(config: Value, settings: Settings, cues: Cues) -> Rig {
         runs: Arc::new(FaultyRuns {
             inner: Arc::new(backend.runs()),
             mark: cues.mark,
+            count: cues.count,
         }),
         events: Arc::new(FaultyBus {
             inner: Arc::new(backend.events()),
@@ -383,10 +408,6 @@ async fn rig_with(config: Value, settings: Settings, cues: Cues) -> Rig {
 
 /// A run of the given jobs' message IDs, begun in the ledger.
 async fn begin_run(rig: &Rig, run_id: &str, message_ids: &[&str]) {
-    let mut expected_per_shard = BTreeMap::new();
-    for id in message_ids {
-        *expected_per_shard.entry(shard_of(id)).or_default() += 1;
-    }
     rig.backend
         .runs()
         .begin(&RunStart {
@@ -394,7 +415,7 @@ async fn begin_run(rig: &Rig, run_id: &str, message_ids: &[&str]) {
             scheduled_at: None,
             config_digest: "0123456789abcdef".to_owned(),
             started_at_ms: fanout_shared::now_ms(),
-            expected_per_shard,
+            expected: message_ids.len() as u64,
             policy: RunPolicy::default(),
             sources: Vec::new(),
         })
@@ -511,10 +532,7 @@ async fn a_copy_rescheduled_after_a_lost_acquire_takes_its_lock_without_waiting_
     assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
     assert_eq!(rig.server.stats().calls, 1);
     let records = rig.backend.store().get_many(&[message_id]).await.unwrap();
-    assert_eq!(
-        records[0].status,
-        fanout_shared::idempotency::Status::Completed
-    );
+    assert_eq!(records[0].status, fanout_shared::Status::Completed);
 }
 
 #[tokio::test]
@@ -594,6 +612,151 @@ async fn a_success_that_cannot_be_recorded_is_carried_by_its_copy_and_never_call
     );
 }
 
+/// Settings for invocations of a few seconds that work only on their batch.
+fn short_invocations() -> Settings {
+    Settings {
+        deadline_margin: Duration::from_millis(200),
+        pull: false,
+        ..Settings::default()
+    }
+}
+
+/// One job of run-1, handled in a 2 s invocation under `cues`: the rig, the job's body, that
+/// invocation's deadline and its report.
+async fn one_job_in_two_seconds(cues: Cues) -> (Rig, String, i64, BatchReport) {
+    let rig = rig(one_target(), short_invocations(), cues).await;
+    let (body, message_id) = body(&rig, "run-1");
+    begin_run(&rig, "run-1", &[&message_id]).await;
+    let deadline = in_seconds(2);
+    let report = rig
+        .consumer
+        .handle_batch(event(std::slice::from_ref(&body)), deadline)
+        .await;
+    (rig, body, deadline, report)
+}
+
+#[tokio::test]
+async fn a_duplicate_after_the_deadline_finds_the_lock_while_the_success_is_carried() {
+    // The success cannot be recorded for the whole 2 s invocation; its copy carries it. A
+    // duplicate delivery arriving after that invocation's deadline still meets the lock (the
+    // grace), so it waits instead of calling the target a second time.
+    let cues = Cues {
+        complete: Arc::new(Cue::failing(u32::MAX)),
+        ..Cues::default()
+    };
+    let (rig, body, deadline, report) = one_job_in_two_seconds(cues).await;
+    assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
+    assert_eq!(rig.server.stats().calls, 1);
+    let past = u64::try_from(deadline + 300 - fanout_shared::now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(past)).await;
+    let duplicate = rig
+        .consumer
+        .handle_batch(event(&[body]), in_seconds(10))
+        .await;
+    assert_eq!(duplicate.metrics.total(Metric::LockedElsewhere), 1.0);
+    assert_eq!(rig.server.stats().calls, 1, "the duplicate did not call");
+    // The store recovers: the carried copy records the success, still one call.
+    rig.cues.complete.fail.store(0, Ordering::Release);
+    let again = the_copy_comes_back(&rig).await;
+    assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(rig.server.stats().calls, 1);
+}
+
+#[tokio::test]
+async fn a_lock_taken_after_the_call_s_last_start_is_not_used_for_a_call_cut_short() {
+    // A 4 s invocation works for 3 s; a host never seen before reserves half of that for its
+    // call, so the call must start within 1.5 s. The acquire succeeds, but only after 2 s.
+    let cues = Cues {
+        acquire: Arc::new(Cue {
+            delay_ms: AtomicU64::new(2000),
+            ..Cue::default()
+        }),
+        ..Cues::default()
+    };
+    let settings = Settings {
+        pull: false,
+        ..Settings::default()
+    };
+    let rig = rig(one_target(), settings, cues).await;
+    let (body, message_id) = body(&rig, "run-1");
+    begin_run(&rig, "run-1", &[&message_id]).await;
+    let report = rig
+        .consumer
+        .handle_batch(event(&[body]), in_seconds(4))
+        .await;
+    no_batch_item_failures(&report);
+    assert_eq!(report.metrics.total(Metric::BackendRescheduled), 1.0);
+    assert_eq!(
+        rig.server.stats().calls,
+        0,
+        "no call cut short by the deadline"
+    );
+    // The copy takes its lock again with its holder token (no wait for the lock) and calls.
+    rig.cues.acquire.delay_ms.store(0, Ordering::Release);
+    let again = the_copy_comes_back(&rig).await;
+    assert_eq!(again.metrics.total(Metric::LockedElsewhere), 0.0);
+    assert_eq!(again.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(rig.server.stats().calls, 1);
+    let records = rig.backend.store().get_many(&[message_id]).await.unwrap();
+    assert_eq!(records[0].status, fanout_shared::Status::Completed);
+}
+
+/// Another instance on the rig's backend, with no faults.
+fn another_instance(rig: &Rig, settings: Settings) -> Consumer {
+    let text = config(one_target())
+        .to_string()
+        .replace("BASE", &rig.server.base_url());
+    let config = PipelineConfig::parse(&text, false, "test.json").unwrap();
+    let backends = Backends {
+        store: Arc::new(rig.backend.store()),
+        source: Arc::new(rig.backend.queue("jobs")),
+        dlq: Arc::new(rig.backend.queue("jobs-dlq")),
+        fleet: Arc::new(rig.backend.fleet()),
+        runs: Arc::new(rig.backend.runs()),
+        events: Arc::new(rig.backend.events()),
+    };
+    Consumer::new(&config, backends, settings).unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_its_instance_never_applied_is_sealed_and_its_job_counted_once_by_the_next_copy() {
+    // The job succeeds and its record says which batch counts it, but that batch cannot be
+    // applied while the invocation lasts (the run's counters refuse every write): its message
+    // is kept, so it comes back.
+    let cues = Cues {
+        count: Arc::new(Cue::failing(u32::MAX)),
+        ..Cues::default()
+    };
+    let (rig, body, deadline, first) = one_job_in_two_seconds(cues).await;
+    assert_eq!(first.metrics.total(Metric::Succeeded), 1.0);
+    assert_eq!(
+        first.response.batch_item_failures.len(),
+        1,
+        "kept: not counted"
+    );
+    let run = rig.backend.runs().get("run-1").await.unwrap().unwrap();
+    assert_eq!(run.counts.settled(), 0);
+    // Another instance receives it once that invocation is over: it seals the batch, takes
+    // the job's count into a batch of its own and finishes the run. No second call.
+    let past = u64::try_from(deadline + 2_100 - fanout_shared::now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(past)).await;
+    let other = another_instance(&rig, short_invocations());
+    let again = other.handle_batch(event(&[body]), in_seconds(10)).await;
+    no_batch_item_failures(&again);
+    assert_eq!(again.metrics.total(Metric::DuplicatesSkipped), 1.0);
+    assert_eq!(again.finished_runs.len(), 1);
+    assert_eq!(rig.server.stats().calls, 1);
+    // The first instance's batch, tried again once its store recovers, is refused: the job is
+    // counted once.
+    rig.cues.count.fail.store(0, Ordering::Release);
+    rig.consumer.handle_batch(event(&[]), in_seconds(3)).await;
+    let run = rig.backend.runs().get("run-1").await.unwrap().unwrap();
+    assert_eq!(
+        (run.counts.succeeded, run.counts.expected, run.status),
+        (1, 1, RunStatus::Succeeded)
+    );
+}
+
 #[tokio::test]
 async fn a_carried_success_that_is_not_the_holder_s_is_ignored() {
     let rig = rig(one_target(), Settings::default(), Cues::default()).await;
@@ -601,7 +764,7 @@ async fn a_carried_success_that_is_not_the_holder_s_is_ignored() {
     // A message claiming its job's success, with a holder token the record never had.
     let mut forged = event(&[body]);
     forged.records[0].message_attributes.insert(
-        fanout_shared::job::ATTR_UNRECORDED_SUCCESS.to_owned(),
+        fanout_shared::ATTR_UNRECORDED_SUCCESS.to_owned(),
         serde_json::from_value(json!({"stringValue": "1:12345:200", "dataType": "String"}))
             .unwrap(),
     );
@@ -752,12 +915,14 @@ async fn a_lease_that_cannot_be_renewed_splits_the_budget_by_the_most_instances(
             .map(|id| job("run-1", id, &format!("{base}/ok/{id}")).encode().body)
             .collect()
     };
-    // Alone with a fresh view, the instance has the whole 4/s: three calls fit in 1.2 s.
+    // Alone with a fresh view, the instance has the whole 4/s: three calls fit in 1.4 s (the
+    // third permit, 0.5 s in, before the last start of a call to a host not yet measured:
+    // half the working time, less the acquire's allowance).
     let fresh = rig
         .consumer
         .handle_batch(
             event(&bodies(&["a", "b", "c"])),
-            fanout_shared::now_ms() + 1200,
+            fanout_shared::now_ms() + 1400,
         )
         .await;
     assert_eq!(fresh.metrics.total(Metric::Succeeded), 3.0);

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use fanout_consumer::{Consumer, Settings};
 use fanout_shared::embedded::EmbeddedBackend;
-use fanout_shared::idempotency::{Acquire, Claim, IdempotencyStore, Status};
-use fanout_shared::job::{ATTR_FAILURE_REASON, ATTR_STATUS_CODE};
-use fanout_shared::{JobMessage, PipelineConfig, Queue};
+use fanout_shared::{
+    Acquire, Claim, IdempotencyStore, JobMessage, PipelineConfig, Queue, Status,
+    ATTR_FAILURE_REASON, ATTR_STATUS_CODE,
+};
 use fanout_testkit::target_server::TargetServer;
 use serde_json::json;
 
@@ -688,11 +689,11 @@ struct GarbledFleet {
 }
 
 #[async_trait::async_trait]
-impl fanout_shared::FleetStore for GarbledFleet {
+impl fanout_shared::fleet::FleetStore for GarbledFleet {
     async fn read_host_states(
         &self,
         hosts: &[String],
-    ) -> Result<fanout_shared::HostStates, fanout_shared::BackendError> {
+    ) -> Result<fanout_shared::fleet::HostStates, fanout_shared::BackendError> {
         let mut found = self.inner.read_host_states(hosts).await?;
         found.states.retain(|(h, _)| *h != self.garbled);
         if hosts.contains(&self.garbled) {
@@ -704,18 +705,18 @@ impl fanout_shared::FleetStore for GarbledFleet {
     async fn apply(
         &self,
         host: &str,
-        event: &fanout_shared::hosts::HostEvent,
+        event: &fanout_shared::HostEvent,
         now_ms: i64,
-        policy: &fanout_shared::hosts::HostPolicy,
-    ) -> Result<(fanout_shared::hosts::HostState, bool), fanout_shared::BackendError> {
+        policy: &fanout_shared::HostPolicy,
+    ) -> Result<(fanout_shared::HostState, bool), fanout_shared::BackendError> {
         self.inner.apply(host, event, now_ms, policy).await
     }
 
     async fn renew(
         &self,
-        lease: &fanout_shared::Lease,
+        lease: &fanout_shared::fleet::Lease,
         now_ms: i64,
-    ) -> Result<Vec<fanout_shared::Lease>, fanout_shared::BackendError> {
+    ) -> Result<Vec<fanout_shared::fleet::Lease>, fanout_shared::BackendError> {
         self.inner.renew(lease, now_ms).await
     }
 }
@@ -754,4 +755,68 @@ async fn an_unreadable_host_state_is_counted_and_its_host_still_called() {
         "read as not paused, circuit closed: the job is called"
     );
     assert_eq!(server.records().len(), 1);
+}
+
+/// `n` jobs of one config, their bodies, and the harness (pulling as `settings` says).
+async fn queued_jobs(n: usize, settings: Settings) -> (Harness, Vec<String>) {
+    let targets: Vec<_> = (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "url": format!("BASE/ok/{i}")}))
+        .collect();
+    let h = harness(config(json!(targets)), settings).await;
+    let bodies = (0..n)
+        .map(|i| {
+            let url = format!("{}/ok/{i}", h.server.base_url());
+            job("run-pull", &format!("t{i}"), &url).encode().body
+        })
+        .collect();
+    (h, bodies)
+}
+
+#[tokio::test]
+async fn an_invocation_with_room_pulls_queued_jobs_runs_them_and_deletes_them() {
+    let (h, bodies) = queued_jobs(25, Settings::default()).await;
+    let queue = h.backend.queue("jobs");
+    for body in &bodies[1..] {
+        queue.send(body, &Default::default()).await.unwrap();
+    }
+    // Lambda hands over one record; the other 24 wait in the queue.
+    let report = h
+        .consumer
+        .handle_batch(event(&bodies[..1]), in_seconds(10))
+        .await;
+    assert_eq!(report.metrics.total(Metric::Pulled), 24.0);
+    assert_eq!(report.metrics.total(Metric::Records), 25.0);
+    assert_eq!(report.metrics.total(Metric::Succeeded), 25.0);
+    assert_eq!(h.server.stats().effects, 25);
+    assert!(failures(&report).is_empty());
+    assert!(
+        queue.depth().await.unwrap().is_drained(),
+        "every pulled record deleted once done: {:?}",
+        queue.depth().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn no_pulling_when_turned_off_or_when_the_invocation_is_short() {
+    for (settings, deadline) in [
+        (
+            Settings {
+                pull: false,
+                ..Settings::default()
+            },
+            in_seconds(10),
+        ),
+        // 2 s of work in all: a pulled record could not be sure of its permit and call.
+        (Settings::default(), in_seconds(3)),
+    ] {
+        let (h, bodies) = queued_jobs(5, settings).await;
+        let queue = h.backend.queue("jobs");
+        for body in &bodies[1..] {
+            queue.send(body, &Default::default()).await.unwrap();
+        }
+        let report = h.consumer.handle_batch(event(&bodies[..1]), deadline).await;
+        assert_eq!(report.metrics.total(Metric::Pulled), 0.0);
+        assert_eq!(report.metrics.total(Metric::Succeeded), 1.0);
+        assert_eq!(queue.depth().await.unwrap().visible, 4);
+    }
 }

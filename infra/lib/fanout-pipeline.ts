@@ -132,9 +132,9 @@ export class FanoutPipeline extends Construct {
       new iam.PolicyStatement({ actions: ['sns:Publish'], resources: [this.topic.topicArn] }),
     );
     this.producer.addToRolePolicy(
-      // The run ledger: PutItem creates a run (conditionally, once per tick) and its counter
-      // shards; UpdateItem finishes it and marks its event sent; GetItem/BatchGetItem read a run
-      // and its shards. TransactWriteItems needs no action of its own (each item's action is
+      // The run ledger: PutItem creates a run (conditionally, once per tick) and its counters
+      // item; UpdateItem finishes it and marks its event sent; GetItem/BatchGetItem read a run
+      // and its counters. TransactWriteItems needs no action of its own (each item's action is
       // checked). No DeleteItem or Scan: TTL expires old runs.
       new iam.PolicyStatement({
         actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:UpdateItem', 'dynamodb:PutItem'],
@@ -207,9 +207,9 @@ export class FanoutPipeline extends Construct {
       // Every state transition of the idempotency record, host state (`host#NAME`) and instance
       // leases (`fleet#leases`) is a conditional UpdateItem; GetItem reads an item back when a
       // condition fails; BatchGetItem reads host states and leases together. A job's terminal
-      // transition and its run's counters are one TransactWriteItems of UpdateItems, and the
-      // consumer that settles a run's last job finishes the run with an UpdateItem. Nothing puts
-      // or deletes (TTL does).
+      // transition stores its count; a batch of them is added to the run's counters with one
+      // UpdateItem, and the consumer whose batch settles a run's last job finishes the run with
+      // an UpdateItem. Nothing puts or deletes (TTL does).
       new iam.PolicyStatement({
         actions: ['dynamodb:BatchGetItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
         resources: [this.table.tableArn],

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use fanout_shared::runs::Sweep;
-use fanout_shared::RunStatus;
+use fanout_shared::runs::{RunStatus, Sweep};
 
 use crate::Started;
 

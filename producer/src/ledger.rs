@@ -5,8 +5,6 @@
 //! re-delivered schedule event after the run ended) publishes nothing, because the idempotency
 //! records that absorbed the first copies may have expired.
 
-use std::collections::BTreeMap;
-
 use fanout_shared::runs::{Begin, Overlap, RunLedger, RunRecord, RunStart, RunStatus};
 use fanout_shared::{BackendError, PipelineConfig};
 
@@ -59,20 +57,19 @@ pub(crate) fn decide_tick(
     }
 }
 
-/// The run record of a tick with its jobs counted per shard ([`fanout_shared::runs::shard_of`]
-/// of each message ID).
+/// The run record of a tick of `expected` jobs.
 pub fn run_start(
     config: &PipelineConfig,
     run_id: &str,
     scheduled_at: Option<String>,
-    expected_per_shard: BTreeMap<u32, u64>,
+    expected: u64,
 ) -> RunStart {
     RunStart {
         run_id: run_id.to_owned(),
         scheduled_at,
         config_digest: config.digest(),
         started_at_ms: fanout_shared::now_ms(),
-        expected_per_shard,
+        expected,
         policy: config.runs,
         sources: Vec::new(),
     }

@@ -20,13 +20,11 @@ mod list;
 mod publish;
 mod tick;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use fanout_shared::metrics::{Metric, MetricSet};
 use fanout_shared::runs::{self, EventBus, Finisher, RunLedger, RunStatus, Sweep};
-use fanout_shared::template::TickValues;
-use fanout_shared::{BackendError, PipelineConfig, Publisher};
+use fanout_shared::{BackendError, PipelineConfig, Publisher, TickValues};
 
 pub use answer::{Summary, WatchdogAnswer};
 pub use fanout_shared::runs::SourceRead;
@@ -74,7 +72,8 @@ async fn tick_values(
 /// One tick: its run ID and, for a scheduled one, the schedule's time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tick {
-    /// The run's ID.
+    /// The run's ID, from the schedule's name and time (the same tick gives the same ID, so a
+    /// retried invocation finds its run), or the one the event names.
     pub run_id: String,
     /// The schedule's time (RFC 3339), for a scheduled tick.
     pub scheduled_at: Option<String>,
@@ -181,8 +180,7 @@ pub async fn produce(
     {
         Ok(jobs) => jobs,
         Err(error) => {
-            let start =
-                ledger::run_start(config, run_id, tick.scheduled_at.clone(), BTreeMap::new());
+            let start = ledger::run_start(config, run_id, tick.scheduled_at.clone(), 0);
             let run = Finisher::new(backends.ledger, backends.bus, backends.pipeline)
                 .fail_unpublished(&start, &error.to_string())
                 .await
@@ -194,12 +192,7 @@ pub async fn produce(
     for source in &jobs.sources {
         tracing::info!(source = %source.name, location = %source.location, rows = source.rows, digest = %source.digest, "source read");
     }
-    let mut start = ledger::run_start(
-        config,
-        run_id,
-        tick.scheduled_at.clone(),
-        jobs.expected_per_shard.clone(),
-    );
+    let mut start = ledger::run_start(config, run_id, tick.scheduled_at.clone(), jobs.count);
     start.sources.clone_from(&jobs.sources);
     let started = ledger::begin(backends.ledger, &start)
         .await

@@ -15,17 +15,13 @@ use fanout_producer::{
     ListReaders, PublishOptions, Tick, WatchdogAnswer,
 };
 use fanout_shared::aws::{
-    dynamodb_client, eventbridge_client, load_sdk_config, sns_client, DynamoDbRuns, EventBridgeBus,
-    Retries, S3Objects, SnsPublisher,
+    dynamodb_client, eventbridge_client, load_sdk_config, required_env, sns_client, DynamoDbRuns,
+    EventBridgeBus, Retries, S3Objects, SnsPublisher,
 };
 use fanout_shared::sources::ListsHome;
 use fanout_shared::{logging, PipelineConfig};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
-
-fn required(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} is required"))
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -33,8 +29,8 @@ async fn main() -> Result<(), Error> {
     let path =
         PathBuf::from(std::env::var("FANOUT_CONFIG").unwrap_or_else(|_| "fanout.json".into()));
     let config = PipelineConfig::load(&path)?;
-    let topic = required("FANOUT_TOPIC_ARN")?;
-    let table = required("FANOUT_TABLE_NAME")?;
+    let topic = required_env("FANOUT_TOPIC_ARN")?;
+    let table = required_env("FANOUT_TABLE_NAME")?;
     let pipeline = std::env::var("FANOUT_PIPELINE").unwrap_or_else(|_| "fanout".into());
     let mut options = PublishOptions::default();
     if let Ok(n) = std::env::var("FANOUT_PUBLISH_CONCURRENCY") {

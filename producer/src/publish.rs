@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use fanout_shared::publish::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
-use fanout_shared::{EntryFailure, OutboundMessage, Publisher};
+use fanout_shared::{EntryFailure, OutboundMessage, Publisher, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 
 /// How publishing behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -343,7 +342,7 @@ mod tests {
         );
 
         let failing = FlakyTopic {
-            sender_fault: vec![fanout_shared::job::message_id("run-1", "b")],
+            sender_fault: vec![fanout_shared::message_id("run-1", "b")],
             ..FlakyTopic::default()
         };
         let err = crate::produce(&config, &tick("run-1"), backends(&failing), &fast())
@@ -352,7 +351,7 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.contains("1 of 2 jobs unpublished")
-                && text.contains(&fanout_shared::job::message_id("run-1", "b")),
+                && text.contains(&fanout_shared::message_id("run-1", "b")),
             "{text}"
         );
     }

@@ -3,7 +3,7 @@
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde_json::Value;
 
-use fanout_shared::config::MAX_RUN_ID_LEN;
+use fanout_shared::MAX_RUN_ID_LEN;
 
 /// Why no run ID could be had from an invocation's input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -65,7 +65,7 @@ pub fn is_watchdog(input: &Value) -> bool {
 
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
 pub(crate) fn check_run_id(run_id: &str) -> Result<(), TickError> {
-    fanout_shared::job::check_run_id(run_id).map_err(|_| TickError::BadRunId(run_id.to_owned()))
+    fanout_shared::check_run_id(run_id).map_err(|_| TickError::BadRunId(run_id.to_owned()))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::retry::RetryPolicy;
 use crate::runs::RunPolicy;
 use crate::sources::{self, Source, TickSettings};
 pub(crate) use crate::target_rules::HTTP_METHODS;
-pub use crate::target_rules::{env_placeholders, HeaderPart, MAX_RUN_ID_LEN};
+use crate::target_rules::MAX_RUN_ID_LEN;
 use crate::template::{CompiledTemplate, Template};
 
 /// The whole config file.
@@ -49,7 +49,7 @@ pub struct PipelineConfig {
     /// The calls to make on every tick, written out one by one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
-    /// Call templates by name: what a source's rows fill (see [`crate::template`]).
+    /// Call templates by name: what a source's rows fill (see [`Template`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub templates: BTreeMap<String, Template>,
     /// Lists of rows read at tick time, each row one call through its template.
@@ -184,10 +184,11 @@ impl fmt::Display for ConfigErrors {
 
 impl PipelineConfig {
     /// Reads, parses and validates a config file; YAML for `.yaml`/`.yml`, JSON otherwise.
-    /// Reads at most [`MAX_CONFIG_BYTES`], so a device or a runaway file cannot exhaust memory.
+    /// Reads at most `MAX_CONFIG_BYTES`, so a device or a runaway file cannot exhaust memory.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
-        let text = read_capped(path).map_err(|e| ConfigErrors(vec![whole_file(&file, e)]))?;
+        let text =
+            read_capped(path).map_err(|e| ConfigErrors(vec![whole_file(&file, e.to_string())]))?;
         let yaml = matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
@@ -201,13 +202,14 @@ impl PipelineConfig {
     /// (as some Windows editors write) is skipped.
     pub fn parse(text: &str, yaml: bool, file: &str) -> Result<Self, ConfigErrors> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let parsed: Result<Self, String> = if yaml {
-            serde_norway::from_str(text).map_err(|e| e.to_string())
-        } else {
-            serde_json::from_str(text).map_err(|e| e.to_string())
+        let cannot_parse = |e: &dyn fmt::Display| {
+            ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))])
         };
-        let config = parsed
-            .map_err(|e| ConfigErrors(vec![whole_file(file, format!("cannot parse: {e}"))]))?;
+        let config: Self = if yaml {
+            serde_norway::from_str(text).map_err(|e| cannot_parse(&e))?
+        } else {
+            serde_json::from_str(text).map_err(|e| cannot_parse(&e))?
+        };
         config.validate(file)?;
         config.validate_sources(file)?;
         Ok(config)
@@ -226,7 +228,7 @@ impl PipelineConfig {
         };
         if let Some(limit) = &self.rate_limit {
             if let Err(e) = check_rate(limit.per_second) {
-                push("rate_limit".into(), "per_second", e);
+                push("rate_limit".into(), "per_second", e.to_string());
             }
             if limit.burst == 0 {
                 push("rate_limit".into(), "burst", "must be at least 1".into());
@@ -234,10 +236,10 @@ impl PipelineConfig {
         }
         for (host, limit) in &self.hosts {
             if let Err(e) = check_rate(limit.per_second) {
-                push(format!("hosts.{host}"), "per_second", e);
+                push(format!("hosts.{host}"), "per_second", e.to_string());
             }
             match limit.max_per_second.map(check_rate) {
-                Some(Err(e)) => push(format!("hosts.{host}"), "max_per_second", e),
+                Some(Err(e)) => push(format!("hosts.{host}"), "max_per_second", e.to_string()),
                 Some(Ok(())) if limit.max_per_second < Some(limit.per_second) => {
                     push(
                         format!("hosts.{host}"),
@@ -318,7 +320,7 @@ impl PipelineConfig {
                 push(location.clone(), "id_field", "is empty".into());
             }
             match source.location(Path::new("")) {
-                Err(e) => push(location, "location", e),
+                Err(e) => push(location, "location", e.to_string()),
                 Ok(place) => {
                     for e in source.http_problems(&place, self.allow_private_networks) {
                         push(location.clone(), e.field, e.problem);
@@ -486,7 +488,7 @@ impl PipelineConfig {
             for (index, row) in rows.iter().enumerate() {
                 let location = format!("sources {name:?}: rows[{index}]");
                 let problem = match sources::row_id(row, &source.id_field) {
-                    Err(e) => Some(e),
+                    Err(e) => Some(e.to_string()),
                     Ok(id) if !seen.insert(id.clone()) => Some(format!("duplicate id {id:?}")),
                     Ok(id) => template
                         .render(&sources::job_id(name, &id), row, &tick)
@@ -514,36 +516,37 @@ impl PipelineConfig {
 /// The largest config file read: room for 100,000 targets with modest bodies.
 pub(crate) const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Why a config file's text could not be had; [`PipelineConfig::load`] names the file.
+#[derive(Debug, thiserror::Error)]
+enum UnreadableConfig {
+    /// Opening or reading it failed.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// More than [`MAX_CONFIG_BYTES`]: a device, or a runaway file.
+    #[error("larger than the {} MiB limit of a config file", MAX_CONFIG_BYTES >> 20)]
+    TooLarge,
+    /// Not UTF-8; the offset of the first invalid byte.
+    #[error("cannot read: not UTF-8 text (invalid byte at offset {0})")]
+    NotUtf8(usize),
+}
+
 /// The file's text, refusing more than [`MAX_CONFIG_BYTES`] and text that is not UTF-8.
-fn read_capped(path: &Path) -> Result<String, String> {
+fn read_capped(path: &Path) -> Result<String, UnreadableConfig> {
     use std::io::Read;
-    let too_big = || {
-        format!(
-            "larger than the {} MiB limit of a config file",
-            MAX_CONFIG_BYTES >> 20
-        )
-    };
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::File::open(path)?;
     // A regular file says its size; a device or a pipe is read up to the cap.
     if file
         .metadata()
         .is_ok_and(|m| m.is_file() && m.len() > MAX_CONFIG_BYTES)
     {
-        return Err(too_big());
+        return Err(UnreadableConfig::TooLarge);
     }
     let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_big());
+        return Err(UnreadableConfig::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "cannot read: not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    String::from_utf8(bytes).map_err(|e| UnreadableConfig::NotUtf8(e.utf8_error().valid_up_to()))
 }
 
 fn whole_file(file: &str, message: String) -> ConfigError {
@@ -555,14 +558,20 @@ fn whole_file(file: &str, message: String) -> ConfigError {
     }
 }
 
+/// A rate [`check_rate`] refuses (zero, negative, NaN, infinite). Its text completes a
+/// sentence that names the field or flag.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("must be a positive number, got {0}")]
+pub struct BadRate(f64);
+
 /// The one rule for every rate (config budgets, `--rate` flags, `FANOUT_RATE_PER_SECOND`): a
 /// positive, finite number of requests per second. The error completes a sentence that names
 /// the field or flag.
-pub fn check_rate(per_second: f64) -> Result<(), String> {
+pub fn check_rate(per_second: f64) -> Result<(), BadRate> {
     if per_second.is_finite() && per_second > 0.0 {
         Ok(())
     } else {
-        Err(format!("must be a positive number, got {per_second}"))
+        Err(BadRate(per_second))
     }
 }
 

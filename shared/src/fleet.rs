@@ -1,4 +1,4 @@
-//! What the consumer fleet shares: host states ([`crate::hosts`]) and the instance leases that
+//! What the consumer fleet shares: host states ([`HostState`]) and the instance leases that
 //! split the rate budgets among the instances actually working.
 //!
 //! # Leases
@@ -6,7 +6,7 @@
 //! same call); a lease lapses [`LEASE_TTL`] after its last renewal. An instance's share of a
 //! budget is `budget / n`, where `n` counts itself and every other live lease it has seen.
 //! A joining instance that finds others at work waits until each of them has renewed once
-//! more (their next renewal is due by [`Lease::next_renewal_ms`], plus [`JOIN_SLACK`]): by then
+//! more (their next renewal is due by [`Lease::next_renewal_ms`], plus `JOIN_SLACK`): by then
 //! they all count it and have lowered their shares, so the fleet never sends above the budget
 //! while it grows. An instance that finds nobody starts at once, and renews again within
 //! [`FIRST_RENEW`]: instances that start together at a tick see each other within a fraction

@@ -31,11 +31,11 @@ use reqwest::header::{
 };
 use reqwest::{Method, StatusCode, Url};
 
-use crate::netguard;
-use crate::target_rules::{env_placeholders, HeaderPart};
+use crate::netguard::{self, RefusedHost};
+use crate::target_rules::{env_placeholders, HeaderPart, PlaceholderError};
 
 /// Redirects followed at most.
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 
 /// Bytes of a response body read (and discarded) so the connection can be reused.
 const MAX_BODY_DRAIN: usize = 1 << 20;
@@ -127,6 +127,41 @@ pub struct Hop {
     pub body: Option<Vec<u8>>,
 }
 
+/// Why a request may not go to a URL ([`RedirectRules::check`]); each names the scheme or the
+/// host, so the reader knows which rule to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HopRefused {
+    /// Not `http` or `https`.
+    #[error("scheme {0:?} is not allowed")]
+    Scheme(String),
+    /// A host outside the caller's allow-list.
+    #[error("host {host:?} is not in {allow_list}")]
+    NotAllowed {
+        /// The host, lower-case.
+        host: String,
+        /// The list, as the caller names it ([`RedirectRules::new`]).
+        allow_list: &'static str,
+    },
+    /// A literal address (or `localhost`) the SSRF guard refuses.
+    #[error(transparent)]
+    Guard(#[from] RefusedHost),
+}
+
+/// Why a redirect is not followed ([`RedirectRules::next`]); the text starts `redirect
+/// refused: `, which the consumer's dead-letter reasons and the producer's page errors show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectRefused {
+    /// The chain is longer than `MAX_REDIRECTS`.
+    #[error("redirect refused: more than {MAX_REDIRECTS} redirects")]
+    TooMany,
+    /// `Location` does not resolve to a URL.
+    #[error("redirect refused: Location is not a URL ({0})")]
+    NotUrl(url::ParseError),
+    /// The URL it leads to breaks the rules.
+    #[error("redirect refused: {0}")]
+    Hop(#[from] HopRefused),
+}
+
 /// What a hop may reach: the allow-list and whether the SSRF guard is on.
 #[derive(Debug, Clone)]
 pub struct RedirectRules {
@@ -164,18 +199,12 @@ impl RedirectRules {
         status: StatusCode,
         location: &str,
         followed: usize,
-    ) -> Result<Hop, String> {
+    ) -> Result<Hop, RedirectRefused> {
         if followed >= MAX_REDIRECTS {
-            return Err(format!(
-                "redirect refused: more than {MAX_REDIRECTS} redirects"
-            ));
+            return Err(RedirectRefused::TooMany);
         }
-        let url = hop
-            .url
-            .join(location)
-            .map_err(|e| format!("redirect refused: Location is not a URL ({e})"))?;
-        self.check(&url)
-            .map_err(|e| format!("redirect refused: {e}"))?;
+        let url = hop.url.join(location).map_err(RedirectRefused::NotUrl)?;
+        self.check(&url)?;
         let mut next = Hop { url, ..hop.clone() };
         let to_get = match status {
             StatusCode::SEE_OTHER => hop.method != Method::HEAD,
@@ -197,14 +226,17 @@ impl RedirectRules {
     /// Whether a request may go to `url`: scheme, allow-list, then the SSRF guard for literal
     /// addresses (names meet the guarded resolver when the request connects). The error names
     /// the scheme or the host.
-    pub fn check(&self, url: &Url) -> Result<(), String> {
+    pub fn check(&self, url: &Url) -> Result<(), HopRefused> {
         let scheme = url.scheme();
         if !matches!(scheme, "http" | "https") {
-            return Err(format!("scheme {scheme:?} is not allowed"));
+            return Err(HopRefused::Scheme(scheme.to_owned()));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if !self.allowed_hosts.contains(&host) {
-            return Err(format!("host {host:?} is not in {}", self.allow_list));
+            return Err(HopRefused::NotAllowed {
+                host,
+                allow_list: self.allow_list,
+            });
         }
         if let (false, Some(host)) = (self.allow_private, url.host()) {
             netguard::check_literal_host(&host)?;
@@ -214,7 +246,7 @@ impl RedirectRules {
 }
 
 /// The redirect statuses followed, with the `Location` to follow.
-pub fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn location(status: StatusCode, headers: &HeaderMap) -> Option<&str> {
     let followed = [
         StatusCode::MOVED_PERMANENTLY,
         StatusCode::FOUND,
@@ -240,17 +272,48 @@ fn strip_credentials(headers: &mut HeaderMap) {
     }
 }
 
+/// Why a header template could not be resolved (`resolve_env`); never quotes a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A malformed `${env:NAME}` reference.
+    #[error(transparent)]
+    Placeholder(#[from] PlaceholderError),
+    /// The variable is not set in this process's environment.
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+}
+
+/// Why request headers could not be built from their templates ([`env_headers`]); each names
+/// the header, never its value (which may hold a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvHeaderError {
+    /// Its template could not be resolved.
+    #[error("header {name}: {problem}")]
+    Template {
+        /// The header, as configured.
+        name: String,
+        /// Why.
+        problem: EnvError,
+    },
+    /// The name is not a valid header name.
+    #[error("bad header name {0:?}")]
+    Name(String),
+    /// The resolved value is not a valid header value (a control character from the
+    /// environment, say).
+    #[error("header {0}: value is not valid")]
+    Value(HeaderName),
+}
+
 /// Replaces `${env:NAME}` with the environment variable; an unset one is an error naming it
 /// (never a value).
-pub fn resolve_env(template: &str) -> Result<String, String> {
+pub(crate) fn resolve_env(template: &str) -> Result<String, EnvError> {
     let mut out = String::with_capacity(template.len());
     for part in env_placeholders(template)? {
         match part {
             HeaderPart::Literal(text) => out.push_str(text),
-            HeaderPart::Env(name) => out.push_str(
-                &std::env::var(name)
-                    .map_err(|_| format!("environment variable {name} is not set"))?,
-            ),
+            HeaderPart::Env(name) => {
+                out.push_str(&std::env::var(name).map_err(|_| EnvError::Unset(name.to_owned()))?)
+            }
         }
     }
     Ok(out)
@@ -262,14 +325,18 @@ pub fn resolve_env(template: &str) -> Result<String, String> {
 /// never its value.
 pub fn env_headers<'a>(
     templates: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<HeaderMap, String> {
+) -> Result<HeaderMap, EnvHeaderError> {
     let mut headers = HeaderMap::new();
     for (name, template) in templates {
-        let value = resolve_env(template).map_err(|e| format!("header {name}: {e}"))?;
+        let value = resolve_env(template).map_err(|problem| EnvHeaderError::Template {
+            name: name.clone(),
+            problem,
+        })?;
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("bad header name {name:?}"))?;
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| format!("header {name}: value is not valid"))?;
+            .map_err(|_| EnvHeaderError::Name(name.clone()))?;
+        let Ok(mut value) = HeaderValue::from_str(&value) else {
+            return Err(EnvHeaderError::Value(name));
+        };
         value.set_sensitive(template.contains("${"));
         headers.insert(name, value);
     }
@@ -344,7 +411,12 @@ impl GuardedClient {
             drain(&mut response).await;
             hop = match self.rules.next(&hop, status, &location, followed) {
                 Ok(next) => next,
-                Err(reason) => return Sent::Refused { status, reason },
+                Err(refused) => {
+                    return Sent::Refused {
+                        status,
+                        reason: refused.to_string(),
+                    }
+                }
             };
             followed += 1;
         }
@@ -430,8 +502,12 @@ mod tests {
     #[test]
     fn hops_outside_the_allow_list_or_the_guard_are_refused_naming_the_host() {
         let first = hop("https://a.example.com/x", Method::GET);
-        let refused =
-            |to: &str, n: usize| rules().next(&first, StatusCode::FOUND, to, n).unwrap_err();
+        let refused = |to: &str, n: usize| {
+            rules()
+                .next(&first, StatusCode::FOUND, to, n)
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             refused("https://evil.example.net/", 0),
             r#"redirect refused: host "evil.example.net" is not in the consumer's allowed hosts (a `hosts` key of the config allows it)"#
@@ -504,7 +580,9 @@ mod tests {
             resolve_env("Bearer ${env:FANOUT_TEST_HTTP_TOKEN}").unwrap(),
             "Bearer s3cret"
         );
-        let err = resolve_env("${env:FANOUT_TEST_UNSET_VARIABLE}").unwrap_err();
+        let err = resolve_env("${env:FANOUT_TEST_UNSET_VARIABLE}")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("FANOUT_TEST_UNSET_VARIABLE is not set"),
             "{err}"
@@ -533,7 +611,7 @@ mod tests {
         )]
         .into();
         std::env::set_var("FANOUT_TEST_HTTP_KEY", "k3y-x");
-        let err = env_headers(&bad).unwrap_err();
+        let err = env_headers(&bad).unwrap_err().to_string();
         assert!(err.contains("x-bad") && !err.contains("k3y-x"), "{err}");
     }
 }

@@ -13,8 +13,10 @@
 //! - [`IdempotencyStore::acquire`] takes the lock: a conditional write that succeeds when there
 //!   is no record, when it is FAILED, or when it is IN_PROGRESS with an expired lock or one
 //!   taken under the claim's own holder token (a try whose answer was lost: see
-//!   [`Claim::holder`]). The lock expires at the invocation's deadline (Powertools semantics):
-//!   a crashed consumer never holds a job for longer than one function timeout. Each acquire
+//!   [`Claim::holder`]). The lock expires a grace after the invocation's deadline (the
+//!   consumer's `FANOUT_LOCK_GRACE_SECS`): Powertools frees it at the deadline, but a success
+//!   the store would not take until then travels with the job's rescheduled copy, and no other
+//!   copy may take the job over and call it again before that copy is back. Each acquire
 //!   bumps `attempts`, which is the fencing token of the holder; a transition asked again by
 //!   the attempt that made it answers [`Transition::Done`] and counts nothing more.
 //! - A permanent failure is recorded *before* the DLQ send (REJECTED) and confirmed after it
@@ -45,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BackendError;
 use crate::failure::Failure;
-use crate::runs::Tally;
+use crate::runs::{CountToken, JobCount, Tally};
 
 /// Where a record is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +113,7 @@ pub struct IdempotencyRecord {
     pub run_id: String,
     /// The job's target.
     pub target_id: String,
-    /// The class ([`crate::failure::FailureKind::class`]) the job is counted under as
+    /// The class ([`crate::FailureKind::class`]) the job is counted under as
     /// dead-lettered in its run's ledger, from DEAD_LETTERED until a replay completes it.
     pub dead_letter_class: Option<String>,
     /// The class of the permanent failure a REJECTED record holds: what the DEAD_LETTERED
@@ -119,6 +121,9 @@ pub struct IdempotencyRecord {
     pub failure_class: Option<String>,
     /// The token of the claim that took the current lock ([`Claim::holder`]).
     pub holder: Option<i64>,
+    /// A settled record's count: the batch it is counted in and what it adds
+    /// ([`crate::runs`]'s `count` module). `None` on records settled before batch counting.
+    pub count: Option<JobCount>,
 }
 
 /// What a consumer asks for when it takes a job.
@@ -132,15 +137,15 @@ pub struct Claim<'a> {
     pub target_id: &'a str,
     /// Now, ms since the epoch: locks that expired before this are free.
     pub now_ms: i64,
-    /// The new lock's expiry: the invocation's deadline, ms since the epoch.
+    /// The new lock's expiry, ms since the epoch: the invocation's deadline plus the lock's grace.
     pub lock_until_ms: i64,
     /// The record's TTL, s since the epoch.
     pub expiration_s: i64,
     /// For a DLQ replay: the `attempts` of the dead-lettering it replays.
     pub replay_of: Option<u32>,
     /// This claim's own token ([`Claim::new_holder`]), stored with the lock it takes: a retry
-    /// of the acquire whose first answer was lost finds the lock its first try took
-    /// ([`resumed`]) instead of meeting "locked by another".
+    /// of the acquire whose first answer was lost finds the lock its first try took and takes
+    /// it again, instead of meeting "locked by another".
     pub holder: i64,
 }
 
@@ -271,18 +276,19 @@ pub(crate) fn decide_acquire(
 /// A store of idempotency records with conditional writes (DynamoDB, or the embedded SQLite file).
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
-    /// Takes the lock for a job if [`decide_acquire`] allows it, atomically.
+    /// Takes the lock for a job if the acquire rule (`decide_acquire`) allows it, atomically.
     async fn acquire(&self, claim: &Claim<'_>) -> Result<Acquire, BackendError>;
 
-    /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code; counts a
-    /// success in the run's ledger (and takes back `tally.undo`) in the same atomic write.
+    /// IN_PROGRESS (held by `attempt`) → COMPLETED, with the target's status code; stores the
+    /// success's count (`tally`'s delta, taking back `tally.undo`) for batch `token`, which
+    /// its consumer then applies to the run ([`crate::runs::RunLedger::count`]).
     async fn complete(
         &self,
         message_id: &str,
         attempt: u32,
         status_code: u16,
         expiration_s: i64,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError>;
 
     /// IN_PROGRESS (held by `attempt`) → FAILED (transient), with the reason and status code;
@@ -304,14 +310,26 @@ pub trait IdempotencyStore: Send + Sync {
         failure: &Failure,
     ) -> Result<Transition, BackendError>;
 
-    /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send; counts a dead-lettering
-    /// under `tally.reason` in the run's ledger (taking back `tally.undo`) in the same atomic write.
+    /// REJECTED (by `attempt`) → DEAD_LETTERED, after the DLQ send; stores the dead-lettering's
+    /// count (under `tally.reason`, taking back `tally.undo`) for batch `token`, as
+    /// [`IdempotencyStore::complete`] does.
     async fn dead_lettered(
         &self,
         message_id: &str,
         attempt: u32,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError>;
+
+    /// Moves a settled record's count from batch `from` (sealed: it will never apply) to batch
+    /// `to` of the caller, which then counts it. False when the record is not counted in
+    /// `from` (another consumer moved it first); true also when asked again after the move
+    /// applied and its answer was lost.
+    async fn recount(
+        &self,
+        message_id: &str,
+        from: &CountToken,
+        to: &CountToken,
+    ) -> Result<bool, BackendError>;
 
     /// Reads records by message ID (missing ones are left out).
     async fn get_many(
@@ -339,6 +357,7 @@ mod tests {
             dead_letter_class: None,
             failure_class: None,
             holder: Some(7),
+            count: None,
         }
     }
 

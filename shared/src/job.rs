@@ -52,7 +52,7 @@ pub const ATTR_HOLDER: &str = "holder";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobMessage {
-    /// Schema version, [`MESSAGE_VERSION`].
+    /// Schema version, `MESSAGE_VERSION`.
     pub v: u32,
     /// Deterministic ID, [`message_id`]`(run_id, target.id)`: the idempotency key.
     pub message_id: String,
@@ -119,7 +119,7 @@ impl JobTarget {
         if self.id.is_empty() {
             return Err(FieldError::new("id", "is empty"));
         }
-        target_rules::check_url(&self.url).map_err(|e| FieldError::new("url", e))?;
+        target_rules::check_url(&self.url).map_err(|e| FieldError::new("url", e.to_string()))?;
         if !HTTP_METHODS.contains(&self.method.as_str()) {
             return Err(FieldError::new(
                 "method",
@@ -133,22 +133,27 @@ impl JobTarget {
             ));
         }
         for (name, value) in &self.headers {
-            target_rules::check_header(name, value).map_err(|e| FieldError::new("headers", e))?;
+            target_rules::check_header(name, value)
+                .map_err(|e| FieldError::new("headers", e.to_string()))?;
         }
         Ok(())
     }
 }
 
+/// A run ID [`check_run_id`] refuses: it would not fit the message size budget, or would
+/// garble a log line or a ledger key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run_id {0:?} must be 1..={MAX_RUN_ID_LEN} printable characters")]
+pub struct BadRunId(String);
+
 /// Checks a run ID: non-empty, at most [`MAX_RUN_ID_LEN`] characters, no control characters.
 /// The producer checks the IDs it publishes, the consumer those it reads.
-pub fn check_run_id(run_id: &str) -> Result<(), String> {
+pub fn check_run_id(run_id: &str) -> Result<(), BadRunId> {
     if run_id.is_empty()
         || run_id.chars().count() > MAX_RUN_ID_LEN
         || run_id.chars().any(char::is_control)
     {
-        return Err(format!(
-            "run_id {run_id:?} must be 1..={MAX_RUN_ID_LEN} printable characters"
-        ));
+        return Err(BadRunId(run_id.to_owned()));
     }
     Ok(())
 }
@@ -276,7 +281,7 @@ fn decode_job(value: serde_json::Value) -> Result<JobMessage, DecodeError> {
     }
     let job: JobMessage =
         serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    check_run_id(&job.run_id).map_err(DecodeError::Invalid)?;
+    check_run_id(&job.run_id).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     job.target
         .check()
         .map_err(|e| DecodeError::Invalid(format!("target.{e}")))?;

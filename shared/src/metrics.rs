@@ -14,7 +14,7 @@ pub(crate) const NAMESPACE: &str = "Fanout";
 
 /// The unit of a metric, as EMF spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// A count of events.
     Count,
     /// A duration in milliseconds.
@@ -34,8 +34,11 @@ impl Unit {
 /// compile (a string would read as an empty metric and make an assertion on it check nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Metric {
-    /// Records in an invocation's batch.
+    /// Records an invocation handled: its batch and what it pulled.
     Records,
+    /// Records an invocation received from the queue itself, beyond its batch (the consumer's
+    /// `pull` module says why).
+    Pulled,
     /// Jobs that succeeded.
     Succeeded,
     /// Copies of jobs already settled (or settled by another copy), acked without a call.
@@ -106,6 +109,7 @@ impl Metric {
     pub const fn name(self) -> &'static str {
         match self {
             Metric::Records => "Records",
+            Metric::Pulled => "Pulled",
             Metric::Succeeded => "Succeeded",
             Metric::DuplicatesSkipped => "DuplicatesSkipped",
             Metric::DeadLettered => "DeadLettered",
@@ -139,7 +143,7 @@ impl Metric {
     }
 
     /// Its unit: latencies and durations are in milliseconds, everything else is a count.
-    pub const fn unit(self) -> Unit {
+    pub(crate) const fn unit(self) -> Unit {
         match self {
             Metric::CallLatency | Metric::RateLimitWait | Metric::RunDuration => Unit::Milliseconds,
             _ => Unit::Count,

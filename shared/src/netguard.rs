@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why an address is refused, or `None` if it is a public unicast address.
-pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => v4_reason(v4),
         IpAddr::V6(v6) => match embedded_v4(v6) {
@@ -110,23 +110,40 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
+/// A URL host the guard refuses without asking DNS. Its text completes a sentence about the
+/// field or hop that named the host (the config adds what setting allows it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedHost {
+    /// `localhost` or a `*.localhost` name, which always resolves to loopback.
+    #[error("host {0} is loopback")]
+    Localhost(String),
+    /// An IP literal in a forbidden range.
+    #[error("{ip} is a {reason}")]
+    Address {
+        /// The address.
+        ip: IpAddr,
+        /// Its range, as `forbidden_reason` words it.
+        reason: &'static str,
+    },
+}
+
 /// Checks a URL host that is an IP literal (`http://10.0.0.1/`, `http://[::1]/`); names are
 /// checked after DNS resolution by the consumer. `localhost` is refused here too, since it
 /// always resolves to loopback.
-pub fn check_literal_host(host: &url::Host<&str>) -> Result<(), String> {
+pub fn check_literal_host(host: &url::Host<&str>) -> Result<(), RefusedHost> {
     let ip = match host {
         url::Host::Ipv4(v4) => IpAddr::V4(*v4),
         url::Host::Ipv6(v6) => IpAddr::V6(*v6),
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name == "localhost" || name.ends_with(".localhost") {
-                return Err(format!("host {name} is loopback"));
+                return Err(RefusedHost::Localhost(name));
             }
             return Ok(());
         }
     };
     match forbidden_reason(ip) {
-        Some(reason) => Err(format!("{ip} is a {reason}")),
+        Some(reason) => Err(RefusedHost::Address { ip, reason }),
         None => Ok(()),
     }
 }
@@ -211,6 +228,7 @@ mod tests {
         let url = url::Url::parse("http://169.254.169.254/latest/meta-data").unwrap();
         assert!(check_literal_host(&url.host().unwrap())
             .unwrap_err()
+            .to_string()
             .contains("link-local"));
         let url = url::Url::parse("http://api.localhost:8080/").unwrap();
         assert!(check_literal_host(&url.host().unwrap()).is_err());

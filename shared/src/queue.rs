@@ -109,13 +109,13 @@ pub trait MessageMover: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MoveTaskState {
-    /// Moving.
+    /// Moving the DLQ's messages back: `fanout dlq replay` keeps polling it.
     Running,
-    /// Done.
+    /// Every message the DLQ held when the task started is back in its source queue.
     Completed,
-    /// Being cancelled.
+    /// A cancel was asked for; messages already moved stay moved.
     Cancelling,
-    /// Cancelled.
+    /// Stopped before the end: what was not moved is still in the DLQ, to replay again.
     Cancelled,
     /// Failed (`failure_reason` says why).
     Failed,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::netguard;
-use crate::rows::Format;
+use crate::rows::{Format, FormatError};
 use crate::target_rules::FieldError;
 
 /// One source of rows, as written in the config file (`sources`).
@@ -118,7 +118,7 @@ impl HttpList {
         let mut problems = Vec::new();
         for (name, value) in &self.headers {
             if let Err(e) = crate::target_rules::check_header(name, value) {
-                problems.push(FieldError::new("http.headers", e));
+                problems.push(FieldError::new("http.headers", e.to_string()));
             }
         }
         for (field, pointer) in [
@@ -177,6 +177,52 @@ impl Default for TickSettings {
 
 fn epoch() -> String {
     "1970-01-01T00:00:00Z".to_owned()
+}
+
+/// Why a location cannot be used: a source's `location` (or its `rows`), or the list home
+/// (`FANOUT_LISTS`, the stack's `ListsLocation`). The config names the source and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    /// Both `location` and `rows`.
+    #[error("set one of `location` and `rows`, not both")]
+    Both,
+    /// Neither `location` nor `rows`.
+    #[error("set `location` (where the rows are) or `rows`")]
+    Neither,
+    /// An empty path.
+    #[error("the location is empty")]
+    Empty,
+    /// `lists://` without a key.
+    #[error("{0:?}: name a key in the list home, e.g. lists://customers.jsonl")]
+    NoListsKey(String),
+    /// An `http://` or `https://` location that does not parse.
+    #[error("{raw:?} is not a URL: {reason}")]
+    NotUrl {
+        /// The location.
+        raw: String,
+        /// The parser's objection.
+        reason: url::ParseError,
+    },
+    /// A scheme no reader knows.
+    #[error("scheme {0}:// is not supported: give s3://, https://, a path or a file:// URL")]
+    Scheme(String),
+    /// `s3://` with a bucket name S3 would refuse.
+    #[error(
+        "s3://{rest}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, `.` \
+         and `-`)"
+    )]
+    Bucket {
+        /// What follows `s3://`.
+        rest: String,
+        /// The bucket part of it.
+        bucket: String,
+    },
+    /// A list home that is not an `s3://` URL.
+    #[error("{0:?}: the list home is an s3://bucket/prefix/ URL")]
+    HomeNotS3(String),
+    /// A list home whose prefix does not end in `/` (keys are appended to it).
+    #[error("{0:?}: the list home's prefix must end in `/`")]
+    HomeNotPrefix(String),
 }
 
 /// Where a source's rows are read from.
@@ -238,16 +284,16 @@ pub struct ListsHome {
 
 impl ListsHome {
     /// Parses `s3://bucket/prefix/` (the prefix may be empty).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, LocationError> {
         let rest = text
             .strip_prefix("s3://")
-            .ok_or_else(|| format!("{text:?}: the list home is an s3://bucket/prefix/ URL"))?;
+            .ok_or_else(|| LocationError::HomeNotS3(text.to_owned()))?;
         match s3_location(rest)? {
             Location::S3 { bucket, key } if key.is_empty() || key.ends_with('/') => Ok(Self {
                 bucket,
                 prefix: key,
             }),
-            _ => Err(format!("{text:?}: the list home's prefix must end in `/`")),
+            _ => Err(LocationError::HomeNotPrefix(text.to_owned())),
         }
     }
 }
@@ -267,36 +313,32 @@ impl std::fmt::Display for Location {
 impl Source {
     /// Where the rows are, with a relative path resolved against `base` (the config file's
     /// folder), or why the location cannot be read.
-    pub fn location(&self, base: &Path) -> Result<Location, String> {
+    pub fn location(&self, base: &Path) -> Result<Location, LocationError> {
         match (&self.location, &self.rows) {
             (None, Some(_)) => Ok(Location::Inline),
-            (Some(_), Some(_)) => Err("set one of `location` and `rows`, not both".into()),
-            (None, None) => Err("set `location` (where the rows are) or `rows`".into()),
+            (Some(_), Some(_)) => Err(LocationError::Both),
+            (None, None) => Err(LocationError::Neither),
             (Some(raw), None) => {
                 let path = match raw.split_once("://") {
                     None => raw.as_str(),
                     Some(("file", path)) => path,
                     Some(("s3", rest)) => return s3_location(rest),
                     Some(("lists", key)) if key.is_empty() || key.starts_with('/') => {
-                        return Err(format!(
-                            "{raw:?}: name a key in the list home, e.g. lists://customers.jsonl"
-                        ))
+                        return Err(LocationError::NoListsKey(raw.clone()))
                     }
                     Some(("lists", key)) => return Ok(Location::Lists(key.to_owned())),
                     Some(("http" | "https", _)) => {
-                        return url::Url::parse(raw)
-                            .map(Location::Http)
-                            .map_err(|e| format!("{raw:?} is not a URL: {e}"))
+                        return url::Url::parse(raw).map(Location::Http).map_err(|reason| {
+                            LocationError::NotUrl {
+                                raw: raw.clone(),
+                                reason,
+                            }
+                        })
                     }
-                    Some((scheme, _)) => {
-                        return Err(format!(
-                            "scheme {scheme}:// is not supported: give s3://, https://, a path or \
-                             a file:// URL"
-                        ))
-                    }
+                    Some((scheme, _)) => return Err(LocationError::Scheme(scheme.to_owned())),
                 };
                 if path.is_empty() {
-                    return Err("the location is empty".into());
+                    return Err(LocationError::Empty);
                 }
                 let path = Path::new(path);
                 Ok(Location::File(if path.is_absolute() {
@@ -357,23 +399,23 @@ impl Source {
     }
 
     /// The rows' format of an input named `name` (a path, an S3 key, a URL).
-    pub fn format_of(&self, name: &str) -> Result<Format, String> {
+    pub fn format_of(&self, name: &str) -> Result<Format, FormatError> {
         Format::resolve(self.format, name)
     }
 }
 
 /// `s3://` then `rest`: a bucket, then an object's key or a prefix.
-fn s3_location(rest: &str) -> Result<Location, String> {
+fn s3_location(rest: &str) -> Result<Location, LocationError> {
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
         && bucket
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
     if !valid_bucket {
-        return Err(format!(
-            "s3://{rest}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, \
-             `.` and `-`)"
-        ));
+        return Err(LocationError::Bucket {
+            rest: rest.to_owned(),
+            bucket: bucket.to_owned(),
+        });
     }
     Ok(Location::S3 {
         bucket: bucket.to_owned(),
@@ -386,20 +428,44 @@ pub fn job_id(source: &str, row_id: &str) -> String {
     format!("{source}/{row_id}")
 }
 
+/// Why a row has no usable ID: its job could have no stable target ID, hence no stable
+/// message ID. Each names the source's `id_field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowIdError {
+    /// The row lacks the field.
+    #[error("no field `{0}` (the source's id_field)")]
+    Missing(String),
+    /// An empty string.
+    #[error("field `{0}` is empty")]
+    Empty(String),
+    /// A string with a control character, which would garble logs and reasons.
+    #[error("field `{0}` holds a control character")]
+    ControlCharacter(String),
+    /// Neither a string nor an integer.
+    #[error("field `{field}` must be a string or an integer, got {found}")]
+    WrongType {
+        /// The field.
+        field: String,
+        /// What it is, e.g. `a number`, `null` ([`crate::rows::json_kind`]).
+        found: &'static str,
+    },
+}
+
 /// A row's ID: its `id_field` as text (a string, or an integer's digits).
-pub fn row_id(row: &Map<String, Value>, id_field: &str) -> Result<String, String> {
+pub fn row_id(row: &Map<String, Value>, id_field: &str) -> Result<String, RowIdError> {
+    let field = || id_field.to_owned();
     match row.get(id_field) {
-        None => Err(format!("no field `{id_field}` (the source's id_field)")),
-        Some(Value::String(s)) if s.is_empty() => Err(format!("field `{id_field}` is empty")),
+        None => Err(RowIdError::Missing(field())),
+        Some(Value::String(s)) if s.is_empty() => Err(RowIdError::Empty(field())),
         Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            Err(format!("field `{id_field}` holds a control character"))
+            Err(RowIdError::ControlCharacter(field()))
         }
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        Some(other) => Err(format!(
-            "field `{id_field}` must be a string or an integer, got {}",
-            crate::rows::json_kind(other)
-        )),
+        Some(other) => Err(RowIdError::WrongType {
+            field: field(),
+            found: crate::rows::json_kind(other),
+        }),
     }
 }
 
@@ -464,6 +530,7 @@ mod tests {
         assert!(source(Some("s3://Bad_Bucket/a"), false)
             .location(base)
             .unwrap_err()
+            .to_string()
             .contains("bucket name"));
         assert!(matches!(
             source(Some("https://lists.example.com/v1/customers"), false).location(base),
@@ -488,6 +555,7 @@ mod tests {
         assert!(source(Some("ftp://x/a"), false)
             .location(base)
             .unwrap_err()
+            .to_string()
             .contains("ftp://"));
         assert!(source(Some("a.jsonl"), true).location(base).is_err());
         assert!(source(None, false).location(base).is_err());
@@ -614,6 +682,7 @@ mod tests {
         }
         assert!(row_id(&Map::new(), "id")
             .unwrap_err()
+            .to_string()
             .contains("no field `id`"));
         assert_eq!(job_id("customers", "c-1"), "customers/c-1");
     }

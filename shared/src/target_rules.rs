@@ -60,28 +60,54 @@ pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "idempotency-key",
 ];
 
+/// Why a target URL breaks a rule. `shown` is the URL with any `user:password@` replaced by
+/// `***@` ([`redact_userinfo`]): an error never quotes a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UrlRuleError {
+    /// It does not parse.
+    #[error("not a URL ({reason}): {shown:?}")]
+    NotUrl {
+        /// The URL, redacted.
+        shown: String,
+        /// The parser's objection.
+        reason: url::ParseError,
+    },
+    /// Not `http` or `https`.
+    #[error("scheme {0:?} is not allowed (use http or https)")]
+    Scheme(String),
+    /// No host, or an empty one.
+    #[error("no host in {0:?}")]
+    NoHost(String),
+    /// Port 0, where no server listens.
+    #[error("port 0 in {0:?}: no server listens there")]
+    PortZero(String),
+    /// `user:password@`, which would travel in every message, queue and state file.
+    #[error(
+        "credentials (user:password@) in {0:?} would travel in every message: remove them and \
+         use a header template, e.g. \"Authorization\": \"Basic ${{env:NAME}}\""
+    )]
+    Credentials(String),
+}
+
 /// Checks a target URL: parses, `http`/`https`, has a host, port not 0, no userinfo. Errors
 /// never quote a password.
-pub(crate) fn check_url(raw: &str) -> Result<(), String> {
+pub(crate) fn check_url(raw: &str) -> Result<(), UrlRuleError> {
     let shown = redact_userinfo(raw);
-    let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {shown:?}"))?;
+    let url = match url::Url::parse(raw) {
+        Ok(url) => url,
+        Err(reason) => return Err(UrlRuleError::NotUrl { shown, reason }),
+    };
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme {:?} is not allowed (use http or https)",
-            url.scheme()
-        ));
+        return Err(UrlRuleError::Scheme(url.scheme().to_owned()));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("no host in {shown:?}"));
+        return Err(UrlRuleError::NoHost(shown));
     }
     if url.port() == Some(0) {
-        return Err(format!("port 0 in {shown:?}: no server listens there"));
+        return Err(UrlRuleError::PortZero(shown));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "credentials (user:password@) in {shown:?} would travel in every message: \
-             remove them and use a header template, e.g. \"Authorization\": \"Basic ${{env:NAME}}\""
-        ));
+        return Err(UrlRuleError::Credentials(shown));
     }
     Ok(())
 }
@@ -100,43 +126,83 @@ pub(crate) fn redact_userinfo(raw: &str) -> String {
     }
 }
 
+/// Why a header breaks a rule; each names the header (never its value, which may be a secret
+/// once resolved).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeaderRuleError {
+    /// The name is not an HTTP token.
+    #[error("invalid header name {0:?}")]
+    InvalidName(String),
+    /// `Idempotency-Key`, which the consumer sets to the job's message ID.
+    #[error("header {0} is set by the consumer (the job's message ID): remove it")]
+    IdempotencyKey(String),
+    /// A header that frames or routes the request (`Host`, `Content-Length`, `Proxy-*`, …).
+    #[error("header {0} frames or routes the request and is set by the HTTP client: remove it")]
+    Reserved(String),
+    /// A control character (other than tab) in the value.
+    #[error("header {0}: value has a control character")]
+    ControlCharacter(String),
+    /// A malformed `${env:NAME}` placeholder in the value.
+    #[error("header {name}: {problem}")]
+    Placeholder {
+        /// The header.
+        name: String,
+        /// What is wrong with the placeholder.
+        problem: PlaceholderError,
+    },
+}
+
 /// Checks a header name and the `${env:NAME}` placeholders in its value.
-pub(crate) fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub(crate) fn check_header(name: &str, value: &str) -> Result<(), HeaderRuleError> {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
-        return Err(format!("invalid header name {name:?}"));
+        return Err(HeaderRuleError::InvalidName(name.to_owned()));
     }
     let lower = name.to_ascii_lowercase();
     if lower == "idempotency-key" {
-        return Err(format!(
-            "header {name} is set by the consumer (the job's message ID): remove it"
-        ));
+        return Err(HeaderRuleError::IdempotencyKey(name.to_owned()));
     }
     if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
-        return Err(format!(
-            "header {name} frames or routes the request and is set by the HTTP client: remove it"
-        ));
+        return Err(HeaderRuleError::Reserved(name.to_owned()));
     }
     // What an HTTP header value may not hold (tab is allowed): the consumer's client would
     // refuse such a value on every call.
     if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
-        return Err(format!("header {name}: value has a control character"));
+        return Err(HeaderRuleError::ControlCharacter(name.to_owned()));
     }
-    env_placeholders(value).map_err(|e| format!("header {name}: {e}"))?;
+    env_placeholders(value).map_err(|problem| HeaderRuleError::Placeholder {
+        name: name.to_owned(),
+        problem,
+    })?;
     Ok(())
 }
 
 /// One piece of a header value: literal text or an environment variable reference.
 #[derive(Debug, Clone, PartialEq)]
-pub enum HeaderPart<'a> {
+pub(crate) enum HeaderPart<'a> {
     /// Text sent as is.
     Literal(&'a str),
     /// `${env:NAME}`, replaced by the consumer's environment variable `NAME` at call time.
     Env(&'a str),
 }
 
+/// A `${…}` in a header value that is not a well-formed `${env:NAME}` reference: the consumer
+/// could not resolve it, so the config (or message) is refused instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceholderError {
+    /// `${` without its `}`; the whole value is quoted.
+    #[error("unterminated placeholder in {0:?}")]
+    Unterminated(String),
+    /// `${X}` where `X` does not start with `env:`.
+    #[error("placeholder ${{{0}}} must be ${{env:NAME}}")]
+    NotEnv(String),
+    /// `${env:NAME}` whose name is not `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("invalid environment variable name {0:?}")]
+    InvalidName(String),
+}
+
 /// Splits a header value into literal text and `${env:NAME}` references.
-pub fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, String> {
+pub(crate) fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, PlaceholderError> {
     let mut parts = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -146,17 +212,17 @@ pub fn env_placeholders(value: &str) -> Result<Vec<HeaderPart<'_>>, String> {
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated placeholder in {value:?}"))?;
+            .ok_or_else(|| PlaceholderError::Unterminated(value.to_owned()))?;
         let name = after[..end]
             .strip_prefix("env:")
-            .ok_or_else(|| format!("placeholder ${{{}}} must be ${{env:NAME}}", &after[..end]))?;
+            .ok_or_else(|| PlaceholderError::NotEnv(after[..end].to_owned()))?;
         let valid = name
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("invalid environment variable name {name:?}"));
+            return Err(PlaceholderError::InvalidName(name.to_owned()));
         }
         parts.push(HeaderPart::Env(name));
         rest = &after[end + 1..];
@@ -201,7 +267,7 @@ mod tests {
             "proxy-connection",
             "Idempotency-Key",
         ] {
-            let err = check_header(name, "x").unwrap_err();
+            let err = check_header(name, "x").unwrap_err().to_string();
             assert!(
                 err.starts_with(&format!("header {name} ")) && err.contains("remove it"),
                 "{err}"
@@ -224,16 +290,18 @@ mod tests {
     fn urls_without_port_0_or_credentials() {
         assert!(check_url("http://x.example.com:0/")
             .unwrap_err()
+            .to_string()
             .contains("port 0"));
         assert!(check_url("http://x.example.com:00/")
             .unwrap_err()
+            .to_string()
             .contains("port 0"));
         for raw in [
             "https://user:pa55w0rd@x.example.com/a",
             "https://user@x.example.com/",
             "https://:pa55w0rd@x.example.com/",
         ] {
-            let err = check_url(raw).unwrap_err();
+            let err = check_url(raw).unwrap_err().to_string();
             assert!(
                 err.contains("credentials (user:password@)") && err.contains("header template"),
                 "{err}"

@@ -93,11 +93,11 @@ use crate::job::JobTarget;
 use crate::target_rules::{self, FieldError, HTTP_METHODS, MAX_TIMEOUT_MS};
 
 /// Longest value (bytes of text, before percent-encoding) a placeholder may put in a URL.
-pub const MAX_URL_VALUE_BYTES: usize = 2 * 1024;
+pub(crate) const MAX_URL_VALUE_BYTES: usize = 2 * 1024;
 /// Longest rendered URL.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_URL_BYTES: usize = 8 * 1024;
 /// Longest value a placeholder may put in a header, and longest rendered header value.
-pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
 /// What a value is encoded with in a path segment or a query value: everything but RFC 3986's
 /// unreserved characters.
@@ -292,9 +292,57 @@ enum Syntax {
     Header,
 }
 
+/// Why a piece of template text does not parse: a brace, a `${…}` or a `%` that would not mean
+/// what it shows. [`Template::compile`] names the field and place it stands in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TemplateError {
+    /// `${` outside a header value, where it is not the consumer's secret syntax.
+    #[error(
+        "`${{…}}` is the consumer's environment syntax, which only a header value may hold; \
+         write `${{{{` for a literal `${{`"
+    )]
+    EnvOutsideHeader,
+    /// A header value's `${` without its `}`.
+    #[error("unterminated `${{` (a header's `${{env:NAME}}`)")]
+    UnterminatedEnv,
+    /// A row placeholder inside `${env:…}`: a row would choose the consumer's secret.
+    #[error(
+        "a row placeholder cannot stand inside `${{env:…}}`: the consumer's environment \
+         variable is named by the template alone"
+    )]
+    PlaceholderInEnv,
+    /// A malformed `${env:NAME}` reference.
+    #[error(transparent)]
+    Env(#[from] target_rules::PlaceholderError),
+    /// A `{` without its `}`.
+    #[error("unterminated `{{` (a placeholder is `{{name}}`; write `{{{{` for a literal brace)")]
+    Unterminated,
+    /// A `}` that closes nothing.
+    #[error("a lone `}}` (write `}}}}` for a literal brace)")]
+    LoneBrace,
+    /// `{…}` whose text is not a placeholder name.
+    #[error(
+        "{{{0}}} is not a placeholder: a name is [A-Za-z_][A-Za-z0-9_.-]* (write {{{{ and }}}} \
+         for literal braces)"
+    )]
+    BadName(String),
+    /// `{tick.…}` that is none of the tick's values.
+    #[error(
+        "unknown tick value {{{0}}} (there are {{tick.scheduled_at}}, {{tick.run_id}} and \
+         {{tick.last_success_at}})"
+    )]
+    UnknownTick(String),
+    /// A literal `%` in URL text that does not start a `%XX` escape: a value could complete it.
+    #[error(
+        "{0:?}: a `%` must start a percent-escape `%XX` in the template's own text (write `%25` \
+         for a literal `%`)"
+    )]
+    BarePercent(String),
+}
+
 /// Splits template text into literal text and placeholders. In a header value, each
 /// `${env:NAME}` reference is kept verbatim in the literal text and its name pushed to `env`.
-fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, String> {
+fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, TemplateError> {
     let mut pieces = Vec::new();
     let mut lit = String::new();
     let mut rest = raw;
@@ -313,22 +361,12 @@ fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, 
                     rest = &rest[1..];
                     continue;
                 }
-                return Err(
-                    "`${…}` is the consumer's environment syntax, which only a header value \
-                     may hold; write `${{` for a literal `${`"
-                        .into(),
-                );
+                return Err(TemplateError::EnvOutsideHeader);
             }
-            let end = rest
-                .find('}')
-                .ok_or_else(|| "unterminated `${` (a header's `${env:NAME}`)".to_owned())?;
+            let end = rest.find('}').ok_or(TemplateError::UnterminatedEnv)?;
             let reference = &rest[..=end];
             if reference[2..].contains('{') {
-                return Err(
-                    "a row placeholder cannot stand inside `${env:…}`: the consumer's \
-                     environment variable is named by the template alone"
-                        .into(),
-                );
+                return Err(TemplateError::PlaceholderInEnv);
             }
             for part in target_rules::env_placeholders(reference)? {
                 if let target_rules::HeaderPart::Env(name) = part {
@@ -338,10 +376,7 @@ fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, 
             lit.push_str(reference);
             rest = &rest[end + 1..];
         } else if c == '{' {
-            let end = rest.find('}').ok_or_else(|| {
-                "unterminated `{` (a placeholder is `{name}`; write `{{` for a literal brace)"
-                    .to_owned()
-            })?;
+            let end = rest.find('}').ok_or(TemplateError::Unterminated)?;
             let name = parse_name(&rest[1..end])?;
             if !lit.is_empty() {
                 pieces.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -349,7 +384,7 @@ fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, 
             pieces.push(Piece::Field(name));
             rest = &rest[end + 1..];
         } else if c == '}' {
-            return Err("a lone `}` (write `}}` for a literal brace)".into());
+            return Err(TemplateError::LoneBrace);
         } else {
             lit.push(c);
             rest = &rest[c.len_utf8()..];
@@ -361,7 +396,7 @@ fn parse_text(raw: &str, syntax: Syntax, env: &mut Vec<String>) -> Result<Text, 
     Ok(pieces)
 }
 
-fn parse_name(name: &str) -> Result<Name, String> {
+fn parse_name(name: &str) -> Result<Name, TemplateError> {
     let valid = name
         .chars()
         .next()
@@ -370,22 +405,14 @@ fn parse_name(name: &str) -> Result<Name, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !valid {
-        return Err(format!(
-            "{{{name}}} is not a placeholder: a name is [A-Za-z_][A-Za-z0-9_.-]* \
-             (write {{{{ and }}}} for literal braces)"
-        ));
+        return Err(TemplateError::BadName(name.to_owned()));
     }
     if name.starts_with("tick.") {
         return Tick::ALL
             .into_iter()
             .find(|t| t.name() == name)
             .map(Name::Tick)
-            .ok_or_else(|| {
-                format!(
-                    "unknown tick value {{{name}}} (there are {{tick.scheduled_at}}, \
-                     {{tick.run_id}} and {{tick.last_success_at}})"
-                )
-            });
+            .ok_or_else(|| TemplateError::UnknownTick(name.to_owned()));
     }
     Ok(Name::Row(name.to_owned()))
 }
@@ -581,7 +608,7 @@ fn is_dot_segment(segment: &str) -> bool {
 
 /// Template text in the path, query or fragment: placeholders parsed, and every literal `%`
 /// starting a `%XX` escape within its own literal piece (so a value can never complete one).
-fn parse_url_text(raw: &str) -> Result<Text, String> {
+fn parse_url_text(raw: &str) -> Result<Text, TemplateError> {
     let text = parse_text(raw, Syntax::Plain, &mut Vec::new())?;
     for piece in &text {
         if let Piece::Lit(lit) = piece {
@@ -591,10 +618,7 @@ fn parse_url_text(raw: &str) -> Result<Text, String> {
                     && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                         && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
                 {
-                    return Err(format!(
-                        "{raw:?}: a `%` must start a percent-escape `%XX` in the template's own \
-                         text (write `%25` for a literal `%`)"
-                    ));
+                    return Err(TemplateError::BarePercent(raw.to_owned()));
                 }
             }
         }
@@ -751,7 +775,7 @@ impl UrlTemplate {
         let sample = template
             .build(Values::Sample)
             .map_err(|e| vec![e.to_string()])?;
-        target_rules::check_url(&sample).map_err(|e| vec![e])?;
+        target_rules::check_url(&sample).map_err(|e| vec![e.to_string()])?;
         let parsed = url::Url::parse(&sample).map_err(|e| vec![e.to_string()])?;
         // A URL without a path has the one empty segment of `/`.
         let expected_segments = template.segments.len().max(1);
@@ -1198,7 +1222,7 @@ impl Template {
             .map_err(|e| vec![FieldError::new("url", e.to_string())])?;
         for (name, value) in &sample.headers {
             if let Err(e) = target_rules::check_header(name, value) {
-                errors.push(FieldError::new("headers", e));
+                errors.push(FieldError::new("headers", e.to_string()));
             }
         }
         if errors.is_empty() {

@@ -5,9 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code (Cargo.toml, [workspace.lints])
 
 use chrono::{TimeZone, Utc};
-use fanout_shared::config::PipelineConfig;
-use fanout_shared::job::{decode_body, JobMessage};
-use fanout_shared::JobTarget;
+use fanout_shared::{decode_body, JobMessage, JobTarget, PipelineConfig};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -56,6 +56,8 @@
 //! # }
 //! ```
 
+mod items;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -339,6 +341,8 @@ impl Armed {
 #[derive(Default)]
 struct Shared {
     upstream: Mutex<Option<String>>,
+    /// The items written through the proxy, for the write units of the next writes.
+    items: items::Items,
     plan: Mutex<Option<Armed>>,
     counts: Mutex<Counts>,
     faults: Mutex<FaultCounts>,
@@ -545,7 +549,17 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, client: reqwest::Cl
     let status = answer.status();
     let headers = answer.headers().clone();
     let answer_body = answer.bytes().await.map_err(std::io::Error::other)?;
-    shared.record(&call, units(&call, &body, &answer_body), fault);
+    let billed = match call.service {
+        // A write is billed by its item, which the proxy keeps from the writes it saw.
+        Some(Service::DynamoDb) if is_write(&call.operation) => {
+            let request = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            shared
+                .items
+                .write_units(&call.operation, &request, status.is_success())
+        }
+        _ => units(&call, &body, &answer_body),
+    };
+    shared.record(&call, billed, fault);
     if fault == Some(FaultKind::Lost) {
         return refusal(
             &call,
@@ -701,9 +715,19 @@ fn chunks(bytes: usize) -> f64 {
     bytes.div_ceil(64 * 1024).max(1) as f64
 }
 
-/// Capacity units of one DynamoDB request (on-demand): a write is 1 WRU per started KB of the
-/// item, in a transaction 2; a read 1 RRU per started 4 KB strongly consistent, half that
-/// eventually consistent, in a transaction 2. Item sizes are bounded above by their JSON.
+/// The DynamoDB operations billed in write units, priced by [`items::Items`] from the items they
+/// write.
+fn is_write(operation: &str) -> bool {
+    matches!(
+        operation,
+        "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems" | "BatchWriteItem"
+    )
+}
+
+/// Capacity units of one DynamoDB request (on-demand) that [`items::Items`] does not price: a
+/// read is 1 RRU per started 4 KB strongly consistent, half that eventually consistent, in a
+/// transaction 2. A write's units here are bounded above by its request's JSON (what the
+/// proxy's own unit test and a write it did not see applied fall back on).
 fn dynamodb_units(operation: &str, request: &Value, answer: &[u8]) -> f64 {
     let kb = |v: &Value| v.to_string().len().div_ceil(1024).max(1) as f64;
     let read = |v: &Value, consistent: bool| {

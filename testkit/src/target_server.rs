@@ -174,16 +174,22 @@ impl TargetServer {
     pub fn max_calls_in_window(&self, window: Duration) -> usize {
         let mut times: Vec<Instant> = self.records().iter().map(|r| r.at).collect();
         times.sort();
-        let mut best = 0;
-        let mut start = 0;
-        for end in 0..times.len() {
-            while times[end].duration_since(times[start]) >= window {
-                start += 1;
-            }
-            best = best.max(end - start + 1);
-        }
-        best
+        max_in_window(&times, window)
     }
+}
+
+/// The most of `times` (sorted) within any half-open window of `window`: a peak rate as a
+/// count, for arrivals gathered from several servers too.
+pub fn max_in_window(times: &[Instant], window: Duration) -> usize {
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
 }
 
 /// This machine's host name, if it resolves to loopback addresses only (on Linux, through

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use fanout::{
     dlq_reason, drain, drain_with_faults, peek_all, InvocationFaults, Pipeline, RunOptions,
 };
-use fanout_shared::idempotency::Status;
-use fanout_shared::job::{decode_body, message_id};
+use fanout_shared::{decode_body, message_id, Status};
 use fanout_testkit::target_server::TargetServer;
 
 use crate::config_for;
@@ -453,9 +452,9 @@ async fn check_ledger(
     assert_eq!(
         run.status,
         if dead > 0 {
-            fanout_shared::RunStatus::Failed
+            fanout_shared::runs::RunStatus::Failed
         } else {
-            fanout_shared::RunStatus::Succeeded
+            fanout_shared::runs::RunStatus::Succeeded
         }
     );
     let events = bus.events();

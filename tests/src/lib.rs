@@ -12,9 +12,9 @@ pub mod local_cloud;
 use std::time::Duration;
 
 use fanout::{EmbeddedSettings, EventSourceOptions, Pipeline, RunOptions};
-use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{HostLimit, PipelineConfig, RateLimit};
+use fanout_testkit::TargetServer;
 
 /// A config of `paths` (target-server paths, see `fanout_testkit::target_server`) on `base_url`,
 /// one target each, ids `t0`, `t1`, …
@@ -35,6 +35,48 @@ pub fn config_for(base_url: &str, paths: &[String], rate: Option<f64>) -> Pipeli
         ),
         ..PipelineConfig::default()
     }
+}
+
+/// Servers on 127.0.0.1, 127.0.0.2, … with their budgets and job counts, and the config that
+/// interleaves their jobs (no global budget unless `global`): the flow-control test and
+/// figure 14 share it.
+pub async fn hosts_tick(
+    hosts: &[(f64, usize)],
+    global: Option<f64>,
+) -> (Vec<TargetServer>, PipelineConfig) {
+    let mut servers = Vec::new();
+    for last in 1..=hosts.len() as u8 {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, last);
+        servers.push(
+            TargetServer::start_on(ip.into())
+                .await
+                .expect("a target server on 127.0.0.x"),
+        );
+    }
+    let mut config = config_for("http://unused", &[], global);
+    let spread: Vec<(String, usize)> = servers
+        .iter()
+        .zip(hosts)
+        .map(|(s, (_, jobs))| (s.base_url(), *jobs))
+        .collect();
+    config.targets = fanout_testkit::interleaved_targets(&spread);
+    config.hosts = servers
+        .iter()
+        .zip(hosts)
+        .map(|(s, (per_second, _))| {
+            // Budgets are per host name, whatever the port.
+            let host = s.base_url().trim_start_matches("http://").to_owned();
+            let host = host
+                .rsplit_once(':')
+                .map_or(host.clone(), |(h, _)| h.to_owned());
+            let limit = HostLimit {
+                per_second: *per_second,
+                max_per_second: None,
+            };
+            (host, limit)
+        })
+        .collect();
+    (servers, config)
 }
 
 /// A fresh directory `fanout-NAME-PID` under the temp dir holding `fanout.json`, the config of
@@ -275,7 +317,7 @@ impl RecordingBus {
 }
 
 #[async_trait::async_trait]
-impl fanout_shared::EventBus for RecordingBus {
+impl fanout_shared::runs::EventBus for RecordingBus {
     async fn put(
         &self,
         detail_type: &str,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fanout::{DlqFilter, Pipeline, ReplayOptions, ReplayTargets};
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::idempotency::{Acquire, Claim, Status};
-use fanout_shared::{Failure, FailureKind, JobMessage, RunStatus};
+use fanout_shared::runs::RunStatus;
+use fanout_shared::{Acquire, Claim, Failure, FailureKind, JobMessage, Status};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{
     config_file, config_for, embedded_pipeline, fanout_bin, fast_options, RecordingBus,
@@ -199,7 +199,7 @@ async fn filters_select_exactly_the_matching_messages() {
         })
         .collect();
     let mut config = config_for(&server.base_url(), &paths, None);
-    config.retry = fanout_shared::retry::RetryPolicy {
+    config.retry = fanout_shared::RetryPolicy {
         base_ms: 10,
         cap_ms: 50,
         max_attempts: 2,

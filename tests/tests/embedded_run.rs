@@ -63,7 +63,7 @@ async fn a_job_failing_transiently_max_attempts_times_lands_in_the_dlq_with_its_
     let server = TargetServer::start().await.unwrap();
     let paths = vec!["flaky/always?fail=1000".to_owned(), "ok/fine".to_owned()];
     let mut config = config_for(&server.base_url(), &paths, None);
-    config.retry = fanout_shared::retry::RetryPolicy {
+    config.retry = fanout_shared::RetryPolicy {
         base_ms: 10,
         cap_ms: 100,
         max_attempts: 3,

@@ -8,10 +8,12 @@
 use std::time::{Duration, Instant};
 
 use fanout::RunOptions;
-use fanout_shared::config::RateLimit;
 use fanout_shared::embedded::Duplicates;
+use fanout_shared::RateLimit;
 use fanout_testkit::target_server::TargetServer;
-use fanout_tests::{config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options};
+use fanout_tests::{
+    config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options, hosts_tick,
+};
 
 /// The `fanout` CLI's own defaults: concurrency 4, batches of 10, 3 s visibility and function
 /// timeouts, 5 receives.
@@ -228,5 +230,43 @@ async fn two_busy_instances_of_eight_use_the_whole_budget_and_never_exceed_it() 
     assert!(
         peak <= 11,
         "peak {peak} in a 1 s window, budget 10 + burst 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_host_never_holds_back_a_fast_one_and_each_host_keeps_its_budget() {
+    // 1 job in 6 on a host at 2/s, the rest on one at 100/s (BENCHMARKS.md figure 14 times
+    // it). The slow host's jobs wait for their permits, none is dead-lettered for it, and
+    // neither host sees more than its budget and burst in any second.
+    let hosts = [(100.0, 100), (2.0, 20)];
+    let (servers, config) = hosts_tick(&hosts, None).await;
+    let pipeline = embedded_pipeline(5, Duplicates::default());
+    let started = Instant::now();
+    let (summary, _) = fanout::run(&config, &pipeline, "mixed", &local_defaults(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (120, 0, 0),
+        "{summary:?}"
+    );
+    for (server, (per_second, jobs)) in servers.iter().zip(hosts) {
+        let stats = server.stats();
+        let last = server.records().iter().map(|r| r.at).max().unwrap();
+        let peak = server.max_calls_in_window(Duration::from_secs(1));
+        eprintln!(
+            "{per_second}/s: last call after {:.2} s (ideal {:.2} s), peak {peak} in 1 s",
+            last.duration_since(started).as_secs_f64(),
+            jobs as f64 / per_second
+        );
+        assert_eq!((stats.calls, stats.effects), (jobs, jobs), "{per_second}/s");
+        assert!(
+            peak as f64 <= per_second + 1.0,
+            "{per_second}/s: {peak} calls in 1 s, above budget + burst"
+        );
+    }
+    assert!(
+        summary.deferred > 0,
+        "slow-host jobs left their batches: {summary:?}"
     );
 }

@@ -22,12 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use fanout::{aws_with, Pipeline, StackOutputs};
-use fanout_shared::config::RateLimit;
-use fanout_shared::idempotency::Status;
-use fanout_shared::job::message_id;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{message_id, PipelineConfig, RateLimit, Status};
 use fanout_testkit::aws_proxy::{FaultKind, FaultPlan, FaultRule, Service};
-use fanout_testkit::target_server::{CallRecord, TargetServer};
+use fanout_testkit::target_server::{max_in_window, CallRecord, TargetServer};
 use fanout_tests::local_cloud::{
     emulator_endpoint, eventually, function_lines, LocalCloud, ProxyChain,
 };
@@ -372,19 +369,6 @@ fn dlq_list(cloud: &LocalCloud) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// The most of `times` (sorted) within any half-open window of `window`.
-fn max_in_window(times: &[Instant], window: Duration) -> usize {
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..times.len() {
-        while times[end].duration_since(times[start]) >= window {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
 }
 
 /// Calls per whole second of the steady part of `times` (sorted arrivals): from `skip` after

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use fanout::{peek_all, Pipeline};
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::job::ATTR_FAILURE_REASON;
-use fanout_shared::PipelineConfig;
+use fanout_shared::{PipelineConfig, ATTR_FAILURE_REASON};
 use fanout_testkit::target_server::{CallRecord, TargetServer};
 use fanout_tests::{embedded_pipeline, fast_options};
 
@@ -179,7 +178,7 @@ async fn secrets_and_credentials_stay_on_their_origin_across_redirects() {
     .await;
     let (pipeline, reasons) = produce_and_consume(&config, &config, "secrets-run").await;
     assert!(reasons.is_empty(), "{reasons:?}");
-    let ids = ["cross", "same", "chain"].map(|t| fanout_shared::job::message_id("secrets-run", t));
+    let ids = ["cross", "same", "chain"].map(|t| fanout_shared::message_id("secrets-run", t));
     let settled = pipeline.store.get_many(&ids).await.unwrap();
     assert!(
         settled.len() == 3

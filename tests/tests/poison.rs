@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fanout::peek_all;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::job::ATTR_FAILURE_REASON;
+use fanout_shared::ATTR_FAILURE_REASON;
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options};
 

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use fanout_producer::Started;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::idempotency::{Acquire, Claim};
-use fanout_shared::job::message_id;
-use fanout_shared::runs::{self, Overlap, RunPolicy, Tally};
-use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_shared::runs::{self, Overlap, RunPolicy, RunStatus, Tally};
+use fanout_shared::{message_id, Acquire, Claim, PipelineConfig};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{config_for, embedded_pipeline, fast_options, RecordingBus};
 
@@ -217,7 +215,8 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
     fanout::produce_tick(&config, &pipeline, "stuck", "fanout")
         .await
         .unwrap();
-    // Both jobs of "crashed" settle, but no consumer finishes the run (it died after counting).
+    // Both jobs of "crashed" settle and are counted (one batch), but no consumer finishes the
+    // run (it died after counting).
     let now = fanout_shared::now_ms();
     for target in ["t0", "t1"] {
         let id = message_id("crashed", target);
@@ -241,12 +240,30 @@ async fn the_watchdog_finishes_a_run_whose_finisher_died_and_reports_overdue_one
             reason: None,
             undo: None,
         };
+        let token = fanout_shared::runs::CountToken {
+            instance: "crashed-consumer".to_owned(),
+            seq: 1,
+            deadline_ms: now,
+        };
         pipeline
             .store
-            .complete(&id, 1, 200, 0, &tally)
+            .complete(&id, 1, 200, 0, (&tally, &token))
             .await
             .unwrap();
     }
+    pipeline
+        .runs
+        .count(
+            "crashed",
+            "crashed-consumer",
+            1,
+            &fanout_shared::runs::Delta {
+                succeeded: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let crashed = pipeline.runs.get("crashed").await.unwrap().unwrap();
     assert_eq!(
         (

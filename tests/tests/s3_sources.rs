@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use fanout::{aws_with, provision};
-use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_shared::runs::RunStatus;
+use fanout_shared::PipelineConfig;
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{fanout_bin, fast_options, moto_or_skip};
 use serde_json::json;

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use fanout::{peek_all, Pipeline};
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::job::ATTR_FAILURE_REASON;
-use fanout_shared::{JobMessage, PipelineConfig, QueueMessage};
+use fanout_shared::{JobMessage, PipelineConfig, QueueMessage, ATTR_FAILURE_REASON};
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{embedded_pipeline, fast_options};
 
@@ -151,7 +150,7 @@ async fn secrets_reach_the_target_and_nothing_else() {
     let ids: Vec<String> = config
         .targets
         .iter()
-        .map(|t| fanout_shared::job::message_id("sec-run", &t.id))
+        .map(|t| fanout_shared::message_id("sec-run", &t.id))
         .collect();
     for record in pipeline.store.get_many(&ids).await.unwrap() {
         assert_clean("an idempotency record", &format!("{record:?}"));

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use fanout::run;
 use fanout_shared::embedded::Duplicates;
-use fanout_shared::{PipelineConfig, RunStatus};
+use fanout_shared::runs::RunStatus;
+use fanout_shared::PipelineConfig;
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{embedded_pipeline, fast_options, RecordingBus};
 use serde_json::json;

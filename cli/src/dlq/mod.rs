@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use fanout_shared::idempotency::Status;
-use fanout_shared::job::{decode_body, ATTR_MESSAGE_ID, ATTR_TARGET_HOST};
-use fanout_shared::{BackendError, IdempotencyStore, Queue, QueueMessage};
+use fanout_shared::{
+    decode_body, BackendError, IdempotencyStore, Queue, QueueMessage, Status, ATTR_MESSAGE_ID,
+    ATTR_TARGET_HOST,
+};
 
 use crate::scan::pass_over;
 use crate::settle::dlq_reason;

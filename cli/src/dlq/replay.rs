@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use fanout_shared::job::ATTR_DEAD_LETTER_ATTEMPT;
 use fanout_shared::{
     BackendError, IdempotencyStore, MessageMover, MoveTaskState, MoveTaskStatus, Queue, Status,
+    ATTR_DEAD_LETTER_ATTEMPT,
 };
 
 use super::{describe, DlqEntry, DlqFilter};

@@ -24,18 +24,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, LINK};
-use reqwest::{Method, Url};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::runtime::Handle;
 
 use fanout_shared::guarded_http::{
-    self, env_headers, refused_address, root_cause, GuardedClient, Hop, RedirectRules, Sent,
+    self, env_headers, refused_address, root_cause, GuardedClient, Hop, HopRefused, RedirectRules,
+    Sent,
 };
 use fanout_shared::rows::{json_kind, Format, ReadError, Row};
 use fanout_shared::sources::{HttpList, Source};
 use fanout_shared::PipelineConfig;
 
-use super::parts::{Part, Parts, Rows};
+use super::parts::{Part, Parts, Rows, SourceError};
 
 /// The largest page read, in bytes: one page is held in memory at a time (parsed, a few times
 /// its size), and the producer runs in a small function. A list larger than that pages.
@@ -53,9 +54,8 @@ pub(super) fn parts(
     config: &PipelineConfig,
     source: &Source,
     first: Url,
-) -> Result<Parts, String> {
-    let runtime =
-        runtime.ok_or("HTTP list endpoints are read on an async runtime, and there is none")?;
+) -> Result<Parts, SourceError> {
+    let runtime = runtime.ok_or(SourceError::NoRuntime)?;
     let settings = source.http.clone().unwrap_or_default();
     let mut headers = env_headers(&settings.headers)?;
     if !headers.contains_key(ACCEPT) {
@@ -66,7 +66,7 @@ pub(super) fn parts(
     let allow_private = config.allow_private_networks;
     let client = guarded_http::client_builder(allow_private)
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {}", root_cause(&e)))?;
+        .map_err(SourceError::Client)?;
     let rules = RedirectRules::new(allowed, allow_private, ALLOW_LIST);
     Ok(Box::new(Pages {
         client: GuardedClient::new(client, rules),
@@ -104,13 +104,132 @@ const PAGE_ATTEMPTS: u32 = 3;
 /// The pause after a page's first failed attempt; it doubles after each.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// A page that could not be read, which ends the list and fails the source. It names the page
+/// and its URL (never a header: secrets stay in the request).
+#[derive(Debug, thiserror::Error)]
+#[error("page {number} ({url}): {problem}")]
+pub(super) struct PageError {
+    /// The page, 1-based.
+    number: u32,
+    /// Where it was asked for.
+    url: Url,
+    /// What went wrong.
+    problem: PageProblem,
+}
+
+/// Why a page ended the list.
+#[derive(Debug, thiserror::Error)]
+enum PageProblem {
+    /// Every attempt failed in a way that may pass; the last one's failure.
+    #[error("{0} (after {PAGE_ATTEMPTS} attempts)")]
+    GaveUp(FetchError),
+    /// A failure that another attempt would repeat.
+    #[error(transparent)]
+    Failed(FetchError),
+    /// The `Link` header's next page breaks the list's rules (allow-list, guard).
+    #[error("next page refused: {0}")]
+    NextRefused(HopRefused),
+    /// The next page is one already read: the list would never end.
+    #[error("{next} leads back to page {earlier}, already read (a pagination loop)")]
+    Loop {
+        /// How the page said where the list goes on.
+        next: NextPage,
+        /// The page it leads back to.
+        earlier: u32,
+    },
+    /// More pages than `http.max_pages`.
+    #[error("the list goes on past {0} pages, the most read (http.max_pages)")]
+    TooManyPages(u32),
+}
+
+/// Why one attempt at a page failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The page's URL breaks the list's rules (allow-list, guard).
+    #[error("refused: {0}")]
+    Refused(HopRefused),
+    /// A redirect the rules refused (`redirect refused: …`).
+    #[error("{0}")]
+    Redirect(String),
+    /// The guard's resolver refused the address the page's host resolves to.
+    #[error("refused: {0}")]
+    RefusedAddress(String),
+    /// No connection, as the client's innermost error words it.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The request failed otherwise, as the client's innermost error words it.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The page (redirects and body included) took longer than `http.timeout_ms`.
+    #[error("no complete answer within {0} ms (http.timeout_ms)")]
+    TimedOut(u128),
+    /// An error status.
+    #[error("HTTP {0}")]
+    Status(StatusCode),
+    /// A body past [`MAX_PAGE_BYTES`].
+    #[error("the page is larger than {MAX_PAGE_BYTES} bytes")]
+    TooLarge,
+    /// A body that is not JSON.
+    #[error("the page is not JSON ({0})")]
+    NotJson(serde_json::Error),
+    /// JSON without the rows or cursor where the list's settings say.
+    #[error(transparent)]
+    Content(#[from] BadPage),
+}
+
+/// A page whose JSON (or `Link` header) does not hold what the list's settings say: another
+/// attempt would read the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadPage {
+    /// The cursor is neither a string nor an integer.
+    #[error("the cursor at {pointer} (http.next_cursor) is {found}, not a string or an integer")]
+    Cursor {
+        /// `http.next_cursor`.
+        pointer: String,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// No `http.rows_at`, and the page is not an array.
+    #[error("the page is {0}, not an array of rows (http.rows_at says where they are in it)")]
+    NotArray(&'static str),
+    /// Nothing at `http.rows_at`.
+    #[error("no rows at {0} (http.rows_at)")]
+    NoRows(String),
+    /// Something other than an array at `http.rows_at`.
+    #[error("the rows at {pointer} (http.rows_at) are {found}, not an array")]
+    RowsNotArray {
+        /// `http.rows_at`.
+        pointer: String,
+        /// What is there instead.
+        found: &'static str,
+    },
+    /// The `Link` header's next target does not resolve to a URL.
+    #[error("the Link header's next URL {target:?} is not a URL ({reason})")]
+    Link {
+        /// The target, as the header gives it.
+        target: String,
+        /// The parser's objection.
+        reason: UrlParseError,
+    },
+}
+
+/// `url`'s parse error, named through reqwest's `Url`.
+type UrlParseError = <Url as std::str::FromStr>::Err;
+
 /// Why a page could not be had: worth another attempt, or not.
 #[derive(Debug)]
 enum Failed {
     /// A connection error, a timeout, HTTP 408, 429 or 5xx.
-    Transient(String),
+    Transient(FetchError),
     /// Anything else: an error status, a page that is not a list, a refused address.
-    Permanent(String),
+    Permanent(FetchError),
+}
+
+/// A page's content is what it is: asking again reads the same.
+impl From<BadPage> for Failed {
+    fn from(e: BadPage) -> Self {
+        Failed::Permanent(e.into())
+    }
 }
 
 /// Where a page says the list goes on.
@@ -122,22 +241,36 @@ enum NextPage {
     Link(Url),
 }
 
+/// How a loop's error names the way the page led on.
+impl std::fmt::Display for NextPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextPage::Cursor(cursor) => write!(f, "its next cursor {cursor:?}"),
+            NextPage::Link(url) => write!(f, "its next link {url}"),
+        }
+    }
+}
+
 impl Iterator for Pages {
-    type Item = Result<Part, String>;
+    type Item = Result<Part, SourceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let url = self.next.take()?;
         let number = self.read + 1;
-        let page = self
-            .page(number, &url)
-            .map_err(|e| format!("page {number} ({url}): {e}"));
+        let page = self.page(number, &url).map_err(|problem| {
+            SourceError::Page(Box::new(PageError {
+                number,
+                url,
+                problem,
+            }))
+        });
         Some(page)
     }
 }
 
 impl Pages {
     /// Reads page `number` at `url` and finds the next one; an error ends the list.
-    fn page(&mut self, number: u32, url: &Url) -> Result<Part, String> {
+    fn page(&mut self, number: u32, url: &Url) -> Result<Part, PageProblem> {
         self.seen.insert(url.as_str().to_owned(), number);
         let (rows, next) = self.runtime.block_on(self.fetch_retried(url))?;
         self.read = number;
@@ -166,31 +299,25 @@ impl Pages {
 
     /// The URL page `number` leads to, or why it may not be read: refused by the allow-list or
     /// the guard, a page already read (a loop), past `http.max_pages`.
-    fn next_url(&self, number: u32, next: NextPage) -> Result<Url, String> {
-        let (url, how) = match next {
-            NextPage::Cursor(cursor) => (
-                with_cursor(&self.first, self.settings.cursor_param(), &cursor),
-                format!("its next cursor {cursor:?}"),
-            ),
+    fn next_url(&self, number: u32, next: NextPage) -> Result<Url, PageProblem> {
+        let url = match &next {
+            NextPage::Cursor(cursor) => {
+                with_cursor(&self.first, self.settings.cursor_param(), cursor)
+            }
             NextPage::Link(url) => {
                 self.client
                     .rules()
-                    .check(&url)
-                    .map_err(|e| format!("next page refused: {e}"))?;
-                let how = format!("its next link {url}");
-                (url, how)
+                    .check(url)
+                    .map_err(PageProblem::NextRefused)?;
+                url.clone()
             }
         };
-        if let Some(earlier) = self.seen.get(url.as_str()) {
-            return Err(format!(
-                "{how} leads back to page {earlier}, already read (a pagination loop)"
-            ));
+        if let Some(&earlier) = self.seen.get(url.as_str()) {
+            return Err(PageProblem::Loop { next, earlier });
         }
         let max = self.settings.max_pages;
         if number >= max {
-            return Err(format!(
-                "the list goes on past {max} pages, the most read (http.max_pages)"
-            ));
+            return Err(PageProblem::TooManyPages(max));
         }
         Ok(url)
     }
@@ -198,7 +325,10 @@ impl Pages {
     /// [`Pages::fetch`], tried up to [`PAGE_ATTEMPTS`] times while it fails in a way that may
     /// pass (a connection error, a timeout, HTTP 408, 429 or 5xx), with a growing pause: a list
     /// endpoint's blip costs a moment, not the tick. The last failure is the one reported.
-    async fn fetch_retried(&self, url: &Url) -> Result<(Vec<Value>, Option<NextPage>), String> {
+    async fn fetch_retried(
+        &self,
+        url: &Url,
+    ) -> Result<(Vec<Value>, Option<NextPage>), PageProblem> {
         let mut pause = FIRST_RETRY_PAUSE;
         let mut attempt = 1;
         loop {
@@ -210,10 +340,8 @@ impl Pages {
                     pause *= 2;
                     attempt += 1;
                 }
-                Err(Failed::Transient(why)) => {
-                    return Err(format!("{why} (after {PAGE_ATTEMPTS} attempts)"))
-                }
-                Err(Failed::Permanent(why)) => return Err(why),
+                Err(Failed::Transient(why)) => return Err(PageProblem::GaveUp(why)),
+                Err(Failed::Permanent(why)) => return Err(PageProblem::Failed(why)),
             }
         }
     }
@@ -223,7 +351,7 @@ impl Pages {
         self.client
             .rules()
             .check(url)
-            .map_err(|e| Failed::Permanent(format!("refused: {e}")))?;
+            .map_err(|e| Failed::Permanent(FetchError::Refused(e)))?;
         let hop = Hop {
             url: url.clone(),
             method: Method::GET,
@@ -232,7 +360,9 @@ impl Pages {
         };
         let mut response = match self.client.send(hop, self.timeout).await {
             Sent::Response(response) => response,
-            Sent::Refused { reason, .. } => return Err(Failed::Permanent(reason)),
+            Sent::Refused { reason, .. } => {
+                return Err(Failed::Permanent(FetchError::Redirect(reason)))
+            }
             Sent::Failed(err) if refused_address(&err).is_some() => {
                 return Err(Failed::Permanent(self.failed(&err)))
             }
@@ -241,7 +371,7 @@ impl Pages {
         };
         let status = response.status();
         if !status.is_success() {
-            let why = format!("HTTP {status}");
+            let why = FetchError::Status(status);
             return Err(
                 if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
                     Failed::Transient(why)
@@ -251,33 +381,28 @@ impl Pages {
             );
         }
         let link = match &self.settings.next_cursor {
-            None => next_link(response.headers(), response.url()).map_err(Failed::Permanent)?,
+            None => next_link(response.headers(), response.url())?,
             Some(_) => None,
         };
         let body = self.body(&mut response).await?;
-        let mut page: Value = serde_json::from_slice(&body)
-            .map_err(|e| Failed::Permanent(format!("the page is not JSON ({e})")))?;
+        let mut page: Value =
+            serde_json::from_slice(&body).map_err(|e| Failed::Permanent(FetchError::NotJson(e)))?;
         drop(body);
         let next = match &self.settings.next_cursor {
-            Some(pointer) => cursor(&page, pointer)
-                .map_err(Failed::Permanent)?
-                .map(NextPage::Cursor),
+            Some(pointer) => cursor(&page, pointer)?.map(NextPage::Cursor),
             None => link.map(NextPage::Link),
         };
-        let rows =
-            take_rows(&mut page, self.settings.rows_at.as_deref()).map_err(Failed::Permanent)?;
+        let rows = take_rows(&mut page, self.settings.rows_at.as_deref())?;
         Ok((rows, next))
     }
 
     /// The body, refused past [`MAX_PAGE_BYTES`].
     async fn body(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, Failed> {
-        let too_large =
-            || Failed::Permanent(format!("the page is larger than {MAX_PAGE_BYTES} bytes"));
         if response
             .content_length()
             .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
         {
-            return Err(too_large());
+            return Err(Failed::Permanent(FetchError::TooLarge));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response
@@ -286,7 +411,7 @@ impl Pages {
             .map_err(|e| Failed::Transient(self.failed(&e)))?
         {
             if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(too_large());
+                return Err(Failed::Permanent(FetchError::TooLarge));
             }
             body.extend_from_slice(&chunk);
         }
@@ -294,23 +419,20 @@ impl Pages {
     }
 
     /// Why a request failed, from its innermost cause (which names neither headers nor values).
-    fn failed(&self, err: &reqwest::Error) -> String {
+    fn failed(&self, err: &reqwest::Error) -> FetchError {
         if let Some(refused) = refused_address(err) {
-            format!("refused: {refused}")
+            FetchError::RefusedAddress(refused)
         } else if err.is_timeout() {
             self.timed_out()
         } else if err.is_connect() {
-            format!("connection failed: {}", root_cause(err))
+            FetchError::Connect(root_cause(err))
         } else {
-            format!("request failed: {}", root_cause(err))
+            FetchError::Request(root_cause(err))
         }
     }
 
-    fn timed_out(&self) -> String {
-        format!(
-            "no complete answer within {} ms (http.timeout_ms)",
-            self.timeout.as_millis()
-        )
+    fn timed_out(&self) -> FetchError {
+        FetchError::TimedOut(self.timeout.as_millis())
     }
 }
 
@@ -332,43 +454,40 @@ fn with_cursor(first: &Url, param: &str, cursor: &str) -> Url {
 
 /// The cursor at `pointer` in `page`: a string or an integer; absent, `null` or `""` when the
 /// list ends there.
-fn cursor(page: &Value, pointer: &str) -> Result<Option<String>, String> {
+fn cursor(page: &Value, pointer: &str) -> Result<Option<String>, BadPage> {
     match page.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
-        Some(other) => Err(format!(
-            "the cursor at {pointer} (http.next_cursor) is {}, not a string or an integer",
-            json_kind(other)
-        )),
+        Some(other) => Err(BadPage::Cursor {
+            pointer: pointer.to_owned(),
+            found: json_kind(other),
+        }),
     }
 }
 
 /// The rows of `page` at `pointer` (the page itself without one), taken out of it.
-fn take_rows(page: &mut Value, pointer: Option<&str>) -> Result<Vec<Value>, String> {
+fn take_rows(page: &mut Value, pointer: Option<&str>) -> Result<Vec<Value>, BadPage> {
     let Some(pointer) = pointer else {
         return match page.take() {
             Value::Array(rows) => Ok(rows),
-            other => Err(format!(
-                "the page is {}, not an array of rows (http.rows_at says where they are in it)",
-                json_kind(&other)
-            )),
+            other => Err(BadPage::NotArray(json_kind(&other))),
         };
     };
     match page.pointer_mut(pointer).map(Value::take) {
         Some(Value::Array(rows)) => Ok(rows),
-        None => Err(format!("no rows at {pointer} (http.rows_at)")),
-        Some(other) => Err(format!(
-            "the rows at {pointer} (http.rows_at) are {}, not an array",
-            json_kind(&other)
-        )),
+        None => Err(BadPage::NoRows(pointer.to_owned())),
+        Some(other) => Err(BadPage::RowsNotArray {
+            pointer: pointer.to_owned(),
+            found: json_kind(&other),
+        }),
     }
 }
 
 /// The target of the first `Link` header entry whose `rel` holds `next`, resolved against
 /// `base` (the URL the page came from).
-fn next_link(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, String> {
+fn next_link(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, BadPage> {
     for value in headers.get_all(LINK) {
         let Ok(value) = value.to_str() else {
             continue;
@@ -382,9 +501,13 @@ fn next_link(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, String> {
             let target = &after[..close];
             let params_end = after[close..].find('<').map_or(after.len(), |i| close + i);
             if is_next(&after[close + 1..params_end]) {
-                return base.join(target.trim()).map(Some).map_err(|e| {
-                    format!("the Link header's next URL {target:?} is not a URL ({e})")
-                });
+                return base
+                    .join(target.trim())
+                    .map(Some)
+                    .map_err(|reason| BadPage::Link {
+                        target: target.to_owned(),
+                        reason,
+                    });
             }
             rest = &after[params_end..];
         }
@@ -453,7 +576,7 @@ mod tests {
             assert_eq!(cursor(&page, end), Ok(None), "{end}");
         }
         assert_eq!(
-            cursor(&page, "/obj").unwrap_err(),
+            cursor(&page, "/obj").unwrap_err().to_string(),
             "the cursor at /obj (http.next_cursor) is an object, not a string or an integer"
         );
     }
@@ -484,15 +607,21 @@ mod tests {
             Ok(vec![json!(1), json!(2)])
         );
         assert_eq!(
-            take_rows(&mut json!({"data": []}), Some("/rows")).unwrap_err(),
+            take_rows(&mut json!({"data": []}), Some("/rows"))
+                .unwrap_err()
+                .to_string(),
             "no rows at /rows (http.rows_at)"
         );
         assert_eq!(
-            take_rows(&mut json!({"data": 3}), Some("/data")).unwrap_err(),
+            take_rows(&mut json!({"data": 3}), Some("/data"))
+                .unwrap_err()
+                .to_string(),
             "the rows at /data (http.rows_at) are a number, not an array"
         );
         assert_eq!(
-            take_rows(&mut json!({"data": []}), None).unwrap_err(),
+            take_rows(&mut json!({"data": []}), None)
+                .unwrap_err()
+                .to_string(),
             "the page is an object, not an array of rows (http.rows_at says where they are in it)"
         );
     }

@@ -26,12 +26,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use fanout_shared::job::{message_id, TemplateCall, MAX_MESSAGE_BYTES};
 use fanout_shared::rows::Row;
-use fanout_shared::runs::{shard_of, SourceRead};
-use fanout_shared::sources::{self, Source};
-use fanout_shared::template::{CompiledTemplate, TickValues};
-use fanout_shared::{JobMessage, ObjectVersion, OutboundMessage, PipelineConfig};
+use fanout_shared::runs::SourceRead;
+use fanout_shared::sources::{self, RowIdError, Source};
+use fanout_shared::{
+    message_id, CompiledTemplate, JobMessage, ObjectVersion, OutboundMessage, PipelineConfig,
+    RowError, TemplateCall, TickValues, MAX_MESSAGE_BYTES,
+};
 
 pub use parts::ListReaders;
 
@@ -88,8 +89,6 @@ pub(crate) struct TickJobs {
     literal: Vec<JobMessage>,
     /// The source jobs' messages, one JSON line each.
     spool: Option<Spool>,
-    /// Jobs per counter shard.
-    pub(crate) expected_per_shard: BTreeMap<u32, u64>,
     /// Jobs in all.
     pub(crate) count: u64,
     /// What each source gave.
@@ -123,14 +122,10 @@ pub(crate) fn collect(
             .map(|t| JobMessage::new(run_id, config.job_target(t), now))
             .collect(),
         spool: None,
-        expected_per_shard: BTreeMap::new(),
         count: 0,
         sources: Vec::new(),
     };
-    let literal_ids: Vec<String> = jobs.literal.iter().map(|j| j.message_id.clone()).collect();
-    for id in &literal_ids {
-        jobs.count_job(id);
-    }
+    jobs.count = jobs.literal.len() as u64;
     if config.sources.is_empty() {
         return Ok(jobs);
     }
@@ -146,8 +141,8 @@ pub(crate) fn collect(
         reason: spool_reason(&e),
     };
     let mut out = BufWriter::new(File::create(&spool.path).map_err(spool_error)?);
-    jobs.sources = read_sources(config, readers, tick, now, None, |_, job, message| {
-        jobs.count_job(&job.message_id);
+    jobs.sources = read_sources(config, readers, tick, now, None, |_, _job, message| {
+        jobs.count += 1;
         serde_json::to_writer(&mut out, message)
             .map_err(|e| spool_error(std::io::Error::other(e)))?;
         out.write_all(b"\n").map_err(spool_error)
@@ -238,18 +233,19 @@ fn read_sources(
             .map(|l| l.in_home(remote.lists.as_ref(), &config.base_dir));
         let location = match &place {
             Ok(place) => place.to_string(),
-            Err(reason) => reason.clone(),
+            Err(reason) => reason.to_string(),
         };
-        let unreadable = |reason: String| ListError::Unreadable {
+        let unreadable = |reason: &dyn std::fmt::Display| ListError::Unreadable {
             name: source.name.clone(),
             location: location.clone(),
-            reason,
+            reason: reason.to_string(),
         };
+        let place = place.map_err(|e| unreadable(&e))?;
         let parts = remote
-            .parts(config, source, place.map_err(unreadable)?)
-            .map_err(unreadable)?;
+            .parts(config, source, place)
+            .map_err(|e| unreadable(&e))?;
         for part in parts {
-            let part = part.map_err(unreadable)?;
+            let part = part.map_err(|e| unreadable(&e))?;
             let at = match &part.label {
                 None => format!("source {:?}", source.name),
                 Some(label) => format!("source {:?} ({label})", source.name),
@@ -261,10 +257,10 @@ fn read_sources(
                 let row = match row {
                     Ok(row) => row,
                     Err(fatal) if fatal.is_fatal() => {
-                        return Err(unreadable(match &part.label {
-                            None => fatal.to_string(),
-                            Some(label) => format!("{label}: {fatal}"),
-                        }))
+                        return Err(match &part.label {
+                            None => unreadable(&fatal),
+                            Some(label) => unreadable(&format_args!("{label}: {fatal}")),
+                        })
                     }
                     Err(bad_row) => {
                         bad.add(format!("{at} {bad_row}"));
@@ -387,6 +383,20 @@ fn preview_now(
         .collect())
 }
 
+/// Why a row cannot be a job: a bad row, named by its source and line in the tick's error.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// The row has no usable ID.
+    #[error(transparent)]
+    Id(#[from] RowIdError),
+    /// The template cannot render it safely.
+    #[error(transparent)]
+    Render(#[from] RowError),
+    /// Its message would be over SNS's limit.
+    #[error("the job message would be {0} bytes, over the 256 KiB SNS limit")]
+    TooLarge(usize),
+}
+
 /// Renders one source's rows into jobs, and digests what it rendered.
 struct SourceReader<'a> {
     source: &'a Source,
@@ -422,13 +432,10 @@ impl<'a> SourceReader<'a> {
 
     /// The job of one row and its message, encoded once (the size check and the spool share
     /// it), or why the row cannot be one.
-    fn job(&mut self, row: &Row) -> Result<(JobMessage, OutboundMessage), String> {
+    fn job(&mut self, row: &Row) -> Result<(JobMessage, OutboundMessage), JobError> {
         let row_id = sources::row_id(&row.values, &self.source.id_field)?;
         let id = sources::job_id(&self.source.name, &row_id);
-        let target = self
-            .template
-            .render(&id, &row.values, self.tick)
-            .map_err(|e| e.to_string())?;
+        let target = self.template.render(&id, &row.values, self.tick)?;
         let values: Map<String, Value> = sources::needed_values(&row.values, &self.placeholders);
         let mut job = JobMessage::new(&self.tick.run_id, target, self.now);
         job.template = Some(TemplateCall {
@@ -439,9 +446,7 @@ impl<'a> SourceReader<'a> {
         let message = job.encode();
         let size = message.size();
         if size > MAX_MESSAGE_BYTES {
-            return Err(format!(
-                "the job message would be {size} bytes, over the 256 KiB SNS limit"
-            ));
+            return Err(JobError::TooLarge(size));
         }
         self.rows += 1;
         self.digest.update(id.as_bytes());
@@ -495,14 +500,6 @@ fn id_bits(message_id: &str) -> u128 {
 }
 
 impl TickJobs {
-    fn count_job(&mut self, message_id: &str) {
-        *self
-            .expected_per_shard
-            .entry(shard_of(message_id))
-            .or_default() += 1;
-        self.count += 1;
-    }
-
     /// Every job's message: the literal ones, then the spooled ones in the order read. A spool
     /// line that cannot be read back ends the stream and is reported by [`Messages::error`]:
     /// the jobs after it are unpublished, and a re-run of the tick completes them.

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use fanout_shared::rows::{is_gzip, ReadError, Row, RowReader};
+use fanout_shared::guarded_http::{root_cause, EnvHeaderError};
+use fanout_shared::rows::{is_gzip, FormatError, ReadError, Row, RowReader};
 use fanout_shared::sources::{ListsHome, Location, Source};
-use fanout_shared::{ObjectStore, ObjectVersion, PipelineConfig};
+use fanout_shared::{BackendError, ObjectStore, ObjectVersion, PipelineConfig};
+
+use super::http::PageError;
 
 /// A stream of rows.
 pub(super) type Rows = Box<dyn Iterator<Item = Result<Row, ReadError>> + Send>;
@@ -24,7 +27,42 @@ pub(super) struct Part {
 }
 
 /// A source's parts, opened one at a time as the previous one is read to its end.
-pub(super) type Parts = Box<dyn Iterator<Item = Result<Part, String>> + Send>;
+pub(super) type Parts = Box<dyn Iterator<Item = Result<Part, SourceError>> + Send>;
+
+/// Why a source cannot be read, or one of its parts: the tick fails naming the source and its
+/// location ([`super::ListError::Unreadable`]), before anything is published.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SourceError {
+    /// A file's, object's or page's name does not tell its rows' format, and none is set.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A local file cannot be opened.
+    #[error(transparent)]
+    File(#[from] std::io::Error),
+    /// A `lists://` location reached the readers: callers make it concrete first
+    /// ([`Location::in_home`]).
+    #[error("a lists:// location is resolved before it is read")]
+    Unresolved,
+    /// An `s3://` source without a bucket to read from (the embedded backend).
+    #[error("s3:// sources are read with the AWS backend only")]
+    NoObjectStore,
+    /// Listing or getting an S3 object failed.
+    #[error(transparent)]
+    Object(#[from] BackendError),
+    /// An HTTP list endpoint without a runtime to drive its requests.
+    #[error("HTTP list endpoints are read on an async runtime, and there is none")]
+    NoRuntime,
+    /// An HTTP list's `http.headers` cannot be built (an unset `${env:…}` variable, an invalid
+    /// value).
+    #[error(transparent)]
+    Headers(#[from] EnvHeaderError),
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {}", root_cause(.0))]
+    Client(reqwest::Error),
+    /// A page of an HTTP list could not be read (boxed: it is by far the largest variant).
+    #[error(transparent)]
+    Page(Box<PageError>),
+}
 
 /// What a tick reads its lists with. Inline rows and local files need nothing; `s3://` sources
 /// need [`ListReaders::objects`].
@@ -61,7 +99,7 @@ impl ListReaders {
         config: &PipelineConfig,
         source: &Source,
         location: Location,
-    ) -> Result<Parts, String> {
+    ) -> Result<Parts, SourceError> {
         match location {
             Location::Inline => {
                 let rows: Vec<_> = source.rows.clone().unwrap_or_default();
@@ -76,14 +114,14 @@ impl ListReaders {
             Location::File(path) => {
                 let name = path.to_string_lossy().into_owned();
                 let format = source.format_of(&name)?;
-                let file = File::open(&path).map_err(|e| e.to_string())?;
+                let file = File::open(&path)?;
                 Ok(one(Box::new(RowReader::new(
                     Box::new(file),
                     format,
                     is_gzip(&name, None),
                 ))))
             }
-            Location::Lists(_) => Err("a lists:// location is resolved before it is read".into()),
+            Location::Lists(_) => Err(SourceError::Unresolved),
             Location::S3 { bucket, key } => {
                 let prefix = Location::S3 {
                     bucket: bucket.clone(),
@@ -91,7 +129,7 @@ impl ListReaders {
                 }
                 .is_prefix();
                 let (Some(objects), Some(runtime)) = (&self.objects, &self.runtime) else {
-                    return Err("s3:// sources are read with the AWS backend only".into());
+                    return Err(SourceError::NoObjectStore);
                 };
                 super::s3::parts(
                     objects.clone(),

@@ -9,7 +9,7 @@ use fanout_shared::{ObjectStore, ObjectVersion};
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
-use super::parts::{Part, Parts};
+use super::parts::{Part, Parts, SourceError};
 
 /// The parts of `s3://bucket/key`: the versions in `pinned` (a re-run of a tick reads what the
 /// run first read), else the objects there now. Listing happens here, so a missing object or an
@@ -22,20 +22,16 @@ pub(super) fn parts(
     key: &str,
     prefix: bool,
     pinned: Option<&Vec<ObjectVersion>>,
-) -> Result<Parts, String> {
+) -> Result<Parts, SourceError> {
     let versions = match pinned {
         Some(versions) => versions.clone(),
-        None => runtime
-            .block_on(objects.list(bucket, key, prefix))
-            .map_err(|e| e.to_string())?,
+        None => runtime.block_on(objects.list(bucket, key, prefix))?,
     };
     let format = source.format;
     let bucket = bucket.to_owned();
     Ok(Box::new(versions.into_iter().map(move |version| {
         let format = fanout_shared::rows::Format::resolve(format, &version.key)?;
-        let body = runtime
-            .block_on(objects.get(&bucket, &version))
-            .map_err(|e| e.to_string())?;
+        let body = runtime.block_on(objects.get(&bucket, &version))?;
         let gzip = is_gzip(&version.key, body.content_encoding.as_deref());
         let reader = SyncIoBridge::new_with_handle(body.reader, runtime.clone());
         Ok(Part {

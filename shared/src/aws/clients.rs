@@ -112,3 +112,21 @@ mod tests {
         );
     }
 }
+
+/// An environment variable a Lambda function cannot start without.
+#[derive(thiserror::Error)]
+#[error("{0} is required")]
+pub struct MissingVariable(&'static str);
+
+/// `main` returning the error prints its `Debug`: the message, quoted, as the functions printed
+/// it when the error was a `String`.
+impl std::fmt::Debug for MissingVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+/// The value of `name`, which the function's stack always sets (a table, a queue, a topic).
+pub fn required_env(name: &'static str) -> Result<String, MissingVariable> {
+    std::env::var(name).map_err(|_| MissingVariable(name))
+}

@@ -29,16 +29,29 @@ pub struct DynamoDbFleet {
     table: String,
 }
 
+/// Why a stored `host_state` does not read (an item written by hand, or by another version).
+#[derive(Debug, thiserror::Error)]
+enum UnreadableState {
+    /// The attribute is not a string.
+    #[error("not a string attribute")]
+    NotString,
+    /// The string is not a [`HostState`]'s JSON.
+    #[error(transparent)]
+    NotJson(serde_json::Error),
+}
+
 /// An item's state and version. A `host_state` that is absent reads as the default; one that
 /// does not parse is `Err` with the reason, and its caller decides (the version still counts, so
 /// the next write replaces it under the usual condition).
-fn parse_state(item: &HashMap<String, AttributeValue>) -> (Result<HostState, String>, i64) {
+fn parse_state(
+    item: &HashMap<String, AttributeValue>,
+) -> (Result<HostState, UnreadableState>, i64) {
     let state = match item.get("host_state") {
         None => Ok(HostState::default()),
         Some(value) => value
             .as_s()
-            .map_err(|_| "not a string attribute".to_owned())
-            .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string())),
+            .map_err(|_| UnreadableState::NotString)
+            .and_then(|text| serde_json::from_str(text).map_err(UnreadableState::NotJson)),
     };
     let version = item
         .get("version")
@@ -51,10 +64,11 @@ fn parse_state(item: &HashMap<String, AttributeValue>) -> (Result<HostState, Str
 /// A `host_state` that does not parse is read as the default (not paused, circuit closed): an
 /// unreadable item must not stop every call to its host. Said at warn, naming the host, since
 /// an operator's pause may be what stopped holding.
-fn unreadable_state(host: &str, error: &str) -> HostState {
+fn unreadable_state(host: &str, error: &UnreadableState) -> HostState {
     warn!(
         host,
-        error, "stored host_state does not parse; read as not paused, circuit closed"
+        error = %error,
+        "stored host_state does not parse; read as not paused, circuit closed"
     );
     HostState::default()
 }

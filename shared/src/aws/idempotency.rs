@@ -10,12 +10,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::runs::shard_update;
-use super::table::{batch_get, cancellation_codes, n, s, CONDITION_FAILED, KEY};
+use super::table::{batch_get, n, s, CONDITION_FAILED, KEY};
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::failure::Failure;
@@ -23,12 +20,10 @@ use crate::idempotency::{
     already_moved, decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status,
     Transition,
 };
-use crate::runs::Tally;
+use crate::runs::{CountToken, Delta, JobCount, Tally};
 
 /// The condition of every transition: the record is in the expected state, held by the caller.
 const TRANSITION_CONDITION: &str = "#status = :from AND #attempts = :attempt";
-/// Transactions retried when concurrent counts on one shard conflict.
-const MAX_TRANSACTION_CONFLICTS: u32 = 6;
 
 /// A transition's expression values plus its guard's ([`TRANSITION_CONDITION`]): the state it
 /// leaves and the holder's attempt.
@@ -182,85 +177,26 @@ impl DynamoDbIdempotency {
         })
     }
 
-    /// A terminal transition and its count in the run's ledger, in one `TransactWriteItems`.
-    /// A run without a ledger (its shard is missing) gets the plain transition; concurrent
-    /// counts on one shard (`TransactionConflict`) are retried.
+    /// A terminal transition, storing the job's count (its delta, for batch `token`).
     async fn counted_transition(
         &self,
         message_id: &str,
         (from, to): (Status, Status),
         attempt: u32,
         set: &str,
-        values: HashMap<String, AttributeValue>,
-        counted: (&Tally<'_>, bool),
+        mut values: HashMap<String, AttributeValue>,
+        (delta, token): (Delta, &CountToken),
     ) -> Result<Transition, BackendError> {
-        let (tally, succeeded) = counted;
-        let shard = shard_update(
-            &self.table,
-            tally.run_id,
-            message_id,
-            &tally.delta(succeeded),
-        )?;
-        let values = guarded(values, from, attempt);
-        let transition = Update::builder()
-            .table_name(&self.table)
-            .key(KEY, s(message_id))
-            .update_expression(set)
-            .condition_expression(TRANSITION_CONDITION)
-            .set_expression_attribute_names(Some(names(&[set, TRANSITION_CONDITION])))
-            .set_expression_attribute_values(Some(values.clone()))
-            .build()
-            .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
-        let items = vec![
-            TransactWriteItem::builder().update(transition).build(),
-            TransactWriteItem::builder().update(shard).build(),
-        ];
-        for round in 0..MAX_TRANSACTION_CONFLICTS {
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let codes = match result {
-                Ok(_) => return Ok(Transition::Done),
-                Err(e) => match cancellation_codes(&e) {
-                    Some(codes) => codes,
-                    None => return Err(sdk_error("dynamodb:TransactWriteItems", e)),
-                },
-            };
-            match (
-                codes.first().map(String::as_str),
-                codes.get(1).map(String::as_str),
-            ) {
-                (Some("ConditionalCheckFailed"), _) => {
-                    return self.judge_conflict(message_id, to, attempt).await
-                }
-                (_, Some("ConditionalCheckFailed")) => break,
-                _ if codes.iter().any(|c| c == "TransactionConflict") => {
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        10 + fastrand::u64(..20 << round),
-                    ))
-                    .await;
-                }
-                // An endpoint that gives no reasons: the plain transition tells a superseded
-                // holder from a run without a ledger.
-                _ if codes.is_empty() => break,
-                _ => {
-                    return Err(BackendError::transient(
-                        "dynamodb:TransactWriteItems",
-                        format!("canceled: {}", codes.join(", ")),
-                    ))
-                }
-            }
-            if round + 1 == MAX_TRANSACTION_CONFLICTS {
-                return Err(BackendError::transient(
-                    "dynamodb:TransactWriteItems",
-                    "the run's counter shard stayed in conflict",
-                ));
-            }
-        }
-        self.send_transition(message_id, (to, attempt), set, values)
+        let delta = serde_json::to_string(&delta)
+            .map_err(|e| BackendError::permanent("dynamodb:UpdateItem", e.to_string()))?;
+        values.insert(":count_token".into(), s(token.to_string()));
+        values.insert(":count_delta".into(), s(delta));
+        let set = set.replacen(
+            "SET ",
+            "SET #count_token = :count_token, #count_delta = :count_delta, ",
+            1,
+        );
+        self.transition(message_id, (from, to), attempt, &set, values)
             .await
     }
 
@@ -315,6 +251,8 @@ fn names(expressions: &[&str]) -> HashMap<String, String> {
         "dead_letter_class",
         "failure_class",
         "holder",
+        "count_token",
+        "count_delta",
     ]
     .iter()
     .filter(|a| {
@@ -356,6 +294,14 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Option<IdempotencyRec
         dead_letter_class: text("dead_letter_class"),
         failure_class: text("failure_class"),
         holder: number("holder"),
+        count: text("count_token")
+            .and_then(|t| CountToken::parse(&t))
+            .map(|token| JobCount {
+                token,
+                delta: text("count_delta")
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or_default(),
+            }),
     })
 }
 
@@ -437,7 +383,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
         attempt: u32,
         status_code: u16,
         expiration_s: i64,
-        tally: &Tally<'_>,
+        (tally, token): (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
         let values = HashMap::from([
             (":to".to_owned(), s(Status::Completed.as_str())),
@@ -451,7 +397,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
             attempt,
             set,
             values,
-            (tally, true),
+            (tally.delta(true), token),
         )
         .await
     }
@@ -497,7 +443,7 @@ impl IdempotencyStore for DynamoDbIdempotency {
         &self,
         message_id: &str,
         attempt: u32,
-        tally: &Tally<'_>,
+        (tally, token): (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
         let class = tally.reason.unwrap_or("unknown");
         let values = HashMap::from([
@@ -511,9 +457,41 @@ impl IdempotencyStore for DynamoDbIdempotency {
             attempt,
             set,
             values,
-            (tally, false),
+            (tally.delta(false), token),
         )
         .await
+    }
+
+    async fn recount(
+        &self,
+        message_id: &str,
+        from: &CountToken,
+        to: &CountToken,
+    ) -> Result<bool, BackendError> {
+        let set = "SET #count_token = :to";
+        let condition = "#count_token = :from";
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(message_id))
+            .update_expression(set)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&[set, condition])))
+            .expression_attribute_values(":to", s(to.to_string()))
+            .expression_attribute_values(":from", s(from.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Moved already: by this caller's earlier try (its answer lost), or by another.
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(self
+                .get(message_id)
+                .await?
+                .and_then(|r| r.count)
+                .is_some_and(|c| c.token == *to)),
+            Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
+        }
     }
 
     async fn get_many(

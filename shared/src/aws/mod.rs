@@ -15,7 +15,10 @@ mod sns;
 mod sqs;
 mod table;
 
-pub use clients::{dynamodb_client, eventbridge_client, sns_client, sqs_client, Retries};
+pub use clients::{
+    dynamodb_client, eventbridge_client, required_env, sns_client, sqs_client, MissingVariable,
+    Retries,
+};
 pub use events::EventBridgeBus;
 pub use fleet::DynamoDbFleet;
 pub use idempotency::DynamoDbIdempotency;

@@ -2,30 +2,31 @@
 //!
 //! Items (key `message_id`):
 //! - `run#ID`: the run: `run_id`, `run_status`, `scheduled_at`, `config_digest`, `started_at`
-//!   (ms), `deadline_at`, `finished_at`, `policy` (JSON), `shard_ids` (the shards with jobs,
-//!   comma-separated), `shards_done`, `event_sent`, `note`, `sources` (JSON: what each source
-//!   of the list gave), and `run_index` = `runs`, which puts
-//!   it (and only it) in the sparse global secondary index `runs` sorted by `started_at`.
-//! - `run#ID#K`: shard K's counters: `expected`, `succeeded`, `dead_lettered`, the maps
-//!   `reasons` and `hosts` (dead-lettered jobs by reason class and host), and `done` once the
-//!   shard's settled count reached `expected` and was added to the run's `shards_done`.
+//!   (ms), `deadline_at`, `finished_at`, `policy` (JSON), `expected`, `event_sent`, `note`,
+//!   `sources` (JSON: what each source of the list gave), and `run_index` = `runs`, which
+//!   puts it (and only it) in the sparse global secondary index `runs` sorted by `started_at`.
+//! - `run#ID#counts`: its counters: `expected`, `succeeded`, `dead_lettered`, the maps
+//!   `reasons` and `hosts` (dead-lettered jobs by reason class and host), and, per consumer
+//!   instance, `last` (its last batch applied or sealed) and `sealed` (the list of its batches
+//!   others sealed) ([`crate::runs`]'s `count` module). One conditional `UpdateItem` adds a
+//!   whole batch ([`count_update`]).
 //!
-//! Every item expires with the table's TTL ([`RUN_TTL_S`] after the run started). A job's count
-//! is the second item of its transition's `TransactWriteItems` ([`shard_update`]).
+//! Every item expires with the table's TTL ([`RUN_TTL_S`] after the run started).
 
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
 use super::table::{
-    batch_get, cancellation_codes, n, number, run_key, s, shard_key, text, CONDITION_FAILED, KEY,
-    RUNS_INDEX, RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE,
+    cancellation_codes, counts_key, n, number, run_key, s, text, CONDITION_FAILED, KEY, RUNS_INDEX,
+    RUNS_INDEX_KEY, RUNS_INDEX_SORT, TTL_ATTRIBUTE,
 };
 use super::{sdk_error, service_code};
 use crate::error::BackendError;
 use crate::runs::{
-    shard_of, Begin, Delta, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus,
+    Begin, CountState, Counted, Delta, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart,
+    RunStatus,
 };
 
 /// How long run items live: 35 days, so a month of runs can be listed.
@@ -36,14 +37,6 @@ pub(crate) const RUN_TTL_S: i64 = 35 * 24 * 60 * 60;
 pub struct DynamoDbRuns {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-fn shard_ids(item: &HashMap<String, AttributeValue>) -> Vec<u32> {
-    text(item, "shard_ids")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|k| k.parse().ok())
-        .collect()
 }
 
 fn parse_run(item: &HashMap<String, AttributeValue>) -> Option<RunRecord> {
@@ -79,11 +72,6 @@ fn run_item(
 ) -> Result<HashMap<String, AttributeValue>, BackendError> {
     let policy = serde_json::to_string(&start.policy)
         .map_err(|e| BackendError::permanent("dynamodb", e.to_string()))?;
-    let shards: Vec<String> = start
-        .expected_per_shard
-        .keys()
-        .map(ToString::to_string)
-        .collect();
     let mut item = HashMap::from([
         (KEY.to_owned(), run_key(&start.run_id)),
         ("run_id".to_owned(), s(&start.run_id)),
@@ -91,8 +79,7 @@ fn run_item(
         ("config_digest".to_owned(), s(&start.config_digest)),
         (RUNS_INDEX_SORT.to_owned(), n(start.started_at_ms)),
         ("policy".to_owned(), s(policy)),
-        ("shard_ids".to_owned(), s(shards.join(","))),
-        ("shards_done".to_owned(), n(0)),
+        ("expected".to_owned(), n(start.expected)),
         ("event_sent".to_owned(), AttributeValue::Bool(false)),
         (RUNS_INDEX_KEY.to_owned(), s(RUNS_INDEX)),
         (
@@ -120,48 +107,80 @@ fn run_item(
     Ok(item)
 }
 
-fn parse_shard(item: &HashMap<String, AttributeValue>) -> RunCounts {
-    let map = |k: &str| -> BTreeMap<String, u64> {
+/// The counters and batch state of a `run#ID#counts` item.
+fn parse_counts(item: &HashMap<String, AttributeValue>) -> CountState {
+    let numbers = |k: &str| -> BTreeMap<String, i64> {
         item.get(k)
             .and_then(|v| v.as_m().ok())
             .map(|m| {
                 m.iter()
                     .filter_map(|(key, v)| Some((key.clone(), v.as_n().ok()?.parse::<i64>().ok()?)))
-                    .filter(|(_, v)| *v > 0)
-                    .map(|(k, v)| (k, v as u64))
                     .collect()
             })
             .unwrap_or_default()
     };
+    let positive = |k: &str| -> BTreeMap<String, u64> {
+        numbers(k)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, u64::try_from(v).ok().filter(|v| *v > 0)?)))
+            .collect()
+    };
     let count = |k: &str| u64::try_from(number(item, k).unwrap_or(0)).unwrap_or(0);
-    RunCounts {
-        expected: count("expected"),
-        succeeded: count("succeeded"),
-        dead_lettered: count("dead_lettered"),
-        failures_by_reason: map("reasons"),
-        failures_by_host: map("hosts"),
+    let sealed = item
+        .get("sealed")
+        .and_then(|v| v.as_m().ok())
+        .map(|m| {
+            m.iter()
+                .map(|(instance, list)| {
+                    let seqs = list
+                        .as_l()
+                        .map(|l| {
+                            l.iter()
+                                .filter_map(|v| v.as_n().ok()?.parse().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (instance.clone(), seqs)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    CountState {
+        counts: RunCounts {
+            expected: count("expected"),
+            succeeded: count("succeeded"),
+            dead_lettered: count("dead_lettered"),
+            failures_by_reason: positive("reasons"),
+            failures_by_host: positive("hosts"),
+        },
+        last: positive("last"),
+        sealed,
     }
 }
 
-/// The shard update that counts a job's terminal transition ([`Delta`]), conditional on the
-/// shard existing: a run published before it had a ledger counts nothing.
-pub(super) fn shard_update(
-    table: &str,
-    run_id: &str,
-    message_id: &str,
-    delta: &Delta,
-) -> Result<Update, BackendError> {
-    let mut names = HashMap::from([("#expected".to_owned(), "expected".to_owned())]);
-    let mut values = HashMap::from([
+/// The update that adds batch `seq` of `instance` (`delta`) to a run's counters: conditional on
+/// the counters existing (a run published before it had a ledger counts nothing) and on the
+/// instance's last batch being `seq - 1`.
+fn count_update(instance: &str, seq: u64, delta: &Delta) -> (String, String, Names, Values) {
+    let mut names = Names::from([
+        ("#last".to_owned(), "last".to_owned()),
+        ("#i".to_owned(), instance.to_owned()),
+    ]);
+    let mut values = Values::from([
         (":succeeded".to_owned(), n(delta.succeeded)),
         (":dead".to_owned(), n(delta.dead_lettered)),
+        (":seq".to_owned(), n(seq)),
     ]);
-    let mut sets = Vec::new();
+    let mut sets = vec!["#last.#i = :seq".to_owned()];
     for (map, prefix, entries) in [
         ("reasons", "r", &delta.reasons),
         ("hosts", "h", &delta.hosts),
     ] {
+        if entries.is_empty() {
+            continue;
+        }
         names.insert(format!("#{map}"), map.to_owned());
+        values.insert(":zero".into(), n(0));
         for (i, (key, by)) in entries.iter().enumerate() {
             names.insert(format!("#{prefix}{i}"), key.clone());
             values.insert(format!(":{prefix}{i}"), n(by));
@@ -170,28 +189,41 @@ pub(super) fn shard_update(
             ));
         }
     }
-    if !sets.is_empty() {
-        values.insert(":zero".into(), n(0));
-    }
-    // DynamoDB refuses placeholders an expression does not use.
-    names.retain(|k, _| k == "#expected" || sets.iter().any(|e| e.contains(k.as_str())));
-    let set = if sets.is_empty() {
-        String::new()
-    } else {
-        format!(" SET {}", sets.join(", "))
-    };
-    Update::builder()
-        .table_name(table)
-        .key(KEY, shard_key(run_id, shard_of(message_id)))
-        .update_expression(format!(
-            "ADD succeeded :succeeded, dead_lettered :dead{set}"
-        ))
-        .condition_expression("attribute_exists(#expected)")
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
-        .build()
-        .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))
+    let update = format!(
+        "ADD succeeded :succeeded, dead_lettered :dead SET {}",
+        sets.join(", ")
+    );
+    (update, after_last(seq, &mut values), names, values)
 }
+
+/// The condition that the instance (`#i`) has applied or sealed exactly its batches before
+/// `seq`, on counters that exist.
+fn after_last(seq: u64, values: &mut Values) -> String {
+    if seq <= 1 {
+        "attribute_exists(expected) AND attribute_not_exists(#last.#i)".to_owned()
+    } else {
+        values.insert(":previous".into(), n(seq - 1));
+        "attribute_exists(expected) AND #last.#i = :previous".to_owned()
+    }
+}
+
+/// A batch's count whose condition failed on existing counters: applied by its own earlier try,
+/// or sealed by another consumer ([`CountState::answer`]). Anything else (an earlier batch of
+/// the instance missing) is a consumer that skipped a batch number: refused, never guessed.
+fn judge_count(state: CountState, instance: &str, seq: u64) -> Result<Counted, BackendError> {
+    state.answer(instance, seq).ok_or_else(|| {
+        BackendError::permanent(
+            "dynamodb:UpdateItem",
+            format!(
+                "run counters: batch {seq} of {instance} follows no batch {}",
+                seq - 1
+            ),
+        )
+    })
+}
+
+type Names = HashMap<String, String>;
+type Values = HashMap<String, AttributeValue>;
 
 impl DynamoDbRuns {
     /// The ledger in `table` (the idempotency table).
@@ -202,7 +234,7 @@ impl DynamoDbRuns {
         }
     }
 
-    /// Records a run that publishes nothing (no shards), unless the run exists.
+    /// Records a run that publishes nothing (no counters), unless the run exists.
     async fn unstarted(
         &self,
         start: &RunStart,
@@ -210,7 +242,7 @@ impl DynamoDbRuns {
         reason: &str,
     ) -> Result<(), BackendError> {
         let unstarted = RunStart {
-            expected_per_shard: BTreeMap::new(),
+            expected: 0,
             ..start.clone()
         };
         self.create(vec![self.put(run_item(
@@ -281,25 +313,21 @@ impl DynamoDbRuns {
         Ok(output.item().cloned())
     }
 
-    /// Each shard's item, by shard.
-    async fn shards(
-        &self,
-        run_id: &str,
-        shards: &[u32],
-    ) -> Result<Vec<(u32, HashMap<String, AttributeValue>)>, BackendError> {
-        let items = batch_get(
-            &self.client,
-            &self.table,
-            shards.iter().map(|k| shard_key(run_id, *k)),
-        )
-        .await?;
-        Ok(items
-            .into_iter()
-            .filter_map(|item| Some((text(&item, KEY)?.rsplit('#').next()?.parse().ok()?, item)))
-            .collect())
+    /// The run's counters item, read consistently.
+    async fn counts_item(&self, run_id: &str) -> Result<Option<CountState>, BackendError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, counts_key(run_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("dynamodb:GetItem", e))?;
+        Ok(output.item().map(parse_counts))
     }
 
-    /// The run with its counters summed over its shards.
+    /// The run with its counters.
     async fn with_counts(
         &self,
         item: &HashMap<String, AttributeValue>,
@@ -307,66 +335,71 @@ impl DynamoDbRuns {
         let Some(mut run) = parse_run(item) else {
             return Ok(None);
         };
-        for (_, shard) in self.shards(&run.run_id, &shard_ids(item)).await? {
-            run.counts.add(&parse_shard(&shard));
+        if let Some(state) = self.counts_item(&run.run_id).await? {
+            run.counts = state.counts;
         }
         Ok(Some(run))
     }
 
-    /// Marks a settled shard done and adds it to the run's `shards_done`, once. True for the
-    /// caller that did.
-    async fn register_done(&self, run_id: &str, shard: u32) -> Result<bool, BackendError> {
-        let mark = Update::builder()
+    /// One conditional update of a run's counters; `Ok(None)` when its condition failed.
+    async fn update_counts(
+        &self,
+        run_id: &str,
+        (update, condition, names, values): (String, String, Names, Values),
+    ) -> Result<Option<CountState>, BackendError> {
+        let result = self
+            .client
+            .update_item()
             .table_name(&self.table)
-            .key(KEY, shard_key(run_id, shard))
-            .update_expression("SET done = :yes")
-            .condition_expression("attribute_not_exists(done)")
-            .expression_attribute_values(":yes", AttributeValue::Bool(true))
-            .build()
-            .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
-        let add = Update::builder()
-            .table_name(&self.table)
-            .key(KEY, run_key(run_id))
-            .update_expression("ADD shards_done :one")
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|e| BackendError::permanent("dynamodb:TransactWriteItems", e.to_string()))?;
-        let items = vec![
-            TransactWriteItem::builder().update(mark).build(),
-            TransactWriteItem::builder().update(add).build(),
-        ];
-        self.create(items).await
+            .key(KEY, counts_key(run_id))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(
+                output.attributes().map(parse_counts).unwrap_or_default(),
+            )),
+            Err(e) if service_code(&e) == Some(CONDITION_FAILED) => Ok(None),
+            Err(e) => Err(sdk_error("dynamodb:UpdateItem", e)),
+        }
     }
 }
 
 #[async_trait]
 impl RunLedger for DynamoDbRuns {
     async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError> {
-        // A run that failed before publishing (its list could not be read) has no shards and
-        // nothing in flight: a re-run of its tick begins it afresh.
-        let mut items = vec![self.put_if(
+        // A run that failed before publishing (its list could not be read) has no jobs and
+        // nothing in flight: a re-run of its tick begins it afresh. (`shard_ids` is how runs
+        // written before the batch counters said so.)
+        let run = self.put_if(
             run_item(start, RunStatus::Running, None)?,
-            "attribute_not_exists(message_id) OR (run_status = :failed AND shard_ids = :none)",
+            "attribute_not_exists(message_id) OR (run_status = :failed AND (expected = :none OR shard_ids = :no_shards))",
             HashMap::from([
                 (":failed".to_owned(), s(RunStatus::Failed.as_str())),
-                (":none".to_owned(), s("")),
+                (":none".to_owned(), n(0)),
+                (":no_shards".to_owned(), s("")),
             ]),
-        )?];
-        for (shard, expected) in &start.expected_per_shard {
-            items.push(self.put(HashMap::from([
-                (KEY.to_owned(), shard_key(&start.run_id, *shard)),
-                ("expected".to_owned(), n(expected)),
-                ("succeeded".to_owned(), n(0)),
-                ("dead_lettered".to_owned(), n(0)),
-                ("reasons".to_owned(), AttributeValue::M(HashMap::new())),
-                ("hosts".to_owned(), AttributeValue::M(HashMap::new())),
-                (
-                    TTL_ATTRIBUTE.to_owned(),
-                    n(start.started_at_ms / 1000 + RUN_TTL_S),
-                ),
-            ]))?);
-        }
-        if self.create(items).await? {
+        )?;
+        let empty = || AttributeValue::M(HashMap::new());
+        let counts = self.put(HashMap::from([
+            (KEY.to_owned(), counts_key(&start.run_id)),
+            ("expected".to_owned(), n(start.expected)),
+            ("succeeded".to_owned(), n(0)),
+            ("dead_lettered".to_owned(), n(0)),
+            ("reasons".to_owned(), empty()),
+            ("hosts".to_owned(), empty()),
+            ("last".to_owned(), empty()),
+            ("sealed".to_owned(), empty()),
+            (
+                TTL_ATTRIBUTE.to_owned(),
+                n(start.started_at_ms / 1000 + RUN_TTL_S),
+            ),
+        ]))?;
+        if self.create(vec![run, counts]).await? {
             return Ok(Begin::Started);
         }
         let existing = self.get(&start.run_id).await?;
@@ -419,40 +452,58 @@ impl RunLedger for DynamoDbRuns {
         Ok(runs)
     }
 
-    async fn record_settled(
+    async fn count(
         &self,
         run_id: &str,
-        shards: &[u32],
-    ) -> Result<Option<RunRecord>, BackendError> {
-        let mut touched = shards.to_vec();
-        touched.sort_unstable();
-        touched.dedup();
-        let mut registered = false;
-        for (shard, item) in self.shards(run_id, &touched).await? {
-            let counts = parse_shard(&item);
-            if counts.settled() >= counts.expected && !item.contains_key("done") {
-                // A failed condition is another caller's registration, or this one's whose
-                // answer was lost (the SDK retried the applied write): either way the shard is
-                // done, and this caller may hold the run's last one, so it looks too.
-                self.register_done(run_id, shard).await?;
-                registered = true;
-            }
-        }
-        // Only a caller that saw a shard complete looks further: it may have been the last.
-        // (A crash right here is caught by the watchdog's sweep.)
-        if !registered {
-            return Ok(None);
-        }
-        let Some(item) = self.run_item(run_id).await? else {
-            return Ok(None);
-        };
-        let total = shard_ids(&item).len() as i64;
-        if text(&item, "run_status").as_deref() != Some(RunStatus::Running.as_str())
-            || number(&item, "shards_done").unwrap_or(0) < total
+        instance: &str,
+        seq: u64,
+        delta: &Delta,
+    ) -> Result<Counted, BackendError> {
+        if let Some(state) = self
+            .update_counts(run_id, count_update(instance, seq, delta))
+            .await?
         {
-            return Ok(None);
+            return Ok(Counted::Applied(state));
         }
-        self.with_counts(&item).await
+        // The condition failed: no ledger, this batch's own earlier try (applied, its answer
+        // lost), or another consumer's seal. One consistent read tells them apart.
+        Ok(match self.counts_item(run_id).await? {
+            None => Counted::NoLedger,
+            Some(state) => judge_count(state, instance, seq)?,
+        })
+    }
+
+    async fn seal(
+        &self,
+        run_id: &str,
+        instance: &str,
+        seq: u64,
+    ) -> Result<Option<CountState>, BackendError> {
+        let mut values = Values::from([
+            (":seq".to_owned(), n(seq)),
+            (":one".to_owned(), AttributeValue::L(vec![n(seq)])),
+            (":none".to_owned(), AttributeValue::L(Vec::new())),
+        ]);
+        let condition = after_last(seq, &mut values);
+        let names = Names::from([
+            ("#last".to_owned(), "last".to_owned()),
+            ("#sealed".to_owned(), "sealed".to_owned()),
+            ("#i".to_owned(), instance.to_owned()),
+        ]);
+        let update =
+            "SET #last.#i = :seq, #sealed.#i = list_append(if_not_exists(#sealed.#i, :none), :one)"
+                .to_owned();
+        match self
+            .update_counts(run_id, (update, condition, names, values))
+            .await?
+        {
+            Some(state) => Ok(Some(state)),
+            None => self.counts_item(run_id).await,
+        }
+    }
+
+    async fn count_state(&self, run_id: &str) -> Result<Option<CountState>, BackendError> {
+        self.counts_item(run_id).await
     }
 
     async fn finish(

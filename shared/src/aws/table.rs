@@ -2,7 +2,7 @@
 //!
 //! One table holds four kinds of items, told apart by the key's prefix:
 //! - idempotency records: the job's message ID itself (hex, never holds a `#`);
-//! - runs: `run#<run ID>`, and their counter shards `run#<run ID>#<shard>`;
+//! - runs: `run#<run ID>`, and their counters `run#<run ID>#counts`;
 //! - host states: `host#<host>`;
 //! - the fleet's leases: `fleet#leases`.
 //!
@@ -65,9 +65,9 @@ pub(crate) fn run_key(run_id: &str) -> AttributeValue {
     s(format!("run#{run_id}"))
 }
 
-/// The key of one of a run's counter shards.
-pub(crate) fn shard_key(run_id: &str, shard: u32) -> AttributeValue {
-    s(format!("run#{run_id}#{shard}"))
+/// The key of a run's counters.
+pub(crate) fn counts_key(run_id: &str) -> AttributeValue {
+    s(format!("run#{run_id}#counts"))
 }
 
 /// The key of a host's shared state.

@@ -11,9 +11,9 @@ use crate::idempotency::{
     already_moved, decide_acquire, Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status,
     Transition,
 };
-use crate::runs::Tally;
+use crate::runs::{CountToken, JobCount, Tally};
 
-const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class, holder";
+const COLUMNS: &str = "message_id, status, in_progress_expiry, expiration, attempts, last_error, status_code, run_id, target_id, failures, dead_letter_class, failure_class, holder, count_token, count_delta";
 
 /// The idempotency table in the state file.
 #[derive(Debug, Clone)]
@@ -38,6 +38,18 @@ fn record(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
         dead_letter_class: row.get(10)?,
         failure_class: row.get(11)?,
         holder: row.get(12)?,
+        count: row
+            .get::<_, Option<String>>(13)?
+            .and_then(|t| CountToken::parse(&t))
+            .map(|token| -> rusqlite::Result<JobCount> {
+                // Only this module writes the column: JSON of the job's `Delta`.
+                let delta = row
+                    .get::<_, Option<String>>(14)?
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or_default();
+                Ok(JobCount { token, delta })
+            })
+            .transpose()?,
     })
 }
 
@@ -46,8 +58,8 @@ impl EmbeddedIdempotency {
         Self { backend }
     }
 
-    /// One conditional transition: `from` held by `attempt` → `change.to`, and the run's
-    /// counters for a terminal one, in one SQLite transaction.
+    /// One conditional transition: `from` held by `attempt` → `change.to`, storing a terminal
+    /// one's count, in one SQLite transaction.
     fn transition(
         &self,
         message_id: &str,
@@ -60,7 +72,7 @@ impl EmbeddedIdempotency {
             error,
             code,
             expiration,
-            tally,
+            count,
             failure_class,
         } = change;
         let mut inner = self.backend.lock()?;
@@ -71,10 +83,21 @@ impl EmbeddedIdempotency {
         // A dead-lettering without a class is counted as `unknown` (`Tally::delta`): remember
         // it so, and a replay's success takes back what was counted (as DynamoDB does).
         let class = match to {
-            Status::DeadLettered => {
-                Some(tally.as_ref().and_then(|t| t.reason).unwrap_or("unknown"))
-            }
+            Status::DeadLettered => Some(
+                count
+                    .as_ref()
+                    .and_then(|(t, _)| t.reason)
+                    .unwrap_or("unknown"),
+            ),
             _ => None,
+        };
+        let (token, delta) = match &count {
+            Some((tally, token)) => {
+                let delta = serde_json::to_string(&tally.delta(to == Status::Completed))
+                    .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+                (Some(token.to_string()), Some(delta))
+            }
+            None => (None, None),
         };
         let changed = tx
             .prepare_cached(
@@ -84,10 +107,12 @@ impl EmbeddedIdempotency {
                      expiration = COALESCE(?7, expiration),
                      failures = failures + (?4 = 'FAILED'),
                      dead_letter_class = CASE ?4 WHEN 'COMPLETED' THEN NULL WHEN 'DEAD_LETTERED' THEN ?8 ELSE dead_letter_class END,
-                     failure_class = CASE ?4 WHEN 'REJECTED' THEN ?9 ELSE failure_class END
+                     failure_class = CASE ?4 WHEN 'REJECTED' THEN ?9 ELSE failure_class END,
+                     count_token = COALESCE(?10, count_token),
+                     count_delta = COALESCE(?11, count_delta)
                  WHERE message_id = ?1 AND status = ?2 AND attempts = ?3",
             )
-            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class, failure_class]))
+            .and_then(|mut s| s.execute(rusqlite::params![message_id, from.as_str(), attempt, to.as_str(), error, code, expiration, class, failure_class, token, delta]))
             .map_err(sql_error)?;
         if changed != 1 {
             let current = tx
@@ -102,22 +127,19 @@ impl EmbeddedIdempotency {
                 Transition::Superseded
             });
         }
-        if let Some(tally) = tally {
-            super::runs::count(&tx, message_id, &tally, to == Status::Completed)?;
-        }
         tx.commit().map_err(sql_error)?;
         Ok(Transition::Done)
     }
 }
 
 /// What a transition writes: the new status, and the error, status code and expiry it sets
-/// (`None` keeps the stored one), and what a terminal one counts in the run's ledger.
+/// (`None` keeps the stored one), and a terminal one's count and batch.
 struct Change<'a> {
     to: Status,
     error: Option<&'a str>,
     code: Option<u16>,
     expiration: Option<i64>,
-    tally: Option<Tally<'a>>,
+    count: Option<(&'a Tally<'a>, &'a CountToken)>,
     /// The class of a permanent failure (REJECTED), kept for the DEAD_LETTERED count.
     failure_class: Option<&'a str>,
 }
@@ -167,7 +189,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         attempt: u32,
         status_code: u16,
         expiration_s: i64,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
         self.transition(
             message_id,
@@ -178,7 +200,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 error: None,
                 code: Some(status_code),
                 expiration: Some(expiration_s),
-                tally: Some(tally.clone()),
+                count: Some(count),
                 failure_class: None,
             },
         )
@@ -200,7 +222,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 error: Some(error),
                 code: status_code,
                 expiration: None,
-                tally: None,
+                count: None,
                 failure_class: None,
             },
         )
@@ -223,7 +245,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 error: Some(&text),
                 code: failure.status(),
                 expiration: None,
-                tally: None,
+                count: None,
                 failure_class: Some(&class),
             },
         )
@@ -233,17 +255,45 @@ impl IdempotencyStore for EmbeddedIdempotency {
         &self,
         message_id: &str,
         attempt: u32,
-        tally: &Tally<'_>,
+        count: (&Tally<'_>, &CountToken),
     ) -> Result<Transition, BackendError> {
         let change = Change {
             to: Status::DeadLettered,
             error: None,
             code: None,
             expiration: None,
-            tally: Some(tally.clone()),
+            count: Some(count),
             failure_class: None,
         };
         self.transition(message_id, Status::Rejected, attempt, change)
+    }
+
+    async fn recount(
+        &self,
+        message_id: &str,
+        from: &CountToken,
+        to: &CountToken,
+    ) -> Result<bool, BackendError> {
+        let inner = self.backend.lock()?;
+        let (from, to) = (from.to_string(), to.to_string());
+        inner
+            .conn
+            .execute(
+                "UPDATE idempotency SET count_token = ?3 WHERE message_id = ?1 AND count_token = ?2",
+                [message_id, &from, &to],
+            )
+            .map_err(sql_error)?;
+        // Moved now, or by this caller before: the record is counted in `to` either way.
+        let current: Option<Option<String>> = inner
+            .conn
+            .query_row(
+                "SELECT count_token FROM idempotency WHERE message_id = ?1",
+                [message_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_error)?;
+        Ok(current.flatten().as_deref() == Some(to.as_str()))
     }
 
     async fn get_many(

@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     failures INTEGER NOT NULL DEFAULT 0,
     dead_letter_class TEXT,
     failure_class TEXT,
-    holder INTEGER
+    holder INTEGER,
+    count_token TEXT,
+    count_delta TEXT
 );
 CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -89,13 +91,18 @@ CREATE TABLE IF NOT EXISTS runs (
     sources TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
-CREATE TABLE IF NOT EXISTS run_shards (
-    run_id TEXT NOT NULL,
-    shard INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS run_counts (
+    run_id TEXT PRIMARY KEY,
     expected INTEGER NOT NULL,
     succeeded INTEGER NOT NULL DEFAULT 0,
-    dead_lettered INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, shard)
+    dead_lettered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS run_batches (
+    run_id TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    sealed TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (run_id, instance)
 );
 CREATE TABLE IF NOT EXISTS run_failures (
     run_id TEXT NOT NULL,
@@ -187,6 +194,8 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         ("idempotency", "dead_letter_class", "TEXT"),
         ("idempotency", "failure_class", "TEXT"),
         ("idempotency", "holder", "INTEGER"),
+        ("idempotency", "count_token", "TEXT"),
+        ("idempotency", "count_delta", "TEXT"),
         ("runs", "sources", "TEXT"),
         ("runs", "finished_by", "INTEGER"),
     ] {
@@ -277,7 +286,7 @@ impl EmbeddedBackend {
 
     /// Creates (or updates) a queue, its DLQ and the redrive policy between them, and
     /// subscribes the queue to `topic`. Idempotent. `max_receive_count: None` keeps an existing
-    /// queue's setting (a new queue gets [`DEFAULT_MAX_RECEIVE_COUNT`]).
+    /// queue's setting (a new queue gets `DEFAULT_MAX_RECEIVE_COUNT`).
     pub fn ensure_pipeline(
         &self,
         topic: &str,

@@ -1,7 +1,7 @@
-//! The embedded run ledger: tables `runs` (one row per run), `run_shards` (expected and
-//! settled counts per shard) and `run_failures` (dead-lettered jobs by reason and by host).
-//! A job's count is written in the same SQLite transaction as its idempotency transition
-//! ([`count`]).
+//! The embedded run ledger: tables `runs` (one row per run), `run_counts` (expected and
+//! settled counts), `run_failures` (dead-lettered jobs by reason and by host) and
+//! `run_batches` (per consumer instance: its last batch applied or sealed, and the ones sealed),
+//! with the same batch counting as the DynamoDB ledger ([`crate::runs`]'s `count` module).
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction};
@@ -9,7 +9,8 @@ use rusqlite::{OptionalExtension, Row, Transaction};
 use super::{sql_error, EmbeddedBackend};
 use crate::error::BackendError;
 use crate::runs::{
-    shard_of, Begin, RunCounts, RunLedger, RunPolicy, RunRecord, RunStart, RunStatus, Tally,
+    BatchState, Begin, CountState, Counted, Delta, RunCounts, RunLedger, RunPolicy, RunRecord,
+    RunStart, RunStatus,
 };
 
 const COLUMNS: &str = "run_id, status, scheduled_at, config_digest, started_at, finished_at, deadline_at, policy, event_sent, note, sources";
@@ -44,22 +45,11 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-/// Adds a job's terminal transition to its run's counters, inside the transition's transaction.
-/// A run without a ledger (published before it had one) counts nothing.
-pub(super) fn count(
-    tx: &Transaction<'_>,
-    message_id: &str,
-    tally: &Tally<'_>,
-    succeeded: bool,
-) -> Result<(), BackendError> {
-    let delta = tally.delta(succeeded);
-    let changed = tx
-        .prepare_cached("UPDATE run_shards SET succeeded = succeeded + ?3, dead_lettered = dead_lettered + ?4 WHERE run_id = ?1 AND shard = ?2")
-        .and_then(|mut s| s.execute(rusqlite::params![tally.run_id, shard_of(message_id), delta.succeeded, delta.dead_lettered]))
+/// Adds a batch's `delta` to the run's counters, inside the batch's transaction.
+fn apply(tx: &Transaction<'_>, run_id: &str, delta: &Delta) -> Result<(), BackendError> {
+    tx.prepare_cached("UPDATE run_counts SET succeeded = succeeded + ?2, dead_lettered = dead_lettered + ?3 WHERE run_id = ?1")
+        .and_then(|mut s| s.execute(rusqlite::params![run_id, delta.succeeded, delta.dead_lettered]))
         .map_err(sql_error)?;
-    if changed == 0 {
-        return Ok(());
-    }
     let mut upsert = tx
         .prepare_cached(
             "INSERT INTO run_failures (run_id, kind, key, count) VALUES (?1, ?2, ?3, ?4)
@@ -69,10 +59,123 @@ pub(super) fn count(
     for (kind, entries) in [("reason", &delta.reasons), ("host", &delta.hosts)] {
         for (key, n) in entries {
             upsert
-                .execute(rusqlite::params![tally.run_id, kind, key, n])
+                .execute(rusqlite::params![run_id, kind, key, n])
                 .map_err(sql_error)?;
         }
     }
+    Ok(())
+}
+
+/// The run's counters (`None` without a ledger).
+fn counts(tx: &rusqlite::Connection, run_id: &str) -> Result<Option<RunCounts>, BackendError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT expected, succeeded, dead_lettered FROM run_counts WHERE run_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([run_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql_error)?;
+    let Some((expected, succeeded, dead_lettered)) = row else {
+        return Ok(None);
+    };
+    let mut counts = RunCounts {
+        expected: unsigned(expected),
+        succeeded: unsigned(succeeded),
+        dead_lettered: unsigned(dead_lettered),
+        ..RunCounts::default()
+    };
+    let mut stmt = tx
+        .prepare_cached("SELECT kind, key, count FROM run_failures WHERE run_id = ?1 AND count > 0")
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map([run_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(sql_error)?;
+    for row in rows {
+        let (kind, key, n) = row.map_err(sql_error)?;
+        let into = if kind == "host" {
+            &mut counts.failures_by_host
+        } else {
+            &mut counts.failures_by_reason
+        };
+        into.insert(key, unsigned(n));
+    }
+    Ok(Some(counts))
+}
+
+/// The run's count state (`None` without a ledger).
+fn count_state(
+    tx: &rusqlite::Connection,
+    run_id: &str,
+) -> Result<Option<CountState>, BackendError> {
+    let Some(counts) = counts(tx, run_id)? else {
+        return Ok(None);
+    };
+    let mut state = CountState {
+        counts,
+        ..CountState::default()
+    };
+    let mut stmt = tx
+        .prepare_cached("SELECT instance, last, sealed FROM run_batches WHERE run_id = ?1")
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map([run_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(sql_error)?;
+    for row in rows {
+        let (instance, last, sealed) = row.map_err(sql_error)?;
+        // Only this module writes the column: a JSON list of batch numbers.
+        let sealed: Vec<u64> = serde_json::from_str(&sealed).unwrap_or_default();
+        if !sealed.is_empty() {
+            state.sealed.insert(instance.clone(), sealed);
+        }
+        state.last.insert(instance, unsigned(last));
+    }
+    Ok(Some(state))
+}
+
+/// Sets `instance`'s last batch to `seq`, sealing it when `sealed`.
+fn advance(
+    tx: &Transaction<'_>,
+    state: &CountState,
+    (run_id, instance, seq): (&str, &str, u64),
+    sealed: bool,
+) -> Result<(), BackendError> {
+    let mut list = state.sealed.get(instance).cloned().unwrap_or_default();
+    if sealed {
+        list.push(seq);
+    }
+    let list = serde_json::to_string(&list)
+        .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
+    tx.execute(
+        "INSERT INTO run_batches (run_id, instance, last, sealed) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (run_id, instance) DO UPDATE SET last = ?3, sealed = ?4",
+        rusqlite::params![
+            run_id,
+            instance,
+            i64::try_from(seq).unwrap_or(i64::MAX),
+            list
+        ],
+    )
+    .map_err(sql_error)?;
     Ok(())
 }
 
@@ -99,11 +202,11 @@ impl EmbeddedRuns {
             .transpose()
             .map_err(|e| BackendError::permanent("sqlite", e.to_string()))?;
         if status == RunStatus::Running {
-            // A run that failed before publishing (its list could not be read) has no shards
+            // A run that failed before publishing (its list could not be read) has no counters
             // and nothing in flight: a re-run of its tick begins it afresh.
             tx.execute(
                 "DELETE FROM runs WHERE run_id = ?1 AND status = 'FAILED'
-                 AND NOT EXISTS (SELECT 1 FROM run_shards WHERE run_id = ?1)",
+                 AND NOT EXISTS (SELECT 1 FROM run_counts WHERE run_id = ?1)",
                 [&start.run_id],
             )
             .map_err(sql_error)?;
@@ -128,20 +231,14 @@ impl EmbeddedRuns {
             )
             .map_err(sql_error)?;
         if inserted == 1 && status == RunStatus::Running {
-            let mut shard = tx
-                .prepare_cached(
-                    "INSERT INTO run_shards (run_id, shard, expected) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(sql_error)?;
-            for (k, expected) in &start.expected_per_shard {
-                shard
-                    .execute(rusqlite::params![
-                        start.run_id,
-                        k,
-                        i64::try_from(*expected).unwrap_or(i64::MAX)
-                    ])
-                    .map_err(sql_error)?;
-            }
+            tx.execute(
+                "INSERT OR REPLACE INTO run_counts (run_id, expected) VALUES (?1, ?2)",
+                rusqlite::params![
+                    start.run_id,
+                    i64::try_from(start.expected).unwrap_or(i64::MAX)
+                ],
+            )
+            .map_err(sql_error)?;
         }
         tx.commit().map_err(sql_error)?;
         Ok(inserted == 1)
@@ -149,42 +246,25 @@ impl EmbeddedRuns {
 
     fn with_counts(&self, mut run: RunRecord) -> Result<RunRecord, BackendError> {
         let inner = self.backend.lock()?;
-        let (expected, succeeded, dead_lettered) = inner
-            .conn
-            .prepare_cached("SELECT COALESCE(SUM(expected), 0), COALESCE(SUM(succeeded), 0), COALESCE(SUM(dead_lettered), 0) FROM run_shards WHERE run_id = ?1")
-            .and_then(|mut s| s.query_row([&run.run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))
-            .map_err(sql_error)?;
-        let counts = &mut run.counts;
-        (counts.expected, counts.succeeded, counts.dead_lettered) = (
-            unsigned(expected),
-            unsigned(succeeded),
-            unsigned(dead_lettered),
-        );
-        let mut stmt = inner
-            .conn
-            .prepare_cached(
-                "SELECT kind, key, count FROM run_failures WHERE run_id = ?1 AND count > 0",
-            )
-            .map_err(sql_error)?;
-        let rows = stmt
-            .query_map([&run.run_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(sql_error)?;
-        for row in rows {
-            let (kind, key, n) = row.map_err(sql_error)?;
-            let into = if kind == "host" {
-                &mut counts.failures_by_host
-            } else {
-                &mut counts.failures_by_reason
-            };
-            into.insert(key, unsigned(n));
-        }
+        run.counts = counts(&inner.conn, &run.run_id)?.unwrap_or_default();
         Ok(run)
+    }
+
+    /// Runs `decide` on the run's count state (`None` without a ledger) inside one transaction.
+    fn batch_step<T>(
+        &self,
+        run_id: &str,
+        decide: impl FnOnce(&Transaction<'_>, Option<CountState>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let mut inner = self.backend.lock()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        let state = count_state(&tx, run_id)?;
+        let answer = decide(&tx, state)?;
+        tx.commit().map_err(sql_error)?;
+        Ok(answer)
     }
 }
 
@@ -245,22 +325,57 @@ impl RunLedger for EmbeddedRuns {
         runs.into_iter().map(|r| self.with_counts(r)).collect()
     }
 
-    async fn record_settled(
+    async fn count(
         &self,
         run_id: &str,
-        _shards: &[u32],
-    ) -> Result<Option<RunRecord>, BackendError> {
-        // One file, one writer at a time: the run's own rows say whether it is settled.
-        match self.get(run_id).await? {
-            Some(run)
-                if run.status == RunStatus::Running
-                    && run.counts.expected > 0
-                    && run.counts.in_flight() == 0 =>
-            {
-                Ok(Some(run))
+        instance: &str,
+        seq: u64,
+        delta: &Delta,
+    ) -> Result<Counted, BackendError> {
+        self.batch_step(run_id, |tx, state| {
+            let Some(state) = state else {
+                return Ok(Counted::NoLedger);
+            };
+            if state.batch_of(instance, seq) == (BatchState::Pending { next: true }) {
+                apply(tx, run_id, delta)?;
+                advance(tx, &state, (run_id, instance, seq), false)?;
+                return Ok(Counted::Applied(
+                    count_state(tx, run_id)?.unwrap_or_default(),
+                ));
             }
-            _ => Ok(None),
-        }
+            state.answer(instance, seq).ok_or_else(|| {
+                BackendError::permanent(
+                    "sqlite",
+                    format!(
+                        "run counters: batch {seq} of {instance} follows no batch {}",
+                        seq - 1
+                    ),
+                )
+            })
+        })
+    }
+
+    async fn seal(
+        &self,
+        run_id: &str,
+        instance: &str,
+        seq: u64,
+    ) -> Result<Option<CountState>, BackendError> {
+        self.batch_step(run_id, |tx, state| {
+            let Some(state) = state else {
+                return Ok(None);
+            };
+            if state.batch_of(instance, seq) != (BatchState::Pending { next: true }) {
+                return Ok(Some(state));
+            }
+            advance(tx, &state, (run_id, instance, seq), true)?;
+            count_state(tx, run_id)
+        })
+    }
+
+    async fn count_state(&self, run_id: &str) -> Result<Option<CountState>, BackendError> {
+        let inner = self.backend.lock()?;
+        count_state(&inner.conn, run_id)
     }
 
     async fn finish(

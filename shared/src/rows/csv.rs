@@ -23,6 +23,34 @@ use super::{bad_row, push_capped, too_large, Format, ReadError, Row};
 /// of a million commas is a wrong file, not a list.
 const MAX_COLUMNS: usize = 4096;
 
+/// Why a CSV header cannot name the columns: every row is read by column name, so the whole
+/// input is refused (a fatal error naming the header's line).
+#[derive(Debug, thiserror::Error)]
+enum HeaderError {
+    /// Larger than the row cap.
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+    /// More than [`MAX_COLUMNS`].
+    #[error("more than {MAX_COLUMNS} columns")]
+    TooManyColumns,
+    /// A column's name (1-based) is not UTF-8.
+    #[error("column {0}'s name is not valid UTF-8")]
+    NotUtf8(usize),
+    /// A column (1-based) without a name.
+    #[error("column {0} has no name (every column needs one: rows are read by column name)")]
+    Unnamed(usize),
+    /// A name used twice: a row's value for it would be ambiguous.
+    #[error("column `{name}` appears twice (columns {first} and {column})")]
+    Twice {
+        /// The name.
+        name: String,
+        /// The first column with it.
+        first: usize,
+        /// The second.
+        column: usize,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Nothing of a record read yet; a line break here is a blank line.
@@ -246,12 +274,12 @@ impl Csv {
         item
     }
 
-    fn header_names(&self) -> Result<Vec<String>, String> {
+    fn header_names(&self) -> Result<Vec<String>, HeaderError> {
         if !self.fits {
-            return Err(format!("larger than {} bytes", self.max));
+            return Err(HeaderError::TooLarge(self.max));
         }
         if self.fields > MAX_COLUMNS {
-            return Err(format!("more than {MAX_COLUMNS} columns"));
+            return Err(HeaderError::TooManyColumns);
         }
         let mut names = Vec::with_capacity(self.fields);
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -259,18 +287,17 @@ impl Csv {
         for (index, &end) in self.ends.iter().enumerate() {
             let column = index + 1;
             let name = std::str::from_utf8(&self.record[from..end])
-                .map_err(|_| format!("column {column}'s name is not valid UTF-8"))?;
+                .map_err(|_| HeaderError::NotUtf8(column))?;
             from = end;
             if name.is_empty() {
-                return Err(format!(
-                    "column {column} has no name (every column needs one: rows are read by \
-                     column name)"
-                ));
+                return Err(HeaderError::Unnamed(column));
             }
             if let Some(first) = seen.insert(name, column) {
-                return Err(format!(
-                    "column `{name}` appears twice (columns {first} and {column})"
-                ));
+                return Err(HeaderError::Twice {
+                    name: name.to_owned(),
+                    first,
+                    column,
+                });
             }
             names.push(name.to_owned());
         }

@@ -3,7 +3,7 @@
 //!
 //! A list may hold a million rows and the producer runs in a 256 MB function, so a
 //! [`RowReader`] never holds the input: it reads a fixed-size buffer at a time and keeps at
-//! most one row, which it caps at [`MAX_ROW_BYTES`]. Where the rows come from (S3, HTTP, a
+//! most one row, which it caps at `MAX_ROW_BYTES` (a message's size, [`crate::MAX_MESSAGE_BYTES`]). Where the rows come from (S3, HTTP, a
 //! file, inline) is the caller's business: anything that is [`Read`] will do.
 //!
 //! # Where a row is
@@ -46,7 +46,7 @@ use input::Input;
 /// It is the SNS message limit: a row larger than that cannot become a job message anyway,
 /// and the cap is what keeps a reader's memory bounded whatever the input holds (a file with no
 /// newline, a quote never closed).
-pub const MAX_ROW_BYTES: usize = MAX_MESSAGE_BYTES;
+pub(crate) const MAX_ROW_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// How the rows of a list are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,13 +82,10 @@ impl Format {
 
     /// The format to read `name` with: `explicit` when the config sets one (a list whose name
     /// says nothing, or says something wrong), else what [`Format::from_name`] finds.
-    pub fn resolve(explicit: Option<Format>, name: &str) -> Result<Format, String> {
-        explicit.or_else(|| Format::from_name(name)).ok_or_else(|| {
-            format!(
-                "cannot tell the row format of `{name}` from its name (expected .jsonl, \
-                 .ndjson, .json or .csv, optionally followed by .gz): set its format"
-            )
-        })
+    pub fn resolve(explicit: Option<Format>, name: &str) -> Result<Format, FormatError> {
+        explicit
+            .or_else(|| Format::from_name(name))
+            .ok_or_else(|| FormatError::Unnamed(name.to_owned()))
     }
 
     /// Where row `n` is, in this format's words: "line 7" (JSON Lines, CSV) or "element 7"
@@ -101,8 +98,23 @@ impl Format {
     }
 }
 
+/// Why a list's format is not known: the reader would have to guess, and a wrong guess reads
+/// every row as bad.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The list's name (a path, an S3 key, a URL) does not tell, and no format is set.
+    #[error(
+        "cannot tell the row format of `{0}` from its name (expected .jsonl, .ndjson, .json or \
+         .csv, optionally followed by .gz): set its format"
+    )]
+    Unnamed(String),
+    /// A format name that is none of the config's.
+    #[error("unknown row format {0:?} (expected jsonl, ndjson, json or csv)")]
+    Unknown(String),
+}
+
 impl FromStr for Format {
-    type Err = String;
+    type Err = FormatError;
 
     /// The names a config uses: `jsonl` (or `ndjson`), `json` (an array), `csv`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -110,9 +122,7 @@ impl FromStr for Format {
             "jsonl" | "ndjson" => Ok(Format::Jsonl),
             "json" => Ok(Format::JsonArray),
             "csv" => Ok(Format::Csv),
-            _ => Err(format!(
-                "unknown row format {s:?} (expected jsonl, ndjson, json or csv)"
-            )),
+            _ => Err(FormatError::Unknown(s.to_owned())),
         }
     }
 }
@@ -194,7 +204,7 @@ impl ReadError {
 ///
 /// An iterator of rows and [`ReadError`]s; after a fatal error (or the end of the input) it
 /// yields nothing more. Memory stays within a read buffer, one row of at most
-/// [`MAX_ROW_BYTES`] and the gzip decoder's window, whatever the size of the input.
+/// `MAX_ROW_BYTES` and the gzip decoder's window, whatever the size of the input.
 pub struct RowReader {
     format: Format,
     declared_gzip: bool,
@@ -239,7 +249,7 @@ impl RowReader {
         }
     }
 
-    /// Lowers (or raises) the row cap from [`MAX_ROW_BYTES`]: a producer that knows its
+    /// Lowers (or raises) the row cap from `MAX_ROW_BYTES`: a producer that knows its
     /// template adds bytes to every row may want to refuse rows earlier.
     pub fn with_max_row_bytes(mut self, max_row_bytes: usize) -> Self {
         self.max_row_bytes = max_row_bytes.max(1);

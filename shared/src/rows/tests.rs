@@ -135,7 +135,7 @@ fn format_resolve_prefers_the_explicit_format() {
         Ok(Format::Jsonl)
     );
     assert_eq!(Format::resolve(None, "a.json.gz"), Ok(Format::JsonArray));
-    let error = Format::resolve(None, "export.txt").unwrap_err();
+    let error = Format::resolve(None, "export.txt").unwrap_err().to_string();
     assert!(error.contains("`export.txt`"), "{error}");
     assert!(error.contains("set its format"), "{error}");
 }
@@ -151,7 +151,11 @@ fn format_names_in_a_config() {
     ] {
         assert_eq!(name.parse::<Format>(), Ok(format));
     }
-    assert!("xml".parse::<Format>().unwrap_err().contains("\"xml\""));
+    assert!("xml"
+        .parse::<Format>()
+        .unwrap_err()
+        .to_string()
+        .contains("\"xml\""));
     for format in [Format::Jsonl, Format::JsonArray, Format::Csv] {
         assert_eq!(format.to_string().parse::<Format>(), Ok(format));
         let as_json = serde_json::to_value(format).unwrap();

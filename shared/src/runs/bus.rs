@@ -12,7 +12,7 @@ pub(crate) const EVENT_SOURCE: &str = "fanout";
 /// Where completion events go: EventBridge, or the embedded state file.
 #[async_trait]
 pub trait EventBus: Send + Sync {
-    /// Puts one event with [`EVENT_SOURCE`], `detail_type` and `detail`.
+    /// Puts one event with source `EVENT_SOURCE`, `detail_type` and `detail`.
     async fn put(&self, detail_type: &str, detail: &Value) -> Result<(), BackendError>;
 }
 

@@ -79,18 +79,22 @@ impl<'a> Finisher<'a> {
         }
     }
 
-    /// Finishes `run_id` if the jobs just settled in `shards` were its last. `None` when the
-    /// run is not settled, has no ledger, or another caller finished it.
+    /// Finishes `run_id` if `counts` (its counters after a batch was counted) show every job
+    /// settled. `None` when the run is not settled, has no ledger, or another caller finished
+    /// it.
     pub async fn finish_if_settled(
         &self,
         run_id: &str,
-        shards: &[u32],
+        counts: &super::RunCounts,
         now_ms: i64,
     ) -> Result<Option<Finished>, BackendError> {
-        let Some(run) = self.ledger.record_settled(run_id, shards).await? else {
+        if counts.settled() < counts.expected {
             return Ok(None);
-        };
-        self.finish(run, now_ms).await
+        }
+        match self.ledger.get(run_id).await? {
+            Some(run) if run.status == RunStatus::Running => self.finish(run, now_ms).await,
+            _ => Ok(None),
+        }
     }
 
     /// The watchdog: over the latest `limit` runs, finishes the settled ones still RUNNING (a

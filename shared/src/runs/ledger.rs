@@ -2,13 +2,13 @@
 
 use async_trait::async_trait;
 
-use super::{Begin, RunRecord, RunStart, RunStatus};
+use super::{Begin, CountState, Counted, Delta, RunRecord, RunStart, RunStatus};
 use crate::error::BackendError;
 
 /// A run ledger: DynamoDB (the idempotency table) or the embedded SQLite file.
 #[async_trait]
 pub trait RunLedger: Send + Sync {
-    /// Creates the run as RUNNING with its per-shard expected counts, unless it exists. A run
+    /// Creates the run as RUNNING with its expected count, unless it exists. A run
     /// that failed before publishing ([`RunLedger::fail_unpublished`]) is begun afresh.
     async fn begin(&self, start: &RunStart) -> Result<Begin, BackendError>;
 
@@ -25,19 +25,35 @@ pub trait RunLedger: Send + Sync {
     /// The latest `limit` runs, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, BackendError>;
 
-    /// Whether the run is settled after jobs of `shards` settled: registers each of those
-    /// shards that is now done, and answers the run (with its counters) when every shard is
-    /// done and the run is still RUNNING; `None` otherwise (or if the run has no ledger).
-    async fn record_settled(
+    /// Adds batch `seq` of consumer `instance` (`delta`, its jobs' sum) to the run's counters,
+    /// only on top of the instance's batch `seq - 1` ([`super::count`]). A batch asked again
+    /// (its first answer lost) answers [`Counted::Applied`] without adding twice; a batch
+    /// another consumer sealed answers [`Counted::Sealed`].
+    async fn count(
         &self,
         run_id: &str,
-        shards: &[u32],
-    ) -> Result<Option<RunRecord>, BackendError>;
+        instance: &str,
+        seq: u64,
+        delta: &Delta,
+    ) -> Result<Counted, BackendError>;
 
-    /// RUNNING → `status`, finished at `finished_at_ms` by `finisher` (a
-    /// [`crate::random_token`] of the caller's). True for the one caller that moved it, also
-    /// when it asks again with its token (its first try was applied and the answer lost, e.g.
-    /// the SDK retrying a write whose response timed out): its event must still go out.
+    /// Seals batch `seq` of `instance`, when it is that instance's next one: it can no longer
+    /// be applied. The run's count state after (also when the batch was applied or sealed
+    /// first, or when it is not the next one: then nothing changed); `None` without a ledger.
+    async fn seal(
+        &self,
+        run_id: &str,
+        instance: &str,
+        seq: u64,
+    ) -> Result<Option<CountState>, BackendError>;
+
+    /// The run's count state, read consistently; `None` without a ledger.
+    async fn count_state(&self, run_id: &str) -> Result<Option<CountState>, BackendError>;
+
+    /// RUNNING → `status`, finished at `finished_at_ms` by `finisher` (a random token of the
+    /// caller's). True for the one caller that moved it, also when it asks again with its token
+    /// (its first try was applied and the answer lost, e.g. the SDK retrying a write whose
+    /// response timed out): its event must still go out.
     async fn finish(
         &self,
         run_id: &str,

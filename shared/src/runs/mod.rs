@@ -11,16 +11,15 @@
 //!   re-delivered schedule event, a manual re-run) finds the run and changes nothing. The one
 //!   run it replaces is one that failed before publishing: nothing of it is in flight, and
 //!   re-running its tick once the list is fixed is how it is completed.
-//! - Counting: a job's terminal transitions in the idempotency state machine
-//!   ([`crate::idempotency`]) add to its run's counters *in the same atomic write* (one SQLite
-//!   transaction; one DynamoDB `TransactWriteItems`), so a duplicate, a crash or a replay can
-//!   never count a job twice or not at all. IN_PROGRESS → COMPLETED counts a success;
+//! - Counting: a job's terminal transition in the idempotency state machine
+//!   ([`crate::IdempotencyStore`]) stores what it adds to its run ([`Delta`]) and the batch it
+//!   is counted in; its consumer adds whole batches to the run's counters, one conditional
+//!   write each, before it deletes their messages (`count` says how a crash, a lost answer or
+//!   a duplicate leaves every job counted once). IN_PROGRESS → COMPLETED counts a success;
 //!   REJECTED → DEAD_LETTERED counts a dead-lettering under its failure's class
-//!   ([`crate::failure::FailureKind`]); a replayed job
-//!   that then succeeds moves from dead-lettered to succeeded ([`Tally::undo`]).
-//! - Counters are split over up to [`SHARDS`] shards by message ID, each with its own expected
-//!   count, so no single item takes every write of a large run. A shard is *done* when its
-//!   settled count reaches its expected count; the run is settled when every shard is done.
+//!   ([`crate::FailureKind`]); a replayed job that then succeeds moves from dead-lettered to
+//!   succeeded ([`Tally::undo`]). The run is settled when its settled count reaches its
+//!   expected count: the batch write that gets there answers it.
 //! - [`RunLedger::finish`] moves RUNNING to its verdict ([`RunPolicy::verdict`]) conditionally:
 //!   of the consumers that settle a run's last jobs at once, exactly one wins, and only the
 //!   winner puts the completion event (`completion_event`), then marks it sent. A finisher
@@ -30,11 +29,13 @@
 //! # Layout
 //! - `model`: a run as the ledger holds it ([`RunRecord`], [`RunCounts`], [`RunStart`]).
 //! - `policy`: the config's `runs` section and its verdict ([`RunPolicy::verdict`]).
-//! - `tally`: what one job's end adds to its run ([`Tally::delta`]) and its shard.
+//! - `tally`: what one job's end adds to its run ([`Tally`], [`Delta`]).
+//! - `count`: counting in batches ([`CountToken`], [`CountState`]).
 //! - `ledger`, `bus`: the [`RunLedger`] and [`EventBus`] traits.
 //! - `finish`: the finisher and the watchdog ([`Finisher`]).
 
 mod bus;
+mod count;
 mod finish;
 mod ledger;
 mod model;
@@ -43,9 +44,9 @@ mod tally;
 
 pub use bus::EventBus;
 pub(crate) use bus::EVENT_SOURCE;
+pub use count::{BatchState, CountState, CountToken, Counted, JobCount};
 pub use finish::{run_metrics, Finished, Finisher, Sweep};
 pub use ledger::RunLedger;
 pub use model::{rfc3339, Begin, RunCounts, RunRecord, RunStart, RunStatus, SourceRead};
 pub use policy::{Overlap, RunPolicy};
-pub(crate) use tally::Delta;
-pub use tally::{shard_of, Tally};
+pub use tally::{Delta, Tally};

@@ -43,7 +43,7 @@ impl RunStatus {
     }
 }
 
-/// A run's counters, summed over its shards.
+/// A run's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RunCounts {
     /// Jobs published for the run.
@@ -52,7 +52,7 @@ pub struct RunCounts {
     pub succeeded: u64,
     /// Jobs in the DLQ.
     pub dead_lettered: u64,
-    /// Dead-lettered jobs by class ([`crate::failure::FailureKind::class`]).
+    /// Dead-lettered jobs by class ([`crate::FailureKind::class`]).
     pub failures_by_reason: BTreeMap<String, u64>,
     /// Dead-lettered jobs by host.
     pub failures_by_host: BTreeMap<String, u64>,
@@ -67,23 +67,6 @@ impl RunCounts {
     /// Jobs not settled yet.
     pub fn in_flight(&self) -> u64 {
         self.expected.saturating_sub(self.settled())
-    }
-
-    /// Adds another shard's counters.
-    pub(crate) fn add(&mut self, other: &RunCounts) {
-        self.expected += other.expected;
-        self.succeeded += other.succeeded;
-        self.dead_lettered += other.dead_lettered;
-        for (into, from) in [
-            (&mut self.failures_by_reason, &other.failures_by_reason),
-            (&mut self.failures_by_host, &other.failures_by_host),
-        ] {
-            for (k, v) in from {
-                *into.entry(k.clone()).or_default() += v;
-            }
-        }
-        self.failures_by_reason.retain(|_, v| *v > 0);
-        self.failures_by_host.retain(|_, v| *v > 0);
     }
 }
 
@@ -108,7 +91,8 @@ pub struct SourceRead {
 /// One run as the ledger holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
-    /// The run's ID.
+    /// The run's ID: the pipeline and the tick's scheduled time (one tick, one ID), or the
+    /// operator's `--run-id`; the key of its ledger item.
     pub run_id: String,
     /// Its state.
     pub status: RunStatus,
@@ -156,7 +140,8 @@ impl RunRecord {
 /// What the producer writes before it publishes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStart {
-    /// The run's ID.
+    /// The run's ID: the pipeline and the tick's scheduled time (one tick, one ID), or the
+    /// operator's `--run-id`; the key of its ledger item.
     pub run_id: String,
     /// The schedule's time, if the tick came from a schedule.
     pub scheduled_at: Option<String>,
@@ -164,8 +149,8 @@ pub struct RunStart {
     pub config_digest: String,
     /// Now, ms since the epoch.
     pub started_at_ms: i64,
-    /// Jobs per shard ([`shard_of`] of each job's message ID); shards without jobs are left out.
-    pub expected_per_shard: BTreeMap<u32, u64>,
+    /// Jobs in the run.
+    pub expected: u64,
     /// The config's `runs` section.
     pub policy: RunPolicy,
     /// What each source of the list gave.
@@ -173,11 +158,6 @@ pub struct RunStart {
 }
 
 impl RunStart {
-    /// Jobs in the run.
-    pub fn expected(&self) -> u64 {
-        self.expected_per_shard.values().sum()
-    }
-
     /// When the run becomes overdue.
     pub fn deadline_at_ms(&self) -> Option<i64> {
         self.policy.deadline_seconds.map(|s| {
@@ -190,7 +170,7 @@ impl RunStart {
     }
 }
 
-/// The answer to [`RunLedger::begin`].
+/// The answer to [`RunLedger::begin`](super::RunLedger::begin).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Begin {
     /// The run was created.
@@ -211,31 +191,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_add_over_shards() {
-        let mut total = RunCounts::default();
-        let a = RunCounts {
-            expected: 5,
-            succeeded: 4,
+    fn counts_say_what_is_settled_and_in_flight() {
+        let counts = RunCounts {
+            expected: 8,
+            succeeded: 5,
             dead_lettered: 1,
-            failures_by_reason: [("HTTP 400".into(), 1)].into(),
-            failures_by_host: [("h".into(), 1)].into(),
-        };
-        let b = RunCounts {
-            expected: 3,
-            succeeded: 1,
-            failures_by_reason: [("HTTP 400".into(), 0)].into(),
             ..RunCounts::default()
         };
-        total.add(&a);
-        total.add(&b);
-        assert_eq!(
-            (
-                total.expected,
-                total.settled(),
-                total.in_flight(),
-                total.failures_by_reason.len()
-            ),
-            (8, 6, 2, 1)
-        );
+        assert_eq!((counts.settled(), counts.in_flight()), (6, 2));
     }
 }

@@ -1,50 +1,75 @@
-//! What one job's end adds to its run, and which counter shard takes it.
+//! What one job's end adds to its run.
 
 use std::collections::BTreeMap;
 
-/// Counter shards per run (at most): each takes about 1/16 of a large run's writes.
-pub(crate) const SHARDS: u32 = 16;
+use serde::{Deserialize, Serialize};
 
-/// The shard counting the job `message_id` (FNV-1a of the ID, so every writer agrees).
-pub fn shard_of(message_id: &str) -> u32 {
-    let hash = message_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (hash % u64::from(SHARDS)) as u32
-}
-
-/// What one terminal transition of a job adds to its run: written by the idempotency store in
-/// the same atomic write as the transition.
+/// What one terminal transition of a job adds to its run: its [`Delta`], stored on the job's
+/// record with the transition and added to the run's counters with its batch
+/// ([`super::count`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tally<'a> {
     /// The job's run.
     pub run_id: &'a str,
     /// The job's host (failures by host).
     pub host: &'a str,
-    /// For a dead-lettering: its class ([`crate::failure::FailureKind::class`]).
+    /// For a dead-lettering: its class ([`crate::FailureKind::class`]).
     pub reason: Option<&'a str>,
     /// The class the job is already counted under as dead-lettered (a replayed job), taken
     /// back by this transition.
     pub undo: Option<&'a str>,
 }
 
-/// What a [`Tally`] changes in its run's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Delta {
+/// What a [`Tally`] changes in its run's counters; a batch's is the sum of its jobs'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
     /// Added to `succeeded`.
+    #[serde(default, rename = "s", skip_serializing_if = "is_zero")]
     pub succeeded: i64,
     /// Added to `dead_lettered`.
+    #[serde(default, rename = "d", skip_serializing_if = "is_zero")]
     pub dead_lettered: i64,
     /// Added to failures by reason (no zero entries).
+    #[serde(default, rename = "r", skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<(String, i64)>,
     /// Added to failures by host (no zero entries).
+    #[serde(default, rename = "h", skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<(String, i64)>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl Delta {
+    /// Adds `other` (a batch's deltas summed), keeping no zero entries.
+    pub fn add(&mut self, other: &Delta) {
+        self.succeeded += other.succeeded;
+        self.dead_lettered += other.dead_lettered;
+        for (into, from) in [
+            (&mut self.reasons, &other.reasons),
+            (&mut self.hosts, &other.hosts),
+        ] {
+            for (key, n) in from {
+                match into.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, m)) => *m += n,
+                    None => into.push((key.clone(), *n)),
+                }
+            }
+            into.retain(|(_, n)| *n != 0);
+        }
+    }
+
+    /// The settlements it counts: succeeded plus dead-lettered.
+    pub fn settled(&self) -> i64 {
+        self.succeeded + self.dead_lettered
+    }
 }
 
 impl Tally<'_> {
     /// The change to the run's counters when the job completes (`succeeded`) or is
     /// dead-lettered: the new outcome, minus the dead-lettering it replaces (`undo`).
-    pub(crate) fn delta(&self, succeeded: bool) -> Delta {
+    pub fn delta(&self, succeeded: bool) -> Delta {
         let mut reasons: BTreeMap<&str, i64> = BTreeMap::new();
         let mut hosts = 0;
         let mut delta = Delta::default();
@@ -75,17 +100,6 @@ impl Tally<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_spread_and_agree() {
-        let mut seen = [0u32; SHARDS as usize];
-        for i in 0..1600 {
-            let id = crate::job::message_id("run", &format!("t{i}"));
-            assert_eq!(shard_of(&id), shard_of(&id));
-            seen[shard_of(&id) as usize] += 1;
-        }
-        assert!(seen.iter().all(|&n| (60..=140).contains(&n)), "{seen:?}");
-    }
 
     #[test]
     fn a_replay_moves_a_job_between_outcomes() {
@@ -126,5 +140,39 @@ mod tests {
             Delta::default(),
             "a replay that fails the same way changes nothing"
         );
+    }
+
+    #[test]
+    fn deltas_add_up_and_read_back_compactly() {
+        let mut batch = Delta::default();
+        batch.add(
+            &Tally {
+                run_id: "r",
+                host: "h",
+                reason: Some("HTTP 400"),
+                undo: None,
+            }
+            .delta(false),
+        );
+        batch.add(
+            &Tally {
+                run_id: "r",
+                host: "h",
+                reason: None,
+                undo: Some("HTTP 400"),
+            }
+            .delta(true),
+        );
+        assert_eq!(
+            (batch.succeeded, batch.dead_lettered, batch.settled()),
+            (1, 0, 1)
+        );
+        assert!(
+            batch.reasons.is_empty() && batch.hosts.is_empty(),
+            "{batch:?}"
+        );
+        let text = serde_json::to_string(&batch).unwrap();
+        assert_eq!(text, r#"{"s":1}"#);
+        assert_eq!(serde_json::from_str::<Delta>(&text).unwrap(), batch);
     }
 }

@@ -2,8 +2,8 @@
 //! atomically (concurrent writers never lose one another's event, a probe is claimed once), and
 //! leases are renewed, listed while live, and pruned once lapsed.
 
-use fanout_shared::hosts::Circuit;
-use fanout_shared::{FleetStore, HostEvent, HostPolicy, HostState, Lease};
+use fanout_shared::fleet::{FleetStore, Lease};
+use fanout_shared::{Circuit, HostEvent, HostPolicy, HostState};
 
 use super::{contract, Contract};
 

@@ -1,16 +1,13 @@
-//! The [`IdempotencyStore`] contract: every row of the acquire table ([`decide_acquire`]'s rule,
+//! The [`IdempotencyStore`] contract: every row of the acquire table (`decide_acquire`'s rule,
 //! see `shared/src/idempotency.rs`), fencing, the failure count, the classes a record keeps, and
 //! the run's tally written with each terminal transition, exactly once.
-//!
-//! [`decide_acquire`]: fanout_shared::idempotency
 
-use fanout_shared::idempotency::{
-    Acquire, Claim, IdempotencyRecord, IdempotencyStore, Status, Transition,
+use fanout_shared::runs::{RunCounts, RunLedger, Tally};
+use fanout_shared::{
+    Acquire, Claim, Failure, FailureKind, IdempotencyRecord, IdempotencyStore, Status, Transition,
 };
-use fanout_shared::runs::{RunCounts, Tally};
-use fanout_shared::{Failure, FailureKind, RunLedger};
 
-use super::{contract, run_start, Contract};
+use super::{contract, fresh_token, run_start, Contract, CountingStore};
 
 /// Every contract of the trait.
 pub fn contracts() -> Vec<Contract> {
@@ -167,6 +164,7 @@ pub async fn a_completed_job_is_never_taken_again(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("done-run", &["done"], t))
         .await
@@ -175,7 +173,13 @@ pub async fn a_completed_job_is_never_taken_again(
     let expiration_s = t / 1000 + 3_600;
     assert_eq!(
         store
-            .complete("done", 1, 201, expiration_s, &tally("done-run", None, None))
+            .complete(
+                "done",
+                1,
+                201,
+                expiration_s,
+                (&tally("done-run", None, None), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -403,6 +407,7 @@ pub async fn a_rejected_job_is_taken_by_the_replay_of_its_rejection(store: &dyn 
 /// DEAD_LETTERED: acked, by a replay of another dead-lettering too; the record keeps the
 /// failure (text, status, class) and remembers the class it is counted under.
 pub async fn a_dead_lettered_job_is_acked(store: &dyn IdempotencyStore, runs: &dyn RunLedger) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("dl-run", &["dead"], t))
         .await
@@ -410,7 +415,11 @@ pub async fn a_dead_lettered_job_is_acked(store: &dyn IdempotencyStore, runs: &d
     rejected_at_two(store, "dead", "dl-run", t).await;
     assert_eq!(
         store
-            .dead_lettered("dead", 2, &tally("dl-run", Some("HTTP 400"), None))
+            .dead_lettered(
+                "dead",
+                2,
+                (&tally("dl-run", Some("HTTP 400"), None), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -455,13 +464,18 @@ pub async fn a_dead_lettered_job_is_taken_by_the_replay_of_its_dead_lettering(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("dl-run", &["dead"], t))
         .await
         .unwrap();
     rejected_at_two(store, "dead", "dl-run", t).await;
     store
-        .dead_lettered("dead", 2, &tally("dl-run", Some("HTTP 400"), None))
+        .dead_lettered(
+            "dead",
+            2,
+            (&tally("dl-run", Some("HTTP 400"), None), &fresh_token()),
+        )
         .await
         .unwrap();
     let first = replay("dead", "dl-run", t + 2, 2);
@@ -485,7 +499,13 @@ pub async fn a_dead_lettered_job_is_taken_by_the_replay_of_its_dead_lettering(
     );
     assert_eq!(
         store
-            .complete("dead", 3, 200, 0, &tally("dl-run", None, Some("HTTP 400")))
+            .complete(
+                "dead",
+                3,
+                200,
+                0,
+                (&tally("dl-run", None, Some("HTTP 400")), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -510,6 +530,7 @@ pub async fn a_superseded_holder_writes_nothing(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("fence-run", &["fenced"], t))
         .await
@@ -528,7 +549,10 @@ pub async fn a_superseded_holder_writes_nothing(
     let before = record(store, "fenced").await;
     let ok = tally("fence-run", None, None);
     assert_eq!(
-        store.complete("fenced", 1, 200, 0, &ok).await.unwrap(),
+        store
+            .complete("fenced", 1, 200, 0, (&ok, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(
@@ -552,13 +576,19 @@ pub async fn a_superseded_holder_writes_nothing(
     );
     let dead = tally("fence-run", Some("HTTP 400"), None);
     assert_eq!(
-        store.dead_lettered("fenced", 1, &dead).await.unwrap(),
+        store
+            .dead_lettered("fenced", 1, (&dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(record(store, "fenced").await.status, Status::Rejected);
     assert_eq!(counts(runs, "fence-run").await.settled(), 0);
     assert_eq!(
-        store.dead_lettered("fenced", 2, &dead).await.unwrap(),
+        store
+            .dead_lettered("fenced", 2, (&dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Done
     );
     assert_eq!(counts(runs, "fence-run").await.dead_lettered, 1);
@@ -572,6 +602,7 @@ pub async fn transitions_leave_only_their_own_state(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     let ids = ["ghost", "done", "flaky", "held"];
     runs.begin(&run_start("own-run", &ids, t)).await.unwrap();
@@ -580,7 +611,10 @@ pub async fn transitions_leave_only_their_own_state(
 
     // No record: nothing is created.
     assert_eq!(
-        store.complete("ghost", 1, 200, 0, &ok).await.unwrap(),
+        store
+            .complete("ghost", 1, 200, 0, (&ok, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(
@@ -592,7 +626,10 @@ pub async fn transitions_leave_only_their_own_state(
         Transition::Superseded
     );
     assert_eq!(
-        store.dead_lettered("ghost", 1, &dead).await.unwrap(),
+        store
+            .dead_lettered("ghost", 1, (&dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert!(store
@@ -603,10 +640,16 @@ pub async fn transitions_leave_only_their_own_state(
 
     // COMPLETED: final.
     store.acquire(&claim("done", "own-run", t)).await.unwrap();
-    store.complete("done", 1, 200, 0, &ok).await.unwrap();
+    store
+        .complete("done", 1, 200, 0, (&ok, &fresh_token()))
+        .await
+        .unwrap();
     let completed = record(store, "done").await;
     assert_eq!(
-        store.complete("done", 1, 200, 0, &ok).await.unwrap(),
+        store
+            .complete("done", 1, 200, 0, (&ok, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Done
     );
     assert_eq!(
@@ -618,7 +661,10 @@ pub async fn transitions_leave_only_their_own_state(
         Transition::Superseded
     );
     assert_eq!(
-        store.dead_lettered("done", 1, &dead).await.unwrap(),
+        store
+            .dead_lettered("done", 1, (&dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(record(store, "done").await, completed);
@@ -630,7 +676,10 @@ pub async fn transitions_leave_only_their_own_state(
         Transition::Done
     );
     assert_eq!(
-        store.complete("flaky", 1, 200, 0, &ok).await.unwrap(),
+        store
+            .complete("flaky", 1, 200, 0, (&ok, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(record(store, "flaky").await.failures, 1);
@@ -638,7 +687,10 @@ pub async fn transitions_leave_only_their_own_state(
     // IN_PROGRESS: not dead-lettered before it is rejected.
     store.acquire(&claim("held", "own-run", t)).await.unwrap();
     assert_eq!(
-        store.dead_lettered("held", 1, &dead).await.unwrap(),
+        store
+            .dead_lettered("held", 1, (&dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(record(store, "held").await.status, Status::InProgress);
@@ -685,6 +737,7 @@ pub async fn each_terminal_transition_is_counted_once(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("tally", &["a", "b", "c"], t))
         .await
@@ -700,14 +753,26 @@ pub async fn each_terminal_transition_is_counted_once(
     store.acquire(&claim("a", "tally", t)).await.unwrap();
     assert_eq!(counts(runs, "tally").await, snapshot(0, 0, &[], &[]));
     store
-        .complete("a", 1, 200, 0, &tally("tally", None, None))
+        .complete(
+            "a",
+            1,
+            200,
+            0,
+            (&tally("tally", None, None), &fresh_token()),
+        )
         .await
         .unwrap();
     assert_eq!(counts(runs, "tally").await, snapshot(1, 0, &[], &[]));
     // Asked again (its answer lost): its own write, not counted twice.
     assert_eq!(
         store
-            .complete("a", 1, 200, 0, &tally("tally", None, None))
+            .complete(
+                "a",
+                1,
+                200,
+                0,
+                (&tally("tally", None, None), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -721,11 +786,17 @@ pub async fn each_terminal_transition_is_counted_once(
         host: "h2",
         ..tally("tally", Some("HTTP 400"), None)
     };
-    store.dead_lettered("b", 2, &b_dead).await.unwrap();
+    store
+        .dead_lettered("b", 2, (&b_dead, &fresh_token()))
+        .await
+        .unwrap();
     let after_b = snapshot(1, 1, &[("HTTP 400", 1)], &[("h2", 1)]);
     assert_eq!(counts(runs, "tally").await, after_b);
     assert_eq!(
-        store.dead_lettered("b", 2, &b_dead).await.unwrap(),
+        store
+            .dead_lettered("b", 2, (&b_dead, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Done
     );
     assert_eq!(counts(runs, "tally").await, after_b);
@@ -749,7 +820,10 @@ pub async fn each_terminal_transition_is_counted_once(
         host: "h2",
         ..tally("tally", None, Some("HTTP 400"))
     };
-    store.complete("b", 4, 200, 0, &b_ok).await.unwrap();
+    store
+        .complete("b", 4, 200, 0, (&b_ok, &fresh_token()))
+        .await
+        .unwrap();
     assert_eq!(counts(runs, "tally").await, snapshot(2, 0, &[], &[]));
 
     // c: dead-lettered, replayed, and dead-lettered again for another reason: counted once,
@@ -759,7 +833,11 @@ pub async fn each_terminal_transition_is_counted_once(
     store.reject("c", 1, &exhausted).await.unwrap();
     let class = exhausted.class();
     store
-        .dead_lettered("c", 1, &tally("tally", Some(&class), None))
+        .dead_lettered(
+            "c",
+            1,
+            (&tally("tally", Some(&class), None), &fresh_token()),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -776,7 +854,14 @@ pub async fn each_terminal_transition_is_counted_once(
     let gone = Failure::new(FailureKind::Http(404), "HTTP 404");
     store.reject("c", 2, &gone).await.unwrap();
     store
-        .dead_lettered("c", 2, &tally("tally", Some("HTTP 404"), Some(&class)))
+        .dead_lettered(
+            "c",
+            2,
+            (
+                &tally("tally", Some("HTTP 404"), Some(&class)),
+                &fresh_token(),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -793,14 +878,20 @@ pub async fn each_terminal_transition_is_counted_once(
 /// moves the record and counts; the others find the holder's own write and answer `Done` too,
 /// so the holder carries on whichever answer reaches it; the run counts each job once.
 pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn RunLedger) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("race", &["ok", "dead"], t))
         .await
         .unwrap();
     store.acquire(&claim("ok", "race", t)).await.unwrap();
     let ok = tally("race", None, None);
-    let outcomes =
-        futures_util::future::join_all((0..4).map(|_| store.complete("ok", 1, 200, 0, &ok))).await;
+    let outcomes = {
+        let token = fresh_token();
+        futures_util::future::join_all(
+            (0..4).map(|_| store.complete("ok", 1, 200, 0, (&ok, &token))),
+        )
+        .await
+    };
     let done = outcomes
         .into_iter()
         .filter(|o| *o.as_ref().unwrap() == Transition::Done)
@@ -813,8 +904,13 @@ pub async fn racing_holders_count_once(store: &dyn IdempotencyStore, runs: &dyn 
     store.acquire(&claim("dead", "race", t)).await.unwrap();
     store.reject("dead", 1, &http400()).await.unwrap();
     let dead = tally("race", Some("HTTP 400"), None);
-    let outcomes =
-        futures_util::future::join_all((0..4).map(|_| store.dead_lettered("dead", 1, &dead))).await;
+    let outcomes = {
+        let token = fresh_token();
+        futures_util::future::join_all(
+            (0..4).map(|_| store.dead_lettered("dead", 1, (&dead, &token))),
+        )
+        .await
+    };
     let done = outcomes
         .into_iter()
         .filter(|o| *o.as_ref().unwrap() == Transition::Done)
@@ -859,6 +955,7 @@ pub async fn a_dead_lettering_without_a_class_counts_as_unknown(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     runs.begin(&run_start("classless", &["x"], t))
         .await
@@ -866,7 +963,7 @@ pub async fn a_dead_lettering_without_a_class_counts_as_unknown(
     store.acquire(&claim("x", "classless", t)).await.unwrap();
     store.reject("x", 1, &http400()).await.unwrap();
     store
-        .dead_lettered("x", 1, &tally("classless", None, None))
+        .dead_lettered("x", 1, (&tally("classless", None, None), &fresh_token()))
         .await
         .unwrap();
     let c = counts(runs, "classless").await;
@@ -899,7 +996,10 @@ pub async fn a_dead_lettering_without_a_class_counts_as_unknown(
             attempt,
             200,
             0,
-            &tally("classless", None, dead_letter_class.as_deref()),
+            (
+                &tally("classless", None, dead_letter_class.as_deref()),
+                &fresh_token(),
+            ),
         )
         .await
         .unwrap();
@@ -916,11 +1016,18 @@ pub async fn a_job_of_a_run_without_a_ledger_still_moves(
     store: &dyn IdempotencyStore,
     runs: &dyn RunLedger,
 ) {
+    let store = &CountingStore { store, runs };
     let t = t0();
     store.acquire(&claim("old-ok", "old", t)).await.unwrap();
     assert_eq!(
         store
-            .complete("old-ok", 1, 200, 0, &tally("old", None, None))
+            .complete(
+                "old-ok",
+                1,
+                200,
+                0,
+                (&tally("old", None, None), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -930,7 +1037,11 @@ pub async fn a_job_of_a_run_without_a_ledger_still_moves(
     store.reject("old-bad", 1, &http400()).await.unwrap();
     assert_eq!(
         store
-            .dead_lettered("old-bad", 1, &tally("old", Some("HTTP 400"), None))
+            .dead_lettered(
+                "old-bad",
+                1,
+                (&tally("old", Some("HTTP 400"), None), &fresh_token())
+            )
             .await
             .unwrap(),
         Transition::Done
@@ -993,7 +1104,10 @@ pub async fn a_job_s_whole_life_follows_the_state_machine(store: &dyn Idempotenc
         acquired(2, 0, None)
     );
     assert_eq!(
-        store.complete("m1", 1, 200, 9, &tally).await.unwrap(),
+        store
+            .complete("m1", 1, 200, 9, (&tally, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Superseded
     );
     assert_eq!(
@@ -1026,7 +1140,10 @@ pub async fn a_job_s_whole_life_follows_the_state_machine(store: &dyn Idempotenc
         }
     ));
     assert_eq!(
-        store.dead_lettered("m1", 3, &tally).await.unwrap(),
+        store
+            .dead_lettered("m1", 3, (&tally, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Done
     );
     assert_eq!(
@@ -1042,7 +1159,10 @@ pub async fn a_job_s_whole_life_follows_the_state_machine(store: &dyn Idempotenc
         acquired(4, 0, Some("HTTP 400"))
     );
     assert_eq!(
-        store.complete("m1", 4, 200, 9, &tally).await.unwrap(),
+        store
+            .complete("m1", 4, 200, 9, (&tally, &fresh_token()))
+            .await
+            .unwrap(),
         Transition::Done
     );
     assert_eq!(

@@ -20,8 +20,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use fanout::Pipeline;
-use fanout_shared::idempotency::IdempotencyStore;
-use fanout_shared::{FleetStore, Queue, RunLedger};
+use fanout_shared::fleet::FleetStore;
+use fanout_shared::runs::RunLedger;
+use fanout_shared::{IdempotencyStore, Queue};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 
@@ -138,20 +139,14 @@ where
     );
 }
 
-/// A run of `ids` (each job counted in its shard) started at `started_at_ms`, deadline 600 s.
+/// A run of `ids` started at `started_at_ms`, deadline 600 s.
 pub fn run_start(run_id: &str, ids: &[&str], started_at_ms: i64) -> fanout_shared::runs::RunStart {
-    let mut expected_per_shard = std::collections::BTreeMap::new();
-    for id in ids {
-        *expected_per_shard
-            .entry(fanout_shared::runs::shard_of(id))
-            .or_default() += 1;
-    }
     fanout_shared::runs::RunStart {
         run_id: run_id.to_owned(),
         scheduled_at: Some("2026-01-01T00:00:00Z".to_owned()),
         config_digest: "0123456789abcdef".to_owned(),
         started_at_ms,
-        expected_per_shard,
+        expected: ids.len() as u64,
         policy: fanout_shared::runs::RunPolicy {
             deadline_seconds: Some(600),
             ..Default::default()
@@ -170,12 +165,129 @@ pub fn run_start(run_id: &str, ids: &[&str], started_at_ms: i64) -> fanout_share
     }
 }
 
-/// `n` job IDs starting with `prefix`, each in a counter shard of its own.
-pub fn ids_in_distinct_shards(prefix: &str, n: usize) -> Vec<String> {
-    let mut seen = std::collections::BTreeSet::new();
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .filter(|id| seen.insert(fanout_shared::runs::shard_of(id)))
-        .take(n)
-        .collect()
+/// The idempotency store as a consumer that counts every settlement in a batch of its own
+/// uses it: each terminal transition written (or found written by its own earlier try) is
+/// applied to its run's counters at once, under the token the record holds. The idempotency
+/// contracts that check counts run through it; the batches themselves are the run ledger's
+/// contracts.
+pub struct CountingStore<'a> {
+    /// The store.
+    pub store: &'a dyn IdempotencyStore,
+    /// The run ledger the counts go to.
+    pub runs: &'a dyn RunLedger,
+}
+
+/// A fresh count token: the first batch of a new instance.
+pub fn fresh_token() -> fanout_shared::runs::CountToken {
+    fanout_shared::runs::CountToken {
+        instance: format!("{:016x}", fastrand::u64(..)),
+        seq: 1,
+        deadline_ms: 0,
+    }
+}
+
+impl CountingStore<'_> {
+    async fn apply(
+        &self,
+        message_id: &str,
+        transition: fanout_shared::Transition,
+    ) -> Result<fanout_shared::Transition, fanout_shared::BackendError> {
+        if transition == fanout_shared::Transition::Done {
+            let records = self.store.get_many(&[message_id.to_owned()]).await?;
+            if let Some((run_id, Some(count))) =
+                records.into_iter().next().map(|r| (r.run_id, r.count))
+            {
+                self.runs
+                    .count(
+                        &run_id,
+                        &count.token.instance,
+                        count.token.seq,
+                        &count.delta,
+                    )
+                    .await?;
+            }
+        }
+        Ok(transition)
+    }
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for CountingStore<'_> {
+    async fn acquire(
+        &self,
+        claim: &fanout_shared::Claim<'_>,
+    ) -> Result<fanout_shared::Acquire, fanout_shared::BackendError> {
+        self.store.acquire(claim).await
+    }
+    async fn complete(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        status_code: u16,
+        expiration_s: i64,
+        (tally, _): (
+            &fanout_shared::runs::Tally<'_>,
+            &fanout_shared::runs::CountToken,
+        ),
+    ) -> Result<fanout_shared::Transition, fanout_shared::BackendError> {
+        let done = self
+            .store
+            .complete(
+                message_id,
+                attempt,
+                status_code,
+                expiration_s,
+                (tally, &fresh_token()),
+            )
+            .await?;
+        self.apply(message_id, done).await
+    }
+    async fn fail(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        error: &str,
+        status_code: Option<u16>,
+    ) -> Result<fanout_shared::Transition, fanout_shared::BackendError> {
+        self.store
+            .fail(message_id, attempt, error, status_code)
+            .await
+    }
+    async fn reject(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        failure: &fanout_shared::Failure,
+    ) -> Result<fanout_shared::Transition, fanout_shared::BackendError> {
+        self.store.reject(message_id, attempt, failure).await
+    }
+    async fn dead_lettered(
+        &self,
+        message_id: &str,
+        attempt: u32,
+        (tally, _): (
+            &fanout_shared::runs::Tally<'_>,
+            &fanout_shared::runs::CountToken,
+        ),
+    ) -> Result<fanout_shared::Transition, fanout_shared::BackendError> {
+        let done = self
+            .store
+            .dead_lettered(message_id, attempt, (tally, &fresh_token()))
+            .await?;
+        self.apply(message_id, done).await
+    }
+    async fn recount(
+        &self,
+        message_id: &str,
+        from: &fanout_shared::runs::CountToken,
+        to: &fanout_shared::runs::CountToken,
+    ) -> Result<bool, fanout_shared::BackendError> {
+        self.store.recount(message_id, from, to).await
+    }
+    async fn get_many(
+        &self,
+        message_ids: &[String],
+    ) -> Result<Vec<fanout_shared::IdempotencyRecord>, fanout_shared::BackendError> {
+        self.store.get_many(message_ids).await
+    }
 }

@@ -171,7 +171,7 @@ pub async fn change_visibility_moves_the_end_of_the_visibility(queue: &dyn Queue
 }
 
 /// `send_delayed`: the message is counted as delayed and received by no one until its delay
-/// is over; a delay beyond [`fanout_shared::queue::MAX_DELAY`] is capped, not refused.
+/// is over; a delay beyond [`fanout_shared::MAX_DELAY`] is capped, not refused.
 pub async fn a_delayed_message_is_hidden_until_its_delay(queue: &dyn Queue) {
     let sent = Instant::now();
     let id = queue

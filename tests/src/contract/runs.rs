@@ -1,15 +1,18 @@
 //! The [`RunLedger`] contract: a run is created once, skipped ticks and ticks that failed
 //! before publishing are recorded (the latter begun afresh by a re-run), runs are read
-//! and listed newest first, a run is settled when every shard is done (while RUNNING), finished
-//! by exactly one caller, and its completion event marked sent.
+//! and listed newest first, batches of settlements are counted once and in order per
+//! instance (a sealed one never), a run is finished by exactly one caller, and its completion
+//! event marked sent.
 
 use std::collections::BTreeMap;
 
-use fanout_shared::idempotency::{Claim, IdempotencyStore};
-use fanout_shared::runs::{shard_of, Begin, RunCounts, Tally};
-use fanout_shared::{RunLedger, RunRecord, RunStatus};
+use fanout_shared::runs::{
+    BatchState, Begin, CountToken, Counted, Delta, RunCounts, RunLedger, RunRecord, RunStatus,
+    Tally,
+};
+use fanout_shared::{Claim, IdempotencyStore};
 
-use super::{contract, ids_in_distinct_shards, run_start, Contract};
+use super::{contract, fresh_token, run_start, Contract, CountingStore};
 
 /// Every contract of the trait.
 pub fn contracts() -> Vec<Contract> {
@@ -20,9 +23,13 @@ pub fn contracts() -> Vec<Contract> {
         contract!(a_tick_that_failed_unpublished_is_begun_afresh(runs)),
         contract!(an_unknown_run_is_nowhere(runs)),
         contract!(list_is_newest_first_up_to_the_limit(runs)),
-        contract!(a_run_is_settled_when_every_shard_is_done(runs, store)),
-        contract!(only_a_running_run_is_settled(runs, store)),
-        contract!(counts_are_summed_over_shards(runs, store)),
+        contract!(a_batch_counts_once_and_answers_the_counters(runs)),
+        contract!(an_instance_s_batches_apply_in_order(runs)),
+        contract!(a_sealed_batch_never_applies(runs)),
+        contract!(a_run_without_a_ledger_counts_nothing(runs)),
+        contract!(settled_jobs_are_counted_with_failures_by_class_and_host(
+            runs, store
+        )),
         contract!(finish_moves_a_running_run_once(runs)),
         contract!(racing_finishers_finish_once(runs)),
         contract!(a_finisher_asking_again_finds_its_own_finish(runs)),
@@ -56,9 +63,14 @@ fn fresh_record(run_id: &str, ids: &[&str], started_at_ms: i64) -> RunRecord {
     }
 }
 
-/// Settles job `id` of `run` through the idempotency store: success, or dead-lettered with
-/// `class`.
-async fn settle(store: &dyn IdempotencyStore, run: &str, id: &str, class: Option<&str>) {
+/// Settles job `id` of `run` through the idempotency store and counts it: success, or
+/// dead-lettered with `class`.
+async fn settle(
+    (store, runs): (&dyn IdempotencyStore, &dyn RunLedger),
+    run: &str,
+    id: &str,
+    class: Option<&str>,
+) {
     let t = now();
     let claim = Claim {
         message_id: id,
@@ -71,6 +83,7 @@ async fn settle(store: &dyn IdempotencyStore, run: &str, id: &str, class: Option
         holder: Claim::new_holder(),
     };
     store.acquire(&claim).await.unwrap();
+    let store = CountingStore { store, runs };
     let tally = Tally {
         run_id: run,
         host: "h",
@@ -79,7 +92,10 @@ async fn settle(store: &dyn IdempotencyStore, run: &str, id: &str, class: Option
     };
     match class {
         None => {
-            store.complete(id, 1, 200, 0, &tally).await.unwrap();
+            store
+                .complete(id, 1, 200, 0, (&tally, &fresh_token()))
+                .await
+                .unwrap();
         }
         Some(class) => {
             let failure = fanout_shared::Failure::new(
@@ -87,7 +103,10 @@ async fn settle(store: &dyn IdempotencyStore, run: &str, id: &str, class: Option
                 format!("{class}: refused"),
             );
             store.reject(id, 1, &failure).await.unwrap();
-            store.dead_lettered(id, 1, &tally).await.unwrap();
+            store
+                .dead_lettered(id, 1, (&tally, &fresh_token()))
+                .await
+                .unwrap();
         }
     }
 }
@@ -206,7 +225,7 @@ pub async fn a_tick_that_failed_unpublished_is_begun_afresh(runs: &dyn RunLedger
 /// creates no run.
 pub async fn an_unknown_run_is_nowhere(runs: &dyn RunLedger) {
     assert_eq!(runs.get("nobody").await.unwrap(), None);
-    assert_eq!(runs.record_settled("nobody", &[0, 1]).await.unwrap(), None);
+    assert_eq!(runs.count_state("nobody").await.unwrap(), None);
     assert!(!runs
         .finish("nobody", RunStatus::Succeeded, now(), 1)
         .await
@@ -246,72 +265,129 @@ pub async fn list_is_newest_first_up_to_the_limit(runs: &dyn RunLedger) {
     assert_eq!(first_two, ["new", "mid"]);
 }
 
-/// `record_settled`: nothing while a shard still has jobs in flight; the run, with its
-/// counters, once the jobs of every shard have settled (succeeded or dead-lettered).
-pub async fn a_run_is_settled_when_every_shard_is_done(
+fn successes(n: i64) -> Delta {
+    Delta {
+        succeeded: n,
+        ..Delta::default()
+    }
+}
+
+fn applied(counted: Counted) -> fanout_shared::runs::CountState {
+    match counted {
+        Counted::Applied(state) => state,
+        other => panic!("expected the batch applied, got {other:?}"),
+    }
+}
+
+/// `count`: a batch adds its delta once, also when asked again (its first answer lost), and
+/// answers the run's counters; the one that settles the last job shows nothing in flight.
+pub async fn a_batch_counts_once_and_answers_the_counters(runs: &dyn RunLedger) {
+    runs.begin(&run_start("r", &["a", "b", "c"], now()))
+        .await
+        .unwrap();
+    let first = applied(runs.count("r", "i1", 1, &successes(2)).await.unwrap());
+    assert_eq!((first.counts.succeeded, first.counts.in_flight()), (2, 1));
+    let again = applied(runs.count("r", "i1", 1, &successes(2)).await.unwrap());
+    assert_eq!(
+        again.counts.succeeded, 2,
+        "a batch asked again adds nothing"
+    );
+    let dead = Delta {
+        dead_lettered: 1,
+        reasons: vec![("HTTP 400".to_owned(), 1)],
+        hosts: vec![("h".to_owned(), 1)],
+        ..Delta::default()
+    };
+    let last = applied(runs.count("r", "i2", 1, &dead).await.unwrap());
+    assert_eq!(
+        (
+            last.counts.settled(),
+            last.counts.in_flight(),
+            last.last.len()
+        ),
+        (3, 0, 2)
+    );
+    assert_eq!(runs.count_state("r").await.unwrap(), Some(last.clone()));
+    assert_eq!(runs.get("r").await.unwrap().unwrap().counts, last.counts);
+}
+
+/// An instance's batch applies only after its previous one: a batch that skips one is refused.
+pub async fn an_instance_s_batches_apply_in_order(runs: &dyn RunLedger) {
+    runs.begin(&run_start("r", &["a", "b", "c"], now()))
+        .await
+        .unwrap();
+    assert!(runs.count("r", "i1", 2, &successes(1)).await.is_err());
+    applied(runs.count("r", "i1", 1, &successes(1)).await.unwrap());
+    let state = applied(runs.count("r", "i1", 2, &successes(1)).await.unwrap());
+    assert_eq!((state.counts.succeeded, state.last["i1"]), (2, 2));
+}
+
+/// `seal`: the instance's next batch is taken; its own count of it is then refused
+/// (`Sealed`), its later batches apply, and a seal of a batch that is not next (or already
+/// applied) changes nothing.
+pub async fn a_sealed_batch_never_applies(runs: &dyn RunLedger) {
+    runs.begin(&run_start("r", &["a", "b", "c"], now()))
+        .await
+        .unwrap();
+    let token = |seq| CountToken {
+        instance: "i1".to_owned(),
+        seq,
+        deadline_ms: 0,
+    };
+    let untouched = runs.seal("r", "i1", 2).await.unwrap().unwrap();
+    assert_eq!(
+        untouched.batch(&token(2)),
+        BatchState::Pending { next: false }
+    );
+    let sealed = runs.seal("r", "i1", 1).await.unwrap().unwrap();
+    assert_eq!(sealed.batch(&token(1)), BatchState::Sealed);
+    assert_eq!(runs.seal("r", "i1", 1).await.unwrap(), Some(sealed.clone()));
+    assert_eq!(
+        runs.count("r", "i1", 1, &successes(1)).await.unwrap(),
+        Counted::Sealed
+    );
+    let later = applied(runs.count("r", "i1", 2, &successes(1)).await.unwrap());
+    assert_eq!(
+        (
+            later.counts.succeeded,
+            later.batch(&token(1)),
+            later.batch(&token(2))
+        ),
+        (1, BatchState::Sealed, BatchState::Applied)
+    );
+    let kept = runs.seal("r", "i1", 2).await.unwrap().unwrap();
+    assert_eq!(kept.batch(&token(2)), BatchState::Applied);
+}
+
+/// A run without a ledger (published before it had one, or expired) counts nothing.
+pub async fn a_run_without_a_ledger_counts_nothing(runs: &dyn RunLedger) {
+    assert_eq!(
+        runs.count("old", "i1", 1, &successes(1)).await.unwrap(),
+        Counted::NoLedger
+    );
+    assert_eq!(runs.seal("old", "i1", 1).await.unwrap(), None);
+    assert_eq!(runs.count_state("old").await.unwrap(), None);
+    runs.skip(&run_start("s", &[], now()), "overlap")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.count("s", "i1", 1, &successes(1)).await.unwrap(),
+        Counted::NoLedger,
+        "a skipped tick has no jobs to count"
+    );
+}
+
+/// Settled jobs, counted through their records' batches: expected, succeeded, dead-lettered,
+/// and the failures by class and by host.
+pub async fn settled_jobs_are_counted_with_failures_by_class_and_host(
     runs: &dyn RunLedger,
     store: &dyn IdempotencyStore,
 ) {
-    let ids = ids_in_distinct_shards("settle", 3);
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let ids = ["sum-0", "sum-1", "sum-2", "sum-3"];
     runs.begin(&run_start("r", &ids, now())).await.unwrap();
-    settle(store, "r", ids[0], None).await;
-    assert_eq!(
-        runs.record_settled("r", &[shard_of(ids[0])]).await.unwrap(),
-        None
-    );
-    settle(store, "r", ids[1], Some("HTTP 400")).await;
-    assert_eq!(
-        runs.record_settled("r", &[shard_of(ids[1])]).await.unwrap(),
-        None
-    );
-    settle(store, "r", ids[2], None).await;
-    let settled = runs
-        .record_settled("r", &[shard_of(ids[2])])
-        .await
-        .unwrap()
-        .expect("every shard is done");
-    assert_eq!(
-        (
-            settled.status,
-            settled.counts.expected,
-            settled.counts.succeeded,
-            settled.counts.dead_lettered,
-            settled.counts.in_flight()
-        ),
-        (RunStatus::Running, 3, 2, 1, 0)
-    );
-}
-
-/// A settled run that was finished (or a skipped one) is not answered again.
-pub async fn only_a_running_run_is_settled(runs: &dyn RunLedger, store: &dyn IdempotencyStore) {
-    let t = now();
-    let ids = ids_in_distinct_shards("done", 2);
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    runs.begin(&run_start("r", &ids, t)).await.unwrap();
-    settle(store, "r", ids[0], None).await;
-    runs.record_settled("r", &[shard_of(ids[0])]).await.unwrap();
-    assert!(runs.finish("r", RunStatus::Succeeded, t, 3).await.unwrap());
-    settle(store, "r", ids[1], None).await;
-    assert_eq!(
-        runs.record_settled("r", &[shard_of(ids[1])]).await.unwrap(),
-        None,
-        "finished (by the watchdog) before its last job settled"
-    );
-
-    runs.skip(&run_start("s", &[], t), "overlap").await.unwrap();
-    assert_eq!(runs.record_settled("s", &[0]).await.unwrap(), None);
-}
-
-/// A run's counters are the sums over its shards: expected, succeeded, dead-lettered, and the
-/// failures by class and by host.
-pub async fn counts_are_summed_over_shards(runs: &dyn RunLedger, store: &dyn IdempotencyStore) {
-    let ids = ids_in_distinct_shards("sum", 4);
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    runs.begin(&run_start("r", &ids, now())).await.unwrap();
-    settle(store, "r", ids[0], None).await;
-    settle(store, "r", ids[1], Some("HTTP 400")).await;
-    settle(store, "r", ids[2], Some("HTTP 400")).await;
+    settle((store, runs), "r", ids[0], None).await;
+    settle((store, runs), "r", ids[1], Some("HTTP 400")).await;
+    settle((store, runs), "r", ids[2], Some("HTTP 400")).await;
     let run = runs.get("r").await.unwrap().unwrap();
     assert_eq!(
         run.counts,

@@ -1,0 +1,136 @@
+//! Taking more work: an invocation with room and time receives records from the queue itself.
+//!
+//! The event source mapping hands an invocation one batch and waits for it to end before the
+//! next: between the two (delete the batch, poll, invoke) the instance's share of the budgets
+//! goes unused, and every record of the batch waits for the slowest one. So while the records
+//! in hand leave room for more (half the batch concurrency or less) and the invocation has time
+//! left, it receives more itself (short polls, visible to no one else until its deadline has
+//! passed) and runs them beside the others; it deletes what it settles or reschedules as soon
+//! as it is done, and from its first pull on the batch's records too (the invocation now runs
+//! past its batch, and a done record must not come back meanwhile).
+//!
+//! It stops at the first empty receive, after [`PULL_FOR`], or when less than a quarter of its
+//! working time (at least two seconds) is left, so runs are finished (at the end of an
+//! invocation) within seconds of their last job, and a pulled record still has time for its
+//! permit and its call: a function of a few seconds pulls little or nothing. A job waiting for
+//! a slow host's permit holds one slot, never the instance ([`crate::limiter`] keeps that wait
+//! under a second).
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsMessage, SqsMessageAttribute};
+use fanout_shared::{BackendError, QueueMessage};
+use tracing::warn;
+
+use crate::backend::Window;
+use crate::limiter::HOLD_IN_PLACE;
+use crate::record::Deadline;
+use crate::Consumer;
+
+/// How long an invocation keeps pulling: its runs' completions wait for its end.
+pub(crate) const PULL_FOR: Duration = Duration::from_secs(5);
+
+/// The time a pulled record's call is given, beyond its wait for a permit.
+const PULLED_CALL: Duration = Duration::from_secs(1);
+
+/// How long a pulled record stays hidden past the invocation's deadline: a record the
+/// invocation could not settle (it crashed, or a backend kept failing) comes back after it.
+const HIDDEN_PAST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// When an invocation may pull, and whether the queue still gave it anything.
+#[derive(Debug)]
+pub(crate) struct Pull {
+    until: Instant,
+    room_at: usize,
+    capacity: usize,
+    dry: bool,
+}
+
+impl Pull {
+    /// Pulling for an invocation that started now, with `deadline`, running `capacity` records
+    /// at once (none when pulling is off).
+    pub(crate) fn new(enabled: bool, capacity: usize, deadline: Deadline) -> Self {
+        let now = Instant::now();
+        // A record pulled later than this might not get its permit and call in before the
+        // deadline: it would only be received to be put back.
+        let tail = (deadline.budget / 4).max(HOLD_IN_PLACE + PULLED_CALL);
+        let until = (now + PULL_FOR).min(deadline.work_until.checked_sub(tail).unwrap_or(now));
+        Self {
+            until: if enabled { until } else { now },
+            room_at: capacity / 2,
+            capacity,
+            dry: false,
+        }
+    }
+
+    /// How many records to receive now, holding `held` (running or queued), if any.
+    pub(crate) fn room(&self, held: usize) -> Option<u32> {
+        if self.dry || held > self.room_at || Instant::now() >= self.until {
+            return None;
+        }
+        u32::try_from(self.capacity.saturating_sub(held).min(10))
+            .ok()
+            .filter(|n| *n > 0)
+    }
+
+    /// A receive gave nothing (or failed): no more pulling this invocation.
+    pub(crate) fn stop(&mut self) {
+        self.dry = true;
+    }
+}
+
+impl Consumer {
+    /// Receives up to `max` records for this invocation (a short poll), hidden until shortly
+    /// after its deadline.
+    pub(crate) async fn pull(
+        &self,
+        max: u32,
+        deadline: Deadline,
+    ) -> Result<Vec<SqsMessage>, BackendError> {
+        let hidden = deadline.ends.saturating_duration_since(Instant::now()) + HIDDEN_PAST_DEADLINE;
+        let messages = self.source.receive(max, hidden, Duration::ZERO).await?;
+        let queue = self.source.name().to_owned();
+        Ok(messages.into_iter().map(|m| to_record(&queue, m)).collect())
+    }
+
+    /// Deletes records this invocation settled or rescheduled (its batch's and the pulled).
+    /// One that cannot be deleted comes back and is found settled (or its copy's job waiting):
+    /// a repeated delivery, never a lost job. The event source mapping deletes the batch's
+    /// again after the invocation, which SQS answers as done.
+    pub(crate) async fn delete_done(&self, receipts: &[String], window: Window) {
+        if receipts.is_empty() {
+            return;
+        }
+        let deleted = self
+            .with_backend_retries("delete done", window, || self.source.delete(receipts))
+            .await;
+        if let Err(e) = deleted {
+            warn!(error = %e, records = receipts.len(), "could not delete settled records; they come back and are found settled");
+        }
+    }
+}
+
+/// A received queue message as the event source mapping hands it to the function: the body,
+/// the string attributes, the receive count and sent timestamp, the queue as its source.
+pub fn to_record(queue_name: &str, message: QueueMessage) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = Some(message.message_id);
+    record.receipt_handle = Some(message.receipt_handle);
+    record.body = Some(message.body);
+    record.attributes.insert(
+        "ApproximateReceiveCount".into(),
+        message.receive_count.to_string(),
+    );
+    record
+        .attributes
+        .insert("SentTimestamp".into(), message.sent_at_ms.to_string());
+    for (name, value) in message.attributes {
+        let mut attribute = SqsMessageAttribute::default();
+        attribute.string_value = Some(value);
+        attribute.data_type = Some("String".into());
+        record.message_attributes.insert(name, attribute);
+    }
+    record.event_source = Some("aws:sqs".into());
+    record.event_source_arn = Some(queue_name.to_owned());
+    record
+}
