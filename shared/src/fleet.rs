@@ -4,7 +4,9 @@
 //! # Leases
 //! Each working instance renews a lease every [`LEASE_RENEW`] (reading everyone else's in the
 //! same call); a lease lapses [`LEASE_TTL`] after its last renewal. An instance's share of a
-//! budget is `budget / n`, where `n` counts itself and every other live lease it has seen.
+//! budget is `budget / n`, where `n` counts itself and every other lease that was live when it
+//! last read them: a lease that lapses later is counted until the next read shows it gone,
+//! since its holder may have renewed it meanwhile.
 //! A joining instance that finds others at work waits until each of them has renewed once
 //! more (their next renewal is due by [`Lease::next_renewal_ms`], plus `JOIN_SLACK`): by then
 //! they all count it and have lowered their shares, so the fleet never sends above the budget
