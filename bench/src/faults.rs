@@ -325,78 +325,53 @@ async fn up(
     Ok((cloud, deployed.seconds, deployed.summary))
 }
 
-/// One EventBridge call (JSON protocol) straight to the emulator at `endpoint`, not through
-/// the proxies.
-async fn events_call(endpoint: &str, operation: &str, body: Value) -> Result<Value, String> {
+/// The stack's EventBridge Scheduler schedules (Scheduler's REST `ListSchedules`; the emulator
+/// reads no signature), as (name, state).
+async fn stack_schedules(endpoint: &str) -> Result<Vec<(String, String)>, String> {
     let answer = reqwest::Client::new()
-        .post(format!("{endpoint}/"))
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header("X-Amz-Target", format!("AWSEvents.{operation}"))
+        .get(format!("{endpoint}/schedules?NamePrefix={STACK}"))
         .header(
             "Authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/events/aws4_request, \
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/scheduler/aws4_request, \
              SignedHeaders=host, Signature=0",
         )
-        .body(body.to_string())
         .send()
         .await
-        .map_err(|e| format!("EventBridge {operation}: {e}"))?;
+        .map_err(|e| format!("Scheduler ListSchedules: {e}"))?;
     let status = answer.status();
     let text = answer.text().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(format!("EventBridge {operation}: {status} {text}"));
+        return Err(format!("Scheduler ListSchedules: {status} {text}"));
     }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Disables the stack's scheduled rules, the tick's and the watchdog's (every 5 minutes), so
-/// that no scheduled tick runs into a measured one and no sweep finishes a run its consumers
-/// left: the figure says what the consumers do alone (the watchdog is invoked by hand after
-/// [`FINISH_LIMIT`]). Answers the rules disabled.
-async fn disable_schedules(endpoint: &str) -> Result<Vec<String>, String> {
-    let rules = events_call(
-        endpoint,
-        "ListRules",
-        serde_json::json!({ "NamePrefix": STACK }),
-    )
-    .await?;
-    let mut disabled = Vec::new();
-    for rule in rules["Rules"].as_array().into_iter().flatten() {
-        let scheduled = rule["ScheduleExpression"]
-            .as_str()
-            .is_some_and(|e| !e.is_empty());
-        if let (true, Some(name)) = (scheduled, rule["Name"].as_str()) {
-            events_call(endpoint, "DisableRule", serde_json::json!({ "Name": name })).await?;
-            disabled.push(format!(
-                "{name} ({})",
-                rule["ScheduleExpression"].as_str().unwrap_or_default()
-            ));
-        }
-    }
-    let after = events_call(
-        endpoint,
-        "ListRules",
-        serde_json::json!({ "NamePrefix": STACK }),
-    )
-    .await?;
-    let still: Vec<&str> = after["Rules"]
+    let listed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(listed["Schedules"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| {
-            r["ScheduleExpression"]
-                .as_str()
-                .is_some_and(|e| !e.is_empty())
+        .map(|s| {
+            let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+            (field("Name"), field("State"))
         })
-        .filter(|r| r["State"] != "DISABLED")
-        .filter_map(|r| r["Name"].as_str())
+        .collect())
+}
+
+/// Checks that the stack's schedules, the tick's and the watchdog's (every 5 minutes), were
+/// deployed disabled (`schedulesEnabled=false`), so that no scheduled tick runs into a measured
+/// one and no sweep finishes a run its consumers left: the figure says what the consumers do
+/// alone (the watchdog is invoked by hand after [`FINISH_LIMIT`]). Answers the schedules.
+async fn schedules_disabled(endpoint: &str) -> Result<Vec<String>, String> {
+    let schedules = stack_schedules(endpoint).await?;
+    let enabled: Vec<&String> = schedules
+        .iter()
+        .filter(|(_, state)| state != "DISABLED")
+        .map(|(name, _)| name)
         .collect();
-    if disabled.len() < 2 || !still.is_empty() {
+    if schedules.len() < 2 || !enabled.is_empty() {
         return Err(format!(
-            "the stack's scheduled rules were not disabled: disabled {disabled:?}, still enabled {still:?}"
+            "the stack's schedules are not all disabled: {schedules:?} (still enabled: {enabled:?})"
         ));
     }
-    Ok(disabled)
+    Ok(schedules.into_iter().map(|(name, _)| name).collect())
 }
 
 /// Every request the chain has seen so far.
@@ -665,12 +640,12 @@ pub(crate) async fn measure(runs: usize) -> Result<Vec<Tick>, String> {
         serde_json::to_string(&config).map_err(|e| e.to_string())?,
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    // No scheduled tick runs into the measured ones (and the rules are disabled below).
-    let context = vec!["scheduleExpression=rate(1 day)".to_owned()];
+    // No scheduled tick runs into the measured ones: the schedules are deployed disabled.
+    let context = vec!["schedulesEnabled=false".to_owned()];
     let (cloud, deploy_s, summary) = up(cloud, &chain, &config_path, context).await?;
     eprintln!("fanout-bench faults: deployed in {deploy_s:.1} s [{summary}]");
     let endpoint = emulator_endpoint(&cloud.state_dir()).ok_or("the emulator wrote no port")?;
-    let disabled = disable_schedules(&endpoint).await?;
+    let disabled = schedules_disabled(&endpoint).await?;
     eprintln!("fanout-bench faults: disabled {}", disabled.join(", "));
     let sdk = cloud.sdk().await;
     let outputs = StackOutputs::describe(&sdk, STACK)
@@ -1115,8 +1090,8 @@ pub(crate) fn section(ticks: &[Tick]) -> Section {
         command: "target/release/fanout-bench faults".into(),
         workload: format!(
             "The real stack on the local cloud as in figure 8 (stack `{STACK}`, the stack's defaults, consumer \
-             `maxConcurrency` 5, batches of 10), one emulator for the figure. The stack's scheduled rules are disabled after the deploy \
-             (the tick's and the watchdog's, every 5 minutes), so no scheduled tick runs into a measured one and no \
+             `maxConcurrency` 5, batches of 10), one emulator for the figure. The stack's schedules are deployed disabled \
+             (`schedulesEnabled=false`: the tick's and the watchdog's, every 5 minutes), so no scheduled tick runs into a measured one and no \
              sweep finishes a run the consumers left: the figure is what the consumers do alone. Every AWS request of the deployed functions passes a chain of fault proxies \
              (`fanout_testkit::aws_proxy`, one per service: DynamoDB → SQS → SNS → EventBridge → the emulator, the \
              local cloud suite's `ProxyChain`), which counts it and draws each service's seeded rules over that \

@@ -92,6 +92,7 @@ pub async fn produce_tick(
     let tick = Tick {
         run_id: run_id.to_owned(),
         scheduled_at: None,
+        schedule: None,
     };
     let readers = list_readers(config, pipeline).await;
     let backends = Backends {

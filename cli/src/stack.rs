@@ -22,8 +22,9 @@ pub(crate) const TABLE_NAME: &str = "TableName";
 pub(crate) const LISTS_LOCATION: &str = "ListsLocation";
 /// Output holding the producer function's name (`fanout trigger`).
 pub(crate) const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
-/// Output holding the schedule rule's ARN (`fanout trigger`).
-pub(crate) const SCHEDULE_RULE_ARN: &str = "ScheduleRuleArn";
+/// Output holding the pipeline's EventBridge Scheduler schedules by name, comma-separated, the
+/// first the default of `fanout trigger --schedule`.
+pub(crate) const SCHEDULE_NAMES: &str = "ScheduleNames";
 
 /// Why a stack's outputs could not be had.
 #[derive(Debug, thiserror::Error)]

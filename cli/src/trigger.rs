@@ -1,8 +1,9 @@
-//! `fanout trigger`: runs the deployed producer now, with the event its EventBridge rule sends,
-//! and with `--wait` follows the tick until every job is settled (succeeded or in the DLQ).
+//! `fanout trigger`: runs the deployed producer now, with the input one of its EventBridge
+//! Scheduler schedules sends, and with `--wait` follows the tick until every job is settled
+//! (succeeded or in the DLQ).
 //!
-//! The function and the rule come from the stack's outputs (`ProducerFunctionName`,
-//! `ScheduleRuleArn`), so the same command ticks a stack on AWS and one in the local cloud.
+//! The function and the schedules come from the stack's outputs (`ProducerFunctionName`,
+//! `ScheduleNames`), so the same command ticks a stack on AWS and one in the local cloud.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use crate::args::Cli;
 use crate::failure::Failure;
 use crate::input::{load_config, seconds};
 use crate::settle::{settle, Settlement};
-use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_RULE_ARN};
+use crate::stack::{StackOutputs, PRODUCER_FUNCTION, SCHEDULE_NAMES};
 
 /// `fanout trigger`.
 #[derive(Debug, Args)]
@@ -33,9 +34,13 @@ pub(crate) struct TriggerArgs {
     /// time re-runs that tick: same run ID, same message IDs, so settled jobs are skipped.
     #[arg(long, conflicts_with = "run_id")]
     pub time: Option<String>,
-    /// Invoke with `{"run_id": ID}` (a manual run) instead of a scheduled event.
+    /// Invoke with `{"run_id": ID}` (a manual run) instead of a schedule's input.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// The schedule whose tick this is (its name in the stack's `schedules`; default: the
+    /// first). The run ID is the one that schedule's tick at `--time` gets.
+    #[arg(long, conflicts_with = "run_id")]
+    pub schedule: Option<String>,
     /// Wait until every job of the tick is succeeded or in the DLQ.
     #[arg(long, requires = "config")]
     pub wait: bool,
@@ -74,6 +79,16 @@ pub(crate) enum TriggerError {
         /// Its error message.
         message: String,
     },
+    /// `--schedule` names none of the stack's schedules.
+    #[error("stack {stack} has no schedule {asked:?}; its schedules: {}", .known.join(", "))]
+    NoSuchSchedule {
+        /// The stack.
+        stack: String,
+        /// The name given.
+        asked: String,
+        /// The stack's schedules.
+        known: Vec<String>,
+    },
     /// The producer answered something that is not its summary.
     #[error("the producer {function} answered {answer:?}: not a tick summary ({reason})")]
     Answer {
@@ -86,21 +101,12 @@ pub(crate) enum TriggerError {
     },
 }
 
-/// The EventBridge "Scheduled Event" that the rule `rule_arn` sends for `time`: the producer
-/// derives the run ID from the rule's name and the time, exactly as for a scheduled tick.
-pub(crate) fn scheduled_event(rule_arn: &str, time: DateTime<Utc>) -> Value {
-    // arn:aws:events:REGION:ACCOUNT:rule/NAME
-    let field = |i: usize| rule_arn.split(':').nth(i).unwrap_or_default().to_owned();
+/// The input the schedule `name` sends for `time` (the stack's schedules send exactly these
+/// keys): the producer derives the run ID from the name and the time, as for a scheduled tick.
+pub(crate) fn schedule_input(name: &str, time: DateTime<Utc>) -> Value {
     json!({
-        "version": "0",
-        "id": format!("{:032x}", fastrand::u128(..)),
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": field(4),
-        "time": time.to_rfc3339_opts(SecondsFormat::Secs, true),
-        "region": field(3),
-        "resources": [rule_arn],
-        "detail": {}
+        "schedule": name,
+        "scheduled_time": time.to_rfc3339_opts(SecondsFormat::Secs, true),
     })
 }
 
@@ -252,8 +258,8 @@ pub(crate) struct BadTime {
     reason: chrono::ParseError,
 }
 
-/// The event to invoke with: `{"run_id": …}`, or the scheduled event for `--time` (or now).
-pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, BadTime> {
+/// The event to invoke with: `{"run_id": …}`, or the input of `schedule` for `--time` (or now).
+pub(crate) fn event_for(args: &TriggerArgs, schedule: &str) -> Result<Value, BadTime> {
     if let Some(run_id) = &args.run_id {
         return Ok(json!({ "run_id": run_id }));
     }
@@ -266,7 +272,26 @@ pub(crate) fn event_for(args: &TriggerArgs, rule_arn: &str) -> Result<Value, Bad
             .with_timezone(&Utc),
         None => Utc::now(),
     };
-    Ok(scheduled_event(rule_arn, time))
+    Ok(schedule_input(schedule, time))
+}
+
+/// The schedule `--schedule` names among the stack's (`ScheduleNames`), or the first.
+fn pick_schedule(stack: &str, names: &str, asked: Option<&str>) -> Result<String, TriggerError> {
+    let known: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let found = match asked {
+        Some(asked) => known.iter().find(|n| *n == asked),
+        None => known.first(),
+    };
+    found.cloned().ok_or_else(|| TriggerError::NoSuchSchedule {
+        stack: stack.to_owned(),
+        asked: asked.unwrap_or_default().to_owned(),
+        known: known.clone(),
+    })
 }
 
 /// `fanout trigger`: invokes the stack's producer and, with `--wait`, follows the tick.
@@ -281,7 +306,7 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let config = args.config.as_deref().map(load_config).transpose()?;
     let sdk = fanout_shared::aws::load_sdk_config().await;
     let outputs = StackOutputs::describe(&sdk, stack).await?;
-    let [function, rule] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_RULE_ARN])?;
+    let [function, schedules] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_NAMES])?;
     if args.watchdog {
         let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await?;
         let answer: WatchdogAnswer = serde_json::from_str(&answer)
@@ -297,7 +322,9 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let event = event_for(args, &rule).map_err(|e| Failure::BadInput(e.to_string()))?;
+    let schedule = pick_schedule(stack, &schedules, args.schedule.as_deref())
+        .map_err(|e| Failure::BadInput(e.to_string()))?;
+    let event = event_for(args, &schedule).map_err(|e| Failure::BadInput(e.to_string()))?;
     let started = Instant::now();
     let answer = invoke_producer(&sdk, &function, &event).await?;
     let outcome = match (args.wait, &config, &args.config) {
@@ -384,24 +411,19 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn the_event_is_the_one_the_rule_sends_and_names_the_same_run() {
-        let rule = "arn:aws:events:eu-west-1:123456789012:rule/Fanout-Schedule83A0C4BA-1XJ";
+    fn the_input_is_the_one_the_schedule_sends_and_names_the_same_run() {
         let time = Utc
             .with_ymd_and_hms(2026, 11, 21, 10, 15, 0)
             .single()
             .unwrap();
-        let event = scheduled_event(rule, time);
-        assert_eq!(event["detail-type"], "Scheduled Event");
-        assert_eq!(event["source"], "aws.events");
-        assert_eq!(event["account"], "123456789012");
-        assert_eq!(event["region"], "eu-west-1");
-        assert_eq!(event["time"], "2026-11-21T10:15:00Z");
-        // The producer's own parser gives the run ID a scheduled tick of this rule would get.
-        let run_id = fanout_producer::run_id_from_event(&event).unwrap();
+        let input = schedule_input("nightly", time);
         assert_eq!(
-            run_id,
-            "rule/Fanout-Schedule83A0C4BA-1XJ@2026-11-21T10:15:00Z"
+            input,
+            json!({"schedule": "nightly", "scheduled_time": "2026-11-21T10:15:00Z"})
         );
+        // The producer's own parser gives the run ID a scheduled tick of this schedule gets.
+        let tick = fanout_producer::tick_from_event(&input, Utc::now()).unwrap();
+        assert_eq!(tick.run_id, "schedule/nightly@2026-11-21T10:15:00Z");
     }
 
     #[test]
@@ -409,24 +431,39 @@ mod tests {
         let args = |time: Option<&str>, run_id: Option<&str>| TriggerArgs {
             time: time.map(str::to_owned),
             run_id: run_id.map(str::to_owned),
+            schedule: None,
             wait: false,
             config: None,
             timeout: 1.0,
             json: false,
             watchdog: false,
         };
-        let rule = "arn:aws:events:us-east-1:000000000000:rule/r";
         assert_eq!(
-            event_for(&args(None, Some("backfill-1")), rule).unwrap(),
+            event_for(&args(None, Some("backfill-1")), "tick").unwrap(),
             json!({"run_id": "backfill-1"})
         );
         assert_eq!(
-            event_for(&args(Some("2026-11-21T10:15:00+01:00"), None), rule).unwrap()["time"],
+            event_for(&args(Some("2026-11-21T10:15:00+01:00"), None), "tick").unwrap()
+                ["scheduled_time"],
             "2026-11-21T09:15:00Z"
         );
-        assert!(event_for(&args(Some("yesterday"), None), rule)
+        assert!(event_for(&args(Some("yesterday"), None), "tick")
             .unwrap_err()
             .to_string()
             .contains("--time \"yesterday\""));
+    }
+
+    #[test]
+    fn the_schedule_is_the_first_or_the_one_named() {
+        assert_eq!(pick_schedule("S", "tick,nightly", None).unwrap(), "tick");
+        assert_eq!(
+            pick_schedule("S", "tick, nightly", Some("nightly")).unwrap(),
+            "nightly"
+        );
+        let err = pick_schedule("S", "tick,nightly", Some("hourly")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stack S has no schedule \"hourly\"; its schedules: tick, nightly"
+        );
     }
 }

@@ -6,6 +6,17 @@ import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { pipelineMetric } from './metrics';
+import { isUtc } from './time-zone';
+
+/** What the `ProducerNotRunning` alarm of a schedule needs to know about it. */
+export interface AlarmedSchedule {
+  /** The `Schedule` dimension of its `Ticks`. */
+  readonly name: string;
+  /** Seconds between two of its ticks; none for a one-time schedule, which gets no alarm. */
+  readonly periodSeconds?: number;
+  /** The zone it fires in: outside UTC a daylight-saving shift moves a tick by up to an hour. */
+  readonly timeZone: string;
+}
 
 /** What the alarms watch and where their descriptions point. */
 export interface PipelineAlarmsProps {
@@ -16,8 +27,8 @@ export interface PipelineAlarmsProps {
   readonly oldestMessageAgeAlarmSeconds: number;
   /** The `Pipeline` dimension of the run metrics: the pipeline's name. */
   readonly pipeline: string;
-  /** Seconds between two scheduled ticks (see `schedulePeriod` in settings.ts). */
-  readonly schedulePeriodSeconds: number;
+  /** The pipeline's tick schedules: a `ProducerNotRunning` alarm for each with a period. */
+  readonly schedules: readonly AlarmedSchedule[];
   /** docs/runbook.md (a URL or repo path); each alarm links its own section. */
   readonly runbookUrl: string;
   /** Receives alarm and OK notifications when set. */
@@ -34,8 +45,9 @@ const DAY = 86_400;
  * one of them without a tick. Either way the alarm needs a gap of at least two schedule periods,
  * so a tick that comes a few seconds late does not page anyone.
  */
-export function tickWindow(schedulePeriodSeconds: number): { periodSeconds: number; evaluationPeriods: number } {
-  const window = 2 * schedulePeriodSeconds;
+export function tickWindow(schedulePeriodSeconds: number, shiftSeconds = 0): { periodSeconds: number; evaluationPeriods: number } {
+  // A clock change's hour is added only as far as CloudWatch's 7 days allow.
+  const window = Math.max(2 * schedulePeriodSeconds, Math.min(2 * schedulePeriodSeconds + shiftSeconds, 7 * DAY));
   return window <= DAY
     ? { periodSeconds: window, evaluationPeriods: 1 }
     : { periodSeconds: DAY, evaluationPeriods: Math.ceil(window / DAY) };
@@ -48,7 +60,7 @@ export function tickWindow(schedulePeriodSeconds: number): { periodSeconds: numb
  * exception is the tick count, whose absence is the incident.
  */
 export class PipelineAlarms extends Construct {
-  /** The alarms, keyed by their runbook anchor. */
+  /** The alarms, keyed by their runbook anchor (`producer-not-running/SCHEDULE` per schedule). */
   readonly alarms: Record<string, cloudwatch.Alarm> = {};
 
   constructor(scope: Construct, id: string, props: PipelineAlarmsProps) {
@@ -63,6 +75,7 @@ export class PipelineAlarms extends Construct {
       metric: cloudwatch.Metric,
       threshold: number,
       opts: Partial<Pick<cloudwatch.AlarmProps, 'comparisonOperator' | 'treatMissingData' | 'evaluationPeriods'>> = {},
+      key = anchor,
     ) => {
       const alarm = new cloudwatch.Alarm(this, id, {
         metric,
@@ -77,7 +90,7 @@ export class PipelineAlarms extends Construct {
         alarm.addAlarmAction(notify);
         alarm.addOkAction(notify);
       }
-      this.alarms[anchor] = alarm;
+      this.alarms[key] = alarm;
     };
 
     add(
@@ -116,21 +129,32 @@ export class PipelineAlarms extends Construct {
       1,
     );
 
-    const ticks = tickWindow(props.schedulePeriodSeconds);
-    add(
-      'ProducerNotRunning',
-      'producer-not-running',
-      `fanout: the producer counted no scheduled tick in ${ticks.periodSeconds * ticks.evaluationPeriods}s ` +
-        `(at least two schedule periods of ${props.schedulePeriodSeconds}s): ` +
-        'the schedule is disabled, the function cannot start, or its metrics are not arriving.',
-      pipelineMetric(props.pipeline, 'Ticks', { statistic: 'Sum', period: Duration.seconds(ticks.periodSeconds) }),
-      1,
-      {
-        evaluationPeriods: ticks.evaluationPeriods,
-        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.BREACHING,
-      },
-    );
+    for (const schedule of props.schedules) {
+      if (schedule.periodSeconds === undefined) continue;
+      // A zone with daylight saving moves a tick by an hour twice a year.
+      const shift = isUtc(schedule.timeZone) ? 0 : 3600;
+      const ticks = tickWindow(schedule.periodSeconds, shift);
+      add(
+        `ProducerNotRunning-${schedule.name}`,
+        'producer-not-running',
+        `fanout: the producer counted no tick of schedule ${schedule.name} in ${ticks.periodSeconds * ticks.evaluationPeriods}s ` +
+          `(at least two periods of ${schedule.periodSeconds}s${shift ? `, plus ${shift}s for ${schedule.timeZone}'s clock changes` : ''}): ` +
+          'the schedule is disabled, the function cannot start, or its metrics are not arriving.',
+        pipelineMetric(
+          props.pipeline,
+          'Ticks',
+          { statistic: 'Sum', period: Duration.seconds(ticks.periodSeconds) },
+          { Schedule: schedule.name },
+        ),
+        1,
+        {
+          evaluationPeriods: ticks.evaluationPeriods,
+          comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+          treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+        },
+        `producer-not-running/${schedule.name}`,
+      );
+    }
     add(
       'RunOverdue',
       'run-overdue',

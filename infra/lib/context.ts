@@ -14,6 +14,8 @@ const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
   configFile: 'string',
   scheduleExpression: 'string',
   schedulePeriodSeconds: 'number',
+  scheduleTimeZone: 'string',
+  schedulesEnabled: 'boolean',
   producerTimeoutSeconds: 'number',
   producerMemoryMb: 'number',
   producerTmpMb: 'number',

@@ -1,12 +1,12 @@
 import { Annotations, Duration, RemovalPolicy, Size, Stack, Validations } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
-import * as events from 'aws-cdk-lib/aws-events';
-import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as scheduler from 'aws-cdk-lib/aws-scheduler';
+import * as schedulerTargets from 'aws-cdk-lib/aws-scheduler-targets';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -16,10 +16,20 @@ import { PipelineDashboard } from './dashboard';
 import { lambdaAsset } from './lambda-asset';
 import { type FanoutPipelineProps, PROP_NAMING, toSettings } from './pipeline-props';
 import { EVENT_SOURCE, RunNotifications } from './run-events';
+import { type ResolvedSchedule, resolveSchedules } from './schedules';
 import { type SettingSources, packagedSettingSources } from './setting-sources';
-import { type FanoutSettings, minVisibilityTimeout, resolveSettings, schedulePeriod } from './settings';
+import { type FanoutSettings, minVisibilityTimeout, resolveSettings } from './settings';
 
 export type { FanoutPipelineProps } from './pipeline-props';
+export type { FanoutScheduleProps } from './schedules';
+
+/** One of the pipeline's tick schedules. */
+export interface PipelineSchedule {
+  /** Its name in the pipeline (run IDs `schedule/NAME@TIME`, `fanout trigger --schedule`). */
+  readonly name: string;
+  /** The EventBridge Scheduler schedule. */
+  readonly schedule: scheduler.Schedule;
+}
 
 /** A pipeline name as the dashboard name and metric dimension accept it. */
 const PIPELINE_NAME = /^[A-Za-z0-9_-]{1,200}$/;
@@ -54,10 +64,10 @@ export class FanoutPipeline extends Construct {
   readonly listsLocation: string;
   readonly producer: lambda.Function;
   readonly consumer: lambda.Function;
-  /** The rule that starts a run on the schedule. */
-  readonly scheduleRule: events.Rule;
-  /** The rule that invokes the producer every 5 minutes as the watchdog. */
-  readonly watchdogRule: events.Rule;
+  /** The schedules that start runs, in the order given (the first is `fanout trigger`'s default). */
+  readonly schedules: PipelineSchedule[];
+  /** The schedule that invokes the producer every 5 minutes as the watchdog. */
+  readonly watchdogSchedule: scheduler.Schedule;
   readonly alarms: PipelineAlarms;
   readonly runNotifications: RunNotifications;
   readonly dashboard: PipelineDashboard;
@@ -67,6 +77,7 @@ export class FanoutPipeline extends Construct {
     const s = (this.settings = resolveSettings(toSettings(props, props.queueProps?.visibilityTimeout), PROP_NAMING));
     const name = (this.pipelineName = props.pipelineName ?? `${Stack.of(this).stackName}-${id}`);
     this.checkObjectProps(props);
+    const tickSchedules = resolveSchedules(s, props.schedules, PROP_NAMING.subject);
 
     const dataRemoval = s.retainData ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
     const architecture = props.architecture ?? lambda.Architecture.ARM_64;
@@ -238,15 +249,31 @@ export class FanoutPipeline extends Construct {
       );
     }
 
-    this.scheduleRule = new events.Rule(this, 'Schedule', {
-      description: 'Starts a fanout producer run',
-      schedule: events.Schedule.expression(s.scheduleExpression),
-      targets: [new targets.LambdaFunction(this.producer)],
+    // One role for every schedule of the pipeline: Scheduler may invoke the producer, for this
+    // account's schedules only (the confused-deputy guard AWS documents).
+    const schedulerRole = new iam.Role(this, 'SchedulerRole', {
+      assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com', {
+        conditions: { StringEquals: { 'aws:SourceAccount': Stack.of(this).account } },
+      }),
+      description: 'EventBridge Scheduler invokes the fanout producer',
     });
-    this.watchdogRule = new events.Rule(this, 'Watchdog', {
+    const producerId = Stack.of(this).getLogicalId(this.producer.node.defaultChild as lambda.CfnFunction);
+    Validations.of(schedulerRole).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::<${producerId}.Arn>:*]`,
+      reason: "the Scheduler target's own grant (grantInvoke): the producer and its versions, nothing else",
+    });
+    this.schedules = tickSchedules.map((tick) => ({
+      name: tick.name,
+      schedule: this.tickSchedule(tick, schedulerRole),
+    }));
+    this.watchdogSchedule = new scheduler.Schedule(this, 'Watchdog', {
       description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
-      schedule: events.Schedule.expression('rate(5 minutes)'),
-      targets: [new targets.LambdaFunction(this.producer, { event: events.RuleTargetInput.fromObject({ watchdog: true }) })],
+      schedule: scheduler.ScheduleExpression.rate(Duration.minutes(5)),
+      target: new schedulerTargets.LambdaInvoke(this.producer, {
+        input: scheduler.ScheduleTargetInput.fromObject({ watchdog: true }),
+        role: schedulerRole,
+      }),
+      enabled: s.schedulesEnabled,
     });
 
     this.runNotifications = new RunNotifications(this, 'Runs', { pipeline: name, emails: s.runNotificationEmails });
@@ -265,9 +292,30 @@ export class FanoutPipeline extends Construct {
       consumer: this.consumer,
       oldestMessageAgeAlarmSeconds: s.oldestMessageAgeAlarmSeconds,
       pipeline: name,
-      schedulePeriodSeconds: schedulePeriod(s),
+      schedules: tickSchedules,
       runbookUrl: s.runbookUrl,
       alarmTopic: props.alarmTopic,
+    });
+  }
+
+  /**
+   * A schedule that ticks the producer with `{"schedule": NAME, "scheduled_time": TIME}`, TIME
+   * being Scheduler's `<aws.scheduler.scheduled-time>`: the producer makes the run ID of both,
+   * so a tick delivered twice is one run.
+   */
+  private tickSchedule(tick: ResolvedSchedule, role: iam.IRole): scheduler.Schedule {
+    return new scheduler.Schedule(this, `Schedule-${tick.name}`, {
+      description: `Starts a fanout producer run (schedule ${tick.name})`,
+      schedule: tick.expression,
+      target: new schedulerTargets.LambdaInvoke(this.producer, {
+        input: scheduler.ScheduleTargetInput.fromObject({
+          schedule: tick.name,
+          scheduled_time: scheduler.ContextAttribute.scheduledTime,
+        }),
+        role,
+      }),
+      timeWindow: tick.flexibleWindow ? scheduler.TimeWindow.flexible(tick.flexibleWindow) : scheduler.TimeWindow.off(),
+      enabled: tick.enabled,
     });
   }
 
@@ -287,6 +335,12 @@ export class FanoutPipeline extends Construct {
     const sharer = props.existingTableObj && this.otherPipelines().find((p) => p.table === props.existingTableObj);
     if (sharer) {
       problems.push(`existingTableObj is the table of ${sharer.node.path}: one table per pipeline, or their run ledgers mix`);
+    }
+    if (props.schedules !== undefined) {
+      const single = (['schedule', 'schedulePeriod', 'scheduleTimeZone'] as const).filter((p) => props[p] !== undefined);
+      if (single.length > 0) {
+        problems.push(`schedules: not with ${single.join(', ')}, which describe the one default schedule (give each schedule its own)`);
+      }
     }
     if (props.queueProps?.deadLetterQueue) {
       problems.push('queueProps.deadLetterQueue: the pipeline wires its own DLQ (deadLetterQueueProps, maxReceiveCount)');

@@ -1,4 +1,4 @@
-import { CfnOutput, Duration, Size, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Size, Stack, type StackProps, TimeZone } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as logs from 'aws-cdk-lib/aws-logs';
@@ -49,9 +49,12 @@ export class FanoutStack extends Stack {
     // For `aws logs tail` in the runbook; the function names are generated.
     new CfnOutput(this, 'ProducerLogGroup', { value: p.producer.logGroup.logGroupName });
     new CfnOutput(this, 'ConsumerLogGroup', { value: p.consumer.logGroup.logGroupName });
-    // For `fanout trigger`: invokes the producer with the event this rule would send.
+    // For `fanout trigger`: invokes the producer with the input one of these schedules sends.
     new CfnOutput(this, 'ProducerFunctionName', { value: p.producer.functionName });
-    new CfnOutput(this, 'ScheduleRuleArn', { value: p.scheduleRule.ruleArn });
+    new CfnOutput(this, 'ScheduleNames', {
+      value: p.schedules.map((schedule) => schedule.name).join(','),
+      description: 'the schedules by name, the first the default of fanout trigger --schedule',
+    });
     new CfnOutput(this, 'RunNotificationsTopicArn', {
       value: p.runNotifications.topic.topicArn,
       description: 'one message per finished run: subscribe to it',
@@ -71,6 +74,8 @@ export function pipelineProps(s: FanoutSettings): FanoutPipelineProps {
     architecture: s.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64,
     schedule: events.Schedule.expression(s.scheduleExpression),
     schedulePeriod: seconds(s.schedulePeriodSeconds),
+    scheduleTimeZone: TimeZone.of(s.scheduleTimeZone),
+    schedulesEnabled: s.schedulesEnabled,
     producerTimeout: seconds(s.producerTimeoutSeconds),
     producerMemorySize: s.producerMemoryMb,
     producerEphemeralStorageSize: Size.mebibytes(s.producerTmpMb),

@@ -36,12 +36,20 @@ export function consumerMetric(consumer: lambda.IFunction, metricName: string, o
   });
 }
 
-/** A run metric: dimension `Pipeline` = the pipeline's name (`FANOUT_PIPELINE`). */
-export function pipelineMetric(pipeline: string, metricName: string, opts: MetricOptions = {}): cloudwatch.Metric {
+/**
+ * A run metric: dimension `Pipeline` = the pipeline's name (`FANOUT_PIPELINE`), and any `more`
+ * (the producer's `Ticks` also per `Schedule`).
+ */
+export function pipelineMetric(
+  pipeline: string,
+  metricName: string,
+  opts: MetricOptions = {},
+  more: Record<string, string> = {},
+): cloudwatch.Metric {
   return new cloudwatch.Metric({
     namespace: NAMESPACE,
     metricName,
-    dimensionsMap: { Pipeline: pipeline },
+    dimensionsMap: { Pipeline: pipeline, ...more },
     period: Duration.minutes(5),
     ...opts,
   });

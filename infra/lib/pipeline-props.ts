@@ -1,4 +1,4 @@
-import { type Duration, type Size, SizeRoundingBehavior } from 'aws-cdk-lib';
+import { type Duration, type Size, SizeRoundingBehavior, type TimeZone } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as events from 'aws-cdk-lib/aws-events';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -6,6 +6,7 @@ import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { FanoutScheduleProps } from './schedules';
 import type { FanoutSettings, Naming } from './settings';
 
 /**
@@ -43,11 +44,32 @@ export interface FanoutPipelineProps {
   readonly pipelineName?: string;
 
   /**
-   * When the producer runs: `events.Schedule.rate(...)` (at most 3.5 days) or
-   * `events.Schedule.expression('cron(...)')`.
+   * The pipeline's EventBridge Scheduler schedules, each with its name, expression and time
+   * zone (an hourly sync and a nightly report in Tokyo are two entries). Each tick's run ID
+   * comes from its schedule's name and scheduled time; each schedule has its own
+   * `ProducerNotRunning` alarm. Not with `schedule`, `schedulePeriod` or `scheduleTimeZone`,
+   * which describe the one default schedule.
+   * @default one schedule named `tick`, from `schedule`, `schedulePeriod` and `scheduleTimeZone`
+   */
+  readonly schedules?: FanoutScheduleProps[];
+  /**
+   * When the producer runs, with `schedules` unset: `events.Schedule.rate(...)` (at most 3.5
+   * days) or `events.Schedule.expression('cron(...)')`, in `scheduleTimeZone`.
    * @default events.Schedule.rate(Duration.minutes(15))
    */
   readonly schedule?: events.Schedule;
+  /**
+   * The time zone of `schedule` (a cron fires at its hours in that zone, daylight saving
+   * included).
+   * @default TimeZone.ETC_UTC
+   */
+  readonly scheduleTimeZone?: TimeZone;
+  /**
+   * Deploy the schedules enabled; `false` deploys them (the watchdog's too) disabled, for a
+   * pipeline ticked by hand (`fanout trigger`).
+   * @default true
+   */
+  readonly schedulesEnabled?: boolean;
   /**
    * Time between two ticks (for an irregular cron, the longest gap), whole minutes up to 3.5
    * days. Required with a cron schedule; a rate schedule gives it itself. The
@@ -248,7 +270,8 @@ type ObjectProps =
   | 'pipelineName'
   | 'existingListsBucketObj'
   | 'listsBucketProps'
-  | 'listsPrefix';
+  | 'listsPrefix'
+  | 'schedules';
 
 /** How pipeline problems name things: the prop, with the unit the check counts in. */
 export const PROP_NAMING: Naming = {
@@ -263,6 +286,8 @@ const PROP_LABELS: Record<keyof FanoutSettings, string> = {
   configFile: 'configFile',
   scheduleExpression: 'schedule',
   schedulePeriodSeconds: 'schedulePeriod (s)',
+  scheduleTimeZone: 'scheduleTimeZone',
+  schedulesEnabled: 'schedulesEnabled',
   producerTimeoutSeconds: 'producerTimeout (s)',
   producerMemoryMb: 'producerMemorySize',
   producerTmpMb: 'producerEphemeralStorageSize (MiB)',
@@ -304,6 +329,8 @@ export function toSettings(props: Omit<FanoutPipelineProps, ObjectProps>, visibi
     architecture: props.architecture?.name as FanoutSettings['architecture'] | undefined,
     scheduleExpression: props.schedule?.expressionString,
     schedulePeriodSeconds: s(props.schedulePeriod),
+    scheduleTimeZone: props.scheduleTimeZone?.timezoneName,
+    schedulesEnabled: props.schedulesEnabled,
     producerTimeoutSeconds: s(props.producerTimeout),
     producerMemoryMb: props.producerMemorySize,
     producerTmpMb: props.producerEphemeralStorageSize?.toMebibytes({ rounding: SizeRoundingBehavior.NONE }),

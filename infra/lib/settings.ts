@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { RetentionDays } from 'aws-cdk-lib/aws-logs';
+import { isTimeZone } from './time-zone';
 
 /** Lambda instruction set; the binaries in the asset directories must match it. */
 export type Architecture = 'arm64' | 'x86_64';
@@ -27,6 +28,17 @@ export interface FanoutSettings {
    * fires when no tick was counted for two of these periods.
    */
   readonly schedulePeriodSeconds?: number;
+  /**
+   * The IANA time zone the schedule fires in (EventBridge Scheduler's
+   * `ScheduleExpressionTimezone`), e.g. `Asia/Tokyo`: `cron(0 0 * * ? *)` is then midnight in
+   * Tokyo, daylight saving included where the zone has it.
+   */
+  readonly scheduleTimeZone: string;
+  /**
+   * Deploy the schedules enabled. `false` deploys every schedule of the pipeline disabled, the
+   * watchdog's included (a staging stack ticked by hand with `fanout trigger`, a benchmark).
+   */
+  readonly schedulesEnabled: boolean;
   readonly producerTimeoutSeconds: number;
   readonly producerMemoryMb: number;
   /**
@@ -133,6 +145,8 @@ export const DEFAULTS: Omit<FanoutSettings, OptionalKeys> = {
   architecture: 'arm64',
   configFile: 'fanout.json',
   scheduleExpression: 'rate(15 minutes)',
+  scheduleTimeZone: 'UTC',
+  schedulesEnabled: true,
   producerTimeoutSeconds: 120,
   producerMemoryMb: 256,
   producerTmpMb: 2048,
@@ -239,6 +253,9 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}, naming: Nam
     problems.push(`${n('configFile')} must be a plain file name inside the package, got ${JSON.stringify(s.configFile)}`);
   }
   checkSchedule(s, problems, n);
+  if (typeof s.scheduleTimeZone !== 'string' || !isTimeZone(s.scheduleTimeZone)) {
+    problems.push(`${n('scheduleTimeZone')} must be an IANA time zone such as Asia/Tokyo or UTC, got ${JSON.stringify(s.scheduleTimeZone)}`);
+  }
   int('producerTimeoutSeconds', 1, 900);
   int('consumerTimeoutSeconds', 1, 900);
   int('producerMemoryMb', 128, 10_240);

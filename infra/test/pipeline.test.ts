@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Duration, Size, type Stack } from 'aws-cdk-lib';
+import { Duration, Size, type Stack, TimeZone } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import { ScheduleExpression } from 'aws-cdk-lib/aws-scheduler';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { FanoutPipeline, type FanoutPipelineProps } from '../lib';
 import { pipelineProps } from '../lib/fanout-stack';
@@ -95,6 +96,46 @@ describe('FanoutPipeline props are checked at synth, each bad prop named', () =>
     rejects({ schedule: events.Schedule.expression('cron(0 6 * * ? *)') }, /schedulePeriod \(s\) is required with a cron/);
     rejects({ schedulePeriod: Duration.minutes(10) }, /schedulePeriod \(s\) \(600\) contradicts rate\(15 minutes\)/);
     assert.doesNotThrow(() => pipeline({ schedule: events.Schedule.expression('cron(0 6 * * ? *)'), schedulePeriod: Duration.days(1) }));
+    rejects({ scheduleTimeZone: TimeZone.of('Mars/Olympus') }, /scheduleTimeZone must be an IANA time zone such as Asia\/Tokyo or UTC, got "Mars\/Olympus"/);
+  });
+
+  test('schedules: each checked and named, not mixed with the single schedule props', () => {
+    const midnightTokyo = ScheduleExpression.cron({ minute: '0', hour: '0', timeZone: TimeZone.ASIA_TOKYO });
+    const problems = (schedules: NonNullable<FanoutPipelineProps['schedules']>) => {
+      try {
+        pipeline({ schedules });
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return '';
+    };
+    const message = problems([
+      { name: 'nightly', expression: midnightTokyo },
+      { name: 'nightly', expression: ScheduleExpression.rate(Duration.hours(1)) },
+      { name: 'bad name', expression: ScheduleExpression.rate(Duration.days(4)) },
+      { name: 'odd', expression: ScheduleExpression.expression('every day') },
+      { name: 'mars', expression: ScheduleExpression.expression('rate(1 hour)', TimeZone.of('Mars/Olympus')) },
+      { name: 'once', expression: ScheduleExpression.at(new Date('2026-12-24T18:00:00Z')), period: Duration.days(1) },
+      { name: 'loose', expression: ScheduleExpression.rate(Duration.hours(1)), period: Duration.minutes(30), flexibleWindow: Duration.seconds(30) },
+    ]);
+    for (const expected of [
+      /schedules\[0\] \(nightly\)\.period is required with cron\(0 0 \* \* \? \*\)/,
+      /schedules\[1\] \(nightly\)\.name is used twice/,
+      /schedules\[2\] \(bad name\)\.name must be 1-64 letters/,
+      /schedules\[2\] \(bad name\)\.expression rate\(4 days\) is longer than 3\.5 days/,
+      /schedules\[3\] \(odd\)\.expression must be rate\(\.\.\.\), cron\(\.\.\.\) or at\(\.\.\.\), got "every day"/,
+      /schedules\[4\] \(mars\)\.expression: "Mars\/Olympus" is not an IANA time zone/,
+      /schedules\[5\] \(once\)\.period: a one-time at\(\.\.\.\) schedule has no period/,
+      /schedules\[6\] \(loose\)\.period \(1800 s\) contradicts rate\(1 hour\)/,
+      /schedules\[6\] \(loose\)\.flexibleWindow must be 1 to 1440 whole minutes, got 0\.5 min/,
+    ]) {
+      assert.match(message, expected);
+    }
+    assert.match(problems([]), /schedules is empty/);
+    rejects(
+      { schedules: [{ name: 'a', expression: midnightTokyo, period: Duration.days(1) }], schedule: events.Schedule.rate(Duration.hours(1)), scheduleTimeZone: TimeZone.ASIA_TOKYO },
+      /schedules: not with schedule, scheduleTimeZone, which describe the one default schedule/,
+    );
   });
 
   test('queue overrides: visibility, the DLQ wiring, FIFO, retention order', () => {
@@ -162,7 +203,25 @@ describe('several pipelines', () => {
   test('two in one stack: everything twice, names apart, no outputs', () => {
     const stack = emptyStack('Jobs');
     const sync = pipeline({}, stack, 'Sync');
-    const report = pipeline({ schedule: events.Schedule.expression('cron(0 0 * * ? *)'), schedulePeriod: Duration.days(1) }, stack, 'Report');
+    // The report: nightly at midnight in Tokyo (daylight saving or not), and a weekly catch-up
+    // disabled for now, and a one-time run on a fixed date.
+    const report = pipeline(
+      {
+        schedules: [
+          { name: 'nightly', expression: ScheduleExpression.cron({ minute: '0', hour: '0', timeZone: TimeZone.ASIA_TOKYO }), period: Duration.days(1) },
+          {
+            name: 'catch-up',
+            expression: ScheduleExpression.expression('cron(0 6 ? * SUN *)', TimeZone.EUROPE_BERLIN),
+            period: Duration.days(3.5),
+            flexibleWindow: Duration.minutes(30),
+            enabled: false,
+          },
+          { name: 'year-end', expression: ScheduleExpression.at(new Date('2026-12-31T12:00:00Z'), TimeZone.ASIA_TOKYO) },
+        ],
+      },
+      stack,
+      'Report',
+    );
     const t = Template.fromStack(stack);
     for (const [type, count] of Object.entries({
       'AWS::Lambda::Function': 4,
@@ -170,8 +229,12 @@ describe('several pipelines', () => {
       'AWS::SNS::Topic': 4,
       'AWS::DynamoDB::Table': 2,
       'AWS::CloudWatch::Dashboard': 2,
-      'AWS::CloudWatch::Alarm': 16,
-      'AWS::Events::Rule': 6,
+      // 7 each, and one ProducerNotRunning per schedule with a period: 1 + 2.
+      'AWS::CloudWatch::Alarm': 17,
+      // Each pipeline's run-event rule; the schedules are Scheduler's: 1 + 3 ticks, 2 watchdogs.
+      'AWS::Events::Rule': 2,
+      'AWS::Scheduler::Schedule': 6,
+      'AWS::IAM::Role': 6,
       'AWS::KMS::Key': 2,
     })) {
       t.resourceCountIs(type, count);
@@ -184,6 +247,28 @@ describe('several pipelines', () => {
     assert.match(dashboards[1], /Jobs-Sync-/);
     const runRules = all(t, 'AWS::Events::Rule').filter((r) => r.EventPattern).map((r) => r.EventPattern.detail.pipeline[0]).sort();
     assert.deepEqual(runRules, ['Jobs-Report', 'Jobs-Sync']);
+    const schedules = all(t, 'AWS::Scheduler::Schedule')
+      .filter((s) => s.Target.Input.includes('scheduled_time'))
+      .map((s) => [JSON.parse(s.Target.Input).schedule, s.ScheduleExpression, s.ScheduleExpressionTimezone, s.State, s.FlexibleTimeWindow.Mode])
+      .sort();
+    assert.deepEqual(schedules, [
+      ['catch-up', 'cron(0 6 ? * SUN *)', 'Europe/Berlin', 'DISABLED', 'FLEXIBLE'],
+      ['nightly', 'cron(0 0 * * ? *)', 'Asia/Tokyo', 'ENABLED', 'OFF'],
+      ['tick', 'rate(15 minutes)', 'UTC', 'ENABLED', 'OFF'],
+      ['year-end', 'at(2026-12-31T12:00:00)', 'Asia/Tokyo', 'ENABLED', 'OFF'],
+    ]);
+    const notRunning = all(t, 'AWS::CloudWatch::Alarm')
+      .filter((a) => a.MetricName === 'Ticks')
+      .map((a) => [a.Dimensions.map((d: { Value: string }) => d.Value).join('/'), a.Period * a.EvaluationPeriods])
+      .sort();
+    // Two days, and an hour more in zones with clock changes; the one-time schedule has none.
+    assert.deepEqual(notRunning, [
+      // 3.5 days: two periods are CloudWatch's 7 days already, no room for the hour.
+      ['Jobs-Report/catch-up', 7 * 86_400],
+      ['Jobs-Report/nightly', 3 * 86_400],
+      ['Jobs-Sync/tick', 1800],
+    ]);
+    assert.deepEqual(report.schedules.map((s) => s.name), ['nightly', 'catch-up', 'year-end']);
     assert.deepEqual(t.toJSON().Outputs ?? {}, {});
   });
 

@@ -37,20 +37,43 @@ function env(suffix: string, t = template): Record<string, unknown> {
 }
 
 describe('schedule and producer', () => {
-  test('an EventBridge rule runs the producer on the configured expression', () => {
-    template.hasResourceProperties('AWS::Events::Rule', {
+  test('an EventBridge Scheduler schedule runs the producer on the configured expression, in its time zone', () => {
+    const schedule = resources[idByPath(template, 'Fanout/Default/Schedule-tick/Resource')].Properties;
+    assert.deepEqual(schedule, {
+      Description: 'Starts a fanout producer run (schedule tick)',
+      FlexibleTimeWindow: { Mode: 'OFF' },
       ScheduleExpression: 'rate(15 minutes)',
+      ScheduleExpressionTimezone: 'UTC',
       State: 'ENABLED',
-      Targets: [Match.objectLike({ Arn: arn(PRODUCER) })],
+      Target: {
+        Arn: arn(PRODUCER),
+        // The producer makes the run ID of the name and Scheduler's scheduled time.
+        Input: JSON.stringify({ schedule: 'tick', scheduled_time: '<aws.scheduler.scheduled-time>' }),
+        RetryPolicy: { MaximumEventAgeInSeconds: 86_400, MaximumRetryAttempts: 185 },
+        RoleArn: arn('Fanout/Default/SchedulerRole/Resource'),
+      },
     });
-    template.hasResourceProperties('AWS::Lambda::Permission', {
-      Action: 'lambda:InvokeFunction',
-      Principal: 'events.amazonaws.com',
-      FunctionName: arn(PRODUCER),
+    // Scheduler assumes the role, for this account's schedules only; the role may invoke the producer.
+    const role = resources[idByPath(template, 'Fanout/Default/SchedulerRole/Resource')].Properties;
+    assert.deepEqual(role.AssumeRolePolicyDocument.Statement, [
+      {
+        Action: 'sts:AssumeRole',
+        Condition: { StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } } },
+        Effect: 'Allow',
+        Principal: { Service: 'scheduler.amazonaws.com' },
+      },
+    ]);
+    template.hasResourceProperties('AWS::IAM::Policy', {
+      Roles: [ref('Fanout/Default/SchedulerRole/Resource')],
+      PolicyDocument: { Statement: [Match.objectLike({ Action: 'lambda:InvokeFunction' })] },
     });
-    synth({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 }).hasResourceProperties('AWS::Events::Rule', {
-      ScheduleExpression: 'cron(0 6 * * ? *)',
+    assert.equal(Object.keys(template.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: Match.anyValue() } })).length, 0);
+    const tokyo = synth({ scheduleExpression: 'cron(0 0 * * ? *)', schedulePeriodSeconds: 86_400, scheduleTimeZone: 'Asia/Tokyo' });
+    tokyo.hasResourceProperties('AWS::Scheduler::Schedule', {
+      ScheduleExpression: 'cron(0 0 * * ? *)',
+      ScheduleExpressionTimezone: 'Asia/Tokyo',
     });
+    synth({ schedulesEnabled: false }).resourcePropertiesCountIs('AWS::Scheduler::Schedule', { State: 'DISABLED' }, 2);
   });
 
   test('both functions are provided.al2023 / bootstrap, arm64 by default, x86_64 on request', () => {
@@ -402,23 +425,21 @@ describe('alarms', () => {
 });
 
 describe('runs', () => {
-  test('a second rule invokes the producer every 5 minutes as the watchdog', () => {
-    const rule = resources[idByPath(template, 'Fanout/Default/Watchdog/Resource')].Properties;
-    assert.deepEqual(rule, {
+  test('a second schedule invokes the producer every 5 minutes as the watchdog', () => {
+    const schedule = resources[idByPath(template, 'Fanout/Default/Watchdog/Resource')].Properties;
+    assert.deepEqual(schedule, {
       Description: 'Finishes fanout runs whose completion was missed; reports runs past their deadline',
+      FlexibleTimeWindow: { Mode: 'OFF' },
       ScheduleExpression: 'rate(5 minutes)',
+      ScheduleExpressionTimezone: 'Etc/UTC',
       State: 'ENABLED',
-      Targets: [{ Arn: arn(PRODUCER), Id: 'Target0', Input: '{"watchdog":true}' }],
+      Target: {
+        Arn: arn(PRODUCER),
+        Input: '{"watchdog":true}',
+        RetryPolicy: { MaximumEventAgeInSeconds: 86_400, MaximumRetryAttempts: 185 },
+        RoleArn: arn('Fanout/Default/SchedulerRole/Resource'),
+      },
     });
-    // The scheduled rule sends EventBridge's own event, not the watchdog input.
-    assert.equal(resources[idByPath(template, 'Fanout/Default/Schedule/Resource')].Properties.Targets[0].Input, undefined);
-    const permissions = Object.values(template.findResources('AWS::Lambda::Permission')) as any[];
-    assert.ok(
-      permissions.some(
-        (p) => p.Properties.Principal === 'events.amazonaws.com' && JSON.stringify(p.Properties.SourceArn) === JSON.stringify(arn('Fanout/Default/Watchdog/Resource')),
-      ),
-      'the watchdog rule may invoke the producer',
-    );
   });
 
   test('FANOUT_PIPELINE is the stack name, so stacks side by side keep their runs apart', () => {
@@ -506,11 +527,15 @@ describe('run alarms', () => {
   const alarm = (t: typeof template, suffix: string) => (t.toJSON().Resources as any)[idByPath(t, `Alarms/${suffix}/Resource`)].Properties;
 
   test('ProducerNotRunning: no tick for two schedule periods, missing data breaching', () => {
-    const { AlarmDescription, ...props } = alarm(template, 'ProducerNotRunning');
+    const { AlarmDescription, ...props } = alarm(template, 'ProducerNotRunning-tick');
     assert.deepEqual(props, {
       Namespace: 'Fanout',
       MetricName: 'Ticks',
-      Dimensions: [{ Name: 'Pipeline', Value: 'Fanout' }],
+      // The producer counts each tick per schedule too.
+      Dimensions: [
+        { Name: 'Pipeline', Value: 'Fanout' },
+        { Name: 'Schedule', Value: 'tick' },
+      ],
       Statistic: 'Sum',
       Period: 1800, // 2 × rate(15 minutes)
       EvaluationPeriods: 1,
@@ -519,9 +544,13 @@ describe('run alarms', () => {
       TreatMissingData: 'breaching',
     });
     assert.match(AlarmDescription, /Runbook: docs\/runbook\.md#producer-not-running$/);
-    const daily = alarm(synth({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 }), 'ProducerNotRunning');
+    const daily = alarm(synth({ scheduleExpression: 'cron(0 6 * * ? *)', schedulePeriodSeconds: 86_400 }), 'ProducerNotRunning-tick');
     assert.equal(daily.Period, 86_400);
     assert.equal(daily.EvaluationPeriods, 2);
+    // In a zone with daylight saving a tick may come an hour late (or early): an hour more.
+    const hourlyInBerlin = alarm(synth({ scheduleExpression: 'cron(0 * * * ? *)', schedulePeriodSeconds: 3600, scheduleTimeZone: 'Europe/Berlin' }), 'ProducerNotRunning-tick');
+    assert.equal(hourlyInBerlin.Period, 2 * 3600 + 3600);
+    assert.match(hourlyInBerlin.AlarmDescription, /plus 3600s for Europe\/Berlin's clock changes/);
   });
 
   test('the tick window stays within CloudWatch\'s evaluation limits', () => {
@@ -531,11 +560,14 @@ describe('run alarms', () => {
     assert.deepEqual(tickWindow(46_800), { periodSeconds: 86_400, evaluationPeriods: 2 });
     assert.deepEqual(tickWindow(302_400), { periodSeconds: 86_400, evaluationPeriods: 7 });
     for (let p = 60; p <= 302_400; p += 60) {
-      const { periodSeconds, evaluationPeriods } = tickWindow(p);
-      const total = periodSeconds * evaluationPeriods;
-      assert.equal(periodSeconds % 60, 0, `${p}`);
-      assert.ok(total >= 2 * p, `${p}: window ${total} covers two periods`);
-      assert.ok(total <= (periodSeconds < 3600 ? 86_400 : 604_800), `${p}: ${total} within CloudWatch's limit`);
+      // Without and with a daylight-saving hour.
+      for (const shift of [0, 3600]) {
+        const { periodSeconds, evaluationPeriods } = tickWindow(p, shift);
+        const total = periodSeconds * evaluationPeriods;
+        assert.equal(periodSeconds % 60, 0, `${p}`);
+        assert.ok(total >= Math.min(2 * p + shift, 604_800), `${p} + ${shift}: window ${total} covers two periods and the shift`);
+        assert.ok(total <= (periodSeconds < 3600 ? 86_400 : 604_800), `${p} + ${shift}: ${total} within CloudWatch's limit`);
+      }
     }
   });
 
@@ -615,7 +647,7 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log
     'ProducerLogGroup',
     'QueueUrl',
     'RunNotificationsTopicArn',
-    'ScheduleRuleArn',
+    'ScheduleNames',
     'TableName',
     'TopicArn',
   ]);
@@ -625,9 +657,9 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log
   assert.deepEqual(outputs.TableName.Value, ref(TABLE));
   assert.deepEqual(outputs.ListsLocation.Value, LISTS_LOCATION);
   assert.deepEqual(outputs.ConsumerLogGroup.Value, ref('ConsumerLogs/Resource'));
-  // `fanout trigger` invokes the producer with the event the rule sends.
+  // `fanout trigger` invokes the producer with the input a schedule sends.
   assert.deepEqual(outputs.ProducerFunctionName.Value, ref(PRODUCER));
-  assert.deepEqual(outputs.ScheduleRuleArn.Value, arn('Schedule/Resource'));
+  assert.deepEqual(outputs.ScheduleNames.Value, 'tick');
   assert.deepEqual(outputs.RunNotificationsTopicArn.Value, ref(RUN_TOPIC));
   assert.deepEqual(outputs.DashboardName.Value, ref('Dashboard/Resource/Resource'));
 });

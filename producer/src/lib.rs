@@ -1,7 +1,7 @@
 //! The fanout producer: one scheduled tick → one job message per target, published in batches.
 //!
 //! # Layout
-//! - [`tick`]: the run ID, derived from the EventBridge event (or given by hand).
+//! - [`tick`]: the run ID, derived from the schedule's input (or given by hand).
 //! - [`ledger`]: the schedule guard and the run record, written before publishing.
 //! - `list`: the tick's jobs: literal targets and every source's rows through their templates,
 //!   read in one streaming pass (a spool file, never the whole list in memory) before publishing.
@@ -31,7 +31,7 @@ pub use fanout_shared::runs::SourceRead;
 pub use ledger::{run_start, Started};
 pub use list::{message_ids, preview, ListError, ListReaders, Preview};
 pub use publish::{PublishError, PublishOptions};
-pub use tick::{is_watchdog, run_id_from_event, scheduled_time, TickError};
+pub use tick::{is_watchdog, tick_from_event, TickError};
 
 /// How many of the latest runs the watchdog looks at.
 const WATCHDOG_RUNS: usize = 20;
@@ -77,12 +77,17 @@ pub struct Tick {
     pub run_id: String,
     /// The schedule's time (RFC 3339), for a scheduled tick.
     pub scheduled_at: Option<String>,
+    /// The schedule that started it, for a scheduled tick: its `Ticks` are also counted per
+    /// schedule, which the schedule's `ProducerNotRunning` alarm watches.
+    pub schedule: Option<String>,
 }
 
 /// The producer's metrics for a tick (dimension `Pipeline`): one `Ticks`, and `RunsStarted` or
-/// `RunsSkipped`.
-pub fn tick_metrics(pipeline: &str, summary: &Summary) -> MetricSet {
-    let mut metrics = MetricSet::new([("Pipeline".to_owned(), pipeline.to_owned())]);
+/// `RunsSkipped`; for a scheduled tick a second set (dimensions `Pipeline` and `Schedule`) with
+/// its `Ticks` again, one metric per schedule for each schedule's `ProducerNotRunning` alarm.
+pub fn tick_metrics(pipeline: &str, tick: &Tick, summary: &Summary) -> Vec<MetricSet> {
+    let pipeline_dimension = ("Pipeline".to_owned(), pipeline.to_owned());
+    let mut metrics = MetricSet::new([pipeline_dimension.clone()]);
     metrics.count(Metric::Ticks, 1);
     metrics.count(
         Metric::RunsStarted,
@@ -92,7 +97,15 @@ pub fn tick_metrics(pipeline: &str, summary: &Summary) -> MetricSet {
         Metric::RunsSkipped,
         u64::from(matches!(summary.started, Started::Skipped(_))),
     );
-    metrics
+    let per_schedule = tick.schedule.as_ref().map(|schedule| {
+        let mut set = MetricSet::new([
+            pipeline_dimension,
+            ("Schedule".to_owned(), schedule.clone()),
+        ]);
+        set.count(Metric::Ticks, 1);
+        set
+    });
+    std::iter::once(metrics).chain(per_schedule).collect()
 }
 
 /// The watchdog's pass over the latest runs ([`Finisher::sweep`]) and its metrics: `RunsOverdue`

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fanout_producer::{
-    is_watchdog, produce, run_id_from_event, scheduled_time, tick_metrics, watchdog, Backends,
-    ListReaders, PublishOptions, Tick, WatchdogAnswer,
+    is_watchdog, produce, tick_from_event, tick_metrics, watchdog, Backends, ListReaders,
+    PublishOptions, WatchdogAnswer,
 };
 use fanout_shared::aws::{
     dynamodb_client, eventbridge_client, load_sdk_config, required_env, sns_client, DynamoDbRuns,
@@ -69,10 +69,7 @@ async fn main() -> Result<(), Error> {
             metrics.flush_stdout();
             return Ok::<Value, Error>(serde_json::to_value(WatchdogAnswer::from(&sweep))?);
         }
-        let tick = Tick {
-            run_id: run_id_from_event(&event.payload)?,
-            scheduled_at: scheduled_time(&event.payload),
-        };
+        let tick = tick_from_event(&event.payload, chrono::Utc::now())?;
         let backends = Backends {
             publisher,
             ledger,
@@ -81,7 +78,9 @@ async fn main() -> Result<(), Error> {
             pipeline,
         };
         let summary = produce(config, &tick, backends, options).await?;
-        tick_metrics(pipeline, &summary).flush_stdout();
+        for metrics in tick_metrics(pipeline, &tick, &summary) {
+            metrics.flush_stdout();
+        }
         Ok(serde_json::to_value(&summary)?)
     }))
     .await

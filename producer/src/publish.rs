@@ -319,6 +319,7 @@ mod tests {
         let tick = |id: &str| crate::Tick {
             run_id: id.into(),
             scheduled_at: None,
+            schedule: None,
         };
         crate::produce(&config, &tick("run-1"), backends(&topic), &fast())
             .await

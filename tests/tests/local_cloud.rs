@@ -253,7 +253,7 @@ fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value
 /// The run as `fanout runs show` gives it, once it has finished. The consumer that counts a
 /// run's last job finishes it right after its batch; when that invocation is killed first (this
 /// stack works until the very deadline, and tick 2 has calls that outlive it), the deployed
-/// watchdog finishes it: its rule fires every 5 minutes, `fanout trigger --watchdog` now.
+/// watchdog finishes it: its schedule fires every 5 minutes, `fanout trigger --watchdog` now.
 async fn finished_run(cloud: &LocalCloud, stack: &str, run_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -426,7 +426,7 @@ async fn the_real_stack_on_this_machine() {
     cloud.script_env("FANOUT_LOCAL_CLOUD_FUNCTION_ENDPOINT", &chain.url());
     let follower = chain.follow_emulator(cloud.state_dir(), Duration::from_secs(120));
 
-    // A second stack whose rule fires every minute: deployed first, so its countdown runs while
+    // A second stack whose schedule fires every minute: deployed first, so its countdown runs while
     // the main stack is exercised; checked at the end.
     let scheduled_paths = paths("ok/sched-", 0..3);
     let scheduled_config =
@@ -507,8 +507,8 @@ async fn the_real_stack_on_this_machine() {
         tick1["wait"]["makespan_s"].as_f64().unwrap_or(0.0)
     );
     assert!(
-        run1.starts_with("rule/") && run1.contains("Schedule"),
-        "trigger sends the rule's scheduled event: {run1}"
+        run1.starts_with("schedule/tick@"),
+        "trigger sends the input of the stack's schedule: {run1}"
     );
     assert_eq!(tick1["wait"]["succeeded"], 40, "{tick1}");
     let calls = calls_by_path(&server);
@@ -837,7 +837,7 @@ async fn the_real_stack_on_this_machine() {
     // One snapshot of the calls: every call's job completed, per path the calls and their keys.
     let (runs, per_path) = eventually(
         limit,
-        "the one-minute rule to fire and its jobs to complete",
+        "the one-minute schedule to fire and its jobs to complete",
         || async move {
             let calls = calls_by_path(server_ref);
             let per_path: Vec<(usize, usize)> = sched_paths
@@ -882,8 +882,8 @@ async fn the_real_stack_on_this_machine() {
     );
     for run in &runs {
         assert!(
-            run.starts_with("rule/") && run.contains("Schedule"),
-            "run ID of a scheduled event: {run}"
+            run.starts_with("schedule/tick@"),
+            "run ID of a scheduled tick: {run}"
         );
     }
     for (path, (calls, keys)) in scheduled_paths.iter().zip(&per_path) {
@@ -894,18 +894,20 @@ async fn the_real_stack_on_this_machine() {
         );
     }
 
-    // The schedule has shown it fires; stopped, so no scheduled tick runs into the faults.
-    let rule = StackOutputs::describe(&sdk, SCHEDULED)
-        .await
-        .unwrap()
-        .outputs["ScheduleRuleArn"]
-        .clone();
-    aws_sdk_eventbridge::Client::new(&sdk)
-        .disable_rule()
-        .name(rule.rsplit('/').next().unwrap_or_default())
-        .send()
-        .await
-        .expect("DisableRule");
+    // The schedule has shown it fires; stopped (redeployed with its schedules disabled), so no
+    // scheduled tick runs into the faults.
+    let stopped = cloud.up(
+        &scheduled_config,
+        SCHEDULED,
+        &[
+            "scheduleExpression=rate(1 minute)",
+            "schedulesEnabled=false",
+        ],
+    );
+    println!(
+        "{SCHEDULED} with its schedules disabled: {:.1} s  [{}]",
+        stopped.seconds, stopped.summary
+    );
 
     aws_faults(&mut cloud, &chain, &server, &dir).await;
 

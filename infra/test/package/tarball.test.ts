@@ -16,23 +16,23 @@ import { test } from 'node:test';
 const INFRA = path.resolve(__dirname, '..', '..');
 const FIXTURES = path.join(INFRA, 'test', 'fixtures', 'lambda');
 
-/** The whole app a user writes: two pipelines in one stack. */
-const APP = `import { App, Duration, Stack } from 'aws-cdk-lib';
-import * as events from 'aws-cdk-lib/aws-events';
+/** The whole app a user writes: two pipelines in one stack, on Tokyo's clock. */
+const APP = `import { App, Duration, Stack, TimeZone } from 'aws-cdk-lib';
+import { ScheduleExpression } from 'aws-cdk-lib/aws-scheduler';
 import { FanoutPipeline } from 'fanout-infra';
 
 const app = new App();
 const stack = new Stack(app, 'Jobs');
+const tokyo = (cron: string) => ScheduleExpression.expression(cron, TimeZone.ASIA_TOKYO);
 new FanoutPipeline(stack, 'HourlySync', {
   producerAssetDir: 'build/sync/fanout-producer',
   consumerAssetDir: 'build/sync/fanout-consumer',
-  schedule: events.Schedule.rate(Duration.hours(1)),
+  schedules: [{ name: 'office-hours', expression: tokyo('cron(0 9-18 ? * MON-FRI *)'), period: Duration.days(3) }],
 });
 new FanoutPipeline(stack, 'NightlyReport', {
   producerAssetDir: 'build/report/fanout-producer',
   consumerAssetDir: 'build/report/fanout-consumer',
-  schedule: events.Schedule.cron({ minute: '0', hour: '15' }), // 00:00 in Tokyo, UTC+9
-  schedulePeriod: Duration.days(1),
+  schedules: [{ name: 'nightly', expression: tokyo('cron(0 0 * * ? *)'), period: Duration.days(1) }],
   consumerTimeout: Duration.seconds(60),
 });
 app.synth();
@@ -99,9 +99,18 @@ test('npm pack → install offline in an app outside the repo → two pipelines 
       'Jobs-NightlyReport',
       'Jobs-NightlyReport',
     ]);
-    const schedules = resources.filter((r) => r.Type === 'AWS::Events::Rule').map((r) => r.Properties.ScheduleExpression);
-    // Each pipeline: its schedule, its watchdog, and its RunEvents rule (no schedule).
-    assert.deepEqual(schedules.sort(), ['cron(0 15 * * ? *)', 'rate(1 hour)', 'rate(5 minutes)', 'rate(5 minutes)', undefined, undefined]);
+    const schedules = resources
+      .filter((r) => r.Type === 'AWS::Scheduler::Schedule')
+      .map((r) => `${r.Properties.ScheduleExpression} ${r.Properties.ScheduleExpressionTimezone}`);
+    // Each pipeline: its schedule, in Tokyo, and its watchdog.
+    assert.deepEqual(schedules.sort(), [
+      'cron(0 0 * * ? *) Asia/Tokyo',
+      'cron(0 9-18 ? * MON-FRI *) Asia/Tokyo',
+      'rate(5 minutes) Etc/UTC',
+      'rate(5 minutes) Etc/UTC',
+    ]);
+    const alarms = resources.filter((r) => r.Type === 'AWS::CloudWatch::Alarm' && r.Properties.MetricName === 'Ticks');
+    assert.deepEqual(alarms.map((a) => a.Properties.Dimensions[1].Value).sort(), ['nightly', 'office-hours']);
     // The report's packaged config gives its budget (its dashboard draws it, no variable is set);
     // the sync config has none.
     const budgets = functions.map((f) => f.Properties.Environment.Variables.FANOUT_RATE_PER_SECOND);
