@@ -1,4 +1,4 @@
-import { Annotations, Duration, RemovalPolicy, Size, Stack, Validations } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Duration, RemovalPolicy, Size, Stack, Validations } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
@@ -38,8 +38,8 @@ const PIPELINE_NAME = /^[A-Za-z0-9_-]{1,200}$/;
  * A fanout pipeline: schedule → producer → SNS topic → SQS queue (+ DLQ) → consumer, with the
  * idempotency table (which also holds the run ledger), least-privilege roles, alarms, the run
  * notifications and a dashboard. Several fit in one stack: every resource name is generated or
- * derived from `pipelineName`. Outputs are left to the stack (FanoutStack adds the ones
- * `fanout --stack` reads).
+ * derived from `pipelineName`. Outputs are added on request ({@link FanoutPipeline.addOutputs}:
+ * the ones `fanout --stack` reads), so an app decides which pipelines an operator reaches.
  *
  * Encryption at rest uses AWS-managed keys (SNS `alias/aws/sns`, SSE-SQS, DynamoDB `aws/dynamodb`):
  * their key policies already let principals of the account use them through the service, so no
@@ -296,6 +296,47 @@ export class FanoutPipeline extends Construct {
       runbookUrl: s.runbookUrl,
       alarmTopic: props.alarmTopic,
     });
+  }
+
+  /**
+   * Adds the outputs `fanout --stack STACK` reads to the pipeline's stack, each name starting
+   * with `prefix`: `TopicArn`, `QueueUrl`, `DlqUrl`, `TableName` (the four `FANOUT_*`),
+   * `ListsLocation`, `ProducerLogGroup`, `ConsumerLogGroup`, `ProducerFunctionName`,
+   * `ScheduleNames` (`fanout trigger`), `RunNotificationsTopicArn`, `DashboardName` and
+   * `PipelineName`. With several pipelines in a stack give each a prefix of its own (letters
+   * and digits); `fanout --stack STACK --pipeline NAME` finds a pipeline's outputs by its
+   * `PipelineName`, whatever the prefix.
+   */
+  addOutputs(prefix = ''): void {
+    if (!/^[A-Za-z0-9]*$/.test(prefix)) {
+      throw new Error(`${this.node.path}: addOutputs prefix must be letters and digits (it starts output names), got ${JSON.stringify(prefix)}`);
+    }
+    const stack = Stack.of(this);
+    const taken = stack.node.tryFindChild(`${prefix}PipelineName`);
+    if (taken) {
+      throw new Error(
+        `${this.node.path}: the outputs ${prefix || '(no prefix)'}… are taken in stack ${stack.stackName}: give addOutputs a prefix of this pipeline's own`,
+      );
+    }
+    const out = (key: string, value: string, description?: string) => new CfnOutput(stack, `${prefix}${key}`, { value, description });
+    out('PipelineName', this.pipelineName, 'FANOUT_PIPELINE: fanout --pipeline NAME picks this pipeline in a stack of several');
+    out('TopicArn', this.topic.topicArn, 'FANOUT_TOPIC_ARN');
+    out('QueueUrl', this.queue.queueUrl, 'FANOUT_QUEUE_URL');
+    out('DlqUrl', this.dlq.queueUrl, 'FANOUT_DLQ_URL');
+    out('TableName', this.table.tableName, 'FANOUT_TABLE_NAME');
+    out('ListsLocation', this.listsLocation, 'FANOUT_LISTS: where lists:// sources are');
+    // For `aws logs tail` in the runbook; the function names are generated.
+    out('ProducerLogGroup', this.producer.logGroup.logGroupName);
+    out('ConsumerLogGroup', this.consumer.logGroup.logGroupName);
+    // For `fanout trigger`: invokes the producer with the input one of these schedules sends.
+    out('ProducerFunctionName', this.producer.functionName);
+    out(
+      'ScheduleNames',
+      this.schedules.map((schedule) => schedule.name).join(','),
+      'the schedules by name, the first the default of fanout trigger --schedule',
+    );
+    out('RunNotificationsTopicArn', this.runNotifications.topic.topicArn, 'one message per finished run: subscribe to it');
+    out('DashboardName', this.dashboard.dashboard.dashboardName);
   }
 
   /**

@@ -1,4 +1,4 @@
-import { CfnOutput, Duration, Size, Stack, type StackProps, TimeZone } from 'aws-cdk-lib';
+import { Duration, Size, Stack, type StackProps, TimeZone } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as logs from 'aws-cdk-lib/aws-logs';
@@ -40,26 +40,8 @@ export class FanoutStack extends Stack {
     });
     const p = this.pipeline;
 
-    // Top-level ids become the output names verbatim; the operator exports them as FANOUT_*.
-    new CfnOutput(this, 'TopicArn', { value: p.topic.topicArn, description: 'FANOUT_TOPIC_ARN' });
-    new CfnOutput(this, 'QueueUrl', { value: p.queue.queueUrl, description: 'FANOUT_QUEUE_URL' });
-    new CfnOutput(this, 'DlqUrl', { value: p.dlq.queueUrl, description: 'FANOUT_DLQ_URL' });
-    new CfnOutput(this, 'TableName', { value: p.table.tableName, description: 'FANOUT_TABLE_NAME' });
-    new CfnOutput(this, 'ListsLocation', { value: p.listsLocation, description: 'FANOUT_LISTS: where lists:// sources are' });
-    // For `aws logs tail` in the runbook; the function names are generated.
-    new CfnOutput(this, 'ProducerLogGroup', { value: p.producer.logGroup.logGroupName });
-    new CfnOutput(this, 'ConsumerLogGroup', { value: p.consumer.logGroup.logGroupName });
-    // For `fanout trigger`: invokes the producer with the input one of these schedules sends.
-    new CfnOutput(this, 'ProducerFunctionName', { value: p.producer.functionName });
-    new CfnOutput(this, 'ScheduleNames', {
-      value: p.schedules.map((schedule) => schedule.name).join(','),
-      description: 'the schedules by name, the first the default of fanout trigger --schedule',
-    });
-    new CfnOutput(this, 'RunNotificationsTopicArn', {
-      value: p.runNotifications.topic.topicArn,
-      description: 'one message per finished run: subscribe to it',
-    });
-    new CfnOutput(this, 'DashboardName', { value: p.dashboard.dashboard.dashboardName });
+    // The outputs `fanout --stack` reads, unprefixed: the operator exports them as FANOUT_*.
+    p.addOutputs();
   }
 }
 

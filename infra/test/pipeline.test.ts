@@ -269,7 +269,27 @@ describe('several pipelines', () => {
       ['Jobs-Sync/tick', 1800],
     ]);
     assert.deepEqual(report.schedules.map((s) => s.name), ['nightly', 'catch-up', 'year-end']);
-    assert.deepEqual(t.toJSON().Outputs ?? {}, {});
+    assert.deepEqual(t.toJSON().Outputs ?? {}, {}, 'no outputs unless asked for');
+  });
+
+  test('two in one stack, each with its outputs under a prefix of its own', () => {
+    const stack = emptyStack('Jobs');
+    const sync = pipeline({}, stack, 'Sync');
+    const report = pipeline({ pipelineName: 'nightly-report' }, stack, 'Report');
+    sync.addOutputs('Sync');
+    report.addOutputs('Report');
+    assert.throws(() => report.addOutputs('Sync'), /Jobs\/Report: the outputs Sync… are taken in stack Jobs: give addOutputs a prefix of this pipeline's own/);
+    assert.throws(() => report.addOutputs('nightly-report'), /addOutputs prefix must be letters and digits/);
+    const outputs = Template.fromStack(stack).toJSON().Outputs as Record<string, { Value: unknown }>;
+    const keys = Object.keys(outputs).sort();
+    assert.equal(keys.length, 24);
+    for (const prefix of ['Report', 'Sync']) {
+      for (const key of ['TopicArn', 'QueueUrl', 'DlqUrl', 'TableName', 'ScheduleNames', 'PipelineName', 'ProducerFunctionName']) {
+        assert.ok(keys.includes(`${prefix}${key}`), `${prefix}${key}`);
+      }
+    }
+    // `fanout --pipeline NAME` finds a pipeline by this output.
+    assert.deepEqual([outputs.SyncPipelineName.Value, outputs.ReportPipelineName.Value], ['Jobs-Sync', 'nightly-report']);
   });
 
   test('one each in two stacks of one app: the stack name keeps them apart', () => {

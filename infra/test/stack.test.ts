@@ -636,13 +636,14 @@ describe('dashboard', () => {
   });
 });
 
-test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log groups, producer, rule, run topic, dashboard)', () => {
+test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log groups, producer, schedules, run topic, dashboard, pipeline name)', () => {
   const outputs = template.toJSON().Outputs as Record<string, any>;
   assert.deepEqual(Object.keys(outputs).sort(), [
     'ConsumerLogGroup',
     'DashboardName',
     'DlqUrl',
     'ListsLocation',
+    'PipelineName',
     'ProducerFunctionName',
     'ProducerLogGroup',
     'QueueUrl',
@@ -660,6 +661,7 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log
   // `fanout trigger` invokes the producer with the input a schedule sends.
   assert.deepEqual(outputs.ProducerFunctionName.Value, ref(PRODUCER));
   assert.deepEqual(outputs.ScheduleNames.Value, 'tick');
+  assert.deepEqual(outputs.PipelineName.Value, 'Fanout');
   assert.deepEqual(outputs.RunNotificationsTopicArn.Value, ref(RUN_TOPIC));
   assert.deepEqual(outputs.DashboardName.Value, ref('Dashboard/Resource/Resource'));
 });
