@@ -73,12 +73,22 @@ pub(crate) struct AwsArgs {
     /// above, which it overrides).
     #[arg(long, global = true, env = "FANOUT_STACK")]
     pub(crate) stack: Option<String>,
+    /// The pipeline's name: with `--stack`, which of the stack's pipelines (its `PipelineName`
+    /// output; needed when the stack holds several); in run events and metrics of `fanout run`
+    /// and `produce`.
+    #[arg(long, global = true, env = "FANOUT_PIPELINE")]
+    pub(crate) pipeline: Option<String>,
 }
 
 impl AwsArgs {
     /// `--stack` (or `FANOUT_STACK`), unless empty.
     pub(crate) fn stack_name(&self) -> Option<&str> {
         self.stack.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// `--pipeline` (or `FANOUT_PIPELINE`), unless empty.
+    pub(crate) fn pipeline_name(&self) -> Option<&str> {
+        self.pipeline.as_deref().filter(|s| !s.is_empty())
     }
 
     /// The four resources these flags (or `FANOUT_*` variables) name; `Err` lists every one

@@ -21,16 +21,6 @@ pub(crate) const EMBEDDED_QUEUE: &str = "fanout-jobs";
 /// The embedded dead-letter queue.
 pub(crate) const EMBEDDED_DLQ: &str = "fanout-jobs-dlq";
 
-/// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
-/// `FANOUT_PIPELINE`, else the `--stack` name, else `fanout`.
-pub(crate) fn pipeline_name(stack: Option<&str>) -> String {
-    std::env::var("FANOUT_PIPELINE")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .or(stack.map(str::to_owned))
-        .unwrap_or_else(|| "fanout".into())
-}
-
 /// The resources of a pipeline, whatever holds them.
 #[derive(Clone)]
 pub struct Pipeline {

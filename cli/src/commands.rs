@@ -47,7 +47,10 @@ async fn pipeline(
             }
             let sdk = fanout_shared::aws::load_sdk_config().await;
             let mut names = match cli.aws.stack_name() {
-                Some(stack) => crate::stack::StackOutputs::describe(&sdk, stack).await?.names()?,
+                Some(stack) => crate::stack::StackOutputs::describe(&sdk, stack)
+                    .await?
+                    .pipeline(cli.aws.pipeline_name())?
+                    .names()?,
                 None => cli.aws.names().map_err(|missing| {
                     Failure::BadInput(format!(
                         "{} not set (flags or environment, or --stack NAME; `fanout provision` or the stack outputs give them)",
@@ -91,7 +94,28 @@ fn poll_wait(backend: BackendKind) -> Duration {
     }
 }
 
-fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
+/// The pipeline name of runs the CLI drives (metrics' `Pipeline`, events' `pipeline`):
+/// `--pipeline`, else the stack's pipeline's `PipelineName` output (the stack's name for a stack
+/// from before it), else `fanout`.
+async fn pipeline_name(cli: &Cli) -> Result<String, Failure> {
+    if let Some(name) = cli.aws.pipeline_name() {
+        return Ok(name.to_owned());
+    }
+    let Some(stack) = cli.aws.stack_name() else {
+        return Ok("fanout".into());
+    };
+    let sdk = fanout_shared::aws::load_sdk_config().await;
+    let outputs = crate::stack::StackOutputs::describe(&sdk, stack)
+        .await?
+        .pipeline(None)?;
+    Ok(outputs
+        .outputs
+        .get(crate::stack::PIPELINE_NAME)
+        .cloned()
+        .unwrap_or_else(|| stack.to_owned()))
+}
+
+fn run_options(local: &LocalArgs, cli: &Cli, pipeline_name: String) -> Result<RunOptions, Failure> {
     let backend = cli.backend;
     if local.concurrency == 0 {
         return Err(Failure::BadInput("--concurrency must be at least 1".into()));
@@ -110,7 +134,7 @@ fn run_options(local: &LocalArgs, cli: &Cli) -> Result<RunOptions, Failure> {
         },
         rate_override: local.rate,
         quiet: local.json,
-        pipeline_name: backend::pipeline_name(cli.aws.stack_name()),
+        pipeline_name,
         separate_instances: false,
     })
 }
@@ -164,7 +188,7 @@ async fn produce_command(cli: &Cli, args: &ProduceArgs) -> Result<ExitCode, Fail
             .unwrap_or_else(|| default_run_id(&args.config)),
     )?;
     let pipeline = pipeline(cli, args.max_receive_count, args.duplicate_rate).await?;
-    let name = crate::backend::pipeline_name(cli.aws.stack_name());
+    let name = pipeline_name(cli).await?;
     let summary = run::produce_tick(&config, &pipeline, &run_id, &name).await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -193,7 +217,7 @@ async fn produce_command(cli: &Cli, args: &ProduceArgs) -> Result<ExitCode, Fail
 async fn consume_command(cli: &Cli, args: &ConsumeArgs) -> Result<ExitCode, Failure> {
     let config = load_config(&args.config)?;
     let pipeline = pipeline(cli, args.local.max_receive_count, args.local.duplicate_rate).await?;
-    let options = run_options(&args.local, cli)?;
+    let options = run_options(&args.local, cli, pipeline_name(cli).await?)?;
     let outcome = run::consume(
         &config,
         &pipeline,
@@ -319,7 +343,7 @@ async fn runs_command(cli: &Cli, command: &RunsCommand) -> Result<ExitCode, Fail
 }
 
 async fn run_command(cli: &Cli, args: &RunArgs) -> Result<ExitCode, Failure> {
-    let options = run_options(&args.local, cli)?;
+    let options = run_options(&args.local, cli, pipeline_name(cli).await?)?;
     // The demo server lives as long as this function.
     let (config, default_run_id, _server) = match &args.config {
         Some(path) => (load_config(path)?, default_run_id(path), None),

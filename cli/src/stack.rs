@@ -20,6 +20,9 @@ pub(crate) const DLQ_URL: &str = "DlqUrl";
 pub(crate) const TABLE_NAME: &str = "TableName";
 /// Output holding the list home, `s3://bucket/prefix/` (`FANOUT_LISTS`).
 pub(crate) const LISTS_LOCATION: &str = "ListsLocation";
+/// Output holding the pipeline's name (`FANOUT_PIPELINE`), by which `--pipeline` picks one of
+/// a stack's pipelines.
+pub(crate) const PIPELINE_NAME: &str = "PipelineName";
 /// Output holding the producer function's name (`fanout trigger`).
 pub(crate) const PRODUCER_FUNCTION: &str = "ProducerFunctionName";
 /// Output holding the pipeline's EventBridge Scheduler schedules by name, comma-separated, the
@@ -46,6 +49,24 @@ pub enum StackError {
         status: String,
         /// The outputs missing.
         missing: Vec<String>,
+    },
+    /// The stack holds several pipelines and `--pipeline` named none.
+    #[error("stack {stack:?} holds the pipelines {}: pick one with --pipeline NAME (FANOUT_PIPELINE)", .known.join(", "))]
+    SeveralPipelines {
+        /// The stack.
+        stack: String,
+        /// Its pipelines' names.
+        known: Vec<String>,
+    },
+    /// `--pipeline` names none of the stack's pipelines.
+    #[error("stack {stack:?} has no pipeline {asked:?}; its pipelines: {}", .known.join(", "))]
+    NoSuchPipeline {
+        /// The stack.
+        stack: String,
+        /// The name given.
+        asked: String,
+        /// Its pipelines' names.
+        known: Vec<String>,
     },
     /// DescribeStacks itself failed (credentials, network, throttling).
     #[error("DescribeStacks for stack {stack:?} {place}: {message}")]
@@ -145,6 +166,46 @@ impl StackOutputs {
         })
     }
 
+    /// The outputs of one of the stack's pipelines, their keys without its prefix
+    /// ([`PIPELINE_NAME`] tells them apart): the one `pipeline` names, or the only one. A stack
+    /// without that output (deployed before it existed) is one pipeline, taken as it is.
+    pub fn pipeline(self, pipeline: Option<&str>) -> Result<Self, StackError> {
+        let found: Vec<(String, String)> = self
+            .outputs
+            .iter()
+            .filter_map(|(key, name)| {
+                key.strip_suffix(PIPELINE_NAME)
+                    .map(|prefix| (prefix.to_owned(), name.clone()))
+            })
+            .collect();
+        let known = || found.iter().map(|(_, name)| name.clone()).collect();
+        let prefix = match (pipeline, found.as_slice()) {
+            (_, []) => return Ok(self),
+            (None, [(prefix, _)]) => prefix.clone(),
+            (None, _) => {
+                return Err(StackError::SeveralPipelines {
+                    stack: self.stack.clone(),
+                    known: known(),
+                })
+            }
+            (Some(asked), _) => found
+                .iter()
+                .find(|(_, name)| name == asked)
+                .map(|(prefix, _)| prefix.clone())
+                .ok_or_else(|| StackError::NoSuchPipeline {
+                    stack: self.stack.clone(),
+                    asked: asked.to_owned(),
+                    known: known(),
+                })?,
+        };
+        let outputs = self
+            .outputs
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(&prefix)?.to_owned(), value.clone())))
+            .collect();
+        Ok(Self { outputs, ..self })
+    }
+
     /// The values of `keys`, in order; one error naming every missing key.
     pub fn require<const N: usize>(&self, keys: [&str; N]) -> Result<[String; N], StackError> {
         let missing: Vec<String> = keys
@@ -218,6 +279,43 @@ mod tests {
         assert_eq!(names.queue_url, "value-of-QueueUrl");
         assert_eq!(names.dlq_url, "value-of-DlqUrl");
         assert_eq!(names.table_name, "value-of-TableName");
+    }
+
+    #[test]
+    fn a_pipeline_of_several_is_picked_by_name_and_its_prefix_dropped() {
+        let stack = outputs(&[
+            "SyncPipelineName",
+            "SyncTopicArn",
+            "ReportPipelineName",
+            "ReportTopicArn",
+        ]);
+        let stack = named_in(stack, "ReportPipelineName", "nightly-report");
+        let stack = named_in(stack, "SyncPipelineName", "Jobs-Sync");
+        let report = stack.clone().pipeline(Some("nightly-report")).unwrap();
+        assert_eq!(report.outputs["TopicArn"], "value-of-ReportTopicArn");
+        assert_eq!(report.outputs["PipelineName"], "nightly-report");
+        assert!(!report.outputs.contains_key("SyncTopicArn"));
+        let err = stack.clone().pipeline(None).unwrap_err();
+        assert!(err.is_bad_input());
+        assert_eq!(
+            err.to_string(),
+            "stack \"Fanout\" holds the pipelines nightly-report, Jobs-Sync: pick one with --pipeline NAME (FANOUT_PIPELINE)"
+        );
+        assert_eq!(
+            stack.pipeline(Some("hourly")).unwrap_err().to_string(),
+            "stack \"Fanout\" has no pipeline \"hourly\"; its pipelines: nightly-report, Jobs-Sync"
+        );
+        // One pipeline, unprefixed (FanoutStack): taken without --pipeline; a stack from
+        // before PipelineName likewise, whatever --pipeline says.
+        let single = named_in(outputs(&[TOPIC_ARN]), PIPELINE_NAME, "Fanout");
+        assert_eq!(single.clone().pipeline(None).unwrap(), single);
+        let old = outputs(&[TOPIC_ARN]);
+        assert_eq!(old.clone().pipeline(Some("x")).unwrap(), old);
+    }
+
+    fn named_in(mut stack: StackOutputs, key: &str, name: &str) -> StackOutputs {
+        stack.outputs.insert(key.into(), name.into());
+        stack
     }
 
     #[test]
