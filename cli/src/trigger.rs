@@ -305,7 +305,9 @@ pub(crate) async fn command(cli: &Cli, args: &TriggerArgs) -> Result<ExitCode, F
     let timeout = seconds("timeout", args.timeout)?;
     let config = args.config.as_deref().map(load_config).transpose()?;
     let sdk = fanout_shared::aws::load_sdk_config().await;
-    let outputs = StackOutputs::describe(&sdk, stack).await?;
+    let outputs = StackOutputs::describe(&sdk, stack)
+        .await?
+        .pipeline(cli.aws.pipeline_name())?;
     let [function, schedules] = outputs.require([PRODUCER_FUNCTION, SCHEDULE_NAMES])?;
     if args.watchdog {
         let answer = invoke(&sdk, &function, &json!({"watchdog": true})).await?;

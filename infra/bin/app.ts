@@ -6,7 +6,7 @@
  * account and region of the current AWS profile.
  */
 import { App } from 'aws-cdk-lib';
-import { settingsFromContext } from '../lib/context';
+import { extraPipelinesFromContext, settingsFromContext } from '../lib/context';
 import { FanoutStack } from '../lib/fanout-stack';
 
 const app = new App();
@@ -14,4 +14,5 @@ const read = (key: string) => app.node.tryGetContext(key);
 new FanoutStack(app, String(read('stackName') ?? 'Fanout'), {
   description: 'fanout: scheduled producer, SNS/SQS fan-out, rate-limited consumer',
   ...settingsFromContext(read),
+  extraPipelines: extraPipelinesFromContext(read),
 });

@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import type { ExtraPipeline } from './fanout-stack';
 import type { FanoutSettings } from './settings';
 
 /** Reads one context value; `cdk -c key=value` gives strings, cdk.json may give any JSON. */
@@ -93,4 +94,36 @@ function convert(key: string, kind: Kind, raw: unknown, cwd: string): unknown {
         throw new Error(`context ${key}: not valid JSON (${(e as Error).message})`);
       }
   }
+}
+
+/**
+ * The context key `extraPipelines`: a JSON array of the stack's further pipelines
+ * (`[{"name": "report", "producerAssetDir": "...", "consumerAssetDir": "...",
+ * "scheduleExpression": "rate(1 day)"}]`), asset paths resolved against `cwd`.
+ */
+export function extraPipelinesFromContext(read: ContextReader, cwd = process.cwd()): ExtraPipeline[] | undefined {
+  const raw = read('extraPipelines');
+  if (raw === undefined || raw === '') return undefined;
+  const list = convert('extraPipelines', 'json', raw, cwd);
+  if (!Array.isArray(list)) throw new Error('context extraPipelines: expected a JSON array of pipelines');
+  return list.map((item, i) => {
+    const field = (name: string) => {
+      const value = (item as Record<string, unknown>)?.[name];
+      if (value !== undefined && typeof value !== 'string' && typeof value !== 'number') {
+        throw new Error(`context extraPipelines[${i}].${name}: ${JSON.stringify(value)} is not a string`);
+      }
+      return value;
+    };
+    for (const required of ['name', 'producerAssetDir', 'consumerAssetDir']) {
+      if (typeof field(required) !== 'string') throw new Error(`context extraPipelines[${i}].${required} is required`);
+    }
+    const period = field('schedulePeriodSeconds');
+    return {
+      name: String(field('name')),
+      producerAssetDir: path.resolve(cwd, String(field('producerAssetDir'))),
+      consumerAssetDir: path.resolve(cwd, String(field('consumerAssetDir'))),
+      scheduleExpression: field('scheduleExpression') === undefined ? undefined : String(field('scheduleExpression')),
+      schedulePeriodSeconds: period === undefined ? undefined : Number(period),
+    };
+  });
 }

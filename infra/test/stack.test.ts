@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
 import { tickWindow } from '../lib/alarms';
-import { idByPath, only, synth } from './helpers';
+import { extraPipelinesFromContext } from '../lib/context';
+import { PACKAGES, idByPath, only, synth } from './helpers';
 
 // One template with every default, shared by the tests that only read it.
 const template = synth();
@@ -664,4 +665,35 @@ test('outputs: TopicArn, QueueUrl, DlqUrl, TableName, ListsLocation (and the log
   assert.deepEqual(outputs.PipelineName.Value, 'Fanout');
   assert.deepEqual(outputs.RunNotificationsTopicArn.Value, ref(RUN_TOPIC));
   assert.deepEqual(outputs.DashboardName.Value, ref('Dashboard/Resource/Resource'));
+});
+
+test('extraPipelines: further pipelines with their own packages, schedule and prefixed outputs', () => {
+  const report = { name: 'Report', ...PACKAGES, scheduleExpression: 'rate(1 day)' };
+  const t = synth({ extraPipelines: [report] });
+  const outputs = t.toJSON().Outputs as Record<string, { Value: unknown }>;
+  assert.equal(outputs.PipelineName.Value, 'Fanout');
+  assert.equal(outputs.ReportPipelineName.Value, 'Fanout-Report');
+  assert.ok(outputs.ReportTopicArn && outputs.ReportScheduleNames, Object.keys(outputs).join(' '));
+  const ticks = (Object.values(t.findResources('AWS::Scheduler::Schedule')) as any[])
+    .map((r) => r.Properties)
+    .filter((p) => p.Target.Input.includes('scheduled_time'))
+    .map((p) => p.ScheduleExpression)
+    .sort();
+  assert.deepEqual(ticks, ['rate(1 day)', 'rate(15 minutes)']);
+  const pipelines = (Object.values(t.findResources('AWS::Lambda::Function')) as any[])
+    .map((f) => f.Properties.Environment.Variables.FANOUT_PIPELINE)
+    .sort();
+  assert.deepEqual(pipelines, ['Fanout', 'Fanout', 'Fanout-Report', 'Fanout-Report']);
+  assert.throws(() => synth({ extraPipelines: [{ ...report, name: 'the-report' }] }), /extraPipelines: name must be 1-32 letters and digits/);
+  assert.throws(
+    () => synth({ extraPipelines: [{ ...report, scheduleExpression: 'cron(0 0 * * ? *)' }] }),
+    /fanout stack settings of pipeline Report:\n  - schedulePeriodSeconds is required with a cron/,
+  );
+  const read = (values: Record<string, unknown>) => (key: string) => values[key];
+  assert.deepEqual(extraPipelinesFromContext(read({}), '/x'), undefined);
+  assert.deepEqual(
+    extraPipelinesFromContext(read({ extraPipelines: '[{"name":"Report","producerAssetDir":"p","consumerAssetDir":"c","scheduleExpression":"rate(1 day)"}]' }), '/x'),
+    [{ name: 'Report', producerAssetDir: '/x/p', consumerAssetDir: '/x/c', scheduleExpression: 'rate(1 day)', schedulePeriodSeconds: undefined }],
+  );
+  assert.throws(() => extraPipelinesFromContext(read({ extraPipelines: '[{"name":"Report"}]' })), /extraPipelines\[0\]\.producerAssetDir is required/);
 });

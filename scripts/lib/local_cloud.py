@@ -125,6 +125,23 @@ def upload_assets(endpoint, cdk_out, stack):
     return sent
 
 
+# CloudFormation's limit on an inline template body; larger ones go by TemplateURL, as the CDK
+# CLI does (a stack of two pipelines is larger).
+TEMPLATE_BODY_MAX_BYTES = 51200
+
+
+def template_url(endpoint, cdk_out, stack):
+    """The URL of the stack's template among the uploaded assets (the synth lists it as one),
+    path-style under the emulator's endpoint."""
+    with open(os.path.join(cdk_out, f"{stack}.assets.json")) as f:
+        manifest = json.load(f)
+    for asset in manifest.get("files", {}).values():
+        if asset.get("source", {}).get("path") == f"{stack}.template.json":
+            for destination in asset.get("destinations", {}).values():
+                return f"{endpoint}/{substitute(destination['bucketName'])}/{substitute(destination['objectKey'])}"
+    raise Failure(f"the template of stack {stack} is over {TEMPLATE_BODY_MAX_BYTES} bytes and not among its assets")
+
+
 def describe(cfn, stack):
     try:
         return cfn.describe_stacks(StackName=stack)["Stacks"][0]
@@ -160,7 +177,8 @@ def failure_events(cfn, stack):
 
 
 def create_or_update(cfn, stack, template):
-    """Creates the stack, or updates it; returns "create", "update" or "none"."""
+    """Creates the stack, or updates it; returns "create", "update" or "none". `template` is
+    {"TemplateBody": ...} or {"TemplateURL": ...}."""
     found = describe(cfn, stack)
     if found and found["StackStatus"] in ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED"):
         # A stack whose creation failed cannot be updated, on AWS either: start again.
@@ -168,11 +186,11 @@ def create_or_update(cfn, stack, template):
         wait_for(cfn, stack, "delete")
         found = None
     if found is None:
-        cfn.create_stack(StackName=stack, TemplateBody=template, Capabilities=CAPABILITIES)
+        cfn.create_stack(StackName=stack, Capabilities=CAPABILITIES, **template)
         action, good = "create", "CREATE_COMPLETE"
     else:
         try:
-            cfn.update_stack(StackName=stack, TemplateBody=template, Capabilities=CAPABILITIES)
+            cfn.update_stack(StackName=stack, Capabilities=CAPABILITIES, **template)
         except ClientError as e:
             if "No updates are to be performed" in str(e):
                 return "none"
@@ -217,7 +235,11 @@ def deploy(endpoint, stack, cdk_out):
     uploaded = upload_assets(endpoint, cdk_out, stack)
     uploaded_at = time.monotonic()
     cfn = client(endpoint, "cloudformation")
-    action = create_or_update(cfn, stack, template)
+    if len(template.encode()) > TEMPLATE_BODY_MAX_BYTES:
+        source = {"TemplateURL": template_url(endpoint, cdk_out, stack)}
+    else:
+        source = {"TemplateBody": template}
+    action = create_or_update(cfn, stack, source)
     patched = patch_ttl(endpoint, cfn, stack, template)
     result = {
         "stack": stack,

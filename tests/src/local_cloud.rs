@@ -30,8 +30,9 @@ pub struct Deployed {
 }
 
 /// Variables of the caller's shell that would point the `fanout` command elsewhere.
-const FOREIGN_ENV: [&str; 9] = [
+const FOREIGN_ENV: [&str; 10] = [
     "FANOUT_TOPIC_ARN",
+    "FANOUT_PIPELINE",
     "FANOUT_QUEUE_URL",
     "FANOUT_DLQ_URL",
     "FANOUT_TABLE_NAME",
@@ -95,7 +96,19 @@ impl LocalCloud {
     /// the test's binaries; keeps the `export` lines it prints for [`LocalCloud::fanout`].
     /// Panics with the script's stderr if it fails.
     pub fn up(&mut self, config: &Path, stack: &str, context: &[&str]) -> Deployed {
-        self.try_up(config, stack, context)
+        self.up_with(config, stack, context, &[])
+    }
+
+    /// [`LocalCloud::up`] with further pipelines in the stack, each `NAME=FILE[@EXPR]`
+    /// (`scripts/local-cloud up --pipeline`).
+    pub fn up_with(
+        &mut self,
+        config: &Path,
+        stack: &str,
+        context: &[&str],
+        pipelines: &[String],
+    ) -> Deployed {
+        self.deploy(config, stack, context, pipelines)
             .unwrap_or_else(|stderr| {
                 panic!("scripts/local-cloud up --stack {stack} failed:\n{stderr}")
             })
@@ -109,6 +122,16 @@ impl LocalCloud {
         stack: &str,
         context: &[&str],
     ) -> Result<Deployed, String> {
+        self.deploy(config, stack, context, &[])
+    }
+
+    fn deploy(
+        &mut self,
+        config: &Path,
+        stack: &str,
+        context: &[&str],
+        pipelines: &[String],
+    ) -> Result<Deployed, String> {
         let mut command = self.script();
         command
             .arg("up")
@@ -119,6 +142,9 @@ impl LocalCloud {
             .arg(&self.bin_dir);
         for kv in context {
             command.args(["-c", kv]);
+        }
+        for pipeline in pipelines {
+            command.args(["--pipeline", pipeline]);
         }
         let started = Instant::now();
         let out = command.output().expect("scripts/local-cloud runs");

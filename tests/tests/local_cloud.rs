@@ -223,9 +223,12 @@ fn calls_by_path(server: &TargetServer) -> BTreeMap<String, Vec<CallRecord>> {
 
 /// The stack's pipeline (topic, queues, table), resolved from its outputs like `--stack` does.
 async fn pipeline(sdk: &aws_config::SdkConfig, stack: &str) -> Pipeline {
+    // The stack's own pipeline (named as the stack) among any others it holds.
     let outputs = StackOutputs::describe(sdk, stack)
         .await
-        .expect("the stack has outputs");
+        .expect("the stack has outputs")
+        .pipeline(Some(stack))
+        .expect("the stack's own pipeline");
     aws_with(sdk, &outputs.names().expect("the four outputs"))
 }
 
@@ -248,6 +251,59 @@ fn tick(cloud: &LocalCloud, stack: &str, config: &Path, timeout_s: u32) -> Value
         "every job settled: {answer}"
     );
     answer
+}
+
+/// Several pipelines in a stack (#29): without `--pipeline` a command is refused, naming them;
+/// `fanout trigger --pipeline` ticks the `Report` pipeline of the scheduled stack: each of its
+/// jobs called once, its run in its own ledger and not in the stack's first pipeline's.
+async fn two_pipelines_in_one_stack(
+    cloud: &LocalCloud,
+    server: &TargetServer,
+    config: &Path,
+    report_paths: &[String],
+) {
+    let report = format!("{SCHEDULED}-Report");
+    let unnamed = cloud.fanout(&["--stack", SCHEDULED, "runs", "list"]);
+    let stderr = String::from_utf8_lossy(&unnamed.stderr);
+    assert!(
+        !unnamed.status.success()
+            && stderr.contains(&format!("holds the pipelines {SCHEDULED}, {report}")),
+        "{stderr}"
+    );
+    let config = config.to_string_lossy();
+    let answer = cloud.fanout_json(&[
+        "--stack",
+        SCHEDULED,
+        "--pipeline",
+        &report,
+        "trigger",
+        "--config",
+        &config,
+        "--wait",
+    ]);
+    assert_eq!(answer["wait"]["settled"], true, "{answer}");
+    assert_eq!(answer["wait"]["succeeded"], report_paths.len(), "{answer}");
+    let run_id = answer["run_id"].as_str().expect("run_id").to_owned();
+    assert!(run_id.starts_with("schedule/tick@"), "{run_id}");
+    let calls = calls_by_path(server);
+    for path in report_paths {
+        assert_eq!(calls.get(path).map(Vec::len), Some(1), "{path} called once");
+    }
+    let ids = |pipeline: &str| -> Vec<String> {
+        cloud
+            .fanout_json(&["--stack", SCHEDULED, "--pipeline", pipeline, "runs", "list"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["run_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(ids(&report), vec![run_id.clone()], "the report's ledger");
+    assert!(
+        !ids(SCHEDULED).contains(&run_id),
+        "the report's run is not in the first pipeline's ledger"
+    );
+    println!("two pipelines in {SCHEDULED}: {report} ticked by trigger --pipeline, run {run_id} in its own ledger");
 }
 
 /// The run as `fanout runs show` gives it, once it has finished. The consumer that counts a
@@ -427,22 +483,28 @@ async fn the_real_stack_on_this_machine() {
     let follower = chain.follow_emulator(cloud.state_dir(), Duration::from_secs(120));
 
     // A second stack whose schedule fires every minute: deployed first, so its countdown runs while
-    // the main stack is exercised; checked at the end.
+    // the main stack is exercised; checked at the end. It holds a second pipeline, `Report`,
+    // with targets and a daily schedule of its own, ticked now by `fanout trigger --pipeline`.
     let scheduled_paths = paths("ok/sched-", 0..3);
     let scheduled_config =
         write_config(&dir, "scheduled.json", &base, &scheduled_paths, Some(100.0));
-    let first = cloud.up(
+    let report_paths = paths("ok/report-", 0..4);
+    let report_config = write_config(&dir, "report.json", &base, &report_paths, Some(100.0));
+    let report_pipeline = format!("Report={}@rate(1 day)", report_config.display());
+    let first = cloud.up_with(
         &scheduled_config,
         SCHEDULED,
         &["scheduleExpression=rate(1 minute)"],
+        std::slice::from_ref(&report_pipeline),
     );
     let scheduled_since = Instant::now();
     println!(
-        "deploy (create, cold emulator) {SCHEDULED}: {:.1} s  [{}]",
+        "deploy (create, cold emulator) {SCHEDULED}, two pipelines: {:.1} s  [{}]",
         first.seconds, first.summary
     );
     follower.abort();
     chain.set_emulator(&emulator_endpoint(&cloud.state_dir()).expect("the emulator's port"));
+    two_pipelines_in_one_stack(&cloud, &server, &report_config, &report_paths).await;
 
     // The main stack: 40 good targets and 5 that answer 400 until the operator fixes them.
     let good = paths("ok/a-", 0..40);
