@@ -261,7 +261,7 @@ async fn two_pipelines_in_one_stack(
     server: &TargetServer,
     config: &Path,
     report_paths: &[String],
-) {
+) -> String {
     let report = format!("{SCHEDULED}-Report");
     let unnamed = cloud.fanout(&["--stack", SCHEDULED, "runs", "list"]);
     let stderr = String::from_utf8_lossy(&unnamed.stderr);
@@ -304,6 +304,7 @@ async fn two_pipelines_in_one_stack(
         "the report's run is not in the first pipeline's ledger"
     );
     println!("two pipelines in {SCHEDULED}: {report} ticked by trigger --pipeline, run {run_id} in its own ledger");
+    run_id
 }
 
 /// The run as `fanout runs show` gives it, once it has finished. The consumer that counts a
@@ -484,13 +485,14 @@ async fn the_real_stack_on_this_machine() {
 
     // A second stack whose schedule fires every minute: deployed first, so its countdown runs while
     // the main stack is exercised; checked at the end. It holds a second pipeline, `Report`,
-    // with targets and a daily schedule of its own, ticked now by `fanout trigger --pipeline`.
+    // with targets and a one-minute schedule of their own, ticked now by `fanout trigger
+    // --pipeline` and, by the end, by its schedule too.
     let scheduled_paths = paths("ok/sched-", 0..3);
     let scheduled_config =
         write_config(&dir, "scheduled.json", &base, &scheduled_paths, Some(100.0));
     let report_paths = paths("ok/report-", 0..4);
     let report_config = write_config(&dir, "report.json", &base, &report_paths, Some(100.0));
-    let report_pipeline = format!("Report={}@rate(1 day)", report_config.display());
+    let report_pipeline = format!("Report={}@rate(1 minute)", report_config.display());
     let first = cloud.up_with(
         &scheduled_config,
         SCHEDULED,
@@ -504,7 +506,8 @@ async fn the_real_stack_on_this_machine() {
     );
     follower.abort();
     chain.set_emulator(&emulator_endpoint(&cloud.state_dir()).expect("the emulator's port"));
-    two_pipelines_in_one_stack(&cloud, &server, &report_config, &report_paths).await;
+    let report_run =
+        two_pipelines_in_one_stack(&cloud, &server, &report_config, &report_paths).await;
 
     // The main stack: 40 good targets and 5 that answer 400 until the operator fixes them.
     let good = paths("ok/a-", 0..40);
@@ -955,6 +958,46 @@ async fn the_real_stack_on_this_machine() {
             "{path} called once per scheduled tick"
         );
     }
+    // The stack's second pipeline ticked on its own schedule too, into its own ledger.
+    let report = format!("{SCHEDULED}-Report");
+    let (cloud_ref, report_ref) = (&cloud, &report);
+    let report_runs = eventually(
+        Duration::from_secs(30),
+        "the Report pipeline's schedule to fire and its run to finish",
+        || async move {
+            let runs = cloud_ref.fanout_json(&[
+                "--stack",
+                SCHEDULED,
+                "--pipeline",
+                report_ref,
+                "runs",
+                "list",
+            ]);
+            let runs: Vec<(String, String)> = runs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some((
+                        r["run_id"].as_str()?.to_owned(),
+                        r["status"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            (runs.len() > 1 && runs.iter().all(|(_, status)| status == "SUCCEEDED")).then_some(runs)
+        },
+    )
+    .await;
+    let calls = calls_by_path(&server);
+    for path in &report_paths {
+        assert_eq!(
+            calls.get(path).map(Vec::len),
+            Some(report_runs.len()),
+            "{path} called once per Report run: {report_runs:?}"
+        );
+    }
+    assert!(report_runs.iter().any(|(id, _)| id == &report_run));
+    println!("{report}: runs {report_runs:?} (one triggered, the others scheduled)");
 
     // The schedule has shown it fires; stopped (redeployed with its schedules disabled), so no
     // scheduled tick runs into the faults.
