@@ -148,6 +148,7 @@ impl Flow {
             instance,
             since_ms: 0,
             expires_ms: 0,
+            entitled_ms: 0,
         };
         Self {
             store,
@@ -220,8 +221,9 @@ impl Flow {
                 return;
             }
             if view.lease.expires_ms <= now {
-                // New, or lapsed while idle: join again.
+                // New, or lapsed while idle: join again, counted at once until it knows better.
                 view.lease.since_ms = now;
+                view.lease.entitled_ms = now;
             }
             view.lease.expires_ms = now + fleet::ms(LEASE_TTL);
             view.renewed = Some(Instant::now());
@@ -229,17 +231,28 @@ impl Flow {
         };
         match self.store.renew(&lease, now).await {
             Ok(leases) => {
-                let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-                if lease.since_ms == now {
-                    // Alone, it may start at once; otherwise it waits until every other instance
-                    // has renewed, seen it and lowered its share.
-                    view.entitled_ms = entitled_at(&lease.instance, &leases, now);
-                    info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
+                let entitled = {
+                    let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut entitled = None;
+                    if lease.since_ms == now {
+                        // Alone, it may start at once; otherwise it waits until every other
+                        // instance has renewed and seen it.
+                        view.entitled_ms = entitled_at(&lease.instance, &leases, now);
+                        info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
+                        if view.entitled_ms > now {
+                            view.lease.entitled_ms = view.entitled_ms;
+                            entitled = Some(view.lease.clone());
+                        }
+                    }
+                    view.leases = leases;
+                    view.read_ms = now;
+                    view.stored_expires_ms = lease.expires_ms;
+                    view.stale = false;
+                    entitled
+                };
+                if let Some(entitled) = entitled {
+                    self.announce_entitlement(&entitled).await;
                 }
-                view.leases = leases;
-                view.read_ms = now;
-                view.stored_expires_ms = lease.expires_ms;
-                view.stale = false;
             }
             Err(e) => {
                 warn!(error = %e, "could not renew the instance lease; keeping the last view with a conservative share");
@@ -247,6 +260,23 @@ impl Flow {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .stale = true;
+            }
+        }
+    }
+
+    /// A joiner's second write: from when it may call, so that the others, reading it before
+    /// then, keep its share busy until then instead of lowering theirs at once. If it fails, the
+    /// first write stands ("count me now"), which only costs that share for the wait.
+    async fn announce_entitlement(&self, lease: &Lease) {
+        let now = now_ms();
+        match self.store.renew(lease, now).await {
+            Ok(leases) => {
+                let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+                view.leases = leases;
+                view.read_ms = now;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not write when this instance may call; the others count it at once")
             }
         }
     }
@@ -419,7 +449,9 @@ impl Flow {
     /// only the next read can tell. Counting it only until its expiry would put both at a
     /// full share until then, the fleet one share above the budget (the deployed mixed-hosts
     /// tick measured 112 calls in a second at 100/s). A lease that really ended frees its
-    /// share at the next renewal, within [`LEASE_RENEW`]. While the
+    /// share at the next renewal, within [`LEASE_RENEW`]. A joiner is counted from its
+    /// entitlement on ([`Lease::counted`]): until it may call, its share is still this one's.
+    /// While the
     /// lease cannot be renewed (a throttled table), the view is kept but others may have joined
     /// unseen, so the split is conservative: by [`crate::Settings::max_instances`] (the most
     /// that can share it) when known, and never by fewer than the instances last seen live;
@@ -430,13 +462,14 @@ impl Flow {
         let now = now_ms();
         if !view.stale {
             return Split {
-                count: share_count(&view.lease.instance, &view.leases, view.read_ms),
+                count: share_count(&view.lease.instance, &view.leases, view.read_ms, now),
                 entitled_ms: view.entitled_ms,
                 lapsed: false,
             };
         }
-        // The others as last read, alive or not since: none of them is known to have left.
-        let seen = share_count(&view.lease.instance, &view.leases, i64::MIN);
+        // The others as last read, alive or not since and whether they may call yet or not:
+        // none of them is known to have left or to be waiting still.
+        let seen = share_count(&view.lease.instance, &view.leases, i64::MIN, i64::MAX);
         Split {
             count: seen.max(self.max_instances.unwrap_or(0)),
             entitled_ms: view.entitled_ms,
@@ -626,6 +659,41 @@ mod tests {
         b.renew_lease().await;
         assert_eq!(b.split().count, 1, "a gone at b's next read");
         b.end_batch(batch_b).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A joiner writes when it may call; the instance already at work keeps the whole budget
+    /// until then (less the clock skew) instead of halving it at once and leaving half unused
+    /// while the joiner waits. The joiner calls nothing before it.
+    #[tokio::test]
+    async fn a_joiner_s_share_stays_with_the_others_until_it_may_call() {
+        let dir = std::env::temp_dir().join(format!("fanout-flow-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = EmbeddedBackend::open(&dir.join("state.db")).unwrap();
+        let store: Arc<dyn FleetStore> = Arc::new(backend.fleet());
+        let (a, b) = (paced_flow(&store), paced_flow(&store));
+
+        let _batch_a = a.start_batch().await;
+        // a renews again (its first renewal is due within FIRST_RENEW), as a working instance does.
+        tokio::time::sleep(FIRST_RENEW).await;
+        a.renew_lease().await;
+        let _batch_b = b.start_batch().await;
+        let entitled = b.split().entitled_ms;
+        assert!(entitled > now_ms(), "b waits for a's next renewal");
+        // a reads b's lease (its renewal forced now: b's wait is a's whole renewal period, so a
+        // second remains): b is not counted yet.
+        a.lease.lock().unwrap().renewed = None;
+        a.renew_lease().await;
+        assert_eq!(a.split().count, 1, "b may not call yet: a keeps the budget");
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(entitled - now_ms()).unwrap_or(0),
+        ))
+        .await;
+        assert_eq!(
+            (a.split().count, b.split().count),
+            (2, 2),
+            "from b's entitlement on"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

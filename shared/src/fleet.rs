@@ -9,10 +9,13 @@
 //! since its holder may have renewed it meanwhile.
 //! A joining instance that finds others at work waits until each of them has renewed once
 //! more (their next renewal is due by [`Lease::next_renewal_ms`], plus `JOIN_SLACK`): by then
-//! they all count it and have lowered their shares, so the fleet never sends above the budget
-//! while it grows. An instance that finds nobody starts at once, and renews again within
-//! [`FIRST_RENEW`]: instances that start together at a tick see each other within a fraction
-//! of a second, not a whole renewal period.
+//! they all have read its lease, so the fleet never sends above the budget while it grows. It
+//! writes that time into its lease ([`Lease::entitled_ms`]), and the others count it from then
+//! on, not from when they read it: until the joiner may call, they keep its share busy. (Its
+//! first write, before it knows the time, says "count me now": an instance that reads that one
+//! lowers its share at once, which is safe.) An instance that finds nobody starts at once, and
+//! renews again within [`FIRST_RENEW`]: instances that start together at a tick see each other
+//! within a fraction of a second, not a whole renewal period.
 
 use std::time::Duration;
 
@@ -37,6 +40,10 @@ pub const FIRST_RENEW: Duration = Duration::from_millis(200);
 /// instance may start.
 pub(crate) const JOIN_SLACK: Duration = Duration::from_millis(200);
 
+/// How much earlier than a joiner's [`Lease::entitled_ms`] the others count it: the clocks of
+/// two instances may disagree by this much.
+pub const CLOCK_SKEW: Duration = Duration::from_millis(50);
+
 /// One instance's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -46,12 +53,43 @@ pub struct Lease {
     pub since_ms: i64,
     /// When it lapses unless renewed, ms since the epoch.
     pub expires_ms: i64,
+    /// From when the others count it, ms since the epoch (less [`CLOCK_SKEW`]): when its
+    /// holder may start calling. Its join time until the holder knows better.
+    pub entitled_ms: i64,
 }
 
 impl Lease {
     /// Whether the lease is live at `now_ms`.
     pub fn live(&self, now_ms: i64) -> bool {
         self.expires_ms > now_ms
+    }
+
+    /// Whether the others count it at `now_ms`: its holder may be calling.
+    pub fn counted(&self, now_ms: i64) -> bool {
+        self.entitled_ms - ms(CLOCK_SKEW) <= now_ms
+    }
+
+    /// The lease as the stores keep it: `since:expires:entitled`.
+    pub fn to_value(&self) -> String {
+        format!("{}:{}:{}", self.since_ms, self.expires_ms, self.entitled_ms)
+    }
+
+    /// A stored lease of `instance` ([`Lease::to_value`]); one written before leases carried
+    /// their entitlement (`since:expires`) is counted from its join, as it was then.
+    pub fn from_value(instance: &str, value: &str) -> Option<Lease> {
+        let mut parts = value.split(':').map(str::parse::<i64>);
+        let since_ms = parts.next()?.ok()?;
+        let expires_ms = parts.next()?.ok()?;
+        let entitled_ms = match parts.next() {
+            Some(entitled) => entitled.ok()?,
+            None => since_ms,
+        };
+        parts.next().is_none().then(|| Lease {
+            instance: instance.to_owned(),
+            since_ms,
+            expires_ms,
+            entitled_ms,
+        })
     }
 
     /// When the lease was last renewed.
@@ -76,12 +114,12 @@ impl Lease {
     }
 }
 
-/// The number of instances a budget is split by, as seen by `me` at `now_ms`: itself plus the
-/// other live leases.
-pub fn share_count(me: &str, leases: &[Lease], now_ms: i64) -> u32 {
+/// The number of instances a budget is split by, as seen by `me` at `now_ms` from `leases` read
+/// at `read_ms`: itself plus the others live when read and counted by now.
+pub fn share_count(me: &str, leases: &[Lease], read_ms: i64, now_ms: i64) -> u32 {
     let others = leases
         .iter()
-        .filter(|l| l.instance != me && l.live(now_ms))
+        .filter(|l| l.instance != me && l.live(read_ms) && l.counted(now_ms))
         .count();
     u32::try_from(others + 1).unwrap_or(u32::MAX)
 }
@@ -159,6 +197,7 @@ mod tests {
             instance: instance.into(),
             since_ms: 0,
             expires_ms,
+            entitled_ms: 0,
         };
         let ttl = ms(LEASE_TTL);
         let leases = [
@@ -166,8 +205,17 @@ mod tests {
             lease("b", 1_500 + ttl),
             lease("c", 1_800),
         ];
-        assert_eq!(share_count("a", &leases, 2_000), 2, "a and b; c lapsed");
-        assert_eq!(share_count("z", &leases, 2_000), 3);
+        assert_eq!(
+            share_count("a", &leases, 2_000, 2_000),
+            2,
+            "a and b; c lapsed"
+        );
+        assert_eq!(share_count("z", &leases, 2_000, 2_000), 3);
+        assert_eq!(
+            share_count("a", &leases, 1_700, 2_000),
+            3,
+            "c was live when read: counted until a read shows it gone"
+        );
         // b renewed last at 1.5 s: z may start after b's next renewal.
         assert_eq!(
             entitled_at("z", &leases, 2_000),
@@ -179,11 +227,40 @@ mod tests {
             instance: "f".into(),
             since_ms: 1_900,
             expires_ms: 1_900 + ttl,
+            entitled_ms: 1_900,
         };
         assert!(fresh.just_joined() && !leases[0].just_joined());
         assert_eq!(
             entitled_at("z", &[fresh], 2_000),
             1_900 + ms(FIRST_RENEW) + ms(JOIN_SLACK)
         );
+    }
+
+    #[test]
+    fn a_joiner_is_counted_from_its_entitlement_less_the_clock_skew() {
+        let joiner = Lease {
+            instance: "j".into(),
+            since_ms: 2_000,
+            expires_ms: 2_000 + ms(LEASE_TTL),
+            entitled_ms: 2_600,
+        };
+        let leases = [joiner.clone()];
+        let skew = ms(CLOCK_SKEW);
+        assert_eq!(
+            share_count("a", &leases, 2_100, 2_100),
+            1,
+            "not calling yet"
+        );
+        assert_eq!(share_count("a", &leases, 2_100, 2_600 - skew - 1), 1);
+        assert_eq!(share_count("a", &leases, 2_100, 2_600 - skew), 2);
+        // Stored and read back; a lease written before entitlements is counted from its join.
+        assert_eq!(Lease::from_value("j", &joiner.to_value()), Some(joiner));
+        let old = Lease::from_value("o", "1000:4000").unwrap();
+        assert_eq!(
+            (old.since_ms, old.expires_ms, old.entitled_ms),
+            (1_000, 4_000, 1_000)
+        );
+        assert_eq!(Lease::from_value("o", "1000:x"), None);
+        assert_eq!(Lease::from_value("o", "1:2:3:4"), None);
     }
 }

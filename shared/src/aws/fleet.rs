@@ -98,13 +98,7 @@ fn host_states_of(items: &[HashMap<String, AttributeValue>]) -> HostStates {
 fn parse_leases(item: &HashMap<String, AttributeValue>) -> Vec<Lease> {
     item.iter()
         .filter_map(|(name, value)| {
-            let instance = name.strip_prefix(LEASE_PREFIX)?;
-            let (since, expires) = value.as_s().ok()?.split_once(':')?;
-            Some(Lease {
-                instance: instance.to_owned(),
-                since_ms: since.parse().ok()?,
-                expires_ms: expires.parse().ok()?,
-            })
+            Lease::from_value(name.strip_prefix(LEASE_PREFIX)?, value.as_s().ok()?)
         })
         .collect()
 }
@@ -149,10 +143,7 @@ impl DynamoDbFleet {
                 format!("#l{i}"),
                 format!("{LEASE_PREFIX}{}", lease.instance),
             );
-            values.insert(
-                format!(":l{i}"),
-                AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)),
-            );
+            values.insert(format!(":l{i}"), AttributeValue::S(lease.to_value()));
             removes.push(format!("#l{i}"));
             conditions.push(format!("#l{i} = :l{i}"));
         }
@@ -245,10 +236,7 @@ impl FleetStore for DynamoDbFleet {
             .key(KEY, s(LEASES_KEY))
             .update_expression("SET #me = :me")
             .expression_attribute_names("#me", format!("{LEASE_PREFIX}{}", lease.instance))
-            .expression_attribute_values(
-                ":me",
-                AttributeValue::S(format!("{}:{}", lease.since_ms, lease.expires_ms)),
-            )
+            .expression_attribute_values(":me", AttributeValue::S(lease.to_value()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await

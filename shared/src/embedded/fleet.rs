@@ -106,27 +106,31 @@ impl FleetStore for EmbeddedFleet {
         tx.execute("DELETE FROM leases WHERE expires <= ?1", [now_ms])
             .map_err(sql_error)?;
         tx.prepare_cached(
-            "INSERT INTO leases (instance, since, expires) VALUES (?1, ?2, ?3)
-             ON CONFLICT (instance) DO UPDATE SET expires = ?3",
+            "INSERT INTO leases (instance, since, expires, entitled) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (instance) DO UPDATE SET expires = ?3, entitled = ?4",
         )
         .and_then(|mut s| {
             s.execute(rusqlite::params![
                 lease.instance,
                 lease.since_ms,
-                lease.expires_ms
+                lease.expires_ms,
+                lease.entitled_ms
             ])
         })
         .map_err(sql_error)?;
         let leases = {
             let mut stmt = tx
-                .prepare_cached("SELECT instance, since, expires FROM leases")
+                .prepare_cached("SELECT instance, since, expires, entitled FROM leases")
                 .map_err(sql_error)?;
             let rows = stmt
                 .query_map([], |r| {
+                    let since_ms: i64 = r.get(1)?;
                     Ok(Lease {
                         instance: r.get(0)?,
-                        since_ms: r.get(1)?,
+                        since_ms,
                         expires_ms: r.get(2)?,
+                        // A lease written before entitlements: counted from its join.
+                        entitled_ms: r.get::<_, Option<i64>>(3)?.unwrap_or(since_ms),
                     })
                 })
                 .map_err(sql_error)?;

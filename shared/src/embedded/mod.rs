@@ -121,7 +121,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY,
     since INTEGER NOT NULL,
-    expires INTEGER NOT NULL
+    expires INTEGER NOT NULL,
+    entitled INTEGER
 );
 ";
 
@@ -198,6 +199,7 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         ("idempotency", "count_delta", "TEXT"),
         ("runs", "sources", "TEXT"),
         ("runs", "finished_by", "INTEGER"),
+        ("leases", "entitled", "INTEGER"),
     ] {
         let has: bool = conn
             .query_row(

@@ -17,6 +17,7 @@ pub fn contracts() -> Vec<Contract> {
         contract!(a_probe_is_claimed_once(fleet)),
         contract!(a_renewal_lists_every_live_lease(fleet)),
         contract!(a_renewal_moves_the_lease_s_expiry(fleet)),
+        contract!(a_renewal_moves_the_lease_s_entitlement(fleet)),
         contract!(lapsed_leases_are_left_out_and_pruned(fleet)),
     ]
 }
@@ -43,6 +44,7 @@ fn lease(instance: &str, since_ms: i64, expires_ms: i64) -> Lease {
         instance: instance.to_owned(),
         since_ms,
         expires_ms,
+        entitled_ms: since_ms,
     }
 }
 
@@ -205,6 +207,26 @@ pub async fn a_renewal_moves_the_lease_s_expiry(fleet: &dyn FleetStore) {
         sorted(fleet.renew(&other, 1_500).await.unwrap()),
         vec![renewed, other]
     );
+}
+
+/// A joiner's second write moves its entitlement (from when the others count it); the next
+/// renewal keeps it.
+pub async fn a_renewal_moves_the_lease_s_entitlement(fleet: &dyn FleetStore) {
+    let joined = lease("j", 1_000, 4_000);
+    fleet.renew(&joined, 1_000).await.unwrap();
+    let entitled = Lease {
+        entitled_ms: 1_600,
+        ..joined
+    };
+    assert_eq!(
+        fleet.renew(&entitled, 1_010).await.unwrap(),
+        vec![entitled.clone()]
+    );
+    let renewed = Lease {
+        expires_ms: 5_000,
+        ..entitled
+    };
+    assert_eq!(fleet.renew(&renewed, 2_000).await.unwrap(), vec![renewed]);
 }
 
 /// A lease is live while its expiry is after now: a lapsed one is left out of the answer, and
