@@ -624,17 +624,22 @@ mod tests {
         )
     }
 
+    /// Two instances sharing one embedded fleet store in a fresh directory (removed by the test).
+    fn two_instances() -> (std::path::PathBuf, Flow, Flow) {
+        let dir = std::env::temp_dir().join(format!("fanout-flow-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = EmbeddedBackend::open(&dir.join("state.db")).unwrap();
+        let store: Arc<dyn FleetStore> = Arc::new(backend.fleet());
+        (dir, paced_flow(&store), paced_flow(&store))
+    }
+
     /// Instance `a` releases its lease between two batches and renews it again within
     /// [`RELEASE_GRACE`], after `b` read the shortened lease. Past the shortened expiry `b` still
     /// counts `a` (it may not know of the renewal yet, and `a` is calling at half the budget);
     /// `b` takes the whole budget only after a read shows `a` gone.
     #[tokio::test]
     async fn a_released_lease_renewed_within_its_grace_keeps_its_share_counted() {
-        let dir = std::env::temp_dir().join(format!("fanout-flow-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let backend = EmbeddedBackend::open(&dir.join("state.db")).unwrap();
-        let store: Arc<dyn FleetStore> = Arc::new(backend.fleet());
-        let (a, b) = (paced_flow(&store), paced_flow(&store));
+        let (dir, a, b) = two_instances();
 
         let batch_a = a.start_batch().await;
         let batch_b = b.start_batch().await;
@@ -667,11 +672,7 @@ mod tests {
     /// while the joiner waits. The joiner calls nothing before it.
     #[tokio::test]
     async fn a_joiner_s_share_stays_with_the_others_until_it_may_call() {
-        let dir = std::env::temp_dir().join(format!("fanout-flow-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let backend = EmbeddedBackend::open(&dir.join("state.db")).unwrap();
-        let store: Arc<dyn FleetStore> = Arc::new(backend.fleet());
-        let (a, b) = (paced_flow(&store), paced_flow(&store));
+        let (dir, a, b) = two_instances();
 
         let _batch_a = a.start_batch().await;
         // a renews again (its first renewal is due within FIRST_RENEW), as a working instance does.
