@@ -101,7 +101,9 @@ async fn pipeline_name(cli: &Cli) -> Result<String, Failure> {
     if let Some(name) = cli.aws.pipeline_name() {
         return Ok(name.to_owned());
     }
-    let Some(stack) = cli.aws.stack_name() else {
+    // Only a deployed stack has outputs to read (the embedded backend refuses `--stack` when
+    // its pipeline is built, with its own message).
+    let (BackendKind::Aws, Some(stack)) = (cli.backend, cli.aws.stack_name()) else {
         return Ok("fanout".into());
     };
     let sdk = fanout_shared::aws::load_sdk_config().await;
