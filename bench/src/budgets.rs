@@ -21,17 +21,35 @@ const MIXED: [(f64, usize); 2] = [(100.0, 200), (2.0, 40)];
 const THREE: [(f64, usize); 3] = [(100.0, 720), (10.0, 72), (1.0, 8)];
 const THREE_GLOBAL: f64 = 80.0;
 
+/// A slow API at a high budget: one host, 400/s, each call answered after 200 ms. Spending the
+/// budget takes 80 calls in flight (Little's law), twice what 4 invocations of 10 hold.
+const SLOW_API: (f64, usize) = (400.0, 1600);
+/// See [`SLOW_API`].
+const SLOW_API_MS: u64 = 200;
+
 /// What one run measured, per host: last call after the start (s) and peak calls in 1 s.
 struct Run {
     hosts: Vec<(f64, usize)>,
     wall_s: f64,
     /// Peak calls in any 1 s over all hosts.
     peak_all: usize,
+    /// Calls in each half second from the start, all hosts.
+    timeline: Vec<usize>,
     settled: (u64, u64, usize),
 }
 
-async fn run(name: &str, hosts: &[(f64, usize)], global: Option<f64>) -> Result<Run, String> {
-    let (servers, config) = fanout_tests::hosts_tick(hosts, global).await;
+/// One tick of `hosts` (each its own server, budget and jobs) under `global`; each call answered
+/// after `call_ms` when given.
+async fn run(
+    name: &str,
+    hosts: &[(f64, usize)],
+    global: Option<f64>,
+    call_ms: Option<u64>,
+) -> Result<Run, String> {
+    let (servers, mut config) = fanout_tests::hosts_tick(hosts, global).await;
+    if let Some(ms) = call_ms {
+        fanout_tests::answered_after(&mut config, ms);
+    }
     let pipeline = embedded(":memory:".as_ref(), 0.0)?;
     let started = Instant::now();
     let (summary, _) = fanout::run(
@@ -56,10 +74,19 @@ async fn run(name: &str, hosts: &[(f64, usize)], global: Option<f64>) -> Result<
     }
     all_calls.sort();
     let peak_all = max_in_window(&all_calls, Duration::from_secs(1));
+    let mut timeline = Vec::new();
+    for at in &all_calls {
+        let slot = (at.duration_since(started).as_secs_f64() * 2.0) as usize;
+        if timeline.len() <= slot {
+            timeline.resize(slot + 1, 0);
+        }
+        timeline[slot] += 1;
+    }
     Ok(Run {
         hosts: per_host,
         wall_s,
         peak_all,
+        timeline,
         settled: (summary.succeeded, summary.dead_lettered, summary.lost),
     })
 }
@@ -84,7 +111,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let mut mixed = Vec::new();
     for _ in 0..runs {
         eprintln!("fanout-bench: 14. every budget used: mixed hosts");
-        mixed.push(run("mixed", &MIXED, None).await?);
+        mixed.push(run("mixed", &MIXED, None, None).await?);
     }
     for (h, (per_second, jobs)) in MIXED.iter().enumerate() {
         let ideal = *jobs as f64 / per_second;
@@ -120,7 +147,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let mut three = Vec::new();
     for _ in 0..runs {
         eprintln!("fanout-bench: 14. every budget used: three hosts under a global budget");
-        three.push(run("three", &THREE, Some(THREE_GLOBAL)).await?);
+        three.push(run("three", &THREE, Some(THREE_GLOBAL), None).await?);
     }
     let jobs: usize = THREE.iter().map(|(_, n)| n).sum();
     let ideal = THREE
@@ -172,6 +199,38 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             })
             .collect::<Vec<_>>()
             .join("; ")
+    ));
+
+    let mut slow = Vec::new();
+    for _ in 0..runs {
+        eprintln!("fanout-bench: 14. every budget used: a slow API at a high budget");
+        slow.push(run("slow-api", &[SLOW_API], None, Some(SLOW_API_MS)).await?);
+    }
+    let (per_second, jobs) = SLOW_API;
+    let ideal = jobs as f64 / per_second;
+    let slow_wall: Vec<f64> = slow.iter().map(|r| r.wall_s / ideal).collect();
+    figures.push(Figure::goal(
+        &format!("slow API ({jobs} jobs at {per_second}/s, {SLOW_API_MS} ms a call): wall ÷ N/R"),
+        format!("{:.2}", median(&slow_wall)),
+        "≤ 1.15",
+        median(&slow_wall) <= 1.15,
+    ));
+    let slow_peak: Vec<f64> = slow.iter().map(|r| r.peak_all as f64).collect();
+    figures.push(Figure::goal(
+        "slow API: peak calls in any 1 s",
+        format!("{:.0}", slow_peak.iter().copied().fold(0.0, f64::max)),
+        &format!("≤ budget + burst = {:.0}", per_second + 1.0),
+        slow_peak.iter().all(|p| *p <= per_second + 1.0),
+    ));
+    let mut s = settled(&slow, jobs);
+    s.name = format!("slow API: {}", s.name);
+    figures.push(s);
+    lines.push(format!(
+        "slow API: wall s {}; wall ÷ N/R {}; peak 1 s {}; calls per 0.5 s (last run): {:?}",
+        list(&slow.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),
+        list(&slow_wall, 2),
+        list(&slow_peak, 0),
+        slow.last().map(|r| r.timeline.clone()).unwrap_or_default()
     ));
 
     Ok(Section {

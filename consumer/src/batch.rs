@@ -107,8 +107,8 @@ impl Consumer {
         report
     }
 
-    /// Runs the batch's records, at most `batch_concurrency` at once and copies of one job one
-    /// after another ([`copies_together`]), and what the invocation pulls beside them
+    /// Runs the batch's records, as many at once as [`Consumer::capacity`] allows and copies of
+    /// one job one after another ([`copies_together`]), and what the invocation pulls beside them
     /// ([`crate::pull`]), to their reports. A settled record waits for its count: the
     /// instance applies its batches ([`crate::count`]) within [`DELETE_LINGER`] (or at ten
     /// records, or when nothing else runs), and only a record whose batch applied is done. A
@@ -118,8 +118,7 @@ impl Consumer {
     /// pulls leaves its batch to the mapping's delete. A record whose count did not apply is
     /// kept: a batch record is listed as a failure, a pulled one is not deleted.
     async fn work(&self, records: Vec<SqsMessage>, deadline: Deadline) -> Worked {
-        let capacity = self.settings.batch_concurrency.max(1);
-        let mut pull = Pull::new(self.settings.pull, capacity, deadline);
+        let mut pull = Pull::new(self.settings.pull, deadline);
         let mut queued: VecDeque<Group> = copies_together(records)
             .into_iter()
             .map(|records| Group {
@@ -147,6 +146,8 @@ impl Consumer {
         let delete =
             move |receipts: Vec<String>| async move { self.delete_done(&receipts, window).await };
         loop {
+            let rate = self.flow.call_rate();
+            let capacity = self.capacity(rate);
             while running.len() < capacity {
                 let Some(group) = queued.pop_front() else {
                     break;
@@ -155,7 +156,11 @@ impl Consumer {
                 running.push(self.run_group(group, deadline));
             }
             if receiving.is_none() {
-                if let Some(max) = pull.room(running.len() + queued.len()) {
+                if let Some(max) = pull.room(
+                    running.len() + queued.len(),
+                    capacity,
+                    (&self.in_flight, rate),
+                ) {
                     receiving = Some(Box::pin(self.pull(max, deadline)));
                 }
             }
@@ -292,7 +297,12 @@ impl Consumer {
         let key = job_key(&group.records[0]);
         let mut handled = Vec::with_capacity(group.records.len());
         for record in group.records {
+            let started = std::time::Instant::now();
             let report = self.process_record(&record, deadline).await;
+            if report.call_latency.is_some() {
+                self.in_flight
+                    .observe(started.elapsed().saturating_sub(report.rate_wait));
+            }
             handled.push(Handled {
                 id: record.message_id,
                 receipt: record.receipt_handle,
@@ -301,6 +311,15 @@ impl Consumer {
             });
         }
         (key, handled)
+    }
+
+    /// How many records the invocation runs at once now ([`crate::in_flight`]): enough for its
+    /// `rate` ([`crate::flow::Flow::call_rate`]), at least `batch_concurrency`, at most
+    /// `max_in_flight`.
+    fn capacity(&self, rate: Option<f64>) -> usize {
+        let floor = self.settings.batch_concurrency.max(1);
+        self.in_flight
+            .capacity(rate, floor, self.settings.max_in_flight)
     }
 
     /// How long the steps at an invocation's end may retry a backend fault: half the deadline's

@@ -505,6 +505,34 @@ impl Flow {
         })
     }
 
+    /// The calls a second one batch of this instance may make now: its share of the global
+    /// budget, or of the budgets of the hosts it holds jobs for when those allow less, split
+    /// among its batches in flight. `None` when no budget paces it (a held host without one,
+    /// and no global budget). [`crate::in_flight`] sizes an invocation by it.
+    pub(crate) fn call_rate(&self) -> Option<f64> {
+        let hosts: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        let held = if hosts.is_empty() {
+            None
+        } else {
+            hosts
+                .iter()
+                .map(|h| self.host_share(h).map(|s| s.per_second))
+                .sum::<Option<f64>>()
+        };
+        let global = self.global_share().map(|s| s.per_second);
+        let rate = match (global, held) {
+            (Some(g), Some(h)) => g.min(h),
+            (g, h) => g.or(h)?,
+        };
+        Some(rate / self.batches.load(Ordering::Acquire).max(1) as f64)
+    }
+
     /// Waits for this instance's permits for `host` (its entitlement in the fleet, the host's
     /// share, the global share), unless they are due after `call_by`. Returns the time waited.
     pub(crate) async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {

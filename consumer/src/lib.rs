@@ -13,6 +13,8 @@
 //!   instance's lease and its share of the budgets.
 //! - `pull`: an invocation with room and time receives more records itself, so a batch's
 //!   slowest record never holds back the instance and its share is not idle between batches.
+//! - `in_flight`: how many records an invocation runs at once: enough to spend its share of
+//!   the budgets (Little's law), at least `batch_concurrency`.
 //! - `latency`: how long a call to a host is expected to take, so a job waits for its permit
 //!   until just before the invocation's end.
 //! - [`limiter`]: the `governor` limiters that pace this instance at its share.
@@ -33,6 +35,7 @@ mod batch;
 mod count;
 mod flow;
 mod http;
+mod in_flight;
 mod latency;
 mod limiter;
 mod policy;
@@ -62,6 +65,7 @@ pub struct Consumer {
     caller: http::Caller,
     flow: flow::Flow,
     latencies: latency::Latencies,
+    in_flight: in_flight::InFlight,
     retry: RetryPolicy,
     policy: policy::Policy,
     settings: Settings,
@@ -149,6 +153,7 @@ impl Consumer {
                 settings.host_state_ttl,
             ),
             latencies: latency::Latencies::default(),
+            in_flight: in_flight::InFlight::default(),
             retry,
             policy,
             settings,

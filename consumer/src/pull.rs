@@ -3,18 +3,22 @@
 //! The event source mapping hands an invocation one batch and waits for it to end before the
 //! next: between the two (delete the batch, poll, invoke) the instance's share of the budgets
 //! goes unused, and every record of the batch waits for the slowest one. So while the records
-//! in hand leave room for more (half the batch concurrency or less) and the invocation has time
-//! left, it receives more itself (short polls, visible to no one else until its deadline has
+//! in hand leave room for a receive (of the records it may run at once, [`crate::in_flight`])
+//! and the invocation has time left, it receives more itself (short polls, visible to no one else until its deadline has
 //! passed) and runs them beside the others; it deletes what it settles or reschedules as soon
 //! as it is done, and from its first pull on the batch's records too (the invocation now runs
 //! past its batch, and a done record must not come back meanwhile).
 //!
-//! It stops at the first empty receive, after [`PULL_FOR`], or when less than a quarter of its
-//! working time (at least two seconds) is left, so runs are finished (at the end of an
-//! invocation) within seconds of their last job, and a pulled record still has time for its
-//! permit and its call: a function of a few seconds pulls little or nothing. A job waiting for
-//! a slow host's permit holds one slot, never the instance ([`crate::limiter`] keeps that wait
-//! under a second).
+//! It stops at the first empty receive, after [`PULL_FOR`] (so runs are finished, at the end of
+//! an invocation, within seconds of their last job), or once a record received now might not
+//! get its permit and its call in before the deadline: at the instance's pace, the time the
+//! records held and the receive take to be called, and the call; without a pace (no budget,
+//! or no job served yet), [`HOLD_IN_PLACE`] and [`PULLED_CALL`]. Stopping earlier than that
+//! (it stopped at a quarter of the working time, at least two seconds, before) leaves the
+//! share idle while the invocation drains and the next one starts: a 3 s function at a 400/s
+//! budget spent 85% of it. A record received too late is rescheduled, never called late. A
+//! job waiting for a slow host's permit holds one slot, never the instance
+//! ([`crate::limiter`] keeps that wait under a second).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use fanout_shared::{BackendError, QueueMessage};
 use tracing::warn;
 
 use crate::backend::Window;
+use crate::in_flight::InFlight;
 use crate::limiter::HOLD_IN_PLACE;
 use crate::record::Deadline;
 use crate::Consumer;
@@ -41,36 +46,44 @@ const HIDDEN_PAST_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct Pull {
     until: Instant,
-    room_at: usize,
-    capacity: usize,
+    work_until: Instant,
     dry: bool,
 }
 
 impl Pull {
-    /// Pulling for an invocation that started now, with `deadline`, running `capacity` records
-    /// at once (none when pulling is off).
-    pub(crate) fn new(enabled: bool, capacity: usize, deadline: Deadline) -> Self {
+    /// Pulling for an invocation that started now, with `deadline` (none when pulling is off).
+    pub(crate) fn new(enabled: bool, deadline: Deadline) -> Self {
         let now = Instant::now();
-        // A record pulled later than this might not get its permit and call in before the
-        // deadline: it would only be received to be put back.
-        let tail = (deadline.budget / 4).max(HOLD_IN_PLACE + PULLED_CALL);
-        let until = (now + PULL_FOR).min(deadline.work_until.checked_sub(tail).unwrap_or(now));
         Self {
-            until: if enabled { until } else { now },
-            room_at: capacity / 2,
-            capacity,
+            until: if enabled { now + PULL_FOR } else { now },
+            work_until: deadline.work_until,
             dry: false,
         }
     }
 
-    /// How many records to receive now, holding `held` (running or queued), if any.
-    pub(crate) fn room(&self, held: usize) -> Option<u32> {
-        if self.dry || held > self.room_at || Instant::now() >= self.until {
+    /// How many records to receive now, holding `held` (running or queued) and able to run
+    /// `capacity` at once, if any: once a full receive (ten, or half the capacity when that is
+    /// less) fits, and while a record received now can still be called in time at `rate`
+    /// calls a second ([`InFlight::to_call`]).
+    pub(crate) fn room(
+        &self,
+        held: usize,
+        capacity: usize,
+        (in_flight, rate): (&InFlight, Option<f64>),
+    ) -> Option<u32> {
+        let least = (capacity / 2).clamp(1, 10);
+        let now = Instant::now();
+        if self.dry || capacity.saturating_sub(held) < least || now >= self.until {
             return None;
         }
-        u32::try_from(self.capacity.saturating_sub(held).min(10))
-            .ok()
-            .filter(|n| *n > 0)
+        let n = capacity.saturating_sub(held).min(10);
+        let tail = in_flight
+            .to_call(rate, held + n, PULLED_CALL)
+            .unwrap_or(HOLD_IN_PLACE + PULLED_CALL);
+        if now + tail >= self.work_until {
+            return None;
+        }
+        u32::try_from(n).ok().filter(|n| *n > 0)
     }
 
     /// A receive gave nothing (or failed): no more pulling this invocation.

@@ -24,8 +24,13 @@ pub struct Settings {
     /// cause a second call. A crashed invocation's jobs wait for it too, usually less than
     /// SQS's visibility timeout (at least 6 × the function's timeout) makes them wait anyway.
     pub lock_grace: Duration,
-    /// Records of one invocation processed at once (its batch and what it pulls).
+    /// Records of one invocation processed at once (its batch and what it pulls), at least:
+    /// more when the instance's share of the budgets needs more to be spent
+    /// (`consumer::in_flight`), up to [`Settings::max_in_flight`].
     pub batch_concurrency: usize,
+    /// The most records one invocation processes at once (`FANOUT_MAX_IN_FLIGHT`, 100): its
+    /// open connections to the targets and its memory stay bounded whatever the budget.
+    pub max_in_flight: usize,
     /// Whether an invocation with room and time receives more records itself
     /// (`FANOUT_PULL`, on unless `false`; the consumer's `pull` module says why).
     pub pull: bool,
@@ -89,6 +94,7 @@ impl Default for Settings {
             deadline_margin: Duration::from_millis(1000),
             lock_grace: Duration::from_secs(60),
             batch_concurrency: 10,
+            max_in_flight: 100,
             pull: true,
             function_name: "fanout-consumer".into(),
             retry: RetryOverrides::default(),
@@ -102,7 +108,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
     /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_LOCK_GRACE_SECS` (60),
-    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_PULL` (true),
+    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_MAX_IN_FLIGHT` (100), `FANOUT_PULL` (true),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
     /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`),
     /// `FANOUT_MAX_INSTANCES` (unset) and `AWS_LAMBDA_FUNCTION_NAME`.
@@ -145,6 +151,8 @@ impl Settings {
                 .map_or(defaults.lock_grace, Duration::from_secs),
             batch_concurrency: parse("FANOUT_BATCH_CONCURRENCY")?
                 .map_or(defaults.batch_concurrency, |n| n as usize),
+            max_in_flight: parse("FANOUT_MAX_IN_FLIGHT")?
+                .map_or(defaults.max_in_flight, |n| n as usize),
             pull: match var("FANOUT_PULL").as_deref().map(str::trim) {
                 None | Some("true") => true,
                 Some("false") => false,

@@ -79,6 +79,15 @@ pub async fn hosts_tick(
     (servers, config)
 }
 
+/// Makes every target of a [`hosts_tick`] config one its server answers after `ms` (the
+/// test kit's `slow` path): an API whose latency, not its budget, sets how many calls must be
+/// in flight.
+pub fn answered_after(config: &mut PipelineConfig, ms: u64) {
+    for target in &mut config.targets {
+        target.url = format!("{}?ms={ms}", target.url.replacen("/ok/", "/slow/", 1));
+    }
+}
+
 /// A fresh directory `fanout-NAME-PID` under the temp dir holding `fanout.json`, the config of
 /// `paths` on `base_url` (for tests that run the `fanout` binary). Returns the dir and the file.
 pub fn config_file(

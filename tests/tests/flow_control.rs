@@ -12,7 +12,8 @@ use fanout_shared::embedded::Duplicates;
 use fanout_shared::RateLimit;
 use fanout_testkit::target_server::TargetServer;
 use fanout_tests::{
-    config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options, hosts_tick,
+    answered_after, config_file_at, config_for, embedded_pipeline, fanout_bin, fast_options,
+    hosts_tick,
 };
 
 /// The `fanout` CLI's own defaults: concurrency 4, batches of 10, 3 s visibility and function
@@ -269,4 +270,36 @@ async fn a_slow_host_never_holds_back_a_fast_one_and_each_host_keeps_its_budget(
         summary.deferred > 0,
         "slow-host jobs left their batches: {summary:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_gets_the_calls_in_flight_its_budget_needs() {
+    // One invocation slot of 10 records, an API that answers in 200 ms, a 200/s budget:
+    // spending it takes 40 calls in flight (BENCHMARKS.md figure 14 times it at 400/s). With
+    // a fixed 10 in flight, no 150 ms could see more than 10 calls start.
+    let hosts = [(200.0, 400)];
+    let (servers, mut config) = hosts_tick(&hosts, None).await;
+    answered_after(&mut config, 200);
+    let pipeline = embedded_pipeline(5, Duplicates::default());
+    let (summary, _) = fanout::run(&config, &pipeline, "slow-api", &local_defaults(1))
+        .await
+        .unwrap();
+    let server = &servers[0];
+    let (started_together, peak) = (
+        server.max_calls_in_window(Duration::from_millis(150)),
+        server.max_calls_in_window(Duration::from_secs(1)),
+    );
+    eprintln!(
+        "slow API: {started_together} calls started in 150 ms, peak {peak} in 1 s\n{summary:?}"
+    );
+    assert_eq!(
+        (summary.succeeded, summary.dead_lettered, summary.lost),
+        (400, 0, 0)
+    );
+    assert_eq!(server.stats().effects, 400);
+    assert!(
+        started_together >= 20,
+        "{started_together} calls started within 150 ms: the in-flight cap did not follow the budget"
+    );
+    assert!(peak <= 201, "{peak} calls in 1 s, budget 200 + burst 1");
 }
