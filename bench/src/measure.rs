@@ -128,3 +128,28 @@ pub(crate) fn last_json_line<T: serde::de::DeserializeOwned>(
 pub(crate) fn this_exe() -> Result<std::path::PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("own path: {e}"))
 }
+
+/// CPU time a running process has used (user and system, `/proc/PID/stat`), and the sum over
+/// its live children's, seconds: where a tick's machine time went (figure 8).
+pub(crate) fn cpu_of(pid: u32) -> (f64, f64) {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = |pid: &str| -> Option<(u32, f64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command in parentheses: state, ppid, … utime (14th field), stime (15th).
+        let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let used = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((ppid, used / ticks))
+    };
+    let own = stat(&pid.to_string()).map_or(0.0, |(_, used)| used);
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| stat(entry.file_name().to_str()?))
+        .filter(|(ppid, _)| *ppid == pid)
+        .map(|(_, used)| used)
+        .sum();
+    (own, children)
+}

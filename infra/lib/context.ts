@@ -30,6 +30,7 @@ const KINDS: { [K in keyof FanoutSettings]-?: Kind } = {
   retryCapMs: 'number',
   maxAttempts: 'number',
   hostStateTtlMs: 'number',
+  maxInFlight: 'number',
   batchSize: 'number',
   maxBatchingWindowSeconds: 'number',
   visibilityTimeoutSeconds: 'number',

@@ -193,6 +193,7 @@ export class FanoutPipeline extends Construct {
         ...sources.environment,
         ...optional('FANOUT_RECORD_TTL_SECS', s.recordTtlSeconds),
         ...optional('FANOUT_HOST_STATE_TTL_MS', s.hostStateTtlMs),
+        ...optional('FANOUT_MAX_IN_FLIGHT', s.maxInFlight),
         // The most instances the mapping runs at once: while an instance cannot read the
         // fleet's leases (a throttled table) it splits each budget by this many.
         FANOUT_MAX_INSTANCES: String(s.maxConcurrency),

@@ -129,6 +129,7 @@ export function pipelineProps(s: FanoutSettings): FanoutPipelineProps {
     retryCap: millis(s.retryCapMs),
     maxAttempts: s.maxAttempts,
     hostStateTtl: millis(s.hostStateTtlMs),
+    maxInFlight: s.maxInFlight,
     filterPolicy: s.filterPolicy
       ? Object.fromEntries(Object.entries(s.filterPolicy).map(([attr, conditions]) => [attr, new sns.SubscriptionFilter(conditions)]))
       : undefined,

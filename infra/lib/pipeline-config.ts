@@ -10,7 +10,7 @@ import * as path from 'node:path';
  *
  * Not listed because the config has no such field (the stack is their only source):
  * `recordTtlSeconds` (FANOUT_RECORD_TTL_SECS), `hostStateTtlMs` (FANOUT_HOST_STATE_TTL_MS),
- * `publishConcurrency` (FANOUT_PUBLISH_CONCURRENCY).
+ * `maxInFlight` (FANOUT_MAX_IN_FLIGHT), `publishConcurrency` (FANOUT_PUBLISH_CONCURRENCY).
  */
 export const SHARED_SETTINGS = [
   { setting: 'ratePerSecond', field: ['rate_limit', 'per_second'], env: 'FANOUT_RATE_PER_SECOND' },

@@ -168,6 +168,13 @@ export interface FanoutPipelineProps {
    */
   readonly hostStateTtl?: Duration;
   /**
+   * The most records one consumer invocation runs at once (`FANOUT_MAX_IN_FLIGHT`, 1 to 10,000):
+   * it runs as many as its share of the budgets needs to be spent (share × a job's time), and
+   * this bounds its open connections to the targets and its memory.
+   * @default the consumer's own default (100)
+   */
+  readonly maxInFlight?: number;
+  /**
    * SNS filter policy of the queue's subscription, on message attributes (e.g. `target_host`).
    * @default every message
    */
@@ -301,6 +308,7 @@ const PROP_LABELS: Record<keyof FanoutSettings, string> = {
   retryCapMs: 'retryCap (ms)',
   maxAttempts: 'maxAttempts',
   hostStateTtlMs: 'hostStateTtl (ms)',
+  maxInFlight: 'maxInFlight',
   batchSize: 'batchSize',
   maxBatchingWindowSeconds: 'maxBatchingWindow (s)',
   visibilityTimeoutSeconds: 'queueProps.visibilityTimeout (s)',
@@ -347,6 +355,7 @@ export function toSettings(props: Omit<FanoutPipelineProps, ObjectProps>, visibi
     retryCapMs: ms(props.retryCap),
     maxAttempts: props.maxAttempts,
     hostStateTtlMs: ms(props.hostStateTtl),
+    maxInFlight: props.maxInFlight,
     visibilityTimeoutSeconds: s(visibilityTimeout),
     filterPolicy: props.filterPolicy
       ? Object.fromEntries(Object.entries(props.filterPolicy).map(([attr, filter]) => [attr, filter.conditions]))

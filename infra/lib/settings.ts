@@ -82,6 +82,12 @@ export interface FanoutSettings {
   readonly maxAttempts?: number;
   /** `FANOUT_HOST_STATE_TTL_MS`: how long a host's shared state is trusted; unset = Rust default (1000). */
   readonly hostStateTtlMs?: number;
+  /**
+   * `FANOUT_MAX_IN_FLIGHT`: the most records one consumer invocation runs at once, however large
+   * its share of the budgets (it runs as many as the share needs, README "Flow control"); unset =
+   * Rust default (100).
+   */
+  readonly maxInFlight?: number;
   /** Records per consumer invocation (1–10, up to 10000 with a batching window). */
   readonly batchSize: number;
   readonly maxBatchingWindowSeconds: number;
@@ -276,6 +282,7 @@ export function resolveSettings(input: Partial<FanoutSettings> = {}, naming: Nam
   }
   int('maxAttempts', 1, 100);
   int('hostStateTtlMs', 100, 60_000);
+  int('maxInFlight', 1, 10_000);
   int('maxBatchingWindowSeconds', 0, 300);
   // SQS allows more than 10 records per batch only when a batching window is set.
   int('batchSize', 1, s.maxBatchingWindowSeconds > 0 ? 10_000 : 10);

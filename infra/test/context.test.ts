@@ -46,8 +46,8 @@ test('cdk.json values that are already typed pass through', () => {
 
 test('the retry and host-state settings are numbers', () => {
   assert.deepEqual(
-    settingsFromContext(ctx({ retryBaseMs: '250', retryCapMs: '30000', maxAttempts: '4', hostStateTtlMs: '500' })),
-    { retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500 },
+    settingsFromContext(ctx({ retryBaseMs: '250', retryCapMs: '30000', maxAttempts: '4', hostStateTtlMs: '500', maxInFlight: '40' })),
+    { retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500, maxInFlight: 40 },
   );
   assert.throws(() => settingsFromContext(ctx({ maxAttempts: 'many' })), /context maxAttempts: "many" is not a number/);
 });
@@ -85,6 +85,7 @@ const OPTIONAL = {
   retryCapMs: 0,
   maxAttempts: 0,
   hostStateTtlMs: 0,
+  maxInFlight: 0,
   visibilityTimeoutSeconds: 0,
   filterPolicy: 0,
   consumerEnvironment: 0,

@@ -49,6 +49,7 @@ describe('FanoutStack is a thin layer over FanoutPipeline', () => {
       retryCapMs: 30_000,
       maxAttempts: 4,
       hostStateTtlMs: 500,
+      maxInFlight: 40,
       batchSize: 50,
       maxBatchingWindowSeconds: 5,
       visibilityTimeoutSeconds: 600,

@@ -223,16 +223,18 @@ describe('consumer', () => {
     assert.equal(env(CONSUMER, t).API_TOKEN, 'x');
   });
 
-  test('retry and host-state settings reach the consumer only when set', () => {
-    const t = synth({ retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500 });
+  test('retry, host-state and in-flight settings reach the consumer only when set', () => {
+    const t = synth({ retryBaseMs: 250, retryCapMs: 30_000, maxAttempts: 4, hostStateTtlMs: 500, maxInFlight: 40 });
     assert.deepEqual(env(CONSUMER, t), {
       ...env(CONSUMER),
       FANOUT_RETRY_BASE_MS: '250',
       FANOUT_RETRY_CAP_MS: '30000',
       FANOUT_MAX_ATTEMPTS: '4',
       FANOUT_HOST_STATE_TTL_MS: '500',
+      FANOUT_MAX_IN_FLIGHT: '40',
     });
     assert.equal(env(CONSUMER, synth({ maxAttempts: 3 })).FANOUT_RETRY_BASE_MS, undefined);
+    assert.equal(env(CONSUMER).FANOUT_MAX_IN_FLIGHT, undefined);
   });
 });
 

@@ -66,6 +66,9 @@ describe('parameter validation at synth', () => {
     rejects({ hostStateTtlMs: 60_001 }, /hostStateTtlMs must be an integer from 100 to 60000, got 60001/);
     assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 100 }));
     assert.doesNotThrow(() => resolveSettings({ hostStateTtlMs: 60_000 }));
+    rejects({ maxInFlight: 0 }, /maxInFlight must be an integer from 1 to 10000, got 0/);
+    rejects({ maxInFlight: 12.5 }, /maxInFlight/);
+    assert.doesNotThrow(() => resolveSettings({ maxInFlight: 10_000 }));
   });
 
   test('schedule: rate(...) spelled as EventBridge wants it; cron(...) needs schedulePeriodSeconds', () => {
