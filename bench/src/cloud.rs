@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use fanout::{aws_with, StackOutputs};
 use fanout_shared::{JobMessage, PipelineConfig};
 use fanout_testkit::aws_proxy::{AwsProxy, Counts};
-use fanout_testkit::target_server::TargetServer;
+use fanout_testkit::target_server::{max_in_window, TargetServer};
 use fanout_tests::local_cloud::{emulator_endpoint, LocalCloud};
 
 use crate::report::{list, median, Figure, Section};
@@ -101,9 +101,9 @@ pub(crate) struct CloudRun {
     pub fast: Vec<Tick>,
     /// The clean ticks of [`FAST_JOBS`] at [`CEILING_RATE`].
     pub ceiling: Vec<Tick>,
-    /// The mixed-hosts tick: per host of [`MIXED`], its last call after the trigger (s) and
-    /// its peak calls in any 1 s.
-    pub mixed: (Tick, Vec<(f64, usize)>),
+    /// The mixed-hosts ticks, each with, per host of [`MIXED`], its last call after the
+    /// trigger (s) and its peak calls in any 1 s.
+    pub mixed: Vec<(Tick, Vec<(f64, usize)>)>,
     /// The redeploy to [`SLOW_RATE`], s, and its summary line.
     pub rate_redeploy: (f64, String),
     /// The tick with [`DUPLICATE_SHARE`] of its jobs delivered twice.
@@ -493,35 +493,46 @@ pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
     let (servers, mixed_config) = fanout_tests::hosts_tick(&MIXED, None).await;
     let mixed_path = write(&scratch, "mixed.json", &mixed_config)?;
     let (cloud, _, _) = up(cloud, &proxy, mixed_path.clone(), Vec::new()).await?;
-    let started = Instant::now();
-    let mixed_tick = tick(
-        &Stage {
-            cloud: &cloud,
-            proxy: &proxy,
-            server: &servers[0],
-        },
-        "mixed hosts",
-        (&mixed_path, &mixed_config),
-        "bench/mixed",
-        0,
-    )
-    .await?;
-    let per_host = servers
-        .iter()
-        .map(|s| {
-            let last = s.records().iter().map(|r| r.at).max().unwrap_or(started);
-            (
-                last.duration_since(started).as_secs_f64(),
-                s.max_calls_in_window(Duration::from_secs(1)),
-            )
-        })
-        .collect();
+    let mut mixed = Vec::new();
+    for run in 0..runs.max(1) {
+        let started = Instant::now();
+        let mixed_tick = tick(
+            &Stage {
+                cloud: &cloud,
+                proxy: &proxy,
+                server: &servers[0],
+            },
+            "mixed hosts",
+            (&mixed_path, &mixed_config),
+            &format!("bench/mixed-{run}"),
+            0,
+        )
+        .await?;
+        let per_host = servers
+            .iter()
+            .map(|s| {
+                let calls: Vec<Instant> = s
+                    .records()
+                    .iter()
+                    .map(|r| r.at)
+                    .filter(|at| *at >= started)
+                    .collect();
+                let last = calls.iter().copied().max().unwrap_or(started);
+                (
+                    last.duration_since(started).as_secs_f64(),
+                    max_in_window(&calls, Duration::from_secs(1)),
+                )
+            })
+            .collect();
+        mixed.push((mixed_tick, per_host));
+    }
     for t in ticks
         .iter()
         .chain(&slow)
         .chain(&fast)
         .chain(&ceiling)
-        .chain([&duplicates, &transient, &mixed_tick])
+        .chain(mixed.iter().map(|(t, _)| t))
+        .chain([&duplicates, &transient])
     {
         if t.settled != (t.jobs as u64, 0) {
             return Err(format!(
@@ -539,7 +550,7 @@ pub(crate) async fn measure(runs: usize) -> Result<CloudRun, String> {
         slow,
         fast,
         ceiling,
-        mixed: (mixed_tick, per_host),
+        mixed,
         duplicates,
         transient,
     })
@@ -681,30 +692,47 @@ fn section(run: &CloudRun) -> Section {
             .last()
             .map_or(String::new(), |t| format!("{:?}", t.timeline))
     ));
-    let (mixed, per_host) = &run.mixed;
-    for ((per_second, jobs), (last, peak)) in MIXED.iter().zip(per_host) {
+    for (h, (per_second, jobs)) in MIXED.iter().enumerate() {
         let ideal = *jobs as f64 / per_second;
         let goal = 1.2 * ideal + 1.0;
+        let last: Vec<f64> = run.mixed.iter().map(|(_, hosts)| hosts[h].0).collect();
+        let peaks: Vec<f64> = run
+            .mixed
+            .iter()
+            .map(|(_, hosts)| hosts[h].1 as f64)
+            .collect();
+        let (last, peak) = (median(&last), peaks.iter().copied().fold(0.0, f64::max));
         figures.push(Figure::goal(
             &format!("mixed hosts, {per_second}/s host ({jobs} jobs): trigger → its last call, s"),
             format!("{last:.2} ({:.2} × its ideal {ideal:.1} s)", last / ideal),
             &format!("≤ 1.2 × ideal + 1 s = {goal:.1} s"),
-            *last <= goal,
+            last <= goal,
         ));
+        let bound = per_second + f64::from(CONCURRENCY);
         figures.push(Figure::goal(
-            &format!("mixed hosts, {per_second}/s host: peak calls in any 1 s"),
-            format!("{peak}"),
-            &format!(
-                "≤ budget + one cell per instance = {:.0}",
-                per_second + f64::from(CONCURRENCY)
+            &format!("mixed hosts, {per_second}/s host: peak calls in any 1 s, most of any tick"),
+            format!("{peak:.0}"),
+            &format!("≤ budget + one cell per instance = {bound:.0}"),
+            peak <= bound,
+        ));
+        runs.push(format!(
+            "mixed hosts, {per_second}/s host: last call s {}; peak 1 s {}",
+            list(
+                &run.mixed
+                    .iter()
+                    .map(|(_, hosts)| hosts[h].0)
+                    .collect::<Vec<_>>(),
+                2
             ),
-            *peak as f64 <= per_second + f64::from(CONCURRENCY),
+            list(&peaks, 0)
         ));
     }
-    runs.push(format!(
-        "mixed hosts: {} succeeded, {} dead-lettered; trigger → finished {:.1} s; {} invocations",
-        mixed.settled.0, mixed.settled.1, mixed.makespan_s, mixed.invocations
-    ));
+    for (mixed, _) in &run.mixed {
+        runs.push(format!(
+            "mixed hosts: {} succeeded, {} dead-lettered; trigger → finished {:.1} s; {} invocations; the 100/s host's calls per 0.5 s from the trigger: {:?}",
+            mixed.settled.0, mixed.settled.1, mixed.makespan_s, mixed.invocations, mixed.timeline
+        ));
+    }
     figures.push(Figure::info(
         "deploy (create), s",
         format!("{:.1}", run.deploy.0),
@@ -740,7 +768,7 @@ fn section(run: &CloudRun) -> Section {
              functions, the config's `rate_limit.per_second` {RATE}, then {SLOW_RATE}, then {FAST_RATE} with {FAST_JOBS} targets, then the same {FAST_JOBS} under a budget they never reach ({CEILING_RATE}/s: the fastest this machine runs them), then the mixed hosts of figure 14 (100/s and 2/s, no global budget). A tick is `fanout trigger --run-id` (the producer Lambda \
              invoked through the emulator), SNS → SQS → event source mapping → consumer processes under the emulator's \
              Runtime API, {JOBS} targets on a local server; it ends when the run ledger says the run finished. {} clean \
-             ticks at each budget.",
+             ticks at each budget, and as many of the mixed hosts.",
             run.clean.len()
         ),
         figures,

@@ -306,11 +306,15 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Budgets { runs } => print_sections(&[budgets::section(runs).await?]),
         Command::Cloud { runs, paths } => {
             let run = cloud::measure(runs).await?;
-            for tick in run.clean.iter().chain(&run.slow).chain(&run.fast).chain([
-                &run.duplicates,
-                &run.transient,
-                &run.mixed.0,
-            ]) {
+            for tick in run
+                .clean
+                .iter()
+                .chain(&run.slow)
+                .chain(&run.fast)
+                .chain(&run.ceiling)
+                .chain(run.mixed.iter().map(|(t, _)| t))
+                .chain([&run.duplicates, &run.transient])
+            {
                 eprintln!("{tick:#?}");
             }
             let cpu = peer::cpu_per_job(&paths.python, &paths.peer_dir).await?;

@@ -4,19 +4,21 @@
 //! next: between the two (delete the batch, poll, invoke) the instance's share of the budgets
 //! goes unused, and every record of the batch waits for the slowest one. So while the records
 //! in hand leave room for a receive (of the records it may run at once, [`crate::in_flight`])
-//! and the invocation has time left, it receives more itself (short polls, visible to no one else until its deadline has
-//! passed) and runs them beside the others; it deletes what it settles or reschedules as soon
-//! as it is done, and from its first pull on the batch's records too (the invocation now runs
-//! past its batch, and a done record must not come back meanwhile).
+//! and the invocation has time left, it receives more itself (short polls, visible to no one
+//! else until its deadline has passed) and runs them beside the others; it deletes what it
+//! settles or reschedules as soon as it is done, and from its first pull on the batch's records
+//! too (the invocation now runs past its batch, and a done record must not come back
+//! meanwhile).
 //!
 //! It stops at the first empty receive, after [`PULL_FOR`] (so runs are finished, at the end of
 //! an invocation, within seconds of their last job), or once a record received now might not
 //! get its permit and its call in before the deadline: at the instance's pace, the time the
 //! records held and the receive take to be called, and the call; without a pace (no budget,
 //! or no job served yet), [`HOLD_IN_PLACE`] and [`PULLED_CALL`]. Stopping earlier than that
-//! (it stopped at a quarter of the working time, at least two seconds, before) leaves the
-//! share idle while the invocation drains and the next one starts: a 3 s function at a 400/s
-//! budget spent 85% of it. A record received too late is rescheduled, never called late. A
+//! (it stopped a quarter of the working time, at least two seconds, before the end) leaves
+//! the share idle while the invocation drains and the next one starts: `fanout run`'s 3 s
+//! invocations against a 200 ms API at 400/s took 1.25 × N/R so, 1.12 × now (BENCHMARKS.md
+//! figure 14). A record received too late is rescheduled, never called late. A
 //! job waiting for a slow host's permit holds one slot, never the instance
 //! ([`crate::limiter`] keeps that wait under a second).
 
@@ -146,4 +148,55 @@ pub fn to_record(queue_name: &str, message: QueueMessage) -> SqsMessage {
     record.event_source = Some("aws:sqs".into());
     record.event_source_arn = Some(queue_name.to_owned());
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An invocation whose deadline is `secs` away, with no safety margin.
+    fn pull_for(secs: f64) -> Pull {
+        let epoch_ms = fanout_shared::now_ms() + (secs * 1000.0) as i64;
+        Pull::new(true, Deadline::new(epoch_ms, Duration::ZERO))
+    }
+
+    /// A job takes 200 ms of its slot.
+    fn served() -> InFlight {
+        let in_flight = InFlight::default();
+        in_flight.observe(Duration::from_millis(200));
+        in_flight
+    }
+
+    #[test]
+    fn it_receives_once_a_whole_receive_fits() {
+        let (pull, in_flight) = (pull_for(30.0), served());
+        assert_eq!(pull.room(25, 35, (&in_flight, Some(100.0))), Some(10));
+        assert_eq!(pull.room(26, 35, (&in_flight, Some(100.0))), None);
+        // A capacity under 20 receives once half of it fits.
+        assert_eq!(pull.room(5, 10, (&in_flight, None)), Some(5));
+        assert_eq!(pull.room(6, 10, (&in_flight, None)), None);
+    }
+
+    #[test]
+    fn it_stops_once_a_record_received_now_could_not_be_called_in_time() {
+        let (pull, in_flight) = (pull_for(2.5), served());
+        // At 100/s, 30 records are called within 0.3 s, then 0.4 s for the call: in time.
+        assert_eq!(pull.room(20, 35, (&in_flight, Some(100.0))), Some(10));
+        // At 10/s they take 3 s: too late.
+        assert_eq!(pull.room(20, 35, (&in_flight, Some(10.0))), None);
+        // Without a pace it keeps the old allowance: a permit's wait in place and a call, 2 s.
+        assert_eq!(pull.room(0, 10, (&in_flight, None)), Some(10));
+        assert_eq!(pull_for(1.5).room(0, 10, (&in_flight, None)), None);
+    }
+
+    #[test]
+    fn a_dry_queue_or_pulling_off_receives_nothing() {
+        let in_flight = served();
+        let mut pull = pull_for(30.0);
+        pull.stop();
+        assert_eq!(pull.room(0, 10, (&in_flight, None)), None);
+        let epoch_ms = fanout_shared::now_ms() + 30_000;
+        let off = Pull::new(false, Deadline::new(epoch_ms, Duration::ZERO));
+        assert_eq!(off.room(0, 10, (&in_flight, None)), None);
+    }
 }
