@@ -102,6 +102,8 @@ pub(crate) struct Flow {
     /// Jobs this instance holds now, by host ([`Flow::holding`]): a job of a slow host
     /// leaves at once only when jobs of other hosts are there to use its slot.
     held: Mutex<HashMap<String, usize>>,
+    /// This instance's transient failures in a row, by host ([`Flow::failed`]).
+    streaks: Mutex<HashMap<String, u32>>,
 }
 
 /// A job held by its instance ([`Flow::holding`]) until dropped.
@@ -170,6 +172,7 @@ impl Flow {
             limiters: Limiters::new(),
             max_instances,
             held: Mutex::new(HashMap::new()),
+            streaks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -583,11 +586,26 @@ impl Flow {
         Ok(started.elapsed())
     }
 
+    /// Counts a transient failure of a call to `host` in this instance's streak, and returns the
+    /// streak for the report ([`HostEvent::Failed`]: the fleet's failures are not added up).
+    pub(crate) fn failed(&self, host: &str) -> u32 {
+        let mut streaks = self.streaks.lock().unwrap_or_else(PoisonError::into_inner);
+        let streak = streaks.entry(host.to_owned()).or_default();
+        *streak = streak.saturating_add(1);
+        *streak
+    }
+
     /// Tells the fleet what a call to `host` taught: the store applies it atomically and this
     /// instance's view takes the answer at once. Returns what changed.
     pub(crate) async fn report(&self, host: &str, event: HostEvent) -> HostChange {
         let now = now_ms();
         let before = self.cached(host);
+        if event == HostEvent::Succeeded {
+            self.streaks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(host);
+        }
         if event == HostEvent::Succeeded && before.apply(&event, now, &self.policy).is_none() {
             // A healthy host: no write per successful call.
             return HostChange::default();
@@ -619,6 +637,13 @@ impl Flow {
                 paused_until_ms = after.paused_until_ms,
                 "host asked us to slow down"
             );
+        }
+        if after.circuit != Circuit::Closed {
+            // Its streak ended with the opening: calls after the cool-down start a new one.
+            self.streaks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(host);
         }
         if change.opened {
             warn!(host, consecutive_failures = after.consecutive_failures, circuit = ?after.circuit, "circuit opened: holding the host's jobs");
@@ -652,13 +677,57 @@ mod tests {
         )
     }
 
-    /// Two instances sharing one embedded fleet store in a fresh directory (removed by the test).
-    fn two_instances() -> (std::path::PathBuf, Flow, Flow) {
+    /// `n` instances sharing one embedded fleet store in a fresh directory (removed by the
+    /// test).
+    fn instances(n: usize) -> (std::path::PathBuf, Vec<Flow>) {
         let dir = std::env::temp_dir().join(format!("fanout-flow-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let backend = EmbeddedBackend::open(&dir.join("state.db")).unwrap();
         let store: Arc<dyn FleetStore> = Arc::new(backend.fleet());
-        (dir, paced_flow(&store), paced_flow(&store))
+        (dir, (0..n).map(|_| paced_flow(&store)).collect())
+    }
+
+    /// Two of [`instances`].
+    fn two_instances() -> (std::path::PathBuf, Flow, Flow) {
+        let (dir, mut flows) = instances(2);
+        let (b, a) = (flows.pop().unwrap(), flows.pop().unwrap());
+        (dir, a, b)
+    }
+
+    /// Five instances each see one call to a host fail, at once, between successes none of
+    /// them writes (each sees the host healthy): the host's count is the longest streak, 1,
+    /// and its circuit stays closed. Added up they made five "in a row" and opened it (the
+    /// deployed stack did so against a host failing 10% of its calls). One instance's five
+    /// failures in a row open it for the whole fleet.
+    #[tokio::test]
+    async fn failures_of_five_instances_do_not_add_up_to_open_the_circuit() {
+        let (dir, fleet) = instances(5);
+        for instance in &fleet {
+            let streak = instance.failed("h");
+            let change = instance.report("h", HostEvent::Failed { streak }).await;
+            assert!(!change.opened, "streak {streak}");
+        }
+        let read = || async {
+            let states = fleet[0].store.read_host_states(&["h".to_owned()]).await;
+            states.unwrap().states[0].1.clone()
+        };
+        let state = read().await;
+        assert_eq!(
+            (state.consecutive_failures, state.circuit),
+            (1, Circuit::Closed)
+        );
+
+        let mut opened = false;
+        for _ in 1..5 {
+            let streak = fleet[0].failed("h");
+            opened |= fleet[0]
+                .report("h", HostEvent::Failed { streak })
+                .await
+                .opened;
+        }
+        assert!(opened, "the first instance's fifth failure in a row");
+        assert!(matches!(read().await.circuit, Circuit::Open { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Instance `a` releases its lease between two batches and renews it again within

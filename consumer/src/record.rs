@@ -573,13 +573,15 @@ impl Consumer {
                 let event = match status {
                     Some(429) => HostEvent::Throttled {
                         retry_after_ms: retry_after.map(ms_i64),
-                        failure: false,
+                        failure: None,
                     },
                     Some(503) => HostEvent::Throttled {
                         retry_after_ms: retry_after.map(ms_i64),
-                        failure: true,
+                        failure: Some(self.flow.failed(host)),
                     },
-                    _ => HostEvent::Failed,
+                    _ => HostEvent::Failed {
+                        streak: self.flow.failed(host),
+                    },
                 };
                 let change = self.flow.report(host, event).await;
                 let failures = lock.failures + 1;

@@ -10,13 +10,23 @@
 //!  rate:     factor 1.0 ──429/503──▶ factor × decrease (at most once per decrease_interval)
 //!            factor recovers by increase_per_second (additively, with time) up to 1.0
 //!  pause:    Retry-After on 429/503 ──▶ paused until then (every instance holds its jobs)
-//!  circuit:  CLOSED ──failure_threshold consecutive transient failures──▶ OPEN(until)
+//!  circuit:  CLOSED ──an instance's failure_threshold-th transient failure in a row──▶ OPEN(until)
 //!            OPEN ──cool-down over, one instance claims the probe──▶ HALF_OPEN(probe lease)
 //!            HALF_OPEN ──probe succeeds──▶ CLOSED     HALF_OPEN ──probe fails──▶ OPEN (longer)
 //!  operator: paused by `fanout hosts pause`, resumed by `resume`; rate set by `hosts set`
 //! ```
 //! [`HostState::apply`] is the one statement of every transition and [`HostState::gate`] of
-//! what an instance may do now; the stores apply transitions atomically (a SQLite transaction,
+//! what an instance may do now.
+//!
+//! Failures in a row are counted by each instance, which reports its streak with the failure
+//! ([`HostEvent::Failed`]); the shared count is the longest streak reported since the last
+//! success. The fleet's failures are not added up: an instance that sees the host healthy writes
+//! nothing for a success (no write per call), so five instances failing once each between
+//! hundreds of unreported successes would read as five in a row. On the deployed stack a host
+//! answering 10% of its calls with a 500 had its circuit opened so, and the fleet stopped for
+//! its cool-down. The cost: a host that goes down is recognised after `failure_threshold` calls
+//! of one instance (about that many per instance, all failing at once) instead of of the fleet;
+//! the stores apply transitions atomically the stores apply transitions atomically (a SQLite transaction,
 //! a DynamoDB conditional write on `version`).
 
 use std::time::Duration;
@@ -169,7 +179,8 @@ pub struct HostState {
     pub operator_paused: bool,
     /// A budget an operator set at runtime (requests/s, for the whole fleet).
     pub operator_rate: Option<f64>,
-    /// Transient failures in a row.
+    /// Transient failures in a row: the longest streak an instance reported since the last
+    /// success ([`HostEvent::Failed`]).
     pub consecutive_failures: u32,
     /// The circuit breaker.
     pub circuit: Circuit,
@@ -198,13 +209,18 @@ pub enum HostEvent {
     /// A call succeeded (2xx, or any answer that is not a transient failure).
     Succeeded,
     /// A call failed transiently without asking us to slow down: connection error, timeout, 5xx.
-    Failed,
+    Failed {
+        /// The reporting instance's transient failures in a row for this host, this one
+        /// included (any other answer ends a streak).
+        streak: u32,
+    },
     /// The host asked us to slow down: 429, or 503 (`failure` also counts it for the circuit).
     Throttled {
         /// The `Retry-After` it sent, if any.
         retry_after_ms: Option<i64>,
-        /// True for 503: the host may be down, not only busy.
-        failure: bool,
+        /// For 503, the reporting instance's streak ([`HostEvent::Failed`]): the host may be
+        /// down, not only busy. `None` for 429.
+        failure: Option<u32>,
     },
     /// An instance wants to send the half-open probe.
     ProbeClaimed,
@@ -314,7 +330,7 @@ impl HostState {
                 next.circuit = Circuit::Closed;
                 next.opens = 0;
             }
-            HostEvent::Failed => next.count_failure(now_ms, policy),
+            HostEvent::Failed { streak } => next.count_failure(*streak, now_ms, policy),
             HostEvent::Throttled {
                 retry_after_ms,
                 failure,
@@ -328,8 +344,8 @@ impl HostState {
                 if let Some(delay) = retry_after_ms {
                     next.paused_until_ms = self.paused_until_ms.max(now_ms + delay);
                 }
-                if *failure {
-                    next.count_failure(now_ms, policy);
+                if let Some(streak) = failure {
+                    next.count_failure(*streak, now_ms, policy);
                 }
             }
             HostEvent::ProbeClaimed => {
@@ -348,8 +364,8 @@ impl HostState {
         (next != *self).then_some(next)
     }
 
-    fn count_failure(&mut self, now_ms: i64, policy: &HostPolicy) {
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+    fn count_failure(&mut self, streak: u32, now_ms: i64, policy: &HostPolicy) {
+        self.consecutive_failures = self.consecutive_failures.max(streak.max(1));
         let open = |state: &mut Self| {
             state.circuit = Circuit::Open {
                 until_ms: now_ms + policy.cooldown(state.opens),
@@ -408,14 +424,30 @@ mod tests {
     }
 
     #[test]
+    fn failures_of_different_instances_do_not_add_up() {
+        // Three instances each fail once between successes none of them wrote: no streak.
+        let p = policy();
+        let mut s = HostState::default();
+        for now in [10, 20, 30] {
+            s = s
+                .apply(&HostEvent::Failed { streak: 1 }, now, &p)
+                .unwrap_or(s);
+        }
+        assert_eq!((s.consecutive_failures, s.circuit), (1, Circuit::Closed));
+        // One instance's third failure in a row opens it.
+        s = s.apply(&HostEvent::Failed { streak: 3 }, 40, &p).unwrap();
+        assert_eq!(s.circuit, Circuit::Open { until_ms: 1040 });
+    }
+
+    #[test]
     fn consecutive_failures_open_the_circuit_and_one_probe_closes_it() {
         let p = policy();
         let mut s = HostState::default();
-        for now in [10, 20] {
-            s = s.apply(&HostEvent::Failed, now, &p).unwrap();
+        for (streak, now) in [(1, 10), (2, 20)] {
+            s = s.apply(&HostEvent::Failed { streak }, now, &p).unwrap();
             assert_eq!(s.gate(now, &p), Gate::Open);
         }
-        s = s.apply(&HostEvent::Failed, 30, &p).unwrap();
+        s = s.apply(&HostEvent::Failed { streak: 3 }, 30, &p).unwrap();
         assert_eq!(s.circuit, Circuit::Open { until_ms: 1030 });
         assert_eq!(
             s.gate(500, &p),
@@ -443,7 +475,9 @@ mod tests {
             "looks again within a second"
         );
         // The probe fails: open again for twice as long.
-        let reopened = probing.apply(&HostEvent::Failed, 1100, &p).unwrap();
+        let reopened = probing
+            .apply(&HostEvent::Failed { streak: 1 }, 1100, &p)
+            .unwrap();
         assert_eq!(reopened.circuit, Circuit::Open { until_ms: 3100 });
         // A probe that succeeds closes it and resets everything.
         let closed = reopened
@@ -488,7 +522,7 @@ mod tests {
             .apply(
                 &HostEvent::Throttled {
                     retry_after_ms: Some(2000),
-                    failure: false,
+                    failure: None,
                 },
                 5000,
                 &p,
@@ -506,7 +540,7 @@ mod tests {
         let burst = once.apply(
             &HostEvent::Throttled {
                 retry_after_ms: Some(1000),
-                failure: false,
+                failure: None,
             },
             5100,
             &p,
@@ -524,7 +558,7 @@ mod tests {
             .apply(
                 &HostEvent::Throttled {
                     retry_after_ms: None,
-                    failure: false,
+                    failure: None,
                 },
                 6000,
                 &p,
@@ -537,7 +571,7 @@ mod tests {
                 .apply(
                     &HostEvent::Throttled {
                         retry_after_ms: None,
-                        failure: false,
+                        failure: None,
                     },
                     7000 + t * 1000,
                     &p,
@@ -561,7 +595,7 @@ mod tests {
                 .apply(
                     &HostEvent::Throttled {
                         retry_after_ms: None,
-                        failure: false,
+                        failure: None,
                     },
                     t * 2000,
                     &p,
@@ -569,14 +603,14 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(s.circuit, Circuit::Closed);
-        for t in 0..3 {
+        for streak in 1..=3 {
             s = s
                 .apply(
                     &HostEvent::Throttled {
                         retry_after_ms: None,
-                        failure: true,
+                        failure: Some(streak),
                     },
-                    20_000 + t,
+                    20_000 + i64::from(streak),
                     &p,
                 )
                 .unwrap();

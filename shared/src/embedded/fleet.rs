@@ -154,7 +154,7 @@ mod tests {
         let fleet = backend.fleet();
         let policy = HostPolicy::default();
         fleet
-            .apply("good", &HostEvent::Failed, 0, &policy)
+            .apply("good", &HostEvent::Failed { streak: 1 }, 0, &policy)
             .await
             .unwrap();
         backend
@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(fleet.host_states(&hosts).await.unwrap(), found.states);
         // An event reads the garbled state as the default and its write replaces it.
         let (state, changed) = fleet
-            .apply("garbled", &HostEvent::Failed, 0, &policy)
+            .apply("garbled", &HostEvent::Failed { streak: 1 }, 0, &policy)
             .await
             .unwrap();
         assert!(changed && state.consecutive_failures == 1, "{state:?}");

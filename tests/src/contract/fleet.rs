@@ -62,13 +62,19 @@ pub async fn unwritten_hosts_are_left_out(fleet: &dyn FleetStore) {
 /// and read back by `host_states`, each host once however often it is asked for.
 pub async fn an_event_is_applied_and_read_back(fleet: &dyn FleetStore) {
     let p = policy();
-    let (first, changed) = fleet.apply("a", &HostEvent::Failed, 0, &p).await.unwrap();
+    let (first, changed) = fleet
+        .apply("a", &HostEvent::Failed { streak: 1 }, 0, &p)
+        .await
+        .unwrap();
     assert!(changed);
     assert_eq!(
         Some(first.clone()),
-        HostState::default().apply(&HostEvent::Failed, 0, &p)
+        HostState::default().apply(&HostEvent::Failed { streak: 1 }, 0, &p)
     );
-    let (opened, changed) = fleet.apply("a", &HostEvent::Failed, 1, &p).await.unwrap();
+    let (opened, changed) = fleet
+        .apply("a", &HostEvent::Failed { streak: 2 }, 1, &p)
+        .await
+        .unwrap();
     assert!(changed);
     assert_eq!(opened.circuit, Circuit::Open { until_ms: 101 });
     let (set, _) = fleet
@@ -119,30 +125,41 @@ pub async fn an_event_that_changes_nothing_writes_nothing(fleet: &dyn FleetStore
 }
 
 /// Concurrent events on one host (the store's version check on DynamoDB, its transaction on
-/// SQLite) are each applied once: none is lost to another writer.
+/// SQLite) are each applied to the state the others left: none is lost to another writer. Six
+/// instances report streaks of 1 to 6 at once; whatever order they land in, the longest stays
+/// (a store whose last writer won would keep a random one of them).
 pub async fn concurrent_events_are_all_applied(fleet: &dyn FleetStore) {
     let p = HostPolicy {
         failure_threshold: 100,
         ..HostPolicy::default()
     };
     let writers = 6;
+    let events: Vec<HostEvent> = (1..=writers)
+        .map(|streak| HostEvent::Failed { streak })
+        .collect();
     let outcomes = futures_util::future::join_all(
-        (0..writers).map(|i| fleet.apply("busy", &HostEvent::Failed, i, &p)),
+        events
+            .iter()
+            .zip(0..)
+            .map(|(event, now)| fleet.apply("busy", event, now, &p)),
     )
     .await;
-    assert!(
-        outcomes.iter().all(|o| matches!(o, Ok((_, true)))),
-        "{outcomes:?}"
-    );
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     let state = fleet.host_states(&hosts(&["busy"])).await.unwrap();
-    assert_eq!(state[0].1.consecutive_failures, writers as u32);
+    assert_eq!(state[0].1.consecutive_failures, writers);
 }
 
 /// The half-open probe: of the instances claiming it once the cool-down is over, one wins.
 pub async fn a_probe_is_claimed_once(fleet: &dyn FleetStore) {
     let p = policy();
-    fleet.apply("a", &HostEvent::Failed, 0, &p).await.unwrap();
-    fleet.apply("a", &HostEvent::Failed, 1, &p).await.unwrap();
+    fleet
+        .apply("a", &HostEvent::Failed { streak: 1 }, 0, &p)
+        .await
+        .unwrap();
+    fleet
+        .apply("a", &HostEvent::Failed { streak: 2 }, 1, &p)
+        .await
+        .unwrap();
     assert!(
         !fleet
             .apply("a", &HostEvent::ProbeClaimed, 50, &p)
@@ -169,8 +186,14 @@ pub async fn a_probe_is_claimed_once(fleet: &dyn FleetStore) {
     );
 
     // The same race, at once.
-    fleet.apply("b", &HostEvent::Failed, 0, &p).await.unwrap();
-    fleet.apply("b", &HostEvent::Failed, 1, &p).await.unwrap();
+    fleet
+        .apply("b", &HostEvent::Failed { streak: 1 }, 0, &p)
+        .await
+        .unwrap();
+    fleet
+        .apply("b", &HostEvent::Failed { streak: 2 }, 1, &p)
+        .await
+        .unwrap();
     let won = futures_util::future::join_all(
         (0..4).map(|_| fleet.apply("b", &HostEvent::ProbeClaimed, 101, &p)),
     )
