@@ -91,14 +91,35 @@ async fn run(
     })
 }
 
-fn settled(runs: &[Run], jobs: usize) -> Figure {
+/// `scenario`'s jobs as they ended: every one succeeded in every run, none lost.
+fn settled(scenario: &str, runs: &[Run], jobs: usize) -> Figure {
     let ok = runs.iter().all(|r| r.settled == (jobs as u64, 0, 0));
     let (s, d, l) = runs.first().map_or((0, 0, 0), |r| r.settled);
     Figure::goal(
-        "succeeded / dead-lettered / lost",
+        &format!("{scenario}: succeeded / dead-lettered / lost"),
         format!("{s} / {d} / {l}"),
         &format!("{jobs} / 0 / 0 in every run"),
         ok,
+    )
+}
+
+/// The most calls any run saw in 1 s (`peaks`), against `bound` (named by `bound_name`).
+fn peak_figure(name: &str, peaks: &[f64], bound_name: &str, bound: f64) -> Figure {
+    Figure::goal(
+        name,
+        format!("{:.0}", peaks.iter().copied().fold(0.0, f64::max)),
+        &format!("≤ {bound_name} = {bound:.0}"),
+        peaks.iter().all(|p| *p <= bound),
+    )
+}
+
+/// The median of `walls` (each a wall ÷ its ideal) against the 1.15.
+fn wall_figure(name: &str, walls: &[f64]) -> Figure {
+    Figure::goal(
+        name,
+        format!("{:.2}", median(walls)),
+        "≤ 1.15",
+        median(walls) <= 1.15,
     )
 }
 
@@ -128,11 +149,11 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             &format!("≤ 1.2 × ideal + 1 s = {goal:.1} s"),
             median(&last) <= goal,
         ));
-        figures.push(Figure::goal(
+        figures.push(peak_figure(
             &format!("mixed hosts, {per_second}/s host: peak calls in any 1 s"),
-            format!("{:.0}", peak.iter().copied().fold(0.0, f64::max)),
-            &format!("≤ budget + burst = {:.0}", per_second + 1.0),
-            peak.iter().all(|p| *p <= per_second + 1.0),
+            &peak,
+            "budget + burst",
+            per_second + 1.0,
         ));
         lines.push(format!(
             "mixed hosts, {per_second}/s: last call s {}; peak 1 s {}",
@@ -140,9 +161,11 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             list(&peak, 0)
         ));
     }
-    let mut s = settled(&mixed, MIXED.iter().map(|(_, n)| n).sum());
-    s.name = format!("mixed hosts: {}", s.name);
-    figures.push(s);
+    figures.push(settled(
+        "mixed hosts",
+        &mixed,
+        MIXED.iter().map(|(_, n)| n).sum(),
+    ));
 
     let mut three = Vec::new();
     for _ in 0..runs {
@@ -155,18 +178,16 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
         .map(|(r, n)| *n as f64 / r)
         .fold(jobs as f64 / THREE_GLOBAL, f64::max);
     let wall: Vec<f64> = three.iter().map(|r| r.wall_s / ideal).collect();
-    figures.push(Figure::goal(
+    figures.push(wall_figure(
         "three hosts (100, 10, 1/s) under 80/s: wall ÷ the ideal the budgets allow",
-        format!("{:.2}", median(&wall)),
-        "≤ 1.15",
-        median(&wall) <= 1.15,
+        &wall,
     ));
     let global_peak: Vec<f64> = three.iter().map(|r| r.peak_all as f64).collect();
-    figures.push(Figure::goal(
+    figures.push(peak_figure(
         "three hosts: peak calls in any 1 s, all hosts",
-        format!("{:.0}", global_peak.iter().copied().fold(0.0, f64::max)),
-        &format!("≤ global budget + burst = {:.0}", THREE_GLOBAL + 1.0),
-        global_peak.iter().all(|p| *p <= THREE_GLOBAL + 1.0),
+        &global_peak,
+        "global budget + burst",
+        THREE_GLOBAL + 1.0,
     ));
     let over_own = three.iter().any(|r| {
         r.hosts
@@ -180,9 +201,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
         "no",
         !over_own,
     ));
-    let mut s = settled(&three, jobs);
-    s.name = format!("three hosts: {}", s.name);
-    figures.push(s);
+    figures.push(settled("three hosts", &three, jobs));
     lines.push(format!(
         "three hosts: wall s {}; wall ÷ ideal {}; peak 1 s all hosts {}; per host (last call s, peak): {}",
         list(&three.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),
@@ -209,22 +228,18 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     let (per_second, jobs) = SLOW_API;
     let ideal = jobs as f64 / per_second;
     let slow_wall: Vec<f64> = slow.iter().map(|r| r.wall_s / ideal).collect();
-    figures.push(Figure::goal(
+    figures.push(wall_figure(
         &format!("slow API ({jobs} jobs at {per_second}/s, {SLOW_API_MS} ms a call): wall ÷ N/R"),
-        format!("{:.2}", median(&slow_wall)),
-        "≤ 1.15",
-        median(&slow_wall) <= 1.15,
+        &slow_wall,
     ));
     let slow_peak: Vec<f64> = slow.iter().map(|r| r.peak_all as f64).collect();
-    figures.push(Figure::goal(
+    figures.push(peak_figure(
         "slow API: peak calls in any 1 s",
-        format!("{:.0}", slow_peak.iter().copied().fold(0.0, f64::max)),
-        &format!("≤ budget + burst = {:.0}", per_second + 1.0),
-        slow_peak.iter().all(|p| *p <= per_second + 1.0),
+        &slow_peak,
+        "budget + burst",
+        per_second + 1.0,
     ));
-    let mut s = settled(&slow, jobs);
-    s.name = format!("slow API: {}", s.name);
-    figures.push(s);
+    figures.push(settled("slow API", &slow, jobs));
     lines.push(format!(
         "slow API: wall s {}; wall ÷ N/R {}; peak 1 s {}; calls per 0.5 s (last run): {:?}",
         list(&slow.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),

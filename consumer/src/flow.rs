@@ -481,9 +481,13 @@ impl Flow {
     }
 
     fn global_share(&self) -> Option<Share> {
+        self.global_share_among(self.split().count)
+    }
+
+    /// The global budget's share of one of `count` instances.
+    fn global_share_among(&self, count: u32) -> Option<Share> {
         let limit = self.config.rate_limit;
         let per_second = self.global_override.or(limit.map(|l| l.per_second))?;
-        let count = self.split().count;
         let burst = limit.map_or(1, |l| l.burst);
         Some(Share {
             per_second: per_second / f64::from(count),
@@ -492,6 +496,11 @@ impl Flow {
     }
 
     fn host_share(&self, host: &str) -> Option<Share> {
+        self.host_share_among(host, self.split().count)
+    }
+
+    /// `host`'s budget's share of one of `count` instances.
+    fn host_share_among(&self, host: &str, count: u32) -> Option<Share> {
         let state = self.cached(host);
         let budget = self.config.host_budget(host).or(self.global_override);
         let ceiling = budget.or(state.operator_rate)?;
@@ -500,7 +509,6 @@ impl Flow {
             .host_operator_max(host)
             .or(self.global_override)
             .unwrap_or(f64::INFINITY);
-        let count = self.split().count;
         let per_second = state.rate(ceiling, operator_max, now_ms(), &self.policy);
         Some(Share {
             per_second: per_second / f64::from(count),
@@ -513,6 +521,8 @@ impl Flow {
     /// among its batches in flight. `None` when no budget paces it (a held host without one,
     /// and no global budget). [`crate::in_flight`] sizes an invocation by it.
     pub(crate) fn call_rate(&self) -> Option<f64> {
+        // One split for every share: the batch loop asks after each record.
+        let count = self.split().count;
         let hosts: Vec<String> = self
             .held
             .lock()
@@ -525,10 +535,10 @@ impl Flow {
         } else {
             hosts
                 .iter()
-                .map(|h| self.host_share(h).map(|s| s.per_second))
+                .map(|h| self.host_share_among(h, count).map(|s| s.per_second))
                 .sum::<Option<f64>>()
         };
-        let global = self.global_share().map(|s| s.per_second);
+        let global = self.global_share_among(count).map(|s| s.per_second);
         let rate = match (global, held) {
             (Some(g), Some(h)) => g.min(h),
             (g, h) => g.or(h)?,
@@ -595,16 +605,20 @@ impl Flow {
         *streak
     }
 
+    fn end_streak(&self, host: &str) {
+        self.streaks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(host);
+    }
+
     /// Tells the fleet what a call to `host` taught: the store applies it atomically and this
     /// instance's view takes the answer at once. Returns what changed.
     pub(crate) async fn report(&self, host: &str, event: HostEvent) -> HostChange {
         let now = now_ms();
         let before = self.cached(host);
         if event == HostEvent::Succeeded {
-            self.streaks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(host);
+            self.end_streak(host);
         }
         if event == HostEvent::Succeeded && before.apply(&event, now, &self.policy).is_none() {
             // A healthy host: no write per successful call.
@@ -640,10 +654,7 @@ impl Flow {
         }
         if after.circuit != Circuit::Closed {
             // Its streak ended with the opening: calls after the cool-down start a new one.
-            self.streaks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(host);
+            self.end_streak(host);
         }
         if change.opened {
             warn!(host, consecutive_failures = after.consecutive_failures, circuit = ?after.circuit, "circuit opened: holding the host's jobs");
