@@ -28,8 +28,9 @@ pub struct Settings {
     /// more when the instance's share of the budgets needs more to be spent
     /// (`consumer::in_flight`), up to [`Settings::max_in_flight`].
     pub batch_concurrency: usize,
-    /// The most records one invocation processes at once (`FANOUT_MAX_IN_FLIGHT`, 100): its
-    /// open connections to the targets and its memory stay bounded whatever the budget.
+    /// The most records one invocation processes at once (`FANOUT_MAX_IN_FLIGHT`, 10: no more
+    /// than `batch_concurrency` unless raised): its open connections to the targets and its
+    /// memory stay bounded whatever the budget.
     pub max_in_flight: usize,
     /// Whether an invocation with room and time receives more records itself
     /// (`FANOUT_PULL`, on unless `false`; the consumer's `pull` module says why).
@@ -94,7 +95,10 @@ impl Default for Settings {
             deadline_margin: Duration::from_millis(1000),
             lock_grace: Duration::from_secs(60),
             batch_concurrency: 10,
-            max_in_flight: 100,
+            // As many as `batch_concurrency`, so the share-sized in-flight count is opt-in: with
+            // it on, the fault-injection harness intermittently left DLQ copies of jobs that
+            // succeeded ("max receives exceeded"), not understood yet.
+            max_in_flight: 10,
             pull: true,
             function_name: "fanout-consumer".into(),
             retry: RetryOverrides::default(),
@@ -108,7 +112,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
     /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_LOCK_GRACE_SECS` (60),
-    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_MAX_IN_FLIGHT` (100), `FANOUT_PULL` (true),
+    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_MAX_IN_FLIGHT` (10), `FANOUT_PULL` (true),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
     /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`),
     /// `FANOUT_MAX_INSTANCES` (unset) and `AWS_LAMBDA_FUNCTION_NAME`.
