@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use fanout_shared::fleet::{
-    self, entitled_at, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW, LEASE_TTL,
-    RELEASE_GRACE,
+    self, entitled_at, seen_by_all, share_count, FleetStore, Lease, FIRST_RENEW, LEASE_RENEW,
+    LEASE_TTL, RELEASE_GRACE,
 };
 use fanout_shared::{
     now_ms, Circuit, Gate, HoldReason, HostEvent, HostPolicy, HostState, PipelineConfig, ALL_HOSTS,
@@ -59,8 +59,12 @@ pub struct HostChange {
 
 struct LeaseView {
     lease: Lease,
-    /// This instance may call from then on (ms since the epoch).
+    /// This instance may call from then on (ms since the epoch), once every instance it read
+    /// has seen it ([`fleet::seen_by_all`]).
     entitled_ms: i64,
+    /// When its joining write was in the store (ms since the epoch): a lease renewed since has
+    /// read it.
+    seen_from_ms: i64,
     leases: Vec<Lease>,
     /// When [`Self::leases`] were read (ms since the epoch): a lease live then is counted until
     /// the next read says otherwise ([`Flow::split`] says why).
@@ -162,6 +166,7 @@ impl Flow {
             lease: Mutex::new(LeaseView {
                 lease,
                 entitled_ms: 0,
+                seen_from_ms: 0,
                 leases: Vec::new(),
                 read_ms: 0,
                 renewed: None,
@@ -241,6 +246,7 @@ impl Flow {
                         // Alone, it may start at once; otherwise it waits until every other
                         // instance has renewed and seen it.
                         view.entitled_ms = entitled_at(&lease.instance, &leases, now);
+                        view.seen_from_ms = now_ms();
                         info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
                         if view.entitled_ms > now {
                             view.lease.entitled_ms = view.entitled_ms;
@@ -464,9 +470,20 @@ impl Flow {
         let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
         let now = now_ms();
         if !view.stale {
+            let seen = seen_by_all(
+                &view.lease.instance,
+                &view.leases,
+                view.read_ms,
+                view.seen_from_ms,
+            );
             return Split {
                 count: share_count(&view.lease.instance, &view.leases, view.read_ms, now),
-                entitled_ms: view.entitled_ms,
+                // Not seen by all yet: not before the next renewal may show it.
+                entitled_ms: if seen {
+                    view.entitled_ms
+                } else {
+                    view.entitled_ms.max(now + fleet::ms(RENEW_CHECK))
+                },
                 lapsed: false,
             };
         }
@@ -546,6 +563,30 @@ impl Flow {
         Some(rate / self.batches.load(Ordering::Acquire).max(1) as f64)
     }
 
+    /// Waits until this instance may call (its entitlement in the fleet), unless that is after
+    /// `call_by`. Looked at again after each wait: a joiner's moves on when an instance it read
+    /// renews late ([`fleet::seen_by_all`]).
+    async fn entitlement(&self, call_by: Instant) -> Result<(), Deferred> {
+        loop {
+            let split = self.split();
+            if split.lapsed {
+                // Come back once a renewal may have gone through.
+                return Err(Deferred { delay: LEASE_RENEW });
+            }
+            let until_entitled =
+                Duration::from_millis(u64::try_from(split.entitled_ms - now_ms()).unwrap_or(0));
+            if until_entitled.is_zero() {
+                return Ok(());
+            }
+            if Instant::now() + until_entitled > call_by {
+                return Err(Deferred {
+                    delay: until_entitled,
+                });
+            }
+            tokio::time::sleep(until_entitled).await;
+        }
+    }
+
     /// Waits for this instance's permits for `host` (its entitlement in the fleet, the host's
     /// share, the global share), unless they are due after `call_by`. Returns the time waited.
     pub(crate) async fn permit(&self, host: &str, call_by: Instant) -> Result<Duration, Deferred> {
@@ -554,21 +595,9 @@ impl Flow {
             self.host_share(host).is_some(),
             self.global_share().is_some(),
         );
-        let split = self.split();
-        if (host_paced || globally_paced) && split.lapsed {
-            // Come back once a renewal may have gone through.
-            return Err(Deferred { delay: LEASE_RENEW });
-        }
-        let until_entitled =
-            Duration::from_millis(u64::try_from(split.entitled_ms - now_ms()).unwrap_or(0));
         // With no budget there is nothing to split, so nothing to wait for.
-        if (host_paced || globally_paced) && !until_entitled.is_zero() {
-            if Instant::now() + until_entitled > call_by {
-                return Err(Deferred {
-                    delay: until_entitled,
-                });
-            }
-            tokio::time::sleep(until_entitled).await;
+        if host_paced || globally_paced {
+            self.entitlement(call_by).await?;
         }
         if host_paced {
             let key = Key::Host(host.to_owned());
@@ -803,6 +832,49 @@ mod tests {
             (2, 2),
             "from b's entitlement on"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A joiner starts only once the instance at work has renewed since it joined, and so
+    /// splits the budget with it: a renewal later than its promised period (a loaded store)
+    /// leaves the joiner waiting past its entitlement, not the fleet at two full shares.
+    #[tokio::test]
+    async fn a_joiner_waits_past_its_entitlement_for_a_late_renewal() {
+        let (dir, a, b) = two_instances();
+        let force_renewal = |flow: &Flow| flow.lease.lock().unwrap().renewed = None;
+
+        let _batch_a = a.start_batch().await;
+        tokio::time::sleep(FIRST_RENEW).await;
+        a.renew_lease().await;
+        let _batch_b = b.start_batch().await;
+        let entitled = b.split().entitled_ms;
+        // a is late: b's entitlement passes, and b reads the leases again, before a renews.
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(entitled - now_ms() + 100).unwrap_or(0),
+        ))
+        .await;
+        force_renewal(&b);
+        b.renew_lease().await;
+        assert!(
+            b.split().entitled_ms > now_ms(),
+            "a has not renewed since b joined"
+        );
+        assert_eq!(a.split().count, 1, "and calls at the whole budget");
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            b.permit("h", soon).await.is_err(),
+            "no permit for b meanwhile"
+        );
+
+        // a renews (late) and reads b; b's next read shows it.
+        force_renewal(&a);
+        a.renew_lease().await;
+        assert_eq!(a.split().count, 2);
+        force_renewal(&b);
+        b.renew_lease().await;
+        assert!(b.split().entitled_ms <= now_ms());
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(b.permit("h", later).await.is_ok(), "b may call now");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -135,6 +135,20 @@ pub fn entitled_at(me: &str, leases: &[Lease], now_ms: i64) -> i64 {
         .map_or(now_ms, |at| at.max(now_ms))
 }
 
+/// Whether every other lease live when `leases` were read (at `read_ms`) has been renewed since
+/// `seen_from_ms`, when this instance's joining write was in the store: each renewal reads
+/// every lease, so each of them has seen it and splits the budgets with it. [`entitled_at`]
+/// expects that by then from the promised renewal periods; a joiner starts only once it is so
+/// (a renewal slowed by a loaded store came later than promised, and the fleet's peak went
+/// above its budget while the late instance still called at its old share). A late one that
+/// stopped working instead lapses, and leaves the set.
+pub fn seen_by_all(me: &str, leases: &[Lease], read_ms: i64, seen_from_ms: i64) -> bool {
+    leases
+        .iter()
+        .filter(|l| l.instance != me && l.live(read_ms))
+        .all(|l| l.renewed_ms() >= seen_from_ms + ms(CLOCK_SKEW))
+}
+
 /// `d` in ms.
 pub fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -190,6 +204,45 @@ pub trait FleetStore: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joiner_is_seen_by_all_once_every_live_lease_renewed_after_its_join() {
+        let renewed_at = |instance: &str, renewed_ms: i64| Lease {
+            instance: instance.into(),
+            since_ms: 0,
+            expires_ms: renewed_ms + ms(LEASE_TTL),
+            entitled_ms: 0,
+        };
+        let skew = ms(CLOCK_SKEW);
+        let me = renewed_at("z", 1_000);
+        let late = renewed_at("a", 900);
+        let on_time = renewed_at("b", 1_000 + skew);
+        assert!(seen_by_all("z", std::slice::from_ref(&me), 1_000, 1_000), "alone");
+        assert!(seen_by_all(
+            "z",
+            &[me.clone(), on_time.clone()],
+            1_100,
+            1_000
+        ));
+        assert!(
+            !seen_by_all("z", &[me.clone(), on_time, late.clone()], 1_100, 1_000),
+            "a has not renewed since z joined"
+        );
+        assert!(
+            !seen_by_all(
+                "z",
+                &[me.clone(), renewed_at("a", 1_000 + skew - 1)],
+                1_100,
+                1_000
+            ),
+            "within the clock skew of the join"
+        );
+        let lapsed_by_then = late.expires_ms;
+        assert!(
+            seen_by_all("z", &[me, late], lapsed_by_then, 1_000),
+            "a lapsed lease is not waited for"
+        );
+    }
 
     #[test]
     fn a_joiner_counts_at_once_and_starts_when_everyone_has_seen_it() {
