@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use fanout_testkit::target_server::max_in_window;
 
 use crate::report::{list, median, Figure, Section};
-use fanout::RunOptions;
 
 use crate::workload::{cli_options, embedded};
 
@@ -58,11 +57,7 @@ async fn run(
         &config,
         &pipeline,
         &format!("bench-{name}"),
-        &RunOptions {
-            // Share-sized in-flight, opt-in (README, As many calls in flight as the share needs).
-            max_in_flight: Some(100),
-            ..cli_options(4)
-        },
+        &cli_options(4),
     )
     .await
     .map_err(|e| format!("{name}: {e}"))?;

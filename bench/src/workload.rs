@@ -29,7 +29,6 @@ pub(crate) fn cli_options(concurrency: usize) -> RunOptions {
         quiet: true,
         pipeline_name: "fanout".into(),
         separate_instances: false,
-        max_in_flight: None,
     }
 }
 

@@ -138,7 +138,6 @@ fn run_options(local: &LocalArgs, cli: &Cli, pipeline_name: String) -> Result<Ru
         quiet: local.json,
         pipeline_name,
         separate_instances: false,
-        max_in_flight: None,
     })
 }
 

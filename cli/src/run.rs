@@ -28,9 +28,6 @@ pub struct RunOptions {
     /// budgets, as Lambda runs them; `false` (the command's way): one instance behind every
     /// slot ([`consumers`]).
     pub separate_instances: bool,
-    /// The most records an invocation runs at once (`FANOUT_MAX_IN_FLIGHT`; `None`: the
-    /// consumer's default, which keeps it to the batch size).
-    pub max_in_flight: Option<usize>,
 }
 
 /// A failure that is not a job's: bad backend, bad consumer setup.
@@ -47,9 +44,7 @@ fn settings(options: &RunOptions) -> Settings {
         batch_concurrency: options.event_source.batch_size as usize,
         function_name: "fanout-consumer-local".into(),
         pipeline: options.pipeline_name.clone(),
-        max_in_flight: options
-            .max_in_flight
-            .unwrap_or(Settings::default().max_in_flight),
+        visibility_timeout: Some(options.event_source.visibility_timeout),
         ..Settings::default()
     }
 }

@@ -113,12 +113,22 @@ impl Consumer {
     /// instance applies its batches ([`crate::count`]) within [`DELETE_LINGER`] (or at ten
     /// records, or when nothing else runs), and only a record whose batch applied is done. A
     /// pulled record done is deleted within [`DELETE_LINGER`] (ten at a time when they come
-    /// fast); so are the batch's own once the invocation has pulled: it may run on for
-    /// seconds, and a done record must not come back meanwhile. An invocation that never
-    /// pulls leaves its batch to the mapping's delete. A record whose count did not apply is
+    /// fast); so are the batch's own once the invocation has pulled (it may run on for
+    /// seconds, and a done record must not come back meanwhile), or from the start when the
+    /// queue's visibility timeout is shorter than the invocation. An invocation that does
+    /// neither leaves its batch to the mapping's delete. A record whose count did not apply is
     /// kept: a batch record is listed as a failure, a pulled one is not deleted.
     async fn work(&self, records: Vec<SqsMessage>, deadline: Deadline) -> Worked {
         let mut pull = Pull::new(self.settings.pull, deadline);
+        // The batch's records, under a visibility timeout shorter than the invocation, come
+        // back before its end: each is deleted as soon as it is done, as after a pull.
+        let batch_deadline = deadline.hidden_for(self.settings.visibility_timeout);
+        let mut delete_as_done = batch_deadline.reappears_at.is_some();
+        // And then a done record's count and its delete each wait a quarter of it at most.
+        let linger_for = match self.settings.visibility_timeout {
+            Some(visibility) if delete_as_done => DELETE_LINGER.min(visibility / 4),
+            _ => DELETE_LINGER,
+        };
         let mut queued: VecDeque<Group> = copies_together(records)
             .into_iter()
             .map(|records| Group {
@@ -153,6 +163,11 @@ impl Consumer {
                     break;
                 };
                 running_jobs.entry(job_key(&group.records[0])).or_default();
+                let deadline = if group.pulled {
+                    deadline
+                } else {
+                    batch_deadline
+                };
                 running.push(self.run_group(group, deadline));
             }
             if receiving.is_none() {
@@ -187,7 +202,7 @@ impl Consumer {
             tokio::select! {
                 Some((key, done)) = running.next() => {
                     if done_receipts.is_empty() && awaiting.is_empty() {
-                        linger = tokio::time::Instant::now() + DELETE_LINGER;
+                        linger = tokio::time::Instant::now() + linger_for;
                     }
                     for handled in done {
                         if let (Some(receipt), false) = (&handled.receipt, handled.report.verdict.is_kept()) {
@@ -199,11 +214,11 @@ impl Consumer {
                             };
                             if entry.count.is_some() {
                                 if awaiting.is_empty() {
-                                    count_linger = tokio::time::Instant::now() + DELETE_LINGER;
+                                    count_linger = tokio::time::Instant::now() + linger_for;
                                 }
                                 flushed_idle = false;
                                 awaiting.push(entry);
-                            } else if handled.pulled || worked.pulled > 0 {
+                            } else if handled.pulled || delete_as_done {
                                 done_receipts.push(entry.receipt);
                             } else {
                                 batch_done.push(entry.receipt);
@@ -224,9 +239,10 @@ impl Consumer {
                     receiving = None;
                     match got {
                         Ok(records) if !records.is_empty() => {
-                            if worked.pulled == 0 && done_receipts.is_empty() {
-                                linger = tokio::time::Instant::now() + DELETE_LINGER;
+                            if !delete_as_done && done_receipts.is_empty() {
+                                linger = tokio::time::Instant::now() + linger_for;
                             }
+                            delete_as_done = true;
                             worked.pulled += records.len() as u64;
                             done_receipts.append(&mut batch_done);
                             for copies in copies_together(records) {
@@ -254,7 +270,7 @@ impl Consumer {
                         worked.counted.insert(run_id, counts);
                     }
                     if done_receipts.is_empty() {
-                        linger = tokio::time::Instant::now() + DELETE_LINGER;
+                        linger = tokio::time::Instant::now() + linger_for;
                     }
                     let gave_up = flushed_idle && running.is_empty() && receiving.is_none();
                     for entry in std::mem::take(&mut awaiting) {
@@ -263,7 +279,7 @@ impl Consumer {
                             .as_ref()
                             .map_or(BatchStatus::Applied, |(run, seq)| self.counter.status(run, *seq));
                         match status {
-                            BatchStatus::Applied if entry.pulled || worked.pulled > 0 => {
+                            BatchStatus::Applied if entry.pulled || delete_as_done => {
                                 done_receipts.push(entry.receipt);
                             }
                             BatchStatus::Applied => batch_done.push(entry.receipt),
@@ -276,7 +292,7 @@ impl Consumer {
                             }
                         }
                     }
-                    count_linger = tokio::time::Instant::now() + DELETE_LINGER;
+                    count_linger = tokio::time::Instant::now() + linger_for;
                 }
                 () = tokio::time::sleep_until(count_linger), if flushing.is_none() && !awaiting.is_empty() => {
                     flushing = Some(Box::pin(self.counter.flush(self.runs.as_ref(), flush_until)));

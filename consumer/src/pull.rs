@@ -103,10 +103,32 @@ impl Consumer {
         max: u32,
         deadline: Deadline,
     ) -> Result<Vec<SqsMessage>, BackendError> {
-        let hidden = deadline.ends.saturating_duration_since(Instant::now()) + HIDDEN_PAST_DEADLINE;
-        let messages = self.source.receive(max, hidden, Duration::ZERO).await?;
+        let messages = self
+            .source
+            .receive(max, hidden_past(deadline), Duration::ZERO)
+            .await?;
         let queue = self.source.name().to_owned();
         Ok(messages.into_iter().map(|m| to_record(&queue, m)).collect())
+    }
+
+    /// Hides a record of the batch as a pulled one is hidden, until shortly after the
+    /// invocation's deadline, so that it waits in place without coming back meanwhile
+    /// ([`crate::record::Deadline::reappears_at`]). Whether it could.
+    pub(crate) async fn keep_hidden(&self, record: &SqsMessage, deadline: Deadline) -> bool {
+        let Some(receipt) = record.receipt_handle.as_deref() else {
+            return false;
+        };
+        match self
+            .source
+            .change_visibility(receipt, hidden_past(deadline))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "could not keep a waiting record hidden; it leaves for a delayed copy");
+                false
+            }
+        }
     }
 
     /// Deletes records this invocation settled or rescheduled (its batch's and the pulled).
@@ -124,6 +146,12 @@ impl Consumer {
             warn!(error = %e, records = receipts.len(), "could not delete settled records; they come back and are found settled");
         }
     }
+}
+
+/// How long from now a record the invocation holds stays hidden: until shortly after its
+/// deadline.
+fn hidden_past(deadline: Deadline) -> Duration {
+    deadline.ends.saturating_duration_since(Instant::now()) + HIDDEN_PAST_DEADLINE
 }
 
 /// A received queue message as the event source mapping hands it to the function: the body,

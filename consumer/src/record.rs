@@ -31,6 +31,7 @@ use crate::backend::{reschedule_delay, Window, BEFORE_CALL_PATIENCE, RESCHEDULE_
 use crate::count::{BatchStatus, Written};
 use crate::flow::{Admission, HostChange};
 use crate::http::CallOutcome;
+use crate::limiter::Deferred;
 use crate::Consumer;
 
 /// How long after its invocation's deadline a batch still pending is sealed by a copy of one
@@ -193,6 +194,12 @@ pub struct Deadline {
     pub budget: Duration,
     /// Lambda's deadline as an instant: nothing may run past it.
     pub ends: Instant,
+    /// When the record becomes visible to other invocations again, if before [`Self::ends`]
+    /// (a batch's record under a visibility timeout shorter than the invocation,
+    /// [`crate::Settings::visibility_timeout`]): it waits for its permit no longer than
+    /// that, since another invocation receiving it meanwhile would wait for one too, and
+    /// each receive brings the message nearer the queue's receive limit and its DLQ.
+    pub reappears_at: Option<Instant>,
 }
 
 impl Deadline {
@@ -207,6 +214,18 @@ impl Deadline {
             work_until,
             budget: work_until - now,
             ends,
+            reappears_at: None,
+        }
+    }
+
+    /// This deadline for records hidden `visibility` from now (none: past the invocation).
+    pub fn hidden_for(self, visibility: Option<Duration>) -> Self {
+        let reappears_at = visibility
+            .map(|v| Instant::now() + v)
+            .filter(|at| *at < self.ends);
+        Self {
+            reappears_at,
+            ..self
         }
     }
 
@@ -310,9 +329,7 @@ impl Consumer {
         let timeout = Duration::from_millis(job.target.timeout_ms);
         let reserve = self.latencies.reserve(&host, timeout, deadline.budget);
         let call_by = deadline.call_by(reserve);
-        // The permit leaves the acquire its allowance before the call's last start.
-        let permit_by = call_by.checked_sub(ACQUIRE_ALLOWANCE).unwrap_or(call_by);
-        let rate_wait = match self.flow.permit(&host, permit_by).await {
+        let rate_wait = match self.permit(record, &host, (call_by, deadline)).await {
             Ok(waited) => waited,
             Err(deferred) => {
                 return self
@@ -387,6 +404,34 @@ impl Consumer {
         report.rate_wait = rate_wait;
         report.host_change = host_change;
         report
+    }
+
+    /// Waits for the job's permits (the host's share, the global share) before `call_by`,
+    /// leaving the acquire its allowance before it. A record that would reappear meanwhile
+    /// (a visibility timeout shorter than the invocation) waits until then, and longer only
+    /// once it is kept hidden for the rest of the invocation: else every invocation that
+    /// received it again would wait for a permit too, and the receives would add up to the
+    /// queue's limit and a DLQ copy of a job that succeeds.
+    async fn permit(
+        &self,
+        record: &SqsMessage,
+        host: &str,
+        (call_by, deadline): (Instant, Deadline),
+    ) -> Result<Duration, Deferred> {
+        let before = |at: Instant| at.checked_sub(ACQUIRE_ALLOWANCE).unwrap_or(at);
+        let Some(reappears_at) = deadline.reappears_at.filter(|at| *at < call_by) else {
+            return self.flow.permit(host, before(call_by)).await;
+        };
+        let started = Instant::now();
+        match self.flow.permit(host, before(reappears_at)).await {
+            Err(Deferred { delay })
+                if Instant::now() + delay < call_by && self.keep_hidden(record, deadline).await =>
+            {
+                self.flow.permit(host, before(call_by)).await?;
+                Ok(started.elapsed())
+            }
+            answer => answer,
+        }
     }
 
     /// A copy carrying its job's unrecorded success ([`ATTR_UNRECORDED_SUCCESS`]): records it

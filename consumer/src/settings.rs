@@ -28,9 +28,8 @@ pub struct Settings {
     /// more when the instance's share of the budgets needs more to be spent
     /// (`consumer::in_flight`), up to [`Settings::max_in_flight`].
     pub batch_concurrency: usize,
-    /// The most records one invocation processes at once (`FANOUT_MAX_IN_FLIGHT`, 10: no more
-    /// than `batch_concurrency` unless raised): its open connections to the targets and its
-    /// memory stay bounded whatever the budget.
+    /// The most records one invocation processes at once (`FANOUT_MAX_IN_FLIGHT`, 100): its
+    /// open connections to the targets and its memory stay bounded whatever the budget.
     pub max_in_flight: usize,
     /// Whether an invocation with room and time receives more records itself
     /// (`FANOUT_PULL`, on unless `false`; the consumer's `pull` module says why).
@@ -50,6 +49,13 @@ pub struct Settings {
     /// leases it splits each budget by this many, the most it can be shared by; unset, by the
     /// last count it read.
     pub max_instances: Option<u32>,
+    /// The job queue's visibility timeout, when it is shorter than an invocation can run:
+    /// the batch's records become visible to other invocations again after it, so a done one
+    /// is deleted at once and a waiting one waits for its permit no longer than that
+    /// ([`crate::record::Deadline::reappears_at`]). `fanout run` sets it from its event
+    /// source; the stack's queue hides a record for at least 6 × the function's timeout, so
+    /// a deployed consumer leaves it unset.
+    pub visibility_timeout: Option<Duration>,
 }
 
 /// An environment variable of the consumer's that does not hold what it must: the function
@@ -95,16 +101,14 @@ impl Default for Settings {
             deadline_margin: Duration::from_millis(1000),
             lock_grace: Duration::from_secs(60),
             batch_concurrency: 10,
-            // As many as `batch_concurrency`, so the share-sized in-flight count is opt-in: with
-            // it on, the fault-injection harness intermittently left DLQ copies of jobs that
-            // succeeded ("max receives exceeded"), not understood yet.
-            max_in_flight: 10,
+            max_in_flight: 100,
             pull: true,
             function_name: "fanout-consumer".into(),
             retry: RetryOverrides::default(),
             host_state_ttl: Duration::from_millis(1000),
             pipeline: "fanout".into(),
             max_instances: None,
+            visibility_timeout: None,
         }
     }
 }
@@ -112,7 +116,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads `FANOUT_RATE_PER_SECOND`, `FANOUT_RECORD_TTL_SECS` (86400),
     /// `FANOUT_DEADLINE_MARGIN_MS` (1000), `FANOUT_LOCK_GRACE_SECS` (60),
-    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_MAX_IN_FLIGHT` (10), `FANOUT_PULL` (true),
+    /// `FANOUT_BATCH_CONCURRENCY` (10), `FANOUT_MAX_IN_FLIGHT` (100), `FANOUT_PULL` (true),
     /// `FANOUT_RETRY_BASE_MS`, `FANOUT_RETRY_CAP_MS`, `FANOUT_MAX_ATTEMPTS` (the config's
     /// `retry` unless set), `FANOUT_HOST_STATE_TTL_MS` (1000), `FANOUT_PIPELINE` (`fanout`),
     /// `FANOUT_MAX_INSTANCES` (unset) and `AWS_LAMBDA_FUNCTION_NAME`.
@@ -186,6 +190,7 @@ impl Settings {
                     })
                 })
                 .transpose()?,
+            visibility_timeout: None,
         })
     }
 }

@@ -820,3 +820,76 @@ async fn no_pulling_when_turned_off_or_when_the_invocation_is_short() {
         assert_eq!(queue.depth().await.unwrap().visible, 4);
     }
 }
+
+/// Under a visibility timeout shorter than the invocation (`fanout run --visibility-timeout`;
+/// Lambda refuses a mapping whose queue hides records for less than the function's timeout),
+/// the batch's records would come back while the invocation still holds them: a done one
+/// waiting for the mapping's delete, a waiting one for its permit. Each receive by another
+/// invocation that held it as long would bring the message nearer the receive limit, and its
+/// DLQ copy of a job that succeeds. So a done record is deleted at once, and one that waits
+/// past the visibility is kept hidden: nothing comes back meanwhile.
+#[tokio::test]
+async fn under_a_short_visibility_the_batch_is_deleted_as_done_and_a_waiting_record_kept_hidden() {
+    let targets: Vec<_> = (0..3)
+        .map(|i| json!({"id": format!("t{i}"), "url": format!("BASE/ok/{i}")}))
+        .collect();
+    let mut cfg = config(json!(targets));
+    cfg["rate_limit"] = json!({"per_second": 4.0});
+    let settings = Settings {
+        visibility_timeout: Some(Duration::from_millis(300)),
+        pull: false,
+        ..Settings::default()
+    };
+    let h = harness(cfg, settings).await;
+    let bodies: Vec<String> = (0..3)
+        .map(|i| {
+            let url = format!("{}/ok/{i}", h.server.base_url());
+            job("run-1", &format!("t{i}"), &url).encode().body
+        })
+        .collect();
+    let queue = h.backend.queue("jobs");
+    for body in &bodies {
+        queue.send(body, &Default::default()).await.unwrap();
+    }
+    let received = queue
+        .receive(10, Duration::from_millis(300), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(received.len(), 3);
+    let records: Vec<_> = received
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs", "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    let event = serde_json::from_value(json!({ "Records": records })).unwrap();
+
+    // At 4/s the third call is due 500 ms in, past the 300 ms visibility.
+    let other_invocation = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        queue
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+    };
+    let (report, seen_by_another) = tokio::join!(
+        h.consumer.handle_batch(event, in_seconds(5)),
+        other_invocation
+    );
+    assert!(
+        seen_by_another.is_empty(),
+        "no record came back while the invocation held it: {seen_by_another:?}"
+    );
+    assert_eq!(report.metrics.total(Metric::Succeeded), 3.0);
+    assert_eq!(h.server.stats().effects, 3);
+    assert!(
+        queue.depth().await.unwrap().is_drained(),
+        "every record deleted by the invocation itself: {:?}",
+        queue.depth().await.unwrap()
+    );
+}

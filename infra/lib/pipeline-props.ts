@@ -171,7 +171,7 @@ export interface FanoutPipelineProps {
    * The most records one consumer invocation runs at once (`FANOUT_MAX_IN_FLIGHT`, 1 to 10,000):
    * it runs as many as its share of the budgets needs to be spent (share × a job's time), and
    * this bounds its open connections to the targets and its memory.
-   * @default the consumer's own default (10: no more than the batch concurrency; raise it to let an invocation run what its share needs)
+   * @default the consumer's own default (100)
    */
   readonly maxInFlight?: number;
   /**

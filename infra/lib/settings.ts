@@ -85,7 +85,7 @@ export interface FanoutSettings {
   /**
    * `FANOUT_MAX_IN_FLIGHT`: the most records one consumer invocation runs at once, however large
    * its share of the budgets (it runs as many as the share needs, README "Flow control"); unset =
-   * Rust default (10: share-sized in-flight off).
+   * Rust default (100).
    */
   readonly maxInFlight?: number;
   /** Records per consumer invocation (1–10, up to 10000 with a batching window). */

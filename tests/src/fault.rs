@@ -233,7 +233,6 @@ pub async fn run_faults_with(
     // Lambda's shape: every invocation slot its own instance, lease and share.
     let options = RunOptions {
         separate_instances: true,
-        max_in_flight: None,
         ..plan.options.clone()
     };
     let consumers = fanout::consumers(&config, pipeline, &options).expect("consumers");

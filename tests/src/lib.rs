@@ -141,7 +141,6 @@ pub fn fast_options(concurrency: usize) -> RunOptions {
         quiet: true,
         pipeline_name: "fanout".into(),
         separate_instances: false,
-        max_in_flight: None,
     }
 }
 

@@ -281,10 +281,7 @@ async fn a_slow_api_gets_the_calls_in_flight_its_budget_needs() {
     let (servers, mut config) = hosts_tick(&hosts, None).await;
     answered_after(&mut config, 200);
     let pipeline = embedded_pipeline(5, Duplicates::default());
-    // Share-sized in-flight is opt-in (FANOUT_MAX_IN_FLIGHT defaults to the batch size).
-    let mut options = local_defaults(1);
-    options.max_in_flight = Some(100);
-    let (summary, _) = fanout::run(&config, &pipeline, "slow-api", &options)
+    let (summary, _) = fanout::run(&config, &pipeline, "slow-api", &local_defaults(1))
         .await
         .unwrap();
     let server = &servers[0];

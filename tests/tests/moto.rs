@@ -808,7 +808,6 @@ async fn consumers_racing_on_a_runs_last_jobs_finish_it_once_with_one_eventbridg
     let config = config_for(&server.base_url(), &paths, None);
     let options = fanout::RunOptions {
         separate_instances: true,
-        max_in_flight: None,
         ..fast_options(4)
     };
     let consumers = fanout::consumers(&config, &pipeline, &options).unwrap();
