@@ -281,9 +281,8 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
              runs its share × its smoothed service time × 1.25 plus a receive (README, As many calls in flight as \
              the share needs). What is left is `fanout run`'s 3 s invocations: each stops pulling 2 s before its \
              end, drains and ends, and the next one starts (the dips in the calls per 0.5 s). Pulling until shortly \
-             before the end instead brought this tick to 1.12 × N/R, but in the fault-injection harness records \
-             pulled in an invocation's last moments could not finish their steps and some reached the queue's \
-             receive limit (consumer `pull` module). Deployed functions (30 s) pull for 5 s and are not short here."
+             before the end instead brought this tick to 1.12 × N/R, but made the fault-injection harness 2.2 × \
+             slower, most records pulled late leaving for delayed copies (consumer `pull` module). Deployed functions (30 s) pull for 5 s and are not short here."
                 .into(),
         ],
     })

@@ -217,7 +217,10 @@ mod tests {
         let me = renewed_at("z", 1_000);
         let late = renewed_at("a", 900);
         let on_time = renewed_at("b", 1_000 + skew);
-        assert!(seen_by_all("z", std::slice::from_ref(&me), 1_000, 1_000), "alone");
+        assert!(
+            seen_by_all("z", std::slice::from_ref(&me), 1_000, 1_000),
+            "alone"
+        );
         assert!(seen_by_all(
             "z",
             &[me.clone(), on_time.clone()],
