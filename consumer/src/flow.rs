@@ -219,8 +219,16 @@ impl Flow {
         let lease = {
             let mut view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
             // Renewing at half the period keeps every gap below the promised one
-            // (`Lease::next_renewal_ms`), which joiners count on (`fleet::entitled_at`).
-            let period = if view.lease.just_joined() {
+            // (`Lease::next_renewal_ms`), which joiners count on (`fleet::entitled_at`). A
+            // joiner not yet seen by all reads as often as when it joined: its start waits
+            // for the read that shows the last of them renewed.
+            let waiting = !seen_by_all(
+                &view.lease.instance,
+                &view.leases,
+                view.read_ms,
+                view.seen_from_ms,
+            );
+            let period = if view.lease.just_joined() || waiting {
                 FIRST_RENEW
             } else {
                 LEASE_RENEW
