@@ -9,7 +9,8 @@
 //! since its holder may have renewed it meanwhile.
 //! A joining instance that finds others at work waits until each of them has renewed once
 //! more (their next renewal is due by [`Lease::next_renewal_ms`], plus `JOIN_SLACK`): by then
-//! they all have read its lease, so the fleet never sends above the budget while it grows. It
+//! they all have read its lease, so the fleet never sends above the budget while it grows
+//! (and it starts only once a read shows each of them renewed since, [`seen_by_all`]). It
 //! writes that time into its lease ([`Lease::entitled_ms`]), and the others count it from then
 //! on, not from when they read it: until the joiner may call, they keep its share busy. (Its
 //! first write, before it knows the time, says "count me now": an instance that reads that one
