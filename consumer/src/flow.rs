@@ -70,9 +70,10 @@ struct LeaseView {
     /// This instance may call from then on (ms since the epoch), once every instance it read
     /// has seen it ([`fleet::seen_by_all`]).
     entitled_ms: i64,
-    /// When its joining write was in the store (ms since the epoch): a lease renewed since has
-    /// read it.
-    seen_from_ms: i64,
+    /// While it waits to be seen by all: when its joining write was in the store (ms since
+    /// the epoch), so that a lease renewed since has read it. Once seen, `None` until it joins
+    /// again (a lease renewed later has seen it too), so the split asks nothing more.
+    seen_from_ms: Option<i64>,
     leases: Vec<Lease>,
     /// When [`Self::leases`] were read (ms since the epoch): a lease live then is counted until
     /// the next read says otherwise ([`Flow::split`] says why).
@@ -174,7 +175,7 @@ impl Flow {
             lease: Mutex::new(LeaseView {
                 lease,
                 entitled_ms: 0,
-                seen_from_ms: 0,
+                seen_from_ms: None,
                 leases: Vec::new(),
                 read_ms: 0,
                 renewed: None,
@@ -230,13 +231,7 @@ impl Flow {
             // (`Lease::next_renewal_ms`), which joiners count on (`fleet::entitled_at`). A
             // joiner not yet seen by all reads as often as when it joined: its start waits
             // for the read that shows the last of them renewed.
-            let waiting = !seen_by_all(
-                &view.lease.instance,
-                &view.leases,
-                view.read_ms,
-                view.seen_from_ms,
-            );
-            let period = if view.lease.just_joined() || waiting {
+            let period = if view.lease.just_joined() || view.seen_from_ms.is_some() {
                 FIRST_RENEW
             } else {
                 LEASE_RENEW
@@ -265,7 +260,7 @@ impl Flow {
                         if view.entitled_ms > now {
                             view.entitled_ms += fastrand::i64(0..fleet::ms(PHASE_SPREAD));
                         }
-                        view.seen_from_ms = now_ms();
+                        view.seen_from_ms = Some(now_ms());
                         info!(instance = %lease.instance, wait_ms = view.entitled_ms - now, "joined the fleet");
                         if view.entitled_ms > now {
                             view.lease.entitled_ms = view.entitled_ms;
@@ -276,6 +271,12 @@ impl Flow {
                     view.read_ms = now;
                     view.stored_expires_ms = lease.expires_ms;
                     view.stale = false;
+                    if view
+                        .seen_from_ms
+                        .is_some_and(|from| seen_by_all(&lease.instance, &view.leases, now, from))
+                    {
+                        view.seen_from_ms = None;
+                    }
                     entitled
                 };
                 if let Some(entitled) = entitled {
@@ -489,19 +490,12 @@ impl Flow {
         let view = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
         let now = now_ms();
         if !view.stale {
-            let seen = seen_by_all(
-                &view.lease.instance,
-                &view.leases,
-                view.read_ms,
-                view.seen_from_ms,
-            );
             return Split {
                 count: share_count(&view.lease.instance, &view.leases, view.read_ms, now),
                 // Not seen by all yet: not before the next renewal may show it.
-                entitled_ms: if seen {
-                    view.entitled_ms
-                } else {
-                    view.entitled_ms.max(now + fleet::ms(RENEW_CHECK))
+                entitled_ms: match view.seen_from_ms {
+                    None => view.entitled_ms,
+                    Some(_) => view.entitled_ms.max(now + fleet::ms(RENEW_CHECK)),
                 },
                 lapsed: false,
             };

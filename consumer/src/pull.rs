@@ -19,8 +19,9 @@
 //! 400/s then took 1.12 × N/R instead of 1.25, but the fault-injection harness (2 s
 //! functions, 429 pauses, crashes) took 166 s instead of 75: the pace said too little of the
 //! records pulled late, 2,842 of them left for delayed copies instead of 121, and a crashed
-//! invocation's pulled records stay hidden until past its deadline. A job waiting for a slow host's permit holds one slot, never the instance
-//! ([`crate::limiter`] keeps that wait under a second).
+//! invocation's pulled records stay hidden until past its deadline. A job waiting for a slow
+//! host's permit holds one slot, never the instance ([`crate::limiter`] keeps that wait
+//! under a second).
 
 use std::time::{Duration, Instant};
 
