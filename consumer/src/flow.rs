@@ -164,6 +164,7 @@ impl Flow {
             since_ms: 0,
             expires_ms: 0,
             entitled_ms: 0,
+            released: false,
         };
         Self {
             store,
@@ -245,6 +246,7 @@ impl Flow {
                 view.lease.entitled_ms = now;
             }
             view.lease.expires_ms = now + fleet::ms(LEASE_TTL);
+            view.lease.released = false;
             view.renewed = Some(Instant::now());
             view.lease.clone()
         };
@@ -338,6 +340,7 @@ impl Flow {
                 return;
             }
             view.lease.expires_ms = now + fleet::ms(RELEASE_GRACE);
+            view.lease.released = true;
             // The next batch renews at once.
             view.renewed = None;
             view.lease.clone()
@@ -814,6 +817,36 @@ mod tests {
         b.renew_lease().await;
         assert_eq!(b.split().count, 1, "a gone at b's next read");
         b.end_batch(batch_b).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A joiner does not wait for a lease released by an instance whose batch ended: that
+    /// instance renews, and so reads the joiner, before it calls again. (Waiting for the
+    /// release to lapse made figure 7's sparse fleet 1.4 × slower.)
+    #[tokio::test]
+    async fn a_joiner_does_not_wait_for_a_released_lease() {
+        let (dir, a, b) = two_instances();
+
+        let batch_a = a.start_batch().await;
+        tokio::time::sleep(FIRST_RENEW).await;
+        a.renew_lease().await;
+        a.end_batch(batch_a).await;
+        let _batch_b = b.start_batch().await;
+        assert_eq!(
+            b.split().count,
+            2,
+            "a's released lease is counted until it lapses"
+        );
+        assert!(
+            b.split().entitled_ms <= now_ms(),
+            "but b need not wait for a to renew"
+        );
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(b.permit("h", soon).await.is_ok(), "b may call at once");
+
+        // a's next batch renews first, and so counts b.
+        let _batch_a = a.start_batch().await;
+        assert_eq!(a.split().count, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

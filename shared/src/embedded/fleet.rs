@@ -106,21 +106,23 @@ impl FleetStore for EmbeddedFleet {
         tx.execute("DELETE FROM leases WHERE expires <= ?1", [now_ms])
             .map_err(sql_error)?;
         tx.prepare_cached(
-            "INSERT INTO leases (instance, since, expires, entitled) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (instance) DO UPDATE SET expires = ?3, entitled = ?4",
+            "INSERT INTO leases (instance, since, expires, entitled, released)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (instance) DO UPDATE SET expires = ?3, entitled = ?4, released = ?5",
         )
         .and_then(|mut s| {
             s.execute(rusqlite::params![
                 lease.instance,
                 lease.since_ms,
                 lease.expires_ms,
-                lease.entitled_ms
+                lease.entitled_ms,
+                lease.released
             ])
         })
         .map_err(sql_error)?;
         let leases = {
             let mut stmt = tx
-                .prepare_cached("SELECT instance, since, expires, entitled FROM leases")
+                .prepare_cached("SELECT instance, since, expires, entitled, released FROM leases")
                 .map_err(sql_error)?;
             let rows = stmt
                 .query_map([], |r| {
@@ -131,6 +133,7 @@ impl FleetStore for EmbeddedFleet {
                         expires_ms: r.get(2)?,
                         // A lease written before entitlements: counted from its join.
                         entitled_ms: r.get::<_, Option<i64>>(3)?.unwrap_or(since_ms),
+                        released: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
                     })
                 })
                 .map_err(sql_error)?;

@@ -122,7 +122,8 @@ CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY,
     since INTEGER NOT NULL,
     expires INTEGER NOT NULL,
-    entitled INTEGER
+    entitled INTEGER,
+    released INTEGER
 );
 ";
 
@@ -200,6 +201,7 @@ fn migrate(conn: &Connection) -> Result<(), BackendError> {
         ("runs", "sources", "TEXT"),
         ("runs", "finished_by", "INTEGER"),
         ("leases", "entitled", "INTEGER"),
+        ("leases", "released", "INTEGER"),
     ] {
         let has: bool = conn
             .query_row(

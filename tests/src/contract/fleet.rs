@@ -18,6 +18,7 @@ pub fn contracts() -> Vec<Contract> {
         contract!(a_renewal_lists_every_live_lease(fleet)),
         contract!(a_renewal_moves_the_lease_s_expiry(fleet)),
         contract!(a_renewal_moves_the_lease_s_entitlement(fleet)),
+        contract!(a_release_is_kept_until_the_next_renewal(fleet)),
         contract!(lapsed_leases_are_left_out_and_pruned(fleet)),
     ]
 }
@@ -45,6 +46,7 @@ fn lease(instance: &str, since_ms: i64, expires_ms: i64) -> Lease {
         since_ms,
         expires_ms,
         entitled_ms: since_ms,
+        released: false,
     }
 }
 
@@ -250,6 +252,33 @@ pub async fn a_renewal_moves_the_lease_s_entitlement(fleet: &dyn FleetStore) {
         ..entitled
     };
     assert_eq!(fleet.renew(&renewed, 2_000).await.unwrap(), vec![renewed]);
+}
+
+/// A release (the holder ended its last batch) is stored and read back as one; the holder's
+/// next renewal clears it.
+pub async fn a_release_is_kept_until_the_next_renewal(fleet: &dyn FleetStore) {
+    let working = lease("r", 1_000, 4_000);
+    fleet.renew(&working, 1_000).await.unwrap();
+    let released = Lease {
+        expires_ms: 1_500,
+        released: true,
+        ..working.clone()
+    };
+    let other = lease("o", 1_200, 4_200);
+    fleet.renew(&released, 1_200).await.unwrap();
+    assert_eq!(
+        sorted(fleet.renew(&other, 1_200).await.unwrap()),
+        vec![other.clone(), released.clone()]
+    );
+    let again = Lease {
+        expires_ms: 4_400,
+        released: false,
+        ..released
+    };
+    assert_eq!(
+        sorted(fleet.renew(&again, 1_400).await.unwrap()),
+        vec![other, again]
+    );
 }
 
 /// A lease is live while its expiry is after now: a lapsed one is left out of the answer, and
