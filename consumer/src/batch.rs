@@ -64,6 +64,7 @@ impl Consumer {
     pub async fn handle_batch(&self, event: SqsEvent, deadline_ms: i64) -> BatchReport {
         let started = std::time::Instant::now();
         let deadline = Deadline::new(deadline_ms, self.settings.deadline_margin);
+        self.counter.forget_idle_runs();
         // Two store round trips, neither waiting for the other: every one before the first
         // call is time the instance's share goes unused.
         let hosts = hosts_of(&event.records);

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use fanout_shared::runs::{
     BatchState, CountState, CountToken, Counted, Delta, RunCounts, RunLedger,
@@ -21,9 +22,17 @@ use fanout_shared::BackendError;
 use tokio::sync::Notify;
 use tracing::warn;
 
+/// How long an instance keeps a run's batches and count state after its last settlement: a
+/// warm container lives for hours and ticks come every few minutes, so without forgetting them
+/// its memory grew by a few KB per run. An invocation asks only about the runs it settles in,
+/// and lasts 15 minutes at most.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
 /// One run's batches of this instance.
 #[derive(Default)]
 struct RunBatches {
+    /// The last settlement that joined a batch of the run.
+    touched: Option<Instant>,
     /// The batch new settlements join (0: none open; the next one is `last_opened + 1`).
     open: u64,
     last_opened: u64,
@@ -54,6 +63,9 @@ pub(crate) enum BatchStatus {
     Sealed,
     /// Not applied yet.
     Pending,
+    /// Of a run this instance forgot ([`FORGET_AFTER`]): every batch of it was applied or
+    /// sealed, and only the ledger says which.
+    Forgotten,
 }
 
 /// How a settlement's record write went.
@@ -110,8 +122,8 @@ pub(crate) struct Counter {
     runs: Mutex<HashMap<String, RunBatches>>,
     /// One flush at a time: batches apply in order.
     flushing: tokio::sync::Mutex<()>,
-    /// The last count state seen per run (its batch states only grow).
-    states: Mutex<HashMap<String, CountState>>,
+    /// The last count state seen per run (its batch states only grow), and when.
+    states: Mutex<HashMap<String, (CountState, Instant)>>,
 }
 
 impl std::fmt::Debug for Counter {
@@ -144,6 +156,7 @@ impl Counter {
     pub(crate) fn join(&self, run_id: &str, deadline_ms: i64) -> Joined<'_> {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         let run = runs.entry(run_id.to_owned()).or_default();
+        run.touched = Some(Instant::now());
         if run.open == 0 {
             run.last_opened += 1;
             run.open = run.last_opened;
@@ -199,7 +212,8 @@ impl Counter {
         match runs.get(run_id) {
             Some(run) if seq <= run.settled_to && run.sealed.contains(&seq) => BatchStatus::Sealed,
             Some(run) if seq <= run.settled_to => BatchStatus::Applied,
-            _ => BatchStatus::Pending,
+            Some(_) => BatchStatus::Pending,
+            None => BatchStatus::Forgotten,
         }
     }
 
@@ -209,7 +223,7 @@ impl Counter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(run_id)
-            .cloned()
+            .map(|(state, _)| state.clone())
     }
 
     /// Remembers a count state read or answered for `run_id`.
@@ -217,7 +231,25 @@ impl Counter {
         self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(run_id.to_owned(), state.clone());
+            .insert(run_id.to_owned(), (state.clone(), Instant::now()));
+    }
+
+    /// Forgets the runs no settlement joined for [`FORGET_AFTER`] (none of their batches is
+    /// pending), and the count states not seen for as long.
+    pub(crate) fn forget_idle_runs(&self) {
+        self.forget_idle(FORGET_AFTER);
+    }
+
+    fn forget_idle(&self, after: Duration) {
+        let idle = |at: Option<Instant>| at.is_none_or(|at| at.elapsed() >= after);
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, run| !run.pending.is_empty() || !idle(run.touched));
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (_, seen)| !idle(Some(*seen)));
     }
 
     /// Applies every batch opened so far, run by run and in order, each once its writes ended
@@ -324,5 +356,47 @@ impl Counter {
             }
         }
         Ok(if sealed { None } else { state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_shared::embedded::EmbeddedBackend;
+
+    use super::*;
+
+    /// A run's batches are kept while one is pending, and forgotten once all are applied and
+    /// the run is idle; a forgotten run's batch answers `Forgotten` (the ledger says the rest),
+    /// never `Pending`, which would keep its message waiting for a batch that never comes.
+    #[tokio::test]
+    async fn an_idle_run_is_forgotten_once_its_batches_are_applied() {
+        let backend = EmbeddedBackend::open(":memory:".as_ref()).unwrap();
+        let ledger = backend.runs();
+        let counter = Counter::new();
+        let joined = counter.join("r", i64::MAX);
+        let seq = joined.written(Written::Yes, &Delta::default());
+
+        counter.forget_idle(Duration::ZERO);
+        assert_eq!(
+            counter.status("r", seq),
+            BatchStatus::Pending,
+            "pending: kept"
+        );
+
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        counter.flush(&ledger, until).await;
+        counter.remember("r", &CountState::default());
+        counter.forget_idle_runs();
+        assert_eq!(
+            counter.status("r", seq),
+            BatchStatus::Applied,
+            "recent: kept"
+        );
+        assert!(counter.cached("r").is_some());
+
+        counter.forget_idle(Duration::ZERO);
+        assert_eq!(counter.status("r", seq), BatchStatus::Forgotten);
+        assert!(counter.cached("r").is_none());
+        assert!(!counter.has_pending());
     }
 }

@@ -955,16 +955,20 @@ impl Consumer {
         };
         let run_id = job.run_id.as_str();
         if token.instance == self.counter.instance() {
-            return match self.counter.status(run_id, token.seq) {
-                BatchStatus::Applied => RecordReport::new(Verdict::Duplicate),
+            match self.counter.status(run_id, token.seq) {
+                BatchStatus::Applied => return RecordReport::new(Verdict::Duplicate),
                 BatchStatus::Pending => {
-                    RecordReport::new(Verdict::Duplicate).counted_in(run_id, token.seq)
+                    return RecordReport::new(Verdict::Duplicate).counted_in(run_id, token.seq)
                 }
                 BatchStatus::Sealed => {
-                    self.take_count(record, job, (&token, &delta), deadline)
+                    return self
+                        .take_count(record, job, (&token, &delta), deadline)
                         .await
                 }
-            };
+                // Its batch was applied or sealed long ago: the ledger says which, as for
+                // another instance's.
+                BatchStatus::Forgotten => {}
+            }
         }
         if self
             .counter
