@@ -794,7 +794,9 @@ fn section(run: &CloudRun) -> Section {
                  ({:.0} a second), besides the work it does inside (SNS → SQS deliveries, the mapping's polls). On \
                  AWS the same tick needs about {:.0} requests a second from the functions, which DynamoDB on demand \
                  and SQS take; each instance runs up to {} records at once, enough for its 200/s share at up to \
-                 {:.0} ms a job (README, As many calls in flight as the share needs).",
+                 {:.0} ms a job (README, As many calls in flight as the share needs). The same two ticks in the \
+                 stack's consumer shape on the embedded backend, where nothing else bounds them, take 1.03 × N/R at \
+                 both budgets (figure 14, Lambda's shape).",
                 ceiling / (FAST_JOBS as f64 / FAST_RATE),
                 fast_tick.map_or(0.0, |t| t.cpu_s.0),
                 fast_tick.map_or(0.0, |t| t.makespan_s),

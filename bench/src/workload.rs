@@ -32,6 +32,17 @@ pub(crate) fn cli_options(concurrency: usize) -> RunOptions {
     }
 }
 
+/// The deployed stack's shape (figure 8's) without the emulator: `concurrency` instances as
+/// Lambda runs them, each with its own lease and share, 30 s functions behind a queue that
+/// hides a record 6 × as long.
+pub(crate) fn lambda_options(concurrency: usize) -> RunOptions {
+    let mut options = cli_options(concurrency);
+    options.event_source.function_timeout = Duration::from_secs(30);
+    options.event_source.visibility_timeout = Duration::from_secs(180);
+    options.separate_instances = true;
+    options
+}
+
 /// An embedded pipeline on a state file (`:memory:` for none), as `fanout run` opens it.
 pub(crate) fn embedded(state: &Path, duplicate_rate: f64) -> Result<Pipeline, String> {
     let settings = fanout::EmbeddedSettings {
