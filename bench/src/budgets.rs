@@ -306,7 +306,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
         command: "target/release/fanout-bench budgets".into(),
         workload: format!(
             "Issue #27, on the embedded backend in memory: one `fanout::run` in process (one tick produced, then \
-             drained; `fanout run`'s defaults: concurrency 4, batches of 10, 3 s functions), each host its own \
+             drained; `fanout run`'s defaults: concurrency 4, batches of 10, 10 s functions), each host its own \
              target server on 127.0.0.x with its own budget, burst 1, jobs interleaved in proportion. Mixed hosts: \
              {} jobs at 100/s and {} at 2/s (1 in 6), no global budget; a host's ideal is its jobs ÷ its budget. \
              Three hosts: 720, 72 and 8 jobs at 100, 10 and 1/s under a global 80/s: the ideal is the largest of \
@@ -334,10 +334,12 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             "The slow API before in-flight followed the share: 2.34 × N/R, its peak 199 calls in a second against \
              400/s, every invocation capped at 10 records in flight (10 ÷ 0.2 s = 50/s each, 200/s for 4). Now each \
              runs its share × its smoothed service time × 1.25 plus a receive (README, As many calls in flight as \
-             the share needs). What is left is `fanout run`'s 3 s invocations: each stops pulling 2 s before its \
-             end, drains and ends, and the next one starts (the dips in the calls per 0.5 s). Pulling until shortly \
-             before the end instead brought this tick to 1.12 × N/R, but made the fault-injection harness 2.2 × \
-             slower, most records pulled late leaving for delayed copies (consumer `pull` module). Deployed functions (30 s) pull for 5 s and are not short here."
+             the share needs). That reached 1.24 × N/R with `fanout run`'s invocations at 3 s, its default then: each \
+             stopped pulling 2 s before its end (0.7 s into it), drained and ended, and the next one started, so \
+             the calls per 0.5 s dipped to two thirds every second. Pulling until shortly before the end instead \
+             brought it to 1.12, but made the fault-injection harness 2.2 × slower, most records pulled late leaving \
+             for delayed copies (consumer `pull` module). Invocations of 6 s measured 1.12, of 10 s (the default \
+             now) 1.08: each pulls for its first 5 s, as deployed functions (30 s) do."
                 .into(),
             "Lambda's shape separates the consumer from the emulator: figure 8's deployed 1000/s tick is short of \
              its goal (this machine runs ministack, one Python process, at a full core, and the same tick with no \

@@ -253,7 +253,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
         list(&peak, 0)
     ));
 
-    // 5. A tight budget: 80 jobs at 2/s (40 s of budget against 3 s function timeouts).
+    // 5. A tight budget: 80 jobs at 2/s (40 s of budget against 10 s function timeouts).
     const TIGHT_N: usize = 80;
     const TIGHT_RATE: f64 = 2.0;
     let mut tight = Vec::new();
@@ -295,7 +295,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             "The scenarios of issue #12, as `tests/tests/flow_control.rs` runs them (that file asserts their counts; \
              the timings are here): each is one `fanout::run` in process (one tick produced, then drained) on the \
              embedded backend in memory against a local target server, budget burst 1, batches of 10, the `fanout run` \
-             defaults otherwise (concurrency 4, 3 s visibility and function timeouts, 5 receives); wall is that whole call. \
+             defaults otherwise (concurrency 4, 10 s visibility and function timeouts, 5 receives); wall is that whole call. \
              (1) hidden limit: {HIDDEN_N} jobs on `capped?rps=25` (the server answers 429 + Retry-After: 1 above 25/s), budget \
              100/s. (2) host down: {DOWN_N} jobs on `outage?secs=8` (503 for 8 s from the first call), budget 50/s. \
              (3) transient: {FLAKY_N} jobs, every 10th `flaky?fail=1` (one 500, then 200), budget 100/s, visibility 30 s. \

@@ -36,7 +36,7 @@ pub(crate) async fn drain_child(
         .await
         .map_err(|e| e.to_string())?;
     let mut options = cli_options(concurrency);
-    // The figure is speed, not the 3 s timeout's: a WAL checkpoint stalled by the disk must not
+    // The figure is speed, not the local default timeout's: a WAL checkpoint stalled by the disk must not
     // cut an invocation off (its calls would then be made again, at least once as documented).
     options.event_source.function_timeout = Duration::from_secs(30);
     options.event_source.visibility_timeout = Duration::from_secs(30);

@@ -20,8 +20,8 @@ pub(crate) fn cli_options(concurrency: usize) -> RunOptions {
         event_source: EventSourceOptions {
             concurrency,
             batch_size: 10,
-            visibility_timeout: Duration::from_secs(3),
-            function_timeout: Duration::from_secs(3),
+            visibility_timeout: Duration::from_secs(10),
+            function_timeout: Duration::from_secs(10),
             poll_wait: Duration::from_millis(100),
             timeout: Duration::from_secs(300),
         },

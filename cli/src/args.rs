@@ -340,10 +340,10 @@ pub(crate) struct LocalArgs {
     #[arg(long, default_value_t = 0.0)]
     pub(crate) duplicate_rate: f64,
     /// Seconds a received message stays hidden.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub(crate) visibility_timeout: f64,
     /// Seconds each invocation may run.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub(crate) function_timeout: f64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]

@@ -15,11 +15,12 @@
 //! get its permit and its call in before the deadline: at least [`HOLD_IN_PLACE`] and
 //! [`PULLED_CALL`] before it, and longer when the instance's pace says the records it holds
 //! and the receive take longer to be called ([`InFlight::to_call`]). Stopping later than two
-//! seconds before the end was tried: `fanout run`'s 3 s invocations against a 200 ms API at
-//! 400/s then took 1.12 × N/R instead of 1.25, but the fault-injection harness (2 s
+//! seconds before the end was tried: 3 s invocations (`fanout run`'s default then) against a
+//! 200 ms API at 400/s took 1.12 × N/R instead of 1.25, but the fault-injection harness (2 s
 //! functions, 429 pauses, crashes) took 166 s instead of 75: the pace said too little of the
 //! records pulled late, 2,842 of them left for delayed copies instead of 121, and a crashed
-//! invocation's pulled records stay hidden until past its deadline. A job waiting for a slow
+//! invocation's pulled records stay hidden until past its deadline. Longer invocations were
+//! the answer: at 10 s the same tick takes 1.08. A job waiting for a slow
 //! host's permit holds one slot, never the instance ([`crate::limiter`] keeps that wait
 //! under a second).
 
