@@ -128,13 +128,24 @@ fn peak_figure(name: &str, peaks: &[f64], bound_name: &str, bound: f64) -> Figur
     )
 }
 
-/// The median of `walls` (each a wall ÷ its ideal) against the issue's 1.15.
-fn wall_figure(name: &str, walls: &[f64]) -> Figure {
+/// The median of `walls` (each a wall ÷ its ideal) against `goal`.
+fn wall_figure(name: &str, walls: &[f64], goal: f64) -> Figure {
     Figure::goal(
         name,
         format!("{:.2}", median(walls)),
-        "≤ 1.15",
-        median(walls) <= 1.15,
+        &format!("≤ {goal:.2}"),
+        median(walls) <= goal,
+    )
+}
+
+/// A runs line of one-host `runs`: walls, walls ÷ N/R, peaks, the last run's calls per 0.5 s.
+fn runs_line(name: &str, runs: &[Run], walls: &[f64], peaks: &[f64]) -> String {
+    format!(
+        "{name}: wall s {}; wall ÷ N/R {}; peak 1 s {}; calls per 0.5 s (last run): {:?}",
+        list(&runs.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),
+        list(walls, 2),
+        list(peaks, 0),
+        runs.last().map(|r| r.timeline.clone()).unwrap_or_default()
     )
 }
 
@@ -196,6 +207,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     figures.push(wall_figure(
         "three hosts (100, 10, 1/s) under 80/s: wall ÷ the ideal the budgets allow",
         &wall,
+        1.15,
     ));
     let global_peak: Vec<f64> = three.iter().map(|r| r.peak_all as f64).collect();
     figures.push(peak_figure(
@@ -246,6 +258,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
     figures.push(wall_figure(
         &format!("slow API ({jobs} jobs at {per_second}/s, {SLOW_API_MS} ms a call): wall ÷ N/R"),
         &slow_wall,
+        1.15,
     ));
     let slow_peak: Vec<f64> = slow.iter().map(|r| r.peak_all as f64).collect();
     figures.push(peak_figure(
@@ -255,13 +268,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
         per_second + 1.0,
     ));
     figures.push(settled("slow API", &slow, jobs));
-    lines.push(format!(
-        "slow API: wall s {}; wall ÷ N/R {}; peak 1 s {}; calls per 0.5 s (last run): {:?}",
-        list(&slow.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),
-        list(&slow_wall, 2),
-        list(&slow_peak, 0),
-        slow.last().map(|r| r.timeline.clone()).unwrap_or_default()
-    ));
+    lines.push(runs_line("slow API", &slow, &slow_wall, &slow_peak));
 
     for ((per_second, jobs), goal) in LAMBDA_TICKS.into_iter().zip(LAMBDA_GOALS) {
         let mut ticks = Vec::new();
@@ -278,12 +285,7 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             "Lambda's shape without the emulator ({LAMBDA_INSTANCES} instances, 30 s functions): \
              {jobs} jobs at {per_second}/s: wall ÷ N/R"
         );
-        figures.push(Figure::goal(
-            &name,
-            format!("{:.2}", median(&walls)),
-            &format!("≤ {goal:.2}"),
-            median(&walls) <= goal,
-        ));
+        figures.push(wall_figure(&name, &walls, goal));
         let peaks: Vec<f64> = ticks.iter().map(|r| r.peak_all as f64).collect();
         figures.push(peak_figure(
             &format!("… at {per_second}/s: peak calls in any 1 s"),
@@ -292,13 +294,8 @@ pub(crate) async fn section(runs: usize) -> Result<Section, String> {
             per_second + LAMBDA_INSTANCES as f64,
         ));
         figures.push(settled(&format!("… at {per_second}/s"), &ticks, jobs));
-        lines.push(format!(
-            "Lambda's shape at {per_second}/s: wall s {}; wall ÷ N/R {}; peak 1 s {}; calls per 0.5 s (last run): {:?}",
-            list(&ticks.iter().map(|r| r.wall_s).collect::<Vec<_>>(), 2),
-            list(&walls, 2),
-            list(&peaks, 0),
-            ticks.last().map(|r| r.timeline.clone()).unwrap_or_default()
-        ));
+        let shape = format!("Lambda's shape at {per_second}/s");
+        lines.push(runs_line(&shape, &ticks, &walls, &peaks));
     }
 
     Ok(Section {
