@@ -239,7 +239,7 @@ pub(crate) async fn sections(runs: usize) -> Result<(Section, Section), String> 
             "jobs/s here is distinct jobs ÷ the time from the drain's start to the last job's successful call (taken from \
              the target server's log). The whole drain also counts the copies still queued after that: a copy that \
              lands in a different batch than its twin while the twin's call is in flight meets a live lock and is \
-             hidden until that lock lapses (the holder's deadline: the 3 s function timeout locally), and is then acked \
+             hidden until that lock lapses (the holder's deadline: its invocation's end, 30 s here), and is then acked \
              without a call. That tail is the whole-drain ratio's gap; it is latency, not work (copies in the same \
              batch run in turn and are acked at once)."
                 .into(),
